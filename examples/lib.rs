@@ -1,0 +1,1 @@
+//! Member crate that holds the runnable examples; see the `[[example]]` targets.

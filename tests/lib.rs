@@ -1,0 +1,1 @@
+//! Member crate that holds cross-crate integration tests; see `tests/`.
