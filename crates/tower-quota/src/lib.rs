@@ -1,1 +1,51 @@
-//! placeholder
+//! Tower middleware for programs that call rate-limited APIs.
+//!
+//! Data pipelines, crawlers, SDKs and gRPC clients want the highest
+//! throughput a provider allows, no refused requests, and clean recovery
+//! when the provider pushes back. This crate provides that as ordinary
+//! [tower](https://docs.rs/tower) middleware, stacked with
+//! `tower::ServiceBuilder` around any client service (hyper-util, reqwest
+//! through an adapter, a tonic `Channel`).
+//!
+//! - [`sliding_window`]: exact sliding-window pacing per key: at most
+//!   `max_calls` in *any* window, bursts allowed, shared by all clones.
+//!
+//! All time is read from tokio's clock, so tests on a paused clock
+//! (`#[tokio::test(start_paused = true)]`) control every wait.
+//! Telemetry goes through [`tracing`]; names are listed in [`telemetry`].
+//!
+//! # Example
+//!
+//! ```
+//! use std::time::Duration;
+//! use tower::{service_fn, ServiceBuilder, ServiceExt};
+//! use tower_quota::SlidingWindowLayer;
+//!
+//! # #[tokio::main(flavor = "current_thread", start_paused = true)]
+//! # async fn main() -> Result<(), tower_quota::BoxError> {
+//! // 20 requests in any one-second window.
+//! let client = ServiceBuilder::new()
+//!     .layer(SlidingWindowLayer::new(20, Duration::from_secs(1))?)
+//!     .service(service_fn(|request: http::Request<()>| async move {
+//!         Ok::<_, std::convert::Infallible>(http::Response::new(request.uri().to_string()))
+//!     }));
+//!
+//! let response = client.oneshot(http::Request::get("/v1/items").body(())?).await?;
+//! assert_eq!(response.body(), "/v1/items");
+//! # Ok(())
+//! # }
+//! ```
+#![forbid(unsafe_code)]
+#![deny(missing_docs)]
+#![warn(clippy::unwrap_used)]
+#![cfg_attr(docsrs, feature(doc_cfg))]
+
+mod key;
+pub mod sliding_window;
+pub mod telemetry;
+
+pub use key::{CostFn, GlobalKey, Key, KeyFn, UnitCost};
+pub use sliding_window::{SlidingWindow, SlidingWindowLayer};
+
+/// The boxed error of this crate's services, as in tower.
+pub type BoxError = Box<dyn std::error::Error + Send + Sync + 'static>;

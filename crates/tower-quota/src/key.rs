@@ -1,0 +1,180 @@
+//! Keys: which quota a request draws on.
+
+use std::borrow::Borrow;
+use std::fmt;
+use std::hash::{Hash, Hasher};
+use std::sync::Arc;
+
+/// The name of a quota: one provider, one API key, one host, one tenant.
+///
+/// Requests with equal keys share one quota; requests with different keys
+/// never affect each other. A key is cheap to clone: a `&'static str` or a
+/// reference-counted string.
+///
+/// ```
+/// use tower_quota::Key;
+///
+/// let global = Key::from_static("global");
+/// let per_host = Key::from(String::from("api.example.com"));
+/// assert_ne!(global, per_host);
+/// assert_eq!(per_host.as_str(), "api.example.com");
+/// ```
+#[derive(Clone)]
+pub struct Key(Repr);
+
+#[derive(Clone)]
+enum Repr {
+    Static(&'static str),
+    Shared(Arc<str>),
+}
+
+impl Key {
+    /// The key every request shares when no key function is configured.
+    pub const GLOBAL: Key = Key::from_static("global");
+
+    /// A key from a string known at compile time; no allocation.
+    pub const fn from_static(name: &'static str) -> Self {
+        Key(Repr::Static(name))
+    }
+
+    /// The key as a string slice.
+    pub fn as_str(&self) -> &str {
+        match &self.0 {
+            Repr::Static(name) => name,
+            Repr::Shared(name) => name,
+        }
+    }
+}
+
+impl From<&'static str> for Key {
+    fn from(name: &'static str) -> Self {
+        Key::from_static(name)
+    }
+}
+
+impl From<String> for Key {
+    fn from(name: String) -> Self {
+        Key(Repr::Shared(name.into()))
+    }
+}
+
+impl From<Arc<str>> for Key {
+    fn from(name: Arc<str>) -> Self {
+        Key(Repr::Shared(name))
+    }
+}
+
+impl PartialEq for Key {
+    fn eq(&self, other: &Self) -> bool {
+        self.as_str() == other.as_str()
+    }
+}
+
+impl Eq for Key {}
+
+impl Hash for Key {
+    fn hash<H: Hasher>(&self, state: &mut H) {
+        self.as_str().hash(state);
+    }
+}
+
+impl PartialOrd for Key {
+    fn partial_cmp(&self, other: &Self) -> Option<std::cmp::Ordering> {
+        Some(self.cmp(other))
+    }
+}
+
+impl Ord for Key {
+    fn cmp(&self, other: &Self) -> std::cmp::Ordering {
+        self.as_str().cmp(other.as_str())
+    }
+}
+
+impl Borrow<str> for Key {
+    fn borrow(&self) -> &str {
+        self.as_str()
+    }
+}
+
+impl fmt::Debug for Key {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        fmt::Debug::fmt(self.as_str(), f)
+    }
+}
+
+impl fmt::Display for Key {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// Chooses the [`Key`] of a request.
+///
+/// Implemented for [`GlobalKey`] (every request shares one quota) and for any
+/// closure `Fn(&Request) -> K` where `K: Into<Key>`, so a key function is
+/// usually written inline:
+///
+/// ```
+/// use tower_quota::{Key, KeyFn};
+///
+/// let by_host = |request: &http::Request<()>| -> Key {
+///     request.uri().host().map(|host| Key::from(host.to_owned())).unwrap_or(Key::GLOBAL)
+/// };
+/// let request = http::Request::get("https://api.example.com/v1/items").body(()).unwrap();
+/// assert_eq!(by_host.key(&request).as_str(), "api.example.com");
+/// ```
+///
+/// Keys appear in telemetry: derive them from hosts, tenants or API names,
+/// never from secrets such as API keys or tokens.
+pub trait KeyFn<Request> {
+    /// The key of `request`.
+    fn key(&self, request: &Request) -> Key;
+}
+
+impl<Request, F, K> KeyFn<Request> for F
+where
+    F: Fn(&Request) -> K,
+    K: Into<Key>,
+{
+    fn key(&self, request: &Request) -> Key {
+        self(request).into()
+    }
+}
+
+/// The default [`KeyFn`]: every request shares [`Key::GLOBAL`].
+#[derive(Debug, Clone, Copy, Default)]
+pub struct GlobalKey;
+
+impl<Request> KeyFn<Request> for GlobalKey {
+    fn key(&self, _request: &Request) -> Key {
+        Key::GLOBAL
+    }
+}
+
+/// Chooses how much of a quota a request spends.
+///
+/// Implemented for [`UnitCost`] (every request costs 1) and for any closure
+/// `Fn(&Request) -> u64`. A cost of 0 is admitted at once and spends nothing.
+pub trait CostFn<Request> {
+    /// The cost of `request`, in the units of the quotas it draws on.
+    fn cost(&self, request: &Request) -> u64;
+}
+
+impl<Request, F> CostFn<Request> for F
+where
+    F: Fn(&Request) -> u64,
+{
+    fn cost(&self, request: &Request) -> u64 {
+        self(request)
+    }
+}
+
+/// The default [`CostFn`]: every request costs 1.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct UnitCost;
+
+impl<Request> CostFn<Request> for UnitCost {
+    fn cost(&self, _request: &Request) -> u64 {
+        1
+    }
+}

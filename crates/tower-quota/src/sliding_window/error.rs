@@ -1,0 +1,118 @@
+//! Errors of the sliding-window limiter.
+//!
+//! The service's error type is [`BoxError`](crate::BoxError), as in tower's own
+//! middleware: the limiter's errors below, a store's errors, and the inner
+//! service's errors (unchanged, boxed) can all be told apart with
+//! `downcast_ref`.
+
+use std::fmt;
+use std::time::Duration;
+
+use crate::Key;
+
+/// A request was refused because waiting for room would take longer than
+/// `max_wait`, or because its key's queue was full.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Overloaded {
+    pub(crate) key: Key,
+    pub(crate) wait: Duration,
+    pub(crate) queued: usize,
+    pub(crate) reason: OverloadReason,
+}
+
+/// Which bound an [`Overloaded`] request hit.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum OverloadReason {
+    /// The wait the request needs exceeds `max_wait`.
+    MaxWait(Duration),
+    /// `max_queue` requests were already waiting on the key.
+    QueueFull(usize),
+}
+
+impl Overloaded {
+    /// The key whose quota was overloaded.
+    pub fn key(&self) -> &Key {
+        &self.key
+    }
+
+    /// The wait the request would have needed: exact for a request at the
+    /// head of the queue, otherwise a lower bound computed from the
+    /// admissions already queued ahead of it.
+    pub fn wait(&self) -> Duration {
+        self.wait
+    }
+
+    /// How many requests were waiting on the key.
+    pub fn queued(&self) -> usize {
+        self.queued
+    }
+
+    /// The bound that was hit.
+    pub fn reason(&self) -> OverloadReason {
+        self.reason
+    }
+}
+
+impl fmt::Display for Overloaded {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self.reason {
+            OverloadReason::MaxWait(max_wait) => write!(
+                f,
+                "rate limit for key `{}` is overloaded: admission needs a wait of {:?}, over max_wait {:?} ({} queued)",
+                self.key, self.wait, max_wait, self.queued
+            ),
+            OverloadReason::QueueFull(max_queue) => write!(
+                f,
+                "rate limit for key `{}` is overloaded: {} requests already queued (max_queue {}), admission needs a wait of at least {:?}",
+                self.key, self.queued, max_queue, self.wait
+            ),
+        }
+    }
+}
+
+impl std::error::Error for Overloaded {}
+
+/// A request costs more than a quota's whole capacity: it could never be
+/// admitted, so it is refused at once instead of waiting forever.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CostTooLarge {
+    pub(crate) key: Key,
+    pub(crate) cost: u64,
+    pub(crate) max_calls: u64,
+    pub(crate) window: Duration,
+}
+
+impl CostTooLarge {
+    /// The key of the request.
+    pub fn key(&self) -> &Key {
+        &self.key
+    }
+
+    /// What the request costs.
+    pub fn cost(&self) -> u64 {
+        self.cost
+    }
+
+    /// The capacity of the quota it exceeds.
+    pub fn max_calls(&self) -> u64 {
+        self.max_calls
+    }
+
+    /// The window of the quota it exceeds.
+    pub fn window(&self) -> Duration {
+        self.window
+    }
+}
+
+impl fmt::Display for CostTooLarge {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(
+            f,
+            "request for key `{}` costs {}, more than the whole quota of {} per {:?}",
+            self.key, self.cost, self.max_calls, self.window
+        )
+    }
+}
+
+impl std::error::Error for CostTooLarge {}

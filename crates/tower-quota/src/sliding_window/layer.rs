@@ -1,0 +1,160 @@
+use std::fmt;
+use std::time::Duration;
+
+use tower_layer::Layer;
+
+use super::{InvalidQuota, Limits, MemoryStore, Quota, SlidingWindow, Store};
+use crate::{GlobalKey, UnitCost};
+
+/// Applies exact sliding-window pacing to a service; see the
+/// [module docs](super) for what it does and where it goes in a stack.
+///
+/// Every service this layer makes shares the layer's [`Store`], so cloning
+/// the layer or the services never multiplies the limit.
+#[derive(Clone)]
+pub struct SlidingWindowLayer<K = GlobalKey, C = UnitCost, St = MemoryStore> {
+    pub(super) limits: Limits,
+    pub(super) key_fn: K,
+    pub(super) cost_fn: C,
+    pub(super) store: St,
+}
+
+impl SlidingWindowLayer {
+    /// At most `max_calls` requests in any window of `window` length, one
+    /// quota shared by all requests, kept in this process.
+    ///
+    /// # Errors
+    ///
+    /// [`InvalidQuota`] when `max_calls` is 0, `window` is zero, or `window`
+    /// is longer than [`MAX_WINDOW`](super::MAX_WINDOW).
+    pub fn new(max_calls: u64, window: Duration) -> Result<Self, InvalidQuota> {
+        Self::with_quotas([Quota::new(max_calls, window)?])
+    }
+
+    /// Several quotas at once, all respected: for example 10 per second and
+    /// 100 per minute.
+    ///
+    /// # Errors
+    ///
+    /// [`InvalidQuota::NoQuota`] when `quotas` is empty.
+    pub fn with_quotas(quotas: impl IntoIterator<Item = Quota>) -> Result<Self, InvalidQuota> {
+        Ok(SlidingWindowLayer {
+            limits: Limits::new(quotas.into_iter().collect())?,
+            key_fn: GlobalKey,
+            cost_fn: UnitCost,
+            store: MemoryStore::new(),
+        })
+    }
+}
+
+impl<K, C, St> SlidingWindowLayer<K, C, St> {
+    /// Adds a quota of `max_calls` per `window`; every quota is respected.
+    /// The safety margin is left as it was.
+    ///
+    /// # Errors
+    ///
+    /// [`InvalidQuota`] as for [`SlidingWindowLayer::new`].
+    pub fn and_quota(mut self, max_calls: u64, window: Duration) -> Result<Self, InvalidQuota> {
+        self.limits.push_quota(Quota::new(max_calls, window)?);
+        Ok(self)
+    }
+
+    /// Chooses the key of each request: requests with equal keys share the
+    /// quotas, each key has quotas of its own. The default is one key for
+    /// all requests.
+    pub fn key_fn<K2>(self, key_fn: K2) -> SlidingWindowLayer<K2, C, St> {
+        SlidingWindowLayer {
+            limits: self.limits,
+            key_fn,
+            cost_fn: self.cost_fn,
+            store: self.store,
+        }
+    }
+
+    /// Chooses what each request costs. The default is 1.
+    pub fn cost_fn<C2>(self, cost_fn: C2) -> SlidingWindowLayer<K, C2, St> {
+        SlidingWindowLayer {
+            limits: self.limits,
+            key_fn: self.key_fn,
+            cost_fn,
+            store: self.store,
+        }
+    }
+
+    /// Keeps the admissions in `store`: another layer's store to share its
+    /// quotas, or a store shared by many processes.
+    pub fn store<St2: Store>(self, store: St2) -> SlidingWindowLayer<K, C, St2> {
+        SlidingWindowLayer {
+            limits: self.limits,
+            key_fn: self.key_fn,
+            cost_fn: self.cost_fn,
+            store,
+        }
+    }
+
+    /// Refuses a request with [`Overloaded`](super::Overloaded) when the wait
+    /// it needs exceeds `max_wait`, instead of queueing it. Checked when the
+    /// request arrives, from the admissions queued ahead of it, and again
+    /// when it reaches the head of the queue.
+    pub fn max_wait(mut self, max_wait: Duration) -> Self {
+        self.limits.set_max_wait(Some(max_wait));
+        self
+    }
+
+    /// Refuses a request with [`Overloaded`](super::Overloaded) when
+    /// `max_queue` requests already wait on its key.
+    pub fn max_queue(mut self, max_queue: usize) -> Self {
+        self.limits.set_max_queue(Some(max_queue));
+        self
+    }
+
+    /// Holds each admission in the window for `margin` longer than the
+    /// window, so that the server, which sees each request a little after the
+    /// client admits it, never counts more than `max_calls` in its own window.
+    /// The default is [`default_safety_margin`](super::default_safety_margin):
+    /// 1% of the shortest window, between 1 ms and 50 ms.
+    ///
+    /// # Errors
+    ///
+    /// [`InvalidQuota::SafetyMarginTooLong`] above
+    /// [`MAX_SAFETY_MARGIN`](super::MAX_SAFETY_MARGIN).
+    pub fn safety_margin(mut self, margin: Duration) -> Result<Self, InvalidQuota> {
+        self.limits.set_safety_margin(margin)?;
+        Ok(self)
+    }
+
+    /// The limits this layer enforces.
+    pub fn limits(&self) -> &Limits {
+        &self.limits
+    }
+
+    /// The store that holds the admissions.
+    pub fn get_store(&self) -> &St {
+        &self.store
+    }
+}
+
+impl<S, K: Clone, C: Clone, St: Clone> Layer<S> for SlidingWindowLayer<K, C, St> {
+    type Service = SlidingWindow<S, K, C, St>;
+
+    fn layer(&self, inner: S) -> Self::Service {
+        SlidingWindow::from_parts(
+            inner,
+            self.limits.clone(),
+            self.key_fn.clone(),
+            self.cost_fn.clone(),
+            self.store.clone(),
+        )
+    }
+}
+
+impl<K, C, St: fmt::Debug> fmt::Debug for SlidingWindowLayer<K, C, St> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("SlidingWindowLayer")
+            .field("limits", &self.limits)
+            .field("key_fn", &std::any::type_name::<K>())
+            .field("cost_fn", &std::any::type_name::<C>())
+            .field("store", &self.store)
+            .finish()
+    }
+}

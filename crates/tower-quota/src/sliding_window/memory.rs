@@ -1,0 +1,690 @@
+//! The in-process store: exact sliding logs, a FIFO queue and one timer per key.
+//!
+//! Each key keeps, for every quota, a log of the admissions still inside the
+//! window (instant and cost), and a FIFO queue of waiting requests. Only the
+//! request at the head of the queue sleeps, until the instant the oldest
+//! admissions leave the window; the others are parked without a timer. When
+//! the head is admitted it wakes the next one, which is admitted at once if
+//! there is room, or becomes the timer owner. So each admission costs one
+//! timer expiry or one wake-up, whether ten or ten thousand requests wait.
+//!
+//! A waiter that is dropped before admission is removed from the queue (the
+//! head passes its turn on at once; others are marked and swept out), and
+//! consumed nothing. Keys whose logs have emptied and whose queue is empty are
+//! evicted in amortized sweeps, so memory follows the active keys.
+
+use std::collections::{HashMap, VecDeque};
+use std::fmt;
+use std::future::Future;
+use std::hash::BuildHasher;
+use std::hash::RandomState;
+use std::pin::Pin;
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
+use std::task::{Context, Poll, Waker};
+use std::time::Duration;
+
+use pin_project_lite::pin_project;
+use tokio::time::{Instant, Sleep};
+
+use super::error::{CostTooLarge, OverloadReason, Overloaded};
+use super::store::{Admission, Store};
+use super::{Limits, Quota};
+use crate::{BoxError, Key};
+
+const SHARDS: usize = 16;
+/// A shard sweeps idle keys after this many operations, or after as many
+/// operations as it has keys, whichever is more: amortized O(1) per operation.
+const SWEEP_EVERY: usize = 1024;
+/// Cancelled waiters are compacted out of a queue once they are this many
+/// and more than half of it.
+const COMPACT_AT: usize = 64;
+
+/// The in-process [`Store`]: exact, FIFO-fair, one timer per key.
+///
+/// Cloning a `MemoryStore` shares its state; every service made by one
+/// [`SlidingWindowLayer`](super::SlidingWindowLayer) shares the layer's store.
+/// Two layers that should share a quota can share a store with
+/// [`SlidingWindowLayer::store`](super::SlidingWindowLayer::store).
+#[derive(Clone, Default)]
+pub struct MemoryStore {
+    shared: Arc<Shared>,
+}
+
+struct Shared {
+    shards: Box<[Mutex<Shard>]>,
+    hasher: RandomState,
+}
+
+impl Default for Shared {
+    fn default() -> Self {
+        Shared {
+            shards: (0..SHARDS).map(|_| Mutex::new(Shard::default())).collect(),
+            hasher: RandomState::new(),
+        }
+    }
+}
+
+#[derive(Default)]
+struct Shard {
+    keys: HashMap<Key, KeyState>,
+    ops_since_sweep: usize,
+}
+
+impl MemoryStore {
+    /// A new, empty store.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// The number of keys the store currently holds state for (active keys,
+    /// plus idle ones not yet swept).
+    pub fn key_count(&self) -> usize {
+        self.shared
+            .shards
+            .iter()
+            .map(|shard| lock(shard).keys.len())
+            .sum()
+    }
+
+    /// Removes the state of every key that has no admission left in its
+    /// windows and no waiter. Runs by itself in amortized sweeps; call it to
+    /// release memory at once.
+    pub fn evict_idle(&self) {
+        let now = Instant::now();
+        for shard in self.shared.shards.iter() {
+            lock(shard).sweep(now);
+        }
+    }
+}
+
+impl fmt::Debug for MemoryStore {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("MemoryStore")
+            .field("keys", &self.key_count())
+            .finish()
+    }
+}
+
+impl Store for MemoryStore {
+    type Acquire = Acquire;
+
+    fn acquire(&self, key: Key, cost: u64, limits: &Limits) -> Acquire {
+        Acquire {
+            shared: self.shared.clone(),
+            key,
+            cost,
+            limits: limits.clone(),
+            state: AcquireState::Start,
+            sleep: None,
+        }
+    }
+}
+
+fn lock(shard: &Mutex<Shard>) -> MutexGuard<'_, Shard> {
+    // The state is consistent between statements: a panic elsewhere while the
+    // lock was held cannot leave it half-updated, so a poisoned lock is safe.
+    shard.lock().unwrap_or_else(PoisonError::into_inner)
+}
+
+impl Shared {
+    fn shard(&self, key: &Key) -> &Mutex<Shard> {
+        let hash = self.hasher.hash_one(key.as_str());
+        &self.shards[(hash as usize) % self.shards.len()]
+    }
+}
+
+impl Shard {
+    fn tick(&mut self, now: Instant) {
+        self.ops_since_sweep += 1;
+        if self.ops_since_sweep >= SWEEP_EVERY.max(self.keys.len()) {
+            self.sweep(now);
+        }
+    }
+
+    fn sweep(&mut self, now: Instant) {
+        self.ops_since_sweep = 0;
+        self.keys.retain(|_, state| {
+            state.prune(now);
+            !state.is_idle()
+        });
+    }
+}
+
+/// The sliding log of one quota of one key.
+struct WindowLog {
+    max_calls: u64,
+    /// The window plus the safety margin: an admission at `t` counts until `t + span`.
+    span: Duration,
+    entries: VecDeque<Entry>,
+    /// Sum of the costs in `entries`.
+    in_window: u64,
+    /// Sum of all costs ever recorded; `Entry::cumulative` indexes into it.
+    total: u64,
+}
+
+#[derive(Clone, Copy)]
+struct Entry {
+    at: Instant,
+    cost: u64,
+    /// `total` after this entry was recorded.
+    cumulative: u64,
+}
+
+impl WindowLog {
+    fn new(quota: &Quota, margin: Duration) -> Self {
+        WindowLog {
+            max_calls: quota.max_calls(),
+            span: quota.window() + margin,
+            entries: VecDeque::new(),
+            in_window: 0,
+            total: 0,
+        }
+    }
+
+    fn matches(&self, quota: &Quota, margin: Duration) -> bool {
+        self.max_calls == quota.max_calls() && self.span == quota.window() + margin
+    }
+
+    fn prune(&mut self, now: Instant) {
+        while let Some(entry) = self.entries.front() {
+            if entry.at + self.span > now {
+                break;
+            }
+            self.in_window -= entry.cost;
+            self.entries.pop_front();
+        }
+    }
+
+    fn has_room(&self, cost: u64) -> bool {
+        self.in_window + cost <= self.max_calls
+    }
+
+    fn record(&mut self, now: Instant, cost: u64) {
+        self.total += cost;
+        self.in_window += cost;
+        self.entries.push_back(Entry {
+            at: now,
+            cost,
+            cumulative: self.total,
+        });
+    }
+
+    /// The index of the entry holding the `unit`-th unit (0-based) of the log.
+    fn entry_of_unit(&self, unit: u64) -> usize {
+        let before = self.entries.front().map_or(0, |e| e.cumulative - e.cost);
+        self.entries
+            .partition_point(|e| e.cumulative - before <= unit)
+    }
+
+    /// The earliest instant `cost` more units fit, given the log as it is.
+    /// The log must be pruned at `now`.
+    fn earliest(&self, now: Instant, cost: u64) -> Instant {
+        if self.has_room(cost) {
+            return now;
+        }
+        // Units that must leave the window first: the entry holding the last
+        // of them decides.
+        let must_leave = self.in_window + cost - self.max_calls;
+        let index = self.entry_of_unit(must_leave - 1);
+        match self.entries.get(index) {
+            Some(entry) => entry.at + self.span,
+            // Unreachable while cost <= max_calls; a full span is the safe answer.
+            None => now + self.span,
+        }
+    }
+
+    /// A lower bound on how long `units` more units (queued ones included)
+    /// take to be admitted: exact when every unit costs one and no waiter
+    /// ahead is cancelled. The log must be pruned at `now`.
+    fn projected_wait(&self, now: Instant, units: u64) -> Duration {
+        let free = self.max_calls - self.in_window;
+        if units <= free {
+            return Duration::ZERO;
+        }
+        // Unit `beyond` of the future takes the slot freed when unit
+        // `beyond % max_calls` of the log-then-future sequence leaves the
+        // window, `beyond / max_calls + 1` spans later.
+        let beyond = units - free - 1;
+        let cycles = beyond / self.max_calls + 1;
+        let unit = beyond % self.max_calls;
+        let since_base = if unit < self.in_window {
+            self.entries
+                .get(self.entry_of_unit(unit))
+                .map_or(Duration::ZERO, |entry| {
+                    now.saturating_duration_since(entry.at)
+                })
+        } else {
+            Duration::ZERO
+        };
+        u32::try_from(cycles)
+            .ok()
+            .and_then(|cycles| self.span.checked_mul(cycles))
+            .unwrap_or(Duration::MAX)
+            .saturating_sub(since_base)
+    }
+}
+
+struct Waiter {
+    id: u64,
+    cost: u64,
+    waker: Option<Waker>,
+    cancelled: bool,
+}
+
+/// The state of one key. Invariant: the front of `queue`, if any, is not
+/// cancelled.
+struct KeyState {
+    windows: Vec<WindowLog>,
+    queue: VecDeque<Waiter>,
+    cancelled: usize,
+    queued_cost: u64,
+    next_id: u64,
+}
+
+impl KeyState {
+    fn new(limits: &Limits) -> Self {
+        KeyState {
+            windows: Self::windows_for(limits),
+            queue: VecDeque::new(),
+            cancelled: 0,
+            queued_cost: 0,
+            next_id: 0,
+        }
+    }
+
+    fn windows_for(limits: &Limits) -> Vec<WindowLog> {
+        let margin = limits.safety_margin();
+        limits
+            .quotas()
+            .iter()
+            .map(|quota| WindowLog::new(quota, margin))
+            .collect()
+    }
+
+    /// One key has one set of quotas; when a layer with other quotas uses the
+    /// same key of the same store, the newest quotas replace the log.
+    fn conform(&mut self, limits: &Limits) {
+        let margin = limits.safety_margin();
+        let same = self.windows.len() == limits.quotas().len()
+            && self
+                .windows
+                .iter()
+                .zip(limits.quotas())
+                .all(|(w, q)| w.matches(q, margin));
+        if !same {
+            self.windows = Self::windows_for(limits);
+        }
+    }
+
+    fn prune(&mut self, now: Instant) {
+        for window in &mut self.windows {
+            window.prune(now);
+        }
+    }
+
+    fn is_idle(&self) -> bool {
+        self.queue.is_empty() && self.windows.iter().all(|w| w.entries.is_empty())
+    }
+
+    fn has_room(&self, cost: u64) -> bool {
+        self.windows.iter().all(|w| w.has_room(cost))
+    }
+
+    fn record(&mut self, now: Instant, cost: u64) {
+        for window in &mut self.windows {
+            window.record(now, cost);
+        }
+    }
+
+    fn earliest(&self, now: Instant, cost: u64) -> Instant {
+        self.windows
+            .iter()
+            .map(|w| w.earliest(now, cost))
+            .max()
+            .unwrap_or(now)
+    }
+
+    fn projected_wait(&self, now: Instant, units: u64) -> Duration {
+        self.windows
+            .iter()
+            .map(|w| w.projected_wait(now, units))
+            .max()
+            .unwrap_or(Duration::ZERO)
+    }
+
+    fn live_waiters(&self) -> usize {
+        self.queue.len() - self.cancelled
+    }
+
+    fn push(&mut self, cost: u64, waker: &Waker) -> u64 {
+        let id = self.next_id;
+        self.next_id += 1;
+        self.queued_cost += cost;
+        self.queue.push_back(Waiter {
+            id,
+            cost,
+            waker: Some(waker.clone()),
+            cancelled: false,
+        });
+        id
+    }
+
+    fn is_head(&self, id: u64) -> bool {
+        self.queue.front().is_some_and(|w| w.id == id)
+    }
+
+    fn position(&self, id: u64) -> Option<usize> {
+        self.queue.binary_search_by_key(&id, |w| w.id).ok()
+    }
+
+    fn register(&mut self, id: u64, waker: &Waker) {
+        if let Some(index) = self.position(id) {
+            let slot = &mut self.queue[index].waker;
+            match slot {
+                Some(current) if current.will_wake(waker) => {}
+                _ => *slot = Some(waker.clone()),
+            }
+        }
+    }
+
+    /// Removes the head and hands the turn to the next live waiter.
+    fn pop_head(&mut self) {
+        if let Some(head) = self.queue.pop_front() {
+            self.queued_cost -= head.cost;
+        }
+        while self.queue.front().is_some_and(|w| w.cancelled) {
+            self.queue.pop_front();
+            self.cancelled -= 1;
+        }
+        if let Some(next) = self.queue.front_mut()
+            && let Some(waker) = next.waker.take()
+        {
+            waker.wake();
+        }
+    }
+
+    fn cancel(&mut self, id: u64) {
+        if self.is_head(id) {
+            self.pop_head();
+            return;
+        }
+        let Some(index) = self.position(id) else {
+            return;
+        };
+        let waiter = &mut self.queue[index];
+        if waiter.cancelled {
+            return;
+        }
+        waiter.cancelled = true;
+        waiter.waker = None;
+        self.queued_cost -= waiter.cost;
+        self.cancelled += 1;
+        if self.cancelled >= COMPACT_AT && self.cancelled * 2 > self.queue.len() {
+            self.queue.retain(|w| !w.cancelled);
+            self.cancelled = 0;
+        }
+    }
+}
+
+pin_project! {
+    /// The future of one admission by a [`MemoryStore`].
+    pub struct Acquire {
+        shared: Arc<Shared>,
+        key: Key,
+        cost: u64,
+        limits: Limits,
+        state: AcquireState,
+        #[pin]
+        sleep: Option<Sleep>,
+    }
+}
+
+impl fmt::Debug for Acquire {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Acquire")
+            .field("key", &self.key)
+            .field("cost", &self.cost)
+            .field("state", &self.state)
+            .finish()
+    }
+}
+
+enum AcquireState {
+    Start,
+    Queued {
+        ticket: Ticket,
+        enqueued_at: Instant,
+        queued: usize,
+    },
+    Done,
+}
+
+impl fmt::Debug for AcquireState {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            AcquireState::Start => f.write_str("Start"),
+            AcquireState::Queued { queued, .. } => {
+                f.debug_struct("Queued").field("queued", queued).finish()
+            }
+            AcquireState::Done => f.write_str("Done"),
+        }
+    }
+}
+
+/// A place in a key's queue; dropping it before admission gives the place up.
+struct Ticket {
+    shared: Arc<Shared>,
+    key: Key,
+    id: u64,
+    armed: bool,
+}
+
+impl Drop for Ticket {
+    fn drop(&mut self) {
+        if !self.armed {
+            return;
+        }
+        let mut shard = lock(self.shared.shard(&self.key));
+        if let Some(state) = shard.keys.get_mut(&self.key) {
+            state.cancel(self.id);
+        }
+    }
+}
+
+enum Step {
+    Ready(Result<Admission, BoxError>),
+    Sleep(Instant),
+    Park,
+    Again,
+}
+
+impl Future for Acquire {
+    type Output = Result<Admission, BoxError>;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        let mut this = self.project();
+        loop {
+            let now = Instant::now();
+            let step = {
+                let mut shard = lock(this.shared.shard(this.key));
+                shard.tick(now);
+                match this.state {
+                    AcquireState::Start => {
+                        if *this.cost == 0 {
+                            Step::Ready(Ok(Admission::new(this.key.clone(), 0, Duration::ZERO, 0)))
+                        } else if let Some(quota) = this
+                            .limits
+                            .quotas()
+                            .iter()
+                            .find(|q| q.max_calls() < *this.cost)
+                        {
+                            Step::Ready(Err(CostTooLarge {
+                                key: this.key.clone(),
+                                cost: *this.cost,
+                                max_calls: quota.max_calls(),
+                                window: quota.window(),
+                            }
+                            .into()))
+                        } else {
+                            let state = shard
+                                .keys
+                                .entry(this.key.clone())
+                                .or_insert_with(|| KeyState::new(this.limits));
+                            state.conform(this.limits);
+                            state.prune(now);
+                            arrive(
+                                state,
+                                Arrival {
+                                    shared: this.shared,
+                                    key: this.key,
+                                    cost: *this.cost,
+                                    limits: this.limits,
+                                },
+                                this.state,
+                                now,
+                                cx,
+                            )
+                        }
+                    }
+                    AcquireState::Queued {
+                        ticket,
+                        enqueued_at,
+                        queued,
+                    } => match shard.keys.get_mut(this.key) {
+                        Some(state) if state.is_head(ticket.id) => {
+                            state.prune(now);
+                            let at = state.earliest(now, *this.cost);
+                            let needed = at.saturating_duration_since(*enqueued_at);
+                            if at <= now {
+                                state.record(now, *this.cost);
+                                state.pop_head();
+                                ticket.armed = false;
+                                Step::Ready(Ok(Admission::new(
+                                    this.key.clone(),
+                                    *this.cost,
+                                    needed,
+                                    *queued,
+                                )))
+                            } else if let Some(max_wait) =
+                                this.limits.max_wait().filter(|max_wait| needed > *max_wait)
+                            {
+                                state.pop_head();
+                                ticket.armed = false;
+                                Step::Ready(Err(Overloaded {
+                                    key: this.key.clone(),
+                                    wait: needed,
+                                    queued: *queued,
+                                    reason: OverloadReason::MaxWait(max_wait),
+                                }
+                                .into()))
+                            } else {
+                                Step::Sleep(at)
+                            }
+                        }
+                        Some(state) => {
+                            state.register(ticket.id, cx.waker());
+                            Step::Park
+                        }
+                        // The key is never evicted while it has waiters; should
+                        // it be gone all the same, arrive again.
+                        None => {
+                            ticket.armed = false;
+                            Step::Again
+                        }
+                    },
+                    AcquireState::Done => {
+                        panic!("sliding_window::Acquire polled after completion")
+                    }
+                }
+            };
+            match step {
+                Step::Ready(result) => {
+                    *this.state = AcquireState::Done;
+                    this.sleep.set(None);
+                    return Poll::Ready(result);
+                }
+                Step::Park => return Poll::Pending,
+                Step::Again => {
+                    *this.state = AcquireState::Start;
+                }
+                Step::Sleep(at) => {
+                    match this.sleep.as_mut().as_pin_mut() {
+                        Some(sleep) => {
+                            if sleep.deadline() != at {
+                                sleep.reset(at);
+                            }
+                        }
+                        None => this.sleep.set(Some(tokio::time::sleep_until(at))),
+                    }
+                    if let Some(sleep) = this.sleep.as_mut().as_pin_mut()
+                        && sleep.poll(cx).is_pending()
+                    {
+                        return Poll::Pending;
+                    }
+                }
+            }
+        }
+    }
+}
+
+struct Arrival<'a> {
+    shared: &'a Arc<Shared>,
+    key: &'a Key,
+    cost: u64,
+    limits: &'a Limits,
+}
+
+/// A request arrives at its key: admitted at once when nobody waits and every
+/// quota has room; otherwise refused by the overload bounds, or queued.
+fn arrive(
+    state: &mut KeyState,
+    this: Arrival<'_>,
+    slot: &mut AcquireState,
+    now: Instant,
+    cx: &mut Context<'_>,
+) -> Step {
+    let cost = this.cost;
+    if state.queue.is_empty() && state.has_room(cost) {
+        state.record(now, cost);
+        return Step::Ready(Ok(Admission::new(
+            this.key.clone(),
+            cost,
+            Duration::ZERO,
+            0,
+        )));
+    }
+    let queued = state.live_waiters() + 1;
+    let overload = |wait, reason| -> Step {
+        Step::Ready(Err(Overloaded {
+            key: this.key.clone(),
+            wait,
+            queued,
+            reason,
+        }
+        .into()))
+    };
+    if let Some(max_queue) = this.limits.max_queue()
+        && queued > max_queue
+    {
+        let wait = state.projected_wait(now, state.queued_cost + cost);
+        return overload(wait, OverloadReason::QueueFull(max_queue));
+    }
+    if let Some(max_wait) = this.limits.max_wait() {
+        let wait = state.projected_wait(now, state.queued_cost + cost);
+        if wait > max_wait {
+            return overload(wait, OverloadReason::MaxWait(max_wait));
+        }
+    }
+    let id = state.push(cost, cx.waker());
+    *slot = AcquireState::Queued {
+        ticket: Ticket {
+            shared: this.shared.clone(),
+            key: this.key.clone(),
+            id,
+            armed: true,
+        },
+        enqueued_at: now,
+        queued,
+    };
+    Step::Again
+}

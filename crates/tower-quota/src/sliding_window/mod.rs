@@ -1,0 +1,112 @@
+//! Exact sliding-window pacing: at most `max_calls` in *any* window.
+//!
+//! # The problem
+//!
+//! A provider that allows 20 requests per second usually means it: a
+//! server-side sliding log that refuses the 21st request inside any
+//! one-second span. A client that paces with fixed buckets (as
+//! `tower::limit::RateLimit` does) can send 20 at the end of one bucket and
+//! 20 at the start of the next — 40 in a few milliseconds — and be refused.
+//! A client that spaces requests evenly (one per 50 ms) never bursts, and so
+//! wastes the latency a burst would have saved.
+//!
+//! [`SlidingWindowLayer`] admits a burst of up to `max_calls` at once, then
+//! admits each next request exactly when the oldest admission leaves the
+//! window. No window of the quota's length ever holds more than `max_calls`
+//! admissions, under any interleaving of callers, and no request waits while
+//! the window has room for it.
+//!
+//! # What it guarantees
+//!
+//! - **Shared.** The state lives in a [`Store`] shared by every clone of the
+//!   layer and of its services: cloning never multiplies the limit.
+//! - **Per key, several quotas.** A key function picks the quota of each
+//!   request (one global key by default); a key may carry several quotas
+//!   (10 per second *and* 100 per minute), all respected.
+//! - **Fair.** Waiters of one key are admitted in FIFO order. Only the head
+//!   of each queue holds a timer, so each admission costs one timer expiry or
+//!   one wake-up however many requests wait; no thread is blocked.
+//! - **Cancellation-safe.** A request dropped while it waits consumes nothing
+//!   and delays nobody.
+//! - **Bounded.** [`max_wait`](SlidingWindowLayer::max_wait) and
+//!   [`max_queue`](SlidingWindowLayer::max_queue) turn overload into an
+//!   [`Overloaded`] error naming the key and the wait it would have needed.
+//!   Idle keys are evicted, so memory follows the active keys.
+//! - **Server-exact.** The server sees each request a little after the client
+//!   admits it, with jitter. Each admission is held in the window for a small
+//!   [`safety_margin`](SlidingWindowLayer::safety_margin) beyond the window
+//!   (by default 1% of it, between 1 ms and 50 ms), so the server's own
+//!   sliding window never counts more than `max_calls`.
+//!
+//! # Where it goes in a stack
+//!
+//! Innermost of the tower-quota layers, just outside the per-attempt timeout:
+//! every attempt, retries included, spends quota, and a timeout does not
+//! count the time spent waiting for room.
+//!
+//! # The readiness contract
+//!
+//! The key of a request is known only in `call`, so the wait happens in the
+//! response future, not in `poll_ready` (which is the inner service's own).
+//! The inner service that `poll_ready` readied moves into the response future
+//! and is called once the request is admitted; it is never swapped for an
+//! unpolled clone, which keeps services such as `tower::buffer::Buffer` and
+//! tonic's `Channel` correct.
+//!
+//! # Errors
+//!
+//! The service's error is [`BoxError`](crate::BoxError), like tower's own
+//! middleware. Downcast it to [`Overloaded`] or [`CostTooLarge`] for the
+//! limiter's refusals; the inner service's errors pass through unchanged
+//! inside the box.
+//!
+//! # Example
+//!
+//! ```
+//! use std::time::Duration;
+//! use tower::{service_fn, ServiceBuilder, ServiceExt};
+//! use tower_quota::sliding_window::SlidingWindowLayer;
+//!
+//! # #[tokio::main(flavor = "current_thread", start_paused = true)]
+//! # async fn main() -> Result<(), tower_quota::BoxError> {
+//! let limiter = SlidingWindowLayer::new(2, Duration::from_secs(1))?
+//!     .safety_margin(Duration::ZERO)?
+//!     .key_fn(|request: &http::Request<()>| request.uri().path().to_owned());
+//! let service = ServiceBuilder::new()
+//!     .layer(limiter)
+//!     .service(service_fn(|_request: http::Request<()>| async {
+//!         Ok::<_, std::convert::Infallible>(tokio::time::Instant::now())
+//!     }));
+//!
+//! let start = tokio::time::Instant::now();
+//! let mut sent = Vec::new();
+//! for _ in 0..3 {
+//!     let request = http::Request::get("/items").body(())?;
+//!     sent.push(service.clone().oneshot(request).await? - start);
+//! }
+//! // A burst of two at once; the third when the first leaves the window.
+//! assert_eq!(sent, [Duration::ZERO, Duration::ZERO, Duration::from_secs(1)]);
+//! # Ok(())
+//! # }
+//! ```
+
+mod error;
+mod future;
+mod layer;
+mod memory;
+mod quota;
+mod service;
+mod store;
+
+pub use error::{CostTooLarge, OverloadReason, Overloaded};
+pub use future::ResponseFuture;
+pub use layer::SlidingWindowLayer;
+pub use memory::{Acquire, MemoryStore};
+pub use quota::{
+    InvalidQuota, Limits, MAX_SAFETY_MARGIN, MAX_WINDOW, Quota, default_safety_margin,
+};
+pub use service::SlidingWindow;
+pub use store::{Admission, Store};
+
+#[cfg(test)]
+mod tests;

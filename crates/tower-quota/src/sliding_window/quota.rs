@@ -1,0 +1,218 @@
+//! Quotas and the limits a layer enforces.
+
+use std::fmt;
+use std::sync::Arc;
+use std::time::Duration;
+
+/// The longest window a quota may have. Longer windows are rejected at
+/// construction so that no instant arithmetic can overflow later.
+pub const MAX_WINDOW: Duration = Duration::from_secs(366 * 24 * 60 * 60);
+
+/// The largest safety margin a layer accepts.
+pub const MAX_SAFETY_MARGIN: Duration = Duration::from_secs(60 * 60);
+
+/// One quota: at most `max_calls` units in *any* window of `window` length.
+///
+/// A unit is one request unless the layer has a cost function, in which case
+/// it is whatever the cost counts (tokens, bytes, points).
+///
+/// ```
+/// use std::time::Duration;
+/// use tower_quota::sliding_window::{InvalidQuota, Quota};
+///
+/// let quota = Quota::new(500, Duration::from_secs(60))?;
+/// assert_eq!(quota.max_calls(), 500);
+/// assert!(matches!(Quota::new(0, Duration::from_secs(1)), Err(InvalidQuota::ZeroMaxCalls)));
+/// # Ok::<(), InvalidQuota>(())
+/// ```
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct Quota {
+    max_calls: u64,
+    window: Duration,
+}
+
+impl Quota {
+    /// A quota of `max_calls` in any `window`.
+    ///
+    /// # Errors
+    ///
+    /// [`InvalidQuota`] when `max_calls` is 0, `window` is zero, or `window`
+    /// is longer than [`MAX_WINDOW`].
+    pub fn new(max_calls: u64, window: Duration) -> Result<Self, InvalidQuota> {
+        if max_calls == 0 {
+            return Err(InvalidQuota::ZeroMaxCalls);
+        }
+        if window.is_zero() {
+            return Err(InvalidQuota::ZeroWindow);
+        }
+        if window > MAX_WINDOW {
+            return Err(InvalidQuota::WindowTooLong(window));
+        }
+        Ok(Quota { max_calls, window })
+    }
+
+    /// The most units admitted in any window.
+    pub fn max_calls(&self) -> u64 {
+        self.max_calls
+    }
+
+    /// The window's length.
+    pub fn window(&self) -> Duration {
+        self.window
+    }
+}
+
+impl fmt::Display for Quota {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}/{:?}", self.max_calls, self.window)
+    }
+}
+
+/// Why a quota or a limiter setting was rejected.
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum InvalidQuota {
+    /// `max_calls` was 0: nothing could ever be admitted.
+    ZeroMaxCalls,
+    /// The window was zero: the limit would mean nothing.
+    ZeroWindow,
+    /// The window was longer than [`MAX_WINDOW`].
+    WindowTooLong(Duration),
+    /// No quota was given.
+    NoQuota,
+    /// The safety margin was longer than [`MAX_SAFETY_MARGIN`].
+    SafetyMarginTooLong(Duration),
+}
+
+impl fmt::Display for InvalidQuota {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            InvalidQuota::ZeroMaxCalls => {
+                f.write_str("invalid quota: max_calls must be at least 1")
+            }
+            InvalidQuota::ZeroWindow => {
+                f.write_str("invalid quota: window must be longer than zero")
+            }
+            InvalidQuota::WindowTooLong(window) => {
+                write!(
+                    f,
+                    "invalid quota: window {window:?} is longer than the maximum {MAX_WINDOW:?}"
+                )
+            }
+            InvalidQuota::NoQuota => f.write_str("invalid limiter: at least one quota is required"),
+            InvalidQuota::SafetyMarginTooLong(margin) => write!(
+                f,
+                "invalid limiter: safety margin {margin:?} is longer than the maximum {MAX_SAFETY_MARGIN:?}"
+            ),
+        }
+    }
+}
+
+impl std::error::Error for InvalidQuota {}
+
+/// Everything a [`Store`](super::Store) needs to decide one admission: the
+/// quotas of the key, the safety margin, and the overload bounds.
+///
+/// Built by [`SlidingWindowLayer`](super::SlidingWindowLayer); cheap to clone.
+#[derive(Clone, PartialEq, Eq)]
+pub struct Limits {
+    inner: Arc<LimitsInner>,
+}
+
+#[derive(Clone, PartialEq, Eq)]
+struct LimitsInner {
+    quotas: Vec<Quota>,
+    safety_margin: Duration,
+    max_wait: Option<Duration>,
+    max_queue: Option<usize>,
+}
+
+impl Limits {
+    pub(crate) fn new(quotas: Vec<Quota>) -> Result<Self, InvalidQuota> {
+        if quotas.is_empty() {
+            return Err(InvalidQuota::NoQuota);
+        }
+        let safety_margin = default_safety_margin(&quotas);
+        Ok(Limits {
+            inner: Arc::new(LimitsInner {
+                quotas,
+                safety_margin,
+                max_wait: None,
+                max_queue: None,
+            }),
+        })
+    }
+
+    fn edit(&mut self, f: impl FnOnce(&mut LimitsInner)) {
+        f(Arc::make_mut(&mut self.inner));
+    }
+
+    pub(crate) fn push_quota(&mut self, quota: Quota) {
+        self.edit(|inner| inner.quotas.push(quota));
+    }
+
+    pub(crate) fn set_safety_margin(&mut self, margin: Duration) -> Result<(), InvalidQuota> {
+        if margin > MAX_SAFETY_MARGIN {
+            return Err(InvalidQuota::SafetyMarginTooLong(margin));
+        }
+        self.edit(|inner| inner.safety_margin = margin);
+        Ok(())
+    }
+
+    pub(crate) fn set_max_wait(&mut self, max_wait: Option<Duration>) {
+        self.edit(|inner| inner.max_wait = max_wait);
+    }
+
+    pub(crate) fn set_max_queue(&mut self, max_queue: Option<usize>) {
+        self.edit(|inner| inner.max_queue = max_queue);
+    }
+
+    /// The quotas; a request is admitted only when every one has room.
+    pub fn quotas(&self) -> &[Quota] {
+        &self.inner.quotas
+    }
+
+    /// Extra time an admission is held in the window past `window`, so that a
+    /// server which sees arrivals a little later than the client admits them
+    /// never counts more than `max_calls` in its own window.
+    pub fn safety_margin(&self) -> Duration {
+        self.inner.safety_margin
+    }
+
+    /// The longest a request may wait for admission before it is refused.
+    pub fn max_wait(&self) -> Option<Duration> {
+        self.inner.max_wait
+    }
+
+    /// The most requests that may wait on one key.
+    pub fn max_queue(&self) -> Option<usize> {
+        self.inner.max_queue
+    }
+}
+
+impl fmt::Debug for Limits {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Limits")
+            .field("quotas", &self.inner.quotas)
+            .field("safety_margin", &self.inner.safety_margin)
+            .field("max_wait", &self.inner.max_wait)
+            .field("max_queue", &self.inner.max_queue)
+            .finish()
+    }
+}
+
+/// The default safety margin: 1% of the shortest window, at least 1 ms and
+/// at most 50 ms.
+///
+/// Loopback and LAN delivery jitter is well under a millisecond; a loaded
+/// client or a remote provider adds a few milliseconds. 1% of a one-second
+/// window (10 ms) absorbs that while costing 1% of the throughput; windows of
+/// a minute or more lose less than 0.1%.
+pub fn default_safety_margin(quotas: &[Quota]) -> Duration {
+    let shortest = quotas
+        .iter()
+        .map(Quota::window)
+        .min()
+        .unwrap_or(Duration::ZERO);
+    (shortest / 100).clamp(Duration::from_millis(1), Duration::from_millis(50))
+}
