@@ -495,7 +495,10 @@ enum Step {
     Ready(Result<Admission, BoxError>),
     Sleep(Instant),
     Park,
-    Again,
+    /// Queued just now: look at the queue again, as its head or not.
+    Queued,
+    /// The key's state is gone: arrive again.
+    Restart,
 }
 
 impl Future for Acquire {
@@ -589,7 +592,7 @@ impl Future for Acquire {
                         // it be gone all the same, arrive again.
                         None => {
                             ticket.armed = false;
-                            Step::Again
+                            Step::Restart
                         }
                     },
                     AcquireState::Done => {
@@ -604,7 +607,8 @@ impl Future for Acquire {
                     return Poll::Ready(result);
                 }
                 Step::Park => return Poll::Pending,
-                Step::Again => {
+                Step::Queued => {}
+                Step::Restart => {
                     *this.state = AcquireState::Start;
                 }
                 Step::Sleep(at) => {
@@ -686,5 +690,5 @@ fn arrive(
         enqueued_at: now,
         queued,
     };
-    Step::Again
+    Step::Queued
 }

@@ -1,1 +1,613 @@
+use std::convert::Infallible;
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::task::{Context, Poll};
+use std::time::Duration;
 
+use tokio::time::Instant;
+use tokio_test::{assert_pending, assert_ready_ok};
+use tower::{Service, ServiceExt, service_fn};
+use tower_layer::Layer;
+
+use super::*;
+use crate::{BoxError, Key};
+
+const MS: Duration = Duration::from_millis(1);
+
+/// A limiter with no safety margin, so admission instants are exact.
+fn exact(max_calls: u64, window: Duration) -> SlidingWindowLayer {
+    SlidingWindowLayer::new(max_calls, window)
+        .unwrap()
+        .safety_margin(Duration::ZERO)
+        .unwrap()
+}
+
+/// A service that answers each request with the instant it was called.
+fn clock() -> impl Service<u32, Response = Instant, Error = Infallible, Future: Send> + Clone + Send
+{
+    service_fn(|_request: u32| async { Ok::<_, Infallible>(Instant::now()) })
+}
+
+#[test]
+fn invalid_settings_are_rejected_at_construction() {
+    assert_eq!(
+        SlidingWindowLayer::new(0, Duration::from_secs(1)).unwrap_err(),
+        InvalidQuota::ZeroMaxCalls
+    );
+    assert_eq!(
+        SlidingWindowLayer::new(1, Duration::ZERO).unwrap_err(),
+        InvalidQuota::ZeroWindow
+    );
+    assert!(matches!(
+        SlidingWindowLayer::new(1, Duration::MAX).unwrap_err(),
+        InvalidQuota::WindowTooLong(_)
+    ));
+    assert_eq!(
+        SlidingWindowLayer::with_quotas([]).unwrap_err(),
+        InvalidQuota::NoQuota
+    );
+    let layer = SlidingWindowLayer::new(1, Duration::from_secs(1)).unwrap();
+    assert!(matches!(
+        layer
+            .clone()
+            .safety_margin(Duration::from_secs(7200))
+            .unwrap_err(),
+        InvalidQuota::SafetyMarginTooLong(_)
+    ));
+    assert!(matches!(
+        layer.and_quota(0, Duration::from_secs(60)).unwrap_err(),
+        InvalidQuota::ZeroMaxCalls
+    ));
+    let message = InvalidQuota::ZeroMaxCalls.to_string();
+    assert!(message.contains("max_calls"), "{message}");
+}
+
+#[test]
+fn default_safety_margin_is_one_percent_of_the_shortest_window_within_bounds() {
+    let margin = |windows: &[u64]| {
+        let quotas: Vec<_> = windows
+            .iter()
+            .map(|ms| Quota::new(1, Duration::from_millis(*ms)).unwrap())
+            .collect();
+        default_safety_margin(&quotas)
+    };
+    assert_eq!(margin(&[1_000]), Duration::from_millis(10));
+    assert_eq!(margin(&[60_000, 1_000]), Duration::from_millis(10));
+    assert_eq!(margin(&[10]), Duration::from_millis(1));
+    assert_eq!(margin(&[3_600_000]), Duration::from_millis(50));
+}
+
+#[tokio::test(start_paused = true)]
+async fn burst_goes_at_once_then_each_waits_for_the_oldest_to_leave() {
+    let service = exact(3, Duration::from_secs(1)).layer(clock());
+    let start = Instant::now();
+    let mut handles = Vec::new();
+    for i in 0..7 {
+        handles.push(tokio::spawn(service.clone().oneshot(i)));
+        tokio::time::sleep(100 * MS).await;
+    }
+    let mut sent = Vec::new();
+    for handle in handles {
+        sent.push(handle.await.unwrap().unwrap() - start);
+    }
+    let ms = |v: u64| Duration::from_millis(v);
+    // Arrivals at 0..600 ms every 100 ms; three fit at once, then each waits
+    // until the admission three places earlier is a full second old.
+    assert_eq!(
+        sent,
+        [
+            ms(0),
+            ms(100),
+            ms(200),
+            ms(1000),
+            ms(1100),
+            ms(1200),
+            ms(2000)
+        ]
+    );
+}
+
+#[tokio::test(start_paused = true)]
+async fn clones_of_the_service_share_one_quota() {
+    let layer = exact(2, Duration::from_secs(1));
+    let first = layer.layer(clock());
+    let second = layer.layer(clock());
+    let start = Instant::now();
+    let a = first.clone().oneshot(1).await.unwrap();
+    let b = second.clone().oneshot(2).await.unwrap();
+    let c = first.oneshot(3).await.unwrap();
+    let d = second.oneshot(4).await.unwrap();
+    assert_eq!(
+        [a - start, b - start, c - start, d - start],
+        [
+            Duration::ZERO,
+            Duration::ZERO,
+            Duration::from_secs(1),
+            Duration::from_secs(1)
+        ]
+    );
+}
+
+#[tokio::test(start_paused = true)]
+async fn every_quota_of_a_key_is_respected() {
+    // 2 per 100 ms and 3 per second.
+    let layer = exact(2, 100 * MS)
+        .and_quota(3, Duration::from_secs(1))
+        .unwrap();
+    let service = layer.layer(clock());
+    let start = Instant::now();
+    let mut sent = Vec::new();
+    for i in 0..5 {
+        sent.push(service.clone().oneshot(i).await.unwrap() - start);
+    }
+    let ms = |v: u64| Duration::from_millis(v);
+    assert_eq!(sent, [ms(0), ms(0), ms(100), ms(1000), ms(1000)]);
+}
+
+#[tokio::test(start_paused = true)]
+async fn keys_have_separate_quotas() {
+    let layer = exact(1, Duration::from_secs(1)).key_fn(|request: &u32| {
+        if request.is_multiple_of(2) {
+            Key::from_static("even")
+        } else {
+            Key::from_static("odd")
+        }
+    });
+    let service = layer.layer(clock());
+    let start = Instant::now();
+    let even = service.clone().oneshot(0).await.unwrap() - start;
+    let odd = service.clone().oneshot(1).await.unwrap() - start;
+    let even_again = service.oneshot(2).await.unwrap() - start;
+    assert_eq!(even, Duration::ZERO);
+    assert_eq!(odd, Duration::ZERO);
+    assert_eq!(even_again, Duration::from_secs(1));
+}
+
+#[tokio::test(start_paused = true)]
+async fn safety_margin_holds_admissions_past_the_window() {
+    let layer = SlidingWindowLayer::new(1, Duration::from_secs(1))
+        .unwrap()
+        .safety_margin(10 * MS)
+        .unwrap();
+    let service = layer.layer(clock());
+    let start = Instant::now();
+    service.clone().oneshot(0).await.unwrap();
+    let second = service.oneshot(1).await.unwrap() - start;
+    assert_eq!(second, Duration::from_millis(1010));
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_waiter_dropped_before_admission_consumes_nothing() {
+    let service = exact(1, Duration::from_secs(1)).layer(clock());
+    let start = Instant::now();
+    service.clone().oneshot(0).await.unwrap();
+    // Waits behind the first admission, then gives up half-way.
+    let gave_up = tokio::time::timeout(500 * MS, service.clone().oneshot(1)).await;
+    assert!(gave_up.is_err());
+    // The next request takes the slot the dropped one would have had.
+    let next = service.clone().oneshot(2).await.unwrap() - start;
+    assert_eq!(next, Duration::from_secs(1));
+    // And the one after that waits a full window after it, not two.
+    let after = service.oneshot(3).await.unwrap() - start;
+    assert_eq!(after, Duration::from_secs(2));
+}
+
+#[tokio::test(start_paused = true)]
+async fn max_wait_refuses_with_the_key_and_the_wait_needed() {
+    let layer = exact(2, Duration::from_secs(1))
+        .max_wait(1500 * MS)
+        .key_fn(|_: &u32| Key::from_static("provider-a"));
+    let service = layer.layer(clock());
+    // Two admitted, two more within 1 s, the fifth would wait 2 s.
+    let mut waiting = Vec::new();
+    for i in 0..4 {
+        waiting.push(tokio::spawn(service.clone().oneshot(i)));
+    }
+    tokio::task::yield_now().await;
+    let error = service.clone().oneshot(4).await.unwrap_err();
+    let overloaded = error
+        .downcast_ref::<Overloaded>()
+        .expect("an Overloaded error");
+    assert_eq!(overloaded.key().as_str(), "provider-a");
+    assert_eq!(overloaded.wait(), Duration::from_secs(2));
+    assert_eq!(overloaded.reason(), OverloadReason::MaxWait(1500 * MS));
+    assert!(error.to_string().contains("provider-a"), "{error}");
+    for handle in waiting {
+        handle.await.unwrap().unwrap();
+    }
+}
+
+#[tokio::test(start_paused = true)]
+async fn max_queue_refuses_when_the_queue_is_full() {
+    let service = exact(1, Duration::from_secs(1)).max_queue(2).layer(clock());
+    service.clone().oneshot(0).await.unwrap();
+    let first = tokio::spawn(service.clone().oneshot(1));
+    let second = tokio::spawn(service.clone().oneshot(2));
+    tokio::task::yield_now().await;
+    let error = service.clone().oneshot(3).await.unwrap_err();
+    let overloaded = error
+        .downcast_ref::<Overloaded>()
+        .expect("an Overloaded error");
+    assert_eq!(overloaded.reason(), OverloadReason::QueueFull(2));
+    assert_eq!(overloaded.queued(), 3);
+    assert_eq!(overloaded.wait(), Duration::from_secs(3));
+    first.await.unwrap().unwrap();
+    second.await.unwrap().unwrap();
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_cost_above_the_capacity_is_refused_at_once() {
+    let service = exact(10, Duration::from_secs(1))
+        .cost_fn(|request: &u32| u64::from(*request))
+        .layer(clock());
+    let start = Instant::now();
+    let error = service.clone().oneshot(11).await.unwrap_err();
+    let too_large = error
+        .downcast_ref::<CostTooLarge>()
+        .expect("a CostTooLarge error");
+    assert_eq!((too_large.cost(), too_large.max_calls()), (11, 10));
+    assert_eq!(Instant::now(), start, "refused without waiting");
+    // Costs add up: 6 + 4 fill the window, 1 more waits for both to leave.
+    service.clone().oneshot(6).await.unwrap();
+    service.clone().oneshot(4).await.unwrap();
+    let third = service.clone().oneshot(1).await.unwrap() - start;
+    assert_eq!(third, Duration::from_secs(1));
+    // Zero cost never waits.
+    let free = service.oneshot(0).await.unwrap() - start;
+    assert_eq!(free, Duration::from_secs(1));
+}
+
+#[tokio::test(start_paused = true)]
+async fn idle_keys_are_evicted() {
+    let layer = exact(5, Duration::from_secs(1)).key_fn(|request: &u32| request.to_string());
+    let store = layer.get_store().clone();
+    let service = layer.layer(clock());
+    for i in 0..100 {
+        service.clone().oneshot(i).await.unwrap();
+    }
+    assert_eq!(store.key_count(), 100);
+    store.evict_idle();
+    assert_eq!(store.key_count(), 100, "keys inside their window stay");
+    tokio::time::advance(Duration::from_secs(1)).await;
+    store.evict_idle();
+    assert_eq!(store.key_count(), 0);
+}
+
+#[tokio::test(start_paused = true)]
+async fn idle_keys_are_swept_without_being_asked() {
+    let layer = exact(1, 10 * MS).key_fn(|request: &u32| request.to_string());
+    let store = layer.get_store().clone();
+    let service = layer.layer(clock());
+    for i in 0..20_000 {
+        service.clone().oneshot(i).await.unwrap();
+        if i % 100 == 99 {
+            tokio::time::advance(20 * MS).await;
+        }
+    }
+    // Each shard sweeps after a bounded number of operations, so the keys
+    // held are a bounded multiple of the keys active in one window.
+    assert!(store.key_count() < 5_000, "{} keys held", store.key_count());
+}
+
+#[tokio::test(start_paused = true)]
+async fn poll_ready_is_the_inner_services_and_the_readied_service_is_called() {
+    let (mock, mut handle) = tower_test::mock::pair::<u32, u32>();
+    let mut service = tower_test::mock::Spawn::new(exact(1, Duration::from_secs(1)).layer(mock));
+
+    handle.allow(0);
+    assert_pending!(service.poll_ready());
+    handle.allow(2);
+    assert_ready_ok!(service.poll_ready());
+    let first = tokio::spawn(service.call(1));
+    tokio::task::yield_now().await;
+    assert_ready_ok!(service.poll_ready());
+    // The mock panics if a service is called without being readied, so the
+    // second call reaching it shows the readied instance went with it.
+    let second = tokio::spawn(service.call(2));
+
+    let request = handle.next_request().await.unwrap();
+    assert_eq!(request.0, 1);
+    request.1.send_response(10);
+    assert_eq!(first.await.unwrap().unwrap(), 10);
+
+    let start = Instant::now();
+    let request = handle.next_request().await.unwrap();
+    assert_eq!(request.0, 2);
+    assert_eq!(Instant::now() - start, Duration::from_secs(1));
+    request.1.send_response(20);
+    assert_eq!(second.await.unwrap().unwrap(), 20);
+}
+
+#[derive(Debug)]
+struct InnerFailure;
+
+impl std::fmt::Display for InnerFailure {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("inner failure")
+    }
+}
+
+impl std::error::Error for InnerFailure {}
+
+#[tokio::test(start_paused = true)]
+async fn inner_errors_reach_the_caller_unchanged_in_kind() {
+    let (mock, mut handle) = tower_test::mock::pair::<u32, u32>();
+    let service = exact(1, Duration::from_secs(1)).layer(mock);
+    handle.allow(1);
+    let call = tokio::spawn(service.oneshot(1));
+    let (_, respond) = handle.next_request().await.unwrap();
+    respond.send_error(InnerFailure);
+    let error: BoxError = call.await.unwrap().unwrap_err();
+    assert!(error.downcast_ref::<InnerFailure>().is_some(), "{error:?}");
+
+    // Readiness errors too.
+    let (mock, mut handle) = tower_test::mock::pair::<u32, u32>();
+    let mut service = tower_test::mock::Spawn::new(exact(1, Duration::from_secs(1)).layer(mock));
+    handle.send_error(InnerFailure);
+    let error = match service.poll_ready() {
+        Poll::Ready(Err(error)) => error,
+        other => panic!("expected a readiness error, got {other:?}"),
+    };
+    assert!(error.downcast_ref::<InnerFailure>().is_some(), "{error:?}");
+}
+
+/// Counts how often the futures it wraps are polled.
+struct CountPolls<F> {
+    future: Pin<Box<F>>,
+    polls: Arc<AtomicUsize>,
+}
+
+impl<F: Future> Future for CountPolls<F> {
+    type Output = F::Output;
+
+    fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<F::Output> {
+        self.polls.fetch_add(1, Ordering::Relaxed);
+        self.future.as_mut().poll(cx)
+    }
+}
+
+/// `waiters` tasks queue on one key through clones of one service; returns
+/// polls per admission, after checking FIFO order and exact instants.
+async fn queue_on_one_key(waiters: u32) -> f64 {
+    let max_calls = 10;
+    let window = 100 * MS;
+    let admitted = Arc::new(Mutex::new(Vec::with_capacity(waiters as usize)));
+    let record = admitted.clone();
+    let inner = service_fn(move |request: u32| {
+        record.lock().unwrap().push((request, Instant::now()));
+        async { Ok::<_, Infallible>(()) }
+    });
+    let service = exact(max_calls, window).layer(inner);
+    let polls = Arc::new(AtomicUsize::new(0));
+    let start = Instant::now();
+    let mut tasks = Vec::with_capacity(waiters as usize);
+    for i in 0..waiters {
+        tasks.push(tokio::spawn(CountPolls {
+            future: Box::pin(service.clone().oneshot(i)),
+            polls: polls.clone(),
+        }));
+    }
+    for task in tasks {
+        task.await.unwrap().unwrap();
+    }
+    let admitted = admitted.lock().unwrap();
+    assert_eq!(admitted.len(), waiters as usize);
+    for (position, (request, at)) in admitted.iter().enumerate() {
+        assert_eq!(*request as usize, position, "FIFO order");
+        let slot = (position as u64 / max_calls) as u32;
+        assert_eq!(
+            *at - start,
+            window * slot,
+            "request {request} admitted at its exact instant"
+        );
+    }
+    polls.load(Ordering::Relaxed) as f64 / f64::from(waiters)
+}
+
+#[tokio::test(start_paused = true)]
+async fn ten_thousand_waiters_are_admitted_in_fifo_order_with_constant_wakeups() {
+    let few = queue_on_one_key(100).await;
+    let many = queue_on_one_key(10_000).await;
+    // Each waiter is polled when it arrives, when it becomes the head, and
+    // when its timer fires: a constant, not a number that grows with the
+    // queue (a thundering herd would poll every waiter on every admission).
+    assert!(
+        many <= 3.0,
+        "{many} polls per admission with 10,000 waiters"
+    );
+    assert!(
+        many <= few * 1.05 + 0.05,
+        "{many} polls per admission with 10,000 waiters vs {few} with 100"
+    );
+}
+
+#[tokio::test(start_paused = true)]
+async fn half_the_waiters_cancelled_leaves_the_rest_as_if_they_never_came() {
+    use rand::{Rng, SeedableRng, rngs::StdRng};
+
+    let max_calls = 4u64;
+    let window = 100 * MS;
+    let admitted = Arc::new(Mutex::new(Vec::new()));
+    let record = admitted.clone();
+    let inner = service_fn(move |request: u32| {
+        record.lock().unwrap().push((request, Instant::now()));
+        async { Ok::<_, Infallible>(()) }
+    });
+    let service = exact(max_calls, window).layer(inner);
+    let start = Instant::now();
+    // Fill the first window so that every waiter below has to queue.
+    for _ in 0..max_calls {
+        service.clone().oneshot(u32::MAX).await.unwrap();
+    }
+    let mut rng = StdRng::seed_from_u64(7);
+    let mut tasks = Vec::new();
+    let mut expected = Vec::new();
+    let mut kept = 0u64;
+    for i in 0..400u32 {
+        let cancel = rng.random_bool(0.5);
+        let call = service.clone().oneshot(i);
+        if cancel {
+            // Any point before the instant this waiter would be admitted if
+            // it stayed, which is when the next kept waiter is admitted;
+            // offset by 5 ms from the admission grid so no instant ties.
+            let slot = kept / max_calls + 1;
+            let cancel_at = start + window * slot as u32 - 5 * MS;
+            let cancel_at = start + (cancel_at - start).mul_f64(rng.random_range(0.0..1.0));
+            tasks.push(tokio::spawn(async move {
+                tokio::select! {
+                    biased;
+                    _ = tokio::time::sleep_until(cancel_at) => {}
+                    _ = call => panic!("waiter {i} admitted before its cancellation"),
+                }
+            }));
+        } else {
+            expected.push((i, window * (kept / max_calls + 1) as u32));
+            kept += 1;
+            tasks.push(tokio::spawn(async move {
+                call.await.unwrap();
+            }));
+        }
+    }
+    for task in tasks {
+        task.await.unwrap();
+    }
+    let admitted: Vec<_> = admitted
+        .lock()
+        .unwrap()
+        .iter()
+        .filter(|(request, _)| *request != u32::MAX)
+        .map(|(request, at)| (*request, *at - start))
+        .collect();
+    assert_eq!(admitted, expected);
+}
+
+mod properties {
+    use super::*;
+    use proptest::prelude::*;
+
+    /// 10 ms: arrivals and windows sit on this grid, cancellations 5 ms off
+    /// it, so no cancellation ties with an admission.
+    const UNIT: Duration = Duration::from_millis(10);
+
+    #[derive(Debug, Clone)]
+    struct Arrival {
+        gap: u32,
+        cancel_after: Option<u32>,
+    }
+
+    fn arrivals() -> impl Strategy<Value = Vec<Arrival>> {
+        prop::collection::vec(
+            (0u32..6, prop::option::weighted(0.3, 0u32..40))
+                .prop_map(|(gap, cancel_after)| Arrival { gap, cancel_after }),
+            1..60,
+        )
+    }
+
+    /// The reference: a greedy FIFO sliding log on the same grid.
+    fn model(max_calls: usize, window: u32, arrivals: &[(u32, Option<u32>)]) -> Vec<Option<u32>> {
+        // Times in half-units so cancellations (x.5) can be represented.
+        let mut admitted: Vec<Option<u32>> = vec![None; arrivals.len()];
+        let mut log: Vec<u32> = Vec::new();
+        let mut queue: std::collections::VecDeque<usize> = Default::default();
+        let mut next_arrival = 0;
+        let mut now = 0u32;
+        loop {
+            while next_arrival < arrivals.len() && arrivals[next_arrival].0 * 2 <= now {
+                queue.push_back(next_arrival);
+                next_arrival += 1;
+            }
+            queue.retain(|i| arrivals[*i].1.is_none_or(|cancel| cancel > now));
+            while let Some(&head) = queue.front() {
+                let in_window = log.iter().filter(|t| **t + window * 2 > now).count();
+                if in_window >= max_calls {
+                    break;
+                }
+                log.push(now);
+                admitted[head] = Some(now / 2);
+                queue.pop_front();
+            }
+            let mut next = Vec::new();
+            if next_arrival < arrivals.len() {
+                next.push(arrivals[next_arrival].0 * 2);
+            }
+            next.extend(queue.iter().filter_map(|i| arrivals[*i].1));
+            if !queue.is_empty() {
+                next.push(log[log.len() - max_calls] + window * 2);
+            }
+            match next.into_iter().filter(|t| *t > now).min() {
+                Some(t) => now = t,
+                None => return admitted,
+            }
+        }
+    }
+
+    fn max_in_any_window(times: &mut [u32], window: u32) -> usize {
+        times.sort_unstable();
+        let mut best = 0;
+        let mut first = 0;
+        for last in 0..times.len() {
+            while times[first] + window <= times[last] {
+                first += 1;
+            }
+            best = best.max(last - first + 1);
+        }
+        best
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(96))]
+
+        #[test]
+        fn no_window_exceeds_max_calls_and_no_waiter_idles(
+            max_calls in 1u64..6,
+            window in 1u32..30,
+            arrivals in arrivals(),
+        ) {
+            let mut at = 0;
+            let plan: Vec<(u32, Option<u32>)> = arrivals
+                .iter()
+                .map(|a| {
+                    at += a.gap;
+                    // A cancellation lands 5 ms after a grid point.
+                    (at, a.cancel_after.map(|after| (at + after) * 2 + 1))
+                })
+                .collect();
+            let runtime = tokio::runtime::Builder::new_current_thread()
+                .enable_time()
+                .start_paused(true)
+                .build()
+                .unwrap();
+            let observed: Vec<Option<u32>> = runtime.block_on(async {
+                let service = exact(max_calls, UNIT * window).layer(clock());
+                let start = Instant::now();
+                let mut tasks = Vec::new();
+                for (i, (arrive, cancel)) in plan.iter().copied().enumerate() {
+                    tokio::time::sleep_until(start + UNIT * arrive).await;
+                    let call = service.clone().oneshot(i as u32);
+                    tasks.push(tokio::spawn(async move {
+                        let cancel_at = start + (UNIT / 2) * cancel.unwrap_or(u32::MAX / 4);
+                        tokio::select! {
+                            biased;
+                            result = call => {
+                                let at = result.unwrap() - start;
+                                assert_eq!(at.as_nanos() % UNIT.as_nanos(), 0, "admission off the grid");
+                                Some((at.as_nanos() / UNIT.as_nanos()) as u32)
+                            }
+                            _ = tokio::time::sleep_until(cancel_at) => None,
+                        }
+                    }));
+                }
+                let mut observed = Vec::new();
+                for task in tasks {
+                    observed.push(task.await.unwrap());
+                }
+                observed
+            });
+            let mut times: Vec<u32> = observed.iter().flatten().copied().collect();
+            prop_assert!(max_in_any_window(&mut times, window) <= max_calls as usize);
+            prop_assert_eq!(observed, model(max_calls as usize, window, &plan));
+        }
+    }
+}
