@@ -1,1 +1,93 @@
-//! placeholder
+//! A simulated rate-limited HTTP API, for testing the clients that call one.
+//!
+//! `quota-mock` serves any path over HTTP/1.1 and h2c, enforces quotas on the
+//! server side, and records every arrival. A client's compliance is measured
+//! where a real provider measures it: at the server, with the server's
+//! clock, after the network has added its jitter.
+//!
+//! - **Quotas** ([`Rule`]): an exact sliding log (the default and the
+//!   strictest), fixed windows that reset at boundaries (GitHub-style), or a
+//!   continuously refilled token bucket (nginx-style). Several rules are all
+//!   enforced; a refused request consumes nothing. Quotas are global, per
+//!   first path segment, or per header value ([`KeyBy`]).
+//! - **Responses**: 200 with `X-RateLimit-*` headers ([`HeaderDialect`]), or
+//!   429 with `Retry-After` in delay-seconds rounded *up*, so a client that
+//!   obeys it is never early.
+//! - **Faults** ([`Fault`], [`Scripted`]): error statuses, 503 with
+//!   `Retry-After`, latency, reset connections, and scripted responses.
+//!   Faults are drawn from a seedable RNG.
+//! - **Records** ([`Stats`], [`Arrival`]): every arrival with its time, key,
+//!   status, retry attempt and body hash, plus the exact maximum number of
+//!   admitted requests in any window. Also served as JSON at
+//!   `GET /__quota/stats`; `POST /__quota/reset` forgets everything. Paths
+//!   under `/__quota/` are never rate limited or recorded.
+//!
+//! # Order of decisions
+//!
+//! When a request head arrives the server takes the instant (on tokio's
+//! clock, so the mock follows a paused clock too) and, in this order:
+//!
+//! 1. serves a queued [`Scripted`] response if there is one — *before* the
+//!    quota check, so scripted responses consume no quota
+//!    ([`Outcome::Scripted`]);
+//! 2. runs the quota check at that instant; a refusal is a 429
+//!    ([`Outcome::Refused`]);
+//! 3. otherwise the request is admitted and consumes quota
+//!    ([`Outcome::Admitted`]), like at a real provider that counts every
+//!    request it processes; faults may then replace the 200 with an error
+//!    status or a reset connection.
+//!
+//! It then reads the whole body (to hash it), records the arrival, waits
+//! for any [`Fault::Latency`], and responds.
+//!
+//! # Example
+//!
+//! ```
+//! use std::time::Duration;
+//!
+//! use bytes::Bytes;
+//! use http_body_util::Empty;
+//! use hyper_util::client::legacy::Client;
+//! use hyper_util::rt::TokioExecutor;
+//! use quota_mock::{MockServer, Rule};
+//!
+//! # #[tokio::main(flavor = "current_thread")]
+//! # async fn main() -> Result<(), Box<dyn std::error::Error>> {
+//! let server = MockServer::builder()
+//!     .rule(Rule::sliding_log(3, Duration::from_secs(60)))
+//!     .start()
+//!     .await?;
+//!
+//! let client = Client::builder(TokioExecutor::new()).build_http::<Empty<Bytes>>();
+//! let mut statuses = Vec::new();
+//! for _ in 0..5 {
+//!     let response = client.get(format!("{}/items", server.url()).parse()?).await?;
+//!     statuses.push(response.status().as_u16());
+//! }
+//! assert_eq!(statuses, [200, 200, 200, 429, 429]);
+//!
+//! let stats = server.stats();
+//! assert_eq!(stats.count(429), 2);
+//! assert_eq!(stats.rules[0].max_accepted_in_any_window, 3);
+//! server.shutdown().await;
+//! # Ok(())
+//! # }
+//! ```
+#![forbid(unsafe_code)]
+#![deny(missing_docs)]
+
+mod fault;
+mod handler;
+mod headers;
+mod key;
+mod quota;
+mod rule;
+mod server;
+mod stats;
+
+pub use fault::{Fault, Latency, Scripted};
+pub use headers::HeaderDialect;
+pub use key::{KeyBy, ParseKeyByError};
+pub use rule::{Mode, ParseRuleError, Rule};
+pub use server::{MockServer, MockServerBuilder};
+pub use stats::{Arrival, Outcome, RuleStats, Stats, fnv1a64};

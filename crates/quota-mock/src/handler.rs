@@ -1,0 +1,367 @@
+//! One request, start to finish: decide (script, quota, faults) at the
+//! instant the head arrives, read and hash the body, record, respond.
+
+use std::collections::VecDeque;
+use std::fmt;
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
+use std::time::Duration;
+
+use bytes::Bytes;
+use http::header::{CONTENT_TYPE, RETRY_AFTER};
+use http::{HeaderValue, Method, Request, Response, StatusCode};
+use http_body::Body;
+use http_body_util::{BodyExt, Full};
+use rand::Rng;
+use rand::rngs::StdRng;
+use tokio::time::Instant;
+
+use crate::fault::{Fault, Latency, Scripted};
+use crate::headers::{HeaderDialect, delay_seconds};
+use crate::key::KeyBy;
+use crate::quota::{Decision, QuotaBook, RuleView};
+use crate::rule::Rule;
+use crate::stats::{Arrival, Outcome, Stats, fnv1a64};
+
+/// Paths under this prefix are the mock's own control plane: never rate
+/// limited, never recorded.
+pub(crate) const CONTROL_PREFIX: &str = "/__quota/";
+
+/// The request header whose numeric value is recorded as [`Arrival::attempt`].
+const RETRY_ATTEMPT: &str = "x-retry-attempt";
+
+/// Everything the server knows, shared by every connection.
+#[derive(Debug)]
+pub(crate) struct Shared {
+    pub(crate) start: Instant,
+    pub(crate) key_by: KeyBy,
+    pub(crate) dialect: HeaderDialect,
+    state: Mutex<State>,
+}
+
+#[derive(Debug)]
+struct State {
+    quota: QuotaBook,
+    scripted: VecDeque<Scripted>,
+    faults: Vec<Fault>,
+    rng: StdRng,
+    arrivals: Vec<Arrival>,
+}
+
+/// What to answer, decided when the head arrives.
+#[derive(Debug)]
+struct Plan {
+    outcome: Outcome,
+    reply: Reply,
+    view: Option<RuleView>,
+}
+
+#[derive(Debug)]
+enum Reply {
+    Ok,
+    Status {
+        status: StatusCode,
+        retry_after: Option<Duration>,
+    },
+    Reset,
+}
+
+/// Returned to hyper to drop the connection (HTTP/1.1) or reset the stream
+/// (HTTP/2) without a response.
+#[derive(Debug)]
+pub(crate) struct NoResponse;
+
+impl fmt::Display for NoResponse {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("quota-mock closed the connection without a response")
+    }
+}
+
+impl std::error::Error for NoResponse {}
+
+impl Shared {
+    pub(crate) fn new(
+        start: Instant,
+        rules: Vec<Rule>,
+        key_by: KeyBy,
+        dialect: HeaderDialect,
+        faults: Vec<Fault>,
+        scripted: Vec<Scripted>,
+        rng: StdRng,
+    ) -> Self {
+        let state = State {
+            quota: QuotaBook::new(rules, start),
+            scripted: scripted.into(),
+            faults,
+            rng,
+            arrivals: Vec::new(),
+        };
+        Shared {
+            start,
+            key_by,
+            dialect,
+            state: Mutex::new(state),
+        }
+    }
+
+    /// A panic elsewhere cannot leave the state half-updated in a way that
+    /// matters more than stopping the server would, so poisoning is ignored.
+    fn lock(&self) -> MutexGuard<'_, State> {
+        self.state.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    pub(crate) fn stats(&self) -> Stats {
+        let (arrivals, rules) = {
+            let state = self.lock();
+            (state.arrivals.clone(), state.quota.rules().to_vec())
+        };
+        Stats::from_arrivals(arrivals, &rules)
+    }
+
+    pub(crate) fn reset(&self) {
+        let mut state = self.lock();
+        state.quota.clear();
+        state.arrivals.clear();
+    }
+
+    pub(crate) fn script(&self, scripted: Scripted) {
+        self.lock().scripted.push_back(scripted);
+    }
+
+    pub(crate) fn set_faults(&self, faults: Vec<Fault>) {
+        self.lock().faults = faults;
+    }
+}
+
+impl State {
+    fn plan(&mut self, key: &str, now: Instant) -> Plan {
+        while let Some(front) = self.scripted.front_mut() {
+            match front.take_one() {
+                Some((status, retry_after)) => {
+                    if front.count() == 0 {
+                        self.scripted.pop_front();
+                    }
+                    return Plan {
+                        outcome: Outcome::Scripted,
+                        reply: Reply::Status {
+                            status,
+                            retry_after,
+                        },
+                        view: None,
+                    };
+                }
+                None => {
+                    self.scripted.pop_front();
+                }
+            }
+        }
+        match self.quota.check(key, now) {
+            Decision::Refused { retry_after, view } => Plan {
+                outcome: Outcome::Refused,
+                reply: Reply::Status {
+                    status: StatusCode::TOO_MANY_REQUESTS,
+                    retry_after: Some(retry_after),
+                },
+                view: Some(view),
+            },
+            Decision::Admitted { view } => Plan {
+                outcome: Outcome::Admitted,
+                reply: self.roll_faults(),
+                view,
+            },
+        }
+    }
+
+    fn roll_faults(&mut self) -> Reply {
+        for fault in &self.faults {
+            match fault {
+                Fault::ErrorRate { fraction, statuses } => {
+                    if !statuses.is_empty() && self.rng.random_bool(*fraction) {
+                        let status = statuses[self.rng.random_range(0..statuses.len())];
+                        return Reply::Status {
+                            status,
+                            retry_after: None,
+                        };
+                    }
+                }
+                Fault::ServiceUnavailableRetryAfter {
+                    fraction,
+                    retry_after,
+                } => {
+                    if self.rng.random_bool(*fraction) {
+                        return Reply::Status {
+                            status: StatusCode::SERVICE_UNAVAILABLE,
+                            retry_after: Some(*retry_after),
+                        };
+                    }
+                }
+                Fault::ConnectionReset { fraction } => {
+                    if self.rng.random_bool(*fraction) {
+                        return Reply::Reset;
+                    }
+                }
+                Fault::Latency(_) => {}
+            }
+        }
+        Reply::Ok
+    }
+
+    fn latency(&mut self) -> Duration {
+        let mut total = Duration::ZERO;
+        for fault in &self.faults {
+            if let Fault::Latency(latency) = fault {
+                let delay = match *latency {
+                    Latency::Fixed(delay) => delay,
+                    Latency::Uniform { min, max } => {
+                        let (low, high) = if min <= max { (min, max) } else { (max, min) };
+                        let low_ns = u64::try_from(low.as_nanos()).unwrap_or(u64::MAX);
+                        let high_ns = u64::try_from(high.as_nanos()).unwrap_or(u64::MAX);
+                        Duration::from_nanos(self.rng.random_range(low_ns..=high_ns))
+                    }
+                };
+                total = total.saturating_add(delay);
+            }
+        }
+        total
+    }
+}
+
+/// Serves one request.
+pub(crate) async fn handle<B>(
+    shared: Arc<Shared>,
+    request: Request<B>,
+) -> Result<Response<Full<Bytes>>, NoResponse>
+where
+    B: Body,
+{
+    if request.uri().path().starts_with(CONTROL_PREFIX) {
+        return Ok(control(&shared, &request));
+    }
+    let key = shared.key_by.key_of(request.uri(), request.headers());
+    let attempt = request
+        .headers()
+        .get(RETRY_ATTEMPT)
+        .and_then(|value| value.to_str().ok())
+        .and_then(|value| value.trim().parse::<u32>().ok());
+    let method = request.method().to_string();
+    let path = request.uri().path().to_owned();
+
+    // The arrival instant is taken under the lock, so quota decisions see
+    // instants in order even when many connections race.
+    let (at, plan, latency) = {
+        let mut state = shared.lock();
+        let now = Instant::now();
+        let plan = state.plan(&key, now);
+        let latency = state.latency();
+        (now.saturating_duration_since(shared.start), plan, latency)
+    };
+
+    let body = request
+        .into_body()
+        .collect()
+        .await
+        .map(|collected| collected.to_bytes());
+    let status = match (&body, &plan.reply) {
+        (Err(_), _) | (_, Reply::Reset) => 0,
+        (Ok(_), Reply::Ok) => StatusCode::OK.as_u16(),
+        (Ok(_), Reply::Status { status, .. }) => status.as_u16(),
+    };
+    let (body_hash, body_len) = match &body {
+        Ok(bytes) => (fnv1a64(bytes), bytes.len() as u64),
+        Err(_) => (fnv1a64(b""), 0),
+    };
+    let arrival = Arrival {
+        at,
+        key,
+        method,
+        path,
+        status,
+        outcome: plan.outcome,
+        attempt,
+        body_hash,
+        body_len,
+    };
+    let response = respond(&shared, &plan, &arrival.key);
+    shared.lock().arrivals.push(arrival);
+
+    if !latency.is_zero() {
+        tokio::time::sleep(latency).await;
+    }
+    if body.is_err() {
+        return Err(NoResponse);
+    }
+    response.ok_or(NoResponse)
+}
+
+fn respond(shared: &Shared, plan: &Plan, key: &str) -> Option<Response<Full<Bytes>>> {
+    let (status, retry_after, body) = match &plan.reply {
+        Reply::Reset => return None,
+        Reply::Ok => (
+            StatusCode::OK,
+            None,
+            serde_json::json!({ "ok": true, "key": key }),
+        ),
+        Reply::Status {
+            status,
+            retry_after,
+        } => {
+            let error = match plan.outcome {
+                Outcome::Refused => "rate_limited",
+                Outcome::Scripted => "scripted",
+                _ => "injected",
+            };
+            let mut body = serde_json::json!({ "ok": false, "key": key, "error": error });
+            if let Some(delay) = retry_after {
+                body["retry_after"] = serde_json::json!(delay_seconds(*delay));
+            }
+            (*status, *retry_after, body)
+        }
+    };
+    let mut response = json_response(status, body.to_string());
+    if let Some(delay) = retry_after {
+        response
+            .headers_mut()
+            .insert(RETRY_AFTER, HeaderValue::from(delay_seconds(delay)));
+    }
+    if let Some(view) = &plan.view {
+        shared.dialect.write(view, response.headers_mut());
+    }
+    Some(response)
+}
+
+fn control<B>(shared: &Shared, request: &Request<B>) -> Response<Full<Bytes>> {
+    let path = request.uri().path();
+    let method = request.method();
+    match path.strip_prefix(CONTROL_PREFIX) {
+        Some("stats") if method == Method::GET => match serde_json::to_string(&shared.stats()) {
+            Ok(json) => json_response(StatusCode::OK, json),
+            Err(error) => json_response(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                format!("{{\"error\":{:?}}}", error.to_string()),
+            ),
+        },
+        Some("reset") if method == Method::POST => {
+            shared.reset();
+            json_response(StatusCode::OK, "{\"ok\":true}".to_owned())
+        }
+        Some("stats" | "reset") => json_response(
+            StatusCode::METHOD_NOT_ALLOWED,
+            "{\"error\":\"method not allowed\"}".to_owned(),
+        ),
+        _ => json_response(
+            StatusCode::NOT_FOUND,
+            "{\"error\":\"unknown control path\"}".to_owned(),
+        ),
+    }
+}
+
+fn json_response(status: StatusCode, body: String) -> Response<Full<Bytes>> {
+    let mut response = Response::new(Full::new(Bytes::from(body)));
+    *response.status_mut() = status;
+    response
+        .headers_mut()
+        .insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
+    response
+}
+
+#[cfg(test)]
+mod tests;

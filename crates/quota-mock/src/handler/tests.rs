@@ -1,0 +1,344 @@
+//! The whole request path without a socket, on tokio's paused clock, so
+//! every instant and every header value is exact.
+
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+use bytes::Bytes;
+use http::{Request, Response, StatusCode};
+use http_body::{Body, Frame};
+use http_body_util::{BodyExt, Full};
+use rand::SeedableRng;
+use rand::rngs::StdRng;
+use tokio::time::{Instant, advance};
+
+use super::{NoResponse, Shared, handle};
+use crate::fault::{Fault, Latency, Scripted};
+use crate::headers::HeaderDialect;
+use crate::key::KeyBy;
+use crate::rule::Rule;
+use crate::stats::{Outcome, Stats, fnv1a64};
+
+fn server(rules: Vec<Rule>, faults: Vec<Fault>) -> Arc<Shared> {
+    server_with(rules, faults, HeaderDialect::XRateLimit, 7)
+}
+
+fn server_with(
+    rules: Vec<Rule>,
+    faults: Vec<Fault>,
+    dialect: HeaderDialect,
+    seed: u64,
+) -> Arc<Shared> {
+    Arc::new(Shared::new(
+        Instant::now(),
+        rules,
+        KeyBy::Global,
+        dialect,
+        faults,
+        Vec::new(),
+        StdRng::seed_from_u64(seed),
+    ))
+}
+
+fn get(path: &str) -> Request<Full<Bytes>> {
+    Request::get(path).body(Full::new(Bytes::new())).unwrap()
+}
+
+async fn send(shared: &Arc<Shared>, request: Request<Full<Bytes>>) -> Response<Full<Bytes>> {
+    handle(Arc::clone(shared), request)
+        .await
+        .expect("a response, not a reset")
+}
+
+async fn status(shared: &Arc<Shared>, path: &str) -> u16 {
+    send(shared, get(path)).await.status().as_u16()
+}
+
+fn header<'a>(response: &'a Response<Full<Bytes>>, name: &str) -> Option<&'a str> {
+    response
+        .headers()
+        .get(name)
+        .map(|value| value.to_str().unwrap())
+}
+
+fn secs(seconds: f64) -> Duration {
+    Duration::from_secs_f64(seconds)
+}
+
+#[tokio::test(start_paused = true)]
+async fn sliding_log_refuses_with_retry_after_rounded_up_then_recovers() {
+    let shared = server(vec![Rule::sliding_log(5, secs(10.0))], Vec::new());
+    for remaining in (0..5).rev() {
+        let response = send(&shared, get("/a")).await;
+        assert_eq!(response.status(), StatusCode::OK);
+        assert_eq!(header(&response, "x-ratelimit-limit"), Some("5"));
+        assert_eq!(
+            header(&response, "x-ratelimit-remaining"),
+            Some(remaining.to_string().as_str())
+        );
+    }
+    advance(secs(2.5)).await;
+    let refused = send(&shared, get("/a")).await;
+    assert_eq!(refused.status(), StatusCode::TOO_MANY_REQUESTS);
+    // 7.5s until the oldest admission leaves, rounded up.
+    assert_eq!(header(&refused, "retry-after"), Some("8"));
+    assert_eq!(header(&refused, "x-ratelimit-remaining"), Some("0"));
+
+    advance(secs(7.5) - Duration::from_nanos(1)).await;
+    assert_eq!(status(&shared, "/a").await, 429);
+    advance(Duration::from_nanos(1)).await;
+    // All five admissions were at t=0, so all five slots free at once.
+    for _ in 0..5 {
+        assert_eq!(status(&shared, "/a").await, 200);
+    }
+    assert_eq!(status(&shared, "/a").await, 429);
+
+    let stats = shared.stats();
+    assert_eq!(stats.count(200), 10);
+    assert_eq!(stats.count(429), 3);
+    assert_eq!(stats.rules[0].max_accepted_in_any_window, 5);
+}
+
+#[tokio::test(start_paused = true)]
+async fn fixed_window_allows_a_double_burst_at_the_boundary() {
+    let shared = server(vec![Rule::fixed_window(3, secs(10.0))], Vec::new());
+    advance(secs(9.5)).await;
+    for _ in 0..3 {
+        assert_eq!(status(&shared, "/").await, 200);
+    }
+    let refused = send(&shared, get("/")).await;
+    assert_eq!(refused.status(), StatusCode::TOO_MANY_REQUESTS);
+    assert_eq!(header(&refused, "retry-after"), Some("1"));
+    advance(secs(0.5)).await;
+    for _ in 0..3 {
+        assert_eq!(status(&shared, "/").await, 200);
+    }
+    assert_eq!(status(&shared, "/").await, 429);
+    // Six admissions within half a second: what fixed windows permit.
+    assert_eq!(shared.stats().rules[0].max_accepted_in_any_window, 6);
+}
+
+#[tokio::test(start_paused = true)]
+async fn token_bucket_refills_at_its_rate() {
+    // Two tokens, one more every 500ms.
+    let shared = server(vec![Rule::token_bucket(2, secs(1.0))], Vec::new());
+    assert_eq!(status(&shared, "/").await, 200);
+    assert_eq!(status(&shared, "/").await, 200);
+    let refused = send(&shared, get("/")).await;
+    assert_eq!(header(&refused, "retry-after"), Some("1"));
+    advance(secs(0.499)).await;
+    assert_eq!(status(&shared, "/").await, 429);
+    advance(secs(0.001)).await;
+    assert_eq!(status(&shared, "/").await, 200);
+    assert_eq!(status(&shared, "/").await, 429);
+    advance(secs(5.0)).await;
+    assert_eq!(status(&shared, "/").await, 200);
+    assert_eq!(status(&shared, "/").await, 200);
+    assert_eq!(status(&shared, "/").await, 429);
+}
+
+#[tokio::test(start_paused = true)]
+async fn scripted_responses_come_first_and_consume_no_quota() {
+    let shared = server(vec![Rule::sliding_log(1, secs(3600.0))], Vec::new());
+    shared.script(Scripted::new(2, StatusCode::SERVICE_UNAVAILABLE).retry_after(secs(1.5)));
+    for _ in 0..2 {
+        let response = send(&shared, get("/")).await;
+        assert_eq!(response.status(), StatusCode::SERVICE_UNAVAILABLE);
+        assert_eq!(header(&response, "retry-after"), Some("2"));
+        assert_eq!(header(&response, "x-ratelimit-remaining"), None);
+    }
+    assert_eq!(status(&shared, "/").await, 200);
+    assert_eq!(status(&shared, "/").await, 429);
+    let outcomes: Vec<Outcome> = shared.stats().arrivals.iter().map(|a| a.outcome).collect();
+    assert_eq!(
+        outcomes,
+        [
+            Outcome::Scripted,
+            Outcome::Scripted,
+            Outcome::Admitted,
+            Outcome::Refused
+        ]
+    );
+}
+
+#[tokio::test(start_paused = true)]
+async fn latency_delays_the_response_but_not_the_arrival_time() {
+    let faults = vec![Fault::Latency(Latency::Fixed(secs(2.0)))];
+    let shared = server(Vec::new(), faults);
+    let before = Instant::now();
+    assert_eq!(status(&shared, "/").await, 200);
+    assert_eq!(before.elapsed(), secs(2.0));
+    assert_eq!(shared.stats().arrivals[0].at, Duration::ZERO);
+}
+
+#[tokio::test(start_paused = true)]
+async fn uniform_latency_stays_within_bounds() {
+    let faults = vec![Fault::Latency(Latency::Uniform {
+        min: secs(1.0),
+        max: secs(3.0),
+    })];
+    let shared = server(Vec::new(), faults);
+    let mut delays = Vec::new();
+    for _ in 0..20 {
+        let before = Instant::now();
+        status(&shared, "/").await;
+        delays.push(before.elapsed());
+    }
+    assert!(
+        delays.iter().all(|d| (secs(1.0)..=secs(3.0)).contains(d)),
+        "{delays:?}"
+    );
+    assert!(
+        delays.iter().any(|d| *d != delays[0]),
+        "all delays equal: {delays:?}"
+    );
+}
+
+#[tokio::test(start_paused = true)]
+async fn arrival_records_request_details() {
+    let shared = server(Vec::new(), Vec::new());
+    let request = Request::post("/orders/42?secret=1")
+        .header("x-retry-attempt", "3")
+        .body(Full::new(Bytes::from_static(b"foobar")))
+        .unwrap();
+    send(&shared, request).await;
+    let request = Request::get("/")
+        .header("x-retry-attempt", "three")
+        .body(Full::default())
+        .unwrap();
+    send(&shared, request).await;
+
+    let stats = shared.stats();
+    let first = &stats.arrivals[0];
+    assert_eq!(first.method, "POST");
+    assert_eq!(first.path, "/orders/42");
+    assert_eq!(first.key, "global");
+    assert_eq!(first.attempt, Some(3));
+    assert_eq!(first.body_len, 6);
+    assert_eq!(first.body_hash, fnv1a64(b"foobar"));
+    assert_eq!(stats.arrivals[1].attempt, None);
+}
+
+#[tokio::test(start_paused = true)]
+async fn connection_reset_sends_nothing_but_is_recorded_and_counted() {
+    let shared = server(
+        vec![Rule::sliding_log(1, secs(60.0))],
+        vec![Fault::ConnectionReset { fraction: 1.0 }],
+    );
+    assert!(matches!(
+        handle(Arc::clone(&shared), get("/")).await,
+        Err(NoResponse)
+    ));
+    // The reset request consumed the quota.
+    assert_eq!(status(&shared, "/").await, 429);
+    let stats = shared.stats();
+    assert_eq!(stats.count(0), 1);
+    assert_eq!(stats.arrivals[0].outcome, Outcome::Admitted);
+}
+
+#[tokio::test(start_paused = true)]
+async fn error_rate_is_respected_and_repeatable_with_a_seed() {
+    let statuses = vec![StatusCode::INTERNAL_SERVER_ERROR, StatusCode::BAD_GATEWAY];
+    let faults = vec![Fault::ErrorRate {
+        fraction: 0.25,
+        statuses,
+    }];
+    let run = |seed| {
+        let shared = server_with(Vec::new(), faults.clone(), HeaderDialect::XRateLimit, seed);
+        async move {
+            let mut seen = Vec::new();
+            for _ in 0..2000 {
+                seen.push(status(&shared, "/").await);
+            }
+            seen
+        }
+    };
+    let first = run(11).await;
+    let errors = first.iter().filter(|&&s| s != 200).count();
+    assert!(
+        (400..=600).contains(&errors),
+        "{errors} errors in 2000 at 25%"
+    );
+    assert!(first.contains(&500) && first.contains(&502));
+    assert!(first.iter().all(|s| [200, 500, 502].contains(s)));
+    assert_eq!(run(11).await, first);
+    assert_ne!(run(12).await, first);
+}
+
+#[tokio::test(start_paused = true)]
+async fn unavailable_fault_carries_retry_after_and_quota_headers() {
+    let faults = vec![Fault::ServiceUnavailableRetryAfter {
+        fraction: 1.0,
+        retry_after: secs(30.0),
+    }];
+    let shared = server(vec![Rule::sliding_log(10, secs(60.0))], faults);
+    let response = send(&shared, get("/")).await;
+    assert_eq!(response.status(), StatusCode::SERVICE_UNAVAILABLE);
+    assert_eq!(header(&response, "retry-after"), Some("30"));
+    assert_eq!(header(&response, "x-ratelimit-remaining"), Some("9"));
+}
+
+#[tokio::test(start_paused = true)]
+async fn header_dialect_none_omits_quota_headers_but_keeps_retry_after() {
+    let shared = server_with(
+        vec![Rule::sliding_log(1, secs(60.0))],
+        Vec::new(),
+        HeaderDialect::None,
+        0,
+    );
+    let accepted = send(&shared, get("/")).await;
+    assert_eq!(header(&accepted, "x-ratelimit-limit"), None);
+    let refused = send(&shared, get("/")).await;
+    assert_eq!(header(&refused, "x-ratelimit-limit"), None);
+    assert_eq!(header(&refused, "retry-after"), Some("60"));
+}
+
+#[tokio::test(start_paused = true)]
+async fn control_paths_are_neither_limited_nor_recorded() {
+    let shared = server(vec![Rule::sliding_log(1, secs(60.0))], Vec::new());
+    assert_eq!(status(&shared, "/").await, 200);
+    for _ in 0..3 {
+        let response = send(&shared, get("/__quota/stats")).await;
+        assert_eq!(response.status(), StatusCode::OK);
+        let body = response.into_body().collect().await.unwrap().to_bytes();
+        let stats: Stats = serde_json::from_slice(&body).unwrap();
+        assert_eq!(stats, shared.stats());
+        assert_eq!(stats.total, 1);
+    }
+    assert_eq!(status(&shared, "/__quota/nope").await, 404);
+    assert_eq!(status(&shared, "/__quota/reset").await, 405);
+    let reset = Request::post("/__quota/reset")
+        .body(Full::default())
+        .unwrap();
+    assert_eq!(send(&shared, reset).await.status(), StatusCode::OK);
+    assert_eq!(shared.stats().total, 0);
+    // The quota was cleared too.
+    assert_eq!(status(&shared, "/").await, 200);
+}
+
+/// A body whose stream fails, like a client that hangs up mid-upload.
+struct BrokenBody;
+
+impl Body for BrokenBody {
+    type Data = Bytes;
+    type Error = std::io::Error;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        _cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, Self::Error>>> {
+        Poll::Ready(Some(Err(std::io::Error::other("client went away"))))
+    }
+}
+
+#[tokio::test(start_paused = true)]
+async fn broken_body_is_recorded_without_a_response() {
+    let shared = server(Vec::new(), Vec::new());
+    let request = Request::post("/upload").body(BrokenBody).unwrap();
+    assert!(handle(Arc::clone(&shared), request).await.is_err());
+    let stats = shared.stats();
+    assert_eq!(stats.total, 1);
+    assert_eq!(stats.arrivals[0].status, 0);
+}

@@ -1,0 +1,322 @@
+//! Quota rules: how many requests a key may make in a window, and how the
+//! window is counted.
+
+use std::fmt;
+use std::str::FromStr;
+use std::time::Duration;
+
+/// How a [`Rule`] counts requests against its window.
+///
+/// Real providers disagree on this, and a client that is correct against one
+/// counting method can be refused by another, so the mock offers the three
+/// that matter.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default)]
+#[non_exhaustive]
+pub enum Mode {
+    /// An exact sliding log: at most `limit` accepted requests in *any*
+    /// half-open interval `[t, t + window)`. The strictest of the three and
+    /// the default.
+    #[default]
+    SlidingLog,
+    /// Fixed windows aligned to server start that reset at each boundary
+    /// (GitHub-style). Allows up to `2 * limit` requests in a short span
+    /// around a boundary.
+    FixedWindow,
+    /// A token bucket holding `limit` tokens that refills continuously at
+    /// `limit` tokens per `window` (nginx-style).
+    TokenBucket,
+}
+
+impl Mode {
+    /// The short name used in rule strings (`sliding`, `fixed`, `bucket`).
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Mode::SlidingLog => "sliding",
+            Mode::FixedWindow => "fixed",
+            Mode::TokenBucket => "bucket",
+        }
+    }
+}
+
+impl fmt::Display for Mode {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+impl FromStr for Mode {
+    type Err = ParseRuleError;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        match s.trim().to_ascii_lowercase().as_str() {
+            "sliding" | "sliding_log" | "sliding-log" | "log" => Ok(Mode::SlidingLog),
+            "fixed" | "fixed_window" | "fixed-window" | "window" => Ok(Mode::FixedWindow),
+            "bucket" | "token_bucket" | "token-bucket" => Ok(Mode::TokenBucket),
+            _ => Err(ParseRuleError::new(format!(
+                "unknown mode {s:?} (expected sliding, fixed or bucket)"
+            ))),
+        }
+    }
+}
+
+/// One quota: at most `limit` requests per `window`, counted by a [`Mode`].
+///
+/// Several rules on one server are all enforced: a request is accepted only
+/// if every rule has room for it, and a refused request consumes nothing.
+///
+/// The constructors do not validate; a rule with a zero limit or a zero
+/// window makes [`MockServerBuilder::start`](crate::MockServerBuilder::start)
+/// fail with [`std::io::ErrorKind::InvalidInput`]. Use [`Rule::new`] or
+/// [`Rule::parse`] to validate up front.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct Rule {
+    limit: u64,
+    window: Duration,
+    mode: Mode,
+}
+
+impl Rule {
+    /// An exact sliding log: `limit` requests in any window of `window`.
+    pub fn sliding_log(limit: u64, window: Duration) -> Rule {
+        Rule {
+            limit,
+            window,
+            mode: Mode::SlidingLog,
+        }
+    }
+
+    /// Fixed windows of `window` length, starting at server start, each
+    /// allowing `limit` requests.
+    pub fn fixed_window(limit: u64, window: Duration) -> Rule {
+        Rule {
+            limit,
+            window,
+            mode: Mode::FixedWindow,
+        }
+    }
+
+    /// A token bucket of capacity `limit`, refilled continuously with
+    /// `limit` tokens per `window`.
+    pub fn token_bucket(limit: u64, window: Duration) -> Rule {
+        Rule {
+            limit,
+            window,
+            mode: Mode::TokenBucket,
+        }
+    }
+
+    /// A validated rule: a zero `limit` or a zero `window` is an error.
+    pub fn new(limit: u64, window: Duration, mode: Mode) -> Result<Rule, ParseRuleError> {
+        let rule = Rule {
+            limit,
+            window,
+            mode,
+        };
+        rule.validate()?;
+        Ok(rule)
+    }
+
+    /// Parses `LIMIT/WINDOW[:MODE]`, e.g. `10/1s`, `100/1m`, `5000/1h`,
+    /// `20/500ms`, `10/1s:fixed`, `10/1s:bucket`, `10/1s:sliding`.
+    ///
+    /// The window is a [`humantime`] duration; the mode defaults to
+    /// [`Mode::SlidingLog`]. A zero limit or zero window is an error.
+    pub fn parse(s: &str) -> Result<Rule, ParseRuleError> {
+        let s = s.trim();
+        let (quota, mode) = match s.split_once(':') {
+            Some((quota, mode)) => (quota, mode.parse::<Mode>()?),
+            None => (s, Mode::default()),
+        };
+        let (limit, window) = quota
+            .split_once('/')
+            .ok_or_else(|| ParseRuleError::new(format!("{s:?} is not LIMIT/WINDOW, e.g. 10/1s")))?;
+        let limit = limit
+            .trim()
+            .parse::<u64>()
+            .map_err(|e| ParseRuleError::new(format!("bad limit {limit:?}: {e}")))?;
+        let window = window.trim();
+        // "10/s" reads naturally as "10 per second".
+        let window = if window.starts_with(|c: char| c.is_ascii_digit()) {
+            humantime::parse_duration(window)
+                .map_err(|e| ParseRuleError::new(format!("bad window {window:?}: {e}")))?
+        } else {
+            humantime::parse_duration(&format!("1{window}"))
+                .map_err(|e| ParseRuleError::new(format!("bad window {window:?}: {e}")))?
+        };
+        Rule::new(limit, window, mode)
+    }
+
+    /// The number of requests allowed per window (the bucket capacity for
+    /// [`Mode::TokenBucket`]).
+    pub fn limit(&self) -> u64 {
+        self.limit
+    }
+
+    /// The window length (the time to refill a whole bucket for
+    /// [`Mode::TokenBucket`]).
+    pub fn window(&self) -> Duration {
+        self.window
+    }
+
+    /// How requests are counted.
+    pub fn mode(&self) -> Mode {
+        self.mode
+    }
+
+    pub(crate) fn validate(&self) -> Result<(), ParseRuleError> {
+        if self.limit == 0 {
+            return Err(ParseRuleError::new(format!(
+                "rule {self}: limit must be at least 1"
+            )));
+        }
+        if self.window.is_zero() {
+            return Err(ParseRuleError::new(format!(
+                "rule {self}: window must not be zero"
+            )));
+        }
+        Ok(())
+    }
+}
+
+impl fmt::Display for Rule {
+    /// Formats as `LIMIT/WINDOW:MODE`, e.g. `20/1s:sliding`, which
+    /// [`Rule::parse`] reads back.
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}/", self.limit)?;
+        write_window(f, self.window)?;
+        write!(f, ":{}", self.mode)
+    }
+}
+
+fn write_window(f: &mut fmt::Formatter<'_>, window: Duration) -> fmt::Result {
+    let nanos = window.as_nanos();
+    const SEC: u128 = 1_000_000_000;
+    let units: [(u128, &str); 6] = [
+        (3600 * SEC, "h"),
+        (60 * SEC, "m"),
+        (SEC, "s"),
+        (1_000_000, "ms"),
+        (1_000, "us"),
+        (1, "ns"),
+    ];
+    for (size, suffix) in units {
+        if nanos != 0 && nanos.is_multiple_of(size) {
+            return write!(f, "{}{}", nanos / size, suffix);
+        }
+    }
+    write!(f, "0s")
+}
+
+impl FromStr for Rule {
+    type Err = ParseRuleError;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        Rule::parse(s)
+    }
+}
+
+/// A rule string or rule values that do not describe a usable quota.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ParseRuleError {
+    message: String,
+}
+
+impl ParseRuleError {
+    fn new(message: String) -> Self {
+        ParseRuleError { message }
+    }
+}
+
+impl fmt::Display for ParseRuleError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.message)
+    }
+}
+
+impl std::error::Error for ParseRuleError {}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parses_common_forms() {
+        assert_eq!(
+            Rule::parse("10/1s").unwrap(),
+            Rule::sliding_log(10, Duration::from_secs(1))
+        );
+        assert_eq!(
+            Rule::parse("100/1m").unwrap(),
+            Rule::sliding_log(100, Duration::from_secs(60))
+        );
+        assert_eq!(
+            Rule::parse("5000/1h").unwrap(),
+            Rule::sliding_log(5000, Duration::from_secs(3600))
+        );
+        assert_eq!(
+            Rule::parse("20/500ms").unwrap(),
+            Rule::sliding_log(20, Duration::from_millis(500))
+        );
+        assert_eq!(
+            Rule::parse("10/s").unwrap(),
+            Rule::sliding_log(10, Duration::from_secs(1))
+        );
+    }
+
+    #[test]
+    fn parses_mode_suffix() {
+        assert_eq!(
+            Rule::parse("10/1s:fixed").unwrap().mode(),
+            Mode::FixedWindow
+        );
+        assert_eq!(
+            Rule::parse("10/1s:bucket").unwrap().mode(),
+            Mode::TokenBucket
+        );
+        assert_eq!(
+            Rule::parse("10/1s:sliding").unwrap().mode(),
+            Mode::SlidingLog
+        );
+        assert!(Rule::parse("10/1s:leaky").is_err());
+    }
+
+    #[test]
+    fn zero_limit_or_window_is_an_error_not_a_panic() {
+        assert!(Rule::parse("0/1s").is_err());
+        assert!(Rule::parse("10/0s").is_err());
+        assert!(Rule::new(0, Duration::from_secs(1), Mode::SlidingLog).is_err());
+        assert!(Rule::sliding_log(1, Duration::ZERO).validate().is_err());
+    }
+
+    #[test]
+    fn garbage_is_an_error() {
+        for input in [
+            "",
+            "/",
+            "10",
+            "ten/1s",
+            "10/",
+            "10/1parsec",
+            "-1/1s",
+            "10/1s:",
+            "::",
+        ] {
+            assert!(Rule::parse(input).is_err(), "{input:?} parsed");
+        }
+    }
+
+    #[test]
+    fn display_round_trips() {
+        for input in [
+            "20/1s:sliding",
+            "100/1m:fixed",
+            "5000/1h:bucket",
+            "20/500ms:sliding",
+            "3/90s:sliding",
+        ] {
+            let rule = Rule::parse(input).unwrap();
+            assert_eq!(rule.to_string(), input);
+            assert_eq!(Rule::parse(&rule.to_string()).unwrap(), rule);
+        }
+    }
+}

@@ -1,0 +1,335 @@
+//! The server handle, its builder, and the accept loop.
+
+use std::fmt;
+use std::future::Future;
+use std::io;
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
+use std::time::Duration;
+
+use hyper::service::service_fn;
+use hyper_util::rt::TokioIo;
+use hyper_util::server::conn::auto;
+use rand::SeedableRng;
+use rand::rngs::StdRng;
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::watch;
+use tokio::task::{JoinHandle, JoinSet};
+use tokio::time::Instant;
+
+use crate::fault::{Fault, Scripted};
+use crate::handler::{Shared, handle};
+use crate::headers::HeaderDialect;
+use crate::key::KeyBy;
+use crate::rule::Rule;
+use crate::stats::Stats;
+
+/// How long [`MockServer::shutdown`] lets in-flight requests finish before
+/// cutting them off.
+const SHUTDOWN_GRACE: Duration = Duration::from_secs(5);
+
+/// Configures and starts a [`MockServer`]; see [`MockServer::builder`].
+#[derive(Debug, Clone)]
+pub struct MockServerBuilder {
+    rules: Vec<Rule>,
+    key_by: KeyBy,
+    dialect: HeaderDialect,
+    faults: Vec<Fault>,
+    scripted: Vec<Scripted>,
+    addr: SocketAddr,
+    seed: Option<u64>,
+}
+
+impl Default for MockServerBuilder {
+    fn default() -> Self {
+        MockServerBuilder {
+            rules: Vec::new(),
+            key_by: KeyBy::default(),
+            dialect: HeaderDialect::default(),
+            faults: Vec::new(),
+            scripted: Vec::new(),
+            addr: SocketAddr::from(([127, 0, 0, 1], 0)),
+            seed: None,
+        }
+    }
+}
+
+impl MockServerBuilder {
+    /// Adds a quota rule. Every rule is enforced; without rules every
+    /// request is admitted.
+    pub fn rule(mut self, rule: Rule) -> Self {
+        self.rules.push(rule);
+        self
+    }
+
+    /// How requests are grouped into separate quotas (default
+    /// [`KeyBy::Global`]).
+    pub fn key_by(mut self, key_by: KeyBy) -> Self {
+        self.key_by = key_by;
+        self
+    }
+
+    /// Which quota headers responses carry (default
+    /// [`HeaderDialect::XRateLimit`]).
+    pub fn headers(mut self, dialect: HeaderDialect) -> Self {
+        self.dialect = dialect;
+        self
+    }
+
+    /// Adds a fault; may be called several times.
+    pub fn fault(mut self, fault: Fault) -> Self {
+        self.faults.push(fault);
+        self
+    }
+
+    /// Queues a scripted response for the first requests after start.
+    pub fn scripted(mut self, scripted: Scripted) -> Self {
+        self.scripted.push(scripted);
+        self
+    }
+
+    /// The address to listen on (default `127.0.0.1:0`, a free port).
+    pub fn addr(mut self, addr: SocketAddr) -> Self {
+        self.addr = addr;
+        self
+    }
+
+    /// Seeds the fault RNG so a sequence of requests meets the same faults
+    /// on every run. Unseeded servers draw a seed from the OS.
+    pub fn seed(mut self, seed: u64) -> Self {
+        self.seed = Some(seed);
+        self
+    }
+
+    /// Binds the listener and starts serving HTTP/1.1 and h2c.
+    ///
+    /// Fails with [`io::ErrorKind::InvalidInput`] for a rule with a zero
+    /// limit or window, or a fault fraction outside `[0, 1]`; otherwise with
+    /// the bind error.
+    pub async fn start(self) -> io::Result<MockServer> {
+        for rule in &self.rules {
+            rule.validate()
+                .map_err(|e| io::Error::new(io::ErrorKind::InvalidInput, e))?;
+        }
+        validate_faults(&self.faults)?;
+        let listener = TcpListener::bind(self.addr).await?;
+        let addr = listener.local_addr()?;
+        let rng = match self.seed {
+            Some(seed) => StdRng::seed_from_u64(seed),
+            None => StdRng::from_os_rng(),
+        };
+        let shared = Arc::new(Shared::new(
+            Instant::now(),
+            self.rules,
+            self.key_by,
+            self.dialect,
+            self.faults,
+            self.scripted,
+            rng,
+        ));
+        let (shutdown, shutdown_rx) = watch::channel(false);
+        let executor = TrackedExecutor::default();
+        let accept_task = tokio::spawn(accept_loop(
+            listener,
+            Arc::clone(&shared),
+            shutdown_rx,
+            executor.clone(),
+        ));
+        tracing::debug!(%addr, "quota-mock listening");
+        Ok(MockServer {
+            addr,
+            shared,
+            shutdown,
+            accept_task: Some(accept_task),
+            executor,
+        })
+    }
+}
+
+fn validate_faults(faults: &[Fault]) -> io::Result<()> {
+    for fault in faults {
+        fault
+            .validate()
+            .map_err(|e| io::Error::new(io::ErrorKind::InvalidInput, e))?;
+    }
+    Ok(())
+}
+
+/// A running mock server. Dropping it stops the server at once (every task
+/// it spawned is aborted); [`MockServer::shutdown`] stops it gracefully.
+pub struct MockServer {
+    addr: SocketAddr,
+    shared: Arc<Shared>,
+    shutdown: watch::Sender<bool>,
+    accept_task: Option<JoinHandle<()>>,
+    executor: TrackedExecutor,
+}
+
+impl fmt::Debug for MockServer {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("MockServer")
+            .field("addr", &self.addr)
+            .field("key_by", &self.shared.key_by)
+            .field("dialect", &self.shared.dialect)
+            .finish_non_exhaustive()
+    }
+}
+
+impl MockServer {
+    /// A builder with no rules, [`KeyBy::Global`], the
+    /// [`HeaderDialect::XRateLimit`] headers, no faults, on `127.0.0.1:0`.
+    pub fn builder() -> MockServerBuilder {
+        MockServerBuilder::default()
+    }
+
+    /// The address the server listens on.
+    pub fn addr(&self) -> SocketAddr {
+        self.addr
+    }
+
+    /// The base URL, e.g. `http://127.0.0.1:40123`.
+    pub fn url(&self) -> String {
+        format!("http://{}", self.addr)
+    }
+
+    /// A snapshot of every recorded arrival and the compliance numbers.
+    pub fn stats(&self) -> Stats {
+        self.shared.stats()
+    }
+
+    /// Queues scripted responses; they are served, in order, before any
+    /// quota check.
+    pub fn script(&self, scripted: Scripted) {
+        self.shared.script(scripted);
+    }
+
+    /// Replaces the faults for requests that arrive from now on. Fails with
+    /// [`io::ErrorKind::InvalidInput`] (and changes nothing) for a fraction
+    /// outside `[0, 1]`.
+    pub fn set_faults(&self, faults: Vec<Fault>) -> io::Result<()> {
+        validate_faults(&faults)?;
+        self.shared.set_faults(faults);
+        Ok(())
+    }
+
+    /// Forgets every arrival and all quota state (as `POST /__quota/reset`).
+    pub fn reset(&self) {
+        self.shared.reset();
+    }
+
+    /// Stops accepting connections, lets in-flight requests finish (for up
+    /// to a few seconds), closes idle connections, and waits until every
+    /// task has ended.
+    pub async fn shutdown(mut self) {
+        // A send error means the accept loop is gone already.
+        let _ = self.shutdown.send(true);
+        if let Some(task) = self.accept_task.take() {
+            // The accept loop never panics on network input; a join error
+            // can only be a cancellation, which also means it stopped.
+            let _ = task.await;
+        }
+        self.executor.abort_all();
+    }
+}
+
+impl Drop for MockServer {
+    fn drop(&mut self) {
+        if let Some(task) = self.accept_task.take() {
+            // Aborting the accept loop drops the listener and its JoinSet of
+            // connection tasks, which aborts them too.
+            task.abort();
+        }
+        self.executor.abort_all();
+    }
+}
+
+async fn accept_loop(
+    listener: TcpListener,
+    shared: Arc<Shared>,
+    mut shutdown: watch::Receiver<bool>,
+    executor: TrackedExecutor,
+) {
+    let mut connections = JoinSet::new();
+    loop {
+        tokio::select! {
+            biased;
+            _ = shutdown.changed() => break,
+            Some(_) = connections.join_next(), if !connections.is_empty() => {}
+            accepted = listener.accept() => match accepted {
+                Ok((stream, _peer)) => {
+                    connections.spawn(serve_connection(
+                        stream,
+                        Arc::clone(&shared),
+                        shutdown.clone(),
+                        executor.clone(),
+                    ));
+                }
+                Err(error) => {
+                    // Usually running out of file descriptors: back off
+                    // instead of spinning.
+                    tracing::debug!(%error, "quota-mock accept failed");
+                    tokio::time::sleep(Duration::from_millis(10)).await;
+                }
+            },
+        }
+    }
+    drop(listener);
+    let drain = async { while connections.join_next().await.is_some() {} };
+    if tokio::time::timeout(SHUTDOWN_GRACE, drain).await.is_err() {
+        connections.abort_all();
+    }
+}
+
+async fn serve_connection(
+    stream: TcpStream,
+    shared: Arc<Shared>,
+    mut shutdown: watch::Receiver<bool>,
+    executor: TrackedExecutor,
+) {
+    // Latency matters more than throughput for a test server.
+    let _ = stream.set_nodelay(true);
+    let builder = auto::Builder::new(executor);
+    let service = service_fn(move |request| handle(Arc::clone(&shared), request));
+    let connection = builder.serve_connection(TokioIo::new(stream), service);
+    tokio::pin!(connection);
+    let result = tokio::select! {
+        result = connection.as_mut() => result,
+        _ = shutdown.changed() => {
+            connection.as_mut().graceful_shutdown();
+            connection.await
+        }
+    };
+    if let Err(error) = result {
+        // Client hang-ups and injected resets end up here.
+        tracing::debug!(%error, "quota-mock connection ended with an error");
+    }
+}
+
+/// Spawns hyper's HTTP/2 stream tasks into a set the server owns, so that
+/// dropping the server leaves no task behind.
+#[derive(Debug, Clone, Default)]
+struct TrackedExecutor {
+    tasks: Arc<Mutex<JoinSet<()>>>,
+}
+
+impl TrackedExecutor {
+    fn lock(&self) -> MutexGuard<'_, JoinSet<()>> {
+        self.tasks.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    fn abort_all(&self) {
+        self.lock().abort_all();
+    }
+}
+
+impl<F> hyper::rt::Executor<F> for TrackedExecutor
+where
+    F: Future<Output = ()> + Send + 'static,
+{
+    fn execute(&self, future: F) {
+        let mut tasks = self.lock();
+        // Reap finished tasks so the set does not grow without bound.
+        while tasks.try_join_next().is_some() {}
+        tasks.spawn(future);
+    }
+}

@@ -1,0 +1,264 @@
+//! What the server saw: every arrival, and the numbers that tell whether a
+//! client stayed within its quota.
+
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+
+/// How the quota check treated one arrival.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+#[non_exhaustive]
+pub enum Outcome {
+    /// Every rule had room; the request consumed quota. Its response may
+    /// still be replaced by a fault (an error status or a reset connection).
+    Admitted,
+    /// Some rule had no room; the request got a 429 and consumed nothing.
+    Refused,
+    /// A [`Scripted`](crate::Scripted) response was served before the quota
+    /// check; the request consumed nothing.
+    Scripted,
+}
+
+/// One request as the server saw it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Arrival {
+    /// When the request head was received, since the server started (on
+    /// tokio's clock). The quota decision uses this same instant.
+    pub at: Duration,
+    /// The quota key the request was counted under (see [`KeyBy`](crate::KeyBy)).
+    pub key: String,
+    /// The request method.
+    pub method: String,
+    /// The request path, without the query string.
+    pub path: String,
+    /// The status sent back, or `0` when no response was sent (a
+    /// [`Fault::ConnectionReset`](crate::Fault::ConnectionReset), or a request
+    /// body that failed mid-read).
+    pub status: u16,
+    /// How the quota check treated the request.
+    pub outcome: Outcome,
+    /// The numeric value of the `x-retry-attempt` request header, if any.
+    pub attempt: Option<u32>,
+    /// FNV-1a 64 of the request body bytes (see [`fnv1a64`](crate::fnv1a64)).
+    pub body_hash: u64,
+    /// The request body length in bytes.
+    pub body_len: u64,
+}
+
+impl Arrival {
+    /// Whether the quota admitted this request (it consumed quota).
+    pub fn is_accepted(&self) -> bool {
+        self.outcome == Outcome::Admitted
+    }
+}
+
+/// The compliance summary of one rule.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RuleStats {
+    /// The rule as a string, e.g. `20/1s:sliding`.
+    pub rule: String,
+    /// The rule's limit.
+    pub limit: u64,
+    /// The rule's window in milliseconds.
+    pub window_ms: u64,
+    /// The largest number of admitted arrivals of one key in any half-open
+    /// interval `[t, t + window)`, computed exactly over the log. For a
+    /// sliding-log rule this never exceeds `limit`; for fixed windows and
+    /// buckets it shows how bursty the accepted traffic was.
+    pub max_accepted_in_any_window: u64,
+}
+
+/// A snapshot of everything the server recorded.
+///
+/// Served as JSON at `GET /__quota/stats`; [`MockServer::stats`](crate::MockServer::stats)
+/// returns the same value.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Stats {
+    /// Number of recorded arrivals.
+    pub total: u64,
+    /// Arrivals per response status (`0` is "no response").
+    pub by_status: BTreeMap<u16, u64>,
+    /// One entry per configured rule, in configuration order.
+    pub rules: Vec<RuleStats>,
+    /// Every arrival, ordered by arrival time.
+    pub arrivals: Vec<Arrival>,
+}
+
+impl Stats {
+    pub(crate) fn from_arrivals(mut arrivals: Vec<Arrival>, rules: &[crate::Rule]) -> Stats {
+        arrivals.sort_by_key(|arrival| arrival.at);
+        let mut by_status = BTreeMap::new();
+        for arrival in &arrivals {
+            *by_status.entry(arrival.status).or_insert(0) += 1;
+        }
+        let rules = rules
+            .iter()
+            .map(|rule| RuleStats {
+                rule: rule.to_string(),
+                limit: rule.limit(),
+                window_ms: u64::try_from(rule.window().as_millis()).unwrap_or(u64::MAX),
+                max_accepted_in_any_window: max_in_any_window(&arrivals, rule.window()),
+            })
+            .collect();
+        Stats {
+            total: arrivals.len() as u64,
+            by_status,
+            rules,
+            arrivals,
+        }
+    }
+
+    /// Number of arrivals answered with `status` (`0` for "no response").
+    pub fn count(&self, status: u16) -> u64 {
+        self.by_status.get(&status).copied().unwrap_or(0)
+    }
+
+    /// Number of arrivals the quota admitted (see [`Outcome::Admitted`]);
+    /// refused and scripted arrivals are not counted.
+    pub fn accepted(&self) -> u64 {
+        self.arrivals
+            .iter()
+            .filter(|arrival| arrival.is_accepted())
+            .count() as u64
+    }
+
+    /// The largest number of admitted arrivals of one key in any half-open
+    /// interval `[t, t + window)`, over all keys.
+    pub fn max_in_any_window(&self, window: Duration) -> u64 {
+        max_in_any_window(&self.arrivals, window)
+    }
+}
+
+fn max_in_any_window(arrivals: &[Arrival], window: Duration) -> u64 {
+    let mut by_key: BTreeMap<&str, Vec<Duration>> = BTreeMap::new();
+    for arrival in arrivals.iter().filter(|arrival| arrival.is_accepted()) {
+        by_key.entry(&arrival.key).or_default().push(arrival.at);
+    }
+    by_key
+        .into_values()
+        .map(|times| max_in_window_sorted(times, window))
+        .max()
+        .unwrap_or(0)
+}
+
+/// Two-pointer sweep: the busiest window starts at some arrival, so for each
+/// `i` count the `j >= i` with `t_j < t_i + window`.
+fn max_in_window_sorted(mut times: Vec<Duration>, window: Duration) -> u64 {
+    times.sort_unstable();
+    let mut best = 0;
+    let mut end = 0;
+    for (start, &t) in times.iter().enumerate() {
+        end = end.max(start);
+        match t.checked_add(window) {
+            Some(limit) => {
+                while end < times.len() && times[end] < limit {
+                    end += 1;
+                }
+            }
+            None => end = times.len(),
+        }
+        best = best.max(end - start);
+    }
+    best as u64
+}
+
+/// FNV-1a, 64-bit: the stable hash recorded as [`Arrival::body_hash`].
+///
+/// ```
+/// assert_eq!(quota_mock::fnv1a64(b""), 0xcbf2_9ce4_8422_2325);
+/// assert_eq!(quota_mock::fnv1a64(b"foobar"), 0x8594_4171_f739_67e8);
+/// ```
+pub fn fnv1a64(bytes: &[u8]) -> u64 {
+    const OFFSET_BASIS: u64 = 0xcbf2_9ce4_8422_2325;
+    const PRIME: u64 = 0x0000_0100_0000_01b3;
+    bytes.iter().fold(OFFSET_BASIS, |hash, &byte| {
+        (hash ^ u64::from(byte)).wrapping_mul(PRIME)
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn arrival(at_ms: u64, key: &str, outcome: Outcome) -> Arrival {
+        Arrival {
+            at: Duration::from_millis(at_ms),
+            key: key.to_owned(),
+            method: "GET".to_owned(),
+            path: "/".to_owned(),
+            status: if outcome == Outcome::Refused {
+                429
+            } else {
+                200
+            },
+            outcome,
+            attempt: None,
+            body_hash: fnv1a64(b""),
+            body_len: 0,
+        }
+    }
+
+    #[test]
+    fn fnv1a64_matches_reference_vectors() {
+        assert_eq!(fnv1a64(b""), 0xcbf29ce484222325);
+        assert_eq!(fnv1a64(b"a"), 0xaf63dc4c8601ec8c);
+        assert_eq!(fnv1a64(b"foobar"), 0x85944171f73967e8);
+    }
+
+    #[test]
+    fn window_is_half_open() {
+        let window = Duration::from_millis(1000);
+        let arrivals = [
+            arrival(0, "k", Outcome::Admitted),
+            arrival(1000, "k", Outcome::Admitted),
+        ];
+        assert_eq!(max_in_any_window(&arrivals, window), 1);
+        let arrivals = [
+            arrival(0, "k", Outcome::Admitted),
+            arrival(999, "k", Outcome::Admitted),
+        ];
+        assert_eq!(max_in_any_window(&arrivals, window), 2);
+    }
+
+    #[test]
+    fn busiest_window_counts_only_admitted_arrivals_per_key() {
+        let window = Duration::from_millis(1000);
+        let arrivals = vec![
+            arrival(0, "a", Outcome::Admitted),
+            arrival(100, "b", Outcome::Admitted),
+            arrival(200, "a", Outcome::Refused),
+            arrival(300, "a", Outcome::Scripted),
+            arrival(900, "a", Outcome::Admitted),
+            arrival(1100, "a", Outcome::Admitted),
+            arrival(1500, "a", Outcome::Admitted),
+            arrival(1800, "b", Outcome::Admitted),
+        ];
+        // "a": 900, 1100, 1500 fit in [900, 1900).
+        assert_eq!(max_in_any_window(&arrivals, window), 3);
+        let stats = Stats::from_arrivals(arrivals, &[crate::Rule::sliding_log(5, window)]);
+        assert_eq!(stats.total, 8);
+        assert_eq!(stats.count(429), 1);
+        assert_eq!(stats.count(200), 7);
+        assert_eq!(stats.accepted(), 6);
+        assert_eq!(stats.rules[0].rule, "5/1s:sliding");
+        assert_eq!(stats.rules[0].window_ms, 1000);
+        assert_eq!(stats.rules[0].max_accepted_in_any_window, 3);
+    }
+
+    #[test]
+    fn sweep_agrees_with_brute_force() {
+        let window = Duration::from_millis(250);
+        // A fixed pseudo-random pattern with duplicates.
+        let times: Vec<Duration> = (0..300u64)
+            .map(|i| Duration::from_millis((i * 7919) % 2003))
+            .collect();
+        let brute = times
+            .iter()
+            .map(|&t| times.iter().filter(|&&u| u >= t && u < t + window).count())
+            .max()
+            .unwrap() as u64;
+        assert_eq!(max_in_window_sorted(times, window), brute);
+    }
+}

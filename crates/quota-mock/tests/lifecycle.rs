@@ -1,0 +1,131 @@
+//! Stopping the server: dropping the handle or shutting it down leaves no
+//! listener and no task behind.
+
+mod common;
+
+use std::time::Duration;
+
+use common::{client, get, h2c_client, send};
+use http::Method;
+use quota_mock::{Fault, Latency, MockServer};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+
+fn alive_tasks() -> usize {
+    tokio::runtime::Handle::current()
+        .metrics()
+        .num_alive_tasks()
+}
+
+/// Lets the runtime run aborted tasks to completion, up to a bound, until
+/// `done` holds.
+async fn settle(mut done: impl FnMut() -> bool) -> bool {
+    for _ in 0..1000 {
+        if done() {
+            return true;
+        }
+        tokio::task::yield_now().await;
+    }
+    done()
+}
+
+#[tokio::test]
+async fn dropping_the_server_closes_the_listener_and_aborts_every_task() {
+    let before = alive_tasks();
+    let server = MockServer::builder()
+        .fault(Fault::Latency(Latency::Fixed(Duration::from_secs(3600))))
+        .start()
+        .await
+        .unwrap();
+    let addr = server.addr();
+
+    // A request stuck in an hour of injected latency, over a raw socket so
+    // the client side spawns no tasks.
+    let mut stream = TcpStream::connect(addr).await.unwrap();
+    stream
+        .write_all(b"GET /slow HTTP/1.1\r\nhost: mock\r\n\r\n")
+        .await
+        .unwrap();
+    assert!(
+        settle(|| server.stats().total == 1).await,
+        "the request never arrived"
+    );
+    assert!(
+        alive_tasks() >= before + 2,
+        "accept loop and connection task should be running"
+    );
+
+    drop(server);
+    assert!(
+        settle(|| alive_tasks() == before).await,
+        "{} tasks left behind",
+        alive_tasks() - before
+    );
+    let mut buffer = Vec::new();
+    let read = stream.read_to_end(&mut buffer).await;
+    assert!(
+        matches!(read, Ok(0) | Err(_)),
+        "got a response after drop: {buffer:?}"
+    );
+    assert!(
+        TcpStream::connect(addr).await.is_err(),
+        "the listener is still open"
+    );
+}
+
+#[tokio::test]
+async fn dropping_the_server_fails_in_flight_h2c_requests() {
+    let server = MockServer::builder()
+        .fault(Fault::Latency(Latency::Fixed(Duration::from_secs(3600))))
+        .start()
+        .await
+        .unwrap();
+    let client = h2c_client();
+    let url = server.url();
+    let request = tokio::spawn(async move {
+        send(&client, Method::GET, &url, &[], b"")
+            .await
+            .map(|r| r.status)
+    });
+    assert!(
+        settle(|| server.stats().total == 1).await,
+        "the request never arrived"
+    );
+    drop(server);
+    let result = request.await.unwrap();
+    assert!(
+        result.is_err(),
+        "expected the stream to fail, got {result:?}"
+    );
+}
+
+#[tokio::test]
+async fn graceful_shutdown_finishes_and_closes_the_listener() {
+    let server = MockServer::builder().start().await.unwrap();
+    let addr = server.addr();
+    // A kept-alive idle connection must not hold shutdown up.
+    let client = client();
+    assert_eq!(get(&client, &server.url()).await.status, 200);
+    server.shutdown().await;
+    assert!(
+        TcpStream::connect(addr).await.is_err(),
+        "the listener is still open"
+    );
+}
+
+#[tokio::test(start_paused = true)]
+async fn graceful_shutdown_lets_an_in_flight_request_finish() {
+    let server = MockServer::builder()
+        .fault(Fault::Latency(Latency::Fixed(Duration::from_secs(2))))
+        .start()
+        .await
+        .unwrap();
+    let client = client();
+    let url = server.url();
+    let request = tokio::spawn(async move { get(&client, &url).await.status });
+    while server.stats().total == 0 {
+        tokio::task::yield_now().await;
+    }
+    server.shutdown().await;
+    assert_eq!(request.await.unwrap(), 200);
+}

@@ -1,0 +1,154 @@
+//! Each quota mode over a real socket. Windows are long (an hour) so the
+//! assertions hold however slow the machine; exact timing is covered by the
+//! paused-clock unit tests.
+
+mod common;
+
+use std::time::Duration;
+
+use common::{client, get, statuses};
+use quota_mock::{MockServer, Rule};
+
+const HOUR: Duration = Duration::from_secs(3600);
+
+#[tokio::test]
+async fn sliding_log_refuses_exactly_the_excess_with_retry_after_rounded_up() {
+    let server = MockServer::builder()
+        .rule(Rule::sliding_log(5, HOUR))
+        .start()
+        .await
+        .unwrap();
+    let client = client();
+    let url = format!("{}/things", server.url());
+
+    for remaining in (0..5).rev() {
+        let reply = get(&client, &url).await;
+        assert_eq!(reply.status, 200);
+        assert_eq!(reply.header_u64("x-ratelimit-limit"), Some(5));
+        assert_eq!(reply.header_u64("x-ratelimit-remaining"), Some(remaining));
+    }
+    for _ in 0..3 {
+        let reply = get(&client, &url).await;
+        assert_eq!(reply.status, 429);
+        assert_eq!(reply.header_u64("x-ratelimit-remaining"), Some(0));
+        let retry_after = reply
+            .header_u64("retry-after")
+            .expect("a numeric Retry-After");
+        // The oldest admission leaves an hour after it arrived, moments ago.
+        assert!(
+            (3590..=3600).contains(&retry_after),
+            "Retry-After: {retry_after}"
+        );
+        let reset = reply
+            .header_u64("x-ratelimit-reset")
+            .expect("a numeric reset");
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .as_secs();
+        assert!(
+            reset >= now + 3590 && reset <= now + 3601,
+            "reset {reset}, now {now}"
+        );
+    }
+
+    let stats = server.stats();
+    assert_eq!(stats.total, 8);
+    assert_eq!(stats.count(200), 5);
+    assert_eq!(stats.count(429), 3);
+    assert_eq!(stats.accepted(), 5);
+    assert_eq!(stats.rules[0].max_accepted_in_any_window, 5);
+}
+
+#[tokio::test]
+async fn fixed_window_refuses_until_the_boundary() {
+    let server = MockServer::builder()
+        .rule(Rule::fixed_window(4, HOUR))
+        .start()
+        .await
+        .unwrap();
+    let client = client();
+    assert_eq!(
+        statuses(&client, &server.url(), 6).await,
+        [200, 200, 200, 200, 429, 429]
+    );
+    let reply = get(&client, &server.url()).await;
+    let retry_after = reply
+        .header_u64("retry-after")
+        .expect("a numeric Retry-After");
+    assert!(
+        (3590..=3600).contains(&retry_after),
+        "Retry-After: {retry_after}"
+    );
+}
+
+#[tokio::test]
+async fn token_bucket_refuses_until_the_next_token() {
+    // Capacity 6, one token every 10 minutes.
+    let server = MockServer::builder()
+        .rule(Rule::token_bucket(6, HOUR))
+        .start()
+        .await
+        .unwrap();
+    let client = client();
+    assert_eq!(
+        statuses(&client, &server.url(), 7).await,
+        [200, 200, 200, 200, 200, 200, 429]
+    );
+    let reply = get(&client, &server.url()).await;
+    let retry_after = reply
+        .header_u64("retry-after")
+        .expect("a numeric Retry-After");
+    assert!(
+        (590..=600).contains(&retry_after),
+        "Retry-After: {retry_after}"
+    );
+}
+
+#[tokio::test]
+async fn the_tightest_of_several_rules_decides() {
+    let server = MockServer::builder()
+        .rule(Rule::sliding_log(10, HOUR))
+        .rule(Rule::fixed_window(3, HOUR))
+        .start()
+        .await
+        .unwrap();
+    let client = client();
+    let first = get(&client, &server.url()).await;
+    assert_eq!(first.header_u64("x-ratelimit-limit"), Some(3));
+    assert_eq!(first.header_u64("x-ratelimit-remaining"), Some(2));
+    assert_eq!(
+        statuses(&client, &server.url(), 4).await,
+        [200, 200, 429, 429]
+    );
+    let stats = server.stats();
+    assert_eq!(stats.rules.len(), 2);
+    assert_eq!(stats.rules[0].rule, "10/1h:sliding");
+    assert_eq!(stats.rules[1].rule, "3/1h:fixed");
+    assert!(
+        stats
+            .rules
+            .iter()
+            .all(|rule| rule.max_accepted_in_any_window == 3)
+    );
+}
+
+#[tokio::test]
+async fn invalid_rules_fail_to_start() {
+    let zero_limit = MockServer::builder()
+        .rule(Rule::sliding_log(0, HOUR))
+        .start()
+        .await;
+    assert_eq!(
+        zero_limit.unwrap_err().kind(),
+        std::io::ErrorKind::InvalidInput
+    );
+    let zero_window = MockServer::builder()
+        .rule(Rule::token_bucket(1, Duration::ZERO))
+        .start()
+        .await;
+    assert_eq!(
+        zero_window.unwrap_err().kind(),
+        std::io::ErrorKind::InvalidInput
+    );
+}
