@@ -1,0 +1,113 @@
+//! Go `time.Duration` strings, as OpenAI sends in `x-ratelimit-reset-*`.
+
+use std::time::Duration;
+
+use crate::numbers;
+
+/// Parses a Go duration string (`time.ParseDuration` syntax) such as `"1s"`,
+/// `"6m0s"`, `"20ms"`, `"0.5s"` or `"1h2m3.5s"`.
+///
+/// Accepts a sequence of `decimal unit` pairs with units `ns`, `us`, `µs`,
+/// `μs`, `ms`, `s`, `m`, `h`, an optional leading `+`, and the bare `"0"`.
+/// Negative durations, unknown units, missing units, empty strings and sums
+/// past `Duration::MAX` are absent. Digits past the nanosecond are truncated.
+///
+/// ```
+/// use std::time::Duration;
+///
+/// assert_eq!(quota_headers::go_duration("6m0s"), Some(Duration::from_secs(360)));
+/// assert_eq!(quota_headers::go_duration("1h2m3.5s"), Some(Duration::from_millis(3_723_500)));
+/// assert_eq!(quota_headers::go_duration("-1s"), None);
+/// ```
+pub fn go_duration(text: &str) -> Option<Duration> {
+    let text = text.trim_matches([' ', '\t']);
+    let text = text.strip_prefix('+').unwrap_or(text);
+    if text == "0" {
+        return Some(Duration::ZERO);
+    }
+    if text.is_empty() {
+        return None;
+    }
+    let mut rest = text;
+    let mut total: u128 = 0;
+    while !rest.is_empty() {
+        let number_len = rest
+            .find(|c: char| !(c.is_ascii_digit() || c == '.'))
+            .unwrap_or(rest.len());
+        let (number, after) = rest.split_at(number_len);
+        let unit_len = after
+            .find(|c: char| c.is_ascii_digit() || c == '.')
+            .unwrap_or(after.len());
+        let (unit, after) = after.split_at(unit_len);
+        let component = component_nanos(number, unit_nanos(unit)?)?;
+        total = total.checked_add(component)?;
+        rest = after;
+    }
+    numbers::nanos_to_duration(total)
+}
+
+fn unit_nanos(unit: &str) -> Option<u128> {
+    Some(match unit {
+        "ns" => 1,
+        "us" | "\u{b5}s" | "\u{3bc}s" => 1_000,
+        "ms" => 1_000_000,
+        "s" => 1_000_000_000,
+        "m" => 60_000_000_000,
+        "h" => 3_600_000_000_000,
+        _ => return None,
+    })
+}
+
+/// `digits`, `digits.`, `.digits` or `digits.digits` (Go allows all four,
+/// but not a lone `.`), times the unit.
+fn component_nanos(number: &str, unit_nanos: u128) -> Option<u128> {
+    let (whole, fraction) = number.split_once('.').unwrap_or((number, ""));
+    if whole.is_empty() && fraction.is_empty() {
+        return None;
+    }
+    let whole_nanos = if whole.is_empty() {
+        0
+    } else {
+        numbers::parse_digits(whole)?.checked_mul(unit_nanos)?
+    };
+    let fraction_nanos = if fraction.is_empty() {
+        0
+    } else {
+        numbers::fraction_nanos(fraction, unit_nanos)?
+    };
+    whole_nanos.checked_add(fraction_nanos)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn go_accepts_partial_decimals() {
+        assert_eq!(go_duration("1.s"), Some(Duration::from_secs(1)));
+        assert_eq!(go_duration(".5s"), Some(Duration::from_millis(500)));
+        assert_eq!(go_duration("+2m"), Some(Duration::from_secs(120)));
+    }
+
+    #[test]
+    fn go_rejects_malformed() {
+        for text in [
+            "", "s", "1", "1x", ".s", "1..2s", "1s2", "-1s", "-0", "1 s", "1.2.3s",
+        ] {
+            assert_eq!(go_duration(text), None, "{text:?}");
+        }
+    }
+
+    #[test]
+    fn micro_sign_variants() {
+        assert_eq!(go_duration("3\u{b5}s"), Some(Duration::from_micros(3)));
+        assert_eq!(go_duration("3\u{3bc}s"), Some(Duration::from_micros(3)));
+        assert_eq!(go_duration("3us"), Some(Duration::from_micros(3)));
+    }
+
+    #[test]
+    fn overflow_is_absent() {
+        assert_eq!(go_duration(&format!("{}h", "9".repeat(30))), None);
+        assert_eq!(go_duration("5124095576030432h"), None);
+    }
+}

@@ -1,0 +1,153 @@
+//! Total number parsing shared by every dialect.
+//!
+//! Everything here works on integers (no floats), so there is no rounding, no
+//! NaN and no infinity to guard against; every step is checked.
+
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use http::HeaderValue;
+
+const NANOS_PER_SEC: u128 = 1_000_000_000;
+
+/// Nanoseconds in one unit.
+pub(crate) const NANOS_PER_MILLI: u128 = 1_000_000;
+/// Nanoseconds in one second.
+pub(crate) const NANOS_PER_SECOND: u128 = NANOS_PER_SEC;
+
+/// Fractional digits beyond this many are ignored (truncated); with 18 digits
+/// and the largest unit (an hour) every product still fits in a `u128`.
+const MAX_FRACTION_DIGITS: usize = 18;
+
+/// A Retry-After-style threshold: a reset at or above this many seconds is an
+/// epoch timestamp (2001-09-09T01:46:40Z), below it a delta.
+pub(crate) const EPOCH_THRESHOLD_SECS: u64 = 1_000_000_000;
+
+/// The value as `&str` with optional whitespace trimmed, or `None` when it
+/// holds anything but visible ASCII (obs-text, control bytes).
+pub(crate) fn header_str(value: &HeaderValue) -> Option<&str> {
+    value
+        .to_str()
+        .ok()
+        .map(|text| text.trim_matches([' ', '\t']))
+}
+
+/// `1*DIGIT` as a `u64`; `None` on anything else (sign, dot, empty, overflow).
+pub(crate) fn parse_u64(text: &str) -> Option<u64> {
+    if text.is_empty() || !text.bytes().all(|byte| byte.is_ascii_digit()) {
+        return None;
+    }
+    text.parse().ok()
+}
+
+/// `1*DIGIT [ "." 1*DIGIT ]` interpreted in units of `unit_nanos`
+/// nanoseconds. Digits past the nanosecond are truncated.
+pub(crate) fn parse_decimal(text: &str, unit_nanos: u128) -> Option<Duration> {
+    let (whole, fraction) = match text.split_once('.') {
+        Some((whole, fraction)) => (whole, Some(fraction)),
+        None => (text, None),
+    };
+    let whole = parse_digits(whole)?;
+    let mut nanos = whole.checked_mul(unit_nanos)?;
+    if let Some(fraction) = fraction {
+        nanos = nanos.checked_add(fraction_nanos(fraction, unit_nanos)?)?;
+    }
+    nanos_to_duration(nanos)
+}
+
+/// `1*DIGIT` as a `u128`, `None` on overflow or a non-digit.
+pub(crate) fn parse_digits(text: &str) -> Option<u128> {
+    if text.is_empty() {
+        return None;
+    }
+    text.bytes().try_fold(0u128, |total, byte| {
+        let digit = byte.is_ascii_digit().then(|| u128::from(byte - b'0'))?;
+        total.checked_mul(10)?.checked_add(digit)
+    })
+}
+
+/// The value of `0.<fraction>` units in nanoseconds. `fraction` must be
+/// `1*DIGIT`; digits past [`MAX_FRACTION_DIGITS`] only have to be digits.
+pub(crate) fn fraction_nanos(fraction: &str, unit_nanos: u128) -> Option<u128> {
+    if fraction.is_empty() || !fraction.bytes().all(|byte| byte.is_ascii_digit()) {
+        return None;
+    }
+    let kept = &fraction[..fraction.len().min(MAX_FRACTION_DIGITS)];
+    let numerator = parse_digits(kept)?;
+    let denominator = 10u128.checked_pow(u32::try_from(kept.len()).ok()?)?;
+    numerator.checked_mul(unit_nanos)?.checked_div(denominator)
+}
+
+/// A nanosecond count as a `Duration`, `None` past `Duration::MAX`.
+pub(crate) fn nanos_to_duration(nanos: u128) -> Option<Duration> {
+    let secs = u64::try_from(nanos / NANOS_PER_SEC).ok()?;
+    let subsec = u32::try_from(nanos % NANOS_PER_SEC).ok()?;
+    Some(Duration::new(secs, subsec))
+}
+
+/// How long from `reference` until `instant`; zero when it already passed.
+pub(crate) fn until(instant: SystemTime, reference: SystemTime) -> Duration {
+    instant.duration_since(reference).unwrap_or(Duration::ZERO)
+}
+
+/// Interprets a reset given in (possibly fractional) seconds that is either a
+/// delta or a Unix epoch timestamp, by the [`EPOCH_THRESHOLD_SECS`] rule.
+/// Epoch values are measured from `reference` (the response's `Date` when it
+/// has one, else the caller's `now`).
+pub(crate) fn delta_or_epoch(seconds: Duration, reference: SystemTime) -> Option<Duration> {
+    if seconds.as_secs() < EPOCH_THRESHOLD_SECS {
+        return Some(seconds);
+    }
+    let instant = UNIX_EPOCH.checked_add(seconds)?;
+    Some(until(instant, reference))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn decimal_truncates_past_the_nanosecond() {
+        assert_eq!(
+            parse_decimal("1.0000000019", NANOS_PER_SECOND),
+            Some(Duration::new(1, 1))
+        );
+    }
+
+    #[test]
+    fn decimal_rejects_half_numbers() {
+        for text in ["", ".", "1.", ".5", "-1", "+1", "1e3", "1.5.5", " 1"] {
+            assert_eq!(parse_decimal(text, NANOS_PER_SECOND), None, "{text:?}");
+        }
+    }
+
+    #[test]
+    fn decimal_overflow_is_absent() {
+        let huge = "9".repeat(40);
+        assert_eq!(parse_decimal(&huge, NANOS_PER_SECOND), None);
+        assert_eq!(
+            parse_decimal("18446744073709551616", NANOS_PER_SECOND),
+            None
+        );
+        assert_eq!(
+            parse_decimal("18446744073709551615", NANOS_PER_SECOND),
+            Some(Duration::from_secs(u64::MAX))
+        );
+    }
+
+    #[test]
+    fn long_fractions_are_truncated_not_rejected() {
+        let text = format!("0.5{}", "9".repeat(100));
+        assert_eq!(
+            parse_decimal(&text, NANOS_PER_SECOND),
+            Some(Duration::from_nanos(599_999_999))
+        );
+    }
+
+    #[test]
+    fn u64_is_strict() {
+        assert_eq!(parse_u64("42"), Some(42));
+        for text in ["", "-1", "+1", "4 2", "1.0", "18446744073709551616"] {
+            assert_eq!(parse_u64(text), None, "{text:?}");
+        }
+    }
+}

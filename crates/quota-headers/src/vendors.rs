@@ -1,0 +1,70 @@
+//! Provider-specific dialects: OpenAI, Anthropic, Shopify.
+
+use std::time::SystemTime;
+
+use http::{HeaderMap, HeaderValue};
+
+use crate::names;
+use crate::numbers::{self, NANOS_PER_SECOND};
+use crate::{QuotaState, Source, go_duration, rfc3339};
+
+/// OpenAI: `x-ratelimit-{limit,remaining,reset}-{requests,tokens}`, resets as
+/// Go durations (`6m0s`). A bare number without a unit is read as seconds.
+pub(crate) fn openai(headers: &HeaderMap, quotas: &mut Vec<QuotaState>) {
+    for (kind, [limit, remaining, reset]) in names::OPENAI {
+        let value = |name: &str| headers.get(name).and_then(numbers::header_str);
+        let mut quota = QuotaState::new(Source::OpenAi);
+        quota.limit = value(limit).and_then(numbers::parse_u64);
+        quota.remaining = value(remaining).and_then(numbers::parse_u64);
+        quota.reset_after = value(reset).and_then(|text| {
+            go_duration(text).or_else(|| numbers::parse_decimal(text, NANOS_PER_SECOND))
+        });
+        push_named(quotas, quota, kind, kind);
+    }
+}
+
+/// Anthropic: `anthropic-ratelimit-{kind}-{limit,remaining,reset}`, resets as
+/// RFC 3339 instants measured from `reference`.
+pub(crate) fn anthropic(headers: &HeaderMap, reference: SystemTime, quotas: &mut Vec<QuotaState>) {
+    for (kind, unit, [limit, remaining, reset]) in names::ANTHROPIC {
+        let value = |name: &str| headers.get(name).and_then(numbers::header_str);
+        let mut quota = QuotaState::new(Source::Anthropic);
+        quota.limit = value(limit).and_then(numbers::parse_u64);
+        quota.remaining = value(remaining).and_then(numbers::parse_u64);
+        quota.reset_after = value(reset)
+            .and_then(rfc3339)
+            .map(|instant| numbers::until(instant, reference));
+        push_named(quotas, quota, kind, unit);
+    }
+}
+
+fn push_named(quotas: &mut Vec<QuotaState>, mut quota: QuotaState, name: &str, unit: &str) {
+    if quota.is_empty() {
+        return;
+    }
+    quota.name = Some(name.to_owned());
+    quota.unit = Some(unit.to_owned());
+    quotas.push(quota);
+}
+
+/// Parses Shopify's `X-Shopify-Shop-Api-Call-Limit: used/limit` (for example
+/// `32/40`) into a quota with `limit` 40 and `remaining` 8. A used count
+/// above the limit, or anything but two non-negative integers around a `/`,
+/// is absent. Shopify's bucket leaks at a rate the header does not state, so
+/// there is no `reset_after`.
+///
+/// ```
+/// use http::HeaderValue;
+///
+/// let quota = quota_headers::shopify_call_limit(&HeaderValue::from_static("32/40")).unwrap();
+/// assert_eq!((quota.limit, quota.remaining), (Some(40), Some(8)));
+/// ```
+pub fn shopify_call_limit(value: &HeaderValue) -> Option<QuotaState> {
+    let (used, limit) = numbers::header_str(value)?.split_once('/')?;
+    let used = numbers::parse_u64(used.trim_matches([' ', '\t']))?;
+    let limit = numbers::parse_u64(limit.trim_matches([' ', '\t']))?;
+    let mut quota = QuotaState::new(Source::Shopify);
+    quota.limit = Some(limit);
+    quota.remaining = Some(limit.checked_sub(used)?);
+    Some(quota)
+}

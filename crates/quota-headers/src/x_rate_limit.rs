@@ -1,0 +1,96 @@
+//! `X-RateLimit-*` (GitHub, X/Twitter, many others) and Discord's extension.
+
+use std::time::{Duration, SystemTime};
+
+use http::{HeaderMap, HeaderValue};
+
+use crate::names;
+use crate::numbers::{self, NANOS_PER_SECOND};
+use crate::{QuotaState, Source};
+
+/// Parses a reset given in seconds that may be a delta or a Unix epoch
+/// timestamp (`X-RateLimit-Reset`, legacy IETF resets).
+///
+/// The value is a non-negative integer or decimal number of seconds
+/// (Discord sends `1470173023.123`). **Epoch rule:** a value of at least
+/// 1,000,000,000 (2001-09-09 as epoch seconds; no provider sends a delta
+/// that large) is an epoch timestamp and the result is the time from
+/// `reference` until it (zero if it already passed); a smaller value is the
+/// delay itself. Pass the response's `Date` as `reference` to correct for
+/// clock skew (what [`parse`](crate::parse) does), or the local `now`.
+///
+/// ```
+/// use std::time::{Duration, SystemTime, UNIX_EPOCH};
+/// use http::HeaderValue;
+///
+/// let date = UNIX_EPOCH + Duration::from_secs(1_700_000_000);
+/// let epoch = HeaderValue::from_static("1700000060");
+/// assert_eq!(quota_headers::reset_seconds(&epoch, date), Some(Duration::from_secs(60)));
+/// let delta = HeaderValue::from_static("60");
+/// assert_eq!(quota_headers::reset_seconds(&delta, date), Some(Duration::from_secs(60)));
+/// ```
+pub fn reset_seconds(value: &HeaderValue, reference: SystemTime) -> Option<Duration> {
+    numbers::delta_or_epoch(decimal_seconds(value)?, reference)
+}
+
+/// Parses a non-negative integer or decimal number of seconds, such as
+/// Discord's `X-RateLimit-Reset-After: 1.234`. Negative, empty and
+/// overflowing values are absent.
+///
+/// ```
+/// use std::time::Duration;
+/// use http::HeaderValue;
+///
+/// let delay = quota_headers::decimal_seconds(&HeaderValue::from_static("1.234"));
+/// assert_eq!(delay, Some(Duration::from_millis(1234)));
+/// ```
+pub fn decimal_seconds(value: &HeaderValue) -> Option<Duration> {
+    numbers::parse_decimal(numbers::header_str(value)?, NANOS_PER_SECOND)
+}
+
+/// The `X-RateLimit-*` family as one quota; Discord when any of its own
+/// headers is present.
+pub(crate) fn quota(headers: &HeaderMap, reference: SystemTime) -> Option<QuotaState> {
+    let integer = |name: &str| {
+        headers
+            .get(name)
+            .and_then(numbers::header_str)
+            .and_then(numbers::parse_u64)
+    };
+    let label = |name: &str| {
+        headers
+            .get(name)
+            .and_then(numbers::header_str)
+            .filter(|text| !text.is_empty())
+            .map(str::to_owned)
+    };
+    let reset_after_header = headers.get(names::X_RATELIMIT_RESET_AFTER);
+    let bucket = label(names::X_RATELIMIT_BUCKET);
+    let scope = label(names::X_RATELIMIT_SCOPE);
+    let is_discord = reset_after_header.is_some()
+        || headers.contains_key(names::X_RATELIMIT_BUCKET)
+        || headers.contains_key(names::X_RATELIMIT_SCOPE);
+
+    let mut quota = QuotaState::new(if is_discord {
+        Source::Discord
+    } else {
+        Source::XRateLimit
+    });
+    quota.limit = integer(names::X_RATELIMIT_LIMIT);
+    quota.remaining = integer(names::X_RATELIMIT_REMAINING).or_else(|| {
+        let used = integer(names::X_RATELIMIT_USED)?;
+        quota.limit?.checked_sub(used)
+    });
+    // A delay field is preferred over an epoch field: it needs no clock.
+    quota.reset_after = reset_after_header.and_then(decimal_seconds).or_else(|| {
+        headers
+            .get(names::X_RATELIMIT_RESET)
+            .and_then(|value| reset_seconds(value, reference))
+    });
+    if quota.is_empty() {
+        return None;
+    }
+    quota.partition_key = bucket;
+    quota.name = scope.or_else(|| label(names::X_RATELIMIT_RESOURCE));
+    Some(quota)
+}
