@@ -112,7 +112,7 @@ impl<K, C, St> SlidingWindowLayer<K, C, St> {
     /// window, so that the server, which sees each request a little after the
     /// client admits it, never counts more than `max_calls` in its own window.
     /// The default is [`default_safety_margin`](super::default_safety_margin):
-    /// 1% of the shortest window, between 1 ms and 50 ms.
+    /// 0.5% of the shortest window, between 1 ms and 25 ms.
     ///
     /// # Errors
     ///

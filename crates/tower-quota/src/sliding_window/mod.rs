@@ -35,7 +35,7 @@
 //! - **Server-exact.** The server sees each request a little after the client
 //!   admits it, with jitter. Each admission is held in the window for a small
 //!   [`safety_margin`](SlidingWindowLayer::safety_margin) beyond the window
-//!   (by default 1% of it, between 1 ms and 50 ms), so the server's own
+//!   (by default 0.5% of it, between 1 ms and 25 ms), so the server's own
 //!   sliding window never counts more than `max_calls`.
 //!
 //! # Where it goes in a stack

@@ -201,18 +201,23 @@ impl fmt::Debug for Limits {
     }
 }
 
-/// The default safety margin: 1% of the shortest window, at least 1 ms and
-/// at most 50 ms.
+/// The default safety margin: 0.5% of the shortest window, at least 1 ms and
+/// at most 25 ms.
 ///
-/// Loopback and LAN delivery jitter is well under a millisecond; a loaded
-/// client or a remote provider adds a few milliseconds. 1% of a one-second
-/// window (10 ms) absorbs that while costing 1% of the throughput; windows of
-/// a minute or more lose less than 0.1%.
+/// The margin absorbs the difference between the delays of two requests
+/// sent one window apart: the server must not see the second less than a
+/// window after the first. On loopback and LANs that difference is well under
+/// a millisecond; a loaded client adds a millisecond or two. 0.5% of a
+/// one-second window (5 ms) covers that several times over while costing
+/// 0.5% of the throughput; windows of a minute or more lose less than 0.05%.
+/// Across the internet, where delays vary by tens of milliseconds, set a
+/// larger margin with
+/// [`SlidingWindowLayer::safety_margin`](super::SlidingWindowLayer::safety_margin).
 pub fn default_safety_margin(quotas: &[Quota]) -> Duration {
     let shortest = quotas
         .iter()
         .map(Quota::window)
         .min()
         .unwrap_or(Duration::ZERO);
-    (shortest / 100).clamp(Duration::from_millis(1), Duration::from_millis(50))
+    (shortest / 200).clamp(Duration::from_millis(1), Duration::from_millis(25))
 }
