@@ -4,10 +4,10 @@
 use std::collections::VecDeque;
 use std::fmt;
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
-use std::time::Duration;
+use std::time::{Duration, SystemTime};
 
 use bytes::Bytes;
-use http::header::{CONTENT_TYPE, RETRY_AFTER};
+use http::header::CONTENT_TYPE;
 use http::{HeaderValue, Method, Request, Response, StatusCode};
 use http_body::Body;
 use http_body_util::{BodyExt, Full};
@@ -16,9 +16,9 @@ use rand::rngs::StdRng;
 use tokio::time::Instant;
 
 use crate::fault::{Fault, Latency, Scripted};
-use crate::headers::{HeaderDialect, delay_seconds};
+use crate::headers::{HeaderConfig, QuotaHeaders, delay_seconds, write_date};
 use crate::key::KeyBy;
-use crate::quota::{Decision, QuotaBook, RuleView};
+use crate::quota::{Decision, QuotaBook, QuotaView};
 use crate::rule::Rule;
 use crate::stats::{Arrival, Outcome, Stats, fnv1a64};
 
@@ -34,7 +34,7 @@ const RETRY_ATTEMPT: &str = "x-retry-attempt";
 pub(crate) struct Shared {
     pub(crate) start: Instant,
     pub(crate) key_by: KeyBy,
-    pub(crate) dialect: HeaderDialect,
+    pub(crate) headers: QuotaHeaders,
     state: Mutex<State>,
 }
 
@@ -52,7 +52,7 @@ struct State {
 struct Plan {
     outcome: Outcome,
     reply: Reply,
-    view: Option<RuleView>,
+    view: Option<QuotaView>,
 }
 
 #[derive(Debug)]
@@ -83,11 +83,12 @@ impl Shared {
         start: Instant,
         rules: Vec<Rule>,
         key_by: KeyBy,
-        dialect: HeaderDialect,
+        headers: HeaderConfig,
         faults: Vec<Fault>,
         scripted: Vec<Scripted>,
         rng: StdRng,
     ) -> Self {
+        let headers = QuotaHeaders::new(headers, &rules);
         let state = State {
             quota: QuotaBook::new(rules, start),
             scripted: scripted.into(),
@@ -98,7 +99,7 @@ impl Shared {
         Shared {
             start,
             key_by,
-            dialect,
+            headers,
             state: Mutex::new(state),
         }
     }
@@ -293,6 +294,7 @@ where
 }
 
 fn respond(shared: &Shared, plan: &Plan, key: &str) -> Option<Response<Full<Bytes>>> {
+    let headers = &shared.headers;
     let (status, retry_after, body) = match &plan.reply {
         Reply::Reset => return None,
         Reply::Ok => (
@@ -309,21 +311,26 @@ fn respond(shared: &Shared, plan: &Plan, key: &str) -> Option<Response<Full<Byte
                 Outcome::Scripted => "scripted",
                 _ => "injected",
             };
+            let retry_after = match plan.outcome {
+                Outcome::Refused if !headers.retry_after_on_429() => None,
+                _ => *retry_after,
+            };
             let mut body = serde_json::json!({ "ok": false, "key": key, "error": error });
             if let Some(delay) = retry_after {
-                body["retry_after"] = serde_json::json!(delay_seconds(*delay));
+                body["retry_after"] = serde_json::json!(delay_seconds(delay));
             }
-            (*status, *retry_after, body)
+            (*status, retry_after, body)
         }
     };
-    let mut response = json_response(status, body.to_string());
+    // One wall-clock instant for `Date` and every absolute value, so a
+    // client measuring them from `Date` sees exactly the delays meant.
+    let wall_now = SystemTime::now();
+    let mut response = json_response(status, body.to_string(), wall_now);
     if let Some(delay) = retry_after {
-        response
-            .headers_mut()
-            .insert(RETRY_AFTER, HeaderValue::from(delay_seconds(delay)));
+        headers.write_retry_after(delay, wall_now, response.headers_mut());
     }
     if let Some(view) = &plan.view {
-        shared.dialect.write(view, response.headers_mut());
+        headers.write(key, view, wall_now, response.headers_mut());
     }
     Some(response)
 }
@@ -331,35 +338,36 @@ fn respond(shared: &Shared, plan: &Plan, key: &str) -> Option<Response<Full<Byte
 fn control<B>(shared: &Shared, request: &Request<B>) -> Response<Full<Bytes>> {
     let path = request.uri().path();
     let method = request.method();
-    match path.strip_prefix(CONTROL_PREFIX) {
+    let (status, body) = match path.strip_prefix(CONTROL_PREFIX) {
         Some("stats") if method == Method::GET => match serde_json::to_string(&shared.stats()) {
-            Ok(json) => json_response(StatusCode::OK, json),
-            Err(error) => json_response(
+            Ok(json) => (StatusCode::OK, json),
+            Err(error) => (
                 StatusCode::INTERNAL_SERVER_ERROR,
                 format!("{{\"error\":{:?}}}", error.to_string()),
             ),
         },
         Some("reset") if method == Method::POST => {
             shared.reset();
-            json_response(StatusCode::OK, "{\"ok\":true}".to_owned())
+            (StatusCode::OK, "{\"ok\":true}".to_owned())
         }
-        Some("stats" | "reset") => json_response(
+        Some("stats" | "reset") => (
             StatusCode::METHOD_NOT_ALLOWED,
             "{\"error\":\"method not allowed\"}".to_owned(),
         ),
-        _ => json_response(
+        _ => (
             StatusCode::NOT_FOUND,
             "{\"error\":\"unknown control path\"}".to_owned(),
         ),
-    }
+    };
+    json_response(status, body, SystemTime::now())
 }
 
-fn json_response(status: StatusCode, body: String) -> Response<Full<Bytes>> {
+fn json_response(status: StatusCode, body: String, wall_now: SystemTime) -> Response<Full<Bytes>> {
     let mut response = Response::new(Full::new(Bytes::from(body)));
     *response.status_mut() = status;
-    response
-        .headers_mut()
-        .insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
+    let headers = response.headers_mut();
+    headers.insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
+    write_date(wall_now, headers);
     response
 }
 

@@ -10,9 +10,13 @@
 //!   continuously refilled token bucket (nginx-style). Several rules are all
 //!   enforced; a refused request consumes nothing. Quotas are global, per
 //!   first path segment, or per header value ([`KeyBy`]).
-//! - **Responses**: 200 with `X-RateLimit-*` headers ([`HeaderDialect`]), or
-//!   429 with `Retry-After` in delay-seconds rounded *up*, so a client that
-//!   obeys it is never early.
+//! - **Responses**: 200 with quota headers in the dialect of your choice,
+//!   per key ([`HeaderDialect`]: `X-RateLimit-*` with epoch or delta
+//!   resets, the IETF `RateLimit` fields current and legacy, Discord,
+//!   OpenAI, Anthropic, Shopify), or 429 with `Retry-After` in
+//!   delay-seconds rounded *up* (or an HTTP-date, or left out), so a client
+//!   that obeys it is never early. Every response carries `Date`, so
+//!   clients can correct for clock skew.
 //! - **Faults** ([`Fault`], [`Scripted`]): error statuses, 503 with
 //!   `Retry-After`, latency, reset connections, and scripted responses.
 //!   Faults are drawn from a seedable RNG.
@@ -86,7 +90,7 @@ mod server;
 mod stats;
 
 pub use fault::{Fault, Latency, Scripted};
-pub use headers::HeaderDialect;
+pub use headers::{HeaderDialect, ParseHeaderDialectError, RetryAfterFormat};
 pub use key::{KeyBy, ParseKeyByError};
 pub use rule::{Mode, ParseRuleError, Rule};
 pub use server::{MockServer, MockServerBuilder};

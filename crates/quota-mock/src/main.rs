@@ -2,7 +2,7 @@
 //!
 //! ```text
 //! quota-mock --addr 127.0.0.1:8080 --quota 10/1s --quota 100/1m:fixed \
-//!     --key-by header:x-api-key --error-rate 0.05 --latency 10ms
+//!     --key-by header:x-api-key --headers ietf --error-rate 0.05 --latency 10ms
 //! ```
 
 use std::net::SocketAddr;
@@ -10,7 +10,7 @@ use std::time::Duration;
 
 use clap::Parser;
 use http::StatusCode;
-use quota_mock::{Fault, HeaderDialect, KeyBy, Latency, MockServer, Rule};
+use quota_mock::{Fault, HeaderDialect, KeyBy, Latency, MockServer, RetryAfterFormat, Rule};
 
 /// A simulated rate-limited HTTP API (HTTP/1.1 and h2c) that enforces quotas
 /// server-side and records every arrival (JSON at GET /__quota/stats).
@@ -43,9 +43,22 @@ struct Args {
     #[arg(long)]
     seed: Option<u64>,
 
-    /// Omit the X-RateLimit-* headers.
-    #[arg(long)]
+    /// The quota header dialect: x-ratelimit, x-ratelimit-delta, ietf,
+    /// ietf-legacy, discord, openai, anthropic, shopify or none.
+    #[arg(long, value_name = "DIALECT", default_value = "x-ratelimit")]
+    headers: HeaderDialect,
+
+    /// Omit the quota headers (same as --headers none).
+    #[arg(long, conflicts_with = "headers")]
     no_quota_headers: bool,
+
+    /// Send 429s without Retry-After: clients must read the quota headers.
+    #[arg(long)]
+    no_retry_after: bool,
+
+    /// Send Retry-After as an HTTP-date instead of delay-seconds.
+    #[arg(long)]
+    retry_after_date: bool,
 }
 
 #[tokio::main]
@@ -55,7 +68,11 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         .init();
     let args = Args::parse();
 
-    let mut builder = MockServer::builder().addr(args.addr).key_by(args.key_by);
+    let mut builder = MockServer::builder()
+        .addr(args.addr)
+        .key_by(args.key_by)
+        .headers(args.headers)
+        .retry_after(!args.no_retry_after);
     for rule in args.quotas {
         builder = builder.rule(rule);
     }
@@ -77,6 +94,9 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     }
     if args.no_quota_headers {
         builder = builder.headers(HeaderDialect::None);
+    }
+    if args.retry_after_date {
+        builder = builder.retry_after_format(RetryAfterFormat::HttpDate);
     }
 
     let server = builder.start().await?;

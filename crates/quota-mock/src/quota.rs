@@ -18,17 +18,27 @@ pub(crate) struct RuleView {
     pub(crate) reset_after: Duration,
 }
 
+/// Every rule as a client sees it at one instant.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct QuotaView {
+    /// The rule with the least remaining quota; among equals, the one that
+    /// takes longest to free a unit.
+    pub(crate) restrictive: RuleView,
+    /// Every rule, in configuration order.
+    pub(crate) rules: Vec<RuleView>,
+}
+
 /// The outcome of one quota check.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub(crate) enum Decision {
-    /// Every rule had room; the admission is recorded. `view` is the most
-    /// restrictive rule after the admission (`None` without rules).
-    Admitted { view: Option<RuleView> },
+    /// Every rule had room; the admission is recorded. `view` is the rules
+    /// after the admission (`None` without rules).
+    Admitted { view: Option<QuotaView> },
     /// Some rule had no room; nothing was recorded. `retry_after` is the
     /// earliest delay after which every rule has room again.
     Refused {
         retry_after: Duration,
-        view: RuleView,
+        view: QuotaView,
     },
 }
 
@@ -100,36 +110,35 @@ impl QuotaBook {
             }
         }
         if let Some(retry_after) = wait {
-            let view = most_restrictive(rules, states, origin, now);
+            let view = quota_view(rules, states, origin, now);
             return Decision::Refused { retry_after, view };
         }
         for (rule, state) in rules.iter().zip(states.iter_mut()) {
             state.admit(rule, now);
         }
         Decision::Admitted {
-            view: Some(most_restrictive(rules, states, origin, now)),
+            view: Some(quota_view(rules, states, origin, now)),
         }
     }
 }
 
-/// The rule with the least remaining quota; among equals, the one that takes
-/// longest to free a unit.
-fn most_restrictive(
-    rules: &[Rule],
-    states: &[RuleState],
-    origin: Instant,
-    now: Instant,
-) -> RuleView {
-    rules
+/// Every rule's view, and the most restrictive one: the least remaining
+/// quota, and among equals the one that takes longest to free a unit.
+fn quota_view(rules: &[Rule], states: &[RuleState], origin: Instant, now: Instant) -> QuotaView {
+    let rules: Vec<RuleView> = rules
         .iter()
         .zip(states)
         .map(|(rule, state)| state.view(rule, origin, now))
+        .collect();
+    let restrictive = *rules
+        .iter()
         .min_by(|a, b| {
             a.remaining
                 .cmp(&b.remaining)
                 .then(b.reset_after.cmp(&a.reset_after))
         })
-        .expect("QuotaBook::check returns early when there are no rules")
+        .expect("QuotaBook::check returns early when there are no rules");
+    QuotaView { restrictive, rules }
 }
 
 fn window_nanos(rule: &Rule) -> u128 {

@@ -19,7 +19,7 @@ use tokio::time::Instant;
 
 use crate::fault::{Fault, Scripted};
 use crate::handler::{Shared, handle};
-use crate::headers::HeaderDialect;
+use crate::headers::{HeaderConfig, HeaderDialect, RetryAfterFormat};
 use crate::key::KeyBy;
 use crate::rule::Rule;
 use crate::stats::Stats;
@@ -33,7 +33,7 @@ const SHUTDOWN_GRACE: Duration = Duration::from_secs(5);
 pub struct MockServerBuilder {
     rules: Vec<Rule>,
     key_by: KeyBy,
-    dialect: HeaderDialect,
+    headers: HeaderConfig,
     faults: Vec<Fault>,
     scripted: Vec<Scripted>,
     addr: SocketAddr,
@@ -45,7 +45,7 @@ impl Default for MockServerBuilder {
         MockServerBuilder {
             rules: Vec::new(),
             key_by: KeyBy::default(),
-            dialect: HeaderDialect::default(),
+            headers: HeaderConfig::default(),
             faults: Vec::new(),
             scripted: Vec::new(),
             addr: SocketAddr::from(([127, 0, 0, 1], 0)),
@@ -70,9 +70,48 @@ impl MockServerBuilder {
     }
 
     /// Which quota headers responses carry (default
-    /// [`HeaderDialect::XRateLimit`]).
+    /// [`HeaderDialect::XRateLimit`]), for every key without its own
+    /// dialect.
     pub fn headers(mut self, dialect: HeaderDialect) -> Self {
-        self.dialect = dialect;
+        self.headers.dialect = dialect;
+        self
+    }
+
+    /// Which quota headers responses to one quota key carry (see
+    /// [`KeyBy`] for what the key is), overriding
+    /// [`headers`](Self::headers) for that key. Lets one server play several
+    /// providers at once.
+    ///
+    /// ```
+    /// use http::HeaderName;
+    /// use quota_mock::{HeaderDialect, KeyBy, MockServer};
+    ///
+    /// let builder = MockServer::builder()
+    ///     .key_by(KeyBy::Header(HeaderName::from_static("x-api-key")))
+    ///     .headers(HeaderDialect::XRateLimit)
+    ///     .headers_for_key("openai-tenant", HeaderDialect::OpenAi);
+    /// # drop(builder);
+    /// ```
+    pub fn headers_for_key(mut self, key: impl Into<String>, dialect: HeaderDialect) -> Self {
+        self.headers.per_key.insert(key.into(), dialect);
+        self
+    }
+
+    /// Whether quota 429s carry `Retry-After` (default `true`).
+    ///
+    /// With `false` a refused client learns when to retry only from the
+    /// quota headers (`Remaining: 0` and the reset), like a provider that
+    /// sends only `X-RateLimit-*` or IETF `RateLimit` fields. Scripted and
+    /// fault responses keep the `Retry-After` they were configured with.
+    pub fn retry_after(mut self, enabled: bool) -> Self {
+        self.headers.omit_retry_after_on_429 = !enabled;
+        self
+    }
+
+    /// How every `Retry-After` the server sends states its delay (default
+    /// [`RetryAfterFormat::Seconds`]).
+    pub fn retry_after_format(mut self, format: RetryAfterFormat) -> Self {
+        self.headers.retry_after_format = format;
         self
     }
 
@@ -122,7 +161,7 @@ impl MockServerBuilder {
             Instant::now(),
             self.rules,
             self.key_by,
-            self.dialect,
+            self.headers,
             self.faults,
             self.scripted,
             rng,
@@ -170,7 +209,7 @@ impl fmt::Debug for MockServer {
         f.debug_struct("MockServer")
             .field("addr", &self.addr)
             .field("key_by", &self.shared.key_by)
-            .field("dialect", &self.shared.dialect)
+            .field("headers", self.shared.headers.config())
             .finish_non_exhaustive()
     }
 }

@@ -16,7 +16,7 @@ use tokio::time::{Instant, advance};
 
 use super::{NoResponse, Shared, handle};
 use crate::fault::{Fault, Latency, Scripted};
-use crate::headers::HeaderDialect;
+use crate::headers::{HeaderConfig, HeaderDialect};
 use crate::key::KeyBy;
 use crate::rule::Rule;
 use crate::stats::{Outcome, Stats, fnv1a64};
@@ -35,7 +35,10 @@ fn server_with(
         Instant::now(),
         rules,
         KeyBy::Global,
-        dialect,
+        HeaderConfig {
+            dialect,
+            ..HeaderConfig::default()
+        },
         faults,
         Vec::new(),
         StdRng::seed_from_u64(seed),
@@ -341,4 +344,106 @@ async fn broken_body_is_recorded_without_a_response() {
     let stats = shared.stats();
     assert_eq!(stats.total, 1);
     assert_eq!(stats.arrivals[0].status, 0);
+}
+
+/// A server with one sliding log of 5 per 10 s in `dialect`, refused 2.5 s
+/// after five admissions: the oldest admission leaves in exactly 7.5 s.
+async fn refused_in(dialect: HeaderDialect) -> Response<Full<Bytes>> {
+    let shared = server_with(
+        vec![Rule::sliding_log(5, secs(10.0))],
+        Vec::new(),
+        dialect,
+        0,
+    );
+    for _ in 0..5 {
+        assert_eq!(status(&shared, "/").await, 200);
+    }
+    advance(secs(2.5)).await;
+    let refused = send(&shared, get("/")).await;
+    assert_eq!(refused.status(), StatusCode::TOO_MANY_REQUESTS);
+    assert_eq!(header(&refused, "retry-after"), Some("8"));
+    assert!(header(&refused, "date").is_some());
+    refused
+}
+
+#[tokio::test(start_paused = true)]
+async fn delay_dialects_state_the_reset_rounded_up() {
+    let refused = refused_in(HeaderDialect::XRateLimitDelta).await;
+    assert_eq!(header(&refused, "x-ratelimit-limit"), Some("5"));
+    assert_eq!(header(&refused, "x-ratelimit-remaining"), Some("0"));
+    assert_eq!(header(&refused, "x-ratelimit-used"), Some("5"));
+    assert_eq!(header(&refused, "x-ratelimit-reset"), Some("8"));
+
+    let refused = refused_in(HeaderDialect::IetfStructured).await;
+    assert_eq!(
+        header(&refused, "ratelimit-policy"),
+        Some(r#""default";q=5;w=10"#)
+    );
+    assert_eq!(header(&refused, "ratelimit"), Some(r#""default";r=0;t=8"#));
+
+    let refused = refused_in(HeaderDialect::IetfLegacy).await;
+    assert_eq!(header(&refused, "ratelimit-limit"), Some("5"));
+    assert_eq!(header(&refused, "ratelimit-remaining"), Some("0"));
+    assert_eq!(header(&refused, "ratelimit-reset"), Some("8"));
+
+    let refused = refused_in(HeaderDialect::Discord).await;
+    assert_eq!(header(&refused, "x-ratelimit-reset-after"), Some("7.500"));
+    assert_eq!(
+        header(&refused, "x-ratelimit-bucket"),
+        Some(format!("{:016x}", fnv1a64(b"global")).as_str())
+    );
+    let epoch = header(&refused, "x-ratelimit-reset").unwrap();
+    assert!(epoch.split_once('.').unwrap().1.len() == 3, "{epoch}");
+
+    let refused = refused_in(HeaderDialect::OpenAi).await;
+    assert_eq!(header(&refused, "x-ratelimit-limit-requests"), Some("5"));
+    assert_eq!(
+        header(&refused, "x-ratelimit-remaining-requests"),
+        Some("0")
+    );
+    assert_eq!(header(&refused, "x-ratelimit-reset-requests"), Some("7.5s"));
+
+    let refused = refused_in(HeaderDialect::Shopify).await;
+    assert_eq!(
+        header(&refused, "x-shopify-shop-api-call-limit"),
+        Some("5/5")
+    );
+}
+
+#[tokio::test(start_paused = true)]
+async fn anthropic_reset_is_an_rfc3339_instant_after_date() {
+    let refused = refused_in(HeaderDialect::Anthropic).await;
+    assert_eq!(
+        header(&refused, "anthropic-ratelimit-requests-limit"),
+        Some("5")
+    );
+    let reset = header(&refused, "anthropic-ratelimit-requests-reset").unwrap();
+    let reset = quota_headers::rfc3339(reset).expect("RFC 3339");
+    let date = httpdate::parse_http_date(header(&refused, "date").unwrap()).unwrap();
+    // 7.5 s from an instant inside Date's second, rounded up.
+    let ahead = reset.duration_since(date).unwrap();
+    assert!(ahead >= secs(8.0) && ahead <= secs(9.0), "{ahead:?}");
+}
+
+#[tokio::test(start_paused = true)]
+async fn retry_after_off_drops_it_from_quota_refusals_only() {
+    let shared = Arc::new(Shared::new(
+        Instant::now(),
+        vec![Rule::sliding_log(1, secs(60.0))],
+        KeyBy::Global,
+        HeaderConfig {
+            omit_retry_after_on_429: true,
+            ..HeaderConfig::default()
+        },
+        Vec::new(),
+        vec![Scripted::new(1, StatusCode::SERVICE_UNAVAILABLE).retry_after(secs(2.0))],
+        StdRng::seed_from_u64(0),
+    ));
+    let scripted = send(&shared, get("/")).await;
+    assert_eq!(header(&scripted, "retry-after"), Some("2"));
+    assert_eq!(status(&shared, "/").await, 200);
+    let refused = send(&shared, get("/")).await;
+    assert_eq!(refused.status(), StatusCode::TOO_MANY_REQUESTS);
+    assert_eq!(header(&refused, "retry-after"), None);
+    assert_eq!(header(&refused, "x-ratelimit-remaining"), Some("0"));
 }

@@ -148,7 +148,7 @@ fn retry_after_is_the_longest_wait_among_refusing_rules() {
         Decision::Refused { retry_after, view } => {
             assert_eq!(retry_after, ms(59_400));
             assert_eq!(
-                view,
+                view.restrictive,
                 RuleView {
                     limit: 1,
                     remaining: 0,
@@ -182,8 +182,10 @@ fn view_reports_the_most_restrictive_rule() {
     let mut book = QuotaBook::new(rules, start);
     match book.check("k", start) {
         Decision::Admitted { view: Some(view) } => {
+            assert_eq!(view.rules.len(), 2);
+            assert_eq!(view.rules[1], view.restrictive);
             assert_eq!(
-                view,
+                view.restrictive,
                 RuleView {
                     limit: 3,
                     remaining: 2,
