@@ -41,6 +41,7 @@
 #![cfg_attr(docsrs, feature(doc_cfg))]
 
 mod key;
+pub mod replay;
 pub mod sliding_window;
 pub mod telemetry;
 
