@@ -9,6 +9,10 @@
 //!
 //! - [`sliding_window`]: exact sliding-window pacing per key: at most
 //!   `max_calls` in *any* window, bursts allowed, shared by all clones.
+//! - [`retry_after`]: server-directed waiting: obeys `Retry-After` and the
+//!   rate-limit header dialects; one throttled response pauses every caller
+//!   of its key, and the throttled request is re-sent when the gate opens.
+//! - [`replay`]: replayable request bodies, so retries resend the same bytes.
 //!
 //! All time is read from tokio's clock, so tests on a paused clock
 //! (`#[tokio::test(start_paused = true)]`) control every wait.
@@ -42,10 +46,12 @@
 
 mod key;
 pub mod replay;
+pub mod retry_after;
 pub mod sliding_window;
 pub mod telemetry;
 
 pub use key::{CostFn, GlobalKey, Key, KeyFn, UnitCost};
+pub use retry_after::{RetryAfter, RetryAfterLayer};
 pub use sliding_window::{SlidingWindow, SlidingWindowLayer};
 
 /// The boxed error of this crate's services, as in tower.

@@ -228,6 +228,31 @@ impl<B: Body> ReplayBody<B> {
 }
 
 impl<B> ReplayBody<B> {
+    /// Wraps `body` to be sent once, without buffering: it is
+    /// [capped](Self::is_capped) from the start, so a retry layer sees at once
+    /// that it cannot be re-sent. For bodies that [`ReplayBody::try_new`]
+    /// refused, so that every attempt has the same body type.
+    pub fn once(body: B) -> Self {
+        let state = State {
+            source: Source::Capped(Some(Box::pin(body))),
+            chunks: Vec::new(),
+            buffered_bytes: 0,
+            trailers: None,
+            waiters: Vec::new(),
+            last_reader: None,
+        };
+        let mut cursor = Cursor::new(0);
+        cursor.past_cap = true;
+        ReplayBody {
+            shared: Arc::new(Shared {
+                max_bytes: 0,
+                next_id: AtomicU64::new(1),
+                state: Mutex::new(state),
+            }),
+            cursor,
+        }
+    }
+
     /// Whether the body went over the replay limit. When `true`, later
     /// clones fail with [`ReplayError::Capped`]: do not retry with this body.
     ///

@@ -11,6 +11,8 @@
 //! |---|---|---|---|
 //! | `rate_pacing_active` | DEBUG | `key`, `wait_ms`, `queued`, `cost` | a request waited for room in a sliding window |
 //! | `rate_limit_queue_overloaded` | WARN | `key`, `wait_ms`, `queued`, `reason` | a request was refused because its wait would exceed `max_wait` or the queue is full |
+//! | `rate_limit_hit` | WARN | `key`, `http.response.status_code`, `retry_after_ms`, `remaining`, `attempt`, `outcome` | the server throttled a request; `outcome` says whether it is re-sent (`resend`) or returned, and why (`returned_no_delay`, `returned_delay_over_max_wait`, `returned_max_attempts`, `returned_body_not_replayable`, `returned_server_said_do_not_retry`) |
+//! | `gate_closed` | INFO | `key`, `until_ms`, `reason` | a response closed (or extended) its key's gate: `throttled` or `quota_exhausted` |
 
 /// The `tracing` target of every event of this crate.
 pub const TARGET: &str = "tower_quota";
@@ -22,6 +24,13 @@ pub const RATE_PACING_ACTIVE: &str = "rate_pacing_active";
 /// `max_wait`, or its key's queue is full.
 pub const RATE_LIMIT_QUEUE_OVERLOADED: &str = "rate_limit_queue_overloaded";
 
+/// The server throttled a request (429, 503 with a delay, gRPC
+/// RESOURCE_EXHAUSTED or UNAVAILABLE).
+pub const RATE_LIMIT_HIT: &str = "rate_limit_hit";
+
+/// A response closed its key's gate: requests of the key wait until it opens.
+pub const GATE_CLOSED: &str = "gate_closed";
+
 /// Field names.
 pub mod field {
     /// The quota key of the request.
@@ -32,6 +41,18 @@ pub mod field {
     pub const QUEUED: &str = "queued";
     /// The cost the request spends from its quotas.
     pub const COST: &str = "cost";
-    /// Why a request was refused.
+    /// Why a request was refused, or why a gate closed.
     pub const REASON: &str = "reason";
+    /// The HTTP status of a response (OpenTelemetry's name).
+    pub const HTTP_RESPONSE_STATUS_CODE: &str = "http.response.status_code";
+    /// The delay the server asked for, in milliseconds.
+    pub const RETRY_AFTER_MS: &str = "retry_after_ms";
+    /// The smallest remaining quota the server reported.
+    pub const REMAINING: &str = "remaining";
+    /// The attempt number of a request, the first being 1.
+    pub const ATTEMPT: &str = "attempt";
+    /// What a layer did with a response.
+    pub const OUTCOME: &str = "outcome";
+    /// How long until a gate opens, in milliseconds.
+    pub const UNTIL_MS: &str = "until_ms";
 }

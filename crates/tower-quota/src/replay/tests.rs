@@ -490,3 +490,18 @@ async fn replays_over_a_real_http1_connection_and_wraps_hyper_incoming() {
         assert_eq!(echoed.as_ref(), pattern(10 * 1024).as_slice());
     }
 }
+
+#[tokio::test]
+async fn a_body_sent_once_streams_everything_and_cannot_be_replayed() {
+    let body = ReplayBody::once(Full::new(Bytes::from_static(b"upload")));
+    assert!(body.is_capped());
+    assert!(!body.is_replayable());
+    let retry = body.clone();
+    let sent = body.collect().await.unwrap().to_bytes();
+    assert_eq!(&sent[..], b"upload");
+    let error = retry.collect().await.unwrap_err();
+    assert_eq!(
+        error.downcast_ref::<ReplayError>(),
+        Some(&ReplayError::Capped)
+    );
+}

@@ -1,0 +1,48 @@
+use std::time::Duration;
+
+use quota_headers::Signal;
+
+/// What the server said about its quota, attached to every response that
+/// passes through [`RetryAfter`](super::RetryAfter), for the layers above and
+/// for users.
+///
+/// ```
+/// # fn read(response: &http::Response<()>) {
+/// use tower_quota::retry_after::ServerSignal;
+///
+/// if let Some(server) = response.extensions().get::<ServerSignal>() {
+///     if let Some(delay) = server.signal().retry_after {
+///         println!("server asked for {delay:?}; {} attempts so far", server.attempts());
+///     }
+/// }
+/// # }
+/// ```
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ServerSignal {
+    pub(crate) signal: Signal,
+    pub(crate) attempts: u32,
+    pub(crate) waited: Duration,
+}
+
+impl ServerSignal {
+    /// The signal parsed from the final response's status and headers.
+    pub fn signal(&self) -> &Signal {
+        &self.signal
+    }
+
+    /// How many attempts the layer sent, the final one included.
+    pub fn attempts(&self) -> u32 {
+        self.attempts
+    }
+
+    /// How long the request waited at its key's gate, over all attempts.
+    pub fn waited(&self) -> Duration {
+        self.waited
+    }
+
+    /// Whether the layer already waited out the server's delay before the
+    /// final attempt: a retry layer above should not wait it again.
+    pub fn delay_observed(&self) -> bool {
+        self.attempts > 1
+    }
+}

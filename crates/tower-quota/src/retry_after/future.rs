@@ -1,0 +1,246 @@
+use std::fmt;
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context, Poll, ready};
+use std::time::{Duration, SystemTime};
+
+use http::{Request, Response};
+use pin_project_lite::pin_project;
+use rand::Rng;
+use tokio::time::{Instant, Sleep};
+use tower_service::Service;
+
+use super::gate::{Gates, InFlight};
+use super::layer::Config;
+use super::{GateClosed, ServerSignal};
+use crate::replay::{ReplayBody, clone_request};
+use crate::{BoxError, Key, telemetry};
+
+pin_project! {
+    /// Response future of [`RetryAfter`](super::RetryAfter).
+    pub struct ResponseFuture<S, B>
+    where
+        S: Service<Request<ReplayBody<B>>>,
+    {
+        #[pin]
+        state: State<S::Future>,
+        service: S,
+        // Whether `service` has been readied for the next call: true for the
+        // first attempt, whose service `poll_ready` readied.
+        readied: bool,
+        request: Option<Request<ReplayBody<B>>>,
+        key: Key,
+        gates: Gates,
+        config: Arc<Config>,
+        attempts: u32,
+        waited: Duration,
+        in_flight: Option<InFlight>,
+    }
+}
+
+pin_project! {
+    #[project = StateProj]
+    enum State<F> {
+        Gate {
+            #[pin]
+            sleep: Option<Sleep>,
+            since: Instant,
+        },
+        Readying,
+        Calling {
+            #[pin]
+            future: F,
+        },
+    }
+}
+
+impl<S, B> ResponseFuture<S, B>
+where
+    S: Service<Request<ReplayBody<B>>>,
+{
+    pub(super) fn new(
+        service: S,
+        request: Request<ReplayBody<B>>,
+        key: Key,
+        gates: Gates,
+        config: Arc<Config>,
+    ) -> Self {
+        ResponseFuture {
+            state: State::Gate {
+                sleep: None,
+                since: Instant::now(),
+            },
+            service,
+            readied: true,
+            request: Some(request),
+            key,
+            gates,
+            config,
+            attempts: 0,
+            waited: Duration::ZERO,
+            in_flight: None,
+        }
+    }
+}
+
+/// What the layer did with a throttled response, as telemetry reports it.
+fn throttled_outcome(
+    signal: &quota_headers::Signal,
+    config: &Config,
+    attempts: u32,
+    replayable: bool,
+) -> &'static str {
+    match signal.retry_after {
+        _ if signal.do_not_retry => "returned_server_said_do_not_retry",
+        None => "returned_no_delay",
+        Some(delay) if delay > config.max_wait => "returned_delay_over_max_wait",
+        Some(_) if attempts >= config.max_attempts => "returned_max_attempts",
+        Some(_) if !replayable => "returned_body_not_replayable",
+        Some(_) => "resend",
+    }
+}
+
+fn random_up_to(spread: Duration) -> Duration {
+    let nanos = u64::try_from(spread.as_nanos()).unwrap_or(u64::MAX);
+    if nanos == 0 {
+        return Duration::ZERO;
+    }
+    Duration::from_nanos(rand::rng().random_range(0..=nanos))
+}
+
+impl<S, B, ResBody> Future for ResponseFuture<S, B>
+where
+    S: Service<Request<ReplayBody<B>>, Response = Response<ResBody>>,
+    S::Error: Into<BoxError>,
+{
+    type Output = Result<Response<ResBody>, BoxError>;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        let mut this = self.project();
+        loop {
+            match this.state.as_mut().project() {
+                StateProj::Gate { mut sleep, since } => {
+                    if let Some(timer) = sleep.as_mut().as_pin_mut() {
+                        ready!(timer.poll(cx));
+                    }
+                    let now = Instant::now();
+                    match this.gates.admit(this.key, now, this.config.spread) {
+                        Ok(in_flight) => {
+                            *this.waited += now.saturating_duration_since(*since);
+                            *this.in_flight = Some(in_flight);
+                            this.state.set(State::Readying);
+                        }
+                        Err((until, reason)) => {
+                            let wait = until.saturating_duration_since(now);
+                            if wait > this.config.max_wait {
+                                return Poll::Ready(Err(GateClosed {
+                                    key: this.key.clone(),
+                                    wait,
+                                    reason,
+                                }
+                                .into()));
+                            }
+                            // Waiters leave spread out, not in one instant.
+                            let at = until + random_up_to(this.config.spread);
+                            sleep.set(Some(tokio::time::sleep_until(at)));
+                        }
+                    }
+                }
+                StateProj::Readying => {
+                    if !*this.readied
+                        && let Err(error) = ready!(this.service.poll_ready(cx))
+                    {
+                        *this.in_flight = None;
+                        return Poll::Ready(Err(error.into()));
+                    }
+                    *this.readied = false;
+                    let may_resend = *this.attempts + 1 < this.config.max_attempts
+                        && this
+                            .request
+                            .as_ref()
+                            .is_some_and(|r| r.body().is_replayable());
+                    let request = if may_resend {
+                        this.request.as_ref().map(clone_request)
+                    } else {
+                        this.request.take()
+                    };
+                    let Some(request) = request else {
+                        // A new attempt is started only while the request is kept.
+                        unreachable!("retry_after attempt started without a request");
+                    };
+                    *this.attempts += 1;
+                    let future = this.service.call(request);
+                    this.state.set(State::Calling { future });
+                }
+                StateProj::Calling { future } => {
+                    let result = ready!(future.poll(cx));
+                    let in_flight = this.in_flight.take();
+                    let mut response = result.map_err(Into::into)?;
+                    let now = Instant::now();
+                    let signal = quota_headers::parse(
+                        response.status(),
+                        response.headers(),
+                        SystemTime::now(),
+                    );
+                    let closed =
+                        in_flight.and_then(|in_flight| this.gates.observe(in_flight, &signal, now));
+                    if let Some(closed) = closed {
+                        tracing::info!(
+                            name: telemetry::GATE_CLOSED,
+                            target: telemetry::TARGET,
+                            key = %this.key,
+                            until_ms = closed.until.saturating_duration_since(now).as_millis() as u64,
+                            reason = closed.reason.as_str(),
+                            "server asked for a pause: requests of this key wait"
+                        );
+                    }
+                    if signal.throttled {
+                        let replayable = this
+                            .request
+                            .as_ref()
+                            .is_some_and(|r| r.body().is_replayable());
+                        let outcome =
+                            throttled_outcome(&signal, this.config, *this.attempts, replayable);
+                        tracing::warn!(
+                            name: telemetry::RATE_LIMIT_HIT,
+                            target: telemetry::TARGET,
+                            key = %this.key,
+                            http.response.status_code = response.status().as_u16(),
+                            retry_after_ms = signal.retry_after.map(|d| d.as_millis() as u64),
+                            remaining = signal.min_remaining(),
+                            attempt = *this.attempts,
+                            outcome,
+                            "server throttled the request"
+                        );
+                        if outcome == "resend" {
+                            this.state.set(State::Gate {
+                                sleep: None,
+                                since: now,
+                            });
+                            continue;
+                        }
+                    }
+                    response.extensions_mut().insert(ServerSignal {
+                        signal,
+                        attempts: *this.attempts,
+                        waited: *this.waited,
+                    });
+                    return Poll::Ready(Ok(response));
+                }
+            }
+        }
+    }
+}
+
+impl<S, B> fmt::Debug for ResponseFuture<S, B>
+where
+    S: Service<Request<ReplayBody<B>>>,
+{
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("ResponseFuture")
+            .field("key", &self.key)
+            .field("attempts", &self.attempts)
+            .finish_non_exhaustive()
+    }
+}

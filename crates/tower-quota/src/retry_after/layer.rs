@@ -1,0 +1,129 @@
+use std::fmt;
+use std::sync::Arc;
+use std::time::Duration;
+
+use tower_layer::Layer;
+
+use super::gate::Gates;
+use super::{InvalidRetryAfter, RetryAfter};
+use crate::GlobalKey;
+use crate::replay::DEFAULT_MAX_REPLAY_BYTES;
+
+/// Obeys what servers say about their quota; see the [module docs](super).
+///
+/// Every service this layer makes shares the layer's gates: one throttled
+/// response pauses every caller of that key.
+#[derive(Clone)]
+pub struct RetryAfterLayer<K = GlobalKey> {
+    pub(super) config: Arc<Config>,
+    pub(super) gates: Gates,
+    pub(super) key_fn: K,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(super) struct Config {
+    pub(super) max_attempts: u32,
+    pub(super) max_wait: Duration,
+    pub(super) spread: Duration,
+    pub(super) max_replay_bytes: usize,
+}
+
+impl Default for RetryAfterLayer {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl RetryAfterLayer {
+    /// A layer with the defaults: 3 attempts, `max_wait` of 60 s, waiters
+    /// spread over 100 ms when a gate opens, bodies up to 64 KiB replayed,
+    /// one gate for all requests.
+    pub fn new() -> Self {
+        RetryAfterLayer {
+            config: Arc::new(Config {
+                max_attempts: 3,
+                max_wait: Duration::from_secs(60),
+                spread: Duration::from_millis(100),
+                max_replay_bytes: DEFAULT_MAX_REPLAY_BYTES,
+            }),
+            gates: Gates::default(),
+            key_fn: GlobalKey,
+        }
+    }
+}
+
+impl<K> RetryAfterLayer<K> {
+    /// The most attempts of one request, the first included: a throttled
+    /// request is re-sent at most `max_attempts - 1` times.
+    ///
+    /// # Errors
+    ///
+    /// [`InvalidRetryAfter::ZeroMaxAttempts`] for 0.
+    pub fn max_attempts(mut self, max_attempts: u32) -> Result<Self, InvalidRetryAfter> {
+        if max_attempts == 0 {
+            return Err(InvalidRetryAfter::ZeroMaxAttempts);
+        }
+        Arc::make_mut(&mut self.config).max_attempts = max_attempts;
+        Ok(self)
+    }
+
+    /// The longest the layer waits for a gate to open. A server delay above
+    /// it is not slept through: the throttled response goes back to the
+    /// caller at once, and a request that finds its gate closed for longer
+    /// fails with [`GateClosed`](super::GateClosed).
+    pub fn max_wait(mut self, max_wait: Duration) -> Self {
+        Arc::make_mut(&mut self.config).max_wait = max_wait;
+        self
+    }
+
+    /// When a gate opens, the requests that waited go out at random instants
+    /// over `spread` rather than all at once. Also the interval at which one
+    /// request probes a quota whose reported reset has passed.
+    pub fn spread(mut self, spread: Duration) -> Self {
+        Arc::make_mut(&mut self.config).spread = spread;
+        self
+    }
+
+    /// The most bytes of a request body kept for re-sending; a larger body is
+    /// sent once and never re-sent.
+    pub fn max_replay_bytes(mut self, max_replay_bytes: usize) -> Self {
+        Arc::make_mut(&mut self.config).max_replay_bytes = max_replay_bytes;
+        self
+    }
+
+    /// Chooses the key of each request: requests with equal keys share a
+    /// gate. The default is one gate for all requests.
+    pub fn key_fn<K2>(self, key_fn: K2) -> RetryAfterLayer<K2> {
+        RetryAfterLayer {
+            config: self.config,
+            gates: self.gates,
+            key_fn,
+        }
+    }
+}
+
+impl<S, K: Clone> Layer<S> for RetryAfterLayer<K> {
+    type Service = RetryAfter<S, K>;
+
+    fn layer(&self, inner: S) -> Self::Service {
+        RetryAfter::from_parts(
+            inner,
+            self.config.clone(),
+            self.gates.clone(),
+            self.key_fn.clone(),
+        )
+    }
+}
+
+impl<K> fmt::Debug for RetryAfterLayer<K> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("RetryAfterLayer")
+            .field("max_attempts", &self.config.max_attempts)
+            .field("max_wait", &self.config.max_wait)
+            .field("spread", &self.config.spread)
+            .field("max_replay_bytes", &self.config.max_replay_bytes)
+            .field("gates", &self.gates)
+            .field("key_fn", &std::any::type_name::<K>())
+            .finish()
+    }
+}

@@ -1,0 +1,106 @@
+//! Server-directed waiting: obey `Retry-After` and rate-limit headers, and
+//! let one throttled response pause every caller of its key.
+//!
+//! # The problem
+//!
+//! A provider that refuses a request with `429 Too Many Requests` and
+//! `Retry-After: 2` has said exactly what to do. A client that retries each
+//! refused request on its own schedule keeps spending requests the provider
+//! will refuse; a client with 64 requests in flight gets 64 refusals where one
+//! would have done. Providers also announce the quota left before it runs
+//! out (`X-RateLimit-Remaining: 0`, `RateLimit: "default";r=0;t=30`, and a
+//! dozen other dialects): a client that reads them need not be refused at all.
+//!
+//! # What it does
+//!
+//! [`RetryAfterLayer`] parses every response with [`quota_headers::parse`]
+//! and keeps a shared **gate** per key:
+//!
+//! - A throttled response with a delay (429, 503 with `Retry-After`, gRPC
+//!   `RESOURCE_EXHAUSTED` with pushback) closes the gate for that delay;
+//!   every request of the key waits for it instead of being sent.
+//! - A response saying no quota remains until a reset closes the gate until
+//!   the reset. While the server reports `remaining` before a reset, the
+//!   layer never sends more than that (requests already in flight count).
+//!   Once a reset passes, one request at a time probes the new quota until a
+//!   response reports it: a sliding-window provider frees its quota
+//!   gradually, so a reset may mean one more request, not a full quota.
+//! - When the gate opens, the requests that waited leave at random instants
+//!   over [`spread`](RetryAfterLayer::spread), not all at once, and still
+//!   pass through any pacing below.
+//! - A throttled request is re-sent once the gate opens, up to
+//!   [`max_attempts`](RetryAfterLayer::max_attempts) attempts in all. A
+//!   server delay above [`max_wait`](RetryAfterLayer::max_wait) is never
+//!   slept through: the response returns at once.
+//! - A request body is buffered while it is first sent (up to
+//!   [`max_replay_bytes`](RetryAfterLayer::max_replay_bytes), 64 KiB by
+//!   default) so the re-sent request carries the same bytes; a larger body
+//!   is sent once and never re-sent, and the `rate_limit_hit` event says so.
+//! - Every response carries a [`ServerSignal`] extension: the parsed signal,
+//!   the number of attempts and the time waited.
+//!
+//! Header values come from strangers: the parsers are total, delays are
+//! capped by `max_wait`, and epoch resets are corrected for clock skew with
+//! the response's `Date`.
+//!
+//! # Where it goes in a stack
+//!
+//! Between the retry layer (outside) and the pacing layer (inside): re-sent
+//! requests are paced like any other, and the backoff layer above sees from
+//! [`ServerSignal::delay_observed`] that the server's delay was already
+//! waited, so it is not waited twice.
+//!
+//! # Example
+//!
+//! ```
+//! use std::time::Duration;
+//! use tower::{service_fn, ServiceBuilder, ServiceExt};
+//! use tower_quota::retry_after::{RetryAfterLayer, ServerSignal};
+//! use tower_quota::replay::ReplayBody;
+//! use http_body_util::Empty;
+//! use bytes::Bytes;
+//!
+//! # #[tokio::main(flavor = "current_thread", start_paused = true)]
+//! # async fn main() -> Result<(), tower_quota::BoxError> {
+//! // A provider that refuses the first request and asks for 2 s.
+//! let calls = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+//! let provider = service_fn(move |_request: http::Request<ReplayBody<Empty<Bytes>>>| {
+//!     let call = calls.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+//!     async move {
+//!         let response = if call == 0 {
+//!             http::Response::builder().status(429).header("retry-after", "2").body(())?
+//!         } else {
+//!             http::Response::new(())
+//!         };
+//!         Ok::<_, tower_quota::BoxError>(response)
+//!     }
+//! });
+//! let client = ServiceBuilder::new()
+//!     .layer(RetryAfterLayer::new().spread(Duration::ZERO))
+//!     .service(provider);
+//!
+//! let start = tokio::time::Instant::now();
+//! let response = client.oneshot(http::Request::get("/items").body(Empty::new())?).await?;
+//! assert_eq!(response.status(), 200);
+//! assert_eq!(start.elapsed(), Duration::from_secs(2));
+//! assert_eq!(response.extensions().get::<ServerSignal>().unwrap().attempts(), 2);
+//! # Ok(())
+//! # }
+//! ```
+
+mod error;
+mod extension;
+mod future;
+mod gate;
+mod layer;
+mod service;
+
+pub use error::{GateClosed, InvalidRetryAfter};
+pub use extension::ServerSignal;
+pub use future::ResponseFuture;
+pub use gate::GateReason;
+pub use layer::RetryAfterLayer;
+pub use service::RetryAfter;
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,107 @@
+use std::fmt;
+use std::sync::Arc;
+use std::task::{Context, Poll};
+
+use bytes::Bytes;
+use http::{Request, Response};
+use http_body::Body;
+use tower_service::Service;
+
+use super::ResponseFuture;
+use super::gate::Gates;
+use super::layer::Config;
+use crate::replay::{ReplayBody, replayable_request};
+use crate::{BoxError, GlobalKey, KeyFn};
+
+/// Obeys `Retry-After` and rate-limit headers; made by
+/// [`RetryAfterLayer`](super::RetryAfterLayer).
+///
+/// The inner service receives requests whose body is a [`ReplayBody`], so
+/// that a throttled request can be re-sent with the same bytes.
+#[derive(Clone)]
+pub struct RetryAfter<S, K = GlobalKey> {
+    inner: S,
+    config: Arc<Config>,
+    gates: Gates,
+    key_fn: K,
+}
+
+impl<S, K> RetryAfter<S, K> {
+    pub(super) fn from_parts(inner: S, config: Arc<Config>, gates: Gates, key_fn: K) -> Self {
+        RetryAfter {
+            inner,
+            config,
+            gates,
+            key_fn,
+        }
+    }
+
+    /// The inner service.
+    pub fn get_ref(&self) -> &S {
+        &self.inner
+    }
+
+    /// The inner service, mutably.
+    pub fn get_mut(&mut self) -> &mut S {
+        &mut self.inner
+    }
+
+    /// Unwraps the inner service.
+    pub fn into_inner(self) -> S {
+        self.inner
+    }
+}
+
+impl<S> RetryAfter<S> {
+    /// Wraps `inner` with the default settings of
+    /// [`RetryAfterLayer::new`](super::RetryAfterLayer::new).
+    pub fn new(inner: S) -> Self {
+        tower_layer::Layer::layer(&super::RetryAfterLayer::new(), inner)
+    }
+
+    /// A layer with the default settings; same as
+    /// [`RetryAfterLayer::new`](super::RetryAfterLayer::new).
+    pub fn layer() -> super::RetryAfterLayer {
+        super::RetryAfterLayer::new()
+    }
+}
+
+impl<S, K, B, ResBody> Service<Request<B>> for RetryAfter<S, K>
+where
+    S: Service<Request<ReplayBody<B>>, Response = Response<ResBody>> + Clone,
+    S::Error: Into<BoxError>,
+    K: KeyFn<Request<B>>,
+    B: Body<Data = Bytes>,
+{
+    type Response = Response<ResBody>;
+    type Error = BoxError;
+    type Future = ResponseFuture<S, B>;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+        self.inner.poll_ready(cx).map_err(Into::into)
+    }
+
+    fn call(&mut self, request: Request<B>) -> Self::Future {
+        let key = self.key_fn.key(&request);
+        let request = match replayable_request(request, self.config.max_replay_bytes) {
+            Ok(request) => request,
+            Err(request) => request.map(ReplayBody::once),
+        };
+        // The readied service goes with the first attempt; the clone left
+        // behind is readied by the next `poll_ready`.
+        let clone = self.inner.clone();
+        let inner = std::mem::replace(&mut self.inner, clone);
+        ResponseFuture::new(inner, request, key, self.gates.clone(), self.config.clone())
+    }
+}
+
+impl<S: fmt::Debug, K> fmt::Debug for RetryAfter<S, K> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("RetryAfter")
+            .field("inner", &self.inner)
+            .field("config", &self.config)
+            .field("gates", &self.gates)
+            .field("key_fn", &std::any::type_name::<K>())
+            .finish()
+    }
+}

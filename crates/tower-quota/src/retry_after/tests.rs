@@ -1,0 +1,368 @@
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use bytes::Bytes;
+use http::{Request, Response, StatusCode};
+use http_body_util::{BodyExt, Empty, Full};
+use tokio::time::Instant;
+use tower::{Service, ServiceExt, service_fn};
+use tower_layer::Layer;
+
+use super::*;
+use crate::BoxError;
+use crate::replay::ReplayBody;
+
+/// What the fake provider saw: when each request arrived and its body.
+type Arrivals = Arc<Mutex<Vec<(Duration, Bytes)>>>;
+
+/// A provider that answers the `n`-th request (0-based) with `answer(n)`, and
+/// records every arrival.
+fn provider<B>(
+    start: Instant,
+    answer: impl Fn(usize) -> Response<()> + Send + Sync + 'static,
+) -> (
+    impl Service<Request<ReplayBody<B>>, Response = Response<()>, Error = BoxError, Future: Send>
+    + Clone
+    + Send
+    + 'static,
+    Arrivals,
+)
+where
+    B: http_body::Body<Data = Bytes> + Send + 'static,
+    B::Error: Into<BoxError>,
+{
+    let arrivals: Arrivals = Arc::default();
+    let record = arrivals.clone();
+    let answer = Arc::new(answer);
+    let service = service_fn(move |request: Request<ReplayBody<B>>| {
+        let record = record.clone();
+        let answer = answer.clone();
+        async move {
+            let at = Instant::now() - start;
+            let body = request.into_body().collect().await?.to_bytes();
+            let n = {
+                let mut arrivals = record.lock().unwrap();
+                arrivals.push((at, body));
+                arrivals.len() - 1
+            };
+            Ok::<_, BoxError>(answer(n))
+        }
+    });
+    (service, arrivals)
+}
+
+fn status(code: u16) -> Response<()> {
+    Response::builder().status(code).body(()).unwrap()
+}
+
+fn throttled(retry_after: &str) -> Response<()> {
+    Response::builder()
+        .status(429)
+        .header("retry-after", retry_after)
+        .body(())
+        .unwrap()
+}
+
+fn remaining(remaining: u64, reset_seconds: u64) -> Response<()> {
+    Response::builder()
+        .status(200)
+        .header("ratelimit-limit", "10")
+        .header("ratelimit-remaining", remaining.to_string())
+        .header("ratelimit-reset", reset_seconds.to_string())
+        .body(())
+        .unwrap()
+}
+
+fn get() -> Request<Empty<Bytes>> {
+    Request::get("/items").body(Empty::new()).unwrap()
+}
+
+fn exact() -> RetryAfterLayer {
+    RetryAfterLayer::new().spread(Duration::ZERO)
+}
+
+#[test]
+fn zero_max_attempts_is_rejected_at_construction() {
+    assert_eq!(
+        RetryAfterLayer::new().max_attempts(0).unwrap_err(),
+        InvalidRetryAfter::ZeroMaxAttempts
+    );
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_throttled_request_is_resent_when_the_gate_opens() {
+    let start = Instant::now();
+    let (inner, arrivals) = provider(start, |n| if n == 0 { throttled("2") } else { status(200) });
+    let response = exact().layer(inner).oneshot(get()).await.unwrap();
+    assert_eq!(response.status(), StatusCode::OK);
+    let server = response.extensions().get::<ServerSignal>().unwrap();
+    assert_eq!(server.attempts(), 2);
+    assert!(server.delay_observed());
+    assert_eq!(server.waited(), Duration::from_secs(2));
+    let times: Vec<_> = arrivals.lock().unwrap().iter().map(|a| a.0).collect();
+    assert_eq!(times, [Duration::ZERO, Duration::from_secs(2)]);
+}
+
+#[tokio::test(start_paused = true)]
+async fn one_throttled_response_pauses_every_caller_of_the_key() {
+    let start = Instant::now();
+    // The first request is refused with a 2 s pause; everything else succeeds.
+    let (inner, arrivals) = provider(start, |n| if n == 0 { throttled("2") } else { status(200) });
+    let service = exact().layer(inner);
+    // The gate starts by probing the unknown quota with the first request.
+    let first = tokio::spawn(service.clone().oneshot(get()));
+    tokio::time::sleep(Duration::from_millis(10)).await;
+    // Arrive while the gate is closed: they wait for it, not for a 429.
+    let mut later = Vec::new();
+    for _ in 0..20 {
+        later.push(tokio::spawn(service.clone().oneshot(get())));
+    }
+    assert_eq!(first.await.unwrap().unwrap().status(), 200);
+    for handle in later {
+        let response = handle.await.unwrap().unwrap();
+        assert_eq!(response.status(), 200);
+        assert_eq!(
+            response
+                .extensions()
+                .get::<ServerSignal>()
+                .unwrap()
+                .attempts(),
+            1
+        );
+    }
+    let arrivals = arrivals.lock().unwrap();
+    assert_eq!(arrivals.len(), 22, "one refusal, then 21 successes");
+    assert!(arrivals[1..].iter().all(|a| a.0 >= Duration::from_secs(2)));
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_delay_above_max_wait_returns_the_response_at_once() {
+    let start = Instant::now();
+    let (inner, arrivals) = provider(start, |_| throttled("1000000"));
+    let service = exact().max_wait(Duration::from_secs(30)).layer(inner);
+    let response = service.clone().oneshot(get()).await.unwrap();
+    assert_eq!(response.status(), StatusCode::TOO_MANY_REQUESTS);
+    assert_eq!(Instant::now(), start, "not slept through");
+    let server = response.extensions().get::<ServerSignal>().unwrap();
+    assert_eq!(
+        server.signal().retry_after,
+        Some(Duration::from_secs(1_000_000))
+    );
+    assert_eq!(server.attempts(), 1);
+    // The gate is now closed for longer than max_wait: a new request fails
+    // at once, naming the key and the wait, instead of being sent.
+    let error = service.oneshot(get()).await.unwrap_err();
+    let closed = error
+        .downcast_ref::<GateClosed>()
+        .expect("a GateClosed error");
+    assert_eq!(closed.key().as_str(), "global");
+    assert_eq!(closed.wait(), Duration::from_secs(1_000_000));
+    assert_eq!(closed.reason(), GateReason::Throttled);
+    assert_eq!(arrivals.lock().unwrap().len(), 1);
+}
+
+#[tokio::test(start_paused = true)]
+async fn attempts_stop_at_max_attempts() {
+    let start = Instant::now();
+    let (inner, arrivals) = provider(start, |_| throttled("1"));
+    let service = exact().max_attempts(4).unwrap().layer(inner);
+    let response = service.oneshot(get()).await.unwrap();
+    assert_eq!(response.status(), StatusCode::TOO_MANY_REQUESTS);
+    assert_eq!(
+        response
+            .extensions()
+            .get::<ServerSignal>()
+            .unwrap()
+            .attempts(),
+        4
+    );
+    let times: Vec<_> = arrivals
+        .lock()
+        .unwrap()
+        .iter()
+        .map(|a| a.0.as_secs())
+        .collect();
+    assert_eq!(times, [0, 1, 2, 3]);
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_throttled_response_without_a_delay_is_returned() {
+    let start = Instant::now();
+    let (inner, arrivals) = provider(start, |_| status(429));
+    let response = exact().layer(inner).oneshot(get()).await.unwrap();
+    assert_eq!(response.status(), StatusCode::TOO_MANY_REQUESTS);
+    assert_eq!(
+        arrivals.lock().unwrap().len(),
+        1,
+        "left to the backoff layer"
+    );
+}
+
+#[tokio::test(start_paused = true)]
+async fn never_sends_more_than_the_server_says_remain_before_the_reset() {
+    let start = Instant::now();
+    // The server says 3 remain until a reset 10 s away, then counts down.
+    let left = Arc::new(Mutex::new(4u64));
+    let counter = left.clone();
+    let (inner, arrivals) = provider(start, move |_| {
+        let mut left = counter.lock().unwrap();
+        *left = left.saturating_sub(1);
+        let elapsed = Instant::now() - start;
+        let reset = 10u64.saturating_sub(elapsed.as_secs());
+        remaining(*left, reset)
+    });
+    let service = exact().layer(inner);
+    let mut handles = Vec::new();
+    for _ in 0..6 {
+        handles.push(tokio::spawn(service.clone().oneshot(get())));
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    for handle in handles {
+        assert_eq!(handle.await.unwrap().unwrap().status(), 200);
+    }
+    let times: Vec<_> = arrivals.lock().unwrap().iter().map(|a| a.0).collect();
+    let before_reset = times
+        .iter()
+        .filter(|t| **t < Duration::from_secs(10))
+        .count();
+    assert_eq!(
+        before_reset, 4,
+        "the probe and the 3 that remained: {times:?}"
+    );
+    assert!(times[4] >= Duration::from_secs(10), "{times:?}");
+}
+
+#[tokio::test(start_paused = true)]
+async fn waiters_leave_spread_out_when_the_gate_opens() {
+    let start = Instant::now();
+    let (inner, arrivals) = provider(start, |n| if n == 0 { throttled("1") } else { status(200) });
+    let spread = Duration::from_millis(500);
+    let service = RetryAfterLayer::new().spread(spread).layer(inner);
+    let first = tokio::spawn(service.clone().oneshot(get()));
+    tokio::time::sleep(Duration::from_millis(10)).await;
+    let mut handles = vec![first];
+    for _ in 0..50 {
+        handles.push(tokio::spawn(service.clone().oneshot(get())));
+    }
+    for handle in handles {
+        handle.await.unwrap().unwrap();
+    }
+    let arrivals = arrivals.lock().unwrap();
+    let mut times: Vec<_> = arrivals[2..].iter().map(|a| a.0).collect();
+    times.sort();
+    times.dedup();
+    assert!(
+        times.len() > 40,
+        "{} distinct instants for 50 waiters",
+        times.len()
+    );
+    // The re-sent request went at the gate's opening plus its own jitter,
+    // and the others within the spread after it.
+    let opened = arrivals[1].0;
+    assert!(opened >= Duration::from_secs(1) && opened <= Duration::from_secs(1) + spread);
+    assert!(
+        times
+            .iter()
+            .all(|t| *t >= Duration::from_secs(1) && *t <= opened + 2 * spread)
+    );
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_streamed_body_is_resent_byte_identical() {
+    let start = Instant::now();
+    let (inner, arrivals) = provider(start, |n| if n == 0 { throttled("1") } else { status(200) });
+    let service = exact().layer(inner);
+    let chunks: Vec<Result<http_body::Frame<Bytes>, std::convert::Infallible>> = (0..10u8)
+        .map(|i| Ok(http_body::Frame::data(Bytes::from(vec![i; 1024]))))
+        .collect();
+    let body = http_body_util::StreamBody::new(futures_util::stream::iter(chunks));
+    let request = Request::post("/upload").body(body).unwrap();
+    let response = service.oneshot(request).await.unwrap();
+    assert_eq!(response.status(), 200);
+    let arrivals = arrivals.lock().unwrap();
+    assert_eq!(arrivals.len(), 2);
+    assert_eq!(arrivals[0].1.len(), 10 * 1024);
+    assert_eq!(arrivals[0].1, arrivals[1].1);
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_body_over_the_limit_is_sent_once() {
+    let start = Instant::now();
+    let (inner, arrivals) = provider(start, |_| throttled("1"));
+    let service = exact().max_replay_bytes(1024).layer(inner);
+    let request = Request::post("/upload")
+        .body(Full::new(Bytes::from(vec![7u8; 4096])))
+        .unwrap();
+    let response = service.oneshot(request).await.unwrap();
+    assert_eq!(response.status(), StatusCode::TOO_MANY_REQUESTS);
+    let arrivals = arrivals.lock().unwrap();
+    assert_eq!(arrivals.len(), 1);
+    assert_eq!(
+        arrivals[0].1.len(),
+        4096,
+        "the one attempt carried the whole body"
+    );
+}
+
+#[tokio::test(start_paused = true)]
+async fn every_response_carries_the_parsed_signal() {
+    let start = Instant::now();
+    let (inner, _) = provider(start, |_| remaining(7, 30));
+    let response = exact().layer(inner).oneshot(get()).await.unwrap();
+    let server = response.extensions().get::<ServerSignal>().unwrap();
+    assert_eq!(server.signal().min_remaining(), Some(7));
+    assert_eq!(server.attempts(), 1);
+    assert!(!server.delay_observed());
+}
+
+#[tokio::test(start_paused = true)]
+async fn keys_have_separate_gates() {
+    let start = Instant::now();
+    let (inner, arrivals) = provider(start, |n| if n == 0 { throttled("5") } else { status(200) });
+    let service = exact()
+        .key_fn(|request: &Request<Empty<Bytes>>| request.uri().path().to_owned())
+        .layer(inner);
+    let blocked = tokio::spawn(
+        service
+            .clone()
+            .oneshot(Request::get("/a").body(Empty::new()).unwrap()),
+    );
+    tokio::time::sleep(Duration::from_millis(1)).await;
+    let other = service
+        .oneshot(Request::get("/b").body(Empty::new()).unwrap())
+        .await
+        .unwrap();
+    assert_eq!(other.status(), 200);
+    assert_eq!(
+        arrivals.lock().unwrap()[1].0,
+        Duration::from_millis(1),
+        "not held by /a's gate"
+    );
+    assert_eq!(blocked.await.unwrap().unwrap().status(), 200);
+}
+
+#[tokio::test(start_paused = true)]
+async fn the_first_attempt_uses_the_readied_service_and_errors_pass_through() {
+    #[derive(Debug)]
+    struct Broken;
+    impl std::fmt::Display for Broken {
+        fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+            f.write_str("broken")
+        }
+    }
+    impl std::error::Error for Broken {}
+
+    let (mock, mut handle) =
+        tower_test::mock::pair::<Request<ReplayBody<Empty<Bytes>>>, Response<()>>();
+    let mut service = tower_test::mock::Spawn::new(exact().layer(mock));
+    handle.allow(0);
+    tokio_test::assert_pending!(service.poll_ready());
+    handle.allow(1);
+    tokio_test::assert_ready_ok!(service.poll_ready());
+    // The mock panics when a clone that was not readied is called.
+    let call = tokio::spawn(service.call(get()));
+    let (_, respond) = handle.next_request().await.unwrap();
+    respond.send_error(Broken);
+    let error = call.await.unwrap().unwrap_err();
+    assert!(error.downcast_ref::<Broken>().is_some(), "{error:?}");
+}
