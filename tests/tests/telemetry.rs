@@ -1,0 +1,226 @@
+//! The events each layer emits, with their stable names and fields, and the
+//! layers stacked: a gate that opens still releases its waiters through the
+//! pacing below.
+
+use std::collections::BTreeMap;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use bytes::Bytes;
+use http_body_util::Empty;
+use tokio::time::Instant;
+use tower::{ServiceBuilder, ServiceExt, service_fn};
+use tower_quota::replay::ReplayBody;
+use tower_quota::{BoxError, RetryAfterLayer, SlidingWindowLayer, telemetry};
+use tracing::field::{Field, Visit};
+use tracing_subscriber::layer::{Context, SubscriberExt};
+
+/// One captured event: its name, target and fields as strings.
+#[derive(Debug, Clone)]
+struct Event {
+    name: String,
+    target: String,
+    fields: BTreeMap<String, String>,
+}
+
+#[derive(Clone, Default)]
+struct Capture(Arc<Mutex<Vec<Event>>>);
+
+impl Capture {
+    fn named(&self, name: &str) -> Vec<Event> {
+        self.0
+            .lock()
+            .unwrap()
+            .iter()
+            .filter(|e| e.name == name)
+            .cloned()
+            .collect()
+    }
+}
+
+struct Fields<'a>(&'a mut BTreeMap<String, String>);
+
+impl Visit for Fields<'_> {
+    fn record_debug(&mut self, field: &Field, value: &dyn std::fmt::Debug) {
+        self.0.insert(field.name().to_owned(), format!("{value:?}"));
+    }
+
+    fn record_str(&mut self, field: &Field, value: &str) {
+        self.0.insert(field.name().to_owned(), value.to_owned());
+    }
+}
+
+impl<S: tracing::Subscriber> tracing_subscriber::Layer<S> for Capture {
+    fn on_event(&self, event: &tracing::Event<'_>, _: Context<'_, S>) {
+        let mut fields = BTreeMap::new();
+        event.record(&mut Fields(&mut fields));
+        self.0.lock().unwrap().push(Event {
+            name: event.metadata().name().to_owned(),
+            target: event.metadata().target().to_owned(),
+            fields,
+        });
+    }
+}
+
+fn capture() -> (Capture, tracing::subscriber::DefaultGuard) {
+    let capture = Capture::default();
+    let subscriber = tracing_subscriber::registry().with(capture.clone());
+    (capture, tracing::subscriber::set_default(subscriber))
+}
+
+#[tokio::test(start_paused = true)]
+async fn pacing_emits_rate_pacing_active_only_for_requests_that_waited() {
+    let (events, _guard) = capture();
+    let service = ServiceBuilder::new()
+        .layer(
+            SlidingWindowLayer::new(2, Duration::from_secs(1))
+                .unwrap()
+                .key_fn(|_: &u32| "provider-a"),
+        )
+        .service(service_fn(|_: u32| async { Ok::<_, BoxError>(()) }));
+    for i in 0..3 {
+        service.clone().oneshot(i).await.unwrap();
+    }
+    let paced = events.named(telemetry::RATE_PACING_ACTIVE);
+    assert_eq!(paced.len(), 1, "only the third request waited: {paced:?}");
+    let event = &paced[0];
+    assert_eq!(event.target, telemetry::TARGET);
+    assert_eq!(event.fields["key"], "provider-a");
+    assert_eq!(event.fields["wait_ms"], "1005");
+    assert_eq!(event.fields["queued"], "1");
+}
+
+#[tokio::test(start_paused = true)]
+async fn overload_emits_rate_limit_queue_overloaded() {
+    let (events, _guard) = capture();
+    let service = ServiceBuilder::new()
+        .layer(
+            SlidingWindowLayer::new(1, Duration::from_secs(10))
+                .unwrap()
+                .max_wait(Duration::from_secs(1)),
+        )
+        .service(service_fn(|_: u32| async { Ok::<_, BoxError>(()) }));
+    service.clone().oneshot(0).await.unwrap();
+    service.oneshot(1).await.unwrap_err();
+    let overloaded = events.named(telemetry::RATE_LIMIT_QUEUE_OVERLOADED);
+    assert_eq!(overloaded.len(), 1);
+    assert_eq!(overloaded[0].fields["key"], "global");
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_throttled_response_emits_rate_limit_hit_and_gate_closed() {
+    let (events, _guard) = capture();
+    let calls = Arc::new(Mutex::new(0));
+    let provider = service_fn(move |_: http::Request<ReplayBody<Empty<Bytes>>>| {
+        let calls = calls.clone();
+        async move {
+            let mut calls = calls.lock().unwrap();
+            *calls += 1;
+            let response = if *calls == 1 {
+                http::Response::builder()
+                    .status(429)
+                    .header("retry-after", "3")
+                    .header("x-ratelimit-remaining", "0")
+                    .header("authorization", "Bearer secret-token")
+                    .body(())?
+            } else {
+                http::Response::new(())
+            };
+            Ok::<_, BoxError>(response)
+        }
+    });
+    let service = ServiceBuilder::new()
+        .layer(RetryAfterLayer::new().spread(Duration::ZERO))
+        .service(provider);
+    let request = http::Request::get("https://api.example.com/v1/items?api_key=secret-key")
+        .header("authorization", "Bearer secret-token")
+        .body(Empty::new())
+        .unwrap();
+    let response = service.oneshot(request).await.unwrap();
+    assert_eq!(response.status(), 200);
+
+    let hits = events.named(telemetry::RATE_LIMIT_HIT);
+    assert_eq!(hits.len(), 1, "{hits:?}");
+    let hit = &hits[0].fields;
+    assert_eq!(hit["http.response.status_code"], "429");
+    assert_eq!(hit["retry_after_ms"], "3000");
+    assert_eq!(hit["attempt"], "1");
+    assert_eq!(hit["outcome"], "resend");
+    let closed = events.named(telemetry::GATE_CLOSED);
+    assert_eq!(closed.len(), 1, "{closed:?}");
+    assert_eq!(closed[0].fields["until_ms"], "3000");
+    assert_eq!(closed[0].fields["reason"], "throttled");
+    assert_eq!(closed[0].fields["key"], "global");
+
+    // No secret reaches the logs.
+    let all = format!("{:?}", events.0.lock().unwrap());
+    assert!(!all.contains("secret"), "{all}");
+}
+
+#[tokio::test(start_paused = true)]
+async fn waiters_released_by_a_gate_are_still_paced_below_it() {
+    let start = Instant::now();
+    let arrivals = Arc::new(Mutex::new(Vec::new()));
+    let record = arrivals.clone();
+    let provider = service_fn(move |_: http::Request<ReplayBody<Empty<Bytes>>>| {
+        let record = record.clone();
+        async move {
+            let mut arrivals = record.lock().unwrap();
+            arrivals.push(Instant::now() - start);
+            let response = if arrivals.len() == 1 {
+                http::Response::builder()
+                    .status(429)
+                    .header("retry-after", "2")
+                    .body(())?
+            } else {
+                http::Response::new(())
+            };
+            Ok::<_, BoxError>(response)
+        }
+    });
+    let service = ServiceBuilder::new()
+        .layer(RetryAfterLayer::new().spread(Duration::from_millis(50)))
+        .layer(
+            SlidingWindowLayer::new(5, Duration::from_secs(1))
+                .unwrap()
+                .safety_margin(Duration::ZERO)
+                .unwrap(),
+        )
+        .service(provider);
+    let first = tokio::spawn(
+        service
+            .clone()
+            .oneshot(http::Request::get("/").body(Empty::new()).unwrap()),
+    );
+    tokio::time::sleep(Duration::from_millis(10)).await;
+    let mut handles = vec![first];
+    for _ in 0..14 {
+        handles.push(tokio::spawn(
+            service
+                .clone()
+                .oneshot(http::Request::get("/").body(Empty::new()).unwrap()),
+        ));
+    }
+    for handle in handles {
+        assert_eq!(handle.await.unwrap().unwrap().status(), 200);
+    }
+    let mut times = arrivals.lock().unwrap().clone();
+    times.sort();
+    assert_eq!(times.len(), 16);
+    // The gate held everyone for 2 s, then the sliding window let at most 5
+    // through in any second.
+    assert!(
+        times[1..].iter().all(|t| *t >= Duration::from_secs(2)),
+        "{times:?}"
+    );
+    for (i, t) in times.iter().enumerate() {
+        let in_window = times[i..]
+            .iter()
+            .take_while(|u| **u < *t + Duration::from_secs(1))
+            .count();
+        assert!(
+            in_window <= 5,
+            "{in_window} in the second after {t:?}: {times:?}"
+        );
+    }
+}
