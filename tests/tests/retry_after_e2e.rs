@@ -110,16 +110,21 @@ async fn ietf_ratelimit_fields_alone_keep_the_client_from_a_429() {
     never_refused_with_quota_headers_only(HeaderDialect::IetfStructured).await;
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_streamed_post_is_resent_byte_identical_after_a_503_with_retry_after() {
-    let server = MockServer::builder()
+/// A provider whose first answer is 503 with `Retry-After: 1`.
+async fn unavailable_once() -> MockServer {
+    MockServer::builder()
         .scripted(
             Scripted::new(1, http::StatusCode::SERVICE_UNAVAILABLE)
                 .retry_after(Duration::from_secs(1)),
         )
         .start()
         .await
-        .unwrap();
+        .unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_streamed_post_is_resent_byte_identical_after_a_503_with_retry_after() {
+    let server = unavailable_once().await;
     type Chunks = StreamBody<
         futures_util::stream::Iter<
             std::vec::IntoIter<Result<http_body::Frame<Bytes>, std::convert::Infallible>>,
@@ -149,14 +154,7 @@ async fn a_streamed_post_is_resent_byte_identical_after_a_503_with_retry_after()
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_body_over_the_replay_limit_is_sent_once() {
-    let server = MockServer::builder()
-        .scripted(
-            Scripted::new(1, http::StatusCode::SERVICE_UNAVAILABLE)
-                .retry_after(Duration::from_secs(1)),
-        )
-        .start()
-        .await
-        .unwrap();
+    let server = unavailable_once().await;
     let client = Client::builder(TokioExecutor::new()).build_http::<ReplayBody<Full<Bytes>>>();
     let service = ServiceBuilder::new()
         .layer(RetryAfterLayer::new().max_replay_bytes(4 * 1024))
