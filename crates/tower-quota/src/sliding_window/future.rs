@@ -92,6 +92,7 @@ where
                             wait_ms = admission.waited().as_millis() as u64,
                             queued = admission.queued() as u64,
                             cost = admission.cost(),
+                            quota = admission.limited_by().map(tracing::field::display),
                             "request waited for room in its sliding window"
                         );
                     }

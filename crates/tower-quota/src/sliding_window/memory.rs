@@ -19,6 +19,7 @@ use std::future::Future;
 use std::hash::BuildHasher;
 use std::hash::RandomState;
 use std::pin::Pin;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::task::{Context, Poll, Waker};
 use std::time::Duration;
@@ -53,6 +54,7 @@ pub struct MemoryStore {
 struct Shared {
     shards: Box<[Mutex<Shard>]>,
     hasher: RandomState,
+    next_admission: AtomicU64,
 }
 
 impl Default for Shared {
@@ -60,6 +62,7 @@ impl Default for Shared {
         Shared {
             shards: (0..SHARDS).map(|_| Mutex::new(Shard::default())).collect(),
             hasher: RandomState::new(),
+            next_admission: AtomicU64::new(0),
         }
     }
 }
@@ -118,6 +121,21 @@ impl Store for MemoryStore {
             sleep: None,
         }
     }
+
+    fn correct(&self, admission: &Admission, actual_cost: u64) {
+        let mut shard = lock(self.shared.shard(admission.key()));
+        let Some(state) = shard.keys.get_mut(admission.key()) else {
+            return;
+        };
+        let mut changed = false;
+        for window in state.windows.iter_mut().filter(|w| !w.per_request) {
+            changed |= window.correct(admission.id(), actual_cost);
+        }
+        if changed {
+            // The head's instant may have moved: let it look again.
+            state.wake_head();
+        }
+    }
 }
 
 fn lock(shard: &Mutex<Shard>) -> MutexGuard<'_, Shard> {
@@ -152,7 +170,9 @@ impl Shard {
 
 /// The sliding log of one quota of one key.
 struct WindowLog {
+    quota: Quota,
     max_calls: u64,
+    per_request: bool,
     /// The window plus the safety margin: an admission at `t` counts until `t + span`.
     span: Duration,
     entries: VecDeque<Entry>,
@@ -164,6 +184,8 @@ struct WindowLog {
 
 #[derive(Clone, Copy)]
 struct Entry {
+    /// The admission's id, increasing with admission order.
+    id: u64,
     at: Instant,
     cost: u64,
     /// `total` after this entry was recorded.
@@ -173,7 +195,9 @@ struct Entry {
 impl WindowLog {
     fn new(quota: &Quota, margin: Duration) -> Self {
         WindowLog {
+            quota: *quota,
             max_calls: quota.max_calls(),
+            per_request: quota.is_per_request(),
             span: quota.window() + margin,
             entries: VecDeque::new(),
             in_window: 0,
@@ -182,7 +206,11 @@ impl WindowLog {
     }
 
     fn matches(&self, quota: &Quota, margin: Duration) -> bool {
-        self.max_calls == quota.max_calls() && self.span == quota.window() + margin
+        self.quota == *quota && self.span == quota.window() + margin
+    }
+
+    fn units(&self, cost: u64) -> u64 {
+        self.quota.units(cost)
     }
 
     fn prune(&mut self, now: Instant) {
@@ -196,13 +224,18 @@ impl WindowLog {
     }
 
     fn has_room(&self, cost: u64) -> bool {
-        self.in_window + cost <= self.max_calls
+        self.in_window + self.units(cost) <= self.max_calls
     }
 
-    fn record(&mut self, now: Instant, cost: u64) {
+    fn record(&mut self, now: Instant, cost: u64, id: u64) {
+        let cost = self.units(cost);
+        if cost == 0 {
+            return;
+        }
         self.total += cost;
         self.in_window += cost;
         self.entries.push_back(Entry {
+            id,
             at: now,
             cost,
             cumulative: self.total,
@@ -222,6 +255,7 @@ impl WindowLog {
         if self.has_room(cost) {
             return now;
         }
+        let cost = self.units(cost);
         // Units that must leave the window first: the entry holding the last
         // of them decides.
         let must_leave = self.in_window + cost - self.max_calls;
@@ -236,8 +270,9 @@ impl WindowLog {
     /// A lower bound on how long `units` more units (queued ones included)
     /// take to be admitted: exact when every unit costs one and no waiter
     /// ahead is cancelled. The log must be pruned at `now`.
-    fn projected_wait(&self, now: Instant, units: u64) -> Duration {
-        let free = self.max_calls - self.in_window;
+    fn projected_wait(&self, now: Instant, cost: u64, requests: u64) -> Duration {
+        let units = if self.per_request { requests } else { cost };
+        let free = self.max_calls.saturating_sub(self.in_window);
         if units <= free {
             return Duration::ZERO;
         }
@@ -261,6 +296,26 @@ impl WindowLog {
             .and_then(|cycles| self.span.checked_mul(cycles))
             .unwrap_or(Duration::MAX)
             .saturating_sub(since_base)
+    }
+
+    /// Changes the cost of admission `id` to `actual`, if it is still in the
+    /// window; returns whether anything changed.
+    fn correct(&mut self, id: u64, actual: u64) -> bool {
+        let Ok(index) = self.entries.binary_search_by_key(&id, |e| e.id) else {
+            return false;
+        };
+        let recorded = self.entries[index].cost;
+        if actual == recorded {
+            return false;
+        }
+        // Entries from `index` on hold the recorded cost in `cumulative`.
+        for entry in self.entries.range_mut(index..) {
+            entry.cumulative = entry.cumulative - recorded + actual;
+        }
+        self.entries[index].cost = actual;
+        self.in_window = self.in_window - recorded + actual;
+        self.total = self.total - recorded + actual;
+        true
     }
 }
 
@@ -330,26 +385,33 @@ impl KeyState {
         self.windows.iter().all(|w| w.has_room(cost))
     }
 
-    fn record(&mut self, now: Instant, cost: u64) {
+    fn record(&mut self, now: Instant, cost: u64, id: u64) {
         for window in &mut self.windows {
-            window.record(now, cost);
+            window.record(now, cost, id);
         }
     }
 
-    fn earliest(&self, now: Instant, cost: u64) -> Instant {
+    /// The earliest instant the head fits, and the quota that decides it.
+    fn earliest(&self, now: Instant, cost: u64) -> (Instant, Option<Quota>) {
         self.windows
             .iter()
-            .map(|w| w.earliest(now, cost))
-            .max()
-            .unwrap_or(now)
+            .map(|w| (w.earliest(now, cost), w.quota))
+            .max_by_key(|(at, _)| *at)
+            .map_or((now, None), |(at, quota)| (at, (at > now).then_some(quota)))
     }
 
-    fn projected_wait(&self, now: Instant, units: u64) -> Duration {
+    fn projected_wait(&self, now: Instant, cost: u64, requests: u64) -> Duration {
         self.windows
             .iter()
-            .map(|w| w.projected_wait(now, units))
+            .map(|w| w.projected_wait(now, cost, requests))
             .max()
             .unwrap_or(Duration::ZERO)
+    }
+
+    fn wake_head(&self) {
+        if let Some(waker) = self.queue.front().and_then(|w| w.waker.as_ref()) {
+            waker.wake_by_ref();
+        }
     }
 
     fn live_waiters(&self) -> usize {
@@ -455,6 +517,8 @@ enum AcquireState {
         ticket: Ticket,
         enqueued_at: Instant,
         queued: usize,
+        /// The quota that last held this request back.
+        limited_by: Option<Quota>,
     },
     Done,
 }
@@ -513,13 +577,11 @@ impl Future for Acquire {
                 shard.tick(now);
                 match this.state {
                     AcquireState::Start => {
-                        if *this.cost == 0 {
-                            Step::Ready(Ok(Admission::new(this.key.clone(), 0, Duration::ZERO, 0)))
-                        } else if let Some(quota) = this
+                        if let Some(quota) = this
                             .limits
                             .quotas()
                             .iter()
-                            .find(|q| q.max_calls() < *this.cost)
+                            .find(|q| q.units(*this.cost) > q.max_calls())
                         {
                             Step::Ready(Err(CostTooLarge {
                                 key: this.key.clone(),
@@ -553,21 +615,28 @@ impl Future for Acquire {
                         ticket,
                         enqueued_at,
                         queued,
+                        limited_by,
                     } => match shard.keys.get_mut(this.key) {
                         Some(state) if state.is_head(ticket.id) => {
                             state.prune(now);
-                            let at = state.earliest(now, *this.cost);
+                            let (at, limit) = state.earliest(now, *this.cost);
+                            if limit.is_some() {
+                                *limited_by = limit;
+                            }
                             let needed = at.saturating_duration_since(*enqueued_at);
                             if at <= now {
-                                state.record(now, *this.cost);
+                                let id = this.shared.next_admission.fetch_add(1, Ordering::Relaxed);
+                                state.record(now, *this.cost, id);
                                 state.pop_head();
                                 ticket.armed = false;
                                 Step::Ready(Ok(Admission::new(
                                     this.key.clone(),
+                                    id,
                                     *this.cost,
                                     needed,
                                     *queued,
-                                )))
+                                )
+                                .with_limited_by(*limited_by)))
                             } else if let Some(max_wait) =
                                 this.limits.max_wait().filter(|max_wait| needed > *max_wait)
                             {
@@ -581,6 +650,8 @@ impl Future for Acquire {
                                 }
                                 .into()))
                             } else {
+                                // A correction may move the instant: be wakeable.
+                                state.register(ticket.id, cx.waker());
                                 Step::Sleep(at)
                             }
                         }
@@ -649,9 +720,11 @@ fn arrive(
 ) -> Step {
     let cost = this.cost;
     if state.queue.is_empty() && state.has_room(cost) {
-        state.record(now, cost);
+        let id = this.shared.next_admission.fetch_add(1, Ordering::Relaxed);
+        state.record(now, cost, id);
         return Step::Ready(Ok(Admission::new(
             this.key.clone(),
+            id,
             cost,
             Duration::ZERO,
             0,
@@ -670,11 +743,11 @@ fn arrive(
     if let Some(max_queue) = this.limits.max_queue()
         && queued > max_queue
     {
-        let wait = state.projected_wait(now, state.queued_cost + cost);
+        let wait = state.projected_wait(now, state.queued_cost + cost, queued as u64);
         return overload(wait, OverloadReason::QueueFull(max_queue));
     }
     if let Some(max_wait) = this.limits.max_wait() {
-        let wait = state.projected_wait(now, state.queued_cost + cost);
+        let wait = state.projected_wait(now, state.queued_cost + cost, queued as u64);
         if wait > max_wait {
             return overload(wait, OverloadReason::MaxWait(max_wait));
         }
@@ -689,6 +762,7 @@ fn arrive(
         },
         enqueued_at: now,
         queued,
+        limited_by: None,
     };
     Step::Queued
 }

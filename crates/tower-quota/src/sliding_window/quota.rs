@@ -13,8 +13,11 @@ pub const MAX_SAFETY_MARGIN: Duration = Duration::from_secs(60 * 60);
 
 /// One quota: at most `max_calls` units in *any* window of `window` length.
 ///
-/// A unit is one request unless the layer has a cost function, in which case
-/// it is whatever the cost counts (tokens, bytes, points).
+/// A quota made with [`Quota::new`] spends the request's cost: 1 unless the
+/// layer has a cost function, in which case it is whatever the cost counts
+/// (tokens, bytes, points). A quota made with [`Quota::per_request`] spends 1
+/// per request whatever the cost, so one key can carry "500 requests and
+/// 200,000 tokens per minute".
 ///
 /// ```
 /// use std::time::Duration;
@@ -29,6 +32,7 @@ pub const MAX_SAFETY_MARGIN: Duration = Duration::from_secs(60 * 60);
 pub struct Quota {
     max_calls: u64,
     window: Duration,
+    per_request: bool,
 }
 
 impl Quota {
@@ -39,6 +43,20 @@ impl Quota {
     /// [`InvalidQuota`] when `max_calls` is 0, `window` is zero, or `window`
     /// is longer than [`MAX_WINDOW`].
     pub fn new(max_calls: u64, window: Duration) -> Result<Self, InvalidQuota> {
+        Self::build(max_calls, window, false)
+    }
+
+    /// A quota that every request spends 1 of, whatever its cost: the
+    /// requests-per-minute beside a tokens-per-minute quota.
+    ///
+    /// # Errors
+    ///
+    /// As for [`Quota::new`].
+    pub fn per_request(max_calls: u64, window: Duration) -> Result<Self, InvalidQuota> {
+        Self::build(max_calls, window, true)
+    }
+
+    fn build(max_calls: u64, window: Duration, per_request: bool) -> Result<Self, InvalidQuota> {
         if max_calls == 0 {
             return Err(InvalidQuota::ZeroMaxCalls);
         }
@@ -48,7 +66,11 @@ impl Quota {
         if window > MAX_WINDOW {
             return Err(InvalidQuota::WindowTooLong(window));
         }
-        Ok(Quota { max_calls, window })
+        Ok(Quota {
+            max_calls,
+            window,
+            per_request,
+        })
     }
 
     /// The most units admitted in any window.
@@ -60,11 +82,25 @@ impl Quota {
     pub fn window(&self) -> Duration {
         self.window
     }
+
+    /// Whether every request spends 1 of this quota, whatever its cost.
+    pub fn is_per_request(&self) -> bool {
+        self.per_request
+    }
+
+    /// What a request of `cost` spends of this quota.
+    pub fn units(&self, cost: u64) -> u64 {
+        if self.per_request { 1 } else { cost }
+    }
 }
 
 impl fmt::Display for Quota {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{}/{:?}", self.max_calls, self.window)
+        write!(f, "{}/{:?}", self.max_calls, self.window)?;
+        if self.per_request {
+            f.write_str(" per request")?;
+        }
+        Ok(())
     }
 }
 
