@@ -178,3 +178,67 @@ impl<Request> CostFn<Request> for UnitCost {
         1
     }
 }
+
+/// Reads from a response how much of its quota a request really spent, so
+/// that the cost charged at admission, an estimate, can be corrected.
+///
+/// Implemented for [`NoUsage`] (the default: no correction), for
+/// [`UsageFromExtension`] (the [`Usage`] extension that user code puts on the
+/// response) and for any closure `Fn(&Response) -> Option<u64>`, for example
+/// one that reads a usage header:
+///
+/// ```
+/// use tower_quota::UsageFn;
+///
+/// let tokens_used = |response: &http::Response<()>| -> Option<u64> {
+///     response.headers().get("x-usage-tokens")?.to_str().ok()?.parse().ok()
+/// };
+/// let response = http::Response::builder().header("x-usage-tokens", "1234").body(()).unwrap();
+/// assert_eq!(tokens_used.usage(&response), Some(1234));
+/// ```
+pub trait UsageFn<Response> {
+    /// Whether this function ever reports usage; when `false` the layer keeps
+    /// nothing per request for corrections.
+    const ENABLED: bool = true;
+
+    /// The real cost of the request this is the response to, if the response
+    /// says.
+    fn usage(&self, response: &Response) -> Option<u64>;
+}
+
+impl<Response, F> UsageFn<Response> for F
+where
+    F: Fn(&Response) -> Option<u64>,
+{
+    fn usage(&self, response: &Response) -> Option<u64> {
+        self(response)
+    }
+}
+
+/// The default [`UsageFn`]: the cost charged at admission is final.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct NoUsage;
+
+impl<Response> UsageFn<Response> for NoUsage {
+    const ENABLED: bool = false;
+
+    fn usage(&self, _response: &Response) -> Option<u64> {
+        None
+    }
+}
+
+/// The real cost of a request, put on its response's extensions by user code
+/// (an inner service that knows, for example, how many tokens a completion
+/// used), and read by [`UsageFromExtension`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Usage(pub u64);
+
+/// A [`UsageFn`] that reads the [`Usage`] extension of an `http::Response`.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct UsageFromExtension;
+
+impl<B> UsageFn<http::Response<B>> for UsageFromExtension {
+    fn usage(&self, response: &http::Response<B>) -> Option<u64> {
+        response.extensions().get::<Usage>().map(|usage| usage.0)
+    }
+}

@@ -50,7 +50,9 @@ pub mod retry_after;
 pub mod sliding_window;
 pub mod telemetry;
 
-pub use key::{CostFn, GlobalKey, Key, KeyFn, UnitCost};
+pub use key::{
+    CostFn, GlobalKey, Key, KeyFn, NoUsage, UnitCost, Usage, UsageFn, UsageFromExtension,
+};
 pub use retry_after::{RetryAfter, RetryAfterLayer};
 pub use sliding_window::{SlidingWindow, SlidingWindowLayer};
 

@@ -1,24 +1,28 @@
 use std::fmt;
 use std::future::Future;
 use std::pin::Pin;
-use std::task::{Context, Poll};
+use std::task::{Context, Poll, ready};
 
 use pin_project_lite::pin_project;
 use tower_service::Service;
 
-use super::{Admission, Overloaded};
-use crate::BoxError;
+use super::{Admission, Overloaded, Store};
 use crate::telemetry;
+use crate::{BoxError, NoUsage, UsageFn};
 
 pin_project! {
     /// Response future of [`SlidingWindow`](super::SlidingWindow): waits for
     /// admission, then calls the inner service.
-    pub struct ResponseFuture<A, S, Request>
+    pub struct ResponseFuture<St, S, Request, U = NoUsage>
     where
+        St: Store,
         S: Service<Request>,
     {
         #[pin]
-        state: State<A, S, Request>,
+        state: State<St::Acquire, S, Request>,
+        // The store and usage function, when responses correct the cost.
+        correction: Option<(St, U)>,
+        admission: Option<Admission>,
     }
 }
 
@@ -40,25 +44,34 @@ pin_project! {
     }
 }
 
-impl<A, S, Request> ResponseFuture<A, S, Request>
+impl<St, S, Request, U> ResponseFuture<St, S, Request, U>
 where
+    St: Store,
     S: Service<Request>,
 {
-    pub(crate) fn new(acquire: A, inner: S, request: Request) -> Self {
+    pub(crate) fn new(
+        acquire: St::Acquire,
+        inner: S,
+        request: Request,
+        correction: Option<(St, U)>,
+    ) -> Self {
         ResponseFuture {
             state: State::Admitting {
                 acquire,
                 call: Some((inner, request)),
             },
+            correction,
+            admission: None,
         }
     }
 }
 
-impl<A, S, Request> Future for ResponseFuture<A, S, Request>
+impl<St, S, Request, U> Future for ResponseFuture<St, S, Request, U>
 where
-    A: Future<Output = Result<Admission, BoxError>>,
+    St: Store,
     S: Service<Request>,
     S::Error: Into<BoxError>,
+    U: UsageFn<S::Response>,
 {
     type Output = Result<S::Response, BoxError>;
 
@@ -67,7 +80,7 @@ where
         loop {
             match this.state.as_mut().project() {
                 StateProj::Admitting { acquire, call } => {
-                    let admission = match std::task::ready!(acquire.poll(cx)) {
+                    let admission = match ready!(acquire.poll(cx)) {
                         Ok(admission) => admission,
                         Err(error) => {
                             if let Some(overloaded) = error.downcast_ref::<Overloaded>() {
@@ -101,19 +114,30 @@ where
                         // the state changes to `Calling`.
                         unreachable!("sliding window request admitted twice");
                     };
+                    if this.correction.is_some() {
+                        *this.admission = Some(admission);
+                    }
                     let future = inner.call(request);
                     this.state.set(State::Calling { future });
                 }
                 StateProj::Calling { future } => {
-                    return future.poll(cx).map_err(Into::into);
+                    let response = ready!(future.poll(cx)).map_err(Into::into)?;
+                    if let (Some((store, usage_fn)), Some(admission)) =
+                        (this.correction.as_ref(), this.admission.as_ref())
+                        && let Some(actual) = usage_fn.usage(&response)
+                    {
+                        store.correct(admission, actual);
+                    }
+                    return Poll::Ready(Ok(response));
                 }
             }
         }
     }
 }
 
-impl<A, S, Request> fmt::Debug for ResponseFuture<A, S, Request>
+impl<St, S, Request, U> fmt::Debug for ResponseFuture<St, S, Request, U>
 where
+    St: Store,
     S: Service<Request>,
 {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {

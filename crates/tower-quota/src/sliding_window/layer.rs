@@ -4,7 +4,7 @@ use std::time::Duration;
 use tower_layer::Layer;
 
 use super::{InvalidQuota, Limits, MemoryStore, Quota, SlidingWindow, Store};
-use crate::{GlobalKey, UnitCost};
+use crate::{GlobalKey, NoUsage, UnitCost};
 
 /// Applies exact sliding-window pacing to a service; see the
 /// [module docs](super) for what it does and where it goes in a stack.
@@ -12,11 +12,12 @@ use crate::{GlobalKey, UnitCost};
 /// Every service this layer makes shares the layer's [`Store`], so cloning
 /// the layer or the services never multiplies the limit.
 #[derive(Clone)]
-pub struct SlidingWindowLayer<K = GlobalKey, C = UnitCost, St = MemoryStore> {
+pub struct SlidingWindowLayer<K = GlobalKey, C = UnitCost, St = MemoryStore, U = NoUsage> {
     pub(super) limits: Limits,
     pub(super) key_fn: K,
     pub(super) cost_fn: C,
     pub(super) store: St,
+    pub(super) usage_fn: U,
 }
 
 impl SlidingWindowLayer {
@@ -43,11 +44,12 @@ impl SlidingWindowLayer {
             key_fn: GlobalKey,
             cost_fn: UnitCost,
             store: MemoryStore::new(),
+            usage_fn: NoUsage,
         })
     }
 }
 
-impl<K, C, St> SlidingWindowLayer<K, C, St> {
+impl<K, C, St, U> SlidingWindowLayer<K, C, St, U> {
     /// Adds a quota of `max_calls` per `window`; every quota is respected.
     /// The safety margin is left as it was.
     ///
@@ -59,36 +61,72 @@ impl<K, C, St> SlidingWindowLayer<K, C, St> {
         Ok(self)
     }
 
+    /// Adds a quota that every request spends 1 of, whatever its cost: the
+    /// "500 requests per minute" beside "200,000 tokens per minute".
+    ///
+    /// # Errors
+    ///
+    /// [`InvalidQuota`] as for [`SlidingWindowLayer::new`].
+    pub fn and_request_quota(
+        mut self,
+        max_calls: u64,
+        window: Duration,
+    ) -> Result<Self, InvalidQuota> {
+        self.limits
+            .push_quota(Quota::per_request(max_calls, window)?);
+        Ok(self)
+    }
+
     /// Chooses the key of each request: requests with equal keys share the
     /// quotas, each key has quotas of its own. The default is one key for
     /// all requests.
-    pub fn key_fn<K2>(self, key_fn: K2) -> SlidingWindowLayer<K2, C, St> {
+    pub fn key_fn<K2>(self, key_fn: K2) -> SlidingWindowLayer<K2, C, St, U> {
         SlidingWindowLayer {
             limits: self.limits,
             key_fn,
             cost_fn: self.cost_fn,
             store: self.store,
+            usage_fn: self.usage_fn,
         }
     }
 
     /// Chooses what each request costs. The default is 1.
-    pub fn cost_fn<C2>(self, cost_fn: C2) -> SlidingWindowLayer<K, C2, St> {
+    pub fn cost_fn<C2>(self, cost_fn: C2) -> SlidingWindowLayer<K, C2, St, U> {
         SlidingWindowLayer {
             limits: self.limits,
             key_fn: self.key_fn,
             cost_fn,
             store: self.store,
+            usage_fn: self.usage_fn,
+        }
+    }
+
+    /// Corrects the cost charged at admission once the response tells the
+    /// real usage: `usage_fn` reads it from the response (a closure over the
+    /// response, or [`UsageFromExtension`](crate::UsageFromExtension) for the
+    /// [`Usage`](crate::Usage) extension set by user code). The difference
+    /// is refunded or charged in the window where the request was admitted,
+    /// so a request that used less than its estimate lets the next one go
+    /// earlier.
+    pub fn usage_fn<U2>(self, usage_fn: U2) -> SlidingWindowLayer<K, C, St, U2> {
+        SlidingWindowLayer {
+            limits: self.limits,
+            key_fn: self.key_fn,
+            cost_fn: self.cost_fn,
+            store: self.store,
+            usage_fn,
         }
     }
 
     /// Keeps the admissions in `store`: another layer's store to share its
     /// quotas, or a store shared by many processes.
-    pub fn store<St2: Store>(self, store: St2) -> SlidingWindowLayer<K, C, St2> {
+    pub fn store<St2: Store>(self, store: St2) -> SlidingWindowLayer<K, C, St2, U> {
         SlidingWindowLayer {
             limits: self.limits,
             key_fn: self.key_fn,
             cost_fn: self.cost_fn,
             store,
+            usage_fn: self.usage_fn,
         }
     }
 
@@ -134,8 +172,8 @@ impl<K, C, St> SlidingWindowLayer<K, C, St> {
     }
 }
 
-impl<S, K: Clone, C: Clone, St: Clone> Layer<S> for SlidingWindowLayer<K, C, St> {
-    type Service = SlidingWindow<S, K, C, St>;
+impl<S, K: Clone, C: Clone, St: Clone, U: Clone> Layer<S> for SlidingWindowLayer<K, C, St, U> {
+    type Service = SlidingWindow<S, K, C, St, U>;
 
     fn layer(&self, inner: S) -> Self::Service {
         SlidingWindow::from_parts(
@@ -144,17 +182,19 @@ impl<S, K: Clone, C: Clone, St: Clone> Layer<S> for SlidingWindowLayer<K, C, St>
             self.key_fn.clone(),
             self.cost_fn.clone(),
             self.store.clone(),
+            self.usage_fn.clone(),
         )
     }
 }
 
-impl<K, C, St: fmt::Debug> fmt::Debug for SlidingWindowLayer<K, C, St> {
+impl<K, C, St: fmt::Debug, U> fmt::Debug for SlidingWindowLayer<K, C, St, U> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("SlidingWindowLayer")
             .field("limits", &self.limits)
             .field("key_fn", &std::any::type_name::<K>())
             .field("cost_fn", &std::any::type_name::<C>())
             .field("store", &self.store)
+            .field("usage_fn", &std::any::type_name::<U>())
             .finish()
     }
 }

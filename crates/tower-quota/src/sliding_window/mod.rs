@@ -28,6 +28,15 @@
 //!   one wake-up however many requests wait; no thread is blocked.
 //! - **Cancellation-safe.** A request dropped while it waits consumes nothing
 //!   and delays nobody.
+//! - **Weighted.** A [cost function](SlidingWindowLayer::cost_fn) says what a
+//!   request spends (tokens, bytes, points); quotas made with
+//!   [`Quota::new`] spend the cost, per-request quotas
+//!   ([`and_request_quota`](SlidingWindowLayer::and_request_quota)) spend 1,
+//!   so "500 requests and 200,000 tokens per minute" is one key. A request
+//!   costing more than a quota's whole capacity is refused at once with
+//!   [`CostTooLarge`]. When the response tells the real usage, a
+//!   [usage function](SlidingWindowLayer::usage_fn) corrects the estimate in
+//!   the window where the request was admitted.
 //! - **Bounded.** [`max_wait`](SlidingWindowLayer::max_wait) and
 //!   [`max_queue`](SlidingWindowLayer::max_queue) turn overload into an
 //!   [`Overloaded`] error naming the key and the wait it would have needed.

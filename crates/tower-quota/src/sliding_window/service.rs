@@ -5,7 +5,7 @@ use std::time::Duration;
 use tower_service::Service;
 
 use super::{InvalidQuota, Limits, MemoryStore, ResponseFuture, SlidingWindowLayer, Store};
-use crate::{BoxError, CostFn, GlobalKey, KeyFn, UnitCost};
+use crate::{BoxError, CostFn, GlobalKey, KeyFn, NoUsage, UnitCost, UsageFn};
 
 /// Paces requests so that no window of any quota holds more than its
 /// `max_calls`; made by [`SlidingWindowLayer`].
@@ -15,12 +15,13 @@ use crate::{BoxError, CostFn, GlobalKey, KeyFn, UnitCost};
 /// `call`: the readied inner service is moved into the future and called
 /// once the request is admitted.
 #[derive(Clone)]
-pub struct SlidingWindow<S, K = GlobalKey, C = UnitCost, St = MemoryStore> {
+pub struct SlidingWindow<S, K = GlobalKey, C = UnitCost, St = MemoryStore, U = NoUsage> {
     inner: S,
     limits: Limits,
     key_fn: K,
     cost_fn: C,
     store: St,
+    usage_fn: U,
 }
 
 impl<S> SlidingWindow<S> {
@@ -46,14 +47,22 @@ impl<S> SlidingWindow<S> {
     }
 }
 
-impl<S, K, C, St> SlidingWindow<S, K, C, St> {
-    pub(super) fn from_parts(inner: S, limits: Limits, key_fn: K, cost_fn: C, store: St) -> Self {
+impl<S, K, C, St, U> SlidingWindow<S, K, C, St, U> {
+    pub(super) fn from_parts(
+        inner: S,
+        limits: Limits,
+        key_fn: K,
+        cost_fn: C,
+        store: St,
+        usage_fn: U,
+    ) -> Self {
         SlidingWindow {
             inner,
             limits,
             key_fn,
             cost_fn,
             store,
+            usage_fn,
         }
     }
 
@@ -83,17 +92,18 @@ impl<S, K, C, St> SlidingWindow<S, K, C, St> {
     }
 }
 
-impl<S, Request, K, C, St> Service<Request> for SlidingWindow<S, K, C, St>
+impl<S, Request, K, C, St, U> Service<Request> for SlidingWindow<S, K, C, St, U>
 where
     S: Service<Request> + Clone,
     S::Error: Into<BoxError>,
     K: KeyFn<Request>,
     C: CostFn<Request>,
     St: Store,
+    U: UsageFn<S::Response> + Clone,
 {
     type Response = S::Response;
     type Error = BoxError;
-    type Future = ResponseFuture<St::Acquire, S, Request>;
+    type Future = ResponseFuture<St, S, Request, U>;
 
     fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
         self.inner.poll_ready(cx).map_err(Into::into)
@@ -107,11 +117,12 @@ where
         // clone left behind is readied by the next `poll_ready`.
         let clone = self.inner.clone();
         let inner = std::mem::replace(&mut self.inner, clone);
-        ResponseFuture::new(acquire, inner, request)
+        let correction = U::ENABLED.then(|| (self.store.clone(), self.usage_fn.clone()));
+        ResponseFuture::new(acquire, inner, request, correction)
     }
 }
 
-impl<S: fmt::Debug, K, C, St: fmt::Debug> fmt::Debug for SlidingWindow<S, K, C, St> {
+impl<S: fmt::Debug, K, C, St: fmt::Debug, U> fmt::Debug for SlidingWindow<S, K, C, St, U> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("SlidingWindow")
             .field("inner", &self.inner)
@@ -119,6 +130,7 @@ impl<S: fmt::Debug, K, C, St: fmt::Debug> fmt::Debug for SlidingWindow<S, K, C, 
             .field("key_fn", &std::any::type_name::<K>())
             .field("cost_fn", &std::any::type_name::<C>())
             .field("store", &self.store)
+            .field("usage_fn", &std::any::type_name::<U>())
             .finish()
     }
 }

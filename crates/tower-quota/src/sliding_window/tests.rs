@@ -611,3 +611,286 @@ mod properties {
         }
     }
 }
+
+mod weighted {
+    use super::*;
+    use crate::{Usage, UsageFromExtension};
+    use proptest::prelude::*;
+
+    /// A request of the weighted tests: its cost, and the usage its response
+    /// reports.
+    #[derive(Debug, Clone, Copy)]
+    struct Call {
+        cost: u64,
+        used: Option<u64>,
+    }
+
+    fn weighted_clock()
+    -> impl Service<Call, Response = http::Response<Instant>, Error = Infallible, Future: Send>
+    + Clone
+    + Send {
+        service_fn(|call: Call| async move {
+            let mut response = http::Response::new(Instant::now());
+            if let Some(used) = call.used {
+                response.extensions_mut().insert(Usage(used));
+            }
+            Ok::<_, Infallible>(response)
+        })
+    }
+
+    fn tokens_and_requests(
+        tokens: u64,
+        requests: u64,
+        window: Duration,
+    ) -> SlidingWindowLayer<GlobalKey, impl Fn(&Call) -> u64 + Clone> {
+        exact(tokens, window)
+            .and_request_quota(requests, window)
+            .unwrap()
+            .cost_fn(|call: &Call| call.cost)
+    }
+
+    use crate::GlobalKey;
+
+    #[tokio::test(start_paused = true)]
+    async fn a_cost_above_a_weighted_quota_is_refused_but_per_request_quotas_count_one() {
+        let service = tokens_and_requests(100, 3, Duration::from_secs(1)).layer(weighted_clock());
+        let start = Instant::now();
+        let error = service
+            .clone()
+            .oneshot(Call {
+                cost: 101,
+                used: None,
+            })
+            .await
+            .unwrap_err();
+        let too_large = error
+            .downcast_ref::<CostTooLarge>()
+            .expect("a CostTooLarge error");
+        assert_eq!((too_large.cost(), too_large.max_calls()), (101, 100));
+        // 50 tokens each: the request quota of 3 is not what binds, tokens are.
+        let mut sent = Vec::new();
+        for _ in 0..3 {
+            sent.push(
+                service
+                    .clone()
+                    .oneshot(Call {
+                        cost: 50,
+                        used: None,
+                    })
+                    .await
+                    .unwrap()
+                    .into_body()
+                    - start,
+            );
+        }
+        assert_eq!(
+            sent,
+            [Duration::ZERO, Duration::ZERO, Duration::from_secs(1)]
+        );
+        // 1 token each: now the request quota binds.
+        tokio::time::advance(Duration::from_secs(5)).await;
+        let restart = Instant::now();
+        let mut sent = Vec::new();
+        for _ in 0..4 {
+            sent.push(
+                service
+                    .clone()
+                    .oneshot(Call {
+                        cost: 1,
+                        used: None,
+                    })
+                    .await
+                    .unwrap()
+                    .into_body()
+                    - restart,
+            );
+        }
+        assert_eq!(
+            sent,
+            [
+                Duration::ZERO,
+                Duration::ZERO,
+                Duration::ZERO,
+                Duration::from_secs(1)
+            ]
+        );
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_refund_lets_the_next_request_go_earlier_and_never_overfills_the_window() {
+        let layer = exact(100, Duration::from_secs(1))
+            .cost_fn(|call: &Call| call.cost)
+            .usage_fn(UsageFromExtension);
+        let service = layer.layer(weighted_clock());
+        let start = Instant::now();
+        // Estimated 80, really used 30: the refund frees 50.
+        service
+            .clone()
+            .oneshot(Call {
+                cost: 80,
+                used: Some(30),
+            })
+            .await
+            .unwrap();
+        // 60 fits beside the corrected 30 at once (it would have waited a
+        // full window beside the estimated 80).
+        let second = service
+            .clone()
+            .oneshot(Call {
+                cost: 60,
+                used: None,
+            })
+            .await
+            .unwrap()
+            .into_body()
+            - start;
+        assert_eq!(second, Duration::ZERO);
+        // The window now holds 90: 20 more must wait for the first to leave.
+        let third = service
+            .clone()
+            .oneshot(Call {
+                cost: 20,
+                used: None,
+            })
+            .await
+            .unwrap()
+            .into_body()
+            - start;
+        assert_eq!(third, Duration::from_secs(1));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_refund_wakes_the_waiting_head() {
+        let service = exact(100, Duration::from_secs(10))
+            .cost_fn(|call: &Call| call.cost)
+            .layer(weighted_clock());
+        let store = service.store().clone();
+        let start = Instant::now();
+        service
+            .clone()
+            .oneshot(Call {
+                cost: 90,
+                used: None,
+            })
+            .await
+            .unwrap();
+        // Waits for the 90 to leave the window, 10 s away...
+        let waiting = tokio::spawn(service.clone().oneshot(Call {
+            cost: 50,
+            used: None,
+        }));
+        tokio::time::sleep(Duration::from_secs(1)).await;
+        assert!(!waiting.is_finished());
+        // ...until the first admission (id 0 of this store) is corrected to 10.
+        store.correct(&Admission::new(Key::GLOBAL, 0, 90, Duration::ZERO, 0), 10);
+        let admitted = waiting.await.unwrap().unwrap().into_body() - start;
+        assert_eq!(admitted, Duration::from_secs(1));
+    }
+
+    /// Reference: a greedy FIFO log over a per-request quota and a weighted one.
+    fn model(requests: (u64, u32), tokens: (u64, u32), arrivals: &[(u32, u64)]) -> Vec<u32> {
+        let mut log: Vec<(u32, u64)> = Vec::new();
+        let mut admitted = Vec::new();
+        let mut next = 0;
+        let mut now = 0;
+        let mut queue = std::collections::VecDeque::new();
+        loop {
+            while next < arrivals.len() && arrivals[next].0 <= now {
+                queue.push_back(arrivals[next].1);
+                next += 1;
+            }
+            while let Some(&cost) = queue.front() {
+                let used_requests = log.iter().filter(|(t, _)| t + requests.1 > now).count() as u64;
+                let used_tokens: u64 = log
+                    .iter()
+                    .filter(|(t, _)| t + tokens.1 > now)
+                    .map(|(_, c)| c)
+                    .sum();
+                if used_requests + 1 > requests.0 || used_tokens + cost > tokens.0 {
+                    break;
+                }
+                log.push((now, cost));
+                admitted.push(now);
+                queue.pop_front();
+            }
+            let mut candidates: Vec<u32> = log
+                .iter()
+                .flat_map(|(t, _)| [t + requests.1, t + tokens.1])
+                .filter(|t| *t > now)
+                .collect();
+            if next < arrivals.len() {
+                candidates.push(arrivals[next].0);
+            }
+            match candidates.into_iter().min() {
+                Some(t) if !queue.is_empty() || next < arrivals.len() => now = t,
+                _ => return admitted,
+            }
+        }
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(64))]
+
+        #[test]
+        fn two_quotas_with_random_costs_hold_and_admit_fifo_at_the_earliest_instant(
+            max_requests in 1u64..6,
+            request_window in 1u32..20,
+            max_tokens in 5u64..40,
+            token_window in 1u32..20,
+            calls in prop::collection::vec((0u32..5, 1u64..40), 1..40),
+        ) {
+            let unit = Duration::from_millis(10);
+            let mut at = 0;
+            let plan: Vec<(u32, u64)> = calls
+                .iter()
+                .map(|(gap, cost)| {
+                    at += gap;
+                    (at, (*cost).min(max_tokens))
+                })
+                .collect();
+            let runtime = tokio::runtime::Builder::new_current_thread()
+                .enable_time()
+                .start_paused(true)
+                .build()
+                .unwrap();
+            let observed: Vec<u32> = runtime.block_on(async {
+                let layer = SlidingWindowLayer::with_quotas([
+                    Quota::per_request(max_requests, unit * request_window).unwrap(),
+                    Quota::new(max_tokens, unit * token_window).unwrap(),
+                ])
+                .unwrap()
+                .safety_margin(Duration::ZERO)
+                .unwrap()
+                .cost_fn(|call: &Call| call.cost);
+                let service = layer.layer(weighted_clock());
+                let start = Instant::now();
+                let mut tasks = Vec::new();
+                for (arrive, cost) in plan.iter().copied() {
+                    tokio::time::sleep_until(start + unit * arrive).await;
+                    tasks.push(tokio::spawn(service.clone().oneshot(Call { cost, used: None })));
+                }
+                let mut observed = Vec::new();
+                for task in tasks {
+                    let at = task.await.unwrap().unwrap().into_body() - start;
+                    observed.push((at.as_nanos() / unit.as_nanos()) as u32);
+                }
+                observed
+            });
+            // Windows hold, in both units.
+            for (i, t) in observed.iter().enumerate() {
+                let requests = observed.iter().filter(|u| **u >= *t && **u < t + request_window).count() as u64;
+                prop_assert!(requests <= max_requests);
+                let tokens: u64 = observed
+                    .iter()
+                    .zip(&plan)
+                    .filter(|(u, _)| **u >= *t && **u < t + token_window)
+                    .map(|(_, (_, cost))| cost)
+                    .sum();
+                prop_assert!(tokens <= max_tokens, "{tokens} tokens in the window from request {i}");
+            }
+            // FIFO at the earliest instant both quotas allow.
+            let expected = model((max_requests, request_window), (max_tokens, token_window), &plan);
+            prop_assert_eq!(observed, expected);
+        }
+    }
+}
