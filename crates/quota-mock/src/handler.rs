@@ -15,6 +15,7 @@ use rand::Rng;
 use rand::rngs::StdRng;
 use tokio::time::Instant;
 
+use crate::cost::{Cost, CostConfig};
 use crate::fault::{Fault, Latency, Scripted};
 use crate::headers::{HeaderConfig, QuotaHeaders, delay_seconds, write_date};
 use crate::key::KeyBy;
@@ -35,6 +36,7 @@ pub(crate) struct Shared {
     pub(crate) start: Instant,
     pub(crate) key_by: KeyBy,
     pub(crate) headers: QuotaHeaders,
+    pub(crate) costs: CostConfig,
     state: Mutex<State>,
 }
 
@@ -61,6 +63,8 @@ enum Reply {
     Status {
         status: StatusCode,
         retry_after: Option<Duration>,
+        /// The `error` the JSON body states.
+        error: &'static str,
     },
     Reset,
 }
@@ -100,8 +104,16 @@ impl Shared {
             start,
             key_by,
             headers,
+            costs: CostConfig::default(),
             state: Mutex::new(state),
         }
+    }
+
+    /// Which headers carry costs (default: `x-cost`, `x-actual-cost`, no
+    /// usage header).
+    pub(crate) fn with_costs(mut self, costs: CostConfig) -> Self {
+        self.costs = costs;
+        self
     }
 
     /// A panic elsewhere cannot leave the state half-updated in a way that
@@ -134,7 +146,7 @@ impl Shared {
 }
 
 impl State {
-    fn plan(&mut self, key: &str, now: Instant) -> Plan {
+    fn plan(&mut self, key: &str, cost: Cost, now: Instant) -> Plan {
         while let Some(front) = self.scripted.front_mut() {
             match front.take_one() {
                 Some((status, retry_after)) => {
@@ -146,6 +158,7 @@ impl State {
                         reply: Reply::Status {
                             status,
                             retry_after,
+                            error: "scripted",
                         },
                         view: None,
                     };
@@ -155,12 +168,23 @@ impl State {
                 }
             }
         }
-        match self.quota.check(key, now) {
+        match self.quota.check(key, cost, now) {
             Decision::Refused { retry_after, view } => Plan {
                 outcome: Outcome::Refused,
                 reply: Reply::Status {
                     status: StatusCode::TOO_MANY_REQUESTS,
                     retry_after: Some(retry_after),
+                    error: "rate_limited",
+                },
+                view: Some(view),
+            },
+            // No wait would help, so there is no Retry-After to state.
+            Decision::TooCostly { view } => Plan {
+                outcome: Outcome::Refused,
+                reply: Reply::Status {
+                    status: StatusCode::TOO_MANY_REQUESTS,
+                    retry_after: None,
+                    error: "cost_exceeds_limit",
                 },
                 view: Some(view),
             },
@@ -181,6 +205,7 @@ impl State {
                         return Reply::Status {
                             status,
                             retry_after: None,
+                            error: "injected",
                         };
                     }
                 }
@@ -192,6 +217,7 @@ impl State {
                         return Reply::Status {
                             status: StatusCode::SERVICE_UNAVAILABLE,
                             retry_after: Some(*retry_after),
+                            error: "injected",
                         };
                     }
                 }
@@ -243,6 +269,7 @@ where
         .get(RETRY_ATTEMPT)
         .and_then(|value| value.to_str().ok())
         .and_then(|value| value.trim().parse::<u32>().ok());
+    let cost = shared.costs.cost_of(request.headers());
     let method = request.method().to_string();
     let path = request.uri().path().to_owned();
 
@@ -251,7 +278,7 @@ where
     let (at, plan, latency) = {
         let mut state = shared.lock();
         let now = Instant::now();
-        let plan = state.plan(&key, now);
+        let plan = state.plan(&key, cost, now);
         let latency = state.latency();
         (now.saturating_duration_since(shared.start), plan, latency)
     };
@@ -280,8 +307,10 @@ where
         attempt,
         body_hash,
         body_len,
+        cost: cost.actual,
+        declared_cost: cost.declared,
     };
-    let response = respond(&shared, &plan, &arrival.key);
+    let response = respond(&shared, &plan, &arrival.key, cost);
     shared.lock().arrivals.push(arrival);
 
     if !latency.is_zero() {
@@ -293,7 +322,7 @@ where
     response.ok_or(NoResponse)
 }
 
-fn respond(shared: &Shared, plan: &Plan, key: &str) -> Option<Response<Full<Bytes>>> {
+fn respond(shared: &Shared, plan: &Plan, key: &str, cost: Cost) -> Option<Response<Full<Bytes>>> {
     let headers = &shared.headers;
     let (status, retry_after, body) = match &plan.reply {
         Reply::Reset => return None,
@@ -305,12 +334,8 @@ fn respond(shared: &Shared, plan: &Plan, key: &str) -> Option<Response<Full<Byte
         Reply::Status {
             status,
             retry_after,
+            error,
         } => {
-            let error = match plan.outcome {
-                Outcome::Refused => "rate_limited",
-                Outcome::Scripted => "scripted",
-                _ => "injected",
-            };
             let retry_after = match plan.outcome {
                 Outcome::Refused if !headers.retry_after_on_429() => None,
                 _ => *retry_after,
@@ -331,6 +356,11 @@ fn respond(shared: &Shared, plan: &Plan, key: &str) -> Option<Response<Full<Byte
     }
     if let Some(view) = &plan.view {
         headers.write(key, view, wall_now, response.headers_mut());
+    }
+    if let (Outcome::Admitted, Some(name)) = (plan.outcome, &shared.costs.usage_header) {
+        response
+            .headers_mut()
+            .insert(name.clone(), HeaderValue::from(cost.actual));
     }
     Some(response)
 }
@@ -373,3 +403,6 @@ fn json_response(status: StatusCode, body: String, wall_now: SystemTime) -> Resp
 
 #[cfg(test)]
 mod tests;
+
+#[cfg(test)]
+mod cost_tests;

@@ -25,16 +25,30 @@ use crate::stats::fnv1a64;
 /// # What the values mean
 ///
 /// Except for [`IetfStructured`](Self::IetfStructured), which reports every
-/// rule, a dialect reports the **most restrictive rule**: the one with the
-/// least remaining quota, and among those the one that takes longest to free
-/// a unit.
+/// rule, and [`OpenAi`](Self::OpenAi) and [`Anthropic`](Self::Anthropic),
+/// which report requests and tokens apart, a dialect reports the **most
+/// restrictive rule**: the one with the least remaining quota, and among
+/// those the one that takes longest to free a unit. With
+/// [weighted](crate::Rule#weighted-rules) rules "least remaining" means the
+/// fewest more requests of the answered request's cost (`remaining / cost`),
+/// so a refused request is answered with a rule that refused it.
+///
+/// **Weighted rules state units**: limit, remaining and used count units of
+/// cost, not requests.
 ///
 /// **Reset is when the rule next frees one unit of quota**, not when it is
 /// whole again: for a fixed window the next boundary; for a token bucket
 /// when the next whole token has refilled; for a sliding log when the oldest
 /// admission still in the window leaves it. So a client that sees
 /// `remaining: 0` and waits until the reset is admitted, and it learns this
-/// from the cheapest signal there is.
+/// from the cheapest signal there is. (Precisely: the reset is when
+/// `remaining` next grows by one, which also covers a rule overdrawn by an
+/// actual cost, see
+/// [`MockServerBuilder::actual_cost_header`](crate::MockServerBuilder::actual_cost_header).)
+/// For a weighted rule that is when the *next unit* frees, which can be
+/// sooner than when a request of cost `c > remaining + 1` fits; the
+/// `Retry-After` of a 429 is always the delay until every rule has room for
+/// that request's whole cost.
 ///
 /// **Every reset is rounded up** (to whole seconds, or to milliseconds for
 /// dialects with decimals), so a client that waits until the reset is never
@@ -73,10 +87,17 @@ pub enum HeaderDialect {
     Discord,
     /// OpenAI: `x-ratelimit-limit-requests`, `x-ratelimit-remaining-requests`
     /// and `x-ratelimit-reset-requests` as a Go duration (`20ms`, `1.5s`,
-    /// `6m0s`), rounded up to the millisecond.
+    /// `6m0s`), rounded up to the millisecond, for the most restrictive
+    /// unweighted rule; `x-ratelimit-{limit,remaining,reset}-tokens` for the
+    /// most restrictive [weighted](crate::Rule#weighted-rules) rule. Each
+    /// group is left out when there is no such rule.
     OpenAi,
     /// Anthropic: `anthropic-ratelimit-requests-limit`, `-remaining` and
-    /// `-reset` as an RFC 3339 UTC instant (`2026-11-28T20:11:51Z`).
+    /// `-reset` as an RFC 3339 UTC instant (`2026-11-28T20:11:51Z`) for the
+    /// most restrictive unweighted rule, and
+    /// `anthropic-ratelimit-tokens-{limit,remaining,reset}` for the most
+    /// restrictive [weighted](crate::Rule#weighted-rules) rule. Each group is
+    /// left out when there is no such rule.
     Anthropic,
     /// Shopify: `X-Shopify-Shop-Api-Call-Limit: used/limit`. Shopify states
     /// no reset, so a client learns when to retry only from `Retry-After`.
@@ -214,6 +235,16 @@ static ANTHROPIC_LIMIT: HeaderName = HeaderName::from_static("anthropic-ratelimi
 static ANTHROPIC_REMAINING: HeaderName =
     HeaderName::from_static("anthropic-ratelimit-requests-remaining");
 static ANTHROPIC_RESET: HeaderName = HeaderName::from_static("anthropic-ratelimit-requests-reset");
+static OPENAI_LIMIT_TOKENS: HeaderName = HeaderName::from_static("x-ratelimit-limit-tokens");
+static OPENAI_REMAINING_TOKENS: HeaderName =
+    HeaderName::from_static("x-ratelimit-remaining-tokens");
+static OPENAI_RESET_TOKENS: HeaderName = HeaderName::from_static("x-ratelimit-reset-tokens");
+static ANTHROPIC_LIMIT_TOKENS: HeaderName =
+    HeaderName::from_static("anthropic-ratelimit-tokens-limit");
+static ANTHROPIC_REMAINING_TOKENS: HeaderName =
+    HeaderName::from_static("anthropic-ratelimit-tokens-remaining");
+static ANTHROPIC_RESET_TOKENS: HeaderName =
+    HeaderName::from_static("anthropic-ratelimit-tokens-reset");
 static SHOPIFY_CALL_LIMIT: HeaderName = HeaderName::from_static("x-shopify-shop-api-call-limit");
 
 impl QuotaHeaders {
@@ -310,18 +341,48 @@ impl QuotaHeaders {
                 );
             }
             HeaderDialect::OpenAi => {
-                headers.insert(OPENAI_LIMIT.clone(), rule.limit.into());
-                headers.insert(OPENAI_REMAINING.clone(), rule.remaining.into());
-                headers.insert(
-                    OPENAI_RESET.clone(),
-                    text_value(go_duration(rule.reset_after)),
-                );
+                let names = [
+                    (false, [&OPENAI_LIMIT, &OPENAI_REMAINING, &OPENAI_RESET]),
+                    (
+                        true,
+                        [
+                            &OPENAI_LIMIT_TOKENS,
+                            &OPENAI_REMAINING_TOKENS,
+                            &OPENAI_RESET_TOKENS,
+                        ],
+                    ),
+                ];
+                for (weighted, [limit, remaining, reset]) in names {
+                    if let Some(rule) = view.restrictive_among(weighted) {
+                        headers.insert(limit.clone(), rule.limit.into());
+                        headers.insert(remaining.clone(), rule.remaining.into());
+                        headers.insert(reset.clone(), text_value(go_duration(rule.reset_after)));
+                    }
+                }
             }
             HeaderDialect::Anthropic => {
-                let reset = epoch_seconds_after(wall_now, rule.reset_after);
-                headers.insert(ANTHROPIC_LIMIT.clone(), rule.limit.into());
-                headers.insert(ANTHROPIC_REMAINING.clone(), rule.remaining.into());
-                headers.insert(ANTHROPIC_RESET.clone(), text_value(rfc3339_utc(reset)));
+                let names = [
+                    (
+                        false,
+                        [&ANTHROPIC_LIMIT, &ANTHROPIC_REMAINING, &ANTHROPIC_RESET],
+                    ),
+                    (
+                        true,
+                        [
+                            &ANTHROPIC_LIMIT_TOKENS,
+                            &ANTHROPIC_REMAINING_TOKENS,
+                            &ANTHROPIC_RESET_TOKENS,
+                        ],
+                    ),
+                ];
+                for (weighted, [limit, remaining, reset]) in names {
+                    if let Some(rule) = view.restrictive_among(weighted) {
+                        let at = epoch_seconds_after(wall_now, rule.reset_after);
+                        headers.insert(limit.clone(), rule.limit.into());
+                        headers.insert(remaining.clone(), rule.remaining.into());
+                        headers.insert(reset.clone(), text_value(rfc3339_utc(at)));
+                    }
+                }
             }
             HeaderDialect::Shopify => {
                 headers.insert(

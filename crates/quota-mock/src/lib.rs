@@ -10,6 +10,15 @@
 //!   continuously refilled token bucket (nginx-style). Several rules are all
 //!   enforced; a refused request consumes nothing. Quotas are global, per
 //!   first path segment, or per header value ([`KeyBy`]).
+//! - **Costs** ([`Rule::weighted`]): a weighted rule counts units, not
+//!   requests — tokens per minute beside requests per minute. Each request
+//!   declares its cost in a header
+//!   ([`cost_header`](MockServerBuilder::cost_header), `x-cost` by
+//!   default) and may state what it really cost
+//!   ([`actual_cost_header`](MockServerBuilder::actual_cost_header)), to be
+//!   charged instead and echoed back
+//!   ([`usage_header`](MockServerBuilder::usage_header)), so a client's
+//!   estimate-then-correct accounting is tested end to end.
 //! - **Responses**: 200 with quota headers in the dialect of your choice,
 //!   per key ([`HeaderDialect`]: `X-RateLimit-*` with epoch or delta
 //!   resets, the IETF `RateLimit` fields current and legacy, Discord,
@@ -21,8 +30,9 @@
 //!   `Retry-After`, latency, reset connections, and scripted responses.
 //!   Faults are drawn from a seedable RNG.
 //! - **Records** ([`Stats`], [`Arrival`]): every arrival with its time, key,
-//!   status, retry attempt and body hash, plus the exact maximum number of
-//!   admitted requests in any window. Also served as JSON at
+//!   status, retry attempt, body hash and cost, plus the exact maximum
+//!   number (or, for weighted rules, total cost) of admitted requests in
+//!   any window. Also served as JSON at
 //!   `GET /__quota/stats`; `POST /__quota/reset` forgets everything. Paths
 //!   under `/__quota/` are never rate limited or recorded.
 //!
@@ -34,10 +44,11 @@
 //! 1. serves a queued [`Scripted`] response if there is one — *before* the
 //!    quota check, so scripted responses consume no quota
 //!    ([`Outcome::Scripted`]);
-//! 2. runs the quota check at that instant; a refusal is a 429
-//!    ([`Outcome::Refused`]);
-//! 3. otherwise the request is admitted and consumes quota
-//!    ([`Outcome::Admitted`]), like at a real provider that counts every
+//! 2. runs the quota check at that instant, for the declared cost; a
+//!    refusal is a 429 ([`Outcome::Refused`]), without `Retry-After` when
+//!    the cost exceeds a weighted rule's whole limit;
+//! 3. otherwise the request is admitted and consumes quota, its actual
+//!    cost if it states one ([`Outcome::Admitted`]), like at a real provider that counts every
 //!    request it processes; faults may then replace the 200 with an error
 //!    status or a reset connection.
 //!
@@ -80,6 +91,7 @@
 #![forbid(unsafe_code)]
 #![deny(missing_docs)]
 
+mod cost;
 mod fault;
 mod handler;
 mod headers;

@@ -4,12 +4,20 @@
 //! quota-mock --addr 127.0.0.1:8080 --quota 10/1s --quota 100/1m:fixed \
 //!     --key-by header:x-api-key --headers ietf --error-rate 0.05 --latency 10ms
 //! ```
+//!
+//! An LLM-style provider: 500 requests and 200,000 tokens per minute, the
+//! tokens declared in `x-tokens`, the amount charged echoed in `x-usage`:
+//!
+//! ```text
+//! quota-mock --quota 500/1m --quota 200000/1m:cost --cost-header x-tokens \
+//!     --usage-header x-usage --headers openai
+//! ```
 
 use std::net::SocketAddr;
 use std::time::Duration;
 
 use clap::Parser;
-use http::StatusCode;
+use http::{HeaderName, StatusCode};
 use quota_mock::{Fault, HeaderDialect, KeyBy, Latency, MockServer, RetryAfterFormat, Rule};
 
 /// A simulated rate-limited HTTP API (HTTP/1.1 and h2c) that enforces quotas
@@ -21,10 +29,26 @@ struct Args {
     #[arg(long, default_value = "127.0.0.1:8080")]
     addr: SocketAddr,
 
-    /// A quota LIMIT/WINDOW[:MODE], e.g. 10/1s, 100/1m:fixed, 20/500ms:bucket.
-    /// Repeat for several quotas; all are enforced.
+    /// A quota LIMIT/WINDOW[:MODE][:cost], e.g. 10/1s, 100/1m:fixed,
+    /// 20/500ms:bucket. With :cost each request spends its cost (see
+    /// --cost-header) instead of 1, e.g. 200000/1m:cost for tokens per
+    /// minute. Repeat for several quotas; all are enforced.
     #[arg(long = "quota", value_name = "RULE")]
     quotas: Vec<Rule>,
+
+    /// The request header declaring a request's cost (default x-cost); a
+    /// missing or non-numeric value means 1.
+    #[arg(long, value_name = "NAME")]
+    cost_header: Option<HeaderName>,
+
+    /// The request header stating what an admitted request really cost, to
+    /// charge instead of the declared cost (default x-actual-cost).
+    #[arg(long, value_name = "NAME")]
+    actual_cost_header: Option<HeaderName>,
+
+    /// Echo the amount charged in this response header on admitted requests.
+    #[arg(long, value_name = "NAME")]
+    usage_header: Option<HeaderName>,
 
     /// How requests are grouped into quotas: global, path (first path
     /// segment) or header:NAME.
@@ -88,6 +112,15 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     }
     if let Some(latency) = args.latency {
         builder = builder.fault(Fault::Latency(Latency::Fixed(latency)));
+    }
+    if let Some(name) = args.cost_header {
+        builder = builder.cost_header(name);
+    }
+    if let Some(name) = args.actual_cost_header {
+        builder = builder.actual_cost_header(name);
+    }
+    if let Some(name) = args.usage_header {
+        builder = builder.usage_header(name);
     }
     if let Some(seed) = args.seed {
         builder = builder.seed(seed);

@@ -6,23 +6,29 @@ use std::time::Duration;
 
 use tokio::time::Instant;
 
+use crate::cost::Cost;
 use crate::rule::{Mode, Rule};
 
 /// What one rule looks like to a client at one instant.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) struct RuleView {
+    /// Requests per window, or units for a weighted rule.
     pub(crate) limit: u64,
+    /// Requests (units) that would be admitted now; zero while a corrected
+    /// charge has overdrawn the rule.
     pub(crate) remaining: u64,
-    /// Time from the decision until the rule frees its next unit of quota
-    /// (zero when nothing is in use).
+    /// Time from the decision until `remaining` grows by one: when the rule
+    /// frees its next unit of quota (zero when nothing is in use).
     pub(crate) reset_after: Duration,
+    pub(crate) weighted: bool,
 }
 
 /// Every rule as a client sees it at one instant.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub(crate) struct QuotaView {
-    /// The rule with the least remaining quota; among equals, the one that
-    /// takes longest to free a unit.
+    /// The rule that admits the fewest more requests of the decided one's
+    /// cost (`remaining / spend`, which is `remaining` for unweighted
+    /// rules); among equals, the one that takes longest to free a unit.
     pub(crate) restrictive: RuleView,
     /// Every rule, in configuration order.
     pub(crate) rules: Vec<RuleView>,
@@ -40,6 +46,9 @@ pub(crate) enum Decision {
         retry_after: Duration,
         view: QuotaView,
     },
+    /// The declared cost is more than some weighted rule's whole limit, so
+    /// no wait would ever admit it; nothing was recorded.
+    TooCostly { view: QuotaView },
 }
 
 /// Quota state for every key and rule.
@@ -51,19 +60,28 @@ pub(crate) struct QuotaBook {
     keys: HashMap<String, Vec<RuleState>>,
 }
 
+/// Usage is kept in `u128` and the bucket level in `i128` because a
+/// corrected charge (see [`Cost::actual`]) may exceed the limit: the rule is
+/// then overdrawn and admits nothing until the excess has left, as at a
+/// provider that bills real usage.
 #[derive(Debug)]
 enum RuleState {
-    /// Admission instants still inside the window, oldest first.
-    Sliding(VecDeque<Instant>),
+    /// Charged admissions still inside the window, oldest first, and the sum
+    /// of their charges.
+    Sliding {
+        log: VecDeque<(Instant, u64)>,
+        used: u128,
+    },
     Fixed {
         window_index: u128,
-        count: u64,
+        used: u128,
     },
     /// `level` is in units where one token is `window` nanoseconds, so a
     /// refill of `limit` tokens per `window` adds exactly `limit` units per
-    /// elapsed nanosecond: integer arithmetic, no drift.
+    /// elapsed nanosecond: integer arithmetic, no drift. Negative when
+    /// overdrawn.
     Bucket {
-        level: u128,
+        level: i128,
         updated: Instant,
     },
 }
@@ -86,12 +104,13 @@ impl QuotaBook {
         self.keys.clear();
     }
 
-    /// Admits a request for `key` at `now` if every rule has room, recording
-    /// it in all of them; otherwise records nothing.
+    /// Admits a request for `key` at `now` if every rule has room for what
+    /// the declared cost spends of it, charging each rule what the actual
+    /// cost spends; otherwise records nothing.
     ///
     /// `now` must not go backwards between calls (the server takes it under
     /// the same lock); if it does, the engine treats the gap as zero.
-    pub(crate) fn check(&mut self, key: &str, now: Instant) -> Decision {
+    pub(crate) fn check(&mut self, key: &str, cost: Cost, now: Instant) -> Decision {
         if self.rules.is_empty() {
             return Decision::Admitted { view: None };
         }
@@ -103,66 +122,105 @@ impl QuotaBook {
             .or_insert_with(|| rules.iter().map(|rule| RuleState::new(rule, now)).collect());
 
         let mut wait: Option<Duration> = None;
+        let mut too_costly = false;
         for (rule, state) in rules.iter().zip(states.iter_mut()) {
             state.advance(rule, origin, now);
-            if let Some(rule_wait) = state.wait_for_room(rule, origin, now) {
+            let spend = rule.spend(cost.declared);
+            if spend > rule.limit() {
+                too_costly = true;
+            } else if let Some(rule_wait) = state.wait_for(rule, spend, origin, now) {
                 wait = Some(wait.map_or(rule_wait, |w| w.max(rule_wait)));
             }
         }
+        if too_costly {
+            let view = quota_view(rules, states, cost.declared, origin, now);
+            return Decision::TooCostly { view };
+        }
         if let Some(retry_after) = wait {
-            let view = quota_view(rules, states, origin, now);
+            let view = quota_view(rules, states, cost.declared, origin, now);
             return Decision::Refused { retry_after, view };
         }
         for (rule, state) in rules.iter().zip(states.iter_mut()) {
-            state.admit(rule, now);
+            state.charge(rule, rule.spend(cost.actual), now);
         }
         Decision::Admitted {
-            view: Some(quota_view(rules, states, origin, now)),
+            view: Some(quota_view(rules, states, cost.declared, origin, now)),
         }
     }
 }
 
-/// Every rule's view, and the most restrictive one: the least remaining
-/// quota, and among equals the one that takes longest to free a unit.
-fn quota_view(rules: &[Rule], states: &[RuleState], origin: Instant, now: Instant) -> QuotaView {
-    let rules: Vec<RuleView> = rules
+/// Every rule's view, and the most restrictive one for a request of `cost`.
+fn quota_view(
+    rules: &[Rule],
+    states: &[RuleState],
+    cost: u64,
+    origin: Instant,
+    now: Instant,
+) -> QuotaView {
+    let views: Vec<RuleView> = rules
         .iter()
         .zip(states)
         .map(|(rule, state)| state.view(rule, origin, now))
         .collect();
-    let restrictive = *rules
+    let fits = |rule: &Rule, view: &RuleView| view.remaining / rule.spend(cost).max(1);
+    let (_, restrictive) = rules
         .iter()
-        .min_by(|a, b| {
-            a.remaining
-                .cmp(&b.remaining)
+        .zip(&views)
+        .min_by(|(rule_a, a), (rule_b, b)| {
+            fits(rule_a, a)
+                .cmp(&fits(rule_b, b))
                 .then(b.reset_after.cmp(&a.reset_after))
         })
         .expect("QuotaBook::check returns early when there are no rules");
-    QuotaView { restrictive, rules }
+    QuotaView {
+        restrictive: *restrictive,
+        rules: views,
+    }
+}
+
+impl QuotaView {
+    /// The rule with the least remaining quota among the weighted
+    /// (`weighted`) or unweighted rules, which count in the same unit; among
+    /// equals, the one that takes longest to free a unit.
+    pub(crate) fn restrictive_among(&self, weighted: bool) -> Option<&RuleView> {
+        self.rules
+            .iter()
+            .filter(|rule| rule.weighted == weighted)
+            .min_by(|a, b| {
+                a.remaining
+                    .cmp(&b.remaining)
+                    .then(b.reset_after.cmp(&a.reset_after))
+            })
+    }
 }
 
 fn window_nanos(rule: &Rule) -> u128 {
     rule.window().as_nanos()
 }
 
-fn nanos_to_duration(nanos: u128) -> Duration {
-    Duration::from_nanos(u64::try_from(nanos).unwrap_or(u64::MAX))
+/// `count` tokens in bucket units (one token is `window` nanoseconds).
+fn bucket_units(rule: &Rule, count: u64) -> i128 {
+    let token = i128::try_from(window_nanos(rule)).unwrap_or(i128::MAX);
+    i128::from(count).saturating_mul(token)
 }
 
-fn div_ceil(numerator: u128, denominator: u128) -> u128 {
-    numerator.div_ceil(denominator)
+fn nanos_to_duration(nanos: u128) -> Duration {
+    Duration::from_nanos(u64::try_from(nanos).unwrap_or(u64::MAX))
 }
 
 impl RuleState {
     fn new(rule: &Rule, now: Instant) -> Self {
         match rule.mode() {
-            Mode::SlidingLog => RuleState::Sliding(VecDeque::new()),
+            Mode::SlidingLog => RuleState::Sliding {
+                log: VecDeque::new(),
+                used: 0,
+            },
             Mode::FixedWindow => RuleState::Fixed {
                 window_index: 0,
-                count: 0,
+                used: 0,
             },
             Mode::TokenBucket => RuleState::Bucket {
-                level: u128::from(rule.limit()).saturating_mul(window_nanos(rule)),
+                level: bucket_units(rule, rule.limit()),
                 updated: now,
             },
         }
@@ -172,97 +230,112 @@ impl RuleState {
     /// window, refill the bucket.
     fn advance(&mut self, rule: &Rule, origin: Instant, now: Instant) {
         match self {
-            RuleState::Sliding(log) => {
+            RuleState::Sliding { log, used } => {
                 // Half-open window: an admission at `t` counts at `now` while
                 // `now < t + window`.
-                while log.front().is_some_and(|&t| t + rule.window() <= now) {
+                while let Some(&(t, charged)) = log.front() {
+                    if t + rule.window() > now {
+                        break;
+                    }
+                    *used -= u128::from(charged);
                     log.pop_front();
                 }
             }
-            RuleState::Fixed {
-                window_index,
-                count,
-            } => {
+            RuleState::Fixed { window_index, used } => {
                 let index = now.saturating_duration_since(origin).as_nanos() / window_nanos(rule);
                 if index != *window_index {
                     *window_index = index;
-                    *count = 0;
+                    *used = 0;
                 }
             }
             RuleState::Bucket { level, updated } => {
-                let capacity = u128::from(rule.limit()).saturating_mul(window_nanos(rule));
                 let elapsed = now.saturating_duration_since(*updated).as_nanos();
+                let refill = i128::try_from(elapsed.saturating_mul(u128::from(rule.limit())))
+                    .unwrap_or(i128::MAX);
                 *level = level
-                    .saturating_add(elapsed.saturating_mul(u128::from(rule.limit())))
-                    .min(capacity);
+                    .saturating_add(refill)
+                    .min(bucket_units(rule, rule.limit()));
                 *updated = (*updated).max(now);
             }
         }
     }
 
-    /// `None` if one more admission fits now, else how long until it does.
-    fn wait_for_room(&self, rule: &Rule, origin: Instant, now: Instant) -> Option<Duration> {
+    /// `None` if `spend` more units fit now, else how long until they do.
+    /// `spend` must not exceed the rule's limit. Spending nothing always
+    /// fits, even while the rule is overdrawn.
+    fn wait_for(&self, rule: &Rule, spend: u64, origin: Instant, now: Instant) -> Option<Duration> {
+        if spend == 0 {
+            return None;
+        }
+        let limit = u128::from(rule.limit());
         match self {
-            RuleState::Sliding(log) => {
-                let len = log.len() as u64;
-                if len < rule.limit() {
+            RuleState::Sliding { log, used } => {
+                let spend = u128::from(spend);
+                if used + spend <= limit {
                     return None;
                 }
-                // `len - limit + 1` entries must leave; the last of them is
-                // at index `len - limit`.
-                let index = usize::try_from(len - rule.limit()).unwrap_or(usize::MAX);
-                let leaving = log.get(index).copied().unwrap_or(now);
-                Some((leaving + rule.window()).saturating_duration_since(now))
+                // The oldest entries leave first; wait for the one whose
+                // leaving frees enough.
+                let must_free = used + spend - limit;
+                let mut freed = 0;
+                let leaving = log.iter().find(|&&(_, charged)| {
+                    freed += u128::from(charged);
+                    freed >= must_free
+                });
+                Some(leaving.map_or(rule.window(), |&(t, _)| {
+                    (t + rule.window()).saturating_duration_since(now)
+                }))
             }
-            RuleState::Fixed { count, .. } => {
-                (*count >= rule.limit()).then(|| until_boundary(rule, origin, now))
+            RuleState::Fixed { used, .. } => {
+                (used + u128::from(spend) > limit).then(|| until_boundary(rule, origin, now))
             }
             RuleState::Bucket { level, .. } => {
-                let token = window_nanos(rule);
-                (*level < token)
-                    .then(|| nanos_to_duration(div_ceil(token - level, u128::from(rule.limit()))))
+                let need = bucket_units(rule, spend);
+                (*level < need).then(|| {
+                    let missing = u128::try_from(need.saturating_sub(*level)).unwrap_or(u128::MAX);
+                    nanos_to_duration(missing.div_ceil(limit))
+                })
             }
         }
     }
 
-    fn admit(&mut self, rule: &Rule, now: Instant) {
+    fn charge(&mut self, rule: &Rule, spend: u64, now: Instant) {
         match self {
-            RuleState::Sliding(log) => log.push_back(now),
-            RuleState::Fixed { count, .. } => *count += 1,
-            RuleState::Bucket { level, .. } => *level = level.saturating_sub(window_nanos(rule)),
+            RuleState::Sliding { log, used } => {
+                if spend > 0 {
+                    log.push_back((now, spend));
+                    *used += u128::from(spend);
+                }
+            }
+            RuleState::Fixed { used, .. } => *used += u128::from(spend),
+            RuleState::Bucket { level, .. } => {
+                *level = level.saturating_sub(bucket_units(rule, spend));
+            }
         }
     }
 
     fn view(&self, rule: &Rule, origin: Instant, now: Instant) -> RuleView {
-        let (remaining, reset_after) = match self {
-            RuleState::Sliding(log) => {
-                let remaining = rule.limit().saturating_sub(log.len() as u64);
-                let reset_after = log.front().map_or(Duration::ZERO, |&t| {
-                    (t + rule.window()).saturating_duration_since(now)
-                });
-                (remaining, reset_after)
+        let limit = rule.limit();
+        let remaining = match self {
+            RuleState::Sliding { used, .. } | RuleState::Fixed { used, .. } => {
+                u64::try_from(u128::from(limit).saturating_sub(*used)).unwrap_or(0)
             }
-            RuleState::Fixed { count, .. } => (
-                rule.limit().saturating_sub(*count),
-                until_boundary(rule, origin, now),
-            ),
             RuleState::Bucket { level, .. } => {
-                let token = window_nanos(rule);
-                let capacity = u128::from(rule.limit()).saturating_mul(token);
-                let whole = *level / token;
-                let reset_after = if *level >= capacity {
-                    Duration::ZERO
-                } else {
-                    let next = (whole + 1) * token;
-                    nanos_to_duration(div_ceil(next - level, u128::from(rule.limit())))
-                };
-                (u64::try_from(whole).unwrap_or(u64::MAX), reset_after)
+                let whole = (*level).max(0) / bucket_units(rule, 1);
+                u64::try_from(whole).unwrap_or(limit).min(limit)
             }
         };
+        let reset_after = if remaining >= limit {
+            Duration::ZERO
+        } else {
+            self.wait_for(rule, remaining + 1, origin, now)
+                .unwrap_or(Duration::ZERO)
+        };
         RuleView {
-            limit: rule.limit(),
+            limit,
             remaining,
             reset_after,
+            weighted: rule.is_weighted(),
         }
     }
 }

@@ -64,6 +64,25 @@ impl FromStr for Mode {
 /// Several rules on one server are all enforced: a request is accepted only
 /// if every rule has room for it, and a refused request consumes nothing.
 ///
+/// # Weighted rules
+///
+/// A rule made [`weighted`](Rule::weighted) counts units instead of
+/// requests: each request spends its *cost*, read from a request header
+/// (see [`MockServerBuilder::cost_header`](crate::MockServerBuilder::cost_header)),
+/// so `limit` is, say, 200,000 tokens per minute. An unweighted rule spends
+/// 1 per request whatever the cost, so "500 requests and 200,000 tokens per
+/// minute" is two rules on one server:
+///
+/// ```
+/// use std::time::Duration;
+/// use quota_mock::Rule;
+///
+/// let requests = Rule::sliding_log(500, Duration::from_secs(60));
+/// let tokens = Rule::sliding_log(200_000, Duration::from_secs(60)).weighted();
+/// assert_eq!(tokens, "200000/1m:sliding:cost".parse().unwrap());
+/// assert!(!requests.is_weighted());
+/// ```
+///
 /// The constructors do not validate; a rule with a zero limit or a zero
 /// window makes [`MockServerBuilder::start`](crate::MockServerBuilder::start)
 /// fail with [`std::io::ErrorKind::InvalidInput`]. Use [`Rule::new`] or
@@ -73,6 +92,7 @@ pub struct Rule {
     limit: u64,
     window: Duration,
     mode: Mode,
+    weighted: bool,
 }
 
 impl Rule {
@@ -82,6 +102,7 @@ impl Rule {
             limit,
             window,
             mode: Mode::SlidingLog,
+            weighted: false,
         }
     }
 
@@ -92,6 +113,7 @@ impl Rule {
             limit,
             window,
             mode: Mode::FixedWindow,
+            weighted: false,
         }
     }
 
@@ -102,6 +124,7 @@ impl Rule {
             limit,
             window,
             mode: Mode::TokenBucket,
+            weighted: false,
         }
     }
 
@@ -111,22 +134,44 @@ impl Rule {
             limit,
             window,
             mode,
+            weighted: false,
         };
         rule.validate()?;
         Ok(rule)
     }
 
-    /// Parses `LIMIT/WINDOW[:MODE]`, e.g. `10/1s`, `100/1m`, `5000/1h`,
-    /// `20/500ms`, `10/1s:fixed`, `10/1s:bucket`, `10/1s:sliding`.
+    /// This rule, counting each request's cost instead of 1 (see
+    /// [Weighted rules](Rule#weighted-rules)).
+    pub fn weighted(mut self) -> Rule {
+        self.weighted = true;
+        self
+    }
+
+    /// Parses `LIMIT/WINDOW[:MODE][:cost]`, e.g. `10/1s`, `100/1m`,
+    /// `5000/1h`, `20/500ms`, `10/1s:fixed`, `10/1s:bucket`,
+    /// `10/1s:sliding`, and for a [weighted](Rule#weighted-rules) rule
+    /// `200000/1m:cost` or `200000/1m:bucket:cost`.
     ///
     /// The window is a [`humantime`] duration; the mode defaults to
-    /// [`Mode::SlidingLog`]. A zero limit or zero window is an error.
+    /// [`Mode::SlidingLog`]. The suffixes may come in either order, each at
+    /// most once. A zero limit or zero window is an error.
     pub fn parse(s: &str) -> Result<Rule, ParseRuleError> {
         let s = s.trim();
-        let (quota, mode) = match s.split_once(':') {
-            Some((quota, mode)) => (quota, mode.parse::<Mode>()?),
-            None => (s, Mode::default()),
-        };
+        let mut parts = s.split(':');
+        let quota = parts.next().unwrap_or_default();
+        let mut mode = None;
+        let mut weighted = false;
+        for part in parts {
+            if part.trim().eq_ignore_ascii_case("cost") {
+                if weighted {
+                    return Err(ParseRuleError::new(format!("{s:?}: `cost` given twice")));
+                }
+                weighted = true;
+            } else if mode.replace(part.parse::<Mode>()?).is_some() {
+                return Err(ParseRuleError::new(format!("{s:?}: more than one mode")));
+            }
+        }
+        let mode = mode.unwrap_or_default();
         let (limit, window) = quota
             .split_once('/')
             .ok_or_else(|| ParseRuleError::new(format!("{s:?} is not LIMIT/WINDOW, e.g. 10/1s")))?;
@@ -143,11 +188,12 @@ impl Rule {
             humantime::parse_duration(&format!("1{window}"))
                 .map_err(|e| ParseRuleError::new(format!("bad window {window:?}: {e}")))?
         };
-        Rule::new(limit, window, mode)
+        let rule = Rule::new(limit, window, mode)?;
+        Ok(if weighted { rule.weighted() } else { rule })
     }
 
-    /// The number of requests allowed per window (the bucket capacity for
-    /// [`Mode::TokenBucket`]).
+    /// The number of requests (units, for a weighted rule) allowed per
+    /// window (the bucket capacity for [`Mode::TokenBucket`]).
     pub fn limit(&self) -> u64 {
         self.limit
     }
@@ -161,6 +207,16 @@ impl Rule {
     /// How requests are counted.
     pub fn mode(&self) -> Mode {
         self.mode
+    }
+
+    /// Whether each request spends its cost (`true`) or 1 (`false`).
+    pub fn is_weighted(&self) -> bool {
+        self.weighted
+    }
+
+    /// What a request of `cost` spends of this rule.
+    pub(crate) fn spend(&self, cost: u64) -> u64 {
+        if self.weighted { cost } else { 1 }
     }
 
     pub(crate) fn validate(&self) -> Result<(), ParseRuleError> {
@@ -179,12 +235,16 @@ impl Rule {
 }
 
 impl fmt::Display for Rule {
-    /// Formats as `LIMIT/WINDOW:MODE`, e.g. `20/1s:sliding`, which
-    /// [`Rule::parse`] reads back.
+    /// Formats as `LIMIT/WINDOW:MODE[:cost]`, e.g. `20/1s:sliding` or
+    /// `200000/1m:sliding:cost`, which [`Rule::parse`] reads back.
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         write!(f, "{}/", self.limit)?;
         write_window(f, self.window)?;
-        write!(f, ":{}", self.mode)
+        write!(f, ":{}", self.mode)?;
+        if self.weighted {
+            f.write_str(":cost")?;
+        }
+        Ok(())
     }
 }
 
@@ -281,6 +341,29 @@ mod tests {
     }
 
     #[test]
+    fn parses_cost_suffix_in_either_order() {
+        let minute = Duration::from_secs(60);
+        let tokens = Rule::sliding_log(200_000, minute).weighted();
+        assert_eq!(Rule::parse("200000/1m:cost").unwrap(), tokens);
+        assert_eq!(Rule::parse("200000/1m:sliding:cost").unwrap(), tokens);
+        assert_eq!(Rule::parse("200000/1m:COST:sliding").unwrap(), tokens);
+        assert_eq!(
+            Rule::parse("500/1m:fixed:cost").unwrap(),
+            Rule::fixed_window(500, minute).weighted()
+        );
+        assert!(!Rule::parse("500/1m:fixed").unwrap().is_weighted());
+        assert!(Rule::parse("0/1m:cost").is_err());
+    }
+
+    #[test]
+    fn weighted_rules_spend_the_cost_and_others_spend_one() {
+        let rule = Rule::token_bucket(100, Duration::from_secs(1));
+        assert_eq!(rule.spend(40), 1);
+        assert_eq!(rule.weighted().spend(40), 40);
+        assert_eq!(rule.weighted().spend(0), 0);
+    }
+
+    #[test]
     fn zero_limit_or_window_is_an_error_not_a_panic() {
         assert!(Rule::parse("0/1s").is_err());
         assert!(Rule::parse("10/0s").is_err());
@@ -300,6 +383,9 @@ mod tests {
             "-1/1s",
             "10/1s:",
             "::",
+            "10/1s:cost:cost",
+            "10/1s:fixed:bucket",
+            "10/1s:costs",
         ] {
             assert!(Rule::parse(input).is_err(), "{input:?} parsed");
         }
@@ -313,6 +399,8 @@ mod tests {
             "5000/1h:bucket",
             "20/500ms:sliding",
             "3/90s:sliding",
+            "200000/1m:sliding:cost",
+            "1000/1s:bucket:cost",
         ] {
             let rule = Rule::parse(input).unwrap();
             assert_eq!(rule.to_string(), input);

@@ -7,6 +7,7 @@ use std::net::SocketAddr;
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::time::Duration;
 
+use http::HeaderName;
 use hyper::service::service_fn;
 use hyper_util::rt::TokioIo;
 use hyper_util::server::conn::auto;
@@ -17,6 +18,7 @@ use tokio::sync::watch;
 use tokio::task::{JoinHandle, JoinSet};
 use tokio::time::Instant;
 
+use crate::cost::CostConfig;
 use crate::fault::{Fault, Scripted};
 use crate::handler::{Shared, handle};
 use crate::headers::{HeaderConfig, HeaderDialect, RetryAfterFormat};
@@ -34,6 +36,7 @@ pub struct MockServerBuilder {
     rules: Vec<Rule>,
     key_by: KeyBy,
     headers: HeaderConfig,
+    costs: CostConfig,
     faults: Vec<Fault>,
     scripted: Vec<Scripted>,
     addr: SocketAddr,
@@ -46,6 +49,7 @@ impl Default for MockServerBuilder {
             rules: Vec::new(),
             key_by: KeyBy::default(),
             headers: HeaderConfig::default(),
+            costs: CostConfig::default(),
             faults: Vec::new(),
             scripted: Vec::new(),
             addr: SocketAddr::from(([127, 0, 0, 1], 0)),
@@ -115,6 +119,50 @@ impl MockServerBuilder {
         self
     }
 
+    /// The request header that declares a request's cost (default
+    /// `x-cost`), spent by [weighted](Rule#weighted-rules) rules.
+    ///
+    /// A missing header, or one that is not a whole number, means cost 1.
+    /// A cost of 0 is admitted by every weighted rule, even an overdrawn
+    /// one, and spends nothing. A cost above a weighted rule's whole limit
+    /// could never be admitted: it is refused with 429 *without*
+    /// `Retry-After` (and the body's `error` is `cost_exceeds_limit`), since
+    /// no wait would help; it consumes nothing and is recorded as
+    /// [`Outcome::Refused`](crate::Outcome::Refused). Quota headers still
+    /// describe the rules. A client should refuse such a request itself
+    /// rather than send it.
+    pub fn cost_header(mut self, name: HeaderName) -> Self {
+        self.costs.cost_header = name;
+        self
+    }
+
+    /// The request header that states what a request *really* cost (default
+    /// `x-actual-cost`).
+    ///
+    /// Admission is decided on the declared cost; an admitted request that
+    /// carries this header (a whole number) is then charged its value
+    /// instead, in the window where it was admitted, as a provider bills the
+    /// tokens a reply really used. This lets a test play the provider whose
+    /// usage differs from the client's estimate: an actual cost above the
+    /// estimate can overdraw a rule (it then admits nothing until the excess
+    /// has left), one below it frees the difference. The charge is recorded
+    /// as [`Arrival::cost`](crate::Arrival::cost) and echoed in the
+    /// [`usage_header`](Self::usage_header).
+    pub fn actual_cost_header(mut self, name: HeaderName) -> Self {
+        self.costs.actual_cost_header = name;
+        self
+    }
+
+    /// Makes every admitted response state the amount it was charged (the
+    /// actual cost if given, else the declared cost) in header `name`, e.g.
+    /// `x-usage: 180`, so a client can correct its estimate from the
+    /// response. Off by default; refused, scripted and reset requests were
+    /// charged nothing and carry no such header.
+    pub fn usage_header(mut self, name: HeaderName) -> Self {
+        self.costs.usage_header = Some(name);
+        self
+    }
+
     /// Adds a fault; may be called several times.
     pub fn fault(mut self, fault: Fault) -> Self {
         self.faults.push(fault);
@@ -157,15 +205,18 @@ impl MockServerBuilder {
             Some(seed) => StdRng::seed_from_u64(seed),
             None => StdRng::from_os_rng(),
         };
-        let shared = Arc::new(Shared::new(
-            Instant::now(),
-            self.rules,
-            self.key_by,
-            self.headers,
-            self.faults,
-            self.scripted,
-            rng,
-        ));
+        let shared = Arc::new(
+            Shared::new(
+                Instant::now(),
+                self.rules,
+                self.key_by,
+                self.headers,
+                self.faults,
+                self.scripted,
+                rng,
+            )
+            .with_costs(self.costs),
+        );
         let (shutdown, shutdown_rx) = watch::channel(false);
         let executor = TrackedExecutor::default();
         let accept_task = tokio::spawn(accept_loop(

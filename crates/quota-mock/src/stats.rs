@@ -45,6 +45,20 @@ pub struct Arrival {
     pub body_hash: u64,
     /// The request body length in bytes.
     pub body_len: u64,
+    /// What the request costs in the units of weighted rules: the actual
+    /// cost header's value if it holds a whole number, else
+    /// [`declared_cost`](Self::declared_cost). An admitted request was
+    /// charged this much; other outcomes were charged nothing.
+    #[serde(default = "one")]
+    pub cost: u64,
+    /// The cost header's value, or 1 when it is missing or not a whole
+    /// number. Admission was decided on this cost.
+    #[serde(default = "one")]
+    pub declared_cost: u64,
+}
+
+fn one() -> u64 {
+    1
 }
 
 impl Arrival {
@@ -63,10 +77,15 @@ pub struct RuleStats {
     pub limit: u64,
     /// The rule's window in milliseconds.
     pub window_ms: u64,
+    /// Whether the rule counts costs (see [`Rule::weighted`](crate::Rule::weighted)).
+    #[serde(default)]
+    pub weighted: bool,
     /// The largest number of admitted arrivals of one key in any half-open
-    /// interval `[t, t + window)`, computed exactly over the log. For a
-    /// sliding-log rule this never exceeds `limit`; for fixed windows and
-    /// buckets it shows how bursty the accepted traffic was.
+    /// interval `[t, t + window)` — for a weighted rule the largest sum of
+    /// their [`cost`](Arrival::cost)s — computed exactly over the log. For a
+    /// sliding-log rule this never exceeds `limit` (unless an actual cost
+    /// above the declared one overdrew it); for fixed windows and buckets it
+    /// shows how bursty the accepted traffic was.
     pub max_accepted_in_any_window: u64,
 }
 
@@ -99,7 +118,12 @@ impl Stats {
                 rule: rule.to_string(),
                 limit: rule.limit(),
                 window_ms: u64::try_from(rule.window().as_millis()).unwrap_or(u64::MAX),
-                max_accepted_in_any_window: max_in_any_window(&arrivals, rule.window()),
+                weighted: rule.is_weighted(),
+                max_accepted_in_any_window: if rule.is_weighted() {
+                    max_cost_in_any_window(&arrivals, rule.window())
+                } else {
+                    max_in_any_window(&arrivals, rule.window())
+                },
             })
             .collect();
         Stats {
@@ -129,39 +153,66 @@ impl Stats {
     pub fn max_in_any_window(&self, window: Duration) -> u64 {
         max_in_any_window(&self.arrivals, window)
     }
+
+    /// The largest sum of [`Arrival::cost`] over admitted arrivals of one
+    /// key in any half-open interval `[t, t + window)`, over all keys: what
+    /// a weighted rule with this window saw at its busiest.
+    pub fn max_cost_in_any_window(&self, window: Duration) -> u64 {
+        max_cost_in_any_window(&self.arrivals, window)
+    }
 }
 
 fn max_in_any_window(arrivals: &[Arrival], window: Duration) -> u64 {
-    let mut by_key: BTreeMap<&str, Vec<Duration>> = BTreeMap::new();
+    max_weight_in_any_window(arrivals, window, |_| 1)
+}
+
+fn max_cost_in_any_window(arrivals: &[Arrival], window: Duration) -> u64 {
+    max_weight_in_any_window(arrivals, window, |arrival| arrival.cost)
+}
+
+fn max_weight_in_any_window(
+    arrivals: &[Arrival],
+    window: Duration,
+    weight: impl Fn(&Arrival) -> u64,
+) -> u64 {
+    let mut by_key: BTreeMap<&str, Vec<(Duration, u64)>> = BTreeMap::new();
     for arrival in arrivals.iter().filter(|arrival| arrival.is_accepted()) {
-        by_key.entry(&arrival.key).or_default().push(arrival.at);
+        by_key
+            .entry(&arrival.key)
+            .or_default()
+            .push((arrival.at, weight(arrival)));
     }
     by_key
         .into_values()
-        .map(|times| max_in_window_sorted(times, window))
+        .map(|weighted| max_weight_in_window_sorted(weighted, window))
         .max()
         .unwrap_or(0)
 }
 
 /// Two-pointer sweep: the busiest window starts at some arrival, so for each
-/// `i` count the `j >= i` with `t_j < t_i + window`.
-fn max_in_window_sorted(mut times: Vec<Duration>, window: Duration) -> u64 {
-    times.sort_unstable();
-    let mut best = 0;
+/// `i` sum the weights of the `j >= i` with `t_j < t_i + window`. Weights
+/// are never negative, so the sum only grows as the end moves right.
+fn max_weight_in_window_sorted(mut weighted: Vec<(Duration, u64)>, window: Duration) -> u64 {
+    weighted.sort_unstable_by_key(|&(t, _)| t);
+    let mut best: u128 = 0;
+    let mut sum: u128 = 0;
     let mut end = 0;
-    for (start, &t) in times.iter().enumerate() {
-        end = end.max(start);
-        match t.checked_add(window) {
-            Some(limit) => {
-                while end < times.len() && times[end] < limit {
-                    end += 1;
-                }
-            }
-            None => end = times.len(),
+    for (start, &(t, _)) in weighted.iter().enumerate() {
+        if end < start {
+            end = start;
+            sum = 0;
         }
-        best = best.max(end - start);
+        let limit = t.checked_add(window);
+        while end < weighted.len() && limit.is_none_or(|limit| weighted[end].0 < limit) {
+            sum += u128::from(weighted[end].1);
+            end += 1;
+        }
+        best = best.max(sum);
+        if end > start {
+            sum -= u128::from(weighted[start].1);
+        }
     }
-    best as u64
+    u64::try_from(best).unwrap_or(u64::MAX)
 }
 
 /// FNV-1a, 64-bit: the stable hash recorded as [`Arrival::body_hash`].
@@ -197,6 +248,16 @@ mod tests {
             attempt: None,
             body_hash: fnv1a64(b""),
             body_len: 0,
+            cost: 1,
+            declared_cost: 1,
+        }
+    }
+
+    fn costly(at_ms: u64, key: &str, outcome: Outcome, cost: u64) -> Arrival {
+        Arrival {
+            cost,
+            declared_cost: cost,
+            ..arrival(at_ms, key, outcome)
         }
     }
 
@@ -259,6 +320,59 @@ mod tests {
             .map(|&t| times.iter().filter(|&&u| u >= t && u < t + window).count())
             .max()
             .unwrap() as u64;
-        assert_eq!(max_in_window_sorted(times, window), brute);
+        let weighted = times.iter().map(|&t| (t, 1)).collect();
+        assert_eq!(max_weight_in_window_sorted(weighted, window), brute);
+    }
+
+    #[test]
+    fn weighted_sweep_agrees_with_brute_force() {
+        let window = Duration::from_millis(250);
+        let weighted: Vec<(Duration, u64)> = (0..300u64)
+            .map(|i| (Duration::from_millis((i * 7919) % 2003), (i * 31) % 17))
+            .collect();
+        let brute = weighted
+            .iter()
+            .map(|&(t, _)| {
+                weighted
+                    .iter()
+                    .filter(|&&(u, _)| u >= t && u < t + window)
+                    .map(|&(_, cost)| cost)
+                    .sum::<u64>()
+            })
+            .max()
+            .unwrap();
+        assert_eq!(max_weight_in_window_sorted(weighted, window), brute);
+    }
+
+    #[test]
+    fn weighted_rules_report_the_busiest_sum_of_costs() {
+        let window = Duration::from_millis(1000);
+        let arrivals = vec![
+            costly(0, "a", Outcome::Admitted, 40),
+            costly(500, "a", Outcome::Admitted, 50),
+            // Refused and scripted arrivals were charged nothing.
+            costly(600, "a", Outcome::Refused, 500),
+            costly(700, "a", Outcome::Scripted, 500),
+            // [0, 1000): 40 + 50 + 10, the busiest.
+            costly(999, "a", Outcome::Admitted, 10),
+            costly(1400, "a", Outcome::Admitted, 30),
+            costly(1500, "b", Outcome::Admitted, 99),
+            costly(2600, "a", Outcome::Admitted, 0),
+        ];
+        let stats = Stats::from_arrivals(
+            arrivals,
+            &[
+                crate::Rule::sliding_log(100, window).weighted(),
+                crate::Rule::sliding_log(5, window),
+            ],
+        );
+        assert_eq!(stats.max_cost_in_any_window(window), 100);
+        assert_eq!(stats.max_cost_in_any_window(Duration::from_millis(1)), 99);
+        assert_eq!(stats.rules[0].rule, "100/1s:sliding:cost");
+        assert!(stats.rules[0].weighted);
+        assert_eq!(stats.rules[0].max_accepted_in_any_window, 100);
+        // The unweighted rule counts arrivals: 0, 500, 999.
+        assert!(!stats.rules[1].weighted);
+        assert_eq!(stats.rules[1].max_accepted_in_any_window, 3);
     }
 }
