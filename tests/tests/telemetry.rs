@@ -88,6 +88,8 @@ async fn pacing_emits_rate_pacing_active_only_for_requests_that_waited() {
     assert_eq!(event.fields["key"], "provider-a");
     assert_eq!(event.fields["wait_ms"], "1005");
     assert_eq!(event.fields["queued"], "1");
+    assert_eq!(event.fields["cost"], "1");
+    assert_eq!(event.fields["quota"], "2/1s", "the quota that made it wait");
 }
 
 #[tokio::test(start_paused = true)]
