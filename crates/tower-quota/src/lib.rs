@@ -12,7 +12,12 @@
 //! - [`retry_after`]: server-directed waiting: obeys `Retry-After` and the
 //!   rate-limit header dialects; one throttled response pauses every caller
 //!   of its key, and the throttled request is re-sent when the gate opens.
+//! - [`backoff`]: reactive recovery: retries transient failures with
+//!   exponential backoff and independent jitter, within a retry budget; a
+//!   server's delay is the floor of the wait. What counts as transient is
+//!   decided by a [`classify`] classifier (HTTP and gRPC).
 //! - [`replay`]: replayable request bodies, so retries resend the same bytes.
+//! - [`attempts`]: one attempt limit and numbering for a whole stack.
 //!
 //! All time is read from tokio's clock, so tests on a paused clock
 //! (`#[tokio::test(start_paused = true)]`) control every wait.
@@ -44,12 +49,16 @@
 #![warn(clippy::unwrap_used)]
 #![cfg_attr(docsrs, feature(doc_cfg))]
 
+pub mod attempts;
+pub mod backoff;
+pub mod classify;
 mod key;
 pub mod replay;
 pub mod retry_after;
 pub mod sliding_window;
 pub mod telemetry;
 
+pub use backoff::{JitterBackoff, JitterBackoffLayer};
 pub use key::{
     CostFn, GlobalKey, Key, KeyFn, NoUsage, UnitCost, Usage, UsageFn, UsageFromExtension,
 };

@@ -13,6 +13,11 @@
 //! | `rate_limit_queue_overloaded` | WARN | `key`, `wait_ms`, `queued`, `reason` | a request was refused because its wait would exceed `max_wait` or the queue is full |
 //! | `rate_limit_hit` | WARN | `key`, `http.response.status_code`, `retry_after_ms`, `remaining`, `attempt`, `outcome` | the server throttled a request; `outcome` says whether it is re-sent (`resend`) or returned, and why (`returned_no_delay`, `returned_delay_over_max_wait`, `returned_max_attempts`, `returned_body_not_replayable`, `returned_server_said_do_not_retry`) |
 //! | `gate_closed` | INFO | `key`, `until_ms`, `reason` | a response closed (or extended) its key's gate: `throttled` or `quota_exhausted` |
+//! | `retry_scheduled` | INFO | `attempt`, `backoff_ms`, `reason`, `http.response.status_code` or `error.kind` | a failed attempt (connect error, timeout, 408, 429, gRPC status) will be retried after `backoff_ms`; `reason` is `throttled` or `transient` |
+//! | `server_error_retry` | INFO | `attempt`, `backoff_ms`, `reason`, `http.response.status_code` | as `retry_scheduled`, for a 5xx response |
+//! | `retries_exhausted` | WARN | `attempt`, `reason`, `http.response.status_code` or `error.kind` | a retryable failure goes back to the caller: `max_attempts`, `max_elapsed` or `body_not_replayable` |
+//! | `budget_exhausted` | WARN | `attempt`, `http.response.status_code` or `error.kind` | a retryable failure goes back to the caller because the retry budget is spent |
+//! |  *span* `jitter_backoff` | DEBUG | `http.request.method`, `url.path`, `http.request.resend_count` | one logical request through `JitterBackoffLayer`; `http.request.resend_count` is recorded when it ends |
 
 /// The `tracing` target of every event of this crate.
 pub const TARGET: &str = "tower_quota";
@@ -30,6 +35,24 @@ pub const RATE_LIMIT_HIT: &str = "rate_limit_hit";
 
 /// A response closed its key's gate: requests of the key wait until it opens.
 pub const GATE_CLOSED: &str = "gate_closed";
+
+/// A failed attempt (connect error, timeout, 408, 429, retryable gRPC
+/// status) will be retried after a backoff.
+pub const RETRY_SCHEDULED: &str = "retry_scheduled";
+
+/// A 5xx response will be retried after a backoff.
+pub const SERVER_ERROR_RETRY: &str = "server_error_retry";
+
+/// A retryable failure goes back to the caller: no attempts, time or
+/// replayable body left.
+pub const RETRIES_EXHAUSTED: &str = "retries_exhausted";
+
+/// A retryable failure goes back to the caller because the retry budget
+/// is spent.
+pub const BUDGET_EXHAUSTED: &str = "budget_exhausted";
+
+/// The span of one logical request through `JitterBackoffLayer`.
+pub const JITTER_BACKOFF_SPAN: &str = "jitter_backoff";
 
 /// Field names.
 pub mod field {
@@ -55,4 +78,15 @@ pub mod field {
     pub const OUTCOME: &str = "outcome";
     /// How long until a gate opens, in milliseconds.
     pub const UNTIL_MS: &str = "until_ms";
+    /// How many times a logical request was re-sent (OpenTelemetry's name).
+    pub const HTTP_REQUEST_RESEND_COUNT: &str = "http.request.resend_count";
+    /// The method of a request (OpenTelemetry's name).
+    pub const HTTP_REQUEST_METHOD: &str = "http.request.method";
+    /// The path of a request, without its query string (OpenTelemetry's name).
+    pub const URL_PATH: &str = "url.path";
+    /// How long a retry waits before it is sent, in milliseconds.
+    pub const BACKOFF_MS: &str = "backoff_ms";
+    /// The kind of error an attempt failed with: `connect`, `timeout`,
+    /// `connection_reset` or `other` (OpenTelemetry's name).
+    pub const ERROR_KIND: &str = "error.kind";
 }

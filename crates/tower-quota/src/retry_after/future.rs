@@ -14,6 +14,7 @@ use tower_service::Service;
 use super::gate::{Gates, InFlight};
 use super::layer::Config;
 use super::{GateClosed, ServerSignal};
+use crate::attempts::AttemptBudget;
 use crate::replay::{ReplayBody, clone_request};
 use crate::{BoxError, Key, telemetry};
 
@@ -98,6 +99,18 @@ fn throttled_outcome(
         Some(_) if attempts >= config.max_attempts => "returned_max_attempts",
         Some(_) if !replayable => "returned_body_not_replayable",
         Some(_) => "resend",
+    }
+}
+
+/// Takes an attempt from the [`AttemptBudget`] a retry layer above put in
+/// the request, numbering the re-sent request; `true` without one.
+fn begin_shared_attempt<B>(request: &mut Option<Request<B>>) -> bool {
+    let Some(request) = request else {
+        return true;
+    };
+    match request.extensions().get::<AttemptBudget>().cloned() {
+        Some(budget) => budget.try_begin(request).is_some(),
+        None => true,
     }
 }
 
@@ -200,8 +213,13 @@ where
                             .request
                             .as_ref()
                             .is_some_and(|r| r.body().is_replayable());
-                        let outcome =
+                        let mut outcome =
                             throttled_outcome(&signal, this.config, *this.attempts, replayable);
+                        // A retry layer above shares its attempt limit
+                        // through the request: the re-send must fit in it.
+                        if outcome == "resend" && !begin_shared_attempt(this.request) {
+                            outcome = "returned_max_attempts";
+                        }
                         tracing::warn!(
                             name: telemetry::RATE_LIMIT_HIT,
                             target: telemetry::TARGET,

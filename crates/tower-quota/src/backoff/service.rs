@@ -1,0 +1,152 @@
+use std::fmt;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::task::{Context, Poll};
+
+use bytes::Bytes;
+use http::{Request, Response};
+use http_body::Body;
+use tower_service::Service;
+
+use super::layer::Config;
+use super::policy::{Policy, is_idempotent};
+use super::{ResponseFuture, RetryBudget};
+use crate::attempts::AttemptBudget;
+use crate::classify::{Classify, HttpClassifier};
+use crate::replay::{ReplayBody, replayable_request};
+use crate::{BoxError, telemetry};
+
+/// Retries transient failures with jittered exponential backoff; made by
+/// [`JitterBackoffLayer`](super::JitterBackoffLayer).
+///
+/// The inner service receives requests whose body is a [`ReplayBody`], so
+/// that a retry sends the same bytes.
+#[derive(Clone)]
+pub struct JitterBackoff<S, C = HttpClassifier> {
+    inner: S,
+    config: Arc<Config>,
+    classifier: C,
+    budget: Option<RetryBudget>,
+    streams: Arc<AtomicU64>,
+}
+
+impl<S, C> JitterBackoff<S, C> {
+    pub(super) fn from_parts(
+        inner: S,
+        config: Arc<Config>,
+        classifier: C,
+        budget: Option<RetryBudget>,
+        streams: Arc<AtomicU64>,
+    ) -> Self {
+        JitterBackoff {
+            inner,
+            config,
+            classifier,
+            budget,
+            streams,
+        }
+    }
+
+    /// The inner service.
+    pub fn get_ref(&self) -> &S {
+        &self.inner
+    }
+
+    /// The inner service, mutably.
+    pub fn get_mut(&mut self) -> &mut S {
+        &mut self.inner
+    }
+
+    /// Unwraps the inner service.
+    pub fn into_inner(self) -> S {
+        self.inner
+    }
+}
+
+impl<S> JitterBackoff<S> {
+    /// Wraps `inner` with the default settings of
+    /// [`JitterBackoffLayer::new`](super::JitterBackoffLayer::new).
+    pub fn new(inner: S) -> Self {
+        tower_layer::Layer::layer(&super::JitterBackoffLayer::new(), inner)
+    }
+
+    /// A layer with the default settings; same as
+    /// [`JitterBackoffLayer::new`](super::JitterBackoffLayer::new).
+    pub fn layer() -> super::JitterBackoffLayer {
+        super::JitterBackoffLayer::new()
+    }
+}
+
+impl<S, C, B, ResBody> Service<Request<B>> for JitterBackoff<S, C>
+where
+    S: Service<Request<ReplayBody<B>>, Response = Response<ResBody>> + Clone,
+    S::Error: Into<BoxError>,
+    C: Classify<Response<ResBody>> + Clone,
+    B: Body<Data = Bytes>,
+{
+    type Response = Response<ResBody>;
+    type Error = BoxError;
+    type Future = ResponseFuture<S, B, C>;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+        self.inner.poll_ready(cx).map_err(Into::into)
+    }
+
+    fn call(&mut self, request: Request<B>) -> Self::Future {
+        let config = &self.config;
+        let retryable = config.retry_all_methods || is_idempotent(&request);
+        // Only a request that may be retried pays for buffering its body.
+        let mut request = if retryable {
+            match replayable_request(request, config.max_replay_bytes) {
+                Ok(request) => request,
+                Err(request) => request.map(ReplayBody::once),
+            }
+        } else {
+            request.map(ReplayBody::once)
+        };
+
+        let mut attempts = AttemptBudget::new(config.max_attempts);
+        if let Some(name) = &config.attempt_header {
+            attempts = attempts.with_header(name.clone());
+        }
+        attempts.try_begin(&mut request);
+        request.extensions_mut().insert(attempts.clone());
+        let kept = retryable.then(|| request.clone());
+        if let Some(budget) = &self.budget {
+            tower::retry::budget::Budget::deposit(budget);
+        }
+
+        let span = tracing::debug_span!(
+            target: telemetry::TARGET,
+            telemetry::JITTER_BACKOFF_SPAN,
+            http.request.method = %request.method(),
+            url.path = request.uri().path(),
+            http.request.resend_count = tracing::field::Empty,
+        );
+        let seed = config
+            .seed
+            .map(|seed| seed.wrapping_add(self.streams.fetch_add(1, Ordering::Relaxed)));
+        let policy = Policy::new(
+            config.clone(),
+            self.classifier.clone(),
+            self.budget.clone(),
+            attempts,
+            seed,
+        );
+        // The first attempt goes to the service `poll_ready` readied; the
+        // clone that goes with the future is readied before each retry.
+        let future = span.in_scope(|| self.inner.call(request));
+        ResponseFuture::new(future, self.inner.clone(), kept, policy, span)
+    }
+}
+
+impl<S: fmt::Debug, C> fmt::Debug for JitterBackoff<S, C> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("JitterBackoff")
+            .field("inner", &self.inner)
+            .field("config", &self.config)
+            .field("budget", &self.budget)
+            .field("classifier", &std::any::type_name::<C>())
+            .finish()
+    }
+}
