@@ -16,6 +16,8 @@
 //!   exponential backoff and independent jitter, within a retry budget; a
 //!   server's delay is the floor of the wait. What counts as transient is
 //!   decided by a [`classify`] classifier (HTTP and gRPC).
+//! - [`circuit_breaker`]: fails fast while a provider is failing, probes now
+//!   and then, and resumes when it recovers.
 //! - [`replay`]: replayable request bodies, so retries resend the same bytes.
 //! - [`attempts`]: one attempt limit and numbering for a whole stack.
 //!
@@ -51,6 +53,7 @@
 
 pub mod attempts;
 pub mod backoff;
+pub mod circuit_breaker;
 pub mod classify;
 mod key;
 pub mod replay;
@@ -59,6 +62,7 @@ pub mod sliding_window;
 pub mod telemetry;
 
 pub use backoff::{JitterBackoff, JitterBackoffLayer};
+pub use circuit_breaker::{CircuitBreaker, CircuitBreakerLayer};
 pub use key::{
     CostFn, GlobalKey, Key, KeyFn, NoUsage, UnitCost, Usage, UsageFn, UsageFromExtension,
 };

@@ -9,7 +9,7 @@
 //!
 //! | event | level | fields | when |
 //! |---|---|---|---|
-//! | `rate_pacing_active` | DEBUG | `key`, `wait_ms`, `queued`, `cost` | a request waited for room in a sliding window |
+//! | `rate_pacing_active` | DEBUG | `key`, `wait_ms`, `queued`, `cost`, `quota` | a request waited for room in a sliding window |
 //! | `rate_limit_queue_overloaded` | WARN | `key`, `wait_ms`, `queued`, `reason` | a request was refused because its wait would exceed `max_wait` or the queue is full |
 //! | `rate_limit_hit` | WARN | `key`, `http.response.status_code`, `retry_after_ms`, `remaining`, `attempt`, `outcome` | the server throttled a request; `outcome` says whether it is re-sent (`resend`) or returned, and why (`returned_no_delay`, `returned_delay_over_max_wait`, `returned_max_attempts`, `returned_body_not_replayable`, `returned_server_said_do_not_retry`) |
 //! | `gate_closed` | INFO | `key`, `until_ms`, `reason` | a response closed (or extended) its key's gate: `throttled` or `quota_exhausted` |
@@ -18,6 +18,9 @@
 //! | `retries_exhausted` | WARN | `attempt`, `reason`, `http.response.status_code` or `error.kind` | a retryable failure goes back to the caller: `max_attempts`, `max_elapsed` or `body_not_replayable` |
 //! | `budget_exhausted` | WARN | `attempt`, `http.response.status_code` or `error.kind` | a retryable failure goes back to the caller because the retry budget is spent |
 //! |  *span* `jitter_backoff` | DEBUG | `http.request.method`, `url.path`, `http.request.resend_count` | one logical request through `JitterBackoffLayer`; `http.request.resend_count` is recorded when it ends |
+//! | `circuit_opened` | WARN | `key`, `failure_rate`, `open_ms` | a breaker opened: calls of the key fail fast for `open_ms` |
+//! | `circuit_half_open` | INFO | `key` | an open breaker lets its probes through |
+//! | `circuit_closed` | INFO | `key` | every probe succeeded: calls pass again |
 
 /// The `tracing` target of every event of this crate.
 pub const TARGET: &str = "tower_quota";
@@ -53,6 +56,15 @@ pub const BUDGET_EXHAUSTED: &str = "budget_exhausted";
 
 /// The span of one logical request through `JitterBackoffLayer`.
 pub const JITTER_BACKOFF_SPAN: &str = "jitter_backoff";
+
+/// A circuit breaker opened: calls of its key fail fast until the next probe.
+pub const CIRCUIT_OPENED: &str = "circuit_opened";
+
+/// An open circuit breaker lets its probe calls through.
+pub const CIRCUIT_HALF_OPEN: &str = "circuit_half_open";
+
+/// A circuit breaker closed after its probes succeeded.
+pub const CIRCUIT_CLOSED: &str = "circuit_closed";
 
 /// Field names.
 pub mod field {

@@ -1,0 +1,169 @@
+use std::fmt;
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context, Poll, ready};
+
+use pin_project_lite::pin_project;
+use tokio::time::Instant;
+
+use super::CircuitOpen;
+use super::layer::Config;
+use super::state::{Breakers, Transition};
+use crate::classify::{self, Classify};
+use crate::{BoxError, Key, telemetry};
+
+pin_project! {
+    /// Response future of [`CircuitBreaker`](super::CircuitBreaker).
+    pub struct ResponseFuture<F, Cl> {
+        #[pin]
+        state: State<F, Cl>,
+    }
+}
+
+pin_project! {
+    #[project = StateProj]
+    enum State<F, Cl> {
+        Rejected {
+            error: Option<CircuitOpen>,
+        },
+        Called {
+            #[pin]
+            future: F,
+            outcome: Option<Outcome>,
+            classifier: Cl,
+        },
+    }
+}
+
+impl<F, Cl> ResponseFuture<F, Cl> {
+    pub(super) fn rejected(error: CircuitOpen) -> Self {
+        ResponseFuture {
+            state: State::Rejected { error: Some(error) },
+        }
+    }
+
+    pub(super) fn called(future: F, outcome: Outcome, classifier: Cl) -> Self {
+        ResponseFuture {
+            state: State::Called {
+                future,
+                outcome: Some(outcome),
+                classifier,
+            },
+        }
+    }
+}
+
+impl<F, Cl, Response, Error> Future for ResponseFuture<F, Cl>
+where
+    F: Future<Output = Result<Response, Error>>,
+    Error: Into<BoxError>,
+    Cl: Classify<Response>,
+{
+    type Output = Result<Response, BoxError>;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        match self.project().state.project() {
+            StateProj::Rejected { error } => Poll::Ready(Err(match error.take() {
+                Some(error) => error.into(),
+                None => "circuit_breaker::ResponseFuture polled after completion".into(),
+            })),
+            StateProj::Called {
+                future,
+                outcome,
+                classifier,
+            } => {
+                let result = ready!(future.poll(cx)).map_err(Into::into);
+                if let Some(outcome) = outcome.take() {
+                    let failed = match classifier.classify(result.as_ref()) {
+                        // A permanent failure (a 404, a bad request) says the
+                        // provider answered: it is not a sign of degradation.
+                        classify::Outcome::Success | classify::Outcome::Permanent => Some(false),
+                        classify::Outcome::Transient => Some(true),
+                        classify::Outcome::Throttled(_) => {
+                            outcome.config.count_throttled.then_some(true)
+                        }
+                    };
+                    outcome.finish(failed);
+                }
+                Poll::Ready(result)
+            }
+        }
+    }
+}
+
+impl<F, Cl> fmt::Debug for ResponseFuture<F, Cl> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("ResponseFuture").finish_non_exhaustive()
+    }
+}
+
+/// A call the breaker let through, whose outcome it waits for; dropped
+/// unfinished (a cancelled call), it counts for nothing and gives back its
+/// probe.
+pub(super) struct Outcome {
+    breakers: Breakers,
+    key: Key,
+    config: Arc<Config>,
+    probe: bool,
+    done: bool,
+}
+
+impl Outcome {
+    pub(super) fn new(breakers: Breakers, key: Key, config: Arc<Config>, probe: bool) -> Self {
+        Outcome {
+            breakers,
+            key,
+            config,
+            probe,
+            done: false,
+        }
+    }
+
+    fn finish(mut self, failed: Option<bool>) {
+        self.done = true;
+        let transition =
+            self.breakers
+                .record(&self.key, &self.config, self.probe, failed, Instant::now());
+        if let Some(transition) = transition {
+            emit(&self.key, transition);
+        }
+    }
+}
+
+impl Drop for Outcome {
+    fn drop(&mut self) {
+        if !self.done {
+            self.breakers
+                .record(&self.key, &self.config, self.probe, None, Instant::now());
+        }
+    }
+}
+
+pub(super) fn emit(key: &Key, transition: Transition) {
+    match transition {
+        Transition::Opened {
+            failure_rate,
+            open_for,
+        } => tracing::warn!(
+            name: telemetry::CIRCUIT_OPENED,
+            target: telemetry::TARGET,
+            key = %key,
+            failure_rate,
+            open_ms = open_for.as_millis() as u64,
+            "provider failing: calls fail fast until the next probe"
+        ),
+        Transition::HalfOpened => tracing::info!(
+            name: telemetry::CIRCUIT_HALF_OPEN,
+            target: telemetry::TARGET,
+            key = %key,
+            "probing whether the provider recovered"
+        ),
+        Transition::Closed => tracing::info!(
+            name: telemetry::CIRCUIT_CLOSED,
+            target: telemetry::TARGET,
+            key = %key,
+            "provider recovered: calls pass again"
+        ),
+    }
+}

@@ -1,0 +1,85 @@
+//! Fail fast while a provider is failing.
+//!
+//! # The problem
+//!
+//! A batch job that keeps sending into a provider that answers every call
+//! with `503` wastes its quota, its time and the provider's patience: every
+//! call waits for a timeout or a retry schedule only to fail. Better to
+//! notice the failures, stop sending for a while, probe now and then, and
+//! resume when the provider has recovered.
+//!
+//! # What it does
+//!
+//! [`CircuitBreakerLayer`] keeps a breaker per key, shared by every clone:
+//!
+//! - **Closed**: calls pass and their outcomes are classified with the same
+//!   [`Classify`](crate::classify::Classify) as the backoff layer (HTTP by
+//!   default): what it calls transient (connect errors, timeouts, 5xx) is a
+//!   failure; successes and permanent failures such as a `404` show the
+//!   provider answering. The breaker opens when the failure rate over a
+//!   [`Window`] of the last calls (by count or by time) reaches the
+//!   threshold, once at least `minimum_calls` were made, or after a run of
+//!   consecutive failures.
+//! - **Open**: calls fail at once with [`CircuitOpen`], carrying the time
+//!   until the next probe. The open period has jitter, so breakers that
+//!   opened together do not probe together.
+//! - **Half-open**: exactly `half_open_probes` calls are let through; the
+//!   rest fail at once. All probes succeeding closes the breaker; one
+//!   failing opens it again.
+//!
+//! Throttled responses (429) do not count as failures by default: the
+//! provider is healthy and says when to come back, which
+//! [`RetryAfterLayer`](crate::RetryAfterLayer) handles. A cancelled call
+//! counts for nothing.
+//!
+//! # Where it goes in a stack
+//!
+//! Inside the retry layer, so that retries meet the fast failure instead of
+//! the failing provider (and a [`CircuitOpen`] is not retried in a loop: the
+//! default classifier calls it permanent), and outside the pacing layer, so
+//! that refused calls spend no quota:
+//!
+//! ```text
+//! JitterBackoffLayer → CircuitBreakerLayer → RetryAfterLayer → SlidingWindowLayer → client
+//! ```
+//!
+//! # Example
+//!
+//! ```
+//! use std::time::Duration;
+//! use tower::{service_fn, ServiceBuilder, ServiceExt};
+//! use tower_quota::circuit_breaker::{CircuitBreakerLayer, CircuitOpen};
+//!
+//! # #[tokio::main(flavor = "current_thread", start_paused = true)]
+//! # async fn main() -> Result<(), tower_quota::BoxError> {
+//! let failing = service_fn(|_request: http::Request<()>| async {
+//!     Ok::<_, tower_quota::BoxError>(http::Response::builder().status(503).body(())?)
+//! });
+//! let breaker = CircuitBreakerLayer::new().consecutive_failures(Some(3));
+//! let service = ServiceBuilder::new().layer(breaker).service(failing);
+//!
+//! for _ in 0..3 {
+//!     let response = service.clone().oneshot(http::Request::new(())).await?;
+//!     assert_eq!(response.status(), 503);
+//! }
+//! // Three failures in a row: the next call fails at once, unsent.
+//! let error = service.oneshot(http::Request::new(())).await.unwrap_err();
+//! assert!(error.downcast_ref::<CircuitOpen>().is_some());
+//! # Ok(())
+//! # }
+//! ```
+
+mod error;
+mod future;
+mod layer;
+mod service;
+mod state;
+
+pub use error::{CircuitOpen, InvalidCircuitBreaker};
+pub use future::ResponseFuture;
+pub use layer::{CircuitBreakerLayer, Window};
+pub use service::CircuitBreaker;
+pub use state::CircuitState;
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,255 @@
+//! The breaker of each key: closed, open or half-open.
+
+use std::collections::{HashMap, VecDeque};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
+use std::time::Duration;
+
+use tokio::time::Instant;
+
+use super::layer::{Config, Window};
+use crate::Key;
+
+/// The state of one key's breaker, as telemetry and errors report it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum CircuitState {
+    /// Calls pass; outcomes are counted.
+    Closed,
+    /// Calls fail at once until the open period ends.
+    Open,
+    /// A bounded number of probe calls pass; the rest fail at once.
+    HalfOpen,
+}
+
+impl CircuitState {
+    /// The state as it appears in telemetry.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            CircuitState::Closed => "closed",
+            CircuitState::Open => "open",
+            CircuitState::HalfOpen => "half_open",
+        }
+    }
+}
+
+/// The breakers of every key, shared by all clones of a layer.
+#[derive(Clone, Default)]
+pub(crate) struct Breakers {
+    inner: Arc<Mutex<HashMap<Key, Breaker>>>,
+    /// The number of keys after the last sweep.
+    swept: Arc<AtomicUsize>,
+}
+
+/// Keys are swept when there are this many, or twice as many as after the
+/// last sweep: amortized O(1) per call, memory bounded by the keys in trouble.
+const SWEEP_AT: usize = 1024;
+
+enum Breaker {
+    Closed {
+        outcomes: VecDeque<(Instant, bool)>,
+        failures: usize,
+        consecutive: u32,
+    },
+    Open {
+        until: Instant,
+    },
+    HalfOpen {
+        /// Probes that may still start.
+        permits: u32,
+        /// Probes that succeeded.
+        successes: u32,
+    },
+}
+
+impl Breaker {
+    fn closed() -> Self {
+        Breaker::Closed {
+            outcomes: VecDeque::new(),
+            failures: 0,
+            consecutive: 0,
+        }
+    }
+}
+
+/// What a call may do.
+pub(crate) enum Admit {
+    /// Go; report the outcome with [`Breakers::record`]. `probe` marks a
+    /// half-open probe.
+    Go {
+        probe: bool,
+        transition: Option<Transition>,
+    },
+    /// Fail at once: the breaker is open for `retry_in` more (zero when
+    /// half-open and every probe is taken).
+    Reject {
+        retry_in: Duration,
+        state: CircuitState,
+    },
+}
+
+/// A change of state, for telemetry.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub(crate) enum Transition {
+    Opened {
+        failure_rate: f64,
+        open_for: Duration,
+    },
+    HalfOpened,
+    Closed,
+}
+
+impl Breakers {
+    fn swept_len(&self) -> usize {
+        self.swept.load(Ordering::Relaxed)
+    }
+
+    fn set_swept_len(&self, len: usize) {
+        self.swept.store(len, Ordering::Relaxed);
+    }
+
+    fn lock(&self) -> MutexGuard<'_, HashMap<Key, Breaker>> {
+        // Every update leaves the map consistent; a poisoned lock is safe.
+        self.inner.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    pub(crate) fn admit(&self, key: &Key, config: &Config, now: Instant) -> Admit {
+        let mut map = self.lock();
+        if map.len() >= SWEEP_AT.max(2 * self.swept_len()) {
+            // Closed breakers that hold no failure hold nothing worth keeping.
+            map.retain(|_, breaker| !matches!(breaker, Breaker::Closed { failures: 0, .. }));
+            self.set_swept_len(map.len());
+        }
+        let breaker = map.entry(key.clone()).or_insert_with(Breaker::closed);
+        let mut transition = None;
+        if let Breaker::Open { until } = *breaker {
+            if now < until {
+                return Admit::Reject {
+                    retry_in: until - now,
+                    state: CircuitState::Open,
+                };
+            }
+            *breaker = Breaker::HalfOpen {
+                permits: config.half_open_probes,
+                successes: 0,
+            };
+            transition = Some(Transition::HalfOpened);
+        }
+        match breaker {
+            Breaker::Closed { .. } => Admit::Go {
+                probe: false,
+                transition,
+            },
+            Breaker::HalfOpen { permits: 0, .. } => Admit::Reject {
+                retry_in: Duration::ZERO,
+                state: CircuitState::HalfOpen,
+            },
+            Breaker::HalfOpen { permits, .. } => {
+                *permits -= 1;
+                Admit::Go {
+                    probe: true,
+                    transition,
+                }
+            }
+            Breaker::Open { .. } => {
+                unreachable!("an open breaker past its period became half-open above")
+            }
+        }
+    }
+
+    /// Records the outcome of a call that [`admit`](Self::admit) let go;
+    /// `failure` is `None` for an outcome that does not count (a throttled
+    /// response by default, or a cancelled call).
+    pub(crate) fn record(
+        &self,
+        key: &Key,
+        config: &Config,
+        probe: bool,
+        failure: Option<bool>,
+        now: Instant,
+    ) -> Option<Transition> {
+        let mut map = self.lock();
+        let breaker = map.get_mut(key)?;
+        match breaker {
+            Breaker::HalfOpen { permits, successes } if probe => match failure {
+                Some(true) => Some(open(breaker, config, None, now)),
+                Some(false) => {
+                    *successes += 1;
+                    if *successes >= config.half_open_probes {
+                        *breaker = Breaker::closed();
+                        Some(Transition::Closed)
+                    } else {
+                        None
+                    }
+                }
+                // A probe that did not count gives its place back.
+                None => {
+                    *permits += 1;
+                    None
+                }
+            },
+            Breaker::Closed {
+                outcomes,
+                failures,
+                consecutive,
+            } if !probe => {
+                let failed = failure?;
+                outcomes.push_back((now, failed));
+                *failures += usize::from(failed);
+                *consecutive = if failed { *consecutive + 1 } else { 0 };
+                // Forget what left the window.
+                while let Some((at, _)) = outcomes.front() {
+                    let expired = match config.window {
+                        Window::Count(size) => outcomes.len() > size,
+                        Window::Time(span) => *at + span <= now,
+                    };
+                    if !expired {
+                        break;
+                    }
+                    if let Some((_, failed)) = outcomes.pop_front() {
+                        *failures -= usize::from(failed);
+                    }
+                }
+                let calls = outcomes.len();
+                let failure_rate = if calls == 0 {
+                    0.0
+                } else {
+                    *failures as f64 / calls as f64
+                };
+                let by_rate = calls >= config.minimum_calls && failure_rate >= config.failure_rate;
+                let by_streak = config
+                    .consecutive_failures
+                    .is_some_and(|limit| *consecutive >= limit);
+                (by_rate || by_streak).then(|| open(breaker, config, Some(failure_rate), now))
+            }
+            // An outcome from before the last change of state: stale.
+            _ => None,
+        }
+    }
+}
+
+fn open(
+    breaker: &mut Breaker,
+    config: &Config,
+    failure_rate: Option<f64>,
+    now: Instant,
+) -> Transition {
+    let open_for = config.open_duration_with_jitter();
+    *breaker = Breaker::Open {
+        until: now
+            .checked_add(open_for)
+            .unwrap_or(now + config.open_duration),
+    };
+    Transition::Opened {
+        failure_rate: failure_rate.unwrap_or(1.0),
+        open_for,
+    }
+}
+
+impl std::fmt::Debug for Breakers {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Breakers")
+            .field("keys", &self.lock().len())
+            .finish()
+    }
+}
