@@ -20,6 +20,14 @@
 //!   and then, and resumes when it recovers.
 //! - [`replay`]: replayable request bodies, so retries resend the same bytes.
 //! - [`attempts`]: one attempt limit and numbering for a whole stack.
+//! - [`ServiceBuilderExt`]: one `ServiceBuilder` method per layer
+//!   (`.jitter_backoff()`, `.retry_after()`, `.sliding_window(..)`,
+//!   `.circuit_breaker()`).
+//! - `config` (feature `config`): a TOML table per provider (quotas,
+//!   retries, `max_wait`, key) that builds a stack per provider and routes
+//!   each request to it by host.
+//! - [`metrics`] (feature `metrics`): counters and histograms through the
+//!   `metrics` facade, recorded where the telemetry events are emitted.
 //!
 //! All time is read from tokio's clock, so tests on a paused clock
 //! (`#[tokio::test(start_paused = true)]`) control every wait.
@@ -53,15 +61,21 @@
 
 pub mod attempts;
 pub mod backoff;
+mod builder;
 pub mod circuit_breaker;
 pub mod classify;
+#[cfg(feature = "config")]
+#[cfg_attr(docsrs, doc(cfg(feature = "config")))]
+pub mod config;
 mod key;
+pub mod metrics;
 pub mod replay;
 pub mod retry_after;
 pub mod sliding_window;
 pub mod telemetry;
 
 pub use backoff::{JitterBackoff, JitterBackoffLayer};
+pub use builder::ServiceBuilderExt;
 pub use circuit_breaker::{CircuitBreaker, CircuitBreakerLayer};
 pub use key::{
     CostFn, GlobalKey, Key, KeyFn, NoUsage, UnitCost, Usage, UsageFn, UsageFromExtension,

@@ -98,6 +98,7 @@ impl<C> Policy<C> {
             .err()
             .map(|error| error_kind(error).as_str());
         let exhausted = |reason: &'static str| {
+            crate::metrics::retries_exhausted(reason);
             tracing::warn!(
                 name: telemetry::RETRIES_EXHAUSTED,
                 target: telemetry::TARGET,
@@ -145,6 +146,7 @@ impl<C> Policy<C> {
         if let Some(budget) = &self.budget
             && !budget.withdraw()
         {
+            crate::metrics::retries_exhausted("budget_exhausted");
             tracing::warn!(
                 name: telemetry::BUDGET_EXHAUSTED,
                 target: telemetry::TARGET,
@@ -165,6 +167,7 @@ impl<C> Policy<C> {
             _ => "transient",
         };
         let backoff_ms = u64::try_from(wait.as_millis()).unwrap_or(u64::MAX);
+        crate::metrics::retry_scheduled(reason, wait);
         if status.is_some_and(|status| status >= 500) {
             tracing::info!(
                 name: telemetry::SERVER_ERROR_RETRY,

@@ -65,7 +65,10 @@ where
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
         match self.project().state.project() {
             StateProj::Rejected { error } => Poll::Ready(Err(match error.take() {
-                Some(error) => error.into(),
+                Some(error) => {
+                    crate::metrics::refused(error.key(), "circuit_open");
+                    error.into()
+                }
                 None => "circuit_breaker::ResponseFuture polled after completion".into(),
             })),
             StateProj::Called {
@@ -141,6 +144,14 @@ impl Drop for Outcome {
 }
 
 pub(super) fn emit(key: &Key, transition: Transition) {
+    crate::metrics::circuit_transition(
+        key,
+        match transition {
+            Transition::Opened { .. } => super::CircuitState::Open,
+            Transition::HalfOpened => super::CircuitState::HalfOpen,
+            Transition::Closed => super::CircuitState::Closed,
+        },
+    );
     match transition {
         Transition::Opened {
             failure_rate,

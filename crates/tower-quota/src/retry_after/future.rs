@@ -8,12 +8,13 @@ use std::time::{Duration, SystemTime};
 use http::{Request, Response};
 use pin_project_lite::pin_project;
 use rand::Rng;
+use tokio::sync::futures::OwnedNotified;
 use tokio::time::{Instant, Sleep};
 use tower_service::Service;
 
-use super::gate::{Gates, InFlight};
+use super::gate::{Gates, InFlight, Wait};
 use super::layer::Config;
-use super::{GateClosed, ServerSignal};
+use super::{GateClosed, GateReason, ServerSignal};
 use crate::attempts::AttemptBudget;
 use crate::replay::{ReplayBody, clone_request};
 use crate::{BoxError, Key, telemetry};
@@ -46,6 +47,8 @@ pin_project! {
         Gate {
             #[pin]
             sleep: Option<Sleep>,
+            // Fires when a response may have opened the gate early.
+            changed: Option<Pin<Box<OwnedNotified>>>,
             since: Instant,
         },
         Readying,
@@ -70,6 +73,7 @@ where
         ResponseFuture {
             state: State::Gate {
                 sleep: None,
+                changed: None,
                 since: Instant::now(),
             },
             service,
@@ -133,20 +137,42 @@ where
         let mut this = self.project();
         loop {
             match this.state.as_mut().project() {
-                StateProj::Gate { mut sleep, since } => {
-                    if let Some(timer) = sleep.as_mut().as_pin_mut() {
+                StateProj::Gate {
+                    mut sleep,
+                    changed,
+                    since,
+                } => {
+                    let opened_early = changed
+                        .as_mut()
+                        .is_some_and(|changed| changed.as_mut().poll(cx).is_ready());
+                    if !opened_early && let Some(timer) = sleep.as_mut().as_pin_mut() {
                         ready!(timer.poll(cx));
                     }
+                    *changed = None;
                     let now = Instant::now();
-                    match this.gates.admit(this.key, now, this.config.spread) {
+                    match this.gates.admit(
+                        this.key,
+                        now,
+                        this.config.spread,
+                        this.config.pace_by_quota,
+                    ) {
                         Ok(in_flight) => {
+                            crate::metrics::gate_passed(
+                                this.key,
+                                now.saturating_duration_since(*since),
+                            );
                             *this.waited += now.saturating_duration_since(*since);
                             *this.in_flight = Some(in_flight);
                             this.state.set(State::Readying);
                         }
-                        Err((until, reason)) => {
+                        Err(Wait {
+                            until,
+                            reason,
+                            changed: notified,
+                        }) => {
                             let wait = until.saturating_duration_since(now);
                             if wait > this.config.max_wait {
+                                crate::metrics::refused(this.key, "gate_closed");
                                 return Poll::Ready(Err(GateClosed {
                                     key: this.key.clone(),
                                     wait,
@@ -157,6 +183,12 @@ where
                             // Waiters leave spread out, not in one instant.
                             let at = until + random_up_to(this.config.spread);
                             sleep.set(Some(tokio::time::sleep_until(at)));
+                            // A server-given pause is waited out, spread; a
+                            // spent or unknown quota opens as soon as a
+                            // response reports room.
+                            if reason != GateReason::Throttled {
+                                *changed = Some(notified);
+                            }
                         }
                     }
                 }
@@ -196,9 +228,12 @@ where
                         response.headers(),
                         SystemTime::now(),
                     );
-                    let closed =
-                        in_flight.and_then(|in_flight| this.gates.observe(in_flight, &signal, now));
+                    let closed = in_flight.and_then(|in_flight| {
+                        this.gates
+                            .observe(in_flight, &signal, now, this.config.pace_by_quota)
+                    });
                     if let Some(closed) = closed {
+                        crate::metrics::gate_closed(this.key, closed.reason.as_str());
                         tracing::info!(
                             name: telemetry::GATE_CLOSED,
                             target: telemetry::TARGET,
@@ -220,6 +255,7 @@ where
                         if outcome == "resend" && !begin_shared_attempt(this.request) {
                             outcome = "returned_max_attempts";
                         }
+                        crate::metrics::throttled(this.key, response.status(), outcome);
                         tracing::warn!(
                             name: telemetry::RATE_LIMIT_HIT,
                             target: telemetry::TARGET,
@@ -234,6 +270,7 @@ where
                         if outcome == "resend" {
                             this.state.set(State::Gate {
                                 sleep: None,
+                                changed: None,
                                 since: now,
                             });
                             continue;

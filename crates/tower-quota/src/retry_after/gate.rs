@@ -1,11 +1,14 @@
 //! The shared gate of each key: closed while the server asked for a pause,
 //! and counting down the quota the server said was left.
 
-use std::collections::HashMap;
+use std::collections::{BTreeSet, HashMap};
+use std::pin::Pin;
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::time::Duration;
 
 use quota_headers::Signal;
+use tokio::sync::Notify;
+use tokio::sync::futures::OwnedNotified;
 use tokio::time::Instant;
 
 use crate::Key;
@@ -55,15 +58,17 @@ struct GateMap {
 }
 
 struct Gate {
+    /// Wakes the requests waiting at this gate when a response may have
+    /// opened it: the quota the server reported grew, or it stopped
+    /// reporting one.
+    changed: Arc<Notify>,
     closed_until: Option<Instant>,
     reason: Option<GateReason>,
     quota: Knowledge,
-    in_flight: u64,
+    /// Sequence numbers of the requests let through and not yet answered.
+    in_flight: BTreeSet<u64>,
     /// Sequence number of the next request let through.
     next_seq: u64,
-    /// Sequence number of the request whose response last reported the quota:
-    /// a report from an older request is stale.
-    reported_seq: Option<u64>,
 }
 
 /// What the gate knows of the key's quota.
@@ -80,22 +85,28 @@ enum Knowledge {
     Unreported,
 }
 
-impl Default for Gate {
-    fn default() -> Self {
+impl Gate {
+    /// A gate that knows nothing of the quota yet; one that does not pace by
+    /// the server's quota headers starts (and stays) unreported.
+    fn new(pace_by_quota: bool) -> Self {
         Gate {
+            changed: Arc::new(Notify::new()),
             closed_until: None,
             reason: None,
-            quota: Knowledge::Probing { next_probe: None },
-            in_flight: 0,
+            quota: if pace_by_quota {
+                Knowledge::Probing { next_probe: None }
+            } else {
+                Knowledge::Unreported
+            },
+            in_flight: BTreeSet::new(),
             next_seq: 0,
-            reported_seq: None,
         }
     }
 }
 
 impl Gate {
     fn is_idle(&self, now: Instant) -> bool {
-        self.in_flight == 0
+        self.in_flight.is_empty()
             && self.closed_until.is_none_or(|until| until <= now)
             && match self.quota {
                 Knowledge::Counting { reset_at, .. } => reset_at <= now,
@@ -112,6 +123,14 @@ impl Gate {
         self.reason = Some(reason);
         true
     }
+}
+
+/// Why a request must wait at its gate, until when, and the notification
+/// that the gate may have opened earlier.
+pub(crate) struct Wait {
+    pub(crate) until: Instant,
+    pub(crate) reason: GateReason,
+    pub(crate) changed: Pin<Box<OwnedNotified>>,
 }
 
 /// A gate closed (or closed further) by a response.
@@ -135,13 +154,28 @@ impl Gates {
         key: &Key,
         now: Instant,
         probe_interval: Duration,
-    ) -> Result<InFlight, (Instant, GateReason)> {
+        pace_by_quota: bool,
+    ) -> Result<InFlight, Wait> {
         let mut map = self.lock();
         map.tick(now);
-        let gate = map.gates.entry(key.clone()).or_default();
+        let gate = map
+            .gates
+            .entry(key.clone())
+            .or_insert_with(|| Gate::new(pace_by_quota));
+        let wait = |until, reason, gate: &Gate| {
+            // Registered under the lock: no change between this answer and
+            // the wait can be missed.
+            let mut changed = Box::pin(gate.changed.clone().notified_owned());
+            changed.as_mut().enable();
+            Err(Wait {
+                until,
+                reason,
+                changed,
+            })
+        };
         if let Some(until) = gate.closed_until {
             if until > now {
-                return Err((until, gate.reason.unwrap_or(GateReason::Throttled)));
+                return wait(until, gate.reason.unwrap_or(GateReason::Throttled), gate);
             }
             gate.closed_until = None;
             gate.reason = None;
@@ -153,25 +187,28 @@ impl Gates {
         }
         match &mut gate.quota {
             Knowledge::Probing { next_probe } => match *next_probe {
-                Some(at) if at > now => return Err((at, GateReason::Probing)),
+                Some(at) if at > now => return wait(at, GateReason::Probing, gate),
                 _ => *next_probe = Some(later(now, probe_interval)),
             },
             Knowledge::Counting {
                 allowance: 0,
                 reset_at,
             } => {
-                return Err((*reset_at, GateReason::QuotaExhausted));
+                let reset_at = *reset_at;
+                return wait(reset_at, GateReason::QuotaExhausted, gate);
             }
             Knowledge::Counting { allowance, .. } => *allowance -= 1,
             Knowledge::Unreported => {}
         }
         let seq = gate.next_seq;
+        let in_flight_before = gate.in_flight.len() as u64;
         gate.next_seq += 1;
-        gate.in_flight += 1;
+        gate.in_flight.insert(seq);
         Ok(InFlight {
             gates: self.clone(),
             key: key.clone(),
             seq,
+            in_flight_before,
             armed: true,
         })
     }
@@ -184,11 +221,15 @@ impl Gates {
         mut in_flight: InFlight,
         signal: &Signal,
         now: Instant,
+        pace_by_quota: bool,
     ) -> Option<Closed> {
         in_flight.armed = false;
         let mut map = self.lock();
-        let gate = map.gates.entry(in_flight.key.clone()).or_default();
-        gate.in_flight = gate.in_flight.saturating_sub(1);
+        let gate = map
+            .gates
+            .entry(in_flight.key.clone())
+            .or_insert_with(|| Gate::new(pace_by_quota));
+        gate.in_flight.remove(&in_flight.seq);
         let mut closed = None;
         if signal.throttled
             && let Some(delay) = signal.retry_after
@@ -205,17 +246,22 @@ impl Gates {
         let tightest = signal
             .quotas
             .iter()
+            .filter(|_| pace_by_quota)
             .filter_map(|quota| Some((quota.remaining?, quota.reset_after?)))
             .min_by_key(|(remaining, _)| *remaining);
-        let fresh = gate.reported_seq.is_none_or(|seq| in_flight.seq > seq);
         match tightest {
-            Some((remaining, reset_after)) if fresh => {
-                gate.reported_seq = Some(in_flight.seq);
+            Some((remaining, reset_after)) => {
                 let reset_at = later(now, reset_after);
-                // Requests still in flight may not be counted in `remaining`
-                // yet: they spend from it too.
+                // `remaining` was counted when the server handled this
+                // request. Servers handle concurrent requests in any order:
+                // the requests already in flight when this one was sent, and
+                // every request sent after it, may have been handled after
+                // it, so they spend from `remaining` too. What is left is
+                // safe to send now.
+                let newer = gate.next_seq - in_flight.seq - 1;
+                let uncounted = newer + in_flight.in_flight_before;
                 gate.quota = Knowledge::Counting {
-                    allowance: remaining.saturating_sub(gate.in_flight),
+                    allowance: remaining.saturating_sub(uncounted),
                     reset_at,
                 };
                 if remaining == 0
@@ -228,12 +274,20 @@ impl Gates {
                     }));
                 }
             }
-            Some(_) => {}
             None => {
                 if matches!(gate.quota, Knowledge::Probing { .. }) {
                     gate.quota = Knowledge::Unreported;
                 }
             }
+        }
+        let open = gate.closed_until.is_none_or(|until| until <= now);
+        let may_go = match gate.quota {
+            Knowledge::Counting { allowance, .. } => allowance > 0,
+            Knowledge::Unreported => true,
+            Knowledge::Probing { .. } => false,
+        };
+        if open && may_go {
+            gate.changed.notify_waiters();
         }
         closed
     }
@@ -260,6 +314,8 @@ pub(crate) struct InFlight {
     gates: Gates,
     key: Key,
     seq: u64,
+    /// Requests in flight when this one was let through.
+    in_flight_before: u64,
     armed: bool,
 }
 
@@ -268,7 +324,7 @@ impl Drop for InFlight {
         if self.armed {
             let mut map = self.gates.lock();
             if let Some(gate) = map.gates.get_mut(&self.key) {
-                gate.in_flight = gate.in_flight.saturating_sub(1);
+                gate.in_flight.remove(&self.seq);
             }
         }
     }

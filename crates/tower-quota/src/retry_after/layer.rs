@@ -26,6 +26,7 @@ pub(super) struct Config {
     pub(super) max_wait: Duration,
     pub(super) spread: Duration,
     pub(super) max_replay_bytes: usize,
+    pub(super) pace_by_quota: bool,
 }
 
 impl Default for RetryAfterLayer {
@@ -45,6 +46,7 @@ impl RetryAfterLayer {
                 max_wait: Duration::from_secs(60),
                 spread: Duration::from_millis(100),
                 max_replay_bytes: DEFAULT_MAX_REPLAY_BYTES,
+                pace_by_quota: true,
             }),
             gates: Gates::default(),
             key_fn: GlobalKey,
@@ -88,6 +90,20 @@ impl<K> RetryAfterLayer<K> {
     /// sent once and never re-sent.
     pub fn max_replay_bytes(mut self, max_replay_bytes: usize) -> Self {
         Arc::make_mut(&mut self.config).max_replay_bytes = max_replay_bytes;
+        self
+    }
+
+    /// Whether the gate also paces by the quota the server reports
+    /// (`remaining` until a reset, in any dialect) — on by default, so that a
+    /// provider that only announces its quota is never driven to a 429.
+    ///
+    /// Turn it off when a [`SlidingWindowLayer`](crate::SlidingWindowLayer)
+    /// below already paces to the provider's exact quota: reset times often
+    /// come in whole seconds, so pacing by them would hold requests up to a
+    /// second longer than the exact limiter needs. `Retry-After` and throttled
+    /// responses are obeyed either way.
+    pub fn pace_by_quota_headers(mut self, pace: bool) -> Self {
+        Arc::make_mut(&mut self.config).pace_by_quota = pace;
         self
     }
 

@@ -46,7 +46,11 @@
 //! # Where it goes in a stack
 //!
 //! Between the retry layer (outside) and the pacing layer (inside): re-sent
-//! requests are paced like any other, and the backoff layer above sees from
+//! requests are paced like any other. When the pacing layer is configured
+//! with the provider's exact quota, turn off
+//! [`pace_by_quota_headers`](RetryAfterLayer::pace_by_quota_headers): the
+//! exact limiter keeps the quota, and reset times in whole seconds would only
+//! hold requests longer. Either way, and the backoff layer above sees from
 //! [`ServerSignal::delay_observed`] that the server's delay was already
 //! waited, so it is not waited twice.
 //!

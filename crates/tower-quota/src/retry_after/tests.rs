@@ -366,3 +366,32 @@ async fn the_first_attempt_uses_the_readied_service_and_errors_pass_through() {
     let error = call.await.unwrap().unwrap_err();
     assert!(error.downcast_ref::<Broken>().is_some(), "{error:?}");
 }
+
+#[tokio::test(start_paused = true)]
+async fn without_pacing_by_quota_headers_only_throttling_closes_the_gate() {
+    let start = Instant::now();
+    let (inner, arrivals) = provider(start, |n| {
+        if n == 3 {
+            throttled("2")
+        } else {
+            remaining(0, 30)
+        }
+    });
+    let service = exact().pace_by_quota_headers(false).layer(inner);
+    for _ in 0..5 {
+        service.clone().oneshot(get()).await.unwrap();
+    }
+    let times: Vec<_> = arrivals.lock().unwrap().iter().map(|a| a.0).collect();
+    // `remaining: 0` did not hold anyone; the 429's Retry-After did.
+    assert_eq!(
+        times,
+        [
+            Duration::ZERO,
+            Duration::ZERO,
+            Duration::ZERO,
+            Duration::ZERO,
+            Duration::from_secs(2),
+            Duration::from_secs(2)
+        ]
+    );
+}

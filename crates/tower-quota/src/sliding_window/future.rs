@@ -83,6 +83,7 @@ where
                     let admission = match ready!(acquire.poll(cx)) {
                         Ok(admission) => admission,
                         Err(error) => {
+                            crate::metrics::admission_refused(&error);
                             if let Some(overloaded) = error.downcast_ref::<Overloaded>() {
                                 tracing::warn!(
                                     name: telemetry::RATE_LIMIT_QUEUE_OVERLOADED,
@@ -97,6 +98,7 @@ where
                             return Poll::Ready(Err(error));
                         }
                     };
+                    crate::metrics::pacing_admitted(admission.key(), admission.waited());
                     if !admission.waited().is_zero() || admission.queued() > 0 {
                         tracing::debug!(
                             name: telemetry::RATE_PACING_ACTIVE,

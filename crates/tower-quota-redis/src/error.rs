@@ -1,0 +1,267 @@
+//! Errors of the Redis store.
+//!
+//! Like every store error they reach the caller inside the service's
+//! [`BoxError`](tower_quota::BoxError); tell them apart with `downcast_ref`.
+//! `tower_quota::sliding_window::Overloaded` and `CostTooLarge` cannot be
+//! built outside tower-quota, so this store refuses with its own
+//! [`RedisOverloaded`] and [`RedisCostTooLarge`], which carry the same
+//! information.
+
+use std::fmt;
+use std::time::Duration;
+
+use tower_quota::Key;
+use tower_quota::sliding_window::OverloadReason;
+
+/// What went wrong between the store and Redis.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[non_exhaustive]
+pub enum RedisStoreErrorKind {
+    /// Redis did not answer within the store's timeout.
+    Timeout,
+    /// The connection failed or was refused; the store reconnects by itself.
+    Connection,
+    /// Redis answered with an error (a script error, an ACL refusal, a
+    /// read-only replica).
+    Response,
+    /// The builder's settings or the URL were rejected.
+    Config,
+}
+
+impl RedisStoreErrorKind {
+    /// A short stable name, recorded as `error.kind` in `store_error` events.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            RedisStoreErrorKind::Timeout => "timeout",
+            RedisStoreErrorKind::Connection => "connection",
+            RedisStoreErrorKind::Response => "response",
+            RedisStoreErrorKind::Config => "config",
+        }
+    }
+}
+
+impl fmt::Display for RedisStoreErrorKind {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// The store could not reach a decision through Redis.
+///
+/// Returned by [`RedisStoreBuilder::build`](crate::RedisStoreBuilder::build),
+/// and by admissions under [`FailurePolicy::FailClosed`](crate::FailurePolicy::FailClosed).
+/// Its message never contains the URL or the password.
+#[derive(Debug)]
+pub struct RedisStoreError {
+    kind: RedisStoreErrorKind,
+    key: Option<Key>,
+    detail: String,
+    source: Option<redis::RedisError>,
+    suspended: bool,
+}
+
+impl RedisStoreError {
+    pub(crate) fn timeout(key: Option<Key>, timeout: Duration) -> Self {
+        RedisStoreError {
+            kind: RedisStoreErrorKind::Timeout,
+            key,
+            detail: format!("no answer within {timeout:?}"),
+            source: None,
+            suspended: false,
+        }
+    }
+
+    pub(crate) fn config(detail: impl Into<String>) -> Self {
+        RedisStoreError {
+            kind: RedisStoreErrorKind::Config,
+            key: None,
+            detail: detail.into(),
+            source: None,
+            suspended: false,
+        }
+    }
+
+    pub(crate) fn redis(key: Option<Key>, error: redis::RedisError) -> Self {
+        let kind = if error.is_timeout() {
+            RedisStoreErrorKind::Timeout
+        } else if error.is_io_error()
+            || error.is_connection_dropped()
+            || error.is_connection_refusal()
+            || error.is_unrecoverable_error()
+        {
+            RedisStoreErrorKind::Connection
+        } else if key.is_none() && error.kind() == redis::ErrorKind::InvalidClientConfig {
+            RedisStoreErrorKind::Config
+        } else {
+            RedisStoreErrorKind::Response
+        };
+        RedisStoreError {
+            kind,
+            key,
+            // The error's category only: redis-rs's messages may quote a
+            // client configuration, which can hold a password.
+            detail: format!("{:?}", error.kind()),
+            source: Some(error),
+            suspended: false,
+        }
+    }
+
+    pub(crate) fn suspended(key: Key) -> Self {
+        RedisStoreError {
+            kind: RedisStoreErrorKind::Connection,
+            key: Some(key),
+            detail: "not asked: Redis failed moments ago and is not waited on again yet".into(),
+            source: None,
+            suspended: true,
+        }
+    }
+
+    /// Whether Redis was not asked at all, because it failed moments ago
+    /// (within one timeout period).
+    pub fn is_suspended(&self) -> bool {
+        self.suspended
+    }
+
+    pub(crate) fn unexpected_reply(key: Key, detail: impl Into<String>) -> Self {
+        RedisStoreError {
+            kind: RedisStoreErrorKind::Response,
+            key: Some(key),
+            detail: detail.into(),
+            source: None,
+            suspended: false,
+        }
+    }
+
+    /// What went wrong.
+    pub fn kind(&self) -> RedisStoreErrorKind {
+        self.kind
+    }
+
+    /// The key of the admission that failed; `None` for errors of
+    /// [`build`](crate::RedisStoreBuilder::build).
+    pub fn key(&self) -> Option<&Key> {
+        self.key.as_ref()
+    }
+
+    /// The Redis error behind this one, if any.
+    pub fn redis_error(&self) -> Option<&redis::RedisError> {
+        self.source.as_ref()
+    }
+}
+
+impl fmt::Display for RedisStoreError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "redis store {} error", self.kind)?;
+        if let Some(key) = &self.key {
+            write!(f, " for key `{key}`")?;
+        }
+        write!(f, ": {}", self.detail)
+    }
+}
+
+impl std::error::Error for RedisStoreError {}
+
+/// A request was refused because the wait Redis reserved for it exceeds
+/// `max_wait`, or because `max_queue` requests already wait on its key.
+/// Nothing was recorded for it. The Redis store's counterpart of
+/// `tower_quota::sliding_window::Overloaded`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RedisOverloaded {
+    pub(crate) key: Key,
+    pub(crate) wait: Duration,
+    pub(crate) queued: usize,
+    pub(crate) reason: OverloadReason,
+}
+
+impl RedisOverloaded {
+    /// The key whose quota was overloaded.
+    pub fn key(&self) -> &Key {
+        &self.key
+    }
+
+    /// The wait the request would have needed: exact, computed by Redis
+    /// from every process's admissions and reservations.
+    pub fn wait(&self) -> Duration {
+        self.wait
+    }
+
+    /// How many requests were waiting on the key (reservations not yet
+    /// due), this one included.
+    pub fn queued(&self) -> usize {
+        self.queued
+    }
+
+    /// The bound that was hit.
+    pub fn reason(&self) -> OverloadReason {
+        self.reason
+    }
+}
+
+impl fmt::Display for RedisOverloaded {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self.reason {
+            OverloadReason::QueueFull(max_queue) => write!(
+                f,
+                "rate limit for key `{}` is overloaded: {} requests already reserved (max_queue {}), admission needs a wait of {:?}",
+                self.key, self.queued, max_queue, self.wait
+            ),
+            OverloadReason::MaxWait(max_wait) => write!(
+                f,
+                "rate limit for key `{}` is overloaded: admission needs a wait of {:?}, over max_wait {:?} ({} queued)",
+                self.key, self.wait, max_wait, self.queued
+            ),
+            _ => write!(
+                f,
+                "rate limit for key `{}` is overloaded: admission needs a wait of {:?}",
+                self.key, self.wait
+            ),
+        }
+    }
+}
+
+impl std::error::Error for RedisOverloaded {}
+
+/// A request costs more than a quota's whole capacity: it could never be
+/// admitted, so it is refused at once, without a call to Redis. The Redis
+/// store's counterpart of `tower_quota::sliding_window::CostTooLarge`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RedisCostTooLarge {
+    pub(crate) key: Key,
+    pub(crate) cost: u64,
+    pub(crate) max_calls: u64,
+    pub(crate) window: Duration,
+}
+
+impl RedisCostTooLarge {
+    /// The key of the request.
+    pub fn key(&self) -> &Key {
+        &self.key
+    }
+
+    /// What the request costs.
+    pub fn cost(&self) -> u64 {
+        self.cost
+    }
+
+    /// The capacity of the quota it exceeds.
+    pub fn max_calls(&self) -> u64 {
+        self.max_calls
+    }
+
+    /// The window of the quota it exceeds.
+    pub fn window(&self) -> Duration {
+        self.window
+    }
+}
+
+impl fmt::Display for RedisCostTooLarge {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(
+            f,
+            "request for key `{}` costs {}, more than the whole quota of {} per {:?}",
+            self.key, self.cost, self.max_calls, self.window
+        )
+    }
+}
+
+impl std::error::Error for RedisCostTooLarge {}

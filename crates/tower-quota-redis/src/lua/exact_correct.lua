@@ -1,0 +1,19 @@
+-- Sets the units recorded for an admission still in the log to its actual
+-- cost. KEYS: log and costs of each weighted quota. ARGV: id, actual cost.
+-- Returns how many logs held it.
+local id, actual = ARGV[1], tonumber(ARGV[2])
+local changed = 0
+for i = 1, #KEYS / 2 do
+  local z, h = KEYS[2 * i - 1], KEYS[2 * i]
+  if redis.call('ZSCORE', z, id) then
+    local recorded = tonumber(redis.call('HGET', h, id)) or 1
+    if actual == 1 then
+      redis.call('HDEL', h, id)
+    else
+      redis.call('HSET', h, id, string.format('%.0f', actual))
+    end
+    redis.call('HINCRBY', h, 's', string.format('%.0f', actual - recorded))
+    changed = changed + 1
+  end
+end
+return changed

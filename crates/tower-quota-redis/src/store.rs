@@ -1,0 +1,608 @@
+//! The store: one script call per admission, a sleep until the reserved
+//! slot, the failure policy when Redis cannot decide.
+
+use std::collections::HashMap;
+use std::fmt;
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::{Arc, Mutex, PoisonError};
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+use redis::aio::ConnectionManager;
+use redis::{FromRedisValue, ScriptInvocation};
+use tokio::time::Instant;
+use tower_quota::sliding_window::{
+    Admission, Limits, MemoryStore, OverloadReason, Quota, SlidingWindowLayer, Store,
+};
+use tower_quota::{BoxError, Key, telemetry};
+
+use crate::builder::{FailurePolicy, RedisStoreBuilder};
+use crate::error::{RedisCostTooLarge, RedisOverloaded, RedisStoreError, RedisStoreErrorKind};
+use crate::scripts::SCRIPTS;
+
+/// The name of the event emitted when Redis cannot decide an admission
+/// (target [`telemetry::TARGET`], fields `key`, `error.kind`, `policy`).
+pub const STORE_ERROR: &str = "store_error";
+
+/// Keys whose quotas are remembered for [`Store::correct`] before the map
+/// is cleared; corrections of forgotten keys are ignored.
+const KNOWN_KEYS: usize = 65_536;
+
+/// A [`Store`] in Redis: every process that uses the same Redis, prefix and
+/// key shares one quota. See the [crate docs](crate) for the design.
+///
+/// Cloning shares the connection. Build one with [`RedisStore::builder`].
+#[derive(Clone)]
+pub struct RedisStore {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    connection: ConnectionManager,
+    prefix: String,
+    timeout: Duration,
+    policy: FailurePolicy,
+    approximate: bool,
+    fallback: MemoryStore,
+    /// The limits last used with each key, so `correct` knows its quotas.
+    known: Mutex<HashMap<Key, Limits>>,
+    /// After a connection failure or a timeout, Redis is not waited on
+    /// again before this instant: requests meet the failure policy at once.
+    suspended_until: Mutex<Option<Instant>>,
+}
+
+impl RedisStore {
+    /// Configures a store for the Redis at `url`: `redis://[user][:password@]host[:port][/db]`,
+    /// or `rediss://` with the `tls` feature.
+    pub fn builder(url: impl Into<String>) -> RedisStoreBuilder {
+        RedisStoreBuilder::new(url)
+    }
+
+    pub(crate) fn from_parts(
+        connection: ConnectionManager,
+        prefix: String,
+        timeout: Duration,
+        policy: FailurePolicy,
+        approximate: bool,
+    ) -> Self {
+        RedisStore {
+            inner: Arc::new(Inner {
+                connection,
+                prefix,
+                timeout,
+                policy,
+                approximate,
+                fallback: MemoryStore::new(),
+                known: Mutex::new(HashMap::new()),
+                suspended_until: Mutex::new(None),
+            }),
+        }
+    }
+
+    /// The per-call timeout.
+    pub fn timeout(&self) -> Duration {
+        self.inner.timeout
+    }
+
+    /// The failure policy.
+    pub fn failure_policy(&self) -> FailurePolicy {
+        self.inner.policy
+    }
+
+    /// Whether the store uses the approximate sliding-window counter.
+    pub fn is_approximate(&self) -> bool {
+        self.inner.approximate
+    }
+
+    /// The Redis keys that hold `quota` of `key`: the sorted-set log and
+    /// its costs hash in exact mode, the counter hash in approximate mode.
+    /// All of a key's Redis keys share the hash tag `{key}`, so one script
+    /// call touches one Redis Cluster slot.
+    pub fn redis_keys(&self, key: &Key, quota: &Quota) -> Vec<String> {
+        let base = self.inner.quota_key(key, quota);
+        if self.inner.approximate {
+            vec![format!("{base}:counts")]
+        } else {
+            vec![format!("{base}:log"), format!("{base}:costs")]
+        }
+    }
+}
+
+impl fmt::Debug for RedisStore {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("RedisStore")
+            .field("prefix", &self.inner.prefix)
+            .field("timeout", &self.inner.timeout)
+            .field("policy", &self.inner.policy)
+            .field("approximate", &self.inner.approximate)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Store for RedisStore {
+    type Acquire = Acquire;
+
+    fn acquire(&self, key: Key, cost: u64, limits: &Limits) -> Acquire {
+        Acquire {
+            future: Box::pin(acquire(self.inner.clone(), key, cost, limits.clone())),
+        }
+    }
+
+    fn correct(&self, admission: &Admission, actual_cost: u64) {
+        if let FailurePolicy::LocalFallback { .. } = self.inner.policy {
+            self.inner.fallback.correct(admission, actual_cost);
+        }
+        if admission.id() == 0 {
+            return; // admitted without Redis (fail open, zero cost)
+        }
+        let Some(limits) = lock(&self.inner.known).get(admission.key()).cloned() else {
+            return;
+        };
+        let weighted: Vec<Quota> = limits
+            .quotas()
+            .iter()
+            .filter(|quota| !quota.is_per_request())
+            .copied()
+            .collect();
+        if weighted.is_empty() {
+            return;
+        }
+        let Ok(runtime) = tokio::runtime::Handle::try_current() else {
+            return;
+        };
+        let inner = self.inner.clone();
+        let key = admission.key().clone();
+        let id = admission.id();
+        let margin = limits.safety_margin();
+        let delta = i64::try_from(i128::from(actual_cost) - i128::from(admission.cost()))
+            .unwrap_or(i64::MAX);
+        runtime.spawn(async move {
+            let result = if inner.approximate {
+                let mut invocation = SCRIPTS.approx_adjust.prepare_invoke();
+                invocation.arg(id);
+                for quota in &weighted {
+                    invocation
+                        .key(format!("{}:counts", inner.quota_key(&key, quota)))
+                        .arg(micros(quota.window() + margin))
+                        .arg(delta);
+                }
+                inner.call::<i64>(&key, &invocation).await
+            } else {
+                let mut invocation = SCRIPTS.exact_correct.prepare_invoke();
+                for quota in &weighted {
+                    let base = inner.quota_key(&key, quota);
+                    invocation
+                        .key(format!("{base}:log"))
+                        .key(format!("{base}:costs"));
+                }
+                invocation.arg(id).arg(actual_cost);
+                inner.call::<i64>(&key, &invocation).await
+            };
+            if let Err(error) = result {
+                inner.report(&key, &error, "correct");
+            }
+        });
+    }
+}
+
+/// The future of one admission by a [`RedisStore`].
+///
+/// Boxed: a Redis round trip already allocates, and the boxed state is what
+/// lets a dropped waiter remove its reservation.
+pub struct Acquire {
+    future: Pin<Box<dyn Future<Output = Result<Admission, BoxError>> + Send>>,
+}
+
+impl Future for Acquire {
+    type Output = Result<Admission, BoxError>;
+
+    fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        self.future.as_mut().poll(cx)
+    }
+}
+
+impl fmt::Debug for Acquire {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Acquire").finish_non_exhaustive()
+    }
+}
+
+/// Why a Redis admission did not happen.
+enum Failure {
+    /// Redis decided: the request is refused (overloaded).
+    Refused(BoxError),
+    /// Redis could not decide: the failure policy applies.
+    Store(RedisStoreError),
+}
+
+async fn acquire(
+    inner: Arc<Inner>,
+    key: Key,
+    cost: u64,
+    limits: Limits,
+) -> Result<Admission, BoxError> {
+    if let Some(quota) = limits
+        .quotas()
+        .iter()
+        .find(|quota| quota.units(cost) > quota.max_calls())
+    {
+        return Err(RedisCostTooLarge {
+            key,
+            cost,
+            max_calls: quota.max_calls(),
+            window: quota.window(),
+        }
+        .into());
+    }
+    if limits.quotas().iter().all(|quota| quota.units(cost) == 0) {
+        return Ok(Admission::new(key, 0, cost, Duration::ZERO, 0));
+    }
+    let result = if inner.is_suspended() {
+        Err(Failure::Store(RedisStoreError::suspended(key.clone())))
+    } else if inner.approximate {
+        inner.acquire_approximate(&key, cost, &limits).await
+    } else {
+        inner.acquire_exact(&key, cost, &limits).await
+    };
+    match result {
+        Ok(admission) => Ok(admission),
+        Err(Failure::Refused(error)) => Err(error),
+        Err(Failure::Store(error)) => inner.fail(key, cost, &limits, error).await,
+    }
+}
+
+impl Inner {
+    fn quota_key(&self, key: &Key, quota: &Quota) -> String {
+        format!(
+            "{}:{{{}}}:{}:{}:{}",
+            self.prefix,
+            key,
+            micros(quota.window()),
+            quota.max_calls(),
+            if quota.is_per_request() { "r" } else { "w" }
+        )
+    }
+
+    fn is_suspended(&self) -> bool {
+        lock(&self.suspended_until).is_some_and(|until| Instant::now() < until)
+    }
+
+    fn suspend(&self) {
+        *lock(&self.suspended_until) = Some(Instant::now() + self.timeout);
+    }
+
+    async fn call<T: FromRedisValue>(
+        &self,
+        key: &Key,
+        invocation: &ScriptInvocation<'_>,
+    ) -> Result<T, RedisStoreError> {
+        let mut connection = self.connection.clone();
+        match tokio::time::timeout(self.timeout, invocation.invoke_async(&mut connection)).await {
+            Ok(Ok(value)) => Ok(value),
+            Ok(Err(error)) => Err(RedisStoreError::redis(Some(key.clone()), error)),
+            Err(_) => Err(RedisStoreError::timeout(Some(key.clone()), self.timeout)),
+        }
+    }
+
+    fn remember(&self, key: &Key, limits: &Limits) {
+        let mut known = lock(&self.known);
+        if known.get(key) != Some(limits) {
+            if known.len() >= KNOWN_KEYS {
+                known.clear();
+            }
+            known.insert(key.clone(), limits.clone());
+        }
+    }
+
+    async fn acquire_exact(
+        self: &Arc<Self>,
+        key: &Key,
+        cost: u64,
+        limits: &Limits,
+    ) -> Result<Admission, Failure> {
+        // The id is chosen here, so that a request dropped while its call is
+        // in flight can still remove what the call records.
+        let id = loop {
+            let id: u64 = rand::random();
+            if id != 0 {
+                break id;
+            }
+        };
+        let quotas = limits.quotas();
+        let margin = limits.safety_margin();
+        let mut keys = Vec::with_capacity(quotas.len() * 2);
+        let mut invocation = SCRIPTS.exact_acquire.prepare_invoke();
+        for quota in quotas {
+            let base = self.quota_key(key, quota);
+            keys.push(format!("{base}:log"));
+            keys.push(format!("{base}:costs"));
+        }
+        for redis_key in &keys {
+            invocation.key(redis_key);
+        }
+        invocation
+            .arg(id)
+            .arg(limits.max_wait().map_or(-1, micros))
+            .arg(limits.max_queue().map_or(-1, |max| max as i64))
+            .arg(quotas.len());
+        for quota in quotas {
+            invocation
+                .arg(micros(quota.window() + margin))
+                .arg(quota.max_calls())
+                .arg(quota.units(cost));
+        }
+        let mut reservation = Reservation {
+            inner: self.clone(),
+            key: key.clone(),
+            cancel: Cancel::Exact { keys, id },
+            armed: true,
+        };
+        let reply: Vec<i64> = match self.call(key, &invocation).await {
+            Ok(reply) => reply,
+            Err(error) => {
+                // A call that timed out may still run: the reservation's drop
+                // removes what it records. Nothing ran for other errors.
+                reservation.armed = error.kind() == RedisStoreErrorKind::Timeout;
+                return Err(Failure::Store(error));
+            }
+        };
+        self.settle(key, cost, limits, &reply, id, reservation)
+            .await
+    }
+
+    async fn acquire_approximate(
+        self: &Arc<Self>,
+        key: &Key,
+        cost: u64,
+        limits: &Limits,
+    ) -> Result<Admission, Failure> {
+        let quotas = limits.quotas();
+        let margin = limits.safety_margin();
+        let mut invocation = SCRIPTS.approx_acquire.prepare_invoke();
+        let mut keys = Vec::with_capacity(quotas.len());
+        for quota in quotas {
+            let redis_key = format!("{}:counts", self.quota_key(key, quota));
+            invocation.key(&redis_key);
+            keys.push((
+                redis_key,
+                micros(quota.window() + margin),
+                quota.units(cost),
+            ));
+        }
+        invocation
+            .arg(limits.max_wait().map_or(-1, micros))
+            .arg(quotas.len());
+        for quota in quotas {
+            invocation
+                .arg(micros(quota.window() + margin))
+                .arg(quota.max_calls())
+                .arg(quota.units(cost));
+        }
+        let reply: Vec<i64> = self.call(key, &invocation).await.map_err(Failure::Store)?;
+        let at = reply.get(4).copied().unwrap_or(0).max(1);
+        let reservation = Reservation {
+            inner: self.clone(),
+            key: key.clone(),
+            cancel: Cancel::Approximate { keys, at },
+            armed: true,
+        };
+        self.settle(key, cost, limits, &reply, at as u64, reservation)
+            .await
+    }
+
+    /// Turns a script's reply into an admission, after sleeping until the
+    /// reserved slot, or into a refusal.
+    async fn settle(
+        &self,
+        key: &Key,
+        cost: u64,
+        limits: &Limits,
+        reply: &[i64],
+        id: u64,
+        mut reservation: Reservation,
+    ) -> Result<Admission, Failure> {
+        let &[status, wait_us, queued, limiting, ..] = reply else {
+            reservation.armed = false;
+            return Err(Failure::Store(RedisStoreError::unexpected_reply(
+                key.clone(),
+                format!("script returned {} values", reply.len()),
+            )));
+        };
+        let wait = Duration::from_micros(u64::try_from(wait_us).unwrap_or(0));
+        let queued = usize::try_from(queued).unwrap_or(0);
+        let limited_by = usize::try_from(limiting)
+            .ok()
+            .and_then(|index| index.checked_sub(1))
+            .and_then(|index| limits.quotas().get(index).copied());
+        let reason = match status {
+            0 => None,
+            1 => Some(OverloadReason::MaxWait(
+                limits.max_wait().unwrap_or_default(),
+            )),
+            2 => Some(OverloadReason::QueueFull(
+                limits.max_queue().unwrap_or_default(),
+            )),
+            other => {
+                reservation.armed = false;
+                return Err(Failure::Store(RedisStoreError::unexpected_reply(
+                    key.clone(),
+                    format!("script returned status {other}"),
+                )));
+            }
+        };
+        if let Some(reason) = reason {
+            // Refused by the script: it recorded nothing.
+            reservation.armed = false;
+            tracing::warn!(
+                name: telemetry::RATE_LIMIT_QUEUE_OVERLOADED,
+                target: telemetry::TARGET,
+                key = %key,
+                wait_ms = wait.as_millis() as u64,
+                queued = queued as u64,
+                reason = ?reason,
+                "request refused: its quota is overloaded"
+            );
+            return Err(Failure::Refused(
+                RedisOverloaded {
+                    key: key.clone(),
+                    wait,
+                    queued,
+                    reason,
+                }
+                .into(),
+            ));
+        }
+        self.remember(key, limits);
+        if !wait.is_zero() {
+            // The slot is at Redis time `now + wait`; the reply left Redis
+            // after `now`, so waking `wait` after receiving it is never early.
+            tokio::time::sleep(wait).await;
+        }
+        reservation.armed = false;
+        Ok(Admission::new(key.clone(), id, cost, wait, queued).with_limited_by(limited_by))
+    }
+
+    async fn fail(
+        &self,
+        key: Key,
+        cost: u64,
+        limits: &Limits,
+        error: RedisStoreError,
+    ) -> Result<Admission, BoxError> {
+        if !error.is_suspended()
+            && matches!(
+                error.kind(),
+                RedisStoreErrorKind::Timeout | RedisStoreErrorKind::Connection
+            )
+        {
+            self.suspend();
+        }
+        let policy = match self.policy {
+            FailurePolicy::FailClosed => "fail_closed",
+            FailurePolicy::FailOpen => "fail_open",
+            FailurePolicy::LocalFallback { .. } => "local_fallback",
+        };
+        self.report(&key, &error, policy);
+        match self.policy {
+            FailurePolicy::FailOpen => Ok(Admission::new(key, 0, cost, Duration::ZERO, 0)),
+            FailurePolicy::LocalFallback { share } => {
+                let local = local_limits(limits, share)?;
+                self.fallback.acquire(key, cost, &local).await
+            }
+            _ => Err(error.into()),
+        }
+    }
+
+    fn report(&self, key: &Key, error: &RedisStoreError, policy: &'static str) {
+        tracing::warn!(
+            name: STORE_ERROR,
+            target: telemetry::TARGET,
+            key = %key,
+            error.kind = error.kind().as_str(),
+            policy,
+            "the Redis store could not decide: {}",
+            error.kind()
+        );
+    }
+}
+
+/// The limits of the local fallback: `share` of each quota, at least 1.
+fn local_limits(limits: &Limits, share: f64) -> Result<Limits, BoxError> {
+    let quotas = limits
+        .quotas()
+        .iter()
+        .map(|quota| {
+            let max_calls = ((quota.max_calls() as f64 * share).floor() as u64).max(1);
+            if quota.is_per_request() {
+                Quota::per_request(max_calls, quota.window())
+            } else {
+                Quota::new(max_calls, quota.window())
+            }
+        })
+        .collect::<Result<Vec<_>, _>>()?;
+    let mut layer =
+        SlidingWindowLayer::with_quotas(quotas)?.safety_margin(limits.safety_margin())?;
+    if let Some(max_wait) = limits.max_wait() {
+        layer = layer.max_wait(max_wait);
+    }
+    if let Some(max_queue) = limits.max_queue() {
+        layer = layer.max_queue(max_queue);
+    }
+    Ok(layer.limits().clone())
+}
+
+enum Cancel {
+    Exact {
+        keys: Vec<String>,
+        id: u64,
+    },
+    Approximate {
+        keys: Vec<(String, i64, u64)>,
+        at: i64,
+    },
+}
+
+/// What a call recorded, removed again if the request is dropped (or its
+/// call timed out) before its slot.
+struct Reservation {
+    inner: Arc<Inner>,
+    key: Key,
+    cancel: Cancel,
+    armed: bool,
+}
+
+impl Drop for Reservation {
+    fn drop(&mut self) {
+        if !self.armed {
+            return;
+        }
+        let Ok(runtime) = tokio::runtime::Handle::try_current() else {
+            return; // the entries expire with their keys
+        };
+        let inner = self.inner.clone();
+        let key = self.key.clone();
+        let cancel = std::mem::replace(
+            &mut self.cancel,
+            Cancel::Exact {
+                keys: Vec::new(),
+                id: 0,
+            },
+        );
+        runtime.spawn(async move {
+            let result = match &cancel {
+                Cancel::Exact { keys, id } => {
+                    let mut invocation = SCRIPTS.exact_cancel.prepare_invoke();
+                    for redis_key in keys {
+                        invocation.key(redis_key);
+                    }
+                    invocation.arg(*id);
+                    inner.call::<i64>(&key, &invocation).await
+                }
+                Cancel::Approximate { keys, at } => {
+                    let mut invocation = SCRIPTS.approx_adjust.prepare_invoke();
+                    invocation.arg(*at);
+                    for (redis_key, span, units) in keys {
+                        invocation
+                            .key(redis_key)
+                            .arg(*span)
+                            .arg(-i64::try_from(*units).unwrap_or(i64::MAX));
+                    }
+                    inner.call::<i64>(&key, &invocation).await
+                }
+            };
+            if let Err(error) = result {
+                inner.report(&key, &error, "cancel");
+            }
+        });
+    }
+}
+
+fn micros(duration: Duration) -> i64 {
+    i64::try_from(duration.as_micros()).unwrap_or(i64::MAX)
+}
+
+fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    // Every critical section is a single assignment or map operation.
+    mutex.lock().unwrap_or_else(PoisonError::into_inner)
+}

@@ -1,0 +1,375 @@
+//! RedisStore against a real redis-server: exactness across connections,
+//! several quotas and costs, corrections, cancellation, bounds, expiry,
+//! `SCRIPT FLUSH`, and the approximate mode's error bound.
+
+mod support;
+
+use std::collections::HashMap;
+use std::time::Duration;
+
+use redis::Commands;
+use tokio::task::JoinHandle;
+use tower_quota::sliding_window::{Admission, Limits, OverloadReason, Quota, Store};
+use tower_quota::{BoxError, Key, SlidingWindowLayer};
+use tower_quota_redis::{RedisCostTooLarge, RedisOverloaded, RedisStore};
+
+async fn store(server: &support::RedisServer) -> RedisStore {
+    RedisStore::builder(server.url())
+        .prefix(support::unique_key("tq"))
+        .build()
+        .await
+        .expect("store connects")
+}
+
+fn limits(quotas: impl IntoIterator<Item = Quota>) -> SlidingWindowLayer {
+    SlidingWindowLayer::with_quotas(quotas)
+        .unwrap()
+        .safety_margin(Duration::ZERO)
+        .unwrap()
+}
+
+/// The entries of a log: (score in µs, units).
+fn read_log(server: &support::RedisServer, keys: &[String]) -> Vec<(u64, u64)> {
+    let mut connection = server.connection();
+    let entries: Vec<(String, f64)> = connection.zrange_withscores(&keys[0], 0, -1).unwrap();
+    let costs: HashMap<String, String> = connection.hgetall(&keys[1]).unwrap();
+    entries
+        .into_iter()
+        .map(|(id, score)| {
+            let units = costs.get(&id).map_or(1, |cost| cost.parse().unwrap());
+            (score as u64, units)
+        })
+        .collect()
+}
+
+/// The most units in any window `[t, t + span)`.
+fn max_in_any_window(entries: &[(u64, u64)], span: Duration) -> u64 {
+    let span = span.as_micros() as u64;
+    let mut sorted = entries.to_vec();
+    sorted.sort_unstable();
+    (0..sorted.len())
+        .map(|start| {
+            sorted[start..]
+                .iter()
+                .take_while(|(at, _)| *at < sorted[start].0 + span)
+                .map(|(_, units)| units)
+                .sum()
+        })
+        .max()
+        .unwrap_or(0)
+}
+
+async fn wait_for_zcard(server: &support::RedisServer, key: &str, count: usize) {
+    let mut connection = server.connection();
+    for _ in 0..500 {
+        let card: usize = connection.zcard(key).unwrap();
+        if card == count {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    panic!("log {key} never held {count} entries");
+}
+
+fn spawn_acquire(
+    store: &RedisStore,
+    key: &Key,
+    cost: u64,
+    limits: &Limits,
+) -> JoinHandle<Result<Admission, BoxError>> {
+    tokio::spawn(store.acquire(key.clone(), cost, limits))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn three_connections_never_put_more_than_max_calls_in_any_window() {
+    let Some(server) = support::shared() else {
+        return;
+    };
+    let prefix = support::unique_key("tq");
+    let mut stores = Vec::new();
+    for _ in 0..3 {
+        stores.push(
+            RedisStore::builder(server.url())
+                .prefix(prefix.clone())
+                .build()
+                .await
+                .unwrap(),
+        );
+    }
+    let quota = Quota::new(5, Duration::from_secs(2)).unwrap();
+    let layer = limits([quota]);
+    let key = Key::from("exact");
+    let log = stores[0].redis_keys(&key, &quota);
+
+    // 18 requests through three connections: 5 admitted now, 13 reserved.
+    let tasks: Vec<_> = (0..18)
+        .map(|i| spawn_acquire(&stores[i % 3], &key, 1, layer.limits()))
+        .collect();
+    wait_for_zcard(server, &log[0], 18).await;
+    let entries = read_log(server, &log);
+    assert_eq!(max_in_any_window(&entries, quota.window()), 5);
+    // The reservations follow each other exactly one window apart.
+    let mut times: Vec<u64> = entries.iter().map(|(at, _)| *at).collect();
+    times.sort_unstable();
+    for i in 5..times.len() {
+        assert_eq!(times[i], times[i - 5] + 2_000_000, "slot {i} is exact");
+    }
+    let admitted_now = tasks.iter().filter(|task| task.is_finished()).count();
+    assert_eq!(admitted_now, 5);
+
+    // Dropping the waiters removes their reservations.
+    for task in &tasks {
+        task.abort();
+    }
+    wait_for_zcard(server, &log[0], 5).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_quotas_with_costs_are_both_respected_in_arrival_order() {
+    let Some(server) = support::shared() else {
+        return;
+    };
+    let store = store(server).await;
+    let requests = Quota::per_request(4, Duration::from_secs(3)).unwrap();
+    let tokens = Quota::new(10, Duration::from_secs(3)).unwrap();
+    let layer = limits([requests, tokens]);
+    let key = Key::from("weighted");
+    let request_log = store.redis_keys(&key, &requests);
+    let token_log = store.redis_keys(&key, &tokens);
+
+    let costs = [3, 5, 2, 4, 1, 6, 1, 1, 7, 2, 3, 10];
+    let mut tasks = Vec::new();
+    for (i, cost) in costs.iter().enumerate() {
+        tasks.push(spawn_acquire(&store, &key, *cost, layer.limits()));
+        // One at a time, so arrival order is known.
+        wait_for_zcard(server, &request_log[0], i + 1).await;
+    }
+    let request_entries = read_log(server, &request_log);
+    let token_entries = read_log(server, &token_log);
+    assert!(max_in_any_window(&request_entries, requests.window()) <= 4);
+    assert!(max_in_any_window(&token_entries, tokens.window()) <= 10);
+    // Each quota spent its own units: 1 per request, the cost per token.
+    assert!(request_entries.iter().all(|(_, units)| *units == 1));
+    // Arrival order is admission order (a large request is not overtaken):
+    // walking the instants in order, each group of equal instants holds the
+    // next requests of the arrival sequence.
+    let mut groups: std::collections::BTreeMap<u64, Vec<u64>> = Default::default();
+    for (at, units) in &token_entries {
+        groups.entry(*at).or_default().push(*units);
+    }
+    let mut arrivals = costs.iter().copied();
+    for (at, mut group) in groups {
+        let mut expected: Vec<u64> = arrivals.by_ref().take(group.len()).collect();
+        group.sort_unstable();
+        expected.sort_unstable();
+        assert_eq!(group, expected, "admissions at {at}");
+    }
+    assert_eq!(arrivals.next(), None, "every cost was recorded");
+    for task in tasks {
+        task.abort();
+    }
+}
+
+#[tokio::test]
+async fn a_cost_over_a_quota_is_refused_at_once() {
+    let Some(server) = support::shared() else {
+        return;
+    };
+    let store = store(server).await;
+    let layer = limits([
+        Quota::per_request(10, Duration::from_secs(1)).unwrap(),
+        Quota::new(100, Duration::from_secs(60)).unwrap(),
+    ]);
+    let error = store
+        .acquire(Key::from("big"), 101, layer.limits())
+        .await
+        .unwrap_err();
+    let too_large = error
+        .downcast_ref::<RedisCostTooLarge>()
+        .expect("typed error");
+    assert_eq!((too_large.cost(), too_large.max_calls()), (101, 100));
+    // The per-request quota spends 1 whatever the cost.
+    store
+        .acquire(Key::from("big"), 100, layer.limits())
+        .await
+        .unwrap();
+}
+
+#[tokio::test]
+async fn a_wait_over_max_wait_is_refused_and_records_nothing() {
+    let Some(server) = support::shared() else {
+        return;
+    };
+    let store = store(server).await;
+    let quota = Quota::new(2, Duration::from_secs(5)).unwrap();
+    let layer = limits([quota]).max_wait(Duration::from_secs(1));
+    let key = Key::from("max-wait");
+    for _ in 0..2 {
+        store.acquire(key.clone(), 1, layer.limits()).await.unwrap();
+    }
+    let error = store
+        .acquire(key.clone(), 1, layer.limits())
+        .await
+        .unwrap_err();
+    let overloaded = error
+        .downcast_ref::<RedisOverloaded>()
+        .expect("typed error");
+    assert!(matches!(overloaded.reason(), OverloadReason::MaxWait(_)));
+    assert!(overloaded.wait() > Duration::from_secs(4));
+    let log = store.redis_keys(&key, &quota);
+    let card: usize = server.connection().zcard(&log[0]).unwrap();
+    assert_eq!(card, 2);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn max_queue_refuses_past_the_reserved_requests() {
+    let Some(server) = support::shared() else {
+        return;
+    };
+    let store = store(server).await;
+    let quota = Quota::new(1, Duration::from_secs(5)).unwrap();
+    let layer = limits([quota]).max_queue(2);
+    let key = Key::from("max-queue");
+    store.acquire(key.clone(), 1, layer.limits()).await.unwrap();
+    let log = store.redis_keys(&key, &quota);
+    let first = spawn_acquire(&store, &key, 1, layer.limits());
+    wait_for_zcard(server, &log[0], 2).await;
+    let second = spawn_acquire(&store, &key, 1, layer.limits());
+    wait_for_zcard(server, &log[0], 3).await;
+    let error = store
+        .acquire(key.clone(), 1, layer.limits())
+        .await
+        .unwrap_err();
+    let overloaded = error
+        .downcast_ref::<RedisOverloaded>()
+        .expect("typed error");
+    assert_eq!(overloaded.reason(), OverloadReason::QueueFull(2));
+    first.abort();
+    second.abort();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_refund_lets_the_next_request_in_earlier() {
+    let Some(server) = support::shared() else {
+        return;
+    };
+    let store = store(server).await;
+    let tokens = Quota::new(10, Duration::from_secs(30)).unwrap();
+    let layer = limits([tokens]).max_wait(Duration::from_secs(1));
+    let key = Key::from("refund");
+    let admission = store.acquire(key.clone(), 8, layer.limits()).await.unwrap();
+    // 8 + 5 > 10: refused while the estimate stands.
+    assert!(store.acquire(key.clone(), 5, layer.limits()).await.is_err());
+    store.correct(&admission, 2);
+    let log = store.redis_keys(&key, &tokens);
+    let mut connection = server.connection();
+    for _ in 0..200 {
+        let sum: Option<u64> = connection.hget(&log[1], "s").unwrap();
+        if sum == Some(2) {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    let next = store.acquire(key.clone(), 5, layer.limits()).await.unwrap();
+    assert_eq!(next.waited(), Duration::ZERO);
+    // 2 + 5 = 7: a request of 4 would overfill the window, and is refused.
+    assert!(store.acquire(key.clone(), 4, layer.limits()).await.is_err());
+    let entries = read_log(server, &log);
+    assert_eq!(entries.iter().map(|(_, units)| units).sum::<u64>(), 7);
+}
+
+#[tokio::test]
+async fn keys_carry_the_hash_tag_and_expire_when_idle() {
+    let Some(server) = support::shared() else {
+        return;
+    };
+    let store = store(server).await;
+    let quota = Quota::new(3, Duration::from_secs(2)).unwrap();
+    let layer = limits([quota]);
+    let key = Key::from("tenant-7");
+    store.acquire(key.clone(), 2, layer.limits()).await.unwrap();
+    let mut connection = server.connection();
+    for redis_key in store.redis_keys(&key, &quota) {
+        assert!(redis_key.contains("{tenant-7}"), "{redis_key}");
+        let ttl: i64 = connection.pttl(&redis_key).unwrap();
+        // Window (2 s) plus one second of slack.
+        assert!((2_000..=3_000).contains(&ttl), "{redis_key}: pttl {ttl}");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn script_flush_mid_run_is_invisible_to_callers() {
+    let Some(server) = support::shared() else {
+        return;
+    };
+    let store = store(server).await;
+    let layer = limits([Quota::new(1_000, Duration::from_secs(1)).unwrap()]);
+    let key = Key::from("flush");
+    let mut connection = server.connection();
+    for i in 0..200 {
+        if i % 50 == 25 {
+            let _: () = redis::cmd("SCRIPT")
+                .arg("FLUSH")
+                .query(&mut connection)
+                .unwrap();
+        }
+        store
+            .acquire(key.clone(), 1, layer.limits())
+            .await
+            .expect("admitted through a flush");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn approximate_mode_stays_within_its_documented_bound() {
+    let Some(server) = support::shared() else {
+        return;
+    };
+    let store = RedisStore::builder(server.url())
+        .prefix(support::unique_key("tq"))
+        .approximate(true)
+        .build()
+        .await
+        .unwrap();
+    assert!(store.is_approximate());
+    let max_calls = 10;
+    let window = Duration::from_millis(250);
+    let quota = Quota::new(max_calls, window).unwrap();
+    let layer = limits([quota]);
+    let key = Key::from("approx");
+
+    let tasks: Vec<_> = (0..60)
+        .map(|_| spawn_acquire(&store, &key, 1, layer.limits()))
+        .collect();
+    let mut times = Vec::new();
+    for task in tasks {
+        // In approximate mode the admission id is its Redis time in µs.
+        times.push((task.await.unwrap().unwrap().id(), 1));
+    }
+    let span = window.as_micros() as u64;
+    // No fixed window holds more than max_calls.
+    let mut per_fixed: HashMap<u64, u64> = HashMap::new();
+    for (at, _) in &times {
+        *per_fixed.entry(at / span).or_default() += 1;
+    }
+    assert!(
+        per_fixed.values().all(|count| *count <= max_calls),
+        "{per_fixed:?}"
+    );
+    // Any sliding window holds under 2 * max_calls.
+    let sliding = max_in_any_window(&times, window);
+    assert!(sliding < 2 * max_calls, "{sliding}");
+    // And the quota is used: 60 admissions need at least 5 fixed windows
+    // and at most 8.
+    let first = times.iter().map(|(at, _)| at / span).min().unwrap();
+    let last = times.iter().map(|(at, _)| at / span).max().unwrap();
+    assert!((5..=8).contains(&(last - first)), "{first}..{last}");
+    // O(1) memory: one hash of a few fields per quota, once the backlog of
+    // reservations has passed.
+    store.acquire(key.clone(), 1, layer.limits()).await.unwrap();
+    let fields: usize = server
+        .connection()
+        .hlen(&store.redis_keys(&key, &quota)[0])
+        .unwrap();
+    assert!(fields <= 4, "{fields}");
+}

@@ -1,0 +1,245 @@
+//! Counters and histograms through the [`metrics`](https://docs.rs/metrics)
+//! facade (feature `metrics`).
+//!
+//! Every layer records its metrics where it emits its [`telemetry`](crate::telemetry)
+//! events; the names below are stable. Without the `metrics` feature the
+//! names remain, and recording compiles to nothing. With it, install any
+//! `metrics` recorder (for example `metrics-exporter-prometheus`) and the
+//! series appear; with no recorder installed, recording costs a few
+//! nanoseconds. Call [`describe`] once after installing the recorder to give
+//! each series its unit and help text.
+//!
+//! | name | kind | labels | recorded when |
+//! |---|---|---|---|
+//! | `tower_quota_pacing_wait_seconds` | histogram | `key` | a request is admitted by a sliding window: how long it waited (0 for most) |
+//! | `tower_quota_refused_total` | counter | `key`, `reason` | a request fails without being sent: `max_wait`, `queue_full`, `cost_too_large`, `store_error`, `gate_closed` or `circuit_open` |
+//! | `tower_quota_throttled_total` | counter | `key`, `status`, `outcome` | the server throttled a request (`rate_limit_hit`); `outcome` as in the event |
+//! | `tower_quota_gate_closed_total` | counter | `key`, `reason` | a response closed its key's gate (`gate_closed`): `throttled` or `quota_exhausted` |
+//! | `tower_quota_gate_wait_seconds` | histogram | `key` | an attempt passes its key's gate: how long it waited there (0 for most) |
+//! | `tower_quota_retries_total` | counter | `reason` | `JitterBackoffLayer` schedules a retry: `throttled` or `transient` |
+//! | `tower_quota_backoff_seconds` | histogram | `reason` | as `tower_quota_retries_total`: the wait before the retry |
+//! | `tower_quota_retries_exhausted_total` | counter | `reason` | a retryable failure goes back to the caller: `max_attempts`, `max_elapsed`, `body_not_replayable` or `budget_exhausted` |
+//! | `tower_quota_circuit_transitions_total` | counter | `key`, `state` | a breaker changes state: to `open`, `half_open` or `closed` |
+//! | `tower_quota_store_errors_total` | counter | `key`, `kind` | a shared store (Redis) failed; recorded by the store through [`store_error`] |
+//!
+//! # Label values
+//!
+//! `key` is the quota key of the request, as in the telemetry events: every
+//! distinct key is a distinct series. Keep key functions to a bounded set
+//! (providers, hosts, tenants), never request ids, and never secrets (keys
+//! derived from API keys by the `config` module are hashed). The other
+//! labels take the few values listed above.
+//!
+//! # Example
+//!
+//! ```
+//! // After installing a recorder, once:
+//! tower_quota::metrics::describe();
+//! assert_eq!(tower_quota::metrics::PACING_WAIT_SECONDS, "tower_quota_pacing_wait_seconds");
+//! ```
+
+// The helpers take what the call sites have at hand; without the feature
+// their arguments are unused.
+#![cfg_attr(not(feature = "metrics"), allow(unused_variables))]
+
+use std::time::Duration;
+
+use crate::{BoxError, Key};
+
+/// Histogram: how long an admitted request waited for room in its sliding
+/// window, in seconds. Label `key`.
+pub const PACING_WAIT_SECONDS: &str = "tower_quota_pacing_wait_seconds";
+
+/// Counter: requests that failed without being sent. Labels `key`, `reason`.
+pub const REFUSED_TOTAL: &str = "tower_quota_refused_total";
+
+/// Counter: responses by which the server throttled a request. Labels `key`,
+/// `status`, `outcome`.
+pub const THROTTLED_TOTAL: &str = "tower_quota_throttled_total";
+
+/// Counter: gates closed (or extended) by a response. Labels `key`, `reason`.
+pub const GATE_CLOSED_TOTAL: &str = "tower_quota_gate_closed_total";
+
+/// Histogram: how long an attempt waited at its key's gate, in seconds.
+/// Label `key`.
+pub const GATE_WAIT_SECONDS: &str = "tower_quota_gate_wait_seconds";
+
+/// Counter: retries scheduled by `JitterBackoffLayer`. Label `reason`.
+pub const RETRIES_TOTAL: &str = "tower_quota_retries_total";
+
+/// Histogram: the wait before each scheduled retry, in seconds. Label `reason`.
+pub const BACKOFF_SECONDS: &str = "tower_quota_backoff_seconds";
+
+/// Counter: retryable failures returned to the caller. Label `reason`.
+pub const RETRIES_EXHAUSTED_TOTAL: &str = "tower_quota_retries_exhausted_total";
+
+/// Counter: circuit breaker state changes. Labels `key`, `state`.
+pub const CIRCUIT_TRANSITIONS_TOTAL: &str = "tower_quota_circuit_transitions_total";
+
+/// Counter: errors of a shared store. Labels `key`, `kind`.
+pub const STORE_ERRORS_TOTAL: &str = "tower_quota_store_errors_total";
+
+/// Registers the unit and help text of every series with the installed
+/// recorder. Call it once, after installing the recorder; without it the
+/// series still record, without descriptions. Does nothing without the
+/// `metrics` feature.
+pub fn describe() {
+    #[cfg(feature = "metrics")]
+    describe_all();
+}
+
+#[cfg(feature = "metrics")]
+fn describe_all() {
+    use ::metrics::{Unit, describe_counter, describe_histogram};
+
+    describe_histogram!(
+        PACING_WAIT_SECONDS,
+        Unit::Seconds,
+        "Time an admitted request waited for room in its sliding window"
+    );
+    describe_counter!(
+        REFUSED_TOTAL,
+        Unit::Count,
+        "Requests that failed without being sent, by reason"
+    );
+    describe_counter!(
+        THROTTLED_TOTAL,
+        Unit::Count,
+        "Responses by which the server throttled a request"
+    );
+    describe_counter!(
+        GATE_CLOSED_TOTAL,
+        Unit::Count,
+        "Gates closed by a server's delay or exhausted quota"
+    );
+    describe_histogram!(
+        GATE_WAIT_SECONDS,
+        Unit::Seconds,
+        "Time an attempt waited at its key's gate"
+    );
+    describe_counter!(
+        RETRIES_TOTAL,
+        Unit::Count,
+        "Retries scheduled after a throttled or transient failure"
+    );
+    describe_histogram!(
+        BACKOFF_SECONDS,
+        Unit::Seconds,
+        "Wait before each scheduled retry"
+    );
+    describe_counter!(
+        RETRIES_EXHAUSTED_TOTAL,
+        Unit::Count,
+        "Retryable failures returned to the caller, by reason"
+    );
+    describe_counter!(
+        CIRCUIT_TRANSITIONS_TOTAL,
+        Unit::Count,
+        "Circuit breaker state changes, by new state"
+    );
+    describe_counter!(
+        STORE_ERRORS_TOTAL,
+        Unit::Count,
+        "Errors of a shared admission store"
+    );
+}
+
+/// Records an error of a shared store, for [`Store`](crate::sliding_window::Store)
+/// implementations: call it where the store emits its `store_error` event,
+/// with the key of the request and a short stable name for the error
+/// (`timeout`, `connection`, ...). Errors the store answers with also count
+/// in `tower_quota_refused_total` (`reason = "store_error"`); errors it
+/// absorbs (failing open) count only here.
+pub fn store_error(key: &Key, kind: &'static str) {
+    #[cfg(feature = "metrics")]
+    ::metrics::counter!(STORE_ERRORS_TOTAL, "key" => key_label(key), "kind" => kind).increment(1);
+}
+
+#[cfg(feature = "metrics")]
+fn key_label(key: &Key) -> String {
+    key.as_str().to_owned()
+}
+
+/// A sliding window admitted a request after `waited`.
+pub(crate) fn pacing_admitted(key: &Key, waited: Duration) {
+    #[cfg(feature = "metrics")]
+    ::metrics::histogram!(PACING_WAIT_SECONDS, "key" => key_label(key)).record(waited);
+}
+
+/// A sliding window's store answered `error` instead of an admission.
+pub(crate) fn admission_refused(error: &BoxError) {
+    #[cfg(feature = "metrics")]
+    {
+        use crate::sliding_window::{CostTooLarge, OverloadReason, Overloaded};
+
+        let (key, reason) = if let Some(overloaded) = error.downcast_ref::<Overloaded>() {
+            let reason = match overloaded.reason() {
+                OverloadReason::QueueFull(_) => "queue_full",
+                _ => "max_wait",
+            };
+            (key_label(overloaded.key()), reason)
+        } else if let Some(too_large) = error.downcast_ref::<CostTooLarge>() {
+            (key_label(too_large.key()), "cost_too_large")
+        } else {
+            // A store's own error does not say which key it was for.
+            (String::new(), "store_error")
+        };
+        ::metrics::counter!(REFUSED_TOTAL, "key" => key, "reason" => reason).increment(1);
+    }
+}
+
+/// A request failed without being sent, for `reason`.
+pub(crate) fn refused(key: &Key, reason: &'static str) {
+    #[cfg(feature = "metrics")]
+    ::metrics::counter!(REFUSED_TOTAL, "key" => key_label(key), "reason" => reason).increment(1);
+}
+
+/// The server throttled a request of `key`; `outcome` is what the layer did.
+pub(crate) fn throttled(key: &Key, status: http::StatusCode, outcome: &'static str) {
+    #[cfg(feature = "metrics")]
+    ::metrics::counter!(
+        THROTTLED_TOTAL,
+        "key" => key_label(key),
+        "status" => status.as_str().to_owned(),
+        "outcome" => outcome
+    )
+    .increment(1);
+}
+
+/// A response closed the gate of `key`.
+pub(crate) fn gate_closed(key: &Key, reason: &'static str) {
+    #[cfg(feature = "metrics")]
+    ::metrics::counter!(GATE_CLOSED_TOTAL, "key" => key_label(key), "reason" => reason)
+        .increment(1);
+}
+
+/// An attempt of `key` passed its gate after `waited`.
+pub(crate) fn gate_passed(key: &Key, waited: Duration) {
+    #[cfg(feature = "metrics")]
+    ::metrics::histogram!(GATE_WAIT_SECONDS, "key" => key_label(key)).record(waited);
+}
+
+/// A retry was scheduled after `wait`.
+pub(crate) fn retry_scheduled(reason: &'static str, wait: Duration) {
+    #[cfg(feature = "metrics")]
+    {
+        ::metrics::counter!(RETRIES_TOTAL, "reason" => reason).increment(1);
+        ::metrics::histogram!(BACKOFF_SECONDS, "reason" => reason).record(wait);
+    }
+}
+
+/// A retryable failure went back to the caller.
+pub(crate) fn retries_exhausted(reason: &'static str) {
+    #[cfg(feature = "metrics")]
+    ::metrics::counter!(RETRIES_EXHAUSTED_TOTAL, "reason" => reason).increment(1);
+}
+
+/// The breaker of `key` changed to `state`.
+pub(crate) fn circuit_transition(key: &Key, state: crate::circuit_breaker::CircuitState) {
+    #[cfg(feature = "metrics")]
+    ::metrics::counter!(CIRCUIT_TRANSITIONS_TOTAL, "key" => key_label(key), "state" => state.as_str())
+        .increment(1);
+}
+
+#[cfg(all(test, feature = "metrics"))]
+mod tests;
