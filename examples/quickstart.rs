@@ -1,18 +1,27 @@
-//! The main job: pace a hyper-util client to a provider's quota and show,
-//! from the provider's own records, that it used all of it and was never
-//! refused.
+//! The main job: a client that uses all of a provider's quota, is never
+//! refused, and recovers from the provider's faults — measured at the
+//! provider.
 //!
 //! ```text
 //! cargo run --release --example quickstart
-//! cargo run --release --example quickstart -- --quota 20 --window 1s --requests 200 --concurrency 32
+//! cargo run --release --example quickstart -- --quota 20 --window 1s --requests 300 --concurrency 32
+//! cargo run --release --example quickstart -- --requests 200 --no-faults    # pacing alone
 //! ```
 //!
-//! An in-process `quota-mock` server enforces a strict sliding log
-//! (20 requests in any 1 s by default) and records every arrival. The client
-//! sends the requests through `SlidingWindowLayer` with `concurrency` calls in
-//! flight, then prints what the server measured: 429s, the maximum accepted
-//! in any window, and the utilization of the quota.
+//! An in-process `quota-mock` server enforces a strict sliding log (20
+//! requests in any 1 s by default), answers 3% of requests with a 503, and
+//! has one episode of `503 Retry-After: 1`. The client sends the requests
+//! through the three layers on a hyper-util client:
+//!
+//! ```text
+//! JitterBackoffLayer → RetryAfterLayer → SlidingWindowLayer → timeout → hyper-util Client
+//! ```
+//!
+//! and prints what happened as the server saw it. The JSON telemetry of the
+//! run and a timeline plot (SVG) are written under `target/quickstart/`.
 
+use std::fs::File;
+use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::sync::Arc;
 use std::time::Duration;
@@ -21,17 +30,22 @@ use bytes::Bytes;
 use http_body_util::{BodyExt, Empty};
 use hyper_util::client::legacy::Client;
 use hyper_util::rt::TokioExecutor;
-use quota_mock::{MockServer, Rule, Stats};
+use indicatif::{ProgressBar, ProgressStyle};
+use quota_mock::{Fault, HeaderDialect, MockServer, Rule, Scripted, Stats};
 use tokio::sync::Semaphore;
+use tokio::time::Instant;
 use tower::{ServiceBuilder, ServiceExt};
-use tower_quota::{BoxError, SlidingWindowLayer};
+use tower_quota::{BoxError, JitterBackoffLayer, RetryAfterLayer, SlidingWindowLayer};
+use tracing_subscriber::EnvFilter;
 
 struct Options {
     quota: u64,
     window: Duration,
     requests: usize,
     concurrency: usize,
+    faults: bool,
     safety_margin: Option<Duration>,
+    out: PathBuf,
 }
 
 impl Options {
@@ -39,77 +53,50 @@ impl Options {
         let mut options = Options {
             quota: 20,
             window: Duration::from_secs(1),
-            requests: 200,
+            requests: 300,
             concurrency: 32,
+            faults: true,
             safety_margin: None,
+            out: PathBuf::from("target/quickstart"),
         };
         let mut args = std::env::args().skip(1);
         while let Some(flag) = args.next() {
             let mut value = || args.next().ok_or_else(|| format!("{flag} needs a value"));
             match flag.as_str() {
-                "--quota" => options.quota = parse(&flag, &value()?)?,
-                "--window" => {
-                    let text = value()?;
-                    options.window = humantime::parse_duration(&text)
-                        .map_err(|error| format!("--window {text}: {error}"))?;
-                }
-                "--safety-margin" => {
-                    let text = value()?;
-                    options.safety_margin = Some(
-                        humantime::parse_duration(&text)
-                            .map_err(|error| format!("--safety-margin {text}: {error}"))?,
-                    );
-                }
-                "--requests" => options.requests = parse(&flag, &value()?)?,
-                "--concurrency" => options.concurrency = parse(&flag, &value()?)?,
-                "--help" | "-h" => {
-                    return Err("usage: quickstart [--quota N] [--window 1s] [--requests N] [--concurrency N] [--safety-margin 10ms]".into());
-                }
-                other => return Err(format!("unknown flag {other}; try --help")),
+                "--quota" => options.quota = number(&flag, &value()?)?,
+                "--window" => options.window = duration(&flag, &value()?)?,
+                "--requests" => options.requests = number(&flag, &value()?)?,
+                "--concurrency" => options.concurrency = number(&flag, &value()?)?,
+                "--safety-margin" => options.safety_margin = Some(duration(&flag, &value()?)?),
+                "--out" => options.out = PathBuf::from(value()?),
+                "--no-faults" => options.faults = false,
+                "--help" | "-h" => return Err(USAGE.into()),
+                other => return Err(format!("unknown flag {other}\n{USAGE}")),
             }
         }
-        if options.concurrency == 0 {
-            return Err("--concurrency must be at least 1".into());
+        if options.concurrency == 0 || options.quota == 0 || options.window.is_zero() {
+            return Err("--quota, --window and --concurrency must be above zero".into());
         }
         Ok(options)
     }
 }
 
-fn parse<T: std::str::FromStr>(flag: &str, text: &str) -> Result<T, String> {
+const USAGE: &str = "usage: quickstart [--quota N] [--window 1s] [--requests N] [--concurrency N] \
+[--no-faults] [--safety-margin 5ms] [--out DIR]";
+
+fn number<T: std::str::FromStr>(flag: &str, text: &str) -> Result<T, String> {
     text.parse()
         .map_err(|_| format!("{flag}: `{text}` is not a valid number"))
 }
 
-/// What the server saw, in the terms of the acceptance criteria.
-struct Report {
-    accepted: u64,
-    refused: u64,
-    max_in_window: u64,
-    span: Duration,
-    utilization: f64,
+fn duration(flag: &str, text: &str) -> Result<Duration, String> {
+    humantime::parse_duration(text).map_err(|error| format!("{flag} {text}: {error}"))
 }
 
-fn report(stats: &Stats, quota: u64, window: Duration) -> Report {
-    let accepted: Vec<Duration> = stats
-        .arrivals
-        .iter()
-        .filter(|arrival| arrival.is_accepted())
-        .map(|arrival| arrival.at)
-        .collect();
-    let span = match (accepted.iter().min(), accepted.iter().max()) {
-        (Some(first), Some(last)) => *last - *first,
-        _ => Duration::ZERO,
-    };
-    // The most a client could have had accepted from the first accepted
-    // arrival to the last: a full quota per window, over span + window.
-    let possible = quota as f64 * (span + window).as_secs_f64() / window.as_secs_f64();
-    Report {
-        accepted: accepted.len() as u64,
-        refused: stats.count(429),
-        max_in_window: stats.max_in_any_window(window),
-        span,
-        utilization: accepted.len() as f64 / possible,
-    }
+/// What one logical request did, as the client saw it.
+struct Outcome {
+    ok: bool,
+    latency: Duration,
 }
 
 #[tokio::main]
@@ -121,89 +108,318 @@ async fn main() -> Result<ExitCode, BoxError> {
             return Ok(ExitCode::from(2));
         }
     };
+    std::fs::create_dir_all(&options.out)?;
+    let log_path = options.out.join("telemetry.jsonl");
+    let plot_path = options.out.join("timeline.svg");
 
-    // The provider: a strict sliding log, measured at the server.
-    let server = MockServer::builder()
+    // Telemetry: every event of the layers as one JSON object per line.
+    tracing_subscriber::fmt()
+        .json()
+        .with_env_filter(EnvFilter::new("tower_quota=debug"))
+        .with_writer(File::create(&log_path)?)
+        .init();
+
+    // The provider: a strict sliding log, with faults, measured at the server.
+    let mut provider = MockServer::builder()
         .rule(Rule::sliding_log(options.quota, options.window))
-        .start()
-        .await?;
-
-    // The client: hyper-util's pooled client, paced by the sliding window.
-    let client = Client::builder(TokioExecutor::new()).build_http::<Empty<Bytes>>();
-    let mut limiter = SlidingWindowLayer::new(options.quota, options.window)?;
-    if let Some(margin) = options.safety_margin {
-        limiter = limiter.safety_margin(margin)?;
+        .headers(HeaderDialect::IetfStructured)
+        .seed(7);
+    if options.faults {
+        provider = provider.fault(Fault::ErrorRate {
+            fraction: 0.03,
+            statuses: vec![http::StatusCode::SERVICE_UNAVAILABLE],
+        });
     }
-    let service = ServiceBuilder::new().layer(limiter).service(client);
+    let server = provider.start().await?;
+
+    // The client: the three layers around hyper-util's pooled client.
+    let client = Client::builder(TokioExecutor::new()).build_http();
+    let mut pacing = SlidingWindowLayer::new(options.quota, options.window)?;
+    if let Some(margin) = options.safety_margin {
+        pacing = pacing.safety_margin(margin)?;
+    }
+    let service = ServiceBuilder::new()
+        .layer(
+            JitterBackoffLayer::new()
+                .max_attempts(5)?
+                .attempt_header("x-retry-attempt")?,
+        )
+        // The sliding window below knows the exact quota: the gate obeys
+        // Retry-After and throttling, and leaves the pacing to it.
+        .layer(RetryAfterLayer::new().pace_by_quota_headers(false))
+        .layer(pacing)
+        .timeout(Duration::from_secs(10))
+        .service(client);
 
     println!(
-        "sending {} requests at concurrency {} to {} (quota {} per {:?}, strict sliding log)",
+        "{} requests at concurrency {} to {} — quota {} per {:?}, strict sliding log{}",
         options.requests,
         options.concurrency,
         server.url(),
         options.quota,
-        options.window
+        options.window,
+        if options.faults {
+            ", 3% 503s and one Retry-After episode"
+        } else {
+            ""
+        },
     );
+    let progress = ProgressBar::new(options.requests as u64).with_style(
+        ProgressStyle::with_template("{elapsed_precise} [{bar:40}] {pos}/{len} {msg}")
+            .unwrap_or_else(|_| ProgressStyle::default_bar()),
+    );
+
     let url: http::Uri = format!("{}/v1/items", server.url()).parse()?;
     let in_flight = Arc::new(Semaphore::new(options.concurrency));
     let mut tasks = tokio::task::JoinSet::new();
-    for _ in 0..options.requests {
+    let started = Instant::now();
+    for i in 0..options.requests {
+        if options.faults && i == options.requests / 3 {
+            // The provider pushes back once: the next two get 503 Retry-After: 1.
+            server.script(
+                Scripted::new(2, http::StatusCode::SERVICE_UNAVAILABLE)
+                    .retry_after(Duration::from_secs(1)),
+            );
+        }
         let permit = in_flight.clone().acquire_owned().await?;
         let service = service.clone();
-        let request = http::Request::get(url.clone()).body(Empty::new())?;
+        let request = http::Request::get(url.clone()).body(Empty::<Bytes>::new())?;
+        let progress = progress.clone();
         tasks.spawn(async move {
-            let response = service.oneshot(request).await?;
-            let status = response.status();
-            response.into_body().collect().await?;
+            let sent = Instant::now();
+            let result = service.oneshot(request).await;
+            let ok = match result {
+                Ok(response) => {
+                    let ok = response.status().is_success();
+                    ok & response.into_body().collect().await.is_ok()
+                }
+                Err(error) => {
+                    progress.println(format!("request failed: {error}"));
+                    false
+                }
+            };
             drop(permit);
-            Ok::<_, BoxError>(status)
+            progress.inc(1);
+            Outcome {
+                ok,
+                latency: sent.elapsed(),
+            }
         });
     }
-    let mut failures = 0;
-    while let Some(joined) = tasks.join_next().await {
-        match joined? {
-            Ok(status) if status.is_success() => {}
-            Ok(status) => {
-                failures += 1;
-                eprintln!("request answered {status}");
-            }
-            Err(error) => {
-                failures += 1;
-                eprintln!("request failed: {error}");
-            }
-        }
+    let mut outcomes = Vec::with_capacity(options.requests);
+    while let Some(outcome) = tasks.join_next().await {
+        outcomes.push(outcome?);
     }
+    let elapsed = started.elapsed();
+    progress.finish_and_clear();
 
     let stats = server.stats();
-    if std::env::var_os("QUICKSTART_DEBUG").is_some() {
-        let times: Vec<f64> = stats.arrivals.iter().map(|a| a.at.as_secs_f64()).collect();
-        for chunk in times.chunks(options.quota as usize) {
-            let lo = chunk.iter().cloned().fold(f64::MAX, f64::min);
-            let hi = chunk.iter().cloned().fold(0.0, f64::max);
-            eprintln!("burst at {lo:.4} spread {:.2} ms", (hi - lo) * 1000.0);
-        }
-    }
     server.shutdown().await;
-    let report = report(&stats, options.quota, options.window);
+    let report = Report::new(&stats, &outcomes, &options, elapsed);
+    report.print(&options);
+    plot_timeline(&stats, &options, &plot_path)?;
     println!();
-    println!("as measured by the server:");
-    println!("  accepted                  {}", report.accepted);
-    println!("  refused (429)             {}", report.refused);
-    println!("  failed on the client      {failures}");
-    println!(
-        "  max accepted in any {:?}  {} (quota {})",
-        options.window, report.max_in_window, options.quota
-    );
-    println!(
-        "  span first..last accepted {:.3} s",
-        report.span.as_secs_f64()
-    );
-    println!("  utilization               {:.4}", report.utilization);
+    println!("telemetry (JSON lines): {}", log_path.display());
+    println!("timeline plot (SVG):    {}", plot_path.display());
 
-    let compliant = report.refused == 0 && failures == 0 && report.max_in_window <= options.quota;
-    Ok(if compliant {
+    let all_good = report.succeeded == options.requests
+        && report.refused == 0
+        && report.max_in_window <= options.quota;
+    Ok(if all_good {
         ExitCode::SUCCESS
     } else {
         ExitCode::FAILURE
     })
+}
+
+/// The run in numbers, from the server's records and the client's outcomes.
+struct Report {
+    succeeded: usize,
+    attempts: u64,
+    refused: u64,
+    server_errors: u64,
+    max_in_window: u64,
+    achieved_rate: f64,
+    utilization: f64,
+    p50: Duration,
+    p99: Duration,
+    elapsed: Duration,
+}
+
+impl Report {
+    fn new(stats: &Stats, outcomes: &[Outcome], options: &Options, elapsed: Duration) -> Self {
+        let admitted: Vec<Duration> = stats
+            .arrivals
+            .iter()
+            .filter(|a| a.is_accepted())
+            .map(|a| a.at)
+            .collect();
+        let span = match (admitted.iter().min(), admitted.iter().max()) {
+            (Some(first), Some(last)) => *last - *first,
+            _ => Duration::ZERO,
+        };
+        let window = options.window.as_secs_f64();
+        let possible = options.quota as f64 * (span.as_secs_f64() + window) / window;
+        let succeeded = outcomes.iter().filter(|o| o.ok).count();
+        let mut latencies: Vec<Duration> = outcomes.iter().map(|o| o.latency).collect();
+        latencies.sort();
+        let percentile = |p: f64| -> Duration {
+            if latencies.is_empty() {
+                return Duration::ZERO;
+            }
+            let index =
+                ((latencies.len() as f64 * p).ceil() as usize).clamp(1, latencies.len()) - 1;
+            latencies[index]
+        };
+        let successes_at_server = stats.count(200) as f64;
+        Report {
+            succeeded,
+            attempts: stats.total,
+            refused: stats.count(429),
+            server_errors: stats
+                .by_status
+                .iter()
+                .filter(|(status, _)| **status >= 500)
+                .map(|(_, n)| n)
+                .sum(),
+            max_in_window: stats.max_in_any_window(options.window),
+            // Successful responses per window, over the time the server was
+            // busy, against the quota.
+            achieved_rate: successes_at_server / possible,
+            utilization: admitted.len() as f64 / possible,
+            p50: percentile(0.50),
+            p99: percentile(0.99),
+            elapsed,
+        }
+    }
+
+    fn print(&self, options: &Options) {
+        let rows = [
+            ("sent (logical requests)", options.requests.to_string()),
+            ("succeeded", self.succeeded.to_string()),
+            ("attempts seen by the server", self.attempts.to_string()),
+            ("429 Too Many Requests", self.refused.to_string()),
+            ("5xx answered, then retried", self.server_errors.to_string()),
+            (
+                "max accepted in any window",
+                format!(
+                    "{} (quota {} per {:?})",
+                    self.max_in_window, options.quota, options.window
+                ),
+            ),
+            (
+                "achieved rate / quota",
+                format!("{:.1}% ({:.4})", self.utilization * 100.0, self.utilization),
+            ),
+            (
+                "successful responses / quota",
+                format!("{:.1}%", self.achieved_rate * 100.0),
+            ),
+            (
+                "latency p50 / p99",
+                format!("{:?} / {:?}", self.p50, self.p99),
+            ),
+            ("wall time", format!("{:.2?}", self.elapsed)),
+        ];
+        println!();
+        println!("  as measured by the server");
+        println!("  {}", "-".repeat(60));
+        for (name, value) in rows {
+            println!("  {name:<30} {value}");
+        }
+    }
+}
+
+/// Admissions per 100 ms and the number accepted in the trailing window,
+/// against the quota, with retries marked.
+fn plot_timeline(stats: &Stats, options: &Options, path: &Path) -> Result<(), BoxError> {
+    use plotters::prelude::*;
+
+    let admitted: Vec<&quota_mock::Arrival> =
+        stats.arrivals.iter().filter(|a| a.is_accepted()).collect();
+    let end = stats
+        .arrivals
+        .iter()
+        .map(|a| a.at)
+        .max()
+        .unwrap_or_default()
+        + Duration::from_millis(100);
+    let buckets = (end.as_millis() / 100) as usize + 1;
+    let mut per_bucket = vec![0u64; buckets];
+    for arrival in &admitted {
+        per_bucket[(arrival.at.as_millis() / 100) as usize] += 1;
+    }
+    // The trailing-window count, sampled every 10 ms.
+    let window = options.window;
+    let trailing: Vec<(f64, u64)> = (0..=end.as_millis() as u64 / 10)
+        .map(|step| {
+            let at = Duration::from_millis(step * 10);
+            let count = admitted
+                .iter()
+                .filter(|a| a.at <= at && a.at + window > at)
+                .count() as u64;
+            (at.as_secs_f64(), count)
+        })
+        .collect();
+    let retries: Vec<f64> = stats
+        .arrivals
+        .iter()
+        .filter(|a| a.attempt.is_some_and(|attempt| attempt > 1))
+        .map(|a| a.at.as_secs_f64())
+        .collect();
+
+    let root = SVGBackend::new(path, (1000, 420)).into_drawing_area();
+    root.fill(&WHITE)?;
+    let top = options.quota as f64 * 1.3;
+    let mut chart = ChartBuilder::on(&root)
+        .caption("admissions at the server", ("sans-serif", 20))
+        .margin(10)
+        .x_label_area_size(35)
+        .y_label_area_size(45)
+        .build_cartesian_2d(0f64..end.as_secs_f64(), 0f64..top)?;
+    chart
+        .configure_mesh()
+        .x_desc("seconds")
+        .y_desc("requests")
+        .draw()?;
+    chart
+        .draw_series(per_bucket.iter().enumerate().map(|(i, n)| {
+            let x = i as f64 / 10.0;
+            Rectangle::new([(x, 0.0), (x + 0.09, *n as f64)], BLUE.mix(0.5).filled())
+        }))?
+        .label("accepted per 100 ms")
+        .legend(|(x, y)| Rectangle::new([(x, y - 5), (x + 10, y + 5)], BLUE.mix(0.5).filled()));
+    chart
+        .draw_series(LineSeries::new(
+            trailing.iter().map(|(x, n)| (*x, *n as f64)),
+            &GREEN,
+        ))?
+        .label(format!("accepted in the trailing {window:?}"))
+        .legend(|(x, y)| PathElement::new(vec![(x, y), (x + 20, y)], GREEN));
+    chart
+        .draw_series(LineSeries::new(
+            [
+                (0.0, options.quota as f64),
+                (end.as_secs_f64(), options.quota as f64),
+            ],
+            RED.stroke_width(2),
+        ))?
+        .label(format!("quota: {} per {window:?}", options.quota))
+        .legend(|(x, y)| PathElement::new(vec![(x, y), (x + 20, y)], RED));
+    chart
+        .draw_series(
+            retries
+                .iter()
+                .map(|x| Cross::new((*x, top * 0.95), 4, BLACK)),
+        )?
+        .label("retry attempt")
+        .legend(|(x, y)| Cross::new((x + 10, y), 4, BLACK));
+    chart
+        .configure_series_labels()
+        .background_style(WHITE.mix(0.8))
+        .border_style(BLACK)
+        .position(SeriesLabelPosition::LowerRight)
+        .draw()?;
+    root.present()?;
+    Ok(())
 }

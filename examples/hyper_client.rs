@@ -1,0 +1,327 @@
+//! The full stack on hyper-util's pooled client, with connection reuse shown.
+//!
+//! ```text
+//! cargo run --example hyper_client
+//! cargo run --example hyper_client -- --requests 200 --concurrency 16 --quota 20 --error-rate 0.05
+//! RUST_LOG=tower_quota=debug cargo run --example hyper_client 2>log.json
+//! ```
+//!
+//! An in-process `quota-mock` enforces 20 requests in any second and answers
+//! a few admitted requests with `503`. The client is hyper-util's legacy
+//! `Client` with explicit pool settings, behind the three layers in their
+//! order:
+//!
+//! ```text
+//! JitterBackoffLayer → RetryAfterLayer → SlidingWindowLayer → timeout → Client
+//! ```
+//!
+//! The connector is wrapped in a `tower::Service<Uri>` that counts the
+//! connections it opens: paced requests reuse a handful of pooled
+//! connections instead of opening one each. Telemetry goes to stderr as JSON
+//! lines; the summary goes to stdout.
+
+use std::future::Future;
+use std::pin::Pin;
+use std::process::ExitCode;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+use bytes::Bytes;
+use http::{StatusCode, Uri};
+use http_body_util::{BodyExt, Empty};
+use hyper_util::client::legacy::Client;
+use hyper_util::client::legacy::connect::HttpConnector;
+use hyper_util::rt::TokioExecutor;
+use quota_mock::{Fault, HeaderDialect, MockServer, Rule};
+use tokio::sync::Semaphore;
+use tower::{Service, ServiceBuilder, ServiceExt};
+use tower_quota::{BoxError, JitterBackoffLayer, RetryAfterLayer, SlidingWindowLayer};
+
+/// What to run: the provider's quota and faults, and the client's load.
+#[derive(Debug, Clone)]
+pub struct Options {
+    /// The provider's quota: at most `quota` requests in any `window`.
+    pub quota: u64,
+    /// The length of the quota's window.
+    pub window: Duration,
+    /// How many logical requests to send.
+    pub requests: usize,
+    /// How many requests are in flight at once.
+    pub concurrency: usize,
+    /// The fraction of admitted requests the provider answers with `503`.
+    pub error_rate: f64,
+    /// The seed of the provider's fault injection, for repeatable runs.
+    pub seed: u64,
+}
+
+impl Default for Options {
+    fn default() -> Self {
+        Options {
+            quota: 20,
+            window: Duration::from_secs(1),
+            requests: 100,
+            concurrency: 8,
+            error_rate: 0.05,
+            seed: 7,
+        }
+    }
+}
+
+/// What happened, from the client's side and as the provider saw it.
+#[derive(Debug, Clone)]
+pub struct Summary {
+    /// Logical requests sent.
+    pub requests: usize,
+    /// Logical requests that ended in a `2xx`.
+    pub succeeded: usize,
+    /// Requests the provider received, retries included.
+    pub attempts: u64,
+    /// `503`s the provider injected (each one retried by the backoff layer).
+    pub server_errors: u64,
+    /// `429`s: requests the provider refused for the quota.
+    pub refused: u64,
+    /// The most requests the provider accepted in any window.
+    pub max_in_window: u64,
+    /// TCP connections the client opened.
+    pub connections_opened: u64,
+    /// The options that were run.
+    pub options: Options,
+    /// Wall time of the run.
+    pub elapsed: Duration,
+}
+
+impl Summary {
+    /// Checks the outcome: every request succeeded, none was refused for the
+    /// quota, no window held more than the quota, and the pool reused its
+    /// connections. At most one connection per request in flight is needed;
+    /// the bound allows twice that, because hyper-util's pool, when a request
+    /// finds no idle connection, starts a new one even if an idle connection
+    /// comes back first (and keeps it).
+    pub fn verify(&self) -> Result<(), String> {
+        if self.succeeded != self.requests {
+            return Err(format!(
+                "{} of {} requests succeeded",
+                self.succeeded, self.requests
+            ));
+        }
+        if self.refused != 0 {
+            return Err(format!("the provider refused {} requests", self.refused));
+        }
+        if self.max_in_window > self.options.quota {
+            return Err(format!(
+                "{} accepted in one window, over the quota of {}",
+                self.max_in_window, self.options.quota
+            ));
+        }
+        if self.connections_opened > 2 * self.options.concurrency as u64 {
+            return Err(format!(
+                "{} connections opened for {} requests in flight: the pool did not reuse them",
+                self.connections_opened, self.options.concurrency
+            ));
+        }
+        Ok(())
+    }
+}
+
+impl std::fmt::Display for Summary {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        writeln!(f, "requests            {}", self.requests)?;
+        writeln!(f, "succeeded           {}", self.succeeded)?;
+        writeln!(f, "attempts (server)   {}", self.attempts)?;
+        writeln!(f, "503s retried        {}", self.server_errors)?;
+        writeln!(f, "429s                {}", self.refused)?;
+        writeln!(
+            f,
+            "max in any {:?}      {} (quota {})",
+            self.options.window, self.max_in_window, self.options.quota
+        )?;
+        writeln!(
+            f,
+            "connections opened  {} (for {} requests)",
+            self.connections_opened, self.attempts
+        )?;
+        write!(f, "elapsed             {:.2?}", self.elapsed)
+    }
+}
+
+/// A connector that counts the TCP connections it opens: wraps
+/// hyper-util's [`HttpConnector`] as any `Service<Uri>` connector can be.
+#[derive(Debug, Clone)]
+pub struct CountingConnector {
+    inner: HttpConnector,
+    opened: Arc<AtomicU64>,
+}
+
+impl CountingConnector {
+    /// Counts the connections `inner` opens.
+    pub fn new(inner: HttpConnector) -> Self {
+        CountingConnector {
+            inner,
+            opened: Arc::new(AtomicU64::new(0)),
+        }
+    }
+
+    /// How many connections were opened so far, by this connector and its clones.
+    pub fn opened(&self) -> u64 {
+        self.opened.load(Ordering::Relaxed)
+    }
+}
+
+impl Service<Uri> for CountingConnector {
+    type Response = <HttpConnector as Service<Uri>>::Response;
+    type Error = <HttpConnector as Service<Uri>>::Error;
+    // One allocation per new connection, not per request.
+    type Future = Pin<Box<dyn Future<Output = Result<Self::Response, Self::Error>> + Send>>;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+        self.inner.poll_ready(cx)
+    }
+
+    fn call(&mut self, uri: Uri) -> Self::Future {
+        let connecting = self.inner.call(uri);
+        let opened = Arc::clone(&self.opened);
+        Box::pin(async move {
+            let connection = connecting.await?;
+            opened.fetch_add(1, Ordering::Relaxed);
+            Ok(connection)
+        })
+    }
+}
+
+/// Starts the provider, sends `options.requests` requests through the
+/// stack, and reports.
+pub async fn run(options: Options) -> Result<Summary, BoxError> {
+    if options.concurrency == 0 {
+        return Err("concurrency must be at least 1".into());
+    }
+    // The provider: a strict sliding log that reports its quota in
+    // OpenAI's headers (resets to the millisecond), and some 503s among
+    // admitted requests.
+    let server = MockServer::builder()
+        .rule(Rule::sliding_log(options.quota, options.window))
+        .headers(HeaderDialect::OpenAi)
+        .fault(Fault::ErrorRate {
+            fraction: options.error_rate,
+            statuses: vec![StatusCode::SERVICE_UNAVAILABLE],
+        })
+        .seed(options.seed)
+        .start()
+        .await?;
+
+    // The client: one idle connection kept per request in flight, kept
+    // for 30 s, so paced requests find a warm connection.
+    let mut http = HttpConnector::new();
+    http.set_nodelay(true);
+    let connector = CountingConnector::new(http);
+    let client = Client::builder(TokioExecutor::new())
+        .pool_max_idle_per_host(options.concurrency)
+        .pool_idle_timeout(Duration::from_secs(30))
+        .build(connector.clone());
+
+    let service = ServiceBuilder::new()
+        .layer(
+            JitterBackoffLayer::new()
+                .backoff(Duration::from_millis(50), Duration::from_secs(1))?
+                .max_attempts(5)?
+                .attempt_header("x-retry-attempt")?,
+        )
+        .layer(RetryAfterLayer::new())
+        .layer(SlidingWindowLayer::new(options.quota, options.window)?)
+        .timeout(Duration::from_secs(5))
+        .service(client);
+
+    let started = tokio::time::Instant::now();
+    let in_flight = Arc::new(Semaphore::new(options.concurrency));
+    let mut tasks = tokio::task::JoinSet::new();
+    for item in 0..options.requests {
+        let permit = Arc::clone(&in_flight).acquire_owned().await?;
+        let uri: Uri = format!("{}/v1/items/{item}", server.url()).parse()?;
+        let request = http::Request::get(uri).body(Empty::<Bytes>::new())?;
+        let service = service.clone();
+        tasks.spawn(async move {
+            let response = service.oneshot(request).await?;
+            let status = response.status();
+            // Read the body to the end, so the connection goes back to the pool.
+            response.into_body().collect().await?;
+            drop(permit);
+            Ok::<_, BoxError>(status)
+        });
+    }
+    let mut succeeded = 0;
+    while let Some(joined) = tasks.join_next().await {
+        match joined? {
+            Ok(status) if status.is_success() => succeeded += 1,
+            Ok(status) => tracing::warn!(%status, "request failed"),
+            Err(error) => tracing::warn!(%error, "request failed"),
+        }
+    }
+    let elapsed = started.elapsed();
+
+    let stats = server.stats();
+    server.shutdown().await;
+    Ok(Summary {
+        requests: options.requests,
+        succeeded,
+        attempts: stats.total,
+        server_errors: stats.count(503),
+        refused: stats.count(429),
+        max_in_window: stats.max_in_any_window(options.window),
+        connections_opened: connector.opened(),
+        options,
+        elapsed,
+    })
+}
+
+fn options_from_args() -> Result<Options, String> {
+    let mut options = Options::default();
+    let mut args = std::env::args().skip(1);
+    while let Some(flag) = args.next() {
+        let value = args.next().ok_or_else(|| format!("{flag} needs a value"))?;
+        let invalid = || format!("{flag}: `{value}` is not valid");
+        match flag.as_str() {
+            "--quota" => options.quota = value.parse().map_err(|_| invalid())?,
+            "--requests" => options.requests = value.parse().map_err(|_| invalid())?,
+            "--concurrency" => options.concurrency = value.parse().map_err(|_| invalid())?,
+            "--error-rate" => options.error_rate = value.parse().map_err(|_| invalid())?,
+            "--seed" => options.seed = value.parse().map_err(|_| invalid())?,
+            _ => {
+                return Err(format!(
+                    "unknown flag {flag}; flags: --quota N --requests N --concurrency N --error-rate F --seed N"
+                ));
+            }
+        }
+    }
+    Ok(options)
+}
+
+#[tokio::main]
+async fn main() -> Result<ExitCode, BoxError> {
+    let options = match options_from_args() {
+        Ok(options) => options,
+        Err(message) => {
+            eprintln!("{message}");
+            return Ok(ExitCode::from(2));
+        }
+    };
+    // JSON lines on stderr; RUST_LOG=tower_quota=debug adds the pacing events.
+    tracing_subscriber::fmt()
+        .json()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+
+    let summary = run(options).await?;
+    println!("{summary}");
+    Ok(match summary.verify() {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(problem) => {
+            eprintln!("FAILED: {problem}");
+            ExitCode::FAILURE
+        }
+    })
+}

@@ -1,0 +1,117 @@
+//! Runs each integration example (from `examples/`) against its in-process
+//! servers and checks its outcome, so that the examples stay correct.
+//!
+//! Each example's `run` is what `cargo run --example NAME` runs, with a
+//! smaller load here so that each test takes a few seconds; its `verify`
+//! is the check the example itself makes before it exits.
+
+use std::time::Duration;
+
+use tower_quota_examples::{axum_proxy, hyper_client, reqwest_client, tonic_client};
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn hyper_client_succeeds_without_429s_and_reuses_pooled_connections() {
+    let options = hyper_client::Options {
+        requests: 40,
+        concurrency: 8,
+        ..hyper_client::Options::default()
+    };
+    let summary = hyper_client::run(options).await.unwrap();
+    println!("{summary}");
+    summary.verify().unwrap();
+    assert!(
+        summary.server_errors > 0,
+        "no 503 was injected: retries were not exercised"
+    );
+    assert_eq!(summary.attempts, 40 + summary.server_errors);
+    assert!(
+        summary.connections_opened * 4 <= summary.attempts,
+        "{} connections for {} attempts",
+        summary.connections_opened,
+        summary.attempts
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn reqwest_client_waits_out_retry_after_and_resends_the_same_body() {
+    let options = reqwest_client::Options {
+        requests: 30,
+        ..reqwest_client::Options::default()
+    };
+    let summary = reqwest_client::run(options).await.unwrap();
+    println!("{summary}");
+    summary.verify().unwrap();
+    assert_eq!(summary.throttled, 2, "the opening throttle episode");
+    let wait = summary
+        .shortest_wait_after_throttle
+        .expect("the throttled requests were resent");
+    assert!(wait >= Duration::from_secs(1), "resent after {wait:?}");
+    assert!(summary.server_errors > 0, "no 503 was injected");
+    // Each resent request was throttled or got a 503 at least once.
+    assert!(summary.resent as u64 <= summary.throttled + summary.server_errors);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn axum_proxy_keeps_every_upstream_under_its_quota_for_all_clients() {
+    let options = axum_proxy::Options {
+        clients: 12,
+        requests_per_client: 4,
+        ..axum_proxy::Options::default()
+    };
+    let summary = axum_proxy::run(options).await.unwrap();
+    println!("{summary}");
+    summary.verify().unwrap();
+    assert_eq!(summary.calls, 48);
+    for provider in &summary.providers {
+        assert_eq!(provider.refused, 0, "{}: 429s", provider.name);
+        assert_eq!(
+            provider.accepted,
+            provider.calls as u64 + provider.server_errors,
+            "{}: each call answered 200 once, after its 503s",
+            provider.name
+        );
+        assert!(
+            provider.max_in_window <= provider.max_calls,
+            "{}",
+            provider.name
+        );
+    }
+    // The tighter quota was used to the full: the clients really competed for it.
+    let beta = &summary.providers[1];
+    assert_eq!(beta.max_in_window, beta.max_calls);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn tonic_client_retries_resource_exhausted_to_success_after_the_pushback() {
+    let options = tonic_client::Options::default();
+    let pushback = options.pushback;
+    let summary = tonic_client::run(options).await.unwrap();
+    println!("{summary}");
+    summary.verify().unwrap();
+    assert_eq!(summary.serving, summary.calls);
+    // The server refused the first 4 attempts; a retry may itself be among them.
+    assert_eq!(summary.refused, 4);
+    assert!(summary.refused_calls >= 1);
+    assert_eq!(summary.retried_to_success, summary.refused_calls);
+    let wait = summary
+        .shortest_wait_after_refusal
+        .expect("refused calls were retried");
+    assert!(
+        wait >= pushback,
+        "retried {wait:?} after the refusal, pushback {pushback:?}"
+    );
+    // Each attempt counts the ones before it in grpc-previous-rpc-attempts.
+    for (index, arrival) in summary.arrivals.iter().enumerate() {
+        let earlier = summary.arrivals[..index]
+            .iter()
+            .filter(|earlier| earlier.call_id == arrival.call_id)
+            .count();
+        assert_eq!(
+            arrival.previous_attempts.unwrap_or(0) as usize,
+            earlier,
+            "call {} at {:?}",
+            arrival.call_id,
+            arrival.at
+        );
+    }
+}
