@@ -2,16 +2,16 @@
 //!
 //! Like every store error they reach the caller inside the service's
 //! [`BoxError`](tower_quota::BoxError); tell them apart with `downcast_ref`.
-//! `tower_quota::sliding_window::Overloaded` and `CostTooLarge` cannot be
-//! built outside tower-quota, so this store refuses with its own
-//! [`RedisOverloaded`] and [`RedisCostTooLarge`], which carry the same
-//! information.
+//! The limiter's own refusals are the same types as with the in-process
+//! store: `tower_quota::sliding_window::Overloaded` (the wait Redis reserved
+//! exceeds `max_wait`, or `max_queue` requests already wait) and
+//! `CostTooLarge`, so callers handle one set of errors whichever store is
+//! used.
 
 use std::fmt;
 use std::time::Duration;
 
 use tower_quota::Key;
-use tower_quota::sliding_window::OverloadReason;
 
 /// What went wrong between the store and Redis.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -160,108 +160,3 @@ impl fmt::Display for RedisStoreError {
 }
 
 impl std::error::Error for RedisStoreError {}
-
-/// A request was refused because the wait Redis reserved for it exceeds
-/// `max_wait`, or because `max_queue` requests already wait on its key.
-/// Nothing was recorded for it. The Redis store's counterpart of
-/// `tower_quota::sliding_window::Overloaded`.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct RedisOverloaded {
-    pub(crate) key: Key,
-    pub(crate) wait: Duration,
-    pub(crate) queued: usize,
-    pub(crate) reason: OverloadReason,
-}
-
-impl RedisOverloaded {
-    /// The key whose quota was overloaded.
-    pub fn key(&self) -> &Key {
-        &self.key
-    }
-
-    /// The wait the request would have needed: exact, computed by Redis
-    /// from every process's admissions and reservations.
-    pub fn wait(&self) -> Duration {
-        self.wait
-    }
-
-    /// How many requests were waiting on the key (reservations not yet
-    /// due), this one included.
-    pub fn queued(&self) -> usize {
-        self.queued
-    }
-
-    /// The bound that was hit.
-    pub fn reason(&self) -> OverloadReason {
-        self.reason
-    }
-}
-
-impl fmt::Display for RedisOverloaded {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        match self.reason {
-            OverloadReason::QueueFull(max_queue) => write!(
-                f,
-                "rate limit for key `{}` is overloaded: {} requests already reserved (max_queue {}), admission needs a wait of {:?}",
-                self.key, self.queued, max_queue, self.wait
-            ),
-            OverloadReason::MaxWait(max_wait) => write!(
-                f,
-                "rate limit for key `{}` is overloaded: admission needs a wait of {:?}, over max_wait {:?} ({} queued)",
-                self.key, self.wait, max_wait, self.queued
-            ),
-            _ => write!(
-                f,
-                "rate limit for key `{}` is overloaded: admission needs a wait of {:?}",
-                self.key, self.wait
-            ),
-        }
-    }
-}
-
-impl std::error::Error for RedisOverloaded {}
-
-/// A request costs more than a quota's whole capacity: it could never be
-/// admitted, so it is refused at once, without a call to Redis. The Redis
-/// store's counterpart of `tower_quota::sliding_window::CostTooLarge`.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct RedisCostTooLarge {
-    pub(crate) key: Key,
-    pub(crate) cost: u64,
-    pub(crate) max_calls: u64,
-    pub(crate) window: Duration,
-}
-
-impl RedisCostTooLarge {
-    /// The key of the request.
-    pub fn key(&self) -> &Key {
-        &self.key
-    }
-
-    /// What the request costs.
-    pub fn cost(&self) -> u64 {
-        self.cost
-    }
-
-    /// The capacity of the quota it exceeds.
-    pub fn max_calls(&self) -> u64 {
-        self.max_calls
-    }
-
-    /// The window of the quota it exceeds.
-    pub fn window(&self) -> Duration {
-        self.window
-    }
-}
-
-impl fmt::Display for RedisCostTooLarge {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(
-            f,
-            "request for key `{}` costs {}, more than the whole quota of {} per {:?}",
-            self.key, self.cost, self.max_calls, self.window
-        )
-    }
-}
-
-impl std::error::Error for RedisCostTooLarge {}

@@ -34,12 +34,14 @@
 //!   second and tokens per minute): one call checks and records them all.
 //!   A quota made with `Quota::per_request` spends 1 per request, others
 //!   spend the request's cost. A cost larger than a quota's `max_calls` is
-//!   refused at once with [`RedisCostTooLarge`], without a call.
+//!   refused at once with
+//!   [`CostTooLarge`](tower_quota::sliding_window::CostTooLarge), without a call.
 //! - **Cancellation.** A request dropped before its reserved instant removes
 //!   its reservation (one call from a spawned task). Requests that reserved
 //!   later instants keep them: the freed room goes to the next arrivals.
 //! - **Bounds.** With `max_wait`, a request whose reserved wait would exceed
-//!   it is refused with [`RedisOverloaded`] and nothing is recorded; with
+//!   it is refused with
+//!   [`Overloaded`](tower_quota::sliding_window::Overloaded) and nothing is recorded; with
 //!   `max_queue`, so is a request that would wait behind `max_queue`
 //!   reservations.
 //! - **Corrections.** [`Store::correct`](tower_quota::sliding_window::Store::correct)
@@ -122,5 +124,5 @@ mod scripts;
 mod store;
 
 pub use builder::{DEFAULT_PREFIX, DEFAULT_TIMEOUT, FailurePolicy, RedisStoreBuilder};
-pub use error::{RedisCostTooLarge, RedisOverloaded, RedisStoreError, RedisStoreErrorKind};
+pub use error::{RedisStoreError, RedisStoreErrorKind};
 pub use store::{Acquire, RedisStore, STORE_ERROR};

@@ -13,17 +13,17 @@ use redis::aio::ConnectionManager;
 use redis::{FromRedisValue, ScriptInvocation};
 use tokio::time::Instant;
 use tower_quota::sliding_window::{
-    Admission, Limits, MemoryStore, OverloadReason, Quota, SlidingWindowLayer, Store,
+    Admission, Limits, MemoryStore, OverloadReason, Overloaded, Quota, SlidingWindowLayer, Store,
 };
 use tower_quota::{BoxError, Key, telemetry};
 
 use crate::builder::{FailurePolicy, RedisStoreBuilder};
-use crate::error::{RedisCostTooLarge, RedisOverloaded, RedisStoreError, RedisStoreErrorKind};
+use crate::error::{RedisStoreError, RedisStoreErrorKind};
 use crate::scripts::SCRIPTS;
 
 /// The name of the event emitted when Redis cannot decide an admission
 /// (target [`telemetry::TARGET`], fields `key`, `error.kind`, `policy`).
-pub const STORE_ERROR: &str = "store_error";
+pub use tower_quota::telemetry::STORE_ERROR;
 
 /// Keys whose quotas are remembered for [`Store::correct`] before the map
 /// is cleared; corrections of forgotten keys are ignored.
@@ -222,19 +222,7 @@ async fn acquire(
     cost: u64,
     limits: Limits,
 ) -> Result<Admission, BoxError> {
-    if let Some(quota) = limits
-        .quotas()
-        .iter()
-        .find(|quota| quota.units(cost) > quota.max_calls())
-    {
-        return Err(RedisCostTooLarge {
-            key,
-            cost,
-            max_calls: quota.max_calls(),
-            window: quota.window(),
-        }
-        .into());
-    }
+    limits.check_cost(&key, cost)?;
     if limits.quotas().iter().all(|quota| quota.units(cost) == 0) {
         return Ok(Admission::new(key, 0, cost, Duration::ZERO, 0));
     }
@@ -434,23 +422,8 @@ impl Inner {
         if let Some(reason) = reason {
             // Refused by the script: it recorded nothing.
             reservation.armed = false;
-            tracing::warn!(
-                name: telemetry::RATE_LIMIT_QUEUE_OVERLOADED,
-                target: telemetry::TARGET,
-                key = %key,
-                wait_ms = wait.as_millis() as u64,
-                queued = queued as u64,
-                reason = ?reason,
-                "request refused: its quota is overloaded"
-            );
             return Err(Failure::Refused(
-                RedisOverloaded {
-                    key: key.clone(),
-                    wait,
-                    queued,
-                    reason,
-                }
-                .into(),
+                Overloaded::new(key.clone(), wait, queued, reason).into(),
             ));
         }
         self.remember(key, limits);
@@ -504,6 +477,7 @@ impl Inner {
             "the Redis store could not decide: {}",
             error.kind()
         );
+        tower_quota::metrics::store_error(key, error.kind().as_str());
     }
 }
 

@@ -10,8 +10,9 @@ use std::time::Duration;
 use redis::Commands;
 use tokio::task::JoinHandle;
 use tower_quota::sliding_window::{Admission, Limits, OverloadReason, Quota, Store};
+use tower_quota::sliding_window::{CostTooLarge, Overloaded};
 use tower_quota::{BoxError, Key, SlidingWindowLayer};
-use tower_quota_redis::{RedisCostTooLarge, RedisOverloaded, RedisStore};
+use tower_quota_redis::RedisStore;
 
 async fn store(server: &support::RedisServer) -> RedisStore {
     RedisStore::builder(server.url())
@@ -184,9 +185,7 @@ async fn a_cost_over_a_quota_is_refused_at_once() {
         .acquire(Key::from("big"), 101, layer.limits())
         .await
         .unwrap_err();
-    let too_large = error
-        .downcast_ref::<RedisCostTooLarge>()
-        .expect("typed error");
+    let too_large = error.downcast_ref::<CostTooLarge>().expect("typed error");
     assert_eq!((too_large.cost(), too_large.max_calls()), (101, 100));
     // The per-request quota spends 1 whatever the cost.
     store
@@ -211,9 +210,7 @@ async fn a_wait_over_max_wait_is_refused_and_records_nothing() {
         .acquire(key.clone(), 1, layer.limits())
         .await
         .unwrap_err();
-    let overloaded = error
-        .downcast_ref::<RedisOverloaded>()
-        .expect("typed error");
+    let overloaded = error.downcast_ref::<Overloaded>().expect("typed error");
     assert!(matches!(overloaded.reason(), OverloadReason::MaxWait(_)));
     assert!(overloaded.wait() > Duration::from_secs(4));
     let log = store.redis_keys(&key, &quota);
@@ -240,9 +237,7 @@ async fn max_queue_refuses_past_the_reserved_requests() {
         .acquire(key.clone(), 1, layer.limits())
         .await
         .unwrap_err();
-    let overloaded = error
-        .downcast_ref::<RedisOverloaded>()
-        .expect("typed error");
+    let overloaded = error.downcast_ref::<Overloaded>().expect("typed error");
     assert_eq!(overloaded.reason(), OverloadReason::QueueFull(2));
     first.abort();
     second.abort();

@@ -21,6 +21,7 @@
 //! | `circuit_opened` | WARN | `key`, `failure_rate`, `open_ms` | a breaker opened: calls of the key fail fast for `open_ms` |
 //! | `circuit_half_open` | INFO | `key` | an open breaker lets its probes through |
 //! | `circuit_closed` | INFO | `key` | every probe succeeded: calls pass again |
+//! | `store_error` | WARN | `key`, `error.kind`, `policy` | a shared store (Redis) failed or timed out; `policy` says what the limiter did instead |
 
 /// The `tracing` target of every event of this crate.
 pub const TARGET: &str = "tower_quota";
@@ -65,6 +66,10 @@ pub const CIRCUIT_HALF_OPEN: &str = "circuit_half_open";
 
 /// A circuit breaker closed after its probes succeeded.
 pub const CIRCUIT_CLOSED: &str = "circuit_closed";
+
+/// A shared store (Redis) failed or timed out; the configured failure
+/// policy decided what happened to the request.
+pub const STORE_ERROR: &str = "store_error";
 
 /// Field names.
 pub mod field {

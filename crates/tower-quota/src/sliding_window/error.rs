@@ -31,6 +31,20 @@ pub enum OverloadReason {
 }
 
 impl Overloaded {
+    /// A refusal of a request of `key` that would have needed `wait`, with
+    /// `queued` requests waiting (this one included); for [`Store`]
+    /// implementations.
+    ///
+    /// [`Store`]: super::Store
+    pub fn new(key: Key, wait: Duration, queued: usize, reason: OverloadReason) -> Self {
+        Overloaded {
+            key,
+            wait,
+            queued,
+            reason,
+        }
+    }
+
     /// The key whose quota was overloaded.
     pub fn key(&self) -> &Key {
         &self.key
@@ -84,6 +98,21 @@ pub struct CostTooLarge {
 }
 
 impl CostTooLarge {
+    /// A refusal of a request of `key` costing `cost`, over the capacity of
+    /// a quota of `max_calls` per `window`; for [`Store`] implementations,
+    /// which usually get it from [`Limits::check_cost`].
+    ///
+    /// [`Store`]: super::Store
+    /// [`Limits::check_cost`]: super::Limits::check_cost
+    pub fn new(key: Key, cost: u64, max_calls: u64, window: Duration) -> Self {
+        CostTooLarge {
+            key,
+            cost,
+            max_calls,
+            window,
+        }
+    }
+
     /// The key of the request.
     pub fn key(&self) -> &Key {
         &self.key

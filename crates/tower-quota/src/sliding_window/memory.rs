@@ -27,7 +27,7 @@ use std::time::Duration;
 use pin_project_lite::pin_project;
 use tokio::time::{Instant, Sleep};
 
-use super::error::{CostTooLarge, OverloadReason, Overloaded};
+use super::error::{OverloadReason, Overloaded};
 use super::store::{Admission, Store};
 use super::{Limits, Quota};
 use crate::{BoxError, Key};
@@ -577,19 +577,8 @@ impl Future for Acquire {
                 shard.tick(now);
                 match this.state {
                     AcquireState::Start => {
-                        if let Some(quota) = this
-                            .limits
-                            .quotas()
-                            .iter()
-                            .find(|q| q.units(*this.cost) > q.max_calls())
-                        {
-                            Step::Ready(Err(CostTooLarge {
-                                key: this.key.clone(),
-                                cost: *this.cost,
-                                max_calls: quota.max_calls(),
-                                window: quota.window(),
-                            }
-                            .into()))
+                        if let Err(too_large) = this.limits.check_cost(this.key, *this.cost) {
+                            Step::Ready(Err(too_large.into()))
                         } else {
                             let state = shard
                                 .keys

@@ -2,6 +2,8 @@
 
 use std::fmt;
 use std::sync::Arc;
+
+use crate::Key;
 use std::time::Duration;
 
 /// The longest window a quota may have. Longer windows are rejected at
@@ -223,6 +225,28 @@ impl Limits {
     /// The most requests that may wait on one key.
     pub fn max_queue(&self) -> Option<usize> {
         self.inner.max_queue
+    }
+
+    /// Refuses a request of `key` costing `cost` when a quota could never
+    /// hold it: it would wait forever.
+    ///
+    /// # Errors
+    ///
+    /// [`CostTooLarge`](super::CostTooLarge) naming the first such quota.
+    pub fn check_cost(&self, key: &Key, cost: u64) -> Result<(), super::CostTooLarge> {
+        match self
+            .quotas()
+            .iter()
+            .find(|quota| quota.units(cost) > quota.max_calls())
+        {
+            Some(quota) => Err(super::CostTooLarge::new(
+                key.clone(),
+                cost,
+                quota.max_calls(),
+                quota.window(),
+            )),
+            None => Ok(()),
+        }
     }
 }
 
