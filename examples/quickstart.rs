@@ -392,7 +392,7 @@ fn plot_timeline(stats: &Stats, options: &Options, path: &Path) -> Result<(), Bo
     chart
         .draw_series(LineSeries::new(
             trailing.iter().map(|(x, n)| (*x, *n as f64)),
-            &GREEN,
+            GREEN.stroke_width(2),
         ))?
         .label(format!("accepted in the trailing {window:?}"))
         .legend(|(x, y)| PathElement::new(vec![(x, y), (x + 20, y)], GREEN));
