@@ -34,6 +34,7 @@ use indicatif::{ProgressBar, ProgressStyle};
 use quota_mock::{Fault, HeaderDialect, MockServer, Rule, Scripted, Stats};
 use tokio::sync::Semaphore;
 use tokio::time::Instant;
+use tower::util::Either;
 use tower::{ServiceBuilder, ServiceExt};
 use tower_quota::{BoxError, JitterBackoffLayer, RetryAfterLayer, SlidingWindowLayer};
 use tracing_subscriber::EnvFilter;
@@ -45,6 +46,7 @@ struct Options {
     concurrency: usize,
     faults: bool,
     safety_margin: Option<Duration>,
+    redis: Option<String>,
     out: PathBuf,
 }
 
@@ -57,6 +59,7 @@ impl Options {
             concurrency: 32,
             faults: true,
             safety_margin: None,
+            redis: None,
             out: PathBuf::from("target/quickstart"),
         };
         let mut args = std::env::args().skip(1);
@@ -69,6 +72,7 @@ impl Options {
                 "--concurrency" => options.concurrency = number(&flag, &value()?)?,
                 "--safety-margin" => options.safety_margin = Some(duration(&flag, &value()?)?),
                 "--out" => options.out = PathBuf::from(value()?),
+                "--redis" => options.redis = Some(value()?),
                 "--no-faults" => options.faults = false,
                 "--help" | "-h" => return Err(USAGE.into()),
                 other => return Err(format!("unknown flag {other}\n{USAGE}")),
@@ -82,7 +86,7 @@ impl Options {
 }
 
 const USAGE: &str = "usage: quickstart [--quota N] [--window 1s] [--requests N] [--concurrency N] \
-[--no-faults] [--safety-margin 5ms] [--out DIR]";
+[--no-faults] [--safety-margin 5ms] [--redis redis://127.0.0.1:6379] [--out DIR]";
 
 fn number<T: std::str::FromStr>(flag: &str, text: &str) -> Result<T, String> {
     text.parse()
@@ -138,6 +142,17 @@ async fn main() -> Result<ExitCode, BoxError> {
     if let Some(margin) = options.safety_margin {
         pacing = pacing.safety_margin(margin)?;
     }
+    // With --redis, the quota lives in Redis and every process using the
+    // same URL shares it.
+    let pacing = match &options.redis {
+        Some(url) => {
+            let store = tower_quota_redis::RedisStore::builder(url.as_str())
+                .build()
+                .await?;
+            Either::Left(pacing.store(store))
+        }
+        None => Either::Right(pacing),
+    };
     let service = ServiceBuilder::new()
         .layer(
             JitterBackoffLayer::new()
