@@ -50,6 +50,7 @@ use tower::{ServiceBuilder, ServiceExt};
 use tower_quota::replay::ReplayBody;
 use tower_quota::sliding_window::Overloaded;
 use tower_quota::{BoxError, JitterBackoffLayer, RetryAfterLayer, SlidingWindowLayer};
+use tower_quota_examples::common;
 
 /// One upstream provider and the quota the proxy enforces for it.
 #[derive(Debug, Clone)]
@@ -499,57 +500,26 @@ async fn serve(options: &Options) -> Result<(), BoxError> {
 
 #[tokio::main]
 async fn main() -> Result<ExitCode, BoxError> {
-    let mut options = Options::default();
-    let mut serving = false;
-    let mut args = std::env::args().skip(1);
-    while let Some(flag) = args.next() {
-        if flag == "--serve" {
-            serving = true;
-            continue;
-        }
-        let Some(value) = args.next() else {
-            eprintln!("{flag} needs a value");
-            return Ok(ExitCode::from(2));
-        };
-        let parsed = match flag.as_str() {
-            "--clients" => value.parse().map(|n| options.clients = n).is_ok(),
-            "--requests-per-client" => value
-                .parse()
-                .map(|n| options.requests_per_client = n)
-                .is_ok(),
-            _ => {
-                eprintln!(
-                    "unknown flag {flag}; flags: --clients N --requests-per-client N --serve"
-                );
-                return Ok(ExitCode::from(2));
-            }
-        };
-        if !parsed {
-            eprintln!("{flag}: `{value}` is not a number");
-            return Ok(ExitCode::from(2));
-        }
-    }
-    // JSON lines on stderr; RUST_LOG=tower_quota=debug adds the pacing events.
-    tracing_subscriber::fmt()
-        .json()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env()
-                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
-        )
-        .with_writer(std::io::stderr)
-        .init();
-
-    if serving {
-        serve(&options).await?;
+    // `--serve` keeps the proxy running for curl; otherwise a measured run.
+    if std::env::args().nth(1).as_deref() == Some("--serve") {
+        common::init_json_logging();
+        serve(&Options::default()).await?;
         return Ok(ExitCode::SUCCESS);
     }
-    let summary = run(options).await?;
-    println!("{summary}");
-    Ok(match summary.verify() {
-        Ok(()) => ExitCode::SUCCESS,
-        Err(problem) => {
-            eprintln!("FAILED: {problem}");
-            ExitCode::FAILURE
-        }
-    })
+    let options = || {
+        let mut options = Options::default();
+        common::parse_flags(
+            "--clients N --requests-per-client N (or --serve alone)",
+            |flag, value| {
+                match flag {
+                    "--clients" => options.clients = common::value(value)?,
+                    "--requests-per-client" => options.requests_per_client = common::value(value)?,
+                    _ => return Ok(false),
+                }
+                Ok(true)
+            },
+        )?;
+        Ok(options)
+    };
+    common::main(options, run, Summary::verify).await
 }

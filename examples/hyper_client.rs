@@ -38,6 +38,7 @@ use quota_mock::{Fault, HeaderDialect, MockServer, Rule};
 use tokio::sync::Semaphore;
 use tower::{Service, ServiceBuilder, ServiceExt};
 use tower_quota::{BoxError, JitterBackoffLayer, RetryAfterLayer, SlidingWindowLayer};
+use tower_quota_examples::common;
 
 /// What to run: the provider's quota and faults, and the client's load.
 #[derive(Debug, Clone)]
@@ -276,52 +277,24 @@ pub async fn run(options: Options) -> Result<Summary, BoxError> {
 
 fn options_from_args() -> Result<Options, String> {
     let mut options = Options::default();
-    let mut args = std::env::args().skip(1);
-    while let Some(flag) = args.next() {
-        let value = args.next().ok_or_else(|| format!("{flag} needs a value"))?;
-        let invalid = || format!("{flag}: `{value}` is not valid");
-        match flag.as_str() {
-            "--quota" => options.quota = value.parse().map_err(|_| invalid())?,
-            "--requests" => options.requests = value.parse().map_err(|_| invalid())?,
-            "--concurrency" => options.concurrency = value.parse().map_err(|_| invalid())?,
-            "--error-rate" => options.error_rate = value.parse().map_err(|_| invalid())?,
-            "--seed" => options.seed = value.parse().map_err(|_| invalid())?,
-            _ => {
-                return Err(format!(
-                    "unknown flag {flag}; flags: --quota N --requests N --concurrency N --error-rate F --seed N"
-                ));
+    common::parse_flags(
+        "--quota N --requests N --concurrency N --error-rate F --seed N",
+        |flag, value| {
+            match flag {
+                "--quota" => options.quota = common::value(value)?,
+                "--requests" => options.requests = common::value(value)?,
+                "--concurrency" => options.concurrency = common::value(value)?,
+                "--error-rate" => options.error_rate = common::value(value)?,
+                "--seed" => options.seed = common::value(value)?,
+                _ => return Ok(false),
             }
-        }
-    }
+            Ok(true)
+        },
+    )?;
     Ok(options)
 }
 
 #[tokio::main]
 async fn main() -> Result<ExitCode, BoxError> {
-    let options = match options_from_args() {
-        Ok(options) => options,
-        Err(message) => {
-            eprintln!("{message}");
-            return Ok(ExitCode::from(2));
-        }
-    };
-    // JSON lines on stderr; RUST_LOG=tower_quota=debug adds the pacing events.
-    tracing_subscriber::fmt()
-        .json()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env()
-                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
-        )
-        .with_writer(std::io::stderr)
-        .init();
-
-    let summary = run(options).await?;
-    println!("{summary}");
-    Ok(match summary.verify() {
-        Ok(()) => ExitCode::SUCCESS,
-        Err(problem) => {
-            eprintln!("FAILED: {problem}");
-            ExitCode::FAILURE
-        }
-    })
+    common::main(options_from_args, run, Summary::verify).await
 }

@@ -6,6 +6,11 @@
 //! and a `main` that parses flags, runs it and prints the summary. Built as
 //! a module, that `main` is unused.
 
+// The examples name this library `tower_quota_examples`, as a binary does.
+extern crate self as tower_quota_examples;
+
+pub mod common;
+
 #[path = "axum_proxy.rs"]
 #[allow(dead_code, reason = "`main` is the example's entry point, unused here")]
 pub mod axum_proxy;

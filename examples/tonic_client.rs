@@ -47,6 +47,7 @@ use tower::{Layer, Service, ServiceBuilder};
 use tower_quota::classify::GrpcClassifier;
 use tower_quota::replay::ReplayBody;
 use tower_quota::{BoxError, JitterBackoffLayer, RetryAfterLayer, SlidingWindowLayer};
+use tower_quota_examples::common;
 
 /// The metadata key that tells the server which call an attempt belongs to.
 const CALL_ID: &str = "x-call-id";
@@ -430,52 +431,22 @@ pub async fn run(options: Options) -> Result<Summary, BoxError> {
 
 fn options_from_args() -> Result<Options, String> {
     let mut options = Options::default();
-    let mut args = std::env::args().skip(1);
-    while let Some(flag) = args.next() {
-        let value = args.next().ok_or_else(|| format!("{flag} needs a value"))?;
-        let invalid = || format!("{flag}: `{value}` is not a number");
-        match flag.as_str() {
-            "--calls" => options.calls = value.parse().map_err(|_| invalid())?,
-            "--refuse-first" => options.refuse_first = value.parse().map_err(|_| invalid())?,
-            "--pushback-ms" => {
-                options.pushback = Duration::from_millis(value.parse().map_err(|_| invalid())?);
+    common::parse_flags(
+        "--calls N --refuse-first N --pushback-ms N",
+        |flag, value| {
+            match flag {
+                "--calls" => options.calls = common::value(value)?,
+                "--refuse-first" => options.refuse_first = common::value(value)?,
+                "--pushback-ms" => options.pushback = Duration::from_millis(common::value(value)?),
+                _ => return Ok(false),
             }
-            _ => {
-                return Err(format!(
-                    "unknown flag {flag}; flags: --calls N --refuse-first N --pushback-ms N"
-                ));
-            }
-        }
-    }
+            Ok(true)
+        },
+    )?;
     Ok(options)
 }
 
 #[tokio::main]
 async fn main() -> Result<ExitCode, BoxError> {
-    let options = match options_from_args() {
-        Ok(options) => options,
-        Err(message) => {
-            eprintln!("{message}");
-            return Ok(ExitCode::from(2));
-        }
-    };
-    // JSON lines on stderr; RUST_LOG=tower_quota=debug adds the pacing events.
-    tracing_subscriber::fmt()
-        .json()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env()
-                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
-        )
-        .with_writer(std::io::stderr)
-        .init();
-
-    let summary = run(options).await?;
-    println!("{summary}");
-    Ok(match summary.verify() {
-        Ok(()) => ExitCode::SUCCESS,
-        Err(problem) => {
-            eprintln!("FAILED: {problem}");
-            ExitCode::FAILURE
-        }
-    })
+    common::main(options_from_args, run, Summary::verify).await
 }
