@@ -6,7 +6,7 @@ use std::future::Future;
 use std::process::ExitCode;
 use std::str::FromStr;
 
-use tower_quota::BoxError;
+use tower_quota::{BoxError, SlidingWindowLayer};
 
 /// A flag value that does not parse.
 #[derive(Debug, Clone, Copy)]
@@ -90,5 +90,23 @@ where
             eprintln!("FAILED: {problem}");
             ExitCode::FAILURE
         }
+    })
+}
+
+/// A [`SlidingWindowLayer`] of `max_calls` per `window`, with `safety_margin`
+/// when one is given.
+///
+/// # Errors
+///
+/// An invalid quota or margin.
+pub fn pacing(
+    max_calls: u64,
+    window: std::time::Duration,
+    safety_margin: Option<std::time::Duration>,
+) -> Result<SlidingWindowLayer, BoxError> {
+    let layer = SlidingWindowLayer::new(max_calls, window)?;
+    Ok(match safety_margin {
+        Some(margin) => layer.safety_margin(margin)?,
+        None => layer,
     })
 }

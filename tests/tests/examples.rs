@@ -9,11 +9,18 @@ use std::time::Duration;
 
 use tower_quota_examples::{axum_proxy, hyper_client, reqwest_client, tonic_client};
 
+/// The tests share a 2-core CI machine with each other: the server's
+/// timestamps lag by tens of milliseconds under that load, as they would
+/// across a network, so the limiters hold admissions a little longer than
+/// the library's default of 5 ms for a one-second window.
+const MARGIN: Option<Duration> = Some(Duration::from_millis(30));
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn hyper_client_succeeds_without_429s_and_reuses_pooled_connections() {
     let options = hyper_client::Options {
         requests: 40,
         concurrency: 8,
+        safety_margin: MARGIN,
         ..hyper_client::Options::default()
     };
     let summary = hyper_client::run(options).await.unwrap();
@@ -36,6 +43,7 @@ async fn hyper_client_succeeds_without_429s_and_reuses_pooled_connections() {
 async fn reqwest_client_waits_out_retry_after_and_resends_the_same_body() {
     let options = reqwest_client::Options {
         requests: 30,
+        safety_margin: MARGIN,
         ..reqwest_client::Options::default()
     };
     let summary = reqwest_client::run(options).await.unwrap();
@@ -56,6 +64,14 @@ async fn axum_proxy_keeps_every_upstream_under_its_quota_for_all_clients() {
     let options = axum_proxy::Options {
         clients: 12,
         requests_per_client: 4,
+        providers: axum_proxy::Options::default()
+            .providers
+            .into_iter()
+            .map(|provider| axum_proxy::Provider {
+                safety_margin: MARGIN,
+                ..provider
+            })
+            .collect(),
         ..axum_proxy::Options::default()
     };
     let summary = axum_proxy::run(options).await.unwrap();
@@ -76,9 +92,14 @@ async fn axum_proxy_keeps_every_upstream_under_its_quota_for_all_clients() {
             provider.name
         );
     }
-    // The tighter quota was used to the full: the clients really competed for it.
+    // The clients really competed for the tighter quota: its busiest window
+    // was near full (exactly full on an idle machine).
     let beta = &summary.providers[1];
-    assert_eq!(beta.max_in_window, beta.max_calls);
+    assert!(
+        beta.max_in_window * 10 >= beta.max_calls * 8,
+        "{}",
+        beta.max_in_window
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
