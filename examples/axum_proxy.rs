@@ -45,12 +45,13 @@ use hyper_util::client::legacy::Client;
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::TokioExecutor;
 use quota_mock::{Fault, HeaderDialect, MockServer, Rule};
-use tower::util::BoxCloneSyncService;
+use tower::util::{BoxCloneSyncService, Either};
 use tower::{ServiceBuilder, ServiceExt};
 use tower_quota::replay::ReplayBody;
 use tower_quota::sliding_window::Overloaded;
 use tower_quota::{BoxError, JitterBackoffLayer, RetryAfterLayer};
 use tower_quota_examples::common;
+use tower_quota_redis::RedisStore;
 
 /// One upstream provider and the quota the proxy enforces for it.
 #[derive(Debug, Clone)]
@@ -102,6 +103,9 @@ pub struct Options {
     pub error_rate: f64,
     /// The seed of the providers' fault injection.
     pub seed: u64,
+    /// Keep the quotas in Redis at this URL, so that several proxies share
+    /// them (`None`: in this process).
+    pub redis: Option<String>,
 }
 
 impl Default for Options {
@@ -115,6 +119,7 @@ impl Default for Options {
             requests_per_client: 6,
             error_rate: 0.02,
             seed: 3,
+            redis: None,
         }
     }
 }
@@ -241,7 +246,18 @@ struct Proxy {
 fn provider_stack(
     provider: &Provider,
     client: Client<HttpConnector, UpstreamBody>,
+    store: Option<&RedisStore>,
 ) -> Result<Upstream, BoxError> {
+    // Each provider's quota has its own key, so that providers never share
+    // one even in a shared store.
+    let name = provider.name.clone();
+    let pacing = common::pacing(provider.max_calls, provider.window, provider.safety_margin)?
+        .max_wait(provider.max_wait)
+        .key_fn(move |_: &http::Request<_>| name.clone());
+    let pacing = match store {
+        Some(store) => Either::Left(pacing.store(store.clone())),
+        None => Either::Right(pacing),
+    };
     let stack = ServiceBuilder::new()
         .layer(
             JitterBackoffLayer::new()
@@ -249,10 +265,7 @@ fn provider_stack(
                 .max_attempts(provider.max_attempts)?,
         )
         .layer(RetryAfterLayer::new().max_wait(provider.max_wait))
-        .layer(
-            common::pacing(provider.max_calls, provider.window, provider.safety_margin)?
-                .max_wait(provider.max_wait),
-        )
+        .layer(pacing)
         .timeout(Duration::from_secs(10))
         .service(client);
     Ok(BoxCloneSyncService::new(stack))
@@ -263,6 +276,7 @@ fn provider_stack(
 pub fn router(
     providers: &[Provider],
     upstreams: &HashMap<String, String>,
+    store: Option<&RedisStore>,
 ) -> Result<Router, BoxError> {
     // One connection pool for all providers; one limiter per provider.
     let client = Client::builder(TokioExecutor::new())
@@ -275,7 +289,7 @@ pub fn router(
             .ok_or_else(|| format!("no upstream URL for provider {}", provider.name))?;
         let route = Route {
             upstream: upstream.trim_end_matches('/').to_owned(),
-            service: provider_stack(provider, client.clone())?,
+            service: provider_stack(provider, client.clone(), store)?,
         };
         routes.insert(provider.name.clone(), route);
     }
@@ -392,7 +406,9 @@ pub async fn run(options: Options) -> Result<Summary, BoxError> {
         return Err("at least one provider is needed".into());
     }
     let (servers, upstreams) = start_providers(&options).await?;
-    let proxy = RunningProxy::start(router(&options.providers, &upstreams)?).await?;
+    let store = redis_store(&options).await?;
+    let proxy =
+        RunningProxy::start(router(&options.providers, &upstreams, store.as_ref())?).await?;
 
     let started = tokio::time::Instant::now();
     let mut clients = tokio::task::JoinSet::new();
@@ -480,10 +496,25 @@ async fn start_providers(
     Ok((servers, upstreams))
 }
 
+/// The Redis store the options ask for, if any.
+async fn redis_store(options: &Options) -> Result<Option<RedisStore>, BoxError> {
+    match &options.redis {
+        Some(url) => Ok(Some(
+            RedisStore::builder(url.as_str())
+                .prefix("axum-proxy")
+                .build()
+                .await?,
+        )),
+        None => Ok(None),
+    }
+}
+
 /// Starts the providers and the proxy and serves until Ctrl-C.
 async fn serve(options: &Options) -> Result<(), BoxError> {
     let (servers, upstreams) = start_providers(options).await?;
-    let proxy = RunningProxy::start(router(&options.providers, &upstreams)?).await?;
+    let store = redis_store(options).await?;
+    let proxy =
+        RunningProxy::start(router(&options.providers, &upstreams, store.as_ref())?).await?;
     for provider in &options.providers {
         println!(
             "http://{}/{}/...  ->  {} ({} per {:?})",
@@ -514,11 +545,12 @@ async fn main() -> Result<ExitCode, BoxError> {
     let options = || {
         let mut options = Options::default();
         common::parse_flags(
-            "--clients N --requests-per-client N (or --serve alone)",
+            "--clients N --requests-per-client N --redis URL (or --serve alone)",
             |flag, value| {
                 match flag {
                     "--clients" => options.clients = common::value(value)?,
                     "--requests-per-client" => options.requests_per_client = common::value(value)?,
+                    "--redis" => options.redis = Some(value.to_owned()),
                     _ => return Ok(false),
                 }
                 Ok(true)
