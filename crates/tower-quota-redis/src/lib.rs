@@ -22,6 +22,11 @@
 //!   member per admission, score = its Redis time in microseconds) with a
 //!   hash beside it for costs other than 1 and the running sum. An admission
 //!   is held for `window + safety_margin`, as in the in-process store.
+//!   Workers on other hosts, or busy processes on one host, wake from their
+//!   timers and reach the provider with more jitter than one process on
+//!   loopback: give the layer a margin of a few tens of milliseconds
+//!   ([`SlidingWindowLayer::safety_margin`](tower_quota::SlidingWindowLayer::safety_margin));
+//!   the multi-process test uses 25 ms.
 //!   Admissions of a key are recorded in increasing time order, so one check
 //!   of the window ending at the new admission keeps every window at or
 //!   under its limit.
