@@ -1,0 +1,385 @@
+//! The cost of one admission, side by side with tower, governor and
+//! tower-resilience, on the same machine in the same run.
+//!
+//! ```text
+//! CARGO_TARGET_DIR=target cargo bench -p quota-bench
+//! cargo run --release -p quota-bench -- micro     # the table in RESULTS.md
+//! ```
+//!
+//! - `admit_one_task`: one admission when the limit is not hit, polled by
+//!   hand (`poll_ready`, `call`, one poll of the future with a no-op waker)
+//!   on an always-ready no-op service.
+//! - `admit_two_tasks`: the same limiter shared by two tasks on a two-worker
+//!   runtime, each admitting in a loop; one iteration is one admission by
+//!   each task (two in all).
+//! - `stack_noop_http`: the whole stack over a no-op HTTP service:
+//!   `JitterBackoff → RetryAfter → SlidingWindow` against tower's
+//!   `RateLimit → Retry`.
+//! - `queued_waiters`: one key with N waiters always queued, on a paused
+//!   clock: the cost of one admission and the wake-up of the next waiter.
+// Benchmarks measure wall time, which is what std's clock is for.
+#![allow(clippy::disallowed_types, missing_docs)]
+
+use std::convert::Infallible;
+use std::future::{Future, Ready, ready};
+use std::hint::black_box;
+use std::num::NonZeroU32;
+use std::pin::pin;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::task::{Context, Poll, Waker};
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use criterion::{BenchmarkId, Criterion, Throughput, criterion_group, criterion_main};
+use http::{Request, Response};
+use http_body_util::Empty;
+use tower::limit::RateLimit;
+use tower::limit::rate::Rate;
+use tower::retry::budget::{Budget, TpsBudget};
+use tower::{Service, ServiceBuilder, ServiceExt, service_fn};
+use tower_quota::replay::ReplayBody;
+use tower_quota::sliding_window::{MemoryStore, Store};
+use tower_quota::{JitterBackoffLayer, Key, RetryAfterLayer, SlidingWindowLayer};
+use tower_resilience::ratelimiter::{RateLimiterLayer, WindowType};
+
+/// A quota no benchmark reaches: admissions are never limited. The window
+/// is short so that sliding logs stay small.
+const HUGE: u64 = 1 << 40;
+const LOG_WINDOW: Duration = Duration::from_millis(1);
+/// tower-resilience preallocates its log with this capacity.
+const RESILIENCE_LIMIT: usize = 1_000_000;
+
+fn noop()
+-> impl Service<(), Response = (), Error = Infallible, Future = Ready<Result<(), Infallible>>>
++ Clone
++ Send
++ 'static {
+    service_fn(|(): ()| ready(Ok::<_, Infallible>(())))
+}
+
+/// Polls a future that completes without waiting (spinning otherwise).
+fn poll_now<F: Future>(future: F) -> F::Output {
+    let mut future = pin!(future);
+    let mut cx = Context::from_waker(Waker::noop());
+    loop {
+        if let Poll::Ready(output) = future.as_mut().poll(&mut cx) {
+            return output;
+        }
+    }
+}
+
+/// `poll_ready`, `call` and the response future, by hand.
+fn admit<S: Service<R>, R>(service: &mut S, request: R) -> Result<S::Response, S::Error> {
+    poll_now(std::future::poll_fn(|cx| service.poll_ready(cx)))?;
+    poll_now(service.call(request))
+}
+
+fn sliding_window_layer() -> SlidingWindowLayer {
+    SlidingWindowLayer::new(HUGE, LOG_WINDOW).expect("valid quota")
+}
+
+fn resilience_layer() -> RateLimiterLayer {
+    RateLimiterLayer::builder()
+        .limit_for_period(RESILIENCE_LIMIT)
+        .refresh_period(LOG_WINDOW)
+        .window_type(WindowType::SlidingLog)
+        .timeout_duration(Duration::from_secs(1))
+        .build()
+        .expect("valid limiter")
+}
+
+fn governor_direct() -> governor::DefaultDirectRateLimiter {
+    governor::RateLimiter::direct(governor::Quota::per_second(NonZeroU32::MAX))
+}
+
+fn admit_one_task(c: &mut Criterion) {
+    // tower's RateLimit creates its timer at construction: a runtime must be entered.
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_time()
+        .build()
+        .expect("runtime");
+    let _entered = runtime.enter();
+    let mut group = c.benchmark_group("admit_one_task");
+    group.throughput(Throughput::Elements(1));
+
+    let mut ours = tower::Layer::layer(&sliding_window_layer(), noop());
+    group.bench_function("tower_quota_sliding_window", |b| {
+        b.iter(|| admit(&mut ours, ()))
+    });
+
+    let store = MemoryStore::new();
+    let limits = sliding_window_layer().limits().clone();
+    group.bench_function("tower_quota_memory_store", |b| {
+        b.iter(|| poll_now(store.acquire(Key::GLOBAL, 1, &limits)))
+    });
+
+    let mut tower_rate = RateLimit::new(noop(), Rate::new(HUGE, Duration::from_secs(1)));
+    group.bench_function("tower_rate_limit", |b| {
+        b.iter(|| admit(&mut tower_rate, ()))
+    });
+
+    let governor = governor_direct();
+    group.bench_function("governor_check", |b| b.iter(|| black_box(governor.check())));
+
+    // For reference: reading the clock that tower-quota, tower and
+    // tower-resilience use (governor reads quanta's TSC clock instead).
+    group.bench_function("tokio_instant_now", |b| b.iter(tokio::time::Instant::now));
+
+    let mut resilience = tower::Layer::layer(&resilience_layer(), noop());
+    group.bench_function("tower_resilience_sliding_log", |b| {
+        b.iter(|| admit(&mut resilience, ()))
+    });
+    group.finish();
+}
+
+/// Two tasks on two worker threads share one limiter; the time of one
+/// iteration is the wall time for each task to make one admission.
+fn admit_two_tasks(c: &mut Criterion) {
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_time()
+        .build()
+        .expect("runtime");
+    let mut group = c.benchmark_group("admit_two_tasks");
+    group.throughput(Throughput::Elements(2));
+
+    fn contend<F, Fut>(runtime: &tokio::runtime::Runtime, iters: u64, task: F) -> Duration
+    where
+        F: Fn(u64) -> Fut,
+        Fut: Future<Output = ()> + Send + 'static,
+    {
+        runtime.block_on(async {
+            let start = Instant::now();
+            let tasks = [tokio::spawn(task(iters)), tokio::spawn(task(iters))];
+            for handle in tasks {
+                handle.await.expect("task");
+            }
+            start.elapsed()
+        })
+    }
+
+    let ours = tower::Layer::layer(&sliding_window_layer(), noop());
+    group.bench_function("tower_quota_sliding_window", |b| {
+        b.iter_custom(|iters| {
+            contend(&runtime, iters, |iters| {
+                let mut service = ours.clone();
+                async move {
+                    for _ in 0..iters {
+                        let _ = service.ready().await.expect("ready").call(()).await;
+                    }
+                }
+            })
+        })
+    });
+
+    // Unshared, tower's RateLimit would give each task a quota of its own:
+    // shared as users must share it, behind a Buffer.
+    let tower_rate = runtime.block_on(async {
+        tower::buffer::Buffer::new(
+            RateLimit::new(noop(), Rate::new(HUGE, Duration::from_secs(1))),
+            1024,
+        )
+    });
+    group.bench_function("tower_rate_limit_buffered", |b| {
+        b.iter_custom(|iters| {
+            contend(&runtime, iters, |iters| {
+                let mut service = tower_rate.clone();
+                async move {
+                    for _ in 0..iters {
+                        let _ = service.ready().await.expect("ready").call(()).await;
+                    }
+                }
+            })
+        })
+    });
+
+    let governor = Arc::new(governor_direct());
+    group.bench_function("governor_check", |b| {
+        b.iter_custom(|iters| {
+            contend(&runtime, iters, |iters| {
+                let governor = governor.clone();
+                async move {
+                    for _ in 0..iters {
+                        let _ = black_box(governor.check());
+                    }
+                }
+            })
+        })
+    });
+
+    let resilience = tower::Layer::layer(&resilience_layer(), noop());
+    group.bench_function("tower_resilience_sliding_log", |b| {
+        b.iter_custom(|iters| {
+            contend(&runtime, iters, |iters| {
+                let mut service = resilience.clone();
+                async move {
+                    for _ in 0..iters {
+                        let _ = service.ready().await.expect("ready").call(()).await;
+                    }
+                }
+            })
+        })
+    });
+    group.finish();
+}
+
+/// tower's retry, as users write it for HTTP: clone the request's parts,
+/// retry 5xx and errors up to 3 attempts within a `TpsBudget`.
+#[derive(Clone)]
+struct TowerRetryPolicy {
+    attempts: u32,
+    budget: Arc<TpsBudget>,
+}
+
+impl<E> tower::retry::Policy<Request<Empty<Bytes>>, Response<Empty<Bytes>>, E>
+    for TowerRetryPolicy
+{
+    type Future = tokio::time::Sleep;
+
+    fn retry(
+        &mut self,
+        _request: &mut Request<Empty<Bytes>>,
+        result: &mut Result<Response<Empty<Bytes>>, E>,
+    ) -> Option<Self::Future> {
+        let failed = result
+            .as_ref()
+            .map_or(true, |response| response.status().is_server_error());
+        if !failed {
+            self.budget.deposit();
+            return None;
+        }
+        if self.attempts <= 1 || !self.budget.withdraw() {
+            return None;
+        }
+        self.attempts -= 1;
+        Some(tokio::time::sleep(Duration::from_millis(100)))
+    }
+
+    fn clone_request(&mut self, request: &Request<Empty<Bytes>>) -> Option<Request<Empty<Bytes>>> {
+        let mut clone = Request::new(Empty::new());
+        *clone.method_mut() = request.method().clone();
+        *clone.uri_mut() = request.uri().clone();
+        *clone.headers_mut() = request.headers().clone();
+        Some(clone)
+    }
+}
+
+fn stack_noop_http(c: &mut Criterion) {
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_time()
+        .build()
+        .expect("runtime");
+    let _entered = runtime.enter();
+    let mut group = c.benchmark_group("stack_noop_http");
+    group.throughput(Throughput::Elements(1));
+    let uri: http::Uri = "http://api.example.com/v1/items".parse().expect("uri");
+    let request = || {
+        Request::get(uri.clone())
+            .body(Empty::<Bytes>::new())
+            .expect("request")
+    };
+
+    let mut ours = ServiceBuilder::new()
+        .layer(JitterBackoffLayer::new())
+        .layer(RetryAfterLayer::new())
+        .layer(sliding_window_layer())
+        .service(service_fn(
+            |_: Request<ReplayBody<ReplayBody<Empty<Bytes>>>>| {
+                ready(Ok::<_, Infallible>(Response::new(Empty::<Bytes>::new())))
+            },
+        ));
+    group.bench_function("tower_quota_three_layers", |b| {
+        b.iter(|| admit(&mut ours, request()).expect("response"))
+    });
+
+    // `Retry` needs a `Clone` inner service and `RateLimit` is not one: below
+    // `Retry` it would need a `Buffer`. Outside `Retry` (retries not paced)
+    // is tower's cheapest arrangement, measured here.
+    let mut tower_stack = ServiceBuilder::new()
+        .rate_limit(HUGE, Duration::from_secs(1))
+        .retry(TowerRetryPolicy {
+            attempts: 3,
+            budget: Arc::new(TpsBudget::default()),
+        })
+        .service(service_fn(|_: Request<Empty<Bytes>>| {
+            ready(Ok::<_, Infallible>(Response::new(Empty::<Bytes>::new())))
+        }));
+    group.bench_function("tower_retry_rate_limit", |b| {
+        b.iter(|| admit(&mut tower_stack, request()).expect("response"))
+    });
+    group.finish();
+}
+
+/// N tasks wait on one key of a `MemoryStore`, each re-queueing as soon as
+/// it is admitted, so N waiters are always queued. On a paused clock the
+/// runtime jumps to the next instant the head may go; the measured time per
+/// admission is the admission, the wake-up of the next waiter and its poll.
+fn queued_waiters(c: &mut Criterion) {
+    let mut group = c.benchmark_group("queued_waiters");
+    group.throughput(Throughput::Elements(1));
+    for waiters in [10usize, 1_000, 10_000] {
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_time()
+            .start_paused(true)
+            .build()
+            .expect("runtime");
+        let store = MemoryStore::new();
+        // 100 admissions per 10 ms window: each timer expiry admits a batch.
+        let limits = SlidingWindowLayer::new(100, Duration::from_millis(10))
+            .and_then(|layer| layer.safety_margin(Duration::ZERO))
+            .expect("valid quota")
+            .limits()
+            .clone();
+        let admitted = Arc::new(AtomicU64::new(0));
+        let target = Arc::new(AtomicU64::new(u64::MAX));
+        let reached = Arc::new(tokio::sync::Notify::new());
+        runtime.block_on(async {
+            for _ in 0..waiters {
+                let (store, limits) = (store.clone(), limits.clone());
+                let (admitted, target, reached) =
+                    (admitted.clone(), target.clone(), reached.clone());
+                tokio::spawn(async move {
+                    loop {
+                        let admission = store.acquire(Key::from_static("k"), 1, &limits).await;
+                        black_box(admission.expect("admitted"));
+                        if admitted.fetch_add(1, Ordering::Relaxed) + 1
+                            == target.load(Ordering::Relaxed)
+                        {
+                            reached.notify_one();
+                        }
+                    }
+                });
+            }
+            // Let every task queue up.
+            tokio::task::yield_now().await;
+        });
+        group.bench_with_input(BenchmarkId::from_parameter(waiters), &waiters, |b, _| {
+            b.iter_custom(|iters| {
+                runtime.block_on(async {
+                    let start = Instant::now();
+                    target.store(admitted.load(Ordering::Relaxed) + iters, Ordering::Relaxed);
+                    reached.notified().await;
+                    start.elapsed()
+                })
+            })
+        });
+        // Dropping the runtime drops the tasks and their waiters.
+        drop(runtime);
+    }
+    group.finish();
+}
+
+fn config() -> Criterion {
+    Criterion::default()
+        .warm_up_time(Duration::from_secs(1))
+        .measurement_time(Duration::from_secs(3))
+        .sample_size(30)
+}
+
+criterion_group! {
+    name = benches;
+    config = config();
+    targets = admit_one_task, admit_two_tasks, stack_noop_http, queued_waiters
+}
+criterion_main!(benches);

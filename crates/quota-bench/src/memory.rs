@@ -1,0 +1,168 @@
+//! Bytes per key: the in-process store by the counting allocator, governor's
+//! keyed limiter for comparison, and the Redis store by `MEMORY USAGE`.
+
+use std::fmt::Write as _;
+use std::future::Future;
+use std::num::NonZeroU32;
+use std::pin::pin;
+use std::task::{Context, Poll, Waker};
+use std::time::Duration;
+
+use stats_alloc::Region;
+use tower_quota::sliding_window::{Limits, MemoryStore, Store};
+use tower_quota::{BoxError, Key, SlidingWindowLayer};
+use tower_quota_redis::RedisStore;
+
+use crate::redis_server::RedisServer;
+use crate::{GLOBAL, results};
+
+const KEY_COUNTS: [usize; 3] = [10, 1_000, 100_000];
+const REDIS_KEY_COUNTS: [usize; 3] = [10, 1_000, 10_000];
+
+/// A quota that one admission per key never fills: 10 per minute.
+fn limits() -> Result<Limits, BoxError> {
+    Ok(SlidingWindowLayer::new(10, Duration::from_secs(60))?
+        .limits()
+        .clone())
+}
+
+fn key(index: usize) -> Key {
+    Key::from(format!("tenant-{index:06}"))
+}
+
+/// Polls an admission that has room (so never waits).
+fn admit_now<F: Future>(future: F) -> F::Output {
+    let mut future = pin!(future);
+    let mut cx = Context::from_waker(Waker::noop());
+    loop {
+        if let Poll::Ready(output) = future.as_mut().poll(&mut cx) {
+            return output;
+        }
+    }
+}
+
+/// Net bytes the allocator holds, per key, for a `MemoryStore` with
+/// `keys` keys of `admissions` admissions each (key strings included).
+fn memory_store(keys: usize, admissions: usize) -> Result<f64, BoxError> {
+    let limits = limits()?;
+    let region = Region::new(GLOBAL);
+    let store = MemoryStore::new();
+    for index in 0..keys {
+        let key = key(index);
+        for _ in 0..admissions {
+            admit_now(store.acquire(key.clone(), 1, &limits))?;
+        }
+    }
+    let change = region.change();
+    let net = change.bytes_allocated as f64 - change.bytes_deallocated as f64;
+    assert_eq!(store.key_count(), keys);
+    drop(store);
+    Ok(net / keys as f64)
+}
+
+/// The same for governor's keyed limiter (`DefaultKeyedRateLimiter<String>`).
+fn governor_keyed(keys: usize) -> f64 {
+    let region = Region::new(GLOBAL);
+    let limiter = governor::RateLimiter::keyed(governor::Quota::per_minute(
+        NonZeroU32::new(10).unwrap_or(NonZeroU32::MIN),
+    ));
+    for index in 0..keys {
+        let _ = limiter.check_key(&format!("tenant-{index:06}"));
+    }
+    let change = region.change();
+    let net = change.bytes_allocated as f64 - change.bytes_deallocated as f64;
+    drop(limiter);
+    net / keys as f64
+}
+
+/// `MEMORY USAGE` summed over the Redis keys of each quota key, per key,
+/// after one admission per key.
+async fn redis_per_key(url: &str, approximate: bool, keys: usize) -> Result<f64, BoxError> {
+    let prefix = format!("mem-{approximate}-{keys}");
+    let store = RedisStore::builder(url)
+        .prefix(prefix)
+        .approximate(approximate)
+        .build()
+        .await?;
+    let limits = limits()?;
+    let quota = limits.quotas()[0];
+    for chunk in (0..keys).collect::<Vec<_>>().chunks(64) {
+        // Each admission is one script call; 64 at a time, pipelined.
+        let mut admissions = tokio::task::JoinSet::new();
+        for index in chunk {
+            admissions.spawn(store.acquire(key(*index), 1, &limits));
+        }
+        while let Some(admission) = admissions.join_next().await {
+            admission??;
+        }
+    }
+    let client = redis::Client::open(url)?;
+    let mut connection = client.get_multiplexed_async_connection().await?;
+    let mut total: u64 = 0;
+    for chunk in (0..keys).collect::<Vec<_>>().chunks(256) {
+        let mut pipe = redis::pipe();
+        for index in chunk {
+            for name in store.redis_keys(&key(*index), &quota) {
+                pipe.cmd("MEMORY")
+                    .arg("USAGE")
+                    .arg(name)
+                    .arg("SAMPLES")
+                    .arg(0);
+            }
+        }
+        let usages: Vec<Option<u64>> = pipe.query_async(&mut connection).await?;
+        total += usages.into_iter().flatten().sum::<u64>();
+    }
+    Ok(total as f64 / keys as f64)
+}
+
+pub(crate) async fn run() -> Result<(), BoxError> {
+    let mut body = String::new();
+    writeln!(
+        body,
+        "In process: the net bytes held by the global allocator (a counting wrapper around \
+         the system allocator) after N keys each made their first admission under a quota \
+         of 10 per minute, divided by N. It includes the key's string, the map entry, the \
+         sliding log and its entries. governor's keyed limiter (a GCRA cell per key in a \
+         DashMap, `String` keys) is shown for comparison; `tower::limit::RateLimit` and \
+         tower-resilience have no keyed limiter.\n"
+    )?;
+    writeln!(
+        body,
+        "| keys | tower-quota MemoryStore, 1 admission per key | 10 admissions per key | governor keyed |"
+    )?;
+    writeln!(body, "|---:|---:|---:|---:|")?;
+    for keys in KEY_COUNTS {
+        println!("in-process store, {keys} keys");
+        let one = memory_store(keys, 1)?;
+        let ten = memory_store(keys, 10)?;
+        let governor = governor_keyed(keys);
+        writeln!(
+            body,
+            "| {keys} | {one:.0} B | {ten:.0} B | {governor:.0} B |"
+        )?;
+    }
+    writeln!(body)?;
+
+    writeln!(body, "### Redis\n")?;
+    match RedisServer::start().await? {
+        None => writeln!(body, "Not measured: no `redis-server` on PATH.")?,
+        Some(redis) => {
+            writeln!(
+                body,
+                "`MEMORY USAGE key SAMPLES 0`, summed over the Redis keys of each quota key \
+                 (exact mode: the sorted-set log and its costs hash; approximate mode: the \
+                 counter hash), after one admission per key, divided by N.\n"
+            )?;
+            writeln!(body, "| keys | exact | approximate |")?;
+            writeln!(body, "|---:|---:|---:|")?;
+            for keys in REDIS_KEY_COUNTS {
+                println!("Redis store, {keys} keys");
+                let exact = redis_per_key(&redis.url(), false, keys).await?;
+                let approximate = redis_per_key(&redis.url(), true, keys).await?;
+                writeln!(body, "| {keys} | {exact:.0} B | {approximate:.0} B |")?;
+            }
+        }
+    }
+    results::write_section("memory", &body)
+}

@@ -1,0 +1,97 @@
+//! RESULTS.md: one section per command, rebuilt from every section present.
+
+use std::fmt::Write as _;
+use std::path::PathBuf;
+
+use tower_quota::BoxError;
+
+/// The crate's folder, where RESULTS.md and the plots are committed.
+pub(crate) fn crate_dir() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+}
+
+/// The sections, in the order RESULTS.md shows them.
+const SECTIONS: [&str; 3] = ["micro", "scenarios", "memory"];
+
+/// Writes the section `name` and rebuilds RESULTS.md.
+pub(crate) fn write_section(name: &str, body: &str) -> Result<(), BoxError> {
+    let dir = crate_dir().join("results");
+    std::fs::create_dir_all(&dir)?;
+    let mut section = String::new();
+    writeln!(section, "## {}\n", title(name))?;
+    writeln!(
+        section,
+        "Written by `{}` on {}.\n",
+        command(name),
+        machine()
+    )?;
+    section.push_str(body);
+    std::fs::write(dir.join(format!("{name}.md")), section)?;
+
+    let mut out = String::from(HEADER);
+    for name in SECTIONS {
+        match std::fs::read_to_string(dir.join(format!("{name}.md"))) {
+            Ok(text) => {
+                out.push('\n');
+                out.push_str(&text);
+            }
+            Err(_) => {
+                writeln!(out, "\n## {}\n", title(name))?;
+                writeln!(out, "Not run yet: `{}`.", command(name))?;
+            }
+        }
+    }
+    std::fs::write(crate_dir().join("RESULTS.md"), out)?;
+    println!("wrote {}", crate_dir().join("RESULTS.md").display());
+    Ok(())
+}
+
+fn command(name: &str) -> &'static str {
+    match name {
+        "micro" => "cargo bench -p quota-bench && cargo run --release -p quota-bench -- micro",
+        "scenarios" => "cargo run --release -p quota-bench -- scenarios",
+        _ => "cargo run --release -p quota-bench -- memory",
+    }
+}
+
+fn title(name: &str) -> &'static str {
+    match name {
+        "micro" => "Micro-benchmarks (criterion)",
+        "scenarios" => "Scenarios against quota-mock over loopback",
+        _ => "Memory per key",
+    }
+}
+
+/// `nproc` and the CPU model, from /proc/cpuinfo.
+pub(crate) fn machine() -> String {
+    let cpus = std::thread::available_parallelism().map_or(0, usize::from);
+    let model = std::fs::read_to_string("/proc/cpuinfo")
+        .ok()
+        .and_then(|text| {
+            text.lines()
+                .find(|line| line.starts_with("model name"))
+                .and_then(|line| line.split(':').nth(1))
+                .map(|model| model.trim().to_owned())
+        })
+        .unwrap_or_else(|| "unknown CPU".to_owned());
+    format!("{cpus} CPUs (nproc), {model}, {}", std::env::consts::OS)
+}
+
+const HEADER: &str = "# quota-bench results
+
+tower-quota measured side by side with `tower::limit::RateLimit`, governor
+0.10 and tower-resilience 0.13 (its sliding-log rate limiter), in the same
+run on the same machine. Every number below comes from the commands named
+in its section; nothing is edited by hand. The goals are those of issue 7;
+where one is not met, the section says so and by how much.
+
+```text
+cargo bench -p quota-bench                        # criterion, ~1.5 min on 2 cores
+cargo run --release -p quota-bench -- micro       # the micro-benchmark table below
+cargo run --release -p quota-bench -- scenarios   # ~2 min; timeline.svg, retry_cdf.svg
+cargo run --release -p quota-bench -- memory
+```
+
+The Redis rows need `redis-server` on PATH (the runner starts its own on a
+free loopback port); without it they say so.
+";
