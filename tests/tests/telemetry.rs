@@ -226,3 +226,43 @@ async fn waiters_released_by_a_gate_are_still_paced_below_it() {
         );
     }
 }
+
+#[tokio::test(start_paused = true)]
+async fn rate_limit_hit_names_the_attempt_of_the_whole_stack() {
+    let (events, _guard) = capture();
+    let calls = Arc::new(Mutex::new(0));
+    let provider = service_fn(
+        move |_: http::Request<ReplayBody<ReplayBody<Empty<Bytes>>>>| {
+            let calls = calls.clone();
+            async move {
+                let mut calls = calls.lock().unwrap();
+                *calls += 1;
+                let response = match *calls {
+                    // A bare 503: the backoff layer above retries it.
+                    1 => http::Response::builder().status(503).body(())?,
+                    // Its retry is throttled: the gate below re-sends it.
+                    2 => http::Response::builder()
+                        .status(429)
+                        .header("retry-after", "1")
+                        .body(())?,
+                    _ => http::Response::new(()),
+                };
+                Ok::<_, BoxError>(response)
+            }
+        },
+    );
+    let service = ServiceBuilder::new()
+        .layer(tower_quota::JitterBackoffLayer::new())
+        .layer(RetryAfterLayer::new().spread(Duration::ZERO))
+        .service(provider);
+    let response = service
+        .oneshot(http::Request::get("/").body(Empty::new()).unwrap())
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 200);
+    let hits = events.named(telemetry::RATE_LIMIT_HIT);
+    assert_eq!(hits.len(), 1, "{hits:?}");
+    // The throttled request was the stack's second attempt, though the
+    // first that RetryAfterLayer itself sent.
+    assert_eq!(hits[0].fields["attempt"], "2");
+}

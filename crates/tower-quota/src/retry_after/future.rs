@@ -15,7 +15,7 @@ use tower_service::Service;
 use super::gate::{Gates, InFlight, Wait};
 use super::layer::Config;
 use super::{GateClosed, GateReason, ServerSignal};
-use crate::attempts::AttemptBudget;
+use crate::attempts::{Attempt, AttemptBudget};
 use crate::replay::{ReplayBody, clone_request};
 use crate::{BoxError, Key, telemetry};
 
@@ -36,6 +36,9 @@ pin_project! {
         gates: Gates,
         config: Arc<Config>,
         attempts: u32,
+        // The stack-wide number of the attempt in flight: the `Attempt`
+        // extension when a retry layer above numbers attempts, else ours.
+        attempt_number: u32,
         waited: Duration,
         in_flight: Option<InFlight>,
     }
@@ -83,6 +86,7 @@ where
             gates,
             config,
             attempts: 0,
+            attempt_number: 0,
             waited: Duration::ZERO,
             in_flight: None,
         }
@@ -215,6 +219,10 @@ where
                         unreachable!("retry_after attempt started without a request");
                     };
                     *this.attempts += 1;
+                    *this.attempt_number = request
+                        .extensions()
+                        .get::<Attempt>()
+                        .map_or(*this.attempts, |attempt| attempt.0);
                     let future = this.service.call(request);
                     this.state.set(State::Calling { future });
                 }
@@ -263,7 +271,7 @@ where
                             http.response.status_code = response.status().as_u16(),
                             retry_after_ms = signal.retry_after.map(|d| d.as_millis() as u64),
                             remaining = signal.min_remaining(),
-                            attempt = *this.attempts,
+                            attempt = *this.attempt_number,
                             outcome,
                             "server throttled the request"
                         );
