@@ -127,13 +127,23 @@ impl RedisStoreBuilder {
             .set_response_timeout(None)
             .set_number_of_retries(2)
             .set_max_delay(Duration::from_millis(500));
-        let connection = tokio::time::timeout(
-            connect_timeout,
-            ConnectionManager::new_with_config(client, config),
-        )
-        .await
-        .map_err(|_| RedisStoreError::timeout(None, connect_timeout))?
-        .map_err(|error| RedisStoreError::redis(None, error))?;
+        let connection = match self.policy {
+            // Failing closed, a store that cannot reach Redis serves nobody:
+            // say so now, at start-up.
+            FailurePolicy::FailClosed => tokio::time::timeout(
+                connect_timeout,
+                ConnectionManager::new_with_config(client, config),
+            )
+            .await
+            .map_err(|_| RedisStoreError::timeout(None, connect_timeout))?
+            .map_err(|error| RedisStoreError::redis(None, error))?,
+            // The other policies serve without Redis: connect on first use,
+            // so a worker starts while Redis is down and uses it once it is up.
+            FailurePolicy::FailOpen | FailurePolicy::LocalFallback { .. } => {
+                ConnectionManager::new_lazy_with_config(client, config)
+                    .map_err(|error| RedisStoreError::redis(None, error))?
+            }
+        };
         Ok(RedisStore::from_parts(
             connection,
             self.prefix,

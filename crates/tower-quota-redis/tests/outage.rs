@@ -328,3 +328,53 @@ async fn store_errors_are_reported_with_key_and_kind_but_no_url() {
         "{output}"
     );
 }
+
+#[tokio::test]
+async fn a_store_that_serves_without_redis_starts_while_redis_is_down() {
+    let Some(mut server) = support::RedisServer::start() else {
+        return;
+    };
+    server.kill();
+    // Fail-closed refuses to start: nothing could be served.
+    assert!(
+        RedisStore::builder(server.url())
+            .timeout(TIMEOUT)
+            .build()
+            .await
+            .is_err()
+    );
+    // The local fallback starts, serves its share, and uses Redis once it is up.
+    let store = RedisStore::builder(server.url())
+        .timeout(TIMEOUT)
+        .failure_policy(FailurePolicy::LocalFallback { share: 0.5 })
+        .build()
+        .await
+        .expect("starts without Redis");
+    let limiter = layer(1_000, Duration::from_secs(1));
+    let key = Key::from("late-redis");
+    store
+        .acquire(key.clone(), 1, limiter.limits())
+        .await
+        .expect("served by the local fallback");
+    server.restart();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        store
+            .acquire(key.clone(), 1, limiter.limits())
+            .await
+            .unwrap();
+        let mut connection = server.connection();
+        let keys: Vec<String> = redis::cmd("KEYS")
+            .arg("*late-redis*")
+            .query(&mut connection)
+            .unwrap();
+        if !keys.is_empty() {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "Redis was never used after it came up"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
