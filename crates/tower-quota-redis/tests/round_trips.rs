@@ -1,12 +1,12 @@
 //! One admission is one round trip to Redis, counted by Redis itself
-//! (`INFO commandstats`); and a measurement of admissions per second.
+//! (`INFO commandstats`). Admissions per second are measured by the
+//! `admission_rate` example, not by a test.
 
 mod support;
 
 use std::collections::HashMap;
 use std::time::Duration;
 
-use tokio::time::Instant;
 use tower_quota::sliding_window::{Quota, Store};
 use tower_quota::{Key, SlidingWindowLayer};
 use tower_quota_redis::RedisStore;
@@ -73,65 +73,4 @@ async fn one_admission_is_one_round_trip() {
     );
     assert_eq!(delta("evalsha"), admissions);
     assert_eq!(from_client, admissions, "one round trip per admission");
-}
-
-/// Admissions per second through the store, and `redis-benchmark -t set`
-/// against the same server in the same run. Run with
-/// `cargo test -p tower-quota-redis --release --test round_trips -- --ignored --nocapture`.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-#[ignore = "a measurement, not a test: run by hand"]
-async fn measure_admissions_per_second() {
-    let Some(server) = support::shared() else {
-        return;
-    };
-    let store = RedisStore::builder(server.url()).build().await.unwrap();
-    let limiter =
-        SlidingWindowLayer::with_quotas([
-            Quota::new(1_000_000_000, Duration::from_secs(1)).unwrap()
-        ])
-        .unwrap();
-    let duration = Duration::from_secs(3);
-    for concurrency in [1, 16, 64] {
-        let key = Key::from(format!("bench-{concurrency}"));
-        let started = Instant::now();
-        let mut tasks = tokio::task::JoinSet::new();
-        for _ in 0..concurrency {
-            let (store, key, limits) = (store.clone(), key.clone(), limiter.limits().clone());
-            tasks.spawn(async move {
-                let mut admitted = 0u64;
-                while started.elapsed() < duration {
-                    store.acquire(key.clone(), 1, &limits).await.unwrap();
-                    admitted += 1;
-                }
-                admitted
-            });
-        }
-        let admitted: u64 = tasks.join_all().await.into_iter().sum();
-        println!(
-            "concurrency {concurrency}: {admitted} admissions in {:?}: {:.0} admissions/s",
-            started.elapsed(),
-            admitted as f64 / started.elapsed().as_secs_f64()
-        );
-    }
-    let output = std::process::Command::new("redis-benchmark")
-        .args([
-            "-p",
-            &server.port().to_string(),
-            "-t",
-            "set",
-            "-q",
-            "-n",
-            "100000",
-        ])
-        .output()
-        .expect("redis-benchmark runs");
-    println!(
-        "redis-benchmark -t set -q -n 100000: {}",
-        // Progress lines end in `\r`; the summary comes last.
-        String::from_utf8_lossy(&output.stdout)
-            .rsplit('\r')
-            .next()
-            .unwrap_or_default()
-            .trim()
-    );
 }
