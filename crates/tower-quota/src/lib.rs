@@ -73,6 +73,8 @@ pub mod replay;
 pub mod retry_after;
 pub mod sliding_window;
 pub mod telemetry;
+#[cfg(test)]
+mod test_support;
 
 pub use backoff::{JitterBackoff, JitterBackoffLayer};
 pub use builder::ServiceBuilderExt;

@@ -4,11 +4,11 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use http::{Request, Response, StatusCode};
-use http_body_util::{BodyExt, Empty, Full};
+use http_body_util::{Empty, Full};
 use rand::SeedableRng;
 use rand::rngs::SmallRng;
 use tokio::time::Instant;
-use tower::{Service, ServiceExt, service_fn};
+use tower::{ServiceExt, service_fn};
 use tower_layer::Layer;
 use tracing::field::{Field, Visit};
 use tracing_subscriber::layer::{Context, SubscriberExt};
@@ -17,66 +17,10 @@ use super::*;
 use crate::attempts::{Attempt, GRPC_PREVIOUS_RPC_ATTEMPTS};
 use crate::replay::ReplayBody;
 use crate::retry_after::RetryAfterLayer;
+use crate::test_support::{Arrival, Arrivals, provider};
 use crate::{BoxError, telemetry};
 
 const MS: Duration = Duration::from_millis(1);
-
-/// One request as the fake provider saw it.
-#[derive(Debug, Clone)]
-struct Arrival {
-    at: Duration,
-    attempt: Option<u32>,
-    header: Option<String>,
-    body: Bytes,
-}
-
-type Arrivals = Arc<Mutex<Vec<Arrival>>>;
-
-/// A provider that answers the `n`-th request (0-based) with `answer(n)`,
-/// recording every arrival.
-fn provider<B>(
-    start: Instant,
-    answer: impl Fn(usize) -> Response<()> + Send + Sync + 'static,
-) -> (
-    impl Service<Request<ReplayBody<B>>, Response = Response<()>, Error = BoxError, Future: Send>
-    + Clone
-    + Send
-    + 'static,
-    Arrivals,
-)
-where
-    B: http_body::Body<Data = Bytes> + Send + 'static,
-    B::Error: Into<BoxError>,
-{
-    let arrivals: Arrivals = Arc::default();
-    let record = arrivals.clone();
-    let answer = Arc::new(answer);
-    let service = service_fn(move |request: Request<ReplayBody<B>>| {
-        let record = record.clone();
-        let answer = answer.clone();
-        async move {
-            let at = Instant::now() - start;
-            let attempt = request.extensions().get::<Attempt>().map(|a| a.0);
-            let header = request
-                .headers()
-                .get("x-retry-attempt")
-                .map(|v| v.to_str().unwrap().to_owned());
-            let body = request.into_body().collect().await?.to_bytes();
-            let n = {
-                let mut arrivals = record.lock().unwrap();
-                arrivals.push(Arrival {
-                    at,
-                    attempt,
-                    header,
-                    body,
-                });
-                arrivals.len() - 1
-            };
-            Ok::<_, BoxError>(answer(n))
-        }
-    });
-    (service, arrivals)
-}
 
 fn status(code: u16) -> Response<()> {
     Response::builder().status(code).body(()).unwrap()

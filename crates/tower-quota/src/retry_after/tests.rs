@@ -3,53 +3,14 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use http::{Request, Response, StatusCode};
-use http_body_util::{BodyExt, Empty, Full};
+use http_body_util::{Empty, Full};
 use tokio::time::Instant;
-use tower::{Service, ServiceExt, service_fn};
+use tower::ServiceExt;
 use tower_layer::Layer;
 
 use super::*;
-use crate::BoxError;
 use crate::replay::ReplayBody;
-
-/// What the fake provider saw: when each request arrived and its body.
-type Arrivals = Arc<Mutex<Vec<(Duration, Bytes)>>>;
-
-/// A provider that answers the `n`-th request (0-based) with `answer(n)`, and
-/// records every arrival.
-fn provider<B>(
-    start: Instant,
-    answer: impl Fn(usize) -> Response<()> + Send + Sync + 'static,
-) -> (
-    impl Service<Request<ReplayBody<B>>, Response = Response<()>, Error = BoxError, Future: Send>
-    + Clone
-    + Send
-    + 'static,
-    Arrivals,
-)
-where
-    B: http_body::Body<Data = Bytes> + Send + 'static,
-    B::Error: Into<BoxError>,
-{
-    let arrivals: Arrivals = Arc::default();
-    let record = arrivals.clone();
-    let answer = Arc::new(answer);
-    let service = service_fn(move |request: Request<ReplayBody<B>>| {
-        let record = record.clone();
-        let answer = answer.clone();
-        async move {
-            let at = Instant::now() - start;
-            let body = request.into_body().collect().await?.to_bytes();
-            let n = {
-                let mut arrivals = record.lock().unwrap();
-                arrivals.push((at, body));
-                arrivals.len() - 1
-            };
-            Ok::<_, BoxError>(answer(n))
-        }
-    });
-    (service, arrivals)
-}
+use crate::test_support::provider;
 
 fn status(code: u16) -> Response<()> {
     Response::builder().status(code).body(()).unwrap()
@@ -99,7 +60,7 @@ async fn a_throttled_request_is_resent_when_the_gate_opens() {
     assert_eq!(server.attempts(), 2);
     assert!(server.delay_observed());
     assert_eq!(server.waited(), Duration::from_secs(2));
-    let times: Vec<_> = arrivals.lock().unwrap().iter().map(|a| a.0).collect();
+    let times: Vec<_> = arrivals.lock().unwrap().iter().map(|a| a.at).collect();
     assert_eq!(times, [Duration::ZERO, Duration::from_secs(2)]);
 }
 
@@ -132,7 +93,7 @@ async fn one_throttled_response_pauses_every_caller_of_the_key() {
     }
     let arrivals = arrivals.lock().unwrap();
     assert_eq!(arrivals.len(), 22, "one refusal, then 21 successes");
-    assert!(arrivals[1..].iter().all(|a| a.0 >= Duration::from_secs(2)));
+    assert!(arrivals[1..].iter().all(|a| a.at >= Duration::from_secs(2)));
 }
 
 #[tokio::test(start_paused = true)]
@@ -180,7 +141,7 @@ async fn attempts_stop_at_max_attempts() {
         .lock()
         .unwrap()
         .iter()
-        .map(|a| a.0.as_secs())
+        .map(|a| a.at.as_secs())
         .collect();
     assert_eq!(times, [0, 1, 2, 3]);
 }
@@ -220,7 +181,7 @@ async fn never_sends_more_than_the_server_says_remain_before_the_reset() {
     for handle in handles {
         assert_eq!(handle.await.unwrap().unwrap().status(), 200);
     }
-    let times: Vec<_> = arrivals.lock().unwrap().iter().map(|a| a.0).collect();
+    let times: Vec<_> = arrivals.lock().unwrap().iter().map(|a| a.at).collect();
     let before_reset = times
         .iter()
         .filter(|t| **t < Duration::from_secs(10))
@@ -248,7 +209,7 @@ async fn waiters_leave_spread_out_when_the_gate_opens() {
         handle.await.unwrap().unwrap();
     }
     let arrivals = arrivals.lock().unwrap();
-    let mut times: Vec<_> = arrivals[2..].iter().map(|a| a.0).collect();
+    let mut times: Vec<_> = arrivals[2..].iter().map(|a| a.at).collect();
     times.sort();
     times.dedup();
     assert!(
@@ -258,7 +219,7 @@ async fn waiters_leave_spread_out_when_the_gate_opens() {
     );
     // The re-sent request went at the gate's opening plus its own jitter,
     // and the others within the spread after it.
-    let opened = arrivals[1].0;
+    let opened = arrivals[1].at;
     assert!(opened >= Duration::from_secs(1) && opened <= Duration::from_secs(1) + spread);
     assert!(
         times
@@ -281,8 +242,8 @@ async fn a_streamed_body_is_resent_byte_identical() {
     assert_eq!(response.status(), 200);
     let arrivals = arrivals.lock().unwrap();
     assert_eq!(arrivals.len(), 2);
-    assert_eq!(arrivals[0].1.len(), 10 * 1024);
-    assert_eq!(arrivals[0].1, arrivals[1].1);
+    assert_eq!(arrivals[0].body.len(), 10 * 1024);
+    assert_eq!(arrivals[0].body, arrivals[1].body);
 }
 
 #[tokio::test(start_paused = true)]
@@ -298,7 +259,7 @@ async fn a_body_over_the_limit_is_sent_once() {
     let arrivals = arrivals.lock().unwrap();
     assert_eq!(arrivals.len(), 1);
     assert_eq!(
-        arrivals[0].1.len(),
+        arrivals[0].body.len(),
         4096,
         "the one attempt carried the whole body"
     );
@@ -334,7 +295,7 @@ async fn keys_have_separate_gates() {
         .unwrap();
     assert_eq!(other.status(), 200);
     assert_eq!(
-        arrivals.lock().unwrap()[1].0,
+        arrivals.lock().unwrap()[1].at,
         Duration::from_millis(1),
         "not held by /a's gate"
     );
@@ -381,7 +342,7 @@ async fn without_pacing_by_quota_headers_only_throttling_closes_the_gate() {
     for _ in 0..5 {
         service.clone().oneshot(get()).await.unwrap();
     }
-    let times: Vec<_> = arrivals.lock().unwrap().iter().map(|a| a.0).collect();
+    let times: Vec<_> = arrivals.lock().unwrap().iter().map(|a| a.at).collect();
     // `remaining: 0` did not hold anyone; the 429's Retry-After did.
     assert_eq!(
         times,
