@@ -204,6 +204,16 @@ pub trait UsageFn<Response> {
     /// The real cost of the request this is the response to, if the response
     /// says.
     fn usage(&self, response: &Response) -> Option<u64>;
+
+    /// Whether the provider refused the request for its rate limit (an HTTP
+    /// 429). The sliding window admitted it with room in its log, so the
+    /// provider's window runs later than the client's: the key's margin
+    /// widens (see [`Store::refused`](crate::sliding_window::Store::refused)).
+    /// The default says no.
+    fn refused(&self, response: &Response) -> bool {
+        let _ = response;
+        false
+    }
 }
 
 impl<Response, F> UsageFn<Response> for F
@@ -240,5 +250,24 @@ pub struct UsageFromExtension;
 impl<B> UsageFn<http::Response<B>> for UsageFromExtension {
     fn usage(&self, response: &http::Response<B>) -> Option<u64> {
         response.extensions().get::<Usage>().map(|usage| usage.0)
+    }
+}
+
+/// The [`UsageFn`] for HTTP stacks: reads the [`Usage`] extension like
+/// [`UsageFromExtension`], and reports a 429 as a
+/// [refusal](UsageFn::refused), so that a sliding window whose provider
+/// counts later than it does widens its margin instead of being refused
+/// again. [`ServiceBuilderExt`](crate::ServiceBuilderExt) and the provider
+/// config use it.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct HttpFeedback;
+
+impl<B> UsageFn<http::Response<B>> for HttpFeedback {
+    fn usage(&self, response: &http::Response<B>) -> Option<u64> {
+        response.extensions().get::<Usage>().map(|usage| usage.0)
+    }
+
+    fn refused(&self, response: &http::Response<B>) -> bool {
+        response.status() == http::StatusCode::TOO_MANY_REQUESTS
     }
 }

@@ -80,7 +80,8 @@ pub use backoff::{JitterBackoff, JitterBackoffLayer};
 pub use builder::ServiceBuilderExt;
 pub use circuit_breaker::{CircuitBreaker, CircuitBreakerLayer};
 pub use key::{
-    CostFn, GlobalKey, Key, KeyFn, NoUsage, UnitCost, Usage, UsageFn, UsageFromExtension,
+    CostFn, GlobalKey, HttpFeedback, Key, KeyFn, NoUsage, UnitCost, Usage, UsageFn,
+    UsageFromExtension,
 };
 pub use retry_after::{RetryAfter, RetryAfterLayer};
 pub use sliding_window::{SlidingWindow, SlidingWindowLayer};

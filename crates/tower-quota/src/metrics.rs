@@ -79,6 +79,10 @@ pub const CIRCUIT_TRANSITIONS_TOTAL: &str = "tower_quota_circuit_transitions_tot
 /// Counter: errors of a shared store. Labels `key`, `kind`.
 pub const STORE_ERRORS_TOTAL: &str = "tower_quota_store_errors_total";
 
+/// Counter: refusals (429) of requests the sliding window had room for,
+/// each of which widened its key's margin. Labels: `key`.
+pub const PACING_DRIFT_TOTAL: &str = "tower_quota_pacing_drift_total";
+
 /// Registers the unit and help text of every series with the installed
 /// recorder. Call it once, after installing the recorder; without it the
 /// series still record, without descriptions. Does nothing without the
@@ -96,6 +100,11 @@ fn describe_all() {
         PACING_WAIT_SECONDS,
         Unit::Seconds,
         "Time an admitted request waited for room in its sliding window"
+    );
+    describe_counter!(
+        PACING_DRIFT_TOTAL,
+        Unit::Count,
+        "Refusals of requests the sliding window had room for; each widens the key's margin"
     );
     describe_counter!(
         REFUSED_TOTAL,
@@ -164,6 +173,13 @@ fn key_label(key: &Key) -> String {
 pub(crate) fn pacing_admitted(key: &Key, waited: Duration) {
     #[cfg(feature = "metrics")]
     ::metrics::histogram!(PACING_WAIT_SECONDS, "key" => key_label(key)).record(waited);
+}
+
+/// The provider refused a request of `key` the sliding window had room for;
+/// its key's margin widened.
+pub(crate) fn pacing_drift(key: &Key) {
+    #[cfg(feature = "metrics")]
+    ::metrics::counter!(PACING_DRIFT_TOTAL, "key" => key_label(key)).increment(1);
 }
 
 /// A sliding window's store answered `error` instead of an admission.

@@ -67,6 +67,12 @@ pub const CIRCUIT_HALF_OPEN: &str = "circuit_half_open";
 /// A circuit breaker closed after its probes succeeded.
 pub const CIRCUIT_CLOSED: &str = "circuit_closed";
 
+/// The provider refused (429) a request the sliding window had room for:
+/// its window runs later than the client's, and the key's margin widened.
+/// Fields: `key`, `gap_ms` (how much the margin widened), `margin_ms` (the
+/// margin the key adds now).
+pub const PACING_DRIFT: &str = "pacing_drift";
+
 /// A shared store (Redis) failed or timed out; the configured failure
 /// policy decided what happened to the request.
 pub const STORE_ERROR: &str = "store_error";

@@ -6,7 +6,7 @@ use std::task::{Context, Poll, ready};
 use pin_project_lite::pin_project;
 use tower_service::Service;
 
-use super::{Admission, Overloaded, Store};
+use super::{Admission, Completion, Limits, Overloaded, Store};
 use crate::telemetry;
 use crate::{BoxError, NoUsage, UsageFn};
 
@@ -20,9 +20,38 @@ pin_project! {
     {
         #[pin]
         state: State<St::Acquire, S, Request>,
-        // The store and usage function, when responses correct the cost.
-        correction: Option<(St, U)>,
-        admission: Option<Admission>,
+        store: St,
+        limits: Limits,
+        usage_fn: U,
+        // The admission while its request is in flight: dropping it tells
+        // the store the request was dropped.
+        in_flight: Option<InFlight<St>>,
+    }
+}
+
+/// An admitted request whose answer has not come back.
+struct InFlight<St: Store> {
+    store: St,
+    limits: Limits,
+    admission: Admission,
+    done: bool,
+}
+
+impl<St: Store> InFlight<St> {
+    fn answered(mut self) -> Admission {
+        self.done = true;
+        self.store
+            .complete(&self.admission, Completion::Answered, &self.limits);
+        self.admission.clone()
+    }
+}
+
+impl<St: Store> Drop for InFlight<St> {
+    fn drop(&mut self) {
+        if !self.done {
+            self.store
+                .complete(&self.admission, Completion::Dropped, &self.limits);
+        }
     }
 }
 
@@ -53,15 +82,19 @@ where
         acquire: St::Acquire,
         inner: S,
         request: Request,
-        correction: Option<(St, U)>,
+        store: St,
+        limits: Limits,
+        usage_fn: U,
     ) -> Self {
         ResponseFuture {
             state: State::Admitting {
                 acquire,
                 call: Some((inner, request)),
             },
-            correction,
-            admission: None,
+            store,
+            limits,
+            usage_fn,
+            in_flight: None,
         }
     }
 }
@@ -116,25 +149,52 @@ where
                         // the state changes to `Calling`.
                         unreachable!("sliding window request admitted twice");
                     };
-                    if this.correction.is_some() {
-                        *this.admission = Some(admission);
-                    }
                     let future = inner.call(request);
+                    *this.in_flight = Some(InFlight {
+                        store: this.store.clone(),
+                        limits: this.limits.clone(),
+                        admission,
+                        done: false,
+                    });
                     this.state.set(State::Calling { future });
                 }
                 StateProj::Calling { future } => {
-                    let response = ready!(future.poll(cx)).map_err(Into::into)?;
-                    if let (Some((store, usage_fn)), Some(admission)) =
-                        (this.correction.as_ref(), this.admission.as_ref())
-                        && let Some(actual) = usage_fn.usage(&response)
-                    {
-                        store.correct(admission, actual);
+                    let result = ready!(future.poll(cx));
+                    let Some(in_flight) = this.in_flight.take() else {
+                        // Set on the transition to `Calling`.
+                        unreachable!("sliding window request answered twice");
+                    };
+                    let admission = in_flight.answered();
+                    let response = result.map_err(Into::into)?;
+                    if this.usage_fn.refused(&response) {
+                        refused(this.store, &admission, this.limits);
+                    }
+                    if let Some(actual) = this.usage_fn.usage(&response) {
+                        this.store.correct(&admission, actual);
                     }
                     return Poll::Ready(Ok(response));
                 }
             }
         }
     }
+}
+
+/// The provider refused a request the log had room for: its window runs
+/// later than ours.
+fn refused<St: Store>(store: &St, admission: &Admission, limits: &Limits) {
+    let Some((before, margin)) = store.refused(admission, limits) else {
+        return;
+    };
+    crate::metrics::pacing_drift(admission.key());
+    tracing::warn!(
+        name: telemetry::PACING_DRIFT,
+        target: telemetry::TARGET,
+        event = telemetry::PACING_DRIFT,
+        key = %admission.key(),
+        gap_ms = margin.saturating_sub(before).as_millis() as u64,
+        margin_ms = margin.as_millis() as u64,
+        "the provider refused a request the sliding window had room for: widening the key's margin"
+    );
 }
 
 impl<St, S, Request, U> fmt::Debug for ResponseFuture<St, S, Request, U>

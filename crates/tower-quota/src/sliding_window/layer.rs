@@ -147,8 +147,9 @@ impl<K, C, St, U> SlidingWindowLayer<K, C, St, U> {
     }
 
     /// Holds each admission in the window for `margin` longer than the
-    /// window, so that the server, which sees each request a little after the
-    /// client admits it, never counts more than `max_calls` in its own window.
+    /// window (counted from its answer, or from its `sent_within` bound), so
+    /// that a server whose window boundaries or clock differ slightly from
+    /// the client's never counts more than `max_calls` in its own window.
     /// The default is [`default_safety_margin`](super::default_safety_margin):
     /// 0.5% of the shortest window, between 1 ms and 25 ms.
     ///
@@ -159,6 +160,38 @@ impl<K, C, St, U> SlidingWindowLayer<K, C, St, U> {
     pub fn safety_margin(mut self, margin: Duration) -> Result<Self, InvalidQuota> {
         self.limits.set_safety_margin(margin)?;
         Ok(self)
+    }
+
+    /// Assumes that a request whose answer has not come back reached the
+    /// provider within `bound` of its admission: its slot is then released a
+    /// window after `admitted + bound` (plus the safety margin) even while the
+    /// request is still in flight. A request answered earlier is released a
+    /// window after its answer. The default is
+    /// [`default_sent_within`](super::default_sent_within): a tenth of the
+    /// shortest window, between 1 ms and 100 ms.
+    ///
+    /// Raise it when requests may spend longer than that between admission
+    /// and the provider (a connection pool that queues, a proxy, a slow
+    /// network) *and* answers are slow; or use [`strict`](Self::strict).
+    ///
+    /// # Errors
+    ///
+    /// [`InvalidQuota::SentWithinOutOfRange`] when zero or above
+    /// [`MAX_SENT_WITHIN`](super::MAX_SENT_WITHIN).
+    pub fn sent_within(mut self, bound: Duration) -> Result<Self, InvalidQuota> {
+        self.limits.set_sent_within(bound)?;
+        Ok(self)
+    }
+
+    /// Strict mode: an admission is held until its answer comes back, and a
+    /// window (plus the safety margin) after that, however long the request
+    /// took. Nothing about the network is assumed, so the provider never
+    /// counts more than `max_calls` in any window of its own (see the
+    /// [module docs](super#strict-mode) for the argument); each slot costs
+    /// one round trip more per window than the default.
+    pub fn strict(mut self) -> Self {
+        self.limits.set_strict(true);
+        self
     }
 
     /// The limits this layer enforces.

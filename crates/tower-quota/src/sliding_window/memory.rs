@@ -28,7 +28,8 @@ use pin_project_lite::pin_project;
 use tokio::time::{Instant, Sleep};
 
 use super::error::{OverloadReason, Overloaded};
-use super::store::{Admission, Store};
+use super::log::WindowLog;
+use super::store::{Admission, Completion, Store};
 use super::{Limits, Quota};
 use crate::{BoxError, Key};
 
@@ -128,13 +129,43 @@ impl Store for MemoryStore {
             return;
         };
         let mut changed = false;
-        for window in state.windows.iter_mut().filter(|w| !w.per_request) {
+        for window in state.windows.iter_mut().filter(|w| !w.is_per_request()) {
             changed |= window.correct(admission.id(), actual_cost);
         }
         if changed {
             // The head's instant may have moved: let it look again.
             state.wake_head();
         }
+    }
+
+    fn complete(&self, admission: &Admission, completion: Completion, limits: &Limits) {
+        if completion == Completion::Dropped && !limits.is_strict() {
+            // A dropped request may still be on its way: it keeps its bound.
+            return;
+        }
+        let mut shard = lock(self.shared.shard(admission.key()));
+        let now = Instant::now();
+        let Some(state) = shard.keys.get_mut(admission.key()) else {
+            return;
+        };
+        let extra = state.extra_margin(now);
+        let mut changed = false;
+        for window in &mut state.windows {
+            changed |= window.answer(admission.id(), now, extra);
+        }
+        if changed {
+            state.wake_head();
+        }
+    }
+
+    fn refused(&self, admission: &Admission, limits: &Limits) -> Option<(Duration, Duration)> {
+        let mut shard = lock(self.shared.shard(admission.key()));
+        let now = Instant::now();
+        let state = shard.keys.get_mut(admission.key())?;
+        let window = state.shortest_window();
+        let before = state.drift.extra(now, window);
+        let step = limits.safety_margin().max(Duration::from_millis(1));
+        Some((before, state.drift.widen(now, window, step)))
     }
 }
 
@@ -168,157 +199,6 @@ impl Shard {
     }
 }
 
-/// The sliding log of one quota of one key.
-struct WindowLog {
-    quota: Quota,
-    max_calls: u64,
-    per_request: bool,
-    /// The window plus the safety margin: an admission at `t` counts until `t + span`.
-    span: Duration,
-    entries: VecDeque<Entry>,
-    /// Sum of the costs in `entries`.
-    in_window: u64,
-    /// Sum of all costs ever recorded; `Entry::cumulative` indexes into it.
-    total: u64,
-}
-
-#[derive(Clone, Copy)]
-struct Entry {
-    /// The admission's id, increasing with admission order.
-    id: u64,
-    at: Instant,
-    cost: u64,
-    /// `total` after this entry was recorded.
-    cumulative: u64,
-}
-
-impl WindowLog {
-    fn new(quota: &Quota, margin: Duration) -> Self {
-        WindowLog {
-            quota: *quota,
-            max_calls: quota.max_calls(),
-            per_request: quota.is_per_request(),
-            span: quota.window() + margin,
-            entries: VecDeque::new(),
-            in_window: 0,
-            total: 0,
-        }
-    }
-
-    fn matches(&self, quota: &Quota, margin: Duration) -> bool {
-        self.quota == *quota && self.span == quota.window() + margin
-    }
-
-    fn units(&self, cost: u64) -> u64 {
-        self.quota.units(cost)
-    }
-
-    fn prune(&mut self, now: Instant) {
-        while let Some(entry) = self.entries.front() {
-            if entry.at + self.span > now {
-                break;
-            }
-            self.in_window -= entry.cost;
-            self.entries.pop_front();
-        }
-    }
-
-    fn has_room(&self, cost: u64) -> bool {
-        self.in_window + self.units(cost) <= self.max_calls
-    }
-
-    fn record(&mut self, now: Instant, cost: u64, id: u64) {
-        let cost = self.units(cost);
-        if cost == 0 {
-            return;
-        }
-        self.total += cost;
-        self.in_window += cost;
-        self.entries.push_back(Entry {
-            id,
-            at: now,
-            cost,
-            cumulative: self.total,
-        });
-    }
-
-    /// The index of the entry holding the `unit`-th unit (0-based) of the log.
-    fn entry_of_unit(&self, unit: u64) -> usize {
-        let before = self.entries.front().map_or(0, |e| e.cumulative - e.cost);
-        self.entries
-            .partition_point(|e| e.cumulative - before <= unit)
-    }
-
-    /// The earliest instant `cost` more units fit, given the log as it is.
-    /// The log must be pruned at `now`.
-    fn earliest(&self, now: Instant, cost: u64) -> Instant {
-        if self.has_room(cost) {
-            return now;
-        }
-        let cost = self.units(cost);
-        // Units that must leave the window first: the entry holding the last
-        // of them decides.
-        let must_leave = self.in_window + cost - self.max_calls;
-        let index = self.entry_of_unit(must_leave - 1);
-        match self.entries.get(index) {
-            Some(entry) => entry.at + self.span,
-            // Unreachable while cost <= max_calls; a full span is the safe answer.
-            None => now + self.span,
-        }
-    }
-
-    /// A lower bound on how long `units` more units (queued ones included)
-    /// take to be admitted: exact when every unit costs one and no waiter
-    /// ahead is cancelled. The log must be pruned at `now`.
-    fn projected_wait(&self, now: Instant, cost: u64, requests: u64) -> Duration {
-        let units = if self.per_request { requests } else { cost };
-        let free = self.max_calls.saturating_sub(self.in_window);
-        if units <= free {
-            return Duration::ZERO;
-        }
-        // Unit `beyond` of the future takes the slot freed when unit
-        // `beyond % max_calls` of the log-then-future sequence leaves the
-        // window, `beyond / max_calls + 1` spans later.
-        let beyond = units - free - 1;
-        let cycles = beyond / self.max_calls + 1;
-        let unit = beyond % self.max_calls;
-        let since_base = if unit < self.in_window {
-            self.entries
-                .get(self.entry_of_unit(unit))
-                .map_or(Duration::ZERO, |entry| {
-                    now.saturating_duration_since(entry.at)
-                })
-        } else {
-            Duration::ZERO
-        };
-        u32::try_from(cycles)
-            .ok()
-            .and_then(|cycles| self.span.checked_mul(cycles))
-            .unwrap_or(Duration::MAX)
-            .saturating_sub(since_base)
-    }
-
-    /// Changes the cost of admission `id` to `actual`, if it is still in the
-    /// window; returns whether anything changed.
-    fn correct(&mut self, id: u64, actual: u64) -> bool {
-        let Ok(index) = self.entries.binary_search_by_key(&id, |e| e.id) else {
-            return false;
-        };
-        let recorded = self.entries[index].cost;
-        if actual == recorded {
-            return false;
-        }
-        // Entries from `index` on hold the recorded cost in `cumulative`.
-        for entry in self.entries.range_mut(index..) {
-            entry.cumulative = entry.cumulative - recorded + actual;
-        }
-        self.entries[index].cost = actual;
-        self.in_window = self.in_window - recorded + actual;
-        self.total = self.total - recorded + actual;
-        true
-    }
-}
-
 struct Waiter {
     id: u64,
     cost: u64,
@@ -334,6 +214,40 @@ struct KeyState {
     cancelled: usize,
     queued_cost: u64,
     next_id: u64,
+    drift: Drift,
+}
+
+/// The margin a key adds after its provider refused requests that the log
+/// had room for: doubled (plus a step) on each such refusal up to a quarter
+/// of the shortest window, halved for every ten windows without one.
+#[derive(Default)]
+struct Drift {
+    extra: Duration,
+    since: Option<Instant>,
+}
+
+impl Drift {
+    fn extra(&self, now: Instant, window: Duration) -> Duration {
+        let Some(since) = self.since else {
+            return Duration::ZERO;
+        };
+        let decay = window.saturating_mul(10).max(Duration::from_millis(1));
+        let halvings = now.saturating_duration_since(since).as_nanos() / decay.as_nanos();
+        u32::try_from(halvings)
+            .ok()
+            .and_then(|halvings| self.extra.as_nanos().checked_shr(halvings))
+            .map_or(Duration::ZERO, |nanos| {
+                Duration::from_nanos(u64::try_from(nanos).unwrap_or(u64::MAX))
+            })
+    }
+
+    fn widen(&mut self, now: Instant, window: Duration, step: Duration) -> Duration {
+        let current = self.extra(now, window);
+        let cap = (window / 4).max(step);
+        self.extra = current.saturating_mul(2).saturating_add(step).min(cap);
+        self.since = Some(now);
+        self.extra
+    }
 }
 
 impl KeyState {
@@ -344,6 +258,7 @@ impl KeyState {
             cancelled: 0,
             queued_cost: 0,
             next_id: 0,
+            drift: Drift::default(),
         }
     }
 
@@ -371,6 +286,18 @@ impl KeyState {
         }
     }
 
+    fn shortest_window(&self) -> Duration {
+        self.windows
+            .iter()
+            .map(|w| w.quota().window())
+            .min()
+            .unwrap_or(Duration::ZERO)
+    }
+
+    fn extra_margin(&self, now: Instant) -> Duration {
+        self.drift.extra(now, self.shortest_window())
+    }
+
     fn prune(&mut self, now: Instant) {
         for window in &mut self.windows {
             window.prune(now);
@@ -378,26 +305,37 @@ impl KeyState {
     }
 
     fn is_idle(&self) -> bool {
-        self.queue.is_empty() && self.windows.iter().all(|w| w.entries.is_empty())
+        self.queue.is_empty() && self.windows.iter().all(WindowLog::is_empty)
     }
 
     fn has_room(&self, cost: u64) -> bool {
         self.windows.iter().all(|w| w.has_room(cost))
     }
 
-    fn record(&mut self, now: Instant, cost: u64, id: u64) {
+    fn record(&mut self, now: Instant, cost: u64, id: u64, limits: &Limits) {
+        let sent_by = (!limits.is_strict()).then(|| now + limits.sent_within());
+        let extra = self.extra_margin(now);
         for window in &mut self.windows {
-            window.record(now, cost, id);
+            window.record(cost, id, sent_by, extra);
         }
     }
 
-    /// The earliest instant the head fits, and the quota that decides it.
-    fn earliest(&self, now: Instant, cost: u64) -> (Instant, Option<Quota>) {
-        self.windows
-            .iter()
-            .map(|w| (w.earliest(now, cost), w.quota))
-            .max_by_key(|(at, _)| *at)
-            .map_or((now, None), |(at, quota)| (at, (at > now).then_some(quota)))
+    /// The earliest instant the head fits (`None`: once an answer comes
+    /// back), and the quota that decides it.
+    fn earliest(&self, now: Instant, cost: u64) -> (Option<Instant>, Option<Quota>) {
+        let mut latest: (Option<Instant>, Option<Quota>) = (Some(now), None);
+        for window in &self.windows {
+            let at = window.earliest(now, cost);
+            let later = match (at, latest.0) {
+                (None, Some(_)) => true,
+                (Some(at), Some(current)) => at > current,
+                (_, None) => false,
+            };
+            if later {
+                latest = (at, Some(window.quota()));
+            }
+        }
+        latest
     }
 
     fn projected_wait(&self, now: Instant, cost: u64, requests: u64) -> Duration {
@@ -571,9 +509,11 @@ impl Future for Acquire {
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
         let mut this = self.project();
         loop {
-            let now = Instant::now();
             let step = {
                 let mut shard = lock(this.shared.shard(this.key));
+                // Read under the lock, so that admissions are recorded in the
+                // order of their instants.
+                let now = Instant::now();
                 shard.tick(now);
                 match this.state {
                     AcquireState::Start => {
@@ -612,10 +552,15 @@ impl Future for Acquire {
                             if limit.is_some() {
                                 *limited_by = limit;
                             }
-                            let needed = at.saturating_duration_since(*enqueued_at);
-                            if at <= now {
+                            let needed = at.unwrap_or(now).saturating_duration_since(*enqueued_at);
+                            if at.is_none() {
+                                // Strict: the next slot frees when an answer
+                                // comes back, and the answer wakes the head.
+                                state.register(ticket.id, cx.waker());
+                                Step::Park
+                            } else if at.is_some_and(|at| at <= now) {
                                 let id = this.shared.next_admission.fetch_add(1, Ordering::Relaxed);
-                                state.record(now, *this.cost, id);
+                                state.record(now, *this.cost, id, this.limits);
                                 state.pop_head();
                                 ticket.armed = false;
                                 Step::Ready(Ok(Admission::new(
@@ -639,9 +584,10 @@ impl Future for Acquire {
                                 }
                                 .into()))
                             } else {
-                                // A correction may move the instant: be wakeable.
+                                // A correction or an answer may move the
+                                // instant: be wakeable.
                                 state.register(ticket.id, cx.waker());
-                                Step::Sleep(at)
+                                Step::Sleep(at.unwrap_or(now))
                             }
                         }
                         Some(state) => {
@@ -710,7 +656,7 @@ fn arrive(
     let cost = this.cost;
     if state.queue.is_empty() && state.has_room(cost) {
         let id = this.shared.next_admission.fetch_add(1, Ordering::Relaxed);
-        state.record(now, cost, id);
+        state.record(now, cost, id, this.limits);
         return Step::Ready(Ok(Admission::new(
             this.key.clone(),
             id,

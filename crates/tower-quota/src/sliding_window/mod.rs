@@ -102,6 +102,7 @@
 mod error;
 mod future;
 mod layer;
+mod log;
 mod memory;
 mod quota;
 mod service;
@@ -112,10 +113,11 @@ pub use future::ResponseFuture;
 pub use layer::SlidingWindowLayer;
 pub use memory::{Acquire, MemoryStore};
 pub use quota::{
-    InvalidQuota, Limits, MAX_SAFETY_MARGIN, MAX_WINDOW, Quota, default_safety_margin,
+    InvalidQuota, Limits, MAX_SAFETY_MARGIN, MAX_SENT_WITHIN, MAX_WINDOW, Quota,
+    default_safety_margin, default_sent_within,
 };
 pub use service::SlidingWindow;
-pub use store::{Admission, Store};
+pub use store::{Admission, Completion, Store};
 
 #[cfg(test)]
 mod tests;

@@ -13,6 +13,9 @@ pub const MAX_WINDOW: Duration = Duration::from_secs(366 * 24 * 60 * 60);
 /// The largest safety margin a layer accepts.
 pub const MAX_SAFETY_MARGIN: Duration = Duration::from_secs(60 * 60);
 
+/// The longest [`sent_within`](Limits::sent_within) bound a layer accepts.
+pub const MAX_SENT_WITHIN: Duration = Duration::from_secs(60 * 60);
+
 /// One quota: at most `max_calls` units in *any* window of `window` length.
 ///
 /// A quota made with [`Quota::new`] spends the request's cost: 1 unless the
@@ -120,6 +123,8 @@ pub enum InvalidQuota {
     NoQuota,
     /// The safety margin was longer than [`MAX_SAFETY_MARGIN`].
     SafetyMarginTooLong(Duration),
+    /// The `sent_within` bound was zero or longer than [`MAX_SENT_WITHIN`].
+    SentWithinOutOfRange(Duration),
 }
 
 impl fmt::Display for InvalidQuota {
@@ -142,6 +147,10 @@ impl fmt::Display for InvalidQuota {
                 f,
                 "invalid limiter: safety margin {margin:?} is longer than the maximum {MAX_SAFETY_MARGIN:?}"
             ),
+            InvalidQuota::SentWithinOutOfRange(bound) => write!(
+                f,
+                "invalid limiter: sent_within {bound:?} must be longer than zero and at most {MAX_SENT_WITHIN:?}"
+            ),
         }
     }
 }
@@ -161,6 +170,8 @@ pub struct Limits {
 struct LimitsInner {
     quotas: Vec<Quota>,
     safety_margin: Duration,
+    sent_within: Duration,
+    strict: bool,
     max_wait: Option<Duration>,
     max_queue: Option<usize>,
 }
@@ -171,10 +182,13 @@ impl Limits {
             return Err(InvalidQuota::NoQuota);
         }
         let safety_margin = default_safety_margin(&quotas);
+        let sent_within = default_sent_within(&quotas);
         Ok(Limits {
             inner: Arc::new(LimitsInner {
                 quotas,
                 safety_margin,
+                sent_within,
+                strict: false,
                 max_wait: None,
                 max_queue: None,
             }),
@@ -197,6 +211,18 @@ impl Limits {
         Ok(())
     }
 
+    pub(crate) fn set_sent_within(&mut self, bound: Duration) -> Result<(), InvalidQuota> {
+        if bound.is_zero() || bound > MAX_SENT_WITHIN {
+            return Err(InvalidQuota::SentWithinOutOfRange(bound));
+        }
+        self.edit(|inner| inner.sent_within = bound);
+        Ok(())
+    }
+
+    pub(crate) fn set_strict(&mut self, strict: bool) {
+        self.edit(|inner| inner.strict = strict);
+    }
+
     pub(crate) fn set_max_wait(&mut self, max_wait: Option<Duration>) {
         self.edit(|inner| inner.max_wait = max_wait);
     }
@@ -215,6 +241,23 @@ impl Limits {
     /// never counts more than `max_calls` in its own window.
     pub fn safety_margin(&self) -> Duration {
         self.inner.safety_margin
+    }
+
+    /// How long after its admission a request is assumed to have reached the
+    /// provider when its answer has not come back by then.
+    ///
+    /// A request reaches the provider between its admission and its answer.
+    /// An admission is held in the window until a window after its answer,
+    /// or a window after `admitted + sent_within` if that comes first — unless
+    /// the limits are [strict](Limits::is_strict).
+    pub fn sent_within(&self) -> Duration {
+        self.inner.sent_within
+    }
+
+    /// Whether an admission is held until its answer comes back, however
+    /// long that takes, instead of at most [`sent_within`](Limits::sent_within).
+    pub fn is_strict(&self) -> bool {
+        self.inner.strict
     }
 
     /// The longest a request may wait for admission before it is refused.
@@ -255,6 +298,8 @@ impl fmt::Debug for Limits {
         f.debug_struct("Limits")
             .field("quotas", &self.inner.quotas)
             .field("safety_margin", &self.inner.safety_margin)
+            .field("sent_within", &self.inner.sent_within)
+            .field("strict", &self.inner.strict)
             .field("max_wait", &self.inner.max_wait)
             .field("max_queue", &self.inner.max_queue)
             .finish()
@@ -280,4 +325,22 @@ pub fn default_safety_margin(quotas: &[Quota]) -> Duration {
         .min()
         .unwrap_or(Duration::ZERO);
     (shortest / 200).clamp(Duration::from_millis(1), Duration::from_millis(25))
+}
+
+/// The default [`sent_within`](Limits::sent_within) bound: a tenth of the
+/// shortest window, at least 1 ms and at most 100 ms.
+///
+/// It matters only for requests whose answer has not come back a window
+/// after their admission; every other admission is released a window after
+/// its answer, which is exact whatever the network did. A tenth of a window
+/// covers a cold connection's set-up (a TCP and TLS handshake across a
+/// continent is 50–100 ms) and costs a slow provider's pipelined callers at
+/// most 100 ms per window.
+pub fn default_sent_within(quotas: &[Quota]) -> Duration {
+    let shortest = quotas
+        .iter()
+        .map(Quota::window)
+        .min()
+        .unwrap_or(Duration::ZERO);
+    (shortest / 10).clamp(Duration::from_millis(1), Duration::from_millis(100))
 }

@@ -117,8 +117,14 @@ where
         // clone left behind is readied by the next `poll_ready`.
         let clone = self.inner.clone();
         let inner = std::mem::replace(&mut self.inner, clone);
-        let correction = U::ENABLED.then(|| (self.store.clone(), self.usage_fn.clone()));
-        ResponseFuture::new(acquire, inner, request, correction)
+        ResponseFuture::new(
+            acquire,
+            inner,
+            request,
+            self.store.clone(),
+            self.limits.clone(),
+            self.usage_fn.clone(),
+        )
     }
 }
 

@@ -36,6 +36,46 @@ pub trait Store: Clone + Send + Sync + 'static {
     /// to per-request quotas. An admission that has left every window, or
     /// that the store no longer knows, is ignored.
     fn correct(&self, admission: &Admission, actual_cost: u64);
+
+    /// Tells the store how `admission` ended, so that its slot is held for
+    /// no longer than the provider can count it.
+    ///
+    /// A request reaches the provider no earlier than its admission and no
+    /// later than its answer (a response or an error) comes back. An
+    /// answered admission is held until a window (plus the safety margin)
+    /// after the answer — or after the [`sent_within`](Limits::sent_within)
+    /// bound, if that comes first and the limits are not
+    /// [strict](Limits::is_strict). A dropped request keeps the bound of its
+    /// admission; in strict mode, with no response to wait for, it is held
+    /// as if answered when dropped.
+    ///
+    /// The default does nothing: the store then holds every admission for
+    /// the `sent_within` bound past its admission instant.
+    fn complete(&self, admission: &Admission, completion: Completion, limits: &Limits) {
+        let _ = (admission, completion, limits);
+    }
+
+    /// Tells the store that the provider refused `admission` (a 429)
+    /// although the store had room for it: the provider's window is later
+    /// than the store's, and the key's margin should widen. Returns the
+    /// margin the key added before and adds now, if the store adapts one.
+    ///
+    /// The default does nothing.
+    fn refused(&self, admission: &Admission, limits: &Limits) -> Option<(Duration, Duration)> {
+        let _ = (admission, limits);
+        None
+    }
+}
+
+/// How an admitted request ended, as far as the pacing layer saw.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum Completion {
+    /// The inner service answered, with a response or an error: the request
+    /// reached the provider by now, if it did at all.
+    Answered,
+    /// The response future was dropped before the inner service answered.
+    Dropped,
 }
 
 /// A request admitted by a [`Store`].

@@ -1,0 +1,274 @@
+//! The sliding log of one quota of one key: which admissions still hold a
+//! slot, and until when.
+//!
+//! The provider counts a request when it *arrives*, somewhere between its
+//! admission and its answer. An admission therefore holds its slot until a
+//! window (plus the margin) after the latest instant it can have arrived:
+//! its answer, or its `sent_within` bound when that comes first (never in
+//! strict mode). Two queues keep those instants in order without sorting:
+//!
+//! - `pending`, in admission order: admissions not answered before their
+//!   bound. Their bounds are `admitted + sent_within`, increasing with the
+//!   admission order.
+//! - `answered`, in answer order: admissions answered before their bound,
+//!   moved out of `pending` (which keeps a tombstone). Answers come in time
+//!   order, so their instants increase too.
+//!
+//! The slot that frees next is at the front of one of the two queues, and
+//! the k-th is found by merging them from the front.
+
+use std::collections::VecDeque;
+use std::time::Duration;
+
+use tokio::time::Instant;
+
+use super::Quota;
+
+/// Tombstones are compacted out of `pending` once they are this many and
+/// more than half of it.
+const COMPACT_AT: usize = 64;
+
+pub(super) struct WindowLog {
+    quota: Quota,
+    max_calls: u64,
+    per_request: bool,
+    /// The window plus the configured safety margin.
+    span: Duration,
+    pending: VecDeque<Entry>,
+    answered: VecDeque<Entry>,
+    /// Tombstones in `pending`: entries that moved to `answered`.
+    moved: usize,
+    /// Sum of the costs of the live entries.
+    in_window: u64,
+}
+
+#[derive(Clone, Copy)]
+struct Entry {
+    /// The admission's id, increasing with admission order.
+    id: u64,
+    cost: u64,
+    /// When the entry leaves the window; `None` until answered (strict).
+    until: Option<Instant>,
+    /// A tombstone: the entry moved to `answered`.
+    moved: bool,
+}
+
+impl Entry {
+    /// Earlier `until` first; `None` (until answered) last.
+    fn leaves_before(&self, other: &Entry) -> bool {
+        match (self.until, other.until) {
+            (Some(a), Some(b)) => a <= b,
+            (Some(_), None) => true,
+            (None, _) => false,
+        }
+    }
+}
+
+impl WindowLog {
+    pub(super) fn new(quota: &Quota, margin: Duration) -> Self {
+        WindowLog {
+            quota: *quota,
+            max_calls: quota.max_calls(),
+            per_request: quota.is_per_request(),
+            span: quota.window() + margin,
+            pending: VecDeque::new(),
+            answered: VecDeque::new(),
+            moved: 0,
+            in_window: 0,
+        }
+    }
+
+    pub(super) fn quota(&self) -> Quota {
+        self.quota
+    }
+
+    pub(super) fn is_per_request(&self) -> bool {
+        self.per_request
+    }
+
+    pub(super) fn matches(&self, quota: &Quota, margin: Duration) -> bool {
+        self.quota == *quota && self.span == quota.window() + margin
+    }
+
+    fn units(&self, cost: u64) -> u64 {
+        self.quota.units(cost)
+    }
+
+    pub(super) fn is_empty(&self) -> bool {
+        self.answered.is_empty() && self.pending.len() == self.moved
+    }
+
+    pub(super) fn prune(&mut self, now: Instant) {
+        while let Some(entry) = self.pending.front() {
+            if entry.moved {
+                self.moved -= 1;
+            } else if entry.until.is_some_and(|until| until <= now) {
+                self.in_window = self.in_window.saturating_sub(entry.cost);
+            } else {
+                break;
+            }
+            self.pending.pop_front();
+        }
+        while let Some(entry) = self.answered.front() {
+            if entry.until.is_some_and(|until| until <= now) {
+                self.in_window = self.in_window.saturating_sub(entry.cost);
+                self.answered.pop_front();
+            } else {
+                break;
+            }
+        }
+    }
+
+    pub(super) fn has_room(&self, cost: u64) -> bool {
+        self.in_window.saturating_add(self.units(cost)) <= self.max_calls
+    }
+
+    /// Records an admission at `now`, held until `sent_by` (its bound, `None`
+    /// in strict mode) plus the span and `extra`.
+    pub(super) fn record(&mut self, cost: u64, id: u64, sent_by: Option<Instant>, extra: Duration) {
+        let cost = self.units(cost);
+        if cost == 0 {
+            return;
+        }
+        self.in_window = self.in_window.saturating_add(cost);
+        self.pending.push_back(Entry {
+            id,
+            cost,
+            until: sent_by.map(|at| at + self.span + extra),
+            moved: false,
+        });
+    }
+
+    /// The admission `id` was answered at `at`: it leaves a span after that,
+    /// if that is earlier than its bound. Returns whether anything changed.
+    pub(super) fn answer(&mut self, id: u64, at: Instant, extra: Duration) -> bool {
+        let Ok(index) = self.pending.binary_search_by_key(&id, |e| e.id) else {
+            return false;
+        };
+        let entry = &mut self.pending[index];
+        let until = at + self.span + extra;
+        if entry.moved || entry.until.is_some_and(|bound| bound <= until) {
+            return false;
+        }
+        entry.moved = true;
+        let moved = Entry {
+            until: Some(until),
+            moved: false,
+            ..*entry
+        };
+        self.moved += 1;
+        // Answers come in time order, but a margin that shrank may put this
+        // one before the last: keep the queue sorted (a short walk back).
+        let position = self
+            .answered
+            .iter()
+            .rposition(|e| e.leaves_before(&moved))
+            .map_or(0, |i| i + 1);
+        self.answered.insert(position, moved);
+        if self.moved >= COMPACT_AT && self.moved * 2 > self.pending.len() {
+            self.pending.retain(|e| !e.moved);
+            self.moved = 0;
+        }
+        true
+    }
+
+    /// The live entries in the order they leave the window.
+    fn leaving(&self) -> impl Iterator<Item = &Entry> {
+        let mut pending = self.pending.iter().filter(|e| !e.moved).peekable();
+        let mut answered = self.answered.iter().peekable();
+        std::iter::from_fn(move || match (pending.peek(), answered.peek()) {
+            (Some(p), Some(a)) => {
+                if a.leaves_before(p) {
+                    answered.next()
+                } else {
+                    pending.next()
+                }
+            }
+            (Some(_), None) => pending.next(),
+            (None, Some(_)) => answered.next(),
+            (None, None) => None,
+        })
+    }
+
+    /// When the `unit`-th unit (0-based, in leaving order) of the log leaves
+    /// the window; `None` when it leaves only once answered.
+    fn unit_leaves(&self, unit: u64, now: Instant) -> Option<Instant> {
+        let mut seen = 0u64;
+        for entry in self.leaving() {
+            seen = seen.saturating_add(entry.cost);
+            if seen > unit {
+                return entry.until;
+            }
+        }
+        // Unreachable while unit < in_window; now is the safe answer then.
+        Some(now)
+    }
+
+    /// The earliest instant `cost` more units fit, given the log as it is;
+    /// `None` when it depends on an answer still to come (strict mode). The
+    /// log must be pruned at `now`.
+    pub(super) fn earliest(&self, now: Instant, cost: u64) -> Option<Instant> {
+        if self.has_room(cost) {
+            return Some(now);
+        }
+        // Units that must leave the window first: the entry holding the last
+        // of them decides.
+        let must_leave = self
+            .in_window
+            .saturating_add(self.units(cost))
+            .saturating_sub(self.max_calls);
+        self.unit_leaves(must_leave.saturating_sub(1), now)
+    }
+
+    /// A lower bound on how long `units` more units (queued ones included)
+    /// take to be admitted: exact when every unit costs one, every answer
+    /// comes back at once and no waiter ahead is cancelled. The log must be
+    /// pruned at `now`.
+    pub(super) fn projected_wait(&self, now: Instant, cost: u64, requests: u64) -> Duration {
+        let units = if self.per_request { requests } else { cost };
+        let free = self.max_calls.saturating_sub(self.in_window);
+        if units <= free {
+            return Duration::ZERO;
+        }
+        // Unit `beyond` of the future takes the slot freed when unit
+        // `beyond % max_calls` of the log-then-future sequence leaves the
+        // window, `beyond / max_calls` spans after that.
+        let beyond = units - free - 1;
+        let cycles = beyond / self.max_calls;
+        let unit = beyond % self.max_calls;
+        let first = if unit < self.in_window {
+            self.unit_leaves(unit, now)
+                .map_or(self.span, |at| at.saturating_duration_since(now))
+        } else {
+            self.span
+        };
+        u32::try_from(cycles)
+            .ok()
+            .and_then(|cycles| self.span.checked_mul(cycles))
+            .and_then(|later| later.checked_add(first))
+            .unwrap_or(Duration::MAX)
+    }
+
+    /// Changes the cost of admission `id` to `actual`, if it is still in the
+    /// window; returns whether anything changed.
+    pub(super) fn correct(&mut self, id: u64, actual: u64) -> bool {
+        let entry = match self.pending.binary_search_by_key(&id, |e| e.id) {
+            Ok(index) if !self.pending[index].moved => &mut self.pending[index],
+            // Moved (its tombstone may be gone already) or left the window.
+            _ => match self.answered.iter_mut().find(|e| e.id == id) {
+                Some(entry) => entry,
+                None => return false,
+            },
+        };
+        let recorded = entry.cost;
+        if actual == recorded {
+            return false;
+        }
+        entry.cost = actual;
+        self.in_window = self
+            .in_window
+            .saturating_sub(recorded)
+            .saturating_add(actual);
+        true
+    }
+}
