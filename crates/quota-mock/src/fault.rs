@@ -4,6 +4,7 @@
 use std::time::Duration;
 
 use http::StatusCode;
+use rand::Rng;
 
 /// A failure the server injects into requests the quota admitted.
 ///
@@ -34,6 +35,10 @@ pub enum Fault {
         retry_after: Duration,
     },
     /// A delay before every response (including 429s and scripted ones).
+    ///
+    /// For a delay that only admitted requests pay, after the quota
+    /// decision, as a provider spends time doing the work, see
+    /// [`MockServerBuilder::processing`](crate::MockServerBuilder::processing).
     Latency(Latency),
     /// A random `fraction` of admitted requests get no response: on HTTP/1.1
     /// the connection is closed, on HTTP/2 the stream is reset. Recorded
@@ -57,6 +62,22 @@ pub enum Latency {
         /// The longest delay.
         max: Duration,
     },
+}
+
+impl Latency {
+    /// One delay: the fixed one, or one drawn uniformly from `[min, max]`
+    /// (the bounds are swapped if given the wrong way round).
+    pub(crate) fn draw(self, rng: &mut impl Rng) -> Duration {
+        match self {
+            Latency::Fixed(delay) => delay,
+            Latency::Uniform { min, max } => {
+                let (low, high) = if min <= max { (min, max) } else { (max, min) };
+                let low_ns = u64::try_from(low.as_nanos()).unwrap_or(u64::MAX);
+                let high_ns = u64::try_from(high.as_nanos()).unwrap_or(u64::MAX);
+                Duration::from_nanos(rng.random_range(low_ns..=high_ns))
+            }
+        }
+    }
 }
 
 impl Fault {

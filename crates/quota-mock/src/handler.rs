@@ -45,6 +45,8 @@ struct State {
     quota: QuotaBook,
     scripted: VecDeque<Scripted>,
     faults: Vec<Fault>,
+    /// Time an admitted request takes to process, after the quota decision.
+    processing: Option<Latency>,
     rng: StdRng,
     arrivals: Vec<Arrival>,
 }
@@ -97,6 +99,7 @@ impl Shared {
             quota: QuotaBook::new(rules, start),
             scripted: scripted.into(),
             faults,
+            processing: None,
             rng,
             arrivals: Vec::new(),
         };
@@ -113,6 +116,12 @@ impl Shared {
     /// usage header).
     pub(crate) fn with_costs(mut self, costs: CostConfig) -> Self {
         self.costs = costs;
+        self
+    }
+
+    /// How long each admitted request takes to process (default: no time).
+    pub(crate) fn with_processing(self, processing: Option<Latency>) -> Self {
+        self.lock().processing = processing;
         self
     }
 
@@ -232,20 +241,19 @@ impl State {
         Reply::Ok
     }
 
+    /// The processing time of one admitted request.
+    fn processing(&mut self) -> Duration {
+        match self.processing {
+            Some(processing) => processing.draw(&mut self.rng),
+            None => Duration::ZERO,
+        }
+    }
+
     fn latency(&mut self) -> Duration {
         let mut total = Duration::ZERO;
         for fault in &self.faults {
             if let Fault::Latency(latency) = fault {
-                let delay = match *latency {
-                    Latency::Fixed(delay) => delay,
-                    Latency::Uniform { min, max } => {
-                        let (low, high) = if min <= max { (min, max) } else { (max, min) };
-                        let low_ns = u64::try_from(low.as_nanos()).unwrap_or(u64::MAX);
-                        let high_ns = u64::try_from(high.as_nanos()).unwrap_or(u64::MAX);
-                        Duration::from_nanos(self.rng.random_range(low_ns..=high_ns))
-                    }
-                };
-                total = total.saturating_add(delay);
+                total = total.saturating_add(latency.draw(&mut self.rng));
             }
         }
         total
@@ -275,12 +283,15 @@ where
 
     // The arrival instant is taken under the lock, so quota decisions see
     // instants in order even when many connections race.
-    let (at, plan, latency) = {
+    let (at, plan, delay) = {
         let mut state = shared.lock();
         let now = Instant::now();
         let plan = state.plan(&key, cost, now);
-        let latency = state.latency();
-        (now.saturating_duration_since(shared.start), plan, latency)
+        let mut delay = state.latency();
+        if plan.outcome == Outcome::Admitted {
+            delay = delay.saturating_add(state.processing());
+        }
+        (now.saturating_duration_since(shared.start), plan, delay)
     };
 
     let body = request
@@ -313,8 +324,8 @@ where
     let response = respond(&shared, &plan, &arrival.key, cost);
     shared.lock().arrivals.push(arrival);
 
-    if !latency.is_zero() {
-        tokio::time::sleep(latency).await;
+    if !delay.is_zero() {
+        tokio::time::sleep(delay).await;
     }
     if body.is_err() {
         return Err(NoResponse);

@@ -29,6 +29,11 @@
 //! - **Faults** ([`Fault`], [`Scripted`]): error statuses, 503 with
 //!   `Retry-After`, latency, reset connections, and scripted responses.
 //!   Faults are drawn from a seedable RNG.
+//! - **Time** ([`processing`](MockServerBuilder::processing),
+//!   [`NetworkProxy`]): admitted requests can take a processing time, and a
+//!   TCP proxy in front of the server plays the network — a set-up delay
+//!   for each new connection and a jittered one-way latency per direction —
+//!   so arrivals are as late and uneven as a real provider sees them.
 //! - **Records** ([`Stats`], [`Arrival`]): every arrival with its time, key,
 //!   status, retry attempt, body hash and cost, plus the exact maximum
 //!   number (or, for weighted rules, total cost) of admitted requests in
@@ -53,7 +58,8 @@
 //!    status or a reset connection.
 //!
 //! It then reads the whole body (to hash it), records the arrival, waits
-//! for any [`Fault::Latency`], and responds.
+//! for any [`Fault::Latency`] and, for an admitted request, its
+//! [processing time](MockServerBuilder::processing), and responds.
 //!
 //! # Example
 //!
@@ -96,6 +102,7 @@ mod fault;
 mod handler;
 mod headers;
 mod key;
+mod network;
 mod quota;
 mod rule;
 mod server;
@@ -104,6 +111,7 @@ mod stats;
 pub use fault::{Fault, Latency, Scripted};
 pub use headers::{HeaderDialect, ParseHeaderDialectError, RetryAfterFormat};
 pub use key::{KeyBy, ParseKeyByError};
+pub use network::{NetworkProxy, NetworkProxyBuilder};
 pub use rule::{Mode, ParseRuleError, Rule};
 pub use server::{MockServer, MockServerBuilder};
 pub use stats::{Arrival, Outcome, RuleStats, Stats, fnv1a64};

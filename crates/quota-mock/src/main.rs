@@ -12,13 +12,24 @@
 //! quota-mock --quota 500/1m --quota 200000/1m:cost --cost-header x-tokens \
 //!     --usage-header x-usage --headers openai
 //! ```
+//!
+//! A slow provider behind a simulated network: clients that connect to
+//! port 8081 pay 30ms to set up each connection and 5 to 25ms each way, and
+//! every admitted request takes 200 to 800ms to process:
+//!
+//! ```text
+//! quota-mock --quota 20/1s --processing 200ms..800ms \
+//!     --proxy-addr 127.0.0.1:8081 --connect-delay 30ms --net-latency 5ms..25ms
+//! ```
 
 use std::net::SocketAddr;
 use std::time::Duration;
 
 use clap::Parser;
 use http::{HeaderName, StatusCode};
-use quota_mock::{Fault, HeaderDialect, KeyBy, Latency, MockServer, RetryAfterFormat, Rule};
+use quota_mock::{
+    Fault, HeaderDialect, KeyBy, Latency, MockServer, NetworkProxy, RetryAfterFormat, Rule,
+};
 
 /// A simulated rate-limited HTTP API (HTTP/1.1 and h2c) that enforces quotas
 /// server-side and records every arrival (JSON at GET /__quota/stats).
@@ -63,7 +74,28 @@ struct Args {
     #[arg(long, value_parser = humantime::parse_duration)]
     latency: Option<Duration>,
 
-    /// Seed for the fault RNG, for repeatable runs.
+    /// Processing time of every admitted request, after the quota decision:
+    /// MIN..MAX drawn uniformly (e.g. 200ms..800ms) or one fixed duration.
+    /// Refused requests are answered at once.
+    #[arg(long, value_name = "MIN..MAX", value_parser = parse_range)]
+    processing: Option<(Duration, Duration)>,
+
+    /// Also listen here through a simulated network (a TCP proxy in front
+    /// of the server), e.g. 127.0.0.1:8081.
+    #[arg(long, value_name = "ADDR")]
+    proxy_addr: Option<SocketAddr>,
+
+    /// Set-up delay of each new connection through the proxy, before any
+    /// byte flows, e.g. 30ms.
+    #[arg(long, value_name = "DELAY", value_parser = humantime::parse_duration, requires = "proxy_addr")]
+    connect_delay: Option<Duration>,
+
+    /// One-way latency through the proxy, drawn per chunk and direction:
+    /// MIN..MAX (e.g. 5ms..25ms) or one fixed duration.
+    #[arg(long, value_name = "MIN..MAX", value_parser = parse_range, requires = "proxy_addr")]
+    net_latency: Option<(Duration, Duration)>,
+
+    /// Seed for the fault, processing and network RNGs, for repeatable runs.
     #[arg(long)]
     seed: Option<u64>,
 
@@ -113,6 +145,9 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     if let Some(latency) = args.latency {
         builder = builder.fault(Fault::Latency(Latency::Fixed(latency)));
     }
+    if let Some((min, max)) = args.processing {
+        builder = builder.processing(min, max);
+    }
     if let Some(name) = args.cost_header {
         builder = builder.cost_header(name);
     }
@@ -134,8 +169,88 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
 
     let server = builder.start().await?;
     println!("quota-mock listening on {}", server.url());
+    let proxy = match args.proxy_addr {
+        Some(addr) => {
+            let mut proxy = NetworkProxy::builder(server.addr()).addr(addr);
+            if let Some(delay) = args.connect_delay {
+                proxy = proxy.connect_delay(delay);
+            }
+            if let Some((min, max)) = args.net_latency {
+                proxy = proxy.latency(min, max);
+            }
+            if let Some(seed) = args.seed {
+                proxy = proxy.seed(seed);
+            }
+            let proxy = proxy.start().await?;
+            println!("quota-mock network proxy listening on {}", proxy.url());
+            Some(proxy)
+        }
+        None => None,
+    };
     tokio::signal::ctrl_c().await?;
     println!("quota-mock shutting down");
+    drop(proxy);
     server.shutdown().await;
     Ok(())
+}
+
+/// Parses `MIN..MAX` (e.g. `5ms..25ms`) or a single duration (`MIN..MIN`).
+fn parse_range(text: &str) -> Result<(Duration, Duration), String> {
+    let duration = |part: &str| {
+        humantime::parse_duration(part.trim()).map_err(|e| format!("bad duration {part:?}: {e}"))
+    };
+    let (min, max) = match text.split_once("..") {
+        Some((min, max)) => (duration(min)?, duration(max)?),
+        None => {
+            let fixed = duration(text)?;
+            (fixed, fixed)
+        }
+    };
+    if min > max {
+        return Err(format!("{text:?}: the minimum exceeds the maximum"));
+    }
+    Ok((min, max))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ranges_parse_as_min_max_or_one_duration() {
+        let ms = Duration::from_millis;
+        assert_eq!(parse_range("5ms..25ms"), Ok((ms(5), ms(25))));
+        assert_eq!(parse_range(" 200ms .. 1s "), Ok((ms(200), ms(1000))));
+        assert_eq!(parse_range("30ms"), Ok((ms(30), ms(30))));
+        for bad in ["", "..", "5ms..", "..5ms", "25ms..5ms", "5..25", "fast"] {
+            assert!(parse_range(bad).is_err(), "{bad:?} parsed");
+        }
+    }
+
+    #[test]
+    fn network_flags_need_a_proxy_address() {
+        assert!(Args::try_parse_from(["quota-mock", "--connect-delay", "30ms"]).is_err());
+        assert!(Args::try_parse_from(["quota-mock", "--net-latency", "5ms..25ms"]).is_err());
+        let args = Args::try_parse_from([
+            "quota-mock",
+            "--proxy-addr",
+            "127.0.0.1:8081",
+            "--connect-delay",
+            "30ms",
+            "--net-latency",
+            "5ms..25ms",
+            "--processing",
+            "200ms..800ms",
+        ])
+        .unwrap();
+        assert_eq!(args.connect_delay, Some(Duration::from_millis(30)));
+        assert_eq!(
+            args.net_latency,
+            Some((Duration::from_millis(5), Duration::from_millis(25)))
+        );
+        assert_eq!(
+            args.processing,
+            Some((Duration::from_millis(200), Duration::from_millis(800)))
+        );
+    }
 }

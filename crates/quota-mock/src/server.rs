@@ -19,7 +19,7 @@ use tokio::task::{JoinHandle, JoinSet};
 use tokio::time::Instant;
 
 use crate::cost::CostConfig;
-use crate::fault::{Fault, Scripted};
+use crate::fault::{Fault, Latency, Scripted};
 use crate::handler::{Shared, handle};
 use crate::headers::{HeaderConfig, HeaderDialect, RetryAfterFormat};
 use crate::key::KeyBy;
@@ -39,6 +39,7 @@ pub struct MockServerBuilder {
     costs: CostConfig,
     faults: Vec<Fault>,
     scripted: Vec<Scripted>,
+    processing: Option<Latency>,
     addr: SocketAddr,
     seed: Option<u64>,
 }
@@ -52,6 +53,7 @@ impl Default for MockServerBuilder {
             costs: CostConfig::default(),
             faults: Vec::new(),
             scripted: Vec::new(),
+            processing: None,
             addr: SocketAddr::from(([127, 0, 0, 1], 0)),
             seed: None,
         }
@@ -175,6 +177,33 @@ impl MockServerBuilder {
         self
     }
 
+    /// Makes every admitted request take a processing time drawn uniformly
+    /// from `[min, max]`, as a provider spends time doing the work: the
+    /// response is sent that long after the request was read. Refused and
+    /// scripted requests are answered without it. The arrival is still
+    /// recorded at the instant the request head arrived, and the quota
+    /// decision is taken at that instant, before the processing time.
+    ///
+    /// Unlike [`Fault::Latency`], which delays *every* response (429s and
+    /// scripted ones included), this is what a successful call costs, so a
+    /// client's concurrency, not only its pacing, decides its throughput.
+    /// Both may be combined; the delays add up. `min == max` gives a fixed
+    /// time; `min > max` makes [`start`](Self::start) fail with
+    /// [`io::ErrorKind::InvalidInput`].
+    ///
+    /// ```
+    /// use std::time::Duration;
+    /// use quota_mock::MockServer;
+    ///
+    /// let builder = MockServer::builder()
+    ///     .processing(Duration::from_millis(200), Duration::from_millis(800));
+    /// # drop(builder);
+    /// ```
+    pub fn processing(mut self, min: Duration, max: Duration) -> Self {
+        self.processing = Some(Latency::Uniform { min, max });
+        self
+    }
+
     /// The address to listen on (default `127.0.0.1:0`, a free port).
     pub fn addr(mut self, addr: SocketAddr) -> Self {
         self.addr = addr;
@@ -191,14 +220,23 @@ impl MockServerBuilder {
     /// Binds the listener and starts serving HTTP/1.1 and h2c.
     ///
     /// Fails with [`io::ErrorKind::InvalidInput`] for a rule with a zero
-    /// limit or window, or a fault fraction outside `[0, 1]`; otherwise with
-    /// the bind error.
+    /// limit or window, a fault fraction outside `[0, 1]`, or a
+    /// [processing](Self::processing) time whose `min` exceeds its `max`;
+    /// otherwise with the bind error.
     pub async fn start(self) -> io::Result<MockServer> {
         for rule in &self.rules {
             rule.validate()
                 .map_err(|e| io::Error::new(io::ErrorKind::InvalidInput, e))?;
         }
         validate_faults(&self.faults)?;
+        if let Some(Latency::Uniform { min, max }) = self.processing
+            && min > max
+        {
+            return Err(io::Error::new(
+                io::ErrorKind::InvalidInput,
+                format!("processing time: min {min:?} exceeds max {max:?}"),
+            ));
+        }
         let listener = TcpListener::bind(self.addr).await?;
         let addr = listener.local_addr()?;
         let rng = match self.seed {
@@ -215,7 +253,8 @@ impl MockServerBuilder {
                 self.scripted,
                 rng,
             )
-            .with_costs(self.costs),
+            .with_costs(self.costs)
+            .with_processing(self.processing),
         );
         let (shutdown, shutdown_rx) = watch::channel(false);
         let executor = TrackedExecutor::default();
@@ -280,6 +319,13 @@ impl MockServer {
     /// The base URL, e.g. `http://127.0.0.1:40123`.
     pub fn url(&self) -> String {
         format!("http://{}", self.addr)
+    }
+
+    /// The instant (on tokio's clock) that [`Arrival::at`](crate::Arrival::at)
+    /// counts from: an arrival happened at `started_at() + arrival.at`, so
+    /// it can be compared with instants a client took.
+    pub fn started_at(&self) -> Instant {
+        self.shared.start
     }
 
     /// A snapshot of every recorded arrival and the compliance numbers.

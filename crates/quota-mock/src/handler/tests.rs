@@ -200,6 +200,71 @@ async fn uniform_latency_stays_within_bounds() {
 }
 
 #[tokio::test(start_paused = true)]
+async fn processing_time_delays_only_admitted_responses() {
+    let processing = Some(Latency::Uniform {
+        min: secs(1.0),
+        max: secs(3.0),
+    });
+    let shared = Arc::new(
+        Shared::new(
+            Instant::now(),
+            vec![Rule::sliding_log(3, secs(3600.0))],
+            KeyBy::Global,
+            HeaderConfig::default(),
+            Vec::new(),
+            vec![Scripted::new(1, StatusCode::SERVICE_UNAVAILABLE)],
+            StdRng::seed_from_u64(5),
+        )
+        .with_processing(processing),
+    );
+    let start = Instant::now();
+    let mut delays = Vec::new();
+    for _ in 0..5 {
+        let before = Instant::now();
+        let status = status(&shared, "/").await;
+        delays.push((status, before.elapsed()));
+    }
+    // The scripted 503 and the 429 are answered at once.
+    assert_eq!(delays[0], (503, Duration::ZERO));
+    assert_eq!(delays[4], (429, Duration::ZERO));
+    for &(status, delay) in &delays[1..4] {
+        assert_eq!(status, 200);
+        assert!((secs(1.0)..=secs(3.0)).contains(&delay), "{delays:?}");
+    }
+    // Each arrival is recorded when its head arrived, before processing.
+    let stats = shared.stats();
+    let mut at = Duration::ZERO;
+    for (arrival, &(_, delay)) in stats.arrivals.iter().zip(&delays) {
+        assert_eq!(arrival.at, at);
+        at += delay;
+    }
+    assert_eq!(start.elapsed(), at);
+}
+
+#[tokio::test(start_paused = true)]
+async fn processing_time_adds_to_latency_faults() {
+    let faults = vec![Fault::Latency(Latency::Fixed(secs(2.0)))];
+    let shared = Arc::new(
+        Shared::new(
+            Instant::now(),
+            vec![Rule::sliding_log(1, secs(3600.0))],
+            KeyBy::Global,
+            HeaderConfig::default(),
+            faults,
+            Vec::new(),
+            StdRng::seed_from_u64(5),
+        )
+        .with_processing(Some(Latency::Fixed(secs(0.5)))),
+    );
+    let before = Instant::now();
+    assert_eq!(status(&shared, "/").await, 200);
+    assert_eq!(before.elapsed(), secs(2.5));
+    let before = Instant::now();
+    assert_eq!(status(&shared, "/").await, 429);
+    assert_eq!(before.elapsed(), secs(2.0));
+}
+
+#[tokio::test(start_paused = true)]
 async fn arrival_records_request_details() {
     let shared = server(Vec::new(), Vec::new());
     let request = Request::post("/orders/42?secret=1")
