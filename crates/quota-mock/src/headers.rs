@@ -39,7 +39,10 @@ use crate::stats::fnv1a64;
 /// **Reset is when the rule next frees one unit of quota**, not when it is
 /// whole again: for a fixed window the next boundary; for a token bucket
 /// when the next whole token has refilled; for a sliding log when the oldest
-/// admission still in the window leaves it. So a client that sees
+/// admission still in the window leaves it; for GCRA when the emission
+/// interval since the last admission is over (GCRA states `remaining` 1 or
+/// 0, as it admits no burst); for a sliding window counter when the
+/// estimate has fallen by one. So a client that sees
 /// `remaining: 0` and waits until the reset is admitted, and it learns this
 /// from the cheapest signal there is. (Precisely: the reset is when
 /// `remaining` next grows by one, which also covers a rule overdrawn by an

@@ -5,11 +5,15 @@
 //! where a real provider measures it: at the server, with the server's
 //! clock, after the network has added its jitter.
 //!
-//! - **Quotas** ([`Rule`]): an exact sliding log (the default and the
-//!   strictest), fixed windows that reset at boundaries (GitHub-style), or a
-//!   continuously refilled token bucket (nginx-style). Several rules are all
-//!   enforced; a refused request consumes nothing. Quotas are global, per
-//!   first path segment, or per header value ([`KeyBy`]).
+//! - **Quotas** ([`Rule`], [`Mode`]): an exact sliding log (the default and
+//!   the strictest), fixed windows that reset at boundaries (GitHub-style),
+//!   a continuously refilled token bucket (nginx-style), GCRA without burst
+//!   (one request per `window / limit`), or a sliding window counter that
+//!   weighs the previous period (Cloudflare-style). Several rules are all
+//!   enforced; a refused request consumes nothing, except in a sliding
+//!   window counter, which like such gateways counts refused requests too.
+//!   Quotas are global, per first path segment, or per header value
+//!   ([`KeyBy`]).
 //! - **Costs** ([`Rule::weighted`]): a weighted rule counts units, not
 //!   requests — tokens per minute beside requests per minute. Each request
 //!   declares its cost in a header
@@ -51,7 +55,8 @@
 //!    ([`Outcome::Scripted`]);
 //! 2. runs the quota check at that instant, for the declared cost; a
 //!    refusal is a 429 ([`Outcome::Refused`]), without `Retry-After` when
-//!    the cost exceeds a weighted rule's whole limit;
+//!    the cost exceeds a weighted rule's whole limit; sliding window
+//!    counters count the request whatever the decision;
 //! 3. otherwise the request is admitted and consumes quota, its actual
 //!    cost if it states one ([`Outcome::Admitted`]), like at a real provider that counts every
 //!    request it processes; faults may then replace the 200 with an error

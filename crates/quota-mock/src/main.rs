@@ -41,9 +41,14 @@ struct Args {
     addr: SocketAddr,
 
     /// A quota LIMIT/WINDOW[:MODE][:cost], e.g. 10/1s, 100/1m:fixed,
-    /// 20/500ms:bucket. With :cost each request spends its cost (see
-    /// --cost-header) instead of 1, e.g. 200000/1m:cost for tokens per
-    /// minute. Repeat for several quotas; all are enforced.
+    /// 20/500ms:bucket, 20/1s:gcra, 100/1m:counter. Modes: sliding (exact
+    /// sliding log, the default), fixed (windows reset at boundaries),
+    /// bucket (token bucket), gcra or noburst (one request per
+    /// WINDOW/LIMIT, no burst), counter (sliding window counter weighing the
+    /// previous period; counts refused requests too). With :cost each
+    /// request spends its cost (see --cost-header) instead of 1, e.g.
+    /// 200000/1m:cost for tokens per minute. Repeat for several quotas; all
+    /// are enforced.
     #[arg(long = "quota", value_name = "RULE")]
     quotas: Vec<Rule>,
 

@@ -40,14 +40,16 @@ pub(crate) enum Decision {
     /// Every rule had room; the admission is recorded. `view` is the rules
     /// after the admission (`None` without rules).
     Admitted { view: Option<QuotaView> },
-    /// Some rule had no room; nothing was recorded. `retry_after` is the
-    /// earliest delay after which every rule has room again.
+    /// Some rule had no room; nothing was charged, except that sliding
+    /// window counters counted the request. `retry_after` is the earliest
+    /// delay after which every rule has room again.
     Refused {
         retry_after: Duration,
         view: QuotaView,
     },
     /// The declared cost is more than some weighted rule's whole limit, so
-    /// no wait would ever admit it; nothing was recorded.
+    /// no wait would ever admit it; nothing was charged, except that sliding
+    /// window counters counted the request.
     TooCostly { view: QuotaView },
 }
 
@@ -84,6 +86,20 @@ enum RuleState {
         level: i128,
         updated: Instant,
     },
+    /// The theoretical arrival time: the earliest instant the next request
+    /// conforms.
+    Gcra {
+        tat: Instant,
+    },
+    /// Periods of `window` from `start` (the key's first request); `period`
+    /// is the index of the current one, `previous` and `current` the units
+    /// counted in the previous and the current period.
+    Counter {
+        start: Instant,
+        period: u128,
+        previous: u128,
+        current: u128,
+    },
 }
 
 impl QuotaBook {
@@ -106,7 +122,8 @@ impl QuotaBook {
 
     /// Admits a request for `key` at `now` if every rule has room for what
     /// the declared cost spends of it, charging each rule what the actual
-    /// cost spends; otherwise records nothing.
+    /// cost spends; otherwise charges nothing, except that sliding window
+    /// counters count what the declared cost spends.
     ///
     /// `now` must not go backwards between calls (the server takes it under
     /// the same lock); if it does, the engine treats the gap as zero.
@@ -121,23 +138,35 @@ impl QuotaBook {
             .entry(key.to_owned())
             .or_insert_with(|| rules.iter().map(|rule| RuleState::new(rule, now)).collect());
 
-        let mut wait: Option<Duration> = None;
+        let mut refused = false;
         let mut too_costly = false;
         for (rule, state) in rules.iter().zip(states.iter_mut()) {
             state.advance(rule, origin, now);
             let spend = rule.spend(cost.declared);
             if spend > rule.limit() {
                 too_costly = true;
-            } else if let Some(rule_wait) = state.wait_for(rule, spend, origin, now) {
-                wait = Some(wait.map_or(rule_wait, |w| w.max(rule_wait)));
+            } else if state.wait_for(rule, spend, origin, now).is_some() {
+                refused = true;
             }
         }
-        if too_costly {
+        if too_costly || refused {
+            for (rule, state) in rules.iter().zip(states.iter_mut()) {
+                state.count_refused(rule.spend(cost.declared));
+            }
             let view = quota_view(rules, states, cost.declared, origin, now);
-            return Decision::TooCostly { view };
-        }
-        if let Some(retry_after) = wait {
-            let view = quota_view(rules, states, cost.declared, origin, now);
+            if too_costly {
+                return Decision::TooCostly { view };
+            }
+            // Taken after the counting, which may have pushed a counter's
+            // room further away.
+            let retry_after = rules
+                .iter()
+                .zip(states.iter())
+                .filter_map(|(rule, state)| {
+                    state.wait_for(rule, rule.spend(cost.declared), origin, now)
+                })
+                .max()
+                .unwrap_or(Duration::ZERO);
             return Decision::Refused { retry_after, view };
         }
         for (rule, state) in rules.iter().zip(states.iter_mut()) {
@@ -208,6 +237,59 @@ fn nanos_to_duration(nanos: u128) -> Duration {
     Duration::from_nanos(u64::try_from(nanos).unwrap_or(u64::MAX))
 }
 
+/// GCRA's emission interval for `spend` units, in nanoseconds: `spend`
+/// times `window / limit`, rounded up so that no window ever holds more
+/// than `limit` admissions.
+fn emission_nanos(rule: &Rule, spend: u64) -> u128 {
+    window_nanos(rule)
+        .div_ceil(u128::from(rule.limit()))
+        .saturating_mul(u128::from(spend))
+}
+
+/// `nanos` after `instant`, or about thirty years for a span too large to
+/// add.
+fn later(instant: Instant, nanos: u128) -> Instant {
+    instant
+        .checked_add(nanos_to_duration(nanos))
+        .unwrap_or_else(|| instant + Duration::from_secs(30 * 365 * 86_400))
+}
+
+/// The time from `elapsed` into the current period until a counter with
+/// `previous` and `current` units admits `spend` more: the estimate
+/// `previous * (window - e) / window + current + spend <= limit`, kept in
+/// integers by multiplying through by `window`. `None` if it admits them
+/// now. `spend` must not exceed `limit`.
+fn counter_wait(
+    window: u128,
+    limit: u128,
+    previous: u128,
+    current: u128,
+    spend: u128,
+    elapsed: u128,
+) -> Option<Duration> {
+    let weighed = |count: u128, left: u128| count.saturating_mul(left);
+    let fits = |room: u128, count: u128, left: u128| weighed(count, left) <= weighed(room, window);
+    match limit.checked_sub(current.saturating_add(spend)) {
+        Some(room) if fits(room, previous, window - elapsed) => None,
+        // Room in this period once enough of `previous` has slid out: at
+        // `e` with `previous * (window - e) <= room * window`. `previous`
+        // exceeds `room`, or the request would fit now.
+        Some(room) => {
+            let at = weighed(previous - room, window).div_ceil(previous);
+            Some(nanos_to_duration(at.saturating_sub(elapsed)))
+        }
+        // No room before the next period, where `current` becomes the
+        // previous count; it exceeds `limit - spend`, so it must slide out
+        // in part. At worst (`spend == limit`) that takes the whole next
+        // period, after which both counts are zero.
+        None => {
+            let room = limit - spend;
+            let at = weighed(current - room, window).div_ceil(current);
+            Some(nanos_to_duration((window - elapsed).saturating_add(at)))
+        }
+    }
+}
+
 impl RuleState {
     fn new(rule: &Rule, now: Instant) -> Self {
         match rule.mode() {
@@ -223,11 +305,18 @@ impl RuleState {
                 level: bucket_units(rule, rule.limit()),
                 updated: now,
             },
+            Mode::Gcra => RuleState::Gcra { tat: now },
+            Mode::SlidingWindowCounter => RuleState::Counter {
+                start: now,
+                period: 0,
+                previous: 0,
+                current: 0,
+            },
         }
     }
 
     /// Brings the state up to `now`: expire log entries, roll the fixed
-    /// window, refill the bucket.
+    /// window, refill the bucket, roll the counter's periods.
     fn advance(&mut self, rule: &Rule, origin: Instant, now: Instant) {
         match self {
             RuleState::Sliding { log, used } => {
@@ -256,6 +345,21 @@ impl RuleState {
                     .saturating_add(refill)
                     .min(bucket_units(rule, rule.limit()));
                 *updated = (*updated).max(now);
+            }
+            // Conformance is a comparison with `tat`; nothing decays.
+            RuleState::Gcra { .. } => {}
+            RuleState::Counter {
+                start,
+                period,
+                previous,
+                current,
+            } => {
+                let index = now.saturating_duration_since(*start).as_nanos() / window_nanos(rule);
+                if index > *period {
+                    *previous = if index == *period + 1 { *current } else { 0 };
+                    *current = 0;
+                    *period = index;
+                }
             }
         }
     }
@@ -296,6 +400,31 @@ impl RuleState {
                     nanos_to_duration(missing.div_ceil(limit))
                 })
             }
+            RuleState::Gcra { tat } => (now < *tat).then(|| tat.duration_since(now)),
+            RuleState::Counter {
+                start,
+                period,
+                previous,
+                current,
+            } => {
+                let window = window_nanos(rule);
+                let elapsed = counter_elapsed(window, *start, *period, now);
+                counter_wait(
+                    window,
+                    limit,
+                    *previous,
+                    *current,
+                    u128::from(spend),
+                    elapsed,
+                )
+            }
+        }
+    }
+
+    /// Counts a refused request: only a sliding window counter does.
+    fn count_refused(&mut self, spend: u64) {
+        if let RuleState::Counter { current, .. } = self {
+            *current = current.saturating_add(u128::from(spend));
         }
     }
 
@@ -311,6 +440,12 @@ impl RuleState {
             RuleState::Bucket { level, .. } => {
                 *level = level.saturating_sub(bucket_units(rule, spend));
             }
+            RuleState::Gcra { tat } => {
+                *tat = later((*tat).max(now), emission_nanos(rule, spend));
+            }
+            RuleState::Counter { current, .. } => {
+                *current = current.saturating_add(u128::from(spend));
+            }
         }
     }
 
@@ -323,6 +458,31 @@ impl RuleState {
             RuleState::Bucket { level, .. } => {
                 let whole = (*level).max(0) / bucket_units(rule, 1);
                 u64::try_from(whole).unwrap_or(limit).min(limit)
+            }
+            // No burst: one request now, or none; a weighted rule admits
+            // any cost up to its limit once the interval has passed.
+            RuleState::Gcra { tat } => match (now >= *tat, rule.is_weighted()) {
+                (false, _) => 0,
+                (true, false) => 1,
+                (true, true) => limit,
+            },
+            RuleState::Counter {
+                start,
+                period,
+                previous,
+                current,
+            } => {
+                // floor(limit - estimate), in units of 1/window.
+                let window = window_nanos(rule);
+                let elapsed = counter_elapsed(window, *start, *period, now);
+                let used = previous
+                    .saturating_mul(window - elapsed)
+                    .saturating_add(current.saturating_mul(window));
+                let room = u128::from(limit)
+                    .saturating_mul(window)
+                    .saturating_sub(used)
+                    / window;
+                u64::try_from(room).unwrap_or(limit).min(limit)
             }
         };
         let reset_after = if remaining >= limit {
@@ -340,6 +500,15 @@ impl RuleState {
     }
 }
 
+/// Time since the counter's current period began, in nanoseconds (below
+/// `window`).
+fn counter_elapsed(window: u128, start: Instant, period: u128, now: Instant) -> u128 {
+    now.saturating_duration_since(start)
+        .as_nanos()
+        .saturating_sub(period.saturating_mul(window))
+        .min(window - 1)
+}
+
 fn until_boundary(rule: &Rule, origin: Instant, now: Instant) -> Duration {
     let window = window_nanos(rule);
     let elapsed = now.saturating_duration_since(origin).as_nanos();
@@ -348,3 +517,6 @@ fn until_boundary(rule: &Rule, origin: Instant, now: Instant) -> Duration {
 
 #[cfg(test)]
 mod tests;
+
+#[cfg(test)]
+mod shape_tests;

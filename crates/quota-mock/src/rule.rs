@@ -8,8 +8,9 @@ use std::time::Duration;
 /// How a [`Rule`] counts requests against its window.
 ///
 /// Real providers disagree on this, and a client that is correct against one
-/// counting method can be refused by another, so the mock offers the three
-/// that matter.
+/// counting method can be refused by another, so the mock offers the shapes
+/// that matter: an exact log, fixed windows, a bursty bucket, a burst-free
+/// pacer, and the approximate counter of gateways and CDNs.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default)]
 #[non_exhaustive]
 pub enum Mode {
@@ -25,15 +26,41 @@ pub enum Mode {
     /// A token bucket holding `limit` tokens that refills continuously at
     /// `limit` tokens per `window` (nginx-style).
     TokenBucket,
+    /// GCRA (a leaky bucket) without burst: one request per emission
+    /// interval `window / limit` (rounded up to the nanosecond). A request is
+    /// admitted if it arrives at least one interval after the previously
+    /// admitted one — its theoretical arrival time, with zero tolerance. A
+    /// refused request consumes nothing. For a
+    /// [weighted](Rule#weighted-rules) rule a request of cost `c` is
+    /// admitted on the same condition and holds the next one off for `c`
+    /// intervals, so `limit` units pass per `window` in the long run.
+    Gcra,
+    /// A sliding window counter, the approximation many gateways and CDNs
+    /// use (Cloudflare, nginx-like): periods of length `window` on a grid
+    /// that starts at the key's first request; the estimate is
+    /// `previous * (1 - elapsed / window) + current`, where `previous` and
+    /// `current` are the counts of the previous and the current period and
+    /// `elapsed` is the time since the current period began. A request is
+    /// admitted if `estimate + 1 <= limit` (`+ cost` for a weighted rule).
+    ///
+    /// Like those gateways it **counts refused requests too**: every
+    /// request that reaches the quota check adds to the current period,
+    /// whichever rule refused it, so a client that keeps knocking while
+    /// refused stays refused. (Scripted responses come before the quota
+    /// check and are not counted.)
+    SlidingWindowCounter,
 }
 
 impl Mode {
-    /// The short name used in rule strings (`sliding`, `fixed`, `bucket`).
+    /// The short name used in rule strings (`sliding`, `fixed`, `bucket`,
+    /// `gcra`, `counter`).
     pub fn as_str(self) -> &'static str {
         match self {
             Mode::SlidingLog => "sliding",
             Mode::FixedWindow => "fixed",
             Mode::TokenBucket => "bucket",
+            Mode::Gcra => "gcra",
+            Mode::SlidingWindowCounter => "counter",
         }
     }
 }
@@ -52,8 +79,12 @@ impl FromStr for Mode {
             "sliding" | "sliding_log" | "sliding-log" | "log" => Ok(Mode::SlidingLog),
             "fixed" | "fixed_window" | "fixed-window" | "window" => Ok(Mode::FixedWindow),
             "bucket" | "token_bucket" | "token-bucket" => Ok(Mode::TokenBucket),
+            "gcra" | "noburst" | "no_burst" | "no-burst" => Ok(Mode::Gcra),
+            "counter" | "sliding_window_counter" | "sliding-window-counter" => {
+                Ok(Mode::SlidingWindowCounter)
+            }
             _ => Err(ParseRuleError::new(format!(
-                "unknown mode {s:?} (expected sliding, fixed or bucket)"
+                "unknown mode {s:?} (expected sliding, fixed, bucket, gcra or counter)"
             ))),
         }
     }
@@ -62,7 +93,9 @@ impl FromStr for Mode {
 /// One quota: at most `limit` requests per `window`, counted by a [`Mode`].
 ///
 /// Several rules on one server are all enforced: a request is accepted only
-/// if every rule has room for it, and a refused request consumes nothing.
+/// if every rule has room for it, and a refused request consumes nothing —
+/// except in a [sliding window counter](Mode::SlidingWindowCounter), which
+/// counts every request it sees.
 ///
 /// # Weighted rules
 ///
@@ -128,6 +161,30 @@ impl Rule {
         }
     }
 
+    /// GCRA without burst: one request per `window / limit`, each admitted
+    /// only if it arrives at least that long after the previously admitted
+    /// one (see [`Mode::Gcra`]).
+    pub fn no_burst(limit: u64, window: Duration) -> Rule {
+        Rule {
+            limit,
+            window,
+            mode: Mode::Gcra,
+            weighted: false,
+        }
+    }
+
+    /// A sliding window counter that weighs the previous period's count by
+    /// how much of it still overlaps the window, and counts refused requests
+    /// too (see [`Mode::SlidingWindowCounter`]).
+    pub fn sliding_window_counter(limit: u64, window: Duration) -> Rule {
+        Rule {
+            limit,
+            window,
+            mode: Mode::SlidingWindowCounter,
+            weighted: false,
+        }
+    }
+
     /// A validated rule: a zero `limit` or a zero `window` is an error.
     pub fn new(limit: u64, window: Duration, mode: Mode) -> Result<Rule, ParseRuleError> {
         let rule = Rule {
@@ -149,8 +206,9 @@ impl Rule {
 
     /// Parses `LIMIT/WINDOW[:MODE][:cost]`, e.g. `10/1s`, `100/1m`,
     /// `5000/1h`, `20/500ms`, `10/1s:fixed`, `10/1s:bucket`,
-    /// `10/1s:sliding`, and for a [weighted](Rule#weighted-rules) rule
-    /// `200000/1m:cost` or `200000/1m:bucket:cost`.
+    /// `10/1s:sliding`, `20/1s:gcra` (alias `:noburst`), `100/1m:counter`,
+    /// and for a [weighted](Rule#weighted-rules) rule `200000/1m:cost` or
+    /// `200000/1m:bucket:cost`.
     ///
     /// The window is a [`humantime`] duration; the mode defaults to
     /// [`Mode::SlidingLog`]. The suffixes may come in either order, each at
@@ -337,7 +395,21 @@ mod tests {
             Rule::parse("10/1s:sliding").unwrap().mode(),
             Mode::SlidingLog
         );
+        assert_eq!(Rule::parse("20/1s:gcra").unwrap().mode(), Mode::Gcra);
+        assert_eq!(
+            Rule::parse("20/1s:noburst").unwrap(),
+            Rule::no_burst(20, Duration::from_secs(1))
+        );
+        assert_eq!(
+            Rule::parse("100/1m:counter").unwrap(),
+            Rule::sliding_window_counter(100, Duration::from_secs(60))
+        );
+        assert_eq!(
+            Rule::parse("100/1m:cost:counter").unwrap(),
+            Rule::sliding_window_counter(100, Duration::from_secs(60)).weighted()
+        );
         assert!(Rule::parse("10/1s:leaky").is_err());
+        assert!(Rule::parse("10/1s:gcra:counter").is_err());
     }
 
     #[test]
@@ -401,6 +473,9 @@ mod tests {
             "3/90s:sliding",
             "200000/1m:sliding:cost",
             "1000/1s:bucket:cost",
+            "20/1s:gcra",
+            "100/1m:counter",
+            "5000/1m:counter:cost",
         ] {
             let rule = Rule::parse(input).unwrap();
             assert_eq!(rule.to_string(), input);

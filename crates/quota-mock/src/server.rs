@@ -129,7 +129,9 @@ impl MockServerBuilder {
     /// one, and spends nothing. A cost above a weighted rule's whole limit
     /// could never be admitted: it is refused with 429 *without*
     /// `Retry-After` (and the body's `error` is `cost_exceeds_limit`), since
-    /// no wait would help; it consumes nothing and is recorded as
+    /// no wait would help; it consumes nothing (but is counted by
+    /// [sliding window counters](crate::Mode::SlidingWindowCounter), which
+    /// count every request) and is recorded as
     /// [`Outcome::Refused`](crate::Outcome::Refused). Quota headers still
     /// describe the rules. A client should refuse such a request itself
     /// rather than send it.

@@ -14,7 +14,9 @@ pub enum Outcome {
     /// Every rule had room; the request consumed quota. Its response may
     /// still be replaced by a fault (an error status or a reset connection).
     Admitted,
-    /// Some rule had no room; the request got a 429 and consumed nothing.
+    /// Some rule had no room; the request got a 429 and consumed nothing
+    /// (a [sliding window counter](crate::Mode::SlidingWindowCounter)
+    /// counted it all the same).
     Refused,
     /// A [`Scripted`](crate::Scripted) response was served before the quota
     /// check; the request consumed nothing.
@@ -83,10 +85,18 @@ pub struct RuleStats {
     /// The largest number of admitted arrivals of one key in any half-open
     /// interval `[t, t + window)` — for a weighted rule the largest sum of
     /// their [`cost`](Arrival::cost)s — computed exactly over the log. For a
-    /// sliding-log rule this never exceeds `limit` (unless an actual cost
-    /// above the declared one overdrew it); for fixed windows and buckets it
-    /// shows how bursty the accepted traffic was.
+    /// sliding-log or GCRA rule this never exceeds `limit` (unless an
+    /// actual cost above the declared one overdrew it); for fixed windows,
+    /// buckets and sliding window counters it shows how bursty the accepted
+    /// traffic was.
     pub max_accepted_in_any_window: u64,
+    /// The largest number of arrivals of one key in any half-open interval
+    /// `[t, t + window)`, whatever their outcome (refused and scripted ones
+    /// included), one per request whatever its cost: how hard the client
+    /// knocked. A [sliding window counter](crate::Mode::SlidingWindowCounter)
+    /// counts refused requests too, so there this is what the rule saw.
+    #[serde(default)]
+    pub max_arrivals_in_any_window: u64,
 }
 
 /// A snapshot of everything the server recorded.
@@ -124,6 +134,7 @@ impl Stats {
                 } else {
                     max_in_any_window(&arrivals, rule.window())
                 },
+                max_arrivals_in_any_window: max_arrivals_in_any_window(&arrivals, rule.window()),
             })
             .collect();
         Stats {
@@ -154,6 +165,14 @@ impl Stats {
         max_in_any_window(&self.arrivals, window)
     }
 
+    /// The largest number of arrivals of one key in any half-open interval
+    /// `[t, t + window)`, over all keys, counting every recorded arrival
+    /// whatever its outcome or status: what the provider saw, refused
+    /// requests included.
+    pub fn max_arrivals_in_any_window(&self, window: Duration) -> u64 {
+        max_arrivals_in_any_window(&self.arrivals, window)
+    }
+
     /// The largest sum of [`Arrival::cost`] over admitted arrivals of one
     /// key in any half-open interval `[t, t + window)`, over all keys: what
     /// a weighted rule with this window saw at its busiest.
@@ -163,20 +182,28 @@ impl Stats {
 }
 
 fn max_in_any_window(arrivals: &[Arrival], window: Duration) -> u64 {
-    max_weight_in_any_window(arrivals, window, |_| 1)
+    max_weight_in_any_window(arrivals.iter().filter(|a| a.is_accepted()), window, |_| 1)
 }
 
 fn max_cost_in_any_window(arrivals: &[Arrival], window: Duration) -> u64 {
-    max_weight_in_any_window(arrivals, window, |arrival| arrival.cost)
+    max_weight_in_any_window(
+        arrivals.iter().filter(|a| a.is_accepted()),
+        window,
+        |arrival| arrival.cost,
+    )
 }
 
-fn max_weight_in_any_window(
-    arrivals: &[Arrival],
+fn max_arrivals_in_any_window(arrivals: &[Arrival], window: Duration) -> u64 {
+    max_weight_in_any_window(arrivals.iter(), window, |_| 1)
+}
+
+fn max_weight_in_any_window<'a>(
+    arrivals: impl Iterator<Item = &'a Arrival>,
     window: Duration,
     weight: impl Fn(&Arrival) -> u64,
 ) -> u64 {
     let mut by_key: BTreeMap<&str, Vec<(Duration, u64)>> = BTreeMap::new();
-    for arrival in arrivals.iter().filter(|arrival| arrival.is_accepted()) {
+    for arrival in arrivals {
         by_key
             .entry(&arrival.key)
             .or_default()
@@ -298,6 +325,8 @@ mod tests {
         ];
         // "a": 900, 1100, 1500 fit in [900, 1900).
         assert_eq!(max_in_any_window(&arrivals, window), 3);
+        // Counting every arrival, "a" has 0, 200, 300, 900 in [0, 1000).
+        assert_eq!(max_arrivals_in_any_window(&arrivals, window), 4);
         let stats = Stats::from_arrivals(arrivals, &[crate::Rule::sliding_log(5, window)]);
         assert_eq!(stats.total, 8);
         assert_eq!(stats.count(429), 1);
@@ -306,6 +335,12 @@ mod tests {
         assert_eq!(stats.rules[0].rule, "5/1s:sliding");
         assert_eq!(stats.rules[0].window_ms, 1000);
         assert_eq!(stats.rules[0].max_accepted_in_any_window, 3);
+        assert_eq!(stats.rules[0].max_arrivals_in_any_window, 4);
+        assert_eq!(stats.max_arrivals_in_any_window(window), 4);
+        assert_eq!(
+            stats.max_arrivals_in_any_window(Duration::from_millis(1)),
+            1
+        );
     }
 
     #[test]

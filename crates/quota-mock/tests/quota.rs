@@ -106,6 +106,67 @@ async fn token_bucket_refuses_until_the_next_token() {
 }
 
 #[tokio::test]
+async fn gcra_admits_no_burst_and_refusals_cost_nothing() {
+    // One request every 20 minutes, however long the key was idle.
+    let server = MockServer::builder()
+        .rule("3/1h:gcra".parse().unwrap())
+        .start()
+        .await
+        .unwrap();
+    let client = client();
+    let first = get(&client, &server.url()).await;
+    assert_eq!(first.status, 200);
+    assert_eq!(first.header_u64("x-ratelimit-remaining"), Some(0));
+    for _ in 0..3 {
+        let reply = get(&client, &server.url()).await;
+        assert_eq!(reply.status, 429);
+        let retry_after = reply
+            .header_u64("retry-after")
+            .expect("a numeric Retry-After");
+        assert!(
+            (1190..=1200).contains(&retry_after),
+            "Retry-After: {retry_after}"
+        );
+    }
+    let stats = server.stats();
+    assert_eq!(stats.rules[0].rule, "3/1h:gcra");
+    assert_eq!(stats.rules[0].max_accepted_in_any_window, 1);
+    assert_eq!(stats.rules[0].max_arrivals_in_any_window, 4);
+}
+
+#[tokio::test]
+async fn sliding_window_counter_counts_refused_requests() {
+    let server = MockServer::builder()
+        .rule(Rule::sliding_window_counter(2, HOUR))
+        .start()
+        .await
+        .unwrap();
+    let client = client();
+    assert_eq!(
+        statuses(&client, &server.url(), 4).await,
+        [200, 200, 429, 429]
+    );
+    // Counted: 2 admitted and 2 refused, so the next hour starts with a
+    // previous count of 4 (plus this refusal), and one more request fits
+    // once 5 * (1 - e) + 1 <= 2, at e = 0.8 h: 48 minutes into the next
+    // hour.
+    let reply = get(&client, &server.url()).await;
+    assert_eq!(reply.status, 429);
+    let retry_after = reply
+        .header_u64("retry-after")
+        .expect("a numeric Retry-After");
+    assert!(
+        (3600 + 2870..=3600 + 2880).contains(&retry_after),
+        "Retry-After: {retry_after}"
+    );
+    let stats = server.stats();
+    assert_eq!(stats.rules[0].rule, "2/1h:counter");
+    assert_eq!(stats.rules[0].max_accepted_in_any_window, 2);
+    assert_eq!(stats.rules[0].max_arrivals_in_any_window, 5);
+    assert_eq!(stats.max_arrivals_in_any_window(HOUR), 5);
+}
+
+#[tokio::test]
 async fn the_tightest_of_several_rules_decides() {
     let server = MockServer::builder()
         .rule(Rule::sliding_log(10, HOUR))
