@@ -152,6 +152,11 @@ impl Shared {
     pub(crate) fn set_faults(&self, faults: Vec<Fault>) {
         self.lock().faults = faults;
     }
+
+    pub(crate) fn set_limit(&self, index: usize, limit: u64) -> Result<Rule, String> {
+        let mut state = self.lock();
+        state.quota.set_limit(index, limit, Instant::now())
+    }
 }
 
 impl State {
@@ -391,7 +396,8 @@ fn control<B>(shared: &Shared, request: &Request<B>) -> Response<Full<Bytes>> {
             shared.reset();
             (StatusCode::OK, "{\"ok\":true}".to_owned())
         }
-        Some("stats" | "reset") => (
+        Some("limit") if method == Method::POST => set_limit(shared, request.uri().query()),
+        Some("stats" | "reset" | "limit") => (
             StatusCode::METHOD_NOT_ALLOWED,
             "{\"error\":\"method not allowed\"}".to_owned(),
         ),
@@ -401,6 +407,36 @@ fn control<B>(shared: &Shared, request: &Request<B>) -> Response<Full<Bytes>> {
         ),
     };
     json_response(status, body, SystemTime::now())
+}
+
+/// `POST /__quota/limit?rule=INDEX&limit=LIMIT`.
+fn set_limit(shared: &Shared, query: Option<&str>) -> (StatusCode, String) {
+    let mut index = None;
+    let mut limit = None;
+    for pair in query.unwrap_or_default().split('&') {
+        match pair.split_once('=') {
+            Some(("rule", value)) => index = value.parse::<usize>().ok(),
+            Some(("limit", value)) => limit = value.parse::<u64>().ok(),
+            _ => {}
+        }
+    }
+    let (Some(index), Some(limit)) = (index, limit) else {
+        let error = "expected ?rule=INDEX&limit=LIMIT with whole numbers";
+        return (
+            StatusCode::BAD_REQUEST,
+            serde_json::json!({ "error": error }).to_string(),
+        );
+    };
+    match shared.set_limit(index, limit) {
+        Ok(rule) => (
+            StatusCode::OK,
+            serde_json::json!({ "ok": true, "rule": rule.to_string() }).to_string(),
+        ),
+        Err(error) => (
+            StatusCode::BAD_REQUEST,
+            serde_json::json!({ "error": error }).to_string(),
+        ),
+    }
 }
 
 fn json_response(status: StatusCode, body: String, wall_now: SystemTime) -> Response<Full<Bytes>> {

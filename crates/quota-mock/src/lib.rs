@@ -44,6 +44,10 @@
 //!   any window. Also served as JSON at
 //!   `GET /__quota/stats`; `POST /__quota/reset` forgets everything. Paths
 //!   under `/__quota/` are never rate limited or recorded.
+//! - **Run-time changes**: [`MockServer::set_limit`] (or
+//!   `POST /__quota/limit?rule=INDEX&limit=LIMIT`) raises or lowers a
+//!   rule's limit while clients run, and [`MockServer::set_faults`]
+//!   replaces the faults.
 //!
 //! # Order of decisions
 //!

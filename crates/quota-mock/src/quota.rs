@@ -120,6 +120,40 @@ impl QuotaBook {
         self.keys.clear();
     }
 
+    /// Changes the limit of the rule at `index` from `now` on, and returns
+    /// the changed rule. Every key's state for that rule is first brought up
+    /// to `now` under the old limit (a bucket refills at the old rate until
+    /// now); what is in use stays in use (a bucket keeps the tokens it
+    /// lacks), so a raised limit admits the difference at once and a
+    /// lowered one may leave a key over it until its use has left. Fails, changing nothing,
+    /// for an index out of range or a zero limit.
+    pub(crate) fn set_limit(
+        &mut self,
+        index: usize,
+        limit: u64,
+        now: Instant,
+    ) -> Result<Rule, String> {
+        let count = self.rules.len();
+        let rule = self
+            .rules
+            .get(index)
+            .ok_or_else(|| format!("no rule {index}: the server has {count} rules"))?;
+        let changed = rule.with_limit(limit);
+        changed.validate().map_err(|e| e.to_string())?;
+        for states in self.keys.values_mut() {
+            if let Some(state) = states.get_mut(index) {
+                state.advance(rule, self.origin, now);
+                if let RuleState::Bucket { level, .. } = state {
+                    let old = bucket_units(rule, rule.limit());
+                    let new = bucket_units(&changed, changed.limit());
+                    *level = level.saturating_add(new.saturating_sub(old));
+                }
+            }
+        }
+        self.rules[index] = changed;
+        Ok(changed)
+    }
+
     /// Admits a request for `key` at `now` if every rule has room for what
     /// the declared cost spends of it, charging each rule what the actual
     /// cost spends; otherwise charges nothing, except that sliding window
@@ -520,3 +554,6 @@ mod tests;
 
 #[cfg(test)]
 mod shape_tests;
+
+#[cfg(test)]
+mod limit_tests;

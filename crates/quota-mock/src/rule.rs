@@ -272,6 +272,12 @@ impl Rule {
         self.weighted
     }
 
+    /// This rule with another limit (not validated).
+    pub(crate) fn with_limit(mut self, limit: u64) -> Rule {
+        self.limit = limit;
+        self
+    }
+
     /// What a request of `cost` spends of this rule.
     pub(crate) fn spend(&self, cost: u64) -> u64 {
         if self.weighted { cost } else { 1 }

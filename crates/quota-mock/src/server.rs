@@ -350,6 +350,26 @@ impl MockServer {
         Ok(())
     }
 
+    /// Changes the limit of the rule at `rule` (its position in
+    /// configuration order) for requests that arrive from now on, as a
+    /// provider that raises or lowers a quota at run time; returns the
+    /// changed rule. Also served as
+    /// `POST /__quota/limit?rule=INDEX&limit=LIMIT`.
+    ///
+    /// What is in use stays in use: a raised limit admits the difference at
+    /// once, a lowered one refuses until enough use has left. A token
+    /// bucket keeps the tokens it lacks, refills at the old rate until now
+    /// and at the new one after;
+    /// GCRA's next interval is the new `window / limit`. [`Stats`] report
+    /// the rule with its current limit. Fails with
+    /// [`io::ErrorKind::InvalidInput`], changing nothing, for an index out
+    /// of range or a zero limit.
+    pub fn set_limit(&self, rule: usize, limit: u64) -> io::Result<Rule> {
+        self.shared
+            .set_limit(rule, limit)
+            .map_err(|e| io::Error::new(io::ErrorKind::InvalidInput, e))
+    }
+
     /// Forgets every arrival and all quota state (as `POST /__quota/reset`).
     pub fn reset(&self) {
         self.shared.reset();

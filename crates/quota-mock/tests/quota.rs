@@ -6,7 +6,8 @@ mod common;
 
 use std::time::Duration;
 
-use common::{client, get, statuses};
+use common::{client, get, send, statuses};
+use http::Method;
 use quota_mock::{MockServer, Rule};
 
 const HOUR: Duration = Duration::from_secs(3600);
@@ -212,4 +213,48 @@ async fn invalid_rules_fail_to_start() {
         zero_window.unwrap_err().kind(),
         std::io::ErrorKind::InvalidInput
     );
+}
+
+#[tokio::test]
+async fn limits_change_at_run_time_through_the_handle_and_the_control_path() {
+    let server = MockServer::builder()
+        .rule(Rule::sliding_log(100, HOUR))
+        .rule(Rule::fixed_window(2, HOUR))
+        .start()
+        .await
+        .unwrap();
+    let client = client();
+    let url = server.url();
+    assert_eq!(statuses(&client, &url, 3).await, [200, 200, 429]);
+
+    let raised = server.set_limit(1, 4).unwrap();
+    assert_eq!(raised, Rule::fixed_window(4, HOUR));
+    assert_eq!(statuses(&client, &url, 3).await, [200, 200, 429]);
+
+    let control = format!("{url}/__quota/limit?rule=1&limit=5");
+    let reply = send(&client, Method::POST, &control, &[], b"")
+        .await
+        .unwrap();
+    assert_eq!(reply.status, 200);
+    let body: serde_json::Value = serde_json::from_slice(&reply.body).unwrap();
+    assert_eq!(body["rule"], "5/1h:fixed");
+    assert_eq!(statuses(&client, &url, 2).await, [200, 429]);
+    assert_eq!(server.stats().rules[1].rule, "5/1h:fixed");
+
+    for bad in [
+        "rule=2&limit=5",
+        "rule=1&limit=0",
+        "rule=1",
+        "limit=five&rule=1",
+    ] {
+        let control = format!("{url}/__quota/limit?{bad}");
+        let reply = send(&client, Method::POST, &control, &[], b"")
+            .await
+            .unwrap();
+        assert_eq!(reply.status, 400, "{bad}");
+    }
+    let reply = get(&client, &format!("{url}/__quota/limit?rule=1&limit=9")).await;
+    assert_eq!(reply.status, 405);
+    assert!(server.set_limit(7, 1).is_err());
+    assert_eq!(server.stats().rules[1].limit, 5);
 }
