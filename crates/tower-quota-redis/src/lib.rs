@@ -19,17 +19,49 @@
 //!   the key has room, and returns the wait. The worker then sleeps (on
 //!   tokio's clock) until that instant and sends.
 //! - **Exact logs.** Each quota of a key is a sorted set of admissions (one
-//!   member per admission, score = its Redis time in microseconds) with a
-//!   hash beside it for costs other than 1 and the running sum. An admission
-//!   is held for `window + safety_margin`, as in the in-process store.
-//!   Workers on other hosts, or busy processes on one host, wake from their
-//!   timers and reach the provider with more jitter than one process on
-//!   loopback: give the layer a margin of a few tens of milliseconds
-//!   ([`SlidingWindowLayer::safety_margin`](tower_quota::SlidingWindowLayer::safety_margin));
-//!   the multi-process test uses 25 ms.
-//!   Admissions of a key are recorded in increasing time order, so one check
-//!   of the window ending at the new admission keeps every window at or
-//!   under its limit.
+//!   member per admission) with a hash beside it for costs other than 1 and
+//!   the running sum, and a small sorted set of the admission instants
+//!   still to come (reservations), which keeps the key's admissions in
+//!   order. A request reaches the provider somewhere between its admission
+//!   and its answer, so an admission is held until a window (plus the
+//!   safety margin) after its answer, or after its
+//!   [`sent_within`](tower_quota::SlidingWindowLayer::sent_within) bound if
+//!   that comes first — the same rule as the in-process store. The
+//!   member's score is that instant, in microseconds of the Redis clock:
+//!   `admitted + sent_within` at admission, lowered to the Redis time of the
+//!   answer when it comes back. Every entry counts from the call that
+//!   records it until it leaves (a reservation too, before its instant),
+//!   and answers only ever move a departure earlier, so checking the log
+//!   at the new admission's instant keeps every later window at or under
+//!   its limit.
+//! - **Answers.** [`Store::complete`](tower_quota::sliding_window::Store::complete)
+//!   lowers the admission's score to the Redis `TIME` of the call (one
+//!   `ZADD XX LT` per quota, one script call from a spawned task, never on
+//!   the response's path). A request dropped in flight keeps its bound: it
+//!   may still be on its way. The call runs a little after the answer, which
+//!   only holds the slot a little longer. Since every instant is on one
+//!   clock and a slot is released relative to the answer, workers on other
+//!   hosts need no margin for the network or their timers' jitter while
+//!   answers come back within `sent_within`: the default safety margin is
+//!   enough (the multi-process test uses it across a simulated network).
+//! - **Strict mode.** With
+//!   [`strict`](tower_quota::SlidingWindowLayer::strict), an admission is
+//!   held until its answer comes back, with no time bound (the score is a
+//!   sentinel 2^52 µs ahead until then); a request dropped in flight counts
+//!   as answered when dropped. A request whose slot depends on an answer
+//!   still to come records nothing and asks again every quarter window (at
+//!   most every second), which costs nothing: the slot frees a window after
+//!   the answer. One bound remains, for workers that die with requests in
+//!   flight: a strict admission still unanswered an hour after its admission
+//!   is dropped a window after that hour, and its keys' TTL covers it.
+//! - **Refusals.** When the provider refuses with a 429 a request the log had
+//!   room for, [`Store::refused`](tower_quota::sliding_window::Store::refused)
+//!   widens the key's margin in this process: doubled plus the safety margin
+//!   on each refusal, up to a quarter of the shortest window, halved for
+//!   every ten windows without one (a map bounded like the other keyed maps).
+//!   The extra margin is added to the admission's score, so the entry holds
+//!   its slot longer whichever process prunes the log.
+//!   [`RedisStore::extra_margin`] shows it.
 //! - **Order.** Requests of one key are served in the order their scripts
 //!   run in Redis. That is first-come first-served per Redis, not FIFO in
 //!   the order requests were made across processes (which no store could
@@ -44,6 +76,8 @@
 //! - **Cancellation.** A request dropped before its reserved instant removes
 //!   its reservation (one call from a spawned task). Requests that reserved
 //!   later instants keep them: the freed room goes to the next arrivals.
+//!   Room freed by an early answer likewise goes to the next arrivals, after
+//!   the reservations already made.
 //! - **Bounds.** With `max_wait`, a request whose reserved wait would exceed
 //!   it is refused with
 //!   [`Overloaded`](tower_quota::sliding_window::Overloaded) and nothing is recorded; with
@@ -53,8 +87,10 @@
 //!   sets the cost recorded for an admission to the real one (one call from
 //!   a spawned task, with the timeout).
 //! - **Redis Cluster.** All Redis keys of one quota key carry the hash tag
-//!   `{key}`, so a script touches one slot. Keys get `PEXPIRE`, so idle
-//!   quotas vanish by themselves.
+//!   `{key}`, so a script touches one slot. Keys get `PEXPIRE` (only ever
+//!   extended, to cover their longest-held entry), so idle quotas vanish
+//!   by themselves.
+//! - **Redis version.** The scripts use `ZADD ... LT`: Redis 6.2 or later.
 //!
 //! # Failures
 //!
@@ -72,7 +108,11 @@
 //!
 //! A Redis restarted empty has forgotten the admissions of the current
 //! windows: up to `max_calls` more may be admitted in the first window after
-//! it. Admissions made by the local fallback are likewise unknown to Redis.
+//! it. Admissions made by the local fallback are likewise unknown to Redis;
+//! their answers, corrections and refusals go to the fallback, which holds
+//! them with the same `sent_within`, strict mode and margin. An answer whose
+//! call fails leaves the admission at its bound (strict: at the hour's
+//! bound).
 //!
 //! # Approximate mode
 //!
@@ -80,6 +120,14 @@
 //! sliding-window counter: the counts of two fixed windows, the previous
 //! one weighted by how much of it the sliding window still covers. Memory
 //! is O(1) per key and quota, whatever the quota, and each call is O(1).
+//!
+//! A counter has no entry per admission: each admission counts for
+//! `window + safety_margin` from its admission instant, whatever its answer
+//! does. [`Store::complete`](tower_quota::sliding_window::Store::complete)
+//! cannot release a slot early and does nothing, `sent_within` and strict
+//! mode do not apply, and [`Store::refused`](tower_quota::sliding_window::Store::refused)
+//! does not widen the margin (it would move the counters' fixed windows):
+//! give an approximate store the margin its network needs.
 //!
 //! Its error bound: no *fixed* window ever holds more than `max_calls`, and
 //! any sliding window of the quota's length (plus margin) holds at most

@@ -13,7 +13,8 @@ use redis::aio::ConnectionManager;
 use redis::{FromRedisValue, ScriptInvocation};
 use tokio::time::Instant;
 use tower_quota::sliding_window::{
-    Admission, Limits, MemoryStore, OverloadReason, Overloaded, Quota, SlidingWindowLayer, Store,
+    Admission, Completion, Limits, MemoryStore, OverloadReason, Overloaded, Quota,
+    SlidingWindowLayer, Store,
 };
 use tower_quota::{BoxError, Key, telemetry};
 
@@ -26,8 +27,17 @@ use crate::scripts::SCRIPTS;
 pub use tower_quota::telemetry::STORE_ERROR;
 
 /// Keys whose quotas are remembered for [`Store::correct`] before the map
-/// is cleared; corrections of forgotten keys are ignored.
+/// is cleared; corrections of forgotten keys are ignored. Also the bound of
+/// the map of widened margins.
 const KNOWN_KEYS: usize = 65_536;
+
+/// The bit set in the id of every admission recorded in an exact log; ids
+/// of the in-process fallback's admissions (a counter) never have it.
+const REDIS_ID: u64 = 1 << 63;
+
+/// The longest a request waiting for a strict admission's answer sleeps
+/// before it asks Redis again.
+const MAX_POLL: Duration = Duration::from_secs(1);
 
 /// A [`Store`] in Redis: every process that uses the same Redis, prefix and
 /// key shares one quota. See the [crate docs](crate) for the design.
@@ -47,6 +57,9 @@ struct Inner {
     fallback: MemoryStore,
     /// The limits last used with each key, so `correct` knows its quotas.
     known: Mutex<HashMap<Key, Limits>>,
+    /// The extra margin of each key whose provider refused a request the
+    /// log had room for.
+    drift: Mutex<HashMap<Key, Drift>>,
     /// After a connection failure or a timeout, Redis is not waited on
     /// again before this instant: requests meet the failure policy at once.
     suspended_until: Mutex<Option<Instant>>,
@@ -75,6 +88,7 @@ impl RedisStore {
                 approximate,
                 fallback: MemoryStore::new(),
                 known: Mutex::new(HashMap::new()),
+                drift: Mutex::new(HashMap::new()),
                 suspended_until: Mutex::new(None),
             }),
         }
@@ -95,17 +109,32 @@ impl RedisStore {
         self.inner.approximate
     }
 
-    /// The Redis keys that hold `quota` of `key`: the sorted-set log and
-    /// its costs hash in exact mode, the counter hash in approximate mode.
-    /// All of a key's Redis keys share the hash tag `{key}`, so one script
-    /// call touches one Redis Cluster slot.
+    /// The Redis keys that hold `quota` of `key`: in exact mode the
+    /// sorted-set log (score: the instant, in microseconds of the Redis
+    /// clock, after which an admission holds its slot for a window and the
+    /// margin), its costs hash and the sorted set of reserved admission
+    /// instants; in approximate mode the counter hash. All of a key's Redis
+    /// keys share the hash tag `{key}`, so one script call touches one Redis
+    /// Cluster slot.
     pub fn redis_keys(&self, key: &Key, quota: &Quota) -> Vec<String> {
         let base = self.inner.quota_key(key, quota);
         if self.inner.approximate {
             vec![format!("{base}:counts")]
         } else {
-            vec![format!("{base}:log"), format!("{base}:costs")]
+            vec![
+                format!("{base}:log"),
+                format!("{base}:costs"),
+                format!("{base}:queue"),
+            ]
         }
+    }
+
+    /// The margin this process adds to `key`'s admissions after its
+    /// provider refused requests the log had room for (see
+    /// [`Store::refused`]); zero when it never did or the margin has
+    /// decayed.
+    pub fn extra_margin(&self, key: &Key, limits: &Limits) -> Duration {
+        self.inner.extra_margin(key, limits)
     }
 }
 
@@ -133,8 +162,8 @@ impl Store for RedisStore {
         if let FailurePolicy::LocalFallback { .. } = self.inner.policy {
             self.inner.fallback.correct(admission, actual_cost);
         }
-        if admission.id() == 0 {
-            return; // admitted without Redis (fail open, zero cost)
+        if admission.id() == 0 || (!self.inner.approximate && admission.id() & REDIS_ID == 0) {
+            return; // admitted without Redis (fail open, zero cost, local fallback)
         }
         let Some(limits) = lock(&self.inner.known).get(admission.key()).cloned() else {
             return;
@@ -184,6 +213,126 @@ impl Store for RedisStore {
             }
         });
     }
+
+    fn complete(&self, admission: &Admission, completion: Completion, limits: &Limits) {
+        if completion == Completion::Dropped && !limits.is_strict() {
+            // A dropped request may still be on its way: it keeps its bound.
+            return;
+        }
+        if let FailurePolicy::LocalFallback { .. } = self.inner.policy {
+            self.inner.fallback.complete(admission, completion, limits);
+        }
+        if self.inner.approximate || admission.id() & REDIS_ID == 0 {
+            // Counters cannot release one admission early; an admission
+            // without the bit was not recorded in Redis.
+            return;
+        }
+        let Ok(runtime) = tokio::runtime::Handle::try_current() else {
+            return; // the entry leaves at its bound (strict: see the crate docs)
+        };
+        let key = admission.key().clone();
+        let logs: Vec<String> = limits
+            .quotas()
+            .iter()
+            .filter(|quota| quota.units(admission.cost()) > 0)
+            .map(|quota| format!("{}:log", self.inner.quota_key(&key, quota)))
+            .collect();
+        if logs.is_empty() {
+            return;
+        }
+        let extra = self.inner.extra_margin(&key, limits);
+        let inner = self.inner.clone();
+        let id = admission.id();
+        runtime.spawn(async move {
+            let mut invocation = SCRIPTS.exact_complete.prepare_invoke();
+            for log in &logs {
+                invocation.key(log);
+            }
+            invocation.arg(id).arg(micros(extra));
+            if let Err(error) = inner.call::<i64>(&key, &invocation).await {
+                inner.report(&key, &error, "complete");
+            }
+        });
+    }
+
+    fn refused(&self, admission: &Admission, limits: &Limits) -> Option<(Duration, Duration)> {
+        if self.inner.approximate {
+            // A margin in the counters' span would move their fixed windows.
+            return None;
+        }
+        if admission.id() & REDIS_ID == 0 {
+            // Admitted by the local fallback, or without any limiter.
+            return match self.inner.policy {
+                FailurePolicy::LocalFallback { .. } => {
+                    self.inner.fallback.refused(admission, limits)
+                }
+                _ => None,
+            };
+        }
+        let window = shortest_window(limits);
+        let step = limits.safety_margin().max(Duration::from_millis(1));
+        let now = Instant::now();
+        let mut drift = lock(&self.inner.drift);
+        if drift.len() >= KNOWN_KEYS && !drift.contains_key(admission.key()) {
+            drift.retain(|_, drift| !drift.extra(now, window).is_zero());
+            if drift.len() >= KNOWN_KEYS {
+                drift.clear();
+            }
+        }
+        let state = drift.entry(admission.key().clone()).or_default();
+        let before = state.extra(now, window);
+        Some((before, state.widen(now, window, step)))
+    }
+}
+
+/// The margin a key adds after its provider refused requests that the log
+/// had room for: doubled (plus a step) on each such refusal up to a quarter
+/// of the shortest window, halved for every ten windows without one.
+#[derive(Default)]
+struct Drift {
+    extra: Duration,
+    since: Option<Instant>,
+}
+
+impl Drift {
+    fn extra(&self, now: Instant, window: Duration) -> Duration {
+        let Some(since) = self.since else {
+            return Duration::ZERO;
+        };
+        let decay = window.saturating_mul(10).max(Duration::from_millis(1));
+        let halvings = now.saturating_duration_since(since).as_nanos() / decay.as_nanos();
+        u32::try_from(halvings)
+            .ok()
+            .and_then(|halvings| self.extra.as_nanos().checked_shr(halvings))
+            .map_or(Duration::ZERO, |nanos| {
+                Duration::from_nanos(u64::try_from(nanos).unwrap_or(u64::MAX))
+            })
+    }
+
+    fn widen(&mut self, now: Instant, window: Duration, step: Duration) -> Duration {
+        let current = self.extra(now, window);
+        let cap = (window / 4).max(step);
+        self.extra = current.saturating_mul(2).saturating_add(step).min(cap);
+        self.since = Some(now);
+        self.extra
+    }
+}
+
+fn shortest_window(limits: &Limits) -> Duration {
+    limits
+        .quotas()
+        .iter()
+        .map(Quota::window)
+        .min()
+        .unwrap_or(Duration::ZERO)
+}
+
+/// How long a request whose slot waits for a strict admission's answer
+/// sleeps before asking again: a quarter of the shortest window, at most
+/// [`MAX_POLL`]. The slot frees a window after the answer, so a request
+/// that asks again within a window of it loses nothing.
+fn poll_interval(limits: &Limits) -> Duration {
+    (shortest_window(limits) / 4).clamp(Duration::from_millis(1), MAX_POLL)
 }
 
 /// The future of one admission by a [`RedisStore`].
@@ -214,6 +363,15 @@ enum Failure {
     Refused(BoxError),
     /// Redis could not decide: the failure policy applies.
     Store(RedisStoreError),
+}
+
+/// What a script call decided, short of a failure.
+enum Settled {
+    /// Admitted, after the wait for its reserved slot.
+    Admitted(Admission),
+    /// Nothing recorded: the slot frees only once a strict admission's
+    /// answer comes back. Ask again later.
+    Blocked,
 }
 
 async fn acquire(
@@ -273,6 +431,13 @@ impl Inner {
         }
     }
 
+    fn extra_margin(&self, key: &Key, limits: &Limits) -> Duration {
+        let drift = lock(&self.drift);
+        drift.get(key).map_or(Duration::ZERO, |drift| {
+            drift.extra(Instant::now(), shortest_window(limits))
+        })
+    }
+
     fn remember(&self, key: &Key, limits: &Limits) {
         let mut known = lock(&self.known);
         if known.get(key) != Some(limits) {
@@ -291,52 +456,78 @@ impl Inner {
     ) -> Result<Admission, Failure> {
         // The id is chosen here, so that a request dropped while its call is
         // in flight can still remove what the call records.
-        let id = loop {
-            let id: u64 = rand::random();
-            if id != 0 {
-                break id;
-            }
-        };
+        let id = rand::random::<u64>() | REDIS_ID;
         let quotas = limits.quotas();
         let margin = limits.safety_margin();
-        let mut keys = Vec::with_capacity(quotas.len() * 2);
-        let mut invocation = SCRIPTS.exact_acquire.prepare_invoke();
+        let mut keys = Vec::with_capacity(quotas.len() * 3);
         for quota in quotas {
             let base = self.quota_key(key, quota);
             keys.push(format!("{base}:log"));
             keys.push(format!("{base}:costs"));
+            keys.push(format!("{base}:queue"));
         }
-        for redis_key in &keys {
-            invocation.key(redis_key);
-        }
-        invocation
-            .arg(id)
-            .arg(limits.max_wait().map_or(-1, micros))
-            .arg(limits.max_queue().map_or(-1, |max| max as i64))
-            .arg(quotas.len());
-        for quota in quotas {
-            invocation
-                .arg(micros(quota.window() + margin))
-                .arg(quota.max_calls())
-                .arg(quota.units(cost));
-        }
-        let mut reservation = Reservation {
-            inner: self.clone(),
-            key: key.clone(),
-            cancel: Cancel::Exact { keys, id },
-            armed: true,
+        let sent_within = if limits.is_strict() {
+            -1
+        } else {
+            micros(limits.sent_within())
         };
-        let reply: Vec<i64> = match self.call(key, &invocation).await {
-            Ok(reply) => reply,
-            Err(error) => {
-                // A call that timed out may still run: the reservation's drop
-                // removes what it records. Nothing ran for other errors.
-                reservation.armed = error.kind() == RedisStoreErrorKind::Timeout;
-                return Err(Failure::Store(error));
+        let started = Instant::now();
+        // How long the request waited for answers in earlier calls.
+        let mut elapsed = Duration::ZERO;
+        loop {
+            let mut invocation = SCRIPTS.exact_acquire.prepare_invoke();
+            for redis_key in &keys {
+                invocation.key(redis_key);
             }
-        };
-        self.settle(key, cost, limits, &reply, id, reservation)
-            .await
+            invocation
+                .arg(id)
+                .arg(
+                    limits
+                        .max_wait()
+                        .map_or(-1, |max_wait| micros(max_wait.saturating_sub(elapsed))),
+                )
+                .arg(limits.max_queue().map_or(-1, |max| max as i64))
+                .arg(sent_within)
+                .arg(micros(self.extra_margin(key, limits)))
+                .arg(quotas.len());
+            for quota in quotas {
+                invocation
+                    .arg(micros(quota.window().saturating_add(margin)))
+                    .arg(quota.max_calls())
+                    .arg(quota.units(cost));
+            }
+            let mut reservation = Reservation {
+                inner: self.clone(),
+                key: key.clone(),
+                cancel: Cancel::Exact {
+                    keys: keys.clone(),
+                    id,
+                },
+                armed: true,
+            };
+            let reply: Vec<i64> = match self.call(key, &invocation).await {
+                Ok(reply) => reply,
+                Err(error) => {
+                    // A call that timed out may still run: the reservation's
+                    // drop removes what it records. Nothing ran for other
+                    // errors.
+                    reservation.armed = error.kind() == RedisStoreErrorKind::Timeout;
+                    return Err(Failure::Store(error));
+                }
+            };
+            match self
+                .settle(key, cost, limits, &reply, id, elapsed, reservation)
+                .await?
+            {
+                Settled::Admitted(admission) => return Ok(admission),
+                // Strict: a slot frees a window after an answer still to
+                // come. Nothing was recorded; ask again.
+                Settled::Blocked => {
+                    tokio::time::sleep(poll_interval(limits)).await;
+                    elapsed = started.elapsed();
+                }
+            }
+        }
     }
 
     async fn acquire_approximate(
@@ -375,12 +566,30 @@ impl Inner {
             cancel: Cancel::Approximate { keys, at },
             armed: true,
         };
-        self.settle(key, cost, limits, &reply, at as u64, reservation)
-            .await
+        match self
+            .settle(
+                key,
+                cost,
+                limits,
+                &reply,
+                at as u64,
+                Duration::ZERO,
+                reservation,
+            )
+            .await?
+        {
+            Settled::Admitted(admission) => Ok(admission),
+            Settled::Blocked => Err(Failure::Store(RedisStoreError::unexpected_reply(
+                key.clone(),
+                "script returned status 3",
+            ))),
+        }
     }
 
     /// Turns a script's reply into an admission, after sleeping until the
-    /// reserved slot, or into a refusal.
+    /// reserved slot, or into a refusal. `elapsed`: how long the request
+    /// has waited already, in earlier calls.
+    #[allow(clippy::too_many_arguments)]
     async fn settle(
         &self,
         key: &Key,
@@ -388,8 +597,9 @@ impl Inner {
         limits: &Limits,
         reply: &[i64],
         id: u64,
+        elapsed: Duration,
         mut reservation: Reservation,
-    ) -> Result<Admission, Failure> {
+    ) -> Result<Settled, Failure> {
         let &[status, wait_us, queued, limiting, ..] = reply else {
             reservation.armed = false;
             return Err(Failure::Store(RedisStoreError::unexpected_reply(
@@ -398,6 +608,7 @@ impl Inner {
             )));
         };
         let wait = Duration::from_micros(u64::try_from(wait_us).unwrap_or(0));
+        let waited = elapsed.saturating_add(wait);
         let queued = usize::try_from(queued).unwrap_or(0);
         let limited_by = usize::try_from(limiting)
             .ok()
@@ -405,6 +616,11 @@ impl Inner {
             .and_then(|index| limits.quotas().get(index).copied());
         let reason = match status {
             0 => None,
+            3 => {
+                // Recorded nothing.
+                reservation.armed = false;
+                return Ok(Settled::Blocked);
+            }
             1 => Some(OverloadReason::MaxWait(
                 limits.max_wait().unwrap_or_default(),
             )),
@@ -423,7 +639,7 @@ impl Inner {
             // Refused by the script: it recorded nothing.
             reservation.armed = false;
             return Err(Failure::Refused(
-                Overloaded::new(key.clone(), wait, queued, reason).into(),
+                Overloaded::new(key.clone(), waited, queued, reason).into(),
             ));
         }
         self.remember(key, limits);
@@ -433,7 +649,9 @@ impl Inner {
             tokio::time::sleep(wait).await;
         }
         reservation.armed = false;
-        Ok(Admission::new(key.clone(), id, cost, wait, queued).with_limited_by(limited_by))
+        Ok(Settled::Admitted(
+            Admission::new(key.clone(), id, cost, waited, queued).with_limited_by(limited_by),
+        ))
     }
 
     async fn fail(
@@ -495,8 +713,12 @@ fn local_limits(limits: &Limits, share: f64) -> Result<Limits, BoxError> {
             }
         })
         .collect::<Result<Vec<_>, _>>()?;
-    let mut layer =
-        SlidingWindowLayer::with_quotas(quotas)?.safety_margin(limits.safety_margin())?;
+    let mut layer = SlidingWindowLayer::with_quotas(quotas)?
+        .safety_margin(limits.safety_margin())?
+        .sent_within(limits.sent_within())?;
+    if limits.is_strict() {
+        layer = layer.strict();
+    }
     if let Some(max_wait) = limits.max_wait() {
         layer = layer.max_wait(max_wait);
     }

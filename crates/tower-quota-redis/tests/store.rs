@@ -109,11 +109,18 @@ async fn three_connections_never_put_more_than_max_calls_in_any_window() {
     wait_for_zcard(server, &log[0], 18).await;
     let entries = read_log(server, &log);
     assert_eq!(max_in_any_window(&entries, quota.window()), 5);
-    // The reservations follow each other exactly one window apart.
+    // Unanswered, an admission holds its slot until a window after its
+    // sent_within bound (the score): the reservations follow each other
+    // exactly that far apart.
+    let sent_within = layer.limits().sent_within().as_micros() as u64;
     let mut times: Vec<u64> = entries.iter().map(|(at, _)| *at).collect();
     times.sort_unstable();
     for i in 5..times.len() {
-        assert_eq!(times[i], times[i - 5] + 2_000_000, "slot {i} is exact");
+        assert_eq!(
+            times[i],
+            times[i - 5] + 2_000_000 + sent_within,
+            "slot {i} is exact"
+        );
     }
     let admitted_now = tasks.iter().filter(|task| task.is_finished()).count();
     assert_eq!(admitted_now, 5);
@@ -123,6 +130,14 @@ async fn three_connections_never_put_more_than_max_calls_in_any_window() {
         task.abort();
     }
     wait_for_zcard(server, &log[0], 5).await;
+    // And the instants they reserved: the next request takes the first slot
+    // the five admissions free (2.1 s from now at most), not one after the
+    // dropped reservations (over 6 s).
+    let bounded = layer.clone().max_wait(Duration::from_millis(2_300));
+    let next = spawn_acquire(&stores[1], &key, 1, bounded.limits());
+    wait_for_zcard(server, &log[0], 6).await;
+    assert!(!next.is_finished(), "reserved, not refused");
+    next.abort();
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -287,8 +302,8 @@ async fn keys_carry_the_hash_tag_and_expire_when_idle() {
     for redis_key in store.redis_keys(&key, &quota) {
         assert!(redis_key.contains("{tenant-7}"), "{redis_key}");
         let ttl: i64 = connection.pttl(&redis_key).unwrap();
-        // Window (2 s) plus one second of slack.
-        assert!((2_000..=3_000).contains(&ttl), "{redis_key}: pttl {ttl}");
+        // Window (2 s) and sent_within bound (100 ms) plus one second of slack.
+        assert!((2_100..=3_100).contains(&ttl), "{redis_key}: pttl {ttl}");
     }
 }
 

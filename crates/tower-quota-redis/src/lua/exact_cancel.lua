@@ -1,14 +1,20 @@
--- Removes a reservation whose request was dropped before its slot.
--- KEYS: log and costs of each quota, as in exact_acquire.lua. ARGV: id.
--- Returns how many logs held it.
+-- Removes a reservation whose request was dropped before its slot (or
+-- whose call timed out).
+-- KEYS: log, costs and queue of each quota, as in exact_acquire.lua.
+-- ARGV: id. Returns how many logs held it.
+if #KEYS % 3 ~= 0 or not ARGV[1] then
+  return redis.error_reply('ERR exact_cancel: expected 3 keys per quota and an id')
+end
 local removed = 0
-for i = 1, #KEYS / 2 do
-  local z, h = KEYS[2 * i - 1], KEYS[2 * i]
+for i = 1, #KEYS / 3 do
+  local z, h, q = KEYS[3 * i - 2], KEYS[3 * i - 1], KEYS[3 * i]
   if redis.call('ZREM', z, ARGV[1]) == 1 then
     local cost = tonumber(redis.call('HGET', h, ARGV[1])) or 1
     redis.call('HDEL', h, ARGV[1])
     redis.call('HINCRBY', h, 's', string.format('%.0f', -cost))
     removed = removed + 1
   end
+  -- The key's latest admission instant falls back to the one before.
+  redis.call('ZREM', q, ARGV[1])
 end
 return removed

@@ -1,7 +1,10 @@
 -- Sets the units recorded for an admission still in the log to its actual
--- cost. KEYS: log and costs of each weighted quota. ARGV: id, actual cost.
--- Returns how many logs held it.
+-- cost. KEYS: log and costs of each weighted quota, as in exact_acquire.lua
+-- (not its queue). ARGV: id, actual cost. Returns how many logs held it.
 local id, actual = ARGV[1], tonumber(ARGV[2])
+if #KEYS % 2 ~= 0 or not id or not actual or actual < 0 then
+  return redis.error_reply('ERR exact_correct: expected 2 keys per quota, an id and a cost')
+end
 local changed = 0
 for i = 1, #KEYS / 2 do
   local z, h = KEYS[2 * i - 1], KEYS[2 * i]

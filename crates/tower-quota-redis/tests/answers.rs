@@ -1,0 +1,258 @@
+//! Slots released relative to answers, on the Redis clock: an admission
+//! answered early leaves a window after its answer, an unanswered one a
+//! window after its `sent_within` bound, a strict one only once answered;
+//! a refusal widens the key's margin.
+//!
+//! The store reads Redis `TIME`, so these tests run on the real clock: they
+//! are short, and their tolerances hold on a loaded two-core machine.
+
+mod support;
+
+use std::time::Duration;
+
+use redis::Commands;
+use tokio::time::Instant;
+use tower_quota::sliding_window::{
+    Admission, Completion, Limits, OverloadReason, Overloaded, Quota, Store,
+};
+use tower_quota::{Key, SlidingWindowLayer};
+use tower_quota_redis::RedisStore;
+
+const WINDOW: Duration = Duration::from_secs(1);
+const SENT_WITHIN: Duration = Duration::from_millis(500);
+/// How much later than its ideal instant an admission may come back on a
+/// loaded machine (a Redis round trip, a timer, the scheduler).
+const LATE: Duration = Duration::from_millis(150);
+/// How much earlier: the worker's clock and Redis's may disagree by a
+/// millisecond or two.
+const EARLY: Duration = Duration::from_millis(10);
+
+async fn store(server: &support::RedisServer) -> RedisStore {
+    RedisStore::builder(server.url())
+        .prefix(support::unique_key("tq"))
+        .build()
+        .await
+        .expect("store connects")
+}
+
+/// One request per second, no margin, the given `sent_within`.
+fn layer(sent_within: Duration) -> SlidingWindowLayer {
+    SlidingWindowLayer::with_quotas([Quota::new(1, WINDOW).unwrap()])
+        .unwrap()
+        .safety_margin(Duration::ZERO)
+        .unwrap()
+        .sent_within(sent_within)
+        .unwrap()
+}
+
+fn assert_near(elapsed: Duration, expected: Duration, what: &str) {
+    assert!(
+        elapsed + EARLY >= expected && elapsed <= expected + LATE,
+        "{what}: admitted after {elapsed:?}, expected {expected:?}"
+    );
+}
+
+/// The score of `admission` in the log of `quota` (µs of the Redis clock).
+fn score(
+    server: &support::RedisServer,
+    store: &RedisStore,
+    admission: &Admission,
+    quota: &Quota,
+) -> Option<f64> {
+    let log = &store.redis_keys(admission.key(), quota)[0];
+    server.connection().zscore(log, admission.id()).unwrap()
+}
+
+/// Waits until the spawned completion call has lowered the score.
+async fn wait_for_lower_score(
+    server: &support::RedisServer,
+    store: &RedisStore,
+    admission: &Admission,
+    quota: &Quota,
+    before: f64,
+) {
+    for _ in 0..200 {
+        if score(server, store, admission, quota).is_some_and(|score| score < before) {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    panic!("the answer never lowered the score of {}", admission.id());
+}
+
+/// Admits one request on `key`, ends it after 100 ms as `ending` says
+/// (`None`: never), then times the next admission from the first one.
+async fn next_admission_after(
+    server: &support::RedisServer,
+    store: &RedisStore,
+    key: &'static str,
+    limits: &Limits,
+    ending: Option<Completion>,
+) -> Duration {
+    let key = Key::from(key);
+    let quota = limits.quotas()[0];
+    let started = Instant::now();
+    let first = store.acquire(key.clone(), 1, limits).await.unwrap();
+    assert_eq!(first.waited(), Duration::ZERO);
+    let bound = score(server, store, &first, &quota).expect("recorded");
+    tokio::time::sleep_until(started + Duration::from_millis(100)).await;
+    if let Some(completion) = ending {
+        store.complete(&first, completion, limits);
+        if completion == Completion::Answered || limits.is_strict() {
+            wait_for_lower_score(server, store, &first, &quota, bound).await;
+        } else {
+            // Nothing is sent: give a call the time to land if it were.
+            tokio::time::sleep(Duration::from_millis(50)).await;
+            assert_eq!(score(server, store, &first, &quota), Some(bound));
+        }
+    }
+    store.acquire(key, 1, limits).await.unwrap();
+    started.elapsed()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_answer_frees_the_slot_a_window_after_it_before_the_bound() {
+    let Some(server) = support::shared() else {
+        return;
+    };
+    let store = store(server).await;
+    let layer = layer(SENT_WITHIN);
+    let limits = layer.limits();
+    // The three keys run side by side: one window and a half in all.
+    let (answered, unanswered, dropped) = tokio::join!(
+        next_admission_after(
+            server,
+            &store,
+            "answered",
+            limits,
+            Some(Completion::Answered)
+        ),
+        next_admission_after(server, &store, "unanswered", limits, None),
+        next_admission_after(server, &store, "dropped", limits, Some(Completion::Dropped)),
+    );
+    println!("answered: {answered:?}, unanswered: {unanswered:?}, dropped: {dropped:?}");
+    // Answered at 100 ms: free at 100 ms + 1 s, not at 500 ms + 1 s.
+    assert_near(answered, Duration::from_millis(1_100), "answered at 100 ms");
+    // Unanswered: free a window after its sent_within bound.
+    assert_near(unanswered, WINDOW + SENT_WITHIN, "unanswered");
+    // Dropped while in flight: it may still be on its way, and keeps its bound.
+    assert_near(dropped, WINDOW + SENT_WITHIN, "dropped");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn strict_holds_an_unanswered_slot_until_its_answer() {
+    let Some(server) = support::shared() else {
+        return;
+    };
+    let store = store(server).await;
+    let layer = layer(Duration::from_millis(100)).strict();
+    let limits = layer.limits();
+    let quota = limits.quotas()[0];
+    let key = Key::from("strict");
+    let started = Instant::now();
+    let first = store.acquire(key.clone(), 1, limits).await.unwrap();
+    // Unanswered, the entry is held with no time bound.
+    let pending = score(server, &store, &first, &quota).unwrap();
+    assert!(pending > 2f64.powi(52), "{pending}");
+    let next = tokio::spawn({
+        let (store, key, limits) = (store.clone(), key.clone(), limits.clone());
+        async move {
+            store.acquire(key, 1, &limits).await.unwrap();
+            started.elapsed()
+        }
+    });
+    // A slot a window after an answer still to come is further away than
+    // a max_wait under a window allows: refused at once.
+    let bounded = layer.clone().max_wait(Duration::from_millis(500));
+    let error = store
+        .acquire(key.clone(), 1, bounded.limits())
+        .await
+        .unwrap_err();
+    let overloaded = error.downcast_ref::<Overloaded>().expect("typed error");
+    assert!(matches!(overloaded.reason(), OverloadReason::MaxWait(_)));
+    // Well past window + sent_within (1.1 s): still waiting for the answer.
+    tokio::time::sleep_until(started + Duration::from_millis(1_400)).await;
+    assert!(!next.is_finished(), "admitted before the answer");
+    store.complete(&first, Completion::Answered, limits);
+    wait_for_lower_score(server, &store, &first, &quota, pending).await;
+    let admitted = next.await.unwrap();
+    println!("strict: admitted after {admitted:?}, answer at 1.4 s");
+    // A window after the answer; the waiter asks again every 250 ms, well
+    // before the slot frees, so the answer's window is all it waits.
+    assert_near(admitted, Duration::from_millis(2_400), "answered at 1.4 s");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn strict_treats_a_dropped_request_as_answered_when_dropped() {
+    let Some(server) = support::shared() else {
+        return;
+    };
+    let store = store(server).await;
+    let layer = layer(SENT_WITHIN).strict();
+    let elapsed = next_admission_after(
+        server,
+        &store,
+        "strict-dropped",
+        layer.limits(),
+        Some(Completion::Dropped),
+    )
+    .await;
+    assert_near(elapsed, Duration::from_millis(1_100), "dropped at 100 ms");
+}
+
+#[tokio::test]
+async fn a_refusal_widens_the_key_margin_of_later_admissions() {
+    let Some(server) = support::shared() else {
+        return;
+    };
+    let store = store(server).await;
+    let layer = SlidingWindowLayer::with_quotas([Quota::new(100, WINDOW).unwrap()])
+        .unwrap()
+        .safety_margin(Duration::from_millis(10))
+        .unwrap()
+        .sent_within(Duration::from_millis(100))
+        .unwrap();
+    let limits = layer.limits();
+    let quota = limits.quotas()[0];
+    let key = Key::from("refused");
+    let first = store.acquire(key.clone(), 1, limits).await.unwrap();
+    let ms = Duration::from_millis;
+    // Doubled plus a step (the safety margin) on each refusal.
+    assert_eq!(store.refused(&first, limits), Some((ms(0), ms(10))));
+    assert_eq!(store.refused(&first, limits), Some((ms(10), ms(30))));
+    assert_eq!(store.extra_margin(&key, limits), ms(30));
+    // Up to a quarter of the window.
+    for _ in 0..10 {
+        store.refused(&first, limits);
+    }
+    assert_eq!(store.extra_margin(&key, limits), ms(250));
+    // Later admissions of the key hold their slot that much longer: the
+    // log's score is the admission instant (in the queue) plus sent_within
+    // plus the extra margin.
+    let next = store.acquire(key.clone(), 1, limits).await.unwrap();
+    let keys = store.redis_keys(&key, &quota);
+    let mut connection = server.connection();
+    let held: f64 = connection.zscore(&keys[0], next.id()).unwrap();
+    let admitted: f64 = connection.zscore(&keys[2], next.id()).unwrap();
+    assert_eq!(held - admitted, 350_000.0);
+    // Other keys are not affected.
+    assert_eq!(store.extra_margin(&Key::from("other"), limits), ms(0));
+}
+
+#[tokio::test]
+async fn the_approximate_mode_neither_releases_early_nor_widens() {
+    let Some(server) = support::shared() else {
+        return;
+    };
+    let store = RedisStore::builder(server.url())
+        .prefix(support::unique_key("tq"))
+        .approximate(true)
+        .build()
+        .await
+        .unwrap();
+    let layer = layer(SENT_WITHIN);
+    let limits = layer.limits();
+    let admission = store.acquire(Key::from("approx"), 1, limits).await.unwrap();
+    store.complete(&admission, Completion::Answered, limits);
+    assert_eq!(store.refused(&admission, limits), None);
+}
