@@ -57,6 +57,9 @@ struct Plan {
     outcome: Outcome,
     reply: Reply,
     view: Option<QuotaView>,
+    /// For an admission that concurrency rules hold in flight: the quota
+    /// epoch to release it in.
+    in_flight: Option<u64>,
 }
 
 #[derive(Debug)]
@@ -132,11 +135,21 @@ impl Shared {
     }
 
     pub(crate) fn stats(&self) -> Stats {
-        let (arrivals, rules) = {
+        let (arrivals, rules, peaks) = {
             let state = self.lock();
-            (state.arrivals.clone(), state.quota.rules().to_vec())
+            (
+                state.arrivals.clone(),
+                state.quota.rules().to_vec(),
+                state.quota.peaks_in_flight(),
+            )
         };
-        Stats::from_arrivals(arrivals, &rules)
+        let mut stats = Stats::from_arrivals(arrivals, &rules);
+        for (rule, peak) in stats.rules.iter_mut().zip(peaks) {
+            if let Some(peak) = peak {
+                rule.max_accepted_in_any_window = peak;
+            }
+        }
+        stats
     }
 
     pub(crate) fn reset(&self) {
@@ -175,6 +188,7 @@ impl State {
                             error: "scripted",
                         },
                         view: None,
+                        in_flight: None,
                     };
                 }
                 None => {
@@ -187,10 +201,16 @@ impl State {
                 outcome: Outcome::Refused,
                 reply: Reply::Status {
                     status: StatusCode::TOO_MANY_REQUESTS,
-                    retry_after: Some(retry_after),
-                    error: "rate_limited",
+                    retry_after,
+                    // Only concurrency rules refuse without a known wait.
+                    error: if retry_after.is_some() {
+                        "rate_limited"
+                    } else {
+                        "too_many_in_flight"
+                    },
                 },
                 view: Some(view),
+                in_flight: None,
             },
             // No wait would help, so there is no Retry-After to state.
             Decision::TooCostly { view } => Plan {
@@ -201,11 +221,13 @@ impl State {
                     error: "cost_exceeds_limit",
                 },
                 view: Some(view),
+                in_flight: None,
             },
             Decision::Admitted { view } => Plan {
                 outcome: Outcome::Admitted,
                 reply: self.roll_faults(),
                 view,
+                in_flight: self.quota.in_flight_epoch(),
             },
         }
     }
@@ -265,6 +287,25 @@ impl State {
     }
 }
 
+/// A request that concurrency rules count as in flight; dropping it ends
+/// the request, whether its response was handed over or the client hung up.
+#[derive(Debug)]
+struct InFlight {
+    shared: Arc<Shared>,
+    key: String,
+    actual: u64,
+    epoch: u64,
+}
+
+impl Drop for InFlight {
+    fn drop(&mut self) {
+        self.shared
+            .lock()
+            .quota
+            .release(&self.key, self.actual, self.epoch);
+    }
+}
+
 /// Serves one request.
 pub(crate) async fn handle<B>(
     shared: Arc<Shared>,
@@ -298,6 +339,13 @@ where
         }
         (now.saturating_duration_since(shared.start), plan, delay)
     };
+
+    let _in_flight = plan.in_flight.map(|epoch| InFlight {
+        shared: Arc::clone(&shared),
+        key: key.clone(),
+        actual: cost.actual,
+        epoch,
+    });
 
     let body = request
         .into_body()

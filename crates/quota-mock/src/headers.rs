@@ -51,7 +51,9 @@ use crate::stats::fnv1a64;
 /// For a weighted rule that is when the *next unit* frees, which can be
 /// sooner than when a request of cost `c > remaining + 1` fits; the
 /// `Retry-After` of a 429 is always the delay until every rule has room for
-/// that request's whole cost.
+/// that request's whole cost. A [concurrency](crate::Mode::Concurrency) rule
+/// cannot tell when a request in flight will end: its reset is 0, and a 429
+/// that only concurrency rules caused carries no `Retry-After`.
 ///
 /// **Every reset is rounded up** (to whole seconds, or to milliseconds for
 /// dialects with decimals), so a client that waits until the reset is never

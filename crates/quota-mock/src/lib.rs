@@ -8,8 +8,9 @@
 //! - **Quotas** ([`Rule`], [`Mode`]): an exact sliding log (the default and
 //!   the strictest), fixed windows that reset at boundaries (GitHub-style),
 //!   a continuously refilled token bucket (nginx-style), GCRA without burst
-//!   (one request per `window / limit`), or a sliding window counter that
-//!   weighs the previous period (Cloudflare-style). Several rules are all
+//!   (one request per `window / limit`), a sliding window counter that
+//!   weighs the previous period (Cloudflare-style), or a cap on requests
+//!   in flight ([`Rule::concurrency`]). Several rules are all
 //!   enforced; a refused request consumes nothing, except in a sliding
 //!   window counter, which like such gateways counts refused requests too.
 //!   Quotas are global, per first path segment, or per header value
@@ -59,8 +60,9 @@
 //!    ([`Outcome::Scripted`]);
 //! 2. runs the quota check at that instant, for the declared cost; a
 //!    refusal is a 429 ([`Outcome::Refused`]), without `Retry-After` when
-//!    the cost exceeds a weighted rule's whole limit; sliding window
-//!    counters count the request whatever the decision;
+//!    the cost exceeds a weighted rule's whole limit or when only
+//!    concurrency rules refused; sliding window counters count the request
+//!    whatever the decision;
 //! 3. otherwise the request is admitted and consumes quota, its actual
 //!    cost if it states one ([`Outcome::Admitted`]), like at a real provider that counts every
 //!    request it processes; faults may then replace the 200 with an error
@@ -69,6 +71,8 @@
 //! It then reads the whole body (to hash it), records the arrival, waits
 //! for any [`Fault::Latency`] and, for an admitted request, its
 //! [processing time](MockServerBuilder::processing), and responds.
+//! Concurrency rules hold an admitted request in flight until its response
+//! is handed over, or the client hangs up.
 //!
 //! # Example
 //!

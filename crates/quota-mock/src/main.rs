@@ -45,7 +45,8 @@ struct Args {
     /// sliding log, the default), fixed (windows reset at boundaries),
     /// bucket (token bucket), gcra or noburst (one request per
     /// WINDOW/LIMIT, no burst), counter (sliding window counter weighing the
-    /// previous period; counts refused requests too). With :cost each
+    /// previous period; counts refused requests too); or LIMIT:concurrency
+    /// for at most LIMIT requests in flight at once. With :cost each
     /// request spends its cost (see --cost-header) instead of 1, e.g.
     /// 200000/1m:cost for tokens per minute. Repeat for several quotas; all
     /// are enforced.

@@ -42,9 +42,11 @@ pub(crate) enum Decision {
     Admitted { view: Option<QuotaView> },
     /// Some rule had no room; nothing was charged, except that sliding
     /// window counters counted the request. `retry_after` is the earliest
-    /// delay after which every rule has room again.
+    /// delay after which every rule has room again, `None` when only
+    /// concurrency rules refused (nobody knows when a request in flight
+    /// will finish).
     Refused {
-        retry_after: Duration,
+        retry_after: Option<Duration>,
         view: QuotaView,
     },
     /// The declared cost is more than some weighted rule's whole limit, so
@@ -60,6 +62,12 @@ pub(crate) struct QuotaBook {
     /// Fixed windows are aligned to this instant.
     origin: Instant,
     keys: HashMap<String, Vec<RuleState>>,
+    /// Per rule, the most units one key had in flight at once (concurrency
+    /// rules only).
+    peaks: Vec<u128>,
+    /// Counts the [`clear`](QuotaBook::clear)s, so that a request admitted
+    /// before one does not release into the fresh state.
+    epoch: u64,
 }
 
 /// Usage is kept in `u128` and the bucket level in `i128` because a
@@ -91,6 +99,10 @@ enum RuleState {
     Gcra {
         tat: Instant,
     },
+    /// Units admitted and not yet released.
+    InFlight {
+        count: u128,
+    },
     /// Periods of `window` from `start` (the key's first request); `period`
     /// is the index of the current one, `previous` and `current` the units
     /// counted in the previous and the current period.
@@ -105,9 +117,11 @@ enum RuleState {
 impl QuotaBook {
     pub(crate) fn new(rules: Vec<Rule>, origin: Instant) -> Self {
         QuotaBook {
+            peaks: vec![0; rules.len()],
             rules,
             origin,
             keys: HashMap::new(),
+            epoch: 0,
         }
     }
 
@@ -118,6 +132,47 @@ impl QuotaBook {
     /// Forgets every admission.
     pub(crate) fn clear(&mut self) {
         self.keys.clear();
+        self.peaks.fill(0);
+        self.epoch += 1;
+    }
+
+    /// Whether an admitted request must be [released](QuotaBook::release)
+    /// when it ends (some rule is a concurrency rule), and the token to
+    /// release it with.
+    pub(crate) fn in_flight_epoch(&self) -> Option<u64> {
+        self.rules
+            .iter()
+            .any(|rule| rule.mode() == Mode::Concurrency)
+            .then_some(self.epoch)
+    }
+
+    /// Ends a request admitted for `key` in `epoch` that was charged
+    /// `actual`: concurrency rules take back what it spent of them. Does
+    /// nothing if the book was cleared since.
+    pub(crate) fn release(&mut self, key: &str, actual: u64, epoch: u64) {
+        if epoch != self.epoch {
+            return;
+        }
+        let Some(states) = self.keys.get_mut(key) else {
+            return;
+        };
+        for (rule, state) in self.rules.iter().zip(states.iter_mut()) {
+            if let RuleState::InFlight { count } = state {
+                *count = count.saturating_sub(u128::from(rule.spend(actual)));
+            }
+        }
+    }
+
+    /// Per rule, the most units one key had in flight at once: `Some` for
+    /// concurrency rules, `None` for the others.
+    pub(crate) fn peaks_in_flight(&self) -> Vec<Option<u64>> {
+        self.rules
+            .iter()
+            .zip(&self.peaks)
+            .map(|(rule, &peak)| {
+                (rule.mode() == Mode::Concurrency).then(|| u64::try_from(peak).unwrap_or(u64::MAX))
+            })
+            .collect()
     }
 
     /// Changes the limit of the rule at `index` from `now` on, and returns
@@ -192,7 +247,8 @@ impl QuotaBook {
                 return Decision::TooCostly { view };
             }
             // Taken after the counting, which may have pushed a counter's
-            // room further away.
+            // room further away. Only a concurrency rule refuses with a zero
+            // wait: it cannot tell when.
             let retry_after = rules
                 .iter()
                 .zip(states.iter())
@@ -200,11 +256,14 @@ impl QuotaBook {
                     state.wait_for(rule, rule.spend(cost.declared), origin, now)
                 })
                 .max()
-                .unwrap_or(Duration::ZERO);
+                .filter(|wait| !wait.is_zero());
             return Decision::Refused { retry_after, view };
         }
-        for (rule, state) in rules.iter().zip(states.iter_mut()) {
+        for ((rule, state), peak) in rules.iter().zip(states.iter_mut()).zip(&mut self.peaks) {
             state.charge(rule, rule.spend(cost.actual), now);
+            if let RuleState::InFlight { count } = state {
+                *peak = (*peak).max(*count);
+            }
         }
         Decision::Admitted {
             view: Some(quota_view(rules, states, cost.declared, origin, now)),
@@ -340,6 +399,7 @@ impl RuleState {
                 updated: now,
             },
             Mode::Gcra => RuleState::Gcra { tat: now },
+            Mode::Concurrency => RuleState::InFlight { count: 0 },
             Mode::SlidingWindowCounter => RuleState::Counter {
                 start: now,
                 period: 0,
@@ -380,8 +440,9 @@ impl RuleState {
                     .min(bucket_units(rule, rule.limit()));
                 *updated = (*updated).max(now);
             }
-            // Conformance is a comparison with `tat`; nothing decays.
-            RuleState::Gcra { .. } => {}
+            // Conformance is a comparison with `tat`, and requests in
+            // flight end when released; nothing decays.
+            RuleState::Gcra { .. } | RuleState::InFlight { .. } => {}
             RuleState::Counter {
                 start,
                 period,
@@ -398,8 +459,9 @@ impl RuleState {
         }
     }
 
-    /// `None` if `spend` more units fit now, else how long until they do.
-    /// `spend` must not exceed the rule's limit. Spending nothing always
+    /// `None` if `spend` more units fit now, else how long until they do:
+    /// zero for a concurrency rule, which cannot tell. `spend` must not
+    /// exceed the rule's limit. Spending nothing always
     /// fits, even while the rule is overdrawn.
     fn wait_for(&self, rule: &Rule, spend: u64, origin: Instant, now: Instant) -> Option<Duration> {
         if spend == 0 {
@@ -435,6 +497,9 @@ impl RuleState {
                 })
             }
             RuleState::Gcra { tat } => (now < *tat).then(|| tat.duration_since(now)),
+            RuleState::InFlight { count } => {
+                (count.saturating_add(u128::from(spend)) > limit).then_some(Duration::ZERO)
+            }
             RuleState::Counter {
                 start,
                 period,
@@ -477,7 +542,7 @@ impl RuleState {
             RuleState::Gcra { tat } => {
                 *tat = later((*tat).max(now), emission_nanos(rule, spend));
             }
-            RuleState::Counter { current, .. } => {
+            RuleState::Counter { current, .. } | RuleState::InFlight { count: current } => {
                 *current = current.saturating_add(u128::from(spend));
             }
         }
@@ -486,7 +551,9 @@ impl RuleState {
     fn view(&self, rule: &Rule, origin: Instant, now: Instant) -> RuleView {
         let limit = rule.limit();
         let remaining = match self {
-            RuleState::Sliding { used, .. } | RuleState::Fixed { used, .. } => {
+            RuleState::Sliding { used, .. }
+            | RuleState::Fixed { used, .. }
+            | RuleState::InFlight { count: used } => {
                 u64::try_from(u128::from(limit).saturating_sub(*used)).unwrap_or(0)
             }
             RuleState::Bucket { level, .. } => {
@@ -557,3 +624,6 @@ mod shape_tests;
 
 #[cfg(test)]
 mod limit_tests;
+
+#[cfg(test)]
+mod concurrency_tests;

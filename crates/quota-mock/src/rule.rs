@@ -49,6 +49,15 @@ pub enum Mode {
     /// refused stays refused. (Scripted responses come before the quota
     /// check and are not counted.)
     SlidingWindowCounter,
+    /// At most `limit` requests of one key in flight at once (units, for a
+    /// [weighted](Rule#weighted-rules) rule): a request is in flight from
+    /// its admission until the server hands its response over — through
+    /// [processing time](crate::MockServerBuilder::processing) and
+    /// [latency faults](crate::Fault::Latency) — or the client hangs up. A
+    /// request that would exceed it gets a 429 *without* `Retry-After`, as
+    /// nobody knows when a request in flight will finish, and consumes
+    /// nothing. Such a rule has no window ([`Rule::window`] is zero).
+    Concurrency,
 }
 
 impl Mode {
@@ -61,6 +70,7 @@ impl Mode {
             Mode::TokenBucket => "bucket",
             Mode::Gcra => "gcra",
             Mode::SlidingWindowCounter => "counter",
+            Mode::Concurrency => "concurrency",
         }
     }
 }
@@ -83,8 +93,9 @@ impl FromStr for Mode {
             "counter" | "sliding_window_counter" | "sliding-window-counter" => {
                 Ok(Mode::SlidingWindowCounter)
             }
+            "concurrency" | "concurrent" | "in_flight" | "in-flight" => Ok(Mode::Concurrency),
             _ => Err(ParseRuleError::new(format!(
-                "unknown mode {s:?} (expected sliding, fixed, bucket, gcra or counter)"
+                "unknown mode {s:?} (expected sliding, fixed, bucket, gcra, counter or concurrency)"
             ))),
         }
     }
@@ -185,8 +196,25 @@ impl Rule {
         }
     }
 
+    /// At most `max_in_flight` requests of one key being processed at once
+    /// (see [`Mode::Concurrency`]).
+    pub fn concurrency(max_in_flight: u64) -> Rule {
+        Rule {
+            limit: max_in_flight,
+            window: Duration::ZERO,
+            mode: Mode::Concurrency,
+            weighted: false,
+        }
+    }
+
     /// A validated rule: a zero `limit` or a zero `window` is an error.
+    /// A [`Mode::Concurrency`] rule has no window: `window` is ignored.
     pub fn new(limit: u64, window: Duration, mode: Mode) -> Result<Rule, ParseRuleError> {
+        let window = if mode == Mode::Concurrency {
+            Duration::ZERO
+        } else {
+            window
+        };
         let rule = Rule {
             limit,
             window,
@@ -208,7 +236,8 @@ impl Rule {
     /// `5000/1h`, `20/500ms`, `10/1s:fixed`, `10/1s:bucket`,
     /// `10/1s:sliding`, `20/1s:gcra` (alias `:noburst`), `100/1m:counter`,
     /// and for a [weighted](Rule#weighted-rules) rule `200000/1m:cost` or
-    /// `200000/1m:bucket:cost`.
+    /// `200000/1m:bucket:cost`. A [concurrency](Mode::Concurrency) rule has
+    /// no window: `5:concurrency`.
     ///
     /// The window is a [`humantime`] duration; the mode defaults to
     /// [`Mode::SlidingLog`]. The suffixes may come in either order, each at
@@ -230,6 +259,16 @@ impl Rule {
             }
         }
         let mode = mode.unwrap_or_default();
+        if mode == Mode::Concurrency {
+            let limit = quota.trim().parse::<u64>().map_err(|e| {
+                ParseRuleError::new(format!(
+                    "{s:?}: a concurrency rule is LIMIT:concurrency, e.g. 5:concurrency \
+                     ({quota:?}: {e})"
+                ))
+            })?;
+            let rule = Rule::new(limit, Duration::ZERO, mode)?;
+            return Ok(if weighted { rule.weighted() } else { rule });
+        }
         let (limit, window) = quota
             .split_once('/')
             .ok_or_else(|| ParseRuleError::new(format!("{s:?} is not LIMIT/WINDOW, e.g. 10/1s")))?;
@@ -257,7 +296,7 @@ impl Rule {
     }
 
     /// The window length (the time to refill a whole bucket for
-    /// [`Mode::TokenBucket`]).
+    /// [`Mode::TokenBucket`]; zero for [`Mode::Concurrency`]).
     pub fn window(&self) -> Duration {
         self.window
     }
@@ -289,7 +328,7 @@ impl Rule {
                 "rule {self}: limit must be at least 1"
             )));
         }
-        if self.window.is_zero() {
+        if self.window.is_zero() && self.mode != Mode::Concurrency {
             return Err(ParseRuleError::new(format!(
                 "rule {self}: window must not be zero"
             )));
@@ -300,10 +339,14 @@ impl Rule {
 
 impl fmt::Display for Rule {
     /// Formats as `LIMIT/WINDOW:MODE[:cost]`, e.g. `20/1s:sliding` or
-    /// `200000/1m:sliding:cost`, which [`Rule::parse`] reads back.
+    /// `200000/1m:sliding:cost` (`LIMIT:concurrency[:cost]` for a
+    /// concurrency rule), which [`Rule::parse`] reads back.
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{}/", self.limit)?;
-        write_window(f, self.window)?;
+        write!(f, "{}", self.limit)?;
+        if self.mode != Mode::Concurrency {
+            f.write_str("/")?;
+            write_window(f, self.window)?;
+        }
         write!(f, ":{}", self.mode)?;
         if self.weighted {
             f.write_str(":cost")?;
@@ -416,6 +459,19 @@ mod tests {
         );
         assert!(Rule::parse("10/1s:leaky").is_err());
         assert!(Rule::parse("10/1s:gcra:counter").is_err());
+        assert_eq!(Rule::parse("5:concurrency").unwrap(), Rule::concurrency(5));
+        assert_eq!(Rule::parse("5:in-flight").unwrap(), Rule::concurrency(5));
+        assert_eq!(
+            Rule::parse("50000:cost:concurrent").unwrap(),
+            Rule::concurrency(50_000).weighted()
+        );
+        assert!(Rule::parse("5/1s:concurrency").is_err());
+        assert!(Rule::parse("0:concurrency").is_err());
+        assert!(Rule::parse("5").is_err());
+        assert_eq!(
+            Rule::new(3, Duration::from_secs(9), Mode::Concurrency),
+            Ok(Rule::concurrency(3))
+        );
     }
 
     #[test]
@@ -482,6 +538,8 @@ mod tests {
             "20/1s:gcra",
             "100/1m:counter",
             "5000/1m:counter:cost",
+            "8:concurrency",
+            "1000:concurrency:cost",
         ] {
             let rule = Rule::parse(input).unwrap();
             assert_eq!(rule.to_string(), input);

@@ -88,13 +88,16 @@ pub struct RuleStats {
     /// sliding-log or GCRA rule this never exceeds `limit` (unless an
     /// actual cost above the declared one overdrew it); for fixed windows,
     /// buckets and sliding window counters it shows how bursty the accepted
-    /// traffic was.
+    /// traffic was. For a [concurrency](crate::Mode::Concurrency) rule,
+    /// which has no window, it is instead the most requests (units) of one
+    /// key in flight at once.
     pub max_accepted_in_any_window: u64,
     /// The largest number of arrivals of one key in any half-open interval
     /// `[t, t + window)`, whatever their outcome (refused and scripted ones
     /// included), one per request whatever its cost: how hard the client
     /// knocked. A [sliding window counter](crate::Mode::SlidingWindowCounter)
     /// counts refused requests too, so there this is what the rule saw.
+    /// Zero for a concurrency rule, which has no window.
     #[serde(default)]
     pub max_arrivals_in_any_window: u64,
 }

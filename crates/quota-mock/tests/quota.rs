@@ -258,3 +258,29 @@ async fn limits_change_at_run_time_through_the_handle_and_the_control_path() {
     assert!(server.set_limit(7, 1).is_err());
     assert_eq!(server.stats().rules[1].limit, 5);
 }
+
+#[tokio::test]
+async fn a_concurrency_rule_refuses_requests_beyond_those_in_flight() {
+    // Long enough that three concurrent requests overlap on a busy machine.
+    let processing = Duration::from_millis(800);
+    let server = MockServer::builder()
+        .rule("2:concurrency".parse().unwrap())
+        .processing(processing, processing)
+        .start()
+        .await
+        .unwrap();
+    let client = client();
+    let url = server.url();
+    let (a, b, c) = tokio::join!(get(&client, &url), get(&client, &url), get(&client, &url));
+    let mut replies = [a, b, c];
+    replies.sort_by_key(|reply| reply.status);
+    let statuses: Vec<u16> = replies.iter().map(|reply| reply.status.as_u16()).collect();
+    assert_eq!(statuses, [200, 200, 429]);
+    assert_eq!(replies[2].header("retry-after"), None);
+    // The slots were handed back with the responses.
+    assert_eq!(get(&client, &url).await.status, 200);
+    let stats = server.stats();
+    assert_eq!(stats.rules[0].rule, "2:concurrency");
+    assert_eq!(stats.rules[0].max_accepted_in_any_window, 2);
+    assert_eq!(stats.accepted(), 3);
+}

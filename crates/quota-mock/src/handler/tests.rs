@@ -264,6 +264,53 @@ async fn processing_time_adds_to_latency_faults() {
     assert_eq!(before.elapsed(), secs(2.0));
 }
 
+fn concurrency_server(max_in_flight: u64, processing: Duration) -> Arc<Shared> {
+    Arc::new(
+        Shared::new(
+            Instant::now(),
+            vec![Rule::concurrency(max_in_flight)],
+            KeyBy::Global,
+            HeaderConfig::default(),
+            Vec::new(),
+            Vec::new(),
+            StdRng::seed_from_u64(5),
+        )
+        .with_processing(Some(Latency::Fixed(processing))),
+    )
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_concurrency_rule_refuses_while_its_slots_are_processing() {
+    let shared = concurrency_server(2, secs(1.0));
+    let (first, second, third) = tokio::join!(
+        send(&shared, get("/")),
+        send(&shared, get("/")),
+        send(&shared, get("/")),
+    );
+    assert_eq!(first.status(), 200);
+    assert_eq!(second.status(), 200);
+    assert_eq!(third.status(), 429);
+    assert_eq!(header(&third, "retry-after"), None);
+    let body = third.into_body().collect().await.unwrap().to_bytes();
+    let body: serde_json::Value = serde_json::from_slice(&body).unwrap();
+    assert_eq!(body["error"], "too_many_in_flight");
+    // Both slots were handed back with their responses.
+    assert_eq!(status(&shared, "/").await, 200);
+    let stats = shared.stats();
+    assert_eq!(stats.rules[0].rule, "2:concurrency");
+    assert_eq!(stats.rules[0].max_accepted_in_any_window, 2);
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_client_that_hangs_up_ends_its_request_in_flight() {
+    let shared = concurrency_server(1, secs(10.0));
+    let abandoned = tokio::time::timeout(secs(1.0), send(&shared, get("/"))).await;
+    assert!(abandoned.is_err(), "the request was still processing");
+    let before = Instant::now();
+    assert_eq!(status(&shared, "/").await, 200);
+    assert_eq!(before.elapsed(), secs(10.0));
+}
+
 #[tokio::test(start_paused = true)]
 async fn arrival_records_request_details() {
     let shared = server(Vec::new(), Vec::new());

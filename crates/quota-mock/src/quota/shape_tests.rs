@@ -19,7 +19,7 @@ fn admitted(decision: Decision) -> bool {
 
 fn retry_after(decision: Decision) -> Duration {
     match decision {
-        Decision::Refused { retry_after, .. } => retry_after,
+        Decision::Refused { retry_after, .. } => retry_after.expect("a Retry-After"),
         Decision::Admitted { .. } | Decision::TooCostly { .. } => {
             panic!("expected a refusal, got {decision:?}")
         }
@@ -93,7 +93,7 @@ fn gcra_interval_is_rounded_up_so_no_window_holds_more_than_limit() {
     while accepted.len() < 30 {
         match book.check("k", Cost::ONE, now) {
             Decision::Admitted { .. } => accepted.push(now),
-            Decision::Refused { retry_after, .. } => now += retry_after,
+            Decision::Refused { retry_after, .. } => now += retry_after.unwrap(),
             Decision::TooCostly { .. } => unreachable!(),
         }
     }
@@ -252,7 +252,7 @@ fn a_client_that_obeys_the_counter_retry_after_is_admitted() {
                 now += ms(13);
             }
             Decision::Refused { retry_after, .. } => {
-                now += retry_after;
+                now += retry_after.unwrap();
                 assert!(
                     admitted(book.check("k", Cost::ONE, now)),
                     "refused at Retry-After"

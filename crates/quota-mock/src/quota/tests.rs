@@ -18,7 +18,7 @@ fn admitted(decision: Decision) -> bool {
 
 fn retry_after(decision: Decision) -> Duration {
     match decision {
-        Decision::Refused { retry_after, .. } => retry_after,
+        Decision::Refused { retry_after, .. } => retry_after.expect("a Retry-After"),
         Decision::Admitted { .. } | Decision::TooCostly { .. } => {
             panic!("expected a refusal, got {decision:?}")
         }
@@ -174,7 +174,7 @@ fn retry_after_is_the_longest_wait_among_refusing_rules() {
     assert!(admitted(book.check("k", Cost::ONE, start + ms(500))));
     match book.check("k", Cost::ONE, start + ms(600)) {
         Decision::Refused { retry_after, view } => {
-            assert_eq!(retry_after, ms(59_400));
+            assert_eq!(retry_after, Some(ms(59_400)));
             assert_eq!(
                 view.restrictive,
                 RuleView {
@@ -364,7 +364,7 @@ fn request_limit_and_cost_limit_each_bind() {
     }
     match book.check("cheap", Cost::exact(5), start + ms(10)) {
         Decision::Refused { retry_after, view } => {
-            assert_eq!(retry_after, ms(990));
+            assert_eq!(retry_after, Some(ms(990)));
             assert_eq!(view.rules[1].remaining, 50);
             assert_eq!(view.restrictive, view.rules[0]);
         }
@@ -380,7 +380,7 @@ fn request_limit_and_cost_limit_each_bind() {
     )));
     match book.check("costly", Cost::exact(6), start + ms(20)) {
         Decision::Refused { retry_after, view } => {
-            assert_eq!(retry_after, ms(980));
+            assert_eq!(retry_after, Some(ms(980)));
             assert_eq!(view.rules[0].remaining, 8);
             // 5 units left admit no request of cost 6: the cost rule is the
             // restrictive one although 5 < 8 is not what decides it.
@@ -505,7 +505,7 @@ fn weighted_reset_is_when_the_next_unit_frees_and_retry_after_when_the_cost_fits
     match book.check("k", Cost::exact(60), start + ms(300)) {
         Decision::Refused { retry_after, view } => {
             // 60 units need the 30 and the 50 gone: 1200ms.
-            assert_eq!(retry_after, ms(900));
+            assert_eq!(retry_after, Some(ms(900)));
             // The next unit frees when the 30 leaves: 1000ms.
             assert_eq!(
                 view.restrictive,
