@@ -36,7 +36,9 @@ use tokio::sync::Semaphore;
 use tokio::time::Instant;
 use tower::util::Either;
 use tower::{ServiceBuilder, ServiceExt};
-use tower_quota::{BoxError, JitterBackoffLayer, RetryAfterLayer, SlidingWindowLayer};
+use tower_quota::{
+    BoxError, HttpFeedback, JitterBackoffLayer, RetryAfterLayer, SlidingWindowLayer,
+};
 use tracing_subscriber::EnvFilter;
 
 struct Options {
@@ -46,6 +48,8 @@ struct Options {
     concurrency: usize,
     faults: bool,
     safety_margin: Option<Duration>,
+    sent_within: Option<Duration>,
+    strict: bool,
     redis: Option<String>,
     out: PathBuf,
 }
@@ -59,6 +63,8 @@ impl Options {
             concurrency: 32,
             faults: true,
             safety_margin: None,
+            sent_within: None,
+            strict: false,
             redis: None,
             out: PathBuf::from("target/quickstart"),
         };
@@ -71,6 +77,8 @@ impl Options {
                 "--requests" => options.requests = number(&flag, &value()?)?,
                 "--concurrency" => options.concurrency = number(&flag, &value()?)?,
                 "--safety-margin" => options.safety_margin = Some(duration(&flag, &value()?)?),
+                "--sent-within" => options.sent_within = Some(duration(&flag, &value()?)?),
+                "--strict" => options.strict = true,
                 "--out" => options.out = PathBuf::from(value()?),
                 "--redis" => options.redis = Some(value()?),
                 "--no-faults" => options.faults = false,
@@ -86,7 +94,7 @@ impl Options {
 }
 
 const USAGE: &str = "usage: quickstart [--quota N] [--window 1s] [--requests N] [--concurrency N] \
-[--no-faults] [--safety-margin 5ms] [--redis redis://127.0.0.1:6379] [--out DIR]";
+[--no-faults] [--safety-margin 5ms] [--sent-within 100ms] [--strict] [--redis redis://127.0.0.1:6379] [--out DIR]";
 
 fn number<T: std::str::FromStr>(flag: &str, text: &str) -> Result<T, String> {
     text.parse()
@@ -138,9 +146,16 @@ async fn main() -> Result<ExitCode, BoxError> {
 
     // The client: the three layers around hyper-util's pooled client.
     let client = Client::builder(TokioExecutor::new()).build_http();
-    let mut pacing = SlidingWindowLayer::new(options.quota, options.window)?;
+    // HttpFeedback: a 429 the window had room for widens the key's margin.
+    let mut pacing = SlidingWindowLayer::new(options.quota, options.window)?.usage_fn(HttpFeedback);
     if let Some(margin) = options.safety_margin {
         pacing = pacing.safety_margin(margin)?;
+    }
+    if let Some(bound) = options.sent_within {
+        pacing = pacing.sent_within(bound)?;
+    }
+    if options.strict {
+        pacing = pacing.strict();
     }
     // With --redis, the quota lives in Redis and every process using the
     // same URL shares it.
@@ -237,14 +252,16 @@ async fn main() -> Result<ExitCode, BoxError> {
     println!("telemetry (JSON lines): {}", log_path.display());
     println!("timeline plot (SVG):    {}", plot_path.display());
 
-    let all_good = report.succeeded == options.requests
-        && report.refused == 0
-        && report.max_in_window <= options.quota;
-    Ok(if all_good {
-        ExitCode::SUCCESS
-    } else {
-        ExitCode::FAILURE
-    })
+    let problems = report.problems(&options);
+    if problems.is_empty() {
+        return Ok(ExitCode::SUCCESS);
+    }
+    println!();
+    println!("FAILED");
+    for problem in &problems {
+        println!("  - {problem}");
+    }
+    Ok(ExitCode::FAILURE)
 }
 
 /// The run in numbers, from the server's records and the client's outcomes.
@@ -306,6 +323,36 @@ impl Report {
             p99: percentile(0.99),
             elapsed,
         }
+    }
+
+    /// What went wrong, as the server saw it, each with what to change.
+    fn problems(&self, options: &Options) -> Vec<String> {
+        let mut problems = Vec::new();
+        if self.refused > 0 {
+            problems.push(format!(
+                "the provider refused {} request(s) with 429: requests reached it later \
+                 than the pacing assumed, or its quota is not {} per {:?}. Look for \
+                 `pacing_drift` and `rate_limit_hit` in the telemetry; run with --strict \
+                 (hold each slot until its answer) or a larger --sent-within",
+                self.refused, options.quota, options.window
+            ));
+        }
+        if self.max_in_window > options.quota {
+            problems.push(format!(
+                "the server accepted {} in one window, above the quota of {}",
+                self.max_in_window, options.quota
+            ));
+        }
+        if self.succeeded < options.requests {
+            problems.push(format!(
+                "{} of {} requests did not succeed: the errors are printed above and \
+                 logged as `retries_exhausted` in the telemetry; more attempts \
+                 (JitterBackoffLayer::max_attempts) or a longer max_wait let them through",
+                options.requests - self.succeeded,
+                options.requests
+            ));
+        }
+        problems
     }
 
     fn print(&self, options: &Options) {

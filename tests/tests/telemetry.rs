@@ -266,3 +266,95 @@ async fn rate_limit_hit_names_the_attempt_of_the_whole_stack() {
     // first that RetryAfterLayer itself sent.
     assert_eq!(hits[0].fields["attempt"], "2");
 }
+
+/// A provider whose window runs later than the client's (its clock runs 3%
+/// slow: its "1 s" lasts 1.03 s) refuses requests the client's log had room
+/// for. Each episode of refusals widens the key's margin and logs
+/// `pacing_drift` with the gap; after a few, the refusals stop.
+#[tokio::test(start_paused = true)]
+async fn a_provider_whose_window_runs_late_makes_the_margin_widen_until_its_429s_stop() {
+    let (events, _guard) = capture();
+    let start = Instant::now();
+    let provider_window = Duration::from_millis(1_030);
+    let accepted: Arc<Mutex<Vec<Instant>>> = Arc::default();
+    let statuses: Arc<Mutex<Vec<(Duration, u16)>>> = Arc::default();
+    let provider = {
+        let accepted = accepted.clone();
+        let statuses = statuses.clone();
+        service_fn(move |_: http::Request<()>| {
+            let accepted = accepted.clone();
+            let statuses = statuses.clone();
+            async move {
+                let now = Instant::now();
+                let status = {
+                    let mut log = accepted.lock().unwrap();
+                    log.retain(|at| *at + provider_window > now);
+                    if log.len() < 10 {
+                        log.push(now);
+                        200
+                    } else {
+                        429
+                    }
+                };
+                statuses.lock().unwrap().push((now - start, status));
+                Ok::<_, std::convert::Infallible>(
+                    http::Response::builder().status(status).body(()).unwrap(),
+                )
+            }
+        })
+    };
+    let service = ServiceBuilder::new()
+        .layer(
+            SlidingWindowLayer::new(10, Duration::from_secs(1))
+                .unwrap()
+                .usage_fn(tower_quota::HttpFeedback),
+        )
+        .service(provider);
+    let mut tasks = Vec::new();
+    for _ in 0..20 {
+        let service = service.clone();
+        tasks.push(tokio::spawn(async move {
+            for _ in 0..15 {
+                let request = http::Request::get("/").body(()).unwrap();
+                service.clone().oneshot(request).await.unwrap();
+            }
+        }));
+    }
+    for task in tasks {
+        task.await.unwrap();
+    }
+    let statuses = statuses.lock().unwrap().clone();
+    let refused: Vec<Duration> = statuses
+        .iter()
+        .filter(|(_, status)| *status == 429)
+        .map(|(at, _)| *at)
+        .collect();
+    assert!(!refused.is_empty(), "a 3% slower provider refuses at first");
+    assert!(
+        refused.len() <= 20,
+        "the margin adapts after a few refusals: {} of {} refused",
+        refused.len(),
+        statuses.len()
+    );
+    let last_refusal = *refused.last().unwrap();
+    let after = statuses.iter().filter(|(at, _)| *at > last_refusal).count();
+    assert!(
+        after >= 150,
+        "the refusals stop early: the last at {last_refusal:?}, {after} requests after it"
+    );
+    let drift = events.named(telemetry::PACING_DRIFT);
+    assert!(
+        !drift.is_empty() && drift.len() <= 3,
+        "one pacing_drift per episode of refusals: {drift:?}"
+    );
+    assert_eq!(drift[0].fields["key"], "global");
+    assert_eq!(drift[0].fields["event"], telemetry::PACING_DRIFT);
+    let widened: u64 = drift
+        .iter()
+        .map(|e| e.fields["gap_ms"].parse::<u64>().unwrap())
+        .sum();
+    assert!(
+        widened >= 30,
+        "the margin covers the provider's 30 ms: {drift:?}"
+    );
+}

@@ -9,7 +9,7 @@ use humantime_serde::re::humantime::format_duration;
 use super::{ConfigError, ProviderConfig, ProviderKey, ProvidersConfig, Strategy};
 use crate::backoff::{InvalidBackoff, Jitter};
 use crate::sliding_window::{InvalidQuota, MAX_SAFETY_MARGIN, Quota, Store};
-use crate::{JitterBackoffLayer, RetryAfterLayer, SlidingWindowLayer, UnitCost};
+use crate::{HttpFeedback, JitterBackoffLayer, RetryAfterLayer, SlidingWindowLayer, UnitCost};
 
 /// The most retries a provider may configure.
 pub(super) const MAX_RETRIES: u32 = 100;
@@ -19,7 +19,7 @@ pub(super) struct BuiltProvider<St, C> {
     pub(super) name: Arc<str>,
     pub(super) backoff: JitterBackoffLayer,
     pub(super) retry_after: RetryAfterLayer<ProviderKey>,
-    pub(super) pacing: SlidingWindowLayer<ProviderKey, C, St>,
+    pub(super) pacing: SlidingWindowLayer<ProviderKey, C, St, HttpFeedback>,
 }
 
 impl<St: Clone, C: Clone> Clone for BuiltProvider<St, C> {
@@ -173,7 +173,8 @@ fn build_provider<St: Store>(
     let mut pacing = SlidingWindowLayer::with_quotas(quotas)
         .map_err(|error| ConfigError::invalid(format!("{path}.quotas"), "[]", error))?
         .key_fn(key_fn.clone())
-        .store(store);
+        .store(store)
+        .usage_fn(HttpFeedback);
     if let Some(margin) = provider.safety_margin {
         pacing = pacing.safety_margin(margin).map_err(|_| {
             ConfigError::invalid(
@@ -185,6 +186,21 @@ fn build_provider<St: Store>(
                 ),
             )
         })?;
+    }
+    if let Some(bound) = provider.sent_within {
+        pacing = pacing.sent_within(bound).map_err(|_| {
+            ConfigError::invalid(
+                format!("{path}.sent_within"),
+                show(bound),
+                format_args!(
+                    "sent_within must be longer than zero and at most {}",
+                    format_duration(crate::sliding_window::MAX_SENT_WITHIN)
+                ),
+            )
+        })?;
+    }
+    if provider.strict {
+        pacing = pacing.strict();
     }
     if let Some(max_wait) = provider.max_wait {
         pacing = pacing.max_wait(max_wait);

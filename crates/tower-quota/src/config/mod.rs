@@ -21,6 +21,8 @@
 //! max_wait = "30s"                 # longest wait for quota or a server's pause
 //! max_queue = 1000                 # most requests waiting per key
 //! safety_margin = "5ms"            # held past each window for the server's clock
+//! sent_within = "100ms"            # a request in flight reached the provider by then
+//! strict = false                   # true: hold each slot until its answer, however long
 //! quotas = [
 //!     { max_calls = 500, window = "1m", per_request = true },
 //!     { max_calls = 200000, window = "1m" },

@@ -73,6 +73,19 @@ pub struct ProviderConfig {
         skip_serializing_if = "Option::is_none"
     )]
     pub safety_margin: Option<Duration>,
+    /// How long after its admission a request still in flight is assumed
+    /// to have reached the provider; unset: a tenth of the shortest window,
+    /// between 1 ms and 100 ms.
+    #[serde(
+        default,
+        with = "humantime_serde::option",
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub sent_within: Option<Duration>,
+    /// Hold each admission until a window after its answer, however long
+    /// the request takes, instead of assuming `sent_within`.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub strict: bool,
     /// The quotas, all respected: at least one.
     pub quotas: Vec<QuotaConfig>,
     /// Retries of failed and throttled requests.

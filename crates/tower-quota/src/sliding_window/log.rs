@@ -172,6 +172,13 @@ impl WindowLog {
         true
     }
 
+    /// Holds every entry `delta` longer (the order is unchanged).
+    pub(super) fn extend(&mut self, delta: Duration) {
+        for entry in self.pending.iter_mut().chain(self.answered.iter_mut()) {
+            entry.until = entry.until.map(|until| until + delta);
+        }
+    }
+
     /// The live entries in the order they leave the window.
     fn leaving(&self) -> impl Iterator<Item = &Entry> {
         let mut pending = self.pending.iter().filter(|e| !e.moved).peekable();

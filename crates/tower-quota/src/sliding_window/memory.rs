@@ -163,9 +163,29 @@ impl Store for MemoryStore {
         let now = Instant::now();
         let state = shard.keys.get_mut(admission.key())?;
         let window = state.shortest_window();
+        if state
+            .drift
+            .since
+            .is_some_and(|since| now.saturating_duration_since(since) < window)
+        {
+            // The same episode: already answered for.
+            return None;
+        }
         let before = state.drift.extra(now, window);
-        let step = limits.safety_margin().max(Duration::from_millis(1));
-        Some((before, state.drift.widen(now, window, step)))
+        // A step of 1% of the window (at least the margin): a provider
+        // whose clock runs 3% slow is matched after two episodes.
+        let step = limits
+            .safety_margin()
+            .max(window / 100)
+            .max(Duration::from_millis(1));
+        let after = state.drift.widen(now, window, step);
+        // The provider's window runs late for every admission in the log,
+        // not only for those to come.
+        let delta = after.saturating_sub(before);
+        for window in &mut state.windows {
+            window.extend(delta);
+        }
+        Some((before, after))
     }
 }
 
@@ -219,7 +239,9 @@ struct KeyState {
 
 /// The margin a key adds after its provider refused requests that the log
 /// had room for: doubled (plus a step) on each such refusal up to a quarter
-/// of the shortest window, halved for every ten windows without one.
+/// of the shortest window, halved for every 100 windows without one. The
+/// refusals within a window of a widening are one episode (a burst sent
+/// before the provider's first refusal came back): they widen it once.
 #[derive(Default)]
 struct Drift {
     extra: Duration,
@@ -231,7 +253,7 @@ impl Drift {
         let Some(since) = self.since else {
             return Duration::ZERO;
         };
-        let decay = window.saturating_mul(10).max(Duration::from_millis(1));
+        let decay = window.saturating_mul(100).max(Duration::from_millis(1));
         let halvings = now.saturating_duration_since(since).as_nanos() / decay.as_nanos();
         u32::try_from(halvings)
             .ok()

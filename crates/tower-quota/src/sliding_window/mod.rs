@@ -41,11 +41,48 @@
 //!   [`max_queue`](SlidingWindowLayer::max_queue) turn overload into an
 //!   [`Overloaded`] error naming the key and the wait it would have needed.
 //!   Idle keys are evicted, so memory follows the active keys.
-//! - **Server-exact.** The server sees each request a little after the client
-//!   admits it, with jitter. Each admission is held in the window for a small
-//!   [`safety_margin`](SlidingWindowLayer::safety_margin) beyond the window
-//!   (by default 0.5% of it, between 1 ms and 25 ms), so the server's own
-//!   sliding window never counts more than `max_calls`.
+//! - **Exact where the provider counts.** The provider counts a request when
+//!   it *arrives*, somewhere between the client's admission and the answer
+//!   coming back; scheduling, a pooled connection, a TLS handshake and the
+//!   network lie in between. Each admission therefore holds its slot until a
+//!   window after the answer (plus a small
+//!   [`safety_margin`](SlidingWindowLayer::safety_margin) for clocks that
+//!   tick differently), so the provider's own sliding window never counts
+//!   more than `max_calls`, however long the request took to get there. A
+//!   request still in flight is assumed to have arrived within
+//!   [`sent_within`](SlidingWindowLayer::sent_within) of its admission (a
+//!   tenth of the window, at most 100 ms), so a slow provider does not hold
+//!   every slot for its processing time; [`strict`](SlidingWindowLayer::strict)
+//!   mode assumes nothing. A 429 for a request the log had room for widens
+//!   the key's margin (with [`HttpFeedback`](crate::HttpFeedback) as the
+//!   usage function, which the README stack and `ServiceBuilderExt` use) and
+//!   says so in a `pacing_drift` event.
+//!
+//! # Strict mode
+//!
+//! With [`strict`](SlidingWindowLayer::strict), an admission holds its slot
+//! until a window after its answer (a response or an error), or after the
+//! moment its future was dropped. Claim: the provider then never counts more
+//! than `max_calls` arrivals in any window of its own, whatever the delays.
+//!
+//! Take any `k` arrivals the provider sees within one window, and let `j`
+//! be the one the client admitted last, at `t_j`. Every other request `i`
+//! of the `k` was admitted no later than `t_j`, and arrived at `a_i` with
+//! `a_i > a_j - window ≥ t_j - window` (a request arrives no earlier than
+//! its admission). It was answered (or dropped) no earlier than it arrived,
+//! so its slot is held until at least `a_i + window > t_j`: at `t_j` it
+//! still held its slot. So when `j` was admitted, `k - 1` slots were held,
+//! and the log admits only with room: `k - 1 + 1 ≤ max_calls`. ∎
+//!
+//! The one assumption is about dropped requests: a request dropped after
+//! admission is taken to reach the provider no later than the drop (hyper
+//! aborts its connection). The cost of strict mode is one round trip per
+//! slot per window: at 20 per second with 30 ms answers, utilization is
+//! about 1 / 1.03 = 97%. The default mode is the same argument with
+//! `min(answer, admission + sent_within)` in place of the answer, and
+//! assumes that a request reaches the provider within `sent_within` of its
+//! admission; the property tests in `sliding_window/tests/arrival.rs` check
+//! both against a simulated provider with random delays.
 //!
 //! # Where it goes in a stack
 //!

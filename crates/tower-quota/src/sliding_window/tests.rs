@@ -894,3 +894,5 @@ mod weighted {
         }
     }
 }
+
+mod arrival;

@@ -1,0 +1,211 @@
+//! The provider counts a request when it arrives, anywhere between its
+//! admission and its answer: these tests draw the two delays at random and
+//! count at a simulated provider, refused arrivals included.
+
+use super::*;
+use proptest::prelude::*;
+
+/// One request's trip: how long after admission it reaches the provider,
+/// how long after that its answer comes back, and whether the caller drops
+/// it first (after `drop_after` from admission).
+#[derive(Debug, Clone, Copy)]
+struct Trip {
+    gap: u64,
+    send: u64,
+    answer: u64,
+    drop_after: Option<u64>,
+}
+
+/// The most arrivals in any window of `window` ms at the provider: arrivals
+/// `a` and `b` share a window when `b - a < window`.
+fn max_in_any_window(times: &mut [u64], window: u64) -> usize {
+    times.sort_unstable();
+    let mut best = 0;
+    let mut first = 0;
+    for last in 0..times.len() {
+        while times[first] + window <= times[last] {
+            first += 1;
+        }
+        best = best.max(last - first + 1);
+    }
+    best
+}
+
+/// Runs `trips` through `layer` on a paused clock and returns the arrival
+/// instants (ms) the provider saw.
+fn provider_arrivals(layer: SlidingWindowLayer, trips: &[Trip]) -> Vec<u64> {
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_time()
+        .start_paused(true)
+        .build()
+        .unwrap();
+    runtime.block_on(async {
+        let start = Instant::now();
+        let arrivals = Arc::new(Mutex::new(Vec::new()));
+        let provider = {
+            let arrivals = arrivals.clone();
+            service_fn(move |trip: Trip| {
+                let arrivals = arrivals.clone();
+                async move {
+                    tokio::time::sleep(MS * trip.send as u32).await;
+                    let at = (Instant::now() - start).as_millis() as u64;
+                    arrivals.lock().unwrap().push(at);
+                    tokio::time::sleep(MS * trip.answer as u32).await;
+                    Ok::<_, Infallible>(())
+                }
+            })
+        };
+        let service = layer.layer(provider);
+        let mut tasks = Vec::new();
+        for trip in trips.iter().copied() {
+            tokio::time::sleep(MS * trip.gap as u32).await;
+            let call = service.clone().oneshot(trip);
+            tasks.push(tokio::spawn(async move {
+                match trip.drop_after {
+                    // Dropped some time after it was sent on its way: the
+                    // admission wait comes first, so drop relative to the
+                    // call's own start plus that much.
+                    Some(after) => {
+                        let _ = tokio::time::timeout(MS * after as u32, call).await;
+                    }
+                    None => {
+                        call.await.unwrap();
+                    }
+                }
+            }));
+        }
+        for task in tasks {
+            task.await.unwrap();
+        }
+        arrivals.lock().unwrap().clone()
+    })
+}
+
+fn trips(max_send: u64, max_answer: u64) -> impl Strategy<Value = Vec<Trip>> {
+    prop::collection::vec(
+        (
+            0u64..40,
+            0..=max_send,
+            0..=max_answer,
+            prop::option::weighted(0.2, 0u64..2_000),
+        )
+            .prop_map(|(gap, send, answer, drop_after)| Trip {
+                gap,
+                send,
+                answer,
+                drop_after,
+            }),
+        1..80,
+    )
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(64))]
+
+    /// Strict mode assumes nothing: whatever the delays, the provider never
+    /// sees more than `max_calls` arrivals in any window.
+    #[test]
+    fn strict_mode_never_lets_the_provider_count_more_than_max_calls(
+        max_calls in 1u64..6,
+        window in 50u64..400,
+        trips in trips(1_000, 1_000),
+    ) {
+        let layer = exact(max_calls, MS * window as u32).strict();
+        let mut arrivals = provider_arrivals(layer, &trips);
+        let most = max_in_any_window(&mut arrivals, window);
+        prop_assert!(most <= max_calls as usize, "{most} arrivals in {window} ms, quota {max_calls}");
+    }
+
+    /// The default mode assumes only that a request reaches the provider
+    /// within `sent_within` of its admission; answers may take any time.
+    #[test]
+    fn requests_sent_within_the_bound_never_exceed_max_calls_at_the_provider(
+        max_calls in 1u64..6,
+        window in 50u64..400,
+        sent_within in 1u64..50,
+        trips in trips(0, 1_000),
+        sends in prop::collection::vec(0u64..=1_000, 80),
+    ) {
+        let trips: Vec<Trip> = trips
+            .iter()
+            .zip(&sends)
+            .map(|(trip, send)| Trip { send: send % (sent_within + 1), ..*trip })
+            .collect();
+        let layer = exact(max_calls, MS * window as u32)
+            .sent_within(MS * sent_within as u32)
+            .unwrap();
+        let mut arrivals = provider_arrivals(layer, &trips);
+        let most = max_in_any_window(&mut arrivals, window);
+        prop_assert!(most <= max_calls as usize, "{most} arrivals in {window} ms, quota {max_calls}");
+    }
+}
+
+/// A slot is released a window after the answer: a request whose answer
+/// came back after 30 ms frees its slot at 1,030 ms, not at 1,000 ms, and
+/// one still in flight at its `sent_within` bound frees it a window after
+/// that bound.
+#[tokio::test(start_paused = true)]
+async fn a_slot_is_released_a_window_after_the_answer_or_the_bound() {
+    let start = Instant::now();
+    let provider = service_fn(move |answer: u64| async move {
+        let called = Instant::now() - start;
+        tokio::time::sleep(MS * answer as u32).await;
+        Ok::<_, Infallible>(called)
+    });
+    let service = exact(1, Duration::from_secs(1))
+        .sent_within(100 * MS)
+        .unwrap()
+        .layer(provider);
+    // Answered after 30 ms: the next goes at 1,030 ms.
+    assert_eq!(service.clone().oneshot(30).await.unwrap(), Duration::ZERO);
+    assert_eq!(
+        service.clone().oneshot(500).await.unwrap(),
+        Duration::from_millis(1_030)
+    );
+    // That one took 500 ms to answer, past its 100 ms bound: the next goes a
+    // window after the bound, 2,130 ms.
+    assert_eq!(
+        service.clone().oneshot(0).await.unwrap(),
+        Duration::from_millis(2_130)
+    );
+}
+
+/// Strict mode: a slot whose answer never comes back within the window is
+/// held until it does.
+#[tokio::test(start_paused = true)]
+async fn strict_mode_holds_a_slot_until_the_answer() {
+    let start = Instant::now();
+    let provider = service_fn(move |answer: u64| async move {
+        let called = Instant::now() - start;
+        tokio::time::sleep(MS * answer as u32).await;
+        Ok::<_, Infallible>(called)
+    });
+    let service = exact(1, Duration::from_secs(1)).strict().layer(provider);
+    let slow = tokio::spawn(service.clone().oneshot(3_000));
+    tokio::task::yield_now().await;
+    let next = service.clone().oneshot(0).await.unwrap();
+    assert_eq!(slow.await.unwrap().unwrap(), Duration::ZERO);
+    assert_eq!(next, Duration::from_secs(4));
+}
+
+/// A request dropped after its admission may still be on its way: by
+/// default it keeps its slot until a window after its bound.
+#[tokio::test(start_paused = true)]
+async fn a_dropped_request_keeps_its_slot_until_its_bound() {
+    let start = Instant::now();
+    let provider = service_fn(move |answer: u64| async move {
+        let called = Instant::now() - start;
+        tokio::time::sleep(MS * answer as u32).await;
+        Ok::<_, Infallible>(called)
+    });
+    let service = exact(1, Duration::from_secs(1))
+        .sent_within(100 * MS)
+        .unwrap()
+        .layer(provider);
+    let dropped = tokio::time::timeout(10 * MS, service.clone().oneshot(1_000)).await;
+    assert!(dropped.is_err());
+    assert_eq!(
+        service.clone().oneshot(0).await.unwrap(),
+        Duration::from_millis(1_100)
+    );
+}
