@@ -58,6 +58,10 @@ pub enum InvalidCircuitBreaker {
     OpenJitter(f64),
     /// No probe would ever be let through.
     ZeroProbes,
+    /// The open duration was longer than a year.
+    OpenDuration(Duration),
+    /// The time window was longer than a year.
+    WindowTooLong(Duration),
 }
 
 impl fmt::Display for InvalidCircuitBreaker {
@@ -81,6 +85,14 @@ impl fmt::Display for InvalidCircuitBreaker {
             InvalidCircuitBreaker::ZeroProbes => {
                 f.write_str("invalid circuit breaker: half_open_probes must be at least 1")
             }
+            InvalidCircuitBreaker::OpenDuration(duration) => write!(
+                f,
+                "invalid circuit breaker: open_duration {duration:?} is longer than a year"
+            ),
+            InvalidCircuitBreaker::WindowTooLong(span) => write!(
+                f,
+                "invalid circuit breaker: window Time({span:?}) is longer than a year"
+            ),
         }
     }
 }

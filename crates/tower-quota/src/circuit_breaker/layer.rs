@@ -31,6 +31,9 @@ pub enum Window {
     Time(Duration),
 }
 
+/// The longest open period and time window the builder accepts: a year.
+pub(super) const MAX_PERIOD: Duration = Duration::from_secs(365 * 24 * 60 * 60);
+
 #[derive(Debug, Clone, PartialEq)]
 pub(super) struct Config {
     pub(super) failure_rate: f64,
@@ -52,7 +55,9 @@ impl Config {
             return self.open_duration;
         }
         let factor = rand::rng().random_range(1.0 - self.open_jitter..=1.0 + self.open_jitter);
-        self.open_duration.mul_f64(factor)
+        // Saturates: never the panic of `Duration::mul_f64` on overflow.
+        Duration::try_from_secs_f64(self.open_duration.as_secs_f64() * factor)
+            .unwrap_or(self.open_duration)
     }
 }
 
@@ -110,7 +115,9 @@ impl<K, Cl> CircuitBreakerLayer<K, Cl> {
     /// # Errors
     ///
     /// [`InvalidCircuitBreaker::EmptyWindow`] for a window of 0 calls or of
-    /// zero length, or a `minimum_calls` of 0.
+    /// zero length, or a `minimum_calls` of 0;
+    /// [`InvalidCircuitBreaker::WindowTooLong`] for a time window longer
+    /// than a year.
     pub fn window(
         self,
         window: Window,
@@ -122,6 +129,11 @@ impl<K, Cl> CircuitBreakerLayer<K, Cl> {
         };
         if empty || minimum_calls == 0 {
             return Err(InvalidCircuitBreaker::EmptyWindow);
+        }
+        if let Window::Time(span) = window
+            && span > MAX_PERIOD
+        {
+            return Err(InvalidCircuitBreaker::WindowTooLong(span));
         }
         Ok(self.edit(|config| {
             config.window = window;
@@ -139,12 +151,17 @@ impl<K, Cl> CircuitBreakerLayer<K, Cl> {
     ///
     /// # Errors
     ///
-    /// [`InvalidCircuitBreaker::OpenJitter`] for a jitter outside `[0, 1)`.
+    /// [`InvalidCircuitBreaker::OpenDuration`] for a duration longer than a
+    /// year; [`InvalidCircuitBreaker::OpenJitter`] for a jitter outside
+    /// `[0, 1)`.
     pub fn open_duration(
         self,
         duration: Duration,
         jitter: f64,
     ) -> Result<Self, InvalidCircuitBreaker> {
+        if duration > MAX_PERIOD {
+            return Err(InvalidCircuitBreaker::OpenDuration(duration));
+        }
         if !(0.0..1.0).contains(&jitter) {
             return Err(InvalidCircuitBreaker::OpenJitter(jitter));
         }

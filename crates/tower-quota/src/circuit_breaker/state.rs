@@ -125,7 +125,7 @@ impl Breakers {
         if let Breaker::Open { until } = *breaker {
             if now < until {
                 return Admit::Reject {
-                    retry_in: until - now,
+                    retry_in: until.saturating_duration_since(now),
                     state: CircuitState::Open,
                 };
             }
@@ -201,7 +201,7 @@ impl Breakers {
                 while let Some((at, _)) = outcomes.front() {
                     let expired = match config.window {
                         Window::Count(size) => outcomes.len() > size,
-                        Window::Time(span) => *at + span <= now,
+                        Window::Time(span) => now.saturating_duration_since(*at) >= span,
                     };
                     if !expired {
                         break;
@@ -236,9 +236,7 @@ fn open(
 ) -> Transition {
     let open_for = config.open_duration_with_jitter();
     *breaker = Breaker::Open {
-        until: now
-            .checked_add(open_for)
-            .unwrap_or(now + config.open_duration),
+        until: saturating_add(now, open_for),
     };
     Transition::Opened {
         failure_rate: failure_rate.unwrap_or(1.0),
@@ -252,4 +250,14 @@ impl std::fmt::Debug for Breakers {
             .field("keys", &self.lock().len())
             .finish()
     }
+}
+
+/// `now + duration`, or as far ahead as the clock can go: never the panic
+/// of `Instant + Duration` on overflow.
+pub(super) fn saturating_add(now: Instant, duration: Duration) -> Instant {
+    // tokio's own "far future": 30 years.
+    const FAR_FUTURE: Duration = Duration::from_secs(30 * 365 * 24 * 60 * 60);
+    now.checked_add(duration)
+        .or_else(|| now.checked_add(FAR_FUTURE))
+        .unwrap_or(now)
 }

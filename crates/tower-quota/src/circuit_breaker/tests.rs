@@ -361,3 +361,70 @@ async fn the_open_period_has_jitter_within_bounds() {
     );
     let _ = Instant::now();
 }
+
+#[test]
+fn regression_open_duration_max_is_rejected_naming_the_setting() {
+    // Accepted before, then panicked at the first open: "overflow when
+    // adding duration to instant" (and in `mul_f64` with jitter).
+    for duration in [Duration::MAX, Duration::from_secs(u64::MAX / 2)] {
+        for jitter in [0.0, 0.5] {
+            let error = CircuitBreakerLayer::new()
+                .open_duration(duration, jitter)
+                .unwrap_err();
+            assert_eq!(error, InvalidCircuitBreaker::OpenDuration(duration));
+            assert!(error.to_string().contains("open_duration"), "{error}");
+        }
+    }
+}
+
+#[test]
+fn regression_time_window_of_duration_max_is_rejected_naming_the_setting() {
+    // Accepted before, then panicked on the first call.
+    let error = CircuitBreakerLayer::new()
+        .window(Window::Time(Duration::MAX), 1)
+        .unwrap_err();
+    assert_eq!(error, InvalidCircuitBreaker::WindowTooLong(Duration::MAX));
+    assert!(error.to_string().contains("window"), "{error}");
+}
+
+#[tokio::test(start_paused = true)]
+async fn the_longest_accepted_periods_open_and_expire_without_panicking() {
+    let year = Duration::from_secs(365 * 24 * 60 * 60);
+    let (service, status, _) = setup(
+        breaker()
+            .window(Window::Time(year), 4)
+            .unwrap()
+            .open_duration(year, 0.99)
+            .unwrap(),
+    );
+    status.store(503, Ordering::SeqCst);
+    for _ in 0..4 {
+        call(&service).await.unwrap();
+    }
+    let open = rejected(call(&service).await);
+    assert!(open.retry_in() <= year.mul_f64(1.99), "{open:?}");
+    tokio::time::advance(year.mul_f64(2.0)).await;
+    status.store(200, Ordering::SeqCst);
+    // Half-open: two probes close it.
+    call(&service).await.unwrap();
+    call(&service).await.unwrap();
+    assert_eq!(call(&service).await.unwrap().status(), 200);
+}
+
+#[tokio::test(start_paused = true)]
+async fn the_breaker_saturates_on_durations_beyond_what_the_builder_accepts() {
+    // Defence in depth: even a configuration the builder refuses never
+    // makes the breaker's arithmetic panic.
+    let mut layer = breaker();
+    let config = std::sync::Arc::make_mut(&mut layer.config);
+    config.open_duration = Duration::MAX;
+    config.open_jitter = 0.5;
+    config.window = Window::Time(Duration::MAX);
+    config.consecutive_failures = Some(1);
+    let (service, status, _) = setup(layer);
+    status.store(503, Ordering::SeqCst);
+    call(&service).await.unwrap();
+    let open = rejected(call(&service).await);
+    assert_eq!(open.state(), CircuitState::Open);
+    assert!(open.retry_in() > Duration::from_secs(365 * 24 * 60 * 60));
+}
