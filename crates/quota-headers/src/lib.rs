@@ -73,6 +73,14 @@
 //! years); a smaller value is a delta. Decimal epochs (Discord's
 //! `1470173023.123`) are accepted.
 //!
+//! Some servers send epoch *milliseconds* where seconds belong. Read as
+//! seconds, such a reset lies tens of thousands of years ahead; so a value
+//! that as epoch seconds lies more than 1,000 years after the reference
+//! time but as epoch milliseconds lies between a day before and a year
+//! after it is read as milliseconds. Other large values are reported as
+//! they are (`"default";r=0;t=4294967296` is a reset in 2106): bounding a
+//! pause is the caller's job.
+//!
 //! # Clock skew
 //!
 //! The server's clock is not ours. Absolute times — epoch resets, Anthropic's

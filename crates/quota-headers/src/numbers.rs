@@ -89,16 +89,53 @@ pub(crate) fn until(instant: SystemTime, reference: SystemTime) -> Duration {
     instant.duration_since(reference).unwrap_or(Duration::ZERO)
 }
 
+/// An epoch reset read as seconds that lies further than this past the
+/// reference is implausible (epoch milliseconds lie tens of thousands of
+/// years ahead when read as seconds).
+const IMPLAUSIBLY_FAR: Duration = Duration::from_secs(1000 * 365 * 24 * 60 * 60);
+
+/// How far before the reference a reset read as epoch milliseconds may lie
+/// and still be taken for one (clock skew, a reset that just passed).
+const MILLIS_PLAUSIBLE_BEFORE: Duration = Duration::from_secs(24 * 60 * 60);
+
+/// How far after the reference a reset read as epoch milliseconds may lie
+/// and still be taken for one: no quota window is longer than a year.
+const MILLIS_PLAUSIBLE_AFTER: Duration = Duration::from_secs(366 * 24 * 60 * 60);
+
 /// Interprets a reset given in (possibly fractional) seconds that is either a
 /// delta or a Unix epoch timestamp, by the [`EPOCH_THRESHOLD_SECS`] rule.
 /// Epoch values are measured from `reference` (the response's `Date` when it
 /// has one, else the caller's `now`).
+///
+/// An epoch in milliseconds sent where seconds belong is read as what it is:
+/// when the value as epoch seconds lies more than 1,000 years after
+/// `reference` but as epoch milliseconds within a day before to a year
+/// after it, it is taken as milliseconds.
 pub(crate) fn delta_or_epoch(seconds: Duration, reference: SystemTime) -> Option<Duration> {
     if seconds.as_secs() < EPOCH_THRESHOLD_SECS {
         return Some(seconds);
     }
     let instant = UNIX_EPOCH.checked_add(seconds)?;
-    Some(until(instant, reference))
+    let delay = until(instant, reference);
+    if delay > IMPLAUSIBLY_FAR
+        && let Some(delay) = epoch_millis(seconds, reference)
+    {
+        return Some(delay);
+    }
+    Some(delay)
+}
+
+/// `value` (a count of seconds) read as epoch milliseconds: the delay from
+/// `reference`, when that instant is a plausible reset.
+fn epoch_millis(value: Duration, reference: SystemTime) -> Option<Duration> {
+    let instant = UNIX_EPOCH.checked_add(nanos_to_duration(value.as_nanos() / 1000)?)?;
+    let earliest = reference
+        .checked_sub(MILLIS_PLAUSIBLE_BEFORE)
+        .unwrap_or(UNIX_EPOCH);
+    let latest = reference.checked_add(MILLIS_PLAUSIBLE_AFTER)?;
+    (earliest..=latest)
+        .contains(&instant)
+        .then(|| until(instant, reference))
 }
 
 #[cfg(test)]
@@ -141,6 +178,45 @@ mod tests {
             parse_decimal(&text, NANOS_PER_SECOND),
             Some(Duration::from_nanos(599_999_999))
         );
+    }
+
+    #[test]
+    fn an_epoch_in_milliseconds_read_as_seconds_is_taken_for_milliseconds() {
+        let reference = UNIX_EPOCH + Duration::from_secs(1_700_000_000);
+        let secs = |s: u64| Duration::from_secs(s);
+        // Epoch ms 60 s ahead, 1.5 s ahead, just passed, a day ahead.
+        for (value, expected) in [
+            (secs(1_700_000_060_000), secs(60)),
+            (
+                Duration::from_millis(1_700_000_001_500_000),
+                Duration::from_millis(1500),
+            ),
+            (secs(1_699_999_990_000), Duration::ZERO),
+            (secs(1_700_086_400_000), secs(86_400)),
+        ] {
+            assert_eq!(
+                delta_or_epoch(value, reference),
+                Some(expected),
+                "{value:?}"
+            );
+        }
+        // Epoch seconds stay seconds, however far: a 2099 reset is 76 years.
+        let year_2099 = secs(4_070_908_800);
+        assert_eq!(
+            delta_or_epoch(year_2099, reference),
+            Some(secs(4_070_908_800 - 1_700_000_000))
+        );
+        // Implausible either way (as ms two years ahead): read as seconds.
+        let two_years_as_ms = secs((1_700_000_000 + 2 * 366 * 86_400) * 1000);
+        assert_eq!(
+            delta_or_epoch(two_years_as_ms, reference),
+            Some(two_years_as_ms - secs(1_700_000_000))
+        );
+        // Near the ends of the types: no panic.
+        for value in [Duration::MAX, secs(u64::MAX), secs(u64::MAX / 1000)] {
+            let _ = delta_or_epoch(value, reference);
+            let _ = delta_or_epoch(value, UNIX_EPOCH);
+        }
     }
 
     #[test]

@@ -19,6 +19,12 @@ use crate::{QuotaState, Source};
 /// delay itself. Pass the response's `Date` as `reference` to correct for
 /// clock skew (what [`parse`](crate::parse) does), or the local `now`.
 ///
+/// An epoch in *milliseconds* (a common mistake) is recognized: a value
+/// that as epoch seconds lies more than 1,000 years after `reference` but
+/// as epoch milliseconds lies between a day before and a year after it is
+/// read as milliseconds, instead of as a pause of tens of thousands of
+/// years.
+///
 /// ```
 /// use std::time::{Duration, SystemTime, UNIX_EPOCH};
 /// use http::HeaderValue;
@@ -28,6 +34,8 @@ use crate::{QuotaState, Source};
 /// assert_eq!(quota_headers::reset_seconds(&epoch, date), Some(Duration::from_secs(60)));
 /// let delta = HeaderValue::from_static("60");
 /// assert_eq!(quota_headers::reset_seconds(&delta, date), Some(Duration::from_secs(60)));
+/// let millis = HeaderValue::from_static("1700000060000");
+/// assert_eq!(quota_headers::reset_seconds(&millis, date), Some(Duration::from_secs(60)));
 /// ```
 pub fn reset_seconds(value: &HeaderValue, reference: SystemTime) -> Option<Duration> {
     numbers::delta_or_epoch(decimal_seconds(value)?, reference)

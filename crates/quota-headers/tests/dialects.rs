@@ -631,6 +631,58 @@ fn x_rate_limit_reset_epoch_or_delta() {
     }
 }
 
+/// Regression: `X-RateLimit-Reset` in epoch milliseconds was read as epoch
+/// seconds, a reset 53,000 years ahead that locked a key out.
+#[test]
+fn an_epoch_reset_in_milliseconds_is_read_as_milliseconds() {
+    // Date is 1_700_000_000; the reset 60 s later, in milliseconds.
+    let date = ("date", "Tue, 14 Nov 2023 22:13:20 GMT");
+    let far_behind = at(1_700_000_000 - 3600);
+    let cases: &[(&str, Pairs)] = &[
+        (
+            "x-ratelimit",
+            &[
+                ("x-ratelimit-remaining", "0"),
+                ("x-ratelimit-reset", "1700000060000"),
+            ],
+        ),
+        (
+            "legacy fields",
+            &[
+                ("ratelimit-remaining", "0"),
+                ("ratelimit-reset", "1700000060000"),
+            ],
+        ),
+        (
+            "legacy dictionary",
+            &[("ratelimit", "remaining=0, reset=1700000060000")],
+        ),
+        (
+            "current syntax",
+            &[("ratelimit", r#""default";r=0;t=1700000060000"#)],
+        ),
+    ];
+    for (name, pairs) in cases {
+        let mut with_date = pairs.to_vec();
+        with_date.push(date);
+        let signal = parse(200, &with_date, far_behind);
+        assert_eq!(
+            signal.exhausted_until(),
+            secs(60),
+            "{name}, measured from Date"
+        );
+        let signal = parse(429, pairs, at(1_700_000_000));
+        assert_eq!(signal.retry_after, secs(60), "{name}, measured from now");
+    }
+    // Epoch seconds far ahead stay what they say: capping is the caller's job.
+    let year_2106 = parse(
+        200,
+        &[("ratelimit", r#""default";r=0;t=4294967296"#)],
+        at(0),
+    );
+    assert_eq!(year_2106.exhausted_until(), secs(4_294_967_296));
+}
+
 #[test]
 fn x_rate_limit_remaining_from_used() {
     let signal = parse(
