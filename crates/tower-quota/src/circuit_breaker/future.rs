@@ -103,31 +103,36 @@ impl<F, Cl> fmt::Debug for ResponseFuture<F, Cl> {
 
 /// A call the breaker let through, whose outcome it waits for; dropped
 /// unfinished (a cancelled call), it counts for nothing and gives back its
-/// probe.
+/// probe if its half-open period is still the breaker's.
 pub(super) struct Outcome {
     breakers: Breakers,
     key: Key,
     config: Arc<Config>,
-    probe: bool,
+    /// The breaker's period the call was admitted in.
+    generation: u64,
     done: bool,
 }
 
 impl Outcome {
-    pub(super) fn new(breakers: Breakers, key: Key, config: Arc<Config>, probe: bool) -> Self {
+    pub(super) fn new(breakers: Breakers, key: Key, config: Arc<Config>, generation: u64) -> Self {
         Outcome {
             breakers,
             key,
             config,
-            probe,
+            generation,
             done: false,
         }
     }
 
     fn finish(mut self, failed: Option<bool>) {
         self.done = true;
-        let transition =
-            self.breakers
-                .record(&self.key, &self.config, self.probe, failed, Instant::now());
+        let transition = self.breakers.record(
+            &self.key,
+            &self.config,
+            self.generation,
+            failed,
+            Instant::now(),
+        );
         if let Some(transition) = transition {
             emit(&self.key, transition);
         }
@@ -137,8 +142,13 @@ impl Outcome {
 impl Drop for Outcome {
     fn drop(&mut self) {
         if !self.done {
-            self.breakers
-                .record(&self.key, &self.config, self.probe, None, Instant::now());
+            self.breakers.record(
+                &self.key,
+                &self.config,
+                self.generation,
+                None,
+                Instant::now(),
+            );
         }
     }
 }

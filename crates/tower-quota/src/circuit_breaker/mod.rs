@@ -27,6 +27,12 @@
 //!   rest fail at once. All probes succeeding closes the breaker; one
 //!   failing opens it again.
 //!
+//! Every period (closed, open, each half-open) has a generation of its own,
+//! and a call's outcome counts only in the period it was admitted in: a slow
+//! probe from an earlier half-open period that answers in the next one, or
+//! a call sent before the breaker opened, counts for nothing, and a stale
+//! probe that is cancelled gives no permit to the current period.
+//!
 //! Throttled responses (429) do not count as failures by default: the
 //! provider is healthy and says when to come back, which
 //! [`RetryAfterLayer`](crate::RetryAfterLayer) handles. A cancelled call

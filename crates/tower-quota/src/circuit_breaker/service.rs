@@ -94,14 +94,17 @@ where
                 retry_in,
                 state,
             }),
-            Admit::Go { probe, transition } => {
+            Admit::Go {
+                generation,
+                transition,
+            } => {
                 if let Some(transition) = transition {
                     super::future::emit(&key, transition);
                 }
                 let future = self.inner.call(request);
                 ResponseFuture::called(
                     future,
-                    Outcome::new(self.breakers.clone(), key, self.config.clone(), probe),
+                    Outcome::new(self.breakers.clone(), key, self.config.clone(), generation),
                     self.classifier.clone(),
                 )
             }

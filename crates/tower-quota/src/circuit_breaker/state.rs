@@ -1,7 +1,7 @@
 //! The breaker of each key: closed, open or half-open.
 
 use std::collections::{HashMap, VecDeque};
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::time::Duration;
 
@@ -34,18 +34,44 @@ impl CircuitState {
 }
 
 /// The breakers of every key, shared by all clones of a layer.
-#[derive(Clone, Default)]
+#[derive(Clone)]
 pub(crate) struct Breakers {
     inner: Arc<Mutex<HashMap<Key, Breaker>>>,
     /// The number of keys after the last sweep.
     swept: Arc<AtomicUsize>,
+    /// The next generation: every period of every breaker gets its own.
+    generations: Arc<AtomicU64>,
+}
+
+impl Default for Breakers {
+    fn default() -> Self {
+        Breakers {
+            inner: Arc::default(),
+            swept: Arc::default(),
+            generations: Arc::new(AtomicU64::new(FIRST_GENERATION)),
+        }
+    }
 }
 
 /// Keys are swept when there are this many, or twice as many as after the
 /// last sweep: amortized O(1) per call, memory bounded by the keys in trouble.
 const SWEEP_AT: usize = 1024;
 
-enum Breaker {
+/// Generations start here; 0 belongs to no period.
+const FIRST_GENERATION: u64 = 1;
+
+/// One key's breaker: its state, and the generation of the current period.
+///
+/// Every change of state starts a new generation. A call carries the
+/// generation it was admitted in, and its outcome counts only in that
+/// period: a slow probe from an earlier half-open period, or a call sent
+/// before the breaker opened, is stale once the state moved on.
+struct Breaker {
+    generation: u64,
+    state: State,
+}
+
+enum State {
     Closed {
         outcomes: VecDeque<(Instant, bool)>,
         failures: usize,
@@ -62,9 +88,9 @@ enum Breaker {
     },
 }
 
-impl Breaker {
+impl State {
     fn closed() -> Self {
-        Breaker::Closed {
+        State::Closed {
             outcomes: VecDeque::new(),
             failures: 0,
             consecutive: 0,
@@ -74,10 +100,10 @@ impl Breaker {
 
 /// What a call may do.
 pub(crate) enum Admit {
-    /// Go; report the outcome with [`Breakers::record`]. `probe` marks a
-    /// half-open probe.
+    /// Go; report the outcome with [`Breakers::record`], with this
+    /// `generation`.
     Go {
-        probe: bool,
+        generation: u64,
         transition: Option<Transition>,
     },
     /// Fail at once: the breaker is open for `retry_in` more (zero when
@@ -108,6 +134,10 @@ impl Breakers {
         self.swept.store(len, Ordering::Relaxed);
     }
 
+    fn next_generation(&self) -> u64 {
+        self.generations.fetch_add(1, Ordering::Relaxed)
+    }
+
     fn lock(&self) -> MutexGuard<'_, HashMap<Key, Breaker>> {
         // Every update leaves the map consistent; a poisoned lock is safe.
         self.inner.lock().unwrap_or_else(PoisonError::into_inner)
@@ -117,66 +147,76 @@ impl Breakers {
         let mut map = self.lock();
         if map.len() >= SWEEP_AT.max(2 * self.swept_len()) {
             // Closed breakers that hold no failure hold nothing worth keeping.
-            map.retain(|_, breaker| !matches!(breaker, Breaker::Closed { failures: 0, .. }));
+            map.retain(|_, breaker| !matches!(breaker.state, State::Closed { failures: 0, .. }));
             self.set_swept_len(map.len());
         }
-        let breaker = map.entry(key.clone()).or_insert_with(Breaker::closed);
+        let breaker = map.entry(key.clone()).or_insert_with(|| Breaker {
+            generation: self.next_generation(),
+            state: State::closed(),
+        });
         let mut transition = None;
-        if let Breaker::Open { until } = *breaker {
+        if let State::Open { until } = breaker.state {
             if now < until {
                 return Admit::Reject {
                     retry_in: until.saturating_duration_since(now),
                     state: CircuitState::Open,
                 };
             }
-            *breaker = Breaker::HalfOpen {
+            breaker.generation = self.next_generation();
+            breaker.state = State::HalfOpen {
                 permits: config.half_open_probes,
                 successes: 0,
             };
             transition = Some(Transition::HalfOpened);
         }
-        match breaker {
-            Breaker::Closed { .. } => Admit::Go {
-                probe: false,
+        match &mut breaker.state {
+            State::Closed { .. } => Admit::Go {
+                generation: breaker.generation,
                 transition,
             },
-            Breaker::HalfOpen { permits: 0, .. } => Admit::Reject {
+            State::HalfOpen { permits: 0, .. } => Admit::Reject {
                 retry_in: Duration::ZERO,
                 state: CircuitState::HalfOpen,
             },
-            Breaker::HalfOpen { permits, .. } => {
+            State::HalfOpen { permits, .. } => {
                 *permits -= 1;
                 Admit::Go {
-                    probe: true,
+                    generation: breaker.generation,
                     transition,
                 }
             }
-            Breaker::Open { .. } => {
+            State::Open { .. } => {
                 unreachable!("an open breaker past its period became half-open above")
             }
         }
     }
 
-    /// Records the outcome of a call that [`admit`](Self::admit) let go;
-    /// `failure` is `None` for an outcome that does not count (a throttled
-    /// response by default, or a cancelled call).
+    /// Records the outcome of a call that [`admit`](Self::admit) let go in
+    /// `generation`; `failure` is `None` for an outcome that does not count
+    /// (a throttled response by default, or a cancelled call). An outcome
+    /// from another generation than the breaker's current one is stale and
+    /// changes nothing.
     pub(crate) fn record(
         &self,
         key: &Key,
         config: &Config,
-        probe: bool,
+        generation: u64,
         failure: Option<bool>,
         now: Instant,
     ) -> Option<Transition> {
         let mut map = self.lock();
         let breaker = map.get_mut(key)?;
-        match breaker {
-            Breaker::HalfOpen { permits, successes } if probe => match failure {
-                Some(true) => Some(open(breaker, config, None, now)),
+        if breaker.generation != generation {
+            return None;
+        }
+        match &mut breaker.state {
+            State::HalfOpen { permits, successes } => match failure {
+                Some(true) => Some(self.open(breaker, config, None, now)),
                 Some(false) => {
                     *successes += 1;
                     if *successes >= config.half_open_probes {
-                        *breaker = Breaker::closed();
+                        breaker.generation = self.next_generation();
+                        breaker.state = State::closed();
                         Some(Transition::Closed)
                     } else {
                         None
@@ -184,19 +224,23 @@ impl Breakers {
                 }
                 // A probe that did not count gives its place back.
                 None => {
-                    *permits += 1;
+                    *permits = permits.saturating_add(1).min(config.half_open_probes);
                     None
                 }
             },
-            Breaker::Closed {
+            State::Closed {
                 outcomes,
                 failures,
                 consecutive,
-            } if !probe => {
+            } => {
                 let failed = failure?;
                 outcomes.push_back((now, failed));
                 *failures += usize::from(failed);
-                *consecutive = if failed { *consecutive + 1 } else { 0 };
+                *consecutive = if failed {
+                    consecutive.saturating_add(1)
+                } else {
+                    0
+                };
                 // Forget what left the window.
                 while let Some((at, _)) = outcomes.front() {
                     let expired = match config.window {
@@ -220,27 +264,29 @@ impl Breakers {
                 let by_streak = config
                     .consecutive_failures
                     .is_some_and(|limit| *consecutive >= limit);
-                (by_rate || by_streak).then(|| open(breaker, config, Some(failure_rate), now))
+                (by_rate || by_streak).then(|| self.open(breaker, config, Some(failure_rate), now))
             }
-            // An outcome from before the last change of state: stale.
-            _ => None,
+            // Nobody holds the generation of an open period.
+            State::Open { .. } => None,
         }
     }
-}
 
-fn open(
-    breaker: &mut Breaker,
-    config: &Config,
-    failure_rate: Option<f64>,
-    now: Instant,
-) -> Transition {
-    let open_for = config.open_duration_with_jitter();
-    *breaker = Breaker::Open {
-        until: saturating_add(now, open_for),
-    };
-    Transition::Opened {
-        failure_rate: failure_rate.unwrap_or(1.0),
-        open_for,
+    fn open(
+        &self,
+        breaker: &mut Breaker,
+        config: &Config,
+        failure_rate: Option<f64>,
+        now: Instant,
+    ) -> Transition {
+        let open_for = config.open_duration_with_jitter();
+        breaker.generation = self.next_generation();
+        breaker.state = State::Open {
+            until: saturating_add(now, open_for),
+        };
+        Transition::Opened {
+            failure_rate: failure_rate.unwrap_or(1.0),
+            open_for,
+        }
     }
 }
 

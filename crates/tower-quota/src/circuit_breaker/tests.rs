@@ -428,3 +428,122 @@ async fn the_breaker_saturates_on_durations_beyond_what_the_builder_accepts() {
     assert_eq!(open.state(), CircuitState::Open);
     assert!(open.retry_in() > Duration::from_secs(365 * 24 * 60 * 60));
 }
+
+/// A breaker in front of a `tower_test` mock that opens on one failure and
+/// lets two probes through, so a test answers each call when it likes.
+fn two_probe_breaker() -> (
+    impl Service<Request<()>, Response = Response<()>, Error = BoxError, Future: Send>
+    + Clone
+    + Send
+    + 'static,
+    MockHandle,
+) {
+    let (mock, mut handle) = tower_test::mock::pair::<Request<()>, Response<()>>();
+    handle.allow(100);
+    let service = breaker()
+        .half_open_probes(2)
+        .unwrap()
+        .consecutive_failures(Some(1))
+        .layer(mock);
+    (service, handle)
+}
+
+/// A call that must fail at once; one that was sent instead (and that the
+/// mock never answers) fails the test after a second of paused time.
+async fn refused_at_once<S>(service: &S) -> CircuitOpen
+where
+    S: Service<Request<()>, Response = Response<()>, Error = BoxError> + Clone,
+{
+    let result = tokio::time::timeout(Duration::from_secs(1), call(service))
+        .await
+        .expect("the call should have been refused at once, not sent");
+    rejected(result)
+}
+
+fn status(code: u16) -> Response<()> {
+    Response::builder().status(code).body(()).unwrap()
+}
+
+type MockHandle = tower_test::mock::Handle<Request<()>, Response<()>>;
+type InFlight = (
+    tokio::task::JoinHandle<Result<Response<()>, BoxError>>,
+    tower_test::mock::SendResponse<Response<()>>,
+);
+
+/// Opens the breaker, waits out the open period, and starts two probes:
+/// the first is left in flight (returned with its responder), the second
+/// fails, so the breaker opens again and the first probe is stale once the
+/// next half-open period begins.
+async fn a_stale_probe_in_flight<S>(service: &S, handle: &mut MockHandle) -> InFlight
+where
+    S: Service<Request<()>, Response = Response<()>, Error = BoxError, Future: Send>
+        + Clone
+        + Send
+        + 'static,
+{
+    let failing = tokio::spawn(service.clone().oneshot(Request::new(())));
+    let (_, respond) = handle.next_request().await.unwrap();
+    respond.send_response(status(503));
+    failing.await.unwrap().unwrap();
+    tokio::time::advance(Duration::from_secs(10)).await;
+    // Half-open, first period: two probes.
+    let slow = tokio::spawn(service.clone().oneshot(Request::new(())));
+    let (_, slow_respond) = handle.next_request().await.unwrap();
+    let failing = tokio::spawn(service.clone().oneshot(Request::new(())));
+    let (_, respond) = handle.next_request().await.unwrap();
+    respond.send_response(status(503));
+    failing.await.unwrap().unwrap();
+    assert_eq!(
+        rejected(call(service).await).state(),
+        CircuitState::Open,
+        "the failed probe opened the breaker again"
+    );
+    // Second half-open period, while the first period's slow probe is still
+    // in flight.
+    tokio::time::advance(Duration::from_secs(10)).await;
+    (slow, slow_respond)
+}
+
+#[tokio::test(start_paused = true)]
+async fn regression_a_slow_probe_from_an_earlier_half_open_period_does_not_count_in_the_next() {
+    let (service, mut handle) = two_probe_breaker();
+    let (slow, slow_respond) = a_stale_probe_in_flight(&service, &mut handle).await;
+    // A probe of the new period succeeds...
+    let probe = tokio::spawn(service.clone().oneshot(Request::new(())));
+    let (_, respond) = handle.next_request().await.unwrap();
+    respond.send_response(status(200));
+    probe.await.unwrap().unwrap();
+    // ...and the stale one answers too: it must not be the second success.
+    slow_respond.send_response(status(200));
+    slow.await.unwrap().unwrap();
+    // Still half-open: one probe of this period left, then calls are refused.
+    let last_probe = tokio::spawn(service.clone().oneshot(Request::new(())));
+    let (_, last_respond) = handle.next_request().await.unwrap();
+    let refused = refused_at_once(&service).await;
+    assert_eq!(refused.state(), CircuitState::HalfOpen);
+    last_respond.send_response(status(200));
+    last_probe.await.unwrap().unwrap();
+    // Two successes of this period: closed.
+    let next = tokio::spawn(service.clone().oneshot(Request::new(())));
+    let (_, respond) = handle.next_request().await.unwrap();
+    respond.send_response(status(200));
+    assert_eq!(next.await.unwrap().unwrap().status(), 200);
+}
+
+#[tokio::test(start_paused = true)]
+async fn regression_a_cancelled_stale_probe_does_not_raise_permits_above_the_configured_number() {
+    let (service, mut handle) = two_probe_breaker();
+    let (slow, _slow_respond) = a_stale_probe_in_flight(&service, &mut handle).await;
+    // The first call of the new period makes it half-open with two permits;
+    // the stale probe is cancelled now, and must not add a third.
+    let first = tokio::spawn(service.clone().oneshot(Request::new(())));
+    let _first_request = handle.next_request().await.unwrap();
+    slow.abort();
+    let _ = slow.await;
+    let second = tokio::spawn(service.clone().oneshot(Request::new(())));
+    let _second_request = handle.next_request().await.unwrap();
+    let third = refused_at_once(&service).await;
+    assert_eq!(third.state(), CircuitState::HalfOpen);
+    first.abort();
+    second.abort();
+}
