@@ -14,13 +14,6 @@ use tokio::sync::Semaphore;
 use tower::{ServiceBuilder, ServiceExt};
 use tower_quota::{BoxError, Key, SlidingWindowLayer};
 
-/// The loopback tests share a 2-core CI machine with each other: the
-/// server's timestamps lag by tens of milliseconds under that load, as they
-/// would across a network, so the limiter holds admissions longer than the
-/// default of 5 ms for a one-second window (the quickstart shows the default
-/// on an unloaded machine).
-const MARGIN: Duration = Duration::from_millis(30);
-
 /// Sends `paths` through `service` with `concurrency` in flight; returns the
 /// statuses.
 async fn send_all<S>(service: S, base: &str, paths: Vec<String>, concurrency: usize) -> Vec<u16>
@@ -67,12 +60,7 @@ async fn strict_sliding_log_sees_no_429_at_the_quota_with_high_concurrency() {
         .unwrap();
     let client = Client::builder(TokioExecutor::new()).build_http::<Empty<Bytes>>();
     let service = ServiceBuilder::new()
-        .layer(
-            SlidingWindowLayer::new(quota, window)
-                .unwrap()
-                .safety_margin(MARGIN)
-                .unwrap(),
-        )
+        .layer(SlidingWindowLayer::new(quota, window).unwrap())
         .service(client);
 
     let paths = (0..100).map(|i| format!("/items/{i}")).collect();
@@ -108,11 +96,8 @@ async fn each_key_is_paced_to_its_own_quota_at_the_server() {
         .await
         .unwrap();
     let client = Client::builder(TokioExecutor::new()).build_http::<Empty<Bytes>>();
-    let limiter = SlidingWindowLayer::new(quota, window)
-        .unwrap()
-        .safety_margin(MARGIN)
-        .unwrap()
-        .key_fn(|request: &http::Request<Empty<Bytes>>| {
+    let limiter = SlidingWindowLayer::new(quota, window).unwrap().key_fn(
+        |request: &http::Request<Empty<Bytes>>| {
             let tenant = request
                 .uri()
                 .path()
@@ -120,7 +105,8 @@ async fn each_key_is_paced_to_its_own_quota_at_the_server() {
                 .split('/')
                 .next();
             Key::from(tenant.unwrap_or_default().to_owned())
-        });
+        },
+    );
     let service = ServiceBuilder::new().layer(limiter).service(client);
 
     let paths = (0..60)

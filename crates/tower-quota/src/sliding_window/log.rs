@@ -141,13 +141,26 @@ impl WindowLog {
 
     /// The admission `id` was answered at `at`: it leaves a span after that,
     /// if that is earlier than its bound. Returns whether anything changed.
-    pub(super) fn answer(&mut self, id: u64, at: Instant, extra: Duration) -> bool {
+    ///
+    /// A dropped request may still be on its way: with `dropped = Some(grace)`
+    /// an entry keeps its bound, and one with no bound (a cold key's) is
+    /// held as if answered `grace` after the drop.
+    pub(super) fn answer(
+        &mut self,
+        id: u64,
+        at: Instant,
+        extra: Duration,
+        dropped: Option<Duration>,
+    ) -> bool {
         let Ok(index) = self.pending.binary_search_by_key(&id, |e| e.id) else {
             return false;
         };
         let entry = &mut self.pending[index];
-        let until = at + self.span + extra;
-        if entry.moved || entry.until.is_some_and(|bound| bound <= until) {
+        let until = at + dropped.unwrap_or(Duration::ZERO) + self.span + extra;
+        if entry.moved
+            || entry.until.is_some_and(|bound| bound <= until)
+            || (dropped.is_some() && entry.until.is_some())
+        {
             return false;
         }
         entry.moved = true;

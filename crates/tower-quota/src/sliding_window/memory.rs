@@ -139,10 +139,10 @@ impl Store for MemoryStore {
     }
 
     fn complete(&self, admission: &Admission, completion: Completion, limits: &Limits) {
-        if completion == Completion::Dropped && !limits.is_strict() {
-            // A dropped request may still be on its way: it keeps its bound.
-            return;
-        }
+        // A dropped request may still be on its way: it keeps its bound, if
+        // it has one (strict mode assumes a drop stops it).
+        let dropped = (completion == Completion::Dropped && !limits.is_strict())
+            .then(|| limits.sent_within());
         let mut shard = lock(self.shared.shard(admission.key()));
         let now = Instant::now();
         let Some(state) = shard.keys.get_mut(admission.key()) else {
@@ -151,7 +151,7 @@ impl Store for MemoryStore {
         let extra = state.extra_margin(now);
         let mut changed = false;
         for window in &mut state.windows {
-            changed |= window.answer(admission.id(), now, extra);
+            changed |= window.answer(admission.id(), now, extra, dropped);
         }
         if changed {
             state.wake_head();
@@ -235,6 +235,8 @@ struct KeyState {
     queued_cost: u64,
     next_id: u64,
     drift: Drift,
+    /// Until then the key is cold: its admissions are held until answered.
+    warm_at: Instant,
 }
 
 /// The margin a key adds after its provider refused requests that the log
@@ -273,8 +275,15 @@ impl Drift {
 }
 
 impl KeyState {
-    fn new(limits: &Limits) -> Self {
+    fn new(limits: &Limits, now: Instant) -> Self {
+        let shortest = limits
+            .quotas()
+            .iter()
+            .map(Quota::window)
+            .min()
+            .unwrap_or(Duration::ZERO);
         KeyState {
+            warm_at: now + shortest,
             windows: Self::windows_for(limits),
             queue: VecDeque::new(),
             cancelled: 0,
@@ -335,7 +344,11 @@ impl KeyState {
     }
 
     fn record(&mut self, now: Instant, cost: u64, id: u64, limits: &Limits) {
-        let sent_by = (!limits.is_strict()).then(|| now + limits.sent_within());
+        // A cold key (its first window) is opening connections and growing
+        // pools, perhaps under a burst of work: how long its requests take
+        // to get out is unknown, so its slots wait for their answers.
+        let warm = now >= self.warm_at;
+        let sent_by = (warm && !limits.is_strict()).then(|| now + limits.sent_within());
         let extra = self.extra_margin(now);
         for window in &mut self.windows {
             window.record(cost, id, sent_by, extra);
@@ -545,7 +558,7 @@ impl Future for Acquire {
                             let state = shard
                                 .keys
                                 .entry(this.key.clone())
-                                .or_insert_with(|| KeyState::new(this.limits));
+                                .or_insert_with(|| KeyState::new(this.limits, now));
                             state.conform(this.limits);
                             state.prune(now);
                             arrive(
