@@ -86,7 +86,7 @@ async fn pacing_emits_rate_pacing_active_only_for_requests_that_waited() {
     let event = &paced[0];
     assert_eq!(event.target, telemetry::TARGET);
     assert_eq!(event.fields["key"], "provider-a");
-    assert_eq!(event.fields["wait_ms"], "1005");
+    assert_eq!(event.fields["wait_ms"], "1001");
     assert_eq!(event.fields["queued"], "1");
     assert_eq!(event.fields["cost"], "1");
     assert_eq!(event.fields["quota"], "2/1s", "the quota that made it wait");

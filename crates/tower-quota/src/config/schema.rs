@@ -65,7 +65,7 @@ pub struct ProviderConfig {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub max_queue: Option<usize>,
     /// How long past its window each admission is held, to absorb the
-    /// delay before the server sees it; unset: 0.5% of the shortest window,
+    /// delay before the server sees it; unset: 0.01% of the shortest window,
     /// between 1 ms and 25 ms.
     #[serde(
         default,

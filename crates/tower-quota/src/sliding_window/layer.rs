@@ -151,7 +151,7 @@ impl<K, C, St, U> SlidingWindowLayer<K, C, St, U> {
     /// that a server whose window boundaries or clock differ slightly from
     /// the client's never counts more than `max_calls` in its own window.
     /// The default is [`default_safety_margin`](super::default_safety_margin):
-    /// 0.5% of the shortest window, between 1 ms and 25 ms.
+    /// 0.01% of the shortest window, between 1 ms and 25 ms.
     ///
     /// # Errors
     ///

@@ -306,16 +306,18 @@ impl fmt::Debug for Limits {
     }
 }
 
-/// The default safety margin: 0.5% of the shortest window, at least 1 ms and
-/// at most 25 ms.
+/// The default safety margin: 0.01% of the shortest window (100 ppm), at
+/// least 1 ms and at most 25 ms.
 ///
-/// The margin absorbs the difference between the delays of two requests
-/// sent one window apart: the server must not see the second less than a
-/// window after the first. On loopback and LANs that difference is well under
-/// a millisecond; a loaded client adds a millisecond or two. 0.5% of a
-/// one-second window (5 ms) covers that several times over while costing
-/// 0.5% of the throughput; windows of a minute or more lose less than 0.05%.
-/// Across the internet, where delays vary by tens of milliseconds, set a
+/// An admission is held until a window after its answer (or its
+/// `sent_within` bound), and the request reached the provider by then: the
+/// margin covers only what that argument leaves out. A provider whose
+/// window boundary is inclusive (an arrival exactly one window later still
+/// counts) needs a tick more: 1 ms. A provider whose clock runs at another
+/// rate than the client's sees a window of a slightly different length:
+/// 100 ppm is ten times what an NTP-disciplined clock drifts, 6 ms over a
+/// minute and 25 ms (the cap) over an hour. A provider whose window runs
+/// later than that is learned from its 429s (a `pacing_drift`), or set a
 /// larger margin with
 /// [`SlidingWindowLayer::safety_margin`](super::SlidingWindowLayer::safety_margin).
 pub fn default_safety_margin(quotas: &[Quota]) -> Duration {
@@ -324,7 +326,7 @@ pub fn default_safety_margin(quotas: &[Quota]) -> Duration {
         .map(Quota::window)
         .min()
         .unwrap_or(Duration::ZERO);
-    (shortest / 200).clamp(Duration::from_millis(1), Duration::from_millis(25))
+    (shortest / 10_000).clamp(Duration::from_millis(1), Duration::from_millis(25))
 }
 
 /// The default [`sent_within`](Limits::sent_within) bound: a tenth of the

@@ -65,7 +65,7 @@ fn invalid_settings_are_rejected_at_construction() {
 }
 
 #[test]
-fn default_safety_margin_is_half_a_percent_of_the_shortest_window_within_bounds() {
+fn default_safety_margin_is_a_hundred_ppm_of_the_shortest_window_within_bounds() {
     let margin = |windows: &[u64]| {
         let quotas: Vec<_> = windows
             .iter()
@@ -73,8 +73,9 @@ fn default_safety_margin_is_half_a_percent_of_the_shortest_window_within_bounds(
             .collect();
         default_safety_margin(&quotas)
     };
-    assert_eq!(margin(&[1_000]), Duration::from_millis(5));
-    assert_eq!(margin(&[60_000, 1_000]), Duration::from_millis(5));
+    assert_eq!(margin(&[1_000]), Duration::from_millis(1));
+    assert_eq!(margin(&[60_000, 1_000]), Duration::from_millis(1));
+    assert_eq!(margin(&[60_000]), Duration::from_millis(6));
     assert_eq!(margin(&[10]), Duration::from_millis(1));
     assert_eq!(margin(&[3_600_000]), Duration::from_millis(25));
 }
