@@ -62,6 +62,12 @@ pub enum InvalidCircuitBreaker {
     OpenDuration(Duration),
     /// The time window was longer than a year.
     WindowTooLong(Duration),
+    /// The count window held more than 100,000 calls.
+    WindowTooLarge(usize),
+    /// `forget_after` was zero or longer than a year.
+    ForgetAfter(Duration),
+    /// `max_keys` was 0.
+    ZeroKeys,
 }
 
 impl fmt::Display for InvalidCircuitBreaker {
@@ -93,6 +99,17 @@ impl fmt::Display for InvalidCircuitBreaker {
                 f,
                 "invalid circuit breaker: window Time({span:?}) is longer than a year"
             ),
+            InvalidCircuitBreaker::WindowTooLarge(size) => write!(
+                f,
+                "invalid circuit breaker: window Count({size}) holds more than 100000 calls"
+            ),
+            InvalidCircuitBreaker::ForgetAfter(after) => write!(
+                f,
+                "invalid circuit breaker: forget_after {after:?} is not between zero and a year"
+            ),
+            InvalidCircuitBreaker::ZeroKeys => {
+                f.write_str("invalid circuit breaker: max_keys must be at least 1")
+            }
         }
     }
 }

@@ -8,8 +8,9 @@ use pin_project_lite::pin_project;
 use tokio::time::Instant;
 
 use super::CircuitOpen;
-use super::layer::Config;
-use super::state::{Breakers, Transition};
+use super::breakers::Breakers;
+use super::config::Config;
+use super::state::Transition;
 use crate::classify::{self, Classify};
 use crate::{BoxError, Key, telemetry};
 

@@ -2,11 +2,11 @@ use std::fmt;
 use std::sync::Arc;
 use std::time::Duration;
 
-use rand::Rng;
 use tower_layer::Layer;
 
-use super::state::Breakers;
-use super::{CircuitBreaker, InvalidCircuitBreaker};
+use super::breakers::Breakers;
+use super::config::{Config, MAX_PERIOD, MAX_WINDOW_CALLS};
+use super::{CircuitBreaker, InvalidCircuitBreaker, Window};
 use crate::GlobalKey;
 use crate::classify::HttpClassifier;
 
@@ -21,46 +21,6 @@ pub struct CircuitBreakerLayer<K = GlobalKey, Cl = HttpClassifier> {
     pub(super) classifier: Cl,
 }
 
-/// Which calls the failure rate is computed over.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-#[non_exhaustive]
-pub enum Window {
-    /// The last `n` calls.
-    Count(usize),
-    /// The calls of the last `duration`.
-    Time(Duration),
-}
-
-/// The longest open period and time window the builder accepts: a year.
-pub(super) const MAX_PERIOD: Duration = Duration::from_secs(365 * 24 * 60 * 60);
-
-#[derive(Debug, Clone, PartialEq)]
-pub(super) struct Config {
-    pub(super) failure_rate: f64,
-    pub(super) window: Window,
-    pub(super) minimum_calls: usize,
-    pub(super) consecutive_failures: Option<u32>,
-    pub(super) open_duration: Duration,
-    pub(super) open_jitter: f64,
-    pub(super) half_open_probes: u32,
-    pub(super) count_throttled: bool,
-}
-
-impl Config {
-    /// The open period of one opening: `open_duration`, give or take
-    /// `open_jitter` of it, so that breakers that opened together do not
-    /// probe together.
-    pub(super) fn open_duration_with_jitter(&self) -> Duration {
-        if self.open_jitter <= 0.0 {
-            return self.open_duration;
-        }
-        let factor = rand::rng().random_range(1.0 - self.open_jitter..=1.0 + self.open_jitter);
-        // Saturates: never the panic of `Duration::mul_f64` on overflow.
-        Duration::try_from_secs_f64(self.open_duration.as_secs_f64() * factor)
-            .unwrap_or(self.open_duration)
-    }
-}
-
 impl Default for CircuitBreakerLayer {
     fn default() -> Self {
         Self::new()
@@ -71,19 +31,12 @@ impl CircuitBreakerLayer {
     /// A breaker with the defaults: opens when half of the last 20 calls
     /// failed (once at least 10 were made) or after 5 failures in a row,
     /// stays open 30 s (±10%), closes after 3 successful probes, ignores
-    /// throttled responses, one breaker for all requests, HTTP classification.
+    /// throttled responses, one breaker for all requests, HTTP classification;
+    /// a key is forgotten 5 minutes after its last failure or open period,
+    /// and at most 100,000 keys are kept.
     pub fn new() -> Self {
         CircuitBreakerLayer {
-            config: Arc::new(Config {
-                failure_rate: 0.5,
-                window: Window::Count(20),
-                minimum_calls: 10,
-                consecutive_failures: Some(5),
-                open_duration: Duration::from_secs(30),
-                open_jitter: 0.1,
-                half_open_probes: 3,
-                count_throttled: false,
-            }),
+            config: Arc::new(Config::default()),
             breakers: Breakers::default(),
             key_fn: GlobalKey,
             classifier: HttpClassifier,
@@ -117,7 +70,8 @@ impl<K, Cl> CircuitBreakerLayer<K, Cl> {
     /// [`InvalidCircuitBreaker::EmptyWindow`] for a window of 0 calls or of
     /// zero length, or a `minimum_calls` of 0;
     /// [`InvalidCircuitBreaker::WindowTooLong`] for a time window longer
-    /// than a year.
+    /// than a year; [`InvalidCircuitBreaker::WindowTooLarge`] for a count
+    /// window of more than 100,000 calls.
     pub fn window(
         self,
         window: Window,
@@ -130,10 +84,14 @@ impl<K, Cl> CircuitBreakerLayer<K, Cl> {
         if empty || minimum_calls == 0 {
             return Err(InvalidCircuitBreaker::EmptyWindow);
         }
-        if let Window::Time(span) = window
-            && span > MAX_PERIOD
-        {
-            return Err(InvalidCircuitBreaker::WindowTooLong(span));
+        match window {
+            Window::Time(span) if span > MAX_PERIOD => {
+                return Err(InvalidCircuitBreaker::WindowTooLong(span));
+            }
+            Window::Count(size) if size > MAX_WINDOW_CALLS => {
+                return Err(InvalidCircuitBreaker::WindowTooLarge(size));
+            }
+            _ => {}
         }
         Ok(self.edit(|config| {
             config.window = window;
@@ -189,6 +147,42 @@ impl<K, Cl> CircuitBreakerLayer<K, Cl> {
     /// when to come back, which `RetryAfterLayer` handles.
     pub fn count_throttled(self, count: bool) -> Self {
         self.edit(|config| config.count_throttled = count)
+    }
+
+    /// How long a key's breaker is remembered without news, so that keys
+    /// that are not called again give their memory back: a call older than
+    /// this leaves a count window (a time window forgets by its own
+    /// length), and a breaker whose open or half-open period ended this
+    /// long ago is forgotten, as if closed. Default 5 minutes.
+    ///
+    /// # Errors
+    ///
+    /// [`InvalidCircuitBreaker::ForgetAfter`] for zero or more than a year.
+    pub fn forget_after(self, after: Duration) -> Result<Self, InvalidCircuitBreaker> {
+        if after.is_zero() || after > MAX_PERIOD {
+            return Err(InvalidCircuitBreaker::ForgetAfter(after));
+        }
+        Ok(self.edit(|config| config.forget_after = after))
+    }
+
+    /// The most keys whose breakers are kept at once. While that many keys
+    /// have failures in their windows (or are open or half-open), the calls
+    /// of other keys pass unjudged, as through a closed breaker with no
+    /// history, until idle keys are forgotten. Default 100,000.
+    ///
+    /// # Errors
+    ///
+    /// [`InvalidCircuitBreaker::ZeroKeys`] for 0.
+    pub fn max_keys(self, max_keys: usize) -> Result<Self, InvalidCircuitBreaker> {
+        if max_keys == 0 {
+            return Err(InvalidCircuitBreaker::ZeroKeys);
+        }
+        Ok(self.edit(|config| config.max_keys = max_keys))
+    }
+
+    /// The number of keys whose breakers are kept in memory now.
+    pub fn key_count(&self) -> usize {
+        self.breakers.len()
     }
 
     /// Chooses the key of each request: each key has a breaker of its own.

@@ -38,6 +38,38 @@
 //! [`RetryAfterLayer`](crate::RetryAfterLayer) handles. A cancelled call
 //! counts for nothing.
 //!
+//! # Memory: a million keys
+//!
+//! A crawler keyed by host meets millions of keys, most of them once. A
+//! key's breaker is kept only while it holds something worth its memory;
+//! otherwise the key is forgotten and behaves, when called again, as a
+//! closed breaker with no history. A breaker is idle, and forgotten, when
+//!
+//! - it is closed, no call of it is in flight, and no failure is left in
+//!   its window: a [`Window::Time`] forgets calls older than its length, a
+//!   [`Window::Count`] calls older than
+//!   [`forget_after`](CircuitBreakerLayer::forget_after) (5 minutes by
+//!   default) as well as those beyond its last `n`;
+//! - it is open or half-open, and nothing happened for `forget_after` since
+//!   its open period ended or its last probe started or finished.
+//!
+//! Forgetting needs no traffic to the key or its shard: every call, to any
+//! key, examines the next 16 entries of the next of 16 shards, so every
+//! key is looked at again within about `keys / 16` calls, with bounded
+//! work per call; shards that fall below a quarter of their capacity are
+//! shrunk. At most [`max_keys`](CircuitBreakerLayer::max_keys) keys are
+//! kept (100,000 by default): beyond that, calls of new keys pass unjudged
+//! until idle keys are forgotten.
+//! [`key_count`](CircuitBreakerLayer::key_count) tells how many are kept.
+//!
+//! # Bad settings
+//!
+//! The builder refuses what cannot work, naming the setting: an open
+//! duration, a time window or a `forget_after` above a year, a count window
+//! above 100,000 calls, a jitter outside `[0, 1)`, a failure rate outside
+//! `(0, 1]`, zero probes or zero keys ([`InvalidCircuitBreaker`]). Time
+//! arithmetic saturates, so no accepted setting panics at run time.
+//!
 //! # Where it goes in a stack
 //!
 //! Inside the retry layer, so that retries meet the fast failure instead of
@@ -75,15 +107,18 @@
 //! # }
 //! ```
 
+mod breakers;
+mod config;
 mod error;
 mod future;
 mod layer;
 mod service;
 mod state;
 
+pub use config::Window;
 pub use error::{CircuitOpen, InvalidCircuitBreaker};
 pub use future::ResponseFuture;
-pub use layer::{CircuitBreakerLayer, Window};
+pub use layer::CircuitBreakerLayer;
 pub use service::CircuitBreaker;
 pub use state::CircuitState;
 

@@ -5,9 +5,10 @@ use std::task::{Context, Poll};
 use tokio::time::Instant;
 use tower_service::Service;
 
+use super::breakers::Breakers;
+use super::config::Config;
 use super::future::Outcome;
-use super::layer::Config;
-use super::state::{Admit, Breakers};
+use super::state::Admit;
 use super::{CircuitOpen, ResponseFuture};
 use crate::classify::{Classify, HttpClassifier};
 use crate::{BoxError, GlobalKey, KeyFn};

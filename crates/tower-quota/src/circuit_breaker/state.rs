@@ -1,14 +1,11 @@
-//! The breaker of each key: closed, open or half-open.
+//! The breaker of one key: closed, open or half-open.
 
-use std::collections::{HashMap, VecDeque};
-use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
+use std::collections::VecDeque;
 use std::time::Duration;
 
 use tokio::time::Instant;
 
-use super::layer::{Config, Window};
-use crate::Key;
+use super::config::{Config, Window};
 
 /// The state of one key's breaker, as telemetry and errors report it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -33,49 +30,30 @@ impl CircuitState {
     }
 }
 
-/// The breakers of every key, shared by all clones of a layer.
-#[derive(Clone)]
-pub(crate) struct Breakers {
-    inner: Arc<Mutex<HashMap<Key, Breaker>>>,
-    /// The number of keys after the last sweep.
-    swept: Arc<AtomicUsize>,
-    /// The next generation: every period of every breaker gets its own.
-    generations: Arc<AtomicU64>,
-}
-
-impl Default for Breakers {
-    fn default() -> Self {
-        Breakers {
-            inner: Arc::default(),
-            swept: Arc::default(),
-            generations: Arc::new(AtomicU64::new(FIRST_GENERATION)),
-        }
-    }
-}
-
-/// Keys are swept when there are this many, or twice as many as after the
-/// last sweep: amortized O(1) per call, memory bounded by the keys in trouble.
-const SWEEP_AT: usize = 1024;
-
-/// Generations start here; 0 belongs to no period.
-const FIRST_GENERATION: u64 = 1;
-
 /// One key's breaker: its state, and the generation of the current period.
 ///
 /// Every change of state starts a new generation. A call carries the
 /// generation it was admitted in, and its outcome counts only in that
 /// period: a slow probe from an earlier half-open period, or a call sent
 /// before the breaker opened, is stale once the state moved on.
-struct Breaker {
+pub(super) struct Breaker {
     generation: u64,
     state: State,
 }
 
 enum State {
     Closed {
+        /// The calls in the window, oldest first: when each ended, and
+        /// whether it failed.
         outcomes: VecDeque<(Instant, bool)>,
+        /// Failures among `outcomes`.
         failures: usize,
+        /// Failures in a row, up to the last call.
         consecutive: u32,
+        /// When the newest failure among `outcomes` ended.
+        last_failure: Instant,
+        /// Calls of this period not finished yet.
+        in_flight: u32,
     },
     Open {
         until: Instant,
@@ -85,23 +63,26 @@ enum State {
         permits: u32,
         /// Probes that succeeded.
         successes: u32,
+        /// The last probe that started or finished.
+        last_active: Instant,
     },
 }
 
 impl State {
-    fn closed() -> Self {
+    fn closed(now: Instant) -> Self {
         State::Closed {
             outcomes: VecDeque::new(),
             failures: 0,
             consecutive: 0,
+            last_failure: now,
+            in_flight: 0,
         }
     }
 }
 
 /// What a call may do.
 pub(crate) enum Admit {
-    /// Go; report the outcome with [`Breakers::record`], with this
-    /// `generation`.
+    /// Go; report the outcome with this `generation`.
     Go {
         generation: u64,
         transition: Option<Transition>,
@@ -125,134 +106,175 @@ pub(crate) enum Transition {
     Closed,
 }
 
-impl Breakers {
-    fn swept_len(&self) -> usize {
-        self.swept.load(Ordering::Relaxed)
-    }
-
-    fn set_swept_len(&self, len: usize) {
-        self.swept.store(len, Ordering::Relaxed);
-    }
-
-    fn next_generation(&self) -> u64 {
-        self.generations.fetch_add(1, Ordering::Relaxed)
-    }
-
-    fn lock(&self) -> MutexGuard<'_, HashMap<Key, Breaker>> {
-        // Every update leaves the map consistent; a poisoned lock is safe.
-        self.inner.lock().unwrap_or_else(PoisonError::into_inner)
-    }
-
-    pub(crate) fn admit(&self, key: &Key, config: &Config, now: Instant) -> Admit {
-        let mut map = self.lock();
-        if map.len() >= SWEEP_AT.max(2 * self.swept_len()) {
-            // Closed breakers that hold no failure hold nothing worth keeping.
-            map.retain(|_, breaker| !matches!(breaker.state, State::Closed { failures: 0, .. }));
-            self.set_swept_len(map.len());
+impl Breaker {
+    /// A closed breaker with no history, in period `generation`.
+    pub(super) fn new(generation: u64, now: Instant) -> Self {
+        Breaker {
+            generation,
+            state: State::closed(now),
         }
-        let breaker = map.entry(key.clone()).or_insert_with(|| Breaker {
-            generation: self.next_generation(),
-            state: State::closed(),
-        });
+    }
+
+    /// Whether the breaker holds nothing worth its memory, so that its key
+    /// may be forgotten (a forgotten key behaves as a closed breaker with no
+    /// history): closed with no call in flight and no failure left in its
+    /// window, or open or half-open with nothing happening for
+    /// `forget_after` past its open period.
+    pub(super) fn is_idle(&self, config: &Config, now: Instant) -> bool {
+        match &self.state {
+            State::Closed {
+                failures,
+                last_failure,
+                in_flight,
+                ..
+            } => {
+                *in_flight == 0
+                    && (*failures == 0
+                        || now.saturating_duration_since(*last_failure) >= config.horizon())
+            }
+            State::Open { until } => now.saturating_duration_since(*until) >= config.forget_after,
+            State::HalfOpen { last_active, .. } => {
+                now.saturating_duration_since(*last_active) >= config.forget_after
+            }
+        }
+    }
+
+    pub(super) fn admit(
+        &mut self,
+        config: &Config,
+        now: Instant,
+        next_generation: impl Fn() -> u64,
+    ) -> Admit {
         let mut transition = None;
-        if let State::Open { until } = breaker.state {
+        if let State::Open { until } = self.state {
             if now < until {
                 return Admit::Reject {
                     retry_in: until.saturating_duration_since(now),
                     state: CircuitState::Open,
                 };
             }
-            breaker.generation = self.next_generation();
-            breaker.state = State::HalfOpen {
+            self.generation = next_generation();
+            self.state = State::HalfOpen {
                 permits: config.half_open_probes,
                 successes: 0,
+                last_active: now,
             };
             transition = Some(Transition::HalfOpened);
         }
-        match &mut breaker.state {
-            State::Closed { .. } => Admit::Go {
-                generation: breaker.generation,
-                transition,
-            },
+        let generation = self.generation;
+        match &mut self.state {
+            State::Closed { in_flight, .. } => {
+                *in_flight = in_flight.saturating_add(1);
+                Admit::Go {
+                    generation,
+                    transition,
+                }
+            }
             State::HalfOpen { permits: 0, .. } => Admit::Reject {
                 retry_in: Duration::ZERO,
                 state: CircuitState::HalfOpen,
             },
-            State::HalfOpen { permits, .. } => {
+            State::HalfOpen {
+                permits,
+                last_active,
+                ..
+            } => {
                 *permits -= 1;
+                *last_active = now;
                 Admit::Go {
-                    generation: breaker.generation,
+                    generation,
                     transition,
                 }
             }
-            State::Open { .. } => {
-                unreachable!("an open breaker past its period became half-open above")
-            }
+            // Past its period, an open breaker became half-open above.
+            State::Open { .. } => Admit::Reject {
+                retry_in: Duration::ZERO,
+                state: CircuitState::Open,
+            },
         }
     }
 
-    /// Records the outcome of a call that [`admit`](Self::admit) let go in
-    /// `generation`; `failure` is `None` for an outcome that does not count
-    /// (a throttled response by default, or a cancelled call). An outcome
-    /// from another generation than the breaker's current one is stale and
-    /// changes nothing.
-    pub(crate) fn record(
-        &self,
-        key: &Key,
+    /// Records the outcome of a call admitted in `generation`; `failure` is
+    /// `None` for an outcome that does not count (a throttled response by
+    /// default, or a cancelled call). An outcome from another generation
+    /// than the current one is stale and changes nothing.
+    pub(super) fn record(
+        &mut self,
         config: &Config,
         generation: u64,
         failure: Option<bool>,
         now: Instant,
+        next_generation: impl Fn() -> u64,
     ) -> Option<Transition> {
-        let mut map = self.lock();
-        let breaker = map.get_mut(key)?;
-        if breaker.generation != generation {
+        if self.generation != generation {
             return None;
         }
-        match &mut breaker.state {
-            State::HalfOpen { permits, successes } => match failure {
-                Some(true) => Some(self.open(breaker, config, None, now)),
-                Some(false) => {
-                    *successes += 1;
-                    if *successes >= config.half_open_probes {
-                        breaker.generation = self.next_generation();
-                        breaker.state = State::closed();
-                        Some(Transition::Closed)
-                    } else {
+        match &mut self.state {
+            State::HalfOpen {
+                permits,
+                successes,
+                last_active,
+            } => {
+                *last_active = now;
+                match failure {
+                    Some(true) => Some(self.open(config, None, now, next_generation)),
+                    Some(false) => {
+                        *successes = successes.saturating_add(1);
+                        if *successes >= config.half_open_probes {
+                            self.generation = next_generation();
+                            self.state = State::closed(now);
+                            Some(Transition::Closed)
+                        } else {
+                            None
+                        }
+                    }
+                    // A probe that did not count gives its place back.
+                    None => {
+                        *permits = permits.saturating_add(1).min(config.half_open_probes);
                         None
                     }
                 }
-                // A probe that did not count gives its place back.
-                None => {
-                    *permits = permits.saturating_add(1).min(config.half_open_probes);
-                    None
-                }
-            },
+            }
             State::Closed {
                 outcomes,
                 failures,
                 consecutive,
+                last_failure,
+                in_flight,
             } => {
+                *in_flight = in_flight.saturating_sub(1);
                 let failed = failure?;
-                outcomes.push_back((now, failed));
-                *failures += usize::from(failed);
-                *consecutive = if failed {
-                    consecutive.saturating_add(1)
-                } else {
-                    0
-                };
-                // Forget what left the window.
-                while let Some((at, _)) = outcomes.front() {
-                    let expired = match config.window {
-                        Window::Count(size) => outcomes.len() > size,
-                        Window::Time(span) => now.saturating_duration_since(*at) >= span,
-                    };
-                    if !expired {
+                // Forget the calls too old to count; a streak ends with its
+                // failures.
+                let horizon = config.horizon();
+                while let Some(&(at, old)) = outcomes.front() {
+                    if now.saturating_duration_since(at) < horizon {
                         break;
                     }
-                    if let Some((_, failed)) = outcomes.pop_front() {
-                        *failures -= usize::from(failed);
+                    outcomes.pop_front();
+                    *failures = failures.saturating_sub(usize::from(old));
+                }
+                if *failures == 0 {
+                    *consecutive = 0;
+                }
+                outcomes.push_back((now, failed));
+                if failed {
+                    *failures += 1;
+                    *consecutive = consecutive.saturating_add(1);
+                    *last_failure = now;
+                } else {
+                    *consecutive = 0;
+                }
+                if let Window::Count(size) = config.window {
+                    while outcomes.len() > size {
+                        if let Some((_, old)) = outcomes.pop_front() {
+                            *failures = failures.saturating_sub(usize::from(old));
+                        }
                     }
+                }
+                // A burst long past leaves no large buffer behind.
+                if outcomes.capacity() > 64 && outcomes.len() < outcomes.capacity() / 4 {
+                    outcomes.shrink_to(outcomes.len() * 2);
                 }
                 let calls = outcomes.len();
                 let failure_rate = if calls == 0 {
@@ -264,7 +286,8 @@ impl Breakers {
                 let by_streak = config
                     .consecutive_failures
                     .is_some_and(|limit| *consecutive >= limit);
-                (by_rate || by_streak).then(|| self.open(breaker, config, Some(failure_rate), now))
+                (by_rate || by_streak)
+                    .then(|| self.open(config, Some(failure_rate), now, next_generation))
             }
             // Nobody holds the generation of an open period.
             State::Open { .. } => None,
@@ -272,15 +295,15 @@ impl Breakers {
     }
 
     fn open(
-        &self,
-        breaker: &mut Breaker,
+        &mut self,
         config: &Config,
         failure_rate: Option<f64>,
         now: Instant,
+        next_generation: impl Fn() -> u64,
     ) -> Transition {
         let open_for = config.open_duration_with_jitter();
-        breaker.generation = self.next_generation();
-        breaker.state = State::Open {
+        self.generation = next_generation();
+        self.state = State::Open {
             until: saturating_add(now, open_for),
         };
         Transition::Opened {
@@ -290,17 +313,9 @@ impl Breakers {
     }
 }
 
-impl std::fmt::Debug for Breakers {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Breakers")
-            .field("keys", &self.lock().len())
-            .finish()
-    }
-}
-
 /// `now + duration`, or as far ahead as the clock can go: never the panic
 /// of `Instant + Duration` on overflow.
-pub(super) fn saturating_add(now: Instant, duration: Duration) -> Instant {
+fn saturating_add(now: Instant, duration: Duration) -> Instant {
     // tokio's own "far future": 30 years.
     const FAR_FUTURE: Duration = Duration::from_secs(30 * 365 * 24 * 60 * 60);
     now.checked_add(duration)

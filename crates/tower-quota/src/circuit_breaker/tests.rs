@@ -10,6 +10,8 @@ use tower_layer::Layer;
 use super::*;
 use crate::{BoxError, Key};
 
+mod memory;
+
 /// A provider answering every call with the status in `status`, counting calls.
 #[allow(clippy::type_complexity)]
 fn provider(
@@ -546,4 +548,22 @@ async fn regression_a_cancelled_stale_probe_does_not_raise_permits_above_the_con
     assert_eq!(third.state(), CircuitState::HalfOpen);
     first.abort();
     second.abort();
+}
+
+#[test]
+fn memory_settings_are_checked_at_construction() {
+    let layer = CircuitBreakerLayer::new();
+    assert_eq!(
+        layer.clone().forget_after(Duration::ZERO).unwrap_err(),
+        InvalidCircuitBreaker::ForgetAfter(Duration::ZERO)
+    );
+    assert!(layer.clone().forget_after(Duration::MAX).is_err());
+    assert_eq!(
+        layer.clone().max_keys(0).unwrap_err(),
+        InvalidCircuitBreaker::ZeroKeys
+    );
+    let error = layer.clone().window(Window::Count(100_001), 1).unwrap_err();
+    assert_eq!(error, InvalidCircuitBreaker::WindowTooLarge(100_001));
+    assert!(error.to_string().contains("window"), "{error}");
+    assert!(layer.window(Window::Count(100_000), 1).is_ok());
 }

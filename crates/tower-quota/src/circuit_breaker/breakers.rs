@@ -1,0 +1,240 @@
+//! The breakers of every key: a sharded map that forgets idle keys.
+//!
+//! Each call examines a few entries of one shard, taking the shards in
+//! turn, and forgets those that are idle (see [`Breaker::is_idle`]): the
+//! work per call is bounded, and every key of every shard is looked at
+//! again after about `len / SWEEP_STEP` calls to any key (the largest
+//! shard's length times `SHARDS / SWEEP_STEP`), so idle keys give their
+//! memory back without traffic to their own key or shard. A shard whose
+//! entries fall below a quarter of its capacity is shrunk.
+
+use std::collections::HashMap;
+use std::hash::BuildHasher;
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError, TryLockError};
+
+use tokio::time::Instant;
+
+use super::config::Config;
+use super::state::{Admit, Breaker, Transition};
+use crate::Key;
+
+/// Shards, each with its own lock.
+const SHARDS: usize = 16;
+
+/// Entries a call examines for idleness.
+const SWEEP_STEP: usize = 16;
+
+/// A shard is not shrunk below this capacity.
+const MIN_CAPACITY: usize = 16;
+
+/// Generations start at 1; a call of a key that is not kept (the map was
+/// full) carries 0, which belongs to no breaker.
+const UNTRACKED: u64 = 0;
+
+/// The breakers of every key, shared by all clones of a layer.
+#[derive(Clone)]
+pub(crate) struct Breakers {
+    shared: Arc<Shared>,
+}
+
+struct Shared {
+    shards: Box<[Mutex<Shard>]>,
+    /// Chooses a key's shard.
+    hasher: std::hash::RandomState,
+    /// The next generation: every period of every breaker gets its own.
+    generations: AtomicU64,
+    /// Keys kept, in all shards.
+    keys: AtomicUsize,
+    /// The shard the next sweep step examines.
+    sweep_cursor: AtomicUsize,
+}
+
+/// Breakers in a vector, so that a sweep can resume where it stopped, and
+/// an index from key to position.
+#[derive(Default)]
+struct Shard {
+    index: HashMap<Key, usize>,
+    entries: Vec<(Key, Breaker)>,
+    /// The next entry the sweep examines.
+    cursor: usize,
+}
+
+impl Default for Breakers {
+    fn default() -> Self {
+        Breakers {
+            shared: Arc::new(Shared {
+                shards: (0..SHARDS).map(|_| Mutex::default()).collect(),
+                hasher: std::hash::RandomState::new(),
+                generations: AtomicU64::new(UNTRACKED + 1),
+                keys: AtomicUsize::new(0),
+                sweep_cursor: AtomicUsize::new(0),
+            }),
+        }
+    }
+}
+
+impl Breakers {
+    /// The number of keys kept.
+    pub(crate) fn len(&self) -> usize {
+        self.shared.keys.load(Ordering::Relaxed)
+    }
+
+    /// Entries the shards have room for, without growing.
+    #[cfg(test)]
+    pub(crate) fn capacity(&self) -> usize {
+        self.shared
+            .shards
+            .iter()
+            .map(|shard| {
+                let shard = shard.lock().unwrap_or_else(PoisonError::into_inner);
+                shard.entries.capacity().max(shard.index.capacity())
+            })
+            .sum()
+    }
+
+    fn next_generation(&self) -> u64 {
+        self.shared.generations.fetch_add(1, Ordering::Relaxed)
+    }
+
+    fn shard(&self, key: &Key) -> MutexGuard<'_, Shard> {
+        let at = (self.shared.hasher.hash_one(key) as usize) % self.shared.shards.len();
+        // Every update leaves a shard consistent; a poisoned lock is safe.
+        self.shared.shards[at]
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+    }
+
+    pub(crate) fn admit(&self, key: &Key, config: &Config, now: Instant) -> Admit {
+        let admit = self.admit_in_shard(key, config, now);
+        self.sweep_step(config, now);
+        admit
+    }
+
+    fn admit_in_shard(&self, key: &Key, config: &Config, now: Instant) -> Admit {
+        let mut shard = self.shard(key);
+        let at = match shard.index.get(key) {
+            Some(&at) => at,
+            None => {
+                let reserved =
+                    self.shared
+                        .keys
+                        .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |keys| {
+                            (keys < config.max_keys).then_some(keys + 1)
+                        });
+                if reserved.is_err() {
+                    // Full: the call passes unjudged.
+                    return Admit::Go {
+                        generation: UNTRACKED,
+                        transition: None,
+                    };
+                }
+                shard.insert(key.clone(), Breaker::new(self.next_generation(), now))
+            }
+        };
+        shard.entries[at]
+            .1
+            .admit(config, now, || self.next_generation())
+    }
+
+    /// Records the outcome of a call that [`admit`](Self::admit) let go in
+    /// `generation`; see [`Breaker::record`].
+    pub(crate) fn record(
+        &self,
+        key: &Key,
+        config: &Config,
+        generation: u64,
+        failure: Option<bool>,
+        now: Instant,
+    ) -> Option<Transition> {
+        if generation == UNTRACKED {
+            return None;
+        }
+        let mut shard = self.shard(key);
+        let at = *shard.index.get(key)?;
+        shard.entries[at]
+            .1
+            .record(config, generation, failure, now, || self.next_generation())
+    }
+
+    /// Examines the next few entries of the next shard and forgets the idle
+    /// ones. A shard another call holds is skipped, never waited for.
+    fn sweep_step(&self, config: &Config, now: Instant) {
+        let shards = &self.shared.shards;
+        let at = self.shared.sweep_cursor.fetch_add(1, Ordering::Relaxed) % shards.len();
+        let mut shard = match shards[at].try_lock() {
+            Ok(shard) => shard,
+            Err(TryLockError::Poisoned(poisoned)) => poisoned.into_inner(),
+            Err(TryLockError::WouldBlock) => return,
+        };
+        let removed = shard.sweep(SWEEP_STEP, config, now);
+        if removed > 0 {
+            self.shared.keys.fetch_sub(removed, Ordering::Relaxed);
+        }
+    }
+}
+
+impl Shard {
+    /// Adds `key`, which is not in the shard; returns its position.
+    fn insert(&mut self, key: Key, breaker: Breaker) -> usize {
+        let at = self.entries.len();
+        self.index.insert(key.clone(), at);
+        self.entries.push((key, breaker));
+        at
+    }
+
+    fn remove_at(&mut self, at: usize) {
+        let (key, _) = self.entries.swap_remove(at);
+        self.index.remove(&key);
+        if let Some((moved, _)) = self.entries.get(at)
+            && let Some(position) = self.index.get_mut(moved)
+        {
+            *position = at;
+        }
+    }
+
+    /// Examines up to `budget` entries from the cursor on, forgets the idle
+    /// ones, and returns how many it forgot.
+    fn sweep(&mut self, budget: usize, config: &Config, now: Instant) -> usize {
+        let mut removed = 0;
+        for _ in 0..budget {
+            if self.entries.is_empty() {
+                break;
+            }
+            if self.cursor >= self.entries.len() {
+                self.cursor = 0;
+            }
+            if self.entries[self.cursor].1.is_idle(config, now) {
+                // The last entry moves here; it is examined next.
+                self.remove_at(self.cursor);
+                removed += 1;
+            } else {
+                self.cursor += 1;
+            }
+        }
+        if removed > 0 {
+            self.shrink_if_sparse();
+        }
+        removed
+    }
+
+    /// Gives memory back once the shard holds less than a quarter of what
+    /// it has room for; amortized O(1) per removal.
+    fn shrink_if_sparse(&mut self) {
+        let len = self.entries.len();
+        if self.entries.capacity() > MIN_CAPACITY && len < self.entries.capacity() / 4 {
+            self.entries.shrink_to(len * 2);
+        }
+        if self.index.capacity() > MIN_CAPACITY && len < self.index.capacity() / 4 {
+            self.index.shrink_to(len * 2);
+        }
+    }
+}
+
+impl std::fmt::Debug for Breakers {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Breakers")
+            .field("keys", &self.len())
+            .finish()
+    }
+}
