@@ -1,7 +1,9 @@
 //! The key function of a configured provider.
 
 use std::borrow::Cow;
-use std::sync::Arc;
+use std::fmt;
+use std::hash::{BuildHasher, RandomState};
+use std::sync::{Arc, OnceLock};
 
 use http::Request;
 use http::uri::Authority;
@@ -21,23 +23,62 @@ use crate::{Key, KeyFn};
 /// assert_eq!(key_fn.key(&request).as_str(), "openai:api.openai.com");
 /// # Ok::<(), Box<dyn std::error::Error>>(())
 /// ```
-#[derive(Debug, Clone)]
-pub struct ProviderKey {
+///
+/// # Header keys
+///
+/// With [`KeyConfig::Header`], the key holds a 64-bit digest of the
+/// header's value (typically an API key), never the value: keys appear in
+/// telemetry and metric labels. The digest is keyed (SipHash with a secret
+/// key, by default std's [`RandomState`] drawn once per process), so that
+/// nobody who lacks the secret can confirm a guessed value from a log line
+/// or build two values that share a quota on purpose. The secret changes
+/// with every process: processes that share a store and must agree on the
+/// key give each one the same keyed hasher with
+/// [`with_hasher`](Self::with_hasher).
+#[derive(Clone)]
+pub struct ProviderKey<H = RandomState> {
     provider: Arc<str>,
     key: KeyConfig,
+    hasher: H,
 }
 
 impl ProviderKey {
-    /// The key function of provider `provider` keyed by `key`.
+    /// The key function of provider `provider` keyed by `key`; header
+    /// values are hashed with this process's secret.
     pub fn new(provider: impl Into<Arc<str>>, key: KeyConfig) -> Self {
+        static PROCESS_SECRET: OnceLock<RandomState> = OnceLock::new();
+        ProviderKey::with_hasher(
+            provider,
+            key,
+            PROCESS_SECRET.get_or_init(RandomState::new).clone(),
+        )
+    }
+}
+
+impl<H: BuildHasher> ProviderKey<H> {
+    /// The key function of provider `provider` keyed by `key`; header
+    /// values are hashed with `hasher`, which must be keyed with a secret
+    /// (a [`RandomState`], or a SipHash or MAC keyed with a secret shared by
+    /// the processes that must agree on keys).
+    pub fn with_hasher(provider: impl Into<Arc<str>>, key: KeyConfig, hasher: H) -> Self {
         ProviderKey {
             provider: provider.into(),
             key,
+            hasher,
         }
     }
 }
 
-impl<B> KeyFn<Request<B>> for ProviderKey {
+impl<H> fmt::Debug for ProviderKey<H> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("ProviderKey")
+            .field("provider", &self.provider)
+            .field("key", &self.key)
+            .finish_non_exhaustive()
+    }
+}
+
+impl<B, H: BuildHasher> KeyFn<Request<B>> for ProviderKey<H> {
     fn key(&self, request: &Request<B>) -> Key {
         let provider = &self.provider;
         let key = match &self.key {
@@ -48,7 +89,10 @@ impl<B> KeyFn<Request<B>> for ProviderKey {
             },
             KeyConfig::Path => format!("{provider}:{}", request.uri().path()),
             KeyConfig::Header(name) => match request.headers().get(name) {
-                Some(value) => format!("{provider}:{name}:{:016x}", fnv1a(value.as_bytes())),
+                Some(value) => {
+                    let digest = self.hasher.hash_one(value.as_bytes());
+                    format!("{provider}:{name}:{digest:016x}")
+                }
                 None => format!("{provider}:{name}:none"),
             },
         };
@@ -71,25 +115,66 @@ pub(super) fn request_authority<B>(request: &Request<B>) -> Option<(Cow<'_, str>
     ))
 }
 
-/// 64-bit FNV-1a: stable across processes and Rust versions, so every
-/// process sharing a store derives the same key from a header.
-fn fnv1a(bytes: &[u8]) -> u64 {
-    const OFFSET: u64 = 0xcbf2_9ce4_8422_2325;
-    const PRIME: u64 = 0x0000_0100_0000_01b3;
-    bytes.iter().fold(OFFSET, |hash, byte| {
-        (hash ^ u64::from(*byte)).wrapping_mul(PRIME)
-    })
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
 
+    /// 64-bit FNV-1a, the unkeyed hash header keys used to be made with.
+    fn fnv1a(bytes: &[u8]) -> u64 {
+        bytes.iter().fold(0xcbf2_9ce4_8422_2325, |hash, byte| {
+            (hash ^ u64::from(*byte)).wrapping_mul(0x0000_0100_0000_01b3)
+        })
+    }
+
+    fn with_api_key(value: &str) -> Request<()> {
+        Request::get("https://api.openai.com/")
+            .header("x-api-key", value)
+            .body(())
+            .unwrap()
+    }
+
     #[test]
-    fn fnv1a_matches_the_reference_vectors() {
-        assert_eq!(fnv1a(b""), 0xcbf2_9ce4_8422_2325);
-        assert_eq!(fnv1a(b"a"), 0xaf63_dc4c_8601_ec8c);
-        assert_eq!(fnv1a(b"foobar"), 0x8594_4171_f739_67e8);
+    fn regression_header_keys_are_a_keyed_digest_not_public_fnv1a() {
+        // Before: the label was the public FNV-1a of the value, so anyone
+        // could confirm a guessed API key from a log line, or build values
+        // that collide with another tenant's key on purpose.
+        let config: KeyConfig = "header:x-api-key".parse().unwrap();
+        let request = with_api_key("sk-secret-123");
+        let public = format!("{:016x}", fnv1a(b"sk-secret-123"));
+        let key = ProviderKey::new("openai", config.clone()).key(&request);
+        assert!(!key.as_str().contains(&public), "{key}");
+
+        // Two secrets, two labels for the same value.
+        let first = ProviderKey::with_hasher("openai", config.clone(), RandomState::new());
+        let second = ProviderKey::with_hasher("openai", config.clone(), RandomState::new());
+        assert_ne!(first.key(&request), second.key(&request));
+        // One secret, one label: every layer of the process agrees.
+        assert_eq!(
+            ProviderKey::new("openai", config.clone()).key(&request),
+            key
+        );
+        assert_eq!(
+            first.key(&request),
+            first.key(&with_api_key("sk-secret-123"))
+        );
+        // A short digest: 16 hex digits after the header name.
+        let digest = key.as_str().strip_prefix("openai:x-api-key:").unwrap();
+        assert_eq!(digest.len(), 16, "{key}");
+        assert!(digest.bytes().all(|byte| byte.is_ascii_hexdigit()), "{key}");
+    }
+
+    #[test]
+    fn header_values_never_appear_in_the_key_display_or_debug() {
+        let key_fn = ProviderKey::new("openai", "header:x-api-key".parse().unwrap());
+        let key = key_fn.key(&with_api_key("sk-secret-123"));
+        for shown in [
+            key.to_string(),
+            format!("{key:?}"),
+            key.as_str().to_owned(),
+            format!("{key_fn:?}"),
+        ] {
+            assert!(!shown.contains("sk-secret"), "{shown}");
+        }
     }
 
     #[test]
