@@ -145,3 +145,38 @@ impl fmt::Display for CostTooLarge {
 }
 
 impl std::error::Error for CostTooLarge {}
+
+/// A request was refused because its key already holds admissions under
+/// other quotas: two layers sharing one store gave the same key different
+/// quota lists (or safety margins). Admitting it under either list would let
+/// the other's requests through uncounted, so neither replaces the other;
+/// the key takes new quotas once its admissions have left their windows.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ConflictingQuotas {
+    pub(crate) key: Key,
+}
+
+impl ConflictingQuotas {
+    /// A refusal of a request of `key`; for [`Store`](super::Store)
+    /// implementations.
+    pub fn new(key: Key) -> Self {
+        ConflictingQuotas { key }
+    }
+
+    /// The key whose quotas differ between layers.
+    pub fn key(&self) -> &Key {
+        &self.key
+    }
+}
+
+impl fmt::Display for ConflictingQuotas {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(
+            f,
+            "key {} is already limited by other quotas: layers that share a store must give a key the same quotas and safety margin",
+            self.key
+        )
+    }
+}
+
+impl std::error::Error for ConflictingQuotas {}

@@ -19,15 +19,15 @@ use std::future::Future;
 use std::hash::BuildHasher;
 use std::hash::RandomState;
 use std::pin::Pin;
-use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError, TryLockError};
 use std::task::{Context, Poll, Waker};
 use std::time::Duration;
 
 use pin_project_lite::pin_project;
 use tokio::time::{Instant, Sleep};
 
-use super::error::{OverloadReason, Overloaded};
+use super::error::{ConflictingQuotas, OverloadReason, Overloaded};
 use super::log::WindowLog;
 use super::store::{Admission, Completion, Store};
 use super::{Limits, Quota};
@@ -56,6 +56,10 @@ struct Shared {
     shards: Box<[Mutex<Shard>]>,
     hasher: RandomState,
     next_admission: AtomicU64,
+    /// Operations on every shard, and the shard the next global sweep
+    /// visits: idle keys are swept by traffic to any key.
+    ops: AtomicUsize,
+    cursor: AtomicUsize,
 }
 
 impl Default for Shared {
@@ -64,6 +68,8 @@ impl Default for Shared {
             shards: (0..SHARDS).map(|_| Mutex::new(Shard::default())).collect(),
             hasher: RandomState::new(),
             next_admission: AtomicU64::new(0),
+            ops: AtomicUsize::new(0),
+            cursor: AtomicUsize::new(0),
         }
     }
 }
@@ -72,6 +78,8 @@ impl Default for Shared {
 struct Shard {
     keys: HashMap<Key, KeyState>,
     ops_since_sweep: usize,
+    /// `Shared::ops` when this shard was last swept.
+    swept_at: usize,
 }
 
 impl MemoryStore {
@@ -95,8 +103,9 @@ impl MemoryStore {
     /// release memory at once.
     pub fn evict_idle(&self) {
         let now = Instant::now();
+        let ops = self.shared.ops.load(Ordering::Relaxed);
         for shard in self.shared.shards.iter() {
-            lock(shard).sweep(now);
+            lock(shard).sweep(now, ops);
         }
     }
 }
@@ -202,20 +211,48 @@ impl Shared {
     }
 }
 
-impl Shard {
-    fn tick(&mut self, now: Instant) {
-        self.ops_since_sweep += 1;
-        if self.ops_since_sweep >= SWEEP_EVERY.max(self.keys.len()) {
-            self.sweep(now);
+impl Shared {
+    /// One operation on `shard`: sweeps it every so often, and every
+    /// `SWEEP_EVERY / SHARDS` operations on any shard, visits the next shard
+    /// in turn and sweeps it if at least as many operations (and
+    /// `SWEEP_EVERY`) have passed since its last sweep as it has keys:
+    /// amortized O(1) per operation, and idle keys go even when their own
+    /// shard sees no traffic.
+    fn tick(&self, shard: &mut Shard, now: Instant) {
+        let ops = self.ops.fetch_add(1, Ordering::Relaxed);
+        shard.ops_since_sweep += 1;
+        if shard.ops_since_sweep >= SWEEP_EVERY.max(shard.keys.len()) {
+            shard.sweep(now, ops);
+        }
+        if !ops.is_multiple_of(SWEEP_EVERY / SHARDS) {
+            return;
+        }
+        let next = self.cursor.fetch_add(1, Ordering::Relaxed) % self.shards.len();
+        // Never wait for another shard while holding one: skip it if busy
+        // (or if it is the one held).
+        let mut other = match self.shards[next].try_lock() {
+            Ok(other) => other,
+            Err(TryLockError::Poisoned(poisoned)) => poisoned.into_inner(),
+            Err(TryLockError::WouldBlock) => return,
+        };
+        if ops.wrapping_sub(other.swept_at) >= SWEEP_EVERY.max(other.keys.len()) {
+            other.sweep(now, ops);
         }
     }
+}
 
-    fn sweep(&mut self, now: Instant) {
+impl Shard {
+    fn sweep(&mut self, now: Instant, ops: usize) {
         self.ops_since_sweep = 0;
+        self.swept_at = ops;
         self.keys.retain(|_, state| {
             state.prune(now);
             !state.is_idle()
         });
+        // Give the memory of a crowd of idle keys back.
+        if self.keys.capacity() > 4 * self.keys.len() + 64 {
+            self.keys.shrink_to(2 * self.keys.len());
+        }
     }
 }
 
@@ -302,9 +339,10 @@ impl KeyState {
             .collect()
     }
 
-    /// One key has one set of quotas; when a layer with other quotas uses the
-    /// same key of the same store, the newest quotas replace the log.
-    fn conform(&mut self, limits: &Limits) {
+    /// One key has one set of quotas. A layer with other quotas may take
+    /// over an idle key; a busy one is not replaced (its admissions would go
+    /// uncounted): returns `false`.
+    fn conform(&mut self, limits: &Limits) -> bool {
         let margin = limits.safety_margin();
         let same = self.windows.len() == limits.quotas().len()
             && self
@@ -312,9 +350,14 @@ impl KeyState {
                 .iter()
                 .zip(limits.quotas())
                 .all(|(w, q)| w.matches(q, margin));
-        if !same {
-            self.windows = Self::windows_for(limits);
+        if same {
+            return true;
         }
+        if !self.is_idle() {
+            return false;
+        }
+        self.windows = Self::windows_for(limits);
+        true
     }
 
     fn shortest_window(&self) -> Duration {
@@ -394,7 +437,7 @@ impl KeyState {
     fn push(&mut self, cost: u64, waker: &Waker) -> u64 {
         let id = self.next_id;
         self.next_id += 1;
-        self.queued_cost += cost;
+        self.queued_cost = self.queued_cost.saturating_add(cost);
         self.queue.push_back(Waiter {
             id,
             cost,
@@ -425,7 +468,7 @@ impl KeyState {
     /// Removes the head and hands the turn to the next live waiter.
     fn pop_head(&mut self) {
         if let Some(head) = self.queue.pop_front() {
-            self.queued_cost -= head.cost;
+            self.queued_cost = self.queued_cost.saturating_sub(head.cost);
         }
         while self.queue.front().is_some_and(|w| w.cancelled) {
             self.queue.pop_front();
@@ -452,7 +495,7 @@ impl KeyState {
         }
         waiter.cancelled = true;
         waiter.waker = None;
-        self.queued_cost -= waiter.cost;
+        self.queued_cost = self.queued_cost.saturating_sub(waiter.cost);
         self.cancelled += 1;
         if self.cancelled >= COMPACT_AT && self.cancelled * 2 > self.queue.len() {
             self.queue.retain(|w| !w.cancelled);
@@ -549,7 +592,7 @@ impl Future for Acquire {
                 // Read under the lock, so that admissions are recorded in the
                 // order of their instants.
                 let now = Instant::now();
-                shard.tick(now);
+                this.shared.tick(&mut shard, now);
                 match this.state {
                     AcquireState::Start => {
                         if let Err(too_large) = this.limits.check_cost(this.key, *this.cost) {
@@ -559,20 +602,23 @@ impl Future for Acquire {
                                 .keys
                                 .entry(this.key.clone())
                                 .or_insert_with(|| KeyState::new(this.limits, now));
-                            state.conform(this.limits);
                             state.prune(now);
-                            arrive(
-                                state,
-                                Arrival {
-                                    shared: this.shared,
-                                    key: this.key,
-                                    cost: *this.cost,
-                                    limits: this.limits,
-                                },
-                                this.state,
-                                now,
-                                cx,
-                            )
+                            if !state.conform(this.limits) {
+                                Step::Ready(Err(ConflictingQuotas::new(this.key.clone()).into()))
+                            } else {
+                                arrive(
+                                    state,
+                                    Arrival {
+                                        shared: this.shared,
+                                        key: this.key,
+                                        cost: *this.cost,
+                                        limits: this.limits,
+                                    },
+                                    this.state,
+                                    now,
+                                    cx,
+                                )
+                            }
                         }
                     }
                     AcquireState::Queued {
@@ -713,11 +759,11 @@ fn arrive(
     if let Some(max_queue) = this.limits.max_queue()
         && queued > max_queue
     {
-        let wait = state.projected_wait(now, state.queued_cost + cost, queued as u64);
+        let wait = state.projected_wait(now, state.queued_cost.saturating_add(cost), queued as u64);
         return overload(wait, OverloadReason::QueueFull(max_queue));
     }
     if let Some(max_wait) = this.limits.max_wait() {
-        let wait = state.projected_wait(now, state.queued_cost + cost, queued as u64);
+        let wait = state.projected_wait(now, state.queued_cost.saturating_add(cost), queued as u64);
         if wait > max_wait {
             return overload(wait, OverloadReason::MaxWait(max_wait));
         }

@@ -147,7 +147,7 @@ mod quota;
 mod service;
 mod store;
 
-pub use error::{CostTooLarge, OverloadReason, Overloaded};
+pub use error::{ConflictingQuotas, CostTooLarge, OverloadReason, Overloaded};
 pub use future::ResponseFuture;
 pub use layer::SlidingWindowLayer;
 pub use memory::{Acquire, MemoryStore};
