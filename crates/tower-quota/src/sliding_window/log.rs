@@ -38,8 +38,10 @@ pub(super) struct WindowLog {
     answered: VecDeque<Entry>,
     /// Tombstones in `pending`: entries that moved to `answered`.
     moved: usize,
-    /// Sum of the costs of the live entries.
-    in_window: u64,
+    /// Sum of the costs of the live entries: a `u128`, so that costs and
+    /// corrections up to `u64::MAX` each never saturate the sum (a saturated
+    /// sum would under-count once entries leave).
+    in_window: u128,
 }
 
 #[derive(Clone, Copy)]
@@ -103,7 +105,7 @@ impl WindowLog {
             if entry.moved {
                 self.moved -= 1;
             } else if entry.until.is_some_and(|until| until <= now) {
-                self.in_window = self.in_window.saturating_sub(entry.cost);
+                self.in_window = self.in_window.saturating_sub(u128::from(entry.cost));
             } else {
                 break;
             }
@@ -111,7 +113,7 @@ impl WindowLog {
         }
         while let Some(entry) = self.answered.front() {
             if entry.until.is_some_and(|until| until <= now) {
-                self.in_window = self.in_window.saturating_sub(entry.cost);
+                self.in_window = self.in_window.saturating_sub(u128::from(entry.cost));
                 self.answered.pop_front();
             } else {
                 break;
@@ -120,7 +122,7 @@ impl WindowLog {
     }
 
     pub(super) fn has_room(&self, cost: u64) -> bool {
-        self.in_window.saturating_add(self.units(cost)) <= self.max_calls
+        self.in_window + u128::from(self.units(cost)) <= u128::from(self.max_calls)
     }
 
     /// Records an admission at `now`, held until `sent_by` (its bound, `None`
@@ -130,7 +132,7 @@ impl WindowLog {
         if cost == 0 {
             return;
         }
-        self.in_window = self.in_window.saturating_add(cost);
+        self.in_window += u128::from(cost);
         self.pending.push_back(Entry {
             id,
             cost,
@@ -212,10 +214,10 @@ impl WindowLog {
 
     /// When the `unit`-th unit (0-based, in leaving order) of the log leaves
     /// the window; `None` when it leaves only once answered.
-    fn unit_leaves(&self, unit: u64, now: Instant) -> Option<Instant> {
-        let mut seen = 0u64;
+    fn unit_leaves(&self, unit: u128, now: Instant) -> Option<Instant> {
+        let mut seen = 0u128;
         for entry in self.leaving() {
-            seen = seen.saturating_add(entry.cost);
+            seen += u128::from(entry.cost);
             if seen > unit {
                 return entry.until;
             }
@@ -233,10 +235,8 @@ impl WindowLog {
         }
         // Units that must leave the window first: the entry holding the last
         // of them decides.
-        let must_leave = self
-            .in_window
-            .saturating_add(self.units(cost))
-            .saturating_sub(self.max_calls);
+        let must_leave = (self.in_window + u128::from(self.units(cost)))
+            .saturating_sub(u128::from(self.max_calls));
         self.unit_leaves(must_leave.saturating_sub(1), now)
     }
 
@@ -246,7 +246,8 @@ impl WindowLog {
     /// pruned at `now`.
     pub(super) fn projected_wait(&self, now: Instant, cost: u64, requests: u64) -> Duration {
         let units = if self.per_request { requests } else { cost };
-        let free = self.max_calls.saturating_sub(self.in_window);
+        let free = u128::from(self.max_calls).saturating_sub(self.in_window);
+        let units = u128::from(units);
         if units <= free {
             return Duration::ZERO;
         }
@@ -254,8 +255,8 @@ impl WindowLog {
         // `beyond % max_calls` of the log-then-future sequence leaves the
         // window, `beyond / max_calls` spans after that.
         let beyond = units - free - 1;
-        let cycles = beyond / self.max_calls;
-        let unit = beyond % self.max_calls;
+        let cycles = beyond / u128::from(self.max_calls);
+        let unit = beyond % u128::from(self.max_calls);
         let first = if unit < self.in_window {
             self.unit_leaves(unit, now)
                 .map_or(self.span, |at| at.saturating_duration_since(now))
@@ -285,10 +286,7 @@ impl WindowLog {
             return false;
         }
         entry.cost = actual;
-        self.in_window = self
-            .in_window
-            .saturating_sub(recorded)
-            .saturating_add(actual);
+        self.in_window = self.in_window.saturating_sub(u128::from(recorded)) + u128::from(actual);
         true
     }
 }

@@ -99,3 +99,124 @@ async fn idle_keys_are_swept_by_traffic_to_any_key() {
         store.key_count()
     );
 }
+
+mod properties {
+    use super::*;
+    use proptest::prelude::*;
+
+    #[derive(Debug, Clone)]
+    struct Call {
+        gap_ms: u64,
+        layer: usize,
+        cost: u64,
+        /// Charge the admission this much more afterwards (saturating).
+        charge: Option<u64>,
+    }
+
+    fn quota() -> impl Strategy<Value = (u64, u64)> {
+        (
+            prop_oneof![1u64..8, Just(u64::MAX), (1u64 << 63)..u64::MAX],
+            10u64..200,
+        )
+    }
+
+    fn cost() -> impl Strategy<Value = u64> {
+        prop_oneof![0u64..4, Just(u64::MAX), (1u64 << 62)..u64::MAX]
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(128))]
+
+        /// Layers sharing one store with different quota lists, costs up to
+        /// `u64::MAX`, charges of any size, `max_wait` and `max_queue`: no
+        /// panic, every call ends (admitted or refused with a typed error),
+        /// and no layer ever admits more than a quota's capacity in any
+        /// window of that quota.
+        #[test]
+        fn shared_stores_huge_costs_and_charges_never_overfill_a_window(
+            layers in prop::collection::vec(
+                (prop::collection::vec(quota(), 1..3), 0u64..500, 1usize..20),
+                1..4,
+            ),
+            calls in prop::collection::vec(
+                (0u64..30, 0usize..4, cost(), prop::option::weighted(0.3, any::<u64>()))
+                    .prop_map(|(gap_ms, layer, cost, charge)| Call { gap_ms, layer, cost, charge }),
+                1..60,
+            ),
+        ) {
+            let runtime = tokio::runtime::Builder::new_current_thread()
+                .enable_time()
+                .start_paused(true)
+                .build()
+                .unwrap();
+            let admitted: Vec<Vec<(u64, u64)>> = runtime.block_on(async {
+                let store = MemoryStore::new();
+                let mut services = Vec::new();
+                for (quotas, max_wait_ms, max_queue) in &layers {
+                    let quotas = quotas
+                        .iter()
+                        .map(|(max, window)| Quota::new(*max, MS * *window as u32).unwrap());
+                    let layer = SlidingWindowLayer::with_quotas(quotas)
+                        .unwrap()
+                        .safety_margin(Duration::ZERO)
+                        .unwrap()
+                        .store(store.clone())
+                        .cost_fn(|call: &(u64, Option<u64>)| call.0)
+                        // The provider says what the request really cost.
+                        .usage_fn(|answer: &(Instant, Option<u64>)| answer.1)
+                        .max_wait(MS * *max_wait_ms as u32)
+                        .max_queue(*max_queue);
+                    services.push(layer.layer(service_fn(|call: (u64, Option<u64>)| async move {
+                        Ok::<_, Infallible>((Instant::now(), call.1))
+                    })));
+                }
+                let start = Instant::now();
+                let mut tasks = Vec::new();
+                for call in calls.clone() {
+                    tokio::time::sleep(MS * call.gap_ms as u32).await;
+                    let layer = call.layer % services.len();
+                    let service = services[layer].clone();
+                    let actual = call.charge.map(|charge| call.cost.saturating_add(charge));
+                    tasks.push(tokio::spawn(async move {
+                        match service.oneshot((call.cost, actual)).await {
+                            Ok((at, _)) => Some((layer, (at - start).as_millis() as u64, call.cost)),
+                            Err(error) => {
+                                assert!(
+                                    error.is::<Overloaded>()
+                                        || error.is::<CostTooLarge>()
+                                        || error.is::<ConflictingQuotas>(),
+                                    "unexpected error: {error}"
+                                );
+                                None
+                            }
+                        }
+                    }));
+                }
+                let mut admitted = vec![Vec::new(); services.len()];
+                for task in tasks {
+                    if let Some((layer, at, cost)) = task.await.unwrap() {
+                        admitted[layer].push((at, cost));
+                    }
+                }
+                admitted
+            });
+            for (layer, (quotas, _, _)) in layers.iter().enumerate() {
+                let mut times = admitted[layer].clone();
+                times.sort_unstable();
+                for (max_calls, window) in quotas {
+                    for (i, (start, _)) in times.iter().enumerate() {
+                        let units: u128 = times[i..]
+                            .iter()
+                            .take_while(|(at, _)| *at < start + window)
+                            .map(|(_, cost)| u128::from(*cost))
+                            .sum();
+                        prop_assert!(
+                            units <= u128::from(*max_calls),
+                            "layer {layer}: {units} units in {window} ms from {start} ms, quota {max_calls}"
+                        );
+                    }
+                }
+            }
+        }
+    }
+}
