@@ -4,6 +4,7 @@
 //!
 //! ```text
 //! cargo run --release -p quota-bench -- scenarios   # saturation, bursts, Redis workers, retry spread
+//! cargo run --release -p quota-bench -- network     # the README stack across a simulated network, per admission mode
 //! cargo run --release -p quota-bench -- memory      # bytes per key, in process and in Redis
 //! cargo bench -p quota-bench                        # criterion micro-benchmarks, then:
 //! cargo run --release -p quota-bench -- micro       # their table, from target/criterion
@@ -21,6 +22,7 @@ use tower_quota::BoxError;
 mod limiters;
 mod memory;
 mod micro;
+mod network;
 mod plot;
 mod redis_server;
 mod results;
@@ -31,7 +33,7 @@ mod spread;
 #[global_allocator]
 static GLOBAL: &StatsAlloc<std::alloc::System> = &INSTRUMENTED_SYSTEM;
 
-const USAGE: &str = "usage: quota-bench scenarios | memory | micro";
+const USAGE: &str = "usage: quota-bench scenarios | network | memory | micro";
 
 fn main() -> Result<ExitCode, BoxError> {
     let args: Vec<String> = std::env::args().skip(1).collect();
@@ -42,6 +44,7 @@ fn main() -> Result<ExitCode, BoxError> {
         Some("scenarios") => runtime.block_on(scenarios::run())?,
         Some("memory") => runtime.block_on(memory::run())?,
         Some("micro") => micro::run()?,
+        Some("network") => runtime.block_on(network::run())?,
         // A Redis worker process, started by `scenarios`.
         Some("worker") => runtime.block_on(scenarios::worker(&args[1..]))?,
         _ => {

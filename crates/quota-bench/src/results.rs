@@ -11,7 +11,7 @@ pub(crate) fn crate_dir() -> PathBuf {
 }
 
 /// The sections, in the order RESULTS.md shows them.
-const SECTIONS: [&str; 3] = ["micro", "scenarios", "memory"];
+const SECTIONS: [&str; 4] = ["micro", "scenarios", "network", "memory"];
 
 /// Writes the section `name` and rebuilds RESULTS.md.
 pub(crate) fn write_section(name: &str, body: &str) -> Result<(), BoxError> {
@@ -50,6 +50,7 @@ fn command(name: &str) -> &'static str {
     match name {
         "micro" => "cargo bench -p quota-bench && cargo run --release -p quota-bench -- micro",
         "scenarios" => "cargo run --release -p quota-bench -- scenarios",
+        "network" => "cargo run --release -p quota-bench -- network",
         _ => "cargo run --release -p quota-bench -- memory",
     }
 }
@@ -58,6 +59,7 @@ fn title(name: &str) -> &'static str {
     match name {
         "micro" => "Micro-benchmarks (criterion)",
         "scenarios" => "Scenarios against quota-mock over loopback",
+        "network" => "The README stack across a simulated network, per admission mode",
         _ => "Memory per key",
     }
 }
@@ -82,13 +84,15 @@ const HEADER: &str = "# quota-bench results
 tower-quota measured side by side with `tower::limit::RateLimit`, governor
 0.10 and tower-resilience 0.13 (its sliding-log rate limiter), in the same
 run on the same machine. Every number below comes from the commands named
-in its section; nothing is edited by hand. The goals are those of issue 7;
-where one is not met, the section says so and by how much.
+in its section; nothing is edited by hand. The goals are those of issue 7
+(those of issue 12 for `network`); where one is not met, the section says
+so and by how much.
 
 ```text
 cargo bench -p quota-bench                        # criterion, ~1.5 min on 2 cores
 cargo run --release -p quota-bench -- micro       # the micro-benchmark table below
 cargo run --release -p quota-bench -- scenarios   # ~2 min; timeline.svg, retry_cdf.svg
+cargo run --release -p quota-bench -- network     # ~5 min; fixed margin vs default vs strict
 cargo run --release -p quota-bench -- memory
 ```
 
