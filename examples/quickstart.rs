@@ -6,6 +6,7 @@
 //! cargo run --release --example quickstart
 //! cargo run --release --example quickstart -- --quota 20 --window 1s --requests 300 --concurrency 32
 //! cargo run --release --example quickstart -- --requests 200 --no-faults    # pacing alone
+//! cargo run --release --example quickstart -- --provider-quota 15             # a provider stricter than its docs: FAILED, and why
 //! ```
 //!
 //! An in-process `quota-mock` server enforces a strict sliding log (20
@@ -50,6 +51,8 @@ struct Options {
     safety_margin: Option<Duration>,
     sent_within: Option<Duration>,
     strict: bool,
+    /// The quota the provider enforces, when it differs from the client's.
+    provider_quota: Option<u64>,
     redis: Option<String>,
     out: PathBuf,
 }
@@ -65,6 +68,7 @@ impl Options {
             safety_margin: None,
             sent_within: None,
             strict: false,
+            provider_quota: None,
             redis: None,
             out: PathBuf::from("target/quickstart"),
         };
@@ -79,6 +83,7 @@ impl Options {
                 "--safety-margin" => options.safety_margin = Some(duration(&flag, &value()?)?),
                 "--sent-within" => options.sent_within = Some(duration(&flag, &value()?)?),
                 "--strict" => options.strict = true,
+                "--provider-quota" => options.provider_quota = Some(number(&flag, &value()?)?),
                 "--out" => options.out = PathBuf::from(value()?),
                 "--redis" => options.redis = Some(value()?),
                 "--no-faults" => options.faults = false,
@@ -94,7 +99,7 @@ impl Options {
 }
 
 const USAGE: &str = "usage: quickstart [--quota N] [--window 1s] [--requests N] [--concurrency N] \
-[--no-faults] [--safety-margin 5ms] [--sent-within 100ms] [--strict] [--redis redis://127.0.0.1:6379] [--out DIR]";
+[--no-faults] [--safety-margin 5ms] [--sent-within 100ms] [--strict] [--provider-quota N] [--redis redis://127.0.0.1:6379] [--out DIR]";
 
 fn number<T: std::str::FromStr>(flag: &str, text: &str) -> Result<T, String> {
     text.parse()
@@ -133,7 +138,10 @@ async fn main() -> Result<ExitCode, BoxError> {
 
     // The provider: a strict sliding log, with faults, measured at the server.
     let mut provider = MockServer::builder()
-        .rule(Rule::sliding_log(options.quota, options.window))
+        .rule(Rule::sliding_log(
+            options.provider_quota.unwrap_or(options.quota),
+            options.window,
+        ))
         .headers(HeaderDialect::IetfStructured)
         .seed(7);
     if options.faults {
@@ -337,7 +345,7 @@ impl Report {
                 self.refused, options.quota, options.window
             ));
         }
-        if self.max_in_window > options.quota {
+        if self.max_in_window > options.provider_quota.unwrap_or(options.quota) {
             problems.push(format!(
                 "the server accepted {} in one window, above the quota of {}",
                 self.max_in_window, options.quota
