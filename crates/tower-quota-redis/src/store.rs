@@ -13,7 +13,7 @@ use redis::aio::ConnectionManager;
 use redis::{FromRedisValue, ScriptInvocation};
 use tokio::time::Instant;
 use tower_quota::sliding_window::{
-    Admission, Completion, Limits, MemoryStore, OverloadReason, Overloaded, Quota,
+    Admission, Completion, DriftMargin, Limits, MemoryStore, OverloadReason, Overloaded, Quota,
     SlidingWindowLayer, Store,
 };
 use tower_quota::{BoxError, Key, telemetry};
@@ -59,7 +59,7 @@ struct Inner {
     known: Mutex<HashMap<Key, Limits>>,
     /// The extra margin of each key whose provider refused a request the
     /// log had room for.
-    drift: Mutex<HashMap<Key, Drift>>,
+    drift: Mutex<HashMap<Key, DriftMargin>>,
     /// After a connection failure or a timeout, Redis is not waited on
     /// again before this instant: requests meet the failure policy at once.
     suspended_until: Mutex<Option<Instant>>,
@@ -270,7 +270,6 @@ impl Store for RedisStore {
             };
         }
         let window = shortest_window(limits);
-        let step = limits.safety_margin().max(Duration::from_millis(1));
         let now = Instant::now();
         let mut drift = lock(&self.inner.drift);
         if drift.len() >= KNOWN_KEYS && !drift.contains_key(admission.key()) {
@@ -279,42 +278,10 @@ impl Store for RedisStore {
                 drift.clear();
             }
         }
-        let state = drift.entry(admission.key().clone()).or_default();
-        let before = state.extra(now, window);
-        Some((before, state.widen(now, window, step)))
-    }
-}
-
-/// The margin a key adds after its provider refused requests that the log
-/// had room for: doubled (plus a step) on each such refusal up to a quarter
-/// of the shortest window, halved for every ten windows without one.
-#[derive(Default)]
-struct Drift {
-    extra: Duration,
-    since: Option<Instant>,
-}
-
-impl Drift {
-    fn extra(&self, now: Instant, window: Duration) -> Duration {
-        let Some(since) = self.since else {
-            return Duration::ZERO;
-        };
-        let decay = window.saturating_mul(10).max(Duration::from_millis(1));
-        let halvings = now.saturating_duration_since(since).as_nanos() / decay.as_nanos();
-        u32::try_from(halvings)
-            .ok()
-            .and_then(|halvings| self.extra.as_nanos().checked_shr(halvings))
-            .map_or(Duration::ZERO, |nanos| {
-                Duration::from_nanos(u64::try_from(nanos).unwrap_or(u64::MAX))
-            })
-    }
-
-    fn widen(&mut self, now: Instant, window: Duration, step: Duration) -> Duration {
-        let current = self.extra(now, window);
-        let cap = (window / 4).max(step);
-        self.extra = current.saturating_mul(2).saturating_add(step).min(cap);
-        self.since = Some(now);
-        self.extra
+        drift
+            .entry(admission.key().clone())
+            .or_default()
+            .refused(now, limits)
     }
 }
 

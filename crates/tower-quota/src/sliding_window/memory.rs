@@ -27,6 +27,7 @@ use std::time::Duration;
 use pin_project_lite::pin_project;
 use tokio::time::{Instant, Sleep};
 
+use super::drift::DriftMargin;
 use super::error::{ConflictingQuotas, OverloadReason, Overloaded};
 use super::log::WindowLog;
 use super::store::{Admission, Completion, Store};
@@ -171,23 +172,7 @@ impl Store for MemoryStore {
         let mut shard = lock(self.shared.shard(admission.key()));
         let now = Instant::now();
         let state = shard.keys.get_mut(admission.key())?;
-        let window = state.shortest_window();
-        if state
-            .drift
-            .since
-            .is_some_and(|since| now.saturating_duration_since(since) < window)
-        {
-            // The same episode: already answered for.
-            return None;
-        }
-        let before = state.drift.extra(now, window);
-        // A step of 1% of the window (at least the margin): a provider
-        // whose clock runs 3% slow is matched after two episodes.
-        let step = limits
-            .safety_margin()
-            .max(window / 100)
-            .max(Duration::from_millis(1));
-        let after = state.drift.widen(now, window, step);
+        let (before, after) = state.drift.refused(now, limits)?;
         // The provider's window runs late for every admission in the log,
         // not only for those to come.
         let delta = after.saturating_sub(before);
@@ -271,44 +256,9 @@ struct KeyState {
     cancelled: usize,
     queued_cost: u64,
     next_id: u64,
-    drift: Drift,
+    drift: DriftMargin,
     /// Until then the key is cold: its admissions are held until answered.
     warm_at: Instant,
-}
-
-/// The margin a key adds after its provider refused requests that the log
-/// had room for: doubled (plus a step) on each such refusal up to a quarter
-/// of the shortest window, halved for every 100 windows without one. The
-/// refusals within a window of a widening are one episode (a burst sent
-/// before the provider's first refusal came back): they widen it once.
-#[derive(Default)]
-struct Drift {
-    extra: Duration,
-    since: Option<Instant>,
-}
-
-impl Drift {
-    fn extra(&self, now: Instant, window: Duration) -> Duration {
-        let Some(since) = self.since else {
-            return Duration::ZERO;
-        };
-        let decay = window.saturating_mul(100).max(Duration::from_millis(1));
-        let halvings = now.saturating_duration_since(since).as_nanos() / decay.as_nanos();
-        u32::try_from(halvings)
-            .ok()
-            .and_then(|halvings| self.extra.as_nanos().checked_shr(halvings))
-            .map_or(Duration::ZERO, |nanos| {
-                Duration::from_nanos(u64::try_from(nanos).unwrap_or(u64::MAX))
-            })
-    }
-
-    fn widen(&mut self, now: Instant, window: Duration, step: Duration) -> Duration {
-        let current = self.extra(now, window);
-        let cap = (window / 4).max(step);
-        self.extra = current.saturating_mul(2).saturating_add(step).min(cap);
-        self.since = Some(now);
-        self.extra
-    }
 }
 
 impl KeyState {
@@ -326,7 +276,7 @@ impl KeyState {
             cancelled: 0,
             queued_cost: 0,
             next_id: 0,
-            drift: Drift::default(),
+            drift: DriftMargin::default(),
         }
     }
 

@@ -138,6 +138,7 @@
 //! # }
 //! ```
 
+mod drift;
 mod error;
 mod future;
 mod layer;
@@ -147,6 +148,7 @@ mod quota;
 mod service;
 mod store;
 
+pub use drift::DriftMargin;
 pub use error::{ConflictingQuotas, CostTooLarge, OverloadReason, Overloaded};
 pub use future::ResponseFuture;
 pub use layer::SlidingWindowLayer;
