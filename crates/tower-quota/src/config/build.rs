@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use humantime_serde::re::humantime::format_duration;
 
-use super::{ConfigError, ProviderConfig, ProviderKey, ProvidersConfig, Strategy};
+use super::{ConfigError, KeyHasher, ProviderConfig, ProviderKey, ProvidersConfig, Strategy};
 use crate::backoff::{InvalidBackoff, Jitter};
 use crate::sliding_window::{InvalidQuota, MAX_SAFETY_MARGIN, Quota, Store};
 use crate::{HttpFeedback, JitterBackoffLayer, RetryAfterLayer, SlidingWindowLayer, UnitCost};
@@ -71,6 +71,19 @@ pub(super) fn build<St: Store>(
     let mut routes = Routes::default();
     let mut owners: HashMap<String, &str> = HashMap::new();
     let mut providers = Vec::with_capacity(config.providers.len());
+    let hasher = match &config.key_secret_env {
+        None => KeyHasher::process(),
+        Some(variable) => match std::env::var_os(variable) {
+            Some(secret) if !secret.is_empty() => KeyHasher::secret(secret.as_encoded_bytes()),
+            _ => {
+                return Err(ConfigError::invalid(
+                    "key_secret_env".to_owned(),
+                    format!("{variable:?}"),
+                    "the environment variable is not set or empty",
+                ));
+            }
+        },
+    };
     for (index, (name, provider)) in config.providers.iter().enumerate() {
         let path = provider_path(name);
         if name.trim().is_empty() {
@@ -103,7 +116,13 @@ pub(super) fn build<St: Store>(
             owners.insert(normalized.clone(), name);
             routes.by_host.insert(normalized, index);
         }
-        providers.push(build_provider(name, &path, provider, store.clone())?);
+        providers.push(build_provider(
+            name,
+            &path,
+            provider,
+            store.clone(),
+            hasher.clone(),
+        )?);
     }
     Ok(Built { providers, routes })
 }
@@ -130,8 +149,9 @@ fn build_provider<St: Store>(
     path: &str,
     provider: &ProviderConfig,
     store: St,
+    hasher: KeyHasher,
 ) -> Result<BuiltProvider<St, UnitCost>, ConfigError> {
-    let key_fn = ProviderKey::new(name, provider.key.clone());
+    let key_fn = ProviderKey::with_hasher(name, provider.key.clone(), hasher);
 
     if provider.quotas.is_empty() {
         return Err(ConfigError::invalid(

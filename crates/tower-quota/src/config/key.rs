@@ -2,7 +2,7 @@
 
 use std::borrow::Cow;
 use std::fmt;
-use std::hash::{BuildHasher, RandomState};
+use std::hash::{BuildHasher, DefaultHasher, Hasher, RandomState};
 use std::sync::{Arc, OnceLock};
 
 use http::Request;
@@ -33,10 +33,11 @@ use crate::{Key, KeyFn};
 /// nobody who lacks the secret can confirm a guessed value from a log line
 /// or build two values that share a quota on purpose. The secret changes
 /// with every process: processes that share a store and must agree on the
-/// key give each one the same keyed hasher with
+/// key give each one the same secret ([`KeyHasher::secret`], or the
+/// configuration's `key_secret_env`), or the same keyed hasher with
 /// [`with_hasher`](Self::with_hasher).
 #[derive(Clone)]
-pub struct ProviderKey<H = RandomState> {
+pub struct ProviderKey<H = KeyHasher> {
     provider: Arc<str>,
     key: KeyConfig,
     hasher: H,
@@ -46,12 +47,60 @@ impl ProviderKey {
     /// The key function of provider `provider` keyed by `key`; header
     /// values are hashed with this process's secret.
     pub fn new(provider: impl Into<Arc<str>>, key: KeyConfig) -> Self {
+        ProviderKey::with_hasher(provider, key, KeyHasher::process())
+    }
+}
+
+/// The keyed hash of header values in [`ProviderKey`]s: SipHash keyed with
+/// this process's random secret, or prefixed with a secret that the
+/// processes sharing a store share (so they agree on every key).
+#[derive(Clone)]
+pub struct KeyHasher(Secret);
+
+#[derive(Clone)]
+enum Secret {
+    Process(RandomState),
+    Shared(Arc<[u8]>),
+}
+
+impl KeyHasher {
+    /// This process's secret, drawn once.
+    pub fn process() -> Self {
         static PROCESS_SECRET: OnceLock<RandomState> = OnceLock::new();
-        ProviderKey::with_hasher(
-            provider,
-            key,
+        KeyHasher(Secret::Process(
             PROCESS_SECRET.get_or_init(RandomState::new).clone(),
-        )
+        ))
+    }
+
+    /// A secret shared by the processes that must agree on keys: SipHash
+    /// over the secret, then the value. Use at least 16 random bytes.
+    pub fn secret(secret: impl AsRef<[u8]>) -> Self {
+        KeyHasher(Secret::Shared(Arc::from(secret.as_ref())))
+    }
+}
+
+impl BuildHasher for KeyHasher {
+    type Hasher = DefaultHasher;
+
+    fn build_hasher(&self) -> DefaultHasher {
+        match &self.0 {
+            Secret::Process(state) => state.build_hasher(),
+            Secret::Shared(secret) => {
+                let mut hasher = DefaultHasher::new();
+                hasher.write(secret);
+                hasher
+            }
+        }
+    }
+}
+
+impl fmt::Debug for KeyHasher {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        // Never the secret.
+        f.write_str(match self.0 {
+            Secret::Process(_) => "KeyHasher::process()",
+            Secret::Shared(_) => "KeyHasher::secret(..)",
+        })
     }
 }
 
@@ -131,6 +180,24 @@ mod tests {
             .header("x-api-key", value)
             .body(())
             .unwrap()
+    }
+
+    #[test]
+    fn processes_with_one_shared_secret_agree_on_header_keys() {
+        let config: KeyConfig = "header:x-api-key".parse().unwrap();
+        let request = with_api_key("sk-secret");
+        let key = |hasher: KeyHasher| {
+            ProviderKey::with_hasher("openai", config.clone(), hasher).key(&request)
+        };
+        assert_eq!(
+            key(KeyHasher::secret("shared secret, 16+ bytes")),
+            key(KeyHasher::secret("shared secret, 16+ bytes"))
+        );
+        assert_ne!(
+            key(KeyHasher::secret("shared secret, 16+ bytes")),
+            key(KeyHasher::secret("another secret, 16+ bytes"))
+        );
+        assert!(!format!("{:?}", KeyHasher::secret("hidden")).contains("hidden"));
     }
 
     #[test]

@@ -17,7 +17,7 @@
 //!
 //! [providers.openai]
 //! hosts = ["api.openai.com"]       # "host" or "host:port"
-//! key = "global"                   # or "host", "path", "header:x-api-key" (hashed)
+//! key = "global"                   # or "host", "path", "header:x-api-key" (hashed, keyed)
 //! max_wait = "30s"                 # longest wait for quota or a server's pause
 //! max_queue = 1000                 # most requests waiting per key
 //! safety_margin = "5ms"            # held past each window for the server's clock
@@ -113,7 +113,7 @@ mod router;
 mod schema;
 
 pub use error::ConfigError;
-pub use key::ProviderKey;
+pub use key::{KeyHasher, ProviderKey};
 pub use router::{ProviderRouter, ProvidersLayer, RoutedBody, RouterFuture, UnknownHost};
 pub use schema::{
     KeyConfig, ProviderConfig, ProvidersConfig, QuotaConfig, RetryConfig, Strategy, UnknownHosts,

@@ -26,6 +26,11 @@ pub struct ProvidersConfig {
     /// provider, so providers never share a quota even in a shared store.
     #[serde(default)]
     pub providers: BTreeMap<String, ProviderConfig>,
+    /// The environment variable holding the secret that `header:NAME` keys
+    /// are hashed with, so that processes sharing a store agree on them;
+    /// unset: a random secret per process.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub key_secret_env: Option<String>,
 }
 
 /// What happens to a request whose host no provider lists.
@@ -195,11 +200,11 @@ pub enum Strategy {
 /// | `"header:NAME"` | `openai:x-api-key:5f1c…` | value of header `NAME`, hashed |
 ///
 /// Keys appear in telemetry events and metric labels. A header's value
-/// (typically an API key) never does: it is hashed with 64-bit FNV-1a, a
-/// stable hash so that processes sharing a store agree on the key. The hash
-/// keeps the value out of logs; it is not a cryptographic commitment, and a
-/// guessable value could be confirmed from it. A request without the header
-/// uses the key `openai:x-api-key:none`.
+/// (typically an API key) never does: it is hashed with a keyed SipHash,
+/// a random secret per process unless `key_secret_env` names one that the
+/// processes sharing a store share. Without the secret nobody can confirm a
+/// guessed value from a log line or build values that share a quota on
+/// purpose. A request without the header uses the key `openai:x-api-key:none`.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 #[non_exhaustive]
 pub enum KeyConfig {

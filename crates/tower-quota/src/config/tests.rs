@@ -543,3 +543,18 @@ fn the_layer_names_its_providers() {
     let layer = config.layer::<Empty<Bytes>>().unwrap();
     assert_eq!(layer.provider_names().collect::<Vec<_>>(), ["a", "b"]);
 }
+
+#[test]
+fn a_key_secret_variable_that_is_not_set_is_an_error_naming_it() {
+    let source = r#"
+key_secret_env = "TOWER_QUOTA_TEST_SECRET_THAT_IS_NEVER_SET"
+
+[providers.openai]
+hosts = ["api.openai.com"]
+key = "header:x-api-key"
+quotas = [{ max_calls = 10, window = "1s" }]
+"#;
+    let message = error(source);
+    assert!(message.contains("key_secret_env"), "{message}");
+    assert!(message.contains("TOWER_QUOTA_TEST_SECRET_THAT_IS_NEVER_SET"), "{message}");
+}
