@@ -16,11 +16,21 @@
 //! `grpc-previous-rpc-attempts`, so servers and telemetry can tell attempts
 //! apart.
 //!
+//! Waiting is counted once too. Each layer may wait before an attempt (the
+//! backoff layer sleeps a jittered delay, the RetryAfter gate waits for a
+//! server's pause to end), and a server delay above the stack's `max_wait`
+//! must not be slept through by any of them. So the outermost layer also
+//! puts a [`WaitBudget`] in the request's extensions; a
+//! [`RetryAfterLayer`] lowers it to its own `max_wait`, and every layer
+//! checks it before a wait and spends from it after. A wait that does not
+//! fit goes back to the caller at once instead.
+//!
 //! [`JitterBackoffLayer`]: crate::JitterBackoffLayer
 //! [`RetryAfterLayer`]: crate::RetryAfterLayer
 
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
+use std::time::Duration;
 
 use http::Request;
 use http::header::{CONTENT_TYPE, HeaderName, HeaderValue};
@@ -134,6 +144,98 @@ impl AttemptBudget {
     }
 }
 
+/// The time one logical request may still spend waiting before its
+/// attempts, shared by every layer that waits; see the [module docs](self).
+///
+/// Cheap to clone: clones share one account. Durations are kept in whole
+/// nanoseconds, saturating: a limit of about 584 years or more is unlimited.
+///
+/// ```
+/// use std::time::Duration;
+/// use tower_quota::attempts::WaitBudget;
+///
+/// let budget = WaitBudget::unlimited();
+/// // A RetryAfterLayer below allows 2 s of waiting in all.
+/// budget.limit_to(Duration::from_secs(2));
+/// budget.spend(Duration::from_millis(1500));
+/// assert_eq!(budget.remaining(), Duration::from_millis(500));
+/// // A server that asks for 30 s more gets the response back, not a sleep.
+/// assert!(!budget.allows(Duration::from_secs(30)));
+/// ```
+#[derive(Debug, Clone)]
+pub struct WaitBudget {
+    shared: Arc<WaitShared>,
+}
+
+#[derive(Debug)]
+struct WaitShared {
+    spent_nanos: AtomicU64,
+    max_nanos: AtomicU64,
+}
+
+fn nanos(duration: Duration) -> u64 {
+    u64::try_from(duration.as_nanos()).unwrap_or(u64::MAX)
+}
+
+impl WaitBudget {
+    /// A budget of `max` waiting in all, none spent yet.
+    pub fn new(max: Duration) -> Self {
+        WaitBudget {
+            shared: Arc::new(WaitShared {
+                spent_nanos: AtomicU64::new(0),
+                max_nanos: AtomicU64::new(nanos(max)),
+            }),
+        }
+    }
+
+    /// A budget without a limit, until a layer sets one with
+    /// [`limit_to`](Self::limit_to).
+    pub fn unlimited() -> Self {
+        Self::new(Duration::MAX)
+    }
+
+    /// Lowers the limit to `max` when it is higher; never raises it.
+    pub fn limit_to(&self, max: Duration) {
+        self.shared
+            .max_nanos
+            .fetch_min(nanos(max), Ordering::AcqRel);
+    }
+
+    /// The most waiting in all; `Duration::MAX` when unlimited.
+    pub fn max(&self) -> Duration {
+        match self.shared.max_nanos.load(Ordering::Acquire) {
+            u64::MAX => Duration::MAX,
+            max => Duration::from_nanos(max),
+        }
+    }
+
+    /// The waiting spent so far.
+    pub fn spent(&self) -> Duration {
+        Duration::from_nanos(self.shared.spent_nanos.load(Ordering::Acquire))
+    }
+
+    /// The waiting left.
+    pub fn remaining(&self) -> Duration {
+        self.max().saturating_sub(self.spent())
+    }
+
+    /// Whether a wait of `wait` fits in what is left.
+    pub fn allows(&self, wait: Duration) -> bool {
+        wait <= self.remaining()
+    }
+
+    /// Records `waited` as spent (saturating).
+    pub fn spend(&self, waited: Duration) {
+        let waited = nanos(waited);
+        let _ =
+            self.shared
+                .spent_nanos
+                .fetch_update(Ordering::AcqRel, Ordering::Acquire, |spent| {
+                    Some(spent.saturating_add(waited))
+                });
+    }
+}
+
 /// Whether `request` is a gRPC call: its content type is `application/grpc`
 /// or `application/grpc+<codec>`.
 pub(crate) fn is_grpc<B>(request: &Request<B>) -> bool {
@@ -165,6 +267,22 @@ mod tests {
         assert_eq!(budget.try_begin(&mut request), Some(2));
         assert_eq!(request.headers()[GRPC_PREVIOUS_RPC_ATTEMPTS], "1");
         assert_eq!(budget.remaining(), 1);
+    }
+
+    #[test]
+    fn a_wait_budget_is_shared_lowered_never_raised_and_saturates() {
+        let budget = WaitBudget::unlimited();
+        assert!(budget.allows(Duration::MAX));
+        let below = budget.clone();
+        below.limit_to(Duration::from_secs(2));
+        below.limit_to(Duration::from_secs(60));
+        assert_eq!(budget.max(), Duration::from_secs(2), "shared, never raised");
+        budget.spend(Duration::from_secs(1));
+        assert_eq!(below.remaining(), Duration::from_secs(1));
+        assert!(!below.allows(Duration::from_secs(30)));
+        budget.spend(Duration::MAX);
+        budget.spend(Duration::MAX);
+        assert_eq!(budget.remaining(), Duration::ZERO);
     }
 
     #[test]

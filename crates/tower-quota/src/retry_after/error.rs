@@ -5,7 +5,8 @@ use super::GateReason;
 use crate::Key;
 
 /// A request was refused without being sent: its key's gate stays closed
-/// longer than `max_wait`.
+/// longer than the request may still wait (`max_wait`, less what it has
+/// waited already).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct GateClosed {
     pub(crate) key: Key,
@@ -19,7 +20,8 @@ impl GateClosed {
         &self.key
     }
 
-    /// How long until the gate opens.
+    /// How long until the gate opens (or, while a probe is out, how long the
+    /// probe may take): never more than the layer's `max_pause`.
     pub fn wait(&self) -> Duration {
         self.wait
     }
@@ -34,7 +36,7 @@ impl fmt::Display for GateClosed {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         write!(
             f,
-            "requests for key `{}` are paused for {:?} more ({}), longer than max_wait",
+            "requests for key `{}` are paused for {:?} more ({}), longer than this request may still wait (max_wait)",
             self.key,
             self.wait,
             self.reason.as_str()
@@ -50,6 +52,8 @@ impl std::error::Error for GateClosed {}
 pub enum InvalidRetryAfter {
     /// `max_attempts` was 0: not even the first attempt could be sent.
     ZeroMaxAttempts,
+    /// `max_pause` was zero: a gate that never closes ignores every server.
+    ZeroMaxPause,
 }
 
 impl fmt::Display for InvalidRetryAfter {
@@ -57,6 +61,9 @@ impl fmt::Display for InvalidRetryAfter {
         match self {
             InvalidRetryAfter::ZeroMaxAttempts => {
                 f.write_str("invalid retry-after setting: max_attempts must be at least 1")
+            }
+            InvalidRetryAfter::ZeroMaxPause => {
+                f.write_str("invalid retry-after setting: max_pause must be above zero")
             }
         }
     }

@@ -15,7 +15,7 @@ use tower_service::Service;
 use super::gate::{Gates, InFlight, Wait};
 use super::layer::Config;
 use super::{GateClosed, GateReason, ServerSignal};
-use crate::attempts::{Attempt, AttemptBudget};
+use crate::attempts::{Attempt, AttemptBudget, WaitBudget};
 use crate::replay::{ReplayBody, clone_request};
 use crate::{BoxError, Key, telemetry};
 
@@ -40,6 +40,9 @@ pin_project! {
         // extension when a retry layer above numbers attempts, else ours.
         attempt_number: u32,
         waited: Duration,
+        // The waiting this logical request may still do, shared with the
+        // layers above.
+        waits: WaitBudget,
         in_flight: Option<InFlight>,
     }
 }
@@ -68,11 +71,22 @@ where
 {
     pub(super) fn new(
         service: S,
-        request: Request<ReplayBody<B>>,
+        mut request: Request<ReplayBody<B>>,
         key: Key,
         gates: Gates,
         config: Arc<Config>,
     ) -> Self {
+        // One budget of waiting for the whole stack: a retry layer above
+        // shares its own, and this layer's `max_wait` bounds it.
+        let waits = match request.extensions().get::<WaitBudget>() {
+            Some(waits) => waits.clone(),
+            None => {
+                let waits = WaitBudget::unlimited();
+                request.extensions_mut().insert(waits.clone());
+                waits
+            }
+        };
+        waits.limit_to(config.max_wait);
         ResponseFuture {
             state: State::Gate {
                 sleep: None,
@@ -88,22 +102,26 @@ where
             attempts: 0,
             attempt_number: 0,
             waited: Duration::ZERO,
+            waits,
             in_flight: None,
         }
     }
 }
 
 /// What the layer did with a throttled response, as telemetry reports it.
+/// `may_wait` is what the request may still wait.
 fn throttled_outcome(
     signal: &quota_headers::Signal,
     config: &Config,
     attempts: u32,
     replayable: bool,
+    may_wait: Duration,
 ) -> &'static str {
     match signal.retry_after {
         _ if signal.do_not_retry => "returned_server_said_do_not_retry",
         None => "returned_no_delay",
-        Some(delay) if delay > config.max_wait => "returned_delay_over_max_wait",
+        // The gate closes for `max_pause` at most; then a probe goes.
+        Some(delay) if delay.min(config.max_pause) > may_wait => "returned_delay_over_max_wait",
         Some(_) if attempts >= config.max_attempts => "returned_max_attempts",
         Some(_) if !replayable => "returned_body_not_replayable",
         Some(_) => "resend",
@@ -120,6 +138,11 @@ fn begin_shared_attempt<B>(request: &mut Option<Request<B>>) -> bool {
         Some(budget) => budget.try_begin(request).is_some(),
         None => true,
     }
+}
+
+/// Milliseconds for telemetry, saturating.
+fn millis(duration: Duration) -> u64 {
+    u64::try_from(duration.as_millis()).unwrap_or(u64::MAX)
 }
 
 fn random_up_to(spread: Duration) -> Duration {
@@ -154,18 +177,14 @@ where
                     }
                     *changed = None;
                     let now = Instant::now();
-                    match this.gates.admit(
-                        this.key,
-                        now,
-                        this.config.spread,
-                        this.config.pace_by_quota,
-                    ) {
+                    let waited = now.saturating_duration_since(*since);
+                    // What this request may still wait, this wait included.
+                    let left = this.waits.remaining().saturating_sub(waited);
+                    match this.gates.admit(this.key, now, this.config) {
                         Ok(in_flight) => {
-                            crate::metrics::gate_passed(
-                                this.key,
-                                now.saturating_duration_since(*since),
-                            );
-                            *this.waited += now.saturating_duration_since(*since);
+                            crate::metrics::gate_passed(this.key, waited);
+                            *this.waited += waited;
+                            this.waits.spend(waited);
                             *this.in_flight = Some(in_flight);
                             this.state.set(State::Readying);
                         }
@@ -175,7 +194,14 @@ where
                             changed: notified,
                         }) => {
                             let wait = until.saturating_duration_since(now);
-                            if wait > this.config.max_wait {
+                            // A probe's answer may come any moment: wait for
+                            // it as long as the budget allows. A pause the
+                            // server asked for is known to be too long.
+                            let give_up =
+                                wait > left && (reason != GateReason::Probing || left.is_zero());
+                            if give_up {
+                                *this.waited += waited;
+                                this.waits.spend(waited);
                                 crate::metrics::refused(this.key, "gate_closed");
                                 return Poll::Ready(Err(GateClosed {
                                     key: this.key.clone(),
@@ -184,8 +210,13 @@ where
                                 }
                                 .into()));
                             }
-                            // Waiters leave spread out, not in one instant.
-                            let at = until + random_up_to(this.config.spread);
+                            // Waiters leave spread out, not in one instant,
+                            // and never past what they may wait.
+                            let latest = now.checked_add(left).unwrap_or(until);
+                            let at = until
+                                .checked_add(random_up_to(this.config.spread))
+                                .unwrap_or(until)
+                                .min(latest);
                             sleep.set(Some(tokio::time::sleep_until(at)));
                             // A server-given pause is waited out, spread; a
                             // spent or unknown quota opens as soon as a
@@ -237,8 +268,7 @@ where
                         SystemTime::now(),
                     );
                     let closed = in_flight.and_then(|in_flight| {
-                        this.gates
-                            .observe(in_flight, &signal, now, this.config.pace_by_quota)
+                        this.gates.observe(in_flight, &signal, now, this.config)
                     });
                     if let Some(closed) = closed {
                         crate::metrics::gate_closed(this.key, closed.reason.as_str());
@@ -246,7 +276,7 @@ where
                             name: telemetry::GATE_CLOSED,
                             target: telemetry::TARGET,
                             key = %this.key,
-                            until_ms = closed.until.saturating_duration_since(now).as_millis() as u64,
+                            until_ms = millis(closed.until.saturating_duration_since(now)),
                             reason = closed.reason.as_str(),
                             "server asked for a pause: requests of this key wait"
                         );
@@ -256,8 +286,13 @@ where
                             .request
                             .as_ref()
                             .is_some_and(|r| r.body().is_replayable());
-                        let mut outcome =
-                            throttled_outcome(&signal, this.config, *this.attempts, replayable);
+                        let mut outcome = throttled_outcome(
+                            &signal,
+                            this.config,
+                            *this.attempts,
+                            replayable,
+                            this.waits.remaining(),
+                        );
                         // A retry layer above shares its attempt limit
                         // through the request: the re-send must fit in it.
                         if outcome == "resend" && !begin_shared_attempt(this.request) {
@@ -269,7 +304,7 @@ where
                             target: telemetry::TARGET,
                             key = %this.key,
                             http.response.status_code = response.status().as_u16(),
-                            retry_after_ms = signal.retry_after.map(|d| d.as_millis() as u64),
+                            retry_after_ms = signal.retry_after.map(millis),
                             remaining = signal.min_remaining(),
                             attempt = *this.attempt_number,
                             outcome,

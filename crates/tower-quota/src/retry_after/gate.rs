@@ -1,5 +1,9 @@
 //! The shared gate of each key: closed while the server asked for a pause,
 //! and counting down the quota the server said was left.
+//!
+//! A server's word is evidence, not an order: no pause is longer than the
+//! layer's `max_pause`. When a server claims a longer one, the gate opens at
+//! the bound and lets one probe through; the others wait for its answer.
 
 use std::collections::{BTreeSet, HashMap};
 use std::pin::Pin;
@@ -11,13 +15,15 @@ use tokio::sync::Notify;
 use tokio::sync::futures::OwnedNotified;
 use tokio::time::Instant;
 
+use super::layer::Config;
 use crate::Key;
 
 /// Gates are swept of idle keys after this many operations, or as many
 /// operations as there are keys, whichever is more.
 const SWEEP_EVERY: usize = 1024;
 
-/// The furthest a gate closes: a server delay beyond it is treated as this.
+/// The furthest any instant is set, whatever the settings: keeps `Instant`
+/// arithmetic in range.
 const FURTHEST: Duration = Duration::from_secs(366 * 24 * 60 * 60);
 
 /// Why a gate is closed.
@@ -29,8 +35,9 @@ pub enum GateReason {
     Throttled,
     /// The server said no quota remains until a reset.
     QuotaExhausted,
-    /// The quota is not known (no response yet, or its reset passed): one
-    /// request at a time goes until a response reports it.
+    /// The quota is not known (no response yet, or its reset passed), or
+    /// the server claimed a pause longer than `max_pause` and a probe is
+    /// out: one request at a time goes until a response reports it.
     Probing,
 }
 
@@ -64,11 +71,26 @@ struct Gate {
     changed: Arc<Notify>,
     closed_until: Option<Instant>,
     reason: Option<GateReason>,
+    probe: Probe,
     quota: Knowledge,
     /// Sequence numbers of the requests let through and not yet answered.
     in_flight: BTreeSet<u64>,
     /// Sequence number of the next request let through.
     next_seq: u64,
+}
+
+/// Whether a pause was cut short at `max_pause`, and the probe that checks
+/// whether the server recovered.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Probe {
+    /// Nothing to check: the gate trusts the server's last word.
+    Trusted,
+    /// The server claimed a pause longer than `max_pause`: the first request
+    /// let through once the gate opens is a probe.
+    Due,
+    /// The probe `seq` is in flight: the others wait for its answer, until
+    /// `deadline` at most.
+    Out { seq: u64, deadline: Instant },
 }
 
 /// What the gate knows of the key's quota.
@@ -93,6 +115,7 @@ impl Gate {
             changed: Arc::new(Notify::new()),
             closed_until: None,
             reason: None,
+            probe: Probe::Trusted,
             quota: if pace_by_quota {
                 Knowledge::Probing { next_probe: None }
             } else {
@@ -108,6 +131,7 @@ impl Gate {
     fn is_idle(&self, now: Instant) -> bool {
         self.in_flight.is_empty()
             && self.closed_until.is_none_or(|until| until <= now)
+            && self.probe == Probe::Trusted
             && match self.quota {
                 Knowledge::Counting { reset_at, .. } => reset_at <= now,
                 Knowledge::Probing { next_probe } => next_probe.is_none_or(|at| at <= now),
@@ -148,20 +172,16 @@ impl Gates {
 
     /// Lets one request of `key` go now, counting it in flight, or says until
     /// when the gate is closed and why. While the quota is unknown (see
-    /// [`Knowledge::Probing`]) one request goes per `probe_interval`.
-    pub(crate) fn admit(
-        &self,
-        key: &Key,
-        now: Instant,
-        probe_interval: Duration,
-        pace_by_quota: bool,
-    ) -> Result<InFlight, Wait> {
+    /// [`Knowledge::Probing`]) one request goes per probe interval (the
+    /// spread); after a pause cut short at `max_pause`, one probe goes and
+    /// the others wait for its answer.
+    pub(crate) fn admit(&self, key: &Key, now: Instant, config: &Config) -> Result<InFlight, Wait> {
         let mut map = self.lock();
         map.tick(now);
         let gate = map
             .gates
             .entry(key.clone())
-            .or_insert_with(|| Gate::new(pace_by_quota));
+            .or_insert_with(|| Gate::new(config.pace_by_quota));
         let wait = |until, reason, gate: &Gate| {
             // Registered under the lock: no change between this answer and
             // the wait can be missed.
@@ -185,10 +205,20 @@ impl Gates {
         {
             gate.quota = Knowledge::Probing { next_probe: None };
         }
+        let probe = match gate.probe {
+            Probe::Trusted => false,
+            Probe::Out { seq, deadline } if deadline > now && gate.in_flight.contains(&seq) => {
+                return wait(deadline, GateReason::Probing, gate);
+            }
+            // Due, or the probe was lost or outlived its deadline: this
+            // request probes, whatever the quota count says.
+            Probe::Due | Probe::Out { .. } => true,
+        };
         match &mut gate.quota {
+            _ if probe => {}
             Knowledge::Probing { next_probe } => match *next_probe {
                 Some(at) if at > now => return wait(at, GateReason::Probing, gate),
-                _ => *next_probe = Some(later(now, probe_interval)),
+                _ => *next_probe = Some(later(now, config.probe_interval())),
             },
             Knowledge::Counting {
                 allowance: 0,
@@ -204,6 +234,12 @@ impl Gates {
         let in_flight_before = gate.in_flight.len() as u64;
         gate.next_seq += 1;
         gate.in_flight.insert(seq);
+        if probe {
+            gate.probe = Probe::Out {
+                seq,
+                deadline: later(now, config.max_pause),
+            };
+        }
         Ok(InFlight {
             gates: self.clone(),
             key: key.clone(),
@@ -214,32 +250,42 @@ impl Gates {
     }
 
     /// Learns from a response to a request that `admit` let go: closes the
-    /// gate when the server asked for a pause or said the quota is spent, and
-    /// keeps the count of what the server said remains.
+    /// gate when the server asked for a pause or said the quota is spent
+    /// (for `max_pause` at most), and keeps the count of what the server
+    /// said remains.
     pub(crate) fn observe(
         &self,
         mut in_flight: InFlight,
         signal: &Signal,
         now: Instant,
-        pace_by_quota: bool,
+        config: &Config,
     ) -> Option<Closed> {
         in_flight.armed = false;
+        let pace_by_quota = config.pace_by_quota;
         let mut map = self.lock();
         let gate = map
             .gates
             .entry(in_flight.key.clone())
             .or_insert_with(|| Gate::new(pace_by_quota));
         gate.in_flight.remove(&in_flight.seq);
+        // The probe's answer, whatever it says, is what the waiters wait for.
+        let answered_probe = matches!(gate.probe, Probe::Out { seq, .. } if seq == in_flight.seq);
+        if answered_probe {
+            gate.probe = Probe::Trusted;
+        }
         let mut closed = None;
         if signal.throttled
             && let Some(delay) = signal.retry_after
         {
-            let until = later(now, delay);
+            let (until, cut) = bounded(now, delay, config.max_pause);
             if gate.close(until, GateReason::Throttled) {
                 closed = Some(Closed {
                     until,
                     reason: GateReason::Throttled,
                 });
+                if cut {
+                    gate.probe = Probe::Due;
+                }
             }
         }
         // The tightest quota the server reported, when it said when it resets.
@@ -251,7 +297,7 @@ impl Gates {
             .min_by_key(|(remaining, _)| *remaining);
         match tightest {
             Some((remaining, reset_after)) => {
-                let reset_at = later(now, reset_after);
+                let (reset_at, cut) = bounded(now, reset_after, config.max_pause);
                 // `remaining` was counted when the server handled this
                 // request. Servers handle concurrent requests in any order:
                 // the requests already in flight when this one was sent, and
@@ -272,6 +318,9 @@ impl Gates {
                         until: reset_at,
                         reason: GateReason::QuotaExhausted,
                     }));
+                    if cut {
+                        gate.probe = Probe::Due;
+                    }
                 }
             }
             None => {
@@ -286,16 +335,23 @@ impl Gates {
             Knowledge::Unreported => true,
             Knowledge::Probing { .. } => false,
         };
-        if open && may_go {
+        if (open && may_go) || answered_probe {
             gate.changed.notify_waiters();
         }
         closed
     }
 }
 
+/// `now + delay`, saturating far in the future.
 fn later(now: Instant, delay: Duration) -> Instant {
     now.checked_add(delay.min(FURTHEST))
         .unwrap_or(now + FURTHEST)
+}
+
+/// The end of a pause of `delay` the server claimed, at most `max_pause`
+/// away, and whether it was cut short.
+fn bounded(now: Instant, delay: Duration, max_pause: Duration) -> (Instant, bool) {
+    (later(now, delay.min(max_pause)), delay > max_pause)
 }
 
 impl GateMap {
@@ -325,6 +381,11 @@ impl Drop for InFlight {
             let mut map = self.gates.lock();
             if let Some(gate) = map.gates.get_mut(&self.key) {
                 gate.in_flight.remove(&self.seq);
+                // A probe lost without an answer: the next request probes.
+                if matches!(gate.probe, Probe::Out { seq, .. } if seq == self.seq) {
+                    gate.probe = Probe::Due;
+                    gate.changed.notify_waiters();
+                }
             }
         }
     }

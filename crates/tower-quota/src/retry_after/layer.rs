@@ -24,10 +24,22 @@ pub struct RetryAfterLayer<K = GlobalKey> {
 pub(super) struct Config {
     pub(super) max_attempts: u32,
     pub(super) max_wait: Duration,
+    pub(super) max_pause: Duration,
     pub(super) spread: Duration,
     pub(super) max_replay_bytes: usize,
     pub(super) pace_by_quota: bool,
 }
+
+impl Config {
+    /// While the quota is unknown, one request goes per this interval: the
+    /// spread, never longer than a pause may be.
+    pub(super) fn probe_interval(&self) -> Duration {
+        self.spread.min(self.max_pause)
+    }
+}
+
+/// The default [`RetryAfterLayer::max_pause`].
+const DEFAULT_MAX_PAUSE: Duration = Duration::from_secs(5 * 60);
 
 impl Default for RetryAfterLayer {
     fn default() -> Self {
@@ -36,14 +48,16 @@ impl Default for RetryAfterLayer {
 }
 
 impl RetryAfterLayer {
-    /// A layer with the defaults: 3 attempts, `max_wait` of 60 s, waiters
-    /// spread over 100 ms when a gate opens, bodies up to 64 KiB replayed,
-    /// one gate for all requests.
+    /// A layer with the defaults: 3 attempts, `max_wait` of 60 s, no pause
+    /// longer than 5 minutes (`max_pause`), waiters spread over 100 ms when
+    /// a gate opens, bodies up to 64 KiB replayed, one gate for all
+    /// requests.
     pub fn new() -> Self {
         RetryAfterLayer {
             config: Arc::new(Config {
                 max_attempts: 3,
                 max_wait: Duration::from_secs(60),
+                max_pause: DEFAULT_MAX_PAUSE,
                 spread: Duration::from_millis(100),
                 max_replay_bytes: DEFAULT_MAX_REPLAY_BYTES,
                 pace_by_quota: true,
@@ -69,13 +83,45 @@ impl<K> RetryAfterLayer<K> {
         Ok(self)
     }
 
-    /// The longest the layer waits for a gate to open. A server delay above
-    /// it is not slept through: the throttled response goes back to the
-    /// caller at once, and a request that finds its gate closed for longer
-    /// fails with [`GateClosed`](super::GateClosed).
+    /// The longest one request waits, over all its attempts (60 s by
+    /// default). A server delay above what is left is not slept through:
+    /// the throttled response goes back to the caller at once, and a request
+    /// that finds its gate closed for longer fails with
+    /// [`GateClosed`](super::GateClosed).
+    ///
+    /// The limit holds for the whole stack: the layer lowers the
+    /// [`WaitBudget`](crate::attempts::WaitBudget) a retry layer above put in
+    /// the request to it, so a
+    /// [`JitterBackoffLayer`](crate::JitterBackoffLayer) above does not
+    /// sleep through a longer server delay either.
     pub fn max_wait(mut self, max_wait: Duration) -> Self {
         Arc::make_mut(&mut self.config).max_wait = max_wait;
         self
+    }
+
+    /// The longest a key's gate stays closed on a server's word (5 minutes
+    /// by default). A longer pause a server claims (`Retry-After:
+    /// 99999999999`, a date in 2099, a reset decades away) closes the gate
+    /// for `max_pause` only; then one request goes through as a probe, and
+    /// the others wait for its answer: a new pause if the server still
+    /// refuses, traffic as usual if it has recovered.
+    ///
+    /// Five minutes obeys every honest per-second and per-minute quota and
+    /// the usual `Retry-After` values in full, while a broken or hostile
+    /// header costs at most one probe per key every five minutes (an hourly
+    /// quota that really is spent costs 12 refused probes an hour, a daily
+    /// one 288 a day).
+    ///
+    /// # Errors
+    ///
+    /// [`InvalidRetryAfter::ZeroMaxPause`] for zero: a gate that never
+    /// closes would ignore every server.
+    pub fn max_pause(mut self, max_pause: Duration) -> Result<Self, InvalidRetryAfter> {
+        if max_pause.is_zero() {
+            return Err(InvalidRetryAfter::ZeroMaxPause);
+        }
+        Arc::make_mut(&mut self.config).max_pause = max_pause;
+        Ok(self)
     }
 
     /// When a gate opens, the requests that waited go out at random instants
@@ -136,6 +182,7 @@ impl<K> fmt::Debug for RetryAfterLayer<K> {
         f.debug_struct("RetryAfterLayer")
             .field("max_attempts", &self.config.max_attempts)
             .field("max_wait", &self.config.max_wait)
+            .field("max_pause", &self.config.max_pause)
             .field("spread", &self.config.spread)
             .field("max_replay_bytes", &self.config.max_replay_bytes)
             .field("gates", &self.gates)

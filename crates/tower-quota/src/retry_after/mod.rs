@@ -29,9 +29,19 @@
 //!   over [`spread`](RetryAfterLayer::spread), not all at once, and still
 //!   pass through any pacing below.
 //! - A throttled request is re-sent once the gate opens, up to
-//!   [`max_attempts`](RetryAfterLayer::max_attempts) attempts in all. A
-//!   server delay above [`max_wait`](RetryAfterLayer::max_wait) is never
-//!   slept through: the response returns at once.
+//!   [`max_attempts`](RetryAfterLayer::max_attempts) attempts in all.
+//! - [`max_wait`](RetryAfterLayer::max_wait) bounds the waiting of one
+//!   request over all its attempts, and of the whole stack: the layer lowers
+//!   the [`WaitBudget`](crate::attempts::WaitBudget) a retry layer above
+//!   shares through the request to it. A server delay above what is left is
+//!   never slept through, here or above: the response returns at once, and
+//!   a request that finds its gate closed for longer fails with
+//!   [`GateClosed`].
+//! - No gate stays closed longer than
+//!   [`max_pause`](RetryAfterLayer::max_pause) (5 minutes by default) on a
+//!   server's word. When a longer pause is claimed, the gate opens at the
+//!   bound and lets one request through as a probe; the others wait for its
+//!   answer, which closes the gate again or lets traffic resume.
 //! - A request body is buffered while it is first sent (up to
 //!   [`max_replay_bytes`](RetryAfterLayer::max_replay_bytes), 64 KiB by
 //!   default) so the re-sent request carries the same bytes; a larger body
@@ -39,9 +49,19 @@
 //! - Every response carries a [`ServerSignal`] extension: the parsed signal,
 //!   the number of attempts and the time waited.
 //!
-//! Header values come from strangers: the parsers are total, delays are
-//! capped by `max_wait`, and epoch resets are corrected for clock skew with
-//! the response's `Date`.
+//! # Bad input
+//!
+//! Header values come from strangers. The parsers are total (any bytes give
+//! a value or nothing, never a panic); epoch resets are corrected for clock
+//! skew with the response's `Date`, and a reset sent in epoch milliseconds
+//! where seconds belong is read as milliseconds. Every delay is bounded
+//! twice: a request waits `max_wait` at most in all (a longer delay returns
+//! the response, or fails with [`GateClosed`], at once), and a gate closes
+//! for `max_pause` at most, then probes. So a `Retry-After: 99999999999`, a
+//! date in 2099, a `retry-after-ms` of `u64::MAX` or a
+//! `RateLimit: "default";r=0;t=4294967296` cost one probe per key every
+//! `max_pause`, not a key locked out until the process restarts. Arithmetic
+//! on server values saturates.
 //!
 //! # Where it goes in a stack
 //!

@@ -43,11 +43,16 @@ fn exact() -> RetryAfterLayer {
 }
 
 #[test]
-fn zero_max_attempts_is_rejected_at_construction() {
+fn zero_max_attempts_and_zero_max_pause_are_rejected_at_construction() {
     assert_eq!(
         RetryAfterLayer::new().max_attempts(0).unwrap_err(),
         InvalidRetryAfter::ZeroMaxAttempts
     );
+    let error = RetryAfterLayer::new()
+        .max_pause(Duration::ZERO)
+        .unwrap_err();
+    assert_eq!(error, InvalidRetryAfter::ZeroMaxPause);
+    assert!(error.to_string().contains("max_pause"), "{error}");
 }
 
 #[tokio::test(start_paused = true)]
@@ -97,10 +102,20 @@ async fn one_throttled_response_pauses_every_caller_of_the_key() {
 }
 
 #[tokio::test(start_paused = true)]
-async fn a_delay_above_max_wait_returns_the_response_at_once() {
+async fn a_delay_above_max_wait_returns_the_response_at_once_and_the_gate_opens_at_max_pause() {
     let start = Instant::now();
-    let (inner, arrivals) = provider(start, |_| throttled("1000000"));
-    let service = exact().max_wait(Duration::from_secs(30)).layer(inner);
+    let (inner, arrivals) = provider(start, |n| {
+        if n == 0 {
+            throttled("1000000")
+        } else {
+            status(200)
+        }
+    });
+    let service = exact()
+        .max_wait(Duration::from_secs(30))
+        .max_pause(Duration::from_secs(120))
+        .unwrap()
+        .layer(inner);
     let response = service.clone().oneshot(get()).await.unwrap();
     assert_eq!(response.status(), StatusCode::TOO_MANY_REQUESTS);
     assert_eq!(Instant::now(), start, "not slept through");
@@ -110,16 +125,226 @@ async fn a_delay_above_max_wait_returns_the_response_at_once() {
         Some(Duration::from_secs(1_000_000))
     );
     assert_eq!(server.attempts(), 1);
-    // The gate is now closed for longer than max_wait: a new request fails
-    // at once, naming the key and the wait, instead of being sent.
-    let error = service.oneshot(get()).await.unwrap_err();
+    // The gate is closed for max_pause, not the 11 days claimed: longer
+    // than max_wait, so a new request fails at once, naming the key and the
+    // wait, instead of being sent.
+    let error = service.clone().oneshot(get()).await.unwrap_err();
     let closed = error
         .downcast_ref::<GateClosed>()
         .expect("a GateClosed error");
     assert_eq!(closed.key().as_str(), "global");
-    assert_eq!(closed.wait(), Duration::from_secs(1_000_000));
+    assert_eq!(closed.wait(), Duration::from_secs(120));
     assert_eq!(closed.reason(), GateReason::Throttled);
     assert_eq!(arrivals.lock().unwrap().len(), 1);
+    // At the bound a probe goes, finds the provider recovered, and traffic
+    // resumes.
+    tokio::time::sleep(Duration::from_secs(120)).await;
+    let response = service.oneshot(get()).await.unwrap();
+    assert_eq!(response.status(), StatusCode::OK);
+    assert_eq!(arrivals.lock().unwrap()[1].at, Duration::from_secs(120));
+}
+
+/// A 429 (or a 200) whose headers claim a pause of decades.
+fn hostile_claims() -> Vec<(&'static str, Response<()>)> {
+    let build = |code: u16, headers: &[(&str, &str)]| {
+        let mut response = Response::builder().status(code);
+        for (name, value) in headers {
+            response = response.header(*name, *value);
+        }
+        response.body(()).unwrap()
+    };
+    vec![
+        (
+            "Retry-After: 99999999999",
+            build(429, &[("retry-after", "99999999999")]),
+        ),
+        (
+            "a 2099 HTTP-date",
+            build(429, &[("retry-after", "Thu, 01 Jan 2099 00:00:00 GMT")]),
+        ),
+        (
+            "retry-after-ms: u64::MAX",
+            build(429, &[("retry-after-ms", "18446744073709551615")]),
+        ),
+        (
+            "RateLimit t=2^32",
+            build(429, &[("ratelimit", r#""default";r=0;t=4294967296"#)]),
+        ),
+        (
+            "200 with RateLimit r=0;t=2^32",
+            build(200, &[("ratelimit", r#""default";r=0;t=4294967296"#)]),
+        ),
+        (
+            "200 with X-RateLimit-Reset in epoch seconds of 2099",
+            build(
+                200,
+                &[
+                    ("x-ratelimit-remaining", "0"),
+                    ("x-ratelimit-reset", "4070908800"),
+                ],
+            ),
+        ),
+    ]
+}
+
+/// Regression: one response closed a key's gate for up to 366 days, and
+/// every later request failed with `GateClosed` until the process restarted.
+#[tokio::test(start_paused = true)]
+async fn regression_a_claimed_pause_of_decades_opens_at_max_pause_with_one_probe() {
+    let max_pause = Duration::from_secs(30);
+    for (name, hostile) in hostile_claims() {
+        let start = Instant::now();
+        let hostile = Mutex::new(Some(hostile));
+        let (inner, arrivals) = provider(start, move |n| {
+            let first = hostile.lock().unwrap().take();
+            if n == 0 { first.unwrap() } else { status(200) }
+        });
+        // The provider takes a second to answer the probe.
+        let inner = tower::service_fn(move |request: Request<ReplayBody<Empty<Bytes>>>| {
+            let call = inner.clone().oneshot(request);
+            async move {
+                let response = call.await?;
+                if Instant::now() > start {
+                    tokio::time::sleep(Duration::from_secs(1)).await;
+                }
+                Ok::<_, crate::BoxError>(response)
+            }
+        });
+        let service = exact()
+            .max_wait(Duration::from_secs(10))
+            .max_pause(max_pause)
+            .unwrap()
+            .layer(inner);
+        service.clone().oneshot(get()).await.unwrap();
+        // While closed: refused at once, never for longer than max_pause.
+        tokio::time::sleep(Duration::from_secs(5)).await;
+        let error = service.clone().oneshot(get()).await.unwrap_err();
+        let closed = error.downcast_ref::<GateClosed>().expect(name);
+        assert!(
+            closed.wait() <= max_pause - Duration::from_secs(5),
+            "{name}: {closed}"
+        );
+
+        // At the bound, five callers: one probes, four wait for its answer.
+        tokio::time::sleep_until(start + max_pause).await;
+        let callers: Vec<_> = (0..5)
+            .map(|_| tokio::spawn(service.clone().oneshot(get())))
+            .collect();
+        for caller in callers {
+            assert_eq!(caller.await.unwrap().unwrap().status(), 200, "{name}");
+        }
+        let times: Vec<_> = arrivals.lock().unwrap().iter().map(|a| a.at).collect();
+        let probe = max_pause;
+        let answered = max_pause + Duration::from_secs(1);
+        assert_eq!(
+            times,
+            [
+                Duration::ZERO,
+                probe,
+                answered,
+                answered,
+                answered,
+                answered
+            ],
+            "{name}"
+        );
+    }
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_provider_that_keeps_claiming_decades_gets_one_probe_per_max_pause() {
+    let start = Instant::now();
+    let (inner, arrivals) = provider(start, |_| throttled("99999999999"));
+    let service = exact()
+        .max_wait(Duration::from_secs(1))
+        .max_pause(Duration::from_secs(60))
+        .unwrap()
+        .layer(inner);
+    // A caller every 10 s for 5 minutes.
+    for _ in 0..30 {
+        let _ = service.clone().oneshot(get()).await;
+        tokio::time::sleep(Duration::from_secs(10)).await;
+    }
+    let times: Vec<_> = arrivals
+        .lock()
+        .unwrap()
+        .iter()
+        .map(|a| a.at.as_secs())
+        .collect();
+    assert_eq!(times, [0, 60, 120, 180, 240]);
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_cancelled_probe_hands_the_probe_to_the_next_waiter() {
+    let start = Instant::now();
+    let (inner, arrivals) = provider(start, |n| {
+        if n == 0 {
+            throttled("99999999999")
+        } else {
+            status(200)
+        }
+    });
+    // The probe never answers; later requests answer at once.
+    let inner = tower::service_fn(move |request: Request<ReplayBody<Empty<Bytes>>>| {
+        let call = inner.clone().oneshot(request);
+        async move {
+            let response = call.await?;
+            if Instant::now() - start == Duration::from_secs(30) {
+                std::future::pending::<()>().await;
+            }
+            Ok::<_, crate::BoxError>(response)
+        }
+    });
+    let service = exact()
+        .max_pause(Duration::from_secs(30))
+        .unwrap()
+        .layer(inner);
+    // The first request waits out the 30 s bound and is the probe.
+    let probe = tokio::spawn(service.clone().oneshot(get()));
+    tokio::time::sleep(Duration::from_secs(10)).await;
+    let waiter = tokio::spawn(service.clone().oneshot(get()));
+    tokio::time::sleep_until(start + Duration::from_secs(32)).await;
+    assert_eq!(
+        arrivals.lock().unwrap().len(),
+        2,
+        "the first request probed"
+    );
+    assert!(!waiter.is_finished(), "waits for the probe's answer");
+    probe.abort();
+    assert_eq!(waiter.await.unwrap().unwrap().status(), 200);
+    let times: Vec<_> = arrivals.lock().unwrap().iter().map(|a| a.at).collect();
+    assert_eq!(
+        times,
+        [
+            Duration::ZERO,
+            Duration::from_secs(30),
+            Duration::from_secs(32)
+        ]
+    );
+}
+
+/// Regression: `max_wait` bounded each wait, not the request: re-sent four
+/// times after `Retry-After: 4`, a request waited 16 s with `max_wait(10s)`.
+#[tokio::test(start_paused = true)]
+async fn regression_max_wait_bounds_the_total_wait_of_a_request_over_all_attempts() {
+    let start = Instant::now();
+    let (inner, arrivals) = provider(start, |_| throttled("4"));
+    let service = RetryAfterLayer::new()
+        .spread(Duration::from_secs(1))
+        .max_wait(Duration::from_secs(10))
+        .max_attempts(10)
+        .unwrap()
+        .layer(inner);
+    let response = service.oneshot(get()).await.unwrap();
+    assert_eq!(response.status(), StatusCode::TOO_MANY_REQUESTS);
+    let server = response.extensions().get::<ServerSignal>().unwrap();
+    assert!(server.waited() <= Duration::from_secs(10), "{server:?}");
+    assert!(start.elapsed() <= Duration::from_secs(10));
+    assert_eq!(
+        arrivals.lock().unwrap().len(),
+        3,
+        "two waits of 4 s and spread"
+    );
 }
 
 #[tokio::test(start_paused = true)]
