@@ -340,7 +340,8 @@ impl KeyState {
         // A cold key (its first window) is opening connections and growing
         // pools, perhaps under a burst of work: how long its requests take
         // to get out is unknown, so its slots wait for their answers.
-        let warm = now >= self.warm_at;
+        // Only a caller that reports answers gets one.
+        let warm = now >= self.warm_at || !limits.reports_answers();
         let sent_by = (warm && !limits.is_strict()).then(|| now + limits.sent_within());
         let extra = self.extra_margin(now);
         for window in &mut self.windows {

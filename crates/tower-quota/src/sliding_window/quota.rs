@@ -172,6 +172,8 @@ struct LimitsInner {
     safety_margin: Duration,
     sent_within: Duration,
     strict: bool,
+    /// The caller reports every admission's answer (`Store::complete`).
+    answers: bool,
     max_wait: Option<Duration>,
     max_queue: Option<usize>,
 }
@@ -189,6 +191,7 @@ impl Limits {
                 safety_margin,
                 sent_within,
                 strict: false,
+                answers: false,
                 max_wait: None,
                 max_queue: None,
             }),
@@ -255,9 +258,34 @@ impl Limits {
     }
 
     /// Whether an admission is held until its answer comes back, however
-    /// long that takes, instead of at most [`sent_within`](Limits::sent_within).
+    /// long that takes, instead of at most [`sent_within`](Limits::sent_within):
+    /// strict mode, with limits whose caller
+    /// [reports the answers](Limits::reports_answers).
     pub fn is_strict(&self) -> bool {
-        self.inner.strict
+        self.inner.strict && self.inner.answers
+    }
+
+    /// Whether the caller of [`Store::acquire`](super::Store::acquire) with
+    /// these limits reports every admission's answer with
+    /// [`Store::complete`](super::Store::complete), as the layer's services
+    /// do: only then may a store hold an admission until its answer (strict
+    /// mode, a cold key's first window). Limits taken from
+    /// [`SlidingWindowLayer::limits`](super::SlidingWindowLayer::limits) to
+    /// call a store directly do not (unless made with
+    /// [`reporting_answers`](Limits::reporting_answers)), and their
+    /// admissions are always held for the `sent_within` bound at most.
+    pub fn reports_answers(&self) -> bool {
+        self.inner.answers
+    }
+
+    /// These limits, for a caller of a store that reports every admission's
+    /// answer with [`Store::complete`](super::Store::complete) (the layer's
+    /// services use it; a caller that forgets an answer leaves a strict or
+    /// cold admission held forever).
+    #[must_use]
+    pub fn reporting_answers(mut self) -> Self {
+        self.edit(|inner| inner.answers = true);
+        self
     }
 
     /// The longest a request may wait for admission before it is refused.
@@ -300,6 +328,7 @@ impl fmt::Debug for Limits {
             .field("safety_margin", &self.inner.safety_margin)
             .field("sent_within", &self.inner.sent_within)
             .field("strict", &self.inner.strict)
+            .field("answers", &self.inner.answers)
             .field("max_wait", &self.inner.max_wait)
             .field("max_queue", &self.inner.max_queue)
             .finish()

@@ -58,7 +58,8 @@ impl<S, K, C, St, U> SlidingWindow<S, K, C, St, U> {
     ) -> Self {
         SlidingWindow {
             inner,
-            limits,
+            // The response future reports every answer to the store.
+            limits: limits.reporting_answers(),
             key_fn,
             cost_fn,
             store,
