@@ -45,6 +45,13 @@
 //!   [`delay_observed`](crate::retry_after::ServerSignal::delay_observed)),
 //!   its gate holds the next attempt back until the server's delay has
 //!   passed, and only the backoff is added here, running at the same time.
+//! - **One waiting budget for the stack.** Every wait is checked against and
+//!   spent from the request's [`WaitBudget`](crate::attempts::WaitBudget),
+//!   which a `RetryAfterLayer` below lowers to its
+//!   [`max_wait`](crate::RetryAfterLayer::max_wait). A server delay (or a
+//!   backoff) above what is left is not slept through: the response goes
+//!   back at once, and a `retries_exhausted` event with reason `max_wait`
+//!   and the server's `retry_after_ms` says why.
 //! - **Only safe requests.** By default only idempotent methods (GET, HEAD,
 //!   OPTIONS, PUT, DELETE, TRACE) and requests with an `Idempotency-Key`
 //!   header are retried; [`retry_all_methods`](JitterBackoffLayer::retry_all_methods)

@@ -11,7 +11,7 @@ use tower::retry::budget::Budget;
 
 use super::RetryBudget;
 use super::layer::Config;
-use crate::attempts::AttemptBudget;
+use crate::attempts::{AttemptBudget, WaitBudget};
 use crate::classify::{Classify, Outcome, error_kind};
 use crate::replay::ReplayBody;
 use crate::retry_after::ServerSignal;
@@ -34,6 +34,8 @@ pub(super) struct Policy<C> {
     classifier: C,
     budget: Option<RetryBudget>,
     attempts: AttemptBudget,
+    /// The waiting left to the logical request, shared with the layers below.
+    waits: WaitBudget,
     started: Instant,
     /// Seed of this request's random stream, when the layer is seeded.
     seed: Option<u64>,
@@ -49,6 +51,7 @@ impl<C> Policy<C> {
         classifier: C,
         budget: Option<RetryBudget>,
         attempts: AttemptBudget,
+        waits: WaitBudget,
         seed: Option<u64>,
     ) -> Self {
         Policy {
@@ -56,6 +59,7 @@ impl<C> Policy<C> {
             classifier,
             budget,
             attempts,
+            waits,
             started: Instant::now(),
             seed,
             rng: None,
@@ -97,6 +101,7 @@ impl<C> Policy<C> {
             .as_ref()
             .err()
             .map(|error| error_kind(error).as_str());
+        let retry_after_ms = server_delay.map(millis);
         let exhausted = |reason: &'static str| {
             crate::metrics::retries_exhausted(reason);
             tracing::warn!(
@@ -106,6 +111,7 @@ impl<C> Policy<C> {
                 reason,
                 http.response.status_code = status,
                 error.kind = kind,
+                retry_after_ms,
                 "retryable failure returned: no retries left"
             );
         };
@@ -139,6 +145,13 @@ impl<C> Policy<C> {
         let floor = if observed { None } else { server_delay };
         let wait = floor.map_or(backoff, |floor| floor.max(backoff));
 
+        // One budget of waiting for the stack: a server delay above what is
+        // left (a RetryAfterLayer below sets it to its `max_wait`) is not
+        // slept through here either.
+        if !self.waits.allows(wait) {
+            exhausted("max_wait");
+            return None;
+        }
         if self.started.elapsed().saturating_add(wait) > self.config.max_elapsed {
             exhausted("max_elapsed");
             return None;
@@ -166,7 +179,8 @@ impl<C> Policy<C> {
             Outcome::Throttled(_) => "throttled",
             _ => "transient",
         };
-        let backoff_ms = u64::try_from(wait.as_millis()).unwrap_or(u64::MAX);
+        self.waits.spend(wait);
+        let backoff_ms = millis(wait);
         crate::metrics::retry_scheduled(reason, wait);
         if status.is_some_and(|status| status >= 500) {
             tracing::info!(
@@ -192,4 +206,9 @@ impl<C> Policy<C> {
         }
         Some(wait)
     }
+}
+
+/// Milliseconds for telemetry, saturating.
+fn millis(duration: Duration) -> u64 {
+    u64::try_from(duration.as_millis()).unwrap_or(u64::MAX)
 }

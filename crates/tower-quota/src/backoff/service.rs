@@ -11,7 +11,7 @@ use tower_service::Service;
 use super::layer::Config;
 use super::policy::{Policy, is_idempotent};
 use super::{ResponseFuture, RetryBudget};
-use crate::attempts::AttemptBudget;
+use crate::attempts::{AttemptBudget, WaitBudget};
 use crate::classify::{Classify, HttpClassifier};
 use crate::replay::{ReplayBody, replayable_request};
 use crate::{BoxError, telemetry};
@@ -111,6 +111,16 @@ where
         }
         attempts.try_begin(&mut request);
         request.extensions_mut().insert(attempts.clone());
+        // One budget of waiting for the stack: a RetryAfterLayer below
+        // lowers it to its `max_wait`.
+        let waits = match request.extensions().get::<WaitBudget>() {
+            Some(waits) => waits.clone(),
+            None => {
+                let waits = WaitBudget::unlimited();
+                request.extensions_mut().insert(waits.clone());
+                waits
+            }
+        };
         let kept = retryable.then(|| request.clone());
         if let Some(budget) = &self.budget {
             tower::retry::budget::Budget::deposit(budget);
@@ -131,6 +141,7 @@ where
             self.classifier.clone(),
             self.budget.clone(),
             attempts,
+            waits,
             seed,
         );
         // The first attempt goes to the service `poll_ready` readied; the

@@ -401,6 +401,58 @@ async fn with_retry_after_below_a_refused_request_makes_max_attempts_attempts_ea
     }
 }
 
+/// Regression: with `Retry-After: 30` and RetryAfterLayer `max_wait(2s)`,
+/// JitterBackoffLayer took the server delay as its floor and slept 30 s.
+#[tokio::test(start_paused = true)]
+async fn regression_a_server_delay_over_the_stack_max_wait_is_not_slept_through_by_the_backoff() {
+    let capture = Capture::default();
+    let _guard = capture.install();
+    let start = Instant::now();
+    let (inner, arrivals) = provider(
+        start,
+        |n| if n == 0 { throttled("30") } else { status(200) },
+    );
+    let service = tower::ServiceBuilder::new()
+        .layer(JitterBackoffLayer::new())
+        .layer(RetryAfterLayer::new().max_wait(Duration::from_secs(2)))
+        .service(inner);
+    let response = service.oneshot(get()).await.unwrap();
+    assert_eq!(response.status(), StatusCode::TOO_MANY_REQUESTS);
+    assert_eq!(Instant::now(), start, "returned at once");
+    assert_eq!(arrivals.lock().unwrap().len(), 1);
+    let exhausted = capture.named(telemetry::RETRIES_EXHAUSTED);
+    assert_eq!(exhausted.len(), 1);
+    assert_eq!(exhausted[0]["reason"], "max_wait");
+    assert_eq!(exhausted[0]["retry_after_ms"], "30000");
+}
+
+#[tokio::test(start_paused = true)]
+async fn backoff_sleeps_spend_the_same_waiting_budget_as_the_gate() {
+    let capture = Capture::default();
+    let _guard = capture.install();
+    let start = Instant::now();
+    let (inner, arrivals) = provider(start, |_| status(503));
+    let service = tower::ServiceBuilder::new()
+        .layer(
+            JitterBackoffLayer::new()
+                .backoff(800 * MS, Duration::from_secs(10))
+                .unwrap()
+                .jitter(Jitter::None)
+                .max_attempts(5)
+                .unwrap(),
+        )
+        .layer(RetryAfterLayer::new().max_wait(Duration::from_secs(2)))
+        .service(inner);
+    let response = service.oneshot(get()).await.unwrap();
+    assert_eq!(response.status(), 503);
+    // 0.8 s, then 1.6 s would pass the 2 s budget.
+    assert_eq!(times(&arrivals), [Duration::ZERO, 800 * MS]);
+    assert_eq!(
+        capture.named(telemetry::RETRIES_EXHAUSTED)[0]["reason"],
+        "max_wait"
+    );
+}
+
 // ----- idempotency and bodies -----
 
 fn post(idempotency_key: Option<&str>) -> Request<Full<Bytes>> {
