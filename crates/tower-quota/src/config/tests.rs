@@ -556,5 +556,8 @@ quotas = [{ max_calls = 10, window = "1s" }]
 "#;
     let message = error(source);
     assert!(message.contains("key_secret_env"), "{message}");
-    assert!(message.contains("TOWER_QUOTA_TEST_SECRET_THAT_IS_NEVER_SET"), "{message}");
+    assert!(
+        message.contains("TOWER_QUOTA_TEST_SECRET_THAT_IS_NEVER_SET"),
+        "{message}"
+    );
 }
