@@ -38,6 +38,9 @@ impl Config {
     }
 }
 
+/// The longest [`RetryAfterLayer::spread`]; longer ones are clamped to it.
+const MAX_SPREAD: Duration = Duration::from_secs(60);
+
 /// The default [`RetryAfterLayer::max_pause`].
 const DEFAULT_MAX_PAUSE: Duration = Duration::from_secs(5 * 60);
 
@@ -125,10 +128,15 @@ impl<K> RetryAfterLayer<K> {
     }
 
     /// When a gate opens, the requests that waited go out at random instants
-    /// over `spread` rather than all at once. Also the interval at which one
-    /// request probes a quota whose reported reset has passed.
+    /// over `spread` (100 ms by default) rather than all at once. Also the
+    /// interval at which one request probes a quota whose reported reset has
+    /// passed.
+    ///
+    /// At most a minute: a longer `spread` (`Duration::MAX` included) is
+    /// clamped to 60 s, and no request waits past its `max_wait` for its
+    /// share of the spread either.
     pub fn spread(mut self, spread: Duration) -> Self {
-        Arc::make_mut(&mut self.config).spread = spread;
+        Arc::make_mut(&mut self.config).spread = spread.min(MAX_SPREAD);
         self
     }
 

@@ -347,6 +347,39 @@ async fn regression_max_wait_bounds_the_total_wait_of_a_request_over_all_attempt
     );
 }
 
+/// Regression: `spread(Duration::MAX)` was accepted, and a request waiting
+/// for its turn to probe an unknown quota then waited for years.
+#[tokio::test(start_paused = true)]
+async fn regression_a_spread_of_duration_max_is_clamped_to_a_minute() {
+    let layer = RetryAfterLayer::new()
+        .spread(Duration::MAX)
+        .max_wait(Duration::from_secs(120));
+    assert_eq!(layer.config.spread, Duration::from_secs(60));
+    let start = Instant::now();
+    let (inner, arrivals) = provider(start, |_| remaining(5, 1));
+    // The first answer takes 10 minutes.
+    let inner = tower::service_fn(move |request: Request<ReplayBody<Empty<Bytes>>>| {
+        let call = inner.clone().oneshot(request);
+        async move {
+            let response = call.await?;
+            if Instant::now() == start {
+                tokio::time::sleep(Duration::from_secs(600)).await;
+            }
+            Ok::<_, crate::BoxError>(response)
+        }
+    });
+    let service = layer.layer(inner);
+    // Two requests for a key whose quota is unknown yet: the first probes,
+    // the second goes one probe interval later, spread included.
+    let first = tokio::spawn(service.clone().oneshot(get()));
+    tokio::task::yield_now().await;
+    let second = service.oneshot(get()).await.unwrap();
+    assert_eq!(second.status(), 200);
+    assert!(start.elapsed() <= Duration::from_secs(120));
+    assert_eq!(arrivals.lock().unwrap().len(), 2);
+    assert_eq!(first.await.unwrap().unwrap().status(), 200);
+}
+
 #[tokio::test(start_paused = true)]
 async fn attempts_stop_at_max_attempts() {
     let start = Instant::now();
