@@ -123,7 +123,7 @@ async fn unavailable_once() -> MockServer {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_streamed_post_is_resent_byte_identical_after_a_503_with_retry_after() {
+async fn a_streamed_keyed_post_is_resent_byte_identical_after_a_503_with_retry_after() {
     let server = unavailable_once().await;
     type Chunks = StreamBody<
         futures_util::stream::Iter<
@@ -139,6 +139,7 @@ async fn a_streamed_post_is_resent_byte_identical_after_a_503_with_retry_after()
         .collect();
     let body = StreamBody::new(futures_util::stream::iter(frames));
     let request = http::Request::post(format!("{}/upload", server.url()))
+        .header("idempotency-key", "upload-1")
         .body(body)
         .unwrap();
     let response = service.oneshot(request).await.unwrap();
@@ -159,7 +160,7 @@ async fn a_body_over_the_replay_limit_is_sent_once() {
     let service = ServiceBuilder::new()
         .layer(RetryAfterLayer::new().max_replay_bytes(4 * 1024))
         .service(client);
-    let request = http::Request::post(format!("{}/upload", server.url()))
+    let request = http::Request::put(format!("{}/upload", server.url()))
         .body(Full::new(Bytes::from(vec![1u8; 10 * 1024])))
         .unwrap();
     let response = service.oneshot(request).await.unwrap();
@@ -167,5 +168,23 @@ async fn a_body_over_the_replay_limit_is_sent_once() {
     let stats = server.stats();
     assert_eq!(stats.arrivals.len(), 1);
     assert_eq!(stats.arrivals[0].body_len, 10 * 1024);
+    server.shutdown().await;
+}
+
+/// Regression: a POST without an `Idempotency-Key` was re-sent after a 503
+/// with `Retry-After`, which a proxy may send after forwarding it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_post_without_idempotency_key_is_sent_once_after_a_503_with_retry_after() {
+    let server = unavailable_once().await;
+    let client = Client::builder(TokioExecutor::new()).build_http::<ReplayBody<Full<Bytes>>>();
+    let service = ServiceBuilder::new()
+        .layer(RetryAfterLayer::new())
+        .service(client);
+    let request = http::Request::post(format!("{}/orders", server.url()))
+        .body(Full::new(Bytes::from_static(b"{\"item\":42}")))
+        .unwrap();
+    let response = service.oneshot(request).await.unwrap();
+    assert_eq!(response.status(), 503);
+    assert_eq!(server.stats().arrivals.len(), 1);
     server.shutdown().await;
 }

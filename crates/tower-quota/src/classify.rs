@@ -21,6 +21,15 @@
 //!   `grpc-retry-pushback-ms` delay; a negative pushback means "do not
 //!   retry". Errors are classified as by [`HttpClassifier`].
 //!
+//! Whether a failed request may be sent again at all is a separate
+//! question, answered in one place for every layer that re-sends: any
+//! request may be re-sent after a `429` (or gRPC `RESOURCE_EXHAUSTED`),
+//! which says the server refused it without processing it; after anything
+//! else (a `503` may come from a proxy that forwarded the request, a
+//! timeout from a server that processed it) only idempotent methods (GET,
+//! HEAD, OPTIONS, PUT, DELETE, TRACE) and requests with an
+//! `Idempotency-Key` header are, unless the layer opts in to every method.
+//!
 //! Errors are recognized by walking their [`source`](std::error::Error::source)
 //! chain, so they are found however deeply a client wraps them: tower's and
 //! tokio's timeout `Elapsed`, and [`std::io::Error`]s of kind
@@ -52,8 +61,8 @@ use std::error::Error;
 use std::io;
 use std::time::{Duration, SystemTime};
 
-use http::{HeaderMap, Response, StatusCode};
-use quota_headers::{Pushback, grpc_pushback, grpc_status};
+use http::{HeaderMap, Method, Request, Response, StatusCode};
+use quota_headers::{Pushback, Signal, grpc_pushback, grpc_status};
 
 use crate::BoxError;
 
@@ -159,6 +168,26 @@ impl<B> Classify<Response<B>> for GrpcClassifier {
             _ => Outcome::Permanent,
         }
     }
+}
+
+/// The header that makes any request safe to send again.
+const IDEMPOTENCY_KEY: &str = "idempotency-key";
+
+/// Whether `request` may be sent again after a failure the server may have
+/// processed it in: an idempotent method, or an `Idempotency-Key` header.
+pub(crate) fn is_idempotent<B>(request: &Request<B>) -> bool {
+    matches!(
+        *request.method(),
+        Method::GET | Method::HEAD | Method::OPTIONS | Method::PUT | Method::DELETE | Method::TRACE
+    ) || request.headers().contains_key(IDEMPOTENCY_KEY)
+}
+
+/// Whether the response says the server refused the request for its quota
+/// without processing it (`429`, gRPC `RESOURCE_EXHAUSTED`), so that any
+/// request may be sent again. A `503` or gRPC `UNAVAILABLE` may come from a
+/// proxy after the request was processed.
+pub(crate) fn refused_unprocessed(status: StatusCode, signal: &Signal) -> bool {
+    status == StatusCode::TOO_MANY_REQUESTS || signal.grpc_status == Some(GRPC_RESOURCE_EXHAUSTED)
 }
 
 fn classify_status(status: StatusCode, headers: &HeaderMap) -> Outcome {
@@ -362,6 +391,41 @@ mod tests {
             GrpcClassifier.classify(Ok(&response(503, &[]))),
             Outcome::Transient
         );
+    }
+
+    #[test]
+    fn only_a_quota_refusal_makes_every_method_safe_to_send_again() {
+        let request = |method: &str, key: Option<&str>| {
+            let mut builder = Request::builder().method(method).uri("/");
+            if let Some(key) = key {
+                builder = builder.header(IDEMPOTENCY_KEY, key);
+            }
+            builder.body(()).unwrap()
+        };
+        for method in ["GET", "HEAD", "OPTIONS", "PUT", "DELETE", "TRACE"] {
+            assert!(is_idempotent(&request(method, None)), "{method}");
+        }
+        assert!(!is_idempotent(&request("POST", None)));
+        assert!(!is_idempotent(&request("PATCH", None)));
+        assert!(is_idempotent(&request("POST", Some("order-42"))));
+
+        let signal = |headers: &[(&'static str, &'static str)], status: u16| {
+            let response = response(status, headers);
+            quota_headers::parse(response.status(), response.headers(), SystemTime::now())
+        };
+        let refused = |status: u16, headers: &[(&'static str, &'static str)]| {
+            refused_unprocessed(
+                StatusCode::from_u16(status).unwrap(),
+                &signal(headers, status),
+            )
+        };
+        assert!(refused(429, &[]));
+        assert!(refused(200, &[("grpc-status", "8")]));
+        assert!(!refused(503, &[("retry-after", "1")]));
+        assert!(!refused(
+            200,
+            &[("grpc-status", "14"), ("grpc-retry-pushback-ms", "10")]
+        ));
     }
 
     #[test]

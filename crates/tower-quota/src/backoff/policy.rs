@@ -3,7 +3,7 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use http::{Method, Request, Response};
+use http::{Request, Response};
 use rand::SeedableRng;
 use rand::rngs::SmallRng;
 use tokio::time::Instant;
@@ -12,21 +12,11 @@ use tower::retry::budget::Budget;
 use super::RetryBudget;
 use super::layer::Config;
 use crate::attempts::{AttemptBudget, WaitBudget};
+pub(super) use crate::classify::is_idempotent;
 use crate::classify::{Classify, Outcome, error_kind};
 use crate::replay::ReplayBody;
 use crate::retry_after::ServerSignal;
 use crate::{BoxError, telemetry};
-
-/// The header that makes any request safe to retry.
-const IDEMPOTENCY_KEY: &str = "idempotency-key";
-
-/// Whether a request may be retried without opting in to every method.
-pub(super) fn is_idempotent<B>(request: &Request<B>) -> bool {
-    matches!(
-        *request.method(),
-        Method::GET | Method::HEAD | Method::OPTIONS | Method::PUT | Method::DELETE | Method::TRACE
-    ) || request.headers().contains_key(IDEMPOTENCY_KEY)
-}
 
 /// What one logical request knows about its retries.
 pub(super) struct Policy<C> {

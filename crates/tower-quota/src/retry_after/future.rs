@@ -17,7 +17,7 @@ use super::layer::Config;
 use super::{GateClosed, GateReason, ServerSignal};
 use crate::attempts::{Attempt, AttemptBudget, WaitBudget};
 use crate::replay::{ReplayBody, clone_request};
-use crate::{BoxError, Key, telemetry};
+use crate::{BoxError, Key, classify, telemetry};
 
 pin_project! {
     /// Response future of [`RetryAfter`](super::RetryAfter).
@@ -33,6 +33,9 @@ pin_project! {
         readied: bool,
         request: Option<Request<ReplayBody<B>>>,
         key: Key,
+        // Whether the request may be re-sent after a throttle the server may
+        // have processed it in (a 503): idempotent, or opted in.
+        idempotent: bool,
         gates: Gates,
         config: Arc<Config>,
         attempts: u32,
@@ -73,6 +76,7 @@ where
         service: S,
         mut request: Request<ReplayBody<B>>,
         key: Key,
+        idempotent: bool,
         gates: Gates,
         config: Arc<Config>,
     ) -> Self {
@@ -97,6 +101,7 @@ where
             readied: true,
             request: Some(request),
             key,
+            idempotent,
             gates,
             config,
             attempts: 0,
@@ -109,17 +114,20 @@ where
 }
 
 /// What the layer did with a throttled response, as telemetry reports it.
-/// `may_wait` is what the request may still wait.
+/// `safe` says whether the request may be sent again (see
+/// [`classify`](crate::classify)); `may_wait` is what it may still wait.
 fn throttled_outcome(
     signal: &quota_headers::Signal,
     config: &Config,
     attempts: u32,
     replayable: bool,
+    safe: bool,
     may_wait: Duration,
 ) -> &'static str {
     match signal.retry_after {
         _ if signal.do_not_retry => "returned_server_said_do_not_retry",
         None => "returned_no_delay",
+        Some(_) if !safe => "returned_not_idempotent",
         // The gate closes for `max_pause` at most; then a probe goes.
         Some(delay) if delay.min(config.max_pause) > may_wait => "returned_delay_over_max_wait",
         Some(_) if attempts >= config.max_attempts => "returned_max_attempts",
@@ -286,11 +294,14 @@ where
                             .request
                             .as_ref()
                             .is_some_and(|r| r.body().is_replayable());
+                        let safe = *this.idempotent
+                            || classify::refused_unprocessed(response.status(), &signal);
                         let mut outcome = throttled_outcome(
                             &signal,
                             this.config,
                             *this.attempts,
                             replayable,
+                            safe,
                             this.waits.remaining(),
                         );
                         // A retry layer above shares its attempt limit

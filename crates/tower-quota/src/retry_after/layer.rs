@@ -28,6 +28,7 @@ pub(super) struct Config {
     pub(super) spread: Duration,
     pub(super) max_replay_bytes: usize,
     pub(super) pace_by_quota: bool,
+    pub(super) resend_all_methods: bool,
 }
 
 impl Config {
@@ -64,6 +65,7 @@ impl RetryAfterLayer {
                 spread: Duration::from_millis(100),
                 max_replay_bytes: DEFAULT_MAX_REPLAY_BYTES,
                 pace_by_quota: true,
+                resend_all_methods: false,
             }),
             gates: Gates::default(),
             key_fn: GlobalKey,
@@ -158,6 +160,18 @@ impl<K> RetryAfterLayer<K> {
     /// responses are obeyed either way.
     pub fn pace_by_quota_headers(mut self, pace: bool) -> Self {
         Arc::make_mut(&mut self.config).pace_by_quota = pace;
+        self
+    }
+
+    /// Re-sends throttled requests of every method. By default a request is
+    /// re-sent after a `429` (or gRPC `RESOURCE_EXHAUSTED`) whatever its
+    /// method, since the server refused it without processing it; after a
+    /// `503` or gRPC `UNAVAILABLE`, which a proxy may send after the server
+    /// processed the request, only idempotent methods (GET, HEAD, OPTIONS,
+    /// PUT, DELETE, TRACE) and requests with an `Idempotency-Key` header
+    /// are. Opt in only when the provider's 503s never follow processing.
+    pub fn resend_all_methods(mut self) -> Self {
+        Arc::make_mut(&mut self.config).resend_all_methods = true;
         self
     }
 

@@ -29,7 +29,17 @@
 //!   over [`spread`](RetryAfterLayer::spread), not all at once, and still
 //!   pass through any pacing below.
 //! - A throttled request is re-sent once the gate opens, up to
-//!   [`max_attempts`](RetryAfterLayer::max_attempts) attempts in all.
+//!   [`max_attempts`](RetryAfterLayer::max_attempts) attempts in all, when
+//!   that is safe: after a `429` (or gRPC `RESOURCE_EXHAUSTED`) whatever
+//!   its method, since the server refused it without processing it; after a
+//!   `503` with a delay or gRPC `UNAVAILABLE` with pushback, which a proxy
+//!   may send after the server processed the request, only idempotent
+//!   methods (GET, HEAD, OPTIONS, PUT, DELETE, TRACE) and requests with an
+//!   `Idempotency-Key` header, unless
+//!   [`resend_all_methods`](RetryAfterLayer::resend_all_methods). The rule
+//!   is [`JitterBackoffLayer`](crate::JitterBackoffLayer)'s, from one place
+//!   ([`classify`](crate::classify)). Either way the gate closes for the
+//!   delay.
 //! - [`max_wait`](RetryAfterLayer::max_wait) bounds the waiting of one
 //!   request over all its attempts, and of the whole stack: the layer lowers
 //!   the [`WaitBudget`](crate::attempts::WaitBudget) a retry layer above

@@ -10,6 +10,7 @@ use tower_service::Service;
 use super::ResponseFuture;
 use super::gate::Gates;
 use super::layer::Config;
+use crate::classify::is_idempotent;
 use crate::replay::{ReplayBody, replayable_request};
 use crate::{BoxError, GlobalKey, KeyFn};
 
@@ -83,6 +84,7 @@ where
 
     fn call(&mut self, request: Request<B>) -> Self::Future {
         let key = self.key_fn.key(&request);
+        let idempotent = self.config.resend_all_methods || is_idempotent(&request);
         let request = match replayable_request(request, self.config.max_replay_bytes) {
             Ok(request) => request,
             Err(request) => request.map(ReplayBody::once),
@@ -91,7 +93,14 @@ where
         // behind is readied by the next `poll_ready`.
         let clone = self.inner.clone();
         let inner = std::mem::replace(&mut self.inner, clone);
-        ResponseFuture::new(inner, request, key, self.gates.clone(), self.config.clone())
+        ResponseFuture::new(
+            inner,
+            request,
+            key,
+            idempotent,
+            self.gates.clone(),
+            self.config.clone(),
+        )
     }
 }
 

@@ -380,6 +380,92 @@ async fn regression_a_spread_of_duration_max_is_clamped_to_a_minute() {
     assert_eq!(first.await.unwrap().unwrap().status(), 200);
 }
 
+fn post(idempotency_key: Option<&str>) -> Request<Full<Bytes>> {
+    let mut builder = Request::post("/orders");
+    if let Some(key) = idempotency_key {
+        builder = builder.header("idempotency-key", key);
+    }
+    builder
+        .body(Full::new(Bytes::from_static(b"{\"item\":42}")))
+        .unwrap()
+}
+
+fn unavailable(retry_after: &str) -> Response<()> {
+    Response::builder()
+        .status(503)
+        .header("retry-after", retry_after)
+        .body(())
+        .unwrap()
+}
+
+fn grpc(code: &str, pushback_ms: &str) -> Response<()> {
+    Response::builder()
+        .status(200)
+        .header("content-type", "application/grpc")
+        .header("grpc-status", code)
+        .header("grpc-retry-pushback-ms", pushback_ms)
+        .body(())
+        .unwrap()
+}
+
+/// Regression: a POST was re-sent after a 503 with `Retry-After` (or gRPC
+/// UNAVAILABLE with pushback), which a proxy may send after the server
+/// processed it.
+#[tokio::test(start_paused = true)]
+async fn regression_a_post_is_not_resent_after_a_503_or_grpc_unavailable() {
+    for first in [unavailable("1"), grpc("14", "1000")] {
+        let first = Mutex::new(Some(first));
+        let start = Instant::now();
+        let (inner, arrivals) = provider(start, move |_| {
+            first.lock().unwrap().take().unwrap_or_else(|| status(200))
+        });
+        let response = exact().layer(inner).oneshot(post(None)).await.unwrap();
+        let server = response.extensions().get::<ServerSignal>().unwrap();
+        assert!(server.signal().throttled, "the refusal is returned");
+        assert_eq!(arrivals.lock().unwrap().len(), 1, "sent once");
+    }
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_post_is_resent_after_a_429_or_grpc_resource_exhausted() {
+    for first in [throttled("1"), grpc("8", "1000")] {
+        let first = Mutex::new(Some(first));
+        let start = Instant::now();
+        let (inner, arrivals) = provider(start, move |_| {
+            first.lock().unwrap().take().unwrap_or_else(|| status(200))
+        });
+        let response = exact().layer(inner).oneshot(post(None)).await.unwrap();
+        assert_eq!(response.status(), StatusCode::OK);
+        assert_eq!(arrivals.lock().unwrap().len(), 2);
+    }
+}
+
+#[tokio::test(start_paused = true)]
+async fn after_a_503_idempotent_methods_keyed_posts_and_opted_in_layers_resend() {
+    let cases: Vec<(&str, RetryAfterLayer, Request<Full<Bytes>>)> = vec![
+        (
+            "PUT",
+            exact(),
+            Request::put("/orders/42").body(Full::default()).unwrap(),
+        ),
+        ("keyed POST", exact(), post(Some("order-42"))),
+        ("opted in", exact().resend_all_methods(), post(None)),
+    ];
+    for (name, layer, request) in cases {
+        let start = Instant::now();
+        let (inner, arrivals) = provider(start, |n| {
+            if n == 0 {
+                unavailable("1")
+            } else {
+                status(200)
+            }
+        });
+        let response = layer.layer(inner).oneshot(request).await.unwrap();
+        assert_eq!(response.status(), StatusCode::OK, "{name}");
+        assert_eq!(arrivals.lock().unwrap().len(), 2, "{name}");
+    }
+}
+
 #[tokio::test(start_paused = true)]
 async fn attempts_stop_at_max_attempts() {
     let start = Instant::now();
