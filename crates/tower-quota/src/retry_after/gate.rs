@@ -5,7 +5,8 @@
 //! layer's `max_pause`. When a server claims a longer one, the gate opens at
 //! the bound and lets one probe through; the others wait for its answer.
 
-use std::collections::{BTreeSet, HashMap};
+use std::cmp::Reverse;
+use std::collections::{BTreeSet, BinaryHeap, HashMap};
 use std::pin::Pin;
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::time::Duration;
@@ -18,9 +19,18 @@ use tokio::time::Instant;
 use super::layer::Config;
 use crate::Key;
 
-/// Gates are swept of idle keys after this many operations, or as many
-/// operations as there are keys, whichever is more.
-const SWEEP_EVERY: usize = 1024;
+/// A gate with nothing to remember (open, no quota count, nothing in
+/// flight) is kept this long after its last use, so a busy key does not
+/// start over between requests; then it is evicted.
+pub(super) const IDLE_GRACE: Duration = Duration::from_secs(60);
+
+/// The most due evictions each operation carries out, whatever key it is
+/// for: bounded work per request, and gates of keys that see no more
+/// traffic still go (`SWEEP_BUDGET` per request to any key).
+pub(super) const SWEEP_BUDGET: usize = 64;
+
+/// Maps at or below this capacity are not shrunk.
+pub(super) const MIN_CAPACITY: usize = 64;
 
 /// The furthest any instant is set, whatever the settings: keeps `Instant`
 /// arithmetic in range.
@@ -61,7 +71,35 @@ pub(crate) struct Gates {
 #[derive(Default)]
 struct GateMap {
     gates: HashMap<Key, Gate>,
-    ops_since_sweep: usize,
+    /// When each gate may next be evicted, earliest first; at most one entry
+    /// per gate (see [`Gate::scheduled`]).
+    expiry: BinaryHeap<Reverse<Expiry>>,
+}
+
+/// A gate to look at when `at` has come.
+struct Expiry {
+    at: Instant,
+    key: Key,
+}
+
+impl PartialEq for Expiry {
+    fn eq(&self, other: &Self) -> bool {
+        self.at == other.at
+    }
+}
+
+impl Eq for Expiry {}
+
+impl PartialOrd for Expiry {
+    fn partial_cmp(&self, other: &Self) -> Option<std::cmp::Ordering> {
+        Some(self.cmp(other))
+    }
+}
+
+impl Ord for Expiry {
+    fn cmp(&self, other: &Self) -> std::cmp::Ordering {
+        self.at.cmp(&other.at)
+    }
 }
 
 struct Gate {
@@ -77,6 +115,11 @@ struct Gate {
     in_flight: BTreeSet<u64>,
     /// Sequence number of the next request let through.
     next_seq: u64,
+    /// The last time a request or a response touched the gate.
+    last_used: Instant,
+    /// Whether the gate has an entry in the expiry heap. A gate with
+    /// requests in flight has none; the last answer schedules it.
+    scheduled: bool,
 }
 
 /// Whether a pause was cut short at `max_pause`, and the probe that checks
@@ -110,8 +153,10 @@ enum Knowledge {
 impl Gate {
     /// A gate that knows nothing of the quota yet; one that does not pace by
     /// the server's quota headers starts (and stays) unreported.
-    fn new(pace_by_quota: bool) -> Self {
+    fn new(pace_by_quota: bool, now: Instant) -> Self {
         Gate {
+            last_used: now,
+            scheduled: false,
             changed: Arc::new(Notify::new()),
             closed_until: None,
             reason: None,
@@ -128,15 +173,26 @@ impl Gate {
 }
 
 impl Gate {
-    fn is_idle(&self, now: Instant) -> bool {
-        self.in_flight.is_empty()
-            && self.closed_until.is_none_or(|until| until <= now)
-            && self.probe == Probe::Trusted
-            && match self.quota {
-                Knowledge::Counting { reset_at, .. } => reset_at <= now,
-                Knowledge::Probing { next_probe } => next_probe.is_none_or(|at| at <= now),
-                Knowledge::Unreported => true,
-            }
+    /// When the gate will have nothing left to remember, if no request
+    /// comes: `None` while requests are in flight.
+    fn evictable_at(&self) -> Option<Instant> {
+        if !self.in_flight.is_empty() {
+            return None;
+        }
+        let quota = match self.quota {
+            Knowledge::Counting { reset_at, .. } => Some(reset_at),
+            Knowledge::Probing { next_probe } => next_probe,
+            Knowledge::Unreported => None,
+        };
+        let probe = match self.probe {
+            Probe::Out { deadline, .. } => Some(deadline),
+            Probe::Trusted | Probe::Due => None,
+        };
+        [self.closed_until, quota, probe]
+            .into_iter()
+            .flatten()
+            .fold(later(self.last_used, IDLE_GRACE), Instant::max)
+            .into()
     }
 
     fn close(&mut self, until: Instant, reason: GateReason) -> bool {
@@ -177,11 +233,26 @@ impl Gates {
     /// the others wait for its answer.
     pub(crate) fn admit(&self, key: &Key, now: Instant, config: &Config) -> Result<InFlight, Wait> {
         let mut map = self.lock();
-        map.tick(now);
-        let gate = map
+        map.sweep(now);
+        let result = map.admit(self, key, now, config);
+        map.schedule(key);
+        result
+    }
+}
+
+impl GateMap {
+    fn admit(
+        &mut self,
+        gates: &Gates,
+        key: &Key,
+        now: Instant,
+        config: &Config,
+    ) -> Result<InFlight, Wait> {
+        let gate = self
             .gates
             .entry(key.clone())
-            .or_insert_with(|| Gate::new(config.pace_by_quota));
+            .or_insert_with(|| Gate::new(config.pace_by_quota, now));
+        gate.last_used = gate.last_used.max(now);
         let wait = |until, reason, gate: &Gate| {
             // Registered under the lock: no change between this answer and
             // the wait can be missed.
@@ -241,7 +312,7 @@ impl Gates {
             };
         }
         Ok(InFlight {
-            gates: self.clone(),
+            gates: gates.clone(),
             key: key.clone(),
             seq,
             in_flight_before,
@@ -249,6 +320,74 @@ impl Gates {
         })
     }
 
+    /// Puts the gate of `key` in the expiry heap when it has no entry and
+    /// nothing in flight.
+    fn schedule(&mut self, key: &Key) {
+        let Some(gate) = self.gates.get_mut(key) else {
+            return;
+        };
+        if gate.scheduled {
+            return;
+        }
+        if let Some(at) = gate.evictable_at() {
+            gate.scheduled = true;
+            self.expiry.push(Reverse(Expiry {
+                at,
+                key: key.clone(),
+            }));
+        }
+    }
+
+    /// Evicts gates that have nothing left to remember, looking at no more
+    /// than [`SWEEP_BUDGET`] due entries, and shrinks the maps once they
+    /// are mostly empty.
+    fn sweep(&mut self, now: Instant) {
+        let mut evicted = false;
+        for _ in 0..SWEEP_BUDGET {
+            let due = self
+                .expiry
+                .peek()
+                .is_some_and(|Reverse(entry)| entry.at <= now);
+            if !due {
+                break;
+            }
+            let Some(Reverse(entry)) = self.expiry.pop() else {
+                break;
+            };
+            let Some(gate) = self.gates.get_mut(&entry.key) else {
+                continue;
+            };
+            gate.scheduled = false;
+            match gate.evictable_at() {
+                Some(at) if at <= now => {
+                    self.gates.remove(&entry.key);
+                    evicted = true;
+                }
+                // Used since, or closed further: look again then.
+                Some(_) => self.schedule(&entry.key),
+                // In flight: the last answer schedules it.
+                None => {}
+            }
+        }
+        if evicted {
+            shrink(&mut self.gates);
+            if self.expiry.capacity() > MIN_CAPACITY
+                && self.expiry.len() * 4 < self.expiry.capacity()
+            {
+                self.expiry.shrink_to(self.expiry.len() * 2);
+            }
+        }
+    }
+}
+
+/// Gives memory back once a map holds less than a quarter of its capacity.
+fn shrink<K: std::hash::Hash + Eq, V>(map: &mut HashMap<K, V>) {
+    if map.capacity() > MIN_CAPACITY && map.len() * 4 < map.capacity() {
+        map.shrink_to(map.len() * 2);
+    }
+}
+
+impl Gates {
     /// Learns from a response to a request that `admit` let go: closes the
     /// gate when the server asked for a pause or said the quota is spent
     /// (for `max_pause` at most), and keeps the count of what the server
@@ -261,12 +400,40 @@ impl Gates {
         config: &Config,
     ) -> Option<Closed> {
         in_flight.armed = false;
-        let pace_by_quota = config.pace_by_quota;
         let mut map = self.lock();
-        let gate = map
+        map.sweep(now);
+        let closed = map.observe(&in_flight, signal, now, config);
+        map.schedule(&in_flight.key);
+        closed
+    }
+
+    /// The number of gates kept.
+    #[cfg(test)]
+    pub(crate) fn len(&self) -> usize {
+        self.lock().gates.len()
+    }
+
+    /// The capacity of the gate map.
+    #[cfg(test)]
+    pub(crate) fn capacity(&self) -> usize {
+        self.lock().gates.capacity()
+    }
+}
+
+impl GateMap {
+    fn observe(
+        &mut self,
+        in_flight: &InFlight,
+        signal: &Signal,
+        now: Instant,
+        config: &Config,
+    ) -> Option<Closed> {
+        let pace_by_quota = config.pace_by_quota;
+        let gate = self
             .gates
             .entry(in_flight.key.clone())
-            .or_insert_with(|| Gate::new(pace_by_quota));
+            .or_insert_with(|| Gate::new(pace_by_quota, now));
+        gate.last_used = gate.last_used.max(now);
         gate.in_flight.remove(&in_flight.seq);
         // The probe's answer, whatever it says, is what the waiters wait for.
         let answered_probe = matches!(gate.probe, Probe::Out { seq, .. } if seq == in_flight.seq);
@@ -354,16 +521,6 @@ fn bounded(now: Instant, delay: Duration, max_pause: Duration) -> (Instant, bool
     (later(now, delay.min(max_pause)), delay > max_pause)
 }
 
-impl GateMap {
-    fn tick(&mut self, now: Instant) {
-        self.ops_since_sweep += 1;
-        if self.ops_since_sweep >= SWEEP_EVERY.max(self.gates.len()) {
-            self.ops_since_sweep = 0;
-            self.gates.retain(|_, gate| !gate.is_idle(now));
-        }
-    }
-}
-
 /// A request let through the gate and not yet answered. Dropped without an
 /// answer (an error, a cancelled request), it just leaves the count.
 pub(crate) struct InFlight {
@@ -387,6 +544,7 @@ impl Drop for InFlight {
                     gate.changed.notify_waiters();
                 }
             }
+            map.schedule(&self.key);
         }
     }
 }

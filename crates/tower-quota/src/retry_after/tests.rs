@@ -466,6 +466,59 @@ async fn after_a_503_idempotent_methods_keyed_posts_and_opted_in_layers_resend()
     }
 }
 
+/// Regression: the gates of 100,000 hosts reporting `RateLimit` were kept
+/// until as many operations again swept the map, and the map never shrank.
+#[tokio::test(start_paused = true)]
+async fn regression_idle_gates_are_evicted_by_traffic_to_any_key_and_the_map_shrinks() {
+    use super::gate::{IDLE_GRACE, MIN_CAPACITY, SWEEP_BUDGET};
+
+    let hosts = if cfg!(debug_assertions) {
+        5_000
+    } else {
+        100_000
+    };
+    let start = Instant::now();
+    let (inner, _) = provider(start, |_| {
+        Response::builder()
+            .header("ratelimit", r#""default";r=9;t=10"#)
+            .header("ratelimit-policy", r#""default";q=10;w=10"#)
+            .body(())
+            .unwrap()
+    });
+    let layer = exact().key_fn(|request: &Request<Empty<Bytes>>| request.uri().path().to_owned());
+    let gates = layer.gates.clone();
+    let service = layer.layer(inner);
+    let get_path = |path: String| Request::get(path).body(Empty::new()).unwrap();
+    for host in 0..hosts {
+        let response = service
+            .clone()
+            .oneshot(get_path(format!("/{host}")))
+            .await
+            .unwrap();
+        assert_eq!(response.status(), 200);
+    }
+    assert_eq!(gates.len(), hosts, "every host's quota is remembered");
+    let full_capacity = gates.capacity();
+
+    // Every quota resets and the hosts go quiet; one other key stays busy.
+    tokio::time::advance(Duration::from_secs(10) + IDLE_GRACE + Duration::from_secs(1)).await;
+    // Each request sweeps twice (gate and answer), SWEEP_BUDGET gates each.
+    let requests = hosts.div_ceil(2 * SWEEP_BUDGET) + 1;
+    for _ in 0..requests {
+        service
+            .clone()
+            .oneshot(get_path("/busy".to_owned()))
+            .await
+            .unwrap();
+    }
+    assert!(gates.len() <= 1, "{} gates left of {hosts}", gates.len());
+    assert!(
+        gates.capacity() <= MIN_CAPACITY,
+        "capacity {} (was {full_capacity})",
+        gates.capacity()
+    );
+}
+
 #[tokio::test(start_paused = true)]
 async fn attempts_stop_at_max_attempts() {
     let start = Instant::now();
