@@ -10,7 +10,7 @@ use std::time::Duration;
 use http_body_util::{BodyExt, Empty};
 use hyper_util::client::legacy::Client;
 use hyper_util::rt::TokioExecutor;
-use quota_mock::{MockServer, NetworkProxy, Rule, Stats};
+use quota_mock::{MockServer, NetworkProxy, Rule};
 use tokio::sync::Semaphore;
 use tower::{ServiceBuilder, ServiceExt};
 use tower_quota::circuit_breaker::CircuitBreakerLayer;
@@ -71,23 +71,6 @@ async fn run_readme_stack(
     succeeded
 }
 
-/// What the server admitted against what it would have admitted over the
-/// same time: accepted ÷ (quota × (span + window) ÷ window).
-fn utilization(stats: &Stats, quota: u64, window: Duration) -> f64 {
-    let accepted: Vec<Duration> = stats
-        .arrivals
-        .iter()
-        .filter(|a| a.is_accepted())
-        .map(|a| a.at)
-        .collect();
-    let (Some(first), Some(last)) = (accepted.iter().min(), accepted.iter().max()) else {
-        return 0.0;
-    };
-    let span = (*last - *first).as_secs_f64();
-    let possible = quota as f64 * (span + window.as_secs_f64()) / window.as_secs_f64();
-    accepted.len() as f64 / possible
-}
-
 /// Twenty cold starts, five at a time, each a fresh client and stack
 /// reaching its own provider through a network whose connections cost 30 ms
 /// to open and whose one-way delays vary between 5 and 25 ms: the provider
@@ -142,7 +125,7 @@ async fn cold_starts(seeds: std::ops::Range<u64>) -> Vec<f64> {
         let (seed, succeeded, stats) = run.unwrap();
         let refused = stats.count(429);
         let most = stats.max_arrivals_in_any_window(window);
-        let used = utilization(&stats, quota, window);
+        let used = stats.utilization(quota, window);
         assert_eq!(refused, 0, "cold start {seed}: {refused} × 429");
         assert!(
             most <= quota,
@@ -172,7 +155,7 @@ async fn a_thousand_in_flight_are_never_refused() {
     server.shutdown().await;
     let refused = stats.count(429);
     let most = stats.max_arrivals_in_any_window(window);
-    let used = utilization(&stats, quota, window);
+    let used = stats.utilization(quota, window);
     println!("1,000 in flight: {refused} × 429, at most {most} in a window, utilization {used:.3}");
     assert_eq!(refused, 0, "{refused} × 429");
     assert!(most <= quota, "{most} arrivals in one window");
@@ -204,7 +187,7 @@ async fn a_slow_provider_is_used_fully_without_refusals() {
     server.shutdown().await;
     let refused = stats.count(429);
     let most = stats.max_arrivals_in_any_window(window);
-    let used = utilization(&stats, quota, window);
+    let used = stats.utilization(quota, window);
     println!("slow provider: {refused} × 429, at most {most} in a window, utilization {used:.3}");
     assert_eq!(refused, 0, "{refused} × 429");
     assert!(most <= quota, "{most} arrivals in one window");

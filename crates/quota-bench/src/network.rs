@@ -191,19 +191,7 @@ impl Run {
     /// accepted ÷ (quota × (span + window) ÷ window), span being the first
     /// to the last accepted arrival.
     fn utilization(&self, quota: u64, window: Duration) -> f64 {
-        let accepted: Vec<Duration> = self
-            .stats
-            .arrivals
-            .iter()
-            .filter(|a| a.is_accepted())
-            .map(|a| a.at)
-            .collect();
-        let (Some(first), Some(last)) = (accepted.iter().min(), accepted.iter().max()) else {
-            return 0.0;
-        };
-        let span = (*last - *first).as_secs_f64();
-        let possible = quota as f64 * (span + window.as_secs_f64()) / window.as_secs_f64();
-        accepted.len() as f64 / possible
+        self.stats.utilization(quota, window)
     }
 
     /// How long the server went without room, on average, each time the

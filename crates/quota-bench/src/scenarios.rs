@@ -40,13 +40,7 @@ impl Run {
     /// Admissions over what the quota allowed while the server was busy:
     /// `accepted / (quota × (span + window) / window)`.
     pub(crate) fn utilization(&self) -> f64 {
-        let admitted = self.accepted_times();
-        let (Some(first), Some(last)) = (admitted.first(), admitted.last()) else {
-            return 0.0;
-        };
-        let span = (*last - *first).as_secs_f64();
-        let window = WINDOW.as_secs_f64();
-        admitted.len() as f64 / (QUOTA as f64 * (span + window) / window)
+        self.stats.utilization(QUOTA, WINDOW)
     }
 
     pub(crate) fn accepted_times(&self) -> Vec<Duration> {

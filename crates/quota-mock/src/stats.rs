@@ -176,6 +176,28 @@ impl Stats {
         max_arrivals_in_any_window(&self.arrivals, window)
     }
 
+    /// What the quota admitted against what it could have admitted over the
+    /// same time: accepted ÷ (limit × (span + window) ÷ window), where span
+    /// runs from the first to the last accepted arrival. 1.0 means the
+    /// provider was kept as busy as its quota allows; 0.0 when nothing was
+    /// accepted.
+    pub fn utilization(&self, limit: u64, window: Duration) -> f64 {
+        let mut accepted = self
+            .arrivals
+            .iter()
+            .filter(|arrival| arrival.is_accepted())
+            .map(|arrival| arrival.at);
+        let Some(first) = accepted.next() else {
+            return 0.0;
+        };
+        let (count, first, last) = accepted.fold((1u64, first, first), |(n, lo, hi), at| {
+            (n + 1, lo.min(at), hi.max(at))
+        });
+        let window = window.as_secs_f64();
+        let possible = limit as f64 * ((last - first).as_secs_f64() + window) / window;
+        count as f64 / possible
+    }
+
     /// The largest sum of [`Arrival::cost`] over admitted arrivals of one
     /// key in any half-open interval `[t, t + window)`, over all keys: what
     /// a weighted rule with this window saw at its busiest.
