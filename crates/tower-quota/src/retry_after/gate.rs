@@ -418,6 +418,32 @@ impl Gates {
     pub(crate) fn capacity(&self) -> usize {
         self.lock().gates.capacity()
     }
+
+    /// The longest any gate will hold a request from `now` on: until it
+    /// opens, until its probe's deadline, until its quota resets or until
+    /// its next probe.
+    #[cfg(test)]
+    pub(crate) fn longest_hold(&self, now: Instant) -> Duration {
+        let map = self.lock();
+        map.gates
+            .values()
+            .flat_map(|gate| {
+                let quota = match gate.quota {
+                    Knowledge::Counting { reset_at, .. } => Some(reset_at),
+                    Knowledge::Probing { next_probe } => next_probe,
+                    Knowledge::Unreported => None,
+                };
+                let probe = match gate.probe {
+                    Probe::Out { deadline, .. } => Some(deadline),
+                    Probe::Trusted | Probe::Due => None,
+                };
+                [gate.closed_until, quota, probe]
+            })
+            .flatten()
+            .map(|at| at.saturating_duration_since(now))
+            .max()
+            .unwrap_or_default()
+    }
 }
 
 impl GateMap {

@@ -12,6 +12,8 @@ use super::*;
 use crate::replay::ReplayBody;
 use crate::test_support::provider;
 
+mod properties;
+
 fn status(code: u16) -> Response<()> {
     Response::builder().status(code).body(()).unwrap()
 }
