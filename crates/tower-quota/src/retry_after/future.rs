@@ -191,7 +191,7 @@ where
                     match this.gates.admit(this.key, now, this.config) {
                         Ok(in_flight) => {
                             crate::metrics::gate_passed(this.key, waited);
-                            *this.waited += waited;
+                            *this.waited = this.waited.saturating_add(waited);
                             this.waits.spend(waited);
                             *this.in_flight = Some(in_flight);
                             this.state.set(State::Readying);
@@ -208,7 +208,7 @@ where
                             let give_up =
                                 wait > left && (reason != GateReason::Probing || left.is_zero());
                             if give_up {
-                                *this.waited += waited;
+                                *this.waited = this.waited.saturating_add(waited);
                                 this.waits.spend(waited);
                                 crate::metrics::refused(this.key, "gate_closed");
                                 return Poll::Ready(Err(GateClosed {

@@ -497,8 +497,11 @@ impl GateMap {
                 // every request sent after it, may have been handled after
                 // it, so they spend from `remaining` too. What is left is
                 // safe to send now.
-                let newer = gate.next_seq - in_flight.seq - 1;
-                let uncounted = newer + in_flight.in_flight_before;
+                let newer = gate
+                    .next_seq
+                    .saturating_sub(in_flight.seq)
+                    .saturating_sub(1);
+                let uncounted = newer.saturating_add(in_flight.in_flight_before);
                 gate.quota = Knowledge::Counting {
                     allowance: remaining.saturating_sub(uncounted),
                     reset_at,
