@@ -71,6 +71,18 @@ async fn run_readme_stack(
     succeeded
 }
 
+/// A network in front of `server`: connections cost 30 ms to open (a
+/// handshake), one-way delays vary between 5 and 25 ms.
+async fn across_the_network(server: &MockServer, seed: u64) -> NetworkProxy {
+    NetworkProxy::builder(server.addr())
+        .connect_delay(Duration::from_millis(30))
+        .latency(Duration::from_millis(5), Duration::from_millis(25))
+        .seed(seed)
+        .start()
+        .await
+        .unwrap()
+}
+
 /// Twenty cold starts, five at a time, each a fresh client and stack
 /// reaching its own provider through a network whose connections cost 30 ms
 /// to open and whose one-way delays vary between 5 and 25 ms: the provider
@@ -107,13 +119,7 @@ async fn cold_starts(seeds: std::ops::Range<u64>) -> Vec<f64> {
                 .start()
                 .await
                 .unwrap();
-            let network = NetworkProxy::builder(server.addr())
-                .connect_delay(Duration::from_millis(30))
-                .latency(Duration::from_millis(5), Duration::from_millis(25))
-                .seed(seed)
-                .start()
-                .await
-                .unwrap();
+            let network = across_the_network(&server, seed).await;
             let succeeded = run_readme_stack(&network.url(), quota, window, requests, 32).await;
             let stats = server.stats();
             server.shutdown().await;
@@ -175,13 +181,7 @@ async fn a_slow_provider_is_used_fully_without_refusals() {
         .start()
         .await
         .unwrap();
-    let network = NetworkProxy::builder(server.addr())
-        .connect_delay(Duration::from_millis(30))
-        .latency(Duration::from_millis(5), Duration::from_millis(25))
-        .seed(3)
-        .start()
-        .await
-        .unwrap();
+    let network = across_the_network(&server, 3).await;
     let succeeded = run_readme_stack(&network.url(), quota, window, requests, 32).await;
     let stats = server.stats();
     server.shutdown().await;

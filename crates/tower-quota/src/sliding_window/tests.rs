@@ -24,6 +24,24 @@ fn exact(max_calls: u64, window: Duration) -> SlidingWindowLayer {
         .unwrap()
 }
 
+/// The most `times` in any window of length `window`: `a` and `b` share a
+/// window when `b - a < window`.
+fn max_in_any_window<T>(times: &mut [T], window: T) -> usize
+where
+    T: Copy + Ord + std::ops::Add<Output = T>,
+{
+    times.sort_unstable();
+    let mut best = 0;
+    let mut first = 0;
+    for last in 0..times.len() {
+        while times[first] + window <= times[last] {
+            first += 1;
+        }
+        best = best.max(last - first + 1);
+    }
+    best
+}
+
 /// A service that answers each request with the instant it was called.
 fn clock() -> impl Service<u32, Response = Instant, Error = Infallible, Future: Send> + Clone + Send
 {
@@ -548,19 +566,6 @@ mod properties {
                 None => return admitted,
             }
         }
-    }
-
-    fn max_in_any_window(times: &mut [u32], window: u32) -> usize {
-        times.sort_unstable();
-        let mut best = 0;
-        let mut first = 0;
-        for last in 0..times.len() {
-            while times[first] + window <= times[last] {
-                first += 1;
-            }
-            best = best.max(last - first + 1);
-        }
-        best
     }
 
     proptest! {

@@ -16,19 +16,16 @@ struct Trip {
     drop_after: Option<u64>,
 }
 
-/// The most arrivals in any window of `window` ms at the provider: arrivals
-/// `a` and `b` share a window when `b - a < window`.
-fn max_in_any_window(times: &mut [u64], window: u64) -> usize {
-    times.sort_unstable();
-    let mut best = 0;
-    let mut first = 0;
-    for last in 0..times.len() {
-        while times[first] + window <= times[last] {
-            first += 1;
-        }
-        best = best.max(last - first + 1);
-    }
-    best
+/// A provider that answers `answer` ms after it is called, with the time
+/// from `start` at which it was called.
+fn answering_after(
+    start: Instant,
+) -> impl Service<u64, Response = Duration, Error = Infallible, Future: Send> + Clone + Send {
+    service_fn(move |answer: u64| async move {
+        let called = Instant::now() - start;
+        tokio::time::sleep(MS * answer as u32).await;
+        Ok::<_, Infallible>(called)
+    })
 }
 
 /// Runs `trips` through `layer` on a paused clock and returns the arrival
@@ -147,11 +144,7 @@ proptest! {
 #[tokio::test(start_paused = true)]
 async fn a_slot_is_released_a_window_after_the_answer_or_the_bound() {
     let start = Instant::now();
-    let provider = service_fn(move |answer: u64| async move {
-        let called = Instant::now() - start;
-        tokio::time::sleep(MS * answer as u32).await;
-        Ok::<_, Infallible>(called)
-    });
+    let provider = answering_after(start);
     let service = exact(1, Duration::from_secs(1))
         .sent_within(100 * MS)
         .unwrap()
@@ -175,11 +168,7 @@ async fn a_slot_is_released_a_window_after_the_answer_or_the_bound() {
 #[tokio::test(start_paused = true)]
 async fn strict_mode_holds_a_slot_until_the_answer() {
     let start = Instant::now();
-    let provider = service_fn(move |answer: u64| async move {
-        let called = Instant::now() - start;
-        tokio::time::sleep(MS * answer as u32).await;
-        Ok::<_, Infallible>(called)
-    });
+    let provider = answering_after(start);
     let service = exact(1, Duration::from_secs(1)).strict().layer(provider);
     let slow = tokio::spawn(service.clone().oneshot(3_000));
     tokio::task::yield_now().await;
@@ -195,11 +184,7 @@ async fn strict_mode_holds_a_slot_until_the_answer() {
 #[tokio::test(start_paused = true)]
 async fn a_dropped_request_keeps_its_slot_until_its_bound() {
     let start = Instant::now();
-    let provider = service_fn(move |answer: u64| async move {
-        let called = Instant::now() - start;
-        tokio::time::sleep(MS * answer as u32).await;
-        Ok::<_, Infallible>(called)
-    });
+    let provider = answering_after(start);
     let service = exact(1, Duration::from_secs(1))
         .sent_within(100 * MS)
         .unwrap()
