@@ -47,7 +47,8 @@ impl RetryBudget {
     /// # Errors
     ///
     /// [`InvalidBackoff`] when `ttl` is outside 1 to 60 seconds, `ratio` is
-    /// outside 0 to 1000 (or not a number), or `min_per_second` is too large.
+    /// outside 0 to 1000 (or not a number), or `min_per_second` is
+    /// `i32::MAX` or more (tower's budget refuses those).
     pub fn new(ttl: Duration, min_per_second: u32, ratio: f32) -> Result<Self, InvalidBackoff> {
         if !(Duration::from_secs(1)..=Duration::from_secs(60)).contains(&ttl) {
             return Err(InvalidBackoff::BudgetTtlOutOfRange(ttl));
@@ -55,7 +56,8 @@ impl RetryBudget {
         if !(0.0..=1000.0).contains(&ratio) {
             return Err(InvalidBackoff::BudgetRatioOutOfRange);
         }
-        if i32::try_from(min_per_second).is_err() {
+        // tower's budget needs `min_per_second < i32::MAX` (it asserts so).
+        if min_per_second >= i32::MAX.unsigned_abs() {
             return Err(InvalidBackoff::BudgetMinPerSecondTooLarge(min_per_second));
         }
         Ok(RetryBudget {

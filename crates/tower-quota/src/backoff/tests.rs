@@ -113,10 +113,16 @@ fn invalid_settings_are_rejected_at_construction() {
             InvalidBackoff::BudgetRatioOutOfRange
         );
     }
-    assert_eq!(
-        RetryBudget::new(Duration::from_secs(1), u32::MAX, 0.2).unwrap_err(),
-        InvalidBackoff::BudgetMinPerSecondTooLarge(u32::MAX)
-    );
+    // Regression: `i32::MAX` passed the check and then panicked inside
+    // tower's budget, which asserts `min_per_sec < i32::MAX`.
+    for min in [u32::MAX, i32::MAX.unsigned_abs()] {
+        assert_eq!(
+            RetryBudget::new(Duration::from_secs(1), min, 0.2).unwrap_err(),
+            InvalidBackoff::BudgetMinPerSecondTooLarge(min)
+        );
+    }
+    let largest = RetryBudget::new(Duration::from_secs(60), i32::MAX.unsigned_abs() - 1, 1000.0);
+    assert!(largest.is_ok(), "the largest floor tower accepts is accepted");
     assert!(layer().backoff(MS, MS).is_ok(), "base may equal the cap");
 }
 
@@ -583,7 +589,7 @@ async fn connect_errors_are_retried_and_the_last_error_is_returned() {
     let spans = capture.spans();
     assert_eq!(spans.len(), 1);
     assert_eq!(spans[0]["http.request.resend_count"], "2");
-    assert_eq!(spans[0]["url.path"], "/items");
+    assert_eq!(spans[0]["url.template"], "/items");
 }
 
 #[tokio::test(start_paused = true)]
