@@ -48,7 +48,7 @@ async fn with_five_percent_injected_503s_every_request_succeeds_and_attempts_mat
     let requests: u64 = 400;
     let mut tasks = tokio::task::JoinSet::new();
     for i in 0..requests {
-        let request = http::Request::get(format!("{}/items/{i}", server.url()))
+        let request = http::Request::get(format!("{}/items/{}", server.url(), word(i)))
             .body(Empty::new())
             .unwrap();
         let service = service.clone();
@@ -105,6 +105,22 @@ async fn with_five_percent_injected_503s_every_request_succeeds_and_attempts_mat
     }
     let events_total: usize = retried.values().map(Vec::len).sum();
     assert_eq!(events_total as u64, refused);
+}
+
+/// `i` written in letters (`a`, `b`, …, `ba`, …): a path segment that
+/// telemetry's path template keeps, so that each request's span can be told
+/// from the others by its `url.template`.
+fn word(mut i: u64) -> String {
+    let mut letters = Vec::new();
+    loop {
+        letters.push(b'a' + u8::try_from(i % 26).unwrap());
+        i /= 26;
+        if i == 0 {
+            break;
+        }
+    }
+    letters.reverse();
+    String::from_utf8(letters).unwrap()
 }
 
 /// Per request path, the `(attempt, status)` of each attempt.
@@ -185,7 +201,7 @@ where
         let Some(fields) = extensions.get::<Fields>() else {
             return;
         };
-        let path = fields.0[telemetry::field::URL_PATH].clone();
+        let path = fields.0[telemetry::field::URL_TEMPLATE].clone();
         if let Some(resends) = fields.number(telemetry::field::HTTP_REQUEST_RESEND_COUNT) {
             self.resends.lock().unwrap().insert(path, resends);
         }
@@ -204,7 +220,7 @@ where
             panic!("a retry event outside its request's span");
         };
         let extensions = span.extensions();
-        let path = extensions.get::<Fields>().unwrap().0[telemetry::field::URL_PATH].clone();
+        let path = extensions.get::<Fields>().unwrap().0[telemetry::field::URL_TEMPLATE].clone();
         let attempt = fields.number(telemetry::field::ATTEMPT).unwrap();
         let status = fields
             .number(telemetry::field::HTTP_RESPONSE_STATUS_CODE)

@@ -15,7 +15,7 @@ use tokio::sync::Semaphore;
 use tower::{ServiceBuilder, ServiceExt};
 use tower_quota::circuit_breaker::CircuitBreakerLayer;
 use tower_quota::{
-    BoxError, HttpFeedback, JitterBackoffLayer, RetryAfterLayer, SlidingWindowLayer,
+    BoxError, HostKey, HttpFeedback, JitterBackoffLayer, RetryAfterLayer, SlidingWindowLayer,
 };
 
 /// Sends `count` GETs to `url` through the README stack (defaults only, a
@@ -36,9 +36,7 @@ async fn run_readme_stack(
         .layer(
             SlidingWindowLayer::new(quota, window)
                 .unwrap()
-                .key_fn(|request: &http::Request<_>| {
-                    request.uri().host().unwrap_or("unknown").to_owned()
-                })
+                .key_fn(HostKey)
                 .usage_fn(HttpFeedback)
                 .max_wait(Duration::from_secs(30)),
         )

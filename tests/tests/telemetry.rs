@@ -10,8 +10,12 @@ use bytes::Bytes;
 use http_body_util::Empty;
 use tokio::time::Instant;
 use tower::{ServiceBuilder, ServiceExt, service_fn};
+use tower_quota::circuit_breaker::CircuitBreakerLayer;
+use tower_quota::config::{KeyConfig, ProviderKey};
 use tower_quota::replay::ReplayBody;
-use tower_quota::{BoxError, RetryAfterLayer, SlidingWindowLayer, telemetry};
+use tower_quota::{
+    BoxError, HttpFeedback, JitterBackoffLayer, RetryAfterLayer, SlidingWindowLayer, telemetry,
+};
 use tracing::field::{Field, Visit};
 use tracing_subscriber::layer::{Context, SubscriberExt};
 
@@ -51,6 +55,39 @@ impl Visit for Fields<'_> {
 }
 
 impl<S: tracing::Subscriber> tracing_subscriber::Layer<S> for Capture {
+    /// A span is captured as an event named `span:<name>` with the fields
+    /// it was created with.
+    fn on_new_span(
+        &self,
+        attrs: &tracing::span::Attributes<'_>,
+        _: &tracing::span::Id,
+        _: Context<'_, S>,
+    ) {
+        let mut fields = BTreeMap::new();
+        attrs.record(&mut Fields(&mut fields));
+        self.0.lock().unwrap().push(Event {
+            name: format!("span:{}", attrs.metadata().name()),
+            target: attrs.metadata().target().to_owned(),
+            fields,
+        });
+    }
+
+    /// Fields recorded later are captured as `record:<field names>`.
+    fn on_record(
+        &self,
+        _: &tracing::span::Id,
+        values: &tracing::span::Record<'_>,
+        _: Context<'_, S>,
+    ) {
+        let mut fields = BTreeMap::new();
+        values.record(&mut Fields(&mut fields));
+        self.0.lock().unwrap().push(Event {
+            name: "record".to_owned(),
+            target: String::new(),
+            fields,
+        });
+    }
+
     fn on_event(&self, event: &tracing::Event<'_>, _: Context<'_, S>) {
         let mut fields = BTreeMap::new();
         event.record(&mut Fields(&mut fields));
@@ -152,7 +189,10 @@ async fn a_throttled_response_emits_rate_limit_hit_and_gate_closed() {
     assert_eq!(closed.len(), 1, "{closed:?}");
     assert_eq!(closed[0].fields["until_ms"], "3000");
     assert_eq!(closed[0].fields["reason"], "throttled");
-    assert_eq!(closed[0].fields["key"], "global");
+    assert_eq!(
+        closed[0].fields["key"], "api.example.com",
+        "a gate per host by default"
+    );
 
     // No secret reaches the logs.
     let all = format!("{:?}", events.0.lock().unwrap());
@@ -357,4 +397,87 @@ async fn a_provider_whose_window_runs_late_makes_the_margin_widen_until_its_429s
         widened >= 30,
         "the margin covers the provider's 30 ms: {drift:?}"
     );
+}
+
+/// Tokens in paths (`/bot<token>/…`), query strings, authorization headers
+/// and API keys reach no event, no span field and no key, through the whole
+/// stack with a path key, a host key and a header key.
+#[tokio::test(start_paused = true)]
+async fn no_secret_reaches_events_spans_or_keys() {
+    let (events, _guard) = capture();
+    let calls = Arc::new(Mutex::new(0));
+    let provider = service_fn(
+        move |_: http::Request<ReplayBody<ReplayBody<Empty<Bytes>>>>| {
+            let calls = calls.clone();
+            async move {
+                let mut calls = calls.lock().unwrap();
+                *calls += 1;
+                let status = match *calls {
+                    1 => 429,
+                    2 => 503,
+                    _ => 200,
+                };
+                let response = http::Response::builder()
+                    .status(status)
+                    .header("retry-after", "1")
+                    .body(())?;
+                Ok::<_, BoxError>(response)
+            }
+        },
+    );
+    let by_path = ProviderKey::new("telegram", KeyConfig::Path);
+    let by_api_key = ProviderKey::new("telegram", "header:x-api-key".parse().unwrap());
+    let service = ServiceBuilder::new()
+        .layer(JitterBackoffLayer::new().max_attempts(4).unwrap())
+        .layer(CircuitBreakerLayer::new())
+        .layer(RetryAfterLayer::new())
+        .layer(
+            SlidingWindowLayer::new(1, Duration::from_secs(1))
+                .unwrap()
+                .key_fn(by_path)
+                .usage_fn(HttpFeedback),
+        )
+        .layer(
+            SlidingWindowLayer::new(1, Duration::from_secs(1))
+                .unwrap()
+                .key_fn(by_api_key),
+        )
+        .service(provider);
+    let token = "bot123456:AAHdqTcvCH1vGWJxfSeofSAs0K5PALDsaw";
+    for _ in 0..2 {
+        let request = http::Request::post(format!(
+            "https://api.telegram.org/{token}/sendMessage?api_key=secret-key"
+        ))
+        .header("authorization", "Bearer secret-token")
+        .header("x-api-key", "sk-live-secret")
+        .header("idempotency-key", "send-1")
+        .body(Empty::new())
+        .unwrap();
+        let response = service.clone().oneshot(request).await.unwrap();
+        assert_eq!(response.status(), 200);
+    }
+
+    let spans = events.named("span:jitter_backoff");
+    assert_eq!(spans.len(), 2, "{spans:?}");
+    assert_eq!(spans[0].fields["url.template"], "/{}/sendMessage");
+    let keys: Vec<String> = events
+        .0
+        .lock()
+        .unwrap()
+        .iter()
+        .filter_map(|event| event.fields.get("key").cloned())
+        .collect();
+    assert!(
+        keys.iter()
+            .any(|key| key.starts_with("telegram:/{}/sendMessage:")),
+        "the path key was in events: {keys:?}"
+    );
+    assert!(
+        keys.iter().any(|key| key == "api.telegram.org"),
+        "the host key was in events: {keys:?}"
+    );
+    let all = format!("{:?}", events.0.lock().unwrap());
+    for secret in ["secret", "123456", "AAHdq", "sk-live", "Bearer", "api_key"] {
+        assert!(!all.contains(secret), "{secret} leaked: {all}");
+    }
 }

@@ -26,7 +26,7 @@ use tower_quota::sliding_window::{
     default_sent_within,
 };
 use tower_quota::{
-    BoxError, HttpFeedback, JitterBackoffLayer, Key, RetryAfterLayer, SlidingWindowLayer,
+    BoxError, HostKey, HttpFeedback, JitterBackoffLayer, Key, RetryAfterLayer, SlidingWindowLayer,
 };
 
 use crate::limiters::Limited;
@@ -295,10 +295,8 @@ fn readme_stack(
     window: Duration,
     client: Client<HttpConnector, InnerBody>,
 ) -> Result<Limited, BoxError> {
-    let by_host =
-        |request: &http::Request<InnerBody>| request.uri().host().unwrap_or("unknown").to_owned();
     let pacing = SlidingWindowLayer::new(quota, window)?
-        .key_fn(by_host)
+        .key_fn(HostKey)
         .usage_fn(HttpFeedback)
         .max_wait(Duration::from_secs(30));
     let stack = ServiceBuilder::new()

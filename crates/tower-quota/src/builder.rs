@@ -115,17 +115,14 @@ pub trait ServiceBuilderExt<L>: sealed::Sealed<L> + Sized {
     /// use bytes::Bytes;
     /// use http_body_util::Empty;
     /// use tower::{service_fn, ServiceBuilder, ServiceExt};
-    /// use tower_quota::{RetryAfterLayer, ServiceBuilderExt};
+    /// use tower_quota::{GlobalKey, RetryAfterLayer, ServiceBuilderExt};
     /// use tower_quota::replay::ReplayBody;
     ///
     /// # #[tokio::main(flavor = "current_thread", start_paused = true)]
     /// # async fn main() -> Result<(), tower_quota::BoxError> {
-    /// // Each request's own gate key: its host.
-    /// let by_host = |request: &http::Request<Empty<Bytes>>| {
-    ///     request.uri().host().unwrap_or("none").to_owned()
-    /// };
+    /// // One gate for every host (the default is one per host).
     /// let service = ServiceBuilder::new()
-    ///     .retry_after_with(RetryAfterLayer::new().max_wait(Duration::from_secs(5)).key_fn(by_host))
+    ///     .retry_after_with(RetryAfterLayer::new().max_wait(Duration::from_secs(5)).key_fn(GlobalKey))
     ///     .service(service_fn(|_request: http::Request<ReplayBody<Empty<Bytes>>>| async {
     ///         Ok::<_, tower_quota::BoxError>(http::Response::new(()))
     ///     }));

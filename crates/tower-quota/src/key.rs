@@ -151,6 +151,71 @@ impl<Request> KeyFn<Request> for GlobalKey {
     }
 }
 
+/// A [`KeyFn`] for HTTP requests: one key per host the request is for,
+/// lowercased, with its port when the port is explicit and not the scheme's
+/// default (`api.example.com`, `api.example.com:8443`).
+///
+/// The host comes from the request's URI, or else (a relative URI, as an
+/// outgoing axum or tonic request carries before its connector adds the
+/// origin) from its `Host` header; a request with neither uses
+/// [`Key::GLOBAL`]. It is the default key of [`RetryAfterLayer`] and
+/// [`CircuitBreakerLayer`], so one host's 429 or outage never pauses the
+/// others; give it to [`SlidingWindowLayer::key_fn`] for a quota per host.
+///
+/// ```
+/// use tower_quota::{HostKey, KeyFn};
+///
+/// let request = http::Request::get("https://API.example.com/v1/items?token=t").body(()).unwrap();
+/// assert_eq!(HostKey.key(&request).as_str(), "api.example.com");
+/// let request = http::Request::get("https://api.example.com:443/").body(()).unwrap();
+/// assert_eq!(HostKey.key(&request).as_str(), "api.example.com");
+/// let request = http::Request::get("http://127.0.0.1:8080/").body(()).unwrap();
+/// assert_eq!(HostKey.key(&request).as_str(), "127.0.0.1:8080");
+/// let request = http::Request::get("/v1").header("host", "Example.COM").body(()).unwrap();
+/// assert_eq!(HostKey.key(&request).as_str(), "example.com");
+/// ```
+///
+/// [`RetryAfterLayer`]: crate::RetryAfterLayer
+/// [`CircuitBreakerLayer`]: crate::CircuitBreakerLayer
+/// [`SlidingWindowLayer::key_fn`]: crate::SlidingWindowLayer::key_fn
+#[derive(Debug, Clone, Copy, Default)]
+pub struct HostKey;
+
+impl<B> KeyFn<http::Request<B>> for HostKey {
+    fn key(&self, request: &http::Request<B>) -> Key {
+        match request_host(request) {
+            Some(host) => Key::from(host),
+            None => Key::GLOBAL,
+        }
+    }
+}
+
+/// The host a request is for, lowercased, with its port when the port is
+/// explicit and not its scheme's default: from the URI, or else from the
+/// `Host` header (a relative URI).
+pub(crate) fn request_host<B>(request: &http::Request<B>) -> Option<String> {
+    let uri = request.uri();
+    let (host, port) = match uri.host() {
+        Some(host) => (host.to_owned(), uri.port_u16()),
+        None => {
+            let header = request.headers().get(http::header::HOST)?.to_str().ok()?;
+            let authority: http::uri::Authority = header.parse().ok()?;
+            (authority.host().to_owned(), authority.port_u16())
+        }
+    };
+    let mut host = host.to_ascii_lowercase();
+    let default_port = match uri.scheme_str() {
+        Some("https") => Some(443),
+        Some("http") => Some(80),
+        _ => None,
+    };
+    if let Some(port) = port.filter(|port| Some(*port) != default_port) {
+        host.push(':');
+        host.push_str(&port.to_string());
+    }
+    Some(host)
+}
+
 /// Chooses how much of a quota a request spends.
 ///
 /// Implemented for [`UnitCost`] (every request costs 1) and for any closure

@@ -80,7 +80,7 @@ pub use backoff::{JitterBackoff, JitterBackoffLayer};
 pub use builder::ServiceBuilderExt;
 pub use circuit_breaker::{CircuitBreaker, CircuitBreakerLayer};
 pub use key::{
-    CostFn, GlobalKey, HttpFeedback, Key, KeyFn, NoUsage, UnitCost, Usage, UsageFn,
+    CostFn, GlobalKey, HostKey, HttpFeedback, Key, KeyFn, NoUsage, UnitCost, Usage, UsageFn,
     UsageFromExtension,
 };
 pub use retry_after::{RetryAfter, RetryAfterLayer};

@@ -3,9 +3,10 @@
 //! Every event is emitted through [`tracing`] with target [`TARGET`]. Names
 //! and fields are stable: dashboards and alerts can rely on them. Fields use
 //! OpenTelemetry's HTTP names where one exists and plain names otherwise.
-//! Secrets (authorization, cookies, API keys, query strings) are never
-//! recorded; keys come from the user's key function, which should not put
-//! secrets in them.
+//! Secrets (authorization, cookies, API keys, query strings, raw paths) are
+//! never recorded: a path is recorded as its [`path_template`], where every
+//! segment that could carry a token or an id is `{}`. Keys come from the
+//! user's key function, which should not put secrets in them.
 //!
 //! | event | level | fields | when |
 //! |---|---|---|---|
@@ -17,7 +18,7 @@
 //! | `server_error_retry` | INFO | `attempt`, `backoff_ms`, `reason`, `http.response.status_code` | as `retry_scheduled`, for a 5xx response |
 //! | `retries_exhausted` | WARN | `attempt`, `reason`, `http.response.status_code` or `error.kind` | a retryable failure goes back to the caller: `max_attempts`, `max_elapsed` or `body_not_replayable` |
 //! | `budget_exhausted` | WARN | `attempt`, `http.response.status_code` or `error.kind` | a retryable failure goes back to the caller because the retry budget is spent |
-//! |  *span* `jitter_backoff` | DEBUG | `http.request.method`, `url.path`, `http.request.resend_count` | one logical request through `JitterBackoffLayer`; `http.request.resend_count` is recorded when it ends |
+//! |  *span* `jitter_backoff` | DEBUG | `http.request.method`, `url.template`, `http.request.resend_count` | one logical request through `JitterBackoffLayer`; `http.request.resend_count` is recorded when it ends |
 //! | `circuit_opened` | WARN | `key`, `failure_rate`, `open_ms` | a breaker opened: calls of the key fail fast for `open_ms` |
 //! | `circuit_half_open` | INFO | `key` | an open breaker lets its probes through |
 //! | `circuit_closed` | INFO | `key` | every probe succeeded: calls pass again |
@@ -77,6 +78,60 @@ pub const PACING_DRIFT: &str = "pacing_drift";
 /// policy decided what happened to the request.
 pub const STORE_ERROR: &str = "store_error";
 
+/// The longest path segment [`path_template`] keeps as it is.
+const MAX_WORD: usize = 16;
+
+/// The path of a request as telemetry records it: segments that are plain
+/// words (ASCII letters, with `-`, `_` or `.` between them, at most 16
+/// characters) or API versions (`v` and one to three digits) are kept, and
+/// every other segment becomes `{}`. Ids, tokens, hashes and signatures
+/// contain digits, percent-escapes or other punctuation, or are longer than
+/// a word, so they never reach a log line or a metric label:
+///
+/// ```
+/// use tower_quota::telemetry::path_template;
+///
+/// assert_eq!(path_template("/v1/chat/completions"), "/v1/chat/completions");
+/// assert_eq!(path_template("/v2/users/12345/repos"), "/v2/users/{}/repos");
+/// assert_eq!(
+///     path_template("/bot123456:AAHdqTcvCH1vGWJxfSeofSAs0K5PALDsaw/sendMessage"),
+///     "/{}/sendMessage"
+/// );
+/// assert_eq!(path_template("/files/eyJhbGciOiJIUzI1NiJ9"), "/files/{}");
+/// ```
+pub fn path_template(path: &str) -> std::borrow::Cow<'_, str> {
+    if path.split('/').all(is_plain_segment) {
+        return std::borrow::Cow::Borrowed(path);
+    }
+    let segments: Vec<&str> = path
+        .split('/')
+        .map(|segment| if is_plain_segment(segment) { segment } else { "{}" })
+        .collect();
+    std::borrow::Cow::Owned(segments.join("/"))
+}
+
+/// Whether a path segment is kept by [`path_template`].
+fn is_plain_segment(segment: &str) -> bool {
+    let bytes = segment.as_bytes();
+    if bytes.is_empty() {
+        return true;
+    }
+    if bytes.len() > MAX_WORD {
+        return false;
+    }
+    if let [b'v', digits @ ..] = bytes
+        && (1..=3).contains(&digits.len())
+        && digits.iter().all(u8::is_ascii_digit)
+    {
+        return true;
+    }
+    let separator = |byte: &u8| matches!(byte, b'-' | b'_' | b'.');
+    bytes.iter().all(|byte| byte.is_ascii_alphabetic() || separator(byte))
+        && !bytes.first().is_some_and(separator)
+        && !bytes.last().is_some_and(separator)
+        && !bytes.windows(2).any(|pair| separator(&pair[0]) && separator(&pair[1]))
+}
+
 /// Field names.
 pub mod field {
     /// The quota key of the request.
@@ -105,8 +160,10 @@ pub mod field {
     pub const HTTP_REQUEST_RESEND_COUNT: &str = "http.request.resend_count";
     /// The method of a request (OpenTelemetry's name).
     pub const HTTP_REQUEST_METHOD: &str = "http.request.method";
-    /// The path of a request, without its query string (OpenTelemetry's name).
-    pub const URL_PATH: &str = "url.path";
+    /// The [`path_template`](super::path_template) of a request: its path
+    /// with every segment that could carry a token or an id replaced by
+    /// `{}` (OpenTelemetry's name for a low-cardinality path).
+    pub const URL_TEMPLATE: &str = "url.template";
     /// How long a retry waits before it is sent, in milliseconds.
     pub const BACKOFF_MS: &str = "backoff_ms";
     /// The kind of error an attempt failed with: `connect`, `timeout`,

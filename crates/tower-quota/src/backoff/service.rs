@@ -130,7 +130,7 @@ where
             target: telemetry::TARGET,
             telemetry::JITTER_BACKOFF_SPAN,
             http.request.method = %request.method(),
-            url.path = request.uri().path(),
+            url.template = %telemetry::path_template(request.uri().path()),
             http.request.resend_count = tracing::field::Empty,
         );
         let seed = config

@@ -7,14 +7,14 @@ use tower_layer::Layer;
 use super::breakers::Breakers;
 use super::config::{Config, MAX_PERIOD, MAX_WINDOW_CALLS};
 use super::{CircuitBreaker, InvalidCircuitBreaker, Window};
-use crate::GlobalKey;
+use crate::HostKey;
 use crate::classify::HttpClassifier;
 
 /// Fails fast while a provider is failing; see the [module docs](super).
 ///
 /// Every service this layer makes shares the layer's breakers, one per key.
 #[derive(Clone)]
-pub struct CircuitBreakerLayer<K = GlobalKey, Cl = HttpClassifier> {
+pub struct CircuitBreakerLayer<K = HostKey, Cl = HttpClassifier> {
     pub(super) config: Arc<Config>,
     pub(super) breakers: Breakers,
     pub(super) key_fn: K,
@@ -38,7 +38,7 @@ impl CircuitBreakerLayer {
         CircuitBreakerLayer {
             config: Arc::new(Config::default()),
             breakers: Breakers::default(),
-            key_fn: GlobalKey,
+            key_fn: HostKey,
             classifier: HttpClassifier,
         }
     }
@@ -186,6 +186,8 @@ impl<K, Cl> CircuitBreakerLayer<K, Cl> {
     }
 
     /// Chooses the key of each request: each key has a breaker of its own.
+    /// The default, [`HostKey`], keeps one breaker per host, so one failing
+    /// host never fails calls to the others.
     pub fn key_fn<K2>(self, key_fn: K2) -> CircuitBreakerLayer<K2, Cl> {
         CircuitBreakerLayer {
             config: self.config,

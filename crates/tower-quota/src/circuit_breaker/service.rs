@@ -11,12 +11,12 @@ use super::future::Outcome;
 use super::state::Admit;
 use super::{CircuitOpen, ResponseFuture};
 use crate::classify::{Classify, HttpClassifier};
-use crate::{BoxError, GlobalKey, KeyFn};
+use crate::{BoxError, HostKey, KeyFn};
 
 /// Fails fast while a provider is failing; made by
 /// [`CircuitBreakerLayer`](super::CircuitBreakerLayer).
 #[derive(Clone)]
-pub struct CircuitBreaker<S, K = GlobalKey, Cl = HttpClassifier> {
+pub struct CircuitBreaker<S, K = HostKey, Cl = HttpClassifier> {
     inner: S,
     config: Arc<Config>,
     breakers: Breakers,

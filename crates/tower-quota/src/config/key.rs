@@ -132,11 +132,22 @@ impl<B, H: BuildHasher> KeyFn<Request<B>> for ProviderKey<H> {
         let provider = &self.provider;
         let key = match &self.key {
             KeyConfig::Global => return Key::from(provider.clone()),
-            KeyConfig::Host => match request_authority(request) {
-                Some((host, _port)) => format!("{provider}:{}", host.to_ascii_lowercase()),
+            KeyConfig::Host => match crate::key::request_host(request) {
+                Some(host) => format!("{provider}:{host}"),
                 None => format!("{provider}:none"),
             },
-            KeyConfig::Path => format!("{provider}:{}", request.uri().path()),
+            KeyConfig::Path => {
+                // Keys reach telemetry: a path that carries an id or a token
+                // is keyed by its template and a keyed digest of the path.
+                let path = request.uri().path();
+                match crate::telemetry::path_template(path) {
+                    Cow::Borrowed(path) => format!("{provider}:{path}"),
+                    Cow::Owned(template) => {
+                        let digest = self.hasher.hash_one(path.as_bytes());
+                        format!("{provider}:{template}:{digest:016x}")
+                    }
+                }
+            }
             KeyConfig::Header(name) => match request.headers().get(name) {
                 Some(value) => {
                     let digest = self.hasher.hash_one(value.as_bytes());
@@ -270,7 +281,7 @@ mod tests {
             .header("host", "Example.COM:8080")
             .body(())
             .unwrap();
-        assert_eq!(key_fn.key(&request).as_str(), "p:example.com");
+        assert_eq!(key_fn.key(&request).as_str(), "p:example.com:8080");
         let global = ProviderKey::new("p", KeyConfig::Global);
         assert_eq!(global.key(&request).as_str(), "p");
         let path = ProviderKey::new("p", KeyConfig::Path);
@@ -278,5 +289,27 @@ mod tests {
             .body(())
             .unwrap();
         assert_eq!(path.key(&request).as_str(), "p:/v1/items");
+    }
+
+    #[test]
+    fn path_keys_never_carry_a_token_and_keep_distinct_paths_apart() {
+        let key_fn = ProviderKey::new("tg", KeyConfig::Path);
+        let key = |path: &str| {
+            let request = Request::post(format!("https://api.telegram.org{path}"))
+                .body(())
+                .unwrap();
+            key_fn.key(&request).as_str().to_owned()
+        };
+        let one = key("/bot123456:AAHdqTcvCH1vGWJxfSeofSAs0K5PALDsaw/sendMessage");
+        let other = key("/bot654321:BBHdqTcvCH1vGWJxfSeofSAs0K5PALDsaw/sendMessage");
+        for key in [&one, &other] {
+            assert!(key.starts_with("tg:/{}/sendMessage:"), "{key}");
+            assert!(!key.contains("123456") && !key.contains("AAHdq"), "{key}");
+        }
+        assert_ne!(one, other, "two bots keep two quotas");
+        assert_eq!(
+            one,
+            key("/bot123456:AAHdqTcvCH1vGWJxfSeofSAs0K5PALDsaw/sendMessage")
+        );
     }
 }

@@ -195,12 +195,13 @@ pub enum Strategy {
 /// | value | key | one quota per |
 /// |---|---|---|
 /// | `"global"` (default) | `openai` | provider: the quota is the account's, whatever the host |
-/// | `"host"` | `openai:api.openai.com` | host of the request |
-/// | `"path"` | `openai:/v1/chat/completions` | path of the request, without the query |
+/// | `"host"` | `openai:api.openai.com` | host of the request, with its port unless the scheme's default ([`HostKey`](crate::HostKey)) |
+/// | `"path"` | `openai:/v1/chat/completions` | path of the request, without the query; a path with ids or tokens is keyed `openai:/v1/files/{}:9c0e…`, its [template](crate::telemetry::path_template) and a keyed digest of the path |
 /// | `"header:NAME"` | `openai:x-api-key:5f1c…` | value of header `NAME`, hashed |
 ///
 /// Keys appear in telemetry events and metric labels. A header's value
-/// (typically an API key) never does: it is hashed with a keyed SipHash,
+/// (typically an API key) and a path segment that could carry a token never
+/// do: they are hashed with a keyed SipHash,
 /// a random secret per process unless `key_secret_env` names one that the
 /// processes sharing a store share. Without the secret nobody can confirm a
 /// guessed value from a log line or build values that share a quota on

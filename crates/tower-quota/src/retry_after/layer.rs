@@ -6,7 +6,7 @@ use tower_layer::Layer;
 
 use super::gate::Gates;
 use super::{InvalidRetryAfter, RetryAfter};
-use crate::GlobalKey;
+use crate::HostKey;
 use crate::replay::DEFAULT_MAX_REPLAY_BYTES;
 
 /// Obeys what servers say about their quota; see the [module docs](super).
@@ -14,7 +14,7 @@ use crate::replay::DEFAULT_MAX_REPLAY_BYTES;
 /// Every service this layer makes shares the layer's gates: one throttled
 /// response pauses every caller of that key.
 #[derive(Clone)]
-pub struct RetryAfterLayer<K = GlobalKey> {
+pub struct RetryAfterLayer<K = HostKey> {
     pub(super) config: Arc<Config>,
     pub(super) gates: Gates,
     pub(super) key_fn: K,
@@ -68,7 +68,7 @@ impl RetryAfterLayer {
                 resend_all_methods: false,
             }),
             gates: Gates::default(),
-            key_fn: GlobalKey,
+            key_fn: HostKey,
         }
     }
 }
@@ -176,7 +176,10 @@ impl<K> RetryAfterLayer<K> {
     }
 
     /// Chooses the key of each request: requests with equal keys share a
-    /// gate. The default is one gate for all requests.
+    /// gate. The default, [`HostKey`], keeps one gate per host, so one
+    /// host's 429 never pauses another; [`GlobalKey`](crate::GlobalKey)
+    /// shares one gate among all requests (one provider account behind
+    /// several hosts).
     pub fn key_fn<K2>(self, key_fn: K2) -> RetryAfterLayer<K2> {
         RetryAfterLayer {
             config: self.config,

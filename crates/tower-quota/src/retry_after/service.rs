@@ -12,7 +12,7 @@ use super::gate::Gates;
 use super::layer::Config;
 use crate::classify::is_idempotent;
 use crate::replay::{ReplayBody, replayable_request};
-use crate::{BoxError, GlobalKey, KeyFn};
+use crate::{BoxError, HostKey, KeyFn};
 
 /// Obeys `Retry-After` and rate-limit headers; made by
 /// [`RetryAfterLayer`](super::RetryAfterLayer).
@@ -20,7 +20,7 @@ use crate::{BoxError, GlobalKey, KeyFn};
 /// The inner service receives requests whose body is a [`ReplayBody`], so
 /// that a throttled request can be re-sent with the same bytes.
 #[derive(Clone)]
-pub struct RetryAfter<S, K = GlobalKey> {
+pub struct RetryAfter<S, K = HostKey> {
     inner: S,
     config: Arc<Config>,
     gates: Gates,
