@@ -105,7 +105,13 @@ pub fn path_template(path: &str) -> std::borrow::Cow<'_, str> {
     }
     let segments: Vec<&str> = path
         .split('/')
-        .map(|segment| if is_plain_segment(segment) { segment } else { "{}" })
+        .map(|segment| {
+            if is_plain_segment(segment) {
+                segment
+            } else {
+                "{}"
+            }
+        })
         .collect();
     std::borrow::Cow::Owned(segments.join("/"))
 }
@@ -126,10 +132,14 @@ fn is_plain_segment(segment: &str) -> bool {
         return true;
     }
     let separator = |byte: &u8| matches!(byte, b'-' | b'_' | b'.');
-    bytes.iter().all(|byte| byte.is_ascii_alphabetic() || separator(byte))
+    bytes
+        .iter()
+        .all(|byte| byte.is_ascii_alphabetic() || separator(byte))
         && !bytes.first().is_some_and(separator)
         && !bytes.last().is_some_and(separator)
-        && !bytes.windows(2).any(|pair| separator(&pair[0]) && separator(&pair[1]))
+        && !bytes
+            .windows(2)
+            .any(|pair| separator(&pair[0]) && separator(&pair[1]))
 }
 
 /// Field names.

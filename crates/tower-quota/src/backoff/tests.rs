@@ -122,7 +122,10 @@ fn invalid_settings_are_rejected_at_construction() {
         );
     }
     let largest = RetryBudget::new(Duration::from_secs(60), i32::MAX.unsigned_abs() - 1, 1000.0);
-    assert!(largest.is_ok(), "the largest floor tower accepts is accepted");
+    assert!(
+        largest.is_ok(),
+        "the largest floor tower accepts is accepted"
+    );
     assert!(layer().backoff(MS, MS).is_ok(), "base may equal the cap");
 }
 
