@@ -291,6 +291,14 @@ fn build_provider<St: Store>(
     if let Some(max_wait) = provider.max_wait {
         retry_after = retry_after.max_wait(max_wait);
     }
+    if retry.all_methods {
+        retry_after = retry_after.resend_all_methods();
+    }
+    if let Some(max_pause) = retry.max_pause {
+        retry_after = retry_after.max_pause(max_pause).map_err(|error| {
+            ConfigError::invalid(format!("{retry_path}.max_pause"), show(max_pause), error)
+        })?;
+    }
 
     Ok(BuiltProvider {
         name: Arc::from(name),

@@ -35,6 +35,7 @@
 //! strategy = "full"                # full | equal | decorrelated | none
 //! max_elapsed = "60s"              # no retry later than this after the first attempt
 //! all_methods = false              # retry POST and other non-idempotent requests too
+//! max_pause = "5m"                 # longest pause a server's word holds a key; then a probe
 //! ```
 //!
 //! Durations are written as [humantime](https://docs.rs/humantime) reads

@@ -154,11 +154,24 @@ pub struct RetryConfig {
     pub max_elapsed: Duration,
     /// Retry requests of every method. By default only idempotent methods
     /// (GET, HEAD, OPTIONS, PUT, DELETE, TRACE) and requests with an
-    /// `Idempotency-Key` header are retried after a failure; a throttled
-    /// request, which the server did not process, is re-sent whatever its
-    /// method.
+    /// `Idempotency-Key` header are retried after a failure or re-sent after
+    /// a `503` with a delay (a proxy may send one after the server processed
+    /// the request); a `429`, which the server did not process, is re-sent
+    /// whatever the method. `true` turns on both
+    /// [`JitterBackoffLayer::retry_all_methods`](crate::JitterBackoffLayer::retry_all_methods)
+    /// and [`RetryAfterLayer::resend_all_methods`](crate::RetryAfterLayer::resend_all_methods).
     #[serde(skip_serializing_if = "is_false")]
     pub all_methods: bool,
+    /// The longest a key's gate stays closed on a server's word before one
+    /// request probes whether it recovered: see
+    /// [`RetryAfterLayer::max_pause`](crate::RetryAfterLayer::max_pause).
+    /// Above zero; 5 minutes when not set.
+    #[serde(
+        with = "humantime_serde",
+        default,
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub max_pause: Option<Duration>,
 }
 
 impl Default for RetryConfig {
@@ -170,6 +183,7 @@ impl Default for RetryConfig {
             strategy: Strategy::Full,
             max_elapsed: Duration::from_secs(60),
             all_methods: false,
+            max_pause: None,
         }
     }
 }

@@ -28,6 +28,7 @@ cap = "10s"
 strategy = "decorrelated"
 max_elapsed = "2m"
 all_methods = true
+max_pause = "90s"
 
 [providers.search]
 hosts = ["search.example.com", "127.0.0.1:8080"]
@@ -71,6 +72,7 @@ fn full_example_is_read_as_written() {
     assert_eq!(openai.retry.strategy, Strategy::Decorrelated);
     assert_eq!(openai.retry.max_elapsed, Duration::from_secs(120));
     assert!(openai.retry.all_methods);
+    assert_eq!(openai.retry.max_pause, Some(Duration::from_secs(90)));
     let search = &config.providers["search"];
     assert_eq!(search.key, KeyConfig::Host);
     assert_eq!(search.retry, RetryConfig::default());
@@ -307,6 +309,14 @@ fn backoff_cap_below_base_names_field_and_value() {
         error(&source),
         r#"providers.openai.retry.base: "0s" is invalid: base must be longer than zero"#
     );
+    let source = format!(
+        "{}[providers.openai.retry]\nmax_pause = \"0s\"\n",
+        with(r#"quotas = [ { max_calls = 5, window = "1s" } ]"#)
+    );
+    assert_eq!(
+        error(&source),
+        r#"providers.openai.retry.max_pause: "0s" is invalid: invalid retry-after setting: max_pause must be above zero"#
+    );
 }
 
 #[test]
@@ -513,6 +523,53 @@ async fn a_provider_stack_obeys_retry_after_and_retries_server_errors() {
         "{:?}",
         start.elapsed()
     );
+}
+
+#[tokio::test(start_paused = true)]
+async fn max_pause_bounds_how_long_a_servers_claim_holds_the_key() {
+    let config = ProvidersConfig::from_toml(
+        r#"
+        [providers.api]
+        hosts = ["api.example.com"]
+        max_wait = "500ms"
+        quotas = [ { max_calls = 100, window = "1s" } ]
+        [providers.api.retry]
+        max_retries = 0
+        max_pause = "1s"
+        "#,
+    )
+    .unwrap();
+    let calls = Arc::new(AtomicUsize::new(0));
+    let counted = calls.clone();
+    let client = ServiceBuilder::new()
+        .layer(config.layer().unwrap())
+        .service(service_fn(move |_request: http::Request<Body>| {
+            let call = counted.fetch_add(1, Ordering::SeqCst);
+            async move {
+                let response = match call {
+                    0 => http::Response::builder()
+                        .status(429)
+                        .header("retry-after", "3600")
+                        .body(())?,
+                    _ => http::Response::new(()),
+                };
+                Ok::<_, BoxError>(response)
+            }
+        }));
+    let response = client
+        .clone()
+        .oneshot(get("https://api.example.com/v1"))
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 429, "an hour is past max_wait");
+    // The server claimed an hour; the gate holds the key for max_pause only.
+    tokio::time::sleep(Duration::from_millis(1100)).await;
+    let response = client
+        .oneshot(get("https://api.example.com/v1"))
+        .await
+        .expect("the probe after max_pause goes through");
+    assert_eq!(response.status(), 200);
+    assert_eq!(calls.load(Ordering::SeqCst), 2);
 }
 
 #[tokio::test(start_paused = true)]
