@@ -184,8 +184,9 @@ impl Store for RedisStore {
         let key = admission.key().clone();
         let id = admission.id();
         let margin = limits.safety_margin();
-        let delta = i64::try_from(i128::from(actual_cost) - i128::from(admission.cost()))
-            .unwrap_or(i64::MAX);
+        let delta = i128::from(units(actual_cost)) - i128::from(units(admission.cost()));
+        let delta = i64::try_from(delta.clamp(-i128::from(MAX_UNITS), i128::from(MAX_UNITS)))
+            .unwrap_or(0);
         runtime.spawn(async move {
             let result = if inner.approximate {
                 let mut invocation = SCRIPTS.approx_adjust.prepare_invoke();
@@ -193,7 +194,7 @@ impl Store for RedisStore {
                 for quota in &weighted {
                     invocation
                         .key(format!("{}:counts", inner.quota_key(&key, quota)))
-                        .arg(micros(quota.window() + margin))
+                        .arg(micros(quota.window().saturating_add(margin)))
                         .arg(delta);
                 }
                 inner.call::<i64>(&key, &invocation).await
@@ -205,7 +206,7 @@ impl Store for RedisStore {
                         .key(format!("{base}:log"))
                         .key(format!("{base}:costs"));
                 }
-                invocation.arg(id).arg(actual_cost);
+                invocation.arg(id).arg(units(actual_cost));
                 inner.call::<i64>(&key, &invocation).await
             };
             if let Err(error) = result {
@@ -460,8 +461,8 @@ impl Inner {
             for quota in quotas {
                 invocation
                     .arg(micros(quota.window().saturating_add(margin)))
-                    .arg(quota.max_calls())
-                    .arg(quota.units(cost));
+                    .arg(units(quota.max_calls()))
+                    .arg(units(quota.units(cost)));
             }
             let mut reservation = Reservation {
                 inner: self.clone(),
@@ -512,8 +513,8 @@ impl Inner {
             invocation.key(&redis_key);
             keys.push((
                 redis_key,
-                micros(quota.window() + margin),
-                quota.units(cost),
+                micros(quota.window().saturating_add(margin)),
+                units(quota.units(cost)),
             ));
         }
         invocation
@@ -521,9 +522,9 @@ impl Inner {
             .arg(quotas.len());
         for quota in quotas {
             invocation
-                .arg(micros(quota.window() + margin))
-                .arg(quota.max_calls())
-                .arg(quota.units(cost));
+                .arg(micros(quota.window().saturating_add(margin)))
+                .arg(units(quota.max_calls()))
+                .arg(units(quota.units(cost)));
         }
         let reply: Vec<i64> = self.call(key, &invocation).await.map_err(Failure::Store)?;
         let at = reply.get(4).copied().unwrap_or(0).max(1);
@@ -701,7 +702,7 @@ enum Cancel {
         id: u64,
     },
     Approximate {
-        keys: Vec<(String, i64, u64)>,
+        keys: Vec<(String, i64, i64)>,
         at: i64,
     },
 }
@@ -749,7 +750,7 @@ impl Drop for Reservation {
                         invocation
                             .key(redis_key)
                             .arg(*span)
-                            .arg(-i64::try_from(*units).unwrap_or(i64::MAX));
+                            .arg(-*units);
                     }
                     inner.call::<i64>(&key, &invocation).await
                 }
@@ -759,6 +760,18 @@ impl Drop for Reservation {
             }
         });
     }
+}
+
+/// The most units Redis counts in one log or window: 2^53 − 1, the largest
+/// integer Lua's numbers (doubles) hold exactly. Costs, corrections and
+/// quotas above it saturate at it, which refuses more than it admits: a
+/// cost of `MAX_UNITS` fills any quota Redis can count. The scripts keep
+/// every sum at most this, so `HINCRBY` never overflows.
+const MAX_UNITS: i64 = (1 << 53) - 1;
+
+/// `value`, saturated at [`MAX_UNITS`].
+fn units(value: u64) -> i64 {
+    i64::try_from(value).map_or(MAX_UNITS, |value| value.min(MAX_UNITS))
 }
 
 fn micros(duration: Duration) -> i64 {

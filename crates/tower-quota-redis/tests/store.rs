@@ -383,3 +383,72 @@ async fn approximate_mode_stays_within_its_documented_bound() {
         .unwrap();
     assert!(fields <= 4, "{fields}");
 }
+
+/// Costs and corrections up to `u64::MAX` with quotas up to `u64::MAX`:
+/// the scripts saturate, every later call of the key still succeeds, and a
+/// key corrected to `u64::MAX` stays full instead of wrapping into a refund.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn huge_costs_and_corrections_saturate_and_never_break_the_key() {
+    let Some(server) = support::shared() else {
+        return;
+    };
+    for approximate in [false, true] {
+        let store = RedisStore::builder(server.url())
+            .prefix(support::unique_key("tq"))
+            .approximate(approximate)
+            .build()
+            .await
+            .expect("store connects");
+        let huge = Quota::new(u64::MAX, Duration::from_secs(30)).unwrap();
+        let small = Quota::new(10, Duration::from_secs(30)).unwrap();
+        let mode = if approximate { "approximate" } else { "exact" };
+
+        // A cost of u64::MAX against a quota of u64::MAX: admitted once (it
+        // fills what Redis can count), and the next request waits.
+        let layer = limits([huge]).max_wait(Duration::from_millis(100));
+        let key = Key::from(format!("huge-{mode}"));
+        store
+            .acquire(key.clone(), u64::MAX, layer.limits())
+            .await
+            .unwrap_or_else(|error| panic!("{mode}: {error}"));
+        let error = store
+            .acquire(key.clone(), 1, layer.limits())
+            .await
+            .expect_err("the quota is full");
+        assert!(
+            error.downcast_ref::<Overloaded>().is_some(),
+            "{mode}: {error}"
+        );
+
+        // A correction of u64::MAX on a small quota: the key stays full,
+        // and calls go on succeeding or waiting, never failing in Redis.
+        let layer = limits([small]).max_wait(Duration::from_millis(100));
+        let key = Key::from(format!("corrected-{mode}"));
+        for _ in 0..3 {
+            // The first is admitted; a later one may meet the correction.
+            match store.acquire(key.clone(), 1, layer.limits()).await {
+                Ok(admission) => store.correct(&admission, u64::MAX),
+                Err(error) => assert!(error.downcast_ref::<Overloaded>().is_some(), "{error}"),
+            }
+        }
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        for _ in 0..3 {
+            let error = store
+                .acquire(key.clone(), 1, layer.limits())
+                .await
+                .expect_err("a correction of u64::MAX keeps the key full");
+            assert!(
+                error.downcast_ref::<Overloaded>().is_some(),
+                "{mode}: a full key, not a Redis error: {error}"
+            );
+        }
+        if !approximate {
+            let log = store.redis_keys(&key, &small);
+            let mut connection = server.connection();
+            let sum: u64 = connection.hget(&log[1], "s").unwrap();
+            let entries = read_log(server, &log);
+            assert_eq!(sum, entries.iter().map(|(_, units)| units).sum::<u64>());
+            assert_eq!(sum, (1 << 53) - 1, "saturated at 2^53 - 1");
+        }
+    }
+}

@@ -17,6 +17,8 @@ local now = tonumber(time[1]) * 1000000 + tonumber(time[2])
 local max_wait = tonumber(ARGV[1])
 local n = tonumber(ARGV[2])
 
+local MAX_UNITS = 9007199254740991 -- 2^53 - 1: exact in Lua's numbers
+
 local function fmt(x)
   return string.format('%.0f', x)
 end
@@ -56,6 +58,10 @@ for i = 1, n do
   spans[i] = tonumber(ARGV[arg + 1])
   maxes[i] = tonumber(ARGV[arg + 2])
   units[i] = tonumber(ARGV[arg + 3])
+  if not (spans[i] and maxes[i] and units[i]) or spans[i] <= 0
+    or units[i] < 0 or units[i] > MAX_UNITS or maxes[i] < 1 or maxes[i] > MAX_UNITS then
+    return redis.error_reply('ERR approx_acquire: bad quota arguments')
+  end
   local tail = tonumber(redis.call('HGET', KEYS[i], 't')) or 0
   if tail > at then
     at = tail
@@ -79,6 +85,12 @@ end
 local wait = at - now
 if max_wait >= 0 and wait > max_wait then
   return { 1, wait, 0, limiting, at }
+end
+for i = 1, n do
+  -- Counts stay at most MAX_UNITS, so HINCRBY never fails after a write.
+  if count(KEYS[i], math.floor(at / spans[i])) + units[i] > MAX_UNITS then
+    return { 1, wait, 0, i, at }
+  end
 end
 
 for i = 1, n do

@@ -32,6 +32,10 @@
 -- the call records nothing and returns status 3 with the wait it would
 -- need if that answer came back now: the caller asks again later.
 --
+-- Units, costs and max_calls are at most MAX_UNITS (the client saturates
+-- them); a log whose sum would pass 2^62 refuses the admission as a full
+-- queue, so HINCRBY never overflows and no call fails after a write.
+--
 -- Returns {status, wait_us, queued, limiting}: status 0 = recorded (admitted
 -- now when wait_us is 0, reserved otherwise), 1 = wait over max_wait,
 -- 2 = queue full, 3 = waits for an answer (1, 2 and 3 record nothing);
@@ -42,6 +46,8 @@
 local STRICT = 4503599627370496 -- 2^52 µs, about 142 years
 local HALF = 2251799813685248 -- 2^51 µs: scores further ahead are pending
 local PENDING = 3600000000 -- 1 h in µs
+local MAX_UNITS = 9007199254740991 -- 2^53 - 1
+local MAX_SUM = 4611686018427387904 -- 2^62
 
 local time = redis.call('TIME')
 local now = tonumber(time[1]) * 1000000 + tonumber(time[2])
@@ -60,7 +66,8 @@ local spans, maxes, units = {}, {}, {}
 for i = 1, n do
   local arg = 6 + 3 * (i - 1)
   spans[i], maxes[i], units[i] = tonumber(ARGV[arg + 1]), tonumber(ARGV[arg + 2]), tonumber(ARGV[arg + 3])
-  if not (spans[i] and maxes[i] and units[i]) then
+  if not (spans[i] and maxes[i] and units[i])
+    or units[i] < 0 or units[i] > MAX_UNITS or maxes[i] < 1 or maxes[i] > MAX_UNITS then
     return redis.error_reply('ERR exact_acquire: bad quota arguments')
   end
 end
@@ -196,6 +203,11 @@ if max_queue >= 0 and wait > 0 and queued > max_queue then
 end
 if blocked then
   return { 3, wait, queued, limiting }
+end
+for i = 1, n do
+  if sums[i] + units[i] > MAX_SUM then
+    return { 2, wait, queued, i }
+  end
 end
 
 local hold = sent_within + extra

@@ -1,6 +1,12 @@
 -- Sets the units recorded for an admission still in the log to its actual
 -- cost. KEYS: log and costs of each weighted quota, as in exact_acquire.lua
 -- (not its queue). ARGV: id, actual cost. Returns how many logs held it.
+--
+-- The units recorded saturate so that the log's sum stays at most MAX_UNITS
+-- (2^53 - 1, exact in Lua's numbers): a log that holds that many is full
+-- for any quota Redis counts, so saturating refuses no less than the
+-- actual cost would, and `s` stays the exact sum of the recorded units.
+local MAX_UNITS = 9007199254740991
 local id, actual = ARGV[1], tonumber(ARGV[2])
 if #KEYS % 2 ~= 0 or not id or not actual or actual < 0 then
   return redis.error_reply('ERR exact_correct: expected 2 keys per quota, an id and a cost')
@@ -10,12 +16,14 @@ for i = 1, #KEYS / 2 do
   local z, h = KEYS[2 * i - 1], KEYS[2 * i]
   if redis.call('ZSCORE', z, id) then
     local recorded = tonumber(redis.call('HGET', h, id)) or 1
-    if actual == 1 then
+    local others = math.max((tonumber(redis.call('HGET', h, 's')) or recorded) - recorded, 0)
+    local units = math.max(math.min(actual, MAX_UNITS - others), 0)
+    if units == 1 then
       redis.call('HDEL', h, id)
     else
-      redis.call('HSET', h, id, string.format('%.0f', actual))
+      redis.call('HSET', h, id, string.format('%.0f', units))
     end
-    redis.call('HINCRBY', h, 's', string.format('%.0f', actual - recorded))
+    redis.call('HINCRBY', h, 's', string.format('%.0f', units - recorded))
     changed = changed + 1
   end
 end
