@@ -86,6 +86,18 @@
 //! - **Corrections.** [`Store::correct`](tower_quota::sliding_window::Store::correct)
 //!   sets the cost recorded for an admission to the real one (one call from
 //!   a spawned task, with the timeout).
+//! - **One quota list per key.** A key's admissions are counted under one
+//!   list of quotas and safety margin, held in Redis beside its logs and
+//!   expiring with them. While a key has admissions in their windows, a
+//!   process (or layer) that gives it another list is refused with
+//!   [`ConflictingQuotas`](tower_quota::sliding_window::ConflictingQuotas),
+//!   as by the in-process store: it would count only its own quotas and
+//!   let the others' requests through uncounted. The same quotas in
+//!   another order are the same list.
+//! - **Saturation.** Redis counts at most 2^53 − 1 units per log or window
+//!   (the largest integer Lua's numbers hold exactly): larger costs,
+//!   corrections and quotas saturate at it, which refuses more, never less,
+//!   and no script fails after it has written.
 //! - **Redis Cluster.** All Redis keys of one quota key carry the hash tag
 //!   `{key}`, so a script touches one slot. Keys get `PEXPIRE` (only ever
 //!   extended, to cover their longest-held entry), so idle quotas vanish

@@ -13,8 +13,8 @@ use redis::aio::ConnectionManager;
 use redis::{FromRedisValue, ScriptInvocation};
 use tokio::time::Instant;
 use tower_quota::sliding_window::{
-    Admission, Completion, DriftMargin, Limits, MemoryStore, OverloadReason, Overloaded, Quota,
-    SlidingWindowLayer, Store,
+    Admission, Completion, ConflictingQuotas, DriftMargin, Limits, MemoryStore, OverloadReason,
+    Overloaded, Quota, SlidingWindowLayer, Store,
 };
 use tower_quota::{BoxError, Key, telemetry};
 
@@ -115,7 +115,9 @@ impl RedisStore {
     /// margin), its costs hash and the sorted set of reserved admission
     /// instants; in approximate mode the counter hash. All of a key's Redis
     /// keys share the hash tag `{key}`, so one script call touches one Redis
-    /// Cluster slot.
+    /// Cluster slot. One more Redis key per quota key,
+    /// `{prefix}:{key}:quotas`, holds the signature of the quota list the
+    /// key is counted under.
     pub fn redis_keys(&self, key: &Key, quota: &Quota) -> Vec<String> {
         let base = self.inner.quota_key(key, quota);
         if self.inner.approximate {
@@ -185,8 +187,8 @@ impl Store for RedisStore {
         let id = admission.id();
         let margin = limits.safety_margin();
         let delta = i128::from(units(actual_cost)) - i128::from(units(admission.cost()));
-        let delta = i64::try_from(delta.clamp(-i128::from(MAX_UNITS), i128::from(MAX_UNITS)))
-            .unwrap_or(0);
+        let delta =
+            i64::try_from(delta.clamp(-i128::from(MAX_UNITS), i128::from(MAX_UNITS))).unwrap_or(0);
         runtime.spawn(async move {
             let result = if inner.approximate {
                 let mut invocation = SCRIPTS.approx_adjust.prepare_invoke();
@@ -378,6 +380,30 @@ impl Inner {
         )
     }
 
+    /// The Redis key that holds which quotas `key` is counted under, and
+    /// the signature of `limits`' quotas and safety margin (in any order:
+    /// each quota has logs of its own). While a key has admissions in its
+    /// windows, a call with another signature is refused with
+    /// [`ConflictingQuotas`]: processes that gave one key different quota
+    /// lists would otherwise each count only their own quotas.
+    fn signature(&self, key: &Key, limits: &Limits) -> (String, String) {
+        let mut quotas: Vec<String> = limits
+            .quotas()
+            .iter()
+            .map(|quota| {
+                format!(
+                    "{}:{}:{}",
+                    micros(quota.window()),
+                    quota.max_calls(),
+                    if quota.is_per_request() { "r" } else { "w" }
+                )
+            })
+            .collect();
+        quotas.sort_unstable();
+        let signature = format!("{};m={}", quotas.join(","), micros(limits.safety_margin()));
+        (format!("{}:{{{}}}:quotas", self.prefix, key), signature)
+    }
+
     fn is_suspended(&self) -> bool {
         lock(&self.suspended_until).is_some_and(|until| Instant::now() < until)
     }
@@ -439,6 +465,7 @@ impl Inner {
         } else {
             micros(limits.sent_within())
         };
+        let (signature_key, signature) = self.signature(key, limits);
         let started = Instant::now();
         // How long the request waited for answers in earlier calls.
         let mut elapsed = Duration::ZERO;
@@ -464,6 +491,7 @@ impl Inner {
                     .arg(units(quota.max_calls()))
                     .arg(units(quota.units(cost)));
             }
+            invocation.key(&signature_key).arg(&signature);
             let mut reservation = Reservation {
                 inner: self.clone(),
                 key: key.clone(),
@@ -526,6 +554,8 @@ impl Inner {
                 .arg(units(quota.max_calls()))
                 .arg(units(quota.units(cost)));
         }
+        let (signature_key, signature) = self.signature(key, limits);
+        invocation.key(&signature_key).arg(&signature);
         let reply: Vec<i64> = self.call(key, &invocation).await.map_err(Failure::Store)?;
         let at = reply.get(4).copied().unwrap_or(0).max(1);
         let reservation = Reservation {
@@ -595,6 +625,11 @@ impl Inner {
             2 => Some(OverloadReason::QueueFull(
                 limits.max_queue().unwrap_or_default(),
             )),
+            4 => {
+                // Recorded nothing: the key is busy under other quotas.
+                reservation.armed = false;
+                return Err(Failure::Refused(ConflictingQuotas::new(key.clone()).into()));
+            }
             other => {
                 reservation.armed = false;
                 return Err(Failure::Store(RedisStoreError::unexpected_reply(
@@ -747,10 +782,7 @@ impl Drop for Reservation {
                     let mut invocation = SCRIPTS.approx_adjust.prepare_invoke();
                     invocation.arg(*at);
                     for (redis_key, span, units) in keys {
-                        invocation
-                            .key(redis_key)
-                            .arg(*span)
-                            .arg(-*units);
+                        invocation.key(redis_key).arg(*span).arg(-*units);
                     }
                     inner.call::<i64>(&key, &invocation).await
                 }

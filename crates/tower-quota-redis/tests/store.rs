@@ -10,7 +10,7 @@ use std::time::Duration;
 use redis::Commands;
 use tokio::task::JoinHandle;
 use tower_quota::sliding_window::{Admission, Limits, OverloadReason, Quota, Store};
-use tower_quota::sliding_window::{CostTooLarge, Overloaded};
+use tower_quota::sliding_window::{ConflictingQuotas, CostTooLarge, Overloaded};
 use tower_quota::{BoxError, Key, SlidingWindowLayer};
 use tower_quota_redis::RedisStore;
 
@@ -449,6 +449,50 @@ async fn huge_costs_and_corrections_saturate_and_never_break_the_key() {
             let entries = read_log(server, &log);
             assert_eq!(sum, entries.iter().map(|(_, units)| units).sum::<u64>());
             assert_eq!(sum, (1 << 53) - 1, "saturated at 2^53 - 1");
+        }
+    }
+}
+
+/// Two layers (or processes) that give one key different quota lists: the
+/// second is refused with `ConflictingQuotas` while the first's admissions
+/// are in their windows, in both modes, so neither counts only its own
+/// quotas; the same quotas in another order are the same list.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn one_key_with_other_quotas_is_refused_while_busy() {
+    let Some(server) = support::shared() else {
+        return;
+    };
+    for approximate in [false, true] {
+        let store = RedisStore::builder(server.url())
+            .prefix(support::unique_key("tq"))
+            .approximate(approximate)
+            .build()
+            .await
+            .expect("store connects");
+        let second = Quota::new(2, Duration::from_secs(1)).unwrap();
+        let minute = Quota::new(10, Duration::from_secs(60)).unwrap();
+        let one = limits([second, minute]);
+        let reordered = limits([minute, second]);
+        let fewer = limits([second]);
+        let wider = SlidingWindowLayer::with_quotas([second, minute])
+            .unwrap()
+            .safety_margin(Duration::from_millis(50))
+            .unwrap();
+        let key = Key::from("shared-key");
+        store.acquire(key.clone(), 1, one.limits()).await.unwrap();
+        store
+            .acquire(key.clone(), 1, reordered.limits())
+            .await
+            .expect("the same quotas in another order");
+        for other in [&fewer, &wider] {
+            let error = store
+                .acquire(key.clone(), 1, other.limits())
+                .await
+                .expect_err("other quotas while the key is busy");
+            let conflict = error
+                .downcast_ref::<ConflictingQuotas>()
+                .unwrap_or_else(|| panic!("approximate: {approximate}: {error}"));
+            assert_eq!(conflict.key(), &key);
         }
     }
 }

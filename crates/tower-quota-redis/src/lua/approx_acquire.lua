@@ -8,14 +8,26 @@
 -- every quota.
 --
 -- KEYS: one hash per quota: field = fixed window index, `t` = the latest
--- admission time. ARGV: max_wait_us (-1: none), quota count, then for each
--- quota: span_us, max_calls, units.
--- Returns {status, wait_us, queued (always 0), limiting, at_us}.
+-- admission time; and last, the string holding the signature of the quota
+-- list the key is counted under. ARGV: max_wait_us (-1: none), quota count,
+-- then for each quota: span_us, max_calls, units; and last this call's
+-- signature.
+-- Returns {status, wait_us, queued (always 0), limiting, at_us}: status 0 =
+-- recorded, 1 = wait over max_wait, 4 = the key is busy under another
+-- signature (1 and 4 record nothing).
 
 local time = redis.call('TIME')
 local now = tonumber(time[1]) * 1000000 + tonumber(time[2])
 local max_wait = tonumber(ARGV[1])
 local n = tonumber(ARGV[2])
+if not (max_wait and n) or #KEYS ~= n + 1 or #ARGV ~= 3 + 3 * n then
+  return redis.error_reply('ERR approx_acquire: expected a key and 3 arguments per quota, and a signature')
+end
+local signature_key, signature = KEYS[n + 1], ARGV[3 + 3 * n]
+local held = redis.call('GET', signature_key)
+if held and held ~= signature then
+  return { 4, 0, 0, 0, now }
+end
 
 local MAX_UNITS = 9007199254740991 -- 2^53 - 1: exact in Lua's numbers
 
@@ -108,7 +120,15 @@ for i = 1, n do
         end
       end
     end
-    redis.call('PEXPIRE', k, fmt(math.ceil((at - now + 2 * span) / 1000) + 1000))
+    local ttl = math.ceil((at - now + 2 * span) / 1000) + 1000
+    redis.call('PEXPIRE', k, fmt(ttl))
+    if not held then
+      redis.call('SET', signature_key, signature)
+      held = signature
+    end
+    if redis.call('PTTL', signature_key) < ttl then
+      redis.call('PEXPIRE', signature_key, fmt(ttl))
+    end
   end
 end
 return { 0, wait, 0, limiting, at }

@@ -13,9 +13,15 @@
 --         for the admissions reserved at a later instant than the call that
 --         made them, and the latest admission already made (the others are
 --         pruned). Its highest score is the key's latest admission instant.
+-- and last, one key more:
+--   quotas a string: the signature of the quota list (and safety margin)
+--         the key's admissions are counted under; it expires with them.
 -- ARGV: id, max_wait_us (-1: none), max_queue (-1: none), sent_within_us
 -- (-1: strict), extra_us (added to the sent-by instant), quota count, then
--- for each quota: span_us (window + safety margin), max_calls, units.
+-- for each quota: span_us (window + safety margin), max_calls, units; and
+-- last the signature of this call's quota list. A call with another
+-- signature than the one a busy key holds records nothing (status 4): each
+-- process would otherwise count only its own quotas.
 --
 -- Every entry counts from the call that records it until it leaves, also
 -- while its reserved instant is still to come, and an entry only ever
@@ -38,7 +44,8 @@
 --
 -- Returns {status, wait_us, queued, limiting}: status 0 = recorded (admitted
 -- now when wait_us is 0, reserved otherwise), 1 = wait over max_wait,
--- 2 = queue full, 3 = waits for an answer (1, 2 and 3 record nothing);
+-- 2 = queue full, 3 = waits for an answer, 4 = the key is busy under other
+-- quotas (1 to 4 record nothing);
 -- queued = the reservations still ahead, this one included; limiting =
 -- 1-based index of the quota that decided the wait, 0 if none. Arguments
 -- that do not parse are an error reply, before anything is written.
@@ -59,8 +66,13 @@ local n = tonumber(ARGV[6])
 if not (id and max_wait and max_queue and sent_within and extra and n) then
   return redis.error_reply('ERR exact_acquire: bad arguments')
 end
-if #KEYS ~= 3 * n or #ARGV ~= 6 + 3 * n then
-  return redis.error_reply('ERR exact_acquire: expected 3 keys and 3 arguments per quota')
+if #KEYS ~= 3 * n + 1 or #ARGV ~= 7 + 3 * n then
+  return redis.error_reply('ERR exact_acquire: expected 3 keys and 3 arguments per quota, and a signature')
+end
+local signature_key, signature = KEYS[3 * n + 1], ARGV[7 + 3 * n]
+local held = redis.call('GET', signature_key)
+if held and held ~= signature then
+  return { 4, 0, 0, 0 }
 end
 local spans, maxes, units = {}, {}, {}
 for i = 1, n do
@@ -235,6 +247,11 @@ for i = 1, n do
     expire(z, ttl)
     expire(h, ttl)
     expire(q, ttl)
+    if not held then
+      redis.call('SET', signature_key, signature)
+      held = signature
+    end
+    expire(signature_key, ttl)
   end
 end
 return { 0, wait, queued, limiting }
