@@ -6,7 +6,7 @@
 //! cargo run --release -p quota-bench -- scenarios   # saturation, bursts, Redis workers, retry spread
 //! cargo run --release -p quota-bench -- network     # the README stack across a simulated network, per admission mode
 //! cargo run --release -p quota-bench -- memory      # bytes per key, in process and in Redis
-//! cargo run --release -p quota-bench -- idle-memory # a million circuit-breaker keys given back after idleness
+//! cargo run --release -p quota-bench -- idle-memory # a million keys in each keyed map, given back after idleness
 //! cargo bench -p quota-bench                        # criterion micro-benchmarks, then:
 //! cargo run --release -p quota-bench -- micro       # their table, from target/criterion
 //! ```
