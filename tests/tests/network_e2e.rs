@@ -4,70 +4,11 @@
 //! is checked where the provider checks it: at the server, counting every
 //! arrival, refused ones included.
 
-use std::sync::Arc;
+mod support;
+
 use std::time::Duration;
 
-use http_body_util::{BodyExt, Empty};
-use hyper_util::client::legacy::Client;
-use hyper_util::rt::TokioExecutor;
 use quota_mock::{MockServer, NetworkProxy, Rule};
-use tokio::sync::Semaphore;
-use tower::{ServiceBuilder, ServiceExt};
-use tower_quota::circuit_breaker::CircuitBreakerLayer;
-use tower_quota::{
-    BoxError, HostKey, HttpFeedback, JitterBackoffLayer, RetryAfterLayer, SlidingWindowLayer,
-};
-
-/// Sends `count` GETs to `url` through the README stack (defaults only, a
-/// fresh hyper-util client), `concurrency` at a time; returns how many
-/// succeeded.
-async fn run_readme_stack(
-    url: &str,
-    quota: u64,
-    window: Duration,
-    count: usize,
-    concurrency: usize,
-) -> usize {
-    let client = Client::builder(TokioExecutor::new()).build_http();
-    let service = ServiceBuilder::new()
-        .layer(JitterBackoffLayer::new().max_attempts(4).unwrap())
-        .layer(CircuitBreakerLayer::new())
-        .layer(RetryAfterLayer::new().pace_by_quota_headers(false))
-        .layer(
-            SlidingWindowLayer::new(quota, window)
-                .unwrap()
-                .key_fn(HostKey)
-                .usage_fn(HttpFeedback)
-                .max_wait(Duration::from_secs(30)),
-        )
-        .timeout(Duration::from_secs(10))
-        .service(client);
-    let in_flight = Arc::new(Semaphore::new(concurrency));
-    let mut tasks = tokio::task::JoinSet::new();
-    for i in 0..count {
-        let permit = in_flight.clone().acquire_owned().await.unwrap();
-        let request = http::Request::get(format!("{url}/v1/items/{i}"))
-            .body(Empty::new())
-            .unwrap();
-        let service = service.clone();
-        tasks.spawn(async move {
-            let result: Result<bool, BoxError> = async {
-                let response = service.oneshot(request).await?;
-                let ok = response.status().is_success();
-                response.into_body().collect().await?;
-                Ok(ok)
-            }
-            .await;
-            drop(permit);
-            matches!(result, Ok(true))
-        });
-    }
-    let mut succeeded = 0;
-    while let Some(ok) = tasks.join_next().await {
-        succeeded += usize::from(ok.unwrap());
-    }
-    succeeded
-}
 
 /// A network in front of `server`: connections cost 30 ms to open (a
 /// handshake), one-way delays vary between 5 and 25 ms.
@@ -118,7 +59,8 @@ async fn cold_starts(seeds: std::ops::Range<u64>) -> Vec<f64> {
                 .await
                 .unwrap();
             let network = across_the_network(&server, seed).await;
-            let succeeded = run_readme_stack(&network.url(), quota, window, requests, 32).await;
+            let succeeded =
+                support::run_readme_stack(&network.url(), quota, window, requests, 32).await;
             let stats = server.stats();
             server.shutdown().await;
             (seed, succeeded, stats)
@@ -154,7 +96,7 @@ async fn a_thousand_in_flight_are_never_refused() {
         .start()
         .await
         .unwrap();
-    let succeeded = run_readme_stack(&server.url(), quota, window, requests, 1_000).await;
+    let succeeded = support::run_readme_stack(&server.url(), quota, window, requests, 1_000).await;
     let stats = server.stats();
     server.shutdown().await;
     let refused = stats.count(429);
@@ -180,7 +122,7 @@ async fn a_slow_provider_is_used_fully_without_refusals() {
         .await
         .unwrap();
     let network = across_the_network(&server, 3).await;
-    let succeeded = run_readme_stack(&network.url(), quota, window, requests, 32).await;
+    let succeeded = support::run_readme_stack(&network.url(), quota, window, requests, 32).await;
     let stats = server.stats();
     server.shutdown().await;
     let refused = stats.count(429);

@@ -20,6 +20,7 @@
 //! | `tower_quota_backoff_seconds` | histogram | `reason` | as `tower_quota_retries_total`: the wait before the retry |
 //! | `tower_quota_retries_exhausted_total` | counter | `reason` | a retryable failure goes back to the caller: `max_attempts`, `max_elapsed`, `body_not_replayable` or `budget_exhausted` |
 //! | `tower_quota_circuit_transitions_total` | counter | `key`, `state` | a breaker changes state: to `open`, `half_open` or `closed` |
+//! | `tower_quota_pacing_burst` | gauge | `key` | a key's learned burst changed (`rate_adapted`): requests it sends back to back, 0 when spacing is off |
 //! | `tower_quota_store_errors_total` | counter | `key`, `kind` | a shared store (Redis) failed; recorded by the store through [`store_error`] |
 //!
 //! # Label values
@@ -83,6 +84,11 @@ pub const STORE_ERRORS_TOTAL: &str = "tower_quota_store_errors_total";
 /// each of which widened its key's margin. Labels: `key`.
 pub const PACING_DRIFT_TOTAL: &str = "tower_quota_pacing_drift_total";
 
+/// Gauge: the requests a key's sliding window sends back to back, learned
+/// from its provider's refusals (`rate_adapted`); 0 when spacing is off
+/// (as many as the quota allows). Labels: `key`.
+pub const PACING_BURST: &str = "tower_quota_pacing_burst";
+
 /// Registers the unit and help text of every series with the installed
 /// recorder. Call it once, after installing the recorder; without it the
 /// series still record, without descriptions. Does nothing without the
@@ -105,6 +111,11 @@ fn describe_all() {
         PACING_DRIFT_TOTAL,
         Unit::Count,
         "Refusals of requests the sliding window had room for; each widens the key's margin"
+    );
+    ::metrics::describe_gauge!(
+        PACING_BURST,
+        Unit::Count,
+        "Requests a key sends back to back, learned from its provider's refusals; 0: spacing off"
     );
     describe_counter!(
         REFUSED_TOTAL,
@@ -180,6 +191,16 @@ pub(crate) fn pacing_admitted(key: &Key, waited: Duration) {
 pub(crate) fn pacing_drift(key: &Key) {
     #[cfg(feature = "metrics")]
     ::metrics::counter!(PACING_DRIFT_TOTAL, "key" => key_label(key)).increment(1);
+}
+
+/// The requests `key` may send back to back changed to `burst` (`None`:
+/// as many as its quota allows).
+pub(crate) fn rate_adapted(key: &Key, burst: Option<u64>) {
+    #[cfg(feature = "metrics")]
+    ::metrics::gauge!(PACING_BURST, "key" => key_label(key))
+        .set(burst.map_or(0.0, |burst| burst as f64));
+    #[cfg(not(feature = "metrics"))]
+    let _ = (key, burst);
 }
 
 /// A sliding window's store answered `error` instead of an admission.

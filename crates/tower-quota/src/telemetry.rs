@@ -22,6 +22,7 @@
 //! | `circuit_opened` | WARN | `key`, `failure_rate`, `open_ms` | a breaker opened: calls of the key fail fast for `open_ms` |
 //! | `circuit_half_open` | INFO | `key` | an open breaker lets its probes through |
 //! | `circuit_closed` | INFO | `key` | every probe succeeded: calls pass again |
+//! | `rate_adapted` | INFO | `key`, `burst`, `interval_ms`, `reason` | the provider refused a burst the window allowed (`refused`: the burst halves, down to even spacing) or a window passed without refusals (`recovered`: one more; 0 = spacing off) |
 //! | `store_error` | WARN | `key`, `error.kind`, `policy` | a shared store (Redis) failed or timed out; `policy` says what the limiter did instead |
 
 /// The `tracing` target of every event of this crate.
@@ -73,6 +74,13 @@ pub const CIRCUIT_CLOSED: &str = "circuit_closed";
 /// Fields: `key`, `gap_ms` (how much the margin widened), `margin_ms` (the
 /// margin the key adds now).
 pub const PACING_DRIFT: &str = "pacing_drift";
+
+/// A key's provider refused a burst the sliding window allowed, or a
+/// window passed without refusals: the requests the key sends back to back
+/// changed. Fields: `key`, `burst` (requests back to back; 0: spacing off,
+/// as many as the quota allows), `interval_ms` (the spacing of requests
+/// past the burst), `reason` (`refused` or `recovered`).
+pub const RATE_ADAPTED: &str = "rate_adapted";
 
 /// A shared store (Redis) failed or timed out; the configured failure
 /// policy decided what happened to the request.

@@ -30,9 +30,10 @@ use tokio::time::{Instant, Sleep};
 use super::drift::DriftMargin;
 use super::error::{ConflictingQuotas, OverloadReason, Overloaded};
 use super::log::WindowLog;
+use super::pacer::{Adapted, Pacer};
 use super::store::{Admission, Completion, Store};
 use super::{Limits, Quota};
-use crate::{BoxError, Key};
+use crate::{BoxError, Key, telemetry};
 
 const SHARDS: usize = 16;
 /// A shard sweeps idle keys after this many operations, or after as many
@@ -97,6 +98,16 @@ impl MemoryStore {
             .iter()
             .map(|shard| lock(shard).keys.len())
             .sum()
+    }
+
+    /// The burst `key` learned from its provider's refusals (`None`: as
+    /// many as its quota allows).
+    #[cfg(test)]
+    pub(crate) fn learned_burst(&self, key: &Key) -> Option<u64> {
+        lock(self.shared.shard(key))
+            .keys
+            .get(key)
+            .and_then(|state| state.pacer.burst())
     }
 
     /// Removes the state of every key that has no admission left in its
@@ -172,15 +183,38 @@ impl Store for MemoryStore {
         let mut shard = lock(self.shared.shard(admission.key()));
         let now = Instant::now();
         let state = shard.keys.get_mut(admission.key())?;
-        let (before, after) = state.drift.refused(now, limits)?;
-        // The provider's window runs late for every admission in the log,
-        // not only for those to come.
-        let delta = after.saturating_sub(before);
-        for window in &mut state.windows {
-            window.extend(delta);
+        let drift = state.drift.refused(now, limits);
+        if let Some((before, after)) = drift {
+            // The provider's window runs late for every admission in the
+            // log, not only for those to come.
+            let delta = after.saturating_sub(before);
+            for window in &mut state.windows {
+                window.extend(delta);
+            }
         }
-        Some((before, after))
+        // It may also refuse bursts the log allows: space what follows.
+        let before = state.pacer.burst();
+        let adapted = state.pacer.refused(now, limits, state.extra_margin(now));
+        if adapted.burst != before {
+            rate_adapted(admission.key(), adapted, "refused");
+        }
+        drift
     }
+}
+
+/// Reports a change of a key's learned burst.
+fn rate_adapted(key: &Key, adapted: Adapted, reason: &'static str) {
+    crate::metrics::rate_adapted(key, adapted.burst);
+    tracing::info!(
+        name: telemetry::RATE_ADAPTED,
+        target: telemetry::TARGET,
+        event = telemetry::RATE_ADAPTED,
+        key = %key,
+        burst = adapted.burst.unwrap_or(0),
+        interval_ms = adapted.interval.as_secs_f64() * 1000.0,
+        reason,
+        "the requests a key sends back to back changed"
+    );
 }
 
 fn lock(shard: &Mutex<Shard>) -> MutexGuard<'_, Shard> {
@@ -257,6 +291,8 @@ struct KeyState {
     queued_cost: u64,
     next_id: u64,
     drift: DriftMargin,
+    /// The burst the key's provider tolerates, learned from its refusals.
+    pacer: Pacer,
     /// Until then the key is cold: its admissions are held until answered.
     warm_at: Instant,
 }
@@ -277,6 +313,7 @@ impl KeyState {
             queued_cost: 0,
             next_id: 0,
             drift: DriftMargin::default(),
+            pacer: Pacer::default(),
         }
     }
 
@@ -332,11 +369,17 @@ impl KeyState {
         self.queue.is_empty() && self.windows.iter().all(WindowLog::is_empty)
     }
 
-    fn has_room(&self, cost: u64) -> bool {
+    fn has_room(&self, now: Instant, cost: u64, limits: &Limits) -> bool {
         self.windows.iter().all(|w| w.has_room(cost))
+            && self
+                .pacer
+                .earliest(cost, limits, self.extra_margin(now))
+                .is_none_or(|at| at <= now)
     }
 
-    fn record(&mut self, now: Instant, cost: u64, id: u64, limits: &Limits) {
+    /// Records an admission; returns the pacer's new burst if it changed.
+    #[must_use]
+    fn record(&mut self, now: Instant, cost: u64, id: u64, limits: &Limits) -> Option<Adapted> {
         // A cold key (its first window) is opening connections and growing
         // pools, perhaps under a burst of work: how long its requests take
         // to get out is unknown, so its slots wait for their answers.
@@ -347,12 +390,20 @@ impl KeyState {
         for window in &mut self.windows {
             window.record(cost, id, sent_by, extra);
         }
+        self.pacer.admitted(now, cost, limits, extra)
     }
 
     /// The earliest instant the head fits (`None`: once an answer comes
     /// back), and the quota that decides it.
-    fn earliest(&self, now: Instant, cost: u64) -> (Option<Instant>, Option<Quota>) {
-        let mut latest: (Option<Instant>, Option<Quota>) = (Some(now), None);
+    fn earliest(
+        &self,
+        now: Instant,
+        cost: u64,
+        limits: &Limits,
+    ) -> (Option<Instant>, Option<Quota>) {
+        let paced = self.pacer.earliest(cost, limits, self.extra_margin(now));
+        let mut latest: (Option<Instant>, Option<Quota>) =
+            (Some(paced.map_or(now, |at| at.max(now))), None);
         for window in &self.windows {
             let at = window.earliest(now, cost);
             let later = match (at, latest.0) {
@@ -580,7 +631,7 @@ impl Future for Acquire {
                     } => match shard.keys.get_mut(this.key) {
                         Some(state) if state.is_head(ticket.id) => {
                             state.prune(now);
-                            let (at, limit) = state.earliest(now, *this.cost);
+                            let (at, limit) = state.earliest(now, *this.cost, this.limits);
                             if limit.is_some() {
                                 *limited_by = limit;
                             }
@@ -592,7 +643,11 @@ impl Future for Acquire {
                                 Step::Park
                             } else if at.is_some_and(|at| at <= now) {
                                 let id = this.shared.next_admission.fetch_add(1, Ordering::Relaxed);
-                                state.record(now, *this.cost, id, this.limits);
+                                if let Some(adapted) =
+                                    state.record(now, *this.cost, id, this.limits)
+                                {
+                                    rate_adapted(this.key, adapted, "recovered");
+                                }
                                 state.pop_head();
                                 ticket.armed = false;
                                 Step::Ready(Ok(Admission::new(
@@ -686,9 +741,11 @@ fn arrive(
     cx: &mut Context<'_>,
 ) -> Step {
     let cost = this.cost;
-    if state.queue.is_empty() && state.has_room(cost) {
+    if state.queue.is_empty() && state.has_room(now, cost, this.limits) {
         let id = this.shared.next_admission.fetch_add(1, Ordering::Relaxed);
-        state.record(now, cost, id, this.limits);
+        if let Some(adapted) = state.record(now, cost, id, this.limits) {
+            rate_adapted(this.key, adapted, "recovered");
+        }
         return Step::Ready(Ok(Admission::new(
             this.key.clone(),
             id,

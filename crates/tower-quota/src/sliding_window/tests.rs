@@ -910,3 +910,107 @@ mod weighted {
 mod arrival;
 
 mod hardening;
+
+// ----- the burst learned from refusals -----
+
+/// Admits `count` requests of `key` one after another; returns their
+/// admissions and the instants they were made, since `start`.
+async fn admit_in_turn(
+    store: &MemoryStore,
+    limits: &Limits,
+    count: usize,
+    start: Instant,
+) -> Vec<(Admission, Duration)> {
+    let mut admitted = Vec::new();
+    for _ in 0..count {
+        let admission = store.acquire(Key::from("k"), 1, limits).await.unwrap();
+        admitted.push((admission, start.elapsed()));
+    }
+    admitted
+}
+
+#[tokio::test(start_paused = true)]
+async fn refusals_halve_the_burst_down_to_even_spacing_and_the_log_still_bounds() {
+    let layer = exact(10, Duration::from_secs(1));
+    let limits = layer.limits().clone();
+    let store = MemoryStore::new();
+    let start = Instant::now();
+    // No refusal yet: the whole quota goes at once, as the log allows.
+    let first = admit_in_turn(&store, &limits, 10, start).await;
+    assert!(first.iter().all(|(_, at)| at.is_zero()));
+    // The provider refuses four of them: 10 → 5 → 2 → 1.
+    for (admission, _) in &first[..4] {
+        store.refused(admission, &limits);
+    }
+    let spaced = admit_in_turn(&store, &limits, 10, start).await;
+    let times: Vec<Duration> = spaced.iter().map(|(_, at)| *at).collect();
+    // The log frees the first slot a window (plus the drift margin the
+    // refusals added) after the first burst; then one per interval.
+    assert!(times[0] >= Duration::from_secs(1), "{times:?}");
+    for pair in times.windows(2) {
+        assert!(
+            pair[1] - pair[0] >= 100 * MS,
+            "spaced by the interval: {times:?}"
+        );
+    }
+    let mut all: Vec<Duration> = first.iter().chain(&spaced).map(|(_, at)| *at).collect();
+    assert!(max_in_any_window(&mut all, Duration::from_secs(1)) <= 10);
+}
+
+#[tokio::test(start_paused = true)]
+async fn the_burst_is_probed_after_a_quiet_spell_and_a_failed_probe_waits_longer() {
+    let layer = exact(10, Duration::from_secs(1));
+    let limits = layer.limits().clone();
+    let store = MemoryStore::new();
+    let key = Key::from("k");
+    let start = Instant::now();
+    let first = admit_in_turn(&store, &limits, 10, start).await;
+    for (admission, _) in &first {
+        store.refused(admission, &limits);
+    }
+    let refused_at = start.elapsed();
+    assert_eq!(store.learned_burst(&key), Some(1));
+    // Steady traffic for the first spell of 8 windows: still one at a time.
+    let mut last = admit_in_turn(&store, &limits, 1, start).await;
+    while store.learned_burst(&key) == Some(1) {
+        last = admit_in_turn(&store, &limits, 1, start).await;
+    }
+    let probed_at = last[0].1;
+    assert!(
+        probed_at - refused_at >= Duration::from_secs(8),
+        "{probed_at:?}"
+    );
+    assert_eq!(store.learned_burst(&key), Some(2));
+    // The probe is refused at once: back to one, and the next probe waits
+    // twice as long.
+    store.refused(&last[0].0, &limits);
+    let refused_at = start.elapsed();
+    assert_eq!(store.learned_burst(&key), Some(1));
+    while store.learned_burst(&key) == Some(1) {
+        last = admit_in_turn(&store, &limits, 1, start).await;
+    }
+    assert!(
+        last[0].1 - refused_at >= Duration::from_secs(16),
+        "refused at {refused_at:?}, probed again at {:?}",
+        last[0].1
+    );
+    // After an idle spell, a burst of two goes back to back, then spacing.
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let burst = admit_in_turn(&store, &limits, 3, start).await;
+    assert_eq!(burst[0].1, burst[1].1, "two at once");
+    assert!(burst[2].1 - burst[1].1 >= 100 * MS, "then spaced");
+}
+
+#[tokio::test(start_paused = true)]
+async fn without_refusals_the_pacer_stays_off() {
+    let layer = exact(5, Duration::from_secs(1));
+    let limits = layer.limits().clone();
+    let store = MemoryStore::new();
+    let start = Instant::now();
+    let admitted = admit_in_turn(&store, &limits, 15, start).await;
+    let times: Vec<Duration> = admitted.iter().map(|(_, at)| *at).collect();
+    // Three bursts of five, a window apart: the exact log alone.
+    assert_eq!(&times[..5], &[Duration::ZERO; 5]);
+    assert!(times[5..10].iter().all(|at| *at == times[5]), "{times:?}");
+    assert!(times[10..].iter().all(|at| *at == times[10]), "{times:?}");
+}

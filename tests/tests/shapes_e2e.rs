@@ -1,0 +1,98 @@
+//! The README stack with its default settings against providers that
+//! enforce the configured rate in other shapes than a sliding log: no burst
+//! at all (GCRA, one request per emission interval) and a sliding-window
+//! counter. Counted at the server, refused arrivals included.
+//!
+//! `SHAPES_TIMELINE=1 cargo test -p tower-quota-tests --test shapes_e2e --
+//! --nocapture` prints every arrival the provider saw.
+
+mod support;
+
+use std::time::Duration;
+
+use tokio::time::Instant;
+
+use quota_mock::{MockServer, Rule, Stats};
+
+/// 200 requests at concurrency 32 through the README stack configured at
+/// the provider's documented 20/1 s; returns what the provider saw, the
+/// requests that succeeded and the seconds the run took.
+async fn run(rule: Rule) -> (Stats, usize, f64) {
+    let server = MockServer::builder().rule(rule).start().await.unwrap();
+    let started = Instant::now();
+    let succeeded =
+        support::run_readme_stack(&server.url(), 20, Duration::from_secs(1), 200, 32).await;
+    let elapsed = started.elapsed().as_secs_f64();
+    let stats = server.stats();
+    server.shutdown().await;
+    (stats, succeeded, elapsed)
+}
+
+fn report(shape: &str, stats: &Stats, succeeded: usize, elapsed: f64) -> (f64, f64) {
+    if std::env::var_os("SHAPES_TIMELINE").is_some() {
+        for arrival in &stats.arrivals {
+            println!(
+                "{:>8.1} ms {} {}",
+                arrival.at.as_secs_f64() * 1e3,
+                arrival.status,
+                arrival.path
+            );
+        }
+    }
+    let attempts = stats.arrivals.len() as f64;
+    let refused = stats.count(429) as f64;
+    let goodput = stats.accepted() as f64 / elapsed / 20.0;
+    println!(
+        "{shape}: {succeeded}/200 succeeded in {elapsed:.1} s, {refused} x 429 of {attempts} \
+         arrivals ({:.1}%), goodput {goodput:.2} x 20/s",
+        100.0 * refused / attempts
+    );
+    (refused / attempts, goodput)
+}
+
+/// A provider that admits 20/s with no burst (one request per 50 ms,
+/// `Retry-After: 1` otherwise): the first burst is refused, the window
+/// learns the provider's burst from the refusals and spaces what follows.
+/// Without the learned spacing the stack collapsed to 5–8 % of the rate,
+/// with 40 % of arrivals refused. The first burst costs 19 refusals of
+/// 200 requests; a probe for a larger burst and arrivals the network
+/// bunched cost a few more (9.5 % in total and 0.79–0.85 of the rate
+/// measured on loopback); the bounds leave room for a loaded machine.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_provider_without_bursts_gets_spaced_requests() {
+    let (stats, succeeded, elapsed) = run(Rule::no_burst(20, Duration::from_secs(1))).await;
+    let (refused, goodput) = report("no burst", &stats, succeeded, elapsed);
+    assert_eq!(succeeded, 200, "every request completes");
+    assert!(
+        refused <= 0.12,
+        "429s are {:.1}% of arrivals",
+        refused * 100.0
+    );
+    assert!(
+        goodput >= 0.75,
+        "goodput {goodput:.2} of the provider's rate"
+    );
+}
+
+/// A sliding-window counter (the current period plus the previous one
+/// weighted by its overlap, refused requests counted too). The second
+/// window's burst meets the first still weighted in full and is refused;
+/// the refused burst itself weighs on the third window. From then on the
+/// spacing holds (12–13 % of arrivals refused and 0.74–0.79 of the rate
+/// measured; 21–23 % and 0.49 without the learned spacing).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_sliding_window_counter_gets_spaced_requests() {
+    let (stats, succeeded, elapsed) =
+        run(Rule::sliding_window_counter(20, Duration::from_secs(1))).await;
+    let (refused, goodput) = report("sliding-window counter", &stats, succeeded, elapsed);
+    assert_eq!(succeeded, 200, "every request completes");
+    assert!(
+        refused <= 0.16,
+        "429s are {:.1}% of arrivals",
+        refused * 100.0
+    );
+    assert!(
+        goodput >= 0.65,
+        "goodput {goodput:.2} of the provider's rate"
+    );
+}
