@@ -5,8 +5,9 @@
 //! provider that enforces the same rate without bursts (a leaky bucket or
 //! GCRA, a sliding-window counter) refuses most of such a burst. The pacer
 //! adds spacing under the log, in the way of GCRA: at most `burst` requests
-//! back to back, then one per emission interval (the quota's window,
-//! widened by the key's margins, over its `max_calls`).
+//! back to back, then one per emission interval (the shortest quota's
+//! window, widened by the key's margins, over its `max_calls`; quotas with
+//! longer windows are left to the exact log).
 //!
 //! It starts inactive (the log alone decides: a sliding-log provider keeps
 //! every burst it allows) and halves the burst on every refusal the
@@ -150,16 +151,18 @@ impl Pacer {
     }
 }
 
-/// How far a request of `cost` moves GCRA's clock: the longest, over the
-/// quotas, of its share of the quota's window (widened by the safety margin
-/// and `extra`), `window × units / max_calls`. Zero when it spends nothing.
+/// How far a request of `cost` moves GCRA's clock: its share of the
+/// shortest window (widened by the safety margin and `extra`), `window ×
+/// units / max_calls`, the longest such share if several quotas have that
+/// window. Zero when it spends nothing. Longer windows are left to the
+/// exact log: spacing by an hourly quota would hold every request for the
+/// hour's share.
 fn step(limits: &Limits, extra: Duration, cost: u64) -> Duration {
     let margin = limits.safety_margin().saturating_add(extra);
-    limits
-        .quotas()
-        .iter()
+    let window = shortest_window(limits);
+    shortest(limits)
         .map(|quota| {
-            let span = quota.window().saturating_add(margin).as_nanos();
+            let span = window.saturating_add(margin).as_nanos();
             let nanos = span.saturating_mul(u128::from(quota.units(cost)))
                 / u128::from(quota.max_calls().max(1));
             Duration::from_nanos(u64::try_from(nanos).unwrap_or(u64::MAX))
@@ -168,15 +171,23 @@ fn step(limits: &Limits, extra: Duration, cost: u64) -> Duration {
         .unwrap_or(Duration::ZERO)
 }
 
-/// The burst at which spacing turns off: the smallest quota's `max_calls`.
+/// The burst at which spacing turns off: the smallest `max_calls` of the
+/// quotas with the shortest window.
 fn ceiling(limits: &Limits) -> u64 {
-    limits
-        .quotas()
-        .iter()
+    shortest(limits)
         .map(|quota| quota.max_calls())
         .min()
         .unwrap_or(1)
         .max(1)
+}
+
+/// The quotas with the shortest window: the ones spacing follows.
+fn shortest(limits: &Limits) -> impl Iterator<Item = &super::Quota> {
+    let window = shortest_window(limits);
+    limits
+        .quotas()
+        .iter()
+        .filter(move |quota| quota.window() == window)
 }
 
 fn shortest_window(limits: &Limits) -> Duration {

@@ -1001,6 +1001,31 @@ async fn the_burst_is_probed_after_a_quiet_spell_and_a_failed_probe_waits_longer
     assert!(burst[2].1 - burst[1].1 >= 100 * MS, "then spaced");
 }
 
+/// Regression: spacing followed the slowest quota, so after one refusal a
+/// key with 10/1 s and 1000/1 h went one request per 3.6 s.
+#[tokio::test(start_paused = true)]
+async fn spacing_follows_the_shortest_window_not_an_hourly_quota() {
+    let layer = SlidingWindowLayer::new(10, Duration::from_secs(1))
+        .unwrap()
+        .and_quota(1000, Duration::from_secs(3600))
+        .unwrap()
+        .safety_margin(Duration::ZERO)
+        .unwrap();
+    let limits = layer.limits().clone();
+    let store = MemoryStore::new();
+    let start = Instant::now();
+    let first = admit_in_turn(&store, &limits, 10, start).await;
+    for (admission, _) in &first {
+        store.refused(admission, &limits);
+    }
+    let spaced = admit_in_turn(&store, &limits, 20, start).await;
+    let took = spaced[19].1 - spaced[0].1;
+    assert!(
+        took < Duration::from_secs(3),
+        "20 spaced by the 1 s quota: {took:?}"
+    );
+}
+
 #[tokio::test(start_paused = true)]
 async fn without_refusals_the_pacer_stays_off() {
     let layer = exact(5, Duration::from_secs(1));
