@@ -343,6 +343,42 @@ fn errors_expose_path_message_and_location() {
 
 type Body = RoutedBody<Empty<Bytes>>;
 
+/// A provider whose `n`-th call (from 0) is answered by `answer(n)`, and
+/// the count of its calls.
+fn scripted(
+    answer: fn(usize) -> http::Response<()>,
+) -> (
+    impl tower::Service<
+        http::Request<Body>,
+        Response = http::Response<()>,
+        Error = BoxError,
+        Future = impl Send,
+    > + Clone
+    + Send,
+    Arc<AtomicUsize>,
+) {
+    let calls = Arc::new(AtomicUsize::new(0));
+    let counted = calls.clone();
+    let service = service_fn(move |_request: http::Request<Body>| {
+        let call = counted.fetch_add(1, Ordering::SeqCst);
+        async move { Ok::<_, BoxError>(answer(call)) }
+    });
+    (service, calls)
+}
+
+/// A response with `status` and, if given, `Retry-After: seconds`.
+fn answer(status: u16, retry_after: Option<&str>) -> http::Response<()> {
+    let mut response = http::Response::new(());
+    *response.status_mut() = http::StatusCode::from_u16(status).expect("a valid status");
+    if let Some(seconds) = retry_after {
+        let value = http::HeaderValue::from_str(seconds).expect("a valid header value");
+        response
+            .headers_mut()
+            .insert(http::header::RETRY_AFTER, value);
+    }
+    response
+}
+
 /// A client whose inner service answers with the instant it was called.
 fn client(source: &str) -> ProviderRouter<Empty<Bytes>, Instant> {
     let config = ProvidersConfig::from_toml(source).unwrap();
@@ -487,24 +523,14 @@ async fn a_provider_stack_obeys_retry_after_and_retries_server_errors() {
         "#,
     )
     .unwrap();
-    let calls = Arc::new(AtomicUsize::new(0));
-    let counted = calls.clone();
+    let (provider, calls) = scripted(|call| match call {
+        0 => answer(429, Some("2")),
+        1 => answer(503, None),
+        _ => answer(200, None),
+    });
     let client = ServiceBuilder::new()
         .layer(config.layer().unwrap())
-        .service(service_fn(move |_request: http::Request<Body>| {
-            let call = counted.fetch_add(1, Ordering::SeqCst);
-            async move {
-                let response = match call {
-                    0 => http::Response::builder()
-                        .status(429)
-                        .header("retry-after", "2")
-                        .body(())?,
-                    1 => http::Response::builder().status(503).body(())?,
-                    _ => http::Response::new(()),
-                };
-                Ok::<_, BoxError>(response)
-            }
-        }));
+        .service(provider);
     let start = Instant::now();
     let response = client
         .oneshot(get("https://api.example.com/v1"))
@@ -539,23 +565,13 @@ async fn max_pause_bounds_how_long_a_servers_claim_holds_the_key() {
         "#,
     )
     .unwrap();
-    let calls = Arc::new(AtomicUsize::new(0));
-    let counted = calls.clone();
+    let (provider, calls) = scripted(|call| match call {
+        0 => answer(429, Some("3600")),
+        _ => answer(200, None),
+    });
     let client = ServiceBuilder::new()
         .layer(config.layer().unwrap())
-        .service(service_fn(move |_request: http::Request<Body>| {
-            let call = counted.fetch_add(1, Ordering::SeqCst);
-            async move {
-                let response = match call {
-                    0 => http::Response::builder()
-                        .status(429)
-                        .header("retry-after", "3600")
-                        .body(())?,
-                    _ => http::Response::new(()),
-                };
-                Ok::<_, BoxError>(response)
-            }
-        }));
+        .service(provider);
     let response = client
         .clone()
         .oneshot(get("https://api.example.com/v1"))
