@@ -145,7 +145,7 @@ impl WindowLog {
     /// if that is earlier than its bound. Returns whether anything changed.
     ///
     /// A dropped request may still be on its way: with `dropped = Some(grace)`
-    /// an entry keeps its bound, and one with no bound (a cold key's) is
+    /// an entry keeps its bound, and one with no bound (a strict one) is
     /// held as if answered `grace` after the drop.
     pub(super) fn answer(
         &mut self,

@@ -39,6 +39,13 @@ const SHARDS: usize = 16;
 /// A shard sweeps idle keys after this many operations, or after as many
 /// operations as it has keys, whichever is more: amortized O(1) per operation.
 const SWEEP_EVERY: usize = 1024;
+
+/// During a key's first window its admissions are assumed to reach the
+/// provider within this many times `sent_within` (300 ms by default): room
+/// for connections still being opened (TCP and TLS 1.2 across a continent
+/// take three round trips), while a slow provider's first answers do not
+/// hold every slot of the first window for their whole processing time.
+const COLD_SENT_WITHIN: u32 = 3;
 /// Cancelled waiters are compacted out of a queue once they are this many
 /// and more than half of it.
 const COMPACT_AT: usize = 64;
@@ -381,11 +388,17 @@ impl KeyState {
     #[must_use]
     fn record(&mut self, now: Instant, cost: u64, id: u64, limits: &Limits) -> Option<Adapted> {
         // A cold key (its first window) is opening connections and growing
-        // pools, perhaps under a burst of work: how long its requests take
-        // to get out is unknown, so its slots wait for their answers.
-        // Only a caller that reports answers gets one.
+        // pools, perhaps under a burst of work: its requests may take
+        // longer to get out, so its slots wait for their answers or for
+        // COLD_SENT_WITHIN times the bound. Only a caller that reports
+        // answers gets one.
         let warm = now >= self.warm_at || !limits.reports_answers();
-        let sent_by = (warm && !limits.is_strict()).then(|| now + limits.sent_within());
+        let sent_within = if warm {
+            limits.sent_within()
+        } else {
+            limits.sent_within().saturating_mul(COLD_SENT_WITHIN)
+        };
+        let sent_by = (!limits.is_strict()).then(|| now + sent_within);
         let extra = self.extra_margin(now);
         for window in &mut self.windows {
             window.record(cost, id, sent_by, extra);

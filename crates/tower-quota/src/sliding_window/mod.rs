@@ -52,9 +52,9 @@
 //!   request still in flight is assumed to have arrived within
 //!   [`sent_within`](SlidingWindowLayer::sent_within) of its admission (a
 //!   tenth of the window, at most 100 ms), so a slow provider does not hold
-//!   every slot for its processing time — except during a key's first
-//!   window, when connections are still being opened and how long a request
-//!   takes to get out is unknown: a cold key's slots wait for their answers.
+//!   every slot for its processing time. During a key's first window,
+//!   while connections are still being opened, the assumption is three
+//!   times as long (300 ms by default).
 //!   [`strict`](SlidingWindowLayer::strict) mode assumes nothing, ever. A 429 for a request the log had room for widens
 //!   the key's margin (with [`HttpFeedback`](crate::HttpFeedback) as the
 //!   usage function, which the README stack and `ServiceBuilderExt` use) and

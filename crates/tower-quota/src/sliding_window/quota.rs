@@ -269,7 +269,7 @@ impl Limits {
     /// these limits reports every admission's answer with
     /// [`Store::complete`](super::Store::complete), as the layer's services
     /// do: only then may a store hold an admission until its answer (strict
-    /// mode, a cold key's first window). Limits taken from
+    /// mode) or give a cold key's first window a longer bound. Limits taken from
     /// [`SlidingWindowLayer::limits`](super::SlidingWindowLayer::limits) to
     /// call a store directly do not (unless made with
     /// [`reporting_answers`](Limits::reporting_answers)), and their
@@ -280,8 +280,8 @@ impl Limits {
 
     /// These limits, for a caller of a store that reports every admission's
     /// answer with [`Store::complete`](super::Store::complete) (the layer's
-    /// services use it; a caller that forgets an answer leaves a strict or
-    /// cold admission held forever).
+    /// services use it; a caller that forgets an answer leaves a strict
+    /// admission held forever).
     #[must_use]
     pub fn reporting_answers(mut self) -> Self {
         self.edit(|inner| inner.answers = true);
