@@ -35,7 +35,7 @@ use crate::results;
 /// How `SlidingWindowLayer` decides when an admission leaves the window.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Mode {
-    /// The behaviour before issue 12: an admission leaves a window plus the
+    /// The earlier behaviour: an admission leaves a window plus the
     /// old default margin (0.5% of the window) after it was admitted,
     /// whatever happens to the request, and 429s teach nothing. Emulated by
     /// [`FixedMarginStore`].
@@ -60,13 +60,13 @@ impl Mode {
     }
 }
 
-/// The default safety margin before issue 12: 0.5% of the window, between
+/// The earlier default safety margin: 0.5% of the window, between
 /// 1 ms and 25 ms.
 fn old_safety_margin(window: Duration) -> Duration {
     (window / 200).clamp(ms(1), ms(25))
 }
 
-/// A [`MemoryStore`] that behaves as the store did before issue 12: every
+/// A [`MemoryStore`] that behaves as the store did earlier: every
 /// admission is marked answered the moment it is admitted, so it leaves the
 /// window a window plus the margin after its admission, whether the request
 /// is still in flight, was answered, or was dropped; the real answers and
@@ -451,7 +451,7 @@ fn show_ms(duration: Duration) -> String {
     }
 }
 
-/// A goal of issue 12, measured.
+/// A goal of the exactness work, measured.
 fn goal(body: &mut String, name: &str, shown: String, met: bool, by: String) -> std::fmt::Result {
     let verdict = if met {
         "yes".to_owned()
@@ -516,18 +516,18 @@ fn report(rows: &[Row], wall: Duration, load: &str) -> Result<String, BoxError> 
     )?;
     writeln!(
         body,
-        "- **fixed margin (old)**: the behaviour before issue 12 — an admission leaves the \
+        "- **fixed margin (old)**: the earlier behaviour — an admission leaves the \
          window a window plus the safety margin after it was *admitted*, whatever happens to \
          the request, with the old default margin (0.5% of the window: {} for 1 s, {} for \
          3 s) and no learning from 429s. Emulated by a store around `MemoryStore` that marks \
          each admission answered the moment it is admitted and ignores the real answers and \
          refusals (`FixedMarginStore` in `src/network.rs`). `.sent_within(1 ms)` alone no \
-         longer reproduces it: since f0b0902 a cold key's first window holds every slot \
-         until its answer, whatever `sent_within` says.\n\
+         longer reproduces it: a cold key's first window holds every slot until its \
+         answer or three times `sent_within`, whatever the bound is.\n\
          - **default (answer or sent_within)**: the defaults — held until a window (plus the \
          margin) after the answer, or after `admission + sent_within` ({} for a 1 s window, \
-         {} for 3 s) if no answer came back by then; during a key's first window, until the \
-         answer; a 429 the log had room for widens the key's margin.\n\
+         {} for 3 s) if no answer came back by then; during a key's first window, three \
+         times that; a 429 the log had room for widens the key's margin.\n\
          - **strict**: `.strict()` — held until a window after the answer, with no time \
          bound; the provider provably never counts more than N in a window (module docs of \
          `sliding_window`).\n",
@@ -597,9 +597,9 @@ fn report(rows: &[Row], wall: Duration, load: &str) -> Result<String, BoxError> 
     }
     writeln!(body)?;
 
-    // The acceptance of issue 12 that these profiles measure: the default
+    // The acceptance that these profiles measure: the default
     // mode, and strict mode's guarantee.
-    writeln!(body, "| goal (issue 12) | measured | met? |")?;
+    writeln!(body, "| goal | measured | met? |")?;
     writeln!(body, "|---|---:|---|")?;
     let find = |profile: &str, mode: Mode| {
         rows.iter()
@@ -650,10 +650,12 @@ fn report(rows: &[Row], wall: Duration, load: &str) -> Result<String, BoxError> 
     writeln!(body)?;
     writeln!(
         body,
-        "Issue 12 asks for 20 of 20 clean cold starts; this command runs 5 per mode (the \
-         20 run in `tests/tests/network_e2e.rs`). The client, the proxy and the server share \
-         one process and one machine with other builds, so the 1,000-in-flight profile also \
-         measures how late a loaded scheduler lets admitted tasks reach the server.\n"
+        "The goal is 20 of 20 clean cold starts; this command runs 5 per mode (the 20 run \
+         in `tests/tests/network_e2e.rs`). The client, the proxy and the server share one \
+         process and one machine, so the 1,000-in-flight profile also measures how late the \
+         scheduler lets admitted tasks reach the server: under load (other builds on the \
+         same 2 cores) its utilization drops, and the load average below says how busy the \
+         machine was.\n"
     )?;
     writeln!(
         body,

@@ -84,9 +84,8 @@ const HEADER: &str = "# quota-bench results
 tower-quota measured side by side with `tower::limit::RateLimit`, governor
 0.10 and tower-resilience 0.13 (its sliding-log rate limiter), in the same
 run on the same machine. Every number below comes from the commands named
-in its section; nothing is edited by hand. The goals are those of issue 7
-(those of issue 12 for `network`); where one is not met, the section says
-so and by how much.
+in its section; nothing is edited by hand. Each section states its goals;
+where one is not met, the section says so and by how much.
 
 ```text
 cargo bench -p quota-bench                        # criterion, ~1.5 min on 2 cores
