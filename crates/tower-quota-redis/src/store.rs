@@ -692,6 +692,7 @@ impl Inner {
         tracing::warn!(
             name: STORE_ERROR,
             target: telemetry::TARGET,
+            event = STORE_ERROR,
             key = %key,
             error.kind = error.kind().as_str(),
             policy,

@@ -18,7 +18,7 @@
 //! | `tower_quota_gate_wait_seconds` | histogram | `key` | an attempt passes its key's gate: how long it waited there (0 for most) |
 //! | `tower_quota_retries_total` | counter | `reason` | `JitterBackoffLayer` schedules a retry: `throttled` or `transient` |
 //! | `tower_quota_backoff_seconds` | histogram | `reason` | as `tower_quota_retries_total`: the wait before the retry |
-//! | `tower_quota_retries_exhausted_total` | counter | `reason` | a retryable failure goes back to the caller: `max_attempts`, `max_elapsed`, `body_not_replayable` or `budget_exhausted` |
+//! | `tower_quota_retries_exhausted_total` | counter | `reason` | a retryable failure goes back to the caller: `max_attempts`, `max_elapsed`, `max_wait`, `body_not_replayable`, `not_idempotent` or `budget_exhausted` |
 //! | `tower_quota_circuit_transitions_total` | counter | `key`, `state` | a breaker changes state: to `open`, `half_open` or `closed` |
 //! | `tower_quota_pacing_burst` | gauge | `key` | a key's learned burst changed (`rate_adapted`): requests it sends back to back, 0 when spacing is off |
 //! | `tower_quota_store_errors_total` | counter | `key`, `kind` | a shared store (Redis) failed; recorded by the store through [`store_error`] |

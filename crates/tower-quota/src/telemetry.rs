@@ -1,7 +1,10 @@
 //! Event and field names, in one place.
 //!
-//! Every event is emitted through [`tracing`] with target [`TARGET`]. Names
-//! and fields are stable: dashboards and alerts can rely on them. Fields use
+//! Every event is emitted through [`tracing`] with target [`TARGET`], and
+//! carries its name as the field `event` too, so a JSON log (which prints
+//! fields, not metadata names) can be searched for it: `grep
+//! '"event":"rate_limit_hit"'`. Names and fields are stable: dashboards and
+//! alerts can rely on them. Fields use
 //! OpenTelemetry's HTTP names where one exists and plain names otherwise.
 //! Secrets (authorization, cookies, API keys, query strings, raw paths) are
 //! never recorded: a path is recorded as its [`path_template`], where every
@@ -16,7 +19,7 @@
 //! | `gate_closed` | INFO | `key`, `until_ms`, `reason` | a response closed (or extended) its key's gate: `throttled` or `quota_exhausted` |
 //! | `retry_scheduled` | INFO | `attempt`, `backoff_ms`, `reason`, `http.response.status_code` or `error.kind` | a failed attempt (connect error, timeout, 408, 429, gRPC status) will be retried after `backoff_ms`; `reason` is `throttled` or `transient` |
 //! | `server_error_retry` | INFO | `attempt`, `backoff_ms`, `reason`, `http.response.status_code` | as `retry_scheduled`, for a 5xx response |
-//! | `retries_exhausted` | WARN | `attempt`, `reason`, `http.response.status_code` or `error.kind` | a retryable failure goes back to the caller: `max_attempts`, `max_elapsed` or `body_not_replayable` |
+//! | `retries_exhausted` | WARN | `attempt`, `reason`, `http.response.status_code` or `error.kind` | a retryable failure goes back to the caller: `max_attempts`, `max_elapsed`, `max_wait`, `body_not_replayable` or `not_idempotent` (a method that is not idempotent, without an `Idempotency-Key`) |
 //! | `budget_exhausted` | WARN | `attempt`, `http.response.status_code` or `error.kind` | a retryable failure goes back to the caller because the retry budget is spent |
 //! |  *span* `jitter_backoff` | DEBUG | `http.request.method`, `url.template`, `http.request.resend_count` | one logical request through `JitterBackoffLayer`; `http.request.resend_count` is recorded when it ends |
 //! | `circuit_opened` | WARN | `key`, `failure_rate`, `open_ms` | a breaker opened: calls of the key fail fast for `open_ms` |

@@ -81,7 +81,6 @@ impl<C> Policy<C> {
             Outcome::Throttled(delay) => delay,
             Outcome::Transient => None,
         };
-        let request = request?;
         let attempt = self.attempts.used();
         let status = result
             .as_ref()
@@ -94,16 +93,34 @@ impl<C> Policy<C> {
         let retry_after_ms = server_delay.map(millis);
         let exhausted = |reason: &'static str| {
             crate::metrics::retries_exhausted(reason);
+            let message = match reason {
+                "not_idempotent" => {
+                    "retryable failure returned: the request's method is not idempotent and it has no Idempotency-Key"
+                }
+                "body_not_replayable" => {
+                    "retryable failure returned: the request body is too large to replay"
+                }
+                "max_wait" => "retryable failure returned: the wait left is too short",
+                "max_elapsed" => "retryable failure returned: max_elapsed would pass",
+                _ => "retryable failure returned: no attempts left",
+            };
             tracing::warn!(
                 name: telemetry::RETRIES_EXHAUSTED,
                 target: telemetry::TARGET,
+                event = telemetry::RETRIES_EXHAUSTED,
                 attempt,
                 reason,
                 http.response.status_code = status,
                 error.kind = kind,
                 retry_after_ms,
-                "retryable failure returned: no retries left"
+                "{message}"
             );
+        };
+        // A request that may not be retried (a POST without an
+        // Idempotency-Key) goes back, said so rather than silently.
+        let Some(request) = request else {
+            exhausted("not_idempotent");
+            return None;
         };
         if !request.body().is_replayable() {
             exhausted("body_not_replayable");
@@ -153,6 +170,7 @@ impl<C> Policy<C> {
             tracing::warn!(
                 name: telemetry::BUDGET_EXHAUSTED,
                 target: telemetry::TARGET,
+                event = telemetry::BUDGET_EXHAUSTED,
                 attempt,
                 http.response.status_code = status,
                 error.kind = kind,
@@ -176,6 +194,7 @@ impl<C> Policy<C> {
             tracing::info!(
                 name: telemetry::SERVER_ERROR_RETRY,
                 target: telemetry::TARGET,
+                event = telemetry::SERVER_ERROR_RETRY,
                 attempt,
                 backoff_ms,
                 reason,
@@ -186,6 +205,7 @@ impl<C> Policy<C> {
             tracing::info!(
                 name: telemetry::RETRY_SCHEDULED,
                 target: telemetry::TARGET,
+                event = telemetry::RETRY_SCHEDULED,
                 attempt,
                 backoff_ms,
                 reason,

@@ -474,8 +474,12 @@ fn post(idempotency_key: Option<&str>) -> Request<Full<Bytes>> {
         .unwrap()
 }
 
+/// Regression: the give-up was silent; it is a `retries_exhausted` event
+/// with reason `not_idempotent`, and the event carries its name as a field.
 #[tokio::test(start_paused = true)]
-async fn a_post_without_idempotency_key_is_not_retried() {
+async fn a_post_without_idempotency_key_is_not_retried_and_says_why() {
+    let capture = Capture::default();
+    let _guard = capture.install();
     let start = Instant::now();
     let (inner, arrivals) = provider(start, |n| if n == 0 { status(503) } else { status(200) });
     let response = JitterBackoffLayer::new()
@@ -485,6 +489,10 @@ async fn a_post_without_idempotency_key_is_not_retried() {
         .unwrap();
     assert_eq!(response.status(), 503);
     assert_eq!(arrivals.lock().unwrap().len(), 1);
+    let exhausted = capture.named(telemetry::RETRIES_EXHAUSTED);
+    assert_eq!(exhausted.len(), 1);
+    assert_eq!(exhausted[0]["reason"], "not_idempotent");
+    assert_eq!(exhausted[0]["event"], "retries_exhausted");
 }
 
 #[tokio::test(start_paused = true)]

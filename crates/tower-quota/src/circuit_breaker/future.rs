@@ -170,6 +170,7 @@ pub(super) fn emit(key: &Key, transition: Transition) {
         } => tracing::warn!(
             name: telemetry::CIRCUIT_OPENED,
             target: telemetry::TARGET,
+            event = telemetry::CIRCUIT_OPENED,
             key = %key,
             failure_rate,
             open_ms = open_for.as_millis() as u64,
@@ -178,12 +179,14 @@ pub(super) fn emit(key: &Key, transition: Transition) {
         Transition::HalfOpened => tracing::info!(
             name: telemetry::CIRCUIT_HALF_OPEN,
             target: telemetry::TARGET,
+            event = telemetry::CIRCUIT_HALF_OPEN,
             key = %key,
             "probing whether the provider recovered"
         ),
         Transition::Closed => tracing::info!(
             name: telemetry::CIRCUIT_CLOSED,
             target: telemetry::TARGET,
+            event = telemetry::CIRCUIT_CLOSED,
             key = %key,
             "provider recovered: calls pass again"
         ),

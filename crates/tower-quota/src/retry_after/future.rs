@@ -283,6 +283,7 @@ where
                         tracing::info!(
                             name: telemetry::GATE_CLOSED,
                             target: telemetry::TARGET,
+                            event = telemetry::GATE_CLOSED,
                             key = %this.key,
                             until_ms = millis(closed.until.saturating_duration_since(now)),
                             reason = closed.reason.as_str(),
@@ -313,6 +314,7 @@ where
                         tracing::warn!(
                             name: telemetry::RATE_LIMIT_HIT,
                             target: telemetry::TARGET,
+                            event = telemetry::RATE_LIMIT_HIT,
                             key = %this.key,
                             http.response.status_code = response.status().as_u16(),
                             retry_after_ms = signal.retry_after.map(millis),

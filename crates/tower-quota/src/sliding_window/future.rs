@@ -121,6 +121,7 @@ where
                                 tracing::warn!(
                                     name: telemetry::RATE_LIMIT_QUEUE_OVERLOADED,
                                     target: telemetry::TARGET,
+                                    event = telemetry::RATE_LIMIT_QUEUE_OVERLOADED,
                                     key = %overloaded.key(),
                                     wait_ms = overloaded.wait().as_millis() as u64,
                                     queued = overloaded.queued() as u64,
@@ -136,6 +137,7 @@ where
                         tracing::debug!(
                             name: telemetry::RATE_PACING_ACTIVE,
                             target: telemetry::TARGET,
+                            event = telemetry::RATE_PACING_ACTIVE,
                             key = %admission.key(),
                             wait_ms = admission.waited().as_millis() as u64,
                             queued = admission.queued() as u64,
