@@ -481,3 +481,36 @@ async fn no_secret_reaches_events_spans_or_keys() {
         assert!(!all.contains(secret), "{secret} leaked: {all}");
     }
 }
+
+/// A provider announcing a smaller quota than the configured one: one
+/// `quota_mismatch` event per change, with both sizes.
+#[tokio::test(start_paused = true)]
+async fn a_smaller_announced_quota_is_one_quota_mismatch_event() {
+    let (events, _guard) = capture();
+    let provider = service_fn(|_: http::Request<()>| async {
+        let response = http::Response::builder()
+            .header("ratelimit-policy", "\"default\";q=20;w=1")
+            .body(())?;
+        Ok::<_, BoxError>(response)
+    });
+    let service = ServiceBuilder::new()
+        .layer(
+            SlidingWindowLayer::new(50, Duration::from_secs(1))
+                .unwrap()
+                .usage_fn(HttpFeedback),
+        )
+        .service(provider);
+    for _ in 0..3 {
+        let request = http::Request::get("https://api.example.com/v1")
+            .body(())
+            .unwrap();
+        service.clone().oneshot(request).await.unwrap();
+    }
+    let mismatches = events.named(telemetry::QUOTA_MISMATCH);
+    assert_eq!(mismatches.len(), 1, "{mismatches:?}");
+    let fields = &mismatches[0].fields;
+    assert_eq!(fields["quota"], "50/1s");
+    assert_eq!(fields["announced"], "20");
+    assert_eq!(fields["held_to"], "50", "reported, not followed by default");
+    assert_eq!(fields["event"], "quota_mismatch");
+}

@@ -279,6 +279,47 @@ pub trait UsageFn<Response> {
         let _ = response;
         false
     }
+
+    /// The quotas the provider announced in the response, with their
+    /// windows (IETF `RateLimit-Policy` `q` and `w`, and the dialects that
+    /// name a window). A store compares them with the configured quotas:
+    /// see [`Store::announced`](crate::sliding_window::Store::announced).
+    /// The default announces none.
+    fn announced(&self, response: &Response) -> Vec<Announced> {
+        let _ = response;
+        Vec::new()
+    }
+}
+
+/// A quota a provider announced in a response: `max_calls` per `window`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct Announced {
+    /// The quota's size per window.
+    pub max_calls: u64,
+    /// The window's length.
+    pub window: std::time::Duration,
+    /// Whether it counts tokens (or another unit than requests), so that it
+    /// matches a weighted quota, not a per-request one.
+    pub weighted: bool,
+}
+
+impl Announced {
+    /// `max_calls` requests per `window`.
+    pub fn new(max_calls: u64, window: std::time::Duration) -> Self {
+        Announced {
+            max_calls,
+            window,
+            weighted: false,
+        }
+    }
+
+    /// The same quota, counted in another unit than requests.
+    #[must_use]
+    pub fn weighted(mut self) -> Self {
+        self.weighted = true;
+        self
+    }
 }
 
 impl<Response, F> UsageFn<Response> for F
@@ -334,5 +375,34 @@ impl<B> UsageFn<http::Response<B>> for HttpFeedback {
 
     fn refused(&self, response: &http::Response<B>) -> bool {
         response.status() == http::StatusCode::TOO_MANY_REQUESTS
+    }
+
+    fn announced(&self, response: &http::Response<B>) -> Vec<Announced> {
+        let headers = response.headers();
+        // Most responses of most providers announce nothing: skip the parse.
+        let announces = headers.keys().any(|name| {
+            let name = name.as_str();
+            name.contains("ratelimit") || name.contains("rate-limit")
+        });
+        if !announces {
+            return Vec::new();
+        }
+        let signal = quota_headers::parse(response.status(), headers, std::time::SystemTime::now());
+        signal
+            .quotas
+            .iter()
+            .filter_map(|quota| {
+                let announced = Announced::new(quota.limit?, quota.window?);
+                let requests = quota
+                    .unit
+                    .as_deref()
+                    .is_none_or(|unit| unit.eq_ignore_ascii_case("requests"));
+                match quota.unit.as_deref() {
+                    Some(unit) if unit.eq_ignore_ascii_case("concurrent-requests") => None,
+                    _ if requests => Some(announced),
+                    _ => Some(announced.weighted()),
+                }
+            })
+            .collect()
     }
 }

@@ -80,8 +80,8 @@ pub use backoff::{JitterBackoff, JitterBackoffLayer};
 pub use builder::ServiceBuilderExt;
 pub use circuit_breaker::{CircuitBreaker, CircuitBreakerLayer};
 pub use key::{
-    CostFn, GlobalKey, HostKey, HttpFeedback, Key, KeyFn, NoUsage, UnitCost, Usage, UsageFn,
-    UsageFromExtension,
+    Announced, CostFn, GlobalKey, HostKey, HttpFeedback, Key, KeyFn, NoUsage, UnitCost, Usage,
+    UsageFn, UsageFromExtension,
 };
 pub use retry_after::{RetryAfter, RetryAfterLayer};
 pub use sliding_window::{SlidingWindow, SlidingWindowLayer};

@@ -20,6 +20,7 @@
 //! | `tower_quota_backoff_seconds` | histogram | `reason` | as `tower_quota_retries_total`: the wait before the retry |
 //! | `tower_quota_retries_exhausted_total` | counter | `reason` | a retryable failure goes back to the caller: `max_attempts`, `max_elapsed`, `max_wait`, `body_not_replayable`, `not_idempotent` or `budget_exhausted` |
 //! | `tower_quota_circuit_transitions_total` | counter | `key`, `state` | a breaker changes state: to `open`, `half_open` or `closed` |
+//! | `tower_quota_quota_mismatch_total` | counter | `key` | a response announced another size for a configured quota (`quota_mismatch`) |
 //! | `tower_quota_pacing_burst` | gauge | `key` | a key's learned burst changed (`rate_adapted`): requests it sends back to back, 0 when spacing is off |
 //! | `tower_quota_store_errors_total` | counter | `key`, `kind` | a shared store (Redis) failed; recorded by the store through [`store_error`] |
 //!
@@ -84,6 +85,10 @@ pub const STORE_ERRORS_TOTAL: &str = "tower_quota_store_errors_total";
 /// each of which widened its key's margin. Labels: `key`.
 pub const PACING_DRIFT_TOTAL: &str = "tower_quota_pacing_drift_total";
 
+/// Counter: announcements of a quota size other than the configured one
+/// (`quota_mismatch`), once per change. Labels: `key`.
+pub const QUOTA_MISMATCH_TOTAL: &str = "tower_quota_quota_mismatch_total";
+
 /// Gauge: the requests a key's sliding window sends back to back, learned
 /// from its provider's refusals (`rate_adapted`); 0 when spacing is off
 /// (as many as the quota allows). Labels: `key`.
@@ -111,6 +116,11 @@ fn describe_all() {
         PACING_DRIFT_TOTAL,
         Unit::Count,
         "Refusals of requests the sliding window had room for; each widens the key's margin"
+    );
+    describe_counter!(
+        QUOTA_MISMATCH_TOTAL,
+        Unit::Count,
+        "Announcements of a quota size other than the configured one, once per change"
     );
     ::metrics::describe_gauge!(
         PACING_BURST,
@@ -191,6 +201,14 @@ pub(crate) fn pacing_admitted(key: &Key, waited: Duration) {
 pub(crate) fn pacing_drift(key: &Key) {
     #[cfg(feature = "metrics")]
     ::metrics::counter!(PACING_DRIFT_TOTAL, "key" => key_label(key)).increment(1);
+}
+
+/// A response of `key` announced another quota size than configured.
+pub(crate) fn quota_mismatch(key: &Key) {
+    #[cfg(feature = "metrics")]
+    ::metrics::counter!(QUOTA_MISMATCH_TOTAL, "key" => key_label(key)).increment(1);
+    #[cfg(not(feature = "metrics"))]
+    let _ = key;
 }
 
 /// The requests `key` may send back to back changed to `burst` (`None`:

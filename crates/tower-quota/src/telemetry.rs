@@ -26,6 +26,7 @@
 //! | `circuit_half_open` | INFO | `key` | an open breaker lets its probes through |
 //! | `circuit_closed` | INFO | `key` | every probe succeeded: calls pass again |
 //! | `rate_adapted` | INFO | `key`, `burst`, `interval_ms`, `reason` | the provider refused a burst the window allowed (`refused`: the burst halves, down to even spacing) or a window passed without refusals (`recovered`: one more; 0 = spacing off) |
+//! | `quota_mismatch` | WARN | `key`, `quota`, `announced`, `held_to` | a response announced another size for a configured quota's window than configured (once per change); with `follow_announced_quotas` the key is held to it |
 //! | `store_error` | WARN | `key`, `error.kind`, `policy` | a shared store (Redis) failed or timed out; `policy` says what the limiter did instead |
 
 /// The `tracing` target of every event of this crate.
@@ -84,6 +85,14 @@ pub const PACING_DRIFT: &str = "pacing_drift";
 /// as many as the quota allows), `interval_ms` (the spacing of requests
 /// past the burst), `reason` (`refused` or `recovered`).
 pub const RATE_ADAPTED: &str = "rate_adapted";
+
+/// A response announced a size for one of a key's configured quotas (the
+/// same window) other than the configured one, or other than the last one
+/// it announced. Fields: `key`, `quota` (the configured one, e.g. `50/1s`),
+/// `announced`, `held_to` (the size the key is held to now: the announced
+/// one, within the configured, with `follow_announced_quotas`; else the
+/// configured one).
+pub const QUOTA_MISMATCH: &str = "quota_mismatch";
 
 /// A shared store (Redis) failed or timed out; the configured failure
 /// policy decided what happened to the request.

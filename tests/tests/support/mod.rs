@@ -9,17 +9,46 @@ use hyper_util::rt::TokioExecutor;
 use tokio::sync::Semaphore;
 use tower::{ServiceBuilder, ServiceExt};
 use tower_quota::circuit_breaker::CircuitBreakerLayer;
+use tower_quota::sliding_window::MemoryStore;
 use tower_quota::{
     BoxError, HostKey, HttpFeedback, JitterBackoffLayer, RetryAfterLayer, SlidingWindowLayer,
+    UnitCost,
 };
+
+/// The README stack's pacing layer: `quota` per `window`, per host, with
+/// feedback from the provider's answers.
+pub(crate) fn readme_pacing(
+    quota: u64,
+    window: Duration,
+) -> SlidingWindowLayer<HostKey, UnitCost, MemoryStore, HttpFeedback> {
+    SlidingWindowLayer::new(quota, window)
+        .unwrap()
+        .key_fn(HostKey)
+        .usage_fn(HttpFeedback)
+        .max_wait(Duration::from_secs(30))
+}
 
 /// Sends `count` GETs to `url` through the README stack (defaults only, a
 /// fresh hyper-util client), `concurrency` at a time; returns how many
 /// succeeded.
+#[allow(
+    dead_code,
+    reason = "not every test binary that shares this module uses it"
+)]
 pub(crate) async fn run_readme_stack(
     url: &str,
     quota: u64,
     window: Duration,
+    count: usize,
+    concurrency: usize,
+) -> usize {
+    run_stack(url, readme_pacing(quota, window), count, concurrency).await
+}
+
+/// As [`run_readme_stack`], with `pacing` as the pacing layer.
+pub(crate) async fn run_stack(
+    url: &str,
+    pacing: SlidingWindowLayer<HostKey, UnitCost, MemoryStore, HttpFeedback>,
     count: usize,
     concurrency: usize,
 ) -> usize {
@@ -28,13 +57,7 @@ pub(crate) async fn run_readme_stack(
         .layer(JitterBackoffLayer::new().max_attempts(4).unwrap())
         .layer(CircuitBreakerLayer::new())
         .layer(RetryAfterLayer::new().pace_by_quota_headers(false))
-        .layer(
-            SlidingWindowLayer::new(quota, window)
-                .unwrap()
-                .key_fn(HostKey)
-                .usage_fn(HttpFeedback)
-                .max_wait(Duration::from_secs(30)),
-        )
+        .layer(pacing)
         .timeout(Duration::from_secs(10))
         .service(client);
     let in_flight = Arc::new(Semaphore::new(concurrency));

@@ -219,6 +219,9 @@ fn build_provider<St: Store>(
             )
         })?;
     }
+    if provider.follow_announced_quotas {
+        pacing = pacing.follow_announced_quotas();
+    }
     if provider.strict {
         pacing = pacing.strict();
     }

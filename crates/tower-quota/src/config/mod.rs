@@ -23,6 +23,7 @@
 //! safety_margin = "5ms"            # held past each window for the server's clock
 //! sent_within = "100ms"            # a request in flight reached the provider by then
 //! strict = false                   # true: hold each slot until its answer, however long
+//! follow_announced_quotas = false  # true: hold keys to a smaller quota the provider announces
 //! quotas = [
 //!     { max_calls = 500, window = "1m", per_request = true },
 //!     { max_calls = 200000, window = "1m" },

@@ -91,6 +91,12 @@ pub struct ProviderConfig {
     /// the request takes, instead of assuming `sent_within`.
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub strict: bool,
+    /// Hold each key to the smaller quota its provider announces, within
+    /// the configured ones (see
+    /// [`SlidingWindowLayer::follow_announced_quotas`](crate::SlidingWindowLayer::follow_announced_quotas)).
+    /// A difference is reported with a `quota_mismatch` event either way.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub follow_announced_quotas: bool,
     /// The quotas, all respected: at least one.
     pub quotas: Vec<QuotaConfig>,
     /// Retries of failed and throttled requests.

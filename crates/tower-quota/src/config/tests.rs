@@ -19,6 +19,7 @@ key = "header:x-api-key"
 max_wait = "30s"
 max_queue = 1000
 safety_margin = "5ms"
+follow_announced_quotas = true
 quotas = [ { max_calls = 500, window = "1m", per_request = true }, { max_calls = 200000, window = "1m" } ]
 
 [providers.openai.retry]
@@ -61,6 +62,7 @@ fn full_example_is_read_as_written() {
     assert_eq!(openai.max_wait, Some(Duration::from_secs(30)));
     assert_eq!(openai.max_queue, Some(1000));
     assert_eq!(openai.safety_margin, Some(Duration::from_millis(5)));
+    assert!(openai.follow_announced_quotas);
     assert_eq!(openai.quotas.len(), 2);
     assert_eq!(openai.quotas[0].max_calls, 500);
     assert_eq!(openai.quotas[0].window, Duration::from_secs(60));

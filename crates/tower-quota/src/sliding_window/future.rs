@@ -6,7 +6,7 @@ use std::task::{Context, Poll, ready};
 use pin_project_lite::pin_project;
 use tower_service::Service;
 
-use super::{Admission, Completion, Limits, Overloaded, Store};
+use super::{Admission, Completion, Limits, Overloaded, QuotaChange, Store};
 use crate::telemetry;
 use crate::{BoxError, NoUsage, UsageFn};
 
@@ -174,11 +174,34 @@ where
                     if let Some(actual) = this.usage_fn.usage(&response) {
                         this.store.correct(&admission, actual);
                     }
+                    let announced = this.usage_fn.announced(&response);
+                    if !announced.is_empty() {
+                        for change in this.store.announced(&admission, &announced, this.limits) {
+                            quota_mismatch(admission.key(), &change);
+                        }
+                    }
                     return Poll::Ready(Ok(response));
                 }
             }
         }
     }
+}
+
+/// The provider announced another size for a configured quota than it
+/// did before (or than the configuration, the first time).
+fn quota_mismatch(key: &crate::Key, change: &QuotaChange) {
+    crate::metrics::quota_mismatch(key);
+    let quota = change.configured;
+    tracing::warn!(
+        name: telemetry::QUOTA_MISMATCH,
+        target: telemetry::TARGET,
+        event = telemetry::QUOTA_MISMATCH,
+        key = %key,
+        quota = %quota,
+        announced = change.announced,
+        held_to = change.held_to,
+        "the provider announces another quota than the configured one"
+    );
 }
 
 /// The provider refused a request the log had room for: its window runs

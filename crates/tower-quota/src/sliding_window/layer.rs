@@ -194,6 +194,22 @@ impl<K, C, St, U> SlidingWindowLayer<K, C, St, U> {
         self
     }
 
+    /// Follows the quotas the provider announces, within the configured
+    /// ones: when a response announces a smaller quota for one of the
+    /// configured windows (IETF `RateLimit-Policy` `q` and `w`, or a
+    /// dialect that names its window), the key is held to it from its next
+    /// admission; a larger one raises it back, at most to the configured
+    /// `max_calls`, which stays the ceiling. Needs a usage function that
+    /// reads announcements, such as [`HttpFeedback`](crate::HttpFeedback),
+    /// and the in-process store (the Redis store reports differences but
+    /// does not follow them). Off by default: the configured quota is what
+    /// the user agreed to, and an announced one is evidence, reported with
+    /// a `quota_mismatch` event either way.
+    pub fn follow_announced_quotas(mut self) -> Self {
+        self.limits.set_follow_announced(true);
+        self
+    }
+
     /// The limits this layer enforces.
     pub fn limits(&self) -> &Limits {
         &self.limits

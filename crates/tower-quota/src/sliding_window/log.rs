@@ -122,7 +122,28 @@ impl WindowLog {
     }
 
     pub(super) fn has_room(&self, cost: u64) -> bool {
-        self.in_window + u128::from(self.units(cost)) <= u128::from(self.max_calls)
+        let units = self.units(cost);
+        self.in_window + u128::from(units) <= self.capacity(units)
+    }
+
+    /// How many units the log holds for a request of `units`: its size, or
+    /// the request's units when a provider's announcement lowered the size
+    /// below them (such a request goes alone, once the log is empty).
+    fn capacity(&self, units: u64) -> u128 {
+        u128::from(self.max_calls.max(units))
+    }
+
+    /// The size the log holds the key to: the quota's `max_calls` unless a
+    /// provider's announcement lowered it.
+    pub(super) fn size(&self) -> u64 {
+        self.max_calls
+    }
+
+    /// Holds the key to `size` units per window (at least 1, at most the
+    /// quota's `max_calls`); returns the size now.
+    pub(super) fn resize(&mut self, size: u64) -> u64 {
+        self.max_calls = size.clamp(1, self.quota.max_calls());
+        self.max_calls
     }
 
     /// Records an admission at `now`, held until `sent_by` (its bound, `None`
@@ -235,8 +256,8 @@ impl WindowLog {
         }
         // Units that must leave the window first: the entry holding the last
         // of them decides.
-        let must_leave = (self.in_window + u128::from(self.units(cost)))
-            .saturating_sub(u128::from(self.max_calls));
+        let units = self.units(cost);
+        let must_leave = (self.in_window + u128::from(units)).saturating_sub(self.capacity(units));
         self.unit_leaves(must_leave.saturating_sub(1), now)
     }
 

@@ -31,9 +31,9 @@ use super::drift::DriftMargin;
 use super::error::{ConflictingQuotas, OverloadReason, Overloaded};
 use super::log::WindowLog;
 use super::pacer::{Adapted, Pacer};
-use super::store::{Admission, Completion, Store};
+use super::store::{Admission, Completion, QuotaChange, Store};
 use super::{Limits, Quota};
-use crate::{BoxError, Key, telemetry};
+use crate::{Announced, BoxError, Key, telemetry};
 
 const SHARDS: usize = 16;
 /// A shard sweeps idle keys after this many operations, or after as many
@@ -186,6 +186,19 @@ impl Store for MemoryStore {
         }
     }
 
+    fn announced(
+        &self,
+        admission: &Admission,
+        announced: &[Announced],
+        limits: &Limits,
+    ) -> Vec<QuotaChange> {
+        let mut shard = lock(self.shared.shard(admission.key()));
+        match shard.keys.get_mut(admission.key()) {
+            Some(state) => state.announce(announced, limits.follows_announced_quotas()),
+            None => Vec::new(),
+        }
+    }
+
     fn refused(&self, admission: &Admission, limits: &Limits) -> Option<(Duration, Duration)> {
         let mut shard = lock(self.shared.shard(admission.key()));
         let now = Instant::now();
@@ -300,6 +313,8 @@ struct KeyState {
     drift: DriftMargin,
     /// The burst the key's provider tolerates, learned from its refusals.
     pacer: Pacer,
+    /// What the provider last announced for each window's quota.
+    announced: Vec<Option<u64>>,
     /// Until then the key is cold: its admissions are held until answered.
     warm_at: Instant,
 }
@@ -321,6 +336,7 @@ impl KeyState {
             next_id: 0,
             drift: DriftMargin::default(),
             pacer: Pacer::default(),
+            announced: vec![None; limits.quotas().len()],
         }
     }
 
@@ -351,7 +367,71 @@ impl KeyState {
             return false;
         }
         self.windows = Self::windows_for(limits);
+        self.announced = vec![None; self.windows.len()];
         true
+    }
+
+    /// The provider announced `announced`: compares it with each window's
+    /// quota, remembers it, and with `follow` holds the window to it.
+    fn announce(&mut self, announced: &[Announced], follow: bool) -> Vec<QuotaChange> {
+        let mut changes = Vec::new();
+        for quota in announced {
+            // Requests and tokens announced for one window (OpenAI, Anthropic)
+            // go to a per-request and a weighted quota; a lone announcement
+            // goes to the window's quota, unless it counts tokens and the
+            // quota counts only requests.
+            let shared_window = announced
+                .iter()
+                .filter(|other| other.window == quota.window)
+                .count()
+                > 1;
+            let quotas_of_window = self
+                .windows
+                .iter()
+                .filter(|window| window.quota().window() == quota.window)
+                .count();
+            if shared_window && quotas_of_window < 2 {
+                // Which of the two the one quota counts is not known.
+                continue;
+            }
+            let mut candidates = self.windows.iter().enumerate().filter(|(_, window)| {
+                let kind = if shared_window {
+                    quota.weighted != window.is_per_request()
+                } else {
+                    !quota.weighted || !window.is_per_request()
+                };
+                window.quota().window() == quota.window && kind
+            });
+            // One quota per window, or the announcement is ambiguous.
+            let (Some((index, _)), None) = (candidates.next(), candidates.next()) else {
+                continue;
+            };
+            if self.announced[index] == Some(quota.max_calls) {
+                continue;
+            }
+            let first = self.announced[index].is_none();
+            self.announced[index] = Some(quota.max_calls);
+            let window = &mut self.windows[index];
+            let configured = window.quota();
+            let before = window.size();
+            let held_to = if follow {
+                window.resize(quota.max_calls)
+            } else {
+                configured.max_calls()
+            };
+            if held_to > before {
+                self.wake_head();
+            }
+            // A first announcement that matches the configuration is no news.
+            if !(first && quota.max_calls == configured.max_calls()) {
+                changes.push(QuotaChange {
+                    configured,
+                    announced: quota.max_calls,
+                    held_to,
+                });
+            }
+        }
+        changes
     }
 
     fn shortest_window(&self) -> Duration {

@@ -110,6 +110,22 @@
 //! 0.85 and 9.5 % (19 of them the first burst, before any refusal came
 //! back); a sliding-window counter from 0.49 and 21 % to 0.79 and 12 %.
 //!
+//! # Quotas a provider announces
+//!
+//! With a usage function that reads them
+//! ([`HttpFeedback`](crate::HttpFeedback)), a response that announces a
+//! size for one of a key's configured quotas (same window: IETF
+//! `RateLimit-Policy` `q` and `w`, or a dialect that names its window)
+//! other than the configured one is reported once per change, as a
+//! `quota_mismatch` event. With
+//! [`follow_announced_quotas`](SlidingWindowLayer::follow_announced_quotas)
+//! the key is held to the announced size from its next admission, at most
+//! the configured one: against a provider configured at 50/1 s that
+//! announces and enforces 20/1 s, the README stack saw no 429 after the
+//! first answer and used 0.975 of the 20/s, and followed a raise to 40/1 s
+//! within two windows (`tests/tests/calibration_e2e.rs`). The in-process
+//! store follows and reports; the Redis store does neither yet.
+//!
 //! # Where it goes in a stack
 //!
 //! Innermost of the tower-quota layers, just outside the per-attempt timeout:
@@ -183,7 +199,7 @@ pub use quota::{
     default_safety_margin, default_sent_within,
 };
 pub use service::SlidingWindow;
-pub use store::{Admission, Completion, Store};
+pub use store::{Admission, Completion, QuotaChange, Store};
 
 #[cfg(test)]
 mod tests;

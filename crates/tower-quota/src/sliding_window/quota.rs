@@ -172,6 +172,8 @@ struct LimitsInner {
     safety_margin: Duration,
     sent_within: Duration,
     strict: bool,
+    /// Quotas follow what the provider announces, up to the configured ones.
+    follow_announced: bool,
     /// The caller reports every admission's answer (`Store::complete`).
     answers: bool,
     max_wait: Option<Duration>,
@@ -191,6 +193,7 @@ impl Limits {
                 safety_margin,
                 sent_within,
                 strict: false,
+                follow_announced: false,
                 answers: false,
                 max_wait: None,
                 max_queue: None,
@@ -224,6 +227,17 @@ impl Limits {
 
     pub(crate) fn set_strict(&mut self, strict: bool) {
         self.edit(|inner| inner.strict = strict);
+    }
+
+    pub(crate) fn set_follow_announced(&mut self, follow: bool) {
+        self.edit(|inner| inner.follow_announced = follow);
+    }
+
+    /// Whether a key's quotas follow the sizes its provider announces, at
+    /// most the configured ones (see
+    /// [`SlidingWindowLayer::follow_announced_quotas`](super::SlidingWindowLayer::follow_announced_quotas)).
+    pub fn follows_announced_quotas(&self) -> bool {
+        self.inner.follow_announced
     }
 
     pub(crate) fn set_max_wait(&mut self, max_wait: Option<Duration>) {

@@ -4,7 +4,7 @@ use std::future::Future;
 use std::time::Duration;
 
 use super::{Limits, Quota};
-use crate::{BoxError, Key};
+use crate::{Announced, BoxError, Key};
 
 /// Records admissions and decides when the next request of a key may go.
 ///
@@ -65,6 +65,39 @@ pub trait Store: Clone + Send + Sync + 'static {
         let _ = (admission, limits);
         None
     }
+
+    /// The provider announced `announced` in its answer to `admission`.
+    /// Returns, for each configured quota whose window it names, what
+    /// changed since the key's last announcement: the store reports a
+    /// provider whose quota differs from the configured one once per
+    /// change, and with [`Limits::follows_announced_quotas`] holds the key
+    /// to the smaller of the two.
+    ///
+    /// The default does nothing and reports nothing.
+    fn announced(
+        &self,
+        admission: &Admission,
+        announced: &[Announced],
+        limits: &Limits,
+    ) -> Vec<QuotaChange> {
+        let _ = (admission, announced, limits);
+        Vec::new()
+    }
+}
+
+/// What a provider announced, since its last announcement, for one
+/// configured quota of a key.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct QuotaChange {
+    /// The configured quota.
+    pub configured: Quota,
+    /// The size the provider announces now for the quota's window.
+    pub announced: u64,
+    /// The size the key is held to from now on: the configured
+    /// `max_calls`, or the announced size (at least 1, at most the
+    /// configured) when the limits follow announcements.
+    pub held_to: u64,
 }
 
 /// How an admitted request ended, as far as the pacing layer saw.

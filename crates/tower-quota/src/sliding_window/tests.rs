@@ -1039,3 +1039,76 @@ async fn without_refusals_the_pacer_stays_off() {
     assert!(times[5..10].iter().all(|at| *at == times[5]), "{times:?}");
     assert!(times[10..].iter().all(|at| *at == times[10]), "{times:?}");
 }
+
+// ----- announced quotas -----
+
+#[tokio::test(start_paused = true)]
+async fn announced_requests_and_tokens_go_to_the_per_request_and_the_weighted_quota() {
+    let minute = Duration::from_secs(60);
+    let layer = SlidingWindowLayer::with_quotas([
+        Quota::per_request(500, minute).unwrap(),
+        Quota::new(200_000, minute).unwrap(),
+    ])
+    .unwrap();
+    let limits = layer.limits().clone();
+    let store = MemoryStore::new();
+    let admission = store.acquire(Key::from("k"), 10, &limits).await.unwrap();
+    let announced = [
+        crate::Announced::new(400, minute),
+        crate::Announced::new(100_000, minute).weighted(),
+    ];
+    let changes = store.announced(&admission, &announced, &limits);
+    let pairs: Vec<(u64, u64)> = changes
+        .iter()
+        .map(|change| (change.configured.max_calls(), change.announced))
+        .collect();
+    assert_eq!(pairs, [(500, 400), (200_000, 100_000)]);
+}
+
+#[tokio::test(start_paused = true)]
+async fn an_announced_quota_is_reported_once_per_change_and_followed_within_the_configured() {
+    let follow = exact(50, Duration::from_secs(1)).follow_announced_quotas();
+    let limits = follow.limits().clone();
+    let store = MemoryStore::new();
+    let start = Instant::now();
+    let first = admit_in_turn(&store, &limits, 1, start).await;
+    let admission = &first[0].0;
+    let twenty = [crate::Announced::new(20, Duration::from_secs(1))];
+    let changes = store.announced(admission, &twenty, &limits);
+    assert_eq!(changes.len(), 1);
+    assert_eq!((changes[0].announced, changes[0].held_to), (20, 20));
+    assert!(
+        store.announced(admission, &twenty, &limits).is_empty(),
+        "once per change"
+    );
+    // Held to 20 from the next admission: 19 more now, the next when the
+    // first leaves (a window after its `sent_within` bound).
+    let more = admit_in_turn(&store, &limits, 20, start).await;
+    assert!(more[..19].iter().all(|(_, at)| at.is_zero()));
+    assert_eq!(more[19].1, Duration::from_secs(1) + limits.sent_within());
+    // Raised above the configured quota: held to the configured 50.
+    let changes = store.announced(
+        admission,
+        &[crate::Announced::new(80, Duration::from_secs(1))],
+        &limits,
+    );
+    assert_eq!((changes[0].announced, changes[0].held_to), (80, 50));
+    // Another window matches nothing; requests and tokens announced for
+    // the one window of a single quota are ambiguous and match nothing.
+    let other = [
+        crate::Announced::new(5, Duration::from_secs(60)),
+        crate::Announced::new(30, Duration::from_secs(1)),
+        crate::Announced::new(5_000, Duration::from_secs(1)).weighted(),
+    ];
+    assert!(store.announced(admission, &other, &limits).is_empty());
+
+    // Without following, the difference is reported and the key keeps 50.
+    let report_only = exact(50, Duration::from_secs(1));
+    let limits = report_only.limits().clone();
+    let store = MemoryStore::new();
+    let first = admit_in_turn(&store, &limits, 1, start).await;
+    let changes = store.announced(&first[0].0, &twenty, &limits);
+    assert_eq!((changes[0].announced, changes[0].held_to), (20, 50));
+    let more = admit_in_turn(&store, &limits, 49, Instant::now()).await;
+    assert!(more.iter().all(|(_, at)| at.is_zero()));
+}
