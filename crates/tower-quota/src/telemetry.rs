@@ -21,7 +21,7 @@
 //! | `server_error_retry` | INFO | `attempt`, `backoff_ms`, `reason`, `http.response.status_code` | as `retry_scheduled`, for a 5xx response |
 //! | `retries_exhausted` | WARN | `attempt`, `reason`, `http.response.status_code` or `error.kind` | a retryable failure goes back to the caller: `max_attempts`, `max_elapsed`, `max_wait`, `body_not_replayable` or `not_idempotent` (a method that is not idempotent, without an `Idempotency-Key`) |
 //! | `budget_exhausted` | WARN | `attempt`, `http.response.status_code` or `error.kind` | a retryable failure goes back to the caller because the retry budget is spent |
-//! |  *span* `jitter_backoff` | DEBUG | `http.request.method`, `url.template`, `http.request.resend_count` | one logical request through `JitterBackoffLayer`; `http.request.resend_count` is recorded when it ends |
+//! |  *span* `jitter_backoff` | DEBUG | `request_id`, `http.request.method`, `url.template`, `http.request.resend_count` | one logical request through `JitterBackoffLayer`, numbered by `request_id` (unique in the process); the events of its attempts in the layers below are inside it; `http.request.resend_count` is recorded when it ends |
 //! | `circuit_opened` | WARN | `key`, `failure_rate`, `open_ms` | a breaker opened: calls of the key fail fast for `open_ms` |
 //! | `circuit_half_open` | INFO | `key` | an open breaker lets its probes through |
 //! | `circuit_closed` | INFO | `key` | every probe succeeded: calls pass again |
@@ -186,6 +186,8 @@ pub mod field {
     pub const OUTCOME: &str = "outcome";
     /// How long until a gate opens, in milliseconds.
     pub const UNTIL_MS: &str = "until_ms";
+    /// The number of a logical request, unique in the process.
+    pub const REQUEST_ID: &str = "request_id";
     /// How many times a logical request was re-sent (OpenTelemetry's name).
     pub const HTTP_REQUEST_RESEND_COUNT: &str = "http.request.resend_count";
     /// The method of a request (OpenTelemetry's name).

@@ -129,6 +129,7 @@ where
         let span = tracing::debug_span!(
             target: telemetry::TARGET,
             telemetry::JITTER_BACKOFF_SPAN,
+            request_id = next_request_id(),
             http.request.method = %request.method(),
             url.template = %telemetry::path_template(request.uri().path()),
             http.request.resend_count = tracing::field::Empty,
@@ -160,4 +161,11 @@ impl<S: fmt::Debug, C> fmt::Debug for JitterBackoff<S, C> {
             .field("classifier", &std::any::type_name::<C>())
             .finish()
     }
+}
+
+/// A number for each logical request, unique in the process: every event of
+/// the request is inside its span, which carries it.
+fn next_request_id() -> u64 {
+    static NEXT: AtomicU64 = AtomicU64::new(1);
+    NEXT.fetch_add(1, Ordering::Relaxed)
 }

@@ -601,6 +601,7 @@ async fn connect_errors_are_retried_and_the_last_error_is_returned() {
     assert_eq!(spans.len(), 1);
     assert_eq!(spans[0]["http.request.resend_count"], "2");
     assert_eq!(spans[0]["url.template"], "/items");
+    assert!(spans[0]["request_id"].parse::<u64>().is_ok(), "{spans:?}");
 }
 
 #[tokio::test(start_paused = true)]
