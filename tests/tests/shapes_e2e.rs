@@ -78,8 +78,9 @@ async fn a_provider_without_bursts_gets_spaced_requests() {
 /// weighted by its overlap, refused requests counted too). The second
 /// window's burst meets the first still weighted in full and is refused;
 /// the refused burst itself weighs on the third window. From then on the
-/// spacing holds (12–13 % of arrivals refused and 0.74–0.79 of the rate
-/// measured; 21–23 % and 0.49 without the learned spacing).
+/// spacing holds (10–13 % of arrivals refused and 0.68–0.79 of the rate
+/// measured; 21–23 % and 0.49 without the learned spacing). The refusals
+/// of evenly spaced requests in the third window cut the rate for a while.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_sliding_window_counter_gets_spaced_requests() {
     let (stats, succeeded, elapsed) =
@@ -92,7 +93,47 @@ async fn a_sliding_window_counter_gets_spaced_requests() {
         refused * 100.0
     );
     assert!(
-        goodput >= 0.65,
+        goodput >= 0.55,
+        "goodput {goodput:.2} of the provider's rate"
+    );
+}
+
+/// A provider that enforces a third of the configured rate and does not
+/// say so: 15/1 s against a client configured for 50/1 s. Spaced requests
+/// that are still refused window after window cut the key's rate to what
+/// the provider accepted; quiet windows raise it again. Without the rate
+/// cut: 52 % of arrivals refused, 274 of 300 requests succeeded, 0.75 of
+/// the provider's rate; with it, 23 %, 298 and 0.84 (measured on loopback).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_provider_stricter_than_configured_is_not_hammered() {
+    let server = MockServer::builder()
+        .rule(Rule::sliding_log(15, Duration::from_secs(1)))
+        .headers(quota_mock::HeaderDialect::None)
+        .start()
+        .await
+        .unwrap();
+    let started = Instant::now();
+    let succeeded =
+        support::run_readme_stack(&server.url(), 50, Duration::from_secs(1), 300, 32).await;
+    let elapsed = started.elapsed().as_secs_f64();
+    let stats = server.stats();
+    server.shutdown().await;
+    let attempts = stats.arrivals.len() as f64;
+    let refused = stats.count(429) as f64 / attempts;
+    let goodput = stats.accepted() as f64 / elapsed / 15.0;
+    println!(
+        "stricter provider: {succeeded}/300 in {elapsed:.1} s, {:.1}% of {attempts} arrivals \
+         refused, goodput {goodput:.2} x 15/s",
+        100.0 * refused
+    );
+    assert!(succeeded >= 290, "{succeeded} of 300 succeeded");
+    assert!(
+        refused <= 0.35,
+        "429s are {:.1}% of arrivals",
+        refused * 100.0
+    );
+    assert!(
+        goodput >= 0.7,
         "goodput {goodput:.2} of the provider's rate"
     );
 }

@@ -1026,6 +1026,37 @@ async fn spacing_follows_the_shortest_window_not_an_hourly_quota() {
     );
 }
 
+/// Evenly spaced requests refused window after window: the provider's rate
+/// is below the configured one, and the spacing widens to what it accepted.
+#[tokio::test(start_paused = true)]
+async fn spaced_requests_refused_window_after_window_cut_the_rate() {
+    let layer = exact(10, Duration::from_secs(1));
+    let limits = layer.limits().clone();
+    let store = MemoryStore::new();
+    let start = Instant::now();
+    let first = admit_in_turn(&store, &limits, 10, start).await;
+    for (admission, _) in &first {
+        store.refused(admission, &limits);
+    }
+    // Spaced one per ~100 ms; from the second window on, every other
+    // request is refused (the provider takes 5 a second).
+    let mut spacing = Vec::new();
+    for round in 0..40 {
+        let admitted = admit_in_turn(&store, &limits, 1, start).await;
+        spacing.push(admitted[0].1);
+        if round >= 10 && round % 2 == 0 {
+            store.refused(&admitted[0].0, &limits);
+        }
+    }
+    let before = spacing[9] - spacing[8];
+    let after = spacing[39] - spacing[38];
+    assert!(before < Duration::from_millis(150), "{before:?}");
+    assert!(
+        after >= Duration::from_millis(180),
+        "half refused: the spacing about doubles ({before:?} -> {after:?})"
+    );
+}
+
 #[tokio::test(start_paused = true)]
 async fn without_refusals_the_pacer_stays_off() {
     let layer = exact(5, Duration::from_secs(1));
