@@ -22,6 +22,16 @@ async fn store(server: &support::RedisServer) -> RedisStore {
         .expect("store connects")
 }
 
+/// A store of its own, exact or approximate.
+async fn store_in_mode(server: &support::RedisServer, approximate: bool) -> RedisStore {
+    RedisStore::builder(server.url())
+        .prefix(support::unique_key("tq"))
+        .approximate(approximate)
+        .build()
+        .await
+        .expect("store connects")
+}
+
 fn limits(quotas: impl IntoIterator<Item = Quota>) -> SlidingWindowLayer {
     SlidingWindowLayer::with_quotas(quotas)
         .unwrap()
@@ -393,12 +403,7 @@ async fn huge_costs_and_corrections_saturate_and_never_break_the_key() {
         return;
     };
     for approximate in [false, true] {
-        let store = RedisStore::builder(server.url())
-            .prefix(support::unique_key("tq"))
-            .approximate(approximate)
-            .build()
-            .await
-            .expect("store connects");
+        let store = store_in_mode(server, approximate).await;
         let huge = Quota::new(u64::MAX, Duration::from_secs(30)).unwrap();
         let small = Quota::new(10, Duration::from_secs(30)).unwrap();
         let mode = if approximate { "approximate" } else { "exact" };
@@ -463,12 +468,7 @@ async fn one_key_with_other_quotas_is_refused_while_busy() {
         return;
     };
     for approximate in [false, true] {
-        let store = RedisStore::builder(server.url())
-            .prefix(support::unique_key("tq"))
-            .approximate(approximate)
-            .build()
-            .await
-            .expect("store connects");
+        let store = store_in_mode(server, approximate).await;
         let second = Quota::new(2, Duration::from_secs(1)).unwrap();
         let minute = Quota::new(10, Duration::from_secs(60)).unwrap();
         let one = limits([second, minute]);

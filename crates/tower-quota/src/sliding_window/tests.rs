@@ -929,6 +929,18 @@ async fn admit_in_turn(
     admitted
 }
 
+/// A store whose key sent a burst of 10 that the provider refused: the
+/// burst is down to one. Returns it and the instant the burst went.
+async fn refused_burst(limits: &Limits) -> (MemoryStore, Instant) {
+    let store = MemoryStore::new();
+    let start = Instant::now();
+    let first = admit_in_turn(&store, limits, 10, start).await;
+    for (admission, _) in &first {
+        store.refused(admission, limits);
+    }
+    (store, start)
+}
+
 #[tokio::test(start_paused = true)]
 async fn refusals_halve_the_burst_down_to_even_spacing_and_the_log_still_bounds() {
     let layer = exact(10, Duration::from_secs(1));
@@ -961,13 +973,8 @@ async fn refusals_halve_the_burst_down_to_even_spacing_and_the_log_still_bounds(
 async fn the_burst_is_probed_after_a_quiet_spell_and_a_failed_probe_waits_longer() {
     let layer = exact(10, Duration::from_secs(1));
     let limits = layer.limits().clone();
-    let store = MemoryStore::new();
     let key = Key::from("k");
-    let start = Instant::now();
-    let first = admit_in_turn(&store, &limits, 10, start).await;
-    for (admission, _) in &first {
-        store.refused(admission, &limits);
-    }
+    let (store, start) = refused_burst(&limits).await;
     let refused_at = start.elapsed();
     assert_eq!(store.learned_burst(&key), Some(1));
     // Steady traffic for the first spell of 8 windows: still one at a time.
@@ -1012,12 +1019,7 @@ async fn spacing_follows_the_shortest_window_not_an_hourly_quota() {
         .safety_margin(Duration::ZERO)
         .unwrap();
     let limits = layer.limits().clone();
-    let store = MemoryStore::new();
-    let start = Instant::now();
-    let first = admit_in_turn(&store, &limits, 10, start).await;
-    for (admission, _) in &first {
-        store.refused(admission, &limits);
-    }
+    let (store, start) = refused_burst(&limits).await;
     let spaced = admit_in_turn(&store, &limits, 20, start).await;
     let took = spaced[19].1 - spaced[0].1;
     assert!(
@@ -1032,12 +1034,7 @@ async fn spacing_follows_the_shortest_window_not_an_hourly_quota() {
 async fn spaced_requests_refused_window_after_window_cut_the_rate() {
     let layer = exact(10, Duration::from_secs(1));
     let limits = layer.limits().clone();
-    let store = MemoryStore::new();
-    let start = Instant::now();
-    let first = admit_in_turn(&store, &limits, 10, start).await;
-    for (admission, _) in &first {
-        store.refused(admission, &limits);
-    }
+    let (store, start) = refused_burst(&limits).await;
     // Spaced one per ~100 ms; from the second window on, every other
     // request is refused (the provider takes 5 a second).
     let mut spacing = Vec::new();
