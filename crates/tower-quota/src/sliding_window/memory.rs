@@ -214,7 +214,7 @@ impl Store for MemoryStore {
         }
         // It may also refuse bursts the log allows: space what follows.
         let before = state.pacer.burst();
-        let adapted = state.pacer.refused(now, limits, state.extra_margin(now));
+        let adapted = state.pacer.refused(now, limits);
         if adapted.burst != before {
             rate_adapted(admission.key(), adapted, "refused");
         }
@@ -458,10 +458,7 @@ impl KeyState {
 
     fn has_room(&self, now: Instant, cost: u64, limits: &Limits) -> bool {
         self.windows.iter().all(|w| w.has_room(cost))
-            && self
-                .pacer
-                .earliest(cost, limits, self.extra_margin(now))
-                .is_none_or(|at| at <= now)
+            && self.pacer.earliest(cost, limits).is_none_or(|at| at <= now)
     }
 
     /// Records an admission; returns the pacer's new burst if it changed.
@@ -483,7 +480,7 @@ impl KeyState {
         for window in &mut self.windows {
             window.record(cost, id, sent_by, extra);
         }
-        self.pacer.admitted(now, cost, limits, extra)
+        self.pacer.admitted(now, cost, limits)
     }
 
     /// The earliest instant the head fits (`None`: once an answer comes
@@ -494,7 +491,7 @@ impl KeyState {
         cost: u64,
         limits: &Limits,
     ) -> (Option<Instant>, Option<Quota>) {
-        let paced = self.pacer.earliest(cost, limits, self.extra_margin(now));
+        let paced = self.pacer.earliest(cost, limits);
         let mut latest: (Option<Instant>, Option<Quota>) =
             (Some(paced.map_or(now, |at| at.max(now))), None);
         for window in &self.windows {

@@ -6,7 +6,7 @@
 //! GCRA, a sliding-window counter) refuses most of such a burst. The pacer
 //! adds spacing under the log, in the way of GCRA: at most `burst` requests
 //! back to back, then one per emission interval (the shortest quota's
-//! window, widened by the key's margins, over its `max_calls`; quotas with
+//! window, widened by the safety margin, over its `max_calls`; quotas with
 //! longer windows are left to the exact log).
 //!
 //! It starts inactive (the log alone decides: a sliding-log provider keeps
@@ -144,31 +144,23 @@ pub(crate) struct Adapted {
 
 impl Pacer {
     /// The earliest instant a request of `cost` may go (`None`: now).
-    pub(crate) fn earliest(&self, cost: u64, limits: &Limits, extra: Duration) -> Option<Instant> {
+    pub(crate) fn earliest(&self, cost: u64, limits: &Limits) -> Option<Instant> {
         let (burst, tat) = (self.burst?, self.tat?);
-        if self.step(limits, extra, cost).is_zero() {
+        if self.step(limits, cost).is_zero() {
             return None;
         }
-        let tolerance = self
-            .step(limits, extra, 1)
-            .saturating_mul(saturate(burst - 1));
+        let tolerance = self.step(limits, 1).saturating_mul(saturate(burst - 1));
         tat.checked_sub(tolerance)
     }
 
     /// Records an admission of `cost` at `now`; returns the new burst when
     /// a window without refusals raised it.
-    pub(crate) fn admitted(
-        &mut self,
-        now: Instant,
-        cost: u64,
-        limits: &Limits,
-        extra: Duration,
-    ) -> Option<Adapted> {
+    pub(crate) fn admitted(&mut self, now: Instant, cost: u64, limits: &Limits) -> Option<Adapted> {
         let window = shortest_window(limits);
         self.counts.roll(now, window);
         self.counts.sent[0] = self.counts.sent[0].saturating_add(1);
         let burst = self.burst?;
-        let advance = self.step(limits, extra, cost);
+        let advance = self.step(limits, cost);
         if advance.is_zero() {
             return None;
         }
@@ -194,7 +186,7 @@ impl Pacer {
             self.rate = self.rate.saturating_add(RATE_STEP).min(FULL_RATE);
             return Some(Adapted {
                 burst: self.burst,
-                interval: self.step(limits, extra, 1),
+                interval: self.step(limits, 1),
             });
         }
         let spell = window.saturating_mul(1 << self.spell.min(LAST_SPELL));
@@ -216,13 +208,13 @@ impl Pacer {
         }
         Some(Adapted {
             burst: self.burst,
-            interval: self.step(limits, extra, 1),
+            interval: self.step(limits, 1),
         })
     }
 
     /// The provider refused a request at `now`: halves the burst, and
     /// spaces the next request an interval after now.
-    pub(crate) fn refused(&mut self, now: Instant, limits: &Limits, extra: Duration) -> Adapted {
+    pub(crate) fn refused(&mut self, now: Instant, limits: &Limits) -> Adapted {
         let window = shortest_window(limits);
         let after_a_window =
             |at: Option<Instant>| at.is_some_and(|at| now.saturating_duration_since(at) >= window);
@@ -274,7 +266,7 @@ impl Pacer {
         }
         self.burst = Some(burst);
         self.changed_at = Some(now);
-        let interval = self.step(limits, extra, 1);
+        let interval = self.step(limits, 1);
         let next = now.checked_add(interval).unwrap_or(now);
         self.tat = Some(self.tat.map_or(next, |tat| tat.max(next)));
         Adapted {
@@ -289,20 +281,22 @@ impl Pacer {
     }
 
     /// [`step`] at the key's rate.
-    fn step(&self, limits: &Limits, extra: Duration, cost: u64) -> Duration {
-        let full = step(limits, extra, cost);
+    fn step(&self, limits: &Limits, cost: u64) -> Duration {
+        let full = step(limits, cost);
         full.saturating_mul(FULL_RATE) / self.rate.max(MIN_RATE)
     }
 }
 
 /// How far a request of `cost` moves GCRA's clock: its share of the
-/// shortest window (widened by the safety margin and `extra`), `window ×
+/// shortest window (widened by the safety margin), `window ×
 /// units / max_calls`, the longest such share if several quotas have that
 /// window. Zero when it spends nothing. Longer windows are left to the
 /// exact log: spacing by an hourly quota would hold every request for the
 /// hour's share.
-fn step(limits: &Limits, extra: Duration, cost: u64) -> Duration {
-    let margin = limits.safety_margin().saturating_add(extra);
+fn step(limits: &Limits, cost: u64) -> Duration {
+    // Not the key's drift margin: a provider whose window runs late needs
+    // slots held longer, not requests spaced wider.
+    let margin = limits.safety_margin();
     let window = shortest_window(limits);
     shortest(limits)
         .map(|quota| {
