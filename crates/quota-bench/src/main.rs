@@ -5,6 +5,7 @@
 //! ```text
 //! cargo run --release -p quota-bench -- scenarios   # saturation, bursts, Redis workers, retry spread
 //! cargo run --release -p quota-bench -- network     # the README stack across a simulated network, per admission mode
+//! cargo run --release -p quota-bench -- shapes      # every provider shape × every limiter, at 20/s and 100/s
 //! cargo run --release -p quota-bench -- memory      # bytes per key, in process and in Redis
 //! cargo run --release -p quota-bench -- idle-memory # a million keys in each keyed map, given back after idleness
 //! cargo bench -p quota-bench                        # criterion micro-benchmarks, then:
@@ -13,7 +14,8 @@
 //!
 //! Each command writes its section under `crates/quota-bench/results/` and
 //! rebuilds `crates/quota-bench/RESULTS.md` from every section present; the
-//! scenarios also draw `timeline.svg` and `retry_cdf.svg` beside it.
+//! scenarios also draw `timeline.svg` and `retry_cdf.svg` beside it, and
+//! `shapes` draws `shapes.svg`.
 
 use std::process::ExitCode;
 
@@ -29,13 +31,14 @@ mod plot;
 mod redis_server;
 mod results;
 mod scenarios;
+mod shapes;
 mod spread;
 
 // Counts every allocation, so `memory` can tell bytes per key.
 #[global_allocator]
 static GLOBAL: &StatsAlloc<std::alloc::System> = &INSTRUMENTED_SYSTEM;
 
-const USAGE: &str = "usage: quota-bench scenarios | network | memory | micro";
+const USAGE: &str = "usage: quota-bench scenarios | network | shapes | memory | micro";
 
 fn main() -> Result<ExitCode, BoxError> {
     let args: Vec<String> = std::env::args().skip(1).collect();
@@ -48,6 +51,7 @@ fn main() -> Result<ExitCode, BoxError> {
         Some("micro") => micro::run()?,
         Some("idle-memory") => runtime.block_on(idle_memory::run())?,
         Some("network") => runtime.block_on(network::run())?,
+        Some("shapes") => runtime.block_on(shapes::run())?,
         // A Redis worker process, started by `scenarios`.
         Some("worker") => runtime.block_on(scenarios::worker(&args[1..]))?,
         _ => {

@@ -11,7 +11,7 @@ pub(crate) fn crate_dir() -> PathBuf {
 }
 
 /// The sections, in the order RESULTS.md shows them.
-const SECTIONS: [&str; 4] = ["micro", "scenarios", "network", "memory"];
+const SECTIONS: [&str; 5] = ["micro", "scenarios", "network", "shapes", "memory"];
 
 /// Writes the section `name` and rebuilds RESULTS.md.
 pub(crate) fn write_section(name: &str, body: &str) -> Result<(), BoxError> {
@@ -51,6 +51,7 @@ fn command(name: &str) -> &'static str {
         "micro" => "cargo bench -p quota-bench && cargo run --release -p quota-bench -- micro",
         "scenarios" => "cargo run --release -p quota-bench -- scenarios",
         "network" => "cargo run --release -p quota-bench -- network",
+        "shapes" => "cargo run --release -p quota-bench -- shapes",
         _ => "cargo run --release -p quota-bench -- memory",
     }
 }
@@ -60,6 +61,7 @@ fn title(name: &str) -> &'static str {
         "micro" => "Micro-benchmarks (criterion)",
         "scenarios" => "Scenarios against quota-mock over loopback",
         "network" => "The README stack across a simulated network, per admission mode",
+        "shapes" => "Provider shapes × client limiters",
         _ => "Memory per key",
     }
 }
@@ -92,6 +94,7 @@ cargo bench -p quota-bench                        # criterion, ~1.5 min on 2 cor
 cargo run --release -p quota-bench -- micro       # the micro-benchmark table below
 cargo run --release -p quota-bench -- scenarios   # ~2 min; timeline.svg, retry_cdf.svg
 cargo run --release -p quota-bench -- network     # ~5 min; fixed margin vs default vs strict
+cargo run --release -p quota-bench -- shapes      # ~6 min; every provider shape × every limiter, shapes.svg
 cargo run --release -p quota-bench -- memory
 ```
 
