@@ -99,6 +99,42 @@ impl<S: tracing::Subscriber> tracing_subscriber::Layer<S> for Capture {
     }
 }
 
+/// A provider below the two retrying layers whose `n`-th call (from 1) is
+/// answered by `answer(n)`.
+fn scripted(
+    answer: fn(u32) -> http::Response<()>,
+) -> impl tower::Service<
+    http::Request<ReplayBody<ReplayBody<Empty<Bytes>>>>,
+    Response = http::Response<()>,
+    Error = BoxError,
+    Future = impl Send,
+> + Clone
++ Send {
+    let calls = Arc::new(Mutex::new(0));
+    service_fn(
+        move |_: http::Request<ReplayBody<ReplayBody<Empty<Bytes>>>>| {
+            let calls = calls.clone();
+            async move {
+                let call = {
+                    let mut calls = calls.lock().unwrap();
+                    *calls += 1;
+                    *calls
+                };
+                Ok::<_, BoxError>(answer(call))
+            }
+        },
+    )
+}
+
+/// A response with `status` and, if given, `Retry-After: seconds`.
+fn answer(status: u16, retry_after: Option<&'static str>) -> http::Response<()> {
+    let mut builder = http::Response::builder().status(status);
+    if let Some(seconds) = retry_after {
+        builder = builder.header("retry-after", seconds);
+    }
+    builder.body(()).unwrap()
+}
+
 fn capture() -> (Capture, tracing::subscriber::DefaultGuard) {
     let capture = Capture::default();
     let subscriber = tracing_subscriber::registry().with(capture.clone());
@@ -270,27 +306,13 @@ async fn waiters_released_by_a_gate_are_still_paced_below_it() {
 #[tokio::test(start_paused = true)]
 async fn rate_limit_hit_names_the_attempt_of_the_whole_stack() {
     let (events, _guard) = capture();
-    let calls = Arc::new(Mutex::new(0));
-    let provider = service_fn(
-        move |_: http::Request<ReplayBody<ReplayBody<Empty<Bytes>>>>| {
-            let calls = calls.clone();
-            async move {
-                let mut calls = calls.lock().unwrap();
-                *calls += 1;
-                let response = match *calls {
-                    // A bare 503: the backoff layer above retries it.
-                    1 => http::Response::builder().status(503).body(())?,
-                    // Its retry is throttled: the gate below re-sends it.
-                    2 => http::Response::builder()
-                        .status(429)
-                        .header("retry-after", "1")
-                        .body(())?,
-                    _ => http::Response::new(()),
-                };
-                Ok::<_, BoxError>(response)
-            }
-        },
-    );
+    // A bare 503: the backoff layer above retries it; its retry is
+    // throttled: the gate below re-sends it.
+    let provider = scripted(|call| match call {
+        1 => answer(503, None),
+        2 => answer(429, Some("1")),
+        _ => answer(200, None),
+    });
     let service = ServiceBuilder::new()
         .layer(tower_quota::JitterBackoffLayer::new())
         .layer(RetryAfterLayer::new().spread(Duration::ZERO))
@@ -405,26 +427,11 @@ async fn a_provider_whose_window_runs_late_makes_the_margin_widen_until_its_429s
 #[tokio::test(start_paused = true)]
 async fn no_secret_reaches_events_spans_or_keys() {
     let (events, _guard) = capture();
-    let calls = Arc::new(Mutex::new(0));
-    let provider = service_fn(
-        move |_: http::Request<ReplayBody<ReplayBody<Empty<Bytes>>>>| {
-            let calls = calls.clone();
-            async move {
-                let mut calls = calls.lock().unwrap();
-                *calls += 1;
-                let status = match *calls {
-                    1 => 429,
-                    2 => 503,
-                    _ => 200,
-                };
-                let response = http::Response::builder()
-                    .status(status)
-                    .header("retry-after", "1")
-                    .body(())?;
-                Ok::<_, BoxError>(response)
-            }
-        },
-    );
+    let provider = scripted(|call| match call {
+        1 => answer(429, Some("1")),
+        2 => answer(503, Some("1")),
+        _ => answer(200, Some("1")),
+    });
     let by_path = ProviderKey::new("telegram", KeyConfig::Path);
     let by_api_key = ProviderKey::new("telegram", "header:x-api-key".parse().unwrap());
     let service = ServiceBuilder::new()
