@@ -224,6 +224,17 @@ impl WaitBudget {
         wait <= self.remaining()
     }
 
+    /// The budget `request` carries, put there first if it has none: the
+    /// one account every layer of the stack spends from.
+    pub fn shared_by<B>(request: &mut http::Request<B>) -> Self {
+        if let Some(waits) = request.extensions().get::<WaitBudget>() {
+            return waits.clone();
+        }
+        let waits = WaitBudget::unlimited();
+        request.extensions_mut().insert(waits.clone());
+        waits
+    }
+
     /// Records `waited` as spent (saturating).
     pub fn spend(&self, waited: Duration) {
         let waited = nanos(waited);

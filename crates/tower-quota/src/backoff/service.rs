@@ -113,14 +113,7 @@ where
         request.extensions_mut().insert(attempts.clone());
         // One budget of waiting for the stack: a RetryAfterLayer below
         // lowers it to its `max_wait`.
-        let waits = match request.extensions().get::<WaitBudget>() {
-            Some(waits) => waits.clone(),
-            None => {
-                let waits = WaitBudget::unlimited();
-                request.extensions_mut().insert(waits.clone());
-                waits
-            }
-        };
+        let waits = WaitBudget::shared_by(&mut request);
         let kept = retryable.then(|| request.clone());
         if let Some(budget) = &self.budget {
             tower::retry::budget::Budget::deposit(budget);

@@ -82,14 +82,7 @@ where
     ) -> Self {
         // One budget of waiting for the whole stack: a retry layer above
         // shares its own, and this layer's `max_wait` bounds it.
-        let waits = match request.extensions().get::<WaitBudget>() {
-            Some(waits) => waits.clone(),
-            None => {
-                let waits = WaitBudget::unlimited();
-                request.extensions_mut().insert(waits.clone());
-                waits
-            }
-        };
+        let waits = WaitBudget::shared_by(&mut request);
         waits.limit_to(config.max_wait);
         ResponseFuture {
             state: State::Gate {
