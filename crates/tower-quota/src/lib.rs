@@ -64,6 +64,7 @@ pub mod backoff;
 mod builder;
 pub mod circuit_breaker;
 pub mod classify;
+pub mod concurrency;
 #[cfg(feature = "config")]
 #[cfg_attr(docsrs, doc(cfg(feature = "config")))]
 pub mod config;
@@ -79,6 +80,7 @@ mod test_support;
 pub use backoff::{JitterBackoff, JitterBackoffLayer};
 pub use builder::ServiceBuilderExt;
 pub use circuit_breaker::{CircuitBreaker, CircuitBreakerLayer};
+pub use concurrency::{Concurrency, ConcurrencyLayer};
 pub use key::{
     Announced, CostFn, GlobalKey, HostKey, HttpFeedback, Key, KeyFn, NoUsage, UnitCost, Usage,
     UsageFn, UsageFromExtension,

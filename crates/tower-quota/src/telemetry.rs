@@ -14,7 +14,8 @@
 //! | event | level | fields | when |
 //! |---|---|---|---|
 //! | `rate_pacing_active` | DEBUG | `key`, `wait_ms`, `queued`, `cost`, `quota` | a request waited for room in a sliding window |
-//! | `rate_limit_queue_overloaded` | WARN | `key`, `wait_ms`, `queued`, `reason` | a request was refused because its wait would exceed `max_wait` or the queue is full |
+//! | `rate_limit_queue_overloaded` | WARN | `key`, `wait_ms`, `queued`, `reason` | a request was refused because its wait would exceed `max_wait` or the queue is full (a window's or a concurrency slot's) |
+//! | `concurrency_limited` | DEBUG | `key`, `wait_ms`, `max_in_flight` | a request waited for a concurrency slot of its key |
 //! | `rate_limit_hit` | WARN | `key`, `http.response.status_code`, `retry_after_ms`, `remaining`, `attempt`, `outcome` | the server throttled a request; `outcome` says whether it is re-sent (`resend`) or returned, and why (`returned_no_delay`, `returned_delay_over_max_wait`, `returned_max_attempts`, `returned_body_not_replayable`, `returned_server_said_do_not_retry`) |
 //! | `gate_closed` | INFO | `key`, `until_ms`, `reason` | a response closed (or extended) its key's gate: `throttled` or `quota_exhausted` |
 //! | `retry_scheduled` | INFO | `attempt`, `backoff_ms`, `reason`, `http.response.status_code` or `error.kind` | a failed attempt (connect error, timeout, 408, 429, gRPC status) will be retried after `backoff_ms`; `reason` is `throttled` or `transient` |
@@ -34,6 +35,10 @@ pub const TARGET: &str = "tower_quota";
 
 /// A request waited for room in a sliding window before it was sent.
 pub const RATE_PACING_ACTIVE: &str = "rate_pacing_active";
+
+/// A request waited for a concurrency slot of its key before it was sent
+/// (fields `key`, `wait_ms`, `max_in_flight`).
+pub const CONCURRENCY_LIMITED: &str = "concurrency_limited";
 
 /// A request was refused by the limiter because the wait it needs exceeds
 /// `max_wait`, or its key's queue is full.
