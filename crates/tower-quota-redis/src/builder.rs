@@ -39,6 +39,17 @@ pub enum FailurePolicy {
     },
 }
 
+impl FailurePolicy {
+    /// The policy as telemetry names it.
+    pub(crate) fn as_str(self) -> &'static str {
+        match self {
+            FailurePolicy::FailClosed => "fail_closed",
+            FailurePolicy::FailOpen => "fail_open",
+            FailurePolicy::LocalFallback { .. } => "local_fallback",
+        }
+    }
+}
+
 /// Configures and connects a [`RedisStore`]; made by [`RedisStore::builder`].
 #[derive(Clone)]
 pub struct RedisStoreBuilder {

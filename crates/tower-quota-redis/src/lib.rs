@@ -185,9 +185,11 @@
 
 mod builder;
 mod error;
+mod leases;
 mod scripts;
 mod store;
 
 pub use builder::{DEFAULT_PREFIX, DEFAULT_TIMEOUT, FailurePolicy, RedisStoreBuilder};
 pub use error::{RedisStoreError, RedisStoreErrorKind};
+pub use leases::{DEFAULT_LEASE_TIME, RedisLeases};
 pub use store::{Acquire, RedisStore, STORE_ERROR};

@@ -12,6 +12,8 @@ pub(crate) struct Scripts {
     pub(crate) exact_complete: Script,
     pub(crate) approx_acquire: Script,
     pub(crate) approx_adjust: Script,
+    pub(crate) lease_acquire: Script,
+    pub(crate) lease_renew: Script,
 }
 
 pub(crate) static SCRIPTS: LazyLock<Scripts> = LazyLock::new(|| Scripts {
@@ -21,4 +23,6 @@ pub(crate) static SCRIPTS: LazyLock<Scripts> = LazyLock::new(|| Scripts {
     exact_complete: Script::new(include_str!("lua/exact_complete.lua")),
     approx_acquire: Script::new(include_str!("lua/approx_acquire.lua")),
     approx_adjust: Script::new(include_str!("lua/approx_adjust.lua")),
+    lease_acquire: Script::new(include_str!("lua/lease_acquire.lua")),
+    lease_renew: Script::new(include_str!("lua/lease_renew.lua")),
 });

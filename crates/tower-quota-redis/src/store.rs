@@ -20,6 +20,7 @@ use tower_quota::{BoxError, Key, telemetry};
 
 use crate::builder::{FailurePolicy, RedisStoreBuilder};
 use crate::error::{RedisStoreError, RedisStoreErrorKind};
+use crate::leases::RedisLeases;
 use crate::scripts::SCRIPTS;
 
 /// The name of the event emitted when Redis cannot decide an admission
@@ -131,6 +132,19 @@ impl RedisStore {
         }
     }
 
+    /// Concurrency slots in the same Redis, with the same prefix, timeout and
+    /// failure policy, for a
+    /// [`ConcurrencyLayer`](tower_quota::concurrency::ConcurrencyLayer): see
+    /// [`RedisLeases`].
+    pub fn leases(&self) -> RedisLeases {
+        RedisLeases::new(
+            self.inner.connection.clone(),
+            self.inner.prefix.clone(),
+            self.inner.timeout,
+            self.inner.policy,
+        )
+    }
+
     /// The margin this process adds to `key`'s admissions after its
     /// provider refused requests the log had room for (see
     /// [`Store::refused`]); zero when it never did or the margin has
@@ -212,7 +226,7 @@ impl Store for RedisStore {
                 inner.call::<i64>(&key, &invocation).await
             };
             if let Err(error) = result {
-                inner.report(&key, &error, "correct");
+                report(&key, &error, "correct");
             }
         });
     }
@@ -253,7 +267,7 @@ impl Store for RedisStore {
             }
             invocation.arg(id).arg(micros(extra));
             if let Err(error) = inner.call::<i64>(&key, &invocation).await {
-                inner.report(&key, &error, "complete");
+                report(&key, &error, "complete");
             }
         });
     }
@@ -417,12 +431,7 @@ impl Inner {
         key: &Key,
         invocation: &ScriptInvocation<'_>,
     ) -> Result<T, RedisStoreError> {
-        let mut connection = self.connection.clone();
-        match tokio::time::timeout(self.timeout, invocation.invoke_async(&mut connection)).await {
-            Ok(Ok(value)) => Ok(value),
-            Ok(Err(error)) => Err(RedisStoreError::redis(Some(key.clone()), error)),
-            Err(_) => Err(RedisStoreError::timeout(Some(key.clone()), self.timeout)),
-        }
+        invoke(&self.connection, self.timeout, key, invocation).await
     }
 
     fn extra_margin(&self, key: &Key, limits: &Limits) -> Duration {
@@ -672,12 +681,7 @@ impl Inner {
         {
             self.suspend();
         }
-        let policy = match self.policy {
-            FailurePolicy::FailClosed => "fail_closed",
-            FailurePolicy::FailOpen => "fail_open",
-            FailurePolicy::LocalFallback { .. } => "local_fallback",
-        };
-        self.report(&key, &error, policy);
+        report(&key, &error, self.policy.as_str());
         match self.policy {
             FailurePolicy::FailOpen => Ok(Admission::new(key, 0, cost, Duration::ZERO, 0)),
             FailurePolicy::LocalFallback { share } => {
@@ -687,20 +691,36 @@ impl Inner {
             _ => Err(error.into()),
         }
     }
+}
 
-    fn report(&self, key: &Key, error: &RedisStoreError, policy: &'static str) {
-        tracing::warn!(
-            name: STORE_ERROR,
-            target: telemetry::TARGET,
-            event = STORE_ERROR,
-            key = %key,
-            error.kind = error.kind().as_str(),
-            policy,
-            "the Redis store could not decide: {}",
-            error.kind()
-        );
-        tower_quota::metrics::store_error(key, error.kind().as_str());
+/// Runs a script for `key` within `timeout`.
+pub(crate) async fn invoke<T: FromRedisValue>(
+    connection: &ConnectionManager,
+    timeout: Duration,
+    key: &Key,
+    invocation: &ScriptInvocation<'_>,
+) -> Result<T, RedisStoreError> {
+    let mut connection = connection.clone();
+    match tokio::time::timeout(timeout, invocation.invoke_async(&mut connection)).await {
+        Ok(Ok(value)) => Ok(value),
+        Ok(Err(error)) => Err(RedisStoreError::redis(Some(key.clone()), error)),
+        Err(_) => Err(RedisStoreError::timeout(Some(key.clone()), timeout)),
     }
+}
+
+/// Reports a decision Redis could not make, and what `policy` did instead.
+pub(crate) fn report(key: &Key, error: &RedisStoreError, policy: &'static str) {
+    tracing::warn!(
+        name: STORE_ERROR,
+        target: telemetry::TARGET,
+        event = STORE_ERROR,
+        key = %key,
+        error.kind = error.kind().as_str(),
+        policy,
+        "the Redis store could not decide: {}",
+        error.kind()
+    );
+    tower_quota::metrics::store_error(key, error.kind().as_str());
 }
 
 /// The limits of the local fallback: `share` of each quota, at least 1.
@@ -789,7 +809,7 @@ impl Drop for Reservation {
                 }
             };
             if let Err(error) = result {
-                inner.report(&key, &error, "cancel");
+                report(&key, &error, "cancel");
             }
         });
     }
