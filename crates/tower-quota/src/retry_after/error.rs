@@ -20,8 +20,9 @@ impl GateClosed {
         &self.key
     }
 
-    /// How long until the gate opens (or, while a probe is out, how long the
-    /// probe may take): never more than the layer's `max_pause`.
+    /// How long until the gate opens (or, while a probe is out or a
+    /// reopened gate ramps up, how long the probe or the ramp may last):
+    /// never more than the layer's `max_pause`.
     pub fn wait(&self) -> Duration {
         self.wait
     }

@@ -195,11 +195,13 @@ where
                             changed: notified,
                         }) => {
                             let wait = until.saturating_duration_since(now);
-                            // A probe's answer may come any moment: wait for
-                            // it as long as the budget allows. A pause the
-                            // server asked for is known to be too long.
-                            let give_up =
-                                wait > left && (reason != GateReason::Probing || left.is_zero());
+                            // A probe's answer, or room in a ramp, may come
+                            // any moment: wait for it as long as the budget
+                            // allows. A pause the server asked for is known
+                            // to be too long.
+                            let answer_awaited =
+                                matches!(reason, GateReason::Probing | GateReason::Ramping);
+                            let give_up = wait > left && (!answer_awaited || left.is_zero());
                             if give_up {
                                 *this.waited = this.waited.saturating_add(waited);
                                 this.waits.spend(waited);
@@ -317,8 +319,20 @@ where
                             "server throttled the request"
                         );
                         if outcome == "resend" {
+                            // The refused request waits out its own delay
+                            // (spread, within what it may still wait), then
+                            // goes back to the gate: a ramp that took the
+                            // refusal keeps the gate open for the others,
+                            // not for it.
+                            let delay = signal
+                                .retry_after
+                                .unwrap_or_default()
+                                .min(this.config.max_pause)
+                                .saturating_add(random_up_to(this.config.spread))
+                                .min(this.waits.remaining());
+                            let at = now.checked_add(delay).unwrap_or(now);
                             this.state.set(State::Gate {
-                                sleep: None,
+                                sleep: Some(tokio::time::sleep_until(at)),
                                 changed: None,
                                 since: now,
                             });

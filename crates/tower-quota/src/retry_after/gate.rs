@@ -2,8 +2,29 @@
 //! and counting down the quota the server said was left.
 //!
 //! A server's word is evidence, not an order: no pause is longer than the
-//! layer's `max_pause`. When a server claims a longer one, the gate opens at
-//! the bound and lets one probe through; the others wait for its answer.
+//! layer's `max_pause`.
+//!
+//! A gate that reopens after a pause (a throttled answer, or a quota the
+//! server said was spent) does not let its waiters go at once, as a herd
+//! the provider would refuse again. One request goes first as a probe; the
+//! others wait for its answer. A throttled probe closes the gate again. An
+//! unthrottled one starts a [`Ramp`] (slow start): at most `limit` requests
+//! let through by the ramp are unanswered at once, the probe was the first
+//! round of one, and every unthrottled answer to a ramp request adds one,
+//! so the ramp doubles each round trip (1, 2, 4, ...). A throttled answer
+//! to a ramp request halves the limit (once per round trip) instead of
+//! closing the gate for everyone; the refused request itself still waits
+//! out its own delay before it is re-sent. A throttle when the limit is
+//! already one closes the gate as a throttled probe does.
+//!
+//! The ramp ends, and the gate lets requests go without a limit again,
+//! once its limit reaches [`RAMP_CAP`], or once a stretch as long as the
+//! pause before it has passed since it began (or last halved). The cap: a
+//! provider that answered 64 requests in flight at once unthrottled has
+//! recovered from whatever the herd would have done. The stretch: a key
+//! with few callers never fills the ramp, and one quiet pause-length shows
+//! the provider keeps up; it also bounds every ramp wait by the pause, so
+//! by `max_pause`.
 
 use std::cmp::Reverse;
 use std::collections::{BTreeSet, BinaryHeap, HashMap};
@@ -32,6 +53,10 @@ pub(super) const SWEEP_BUDGET: usize = 64;
 /// Maps at or below this capacity are not shrunk.
 pub(super) const MIN_CAPACITY: usize = 64;
 
+/// The limit at which a [`Ramp`] ends: from then on requests go without
+/// a limit.
+pub(super) const RAMP_CAP: u32 = 64;
+
 /// The furthest any instant is set, whatever the settings: keeps `Instant`
 /// arithmetic in range.
 const FURTHEST: Duration = Duration::from_secs(366 * 24 * 60 * 60);
@@ -46,9 +71,12 @@ pub enum GateReason {
     /// The server said no quota remains until a reset.
     QuotaExhausted,
     /// The quota is not known (no response yet, or its reset passed), or
-    /// the server claimed a pause longer than `max_pause` and a probe is
-    /// out: one request at a time goes until a response reports it.
+    /// the gate reopened after a pause and a probe is out: one request at a
+    /// time goes until a response reports it.
     Probing,
+    /// The gate reopened after a pause and lets requests go gradually: as
+    /// many as the requests already let through are answered.
+    Ramping,
 }
 
 impl GateReason {
@@ -58,6 +86,7 @@ impl GateReason {
             GateReason::Throttled => "throttled",
             GateReason::QuotaExhausted => "quota_exhausted",
             GateReason::Probing => "probing",
+            GateReason::Ramping => "ramping",
         }
     }
 }
@@ -109,7 +138,12 @@ struct Gate {
     changed: Arc<Notify>,
     closed_until: Option<Instant>,
     reason: Option<GateReason>,
+    /// How long the gate was last closed for: a ramp after it ends once as
+    /// long has passed without a throttle.
+    pause: Duration,
     probe: Probe,
+    /// Slow start after the probe of a reopened gate came back unthrottled.
+    ramp: Option<Ramp>,
     quota: Knowledge,
     /// Sequence numbers of the requests let through and not yet answered.
     in_flight: BTreeSet<u64>,
@@ -122,18 +156,35 @@ struct Gate {
     scheduled: bool,
 }
 
-/// Whether a pause was cut short at `max_pause`, and the probe that checks
-/// whether the server recovered.
+/// The probe that checks whether the server recovered after a pause.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Probe {
     /// Nothing to check: the gate trusts the server's last word.
     Trusted,
-    /// The server claimed a pause longer than `max_pause`: the first request
-    /// let through once the gate opens is a probe.
+    /// The gate closed (or its probe was lost): the first request let
+    /// through once the gate opens is a probe.
     Due,
     /// The probe `seq` is in flight: the others wait for its answer, until
     /// `deadline` at most.
     Out { seq: u64, deadline: Instant },
+}
+
+/// Slow start after a pause: see the [module docs](self).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct Ramp {
+    /// The most requests let through by the ramp that may be unanswered at
+    /// once.
+    limit: u32,
+    /// The sequence number of the first request the ramp let through:
+    /// answers to older requests do not grow it.
+    from_seq: u64,
+    /// Only refusals of requests numbered from here on halve the limit:
+    /// the requests already in flight when it last halved were sent before
+    /// that, and their refusals say nothing new (TCP halves once per
+    /// window, not per loss).
+    cut_seq: u64,
+    /// When the ramp ends unless a throttle halves it first.
+    ends_at: Instant,
 }
 
 /// What the gate knows of the key's quota.
@@ -160,7 +211,9 @@ impl Gate {
             changed: Arc::new(Notify::new()),
             closed_until: None,
             reason: None,
+            pause: Duration::ZERO,
             probe: Probe::Trusted,
+            ramp: None,
             quota: if pace_by_quota {
                 Knowledge::Probing { next_probe: None }
             } else {
@@ -179,6 +232,16 @@ impl Gate {
         if !self.in_flight.is_empty() {
             return None;
         }
+        self.holds()
+            .into_iter()
+            .flatten()
+            .fold(later(self.last_used, IDLE_GRACE), Instant::max)
+            .into()
+    }
+
+    /// The instants until which the gate may hold a request: its opening,
+    /// its quota's reset or next probe, its probe's deadline, its ramp's end.
+    fn holds(&self) -> [Option<Instant>; 4] {
         let quota = match self.quota {
             Knowledge::Counting { reset_at, .. } => Some(reset_at),
             Knowledge::Probing { next_probe } => next_probe,
@@ -188,20 +251,35 @@ impl Gate {
             Probe::Out { deadline, .. } => Some(deadline),
             Probe::Trusted | Probe::Due => None,
         };
-        [self.closed_until, quota, probe]
-            .into_iter()
-            .flatten()
-            .fold(later(self.last_used, IDLE_GRACE), Instant::max)
-            .into()
+        let ramp = self.ramp.map(|ramp| ramp.ends_at);
+        [self.closed_until, quota, probe, ramp]
     }
 
-    fn close(&mut self, until: Instant, reason: GateReason) -> bool {
+    /// Closes the gate until `until`, unless it is closed as long already;
+    /// whenever it reopens, a probe goes first and a new ramp follows.
+    fn close(&mut self, now: Instant, until: Instant, reason: GateReason) -> bool {
         if self.closed_until.is_some_and(|current| current >= until) {
             return false;
         }
         self.closed_until = Some(until);
         self.reason = Some(reason);
+        self.pause = until.saturating_duration_since(now);
+        self.probe = Probe::Due;
+        self.ramp = None;
         true
+    }
+
+    /// Requests let through by the ramp starting at `from_seq` and not yet
+    /// answered: at most the ramp's limit, so at most [`RAMP_CAP`].
+    fn ramp_in_flight(&self, from_seq: u64) -> u32 {
+        u32::try_from(self.in_flight.range(from_seq..).count()).unwrap_or(u32::MAX)
+    }
+
+    /// Drops the ramp once its end has come.
+    fn end_ramp_if_due(&mut self, now: Instant) {
+        if self.ramp.is_some_and(|ramp| ramp.ends_at <= now) {
+            self.ramp = None;
+        }
     }
 }
 
@@ -229,8 +307,8 @@ impl Gates {
     /// Lets one request of `key` go now, counting it in flight, or says until
     /// when the gate is closed and why. While the quota is unknown (see
     /// [`Knowledge::Probing`]) one request goes per probe interval (the
-    /// spread); after a pause cut short at `max_pause`, one probe goes and
-    /// the others wait for its answer.
+    /// spread); after a pause, one probe goes and the others wait for its
+    /// answer, then for room in the ramp.
     pub(crate) fn admit(&self, key: &Key, now: Instant, config: &Config) -> Result<InFlight, Wait> {
         let mut map = self.lock();
         map.sweep(now);
@@ -285,6 +363,13 @@ impl GateMap {
             // request probes, whatever the quota count says.
             Probe::Due | Probe::Out { .. } => true,
         };
+        gate.end_ramp_if_due(now);
+        if !probe
+            && let Some(ramp) = gate.ramp
+            && gate.ramp_in_flight(ramp.from_seq) >= ramp.limit
+        {
+            return wait(ramp.ends_at, GateReason::Ramping, gate);
+        }
         match &mut gate.quota {
             _ if probe => {}
             Knowledge::Probing { next_probe } => match *next_probe {
@@ -390,8 +475,9 @@ fn shrink<K: std::hash::Hash + Eq, V>(map: &mut HashMap<K, V>) {
 impl Gates {
     /// Learns from a response to a request that `admit` let go: closes the
     /// gate when the server asked for a pause or said the quota is spent
-    /// (for `max_pause` at most), and keeps the count of what the server
-    /// said remains.
+    /// (for `max_pause` at most), keeps the count of what the server said
+    /// remains, and grows or halves the ramp of a reopened gate. A refusal
+    /// the ramp takes does not close the gate: `None` then too.
     pub(crate) fn observe(
         &self,
         mut in_flight: InFlight,
@@ -421,24 +507,13 @@ impl Gates {
 
     /// The longest any gate will hold a request from `now` on: until it
     /// opens, until its probe's deadline, until its quota resets or until
-    /// its next probe.
+    /// its next probe, until its ramp ends.
     #[cfg(test)]
     pub(crate) fn longest_hold(&self, now: Instant) -> Duration {
         let map = self.lock();
         map.gates
             .values()
-            .flat_map(|gate| {
-                let quota = match gate.quota {
-                    Knowledge::Counting { reset_at, .. } => Some(reset_at),
-                    Knowledge::Probing { next_probe } => next_probe,
-                    Knowledge::Unreported => None,
-                };
-                let probe = match gate.probe {
-                    Probe::Out { deadline, .. } => Some(deadline),
-                    Probe::Trusted | Probe::Due => None,
-                };
-                [gate.closed_until, quota, probe]
-            })
+            .flat_map(Gate::holds)
             .flatten()
             .map(|at| at.saturating_duration_since(now))
             .max()
@@ -466,19 +541,42 @@ impl GateMap {
         if answered_probe {
             gate.probe = Probe::Trusted;
         }
+        gate.end_ramp_if_due(now);
         let mut closed = None;
-        if signal.throttled
-            && let Some(delay) = signal.retry_after
-        {
-            let (until, cut) = bounded(now, delay, config.max_pause);
-            if gate.close(until, GateReason::Throttled) {
-                closed = Some(Closed {
-                    until,
-                    reason: GateReason::Throttled,
-                });
-                if cut {
-                    gate.probe = Probe::Due;
+        if signal.throttled {
+            // A ramp takes a refusal of a request it let through by
+            // halving, and the gate stays open for the others; the refused
+            // request waits out its own delay before it is re-sent.
+            let taken_by_ramp = match &mut gate.ramp {
+                Some(ramp) if in_flight.seq < ramp.cut_seq => true,
+                Some(ramp) if ramp.limit > 1 => {
+                    ramp.limit = (ramp.limit / 2).max(1);
+                    ramp.cut_seq = gate.next_seq;
+                    ramp.ends_at = later(now, gate.pause);
+                    true
                 }
+                _ => false,
+            };
+            if !taken_by_ramp && let Some(delay) = signal.retry_after {
+                let until = bounded(now, delay, config.max_pause);
+                if gate.close(now, until, GateReason::Throttled) {
+                    closed = Some(Closed {
+                        until,
+                        reason: GateReason::Throttled,
+                    });
+                }
+            }
+            // A probe refused without a delay to wait: the next request
+            // probes again.
+            if answered_probe && closed.is_none() && gate.probe == Probe::Trusted {
+                gate.probe = Probe::Due;
+            }
+        } else if let Some(ramp) = &mut gate.ramp
+            && in_flight.seq >= ramp.from_seq
+        {
+            ramp.limit = ramp.limit.saturating_add(1);
+            if ramp.limit >= RAMP_CAP {
+                gate.ramp = None;
             }
         }
         // The tightest quota the server reported, when it said when it resets.
@@ -490,7 +588,7 @@ impl GateMap {
             .min_by_key(|(remaining, _)| *remaining);
         match tightest {
             Some((remaining, reset_after)) => {
-                let (reset_at, cut) = bounded(now, reset_after, config.max_pause);
+                let reset_at = bounded(now, reset_after, config.max_pause);
                 // `remaining` was counted when the server handled this
                 // request. Servers handle concurrent requests in any order:
                 // the requests already in flight when this one was sent, and
@@ -508,15 +606,12 @@ impl GateMap {
                 };
                 if remaining == 0
                     && reset_at > now
-                    && gate.close(reset_at, GateReason::QuotaExhausted)
+                    && gate.close(now, reset_at, GateReason::QuotaExhausted)
                 {
                     closed = closed.or(Some(Closed {
                         until: reset_at,
                         reason: GateReason::QuotaExhausted,
                     }));
-                    if cut {
-                        gate.probe = Probe::Due;
-                    }
                 }
             }
             None => {
@@ -526,6 +621,17 @@ impl GateMap {
             }
         }
         let open = gate.closed_until.is_none_or(|until| until <= now);
+        if answered_probe && open && !signal.throttled {
+            // The probe was the ramp's first round, of one; its answer
+            // adds one.
+            gate.ramp = Some(Ramp {
+                limit: 2,
+                from_seq: gate.next_seq,
+                cut_seq: gate.next_seq,
+                ends_at: later(now, gate.pause),
+            });
+            gate.end_ramp_if_due(now);
+        }
         let may_go = match gate.quota {
             Knowledge::Counting { allowance, .. } => allowance > 0,
             Knowledge::Unreported => true,
@@ -545,9 +651,9 @@ fn later(now: Instant, delay: Duration) -> Instant {
 }
 
 /// The end of a pause of `delay` the server claimed, at most `max_pause`
-/// away, and whether it was cut short.
-fn bounded(now: Instant, delay: Duration, max_pause: Duration) -> (Instant, bool) {
-    (later(now, delay.min(max_pause)), delay > max_pause)
+/// away.
+fn bounded(now: Instant, delay: Duration, max_pause: Duration) -> Instant {
+    later(now, delay.min(max_pause))
 }
 
 /// A request let through the gate and not yet answered. Dropped without an
@@ -570,6 +676,9 @@ impl Drop for InFlight {
                 // A probe lost without an answer: the next request probes.
                 if matches!(gate.probe, Probe::Out { seq, .. } if seq == self.seq) {
                     gate.probe = Probe::Due;
+                    gate.changed.notify_waiters();
+                } else if gate.ramp.is_some() {
+                    // A ramp request that left makes room for another.
                     gate.changed.notify_waiters();
                 }
             }

@@ -25,9 +25,18 @@
 //!   Once a reset passes, one request at a time probes the new quota until a
 //!   response reports it: a sliding-window provider frees its quota
 //!   gradually, so a reset may mean one more request, not a full quota.
-//! - When the gate opens, the requests that waited leave at random instants
-//!   over [`spread`](RetryAfterLayer::spread), not all at once, and still
-//!   pass through any pacing below.
+//! - When the gate opens, the requests that waited do not leave as a herd
+//!   the provider would refuse again. One goes first as a probe and the
+//!   others wait for its answer: a throttled probe closes the gate again.
+//!   After an unthrottled one the gate ramps up (slow start): as many
+//!   requests go as the ones it let through are answered, plus one per
+//!   answer, so 1, 2, 4, ... per round trip. A refusal during the ramp
+//!   halves it instead of closing the gate for everyone (the refused
+//!   request still waits out its own delay); the ramp ends at 64 requests
+//!   in flight, or once as long as the pause has passed without a
+//!   refusal. Waiters also leave at random instants over
+//!   [`spread`](RetryAfterLayer::spread), not all at once, and still pass
+//!   through any pacing below.
 //! - A throttled request is re-sent once the gate opens, up to
 //!   [`max_attempts`](RetryAfterLayer::max_attempts) attempts in all, when
 //!   that is safe: after a `429` (or gRPC `RESOURCE_EXHAUSTED`) whatever
@@ -51,7 +60,8 @@
 //!   [`max_pause`](RetryAfterLayer::max_pause) (5 minutes by default) on a
 //!   server's word. When a longer pause is claimed, the gate opens at the
 //!   bound and lets one request through as a probe; the others wait for its
-//!   answer, which closes the gate again or lets traffic resume.
+//!   answer, which closes the gate again or lets traffic resume, ramping
+//!   up.
 //! - A request body is buffered while it is first sent (up to
 //!   [`max_replay_bytes`](RetryAfterLayer::max_replay_bytes), 64 KiB by
 //!   default) so the re-sent request carries the same bytes; a larger body
