@@ -100,11 +100,13 @@ async fn a_sliding_window_counter_gets_spaced_requests() {
 
 /// A provider that enforces a third of the configured rate and does not
 /// say so: 15/1 s against a client configured for 50/1 s. Spaced requests
-/// that are still refused window after window cut the key's rate to what
-/// the provider accepted; quiet windows raise it again. Without the rate
-/// cut: 52 % of arrivals refused, 274 of 300 requests succeeded, 0.75 of
-/// the provider's rate; with it, 23–25 %, 298 and 0.84–0.85 (measured on
-/// loopback).
+/// that are still refused cut the key's rate to a little under what the
+/// provider accepted in the window; probes raise it again, rarely. Without
+/// the rate cut: 52 % of arrivals refused, 274 of 300 requests succeeded,
+/// 0.75 of the provider's rate; with a cut to the share of requests
+/// accepted over two windows, 23–25 %, 298 and 0.84–0.85; with the cut to
+/// what the window accepted, 8.8–12.3 %, 300 and 0.90–0.93 (measured on
+/// loopback; the first window's burst is most of the refusals).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_provider_stricter_than_configured_is_not_hammered() {
     let server = MockServer::builder()
@@ -129,28 +131,29 @@ async fn a_provider_stricter_than_configured_is_not_hammered() {
     );
     assert!(succeeded >= 290, "{succeeded} of 300 succeeded");
     assert!(
-        refused <= 0.35,
+        refused <= 0.15,
         "429s are {:.1}% of arrivals",
         refused * 100.0
     );
     assert!(
-        goodput >= 0.7,
+        goodput >= 0.8,
         "goodput {goodput:.2} of the provider's rate"
     );
 }
 
 /// A provider whose undisclosed quota changes under the client: 30/1 s,
-/// then 15/1 s, then 45/1 s, ten seconds each, against a client configured
-/// for 50/1 s. Per phase, after its first two seconds: the share of
-/// arrivals refused and the accepted rate over the provider's. Measured on
-/// loopback: 10 % and 0.88 at 30/s, 18 % and 0.84 at 15/s, 0 % and 0.67
-/// at 45/s (the rate climbs back a tenth of the configured one every two
-/// quiet windows: too slowly for an eight-second phase, and past the
-/// provider's rate between cuts). The bounds guard against the collapse the
-/// rate cut prevents (half of all arrivals refused); they are not the goal
-/// (1 % and 0.85).
+/// then 15/1 s, then 45/1 s, 30 seconds each, against a client configured
+/// for 50/1 s. Per phase, over its second half (the steady state): the
+/// share of arrivals refused and the accepted rate over the provider's.
+/// The goal is at most 1 % refused and at least 0.85 of the rate; measured
+/// on loopback: 0.2 % and 0.96 at 30/s, 0.9 % and 0.93 at 15/s, 0.2 % and
+/// 0.96 at 45/s. Converged (every two seconds to the phase's end at 0.85
+/// of the rate or more) from 0 s, 2 s and 22 s into the phases: a lower
+/// rate is found from the refusals at once, a higher one only by probes,
+/// which a steady provider refuses, so they come at most every 16 windows.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_provider_whose_quota_changes_unannounced_is_followed() {
+    const PHASE: u64 = 30;
     let server = MockServer::builder()
         .rule(Rule::sliding_log(30, Duration::from_secs(1)))
         .headers(quota_mock::HeaderDialect::None)
@@ -159,20 +162,20 @@ async fn a_provider_whose_quota_changes_unannounced_is_followed() {
         .unwrap();
     let url = server.url();
     let run = tokio::spawn(async move {
-        support::run_readme_stack(&url, 50, Duration::from_secs(1), 900, 32).await
+        support::run_readme_stack(&url, 50, Duration::from_secs(1), 5_000, 32).await
     });
-    tokio::time::sleep(Duration::from_secs(10)).await;
+    tokio::time::sleep(Duration::from_secs(PHASE)).await;
     server.set_limit(0, 15).unwrap();
-    tokio::time::sleep(Duration::from_secs(10)).await;
+    tokio::time::sleep(Duration::from_secs(PHASE)).await;
     server.set_limit(0, 45).unwrap();
-    tokio::time::sleep(Duration::from_secs(10)).await;
+    tokio::time::sleep(Duration::from_secs(PHASE)).await;
     let stats = server.stats();
     run.abort();
     server.shutdown().await;
     let mut shares = Vec::new();
     for (phase, limit) in [30.0, 15.0, 45.0].into_iter().enumerate() {
-        let from = Duration::from_secs(10 * phase as u64 + 2);
-        let to = Duration::from_secs(10 * phase as u64 + 10);
+        let from = Duration::from_secs(PHASE * phase as u64 + PHASE / 2);
+        let to = Duration::from_secs(PHASE * (phase as u64 + 1));
         let inside: Vec<_> = stats
             .arrivals
             .iter()
@@ -184,16 +187,38 @@ async fn a_provider_whose_quota_changes_unannounced_is_followed() {
             .count();
         let accepted = inside.len() - refused;
         let share = refused as f64 / inside.len().max(1) as f64;
-        let goodput = accepted as f64 / 8.0 / limit;
+        let goodput = accepted as f64 / (to - from).as_secs_f64() / limit;
+        // Converged: from the first second after which every two seconds
+        // to the phase's end accept at least 0.85 of the provider's rate.
+        let start = Duration::from_secs(PHASE * phase as u64);
+        let accepted_in = |from: Duration| {
+            stats
+                .arrivals
+                .iter()
+                .filter(|arrival| arrival.at >= from && arrival.at < from + Duration::from_secs(2))
+                .filter(|arrival| arrival.status != 429)
+                .count() as f64
+        };
+        let converged = (0..PHASE - 1)
+            .find(|second| {
+                (*second..PHASE - 1).all(|later| {
+                    accepted_in(start + Duration::from_secs(later)) >= 0.85 * 2.0 * limit
+                })
+            })
+            .map_or("not within the phase".to_owned(), |second| {
+                format!("{second} s")
+            });
         println!(
-            "phase {limit}/s: {refused} of {} arrivals refused ({:.1}%), goodput {goodput:.2}",
+            "phase {limit}/s: {refused} of {} arrivals refused ({:.1}%), goodput {goodput:.2}, \
+             converged after {converged}",
             inside.len(),
             100.0 * share
         );
         shares.push((limit, share, goodput));
     }
+    // Bounds a little wider than the goal, for a loaded machine.
     for (limit, share, goodput) in shares {
-        assert!(share <= 0.3, "{limit}/s: {:.1}% refused", share * 100.0);
-        assert!(goodput >= 0.45, "{limit}/s: goodput {goodput:.2}");
+        assert!(share <= 0.02, "{limit}/s: {:.1}% refused", share * 100.0);
+        assert!(goodput >= 0.8, "{limit}/s: goodput {goodput:.2}");
     }
 }

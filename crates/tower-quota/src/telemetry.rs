@@ -26,7 +26,7 @@
 //! | `circuit_opened` | WARN | `key`, `failure_rate`, `open_ms` | a breaker opened: calls of the key fail fast for `open_ms` |
 //! | `circuit_half_open` | INFO | `key` | an open breaker lets its probes through |
 //! | `circuit_closed` | INFO | `key` | every probe succeeded: calls pass again |
-//! | `rate_adapted` | INFO | `key`, `burst`, `interval_ms`, `reason` | the provider refused a burst the window allowed (`refused`: the burst halves, down to even spacing) or a window passed without refusals (`recovered`: one more; 0 = spacing off) |
+//! | `rate_adapted` | INFO | `key`, `burst`, `interval_ms`, `reason` | the provider refused a burst the window allowed or evenly spaced requests (`refused`: the burst halves, down to even spacing, or the rate is cut: `interval_ms` widens), or windows passed without refusals (`recovered`: a larger burst, 0 = spacing off, or a probe or growth of the rate: `interval_ms` narrows) |
 //! | `quota_mismatch` | WARN | `key`, `quota`, `announced`, `held_to` | a response announced another size for a configured quota's window than configured (once per change); with `follow_announced_quotas` the key is held to it |
 //! | `store_error` | WARN | `key`, `error.kind`, `policy` | a shared store (Redis) failed or timed out; `policy` says what the limiter did instead |
 

@@ -203,7 +203,16 @@ impl Store for MemoryStore {
         let mut shard = lock(self.shared.shard(admission.key()));
         let now = Instant::now();
         let state = shard.keys.get_mut(admission.key())?;
-        let drift = state.drift.refused(now, limits);
+        // A provider that refuses well under the quota has a lower rate,
+        // which the pacer learns; so does one that refuses evenly spaced
+        // requests (a sliding-window counter, a late window: a little less
+        // rate serves both). A refusal of bursts near the quota says the
+        // provider's window runs late.
+        let drift = if state.pacer.burst() != Some(1) && state.pacer.near_quota(now, limits) {
+            state.drift.refused(now, limits)
+        } else {
+            None
+        };
         if let Some((before, after)) = drift {
             // The provider's window runs late for every admission in the
             // log, not only for those to come.
@@ -213,9 +222,14 @@ impl Store for MemoryStore {
             }
         }
         // It may also refuse bursts the log allows: space what follows.
-        let before = state.pacer.burst();
+        let before = (state.pacer.burst(), state.pacer.interval(limits));
         let adapted = state.pacer.refused(now, limits);
-        if adapted.burst != before {
+        if adapted.burst == Some(1) {
+            // Evenly spaced from now on: the pacer's rate, not a wider
+            // margin, answers what the provider refuses.
+            state.drift = Default::default();
+        }
+        if (adapted.burst, adapted.interval) != before {
             rate_adapted(admission.key(), adapted, "refused");
         }
         drift

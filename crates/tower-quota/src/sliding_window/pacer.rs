@@ -25,13 +25,35 @@
 //! the quota, and every refusal costs a whole `Retry-After` pause of the
 //! key, so probing must be rare and the decrease immediate.
 //!
-//! Spacing also learns the rate. Evenly spaced requests that are refused
-//! more than once over two windows (past the first window of spacing, whose
-//! refusals may still be of the burst before it) mean the provider's rate is
-//! below the quota's: the rate is cut to what the provider accepted over
-//! those windows, less 5 %, at most by half per window and not below 5 % of
-//! the quota. Every two quiet windows raise it by a tenth of the quota's;
-//! the burst is probed again only at the full rate.
+//! Spacing also learns the rate. A refusal of evenly spaced requests (past
+//! the first window of spacing, whose refusals may still be of the burst
+//! before it, and at most once a window) means the provider's rate is below
+//! the key's: the provider holds the key to about what it accepted in the
+//! window that ends at the refusal (no more, for a sliding log or a fixed
+//! window; about that for GCRA and sliding-window counters), counted in
+//! eighths of a window. The rate is cut to 95 % of that, at most by half
+//! per cut (a sliding-window counter counts refused requests, so a window
+//! that held a refused burst says little) and not below 5 % of the quota.
+//! A refusal near the quota of a key that still sends bursts is a drift (a
+//! provider's window that runs late) instead, and widens the key's margin;
+//! once spacing is even, the rate answers both.
+//!
+//! Every refusal costs the key a `Retry-After` pause, so a cut rate then
+//! holds for a quiet spell (`4 × window` at first) before a probe raises it
+//! by 5 % (at least one request a window). A raise refused within a window
+//! goes back to the rate before it (or to 95 % of what the window accepted,
+//! if more) and doubles the spell before the next probe, up to `16 ×
+//! window`; from 90 % of the quota's rate, where a probe has little left to
+//! win, the spell is `32 × window` at least and up to `64 × window`. A
+//! provider that stays where it is costs one refusal per spell. A raise
+//! that went a window without refusal is confirmed: the rate grows by a
+//! quarter every quiet window until a refusal or the full rate. Additive
+//! probes off a plateau and multiplicative growth once the provider has
+//! shown it moved are CUBIC's shape, in steps of a window (TCP's CUBIC and
+//! the AWS SDKs' adaptive mode grow a window or a send rate the same way):
+//! cautious near the rate where the provider last refused, fast away from
+//! it. The burst is probed again only at the full rate, once a raise to it
+//! is confirmed.
 //!
 //! The pacer only ever delays admissions the log allows: the log's bound,
 //! never more than a quota in any window, holds whatever it learns.
@@ -65,6 +87,21 @@ pub(crate) struct Pacer {
     spaced_since: Option<Instant>,
     /// The last cut of the rate: at most one a window.
     cut_at: Option<Instant>,
+    /// The quiet spell before the next rate probe is `window << rate_spell`.
+    rate_spell: u32,
+    /// The last raise of the rate, while a refusal within a window of it
+    /// may still prove it wrong.
+    raised: Option<Raise>,
+}
+
+/// A raise of the rate that a window without refusal has not confirmed yet.
+#[derive(Debug, Clone, Copy)]
+struct Raise {
+    at: Instant,
+    /// The rate before it.
+    from: u32,
+    /// A probe off a plateau (not a step of growth after a confirmed one).
+    probe: bool,
 }
 
 impl Default for Pacer {
@@ -79,52 +116,104 @@ impl Default for Pacer {
             counts: Counts::default(),
             spaced_since: None,
             cut_at: None,
+            rate_spell: FIRST_RATE_SPELL,
+            raised: None,
         }
     }
 }
 
 /// The quota's rate, in thousandths.
 const FULL_RATE: u32 = 1000;
+/// The share of the rate the provider accepted that a cut keeps, in
+/// thousandths.
+const KEPT: u32 = 950;
 /// The lowest rate the pacer cuts to, in thousandths of the quota's.
 const MIN_RATE: u32 = 50;
-/// How much a quiet spell raises the rate, in thousandths of the quota's.
-const RATE_STEP: u32 = 100;
+/// The first quiet spell before a rate probe, in windows: `1 << FIRST_RATE_SPELL`.
+const FIRST_RATE_SPELL: u32 = 2;
+/// The longest quiet spell before a rate probe: `1 << LAST_RATE_SPELL`
+/// windows, while the rate is under [`NEAR_FULL`]; `1 << LAST_SPELL` from
+/// there, where a probe has little left to win.
+const LAST_RATE_SPELL: u32 = 4;
+/// Nine tenths of the quota's rate, in thousandths.
+const NEAR_FULL: u32 = 900;
 
-/// Admissions and refusals of a key in fixed windows of the shortest
-/// quota's length: the current and the previous one.
+/// Slices of a window the counts keep.
+const SLICES: usize = 8;
+
+/// Admissions and refusals of a key over the last window, in slices of an
+/// eighth of the shortest quota's window (the current slice and the eight
+/// before it): 36 bytes, and a count of the last window within an eighth of
+/// a window's traffic.
 #[derive(Debug, Clone, Copy, Default)]
 struct Counts {
+    /// When the current slice began.
     start: Option<Instant>,
-    sent: [u32; 2],
-    refused: [u32; 2],
+    current: usize,
+    sent: [u16; RING],
+    refused: [u16; RING],
 }
 
+/// The slices kept: the current one and a window's worth before it.
+const RING: usize = SLICES + 1;
+
 impl Counts {
-    /// Moves the windows on to `now`.
+    /// Moves the slices on to `now`.
     fn roll(&mut self, now: Instant, window: Duration) {
+        let slice = window / SLICES as u32;
         let start = *self.start.get_or_insert(now);
-        let elapsed = now.saturating_duration_since(start);
-        if elapsed < window || window.is_zero() {
+        if slice.is_zero() {
             return;
         }
-        if elapsed < window.saturating_mul(2) {
-            self.sent = [0, self.sent[0]];
-            self.refused = [0, self.refused[0]];
-            self.start = start.checked_add(window);
-        } else {
+        let steps = now.saturating_duration_since(start).as_nanos() / slice.as_nanos();
+        if steps == 0 {
+            return;
+        }
+        if steps >= RING as u128 {
             *self = Counts {
                 start: Some(now),
                 ..Counts::default()
             };
+            return;
         }
+        for _ in 0..steps {
+            self.current = (self.current + 1) % RING;
+            self.sent[self.current] = 0;
+            self.refused[self.current] = 0;
+        }
+        let advanced = slice.saturating_mul(u32::try_from(steps).unwrap_or(u32::MAX));
+        self.start = start.checked_add(advanced);
     }
 
-    /// Admissions and refusals over the current and the previous window.
-    fn totals(&self) -> (u32, u32) {
-        (
-            self.sent[0].saturating_add(self.sent[1]),
-            self.refused[0].saturating_add(self.refused[1]),
-        )
+    fn sent(&mut self) {
+        self.sent[self.current] = self.sent[self.current].saturating_add(1);
+    }
+
+    fn refused(&mut self) {
+        self.refused[self.current] = self.refused[self.current].saturating_add(1);
+    }
+
+    /// The admissions the provider accepted in the window that ends at
+    /// `now` (after [`roll`](Self::roll)): every slice's, the oldest in
+    /// proportion to its overlap with the window.
+    fn accepted(&self, now: Instant, window: Duration) -> u64 {
+        let slice = window / SLICES as u32;
+        let into = self
+            .start
+            .map_or(Duration::ZERO, |start| now.saturating_duration_since(start));
+        let overlap = 1.0 - (into.as_secs_f64() / slice.as_secs_f64().max(1e-9)).min(1.0);
+        let oldest = (self.current + 1) % RING;
+        (0..RING)
+            .map(|i| {
+                let accepted = f64::from(self.sent[i].saturating_sub(self.refused[i]));
+                if i == oldest {
+                    accepted * overlap
+                } else {
+                    accepted
+                }
+            })
+            .sum::<f64>()
+            .round() as u64
     }
 }
 
@@ -158,7 +247,7 @@ impl Pacer {
     pub(crate) fn admitted(&mut self, now: Instant, cost: u64, limits: &Limits) -> Option<Adapted> {
         let window = shortest_window(limits);
         self.counts.roll(now, window);
-        self.counts.sent[0] = self.counts.sent[0].saturating_add(1);
+        self.counts.sent();
         let burst = self.burst?;
         let advance = self.step(limits, cost);
         if advance.is_zero() {
@@ -174,20 +263,16 @@ impl Pacer {
             self.probed_at = None;
         }
         if self.rate < FULL_RATE {
-            // The rate recovers a step every two quiet windows; the burst
-            // waits for the rate.
-            let quiet = self
-                .changed_at
-                .is_none_or(|at| now.saturating_duration_since(at) >= window.saturating_mul(2));
-            if !quiet {
+            // The burst waits for the rate.
+            return self.raise_rate(now, window, limits);
+        }
+        if let Some(raise) = self.raised {
+            // Back at the full rate: confirmed after a window without
+            // refusal; until then the burst waits.
+            if now.saturating_duration_since(raise.at) < window {
                 return None;
             }
-            self.changed_at = Some(now);
-            self.rate = self.rate.saturating_add(RATE_STEP).min(FULL_RATE);
-            return Some(Adapted {
-                burst: self.burst,
-                interval: self.step(limits, 1),
-            });
+            self.raised = None;
         }
         let spell = window.saturating_mul(1 << self.spell.min(LAST_SPELL));
         let quiet = self
@@ -212,6 +297,63 @@ impl Pacer {
         })
     }
 
+    /// The next rate probe waits twice as long, up to `1 << LAST_RATE_SPELL`
+    /// windows; when the rate to probe from is near the quota's, at least
+    /// twice that and up to `1 << LAST_SPELL`.
+    fn lengthen_rate_spell(&mut self, from: u32) {
+        self.rate_spell = if from >= NEAR_FULL {
+            (self.rate_spell + 1)
+                .max(LAST_RATE_SPELL + 1)
+                .min(LAST_SPELL)
+        } else {
+            (self.rate_spell + 1).min(LAST_RATE_SPELL)
+        };
+    }
+
+    /// A little under the rate the provider accepted in the window that
+    /// ends at `now`, in thousandths of the quota's; at least [`MIN_RATE`].
+    fn accepted_rate(&self, now: Instant, window: Duration, limits: &Limits) -> u32 {
+        let accepted = self.counts.accepted(now, window);
+        let rate = accepted.saturating_mul(u64::from(KEPT)) / ceiling(limits);
+        u32::try_from(rate).unwrap_or(FULL_RATE).max(MIN_RATE)
+    }
+
+    /// Raises a rate below the quota's when a raise is due: a probe after a
+    /// quiet spell, growth after a confirmed raise.
+    fn raise_rate(&mut self, now: Instant, window: Duration, limits: &Limits) -> Option<Adapted> {
+        let since =
+            |at: Option<Instant>| at.map_or(Duration::MAX, |at| now.saturating_duration_since(at));
+        // One request a window, in thousandths of the quota.
+        let one = FULL_RATE / saturate(ceiling(limits)).clamp(1, FULL_RATE);
+        let (rate, probe) = match self.raised {
+            Some(raise) if since(Some(raise.at)) >= window => {
+                // Confirmed: grow. A confirmed step of growth (not only a
+                // probe) shows the provider's rate rose: probe soon again.
+                if !raise.probe && raise.from < NEAR_FULL {
+                    self.rate_spell = FIRST_RATE_SPELL;
+                }
+                (self.rate.saturating_add((self.rate / 4).max(one)), false)
+            }
+            Some(_) => return None,
+            None if since(self.changed_at) >= window.saturating_mul(1 << self.rate_spell) => {
+                (self.rate.saturating_add((self.rate / 20).max(one)), true)
+            }
+            None => return None,
+        };
+        let from = self.rate;
+        self.rate = rate.min(FULL_RATE);
+        self.changed_at = Some(now);
+        self.raised = Some(Raise {
+            at: now,
+            from,
+            probe,
+        });
+        Some(Adapted {
+            burst: self.burst,
+            interval: self.step(limits, 1),
+        })
+    }
+
     /// The provider refused a request at `now`: halves the burst, and
     /// spaces the next request an interval after now.
     pub(crate) fn refused(&mut self, now: Instant, limits: &Limits) -> Adapted {
@@ -219,32 +361,52 @@ impl Pacer {
         let after_a_window =
             |at: Option<Instant>| at.is_some_and(|at| now.saturating_duration_since(at) >= window);
         self.counts.roll(now, window);
-        // Refusals in the first window of even spacing may still be of the
-        // burst before it: they say nothing of the rate.
-        if after_a_window(self.spaced_since) {
-            self.counts.refused[0] = self.counts.refused[0].saturating_add(1);
+        self.counts.refused();
+        if let Some(raise) = self.raised.take()
+            && self.burst == Some(1)
+        {
+            // A raise refused within a window: too much. Back to the rate
+            // before it, which went a window without refusal, or to a
+            // little under what the provider accepted in the window, if
+            // more; the next probe waits longer.
+            self.lengthen_rate_spell(raise.from);
+            self.rate = raise
+                .from
+                .max(self.accepted_rate(now, window, limits).min(self.rate));
+            self.changed_at = Some(now);
+            self.cut_at = Some(now);
+            let interval = self.step(limits, 1);
+            let next = now.checked_add(interval).unwrap_or(now);
+            self.tat = Some(self.tat.map_or(next, |tat| tat.max(next)));
+            return Adapted {
+                burst: self.burst,
+                interval,
+            };
         }
+        // Refusals in the first window of even spacing may still be of the
+        // burst before it, and those within a window of a cut of requests
+        // sent before it: they say nothing of the rate.
         if self.burst == Some(1)
             && after_a_window(self.spaced_since)
             && self.cut_at.is_none_or(|_| after_a_window(self.cut_at))
-            && self.counts.totals().1 >= 2
         {
-            // Evenly spaced, and refused in this window and the one before:
-            // the provider's rate is below ours, not a passing burst or
-            // arrivals the network bunched. Send at the rate it accepted,
-            // a little under; at most half as fast per cut.
-            let (sent, refused) = self.counts.totals();
-            let accepted = u64::from(sent.saturating_sub(refused));
-            let kept = (accepted * 950 / u64::from(sent.max(1))).max(500);
-            let cut = u64::from(self.rate) * kept / 1000;
-            self.rate = u32::try_from(cut)
-                .unwrap_or(FULL_RATE)
-                .clamp(MIN_RATE, self.rate);
-            self.cut_at = Some(now);
-            self.counts = Counts {
-                start: Some(now),
-                ..Counts::default()
-            };
+            // Evenly spaced and refused: the provider holds the key to about
+            // what it accepted in the window that ends now (no more, for a
+            // sliding log or fixed window; about that for GCRA and
+            // sliding-window counters). Send a little under it, at most
+            // half as fast per cut: a provider that counts refused requests
+            // (a sliding-window counter) may have accepted almost nothing
+            // of a window that held a refused burst.
+            let estimate = self.accepted_rate(now, window, limits);
+            let target = estimate.max(self.rate / 2).max(MIN_RATE);
+            if target < self.rate {
+                if target == estimate {
+                    // The provider's rate, found: probe it less often.
+                    self.lengthen_rate_spell(target);
+                }
+                self.rate = target;
+                self.cut_at = Some(now);
+            }
         }
         let current = self.burst.unwrap_or_else(|| ceiling(limits));
         let burst = (current / 2).max(1);
@@ -273,6 +435,21 @@ impl Pacer {
             burst: Some(burst),
             interval,
         }
+    }
+
+    /// Whether the provider accepted about a whole quota (nine tenths of
+    /// the shortest quota's `max_calls` or more) in the window that ends at
+    /// `now`. A refusal then says the provider's window runs later than the
+    /// key's (a drift); below that, it says the provider's rate is lower.
+    pub(crate) fn near_quota(&mut self, now: Instant, limits: &Limits) -> bool {
+        let window = shortest_window(limits);
+        self.counts.roll(now, window);
+        self.counts.accepted(now, window).saturating_mul(10) >= ceiling(limits).saturating_mul(9)
+    }
+
+    /// The emission interval of one request now.
+    pub(crate) fn interval(&self, limits: &Limits) -> Duration {
+        self.step(limits, 1)
     }
 
     /// The burst now (`None`: spacing is off).
