@@ -74,8 +74,8 @@ pub enum GateReason {
     /// the gate reopened after a pause and a probe is out: one request at a
     /// time goes until a response reports it.
     Probing,
-    /// The gate reopened after a pause and lets requests go gradually: as
-    /// many as the requests already let through are answered.
+    /// The gate reopened after a pause and ramps up: a request waits until
+    /// one of those it let through is answered.
     Ramping,
 }
 

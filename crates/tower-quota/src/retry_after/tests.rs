@@ -227,7 +227,8 @@ async fn regression_a_claimed_pause_of_decades_opens_at_max_pause_with_one_probe
             "{name}: {closed}"
         );
 
-        // At the bound, five callers: one probes, four wait for its answer.
+        // At the bound, five callers: one probes, four wait for its answer;
+        // then the gate ramps up: two, then the last two once they answer.
         tokio::time::sleep_until(start + max_pause).await;
         let callers: Vec<_> = (0..5)
             .map(|_| tokio::spawn(service.clone().oneshot(get())))
@@ -238,6 +239,7 @@ async fn regression_a_claimed_pause_of_decades_opens_at_max_pause_with_one_probe
         let times: Vec<_> = arrivals.lock().unwrap().iter().map(|a| a.at).collect();
         let probe = max_pause;
         let answered = max_pause + Duration::from_secs(1);
+        let second_round = answered + Duration::from_secs(1);
         assert_eq!(
             times,
             [
@@ -245,8 +247,8 @@ async fn regression_a_claimed_pause_of_decades_opens_at_max_pause_with_one_probe
                 probe,
                 answered,
                 answered,
-                answered,
-                answered
+                second_round,
+                second_round
             ],
             "{name}"
         );
@@ -753,5 +755,247 @@ async fn without_pacing_by_quota_headers_only_throttling_closes_the_gate() {
             Duration::from_secs(2),
             Duration::from_secs(2)
         ]
+    );
+}
+
+/// The provider behind `inner` answers after `latency(status)`.
+fn with_latency<S>(
+    inner: S,
+    latency: fn(StatusCode) -> Duration,
+) -> impl tower::Service<
+    Request<ReplayBody<Empty<Bytes>>>,
+    Response = Response<()>,
+    Error = crate::BoxError,
+    Future: Send,
+> + Clone
+where
+    S: tower::Service<
+            Request<ReplayBody<Empty<Bytes>>>,
+            Response = Response<()>,
+            Error = crate::BoxError,
+            Future: Send,
+        > + Clone
+        + Send
+        + 'static,
+{
+    tower::service_fn(move |request: Request<ReplayBody<Empty<Bytes>>>| {
+        let call = inner.clone().oneshot(request);
+        async move {
+            let response = call.await?;
+            tokio::time::sleep(latency(response.status())).await;
+            Ok::<_, crate::BoxError>(response)
+        }
+    })
+}
+
+/// How many requests reached the provider at each instant, in
+/// milliseconds from the start.
+fn per_instant(arrivals: &crate::test_support::Arrivals) -> Vec<(u128, usize)> {
+    let mut counts = std::collections::BTreeMap::new();
+    for arrival in arrivals.lock().unwrap().iter() {
+        *counts.entry(arrival.at.as_millis()).or_insert(0) += 1;
+    }
+    counts.into_iter().collect()
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_reopened_gate_lets_one_probe_go_first_then_doubles_per_round_trip() {
+    let start = Instant::now();
+    let (inner, arrivals) = provider(start, |n| if n == 0 { throttled("1") } else { status(200) });
+    let service = exact().layer(with_latency(inner, |_| Duration::from_millis(100)));
+    // Refused at 100 ms: the gate closes until 1.1 s.
+    let first = tokio::spawn(service.clone().oneshot(get()));
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let mut callers = vec![first];
+    for _ in 0..20 {
+        callers.push(tokio::spawn(service.clone().oneshot(get())));
+    }
+    for caller in callers {
+        assert_eq!(caller.await.unwrap().unwrap().status(), 200);
+    }
+    // The refused request and the 20 callers: one probe, then 2, 4, 8 and
+    // the last 6, a round trip (100 ms) apart.
+    assert_eq!(
+        per_instant(&arrivals),
+        [
+            (0, 1),
+            (1_100, 1),
+            (1_200, 2),
+            (1_300, 4),
+            (1_400, 8),
+            (1_500, 6)
+        ]
+    );
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_refusal_during_the_ramp_halves_it_and_only_the_refused_request_waits_its_delay() {
+    let start = Instant::now();
+    // The first request is refused for 1 s, and the first of the ramp's
+    // third round for 10 s. Refusals come back after 50 ms, the rest after
+    // 100 ms.
+    let (inner, arrivals) = provider(start, |n| match n {
+        0 => throttled("1"),
+        4 => throttled("10"),
+        _ => status(200),
+    });
+    let latency = |status: StatusCode| {
+        if status == StatusCode::TOO_MANY_REQUESTS {
+            Duration::from_millis(50)
+        } else {
+            Duration::from_millis(100)
+        }
+    };
+    let service = exact().layer(with_latency(inner, latency));
+    // Refused at 50 ms: the gate closes until 1.05 s.
+    let first = tokio::spawn(service.clone().oneshot(get()));
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    let mut callers = vec![first];
+    for _ in 0..30 {
+        callers.push(tokio::spawn(service.clone().oneshot(get())));
+    }
+    for caller in callers {
+        assert_eq!(caller.await.unwrap().unwrap().status(), 200);
+    }
+    // Probe at 1.05 s, then 2 and 4. One of the 4 is refused at 1.3 s: the
+    // ramp of 4 halves to 2, the three others' answers add 3, so 5 go at
+    // 1.35 s (7 without the refusal), then 10, then the last 9. The gate
+    // stays open for them; the refused request alone waits its 10 s.
+    assert_eq!(
+        per_instant(&arrivals),
+        [
+            (0, 1),
+            (1_050, 1),
+            (1_150, 2),
+            (1_250, 4),
+            (1_350, 5),
+            (1_450, 10),
+            (1_550, 9),
+            (11_300, 1)
+        ]
+    );
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_throttled_probe_closes_the_gate_again_and_the_next_opening_probes_again() {
+    let start = Instant::now();
+    let (inner, arrivals) = provider(start, |n| if n < 2 { throttled("1") } else { status(200) });
+    let service = exact().layer(with_latency(inner, |_| Duration::from_millis(100)));
+    let first = tokio::spawn(service.clone().oneshot(get()));
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let mut callers = vec![first];
+    for _ in 0..10 {
+        callers.push(tokio::spawn(service.clone().oneshot(get())));
+    }
+    for caller in callers {
+        assert_eq!(caller.await.unwrap().unwrap().status(), 200);
+    }
+    // The probe at 1.1 s is refused at 1.2 s: the gate closes until 2.2 s,
+    // when one probe goes again, then 2, 4 and the last 4.
+    assert_eq!(
+        per_instant(&arrivals),
+        [
+            (0, 1),
+            (1_100, 1),
+            (2_200, 1),
+            (2_300, 2),
+            (2_400, 4),
+            (2_500, 4)
+        ]
+    );
+}
+
+#[tokio::test(start_paused = true)]
+async fn the_ramp_ends_once_the_pause_has_passed_and_its_gate_is_still_evicted() {
+    use super::gate::IDLE_GRACE;
+
+    let start = Instant::now();
+    let (inner, arrivals) = provider(start, |n| if n == 0 { throttled("1") } else { status(200) });
+    let layer = exact().key_fn(|request: &Request<Empty<Bytes>>| request.uri().path().to_owned());
+    let gates = layer.gates.clone();
+    let service = layer.layer(with_latency(inner, |_| Duration::from_millis(100)));
+    // Refused at 100 ms; the re-sent request probes at 1.1 s and its answer
+    // at 1.2 s starts a ramp that lasts as long as the pause, 1 s.
+    let response = service.clone().oneshot(get()).await.unwrap();
+    assert_eq!(response.status(), 200);
+    tokio::time::sleep_until(start + Duration::from_millis(2_200)).await;
+    // The ramp is over: 50 callers go at once.
+    let callers: Vec<_> = (0..50)
+        .map(|_| tokio::spawn(service.clone().oneshot(get())))
+        .collect();
+    for caller in callers {
+        assert_eq!(caller.await.unwrap().unwrap().status(), 200);
+    }
+    assert_eq!(per_instant(&arrivals), [(0, 1), (1_100, 1), (2_200, 50)]);
+
+    // A gate that ramped has nothing left to remember after it: evicted.
+    tokio::time::advance(IDLE_GRACE + Duration::from_secs(1)).await;
+    for _ in 0..2 {
+        service
+            .clone()
+            .oneshot(Request::get("/other").body(Empty::new()).unwrap())
+            .await
+            .unwrap();
+    }
+    assert_eq!(gates.len(), 1, "only /other's gate is kept");
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_ramp_stops_limiting_once_it_reaches_its_cap() {
+    use super::gate::RAMP_CAP;
+
+    let start = Instant::now();
+    let (inner, arrivals) = provider(
+        start,
+        |n| if n == 0 { throttled("30") } else { status(200) },
+    );
+    let service = exact().layer(with_latency(inner, |_| Duration::from_millis(100)));
+    let first = tokio::spawn(service.clone().oneshot(get()));
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    // Probe at 30.1 s; the ramp then doubles per round trip, 2, 4, ..., and
+    // reaches its cap in the seventh round, long before its 30 s are over:
+    // from then on the 500 callers go without a limit.
+    let mut callers = vec![first];
+    for _ in 0..500 {
+        callers.push(tokio::spawn(service.clone().oneshot(get())));
+    }
+    for caller in callers {
+        assert_eq!(caller.await.unwrap().unwrap().status(), 200);
+    }
+    let rounds: Vec<usize> = per_instant(&arrivals).iter().map(|(_, n)| *n).collect();
+    assert_eq!(rounds[..7], [1, 1, 2, 4, 8, 16, 32]);
+    assert!(rounds[7] > RAMP_CAP as usize, "{rounds:?}");
+    assert_eq!(rounds.iter().sum::<usize>(), 502);
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_probe_refused_without_a_delay_hands_the_probe_to_the_next_request() {
+    let start = Instant::now();
+    let (inner, arrivals) = provider(start, |n| match n {
+        0 => throttled("1"),
+        1 => status(429),
+        _ => status(200),
+    });
+    let service = exact().layer(with_latency(inner, |_| Duration::from_millis(100)));
+    let first = tokio::spawn(service.clone().oneshot(get()));
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let mut callers = vec![first];
+    for _ in 0..5 {
+        callers.push(tokio::spawn(service.clone().oneshot(get())));
+    }
+    let mut refused = 0;
+    for caller in callers {
+        let response = caller.await.unwrap().unwrap();
+        refused += usize::from(response.status() == StatusCode::TOO_MANY_REQUESTS);
+    }
+    assert_eq!(
+        refused, 1,
+        "the refusal without a delay goes back to its caller"
+    );
+    // The probe at 1.1 s is refused without a delay at 1.2 s: the gate has
+    // no pause to wait, and the next request probes; then the ramp.
+    assert_eq!(
+        per_instant(&arrivals),
+        [(0, 1), (1_100, 1), (1_200, 1), (1_300, 2), (1_400, 2)]
     );
 }
