@@ -103,7 +103,7 @@
 //! one: the key's rate is cut to 95 % of what the provider accepted in the
 //! window, held for a quiet spell, then probed 5 % higher (one refusal per
 //! spell of 4 to 16 windows, 64 near the quota, while the provider stays
-//! where it is) and grown by a quarter a window once a probe shows the
+//! where it is) and grown by half every window once a probe shows the
 //! provider's rate rose. Each change of the burst is a `rate_adapted`
 //! event. Only ever later than the log allows: the bound
 //! above holds whatever is learned. The in-process store learns per key and

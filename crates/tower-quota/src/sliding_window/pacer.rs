@@ -46,8 +46,8 @@
 //! window`; from 90 % of the quota's rate, where a probe has little left to
 //! win, the spell is `32 × window` at least and up to `64 × window`. A
 //! provider that stays where it is costs one refusal per spell. A raise
-//! that went a window without refusal is confirmed: the rate grows by a
-//! quarter every quiet window until a refusal or the full rate. Additive
+//! that went a window without refusal is confirmed: the rate grows by half
+//! every quiet window until a refusal or the full rate. Additive
 //! probes off a plateau and multiplicative growth once the provider has
 //! shown it moved are CUBIC's shape, in steps of a window (TCP's CUBIC and
 //! the AWS SDKs' adaptive mode grow a window or a send rate the same way):
@@ -302,9 +302,7 @@ impl Pacer {
     /// twice that and up to `1 << LAST_SPELL`.
     fn lengthen_rate_spell(&mut self, from: u32) {
         self.rate_spell = if from >= NEAR_FULL {
-            (self.rate_spell + 1)
-                .max(LAST_RATE_SPELL + 1)
-                .min(LAST_SPELL)
+            (self.rate_spell + 1).clamp(LAST_RATE_SPELL + 1, LAST_SPELL)
         } else {
             (self.rate_spell + 1).min(LAST_RATE_SPELL)
         };
@@ -332,7 +330,7 @@ impl Pacer {
                 if !raise.probe && raise.from < NEAR_FULL {
                     self.rate_spell = FIRST_RATE_SPELL;
                 }
-                (self.rate.saturating_add((self.rate / 4).max(one)), false)
+                (self.rate.saturating_add((self.rate / 2).max(one)), false)
             }
             Some(_) => return None,
             None if since(self.changed_at) >= window.saturating_mul(1 << self.rate_spell) => {
