@@ -6,6 +6,7 @@
 //! cargo run --release -p quota-bench -- scenarios   # saturation, bursts, Redis workers, retry spread
 //! cargo run --release -p quota-bench -- network     # the README stack across a simulated network, per admission mode
 //! cargo run --release -p quota-bench -- shapes      # every provider shape × every limiter, at 20/s and 100/s
+//! cargo run --release -p quota-bench -- phases      # a provider's rate changes 30 → 15 → 45/s unannounced
 //! cargo run --release -p quota-bench -- memory      # bytes per key, in process and in Redis
 //! cargo run --release -p quota-bench -- idle-memory # a million keys in each keyed map, given back after idleness
 //! cargo bench -p quota-bench                        # criterion micro-benchmarks, then:
@@ -27,6 +28,7 @@ mod limiters;
 mod memory;
 mod micro;
 mod network;
+mod phases;
 mod plot;
 mod redis_server;
 mod results;
@@ -38,7 +40,8 @@ mod spread;
 #[global_allocator]
 static GLOBAL: &StatsAlloc<std::alloc::System> = &INSTRUMENTED_SYSTEM;
 
-const USAGE: &str = "usage: quota-bench scenarios | network | shapes | memory | micro";
+const USAGE: &str =
+    "usage: quota-bench scenarios | network | shapes | phases | memory | idle-memory | micro";
 
 fn main() -> Result<ExitCode, BoxError> {
     let args: Vec<String> = std::env::args().skip(1).collect();
@@ -52,6 +55,7 @@ fn main() -> Result<ExitCode, BoxError> {
         Some("idle-memory") => runtime.block_on(idle_memory::run())?,
         Some("network") => runtime.block_on(network::run())?,
         Some("shapes") => runtime.block_on(shapes::run())?,
+        Some("phases") => runtime.block_on(phases::run())?,
         // A Redis worker process, started by `scenarios`.
         Some("worker") => runtime.block_on(scenarios::worker(&args[1..]))?,
         _ => {

@@ -11,7 +11,14 @@ pub(crate) fn crate_dir() -> PathBuf {
 }
 
 /// The sections, in the order RESULTS.md shows them.
-const SECTIONS: [&str; 5] = ["micro", "scenarios", "network", "shapes", "memory"];
+const SECTIONS: [&str; 6] = [
+    "micro",
+    "scenarios",
+    "network",
+    "shapes",
+    "phases",
+    "memory",
+];
 
 /// Writes the section `name` and rebuilds RESULTS.md.
 pub(crate) fn write_section(name: &str, body: &str) -> Result<(), BoxError> {
@@ -52,6 +59,7 @@ fn command(name: &str) -> &'static str {
         "scenarios" => "cargo run --release -p quota-bench -- scenarios",
         "network" => "cargo run --release -p quota-bench -- network",
         "shapes" => "cargo run --release -p quota-bench -- shapes",
+        "phases" => "cargo run --release -p quota-bench -- phases",
         _ => "cargo run --release -p quota-bench -- memory",
     }
 }
@@ -62,6 +70,7 @@ fn title(name: &str) -> &'static str {
         "scenarios" => "Scenarios against quota-mock over loopback",
         "network" => "The README stack across a simulated network, per admission mode",
         "shapes" => "Provider shapes × client limiters",
+        "phases" => "A provider whose undisclosed rate changes",
         _ => "Memory per key",
     }
 }
@@ -95,6 +104,7 @@ cargo run --release -p quota-bench -- micro       # the micro-benchmark table be
 cargo run --release -p quota-bench -- scenarios   # ~2 min; timeline.svg, retry_cdf.svg
 cargo run --release -p quota-bench -- network     # ~5 min; fixed margin vs default vs strict
 cargo run --release -p quota-bench -- shapes      # ~6 min; every provider shape × every limiter, shapes.svg
+cargo run --release -p quota-bench -- phases      # ~3 min; a provider's rate changes 30 → 15 → 45/s unannounced
 cargo run --release -p quota-bench -- memory
 ```
 

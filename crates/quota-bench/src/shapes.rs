@@ -126,6 +126,11 @@ type InnerBody = ReplayBody<ReplayBody<Empty<Bytes>>>;
 /// The README stack with its defaults, as `run_readme_stack` in
 /// `tests/tests/support/mod.rs` builds it.
 fn readme_stack(load: Load) -> Result<Limited, BoxError> {
+    readme_stack_for(load.quota, load.window)
+}
+
+/// The README stack with its defaults, configured for `quota` per `window`.
+pub(crate) fn readme_stack_for(quota: u64, window: Duration) -> Result<Limited, BoxError> {
     let client = Client::builder(TokioExecutor::new()).build_http::<InnerBody>();
     Ok(Limited::new(
         ServiceBuilder::new()
@@ -133,7 +138,7 @@ fn readme_stack(load: Load) -> Result<Limited, BoxError> {
             .layer(CircuitBreakerLayer::new())
             .layer(RetryAfterLayer::new().pace_by_quota_headers(false))
             .layer(
-                SlidingWindowLayer::new(load.quota, load.window)?
+                SlidingWindowLayer::new(quota, window)?
                     .key_fn(HostKey)
                     .usage_fn(HttpFeedback)
                     .max_wait(Duration::from_secs(30)),
@@ -478,7 +483,7 @@ pub(crate) async fn run() -> Result<(), BoxError> {
 }
 
 /// The machine's 1-minute load average, from /proc/loadavg.
-fn load_average() -> String {
+pub(crate) fn load_average() -> String {
     std::fs::read_to_string("/proc/loadavg")
         .ok()
         .and_then(|text| text.split_whitespace().next().map(str::to_owned))
