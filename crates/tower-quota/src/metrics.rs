@@ -22,6 +22,7 @@
 //! | `tower_quota_circuit_transitions_total` | counter | `key`, `state` | a breaker changes state: to `open`, `half_open` or `closed` |
 //! | `tower_quota_quota_mismatch_total` | counter | `key` | a response announced another size for a configured quota (`quota_mismatch`) |
 //! | `tower_quota_pacing_burst` | gauge | `key` | a key's learned burst changed (`rate_adapted`): requests it sends back to back, 0 when spacing is off |
+//! | `tower_quota_pacing_rate` | gauge | `key` | a key's learned rate changed (`rate_adapted`): requests per second it spaces its requests at, 0 when spacing is off |
 //! | `tower_quota_store_errors_total` | counter | `key`, `kind` | a shared store (Redis) failed; recorded by the store through [`store_error`] |
 //!
 //! # Label values
@@ -94,6 +95,11 @@ pub const QUOTA_MISMATCH_TOTAL: &str = "tower_quota_quota_mismatch_total";
 /// (as many as the quota allows). Labels: `key`.
 pub const PACING_BURST: &str = "tower_quota_pacing_burst";
 
+/// Gauge: the requests per second a key's sliding window spaces its
+/// requests at, learned from its provider's refusals (`rate_adapted`); 0
+/// when spacing is off (the quota alone decides). Labels: `key`.
+pub const PACING_RATE: &str = "tower_quota_pacing_rate";
+
 /// Registers the unit and help text of every series with the installed
 /// recorder. Call it once, after installing the recorder; without it the
 /// series still record, without descriptions. Does nothing without the
@@ -121,6 +127,10 @@ fn describe_all() {
         QUOTA_MISMATCH_TOTAL,
         Unit::Count,
         "Announcements of a quota size other than the configured one, once per change"
+    );
+    ::metrics::describe_gauge!(
+        PACING_RATE,
+        "Requests per second a key spaces its requests at, learned from its provider's refusals; 0: spacing off"
     );
     ::metrics::describe_gauge!(
         PACING_BURST,
@@ -213,12 +223,20 @@ pub(crate) fn quota_mismatch(key: &Key) {
 
 /// The requests `key` may send back to back changed to `burst` (`None`:
 /// as many as its quota allows).
-pub(crate) fn rate_adapted(key: &Key, burst: Option<u64>) {
+pub(crate) fn rate_adapted(key: &Key, burst: Option<u64>, interval: std::time::Duration) {
     #[cfg(feature = "metrics")]
-    ::metrics::gauge!(PACING_BURST, "key" => key_label(key))
-        .set(burst.map_or(0.0, |burst| burst as f64));
+    {
+        let label = key_label(key);
+        ::metrics::gauge!(PACING_BURST, "key" => label.clone())
+            .set(burst.map_or(0.0, |burst| burst as f64));
+        let rate = match burst {
+            Some(_) if !interval.is_zero() => 1.0 / interval.as_secs_f64(),
+            _ => 0.0,
+        };
+        ::metrics::gauge!(PACING_RATE, "key" => label).set(rate);
+    }
     #[cfg(not(feature = "metrics"))]
-    let _ = (key, burst);
+    let _ = (key, burst, interval);
 }
 
 /// A sliding window's store answered `error` instead of an admission.

@@ -282,3 +282,32 @@ fn stores_report_their_errors_and_every_series_is_described() {
         .count();
     assert_eq!(described, 1, "descriptions attach to recorded series");
 }
+
+fn gauge(recorded: &Recorded, name: &str, labels: &[(&str, &str)]) -> f64 {
+    match value(recorded, name, labels) {
+        Some(DebugValue::Gauge(value)) => value.into_inner(),
+        other => panic!("{name} {labels:?}: {other:?}"),
+    }
+}
+
+#[test]
+fn a_learned_burst_and_rate_are_gauges() {
+    let recorder = DebuggingRecorder::new();
+    let snapshotter = recorder.snapshotter();
+    let key = Key::from_static("api");
+    ::metrics::with_local_recorder(&recorder, || {
+        rate_adapted(&key, Some(1), Duration::from_millis(50));
+    });
+    let recorded = snapshotter.snapshot().into_vec();
+    assert_eq!(gauge(&recorded, PACING_BURST, &[("key", "api")]), 1.0);
+    assert_eq!(gauge(&recorded, PACING_RATE, &[("key", "api")]), 20.0);
+    ::metrics::with_local_recorder(&recorder, || {
+        rate_adapted(&key, None, Duration::from_millis(50));
+    });
+    let recorded = snapshotter.snapshot().into_vec();
+    assert_eq!(
+        gauge(&recorded, PACING_RATE, &[("key", "api")]),
+        0.0,
+        "spacing off"
+    );
+}

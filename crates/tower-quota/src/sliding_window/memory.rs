@@ -238,7 +238,7 @@ impl Store for MemoryStore {
 
 /// Reports a change of a key's learned burst.
 fn rate_adapted(key: &Key, adapted: Adapted, reason: &'static str) {
-    crate::metrics::rate_adapted(key, adapted.burst);
+    crate::metrics::rate_adapted(key, adapted.burst, adapted.interval);
     tracing::info!(
         name: telemetry::RATE_ADAPTED,
         target: telemetry::TARGET,
