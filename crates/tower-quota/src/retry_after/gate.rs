@@ -579,12 +579,18 @@ impl GateMap {
                 gate.ramp = None;
             }
         }
-        // The tightest quota the server reported, when it said when it resets.
+        // The tightest quota the server reported, when it said when it
+        // resets. A quota of requests in flight (IETF `concurrent-requests`)
+        // frees as requests end, not at a reset, and a reset of zero (what a
+        // server sends for such a quota in a dialect without units) says
+        // nothing of what comes next: neither paces the gate.
         let tightest = signal
             .quotas
             .iter()
             .filter(|_| pace_by_quota)
+            .filter(|quota| quota.unit.as_deref() != Some("concurrent-requests"))
             .filter_map(|quota| Some((quota.remaining?, quota.reset_after?)))
+            .filter(|(_, reset_after)| !reset_after.is_zero())
             .min_by_key(|(remaining, _)| *remaining);
         match tightest {
             Some((remaining, reset_after)) => {

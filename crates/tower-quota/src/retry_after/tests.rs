@@ -999,3 +999,36 @@ async fn a_probe_refused_without_a_delay_hands_the_probe_to_the_next_request() {
         [(0, 1), (1_100, 1), (1_200, 1), (1_300, 2), (1_400, 2)]
     );
 }
+
+/// A provider that reports a quota of requests in flight (IETF
+/// `qu="concurrent-requests"`) with none left: that frees as requests end,
+/// not at the reset, so it does not close the gate; ten requests go at once.
+#[tokio::test(start_paused = true)]
+async fn a_quota_of_requests_in_flight_does_not_pace_the_gate() {
+    let start = Instant::now();
+    let (inner, arrivals) = provider(start, |_| {
+        Response::builder()
+            .status(200)
+            .header(
+                "ratelimit-policy",
+                "\"conc\";q=5;qu=\"concurrent-requests\"",
+            )
+            .header("ratelimit", "\"conc\";r=0;t=5")
+            .body(())
+            .unwrap()
+    });
+    let service = exact().layer(with_latency(inner, |_| Duration::from_millis(100)));
+    // The first answer reports the quota; then ten go at once.
+    service.clone().oneshot(get()).await.unwrap();
+    let calls: Vec<_> = (0..10)
+        .map(|_| tokio::spawn(service.clone().oneshot(get())))
+        .collect();
+    for call in calls {
+        assert_eq!(call.await.unwrap().unwrap().status(), 200);
+    }
+    let times: Vec<_> = arrivals.lock().unwrap().iter().map(|a| a.at).collect();
+    assert!(
+        times[1..].iter().all(|at| *at == times[1]),
+        "all at once: {times:?}"
+    );
+}
