@@ -34,6 +34,9 @@
 //! eighths of a window. The rate is cut to 95 % of that, at most by half
 //! per cut (a sliding-window counter counts refused requests, so a window
 //! that held a refused burst says little) and not below 5 % of the quota.
+//! When the key did not send through the whole window (a `Retry-After`
+//! pause held it), the count undercounts a provider that counts a rate: it
+//! takes a second such refusal within two windows to cut.
 //! A refusal near the quota of a key that still sends bursts is a drift (a
 //! provider's window that runs late) instead, and widens the key's margin;
 //! once spacing is even, the rate answers both.
@@ -92,6 +95,9 @@ pub(crate) struct Pacer {
     /// The last raise of the rate, while a refusal within a window of it
     /// may still prove it wrong.
     raised: Option<Raise>,
+    /// The last refusal that did not cut the rate because the key had not
+    /// sent through the whole window.
+    deferred: Option<Instant>,
 }
 
 /// A raise of the rate that a window without refusal has not confirmed yet.
@@ -118,6 +124,7 @@ impl Default for Pacer {
             cut_at: None,
             rate_spell: FIRST_RATE_SPELL,
             raised: None,
+            deferred: None,
         }
     }
 }
@@ -191,6 +198,14 @@ impl Counts {
 
     fn refused(&mut self) {
         self.refused[self.current] = self.refused[self.current].saturating_add(1);
+    }
+
+    /// Whether the key sent in the first eighth of the window that ends
+    /// now (after [`roll`](Self::roll)): it sent through the whole window.
+    fn sent_from_start(&self) -> bool {
+        let oldest = (self.current + 1) % RING;
+        let first = (self.current + 2) % RING;
+        self.sent[oldest] > 0 || self.sent[first] > 0
     }
 
     /// The admissions the provider accepted in the window that ends at
@@ -384,10 +399,19 @@ impl Pacer {
         // Refusals in the first window of even spacing may still be of the
         // burst before it, and those within a window of a cut of requests
         // sent before it: they say nothing of the rate.
-        if self.burst == Some(1)
+        let spaced = self.burst == Some(1)
             && after_a_window(self.spaced_since)
-            && self.cut_at.is_none_or(|_| after_a_window(self.cut_at))
-        {
+            && self.cut_at.is_none_or(|_| after_a_window(self.cut_at));
+        // A window the key did not send through from its start (a
+        // `Retry-After` pause held it) undercounts a provider that counts a
+        // rate rather than a window: one such refusal alone may be a request
+        // the network bunched; a second within two windows cuts.
+        let counted = spaced
+            && (self.counts.sent_from_start()
+                || self.deferred.replace(now).is_some_and(|at| {
+                    now.saturating_duration_since(at) < window.saturating_mul(2)
+                }));
+        if counted {
             // Evenly spaced and refused: the provider holds the key to about
             // what it accepted in the window that ends now (no more, for a
             // sliding log or fixed window; about that for GCRA and
