@@ -18,6 +18,9 @@
 //!   decided by a [`classify`] classifier (HTTP and gRPC).
 //! - [`circuit_breaker`]: fails fast while a provider is failing, probes now
 //!   and then, and resumes when it recovers.
+//! - [`concurrency`]: at most `max_in_flight` requests per key in flight,
+//!   each slot held until its response body ends; in-process, or across
+//!   processes as Redis leases that expire.
 //! - [`replay`]: replayable request bodies, so retries resend the same bytes.
 //! - [`attempts`]: one attempt limit and numbering for a whole stack.
 //! - [`ServiceBuilderExt`]: one `ServiceBuilder` method per layer

@@ -8,7 +8,6 @@ use pin_project_lite::pin_project;
 use tower_service::Service;
 
 use super::{Lease, LeasedBody};
-use crate::sliding_window::Overloaded;
 use crate::{BoxError, telemetry};
 
 pin_project! {
@@ -78,18 +77,10 @@ where
                     let lease = match ready!(acquire.poll(cx)) {
                         Ok(lease) => lease,
                         Err(error) => {
-                            if let Some(overloaded) = error.downcast_ref::<Overloaded>() {
-                                tracing::warn!(
-                                    name: telemetry::RATE_LIMIT_QUEUE_OVERLOADED,
-                                    target: telemetry::TARGET,
-                                    event = telemetry::RATE_LIMIT_QUEUE_OVERLOADED,
-                                    key = %overloaded.key(),
-                                    wait_ms = overloaded.wait().as_millis() as u64,
-                                    queued = overloaded.queued() as u64,
-                                    reason = ?overloaded.reason(),
-                                    "request refused: no concurrency slot freed within max_wait"
-                                );
-                            }
+                            crate::sliding_window::overloaded(
+                                &error,
+                                "no concurrency slot freed within max_wait",
+                            );
                             return Poll::Ready(Err(error));
                         }
                     };

@@ -117,18 +117,7 @@ where
                         Ok(admission) => admission,
                         Err(error) => {
                             crate::metrics::admission_refused(&error);
-                            if let Some(overloaded) = error.downcast_ref::<Overloaded>() {
-                                tracing::warn!(
-                                    name: telemetry::RATE_LIMIT_QUEUE_OVERLOADED,
-                                    target: telemetry::TARGET,
-                                    event = telemetry::RATE_LIMIT_QUEUE_OVERLOADED,
-                                    key = %overloaded.key(),
-                                    wait_ms = overloaded.wait().as_millis() as u64,
-                                    queued = overloaded.queued() as u64,
-                                    reason = ?overloaded.reason(),
-                                    "request refused: its quota is overloaded"
-                                );
-                            }
+                            overloaded(&error, "its quota is overloaded");
                             return Poll::Ready(Err(error));
                         }
                     };
@@ -229,5 +218,22 @@ where
 {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("ResponseFuture").finish_non_exhaustive()
+    }
+}
+
+/// Reports a request refused as [`Overloaded`] (a `rate_limit_queue_overloaded`
+/// event saying `why`); other errors are not reported here.
+pub(crate) fn overloaded(error: &BoxError, why: &str) {
+    if let Some(overloaded) = error.downcast_ref::<Overloaded>() {
+        tracing::warn!(
+            name: telemetry::RATE_LIMIT_QUEUE_OVERLOADED,
+            target: telemetry::TARGET,
+            event = telemetry::RATE_LIMIT_QUEUE_OVERLOADED,
+            key = %overloaded.key(),
+            wait_ms = overloaded.wait().as_millis() as u64,
+            queued = overloaded.queued() as u64,
+            reason = ?overloaded.reason(),
+            "request refused: {why}"
+        );
     }
 }

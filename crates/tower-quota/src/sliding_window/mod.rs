@@ -194,6 +194,7 @@
 mod drift;
 mod error;
 mod future;
+pub(crate) use future::overloaded;
 mod layer;
 mod log;
 mod memory;
