@@ -11,7 +11,9 @@
 //!
 //! It starts inactive (the log alone decides: a sliding-log provider keeps
 //! every burst it allows) and halves the burst on every refusal the
-//! provider sends, down to one: even spacing. It probes for a larger burst
+//! provider sends, down to one: even spacing, at 95 % of the quota's rate
+//! (a GCRA with no tolerance refuses every request the network brought
+//! closer than its interval). It probes for a larger burst
 //! by doubling it after a quiet spell, `8 × window` at first; a probe that
 //! meets a refusal within a window doubles the spell before the next one
 //! (up to `64 × window`), so a provider that allows no burst at all costs one
@@ -433,8 +435,13 @@ impl Pacer {
         let current = self.burst.unwrap_or_else(|| ceiling(limits));
         let burst = (current / 2).max(1);
         if burst == 1 && self.spaced_since.is_none() {
-            // Only what is sent evenly spaced tells of the rate.
+            // Only what is sent evenly spaced tells of the rate. A provider
+            // that refused the bursts may count a rate with no tolerance
+            // (GCRA without burst), where requests spaced at exactly its
+            // rate are refused whenever the network brings two closer:
+            // space a little under it.
             self.spaced_since = Some(now);
+            self.rate = self.rate.min(KEPT);
             self.counts = Counts {
                 start: Some(now),
                 ..Counts::default()
