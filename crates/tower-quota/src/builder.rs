@@ -4,6 +4,7 @@ use tower::ServiceBuilder;
 use tower_layer::Stack;
 
 use crate::circuit_breaker::CircuitBreakerLayer;
+use crate::concurrency::ConcurrencyLayer;
 use crate::{JitterBackoffLayer, RetryAfterLayer, SlidingWindowLayer};
 
 /// Adds a method per tower-quota layer to [`tower::ServiceBuilder`], as
@@ -80,6 +81,37 @@ pub trait ServiceBuilderExt<L>: sealed::Sealed<L> + Sized {
         self,
         layer: SlidingWindowLayer<K, C, St, U>,
     ) -> ServiceBuilder<Stack<SlidingWindowLayer<K, C, St, U>, L>>;
+
+    /// Holds each key to at most the layer's `max_in_flight` requests in
+    /// flight, each slot held until its response body ends. See
+    /// [`concurrency`](crate::concurrency); it goes right above the sliding
+    /// window.
+    ///
+    /// ```
+    /// use bytes::Bytes;
+    /// use http_body_util::{BodyExt, Full};
+    /// use tower::{service_fn, ServiceBuilder, ServiceExt};
+    /// use tower_quota::ServiceBuilderExt;
+    /// use tower_quota::concurrency::ConcurrencyLayer;
+    ///
+    /// # #[tokio::main(flavor = "current_thread", start_paused = true)]
+    /// # async fn main() -> Result<(), tower_quota::BoxError> {
+    /// let service = ServiceBuilder::new()
+    ///     .concurrency(ConcurrencyLayer::new(2)?)
+    ///     .service(service_fn(|_request: http::Request<()>| async {
+    ///         Ok::<_, std::convert::Infallible>(http::Response::new(Full::new(Bytes::from("ok"))))
+    ///     }));
+    ///
+    /// let response = service.oneshot(http::Request::new(())).await?;
+    /// assert!(response.body().holds_slot());
+    /// assert_eq!(response.into_body().collect().await?.to_bytes(), "ok");
+    /// # Ok(())
+    /// # }
+    /// ```
+    fn concurrency<K, St>(
+        self,
+        layer: ConcurrencyLayer<K, St>,
+    ) -> ServiceBuilder<Stack<ConcurrencyLayer<K, St>, L>>;
 
     /// Obeys `Retry-After` and rate-limit headers with the defaults of
     /// [`RetryAfterLayer::new`]. See [`retry_after`](crate::retry_after).
@@ -258,6 +290,13 @@ impl<L> ServiceBuilderExt<L> for ServiceBuilder<L> {
         self,
         layer: SlidingWindowLayer<K, C, St, U>,
     ) -> ServiceBuilder<Stack<SlidingWindowLayer<K, C, St, U>, L>> {
+        self.layer(layer)
+    }
+
+    fn concurrency<K, St>(
+        self,
+        layer: ConcurrencyLayer<K, St>,
+    ) -> ServiceBuilder<Stack<ConcurrencyLayer<K, St>, L>> {
         self.layer(layer)
     }
 

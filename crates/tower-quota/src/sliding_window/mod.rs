@@ -113,14 +113,14 @@
 //! Measured against quota-mock at 20/1 s, 200 requests at concurrency 32
 //! through the README stack (`tests/tests/shapes_e2e.rs`): a no-burst
 //! provider went from 0.05–0.08 of its rate and 40 % refused arrivals to
-//! 0.85 and 9.5 % (19 of them the first burst, before any refusal came
-//! back); a sliding-window counter from 0.49 and 21 % to 0.68–0.79 and
-//! 10 %; a provider that enforces 15/1 s against a configured 50/1 s,
+//! 0.83–0.86 and 9.1 % (19 of them the first burst, before any refusal
+//! came back); a sliding-window counter from 0.49 and 21 % to 0.68–0.70
+//! and 10 %; a provider that enforces 15/1 s against a configured 50/1 s,
 //! from 52 % refused arrivals (26 of 300 requests failed) to 9–12 % (none
 //! failed, most of the refusals in the first window's burst). A provider
 //! whose undisclosed rate goes 30 → 15 → 45 per second under a key
-//! configured for 50, 30 s each: 0.2 %, 0.9 % and 0.2 % of arrivals
-//! refused and 0.96, 0.95 and 0.96 of its rate accepted over the second
+//! configured for 50, 30 s each: 0.2 %, 0.5 % and 0.2 % of arrivals
+//! refused and 0.96, 0.98 and 0.92 of its rate accepted over the second
 //! half of each phase.
 //!
 //! # Quotas a provider announces
