@@ -68,7 +68,16 @@ pub(crate) struct QuotaBook {
     /// Counts the [`clear`](QuotaBook::clear)s, so that a request admitted
     /// before one does not release into the fresh state.
     epoch: u64,
+    /// Checks since the last sweep of idle keys.
+    since_sweep: usize,
 }
+
+/// A sweep of idle keys runs once the checks since the last one reach the
+/// number of keys, and at least this many: amortized O(1) per check.
+const SWEEP_EVERY: usize = 1024;
+
+/// Key maps at or below this capacity are not shrunk.
+const MIN_CAPACITY: usize = 64;
 
 /// Usage is kept in `u128` and the bucket level in `i128` because a
 /// corrected charge (see [`Cost::actual`]) may exceed the limit: the rule is
@@ -122,11 +131,37 @@ impl QuotaBook {
             origin,
             keys: HashMap::new(),
             epoch: 0,
+            since_sweep: 0,
         }
     }
 
     pub(crate) fn rules(&self) -> &[Rule] {
         &self.rules
+    }
+
+    /// Forgets the keys whose every rule is back where a new key starts
+    /// (nothing in the window or in flight, the bucket full), and gives the
+    /// map's memory back once it is mostly empty: a million clients that
+    /// came once leave nothing behind.
+    fn sweep(&mut self, now: Instant) {
+        self.since_sweep = 0;
+        let (rules, origin) = (&self.rules, self.origin);
+        self.keys.retain(|_, states| {
+            !rules.iter().zip(states.iter_mut()).all(|(rule, state)| {
+                state.advance(rule, origin, now);
+                state.is_fresh(rule, now)
+            })
+        });
+        if self.keys.capacity() > MIN_CAPACITY && self.keys.len() * 4 < self.keys.capacity() {
+            let len = self.keys.len();
+            self.keys.shrink_to(len * 2);
+        }
+    }
+
+    /// The number of keys kept.
+    #[cfg(test)]
+    pub(crate) fn key_count(&self) -> usize {
+        self.keys.len()
     }
 
     /// Forgets every admission.
@@ -219,6 +254,10 @@ impl QuotaBook {
     pub(crate) fn check(&mut self, key: &str, cost: Cost, now: Instant) -> Decision {
         if self.rules.is_empty() {
             return Decision::Admitted { view: None };
+        }
+        self.since_sweep += 1;
+        if self.since_sweep >= self.keys.len().max(SWEEP_EVERY) {
+            self.sweep(now);
         }
         let origin = self.origin;
         let rules = &self.rules;
@@ -406,6 +445,21 @@ impl RuleState {
                 previous: 0,
                 current: 0,
             },
+        }
+    }
+
+    /// Whether the state (brought up to `now`) is what a new key starts
+    /// with, as far as any decision can tell.
+    fn is_fresh(&self, rule: &Rule, now: Instant) -> bool {
+        match self {
+            RuleState::Sliding { log, .. } => log.is_empty(),
+            RuleState::Fixed { used, .. } => *used == 0,
+            RuleState::Bucket { level, .. } => *level >= bucket_units(rule, rule.limit()),
+            RuleState::Gcra { tat } => *tat <= now,
+            RuleState::InFlight { count } => *count == 0,
+            RuleState::Counter {
+                previous, current, ..
+            } => *previous == 0 && *current == 0,
         }
     }
 

@@ -520,3 +520,34 @@ fn weighted_reset_is_when_the_next_unit_frees_and_retry_after_when_the_cost_fits
         other => panic!("expected a refusal, got {other:?}"),
     }
 }
+
+#[test]
+fn keys_that_went_idle_are_forgotten_and_the_map_shrinks() {
+    let start = Instant::now();
+    let mut book = QuotaBook::new(
+        vec![
+            Rule::sliding_log(5, ms(1000)),
+            Rule::token_bucket(5, ms(1000)),
+            Rule::no_burst(5, ms(1000)),
+            Rule::sliding_window_counter(5, ms(1000)),
+        ],
+        start,
+    );
+    for i in 0..10_000u64 {
+        assert!(admitted(book.check(
+            &format!("client-{i}"),
+            Cost::ONE,
+            start
+        )));
+    }
+    assert_eq!(book.key_count(), 10_000);
+    // One busy key, long after the others went idle: they are swept.
+    let later = start + ms(3_000);
+    for i in 0..10_000u64 {
+        book.check("busy", Cost::ONE, later + Duration::from_micros(i));
+    }
+    assert_eq!(book.key_count(), 1, "only the busy key is kept");
+    assert!(book.keys.capacity() < 1_000, "{}", book.keys.capacity());
+    // A forgotten key starts over as a new one.
+    assert!(admitted(book.check("client-1", Cost::ONE, later + ms(100))));
+}
