@@ -9,6 +9,14 @@ mod support;
 use std::time::Duration;
 
 use quota_mock::{MockServer, NetworkProxy, Rule};
+use tokio::sync::Mutex;
+
+/// The tests of this file run one at a time: each keeps hundreds of
+/// requests in flight on a 2-core machine, and an admission assumes its
+/// request leaves within `sent_within` (100 ms here). Three such tests at
+/// once starve each other's tasks past it (2 × 429 seen once in a full
+/// run; none alone in repeated runs).
+static ONE_AT_A_TIME: Mutex<()> = Mutex::const_new(());
 
 /// A network in front of `server`: connections cost 30 ms to open (a
 /// handshake), one-way delays vary between 5 and 25 ms.
@@ -29,6 +37,7 @@ async fn across_the_network(server: &MockServer, seed: u64) -> NetworkProxy {
 /// busy.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn twenty_cold_starts_across_a_network_are_never_refused() {
+    let _alone = ONE_AT_A_TIME.lock().await;
     let mut utilizations = Vec::new();
     for batch in 0..4 {
         utilizations.extend(cold_starts(batch * 5..batch * 5 + 5).await);
@@ -90,6 +99,7 @@ async fn cold_starts(seeds: std::ops::Range<u64>) -> Vec<f64> {
 /// quota in any window and refuses nothing.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_thousand_in_flight_are_never_refused() {
+    let _alone = ONE_AT_A_TIME.lock().await;
     let (quota, window, requests) = (2_000, Duration::from_secs(1), 20_000);
     let server = MockServer::builder()
         .rule(Rule::sliding_log(quota, window))
@@ -113,6 +123,7 @@ async fn a_thousand_in_flight_are_never_refused() {
 /// window, which waits for answers), and nothing is refused.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_slow_provider_is_used_fully_without_refusals() {
+    let _alone = ONE_AT_A_TIME.lock().await;
     let (quota, window, requests) = (30, Duration::from_secs(3), 240);
     let server = MockServer::builder()
         .rule(Rule::sliding_log(quota, window))
