@@ -170,19 +170,7 @@ struct Cell {
     load: Load,
     limiter: Limiter,
     stats: Stats,
-    /// Per logical request, from the call into the stack to the end of its
-    /// body (or its error); for one cut off, to the cutoff.
-    latencies: Vec<Duration>,
-    /// The latencies of the requests cut off: lower bounds.
-    cut_off: Vec<Duration>,
-    /// Logical requests that ended in an error or a non-2xx status.
-    failed: usize,
-    /// Logical requests not finished at the cutoff, started or not.
-    unfinished: usize,
-    /// Of those, the ones never sent into the stack.
-    unsent: usize,
-    /// From the first call to the last completion, or to the cutoff.
-    wall: Duration,
+    driven: Driven,
 }
 
 impl Cell {
@@ -201,7 +189,7 @@ impl Cell {
 
     /// Accepted ÷ wall seconds ÷ the provider's rate.
     fn goodput(&self) -> f64 {
-        self.stats.accepted() as f64 / self.wall.as_secs_f64() / self.load.per_second()
+        self.stats.accepted() as f64 / self.driven.wall.as_secs_f64() / self.load.per_second()
     }
 
     fn utilization(&self) -> f64 {
@@ -212,13 +200,13 @@ impl Cell {
     /// off could be at or below it, which makes it a lower bound; `—` when
     /// some requests were never sent, so have no latency at all.
     fn latency(&self, q: f64) -> String {
-        if self.unsent > 0 {
+        if self.driven.unsent > 0 {
             return "—".to_owned();
         }
-        let mut sorted = self.latencies.clone();
+        let mut sorted = self.driven.latencies.clone();
         sorted.sort();
         let value = quantile(&sorted, q);
-        let bound = if self.cut_off.iter().any(|&cut| cut <= value) {
+        let bound = if self.driven.cut_off.iter().any(|&cut| cut <= value) {
             "≥ "
         } else {
             ""
@@ -309,24 +297,27 @@ async fn run_cell(shape: Shape, load: Load, limiter: Limiter) -> Result<Cell, Bo
         load,
         limiter,
         stats,
-        latencies: driven.latencies,
-        cut_off: driven.cut_off,
-        failed: driven.failed,
-        unfinished: driven.unfinished,
-        unsent: driven.unsent,
-        wall: driven.wall,
+        driven,
     })
 }
 
 /// What the client saw of one cell's requests.
 struct Driven {
+    /// Per logical request, from the call into the stack to the end of its
+    /// body (or its error); for one cut off, to the cutoff.
     latencies: Vec<Duration>,
+    /// The latencies of the requests cut off: lower bounds.
     cut_off: Vec<Duration>,
+    /// Logical requests that ended in an error or a non-2xx status.
     failed: usize,
+    /// Logical requests not finished at the cutoff, started or not.
     unfinished: usize,
+    /// Of those, the ones never sent into the stack.
     unsent: usize,
+    /// From the first call to the last completion, or to the cutoff.
     wall: Duration,
 }
+
 
 /// How one logical request ended.
 enum Ending {
@@ -424,9 +415,9 @@ fn print_cell(cell: &Cell) {
         cell.goodput(),
         cell.latency(0.50),
         cell.latency(0.99),
-        cell.failed,
-        cell.unfinished,
-        show_ms(cell.wall),
+        cell.driven.failed,
+        cell.driven.unfinished,
+        show_ms(cell.driven.wall),
     );
     if cell.limiter == Limiter::TowerQuota {
         println!(
@@ -623,11 +614,11 @@ fn report(cells: &[Cell], wall: Duration, load: &str) -> Result<String, BoxError
                     goodput
                 };
                 let mut failed = String::new();
-                if cell.failed > 0 {
-                    write!(failed, " · {} failed", cell.failed)?;
+                if cell.driven.failed > 0 {
+                    write!(failed, " · {} failed", cell.driven.failed)?;
                 }
-                if cell.unfinished > 0 {
-                    write!(failed, " · {} cut off", cell.unfinished)?;
+                if cell.driven.unfinished > 0 {
+                    write!(failed, " · {} cut off", cell.driven.unfinished)?;
                 }
                 write!(
                     body,
@@ -641,10 +632,10 @@ fn report(cells: &[Cell], wall: Duration, load: &str) -> Result<String, BoxError
         }
     }
     writeln!(body)?;
-    let failed: usize = cells.iter().map(|cell| cell.failed).sum();
-    let unfinished: usize = cells.iter().map(|cell| cell.unfinished).sum();
+    let failed: usize = cells.iter().map(|cell| cell.driven.failed).sum();
+    let unfinished: usize = cells.iter().map(|cell| cell.driven.unfinished).sum();
     let requests: usize = cells.iter().map(|cell| cell.load.requests).sum();
-    let cut = cells.iter().filter(|cell| cell.unfinished > 0).count();
+    let cut = cells.iter().filter(|cell| cell.driven.unfinished > 0).count();
     writeln!(
         body,
         "Of {requests} logical requests over {} cells, {failed} failed after every retry and \
@@ -671,11 +662,11 @@ fn report(cells: &[Cell], wall: Duration, load: &str) -> Result<String, BoxError
             cell.arrivals(),
             cell.stats.accepted(),
             cell.refused(),
-            cell.failed,
-            cell.unfinished,
+            cell.driven.failed,
+            cell.driven.unfinished,
             cell.utilization(),
             cell.stats.max_arrivals_in_any_window(cell.load.window) as f64 / cell.load.quota as f64,
-            show_ms(cell.wall),
+            show_ms(cell.driven.wall),
         )?;
     }
     writeln!(body, "\n</details>\n")?;
