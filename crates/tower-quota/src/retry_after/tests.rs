@@ -804,15 +804,7 @@ async fn a_reopened_gate_lets_one_probe_go_first_then_doubles_per_round_trip() {
     let (inner, arrivals) = provider(start, |n| if n == 0 { throttled("1") } else { status(200) });
     let service = exact().layer(with_latency(inner, |_| Duration::from_millis(100)));
     // Refused at 100 ms: the gate closes until 1.1 s.
-    let first = tokio::spawn(service.clone().oneshot(get()));
-    tokio::time::sleep(Duration::from_millis(200)).await;
-    let mut callers = vec![first];
-    for _ in 0..20 {
-        callers.push(tokio::spawn(service.clone().oneshot(get())));
-    }
-    for caller in callers {
-        assert_eq!(caller.await.unwrap().unwrap().status(), 200);
-    }
+    one_then_many(&service, Duration::from_millis(200), 20).await;
     // The refused request and the 20 callers: one probe, then 2, 4, 8 and
     // the last 6, a round trip (100 ms) apart.
     assert_eq!(
@@ -848,15 +840,7 @@ async fn a_refusal_during_the_ramp_halves_it_and_only_the_refused_request_waits_
     };
     let service = exact().layer(with_latency(inner, latency));
     // Refused at 50 ms: the gate closes until 1.05 s.
-    let first = tokio::spawn(service.clone().oneshot(get()));
-    tokio::time::sleep(Duration::from_millis(100)).await;
-    let mut callers = vec![first];
-    for _ in 0..30 {
-        callers.push(tokio::spawn(service.clone().oneshot(get())));
-    }
-    for caller in callers {
-        assert_eq!(caller.await.unwrap().unwrap().status(), 200);
-    }
+    one_then_many(&service, Duration::from_millis(100), 30).await;
     // Probe at 1.05 s, then 2 and 4. One of the 4 is refused at 1.3 s: the
     // ramp of 4 halves to 2, the three others' answers add 3, so 5 go at
     // 1.35 s (7 without the refusal), then 10, then the last 9. The gate
@@ -881,15 +865,7 @@ async fn a_throttled_probe_closes_the_gate_again_and_the_next_opening_probes_aga
     let start = Instant::now();
     let (inner, arrivals) = provider(start, |n| if n < 2 { throttled("1") } else { status(200) });
     let service = exact().layer(with_latency(inner, |_| Duration::from_millis(100)));
-    let first = tokio::spawn(service.clone().oneshot(get()));
-    tokio::time::sleep(Duration::from_millis(200)).await;
-    let mut callers = vec![first];
-    for _ in 0..10 {
-        callers.push(tokio::spawn(service.clone().oneshot(get())));
-    }
-    for caller in callers {
-        assert_eq!(caller.await.unwrap().unwrap().status(), 200);
-    }
+    one_then_many(&service, Duration::from_millis(200), 10).await;
     // The probe at 1.1 s is refused at 1.2 s: the gate closes until 2.2 s,
     // when one probe goes again, then 2, 4 and the last 4.
     assert_eq!(
@@ -950,18 +926,10 @@ async fn a_ramp_stops_limiting_once_it_reaches_its_cap() {
         |n| if n == 0 { throttled("30") } else { status(200) },
     );
     let service = exact().layer(with_latency(inner, |_| Duration::from_millis(100)));
-    let first = tokio::spawn(service.clone().oneshot(get()));
-    tokio::time::sleep(Duration::from_millis(200)).await;
     // Probe at 30.1 s; the ramp then doubles per round trip, 2, 4, ..., and
     // reaches its cap in the seventh round, long before its 30 s are over:
     // from then on the 500 callers go without a limit.
-    let mut callers = vec![first];
-    for _ in 0..500 {
-        callers.push(tokio::spawn(service.clone().oneshot(get())));
-    }
-    for caller in callers {
-        assert_eq!(caller.await.unwrap().unwrap().status(), 200);
-    }
+    one_then_many(&service, Duration::from_millis(200), 500).await;
     let rounds: Vec<usize> = per_instant(&arrivals).iter().map(|(_, n)| *n).collect();
     assert_eq!(rounds[..7], [1, 1, 2, 4, 8, 16, 32]);
     assert!(rounds[7] > RAMP_CAP as usize, "{rounds:?}");
@@ -1031,4 +999,23 @@ async fn a_quota_of_requests_in_flight_does_not_pace_the_gate() {
         times[1..].iter().all(|at| *at == times[1]),
         "all at once: {times:?}"
     );
+}
+
+/// Sends one request through `service` (the one the provider throttles),
+/// then, `after` later, `waiters` more at once; every one ends in a 200.
+async fn one_then_many<S>(service: &S, after: Duration, waiters: usize)
+where
+    S: tower::Service<Request<Empty<Bytes>>, Response = Response<()>> + Clone + Send + 'static,
+    S::Future: Send + 'static,
+    S::Error: std::fmt::Debug + Send + 'static,
+{
+    let first = tokio::spawn(service.clone().oneshot(get()));
+    tokio::time::sleep(after).await;
+    let mut callers = vec![first];
+    for _ in 0..waiters {
+        callers.push(tokio::spawn(service.clone().oneshot(get())));
+    }
+    for caller in callers {
+        assert_eq!(caller.await.unwrap().unwrap().status(), 200);
+    }
 }
