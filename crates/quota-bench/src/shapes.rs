@@ -318,7 +318,6 @@ struct Driven {
     wall: Duration,
 }
 
-
 /// How one logical request ended.
 enum Ending {
     Succeeded,
@@ -635,7 +634,10 @@ fn report(cells: &[Cell], wall: Duration, load: &str) -> Result<String, BoxError
     let failed: usize = cells.iter().map(|cell| cell.driven.failed).sum();
     let unfinished: usize = cells.iter().map(|cell| cell.driven.unfinished).sum();
     let requests: usize = cells.iter().map(|cell| cell.load.requests).sum();
-    let cut = cells.iter().filter(|cell| cell.driven.unfinished > 0).count();
+    let cut = cells
+        .iter()
+        .filter(|cell| cell.driven.unfinished > 0)
+        .count();
     writeln!(
         body,
         "Of {requests} logical requests over {} cells, {failed} failed after every retry and \
