@@ -53,7 +53,9 @@
 //! # Order of decisions
 //!
 //! When a request head arrives the server takes the instant (on tokio's
-//! clock, so the mock follows a paused clock too) and, in this order:
+//! clock; a server started
+//! [`on_caller_runtime`](MockServerBuilder::on_caller_runtime) follows a
+//! paused clock too) and, in this order:
 //!
 //! 1. serves a queued [`Scripted`] response if there is one — *before* the
 //!    quota check, so scripted responses consume no quota
@@ -114,6 +116,7 @@ mod cost;
 mod fault;
 mod handler;
 mod headers;
+mod host;
 mod key;
 mod network;
 mod quota;

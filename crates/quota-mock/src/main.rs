@@ -130,7 +130,9 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         .init();
     let args = Args::parse();
 
+    // A process of its own: the server serves from this runtime's threads.
     let mut builder = MockServer::builder()
+        .on_caller_runtime()
         .addr(args.addr)
         .key_by(args.key_by)
         .headers(args.headers)
@@ -177,7 +179,9 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     println!("quota-mock listening on {}", server.url());
     let proxy = match args.proxy_addr {
         Some(addr) => {
-            let mut proxy = NetworkProxy::builder(server.addr()).addr(addr);
+            let mut proxy = NetworkProxy::builder(server.addr())
+                .on_caller_runtime()
+                .addr(addr);
             if let Some(delay) = args.connect_delay {
                 proxy = proxy.connect_delay(delay);
             }

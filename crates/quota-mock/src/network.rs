@@ -17,6 +17,7 @@ use tokio::task::{JoinHandle, JoinSet};
 use tokio::time::{Instant, sleep_until};
 
 use crate::fault::Latency;
+use crate::host::Host;
 
 /// The most bytes one read takes off a socket: one chunk, delayed as a unit.
 const CHUNK_BYTES: usize = 16 * 1024;
@@ -33,6 +34,7 @@ pub struct NetworkProxyBuilder {
     connect_delay: Duration,
     latency: Latency,
     seed: Option<u64>,
+    host: Host,
 }
 
 impl NetworkProxyBuilder {
@@ -78,6 +80,16 @@ impl NetworkProxyBuilder {
         self
     }
 
+    /// Relays from the runtime that calls [`start`](Self::start) instead of
+    /// quota-mock's own (where the delays it adds are the network's, not
+    /// those of a client whose tasks keep its runtime busy); needed under
+    /// tokio's paused clock, as
+    /// [`MockServerBuilder::on_caller_runtime`](crate::MockServerBuilder::on_caller_runtime).
+    pub fn on_caller_runtime(mut self) -> Self {
+        self.host = Host::Caller;
+        self
+    }
+
     /// Binds the listener and starts relaying connections to the upstream.
     ///
     /// Fails with [`io::ErrorKind::InvalidInput`] when the latency's `min`
@@ -92,7 +104,8 @@ impl NetworkProxyBuilder {
                 format!("network latency: min {min:?} exceeds max {max:?}"),
             ));
         }
-        let listener = TcpListener::bind(self.addr).await?;
+        let handle = self.host.handle()?;
+        let listener = Host::listen(&handle, self.addr)?;
         let addr = listener.local_addr()?;
         let rng = match self.seed {
             Some(seed) => StdRng::seed_from_u64(seed),
@@ -103,7 +116,7 @@ impl NetworkProxyBuilder {
             connect_delay: self.connect_delay,
             latency: self.latency,
         };
-        let accept_task = tokio::spawn(accept_loop(listener, link, rng));
+        let accept_task = handle.spawn(accept_loop(listener, link, rng));
         tracing::debug!(%addr, upstream = %self.upstream, "quota-mock network proxy listening");
         Ok(NetworkProxy {
             addr,
@@ -124,7 +137,11 @@ impl NetworkProxyBuilder {
 /// and as unevenly as across a real network: a cold connection's first
 /// request much later than a warm one's.
 ///
-/// Every delay follows tokio's clock. Dropping the proxy stops it at once:
+/// Every delay follows tokio's clock (the proxy's own runtime's, or the
+/// caller's with
+/// [`on_caller_runtime`](NetworkProxyBuilder::on_caller_runtime)). The
+/// relays run on quota-mock's own runtime by default, so a busy client
+/// does not lengthen the delays. Dropping the proxy stops it at once:
 /// its listener closes and every relayed connection is cut.
 ///
 /// ```
@@ -174,6 +191,7 @@ impl NetworkProxy {
             connect_delay: Duration::ZERO,
             latency: Latency::Fixed(Duration::ZERO),
             seed: None,
+            host: Host::Own,
         }
     }
 

@@ -22,6 +22,7 @@ use crate::cost::CostConfig;
 use crate::fault::{Fault, Latency, Scripted};
 use crate::handler::{Shared, handle};
 use crate::headers::{HeaderConfig, HeaderDialect, RetryAfterFormat};
+use crate::host::Host;
 use crate::key::KeyBy;
 use crate::rule::Rule;
 use crate::stats::Stats;
@@ -42,6 +43,7 @@ pub struct MockServerBuilder {
     processing: Option<Latency>,
     addr: SocketAddr,
     seed: Option<u64>,
+    host: Host,
 }
 
 impl Default for MockServerBuilder {
@@ -56,6 +58,7 @@ impl Default for MockServerBuilder {
             processing: None,
             addr: SocketAddr::from(([127, 0, 0, 1], 0)),
             seed: None,
+            host: Host::Own,
         }
     }
 }
@@ -219,6 +222,26 @@ impl MockServerBuilder {
         self
     }
 
+    /// Serves from the runtime that calls [`start`](Self::start) instead of
+    /// quota-mock's own.
+    ///
+    /// By default every server and [proxy](crate::NetworkProxy) of a
+    /// process runs on one tokio runtime of quota-mock's own (a worker
+    /// thread per core, at most four, started on first use), as a provider
+    /// runs on another machine: its clock, its accept loop and its handlers
+    /// do not wait for the client's tasks. On the client's runtime, a client
+    /// that keeps a thousand requests in flight on two cores would delay
+    /// the server's reading of them, and the server would count arrivals
+    /// later than a provider does.
+    ///
+    /// Needed under tokio's paused clock (`#[tokio::test(start_paused =
+    /// true)]`): the clock is paused per runtime, and the server then
+    /// follows the test's clock.
+    pub fn on_caller_runtime(mut self) -> Self {
+        self.host = Host::Caller;
+        self
+    }
+
     /// Binds the listener and starts serving HTTP/1.1 and h2c.
     ///
     /// Fails with [`io::ErrorKind::InvalidInput`] for a rule with a zero
@@ -239,7 +262,8 @@ impl MockServerBuilder {
                 format!("processing time: min {min:?} exceeds max {max:?}"),
             ));
         }
-        let listener = TcpListener::bind(self.addr).await?;
+        let handle = self.host.handle()?;
+        let listener = Host::listen(&handle, self.addr)?;
         let addr = listener.local_addr()?;
         let rng = match self.seed {
             Some(seed) => StdRng::seed_from_u64(seed),
@@ -260,7 +284,7 @@ impl MockServerBuilder {
         );
         let (shutdown, shutdown_rx) = watch::channel(false);
         let executor = TrackedExecutor::default();
-        let accept_task = tokio::spawn(accept_loop(
+        let accept_task = handle.spawn(accept_loop(
             listener,
             Arc::clone(&shared),
             shutdown_rx,

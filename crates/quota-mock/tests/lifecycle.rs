@@ -17,14 +17,15 @@ fn alive_tasks() -> usize {
         .num_alive_tasks()
 }
 
-/// Lets the runtime run aborted tasks to completion, up to a bound, until
-/// `done` holds.
+/// Waits until `done` holds, up to 10 s: the runtime runs aborted tasks
+/// to completion, and a server on quota-mock's runtime answers from its
+/// threads. Checks every millisecond; returns at once when it holds.
 async fn settle(mut done: impl FnMut() -> bool) -> bool {
-    for _ in 0..1000 {
+    for _ in 0..10_000 {
         if done() {
             return true;
         }
-        tokio::task::yield_now().await;
+        tokio::time::sleep(Duration::from_millis(1)).await;
     }
     done()
 }
@@ -33,6 +34,7 @@ async fn settle(mut done: impl FnMut() -> bool) -> bool {
 async fn dropping_the_server_closes_the_listener_and_aborts_every_task() {
     let before = alive_tasks();
     let server = MockServer::builder()
+        .on_caller_runtime()
         .fault(Fault::Latency(Latency::Fixed(Duration::from_secs(3600))))
         .start()
         .await
@@ -113,9 +115,50 @@ async fn graceful_shutdown_finishes_and_closes_the_listener() {
     );
 }
 
+/// On quota-mock's own runtime (the default), a dropped server aborts its
+/// tasks there: its connections are cut and its listener is closed.
+#[tokio::test]
+async fn dropping_a_server_on_quota_mocks_runtime_cuts_its_connections() {
+    let before = alive_tasks();
+    let server = MockServer::builder()
+        .fault(Fault::Latency(Latency::Fixed(Duration::from_secs(3600))))
+        .start()
+        .await
+        .unwrap();
+    let addr = server.addr();
+    let mut stream = TcpStream::connect(addr).await.unwrap();
+    stream
+        .write_all(b"GET /slow HTTP/1.1\r\nhost: mock\r\n\r\n")
+        .await
+        .unwrap();
+    assert!(
+        settle(|| server.stats().total == 1).await,
+        "the request never arrived"
+    );
+    assert_eq!(
+        alive_tasks(),
+        before,
+        "nothing runs on the caller's runtime"
+    );
+    drop(server);
+    let mut buffer = Vec::new();
+    let read = tokio::time::timeout(Duration::from_secs(10), stream.read_to_end(&mut buffer))
+        .await
+        .expect("the connection stays open after drop");
+    assert!(
+        matches!(read, Ok(0) | Err(_)),
+        "got a response after drop: {buffer:?}"
+    );
+    assert!(
+        TcpStream::connect(addr).await.is_err(),
+        "the listener is still open"
+    );
+}
+
 #[tokio::test(start_paused = true)]
 async fn graceful_shutdown_lets_an_in_flight_request_finish() {
     let server = MockServer::builder()
+        .on_caller_runtime()
         .fault(Fault::Latency(Latency::Fixed(Duration::from_secs(2))))
         .start()
         .await
