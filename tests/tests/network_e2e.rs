@@ -12,10 +12,10 @@ use quota_mock::{MockServer, NetworkProxy, Rule};
 use tokio::sync::Mutex;
 
 /// The tests of this file run one at a time: each keeps hundreds of
-/// requests in flight on a 2-core machine, and an admission assumes its
-/// request leaves within `sent_within` (100 ms here). Three such tests at
-/// once starve each other's tasks past it (2 × 429 seen once in a full
-/// run; none alone in repeated runs).
+/// requests in flight on a 2-core machine, and their utilization floors
+/// are for one at a time (tests that starve each other's tasks stay exact,
+/// as the client then holds admissions until answered, but use less of
+/// the quota).
 static ONE_AT_A_TIME: Mutex<()> = Mutex::const_new(());
 
 /// A network in front of `server`: connections cost 30 ms to open (a
@@ -47,10 +47,15 @@ async fn twenty_cold_starts_across_a_network_are_never_refused() {
         "utilization over 20 cold starts: min {:.3}, median {:.3}",
         utilizations[0], utilizations[10]
     );
-    // This is an unoptimized build on a shared 2-core machine: the median
-    // must reach 0.95; the release figures are in quota-bench's RESULTS.md.
+    // Each window starts a round trip after the last one's answers: with
+    // round trips of 10 to 50 ms, at least 1 / 1.05 = 0.952 for one client
+    // alone (0.965 measured). Five cold starts at once in an unoptimized
+    // build on two cores add their own scheduling to each round trip:
+    // 0.945 measured, at a server on quota-mock's own runtime, whose count
+    // the clients' tasks do not delay. The release figures are in
+    // quota-bench's RESULTS.md.
     assert!(
-        utilizations[10] >= 0.95,
+        utilizations[10] >= 0.94,
         "median utilization {:.3}",
         utilizations[10]
     );
@@ -87,7 +92,10 @@ async fn cold_starts(seeds: std::ops::Range<u64>) -> Vec<f64> {
             "cold start {seed}: {most} arrivals in one window"
         );
         assert_eq!(succeeded, requests, "cold start {seed}");
-        assert!(used >= 0.93, "cold start {seed}: utilization {used:.3}");
+        // One run may share the two cores with more than its neighbours
+        // (a machine busy with other work): exactness above holds whatever
+        // the load; the use of the quota only degrades.
+        assert!(used >= 0.9, "cold start {seed}: utilization {used:.3}");
         utilizations.push(used);
     }
     utilizations
@@ -96,7 +104,10 @@ async fn cold_starts(seeds: std::ops::Range<u64>) -> Vec<f64> {
 /// 20,000 requests, 1,000 in flight, a quota of 2,000 per second: a cold
 /// pool opening hundreds of connections at once, and tasks that reach the
 /// server long after their admission. The server sees no more than its
-/// quota in any window and refuses nothing.
+/// quota in any window and refuses nothing, even when the machine is too
+/// busy for the client's tasks to run in time (held to one core shared
+/// with a busy loop: 0 × 429, where the `sent_within` bound alone let 15
+/// to 178 requests in past the quota).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_thousand_in_flight_are_never_refused() {
     let _alone = ONE_AT_A_TIME.lock().await;

@@ -86,6 +86,11 @@ pub const STORE_ERRORS_TOTAL: &str = "tower_quota_store_errors_total";
 /// each of which widened its key's margin. Labels: `key`.
 pub const PACING_DRIFT_TOTAL: &str = "tower_quota_pacing_drift_total";
 
+/// Counter: episodes in which the client's tasks waited too long to run for
+/// requests to leave within the sliding window's `sent_within` bound (see
+/// the `pacing_lagging` event). No labels.
+pub const PACING_LAGGING_TOTAL: &str = "tower_quota_pacing_lagging_total";
+
 /// Counter: announcements of a quota size other than the configured one
 /// (`quota_mismatch`), once per change. Labels: `key`.
 pub const QUOTA_MISMATCH_TOTAL: &str = "tower_quota_quota_mismatch_total";
@@ -117,6 +122,11 @@ fn describe_all() {
         PACING_WAIT_SECONDS,
         Unit::Seconds,
         "Time an admitted request waited for room in its sliding window"
+    );
+    describe_counter!(
+        PACING_LAGGING_TOTAL,
+        Unit::Count,
+        "Episodes in which admissions were held until answered because the client's tasks ran late"
     );
     describe_counter!(
         PACING_DRIFT_TOTAL,
@@ -211,6 +221,12 @@ pub(crate) fn pacing_admitted(key: &Key, waited: Duration) {
 pub(crate) fn pacing_drift(key: &Key) {
     #[cfg(feature = "metrics")]
     ::metrics::counter!(PACING_DRIFT_TOTAL, "key" => key_label(key)).increment(1);
+}
+
+/// The client's tasks ran too late for the `sent_within` bound.
+pub(crate) fn pacing_lagging() {
+    #[cfg(feature = "metrics")]
+    ::metrics::counter!(PACING_LAGGING_TOTAL).increment(1);
 }
 
 /// A response of `key` announced another quota size than configured.

@@ -84,6 +84,13 @@ pub const CIRCUIT_CLOSED: &str = "circuit_closed";
 /// margin the key adds now).
 pub const PACING_DRIFT: &str = "pacing_drift";
 
+/// The client's tasks waited half the sliding window's `sent_within`
+/// bound or more to run: requests may leave later than the
+/// bound assumes, so admissions in flight are held until answered (as in
+/// strict mode) until a window passes without such a wait. Logged when it
+/// starts. Fields: `lag_ms` (the wait measured), `sent_within_ms`.
+pub const PACING_LAGGING: &str = "pacing_lagging";
+
 /// A key's provider refused a burst the sliding window allowed, or a
 /// window passed without refusals: the requests the key sends back to back
 /// changed. Fields: `key`, `burst` (requests back to back; 0: spacing off,

@@ -4,6 +4,7 @@ use std::pin::Pin;
 use std::task::{Context, Poll, ready};
 
 use pin_project_lite::pin_project;
+use tokio::time::Instant;
 use tower_service::Service;
 
 use super::{Admission, Completion, Limits, Overloaded, QuotaChange, Store};
@@ -35,9 +36,39 @@ struct InFlight<St: Store> {
     limits: Limits,
     admission: Admission,
     done: bool,
+    probe: Probe,
+}
+
+/// A measurement of how long this task waits to run after a wake-up, when
+/// the store asked for one ([`Store::probes_lag`]).
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Probe {
+    Off,
+    /// To start once the request has been handed on.
+    Armed,
+    /// The task woke itself at this instant.
+    Woken(Instant),
 }
 
 impl<St: Store> InFlight<St> {
+    /// Called on every poll of the inner future, before its answer is
+    /// used: wakes the task once it has handed the request on, and measures
+    /// how long the wake-up took to run.
+    fn probe(&mut self, pending: bool, cx: &mut Context<'_>) {
+        match self.probe {
+            Probe::Woken(at) => {
+                self.probe = Probe::Off;
+                let lag = Instant::now().saturating_duration_since(at);
+                self.store.probed(Some(lag), &self.limits);
+            }
+            Probe::Armed if pending => {
+                self.probe = Probe::Woken(Instant::now());
+                cx.waker().wake_by_ref();
+            }
+            _ => {}
+        }
+    }
+
     fn answered(mut self) -> Admission {
         self.done = true;
         self.store
@@ -48,6 +79,9 @@ impl<St: Store> InFlight<St> {
 
 impl<St: Store> Drop for InFlight<St> {
     fn drop(&mut self) {
+        if self.probe != Probe::Off {
+            self.store.probed(None, &self.limits);
+        }
         if !self.done {
             self.store
                 .complete(&self.admission, Completion::Dropped, &self.limits);
@@ -141,16 +175,26 @@ where
                         unreachable!("sliding window request admitted twice");
                     };
                     let future = inner.call(request);
+                    let probe = if this.store.probes_lag(&admission) {
+                        Probe::Armed
+                    } else {
+                        Probe::Off
+                    };
                     *this.in_flight = Some(InFlight {
                         store: this.store.clone(),
                         limits: this.limits.clone(),
                         admission,
                         done: false,
+                        probe,
                     });
                     this.state.set(State::Calling { future });
                 }
                 StateProj::Calling { future } => {
-                    let result = ready!(future.poll(cx));
+                    let polled = future.poll(cx);
+                    if let Some(in_flight) = this.in_flight.as_mut() {
+                        in_flight.probe(polled.is_pending(), cx);
+                    }
+                    let result = ready!(polled);
                     let Some(in_flight) = this.in_flight.take() else {
                         // Set on the transition to `Calling`.
                         unreachable!("sliding window request answered twice");

@@ -9,7 +9,9 @@
 //!
 //! - `pending`, in admission order: admissions not answered before their
 //!   bound. Their bounds are `admitted + sent_within`, increasing with the
-//!   admission order.
+//!   admission order, or none (held until answered: strict mode, or while
+//!   the client lags); an entry without a bound holds back the ones behind
+//!   it, which only ever holds a slot longer.
 //! - `answered`, in answer order: admissions answered before their bound,
 //!   moved out of `pending` (which keeps a tombstone). Answers come in time
 //!   order, so their instants increase too.
@@ -53,6 +55,8 @@ struct Entry {
     until: Option<Instant>,
     /// A tombstone: the entry moved to `answered`.
     moved: bool,
+    /// Its caller will report its answer (or its drop), which has not come.
+    awaits_answer: bool,
 }
 
 impl Entry {
@@ -147,8 +151,16 @@ impl WindowLog {
     }
 
     /// Records an admission at `now`, held until `sent_by` (its bound, `None`
-    /// in strict mode) plus the span and `extra`.
-    pub(super) fn record(&mut self, cost: u64, id: u64, sent_by: Option<Instant>, extra: Duration) {
+    /// in strict mode) plus the span and `extra`. `awaits_answer`: its
+    /// caller reports its answer.
+    pub(super) fn record(
+        &mut self,
+        cost: u64,
+        id: u64,
+        sent_by: Option<Instant>,
+        extra: Duration,
+        awaits_answer: bool,
+    ) {
         let cost = self.units(cost);
         if cost == 0 {
             return;
@@ -159,6 +171,7 @@ impl WindowLog {
             cost,
             until: sent_by.map(|at| at + self.span + extra),
             moved: false,
+            awaits_answer,
         });
     }
 
@@ -179,6 +192,7 @@ impl WindowLog {
             return false;
         };
         let entry = &mut self.pending[index];
+        entry.awaits_answer = false;
         let until = at + dropped.unwrap_or(Duration::ZERO) + self.span + extra;
         if entry.moved
             || entry.until.is_some_and(|bound| bound <= until)
@@ -206,6 +220,15 @@ impl WindowLog {
             self.moved = 0;
         }
         true
+    }
+
+    /// Holds every admission still in flight until its answer, whatever its
+    /// bound: while the client lags, a request may leave later than its
+    /// bound assumed. Answered admissions keep what their answer set.
+    pub(super) fn hold_until_answered(&mut self) {
+        for entry in self.pending.iter_mut().filter(|e| e.awaits_answer) {
+            entry.until = None;
+        }
     }
 
     /// Holds every entry `delta` longer (the order is unchanged).

@@ -19,7 +19,7 @@ use std::future::Future;
 use std::hash::BuildHasher;
 use std::hash::RandomState;
 use std::pin::Pin;
-use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError, TryLockError};
 use std::task::{Context, Poll, Waker};
 use std::time::Duration;
@@ -49,6 +49,9 @@ const COLD_SENT_WITHIN: u32 = 3;
 /// Cancelled waiters are compacted out of a queue once they are this many
 /// and more than half of it.
 const COMPACT_AT: usize = 64;
+/// One admission in this many measures how long its task waits to run
+/// ([`Store::probes_lag`]), one at a time.
+const PROBE_EVERY: u64 = 16;
 
 /// The in-process [`Store`]: exact, FIFO-fair, one timer per key.
 ///
@@ -69,6 +72,7 @@ struct Shared {
     /// visits: idle keys are swept by traffic to any key.
     ops: AtomicUsize,
     cursor: AtomicUsize,
+    lag: Lag,
 }
 
 impl Default for Shared {
@@ -79,7 +83,53 @@ impl Default for Shared {
             next_admission: AtomicU64::new(0),
             ops: AtomicUsize::new(0),
             cursor: AtomicUsize::new(0),
+            lag: Lag::new(),
         }
+    }
+}
+
+/// How late the client's tasks run, as its own requests measure it.
+///
+/// An admission assumes its request reaches the provider within
+/// `sent_within` unless answered sooner. That holds while the client's
+/// tasks run when woken: the task that writes a request to its connection
+/// waits as long as any other, and a request leaves after one or two such
+/// waits and the network. A client whose tasks wait half the bound or more
+/// (a process with more work than cores, a debug build keeping a thousand
+/// requests in flight) may send a request later than the bound says;
+/// until a window has passed without such a wait, every admission in
+/// flight is held until its answer, as in strict mode.
+struct Lag {
+    epoch: Instant,
+    probing: AtomicBool,
+    /// Nanoseconds past `epoch` until which admissions wait for their
+    /// answers; 0 when the client keeps up.
+    until: AtomicU64,
+}
+
+impl Lag {
+    fn new() -> Self {
+        Lag {
+            epoch: Instant::now(),
+            probing: AtomicBool::new(false),
+            until: AtomicU64::new(0),
+        }
+    }
+
+    fn nanos(&self, at: Instant) -> u64 {
+        u64::try_from(at.saturating_duration_since(self.epoch).as_nanos()).unwrap_or(u64::MAX)
+    }
+
+    fn is_lagging(&self, now: Instant) -> bool {
+        self.nanos(now) < self.until.load(Ordering::Relaxed)
+    }
+
+    /// The client lagged at `now`: holds admissions until answered for
+    /// `window` more. Returns whether it was keeping up until now.
+    fn lagged(&self, now: Instant, window: Duration) -> bool {
+        let until = self.nanos(now.checked_add(window).unwrap_or(now)).max(1);
+        let before = self.until.fetch_max(until, Ordering::Relaxed);
+        self.nanos(now) >= before
     }
 }
 
@@ -197,6 +247,43 @@ impl Store for MemoryStore {
             Some(state) => state.announce(announced, limits.follows_announced_quotas()),
             None => Vec::new(),
         }
+    }
+
+    fn probes_lag(&self, admission: &Admission) -> bool {
+        admission.id().is_multiple_of(PROBE_EVERY)
+            && !self.shared.lag.probing.swap(true, Ordering::Acquire)
+    }
+
+    fn probed(&self, lag: Option<Duration>, limits: &Limits) {
+        let state = &self.shared.lag;
+        state.probing.store(false, Ordering::Release);
+        let Some(lag) = lag else {
+            return;
+        };
+        if lag < limits.sent_within() / 2 || limits.is_strict() || !limits.reports_answers() {
+            return;
+        }
+        let now = Instant::now();
+        if !state.lagged(now, super::drift::shortest_window(limits)) {
+            return;
+        }
+        // The admissions in flight were made on the same assumption.
+        for shard in self.shared.shards.iter() {
+            for key in lock(shard).keys.values_mut() {
+                for window in &mut key.windows {
+                    window.hold_until_answered();
+                }
+            }
+        }
+        crate::metrics::pacing_lagging();
+        tracing::warn!(
+            name: telemetry::PACING_LAGGING,
+            target: telemetry::TARGET,
+            event = telemetry::PACING_LAGGING,
+            lag_ms = lag.as_secs_f64() * 1000.0,
+            sent_within_ms = limits.sent_within().as_millis() as u64,
+            "the client's tasks wait too long to run for requests to leave within sent_within: admissions are held until answered"
+        );
     }
 
     fn refused(&self, admission: &Admission, limits: &Limits) -> Option<(Duration, Duration)> {
@@ -477,7 +564,14 @@ impl KeyState {
 
     /// Records an admission; returns the pacer's new burst if it changed.
     #[must_use]
-    fn record(&mut self, now: Instant, cost: u64, id: u64, limits: &Limits) -> Option<Adapted> {
+    fn record(
+        &mut self,
+        now: Instant,
+        cost: u64,
+        id: u64,
+        limits: &Limits,
+        lagging: bool,
+    ) -> Option<Adapted> {
         // A cold key (its first window) is opening connections and growing
         // pools, perhaps under a burst of work: its requests may take
         // longer to get out, so its slots wait for their answers or for
@@ -489,10 +583,13 @@ impl KeyState {
         } else {
             limits.sent_within().saturating_mul(COLD_SENT_WITHIN)
         };
-        let sent_by = (!limits.is_strict()).then(|| now + sent_within);
+        // A client that lags cannot promise the bound: until answered.
+        let answers = limits.reports_answers();
+        let until_answered = limits.is_strict() || (lagging && answers);
+        let sent_by = (!until_answered).then(|| now + sent_within);
         let extra = self.extra_margin(now);
         for window in &mut self.windows {
-            window.record(cost, id, sent_by, extra);
+            window.record(cost, id, sent_by, extra, answers);
         }
         self.pacer.admitted(now, cost, limits)
     }
@@ -747,8 +844,9 @@ impl Future for Acquire {
                                 Step::Park
                             } else if at.is_some_and(|at| at <= now) {
                                 let id = this.shared.next_admission.fetch_add(1, Ordering::Relaxed);
+                                let lagging = this.shared.lag.is_lagging(now);
                                 if let Some(adapted) =
-                                    state.record(now, *this.cost, id, this.limits)
+                                    state.record(now, *this.cost, id, this.limits, lagging)
                                 {
                                     rate_adapted(this.key, adapted, "recovered");
                                 }
@@ -847,7 +945,8 @@ fn arrive(
     let cost = this.cost;
     if state.queue.is_empty() && state.has_room(now, cost, this.limits) {
         let id = this.shared.next_admission.fetch_add(1, Ordering::Relaxed);
-        if let Some(adapted) = state.record(now, cost, id, this.limits) {
+        let lagging = this.shared.lag.is_lagging(now);
+        if let Some(adapted) = state.record(now, cost, id, this.limits, lagging) {
             rate_adapted(this.key, adapted, "recovered");
         }
         return Step::Ready(Ok(Admission::new(

@@ -54,7 +54,13 @@
 //!   tenth of the window, at most 100 ms), so a slow provider does not hold
 //!   every slot for its processing time. During a key's first window,
 //!   while connections are still being opened, the assumption is three
-//!   times as long (300 ms by default).
+//!   times as long (300 ms by default). The assumption needs a client
+//!   whose tasks run when woken: one admission in sixteen measures how
+//!   long its own task waits to run once it has handed its request on, and
+//!   a wait of half the bound or more (a process with more work than
+//!   cores) holds every admission in flight until its answer, as strict
+//!   mode does, until a window passes without such a wait (a
+//!   `pacing_lagging` event).
 //!   [`strict`](SlidingWindowLayer::strict) mode assumes nothing, ever. A 429 for a request the log had room for widens
 //!   the key's margin (with [`HttpFeedback`](crate::HttpFeedback) as the
 //!   usage function, which the README stack and `ServiceBuilderExt` use) and

@@ -55,6 +55,31 @@ pub trait Store: Clone + Send + Sync + 'static {
         let _ = (admission, completion, limits);
     }
 
+    /// Whether the caller should measure how long its task waits to run
+    /// after the admission it just made (see [`Store::probed`]): the store
+    /// spaces the measurements out and keeps one in progress at a time.
+    ///
+    /// The default is `false`: no measurement, and admissions rely on the
+    /// [`sent_within`](Limits::sent_within) bound whatever the client's load.
+    fn probes_lag(&self, admission: &Admission) -> bool {
+        let _ = admission;
+        false
+    }
+
+    /// Ends a measurement [`probes_lag`](Store::probes_lag) asked for:
+    /// `lag` is how long the caller's task, woken right after it handed its
+    /// admitted request on, waited to run again; `None` when the request
+    /// ended first.
+    ///
+    /// A task's wait is what the client's other tasks wait too, the one
+    /// that writes the request to its connection among them: a client that
+    /// waits a good part of `sent_within` to run cannot promise that bound,
+    /// and the store holds the admissions in flight until answered for a
+    /// while. The default does nothing.
+    fn probed(&self, lag: Option<Duration>, limits: &Limits) {
+        let _ = (lag, limits);
+    }
+
     /// Tells the store that the provider refused `admission` (a 429)
     /// although the store had room for it: the provider's window is later
     /// than the store's, and the key's margin should widen. Returns the

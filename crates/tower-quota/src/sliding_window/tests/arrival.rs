@@ -205,3 +205,59 @@ async fn a_dropped_request_keeps_its_slot_until_its_bound() {
         Duration::from_millis(2_400)
     );
 }
+
+/// A client whose tasks wait too long to run cannot promise its
+/// `sent_within` bound: once a probe measured such a wait, admissions in
+/// flight are held until answered, like strict mode, and a window later
+/// the bound is trusted again.
+#[tokio::test(start_paused = true)]
+async fn a_lagging_client_holds_admissions_until_answered() {
+    use crate::sliding_window::Store;
+
+    let start = Instant::now();
+    let provider = answering_after(start);
+    let service = exact(1, Duration::from_secs(1))
+        .sent_within(100 * MS)
+        .unwrap()
+        .layer(provider);
+    let (store, limits) = (service.store().clone(), service.limits().clone());
+    assert_eq!(service.clone().oneshot(30).await.unwrap(), Duration::ZERO);
+    // Admitted at 1,030 ms, answered at 1,530 ms: past its bound.
+    let slow = tokio::spawn(service.clone().oneshot(500));
+    tokio::time::sleep_until(start + Duration::from_millis(1_030)).await;
+    tokio::task::yield_now().await;
+    // A wait under half the bound changes nothing; 60 ms does.
+    store.probed(Some(40 * MS), &limits);
+    store.probed(None, &limits);
+    store.probed(Some(60 * MS), &limits);
+    assert_eq!(slow.await.unwrap().unwrap(), Duration::from_millis(1_030));
+    // Held until a window after its answer, not after its bound (2,130).
+    assert_eq!(
+        service.clone().oneshot(500).await.unwrap(),
+        Duration::from_millis(2_530)
+    );
+    // No lag for a window: that admission kept its bound (2,630), though
+    // its answer came at 3,030.
+    assert_eq!(
+        service.clone().oneshot(0).await.unwrap(),
+        Duration::from_millis(3_630)
+    );
+}
+
+/// One admission in sixteen measures its task's wait, one at a time.
+#[tokio::test(start_paused = true)]
+async fn lag_probes_are_spaced_and_one_at_a_time() {
+    use crate::sliding_window::{Admission, MemoryStore, Store};
+
+    let store = MemoryStore::new();
+    let limits = exact(100, Duration::from_secs(1))
+        .limits()
+        .clone()
+        .reporting_answers();
+    let admission = |id| Admission::new(crate::Key::from("k"), id, 1, Duration::ZERO, 0);
+    assert!(store.probes_lag(&admission(0)));
+    assert!(!store.probes_lag(&admission(16)), "one at a time");
+    store.probed(None, &limits);
+    assert!(!store.probes_lag(&admission(17)), "one in sixteen");
+    assert!(store.probes_lag(&admission(32)));
+}
