@@ -20,8 +20,8 @@
 //! | `gate_closed` | INFO | `key`, `until_ms`, `reason` | a response closed (or extended) its key's gate: `throttled` or `quota_exhausted` |
 //! | `retry_scheduled` | INFO | `attempt`, `backoff_ms`, `reason`, `http.response.status_code` or `error.kind` | a failed attempt (connect error, timeout, 408, 429, gRPC status) will be retried after `backoff_ms`; `reason` is `throttled` or `transient` |
 //! | `server_error_retry` | INFO | `attempt`, `backoff_ms`, `reason`, `http.response.status_code` | as `retry_scheduled`, for a 5xx response |
-//! | `retries_exhausted` | WARN | `attempt`, `reason`, `http.response.status_code` or `error.kind` | a retryable failure goes back to the caller: `max_attempts`, `max_elapsed`, `max_wait`, `body_not_replayable` or `not_idempotent` (a method that is not idempotent, without an `Idempotency-Key`) |
-//! | `budget_exhausted` | WARN | `attempt`, `http.response.status_code` or `error.kind` | a retryable failure goes back to the caller because the retry budget is spent |
+//! | `retries_exhausted` | WARN | `attempt`, `reason`, `http.response.status_code` or `error.kind` | a retryable failure goes back to the caller: its attempts are spent (`max_attempts`) or `max_elapsed` would pass |
+//! | `retry_skipped` | WARN | `attempt`, `reason`, `http.response.status_code` or `error.kind`, `retry_after_ms` | a retryable failure goes back to the caller with attempts left: `not_idempotent` (a method that is not idempotent, without an `Idempotency-Key`), `body_not_replayable` (larger than `max_replay_bytes`), `budget_exhausted` (the shared retry budget is spent) or `max_wait` (the wait it needs is longer than the wait left) |
 //! |  *span* `jitter_backoff` | DEBUG | `request_id`, `http.request.method`, `url.template`, `http.request.resend_count` | one logical request through `JitterBackoffLayer`, numbered by `request_id` (unique in the process); the events of its attempts in the layers below are inside it; `http.request.resend_count` is recorded when it ends |
 //! | `circuit_opened` | WARN | `key`, `failure_rate`, `open_ms` | a breaker opened: calls of the key fail fast for `open_ms` |
 //! | `circuit_half_open` | INFO | `key` | an open breaker lets its probes through |
@@ -29,6 +29,8 @@
 //! | `rate_adapted` | INFO | `key`, `burst`, `interval_ms`, `reason` | the provider refused a burst the window allowed or evenly spaced requests (`refused`: the burst halves, down to even spacing, or the rate is cut: `interval_ms` widens), or windows passed without refusals (`recovered`: a larger burst, 0 = spacing off, or a probe or growth of the rate: `interval_ms` narrows) |
 //! | `quota_mismatch` | WARN | `key`, `quota`, `announced`, `held_to` | a response announced another size for a configured quota's window than configured (once per change); with `follow_announced_quotas` the key is held to it |
 //! | `store_error` | WARN | `key`, `error.kind`, `policy` | a shared store (Redis) failed or timed out; `policy` says what the limiter did instead |
+//! | `layer_order` | WARN | `below` | a `RetryAfterLayer` is below a `SlidingWindowLayer`: its re-sent requests skip the pacing (logged once per process) |
+//! | `pacing_lagging` | WARN | `lag_ms`, `sent_within_ms` | a task of the client waited half of `sent_within` or more to run: admissions are held until answered for a window |
 
 /// The `tracing` target of every event of this crate.
 pub const TARGET: &str = "tower_quota";
@@ -58,13 +60,14 @@ pub const RETRY_SCHEDULED: &str = "retry_scheduled";
 /// A 5xx response will be retried after a backoff.
 pub const SERVER_ERROR_RETRY: &str = "server_error_retry";
 
-/// A retryable failure goes back to the caller: no attempts, time or
-/// replayable body left.
+/// A retryable failure goes back to the caller: its attempts or its
+/// `max_elapsed` are spent.
 pub const RETRIES_EXHAUSTED: &str = "retries_exhausted";
 
-/// A retryable failure goes back to the caller because the retry budget
-/// is spent.
-pub const BUDGET_EXHAUSTED: &str = "budget_exhausted";
+/// A retryable failure goes back to the caller although it had attempts
+/// left: `reason` is `not_idempotent`, `body_not_replayable`,
+/// `budget_exhausted` or `max_wait`.
+pub const RETRY_SKIPPED: &str = "retry_skipped";
 
 /// The span of one logical request through `JitterBackoffLayer`.
 pub const JITTER_BACKOFF_SPAN: &str = "jitter_backoff";
@@ -105,6 +108,11 @@ pub const RATE_ADAPTED: &str = "rate_adapted";
 /// one, within the configured, with `follow_announced_quotas`; else the
 /// configured one).
 pub const QUOTA_MISMATCH: &str = "quota_mismatch";
+
+/// A layer that re-sends requests sits below a sliding window, so that
+/// its re-sent requests skip the pacing; logged once per process, naming
+/// the fix. Fields: `below` (the layer found below).
+pub const LAYER_ORDER: &str = "layer_order";
 
 /// A shared store (Redis) failed or timed out; the configured failure
 /// policy decided what happened to the request.

@@ -36,7 +36,7 @@
 //! - **A retry budget.** A [`RetryBudget`], shared by every clone of the
 //!   layer, allows retries of about 20% of requests plus 10 a second; when
 //!   it is spent, the failure goes back to the caller and a
-//!   `budget_exhausted` event says why. Retries can never multiply the load.
+//!   `retry_skipped` event with reason `budget_exhausted` says why. Retries can never multiply the load.
 //! - **The server's delay is the floor.** When the server said how long to
 //!   wait (`Retry-After`, a rate-limit reset, gRPC pushback), the wait is
 //!   the longer of that delay and the jittered backoff, never their sum.
@@ -50,8 +50,8 @@
 //!   which a `RetryAfterLayer` below lowers to its
 //!   [`max_wait`](crate::RetryAfterLayer::max_wait). A server delay (or a
 //!   backoff) above what is left is not slept through: the response goes
-//!   back at once, and a `retries_exhausted` event with reason `max_wait`
-//!   and the server's `retry_after_ms` says why.
+//!   back at once, and a `retry_skipped` event with reason `max_wait` and
+//!   the server's `retry_after_ms` says why.
 //! - **Only safe requests.** By default only idempotent methods (GET, HEAD,
 //!   OPTIONS, PUT, DELETE, TRACE) and requests with an `Idempotency-Key`
 //!   header are retried; [`retry_all_methods`](JitterBackoffLayer::retry_all_methods)
@@ -59,8 +59,9 @@
 //! - **Same bytes.** Bodies are wrapped in a [`ReplayBody`](crate::replay::ReplayBody),
 //!   buffered (up to [`max_replay_bytes`](JitterBackoffLayer::max_replay_bytes),
 //!   64 KiB by default) while the first attempt sends them. A larger body is
-//!   sent once and not retried, and a `retries_exhausted` event with reason
-//!   `body_not_replayable` says so.
+//!   sent once and not retried, and a `retry_skipped` event with reason
+//!   `body_not_replayable` says so. A request that is not retried for its
+//!   method says so too (`not_idempotent`).
 //! - **Numbered attempts.** Every attempt carries an
 //!   [`Attempt`](crate::attempts::Attempt) extension, optionally a header
 //!   ([`attempt_header`](JitterBackoffLayer::attempt_header), for example
@@ -69,8 +70,9 @@
 //! Telemetry: a `jitter_backoff` span per logical request records
 //! `http.request.resend_count`; `retry_scheduled` and `server_error_retry`
 //! events report each retry (attempt, `backoff_ms`, reason, status or
-//! `error.kind`), `retries_exhausted` and `budget_exhausted` each failure
-//! that goes back. Neither headers nor query strings are recorded. See
+//! `error.kind`), `retry_skipped` (a retry the request had attempts for)
+//! and `retries_exhausted` (no attempts or time left) each failure that
+//! goes back. Neither headers nor query strings are recorded. See
 //! [`telemetry`](crate::telemetry).
 //!
 //! # Where it goes in a stack
@@ -156,6 +158,7 @@
 
 mod budget;
 mod error;
+mod events;
 mod future;
 mod jitter;
 mod layer;

@@ -10,13 +10,14 @@ use tokio::time::Instant;
 use tower::retry::budget::Budget;
 
 use super::RetryBudget;
+use super::events::{self, Failure, GiveUp, RetryReason};
 use super::layer::Config;
+use crate::BoxError;
 use crate::attempts::{AttemptBudget, WaitBudget};
 pub(super) use crate::classify::is_idempotent;
 use crate::classify::{Classify, Outcome, error_kind};
 use crate::replay::ReplayBody;
 use crate::retry_after::ServerSignal;
-use crate::{BoxError, telemetry};
 
 /// What one logical request knows about its retries.
 pub(super) struct Policy<C> {
@@ -81,54 +82,32 @@ impl<C> Policy<C> {
             Outcome::Throttled(delay) => delay,
             Outcome::Transient => None,
         };
-        let attempt = self.attempts.used();
-        let status = result
-            .as_ref()
-            .ok()
-            .map(|response| response.status().as_u16());
-        let kind = result
-            .as_ref()
-            .err()
-            .map(|error| error_kind(error).as_str());
-        let retry_after_ms = server_delay.map(millis);
-        let exhausted = |reason: &'static str| {
-            crate::metrics::retries_exhausted(reason);
-            let message = match reason {
-                "not_idempotent" => {
-                    "retryable failure returned: the request's method is not idempotent and it has no Idempotency-Key"
-                }
-                "body_not_replayable" => {
-                    "retryable failure returned: the request body is too large to replay"
-                }
-                "max_wait" => "retryable failure returned: the wait left is too short",
-                "max_elapsed" => "retryable failure returned: max_elapsed would pass",
-                _ => "retryable failure returned: no attempts left",
-            };
-            tracing::warn!(
-                name: telemetry::RETRIES_EXHAUSTED,
-                target: telemetry::TARGET,
-                event = telemetry::RETRIES_EXHAUSTED,
-                attempt,
-                reason,
-                http.response.status_code = status,
-                error.kind = kind,
-                retry_after_ms,
-                "{message}"
-            );
+        let failure = Failure {
+            attempt: self.attempts.used(),
+            status: result
+                .as_ref()
+                .ok()
+                .map(|response| response.status().as_u16()),
+            error_kind: result
+                .as_ref()
+                .err()
+                .map(|error| error_kind(error).as_str()),
+            retry_after: server_delay,
+        };
+        let give_up = |reason| {
+            events::gave_up(reason, &failure);
+            None
         };
         // A request that may not be retried (a POST without an
         // Idempotency-Key) goes back, said so rather than silently.
         let Some(request) = request else {
-            exhausted("not_idempotent");
-            return None;
+            return give_up(GiveUp::NotIdempotent);
         };
         if !request.body().is_replayable() {
-            exhausted("body_not_replayable");
-            return None;
+            return give_up(GiveUp::BodyNotReplayable);
         }
         if self.attempts.remaining() == 0 {
-            exhausted("max_attempts");
-            return None;
+            return give_up(GiveUp::MaxAttempts);
         }
 
         self.retries += 1;
@@ -156,69 +135,26 @@ impl<C> Policy<C> {
         // left (a RetryAfterLayer below sets it to its `max_wait`) is not
         // slept through here either.
         if !self.waits.allows(wait) {
-            exhausted("max_wait");
-            return None;
+            return give_up(GiveUp::MaxWait);
         }
         if self.started.elapsed().saturating_add(wait) > self.config.max_elapsed {
-            exhausted("max_elapsed");
-            return None;
+            return give_up(GiveUp::MaxElapsed);
         }
         if let Some(budget) = &self.budget
             && !budget.withdraw()
         {
-            crate::metrics::retries_exhausted("budget_exhausted");
-            tracing::warn!(
-                name: telemetry::BUDGET_EXHAUSTED,
-                target: telemetry::TARGET,
-                event = telemetry::BUDGET_EXHAUSTED,
-                attempt,
-                http.response.status_code = status,
-                error.kind = kind,
-                "retryable failure returned: the retry budget is spent"
-            );
-            return None;
+            return give_up(GiveUp::BudgetExhausted);
         }
         if self.attempts.try_begin(request).is_none() {
-            exhausted("max_attempts");
-            return None;
+            return give_up(GiveUp::MaxAttempts);
         }
 
         let reason = match outcome {
-            Outcome::Throttled(_) => "throttled",
-            _ => "transient",
+            Outcome::Throttled(_) => RetryReason::Throttled,
+            _ => RetryReason::Transient,
         };
         self.waits.spend(wait);
-        let backoff_ms = millis(wait);
-        crate::metrics::retry_scheduled(reason, wait);
-        if status.is_some_and(|status| status >= 500) {
-            tracing::info!(
-                name: telemetry::SERVER_ERROR_RETRY,
-                target: telemetry::TARGET,
-                event = telemetry::SERVER_ERROR_RETRY,
-                attempt,
-                backoff_ms,
-                reason,
-                http.response.status_code = status,
-                "server error: retrying after a backoff"
-            );
-        } else {
-            tracing::info!(
-                name: telemetry::RETRY_SCHEDULED,
-                target: telemetry::TARGET,
-                event = telemetry::RETRY_SCHEDULED,
-                attempt,
-                backoff_ms,
-                reason,
-                http.response.status_code = status,
-                error.kind = kind,
-                "retrying after a backoff"
-            );
-        }
+        events::retry_scheduled(reason, wait, &failure);
         Some(wait)
     }
-}
-
-/// Milliseconds for telemetry, saturating.
-fn millis(duration: Duration) -> u64 {
-    u64::try_from(duration.as_millis()).unwrap_or(u64::MAX)
 }

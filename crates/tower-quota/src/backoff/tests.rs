@@ -321,7 +321,14 @@ async fn a_stream_of_failures_cannot_push_retries_over_the_budget() {
     assert!(retries <= 40 + 10, "{retries} retries");
     assert!(retries >= 40, "the budget allows 40 at least: {retries}");
     // Every request ends with the budget spent (or, for a few, its attempts).
-    let budget_spent = capture.named(telemetry::BUDGET_EXHAUSTED).len();
+    let skipped = capture.named(telemetry::RETRY_SKIPPED);
+    assert!(
+        skipped
+            .iter()
+            .all(|event| event["reason"] == "budget_exhausted"),
+        "{skipped:?}"
+    );
+    let budget_spent = skipped.len();
     let attempts_spent = capture.named(telemetry::RETRIES_EXHAUSTED).len();
     assert_eq!(budget_spent + attempts_spent, requests);
     assert!(
@@ -429,10 +436,11 @@ async fn regression_a_server_delay_over_the_stack_max_wait_is_not_slept_through_
     assert_eq!(response.status(), StatusCode::TOO_MANY_REQUESTS);
     assert_eq!(Instant::now(), start, "returned at once");
     assert_eq!(arrivals.lock().unwrap().len(), 1);
-    let exhausted = capture.named(telemetry::RETRIES_EXHAUSTED);
-    assert_eq!(exhausted.len(), 1);
-    assert_eq!(exhausted[0]["reason"], "max_wait");
-    assert_eq!(exhausted[0]["retry_after_ms"], "30000");
+    assert!(capture.named(telemetry::RETRIES_EXHAUSTED).is_empty());
+    let skipped = capture.named(telemetry::RETRY_SKIPPED);
+    assert_eq!(skipped.len(), 1);
+    assert_eq!(skipped[0]["reason"], "max_wait");
+    assert_eq!(skipped[0]["retry_after_ms"], "30000");
 }
 
 #[tokio::test(start_paused = true)]
@@ -457,7 +465,7 @@ async fn backoff_sleeps_spend_the_same_waiting_budget_as_the_gate() {
     // 0.8 s, then 1.6 s would pass the 2 s budget.
     assert_eq!(times(&arrivals), [Duration::ZERO, 800 * MS]);
     assert_eq!(
-        capture.named(telemetry::RETRIES_EXHAUSTED)[0]["reason"],
+        capture.named(telemetry::RETRY_SKIPPED)[0]["reason"],
         "max_wait"
     );
 }
@@ -474,8 +482,8 @@ fn post(idempotency_key: Option<&str>) -> Request<Full<Bytes>> {
         .unwrap()
 }
 
-/// Regression: the give-up was silent; it is a `retries_exhausted` event
-/// with reason `not_idempotent`, and the event carries its name as a field.
+/// Regression: the give-up was silent; it is a `retry_skipped` event with
+/// reason `not_idempotent`, and the event carries its name as a field.
 #[tokio::test(start_paused = true)]
 async fn a_post_without_idempotency_key_is_not_retried_and_says_why() {
     let capture = Capture::default();
@@ -489,10 +497,12 @@ async fn a_post_without_idempotency_key_is_not_retried_and_says_why() {
         .unwrap();
     assert_eq!(response.status(), 503);
     assert_eq!(arrivals.lock().unwrap().len(), 1);
-    let exhausted = capture.named(telemetry::RETRIES_EXHAUSTED);
-    assert_eq!(exhausted.len(), 1);
-    assert_eq!(exhausted[0]["reason"], "not_idempotent");
-    assert_eq!(exhausted[0]["event"], "retries_exhausted");
+    let skipped = capture.named(telemetry::RETRY_SKIPPED);
+    assert_eq!(skipped.len(), 1);
+    assert_eq!(skipped[0]["reason"], "not_idempotent");
+    assert_eq!(skipped[0]["event"], "retry_skipped");
+    assert_eq!(skipped[0]["http.response.status_code"], "503");
+    assert_eq!(skipped[0]["attempt"], "1");
 }
 
 #[tokio::test(start_paused = true)]
@@ -545,9 +555,10 @@ async fn a_body_over_the_replay_limit_is_sent_once_and_telemetry_says_so() {
     let arrivals = arrivals.lock().unwrap();
     assert_eq!(arrivals.len(), 1);
     assert_eq!(arrivals[0].body.len(), 1024, "sent whole, once");
-    let events = capture.named(telemetry::RETRIES_EXHAUSTED);
+    let events = capture.named(telemetry::RETRY_SKIPPED);
     assert_eq!(events.len(), 1);
     assert_eq!(events[0]["reason"], "body_not_replayable");
+    assert!(capture.named(telemetry::RETRIES_EXHAUSTED).is_empty());
 }
 
 // ----- classification, limits, numbering -----
