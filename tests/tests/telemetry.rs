@@ -521,3 +521,44 @@ async fn a_smaller_announced_quota_is_one_quota_mismatch_event() {
     assert_eq!(fields["held_to"], "50", "reported, not followed by default");
     assert_eq!(fields["event"], "quota_mismatch");
 }
+
+/// Pacing above the layer that re-sends throttled requests lets the
+/// re-sent ones skip it: said once, as a `layer_order` WARN naming the
+/// fix. The README's order says nothing.
+#[tokio::test(start_paused = true)]
+async fn pacing_above_retry_after_is_one_layer_order_warning() {
+    let (events, _guard) = capture();
+    let provider = service_fn(|_: http::Request<ReplayBody<Empty<Bytes>>>| async {
+        Ok::<_, BoxError>(answer(200, None))
+    });
+    let pacing = || {
+        SlidingWindowLayer::new(50, Duration::from_secs(1))
+            .unwrap()
+            .usage_fn(HttpFeedback)
+    };
+    let request = || {
+        http::Request::get("https://api.example.com/v1")
+            .body(Empty::<Bytes>::new())
+            .unwrap()
+    };
+    let readme_order = ServiceBuilder::new()
+        .layer(RetryAfterLayer::new())
+        .layer(pacing())
+        .service(provider);
+    for _ in 0..2 {
+        readme_order.clone().oneshot(request()).await.unwrap();
+    }
+    assert!(events.named(telemetry::LAYER_ORDER).is_empty());
+
+    let pacing_outermost = ServiceBuilder::new()
+        .layer(pacing())
+        .layer(RetryAfterLayer::new())
+        .service(provider);
+    for _ in 0..3 {
+        pacing_outermost.clone().oneshot(request()).await.unwrap();
+    }
+    let warnings = events.named(telemetry::LAYER_ORDER);
+    assert_eq!(warnings.len(), 1, "{warnings:?}");
+    assert_eq!(warnings[0].fields["below"], "RetryAfterLayer");
+    assert_eq!(warnings[0].fields["event"], "layer_order");
+}

@@ -113,8 +113,16 @@ pub trait ServiceBuilderExt<L>: sealed::Sealed<L> + Sized {
         layer: ConcurrencyLayer<K, St>,
     ) -> ServiceBuilder<Stack<ConcurrencyLayer<K, St>, L>>;
 
-    /// Obeys `Retry-After` and rate-limit headers with the defaults of
-    /// [`RetryAfterLayer::new`]. See [`retry_after`](crate::retry_after).
+    /// Obeys `Retry-After` and rate-limit headers: the README's layer,
+    /// [`RetryAfterLayer::new`] with
+    /// [`pace_by_quota_headers(false)`](RetryAfterLayer::pace_by_quota_headers),
+    /// meant above a [`sliding_window`](Self::sliding_window) that paces to
+    /// the exact quota (pacing by reset times, often in whole seconds,
+    /// would hold requests up to a second longer than it needs). With
+    /// nothing pacing below, use
+    /// [`retry_after_with(RetryAfterLayer::new())`](Self::retry_after_with),
+    /// which also paces by the quota the server reports. See
+    /// [`retry_after`](crate::retry_after).
     ///
     /// ```
     /// use std::time::Duration;
@@ -301,7 +309,7 @@ impl<L> ServiceBuilderExt<L> for ServiceBuilder<L> {
     }
 
     fn retry_after(self) -> ServiceBuilder<Stack<RetryAfterLayer, L>> {
-        self.layer(RetryAfterLayer::new())
+        self.layer(RetryAfterLayer::new().pace_by_quota_headers(false))
     }
 
     fn retry_after_with<K>(
@@ -338,4 +346,58 @@ mod sealed {
     /// Only `ServiceBuilder` implements `ServiceBuilderExt`.
     #[allow(unreachable_pub)]
     pub trait Sealed<L> {}
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use bytes::Bytes;
+    use http_body_util::Empty;
+    use tokio::time::Instant;
+    use tower::{ServiceBuilder, ServiceExt};
+
+    use super::ServiceBuilderExt;
+    use crate::RetryAfterLayer;
+    use crate::test_support::provider;
+
+    /// A provider that says its quota is spent until a reset a second away.
+    fn spent() -> http::Response<()> {
+        http::Response::builder()
+            .header("ratelimit-limit", "10")
+            .header("ratelimit-remaining", "0")
+            .header("ratelimit-reset", "1")
+            .body(())
+            .unwrap()
+    }
+
+    /// `.retry_after()` is the README's layer: the quota headers of a 200
+    /// do not hold the next request (the sliding window below paces), while
+    /// `RetryAfterLayer::new()` waits for the announced reset.
+    #[tokio::test(start_paused = true)]
+    async fn retry_after_is_the_readmes_layer() {
+        let request = || {
+            http::Request::get("/items")
+                .body(Empty::<Bytes>::new())
+                .unwrap()
+        };
+
+        let start = Instant::now();
+        let (inner, arrivals) = provider(start, |_| spent());
+        let readme = ServiceBuilder::new().retry_after().service(inner);
+        readme.clone().oneshot(request()).await.unwrap();
+        readme.oneshot(request()).await.unwrap();
+        let at: Vec<_> = arrivals.lock().unwrap().iter().map(|a| a.at).collect();
+        assert_eq!(at, [Duration::ZERO, Duration::ZERO]);
+
+        let start = Instant::now();
+        let (inner, arrivals) = provider(start, |_| spent());
+        let pacing = ServiceBuilder::new()
+            .retry_after_with(RetryAfterLayer::new())
+            .service(inner);
+        pacing.clone().oneshot(request()).await.unwrap();
+        pacing.oneshot(request()).await.unwrap();
+        let second = arrivals.lock().unwrap()[1].at;
+        assert!(second >= Duration::from_secs(1), "{second:?}");
+    }
 }

@@ -289,6 +289,16 @@ pub trait UsageFn<Response> {
         let _ = response;
         Vec::new()
     }
+
+    /// Whether a layer that re-sends requests sits *below* the sliding
+    /// window (the response carries what a
+    /// [`RetryAfterLayer`](crate::RetryAfterLayer) puts on its responses):
+    /// its re-sent requests skip the pacing, and the layer says so once
+    /// with a `layer_order` event. The default says no.
+    fn resent_below(&self, response: &Response) -> bool {
+        let _ = response;
+        false
+    }
 }
 
 /// A quota a provider announced in a response: `max_calls` per `window`.
@@ -375,6 +385,13 @@ impl<B> UsageFn<http::Response<B>> for HttpFeedback {
 
     fn refused(&self, response: &http::Response<B>) -> bool {
         response.status() == http::StatusCode::TOO_MANY_REQUESTS
+    }
+
+    fn resent_below(&self, response: &http::Response<B>) -> bool {
+        response
+            .extensions()
+            .get::<crate::retry_after::ServerSignal>()
+            .is_some()
     }
 
     fn announced(&self, response: &http::Response<B>) -> Vec<Announced> {

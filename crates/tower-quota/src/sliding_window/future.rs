@@ -1,6 +1,7 @@
 use std::fmt;
 use std::future::Future;
 use std::pin::Pin;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::task::{Context, Poll, ready};
 
 use pin_project_lite::pin_project;
@@ -201,6 +202,9 @@ where
                     };
                     let admission = in_flight.answered();
                     let response = result.map_err(Into::into)?;
+                    if this.usage_fn.resent_below(&response) {
+                        layer_order();
+                    }
                     if this.usage_fn.refused(&response) {
                         refused(this.store, &admission, this.limits);
                     }
@@ -234,6 +238,24 @@ fn quota_mismatch(key: &crate::Key, change: &QuotaChange) {
         announced = change.announced,
         held_to = change.held_to,
         "the provider announces another quota than the configured one"
+    );
+}
+
+/// A layer that re-sends requests sits below the sliding window: said
+/// once per process, as a WARN naming the fix.
+fn layer_order() {
+    static SAID: AtomicBool = AtomicBool::new(false);
+    if SAID.swap(true, Ordering::Relaxed) {
+        return;
+    }
+    tracing::warn!(
+        name: telemetry::LAYER_ORDER,
+        target: telemetry::TARGET,
+        event = telemetry::LAYER_ORDER,
+        below = "RetryAfterLayer",
+        "a RetryAfterLayer is below the SlidingWindowLayer: requests it re-sends skip the pacing \
+         and spend quota unpaced; put the SlidingWindowLayer innermost, below RetryAfterLayer \
+         and JitterBackoffLayer (see the README's stack)"
     );
 }
 
