@@ -44,6 +44,19 @@ pub const GRPC_PREVIOUS_RPC_ATTEMPTS: HeaderName =
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub struct Attempt(pub u32);
 
+/// Says on the logical request's span (`jitter_backoff`, when it is the
+/// current span) that `attempt` is being sent, so that every event from
+/// here on (in a JSON log, for example) names the attempt it belongs to.
+pub(crate) fn sending(attempt: u32) {
+    let span = tracing::Span::current();
+    if span
+        .metadata()
+        .is_some_and(|meta| meta.name() == crate::telemetry::JITTER_BACKOFF_SPAN)
+    {
+        span.record(crate::telemetry::field::ATTEMPT, attempt);
+    }
+}
+
 /// The attempts one logical request may still make, shared by every layer
 /// that re-sends it; see the [module docs](self).
 ///

@@ -5,6 +5,8 @@ use std::task::{Context, Poll, ready};
 
 use http::{Request, Response};
 use pin_project_lite::pin_project;
+
+use crate::attempts::Attempt;
 use tokio::time::Sleep;
 use tower_service::Service;
 
@@ -105,6 +107,9 @@ where
                         // A retry is decided only while the request is kept.
                         unreachable!("jitter_backoff retry without a kept request");
                     };
+                    if let Some(attempt) = request.extensions().get::<Attempt>() {
+                        crate::attempts::sending(attempt.0);
+                    }
                     let future = this.service.call(request);
                     this.state.set(State::Calling { future });
                 }

@@ -123,6 +123,7 @@ where
             target: telemetry::TARGET,
             telemetry::JITTER_BACKOFF_SPAN,
             request_id = next_request_id(),
+            attempt = 1u32,
             http.request.method = %request.method(),
             url.template = %telemetry::path_template(request.uri().path()),
             http.request.resend_count = tracing::field::Empty,

@@ -257,6 +257,7 @@ where
                         .extensions()
                         .get::<Attempt>()
                         .map_or(*this.attempts, |attempt| attempt.0);
+                    crate::attempts::sending(*this.attempt_number);
                     let future = this.service.call(request);
                     this.state.set(State::Calling { future });
                 }
