@@ -400,31 +400,38 @@ impl QuotaHeaders {
     }
 
     fn write_ietf(&self, view: &QuotaView, headers: &mut HeaderMap) {
-        let mut policy_field = String::new();
-        let mut state_field = String::new();
-        for (index, (policy, rule)) in self.policies.iter().zip(&view.rules).enumerate() {
-            let separator = if index == 0 { "" } else { ", " };
-            // Writing to a String cannot fail.
-            let _ = write!(
-                policy_field,
-                "{separator}\"{}\";q={};w={}",
-                policy.name,
-                rule.limit.min(SF_INTEGER_MAX),
-                policy.window_seconds.min(SF_INTEGER_MAX),
-            );
-            let _ = write!(
-                state_field,
-                "{separator}\"{}\";r={};t={}",
-                policy.name,
-                rule.remaining.min(SF_INTEGER_MAX),
-                delay_seconds(rule.reset_after).min(SF_INTEGER_MAX),
-            );
+        let mut policy_field = sfv::ListSerializer::new();
+        let mut state_field = sfv::ListSerializer::new();
+        for (policy, rule) in self.policies.iter().zip(&view.rules) {
+            // Every name is built as a valid sf-string (see `policies`).
+            let Ok(name) = sfv::StringRef::from_str(&policy.name) else {
+                continue;
+            };
+            let _ = policy_field
+                .bare_item(name)
+                .parameter(sfv::key_ref("q"), sf_integer(rule.limit))
+                .parameter(sfv::key_ref("w"), sf_integer(policy.window_seconds));
+            let _ = state_field
+                .bare_item(name)
+                .parameter(sfv::key_ref("r"), sf_integer(rule.remaining))
+                .parameter(
+                    sfv::key_ref("t"),
+                    sf_integer(delay_seconds(rule.reset_after)),
+                );
         }
-        if !policy_field.is_empty() {
+        if let (Some(policy_field), Some(state_field)) =
+            (policy_field.finish(), state_field.finish())
+        {
             headers.insert(RATELIMIT_POLICY.clone(), text_value(policy_field));
             headers.insert(RATELIMIT.clone(), text_value(state_field));
         }
     }
+}
+
+/// `value` as a structured-field integer, capped at the largest one.
+fn sf_integer(value: u64) -> sfv::Integer {
+    // At most 999,999,999,999,999 after the cap: exact as an i64.
+    sfv::integer(value.min(SF_INTEGER_MAX) as i64)
 }
 
 /// Sets `Date` to `wall_now`.
@@ -539,38 +546,12 @@ fn go_duration(duration: Duration) -> String {
     text
 }
 
-/// `YYYY-MM-DDTHH:MM:SSZ` for an epoch second.
+/// `YYYY-MM-DDTHH:MM:SSZ` for an epoch second (at most the last second of
+/// year 9999, the last RFC 3339 can write).
 fn rfc3339_utc(epoch_seconds: u64) -> String {
-    let days = epoch_seconds / 86_400;
-    let second_of_day = epoch_seconds % 86_400;
-    let (year, month, day) = civil_from_days(days);
-    format!(
-        "{year:04}-{month:02}-{day:02}T{:02}:{:02}:{:02}Z",
-        second_of_day / 3600,
-        second_of_day / 60 % 60,
-        second_of_day % 60,
-    )
-}
-
-/// The proleptic Gregorian date `days` after 1970-01-01 (Howard Hinnant's
-/// `civil_from_days`, for non-negative days).
-fn civil_from_days(days: u64) -> (u64, u64, u64) {
-    // Shift the epoch to 0000-03-01 so leap days fall at the end of a year.
-    let z = days + 719_468;
-    let era = z / 146_097;
-    let day_of_era = z % 146_097;
-    let year_of_era =
-        (day_of_era - day_of_era / 1460 + day_of_era / 36_524 - day_of_era / 146_096) / 365;
-    let day_of_year = day_of_era - (365 * year_of_era + year_of_era / 4 - year_of_era / 100);
-    let month_index = (5 * day_of_year + 2) / 153;
-    let day = day_of_year - (153 * month_index + 2) / 5 + 1;
-    let month = if month_index < 10 {
-        month_index + 3
-    } else {
-        month_index - 9
-    };
-    let year = year_of_era + era * 400 + u64::from(month <= 2);
-    (year, month, day)
+    const LAST_SECOND_OF_9999: u64 = 253_402_300_799;
+    let at = SystemTime::UNIX_EPOCH + Duration::from_secs(epoch_seconds.min(LAST_SECOND_OF_9999));
+    humantime::format_rfc3339_seconds(at).to_string()
 }
 
 #[cfg(test)]
