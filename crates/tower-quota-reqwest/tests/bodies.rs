@@ -118,3 +118,25 @@ async fn post_without_idempotency_key_is_not_resent_after_503() {
     assert_eq!(server.stats().total, 1);
     server.shutdown().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn body_over_the_replay_limit_is_sent_once() {
+    let server = throttled_once_by_503().await;
+    let client = client_with(QuotaMiddleware::new(100, Duration::from_secs(1)).unwrap());
+    // Past the layers' default replay limit of 64 KiB.
+    let upload = vec![b'x'; 100 * 1024];
+
+    let response = client
+        .post(format!("{}/v1/uploads", server.url()))
+        .header("idempotency-key", "upload-1")
+        .body(upload.clone())
+        .send()
+        .await
+        .unwrap();
+
+    assert_eq!(response.status(), StatusCode::SERVICE_UNAVAILABLE);
+    let stats = server.stats();
+    assert_eq!(stats.total, 1);
+    assert_eq!(stats.arrivals[0].body_hash, fnv1a64(&upload));
+    server.shutdown().await;
+}
