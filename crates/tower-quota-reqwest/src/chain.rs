@@ -1,0 +1,214 @@
+//! The innermost service of the stack: one attempt through the rest of the
+//! middleware chain.
+
+use std::error::Error as StdError;
+use std::fmt;
+use std::future::Future;
+use std::io;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context, Poll};
+
+use bytes::Bytes;
+use http::Extensions;
+use reqwest::Url;
+use reqwest_middleware::Next;
+use tower::Service;
+use tower_quota::BoxError;
+use tower_quota::replay::{ReplayBody, ReplayError};
+use tower_quota::retry_after::GateClosed;
+use tower_quota::sliding_window::{ConflictingQuotas, CostTooLarge, Overloaded};
+
+/// The body an attempt carries after the retrying layers made it
+/// replayable: once for the backoff layer, once for the Retry-After layer.
+pub type AttemptBody = ReplayBody<ReplayBody<reqwest::Body>>;
+
+/// The request each attempt is: what the pacing layer's key, cost and the
+/// Retry-After layer's inner service see.
+pub type AttemptRequest = http::Request<AttemptBody>;
+
+/// The body of the logical request, as reqwest held it.
+#[derive(Clone)]
+pub(crate) enum OriginalBody {
+    /// The request had no body.
+    None,
+    /// An in-memory body: every attempt sends these bytes (a cheap clone),
+    /// as a body reqwest itself can clone (for its redirects) and knows the
+    /// length of.
+    Bytes(Bytes),
+    /// A streaming body: attempts send the layers' replayable wrapper,
+    /// which buffers it while the first attempt sends it.
+    Streaming,
+}
+
+impl OriginalBody {
+    pub(crate) fn of(body: Option<&reqwest::Body>) -> Self {
+        match body {
+            None => OriginalBody::None,
+            Some(body) => match body.as_bytes() {
+                Some(bytes) => OriginalBody::Bytes(Bytes::copy_from_slice(bytes)),
+                None => OriginalBody::Streaming,
+            },
+        }
+    }
+}
+
+/// What an attempt hands back beside its response, in the response's
+/// extensions: the final URL (after reqwest's redirects) and the
+/// extensions the rest of the chain left.
+#[derive(Clone)]
+pub(crate) struct Forwarded {
+    pub(crate) url: Url,
+    pub(crate) extensions: Extensions,
+}
+
+/// Sends each attempt through the middlewares after this one and reqwest's
+/// client, with `next`.
+///
+/// `Next<'a>` borrows the client's middleware list, so this service lives no
+/// longer than one call of `Middleware::handle`: the stack around it is
+/// built per logical request (the layers' state is shared through `Arc`s,
+/// so that costs a few reference counts).
+#[derive(Clone)]
+pub(crate) struct ChainService<'a> {
+    next: Next<'a>,
+    /// The extensions the chain was called with; every attempt gets its own
+    /// copy, since an attempt's middlewares may change them.
+    extensions: Arc<Extensions>,
+    body: OriginalBody,
+}
+
+impl<'a> ChainService<'a> {
+    pub(crate) fn new(next: Next<'a>, extensions: Extensions, body: OriginalBody) -> Self {
+        ChainService {
+            next,
+            extensions: Arc::new(extensions),
+            body,
+        }
+    }
+}
+
+impl fmt::Debug for ChainService<'_> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("ChainService").finish_non_exhaustive()
+    }
+}
+
+impl<'a> Service<AttemptRequest> for ChainService<'a> {
+    type Response = http::Response<reqwest::Body>;
+    type Error = ChainError;
+    type Future = Pin<Box<dyn Future<Output = Result<Self::Response, ChainError>> + Send + 'a>>;
+
+    fn poll_ready(&mut self, _cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+        // The rest of the chain is called per request and reports no
+        // backpressure.
+        Poll::Ready(Ok(()))
+    }
+
+    fn call(&mut self, request: AttemptRequest) -> Self::Future {
+        let next = self.next.clone();
+        let extensions = Arc::clone(&self.extensions);
+        let request = match &self.body {
+            OriginalBody::None => {
+                reqwest::Request::try_from(request.map(|_| Bytes::new())).map(|mut request| {
+                    *request.body_mut() = None;
+                    request
+                })
+            }
+            OriginalBody::Bytes(bytes) => {
+                let bytes = bytes.clone();
+                reqwest::Request::try_from(request.map(|_| bytes))
+            }
+            OriginalBody::Streaming => reqwest::Request::try_from(request.map(reqwest::Body::wrap)),
+        };
+        Box::pin(async move {
+            let request = request.map_err(|error| ChainError::new(error.into()))?;
+            let mut extensions = Extensions::clone(&extensions);
+            let response = next
+                .run(request, &mut extensions)
+                .await
+                .map_err(ChainError::new)?;
+            let url = response.url().clone();
+            let mut response = http::Response::from(response);
+            response
+                .extensions_mut()
+                .insert(Forwarded { url, extensions });
+            Ok(response)
+        })
+    }
+}
+
+/// An error of the rest of the chain, carried through the layers so that
+/// [`into_middleware_error`] hands it back to the caller unchanged.
+///
+/// Its source chain tells the layers' classifier what kind of failure it
+/// was: reqwest's timeouts and connect errors are transient (retried), as
+/// the same failures of any other client are.
+pub(crate) struct ChainError {
+    error: reqwest_middleware::Error,
+    kind: Option<io::Error>,
+}
+
+impl ChainError {
+    fn new(error: reqwest_middleware::Error) -> Self {
+        let kind = match &error {
+            reqwest_middleware::Error::Reqwest(error) if error.is_timeout() => {
+                Some(io::ErrorKind::TimedOut)
+            }
+            reqwest_middleware::Error::Reqwest(error) if error.is_connect() => {
+                Some(io::ErrorKind::NotConnected)
+            }
+            _ => None,
+        }
+        .map(io::Error::from);
+        ChainError { error, kind }
+    }
+}
+
+impl fmt::Debug for ChainError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        fmt::Debug::fmt(&self.error, f)
+    }
+}
+
+impl fmt::Display for ChainError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        fmt::Display::fmt(&self.error, f)
+    }
+}
+
+impl StdError for ChainError {
+    fn source(&self) -> Option<&(dyn StdError + 'static)> {
+        match &self.kind {
+            Some(kind) => Some(kind),
+            None => Some(&self.error),
+        }
+    }
+}
+
+/// The error the stack ended with, as reqwest-middleware's error: an error
+/// of the rest of the chain unchanged, any other (the layers' own) as
+/// [`reqwest_middleware::Error::Middleware`].
+pub(crate) fn into_middleware_error(error: BoxError) -> reqwest_middleware::Error {
+    match error.downcast::<ChainError>() {
+        Ok(chain) => chain.error,
+        Err(error) => reqwest_middleware::Error::Middleware(layer_error(error)),
+    }
+}
+
+/// A layer's error as an `anyhow::Error` that downcasts to the layer's own
+/// type: `anyhow::Error::from_boxed` alone would only downcast to the box.
+fn layer_error(error: BoxError) -> anyhow::Error {
+    macro_rules! as_concrete {
+        ($error:ident: $($type:ty),*) => {
+            $(
+                let $error = match $error.downcast::<$type>() {
+                    Ok(concrete) => return anyhow::Error::new(*concrete),
+                    Err(other) => other,
+                };
+            )*
+        };
+    }
+    as_concrete!(error: Overloaded, CostTooLarge, ConflictingQuotas, GateClosed, ReplayError);
+    anyhow::Error::from_boxed(error)
+}
