@@ -30,13 +30,13 @@
 
 use std::collections::HashMap;
 use std::process::ExitCode;
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
 use axum::Router;
 use axum::extract::{Path, Request, State};
 use axum::response::{IntoResponse, Response};
-use axum::routing::any;
+use axum::routing::{any, get};
 use bytes::Bytes;
 use http::header::{self, HeaderName};
 use http::{HeaderValue, StatusCode, Uri};
@@ -44,6 +44,7 @@ use http_body_util::{BodyExt, Empty};
 use hyper_util::client::legacy::Client;
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::TokioExecutor;
+use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusHandle};
 use quota_mock::{Fault, HeaderDialect, MockServer, Rule};
 use tower::util::{BoxCloneSyncService, Either};
 use tower::{ServiceBuilder, ServiceExt};
@@ -158,6 +159,9 @@ pub struct Summary {
     pub providers: Vec<ProviderSummary>,
     /// Wall time of the run.
     pub elapsed: Duration,
+    /// `GET /metrics` after the run: the layers' series, as Prometheus
+    /// scrapes them.
+    pub metrics: String,
 }
 
 impl Summary {
@@ -271,13 +275,16 @@ fn provider_stack(
     Ok(BoxCloneSyncService::new(stack))
 }
 
-/// The proxy's router: `/{provider}/{*path}` goes to that provider's stack.
+/// The proxy's router: `/{provider}/{*path}` goes to that provider's stack,
+/// and `GET /metrics` serves every layer's metrics to Prometheus.
 /// `upstreams` maps each provider's name to its base URL.
 pub fn router(
     providers: &[Provider],
     upstreams: &HashMap<String, String>,
     store: Option<&RedisStore>,
 ) -> Result<Router, BoxError> {
+    // The recorder goes in before the first request is counted.
+    prometheus();
     // One connection pool for all providers; one limiter per provider.
     let client = Client::builder(TokioExecutor::new())
         .pool_idle_timeout(Duration::from_secs(30))
@@ -297,8 +304,37 @@ pub fn router(
         routes: Arc::new(routes),
     };
     Ok(Router::new()
+        .route("/metrics", get(metrics))
         .route("/{provider}/{*path}", any(forward))
         .with_state(proxy))
+}
+
+/// The Prometheus handle of this process: the recorder every layer's
+/// metrics go to, installed on first use (a process has one global
+/// recorder; if another was installed first, the handle renders nothing).
+fn prometheus() -> &'static PrometheusHandle {
+    static HANDLE: OnceLock<PrometheusHandle> = OnceLock::new();
+    HANDLE.get_or_init(|| {
+        let recorder = PrometheusBuilder::new().build_recorder();
+        let handle = recorder.handle();
+        if metrics::set_global_recorder(recorder).is_ok() {
+            tower_quota::metrics::describe();
+        }
+        handle
+    })
+}
+
+/// `GET /metrics`: every series of the proxy's layers, in Prometheus' text
+/// format.
+async fn metrics() -> Response {
+    (
+        [(
+            header::CONTENT_TYPE,
+            "text/plain; version=0.0.4; charset=utf-8",
+        )],
+        prometheus().render(),
+    )
+        .into_response()
 }
 
 /// Headers that describe one hop, not the request: never forwarded.
@@ -447,6 +483,12 @@ pub async fn run(options: Options) -> Result<Summary, BoxError> {
         }
     }
     let elapsed = started.elapsed();
+    // What Prometheus would scrape after the run.
+    let scrape = Client::builder(TokioExecutor::new())
+        .build_http::<Empty<Bytes>>()
+        .get(format!("http://{}/metrics", proxy.addr).parse()?)
+        .await?;
+    let metrics = String::from_utf8(scrape.into_body().collect().await?.to_bytes().to_vec())?;
     proxy.stop().await?;
 
     let mut providers = Vec::new();
@@ -470,6 +512,7 @@ pub async fn run(options: Options) -> Result<Summary, BoxError> {
         succeeded,
         providers,
         elapsed,
+        metrics,
     })
 }
 

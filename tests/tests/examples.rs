@@ -98,6 +98,48 @@ async fn axum_proxy_keeps_every_upstream_under_its_quota_for_all_clients() {
         "{}",
         beta.max_in_window
     );
+    // Prometheus scrapes the layers' documented series from `/metrics`.
+    let scrape = &summary.metrics;
+    let acquired: u64 = summary.providers.iter().map(|p| p.attempts).sum();
+    for name in [
+        tower_quota::metrics::REQUEST_TIME_IN_QUEUE_SECONDS,
+        tower_quota::metrics::RATE_LIMITING_REQUESTS_TOTAL,
+        tower_quota::metrics::REQUEST_RESEND_COUNT,
+    ] {
+        assert!(
+            scrape.contains(&format!("# TYPE {name} ")),
+            "{name} missing from /metrics:\n{scrape}"
+        );
+    }
+    // Every attempt the providers saw was admitted by its provider's window
+    // (keyed by the provider's name), and counted.
+    let counted: u64 = scrape
+        .lines()
+        .filter(|line| {
+            line.starts_with(tower_quota::metrics::RATE_LIMITING_REQUESTS_TOTAL)
+                && line.contains("result=\"acquired\"")
+                && summary
+                    .providers
+                    .iter()
+                    .any(|p| line.contains(&format!("key=\"{}\"", p.name)))
+        })
+        .filter_map(|line| line.rsplit(' ').next()?.parse::<u64>().ok())
+        .sum();
+    assert_eq!(counted, acquired, "{scrape}");
+    // One resend count per call (tests running beside this one may add
+    // their own requests: at least).
+    let resend_counts: u64 = scrape
+        .lines()
+        .find_map(|line| {
+            line.strip_prefix(&format!(
+                "{}_count ",
+                tower_quota::metrics::REQUEST_RESEND_COUNT
+            ))?
+            .parse()
+            .ok()
+        })
+        .unwrap_or(0);
+    assert!(resend_counts >= summary.calls as u64, "{scrape}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]

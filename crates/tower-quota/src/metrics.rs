@@ -11,7 +11,9 @@
 //!
 //! | name | kind | labels | recorded when |
 //! |---|---|---|---|
-//! | `tower_quota_pacing_wait_seconds` | histogram | `key` | a request is admitted by a sliding window: how long it waited (0 for most) |
+//! | `tower_quota_rate_limiting_request_time_in_queue_seconds` | histogram | `key` | a request is admitted by a sliding window: how long it waited (0 for most) |
+//! | `tower_quota_rate_limiting_requests_total` | counter | `key`, `result` | a sliding window decided a request: `acquired` (admitted) or `rejected` (refused: see `tower_quota_refused_total` for why) |
+//! | `tower_quota_http_client_request_resends` | histogram | | a logical request through `JitterBackoffLayer` ended: how many times it was re-sent (0 for most) |
 //! | `tower_quota_refused_total` | counter | `key`, `reason` | a request fails without being sent: `max_wait`, `queue_full`, `cost_too_large`, `store_error`, `gate_closed` or `circuit_open` |
 //! | `tower_quota_throttled_total` | counter | `key`, `status`, `outcome` | the server throttled a request (`rate_limit_hit`); `outcome` as in the event |
 //! | `tower_quota_gate_closed_total` | counter | `key`, `reason` | a response closed its key's gate (`gate_closed`): `throttled` or `quota_exhausted` |
@@ -20,10 +22,26 @@
 //! | `tower_quota_backoff_seconds` | histogram | `reason` | as `tower_quota_retries_total`: the wait before the retry |
 //! | `tower_quota_retries_exhausted_total` | counter | `reason` | a retryable failure goes back to the caller: `max_attempts`, `max_elapsed`, `max_wait`, `body_not_replayable`, `not_idempotent` or `budget_exhausted` |
 //! | `tower_quota_circuit_transitions_total` | counter | `key`, `state` | a breaker changes state: to `open`, `half_open` or `closed` |
+//! | `tower_quota_pacing_drift_total` | counter | `key` | the provider refused a request the sliding window had room for, and the key's margin widened (`pacing_drift`) |
+//! | `tower_quota_pacing_lagging_total` | counter | | the client's tasks ran too late for `sent_within`: admissions are held until answered for a window (`pacing_lagging`) |
 //! | `tower_quota_quota_mismatch_total` | counter | `key` | a response announced another size for a configured quota (`quota_mismatch`) |
 //! | `tower_quota_pacing_burst` | gauge | `key` | a key's learned burst changed (`rate_adapted`): requests it sends back to back, 0 when spacing is off |
 //! | `tower_quota_pacing_rate` | gauge | `key` | a key's learned rate changed (`rate_adapted`): requests per second it spaces its requests at, 0 when spacing is off |
 //! | `tower_quota_store_errors_total` | counter | `key`, `kind` | a shared store (Redis) failed; recorded by the store through [`store_error`] |
+//!
+//! # Names
+//!
+//! Where OpenTelemetry's semantic conventions name the same measure, the
+//! name follows them, under the `tower_quota` prefix and in Prometheus form
+//! (dots as underscores, the unit and `_total` as suffixes): the time in
+//! queue and the requests by result of its rate-limiting conventions
+//! (`*.rate_limiting.request.time_in_queue`, `*.rate_limiting.requests`
+//! with its `result` attribute), and the resend count of its HTTP client
+//! conventions (`http.request.resend_count`, as `…_request_resends`: a
+//! Prometheus name does not end in `_count`, which its summaries and
+//! histograms append). The others have no convention to follow. The
+//! `axum_proxy` example serves them all at `GET /metrics` with
+//! `metrics-exporter-prometheus`.
 //!
 //! # Label values
 //!
@@ -38,7 +56,10 @@
 //! ```
 //! // After installing a recorder, once:
 //! tower_quota::metrics::describe();
-//! assert_eq!(tower_quota::metrics::PACING_WAIT_SECONDS, "tower_quota_pacing_wait_seconds");
+//! assert_eq!(
+//!     tower_quota::metrics::REQUEST_TIME_IN_QUEUE_SECONDS,
+//!     "tower_quota_rate_limiting_request_time_in_queue_seconds"
+//! );
 //! ```
 
 // The helpers take what the call sites have at hand; without the feature
@@ -50,8 +71,20 @@ use std::time::Duration;
 use crate::{BoxError, Key};
 
 /// Histogram: how long an admitted request waited for room in its sliding
-/// window, in seconds. Label `key`.
-pub const PACING_WAIT_SECONDS: &str = "tower_quota_pacing_wait_seconds";
+/// window, in seconds (OpenTelemetry's `rate_limiting.request.time_in_queue`).
+/// Label `key`.
+pub const REQUEST_TIME_IN_QUEUE_SECONDS: &str =
+    "tower_quota_rate_limiting_request_time_in_queue_seconds";
+
+/// Counter: requests a sliding window decided, by `result`: `acquired` or
+/// `rejected` (OpenTelemetry's `rate_limiting.requests`). Labels `key`,
+/// `result`.
+pub const RATE_LIMITING_REQUESTS_TOTAL: &str = "tower_quota_rate_limiting_requests_total";
+
+/// Histogram: how many times a logical request through `JitterBackoffLayer`
+/// was re-sent, recorded when it ends (OpenTelemetry's
+/// `http.request.resend_count`). No labels.
+pub const REQUEST_RESEND_COUNT: &str = "tower_quota_http_client_request_resends";
 
 /// Counter: requests that failed without being sent. Labels `key`, `reason`.
 pub const REFUSED_TOTAL: &str = "tower_quota_refused_total";
@@ -119,9 +152,19 @@ fn describe_all() {
     use ::metrics::{Unit, describe_counter, describe_histogram};
 
     describe_histogram!(
-        PACING_WAIT_SECONDS,
+        REQUEST_TIME_IN_QUEUE_SECONDS,
         Unit::Seconds,
         "Time an admitted request waited for room in its sliding window"
+    );
+    describe_counter!(
+        RATE_LIMITING_REQUESTS_TOTAL,
+        Unit::Count,
+        "Requests a sliding window admitted (result=acquired) or refused (result=rejected)"
+    );
+    describe_histogram!(
+        REQUEST_RESEND_COUNT,
+        Unit::Count,
+        "Times a logical request was re-sent"
     );
     describe_counter!(
         PACING_LAGGING_TOTAL,
@@ -213,7 +256,18 @@ fn key_label(key: &Key) -> String {
 /// A sliding window admitted a request after `waited`.
 pub(crate) fn pacing_admitted(key: &Key, waited: Duration) {
     #[cfg(feature = "metrics")]
-    ::metrics::histogram!(PACING_WAIT_SECONDS, "key" => key_label(key)).record(waited);
+    {
+        let label = key_label(key);
+        ::metrics::histogram!(REQUEST_TIME_IN_QUEUE_SECONDS, "key" => label.clone()).record(waited);
+        ::metrics::counter!(RATE_LIMITING_REQUESTS_TOTAL, "key" => label, "result" => "acquired")
+            .increment(1);
+    }
+}
+
+/// A logical request ended after `resends` re-sends.
+pub(crate) fn resends(resends: u32) {
+    #[cfg(feature = "metrics")]
+    ::metrics::histogram!(REQUEST_RESEND_COUNT).record(f64::from(resends));
 }
 
 /// The provider refused a request of `key` the sliding window had room for;
@@ -273,6 +327,8 @@ pub(crate) fn admission_refused(error: &BoxError) {
             // A store's own error does not say which key it was for.
             (String::new(), "store_error")
         };
+        ::metrics::counter!(RATE_LIMITING_REQUESTS_TOTAL, "key" => key.clone(), "result" => "rejected")
+            .increment(1);
         ::metrics::counter!(REFUSED_TOTAL, "key" => key, "reason" => reason).increment(1);
     }
 }

@@ -119,6 +119,7 @@ where
 }
 
 fn record_resends(span: &tracing::Span, attempts: u32) {
+    crate::metrics::resends(attempts.saturating_sub(1));
     span.record(
         telemetry::field::HTTP_REQUEST_RESEND_COUNT,
         attempts.saturating_sub(1),

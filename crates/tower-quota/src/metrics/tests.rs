@@ -85,8 +85,20 @@ async fn a_paced_request_records_its_wait() {
 
     let recorded = snapshotter.snapshot().into_vec();
     assert_eq!(
-        histogram(&recorded, PACING_WAIT_SECONDS, &[("key", "global")]),
+        histogram(
+            &recorded,
+            REQUEST_TIME_IN_QUEUE_SECONDS,
+            &[("key", "global")]
+        ),
         [0.0, 1.0]
+    );
+    assert_eq!(
+        counter(
+            &recorded,
+            RATE_LIMITING_REQUESTS_TOTAL,
+            &[("key", "global"), ("result", "acquired")]
+        ),
+        2
     );
 }
 
@@ -121,6 +133,17 @@ async fn a_refused_request_is_counted_with_its_reason() {
         ),
         1
     );
+    for (result, count) in [("acquired", 1), ("rejected", 1)] {
+        assert_eq!(
+            counter(
+                &recorded,
+                RATE_LIMITING_REQUESTS_TOTAL,
+                &[("key", "global"), ("result", result)]
+            ),
+            count,
+            "{result}"
+        );
+    }
 }
 
 #[tokio::test(start_paused = true)]
@@ -212,6 +235,7 @@ async fn retries_and_exhaustion_are_counted_by_reason() {
         histogram(&recorded, BACKOFF_SECONDS, &[("reason", "transient")]),
         [0.1]
     );
+    assert_eq!(histogram(&recorded, REQUEST_RESEND_COUNT, &[]), [1.0]);
     assert_eq!(
         counter(
             &recorded,
