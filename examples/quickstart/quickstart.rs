@@ -35,6 +35,7 @@ use indicatif::{ProgressBar, ProgressStyle};
 use quota_mock::{Fault, HeaderDialect, MockServer, Rule, Scripted, Stats};
 use tokio::sync::Semaphore;
 use tokio::time::Instant;
+#[cfg(feature = "redis")]
 use tower::util::Either;
 use tower::{ServiceBuilder, ServiceExt};
 use tower_quota::{
@@ -53,6 +54,7 @@ struct Options {
     strict: bool,
     /// The quota the provider enforces, when it differs from the client's.
     provider_quota: Option<u64>,
+    #[cfg(feature = "redis")]
     redis: Option<String>,
     out: PathBuf,
 }
@@ -69,6 +71,7 @@ impl Options {
             sent_within: None,
             strict: false,
             provider_quota: None,
+            #[cfg(feature = "redis")]
             redis: None,
             out: PathBuf::from("target/quickstart"),
         };
@@ -85,6 +88,7 @@ impl Options {
                 "--strict" => options.strict = true,
                 "--provider-quota" => options.provider_quota = Some(number(&flag, &value()?)?),
                 "--out" => options.out = PathBuf::from(value()?),
+                #[cfg(feature = "redis")]
                 "--redis" => options.redis = Some(value()?),
                 "--no-faults" => options.faults = false,
                 "--help" | "-h" => return Err(USAGE.into()),
@@ -167,6 +171,7 @@ async fn main() -> Result<ExitCode, BoxError> {
     }
     // With --redis, the quota lives in Redis and every process using the
     // same URL shares it.
+    #[cfg(feature = "redis")]
     let pacing = match &options.redis {
         Some(url) => {
             let store = tower_quota_redis::RedisStore::builder(url.as_str())
