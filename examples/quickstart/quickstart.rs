@@ -28,6 +28,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
+use clap::Parser;
+use clap::builder::RangedU64ValueParser;
 use http_body_util::{BodyExt, Empty};
 use hyper_util::client::legacy::Client;
 use hyper_util::rt::TokioExecutor;
@@ -41,77 +43,70 @@ use tower::{ServiceBuilder, ServiceExt};
 use tower_quota::{
     BoxError, HttpFeedback, JitterBackoffLayer, RetryAfterLayer, SlidingWindowLayer,
 };
+use tower_quota_quickstart::human;
 use tracing_subscriber::EnvFilter;
 
+/// Runs requests through the three layers against an in-process provider
+/// and reports what the provider saw.
+///
+/// Keeping the quota in Redis (--redis URL) needs the package's redis
+/// feature: cargo run --release --example quickstart --features
+/// tower-quota-quickstart/redis -- --redis redis://127.0.0.1:6379
+#[derive(Debug, Parser)]
+#[command(name = "quickstart")]
 struct Options {
+    /// Requests the client may send in any window (the provider's quota).
+    #[arg(long, default_value_t = 20, value_parser = clap::value_parser!(u64).range(1..))]
     quota: u64,
+    /// The quota's window, e.g. 1s, 500ms, 1m.
+    #[arg(long, default_value = "1s", value_parser = positive_duration)]
     window: Duration,
+    /// Logical requests to send.
+    #[arg(long, default_value_t = 300, value_parser = RangedU64ValueParser::<usize>::new().range(1..=1_000_000))]
     requests: usize,
+    /// Requests in flight at once.
+    #[arg(long, default_value_t = 32, value_parser = RangedU64ValueParser::<usize>::new().range(1..=100_000))]
     concurrency: usize,
-    faults: bool,
+    /// No injected 503s and no Retry-After episode: pacing alone.
+    #[arg(long)]
+    no_faults: bool,
+    /// How much longer than the window each admission is held, e.g. 5ms
+    /// (default: 0.01% of the window, between 1 ms and 25 ms).
+    #[arg(long, value_parser = humantime::parse_duration)]
     safety_margin: Option<Duration>,
+    /// How soon after its admission a request is assumed to reach the
+    /// provider, e.g. 100ms (default: a tenth of the window, at most 100 ms).
+    #[arg(long, value_parser = humantime::parse_duration)]
     sent_within: Option<Duration>,
+    /// Hold each admission until its answer comes back, and a window after.
+    #[arg(long)]
     strict: bool,
-    /// The quota the provider enforces, when it differs from the client's.
+    /// The quota the provider enforces, when it differs from --quota (a
+    /// provider stricter than its documentation).
+    #[arg(long, value_parser = clap::value_parser!(u64).range(1..))]
     provider_quota: Option<u64>,
+    /// Keep the quota in Redis at this URL, shared by every process using it.
     #[cfg(feature = "redis")]
+    #[arg(long, value_name = "URL")]
     redis: Option<String>,
+    /// Where the telemetry and the timeline plot are written.
+    #[arg(long, default_value = "target/quickstart")]
     out: PathBuf,
 }
 
 impl Options {
-    fn from_args() -> Result<Self, String> {
-        let mut options = Options {
-            quota: 20,
-            window: Duration::from_secs(1),
-            requests: 300,
-            concurrency: 32,
-            faults: true,
-            safety_margin: None,
-            sent_within: None,
-            strict: false,
-            provider_quota: None,
-            #[cfg(feature = "redis")]
-            redis: None,
-            out: PathBuf::from("target/quickstart"),
-        };
-        let mut args = std::env::args().skip(1);
-        while let Some(flag) = args.next() {
-            let mut value = || args.next().ok_or_else(|| format!("{flag} needs a value"));
-            match flag.as_str() {
-                "--quota" => options.quota = number(&flag, &value()?)?,
-                "--window" => options.window = duration(&flag, &value()?)?,
-                "--requests" => options.requests = number(&flag, &value()?)?,
-                "--concurrency" => options.concurrency = number(&flag, &value()?)?,
-                "--safety-margin" => options.safety_margin = Some(duration(&flag, &value()?)?),
-                "--sent-within" => options.sent_within = Some(duration(&flag, &value()?)?),
-                "--strict" => options.strict = true,
-                "--provider-quota" => options.provider_quota = Some(number(&flag, &value()?)?),
-                "--out" => options.out = PathBuf::from(value()?),
-                #[cfg(feature = "redis")]
-                "--redis" => options.redis = Some(value()?),
-                "--no-faults" => options.faults = false,
-                "--help" | "-h" => return Err(USAGE.into()),
-                other => return Err(format!("unknown flag {other}\n{USAGE}")),
-            }
-        }
-        if options.concurrency == 0 || options.quota == 0 || options.window.is_zero() {
-            return Err("--quota, --window and --concurrency must be above zero".into());
-        }
-        Ok(options)
+    fn faults(&self) -> bool {
+        !self.no_faults
     }
 }
 
-const USAGE: &str = "usage: quickstart [--quota N] [--window 1s] [--requests N] [--concurrency N] \
-[--no-faults] [--safety-margin 5ms] [--sent-within 100ms] [--strict] [--provider-quota N] [--redis redis://127.0.0.1:6379] [--out DIR]";
-
-fn number<T: std::str::FromStr>(flag: &str, text: &str) -> Result<T, String> {
-    text.parse()
-        .map_err(|_| format!("{flag}: `{text}` is not a valid number"))
-}
-
-fn duration(flag: &str, text: &str) -> Result<Duration, String> {
-    humantime::parse_duration(text).map_err(|error| format!("{flag} {text}: {error}"))
+/// A duration above zero, for --window.
+fn positive_duration(text: &str) -> Result<Duration, String> {
+    match humantime::parse_duration(text) {
+        Ok(duration) if duration.is_zero() => Err("must be above zero".into()),
+        Ok(duration) => Ok(duration),
+        Err(error) => Err(error.to_string()),
+    }
 }
 
 /// What one logical request did, as the client saw it.
@@ -122,13 +117,7 @@ struct Outcome {
 
 #[tokio::main]
 async fn main() -> Result<ExitCode, BoxError> {
-    let options = match Options::from_args() {
-        Ok(options) => options,
-        Err(message) => {
-            eprintln!("{message}");
-            return Ok(ExitCode::from(2));
-        }
-    };
+    let options = Options::parse();
     std::fs::create_dir_all(&options.out)?;
     let log_path = options.out.join("telemetry.jsonl");
     let plot_path = options.out.join("timeline.svg");
@@ -148,7 +137,7 @@ async fn main() -> Result<ExitCode, BoxError> {
         ))
         .headers(HeaderDialect::IetfStructured)
         .seed(7);
-    if options.faults {
+    if options.faults() {
         provider = provider.fault(Fault::ErrorRate {
             fraction: 0.03,
             statuses: vec![http::StatusCode::SERVICE_UNAVAILABLE],
@@ -195,13 +184,13 @@ async fn main() -> Result<ExitCode, BoxError> {
         .service(client);
 
     println!(
-        "{} requests at concurrency {} to {} — quota {} per {:?}, strict sliding log{}",
+        "{} requests at concurrency {} to {} — quota {} per {}, strict sliding log{}",
         options.requests,
         options.concurrency,
         server.url(),
         options.quota,
-        options.window,
-        if options.faults {
+        human(options.window),
+        if options.faults() {
             ", 3% 503s and one Retry-After episode"
         } else {
             ""
@@ -217,7 +206,7 @@ async fn main() -> Result<ExitCode, BoxError> {
     let mut tasks = tokio::task::JoinSet::new();
     let started = Instant::now();
     for i in 0..options.requests {
-        if options.faults && i == options.requests / 3 {
+        if options.faults() && i == options.requests / 3 {
             // The provider pushes back once: the next two get 503 Retry-After: 1.
             server.script(
                 Scripted::new(2, http::StatusCode::SERVICE_UNAVAILABLE)
@@ -344,10 +333,12 @@ impl Report {
         if self.refused > 0 {
             problems.push(format!(
                 "the provider refused {} request(s) with 429: requests reached it later \
-                 than the pacing assumed, or its quota is not {} per {:?}. Look for \
+                 than the pacing assumed, or its quota is not {} per {}. Look for \
                  `pacing_drift` and `rate_limit_hit` in the telemetry; run with --strict \
                  (hold each slot until its answer) or a larger --sent-within",
-                self.refused, options.quota, options.window
+                self.refused,
+                options.quota,
+                human(options.window)
             ));
         }
         if self.max_in_window > options.provider_quota.unwrap_or(options.quota) {
@@ -378,8 +369,10 @@ impl Report {
             (
                 "max accepted in any window",
                 format!(
-                    "{} (quota {} per {:?})",
-                    self.max_in_window, options.quota, options.window
+                    "{} (quota {} per {})",
+                    self.max_in_window,
+                    options.quota,
+                    human(options.window)
                 ),
             ),
             (
@@ -392,9 +385,9 @@ impl Report {
             ),
             (
                 "latency p50 / p99",
-                format!("{:?} / {:?}", self.p50, self.p99),
+                format!("{} / {}", human(self.p50), human(self.p99)),
             ),
-            ("wall time", format!("{:.2?}", self.elapsed)),
+            ("wall time", human(self.elapsed).to_string()),
         ];
         println!();
         println!("  as measured by the server");
@@ -469,7 +462,7 @@ fn plot_timeline(stats: &Stats, options: &Options, path: &Path) -> Result<(), Bo
             trailing.iter().map(|(x, n)| (*x, *n as f64)),
             GREEN.stroke_width(2),
         ))?
-        .label(format!("accepted in the trailing {window:?}"))
+        .label(format!("accepted in the trailing {}", human(window)))
         .legend(|(x, y)| PathElement::new(vec![(x, y), (x + 20, y)], GREEN));
     chart
         .draw_series(LineSeries::new(
@@ -479,7 +472,7 @@ fn plot_timeline(stats: &Stats, options: &Options, path: &Path) -> Result<(), Bo
             ],
             RED.stroke_width(2),
         ))?
-        .label(format!("quota: {} per {window:?}", options.quota))
+        .label(format!("quota: {} per {}", options.quota, human(window)))
         .legend(|(x, y)| PathElement::new(vec![(x, y), (x + 20, y)], RED));
     chart
         .draw_series(
