@@ -19,12 +19,18 @@
 //! ```
 //!
 //! and prints what happened as the server saw it. The JSON telemetry of the
-//! run and a timeline plot (SVG) are written under `target/quickstart/`.
+//! run and a timeline plot (SVG and PNG) are written under
+//! `target/quickstart/`: what the provider accepted against the quota,
+//! its refusals and 5xx answers, the client's retries by kind, and the
+//! spans when the RetryAfter gate held every request back.
+
+mod bitmap;
+mod plot;
 
 use std::fs::File;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::process::ExitCode;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -34,17 +40,24 @@ use http_body_util::{BodyExt, Empty};
 use hyper_util::client::legacy::Client;
 use hyper_util::rt::TokioExecutor;
 use indicatif::{ProgressBar, ProgressStyle};
+use plotters::prelude::{IntoDrawingArea, SVGBackend};
 use quota_mock::{Fault, HeaderDialect, MockServer, Rule, Scripted, Stats};
 use tokio::sync::Semaphore;
 use tokio::time::Instant;
 #[cfg(feature = "redis")]
 use tower::util::Either;
 use tower::{ServiceBuilder, ServiceExt};
+use tower_quota::telemetry;
 use tower_quota::{
     BoxError, HttpFeedback, JitterBackoffLayer, RetryAfterLayer, SlidingWindowLayer,
 };
 use tower_quota_quickstart::human;
+use tracing::Level;
 use tracing_subscriber::EnvFilter;
+use tracing_subscriber::filter::Targets;
+use tracing_subscriber::prelude::*;
+
+use crate::plot::Timeline;
 
 /// Runs requests through the three layers against an in-process provider
 /// and reports what the provider saw.
@@ -120,13 +133,24 @@ async fn main() -> Result<ExitCode, BoxError> {
     let options = Options::parse();
     std::fs::create_dir_all(&options.out)?;
     let log_path = options.out.join("telemetry.jsonl");
-    let plot_path = options.out.join("timeline.svg");
+    let svg_path = options.out.join("timeline.svg");
+    let png_path = options.out.join("timeline.png");
 
-    // Telemetry: every event of the layers as one JSON object per line.
-    tracing_subscriber::fmt()
-        .json()
-        .with_env_filter(EnvFilter::new("tower_quota=debug"))
-        .with_writer(File::create(&log_path)?)
+    // Telemetry: every event of the layers as one JSON object per line, and
+    // the gate's closings kept for the plot.
+    let gates = GateLog::default();
+    tracing_subscriber::registry()
+        .with(
+            tracing_subscriber::fmt::layer()
+                .json()
+                .with_writer(File::create(&log_path)?)
+                .with_filter(EnvFilter::new("tower_quota=debug")),
+        )
+        .with(
+            gates
+                .clone()
+                .with_filter(Targets::new().with_target(telemetry::TARGET, Level::INFO)),
+        )
         .init();
 
     // The provider: a strict sliding log, with faults, measured at the server.
@@ -201,7 +225,6 @@ async fn main() -> Result<ExitCode, BoxError> {
             .unwrap_or_else(|_| ProgressStyle::default_bar()),
     );
 
-    let url: http::Uri = format!("{}/v1/items", server.url()).parse()?;
     let in_flight = Arc::new(Semaphore::new(options.concurrency));
     let mut tasks = tokio::task::JoinSet::new();
     let started = Instant::now();
@@ -215,7 +238,10 @@ async fn main() -> Result<ExitCode, BoxError> {
         }
         let permit = in_flight.clone().acquire_owned().await?;
         let service = service.clone();
-        let request = http::Request::get(url.clone()).body(Empty::<Bytes>::new())?;
+        // A path per logical request: the server's records tell its
+        // attempts apart from other requests'.
+        let request = http::Request::get(format!("{}/v1/items/{i}", server.url()))
+            .body(Empty::<Bytes>::new())?;
         let progress = progress.clone();
         tasks.spawn(async move {
             let sent = Instant::now();
@@ -246,13 +272,30 @@ async fn main() -> Result<ExitCode, BoxError> {
     progress.finish_and_clear();
 
     let stats = server.stats();
+    let server_started = server.started_at();
     server.shutdown().await;
     let report = Report::new(&stats, &outcomes, &options, elapsed);
     report.print(&options);
-    plot_timeline(&stats, &options, &plot_path)?;
+    let timeline = Timeline::new(
+        &stats,
+        options.quota,
+        options.window,
+        &gates.spans_since(server_started),
+    );
+    timeline.draw(&SVGBackend::new(&svg_path, plot::SIZE).into_drawing_area())?;
     println!();
     println!("telemetry (JSON lines): {}", log_path.display());
-    println!("timeline plot (SVG):    {}", plot_path.display());
+    println!("timeline plot (SVG):    {}", svg_path.display());
+    match bitmap::find_font() {
+        Some((_, font)) => {
+            bitmap::write(&timeline, &font, &png_path)?;
+            println!("timeline plot (PNG):    {}", png_path.display());
+        }
+        None => println!(
+            "timeline plot (PNG):    not written: no TrueType font found; \
+             set QUICKSTART_FONT to a .ttf file"
+        ),
+    }
 
     let problems = report.problems(&options);
     if problems.is_empty() {
@@ -398,96 +441,56 @@ impl Report {
     }
 }
 
-/// Admissions per 100 ms and the number accepted in the trailing window,
-/// against the quota, with retries marked.
-fn plot_timeline(stats: &Stats, options: &Options, path: &Path) -> Result<(), BoxError> {
-    use plotters::prelude::*;
+/// When the RetryAfter gate closed and for how long, from the layers'
+/// `gate_closed` events.
+#[derive(Clone, Default)]
+struct GateLog(Arc<Mutex<Vec<(Instant, Duration)>>>);
 
-    let admitted: Vec<&quota_mock::Arrival> =
-        stats.arrivals.iter().filter(|a| a.is_accepted()).collect();
-    let end = stats
-        .arrivals
-        .iter()
-        .map(|a| a.at)
-        .max()
-        .unwrap_or_default()
-        + Duration::from_millis(100);
-    let buckets = (end.as_millis() / 100) as usize + 1;
-    let mut per_bucket = vec![0u64; buckets];
-    for arrival in &admitted {
-        per_bucket[(arrival.at.as_millis() / 100) as usize] += 1;
+impl GateLog {
+    /// The closed spans, as `(from, to)` since `origin`.
+    fn spans_since(&self, origin: Instant) -> Vec<(Duration, Duration)> {
+        let closings = self.0.lock().unwrap_or_else(PoisonError::into_inner);
+        closings
+            .iter()
+            .map(|(at, until)| {
+                let from = at.saturating_duration_since(origin);
+                (from, from + *until)
+            })
+            .collect()
     }
-    // The trailing-window count, sampled every 10 ms.
-    let window = options.window;
-    let trailing: Vec<(f64, u64)> = (0..=end.as_millis() as u64 / 10)
-        .map(|step| {
-            let at = Duration::from_millis(step * 10);
-            let count = admitted
-                .iter()
-                .filter(|a| a.at <= at && a.at + window > at)
-                .count() as u64;
-            (at.as_secs_f64(), count)
-        })
-        .collect();
-    let retries: Vec<f64> = stats
-        .arrivals
-        .iter()
-        .filter(|a| a.attempt.is_some_and(|attempt| attempt > 1))
-        .map(|a| a.at.as_secs_f64())
-        .collect();
+}
 
-    let root = SVGBackend::new(path, (1000, 420)).into_drawing_area();
-    root.fill(&WHITE)?;
-    let top = options.quota as f64 * 1.3;
-    let mut chart = ChartBuilder::on(&root)
-        .caption("admissions at the server", ("sans-serif", 20))
-        .margin(10)
-        .x_label_area_size(35)
-        .y_label_area_size(45)
-        .build_cartesian_2d(0f64..end.as_secs_f64(), 0f64..top)?;
-    chart
-        .configure_mesh()
-        .x_desc("seconds")
-        .y_desc("requests")
-        .draw()?;
-    chart
-        .draw_series(per_bucket.iter().enumerate().map(|(i, n)| {
-            let x = i as f64 / 10.0;
-            Rectangle::new([(x, 0.0), (x + 0.09, *n as f64)], BLUE.mix(0.5).filled())
-        }))?
-        .label("accepted per 100 ms")
-        .legend(|(x, y)| Rectangle::new([(x, y - 5), (x + 10, y + 5)], BLUE.mix(0.5).filled()));
-    chart
-        .draw_series(LineSeries::new(
-            trailing.iter().map(|(x, n)| (*x, *n as f64)),
-            GREEN.stroke_width(2),
-        ))?
-        .label(format!("accepted in the trailing {}", human(window)))
-        .legend(|(x, y)| PathElement::new(vec![(x, y), (x + 20, y)], GREEN));
-    chart
-        .draw_series(LineSeries::new(
-            [
-                (0.0, options.quota as f64),
-                (end.as_secs_f64(), options.quota as f64),
-            ],
-            RED.stroke_width(2),
-        ))?
-        .label(format!("quota: {} per {}", options.quota, human(window)))
-        .legend(|(x, y)| PathElement::new(vec![(x, y), (x + 20, y)], RED));
-    chart
-        .draw_series(
-            retries
-                .iter()
-                .map(|x| Cross::new((*x, top * 0.95), 4, BLACK)),
-        )?
-        .label("retry attempt")
-        .legend(|(x, y)| Cross::new((x + 10, y), 4, BLACK));
-    chart
-        .configure_series_labels()
-        .background_style(WHITE.mix(0.8))
-        .border_style(BLACK)
-        .position(SeriesLabelPosition::LowerRight)
-        .draw()?;
-    root.present()?;
-    Ok(())
+impl<S: tracing::Subscriber> tracing_subscriber::Layer<S> for GateLog {
+    fn on_event(&self, event: &tracing::Event<'_>, _: tracing_subscriber::layer::Context<'_, S>) {
+        if event.metadata().name() != telemetry::GATE_CLOSED {
+            return;
+        }
+        let mut until = UntilMs(None);
+        event.record(&mut until);
+        if let Some(millis) = until.0 {
+            self.0
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner)
+                .push((Instant::now(), Duration::from_millis(millis)));
+        }
+    }
+}
+
+/// Reads the `until_ms` field of a `gate_closed` event.
+struct UntilMs(Option<u64>);
+
+impl tracing::field::Visit for UntilMs {
+    fn record_u64(&mut self, field: &tracing::field::Field, value: u64) {
+        if field.name() == telemetry::field::UNTIL_MS {
+            self.0 = Some(value);
+        }
+    }
+
+    fn record_i64(&mut self, field: &tracing::field::Field, value: i64) {
+        if field.name() == telemetry::field::UNTIL_MS {
+            self.0 = u64::try_from(value).ok();
+        }
+    }
+
+    fn record_debug(&mut self, _: &tracing::field::Field, _: &dyn std::fmt::Debug) {}
 }
