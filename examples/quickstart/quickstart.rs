@@ -27,8 +27,9 @@
 mod bitmap;
 mod plot;
 
+use std::collections::BTreeMap;
 use std::fs::File;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
@@ -124,7 +125,8 @@ fn positive_duration(text: &str) -> Result<Duration, String> {
 
 /// What one logical request did, as the client saw it.
 struct Outcome {
-    ok: bool,
+    /// Why the request did not succeed: the final status or the error.
+    failure: Option<String>,
     latency: Duration,
 }
 
@@ -246,20 +248,24 @@ async fn main() -> Result<ExitCode, BoxError> {
         tasks.spawn(async move {
             let sent = Instant::now();
             let result = service.oneshot(request).await;
-            let ok = match result {
+            let failure = match result {
                 Ok(response) => {
-                    let ok = response.status().is_success();
-                    ok & response.into_body().collect().await.is_ok()
+                    let status = response.status();
+                    match response.into_body().collect().await {
+                        Ok(_) if status.is_success() => None,
+                        Ok(_) => Some(format!("answered {status}")),
+                        Err(error) => Some(format!("body failed: {error}")),
+                    }
                 }
                 Err(error) => {
                     progress.println(format!("request failed: {error}"));
-                    false
+                    Some(error.to_string())
                 }
             };
             drop(permit);
             progress.inc(1);
             Outcome {
-                ok,
+                failure,
                 latency: sent.elapsed(),
             }
         });
@@ -297,21 +303,35 @@ async fn main() -> Result<ExitCode, BoxError> {
         ),
     }
 
-    let problems = report.problems(&options);
+    let problems = report.problems(&options, &log_path);
     if problems.is_empty() {
         return Ok(ExitCode::SUCCESS);
     }
     println!();
-    println!("FAILED");
+    println!(
+        "FAILED: {} problem(s), as the provider saw them",
+        problems.len()
+    );
     for problem in &problems {
-        println!("  - {problem}");
+        println!("  ✗ {}", problem.what);
+        for fix in &problem.fixes {
+            println!("      try: {fix}");
+        }
     }
     Ok(ExitCode::FAILURE)
+}
+
+/// One thing that went wrong, and what to try about it.
+struct Problem {
+    what: String,
+    fixes: Vec<String>,
 }
 
 /// The run in numbers, from the server's records and the client's outcomes.
 struct Report {
     succeeded: usize,
+    /// How many requests failed, per reason.
+    failures: BTreeMap<String, usize>,
     attempts: u64,
     refused: u64,
     server_errors: u64,
@@ -337,7 +357,11 @@ impl Report {
         };
         let window = options.window.as_secs_f64();
         let possible = options.quota as f64 * (span.as_secs_f64() + window) / window;
-        let succeeded = outcomes.iter().filter(|o| o.ok).count();
+        let succeeded = outcomes.iter().filter(|o| o.failure.is_none()).count();
+        let mut failures = BTreeMap::new();
+        for failure in outcomes.iter().filter_map(|o| o.failure.as_deref()) {
+            *failures.entry(failure.to_owned()).or_insert(0) += 1;
+        }
         let mut latencies: Vec<Duration> = outcomes.iter().map(|o| o.latency).collect();
         latencies.sort();
         let percentile = |p: f64| -> Duration {
@@ -351,6 +375,7 @@ impl Report {
         let successes_at_server = stats.count(200) as f64;
         Report {
             succeeded,
+            failures,
             attempts: stats.total,
             refused: stats.count(429),
             server_errors: stats
@@ -370,34 +395,65 @@ impl Report {
         }
     }
 
-    /// What went wrong, as the server saw it, each with what to change.
-    fn problems(&self, options: &Options) -> Vec<String> {
+    /// What went wrong, as the server saw it, each with what to try.
+    fn problems(&self, options: &Options, log_path: &Path) -> Vec<Problem> {
+        let quota = format!("{} per {}", options.quota, human(options.window));
+        let log = log_path.display();
         let mut problems = Vec::new();
         if self.refused > 0 {
-            problems.push(format!(
-                "the provider refused {} request(s) with 429: requests reached it later \
-                 than the pacing assumed, or its quota is not {} per {}. Look for \
-                 `pacing_drift` and `rate_limit_hit` in the telemetry; run with --strict \
-                 (hold each slot until its answer) or a larger --sent-within",
-                self.refused,
-                options.quota,
-                human(options.window)
+            let mut fixes = Vec::new();
+            if self.max_in_window < options.quota {
+                // The provider never accepted a full quota in any window:
+                // it enforces less than the client was told.
+                fixes.push(format!(
+                    "the provider accepted at most {} in any window: if it enforces less than \
+                     its documented {quota}, run with --quota {}",
+                    self.max_in_window, self.max_in_window
+                ));
+            }
+            fixes.push(format!(
+                "if requests reach the provider later than the pacing assumes (a loaded \
+                 machine, a queueing pool or proxy), run with --strict (hold each admission \
+                 until its answer) or a larger --sent-within; look for `pacing_drift` and \
+                 `rate_limit_hit` in {log}"
             ));
+            problems.push(Problem {
+                what: format!("{} × 429 at the provider", self.refused),
+                fixes,
+            });
         }
-        if self.max_in_window > options.provider_quota.unwrap_or(options.quota) {
-            problems.push(format!(
-                "the server accepted {} in one window, above the quota of {}",
-                self.max_in_window, options.quota
-            ));
+        if self.max_in_window > options.quota {
+            problems.push(Problem {
+                what: format!(
+                    "max {} in a window > quota {quota}: the client sent more than its quota",
+                    self.max_in_window
+                ),
+                fixes: vec![
+                    "send every request through one SlidingWindowLayer (its clones share the \
+                     quota) and run with --strict, which assumes nothing about the network"
+                        .into(),
+                ],
+            });
         }
         if self.succeeded < options.requests {
-            problems.push(format!(
-                "{} of {} requests did not succeed: the errors are printed above and \
-                 logged as `retries_exhausted` in the telemetry; more attempts \
-                 (JitterBackoffLayer::max_attempts) or a longer max_wait let them through",
-                options.requests - self.succeeded,
-                options.requests
-            ));
+            let reasons: Vec<String> = self
+                .failures
+                .iter()
+                .map(|(reason, n)| format!("{n} × {reason}"))
+                .collect();
+            problems.push(Problem {
+                what: format!(
+                    "{} of {} requests failed: {}",
+                    options.requests - self.succeeded,
+                    options.requests,
+                    reasons.join("; ")
+                ),
+                fixes: vec![format!(
+                    "more attempts (JitterBackoffLayer::max_attempts, 5 here), a longer \
+                     max_wait, or a lower --concurrency; each failure is logged as \
+                     `retries_exhausted` or `budget_exhausted` in {log}"
+                )],
+            });
         }
         problems
     }
