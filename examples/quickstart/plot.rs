@@ -199,11 +199,34 @@ impl Timeline {
             [(0.0, quota), (self.end, quota)],
             VERMILLION.mix(0.55).stroke_width(6),
         ))?;
-        chart.draw_series(LineSeries::new(
-            self.trailing.iter().copied(),
-            BLUE.stroke_width(2),
-        ))?;
+        chart.draw_series(
+            self.steps()
+                .into_iter()
+                .map(|segment| PathElement::new(segment, BLUE.stroke_width(2))),
+        )?;
         Ok(())
+    }
+
+    /// The trailing count as a step line, one element per straight segment:
+    /// a wide polyline that turns back on itself (a count that drops and
+    /// rises again within a pixel) draws miter spikes on bitmaps.
+    fn steps(&self) -> Vec<Vec<(f64, f64)>> {
+        let mut segments = Vec::new();
+        let mut samples = self.trailing.iter().copied();
+        let Some(mut start) = samples.next() else {
+            return segments;
+        };
+        let mut last = start;
+        for (x, y) in samples {
+            if y != start.1 {
+                segments.push(vec![start, (x, start.1)]);
+                segments.push(vec![(x, start.1), (x, y)]);
+                start = (x, y);
+            }
+            last = (x, y);
+        }
+        segments.push(vec![start, (last.0, start.1)]);
+        segments
     }
 
     fn draw_marks<DB>(&self, area: &DrawingArea<DB, Shift>) -> Result<(), BoxError>
