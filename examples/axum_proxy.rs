@@ -38,6 +38,8 @@ use axum::extract::{Path, Request, State};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{any, get};
 use bytes::Bytes;
+use clap::Parser;
+use clap::builder::RangedU64ValueParser;
 use http::header::{self, HeaderName};
 use http::{HeaderValue, StatusCode, Uri};
 use http_body_util::{BodyExt, Empty};
@@ -52,6 +54,7 @@ use tower_quota::replay::ReplayBody;
 use tower_quota::sliding_window::Overloaded;
 use tower_quota::{BoxError, JitterBackoffLayer, RetryAfterLayer};
 use tower_quota_examples::common;
+use tower_quota_quickstart::human;
 use tower_quota_redis::RedisStore;
 
 /// One upstream provider and the quota the proxy enforces for it.
@@ -209,7 +212,7 @@ impl std::fmt::Display for Summary {
                 "{:<9} {:>3}/{:<5} {:>5}  {:>8}  {:>4}  {:>12}  {:>13}",
                 p.name,
                 p.max_calls,
-                format!("{:?}", p.window),
+                human(p.window).to_string(),
                 p.calls,
                 p.attempts,
                 p.refused,
@@ -217,7 +220,7 @@ impl std::fmt::Display for Summary {
                 p.max_in_window
             )?;
         }
-        write!(f, "elapsed                  {:.2?}", self.elapsed)
+        write!(f, "elapsed                  {}", human(self.elapsed))
     }
 }
 
@@ -560,12 +563,12 @@ async fn serve(options: &Options) -> Result<(), BoxError> {
         RunningProxy::start(router(&options.providers, &upstreams, store.as_ref())?).await?;
     for provider in &options.providers {
         println!(
-            "http://{}/{}/...  ->  {} ({} per {:?})",
+            "http://{}/{}/...  ->  {} ({} per {})",
             proxy.addr,
             provider.name,
             upstreams[&provider.name],
             provider.max_calls,
-            provider.window
+            human(provider.window)
         );
     }
     println!("serving; Ctrl-C to stop");
@@ -577,29 +580,46 @@ async fn serve(options: &Options) -> Result<(), BoxError> {
     Ok(())
 }
 
+/// An axum egress proxy that enforces each provider's quota for every client
+/// behind it; a flag left out keeps its default.
+#[derive(Debug, Parser)]
+#[command(name = "axum_proxy")]
+struct Flags {
+    /// Keep the proxy serving for curl until Ctrl-C, instead of a measured run.
+    #[arg(long, conflicts_with_all = ["clients", "requests_per_client"])]
+    serve: bool,
+    /// How many clients call through the proxy at once.
+    #[arg(long, value_parser = RangedU64ValueParser::<usize>::new().range(1..=10_000))]
+    clients: Option<usize>,
+    /// How many calls each client makes, one after another.
+    #[arg(long, value_parser = RangedU64ValueParser::<usize>::new().range(1..=100_000))]
+    requests_per_client: Option<usize>,
+    /// Keep the quotas in Redis at this URL, so that several proxies share them.
+    #[arg(long, value_name = "URL")]
+    redis: Option<String>,
+}
+
+impl From<Flags> for Options {
+    fn from(flags: Flags) -> Self {
+        let default = Options::default();
+        Options {
+            clients: flags.clients.unwrap_or(default.clients),
+            requests_per_client: flags
+                .requests_per_client
+                .unwrap_or(default.requests_per_client),
+            redis: flags.redis.or(default.redis),
+            ..default
+        }
+    }
+}
+
 #[tokio::main]
 async fn main() -> Result<ExitCode, BoxError> {
-    // `--serve` keeps the proxy running for curl; otherwise a measured run.
-    if std::env::args().nth(1).as_deref() == Some("--serve") {
+    let flags = Flags::parse();
+    if flags.serve {
         common::init_json_logging();
-        serve(&Options::default()).await?;
+        serve(&flags.into()).await?;
         return Ok(ExitCode::SUCCESS);
     }
-    let options = || {
-        let mut options = Options::default();
-        common::parse_flags(
-            "--clients N --requests-per-client N --redis URL (or --serve alone)",
-            |flag, value| {
-                match flag {
-                    "--clients" => options.clients = common::value(value)?,
-                    "--requests-per-client" => options.requests_per_client = common::value(value)?,
-                    "--redis" => options.redis = Some(value.to_owned()),
-                    _ => return Ok(false),
-                }
-                Ok(true)
-            },
-        )?;
-        Ok(options)
-    };
-    common::main(options, run, Summary::verify).await
+    common::main(flags.into(), run, Summary::verify).await
 }

@@ -1,49 +1,41 @@
-//! What every integration example does around its own `run`: read flags,
-//! log JSON lines to stderr, run, print the summary and check it.
+//! What every integration example does around its own `run`: the flags
+//! they share, JSON lines on stderr, the summary on stdout and its check.
 
 use std::fmt::Display;
 use std::future::Future;
 use std::process::ExitCode;
-use std::str::FromStr;
 
+use clap::builder::RangedU64ValueParser;
 use tower_quota::{BoxError, SlidingWindowLayer};
 
-/// A flag value that does not parse.
-#[derive(Debug, Clone, Copy)]
-pub struct InvalidValue;
-
-/// Reads `--flag value` pairs from the command line. `apply` sets one flag:
-/// `Ok(true)` when it knew the flag, `Ok(false)` when it did not, and
-/// `Err(InvalidValue)` when the value does not parse.
-///
-/// # Errors
-///
-/// A message for the user, naming the flag and listing `usage`.
-pub fn parse_flags(
-    usage: &str,
-    mut apply: impl FnMut(&str, &str) -> Result<bool, InvalidValue>,
-) -> Result<(), String> {
-    let mut args = std::env::args().skip(1);
-    while let Some(flag) = args.next() {
-        let value = args
-            .next()
-            .ok_or_else(|| format!("{flag} needs a value; flags: {usage}"))?;
-        match apply(&flag, &value) {
-            Ok(true) => {}
-            Ok(false) => return Err(format!("unknown flag {flag}; flags: {usage}")),
-            Err(InvalidValue) => return Err(format!("{flag}: `{value}` is not valid")),
-        }
-    }
-    Ok(())
+/// The load flags of the examples that send many requests to one provider.
+/// A flag left out keeps the example's default.
+#[derive(Debug, Clone, clap::Args)]
+pub struct Load {
+    /// The provider's quota: requests in any window.
+    #[arg(long, value_parser = clap::value_parser!(u64).range(1..))]
+    pub quota: Option<u64>,
+    /// How many logical requests to send.
+    #[arg(long, value_parser = RangedU64ValueParser::<usize>::new().range(1..=1_000_000))]
+    pub requests: Option<usize>,
+    /// How many requests are in flight at once.
+    #[arg(long, value_parser = RangedU64ValueParser::<usize>::new().range(1..=100_000))]
+    pub concurrency: Option<usize>,
+    /// The fraction of admitted requests the provider answers with 503, in [0, 1].
+    #[arg(long, value_parser = fraction)]
+    pub error_rate: Option<f64>,
+    /// The seed of the provider's fault injection, for repeatable runs.
+    #[arg(long)]
+    pub seed: Option<u64>,
 }
 
-/// Parses one flag value, for [`parse_flags`].
-///
-/// # Errors
-///
-/// [`InvalidValue`] when `value` is not a `T`.
-pub fn value<T: FromStr>(value: &str) -> Result<T, InvalidValue> {
-    value.parse().map_err(|_| InvalidValue)
+/// A number in `[0, 1]`, for [`Load::error_rate`].
+fn fraction(text: &str) -> Result<f64, String> {
+    match text.parse::<f64>() {
+        Ok(value) if (0.0..=1.0).contains(&value) => Ok(value),
+        Ok(_) => Err("must be within [0, 1]".into()),
+        Err(error) => Err(error.to_string()),
+    }
 }
 
 /// JSON lines on stderr; `RUST_LOG=tower_quota=debug` adds the pacing events.
@@ -58,14 +50,14 @@ pub fn init_json_logging() {
         .init();
 }
 
-/// An example's `main`: options from `options`, logging, `run`, the summary
-/// on stdout, and an exit code from `verify`.
+/// An example's `main` once its flags are read into `options`: logging,
+/// `run`, the summary on stdout, and an exit code from `verify`.
 ///
 /// # Errors
 ///
 /// What `run` returns.
 pub async fn main<O, S, Run, Fut>(
-    options: impl FnOnce() -> Result<O, String>,
+    options: O,
     run: Run,
     verify: impl FnOnce(&S) -> Result<(), String>,
 ) -> Result<ExitCode, BoxError>
@@ -74,13 +66,6 @@ where
     Fut: Future<Output = Result<S, BoxError>>,
     S: Display,
 {
-    let options = match options() {
-        Ok(options) => options,
-        Err(message) => {
-            eprintln!("{message}");
-            return Ok(ExitCode::from(2));
-        }
-    };
     init_json_logging();
     let summary = run(options).await?;
     println!("{summary}");

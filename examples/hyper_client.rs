@@ -29,6 +29,7 @@ use std::task::{Context, Poll};
 use std::time::Duration;
 
 use bytes::Bytes;
+use clap::Parser;
 use http::{StatusCode, Uri};
 use http_body_util::{BodyExt, Empty};
 use hyper_util::client::legacy::Client;
@@ -39,6 +40,7 @@ use tokio::sync::Semaphore;
 use tower::{Service, ServiceBuilder, ServiceExt};
 use tower_quota::{BoxError, JitterBackoffLayer, RetryAfterLayer};
 use tower_quota_examples::common;
+use tower_quota_quickstart::human;
 
 /// What to run: the provider's quota and faults, and the client's load.
 #[derive(Debug, Clone)]
@@ -140,15 +142,17 @@ impl std::fmt::Display for Summary {
         writeln!(f, "429s                {}", self.refused)?;
         writeln!(
             f,
-            "max in any {:?}      {} (quota {})",
-            self.options.window, self.max_in_window, self.options.quota
+            "max in any {}      {} (quota {})",
+            human(self.options.window),
+            self.max_in_window,
+            self.options.quota
         )?;
         writeln!(
             f,
             "connections opened  {} (for {} requests)",
             self.connections_opened, self.attempts
         )?;
-        write!(f, "elapsed             {:.2?}", self.elapsed)
+        write!(f, "elapsed             {}", human(self.elapsed))
     }
 }
 
@@ -284,26 +288,30 @@ pub async fn run(options: Options) -> Result<Summary, BoxError> {
     })
 }
 
-fn options_from_args() -> Result<Options, String> {
-    let mut options = Options::default();
-    common::parse_flags(
-        "--quota N --requests N --concurrency N --error-rate F --seed N",
-        |flag, value| {
-            match flag {
-                "--quota" => options.quota = common::value(value)?,
-                "--requests" => options.requests = common::value(value)?,
-                "--concurrency" => options.concurrency = common::value(value)?,
-                "--error-rate" => options.error_rate = common::value(value)?,
-                "--seed" => options.seed = common::value(value)?,
-                _ => return Ok(false),
-            }
-            Ok(true)
-        },
-    )?;
-    Ok(options)
+/// The full stack on hyper-util's pooled client, with connection reuse
+/// shown; a flag left out keeps its default.
+#[derive(Debug, Parser)]
+#[command(name = "hyper_client")]
+struct Flags {
+    #[command(flatten)]
+    load: common::Load,
+}
+
+impl From<Flags> for Options {
+    fn from(Flags { load }: Flags) -> Self {
+        let default = Options::default();
+        Options {
+            quota: load.quota.unwrap_or(default.quota),
+            requests: load.requests.unwrap_or(default.requests),
+            concurrency: load.concurrency.unwrap_or(default.concurrency),
+            error_rate: load.error_rate.unwrap_or(default.error_rate),
+            seed: load.seed.unwrap_or(default.seed),
+            ..default
+        }
+    }
 }
 
 #[tokio::main]
 async fn main() -> Result<ExitCode, BoxError> {
-    common::main(options_from_args, run, Summary::verify).await
+    common::main(Flags::parse().into(), run, Summary::verify).await
 }

@@ -18,12 +18,14 @@ use std::process::{Command, Stdio};
 use std::time::Duration;
 
 use bytes::Bytes;
+use clap::{Parser, Subcommand};
 use http_body_util::{BodyExt, Empty};
 use hyper_util::client::legacy::Client;
 use hyper_util::rt::TokioExecutor;
 use quota_mock::{MockServer, Rule};
 use tower::{ServiceBuilder, ServiceExt};
 use tower_quota::{BoxError, SlidingWindowLayer};
+use tower_quota_quickstart::human;
 use tower_quota_redis::{FailurePolicy, RedisStore};
 
 const MAX_CALLS: u64 = 20;
@@ -31,14 +33,33 @@ const WINDOW: Duration = Duration::from_secs(1);
 const WORKERS: usize = 3;
 const RUN: Duration = Duration::from_secs(3);
 
+/// Several worker processes share one quota through Redis (at REDIS_URL,
+/// default redis://127.0.0.1:6379).
+#[derive(Debug, Parser)]
+#[command(name = "redis_workers")]
+struct Flags {
+    #[command(subcommand)]
+    role: Option<Role>,
+}
+
+#[derive(Debug, Subcommand)]
+enum Role {
+    /// One worker process, as the parent starts it.
+    #[command(hide = true)]
+    Worker {
+        /// The server's URL.
+        base: String,
+        /// The worker's number, in its request paths and output.
+        id: String,
+    },
+}
+
 #[tokio::main]
 async fn main() -> Result<(), BoxError> {
+    let flags = Flags::parse();
     let redis_url =
         std::env::var("REDIS_URL").unwrap_or_else(|_| "redis://127.0.0.1:6379".to_owned());
-    let mut args = std::env::args().skip(1);
-    if args.next().as_deref() == Some("worker") {
-        let base = args.next().ok_or("worker needs the server's URL")?;
-        let id = args.next().unwrap_or_default();
+    if let Some(Role::Worker { base, id }) = flags.role {
         return worker(&redis_url, &base, &id).await;
     }
 
@@ -46,7 +67,11 @@ async fn main() -> Result<(), BoxError> {
         .rule(Rule::sliding_log(MAX_CALLS, WINDOW))
         .start()
         .await?;
-    println!("quota-mock at {}: {MAX_CALLS} per {WINDOW:?}", server.url());
+    println!(
+        "quota-mock at {}: {MAX_CALLS} per {}",
+        server.url(),
+        human(WINDOW)
+    );
     let exe = std::env::current_exe()?;
     let mut children = Vec::new();
     for id in 0..WORKERS {
@@ -65,11 +90,12 @@ async fn main() -> Result<(), BoxError> {
     }
     let stats = server.stats();
     println!(
-        "server saw {} requests: {} accepted, {} refused (429); at most {} in any {WINDOW:?}",
+        "server saw {} requests: {} accepted, {} refused (429); at most {} in any {}",
         stats.total,
         stats.accepted(),
         stats.count(429),
-        stats.max_in_any_window(WINDOW)
+        stats.max_in_any_window(WINDOW),
+        human(WINDOW)
     );
     Ok(())
 }
@@ -103,8 +129,8 @@ async fn worker(redis_url: &str, base: &str, id: &str) -> Result<(), BoxError> {
         response.into_body().collect().await?;
         sent += 1;
         println!(
-            "worker {id}: request {sent} -> {status} at {:?}",
-            started.elapsed()
+            "worker {id}: request {sent} -> {status} at {}",
+            human(started.elapsed())
         );
     }
     println!("worker {id}: sent {sent}");

@@ -31,6 +31,7 @@ use std::task::{Context, Poll};
 use std::time::Duration;
 
 use bytes::Bytes;
+use clap::Parser;
 use http::StatusCode;
 use http_body_util::{BodyExt, Full};
 use quota_mock::{Arrival, Fault, HeaderDialect, MockServer, Outcome, Rule, Scripted, fnv1a64};
@@ -38,6 +39,7 @@ use tokio::sync::Semaphore;
 use tower::{Service, ServiceBuilder, ServiceExt};
 use tower_quota::{BoxError, JitterBackoffLayer, RetryAfterLayer};
 use tower_quota_examples::common;
+use tower_quota_quickstart::human;
 
 /// What to run: the provider's quota and faults, and the client's load.
 #[derive(Debug, Clone)]
@@ -135,8 +137,9 @@ impl Summary {
             && wait < self.options.retry_after
         {
             return Err(format!(
-                "a throttled request was resent after {wait:?}, before its Retry-After of {:?}",
-                self.options.retry_after
+                "a throttled request was resent after {}, before its Retry-After of {}",
+                humantime::format_duration(wait),
+                humantime::format_duration(self.options.retry_after)
             ));
         }
         Ok(())
@@ -152,8 +155,9 @@ impl std::fmt::Display for Summary {
         if let Some(wait) = self.shortest_wait_after_throttle {
             writeln!(
                 f,
-                "  resent after           {wait:.2?} (Retry-After {:?})",
-                self.options.retry_after
+                "  resent after           {} (Retry-After {})",
+                human(wait),
+                human(self.options.retry_after)
             )?;
         }
         writeln!(f, "503s retried             {}", self.server_errors)?;
@@ -163,7 +167,7 @@ impl std::fmt::Display for Summary {
             "resent requests          {} ({} with a different body)",
             self.resent, self.body_mismatches
         )?;
-        write!(f, "elapsed                  {:.2?}", self.elapsed)
+        write!(f, "elapsed                  {}", human(self.elapsed))
     }
 }
 
@@ -330,26 +334,30 @@ pub async fn run(options: Options) -> Result<Summary, BoxError> {
     })
 }
 
-fn options_from_args() -> Result<Options, String> {
-    let mut options = Options::default();
-    common::parse_flags(
-        "--quota N --requests N --concurrency N --error-rate F --seed N",
-        |flag, value| {
-            match flag {
-                "--quota" => options.quota = common::value(value)?,
-                "--requests" => options.requests = common::value(value)?,
-                "--concurrency" => options.concurrency = common::value(value)?,
-                "--error-rate" => options.error_rate = common::value(value)?,
-                "--seed" => options.seed = common::value(value)?,
-                _ => return Ok(false),
-            }
-            Ok(true)
-        },
-    )?;
-    Ok(options)
+/// reqwest driven through the stack, with request bodies replayed on
+/// retries; a flag left out keeps its default.
+#[derive(Debug, Parser)]
+#[command(name = "reqwest_client")]
+struct Flags {
+    #[command(flatten)]
+    load: common::Load,
+}
+
+impl From<Flags> for Options {
+    fn from(Flags { load }: Flags) -> Self {
+        let default = Options::default();
+        Options {
+            quota: load.quota.unwrap_or(default.quota),
+            requests: load.requests.unwrap_or(default.requests),
+            concurrency: load.concurrency.unwrap_or(default.concurrency),
+            error_rate: load.error_rate.unwrap_or(default.error_rate),
+            seed: load.seed.unwrap_or(default.seed),
+            ..default
+        }
+    }
 }
 
 #[tokio::main]
 async fn main() -> Result<ExitCode, BoxError> {
-    common::main(options_from_args, run, Summary::verify).await
+    common::main(Flags::parse().into(), run, Summary::verify).await
 }

@@ -3,7 +3,7 @@
 //!
 //! ```text
 //! cargo run --example tonic_client
-//! cargo run --example tonic_client -- --calls 20 --refuse-first 10 --pushback-ms 500
+//! cargo run --example tonic_client -- --calls 20 --refuse-first 10 --pushback 500ms
 //! ```
 //!
 //! A gRPC server that is out of quota answers `RESOURCE_EXHAUSTED` (status
@@ -38,6 +38,8 @@ use std::sync::{Arc, Mutex, PoisonError};
 use std::task::{Context, Poll};
 use std::time::Duration;
 
+use clap::Parser;
+use clap::builder::RangedU64ValueParser;
 use tokio::time::Instant;
 use tonic::transport::{Channel, Server};
 use tonic_health::pb::HealthCheckRequest;
@@ -48,6 +50,7 @@ use tower_quota::classify::GrpcClassifier;
 use tower_quota::replay::ReplayBody;
 use tower_quota::{BoxError, JitterBackoffLayer, RetryAfterLayer, SlidingWindowLayer};
 use tower_quota_examples::common;
+use tower_quota_quickstart::human;
 
 /// The metadata key that tells the server which call an attempt belongs to.
 const CALL_ID: &str = "x-call-id";
@@ -143,8 +146,9 @@ impl Summary {
             && wait < self.options.pushback
         {
             return Err(format!(
-                "a refused call came back after {wait:?}, before its pushback of {:?}",
-                self.options.pushback
+                "a refused call came back after {}, before its pushback of {}",
+                humantime::format_duration(wait),
+                humantime::format_duration(self.options.pushback)
             ));
         }
         Ok(())
@@ -157,8 +161,9 @@ impl std::fmt::Display for Summary {
         writeln!(f, "SERVING                   {}", self.serving)?;
         writeln!(
             f,
-            "RESOURCE_EXHAUSTED        {} (pushback {:?})",
-            self.refused, self.options.pushback
+            "RESOURCE_EXHAUSTED        {} (pushback {})",
+            self.refused,
+            human(self.options.pushback)
         )?;
         writeln!(
             f,
@@ -166,7 +171,7 @@ impl std::fmt::Display for Summary {
             self.refused_calls, self.retried_to_success
         )?;
         if let Some(wait) = self.shortest_wait_after_refusal {
-            writeln!(f, "shortest wait at server   {wait:.2?}")?;
+            writeln!(f, "shortest wait at server   {}", human(wait))?;
         }
         writeln!(f, "attempts at the server:")?;
         for arrival in &self.arrivals {
@@ -183,7 +188,7 @@ impl std::fmt::Display for Summary {
                 }
             )?;
         }
-        write!(f, "elapsed                   {:.2?}", self.elapsed)
+        write!(f, "elapsed                   {}", human(self.elapsed))
     }
 }
 
@@ -429,24 +434,35 @@ pub async fn run(options: Options) -> Result<Summary, BoxError> {
     })
 }
 
-fn options_from_args() -> Result<Options, String> {
-    let mut options = Options::default();
-    common::parse_flags(
-        "--calls N --refuse-first N --pushback-ms N",
-        |flag, value| {
-            match flag {
-                "--calls" => options.calls = common::value(value)?,
-                "--refuse-first" => options.refuse_first = common::value(value)?,
-                "--pushback-ms" => options.pushback = Duration::from_millis(common::value(value)?),
-                _ => return Ok(false),
-            }
-            Ok(true)
-        },
-    )?;
-    Ok(options)
+/// A tonic client behind the stack, against a server that refuses its
+/// first attempts with RESOURCE_EXHAUSTED; a flag left out keeps its default.
+#[derive(Debug, Parser)]
+#[command(name = "tonic_client")]
+struct Flags {
+    /// How many unary Check calls to make, all at once.
+    #[arg(long, value_parser = RangedU64ValueParser::<usize>::new().range(1..=10_000))]
+    calls: Option<usize>,
+    /// How many attempts the server refuses before it serves.
+    #[arg(long, value_parser = RangedU64ValueParser::<usize>::new().range(0..=10_000))]
+    refuse_first: Option<usize>,
+    /// The pushback the server asks for when it refuses, e.g. 300ms.
+    #[arg(long, value_parser = humantime::parse_duration)]
+    pushback: Option<Duration>,
+}
+
+impl From<Flags> for Options {
+    fn from(flags: Flags) -> Self {
+        let default = Options::default();
+        Options {
+            calls: flags.calls.unwrap_or(default.calls),
+            refuse_first: flags.refuse_first.unwrap_or(default.refuse_first),
+            pushback: flags.pushback.unwrap_or(default.pushback),
+            ..default
+        }
+    }
 }
 
 #[tokio::main]
 async fn main() -> Result<ExitCode, BoxError> {
-    common::main(options_from_args, run, Summary::verify).await
+    common::main(Flags::parse().into(), run, Summary::verify).await
 }
