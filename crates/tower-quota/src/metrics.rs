@@ -68,7 +68,7 @@
 
 use std::time::Duration;
 
-use crate::{BoxError, Key};
+use crate::Key;
 
 /// Histogram: how long an admitted request waited for room in its sliding
 /// window, in seconds (OpenTelemetry's `rate_limiting.request.time_in_queue`).
@@ -309,24 +309,13 @@ pub(crate) fn rate_adapted(key: &Key, burst: Option<u64>, interval: std::time::D
     let _ = (key, burst, interval);
 }
 
-/// A sliding window's store answered `error` instead of an admission.
-pub(crate) fn admission_refused(error: &BoxError) {
+/// A sliding window refused a request of `key` (`None`: a store's own
+/// error, which does not say which key it was for) for `reason`, instead
+/// of admitting it.
+pub(crate) fn admission_refused(key: Option<&Key>, reason: &'static str) {
     #[cfg(feature = "metrics")]
     {
-        use crate::sliding_window::{CostTooLarge, OverloadReason, Overloaded};
-
-        let (key, reason) = if let Some(overloaded) = error.downcast_ref::<Overloaded>() {
-            let reason = match overloaded.reason() {
-                OverloadReason::QueueFull(_) => "queue_full",
-                _ => "max_wait",
-            };
-            (key_label(overloaded.key()), reason)
-        } else if let Some(too_large) = error.downcast_ref::<CostTooLarge>() {
-            (key_label(too_large.key()), "cost_too_large")
-        } else {
-            // A store's own error does not say which key it was for.
-            (String::new(), "store_error")
-        };
+        let key = key.map_or_else(String::new, key_label);
         ::metrics::counter!(RATE_LIMITING_REQUESTS_TOTAL, "key" => key.clone(), "result" => "rejected")
             .increment(1);
         ::metrics::counter!(REFUSED_TOTAL, "key" => key, "reason" => reason).increment(1);
@@ -380,9 +369,9 @@ pub(crate) fn retries_exhausted(reason: &'static str) {
 }
 
 /// The breaker of `key` changed to `state`.
-pub(crate) fn circuit_transition(key: &Key, state: crate::circuit_breaker::CircuitState) {
+pub(crate) fn circuit_transition(key: &Key, state: &'static str) {
     #[cfg(feature = "metrics")]
-    ::metrics::counter!(CIRCUIT_TRANSITIONS_TOTAL, "key" => key_label(key), "state" => state.as_str())
+    ::metrics::counter!(CIRCUIT_TRANSITIONS_TOTAL, "key" => key_label(key), "state" => state)
         .increment(1);
 }
 

@@ -10,9 +10,9 @@ use tokio::time::Instant;
 use super::CircuitOpen;
 use super::breakers::Breakers;
 use super::config::Config;
-use super::state::Transition;
+use super::events;
 use crate::classify::{self, Classify};
-use crate::{BoxError, Key, telemetry};
+use crate::{BoxError, Key};
 
 pin_project! {
     /// Response future of [`CircuitBreaker`](super::CircuitBreaker).
@@ -67,7 +67,7 @@ where
         match self.project().state.project() {
             StateProj::Rejected { error } => Poll::Ready(Err(match error.take() {
                 Some(error) => {
-                    crate::metrics::refused(error.key(), "circuit_open");
+                    events::refused(error.key());
                     error.into()
                 }
                 None => "circuit_breaker::ResponseFuture polled after completion".into(),
@@ -135,7 +135,7 @@ impl Outcome {
             Instant::now(),
         );
         if let Some(transition) = transition {
-            emit(&self.key, transition);
+            events::transition(&self.key, transition);
         }
     }
 }
@@ -151,44 +151,5 @@ impl Drop for Outcome {
                 Instant::now(),
             );
         }
-    }
-}
-
-pub(super) fn emit(key: &Key, transition: Transition) {
-    crate::metrics::circuit_transition(
-        key,
-        match transition {
-            Transition::Opened { .. } => super::CircuitState::Open,
-            Transition::HalfOpened => super::CircuitState::HalfOpen,
-            Transition::Closed => super::CircuitState::Closed,
-        },
-    );
-    match transition {
-        Transition::Opened {
-            failure_rate,
-            open_for,
-        } => tracing::warn!(
-            name: telemetry::CIRCUIT_OPENED,
-            target: telemetry::TARGET,
-            event = telemetry::CIRCUIT_OPENED,
-            key = %key,
-            failure_rate,
-            open_ms = open_for.as_millis() as u64,
-            "provider failing: calls fail fast until the next probe"
-        ),
-        Transition::HalfOpened => tracing::info!(
-            name: telemetry::CIRCUIT_HALF_OPEN,
-            target: telemetry::TARGET,
-            event = telemetry::CIRCUIT_HALF_OPEN,
-            key = %key,
-            "probing whether the provider recovered"
-        ),
-        Transition::Closed => tracing::info!(
-            name: telemetry::CIRCUIT_CLOSED,
-            target: telemetry::TARGET,
-            event = telemetry::CIRCUIT_CLOSED,
-            key = %key,
-            "provider recovered: calls pass again"
-        ),
     }
 }

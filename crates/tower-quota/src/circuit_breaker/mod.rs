@@ -118,6 +118,7 @@
 mod breakers;
 mod config;
 mod error;
+mod events;
 mod future;
 mod layer;
 mod service;

@@ -100,7 +100,7 @@ where
                 transition,
             } => {
                 if let Some(transition) = transition {
-                    super::future::emit(&key, transition);
+                    super::events::transition(&key, transition);
                 }
                 let future = self.inner.call(request);
                 ResponseFuture::called(

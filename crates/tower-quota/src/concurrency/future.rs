@@ -7,8 +7,9 @@ use http_body::Body;
 use pin_project_lite::pin_project;
 use tower_service::Service;
 
+use super::events;
 use super::{Lease, LeasedBody};
-use crate::{BoxError, telemetry};
+use crate::BoxError;
 
 pin_project! {
     /// Response future of [`Concurrency`](super::Concurrency): waits for a
@@ -77,24 +78,11 @@ where
                     let lease = match ready!(acquire.poll(cx)) {
                         Ok(lease) => lease,
                         Err(error) => {
-                            crate::sliding_window::overloaded(
-                                &error,
-                                "no concurrency slot freed within max_wait",
-                            );
+                            events::refused(&error);
                             return Poll::Ready(Err(error));
                         }
                     };
-                    if !lease.waited().is_zero() {
-                        tracing::debug!(
-                            name: telemetry::CONCURRENCY_LIMITED,
-                            target: telemetry::TARGET,
-                            event = telemetry::CONCURRENCY_LIMITED,
-                            key = %lease.key(),
-                            wait_ms = lease.waited().as_millis() as u64,
-                            max_in_flight = *this.max_in_flight,
-                            "request waited for a concurrency slot"
-                        );
-                    }
+                    events::acquired(&lease, *this.max_in_flight);
                     let Some((mut inner, request)) = call.take() else {
                         // `call` is taken only on this transition, right before
                         // the state changes to `Calling`.

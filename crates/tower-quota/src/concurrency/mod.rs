@@ -59,6 +59,7 @@
 //! the lease time.
 
 mod body;
+mod events;
 mod future;
 mod layer;
 mod memory;

@@ -12,12 +12,13 @@ use tokio::sync::futures::OwnedNotified;
 use tokio::time::{Instant, Sleep};
 use tower_service::Service;
 
+use super::events::{self, ThrottleOutcome};
 use super::gate::{Gates, InFlight, Wait};
 use super::layer::Config;
 use super::{GateClosed, GateReason, ServerSignal};
 use crate::attempts::{Attempt, AttemptBudget, WaitBudget};
 use crate::replay::{ReplayBody, clone_request};
-use crate::{BoxError, Key, classify, telemetry};
+use crate::{BoxError, Key, classify};
 
 pin_project! {
     /// Response future of [`RetryAfter`](super::RetryAfter).
@@ -116,16 +117,16 @@ fn throttled_outcome(
     replayable: bool,
     safe: bool,
     may_wait: Duration,
-) -> &'static str {
+) -> ThrottleOutcome {
     match signal.retry_after {
-        _ if signal.do_not_retry => "returned_server_said_do_not_retry",
-        None => "returned_no_delay",
-        Some(_) if !safe => "returned_not_idempotent",
+        _ if signal.do_not_retry => ThrottleOutcome::ServerSaidDoNotRetry,
+        None => ThrottleOutcome::NoDelay,
+        Some(_) if !safe => ThrottleOutcome::NotIdempotent,
         // The gate closes for `max_pause` at most; then a probe goes.
-        Some(delay) if delay.min(config.max_pause) > may_wait => "returned_delay_over_max_wait",
-        Some(_) if attempts >= config.max_attempts => "returned_max_attempts",
-        Some(_) if !replayable => "returned_body_not_replayable",
-        Some(_) => "resend",
+        Some(delay) if delay.min(config.max_pause) > may_wait => ThrottleOutcome::DelayOverMaxWait,
+        Some(_) if attempts >= config.max_attempts => ThrottleOutcome::MaxAttempts,
+        Some(_) if !replayable => ThrottleOutcome::BodyNotReplayable,
+        Some(_) => ThrottleOutcome::Resend,
     }
 }
 
@@ -139,11 +140,6 @@ fn begin_shared_attempt<B>(request: &mut Option<Request<B>>) -> bool {
         Some(budget) => budget.try_begin(request).is_some(),
         None => true,
     }
-}
-
-/// Milliseconds for telemetry, saturating.
-fn millis(duration: Duration) -> u64 {
-    u64::try_from(duration.as_millis()).unwrap_or(u64::MAX)
 }
 
 fn random_up_to(spread: Duration) -> Duration {
@@ -183,7 +179,7 @@ where
                     let left = this.waits.remaining().saturating_sub(waited);
                     match this.gates.admit(this.key, now, this.config) {
                         Ok(in_flight) => {
-                            crate::metrics::gate_passed(this.key, waited);
+                            events::gate_passed(this.key, waited);
                             *this.waited = this.waited.saturating_add(waited);
                             this.waits.spend(waited);
                             *this.in_flight = Some(in_flight);
@@ -205,7 +201,7 @@ where
                             if give_up {
                                 *this.waited = this.waited.saturating_add(waited);
                                 this.waits.spend(waited);
-                                crate::metrics::refused(this.key, "gate_closed");
+                                events::gate_refused(this.key);
                                 return Poll::Ready(Err(GateClosed {
                                     key: this.key.clone(),
                                     wait,
@@ -275,16 +271,7 @@ where
                         this.gates.observe(in_flight, &signal, now, this.config)
                     });
                     if let Some(closed) = closed {
-                        crate::metrics::gate_closed(this.key, closed.reason.as_str());
-                        tracing::info!(
-                            name: telemetry::GATE_CLOSED,
-                            target: telemetry::TARGET,
-                            event = telemetry::GATE_CLOSED,
-                            key = %this.key,
-                            until_ms = millis(closed.until.saturating_duration_since(now)),
-                            reason = closed.reason.as_str(),
-                            "server asked for a pause: requests of this key wait"
-                        );
+                        events::gate_closed(this.key, &closed, now);
                     }
                     if signal.throttled {
                         let replayable = this
@@ -303,23 +290,18 @@ where
                         );
                         // A retry layer above shares its attempt limit
                         // through the request: the re-send must fit in it.
-                        if outcome == "resend" && !begin_shared_attempt(this.request) {
-                            outcome = "returned_max_attempts";
+                        if outcome == ThrottleOutcome::Resend && !begin_shared_attempt(this.request)
+                        {
+                            outcome = ThrottleOutcome::MaxAttempts;
                         }
-                        crate::metrics::throttled(this.key, response.status(), outcome);
-                        tracing::warn!(
-                            name: telemetry::RATE_LIMIT_HIT,
-                            target: telemetry::TARGET,
-                            event = telemetry::RATE_LIMIT_HIT,
-                            key = %this.key,
-                            http.response.status_code = response.status().as_u16(),
-                            retry_after_ms = signal.retry_after.map(millis),
-                            remaining = signal.min_remaining(),
-                            attempt = *this.attempt_number,
+                        events::rate_limit_hit(
+                            this.key,
+                            response.status(),
+                            &signal,
+                            *this.attempt_number,
                             outcome,
-                            "server throttled the request"
                         );
-                        if outcome == "resend" {
+                        if outcome == ThrottleOutcome::Resend {
                             // The refused request waits out its own delay
                             // (spread, within what it may still wait), then
                             // goes back to the gate: a ramp that took the

@@ -142,6 +142,7 @@
 //! ```
 
 mod error;
+mod events;
 mod extension;
 mod future;
 mod gate;

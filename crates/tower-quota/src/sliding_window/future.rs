@@ -1,15 +1,14 @@
 use std::fmt;
 use std::future::Future;
 use std::pin::Pin;
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::task::{Context, Poll, ready};
 
 use pin_project_lite::pin_project;
 use tokio::time::Instant;
 use tower_service::Service;
 
-use super::{Admission, Completion, Limits, Overloaded, QuotaChange, Store};
-use crate::telemetry;
+use super::events;
+use super::{Admission, Completion, Limits, Store};
 use crate::{BoxError, NoUsage, UsageFn};
 
 pin_project! {
@@ -151,25 +150,11 @@ where
                     let admission = match ready!(acquire.poll(cx)) {
                         Ok(admission) => admission,
                         Err(error) => {
-                            crate::metrics::admission_refused(&error);
-                            overloaded(&error, "its quota is overloaded");
+                            events::refused(&error);
                             return Poll::Ready(Err(error));
                         }
                     };
-                    crate::metrics::pacing_admitted(admission.key(), admission.waited());
-                    if !admission.waited().is_zero() || admission.queued() > 0 {
-                        tracing::debug!(
-                            name: telemetry::RATE_PACING_ACTIVE,
-                            target: telemetry::TARGET,
-                            event = telemetry::RATE_PACING_ACTIVE,
-                            key = %admission.key(),
-                            wait_ms = admission.waited().as_millis() as u64,
-                            queued = admission.queued() as u64,
-                            cost = admission.cost(),
-                            quota = admission.limited_by().map(tracing::field::display),
-                            "request waited for room in its sliding window"
-                        );
-                    }
+                    events::admitted(&admission);
                     let Some((mut inner, request)) = call.take() else {
                         // `call` is taken only on this transition, right before
                         // the state changes to `Calling`.
@@ -203,7 +188,7 @@ where
                     let admission = in_flight.answered();
                     let response = result.map_err(Into::into)?;
                     if this.usage_fn.resent_below(&response) {
-                        layer_order();
+                        events::layer_order();
                     }
                     if this.usage_fn.refused(&response) {
                         refused(this.store, &admission, this.limits);
@@ -214,7 +199,7 @@ where
                     let announced = this.usage_fn.announced(&response);
                     if !announced.is_empty() {
                         for change in this.store.announced(&admission, &announced, this.limits) {
-                            quota_mismatch(admission.key(), &change);
+                            events::quota_mismatch(admission.key(), &change);
                         }
                     }
                     return Poll::Ready(Ok(response));
@@ -224,57 +209,13 @@ where
     }
 }
 
-/// The provider announced another size for a configured quota than it
-/// did before (or than the configuration, the first time).
-fn quota_mismatch(key: &crate::Key, change: &QuotaChange) {
-    crate::metrics::quota_mismatch(key);
-    let quota = change.configured;
-    tracing::warn!(
-        name: telemetry::QUOTA_MISMATCH,
-        target: telemetry::TARGET,
-        event = telemetry::QUOTA_MISMATCH,
-        key = %key,
-        quota = %quota,
-        announced = change.announced,
-        held_to = change.held_to,
-        "the provider announces another quota than the configured one"
-    );
-}
-
-/// A layer that re-sends requests sits below the sliding window: said
-/// once per process, as a WARN naming the fix.
-fn layer_order() {
-    static SAID: AtomicBool = AtomicBool::new(false);
-    if SAID.swap(true, Ordering::Relaxed) {
-        return;
-    }
-    tracing::warn!(
-        name: telemetry::LAYER_ORDER,
-        target: telemetry::TARGET,
-        event = telemetry::LAYER_ORDER,
-        below = "RetryAfterLayer",
-        "a RetryAfterLayer is below the SlidingWindowLayer: requests it re-sends skip the pacing \
-         and spend quota unpaced; put the SlidingWindowLayer innermost, below RetryAfterLayer \
-         and JitterBackoffLayer (see the README's stack)"
-    );
-}
-
 /// The provider refused a request the log had room for: its window runs
 /// later than ours.
 fn refused<St: Store>(store: &St, admission: &Admission, limits: &Limits) {
     let Some((before, margin)) = store.refused(admission, limits) else {
         return;
     };
-    crate::metrics::pacing_drift(admission.key());
-    tracing::warn!(
-        name: telemetry::PACING_DRIFT,
-        target: telemetry::TARGET,
-        event = telemetry::PACING_DRIFT,
-        key = %admission.key(),
-        gap_ms = margin.saturating_sub(before).as_millis() as u64,
-        margin_ms = margin.as_millis() as u64,
-        "the provider refused a request the sliding window had room for: widening the key's margin"
-    );
+    events::pacing_drift(admission.key(), before, margin);
 }
 
 impl<St, S, Request, U> fmt::Debug for ResponseFuture<St, S, Request, U>
@@ -284,22 +225,5 @@ where
 {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("ResponseFuture").finish_non_exhaustive()
-    }
-}
-
-/// Reports a request refused as [`Overloaded`] (a `rate_limit_queue_overloaded`
-/// event saying `why`); other errors are not reported here.
-pub(crate) fn overloaded(error: &BoxError, why: &str) {
-    if let Some(overloaded) = error.downcast_ref::<Overloaded>() {
-        tracing::warn!(
-            name: telemetry::RATE_LIMIT_QUEUE_OVERLOADED,
-            target: telemetry::TARGET,
-            event = telemetry::RATE_LIMIT_QUEUE_OVERLOADED,
-            key = %overloaded.key(),
-            wait_ms = overloaded.wait().as_millis() as u64,
-            queued = overloaded.queued() as u64,
-            reason = ?overloaded.reason(),
-            "request refused: {why}"
-        );
     }
 }

@@ -29,11 +29,12 @@ use tokio::time::{Instant, Sleep};
 
 use super::drift::DriftMargin;
 use super::error::{ConflictingQuotas, OverloadReason, Overloaded};
+use super::events::{self, Adaptation};
 use super::log::WindowLog;
 use super::pacer::{Adapted, Pacer};
 use super::store::{Admission, Completion, QuotaChange, Store};
 use super::{Limits, Quota};
-use crate::{Announced, BoxError, Key, telemetry};
+use crate::{Announced, BoxError, Key};
 
 const SHARDS: usize = 16;
 /// A shard sweeps idle keys after this many operations, or after as many
@@ -275,15 +276,7 @@ impl Store for MemoryStore {
                 }
             }
         }
-        crate::metrics::pacing_lagging();
-        tracing::warn!(
-            name: telemetry::PACING_LAGGING,
-            target: telemetry::TARGET,
-            event = telemetry::PACING_LAGGING,
-            lag_ms = lag.as_secs_f64() * 1000.0,
-            sent_within_ms = limits.sent_within().as_millis() as u64,
-            "the client's tasks wait too long to run for requests to leave within sent_within: admissions are held until answered"
-        );
+        events::pacing_lagging(lag, limits.sent_within());
     }
 
     fn refused(&self, admission: &Admission, limits: &Limits) -> Option<(Duration, Duration)> {
@@ -317,25 +310,10 @@ impl Store for MemoryStore {
             state.drift = Default::default();
         }
         if (adapted.burst, adapted.interval) != before {
-            rate_adapted(admission.key(), adapted, "refused");
+            events::rate_adapted(admission.key(), adapted, Adaptation::Refused);
         }
         drift
     }
-}
-
-/// Reports a change of a key's learned burst.
-fn rate_adapted(key: &Key, adapted: Adapted, reason: &'static str) {
-    crate::metrics::rate_adapted(key, adapted.burst, adapted.interval);
-    tracing::info!(
-        name: telemetry::RATE_ADAPTED,
-        target: telemetry::TARGET,
-        event = telemetry::RATE_ADAPTED,
-        key = %key,
-        burst = adapted.burst.unwrap_or(0),
-        interval_ms = adapted.interval.as_secs_f64() * 1000.0,
-        reason,
-        "the requests a key sends back to back changed"
-    );
 }
 
 fn lock(shard: &Mutex<Shard>) -> MutexGuard<'_, Shard> {
@@ -848,7 +826,7 @@ impl Future for Acquire {
                                 if let Some(adapted) =
                                     state.record(now, *this.cost, id, this.limits, lagging)
                                 {
-                                    rate_adapted(this.key, adapted, "recovered");
+                                    events::rate_adapted(this.key, adapted, Adaptation::Recovered);
                                 }
                                 state.pop_head();
                                 ticket.armed = false;
@@ -947,7 +925,7 @@ fn arrive(
         let id = this.shared.next_admission.fetch_add(1, Ordering::Relaxed);
         let lagging = this.shared.lag.is_lagging(now);
         if let Some(adapted) = state.record(now, cost, id, this.limits, lagging) {
-            rate_adapted(this.key, adapted, "recovered");
+            events::rate_adapted(this.key, adapted, Adaptation::Recovered);
         }
         return Step::Ready(Ok(Admission::new(
             this.key.clone(),

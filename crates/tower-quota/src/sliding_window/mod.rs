@@ -199,8 +199,9 @@
 
 mod drift;
 mod error;
+mod events;
+pub(crate) use events::overloaded;
 mod future;
-pub(crate) use future::overloaded;
 mod layer;
 mod log;
 mod memory;
