@@ -30,20 +30,16 @@ async fn settle(mut done: impl FnMut() -> bool) -> bool {
     done()
 }
 
-#[tokio::test]
-async fn dropping_the_server_closes_the_listener_and_aborts_every_task() {
-    let before = alive_tasks();
-    let server = MockServer::builder()
-        .on_caller_runtime()
+/// A server started from `builder` with a request stuck in an hour of
+/// injected latency, sent over a raw socket so the client side spawns no
+/// tasks; returns once the server has recorded it.
+async fn stuck_request(builder: quota_mock::MockServerBuilder) -> (MockServer, TcpStream) {
+    let server = builder
         .fault(Fault::Latency(Latency::Fixed(Duration::from_secs(3600))))
         .start()
         .await
         .unwrap();
-    let addr = server.addr();
-
-    // A request stuck in an hour of injected latency, over a raw socket so
-    // the client side spawns no tasks.
-    let mut stream = TcpStream::connect(addr).await.unwrap();
+    let mut stream = TcpStream::connect(server.addr()).await.unwrap();
     stream
         .write_all(b"GET /slow HTTP/1.1\r\nhost: mock\r\n\r\n")
         .await
@@ -52,6 +48,14 @@ async fn dropping_the_server_closes_the_listener_and_aborts_every_task() {
         settle(|| server.stats().total == 1).await,
         "the request never arrived"
     );
+    (server, stream)
+}
+
+#[tokio::test]
+async fn dropping_the_server_closes_the_listener_and_aborts_every_task() {
+    let before = alive_tasks();
+    let (server, mut stream) = stuck_request(MockServer::builder().on_caller_runtime()).await;
+    let addr = server.addr();
     assert!(
         alive_tasks() >= before + 2,
         "accept loop and connection task should be running"
@@ -120,21 +124,8 @@ async fn graceful_shutdown_finishes_and_closes_the_listener() {
 #[tokio::test]
 async fn dropping_a_server_on_quota_mocks_runtime_cuts_its_connections() {
     let before = alive_tasks();
-    let server = MockServer::builder()
-        .fault(Fault::Latency(Latency::Fixed(Duration::from_secs(3600))))
-        .start()
-        .await
-        .unwrap();
+    let (server, mut stream) = stuck_request(MockServer::builder()).await;
     let addr = server.addr();
-    let mut stream = TcpStream::connect(addr).await.unwrap();
-    stream
-        .write_all(b"GET /slow HTTP/1.1\r\nhost: mock\r\n\r\n")
-        .await
-        .unwrap();
-    assert!(
-        settle(|| server.stats().total == 1).await,
-        "the request never arrived"
-    );
     assert_eq!(
         alive_tasks(),
         before,
