@@ -130,8 +130,12 @@ async fn a_provider_stricter_than_configured_is_not_hammered() {
         100.0 * refused
     );
     assert!(succeeded >= 290, "{succeeded} of 300 succeeded");
+    // 11–12 % on a quiet machine, up to 15.3 % with the two cores busy
+    // elsewhere (the first burst alone, 32 requests against 15 a second
+    // before any answer, is about 17 of them). The bound sits between that
+    // and what the earlier designs measured (52 %, then 23–25 %).
     assert!(
-        refused <= 0.15,
+        refused <= 0.2,
         "429s are {:.1}% of arrivals",
         refused * 100.0
     );
