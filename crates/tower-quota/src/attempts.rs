@@ -48,6 +48,11 @@ pub struct Attempt(pub u32);
 /// current span) that `attempt` is being sent, so that every event from
 /// here on (in a JSON log, for example) names the attempt it belongs to.
 pub(crate) fn sending(attempt: u32) {
+    // The span starts at attempt 1: the first attempt, on every request's
+    // path, costs no span lookup.
+    if attempt <= 1 {
+        return;
+    }
     let span = tracing::Span::current();
     if span
         .metadata()
