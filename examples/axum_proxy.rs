@@ -2,9 +2,9 @@
 //! behind it: the single-proxy pattern.
 //!
 //! ```text
-//! cargo run --example axum_proxy
-//! cargo run --example axum_proxy -- --clients 32 --requests-per-client 5
-//! cargo run --example axum_proxy -- --serve     # then: curl http://ADDR/alpha/v1/items
+//! cargo run -p tower-quota-examples --example axum_proxy
+//! cargo run -p tower-quota-examples --example axum_proxy -- --clients 32 --requests-per-client 5
+//! cargo run -p tower-quota-examples --example axum_proxy -- --serve     # then: curl http://ADDR/alpha/v1/items
 //! ```
 //!
 //! When many processes (workers, jobs, services) call the same rate-limited

@@ -1,9 +1,9 @@
 //! The full stack on hyper-util's pooled client, with connection reuse shown.
 //!
 //! ```text
-//! cargo run --example hyper_client
-//! cargo run --example hyper_client -- --requests 200 --concurrency 16 --quota 20 --error-rate 0.05
-//! RUST_LOG=tower_quota=debug cargo run --example hyper_client 2>log.json
+//! cargo run -p tower-quota-examples --example hyper_client
+//! cargo run -p tower-quota-examples --example hyper_client -- --requests 200 --concurrency 16 --quota 20 --error-rate 0.05
+//! RUST_LOG=tower_quota=debug cargo run -p tower-quota-examples --example hyper_client 2>log.json
 //! ```
 //!
 //! An in-process `quota-mock` enforces 20 requests in any second and answers

@@ -4,7 +4,7 @@
 //!
 //! ```text
 //! redis-server --port 6379 --save "" --appendonly no &
-//! cargo run --example redis_workers
+//! cargo run -p tower-quota-examples --example redis_workers
 //! ```
 //!
 //! The parent starts quota-mock in this process, enforcing 20 requests per

@@ -1,8 +1,8 @@
 //! reqwest driven through the stack, with request bodies replayed on retries.
 //!
 //! ```text
-//! cargo run --example reqwest_client
-//! cargo run --example reqwest_client -- --requests 100 --concurrency 8 --error-rate 0.1
+//! cargo run -p tower-quota-examples --example reqwest_client
+//! cargo run -p tower-quota-examples --example reqwest_client -- --requests 100 --concurrency 8 --error-rate 0.1
 //! ```
 //!
 //! `reqwest::Client` is not a `tower::Service` of `http::Request`s, so a

@@ -2,8 +2,8 @@
 //! that pushes back with `RESOURCE_EXHAUSTED`.
 //!
 //! ```text
-//! cargo run --example tonic_client
-//! cargo run --example tonic_client -- --calls 20 --refuse-first 10 --pushback 500ms
+//! cargo run -p tower-quota-examples --example tonic_client
+//! cargo run -p tower-quota-examples --example tonic_client -- --calls 20 --refuse-first 10 --pushback 500ms
 //! ```
 //!
 //! A gRPC server that is out of quota answers `RESOURCE_EXHAUSTED` (status

@@ -54,7 +54,6 @@ use tower_quota::{
 };
 use tower_quota_quickstart::human;
 use tracing::Level;
-use tracing_subscriber::EnvFilter;
 use tracing_subscriber::filter::Targets;
 use tracing_subscriber::prelude::*;
 
@@ -146,7 +145,7 @@ async fn main() -> Result<ExitCode, BoxError> {
             tracing_subscriber::fmt::layer()
                 .json()
                 .with_writer(File::create(&log_path)?)
-                .with_filter(EnvFilter::new("tower_quota=debug")),
+                .with_filter(Targets::new().with_target("tower_quota", Level::DEBUG)),
         )
         .with(
             gates

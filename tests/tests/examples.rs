@@ -1,7 +1,7 @@
 //! Runs each integration example (from `examples/`) against its in-process
 //! servers and checks its outcome, so that the examples stay correct.
 //!
-//! Each example's `run` is what `cargo run --example NAME` runs, with a
+//! Each example's `run` is what `cargo run -p tower-quota-examples --example NAME` runs, with a
 //! smaller load here so that each test takes a few seconds; its `verify`
 //! is the check the example itself makes before it exits.
 

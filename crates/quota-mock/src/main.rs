@@ -30,6 +30,10 @@ use http::{HeaderName, StatusCode};
 use quota_mock::{
     Fault, HeaderDialect, KeyBy, Latency, MockServer, NetworkProxy, RetryAfterFormat, Rule,
 };
+use tracing_subscriber::Layer as _;
+use tracing_subscriber::filter::Targets;
+use tracing_subscriber::layer::SubscriberExt as _;
+use tracing_subscriber::util::SubscriberInitExt as _;
 
 /// A simulated rate-limited HTTP API (HTTP/1.1 and h2c) that enforces quotas
 /// server-side and records every arrival (JSON at GET /__quota/stats).
@@ -125,8 +129,13 @@ struct Args {
 
 #[tokio::main]
 async fn main() -> Result<(), Box<dyn std::error::Error>> {
-    tracing_subscriber::fmt()
-        .with_env_filter(tracing_subscriber::EnvFilter::from_default_env())
+    // RUST_LOG as `target=level,...` (errors only when unset or unreadable).
+    let filter = std::env::var("RUST_LOG")
+        .ok()
+        .and_then(|directives| directives.parse::<Targets>().ok())
+        .unwrap_or_else(|| Targets::new().with_default(tracing::Level::ERROR));
+    tracing_subscriber::registry()
+        .with(tracing_subscriber::fmt::layer().with_filter(filter))
         .init();
     let args = Args::parse();
 
