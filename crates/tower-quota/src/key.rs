@@ -26,6 +26,9 @@ pub struct Key(Repr);
 enum Repr {
     Static(&'static str),
     Shared(Arc<str>),
+    /// A URI's authority that is already a host key (lowercase, no user
+    /// info, no default port): shares the URI's bytes, no allocation.
+    Authority(http::uri::Authority),
 }
 
 impl Key {
@@ -42,6 +45,7 @@ impl Key {
         match &self.0 {
             Repr::Static(name) => name,
             Repr::Shared(name) => name,
+            Repr::Authority(authority) => authority.as_str(),
         }
     }
 }
@@ -183,10 +187,48 @@ pub struct HostKey;
 
 impl<B> KeyFn<http::Request<B>> for HostKey {
     fn key(&self, request: &http::Request<B>) -> Key {
-        match request_host(request) {
-            Some(host) => Key::from(host),
-            None => Key::GLOBAL,
+        host_key(request).unwrap_or(Key::GLOBAL)
+    }
+}
+
+/// [`request_host`] as a [`Key`]: the URI's authority itself, shared with
+/// no allocation, when it is already in key form (the common case: a
+/// lowercase host, with no user info and no default port).
+pub(crate) fn host_key<B>(request: &http::Request<B>) -> Option<Key> {
+    let uri = request.uri();
+    if let Some(authority) = uri.authority()
+        && is_host_key(authority, uri.scheme_str())
+    {
+        return Some(Key(Repr::Authority(authority.clone())));
+    }
+    request_host(request).map(Key::from)
+}
+
+/// Whether `authority` reads exactly as the host key of a request with
+/// this scheme: `host` or `host:port`, the host lowercase, the port
+/// explicit and not the scheme's default.
+fn is_host_key(authority: &http::uri::Authority, scheme: Option<&str>) -> bool {
+    let host = authority.host();
+    if host.bytes().any(|byte| byte.is_ascii_uppercase()) {
+        return false;
+    }
+    let text = authority.as_str();
+    match authority.port_u16() {
+        None => text == host,
+        Some(port) => {
+            port != default_port(scheme).unwrap_or(0)
+                && text.len() > host.len()
+                && text.starts_with(host)
+                && text.as_bytes()[host.len()] == b':'
         }
+    }
+}
+
+fn default_port(scheme: Option<&str>) -> Option<u16> {
+    match scheme {
+        Some("https") => Some(443),
+        Some("http") => Some(80),
+        _ => None,
     }
 }
 
@@ -195,23 +237,19 @@ impl<B> KeyFn<http::Request<B>> for HostKey {
 /// `Host` header (a relative URI).
 pub(crate) fn request_host<B>(request: &http::Request<B>) -> Option<String> {
     let uri = request.uri();
-    let (host, port) = match uri.host() {
-        Some(host) => (host.to_owned(), uri.port_u16()),
+    let (mut host, port) = match uri.host() {
+        Some(host) => (host.to_ascii_lowercase(), uri.port_u16()),
         None => {
             let header = request.headers().get(http::header::HOST)?.to_str().ok()?;
             let authority: http::uri::Authority = header.parse().ok()?;
-            (authority.host().to_owned(), authority.port_u16())
+            (authority.host().to_ascii_lowercase(), authority.port_u16())
         }
     };
-    let mut host = host.to_ascii_lowercase();
-    let default_port = match uri.scheme_str() {
-        Some("https") => Some(443),
-        Some("http") => Some(80),
-        _ => None,
-    };
+    let default_port = default_port(uri.scheme_str());
     if let Some(port) = port.filter(|port| Some(*port) != default_port) {
-        host.push(':');
-        host.push_str(&port.to_string());
+        use std::fmt::Write as _;
+        // Writing to a String cannot fail.
+        let _ = write!(host, ":{port}");
     }
     Some(host)
 }
@@ -421,5 +459,50 @@ impl<B> UsageFn<http::Response<B>> for HttpFeedback {
                 }
             })
             .collect()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The shared-authority path gives exactly the key the allocating one
+    /// builds, and takes it only when the authority is already that key.
+    #[test]
+    fn host_key_matches_request_host() {
+        let cases = [
+            ("http://api.example.com/v1", true),
+            ("https://api.example.com:8443/v1?token=t", true),
+            ("https://API.example.com/v1", false),
+            ("https://api.example.com:443/", false),
+            ("http://api.example.com:80/", false),
+            ("http://api.example.com:443/", true),
+            ("http://user:pass@api.example.com/", false),
+            ("http://[::1]:8080/", true),
+            ("http://[::1]/", true),
+            ("http://127.0.0.1:8080/", true),
+            ("grpc://svc.internal:50051/", true),
+            ("http://api.example.com:/", false),
+        ];
+        for (uri, shared) in cases {
+            let request = http::Request::get(uri).body(()).expect("a valid request");
+            let key = host_key(&request).expect("a host");
+            assert_eq!(
+                Some(key.as_str().to_owned()),
+                request_host(&request),
+                "{uri}"
+            );
+            assert_eq!(matches!(key.0, Repr::Authority(_)), shared, "{uri}");
+        }
+        let relative = http::Request::get("/v1")
+            .header("host", "Example.COM:8080")
+            .body(())
+            .expect("a valid request");
+        assert_eq!(
+            host_key(&relative).expect("a host").as_str(),
+            "example.com:8080"
+        );
+        let none = http::Request::get("/v1").body(()).expect("a valid request");
+        assert!(host_key(&none).is_none());
     }
 }
