@@ -145,7 +145,10 @@ impl std::error::Error for ReplayError {}
 /// [`ReplayBody::try_new`] or [`replayable_request`]; send a clone with each
 /// attempt.
 pub struct ReplayBody<B> {
-    shared: Arc<Shared<B>>,
+    /// `None` for a body that had ended before it was wrapped (a GET's):
+    /// nothing to buffer, nothing shared, every clone sends nothing.
+    shared: Option<Arc<Shared<B>>>,
+    max_bytes: usize,
     cursor: Cursor,
 }
 
@@ -208,6 +211,13 @@ impl<B: Body> ReplayBody<B> {
         if body.size_hint().lower() > u64::try_from(max_bytes).unwrap_or(u64::MAX) {
             return Err(body);
         }
+        if body.is_end_stream() {
+            return Ok(ReplayBody {
+                shared: None,
+                max_bytes,
+                cursor: Cursor::new(0),
+            });
+        }
         let state = State {
             source: Source::Reading(Box::pin(body)),
             chunks: Vec::new(),
@@ -217,11 +227,12 @@ impl<B: Body> ReplayBody<B> {
             last_reader: None,
         };
         Ok(ReplayBody {
-            shared: Arc::new(Shared {
+            shared: Some(Arc::new(Shared {
                 max_bytes,
                 next_id: AtomicU64::new(1),
                 state: Mutex::new(state),
-            }),
+            })),
+            max_bytes,
             cursor: Cursor::new(0),
         })
     }
@@ -244,11 +255,12 @@ impl<B> ReplayBody<B> {
         let mut cursor = Cursor::new(0);
         cursor.past_cap = true;
         ReplayBody {
-            shared: Arc::new(Shared {
+            shared: Some(Arc::new(Shared {
                 max_bytes: 0,
                 next_id: AtomicU64::new(1),
                 state: Mutex::new(state),
-            }),
+            })),
+            max_bytes: 0,
             cursor,
         }
     }
@@ -261,22 +273,23 @@ impl<B> ReplayBody<B> {
     /// this returned `false`; the clone then fails instead of sending a
     /// truncated body.
     pub fn is_capped(&self) -> bool {
-        matches!(self.shared.lock().source, Source::Capped(_))
+        self.shared
+            .as_ref()
+            .is_some_and(|shared| matches!(shared.lock().source, Source::Capped(_)))
     }
 
     /// Whether a new clone can still send the whole body: `false` once the
     /// body is [capped](Self::is_capped) or the inner body failed. A retry
     /// layer checks this before it sends another attempt.
     pub fn is_replayable(&self) -> bool {
-        matches!(
-            self.shared.lock().source,
-            Source::Reading(_) | Source::Complete
-        )
+        self.shared.as_ref().is_none_or(|shared| {
+            matches!(shared.lock().source, Source::Reading(_) | Source::Complete)
+        })
     }
 
     /// The most bytes this body buffers for replay.
     pub fn max_bytes(&self) -> usize {
-        self.shared.max_bytes
+        self.max_bytes
     }
 }
 
@@ -291,9 +304,14 @@ impl<B> Shared<B> {
 impl<B> Clone for ReplayBody<B> {
     /// A new attempt: it sends the body from its first byte.
     fn clone(&self) -> Self {
+        let id = self
+            .shared
+            .as_ref()
+            .map_or(0, |shared| shared.next_id.fetch_add(1, Ordering::Relaxed));
         ReplayBody {
-            shared: Arc::clone(&self.shared),
-            cursor: Cursor::new(self.shared.next_id.fetch_add(1, Ordering::Relaxed)),
+            shared: self.shared.clone(),
+            max_bytes: self.max_bytes,
+            cursor: Cursor::new(id),
         }
     }
 }
@@ -311,11 +329,15 @@ where
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
         let this = self.get_mut();
+        let Some(shared) = &this.shared else {
+            this.cursor.finished = true;
+            return Poll::Ready(None);
+        };
         let mut to_wake = Vec::new();
         let polled = {
-            let mut state = this.shared.lock();
+            let mut state = shared.lock();
             this.cursor
-                .poll_frame(&mut state, this.shared.max_bytes, cx, &mut to_wake)
+                .poll_frame(&mut state, shared.max_bytes, cx, &mut to_wake)
         };
         // Wake outside the lock: a waker may poll synchronously.
         for waker in to_wake {
@@ -326,10 +348,10 @@ where
 
     fn is_end_stream(&self) -> bool {
         let cursor = &self.cursor;
-        if cursor.finished {
+        let Some(shared) = self.shared.as_ref().filter(|_| !cursor.finished) else {
             return true;
-        }
-        let state = self.shared.lock();
+        };
+        let state = shared.lock();
         let replayed_all = cursor.next_chunk >= state.chunks.len();
         match &state.source {
             Source::Reading(inner) => replayed_all && inner.is_end_stream(),
@@ -344,10 +366,10 @@ where
 
     fn size_hint(&self) -> SizeHint {
         let cursor = &self.cursor;
-        if cursor.finished {
+        let Some(shared) = self.shared.as_ref().filter(|_| !cursor.finished) else {
             return SizeHint::with_exact(0);
-        }
-        let state = self.shared.lock();
+        };
+        let state = shared.lock();
         let unsent = state.buffered_bytes.saturating_sub(cursor.bytes_sent);
         match &state.source {
             Source::Reading(inner) => add_hint(unsent, &inner.size_hint()),
@@ -517,9 +539,12 @@ impl Cursor {
 
 impl<B> Drop for ReplayBody<B> {
     fn drop(&mut self) {
+        let Some(shared) = &self.shared else {
+            return;
+        };
         let id = self.cursor.id;
         let (to_wake, _inner) = {
-            let mut state = self.shared.lock();
+            let mut state = shared.lock();
             state.waiters.retain(|(waiter, _)| *waiter != id);
             // Nobody else can use a capped body's inner body: let it go now.
             let inner = match &mut state.source {
@@ -545,9 +570,12 @@ impl<B> fmt::Debug for ReplayBody<B> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         let mut debug = f.debug_struct("ReplayBody");
         debug
-            .field("max_bytes", &self.shared.max_bytes)
+            .field("max_bytes", &self.max_bytes)
             .field("cursor", &self.cursor);
-        let state = match self.shared.state.try_lock() {
+        let Some(shared) = &self.shared else {
+            return debug.field("source", &"empty").finish();
+        };
+        let state = match shared.state.try_lock() {
             Ok(state) => Some(state),
             Err(TryLockError::Poisoned(poisoned)) => Some(poisoned.into_inner()),
             Err(TryLockError::WouldBlock) => None,

@@ -505,3 +505,36 @@ async fn a_body_sent_once_streams_everything_and_cannot_be_replayed() {
         Some(&ReplayError::Capped)
     );
 }
+
+#[tokio::test]
+async fn an_ended_body_is_replayable_without_buffering() {
+    let body = ReplayBody::try_new(Empty::<Bytes>::new(), 16).expect("an empty body fits");
+    assert!(body.shared.is_none(), "nothing to buffer, nothing shared");
+    assert!(body.is_replayable() && !body.is_capped());
+    assert_eq!(body.max_bytes(), 16);
+    assert!(body.is_end_stream());
+    assert_eq!(body.size_hint().exact(), Some(0));
+    let again = body.clone();
+    assert!(
+        body.collect()
+            .await
+            .expect("no error")
+            .to_bytes()
+            .is_empty()
+    );
+    assert!(
+        again
+            .collect()
+            .await
+            .expect("no error")
+            .to_bytes()
+            .is_empty()
+    );
+    // Wrapped twice (two retrying layers), still nothing shared.
+    let twice = ReplayBody::try_new(
+        ReplayBody::try_new(Empty::<Bytes>::new(), 16).expect("fits"),
+        16,
+    )
+    .expect("fits");
+    assert!(twice.shared.is_none());
+}
