@@ -83,33 +83,59 @@ pub struct AttemptBudget {
     shared: Arc<Shared>,
 }
 
+/// One logical request's accounts: its attempts and its waiting, in one
+/// allocation that an [`AttemptBudget`] and its [`WaitBudget`] share.
 #[derive(Debug)]
 struct Shared {
     used: AtomicU32,
     max: u32,
     header: Option<HeaderName>,
+    spent_nanos: AtomicU64,
+    max_nanos: AtomicU64,
+}
+
+impl Shared {
+    fn new(max_attempts: u32, header: Option<HeaderName>, max_wait: Duration) -> Arc<Self> {
+        Arc::new(Shared {
+            used: AtomicU32::new(0),
+            max: max_attempts,
+            header,
+            spent_nanos: AtomicU64::new(0),
+            max_nanos: AtomicU64::new(nanos(max_wait)),
+        })
+    }
 }
 
 impl AttemptBudget {
     /// A budget of `max_attempts` attempts, none used yet.
     pub fn new(max_attempts: u32) -> Self {
         AttemptBudget {
-            shared: Arc::new(Shared {
-                used: AtomicU32::new(0),
-                max: max_attempts,
-                header: None,
-            }),
+            shared: Shared::new(max_attempts, None, Duration::MAX),
+        }
+    }
+
+    /// A budget of `max_attempts` attempts that numbers each in the header
+    /// `name` when `Some`: [`new`](Self::new) and
+    /// [`with_header`](Self::with_header) in one allocation.
+    pub(crate) fn numbered(max_attempts: u32, header: Option<HeaderName>) -> Self {
+        AttemptBudget {
+            shared: Shared::new(max_attempts, header, Duration::MAX),
         }
     }
 
     /// Also writes each attempt's number into the header `name`.
     pub fn with_header(self, name: HeaderName) -> Self {
-        AttemptBudget {
-            shared: Arc::new(Shared {
-                used: AtomicU32::new(self.used()),
-                max: self.shared.max,
-                header: Some(name),
-            }),
+        let shared = Shared::new(self.shared.max, Some(name), Duration::MAX);
+        shared.used.store(self.used(), Ordering::Release);
+        AttemptBudget { shared }
+    }
+
+    /// The request's [`WaitBudget`], unlimited until a layer lowers it:
+    /// it shares this budget's allocation, and
+    /// [`WaitBudget::shared_by`] finds it through this budget.
+    pub fn waits(&self) -> WaitBudget {
+        WaitBudget {
+            shared: self.shared.clone(),
         }
     }
 
@@ -182,13 +208,7 @@ impl AttemptBudget {
 /// ```
 #[derive(Debug, Clone)]
 pub struct WaitBudget {
-    shared: Arc<WaitShared>,
-}
-
-#[derive(Debug)]
-struct WaitShared {
-    spent_nanos: AtomicU64,
-    max_nanos: AtomicU64,
+    shared: Arc<Shared>,
 }
 
 fn nanos(duration: Duration) -> u64 {
@@ -199,10 +219,7 @@ impl WaitBudget {
     /// A budget of `max` waiting in all, none spent yet.
     pub fn new(max: Duration) -> Self {
         WaitBudget {
-            shared: Arc::new(WaitShared {
-                spent_nanos: AtomicU64::new(0),
-                max_nanos: AtomicU64::new(nanos(max)),
-            }),
+            shared: Shared::new(0, None, max),
         }
     }
 
@@ -243,8 +260,13 @@ impl WaitBudget {
     }
 
     /// The budget `request` carries, put there first if it has none: the
-    /// one account every layer of the stack spends from.
+    /// one account every layer of the stack spends from. The
+    /// [`AttemptBudget`] a retry layer put in the request carries it, with
+    /// no extension of its own.
     pub fn shared_by<B>(request: &mut http::Request<B>) -> Self {
+        if let Some(attempts) = request.extensions().get::<AttemptBudget>() {
+            return attempts.waits();
+        }
         if let Some(waits) = request.extensions().get::<WaitBudget>() {
             return waits.clone();
         }

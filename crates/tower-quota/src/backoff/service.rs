@@ -11,7 +11,7 @@ use tower_service::Service;
 use super::layer::Config;
 use super::policy::{Policy, is_idempotent};
 use super::{ResponseFuture, RetryBudget};
-use crate::attempts::{AttemptBudget, WaitBudget};
+use crate::attempts::AttemptBudget;
 use crate::classify::{Classify, HttpClassifier};
 use crate::replay::{ReplayBody, replayable_request};
 use crate::{BoxError, telemetry};
@@ -105,15 +105,12 @@ where
             request.map(ReplayBody::once)
         };
 
-        let mut attempts = AttemptBudget::new(config.max_attempts);
-        if let Some(name) = &config.attempt_header {
-            attempts = attempts.with_header(name.clone());
-        }
+        let attempts = AttemptBudget::numbered(config.max_attempts, config.attempt_header.clone());
         attempts.try_begin(&mut request);
+        // One budget of waiting for the stack, carried by the attempt
+        // budget: a RetryAfterLayer below lowers it to its `max_wait`.
+        let waits = attempts.waits();
         request.extensions_mut().insert(attempts.clone());
-        // One budget of waiting for the stack: a RetryAfterLayer below
-        // lowers it to its `max_wait`.
-        let waits = WaitBudget::shared_by(&mut request);
         let kept = retryable.then(|| request.clone());
         if let Some(budget) = &self.budget {
             tower::retry::budget::Budget::deposit(budget);
