@@ -32,7 +32,7 @@ use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use criterion::{BenchmarkId, Criterion, Throughput, criterion_group, criterion_main};
-use http::{Request, Response};
+use http::{HeaderMap, Request, Response};
 use http_body_util::Empty;
 use tower::limit::RateLimit;
 use tower::limit::rate::Rate;
@@ -40,8 +40,63 @@ use tower::retry::budget::{Budget, TpsBudget};
 use tower::{Service, ServiceBuilder, ServiceExt, service_fn};
 use tower_quota::replay::ReplayBody;
 use tower_quota::sliding_window::{MemoryStore, Store};
-use tower_quota::{JitterBackoffLayer, Key, RetryAfterLayer, SlidingWindowLayer};
+use tower_quota::{
+    CircuitBreakerLayer, HostKey, HttpFeedback, JitterBackoffLayer, Key, RetryAfterLayer,
+    SlidingWindowLayer,
+};
 use tower_resilience::ratelimiter::{RateLimiterLayer, WindowType};
+
+/// Every allocation counted, so that each row also reports allocations and
+/// bytes per iteration (`allocations.json` beside criterion's estimates).
+#[global_allocator]
+static GLOBAL: &stats_alloc::StatsAlloc<std::alloc::System> = &stats_alloc::INSTRUMENTED_SYSTEM;
+
+/// Iterations over which allocations are averaged.
+const COUNTED: u64 = 1_000;
+
+/// Runs `routine` [`COUNTED`] times (after a few to warm caches and maps
+/// up) and writes the allocations and allocated bytes per run to
+/// `criterion/<group>/<bench>/allocations.json`, which `quota-bench micro`
+/// puts beside the time.
+fn count_allocations<O>(group: &str, bench: &str, mut routine: impl FnMut() -> O) {
+    for _ in 0..16 {
+        black_box(routine());
+    }
+    let region = stats_alloc::Region::new(GLOBAL);
+    for _ in 0..COUNTED {
+        black_box(routine());
+    }
+    let change = region.change();
+    let dir = criterion_dir().join(group).join(bench);
+    let json = format!(
+        "{{\"allocations\": {}, \"bytes\": {}}}\n",
+        change.allocations as f64 / COUNTED as f64,
+        change.bytes_allocated as f64 / COUNTED as f64,
+    );
+    if std::fs::create_dir_all(&dir).is_ok() {
+        let _ = std::fs::write(dir.join("allocations.json"), json);
+    }
+}
+
+/// One criterion row, then its allocations counted.
+fn row<O>(
+    group: &mut criterion::BenchmarkGroup<'_, criterion::measurement::WallTime>,
+    group_name: &str,
+    bench: &str,
+    mut routine: impl FnMut() -> O,
+) {
+    group.bench_function(bench, |b| b.iter(&mut routine));
+    count_allocations(group_name, bench, routine);
+}
+
+/// Where criterion writes: `$CARGO_TARGET_DIR/criterion`, or the
+/// workspace's `target/criterion`.
+fn criterion_dir() -> std::path::PathBuf {
+    std::env::var_os("CARGO_TARGET_DIR")
+        .map(std::path::PathBuf::from)
+        .unwrap_or_else(|| std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../target"))
+        .join("criterion")
+}
 
 /// A quota no benchmark reaches: admissions are never limited. The window
 /// is short so that sliding logs stay small.
@@ -103,32 +158,40 @@ fn admit_one_task(c: &mut Criterion) {
     let mut group = c.benchmark_group("admit_one_task");
     group.throughput(Throughput::Elements(1));
 
+    const GROUP: &str = "admit_one_task";
     let mut ours = tower::Layer::layer(&sliding_window_layer(), noop());
-    group.bench_function("tower_quota_sliding_window", |b| {
-        b.iter(|| admit(&mut ours, ()))
+    row(&mut group, GROUP, "tower_quota_sliding_window", || {
+        admit(&mut ours, ())
     });
 
     let store = MemoryStore::new();
     let limits = sliding_window_layer().limits().clone();
-    group.bench_function("tower_quota_memory_store", |b| {
-        b.iter(|| poll_now(store.acquire(Key::GLOBAL, 1, &limits)))
+    row(&mut group, GROUP, "tower_quota_memory_store", || {
+        poll_now(store.acquire(Key::GLOBAL, 1, &limits))
     });
 
     let mut tower_rate = RateLimit::new(noop(), Rate::new(HUGE, Duration::from_secs(1)));
-    group.bench_function("tower_rate_limit", |b| {
-        b.iter(|| admit(&mut tower_rate, ()))
+    row(&mut group, GROUP, "tower_rate_limit", || {
+        admit(&mut tower_rate, ())
     });
 
     let governor = governor_direct();
-    group.bench_function("governor_check", |b| b.iter(|| black_box(governor.check())));
+    row(&mut group, GROUP, "governor_check", || {
+        black_box(governor.check())
+    });
 
     // For reference: reading the clock that tower-quota, tower and
     // tower-resilience use (governor reads quanta's TSC clock instead).
-    group.bench_function("tokio_instant_now", |b| b.iter(tokio::time::Instant::now));
+    row(
+        &mut group,
+        GROUP,
+        "tokio_instant_now",
+        tokio::time::Instant::now,
+    );
 
     let mut resilience = tower::Layer::layer(&resilience_layer(), noop());
-    group.bench_function("tower_resilience_sliding_log", |b| {
-        b.iter(|| admit(&mut resilience, ()))
+    row(&mut group, GROUP, "tower_resilience_sliding_log", || {
+        admit(&mut resilience, ())
     });
     group.finish();
 }
@@ -265,6 +328,52 @@ impl<E> tower::retry::Policy<Request<Empty<Bytes>>, Response<Empty<Bytes>>, E>
     }
 }
 
+/// An OpenAI-style 200: content headers, a request id, processing time and
+/// the six `x-ratelimit-*` fields for requests and tokens.
+fn openai_headers() -> HeaderMap {
+    let mut headers = HeaderMap::new();
+    for (name, value) in [
+        ("content-type", "application/json"),
+        ("openai-processing-ms", "412"),
+        ("x-request-id", "req_5f1c8e0a3b2d4c6e9f7a1b3c5d7e9f1a"),
+        ("x-ratelimit-limit-requests", "10000"),
+        ("x-ratelimit-remaining-requests", "9999"),
+        ("x-ratelimit-reset-requests", "6ms"),
+        ("x-ratelimit-limit-tokens", "2000000"),
+        ("x-ratelimit-remaining-tokens", "1999000"),
+    ] {
+        headers.insert(
+            http::HeaderName::from_static(name),
+            http::HeaderValue::from_static(value),
+        );
+    }
+    headers
+}
+
+/// The README stack over a no-op service answering 200 with `headers`.
+fn readme_stack(
+    headers: HeaderMap,
+) -> impl Service<Request<Empty<Bytes>>, Response = Response<Empty<Bytes>>, Error = tower_quota::BoxError>
+{
+    ServiceBuilder::new()
+        .layer(JitterBackoffLayer::new())
+        .layer(CircuitBreakerLayer::new())
+        .layer(RetryAfterLayer::new().pace_by_quota_headers(false))
+        .layer(
+            sliding_window_layer()
+                .key_fn(HostKey)
+                .usage_fn(HttpFeedback)
+                .max_wait(Duration::from_secs(30)),
+        )
+        .service(service_fn(
+            move |_: Request<ReplayBody<ReplayBody<Empty<Bytes>>>>| {
+                let mut response = Response::new(Empty::<Bytes>::new());
+                *response.headers_mut() = headers.clone();
+                ready(Ok::<_, Infallible>(response))
+            },
+        ))
+}
+
 fn stack_noop_http(c: &mut Criterion) {
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_time()
@@ -280,6 +389,7 @@ fn stack_noop_http(c: &mut Criterion) {
             .expect("request")
     };
 
+    const GROUP: &str = "stack_noop_http";
     let mut ours = ServiceBuilder::new()
         .layer(JitterBackoffLayer::new())
         .layer(RetryAfterLayer::new())
@@ -289,9 +399,22 @@ fn stack_noop_http(c: &mut Criterion) {
                 ready(Ok::<_, Infallible>(Response::new(Empty::<Bytes>::new())))
             },
         ));
-    group.bench_function("tower_quota_three_layers", |b| {
-        b.iter(|| admit(&mut ours, request()).expect("response"))
+    row(&mut group, GROUP, "tower_quota_three_layers", || {
+        admit(&mut ours, request()).expect("response")
     });
+
+    // The README stack (backoff, breaker, Retry-After, pacing by host with
+    // feedback from responses) over a service that answers 200, with no
+    // headers and with an OpenAI-style set of eight.
+    for (bench, headers) in [
+        ("readme_stack_no_headers", HeaderMap::new()),
+        ("readme_stack_openai_headers", openai_headers()),
+    ] {
+        let mut stack = readme_stack(headers);
+        row(&mut group, GROUP, bench, || {
+            admit(&mut stack, request()).expect("response")
+        });
+    }
 
     // `Retry` needs a `Clone` inner service and `RateLimit` is not one: below
     // `Retry` it would need a `Buffer`. Outside `Retry` (retries not paced)
@@ -305,8 +428,8 @@ fn stack_noop_http(c: &mut Criterion) {
         .service(service_fn(|_: Request<Empty<Bytes>>| {
             ready(Ok::<_, Infallible>(Response::new(Empty::<Bytes>::new())))
         }));
-    group.bench_function("tower_retry_rate_limit", |b| {
-        b.iter(|| admit(&mut tower_stack, request()).expect("response"))
+    row(&mut group, GROUP, "tower_retry_rate_limit", || {
+        admit(&mut tower_stack, request()).expect("response")
     });
     group.finish();
 }
