@@ -72,6 +72,7 @@ pub mod concurrency;
 #[cfg_attr(docsrs, doc(cfg(feature = "config")))]
 pub mod config;
 mod key;
+mod keymap;
 pub mod metrics;
 pub mod replay;
 pub mod retry_after;

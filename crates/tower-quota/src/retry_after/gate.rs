@@ -27,7 +27,7 @@
 //! by `max_pause`.
 
 use std::cmp::Reverse;
-use std::collections::{BTreeSet, BinaryHeap, HashMap};
+use std::collections::{BTreeSet, BinaryHeap};
 use std::pin::Pin;
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::time::Duration;
@@ -39,6 +39,7 @@ use tokio::time::Instant;
 
 use super::layer::Config;
 use crate::Key;
+use crate::keymap::KeyMap;
 
 /// A gate with nothing to remember (open, no quota count, nothing in
 /// flight) is kept this long after its last use, so a busy key does not
@@ -99,7 +100,7 @@ pub(crate) struct Gates {
 
 #[derive(Default)]
 struct GateMap {
-    gates: HashMap<Key, Gate>,
+    gates: KeyMap<Gate>,
     /// When each gate may next be evicted, earliest first; at most one entry
     /// per gate (see [`Gate::scheduled`]).
     expiry: BinaryHeap<Reverse<Expiry>>,
@@ -312,8 +313,9 @@ impl Gates {
     pub(crate) fn admit(&self, key: &Key, now: Instant, config: &Config) -> Result<InFlight, Wait> {
         let mut map = self.lock();
         map.sweep(now);
-        let result = map.admit(self, key, now, config);
-        map.schedule(key);
+        let hash = map.gates.hash(key.as_str());
+        let result = map.admit(self, hash, key, now, config);
+        map.schedule(hash, key);
         result
     }
 }
@@ -322,14 +324,14 @@ impl GateMap {
     fn admit(
         &mut self,
         gates: &Gates,
+        hash: u64,
         key: &Key,
         now: Instant,
         config: &Config,
     ) -> Result<InFlight, Wait> {
         let gate = self
             .gates
-            .entry(key.clone())
-            .or_insert_with(|| Gate::new(config.pace_by_quota, now));
+            .get_or_insert_with(hash, key, || Gate::new(config.pace_by_quota, now));
         gate.last_used = gate.last_used.max(now);
         let wait = |until, reason, gate: &Gate| {
             // Registered under the lock: no change between this answer and
@@ -398,6 +400,7 @@ impl GateMap {
         }
         Ok(InFlight {
             gates: gates.clone(),
+            hash,
             key: key.clone(),
             seq,
             in_flight_before,
@@ -407,8 +410,8 @@ impl GateMap {
 
     /// Puts the gate of `key` in the expiry heap when it has no entry and
     /// nothing in flight.
-    fn schedule(&mut self, key: &Key) {
-        let Some(gate) = self.gates.get_mut(key) else {
+    fn schedule(&mut self, hash: u64, key: &Key) {
+        let Some(gate) = self.gates.get_mut(hash, key.as_str()) else {
             return;
         };
         if gate.scheduled {
@@ -439,36 +442,30 @@ impl GateMap {
             let Some(Reverse(entry)) = self.expiry.pop() else {
                 break;
             };
-            let Some(gate) = self.gates.get_mut(&entry.key) else {
+            let hash = self.gates.hash(entry.key.as_str());
+            let Some(gate) = self.gates.get_mut(hash, entry.key.as_str()) else {
                 continue;
             };
             gate.scheduled = false;
             match gate.evictable_at() {
                 Some(at) if at <= now => {
-                    self.gates.remove(&entry.key);
+                    self.gates.remove(hash, entry.key.as_str());
                     evicted = true;
                 }
                 // Used since, or closed further: look again then.
-                Some(_) => self.schedule(&entry.key),
+                Some(_) => self.schedule(hash, &entry.key),
                 // In flight: the last answer schedules it.
                 None => {}
             }
         }
         if evicted {
-            shrink(&mut self.gates);
+            self.gates.shrink_if_sparse(MIN_CAPACITY);
             if self.expiry.capacity() > MIN_CAPACITY
                 && self.expiry.len() * 4 < self.expiry.capacity()
             {
                 self.expiry.shrink_to(self.expiry.len() * 2);
             }
         }
-    }
-}
-
-/// Gives memory back once a map holds less than a quarter of its capacity.
-fn shrink<K: std::hash::Hash + Eq, V>(map: &mut HashMap<K, V>) {
-    if map.capacity() > MIN_CAPACITY && map.len() * 4 < map.capacity() {
-        map.shrink_to(map.len() * 2);
     }
 }
 
@@ -489,7 +486,7 @@ impl Gates {
         let mut map = self.lock();
         map.sweep(now);
         let closed = map.observe(&in_flight, signal, now, config);
-        map.schedule(&in_flight.key);
+        map.schedule(in_flight.hash, &in_flight.key);
         closed
     }
 
@@ -532,8 +529,9 @@ impl GateMap {
         let pace_by_quota = config.pace_by_quota;
         let gate = self
             .gates
-            .entry(in_flight.key.clone())
-            .or_insert_with(|| Gate::new(pace_by_quota, now));
+            .get_or_insert_with(in_flight.hash, &in_flight.key, || {
+                Gate::new(pace_by_quota, now)
+            });
         gate.last_used = gate.last_used.max(now);
         gate.in_flight.remove(&in_flight.seq);
         // The probe's answer, whatever it says, is what the waiters wait for.
@@ -666,6 +664,8 @@ fn bounded(now: Instant, delay: Duration, max_pause: Duration) -> Instant {
 /// answer (an error, a cancelled request), it just leaves the count.
 pub(crate) struct InFlight {
     gates: Gates,
+    /// The key's hash in the gate map.
+    hash: u64,
     key: Key,
     seq: u64,
     /// Requests in flight when this one was let through.
@@ -677,7 +677,7 @@ impl Drop for InFlight {
     fn drop(&mut self) {
         if self.armed {
             let mut map = self.gates.lock();
-            if let Some(gate) = map.gates.get_mut(&self.key) {
+            if let Some(gate) = map.gates.get_mut(self.hash, self.key.as_str()) {
                 gate.in_flight.remove(&self.seq);
                 // A probe lost without an answer: the next request probes.
                 if matches!(gate.probe, Probe::Out { seq, .. } if seq == self.seq) {
@@ -688,7 +688,7 @@ impl Drop for InFlight {
                     gate.changed.notify_waiters();
                 }
             }
-            map.schedule(&self.key);
+            map.schedule(self.hash, &self.key);
         }
     }
 }

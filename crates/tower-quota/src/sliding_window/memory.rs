@@ -13,11 +13,9 @@
 //! consumed nothing. Keys whose logs have emptied and whose queue is empty are
 //! evicted in amortized sweeps, so memory follows the active keys.
 
-use std::collections::{HashMap, VecDeque};
+use std::collections::VecDeque;
 use std::fmt;
 use std::future::Future;
-use std::hash::BuildHasher;
-use std::hash::RandomState;
 use std::pin::Pin;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError, TryLockError};
@@ -34,6 +32,7 @@ use super::log::WindowLog;
 use super::pacer::{Adapted, Pacer};
 use super::store::{Admission, Completion, QuotaChange, Store};
 use super::{Limits, Quota};
+use crate::keymap::{KeyHasher, KeyMap};
 use crate::{Announced, BoxError, Key};
 
 const SHARDS: usize = 16;
@@ -67,7 +66,7 @@ pub struct MemoryStore {
 
 struct Shared {
     shards: Box<[Mutex<Shard>]>,
-    hasher: RandomState,
+    hasher: KeyHasher,
     next_admission: AtomicU64,
     /// Operations on every shard, and the shard the next global sweep
     /// visits: idle keys are swept by traffic to any key.
@@ -78,9 +77,12 @@ struct Shared {
 
 impl Default for Shared {
     fn default() -> Self {
+        let hasher = KeyHasher::default();
         Shared {
-            shards: (0..SHARDS).map(|_| Mutex::new(Shard::default())).collect(),
-            hasher: RandomState::new(),
+            shards: (0..SHARDS)
+                .map(|_| Mutex::new(Shard::new(hasher.clone())))
+                .collect(),
+            hasher,
             next_admission: AtomicU64::new(0),
             ops: AtomicUsize::new(0),
             cursor: AtomicUsize::new(0),
@@ -134,12 +136,21 @@ impl Lag {
     }
 }
 
-#[derive(Default)]
 struct Shard {
-    keys: HashMap<Key, KeyState>,
+    keys: KeyMap<KeyState>,
     ops_since_sweep: usize,
     /// `Shared::ops` when this shard was last swept.
     swept_at: usize,
+}
+
+impl Shard {
+    fn new(hasher: KeyHasher) -> Self {
+        Shard {
+            keys: KeyMap::new(hasher),
+            ops_since_sweep: 0,
+            swept_at: 0,
+        }
+    }
 }
 
 impl MemoryStore {
@@ -162,9 +173,10 @@ impl MemoryStore {
     /// many as its quota allows).
     #[cfg(test)]
     pub(crate) fn learned_burst(&self, key: &Key) -> Option<u64> {
-        lock(self.shared.shard(key))
+        let (hash, shard) = self.shared.shard(key);
+        lock(shard)
             .keys
-            .get(key)
+            .get(hash, key.as_str())
             .and_then(|state| state.pacer.burst())
     }
 
@@ -203,8 +215,9 @@ impl Store for MemoryStore {
     }
 
     fn correct(&self, admission: &Admission, actual_cost: u64) {
-        let mut shard = lock(self.shared.shard(admission.key()));
-        let Some(state) = shard.keys.get_mut(admission.key()) else {
+        let (hash, shard) = self.shared.shard(admission.key());
+        let mut shard = lock(shard);
+        let Some(state) = shard.keys.get_mut(hash, admission.key().as_str()) else {
             return;
         };
         let mut changed = false;
@@ -222,9 +235,10 @@ impl Store for MemoryStore {
         // it has one (strict mode assumes a drop stops it).
         let dropped = (completion == Completion::Dropped && !limits.is_strict())
             .then(|| limits.sent_within());
-        let mut shard = lock(self.shared.shard(admission.key()));
+        let (hash, shard) = self.shared.shard(admission.key());
+        let mut shard = lock(shard);
         let now = Instant::now();
-        let Some(state) = shard.keys.get_mut(admission.key()) else {
+        let Some(state) = shard.keys.get_mut(hash, admission.key().as_str()) else {
             return;
         };
         let extra = state.extra_margin(now);
@@ -243,8 +257,9 @@ impl Store for MemoryStore {
         announced: &[Announced],
         limits: &Limits,
     ) -> Vec<QuotaChange> {
-        let mut shard = lock(self.shared.shard(admission.key()));
-        match shard.keys.get_mut(admission.key()) {
+        let (hash, shard) = self.shared.shard(admission.key());
+        let mut shard = lock(shard);
+        match shard.keys.get_mut(hash, admission.key().as_str()) {
             Some(state) => state.announce(announced, limits.follows_announced_quotas()),
             None => Vec::new(),
         }
@@ -280,9 +295,10 @@ impl Store for MemoryStore {
     }
 
     fn refused(&self, admission: &Admission, limits: &Limits) -> Option<(Duration, Duration)> {
-        let mut shard = lock(self.shared.shard(admission.key()));
+        let (hash, shard) = self.shared.shard(admission.key());
+        let mut shard = lock(shard);
         let now = Instant::now();
-        let state = shard.keys.get_mut(admission.key())?;
+        let state = shard.keys.get_mut(hash, admission.key().as_str())?;
         // A provider that refuses well under the quota has a lower rate,
         // which the pacer learns; so does one that refuses evenly spaced
         // requests (a sliding-window counter, a late window: a little less
@@ -323,9 +339,13 @@ fn lock(shard: &Mutex<Shard>) -> MutexGuard<'_, Shard> {
 }
 
 impl Shared {
-    fn shard(&self, key: &Key) -> &Mutex<Shard> {
-        let hash = self.hasher.hash_one(key.as_str());
-        &self.shards[(hash as usize) % self.shards.len()]
+    /// The key's hash and its shard: the one hash of an operation.
+    fn shard(&self, key: &Key) -> (u64, &Mutex<Shard>) {
+        let hash = self.hasher.hash(key.as_str());
+        (
+            hash,
+            &self.shards[KeyHasher::shard_of(hash, self.shards.len())],
+        )
     }
 }
 
@@ -363,14 +383,12 @@ impl Shard {
     fn sweep(&mut self, now: Instant, ops: usize) {
         self.ops_since_sweep = 0;
         self.swept_at = ops;
-        self.keys.retain(|_, state| {
+        self.keys.retain(|state| {
             state.prune(now);
             !state.is_idle()
         });
         // Give the memory of a crowd of idle keys back.
-        if self.keys.capacity() > 4 * self.keys.len() + 64 {
-            self.keys.shrink_to(2 * self.keys.len());
-        }
+        self.keys.shrink_if_sparse(64);
     }
 }
 
@@ -745,8 +763,9 @@ impl Drop for Ticket {
         if !self.armed {
             return;
         }
-        let mut shard = lock(self.shared.shard(&self.key));
-        if let Some(state) = shard.keys.get_mut(&self.key) {
+        let (hash, shard) = self.shared.shard(&self.key);
+        let mut shard = lock(shard);
+        if let Some(state) = shard.keys.get_mut(hash, self.key.as_str()) {
             state.cancel(self.id);
         }
     }
@@ -769,7 +788,8 @@ impl Future for Acquire {
         let mut this = self.project();
         loop {
             let step = {
-                let mut shard = lock(this.shared.shard(this.key));
+                let (hash, shard) = this.shared.shard(this.key);
+                let mut shard = lock(shard);
                 // Read under the lock, so that admissions are recorded in the
                 // order of their instants.
                 let now = Instant::now();
@@ -779,10 +799,9 @@ impl Future for Acquire {
                         if let Err(too_large) = this.limits.check_cost(this.key, *this.cost) {
                             Step::Ready(Err(too_large.into()))
                         } else {
-                            let state = shard
-                                .keys
-                                .entry(this.key.clone())
-                                .or_insert_with(|| KeyState::new(this.limits, now));
+                            let state = shard.keys.get_or_insert_with(hash, this.key, || {
+                                KeyState::new(this.limits, now)
+                            });
                             state.prune(now);
                             if !state.conform(this.limits) {
                                 Step::Ready(Err(ConflictingQuotas::new(this.key.clone()).into()))
@@ -807,7 +826,7 @@ impl Future for Acquire {
                         enqueued_at,
                         queued,
                         limited_by,
-                    } => match shard.keys.get_mut(this.key) {
+                    } => match shard.keys.get_mut(hash, this.key.as_str()) {
                         Some(state) if state.is_head(ticket.id) => {
                             state.prune(now);
                             let (at, limit) = state.earliest(now, *this.cost, this.limits);
