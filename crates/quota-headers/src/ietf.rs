@@ -5,7 +5,7 @@ use std::time::{Duration, SystemTime};
 
 use sfv::{BareItem, Dictionary, Integer, List, ListEntry, Parameters, Parser};
 
-use crate::numbers;
+use crate::numbers::{self, Reference};
 use crate::{QuotaState, Source};
 
 /// Parses `RateLimit-Policy` in the current draft's syntax (-08 and later):
@@ -66,6 +66,11 @@ pub fn rate_limit_policy(value: &[u8]) -> Option<Vec<QuotaState>> {
 /// assert_eq!(quotas[0].reset_after, Some(Duration::from_secs(30)));
 /// ```
 pub fn rate_limit(value: &[u8], reference: SystemTime) -> Option<Vec<QuotaState>> {
+    rate_limit_from(value, &Reference::fixed(reference))
+}
+
+/// [`rate_limit`], reading the reference time only for an epoch reset.
+pub(crate) fn rate_limit_from(value: &[u8], reference: &Reference<'_>) -> Option<Vec<QuotaState>> {
     if let Ok(list) = Parser::new(value).parse::<List>() {
         let quotas: Vec<QuotaState> = named_items(&list)
             .map(|(name, params)| {
@@ -75,7 +80,7 @@ pub fn rate_limit(value: &[u8], reference: SystemTime) -> Option<Vec<QuotaState>
                 quota.reset_after = params
                     .get("t")
                     .and_then(seconds)
-                    .and_then(|reset| numbers::delta_or_epoch(reset, reference));
+                    .and_then(|reset| numbers::delta_or_epoch_from(reset, reference));
                 quota.partition_key = params.get("pk").and_then(partition_key);
                 quota
             })
@@ -88,7 +93,7 @@ pub fn rate_limit(value: &[u8], reference: SystemTime) -> Option<Vec<QuotaState>
 }
 
 /// `RateLimit: limit=100, remaining=50, reset=5` (drafts before -07).
-fn legacy_dictionary(value: &[u8], reference: SystemTime) -> Option<QuotaState> {
+fn legacy_dictionary(value: &[u8], reference: &Reference<'_>) -> Option<QuotaState> {
     let dictionary: Dictionary = Parser::new(value).parse().ok()?;
     let member = |key: &str| match dictionary.get(key) {
         Some(ListEntry::Item(item)) => Some(&item.bare_item),
@@ -99,7 +104,7 @@ fn legacy_dictionary(value: &[u8], reference: SystemTime) -> Option<QuotaState> 
     quota.remaining = member("remaining").and_then(non_negative);
     quota.reset_after = member("reset")
         .and_then(seconds)
-        .and_then(|reset| numbers::delta_or_epoch(reset, reference));
+        .and_then(|reset| numbers::delta_or_epoch_from(reset, reference));
     (!quota.is_empty()).then_some(quota)
 }
 
@@ -112,7 +117,7 @@ pub(crate) fn legacy_fields(
     remaining: Option<&[u8]>,
     reset: Option<&[u8]>,
     old_policy: Option<&[u8]>,
-    reference: SystemTime,
+    reference: &Reference<'_>,
 ) -> Option<QuotaState> {
     let mut quota = QuotaState::new(Source::IetfLegacy);
     let limit_list = limit.and_then(|value| Parser::new(value).parse::<List>().ok());
@@ -126,7 +131,7 @@ pub(crate) fn legacy_fields(
     quota.reset_after = reset
         .and_then(single_item)
         .and_then(|item| seconds(&item))
-        .and_then(|reset| numbers::delta_or_epoch(reset, reference));
+        .and_then(|reset| numbers::delta_or_epoch_from(reset, reference));
     if quota.is_empty() {
         return None;
     }
