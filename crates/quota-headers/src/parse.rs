@@ -171,30 +171,14 @@ fn quotas(found: &Found<'_>, reference: &Reference<'_>) -> Vec<QuotaState> {
 /// `RateLimit` items completed with the `RateLimit-Policy` of the same name;
 /// policies without a `RateLimit` item follow.
 fn ietf_quotas(found: &Found<'_>, reference: &Reference<'_>, quotas: &mut Vec<QuotaState>) {
-    let mut policies = field_value(found, Slot::RateLimitPolicy)
-        .and_then(|value| ietf::rate_limit_policy(&value))
-        .unwrap_or_default();
     let start = quotas.len();
-    quotas.extend(
-        field_value(found, Slot::RateLimit)
-            .and_then(|value| ietf::rate_limit_from(&value, reference))
-            .into_iter()
-            .flatten(),
-    );
-    for quota in quotas[start..]
-        .iter_mut()
-        .filter(|quota| quota.source == Source::IetfRateLimit)
-    {
-        let Some(index) = policies.iter().position(|policy| policy.name == quota.name) else {
-            continue;
-        };
-        let policy = policies.remove(index);
-        quota.limit = policy.limit;
-        quota.window = policy.window;
-        quota.unit = policy.unit;
-        quota.partition_key = quota.partition_key.take().or(policy.partition_key);
+    if let Some(value) = field_value(found, Slot::RateLimit) {
+        ietf::push_rate_limit(&value, reference, quotas);
     }
-    quotas.extend(policies);
+    let rate_limit = start..quotas.len();
+    if let Some(value) = field_value(found, Slot::RateLimitPolicy) {
+        ietf::merge_policies(&value, quotas, rate_limit);
+    }
 }
 
 /// A structured field's value: its only field line as it is, or all its
