@@ -90,23 +90,23 @@ pub(crate) fn push_rate_limit(
 /// item of that name (its `limit`, `window` and `unit`, and its
 /// `partition_key` when the item has none); policies left over are appended
 /// to `quotas`, in order. Nothing changes when `value` is not a List.
+///
+/// The items must have no `limit`, `window` or `unit` of their own (a
+/// `RateLimit` item has none): when the List turns out to be malformed
+/// after some items were completed, clearing those undoes the completion.
 pub(crate) fn merge_policies(value: &[u8], quotas: &mut Vec<QuotaState>, rate_limit: Range<usize>) {
-    // Items are completed as the policies are read: a List that turns out
-    // to be malformed after some of them must not have completed any.
-    if !rate_limit.is_empty() && Parser::new(value).parse_list_with_visitor(Ignored).is_err() {
-        return;
-    }
-    let start = quotas.len();
-    let policies = Policies {
+    let appended = quotas.len();
+    let mut policies = Policies {
         quotas,
         rate_limit,
         completed: Completed::default(),
+        completed_partition_keys: Completed::default(),
     };
     if Parser::new(value)
-        .parse_list_with_visitor(policies)
+        .parse_list_with_visitor(&mut policies)
         .is_err()
     {
-        quotas.truncate(start);
+        policies.undo(appended);
     }
 }
 
@@ -214,6 +214,8 @@ struct Policies<'q> {
     rate_limit: Range<usize>,
     /// Which of them a policy completed already.
     completed: Completed,
+    /// Which of those had no partition key of their own.
+    completed_partition_keys: Completed,
 }
 
 impl Policies<'_> {
@@ -230,9 +232,12 @@ impl Policies<'_> {
         });
         match item {
             Some(index) => {
-                self.completed.insert(index - start);
                 let quota = self.quotas.get_mut(index)?;
                 let keeps_partition_key = quota.partition_key.is_some();
+                self.completed.insert(index - start);
+                if !keeps_partition_key {
+                    self.completed_partition_keys.insert(index - start);
+                }
                 Some((quota, keeps_partition_key))
             }
             None => {
@@ -243,9 +248,30 @@ impl Policies<'_> {
             }
         }
     }
+
+    /// Takes back what a malformed List did: the policies appended from
+    /// `quotas[appended]` on, and the completion of items.
+    fn undo(&mut self, appended: usize) {
+        self.quotas.truncate(appended);
+        let start = self.rate_limit.start;
+        for index in self.rate_limit.clone() {
+            if !self.completed.contains(index - start) {
+                continue;
+            }
+            let Some(quota) = self.quotas.get_mut(index) else {
+                continue;
+            };
+            quota.limit = None;
+            quota.window = None;
+            quota.unit = None;
+            if self.completed_partition_keys.contains(index - start) {
+                quota.partition_key = None;
+            }
+        }
+    }
 }
 
-impl<'de> ListVisitor<'de> for Policies<'_> {
+impl<'de> ListVisitor<'de> for &mut Policies<'_> {
     type Out = ();
     type Error = Infallible;
 
@@ -539,9 +565,13 @@ mod tests {
     fn a_malformed_policy_list_completes_nothing() {
         let mut quotas = Vec::new();
         let reference = Reference::fixed(SystemTime::UNIX_EPOCH);
-        push_rate_limit(br#""a";r=1"#, &reference, &mut quotas);
-        merge_policies(br#""a";q=10, ;"#, &mut quotas, 0..1);
-        assert_eq!(quotas.len(), 1);
-        assert_eq!(quotas[0].limit, None);
+        push_rate_limit(br#""a";r=1, "b";r=2;pk=:YWI=:"#, &reference, &mut quotas);
+        let before = quotas.clone();
+        merge_policies(
+            br#""a";q=10;w=60;qu="tokens";pk=:Y2Q=:, "b";q=5;pk=:ZWY=:, "c";q=1, ;"#,
+            &mut quotas,
+            0..2,
+        );
+        assert_eq!(quotas, before);
     }
 }
