@@ -16,8 +16,10 @@
 //! - `ietf`: `RateLimit` and `RateLimit-Policy` structured fields;
 //! - `429 retry-after`: status 429 with `Retry-After: 30`.
 //!
-//! Before the timings, the allocations of one parse of each row (the
-//! `Signal` dropped included) are printed, counted with `stats_alloc`.
+//! After the timings, the allocations and allocated bytes of one parse of
+//! each row (the `Signal` dropped included), counted with `stats_alloc`,
+//! are printed and written to `allocations.json` beside each row's
+//! criterion estimates.
 // Benchmarks measure wall time, which is what std's clock is for.
 #![allow(clippy::disallowed_types, missing_docs)]
 
@@ -103,28 +105,55 @@ fn rows() -> Vec<(&'static str, StatusCode, HeaderMap)> {
     ]
 }
 
-/// Allocations of one parse, averaged over many.
-fn allocations_per_parse(status: StatusCode, headers: &HeaderMap, now: SystemTime) -> f64 {
-    const PARSES: u32 = 1000;
-    let region = Region::new(GLOBAL);
-    for _ in 0..PARSES {
+/// Parses over which allocations are averaged.
+const COUNTED: u32 = 1_000;
+
+/// Allocations and allocated bytes of one parse (the `Signal` dropped
+/// included), averaged over [`COUNTED`] after a few to warm up; printed,
+/// and written to `criterion/parse/<row>/allocations.json` beside
+/// criterion's estimates, as the admission bench does.
+fn count_allocations(name: &str, status: StatusCode, headers: &HeaderMap, now: SystemTime) {
+    let parse = || {
         drop(black_box(quota_headers::parse(
             black_box(status),
             black_box(headers),
             black_box(now),
         )));
+    };
+    for _ in 0..16 {
+        parse();
     }
-    f64::from(u32::try_from(region.change().allocations).unwrap_or(u32::MAX)) / f64::from(PARSES)
+    let region = Region::new(GLOBAL);
+    for _ in 0..COUNTED {
+        parse();
+    }
+    let change = region.change();
+    let per_parse =
+        |count: usize| f64::from(u32::try_from(count).unwrap_or(u32::MAX)) / f64::from(COUNTED);
+    let (allocations, bytes) = (
+        per_parse(change.allocations),
+        per_parse(change.bytes_allocated),
+    );
+    println!("parse/{name}: {allocations} allocations, {bytes} bytes per parse");
+    let dir = criterion_dir().join("parse").join(name);
+    let json = format!("{{\"allocations\": {allocations}, \"bytes\": {bytes}}}\n");
+    if std::fs::create_dir_all(&dir).is_ok() {
+        let _ = std::fs::write(dir.join("allocations.json"), json);
+    }
+}
+
+/// Where criterion writes: `$CARGO_TARGET_DIR/criterion`, or the
+/// workspace's `target/criterion`.
+fn criterion_dir() -> std::path::PathBuf {
+    std::env::var_os("CARGO_TARGET_DIR")
+        .map(std::path::PathBuf::from)
+        .unwrap_or_else(|| std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../target"))
+        .join("criterion")
 }
 
 fn parse(c: &mut Criterion) {
     let now = UNIX_EPOCH + Duration::from_secs(NOW_SECS);
     let rows = rows();
-    for (name, status, headers) in &rows {
-        let allocations = allocations_per_parse(*status, headers, now);
-        println!("parse/{name}: {allocations} allocations per parse");
-    }
-
     let mut group = c.benchmark_group("parse");
     group.throughput(Throughput::Elements(1));
     for (name, status, headers) in &rows {
@@ -133,6 +162,9 @@ fn parse(c: &mut Criterion) {
         });
     }
     group.finish();
+    for (name, status, headers) in &rows {
+        count_allocations(name, *status, headers, now);
+    }
 }
 
 fn config() -> Criterion {
