@@ -1,128 +1,312 @@
-//! Header names this crate reads, lowercase as `HeaderMap` stores them.
+//! Header names this crate reads, lowercase as `HeaderMap` stores them, and
+//! the slot each one's value is kept in while a response is read.
 
-pub(crate) const RETRY_AFTER: &str = "retry-after";
-pub(crate) const RETRY_AFTER_MS: &str = "retry-after-ms";
-pub(crate) const DATE: &str = "date";
-pub(crate) const GRPC_STATUS: &str = "grpc-status";
-pub(crate) const GRPC_RETRY_PUSHBACK_MS: &str = "grpc-retry-pushback-ms";
+use http::{HeaderMap, HeaderName, HeaderValue};
 
-pub(crate) const RATELIMIT: &str = "ratelimit";
-pub(crate) const RATELIMIT_POLICY: &str = "ratelimit-policy";
-pub(crate) const RATELIMIT_LIMIT: &str = "ratelimit-limit";
-pub(crate) const RATELIMIT_REMAINING: &str = "ratelimit-remaining";
-pub(crate) const RATELIMIT_RESET: &str = "ratelimit-reset";
+use crate::numbers;
 
-pub(crate) const X_RATELIMIT_LIMIT: &str = "x-ratelimit-limit";
-pub(crate) const X_RATELIMIT_REMAINING: &str = "x-ratelimit-remaining";
-pub(crate) const X_RATELIMIT_RESET: &str = "x-ratelimit-reset";
-pub(crate) const X_RATELIMIT_USED: &str = "x-ratelimit-used";
-pub(crate) const X_RATELIMIT_RESOURCE: &str = "x-ratelimit-resource";
-pub(crate) const X_RATELIMIT_RESET_AFTER: &str = "x-ratelimit-reset-after";
-pub(crate) const X_RATELIMIT_BUCKET: &str = "x-ratelimit-bucket";
-pub(crate) const X_RATELIMIT_SCOPE: &str = "x-ratelimit-scope";
+/// Declares every name read, in [`HEADER_NAMES`] order: the [`Slot`] enum,
+/// `HEADER_NAMES` itself and the `HeaderName` constant of each slot.
+macro_rules! names {
+    ($($slot:ident = $name:literal,)*) => {
+        /// A header name read by [`parse`](crate::parse): its index in
+        /// [`HEADER_NAMES`], and the bit of [`Found::present`].
+        #[derive(Debug, Clone, Copy, PartialEq, Eq)]
+        #[repr(u8)]
+        pub(crate) enum Slot {
+            $(
+                #[doc = concat!("`", $name, "`")]
+                $slot,
+            )*
+        }
+
+        /// Every header name [`parse`](crate::parse) reads, lowercase.
+        ///
+        /// Useful to strip or log exactly the headers that influenced a decision,
+        /// and to build fuzz and property-test inputs.
+        pub const HEADER_NAMES: &[&str] = &[$($name,)*];
+
+        impl Slot {
+            /// The slot of a lowercase header name, `None` for a name no
+            /// dialect reads.
+            #[inline]
+            pub(crate) fn of(name: &str) -> Option<Self> {
+                match name {
+                    $($name => Some(Self::$slot),)*
+                    _ => None,
+                }
+            }
+
+            /// The name as a `HeaderName`, built at compile time: a lookup
+            /// with it neither validates nor lowercases the name.
+            pub(crate) fn header_name(self) -> HeaderName {
+                match self {
+                    $(Self::$slot => const { HeaderName::from_static($name) },)*
+                }
+            }
+        }
+    };
+}
+
+names! {
+    RetryAfter = "retry-after",
+    RetryAfterMs = "retry-after-ms",
+    Date = "date",
+    GrpcStatus = "grpc-status",
+    GrpcRetryPushbackMs = "grpc-retry-pushback-ms",
+
+    RateLimit = "ratelimit",
+    RateLimitPolicy = "ratelimit-policy",
+    RateLimitLimit = "ratelimit-limit",
+    RateLimitRemaining = "ratelimit-remaining",
+    RateLimitReset = "ratelimit-reset",
+
+    XRateLimitLimit = "x-ratelimit-limit",
+    XRateLimitRemaining = "x-ratelimit-remaining",
+    XRateLimitReset = "x-ratelimit-reset",
+    XRateLimitUsed = "x-ratelimit-used",
+    XRateLimitResource = "x-ratelimit-resource",
+    XRateLimitResetAfter = "x-ratelimit-reset-after",
+    XRateLimitBucket = "x-ratelimit-bucket",
+    XRateLimitScope = "x-ratelimit-scope",
+
+    OpenAiLimitRequests = "x-ratelimit-limit-requests",
+    OpenAiRemainingRequests = "x-ratelimit-remaining-requests",
+    OpenAiResetRequests = "x-ratelimit-reset-requests",
+    OpenAiLimitTokens = "x-ratelimit-limit-tokens",
+    OpenAiRemainingTokens = "x-ratelimit-remaining-tokens",
+    OpenAiResetTokens = "x-ratelimit-reset-tokens",
+
+    AnthropicRequestsLimit = "anthropic-ratelimit-requests-limit",
+    AnthropicRequestsRemaining = "anthropic-ratelimit-requests-remaining",
+    AnthropicRequestsReset = "anthropic-ratelimit-requests-reset",
+    AnthropicTokensLimit = "anthropic-ratelimit-tokens-limit",
+    AnthropicTokensRemaining = "anthropic-ratelimit-tokens-remaining",
+    AnthropicTokensReset = "anthropic-ratelimit-tokens-reset",
+    AnthropicInputTokensLimit = "anthropic-ratelimit-input-tokens-limit",
+    AnthropicInputTokensRemaining = "anthropic-ratelimit-input-tokens-remaining",
+    AnthropicInputTokensReset = "anthropic-ratelimit-input-tokens-reset",
+    AnthropicOutputTokensLimit = "anthropic-ratelimit-output-tokens-limit",
+    AnthropicOutputTokensRemaining = "anthropic-ratelimit-output-tokens-remaining",
+    AnthropicOutputTokensReset = "anthropic-ratelimit-output-tokens-reset",
+
+    ShopifyCallLimit = "x-shopify-shop-api-call-limit",
+}
+
+/// How many names there are; each has a bit in a `u64`.
+const COUNT: usize = HEADER_NAMES.len();
+const _: () = assert!(COUNT <= 64);
+
+impl Slot {
+    const fn bit(self) -> u64 {
+        1 << self as u8
+    }
+
+    /// The bits of `slots`, for [`Found::any`].
+    pub(crate) const fn mask(slots: &[Self]) -> u64 {
+        let mut mask = 0;
+        let mut index = 0;
+        while index < slots.len() {
+            mask |= slots[index].bit();
+            index += 1;
+        }
+        mask
+    }
+}
+
+/// The slot of a header name, after a first-byte test that turns away most
+/// names no dialect reads (`content-type`, `server`, `etag`, `vary`, ...)
+/// without comparing them to any.
+#[inline]
+fn slot(name: &str) -> Option<Slot> {
+    match name.as_bytes().first() {
+        Some(b'a' | b'd' | b'g' | b'r' | b'x') => Slot::of(name),
+        _ => None,
+    }
+}
+
+/// The first value of every name read, found in one pass over a response's
+/// headers: no name is hashed, validated or looked up.
+#[derive(Debug)]
+pub(crate) struct Found<'a> {
+    headers: &'a HeaderMap,
+    values: [Option<&'a HeaderValue>; COUNT],
+    /// Bit `slot` set: the name is present.
+    present: u64,
+    /// Bit `slot` set: the name has more than one field line.
+    repeated: u64,
+}
+
+impl<'a> Found<'a> {
+    pub(crate) fn scan(headers: &'a HeaderMap) -> Self {
+        let mut found = Self {
+            headers,
+            values: [None; COUNT],
+            present: 0,
+            repeated: 0,
+        };
+        // `HeaderMap` yields a name's first value before its others, which
+        // is the value `HeaderMap::get` gives.
+        for (name, value) in headers {
+            let Some(slot) = slot(name.as_str()) else {
+                continue;
+            };
+            if found.present & slot.bit() != 0 {
+                found.repeated |= slot.bit();
+            } else if let Some(entry) = found.values.get_mut(slot as usize) {
+                *entry = Some(value);
+                found.present |= slot.bit();
+            }
+        }
+        found
+    }
+
+    /// `true` when any name of `mask` is present.
+    #[inline]
+    pub(crate) fn any(&self, mask: u64) -> bool {
+        self.present & mask != 0
+    }
+
+    /// `true` when no name but `Date` is present.
+    pub(crate) fn is_empty(&self) -> bool {
+        self.present & !Slot::Date.bit() == 0
+    }
+
+    /// The first value of `slot`'s name, what `HeaderMap::get` gives.
+    #[inline]
+    pub(crate) fn get(&self, slot: Slot) -> Option<&'a HeaderValue> {
+        self.values.get(slot as usize).copied().flatten()
+    }
+
+    /// The first value as trimmed visible ASCII ([`numbers::header_str`]).
+    #[inline]
+    pub(crate) fn str(&self, slot: Slot) -> Option<&'a str> {
+        self.get(slot).and_then(numbers::header_str)
+    }
+
+    /// All field lines of `slot`'s name, when it has more than one.
+    pub(crate) fn all_lines(&self, slot: Slot) -> Option<http::header::GetAll<'a, HeaderValue>> {
+        (self.repeated & slot.bit() != 0).then(|| self.headers.get_all(slot.header_name()))
+    }
+}
 
 /// OpenAI: `(name, [limit, remaining, reset])` per quota.
-pub(crate) const OPENAI: [(&str, [&str; 3]); 2] = [
+pub(crate) const OPENAI: [(&str, [Slot; 3]); 2] = [
     (
         "requests",
         [
-            "x-ratelimit-limit-requests",
-            "x-ratelimit-remaining-requests",
-            "x-ratelimit-reset-requests",
+            Slot::OpenAiLimitRequests,
+            Slot::OpenAiRemainingRequests,
+            Slot::OpenAiResetRequests,
         ],
     ),
     (
         "tokens",
         [
-            "x-ratelimit-limit-tokens",
-            "x-ratelimit-remaining-tokens",
-            "x-ratelimit-reset-tokens",
+            Slot::OpenAiLimitTokens,
+            Slot::OpenAiRemainingTokens,
+            Slot::OpenAiResetTokens,
         ],
     ),
 ];
 
 /// Anthropic: `(name, unit, [limit, remaining, reset])` per quota.
-pub(crate) const ANTHROPIC: [(&str, &str, [&str; 3]); 4] = [
+pub(crate) const ANTHROPIC: [(&str, &str, [Slot; 3]); 4] = [
     (
         "requests",
         "requests",
         [
-            "anthropic-ratelimit-requests-limit",
-            "anthropic-ratelimit-requests-remaining",
-            "anthropic-ratelimit-requests-reset",
+            Slot::AnthropicRequestsLimit,
+            Slot::AnthropicRequestsRemaining,
+            Slot::AnthropicRequestsReset,
         ],
     ),
     (
         "tokens",
         "tokens",
         [
-            "anthropic-ratelimit-tokens-limit",
-            "anthropic-ratelimit-tokens-remaining",
-            "anthropic-ratelimit-tokens-reset",
+            Slot::AnthropicTokensLimit,
+            Slot::AnthropicTokensRemaining,
+            Slot::AnthropicTokensReset,
         ],
     ),
     (
         "input-tokens",
         "tokens",
         [
-            "anthropic-ratelimit-input-tokens-limit",
-            "anthropic-ratelimit-input-tokens-remaining",
-            "anthropic-ratelimit-input-tokens-reset",
+            Slot::AnthropicInputTokensLimit,
+            Slot::AnthropicInputTokensRemaining,
+            Slot::AnthropicInputTokensReset,
         ],
     ),
     (
         "output-tokens",
         "tokens",
         [
-            "anthropic-ratelimit-output-tokens-limit",
-            "anthropic-ratelimit-output-tokens-remaining",
-            "anthropic-ratelimit-output-tokens-reset",
+            Slot::AnthropicOutputTokensLimit,
+            Slot::AnthropicOutputTokensRemaining,
+            Slot::AnthropicOutputTokensReset,
         ],
     ),
 ];
 
-pub(crate) const SHOPIFY_CALL_LIMIT: &str = "x-shopify-shop-api-call-limit";
+#[cfg(test)]
+mod tests {
+    use http::HeaderValue;
 
-/// Every header name [`parse`](crate::parse) reads, lowercase.
-///
-/// Useful to strip or log exactly the headers that influenced a decision,
-/// and to build fuzz and property-test inputs.
-pub const HEADER_NAMES: &[&str] = &[
-    RETRY_AFTER,
-    RETRY_AFTER_MS,
-    DATE,
-    GRPC_STATUS,
-    GRPC_RETRY_PUSHBACK_MS,
-    RATELIMIT,
-    RATELIMIT_POLICY,
-    RATELIMIT_LIMIT,
-    RATELIMIT_REMAINING,
-    RATELIMIT_RESET,
-    X_RATELIMIT_LIMIT,
-    X_RATELIMIT_REMAINING,
-    X_RATELIMIT_RESET,
-    X_RATELIMIT_USED,
-    X_RATELIMIT_RESOURCE,
-    X_RATELIMIT_RESET_AFTER,
-    X_RATELIMIT_BUCKET,
-    X_RATELIMIT_SCOPE,
-    OPENAI[0].1[0],
-    OPENAI[0].1[1],
-    OPENAI[0].1[2],
-    OPENAI[1].1[0],
-    OPENAI[1].1[1],
-    OPENAI[1].1[2],
-    ANTHROPIC[0].2[0],
-    ANTHROPIC[0].2[1],
-    ANTHROPIC[0].2[2],
-    ANTHROPIC[1].2[0],
-    ANTHROPIC[1].2[1],
-    ANTHROPIC[1].2[2],
-    ANTHROPIC[2].2[0],
-    ANTHROPIC[2].2[1],
-    ANTHROPIC[2].2[2],
-    ANTHROPIC[3].2[0],
-    ANTHROPIC[3].2[1],
-    ANTHROPIC[3].2[2],
-    SHOPIFY_CALL_LIMIT,
-];
+    use super::*;
+
+    #[test]
+    fn every_name_has_its_own_slot_and_header_name() {
+        for (index, name) in HEADER_NAMES.iter().enumerate() {
+            let slot = slot(name).expect("a slot");
+            assert_eq!(slot as usize, index, "{name}");
+            assert_eq!(slot.header_name().as_str(), *name);
+            assert_eq!(HeaderName::from_static(name), slot.header_name());
+        }
+    }
+
+    #[test]
+    fn other_names_have_no_slot() {
+        for name in [
+            "",
+            "content-type",
+            "accept-ranges",
+            "age",
+            "x-request-id",
+            "x-ratelimit",
+            "x-ratelimit-",
+            "retry-after-s",
+            "ratelimit-policies",
+            "anthropic-ratelimit-requests",
+            "dates",
+        ] {
+            assert_eq!(slot(name), None, "{name:?}");
+        }
+    }
+
+    #[test]
+    fn scan_keeps_the_first_value_and_notes_repeats() {
+        let mut headers = HeaderMap::new();
+        headers.append("ratelimit", HeaderValue::from_static("a"));
+        headers.append("server", HeaderValue::from_static("s"));
+        headers.append("ratelimit", HeaderValue::from_static("b"));
+        headers.append("date", HeaderValue::from_static("d"));
+        let found = Found::scan(&headers);
+        assert_eq!(found.get(Slot::RateLimit), headers.get("ratelimit"));
+        assert_eq!(found.get(Slot::Date), headers.get("date"));
+        assert_eq!(found.get(Slot::RetryAfter), None);
+        assert!(!found.is_empty());
+        let lines: Vec<_> = found
+            .all_lines(Slot::RateLimit)
+            .expect("two")
+            .iter()
+            .collect();
+        assert_eq!(lines, ["a", "b"]);
+        assert!(found.all_lines(Slot::Date).is_none());
+
+        let mut only_date = HeaderMap::new();
+        only_date.insert("date", HeaderValue::from_static("d"));
+        assert!(Found::scan(&only_date).is_empty());
+    }
+}

@@ -3,6 +3,7 @@
 //! Everything here works on integers (no floats), so there is no rounding, no
 //! NaN and no infinity to guard against; every step is checked.
 
+use std::cell::OnceCell;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use http::HeaderValue;
@@ -89,6 +90,47 @@ pub(crate) fn until(instant: SystemTime, reference: SystemTime) -> Duration {
     instant.duration_since(reference).unwrap_or(Duration::ZERO)
 }
 
+/// The time absolute values are measured from: the response's `Date` when
+/// it holds a valid HTTP-date, else the receive time `now`.
+///
+/// `Date` is parsed on first use, so a response whose values are all delays
+/// (delay-seconds, `t`, Go durations, small resets) never parses it.
+#[derive(Debug)]
+pub(crate) struct Reference<'a> {
+    now: SystemTime,
+    date: Option<&'a HeaderValue>,
+    time: OnceCell<SystemTime>,
+}
+
+impl<'a> Reference<'a> {
+    /// `date` (the response's first `Date` value) when valid, else `now`.
+    pub(crate) fn lazy(now: SystemTime, date: Option<&'a HeaderValue>) -> Self {
+        Self {
+            now,
+            date,
+            time: OnceCell::new(),
+        }
+    }
+
+    /// Exactly `time`.
+    pub(crate) fn fixed(time: SystemTime) -> Self {
+        Self {
+            now: time,
+            date: None,
+            time: OnceCell::from(time),
+        }
+    }
+
+    pub(crate) fn get(&self) -> SystemTime {
+        *self.time.get_or_init(|| {
+            self.date
+                .and_then(|value| value.to_str().ok())
+                .and_then(|text| httpdate::parse_http_date(text.trim()).ok())
+                .unwrap_or(self.now)
+        })
+    }
+}
+
 /// An epoch reset read as seconds that lies further than this past the
 /// reference is implausible (epoch milliseconds lie tens of thousands of
 /// years ahead when read as seconds).
@@ -112,9 +154,18 @@ const MILLIS_PLAUSIBLE_AFTER: Duration = Duration::from_secs(366 * 24 * 60 * 60)
 /// `reference` but as epoch milliseconds within a day before to a year
 /// after it, it is taken as milliseconds.
 pub(crate) fn delta_or_epoch(seconds: Duration, reference: SystemTime) -> Option<Duration> {
+    delta_or_epoch_from(seconds, &Reference::fixed(reference))
+}
+
+/// [`delta_or_epoch`], reading the reference time only for an epoch.
+pub(crate) fn delta_or_epoch_from(
+    seconds: Duration,
+    reference: &Reference<'_>,
+) -> Option<Duration> {
     if seconds.as_secs() < EPOCH_THRESHOLD_SECS {
         return Some(seconds);
     }
+    let reference = reference.get();
     let instant = UNIX_EPOCH.checked_add(seconds)?;
     let delay = until(instant, reference);
     if delay > IMPLAUSIBLY_FAR

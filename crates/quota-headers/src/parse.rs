@@ -1,13 +1,17 @@
 //! The entry point: every dialect, combined by the precedence rules in the
 //! crate docs.
 
+use std::borrow::Cow;
 use std::time::{Duration, SystemTime};
 
-use http::{HeaderMap, StatusCode};
+use http::{HeaderMap, HeaderValue, StatusCode};
 
 use crate::grpc::{self, Pushback};
-use crate::{QuotaState, Signal, Source, ietf, names, vendors, x_rate_limit};
-use crate::{grpc_pushback, grpc_status, retry_after, retry_after_ms, shopify_call_limit};
+use crate::names::{Found, Slot};
+use crate::numbers::Reference;
+use crate::retry_after::retry_after_from;
+use crate::{QuotaState, Signal, Source, ietf, vendors, x_rate_limit};
+use crate::{grpc_pushback, grpc_status, retry_after_ms, shopify_call_limit};
 
 /// Reads every known rate-limit dialect from one response's status and
 /// headers into a [`Signal`].
@@ -20,19 +24,21 @@ use crate::{grpc_pushback, grpc_status, retry_after, retry_after_ms, shopify_cal
 ///
 /// See the [crate docs](crate) for precedence and the `throttled` rule.
 pub fn parse(status: StatusCode, headers: &HeaderMap, now: SystemTime) -> Signal {
-    let reference = headers
-        .get(names::DATE)
-        .and_then(|value| value.to_str().ok())
-        .and_then(|text| httpdate::parse_http_date(text.trim()).ok())
-        .unwrap_or(now);
+    let found = Found::scan(headers);
+    if found.is_empty() {
+        // Nothing to read: no allocation, no `Date`.
+        return Signal {
+            throttled: status == StatusCode::TOO_MANY_REQUESTS,
+            ..Signal::default()
+        };
+    }
+    let reference = Reference::lazy(now, found.get(Slot::Date));
 
-    let pushback = headers
-        .get(names::GRPC_RETRY_PUSHBACK_MS)
-        .map(grpc_pushback);
-    let explicit = explicit_delay(headers, reference, pushback);
-    let grpc_status = headers.get(names::GRPC_STATUS).and_then(grpc_status);
+    let pushback = found.get(Slot::GrpcRetryPushbackMs).map(grpc_pushback);
+    let explicit = explicit_delay(&found, &reference, pushback);
+    let grpc_status = found.get(Slot::GrpcStatus).and_then(grpc_status);
     let do_not_retry = pushback == Some(Pushback::DoNotRetry);
-    let quotas = quotas(headers, reference);
+    let quotas = quotas(&found, &reference);
 
     let throttle_response = status == StatusCode::TOO_MANY_REQUESTS
         || status == StatusCode::SERVICE_UNAVAILABLE
@@ -60,18 +66,18 @@ pub fn parse(status: StatusCode, headers: &HeaderMap, now: SystemTime) -> Signal
 
 /// `retry-after-ms` (most precise), then `Retry-After`, then gRPC pushback.
 fn explicit_delay(
-    headers: &HeaderMap,
-    reference: SystemTime,
+    found: &Found<'_>,
+    reference: &Reference<'_>,
     pushback: Option<Pushback>,
 ) -> Option<(Duration, Source)> {
-    let millis = headers
-        .get(names::RETRY_AFTER_MS)
+    let millis = found
+        .get(Slot::RetryAfterMs)
         .and_then(retry_after_ms)
         .map(|delay| (delay, Source::RetryAfterMs));
     let header = || {
-        headers
-            .get(names::RETRY_AFTER)
-            .and_then(|value| retry_after(value, reference))
+        found
+            .get(Slot::RetryAfter)
+            .and_then(|value| retry_after_from(value, reference))
             .map(|delay| (delay, Source::RetryAfter))
     };
     let pushback = || match pushback {
@@ -90,22 +96,73 @@ fn longest_exhausted_reset(quotas: &[QuotaState]) -> Option<(Duration, Source)> 
         .max_by_key(|(reset_after, _)| *reset_after)
 }
 
-fn quotas(headers: &HeaderMap, reference: SystemTime) -> Vec<QuotaState> {
-    let mut quotas = ietf_quotas(headers, reference);
-    let first = |name: &str| headers.get(name).map(|value| value.as_bytes());
-    quotas.extend(ietf::legacy_fields(
-        first(names::RATELIMIT_LIMIT),
-        first(names::RATELIMIT_REMAINING),
-        first(names::RATELIMIT_RESET),
-        first(names::RATELIMIT_POLICY),
-        reference,
-    ));
-    quotas.extend(x_rate_limit::quota(headers, reference));
-    vendors::openai(headers, &mut quotas);
-    vendors::anthropic(headers, reference, &mut quotas);
+const IETF: u64 = Slot::mask(&[Slot::RateLimit, Slot::RateLimitPolicy]);
+const IETF_LEGACY: u64 = Slot::mask(&[
+    Slot::RateLimitLimit,
+    Slot::RateLimitRemaining,
+    Slot::RateLimitReset,
+]);
+const X_RATE_LIMIT: u64 = Slot::mask(&[
+    Slot::XRateLimitLimit,
+    Slot::XRateLimitRemaining,
+    Slot::XRateLimitReset,
+    Slot::XRateLimitUsed,
+    Slot::XRateLimitResetAfter,
+]);
+const OPENAI: u64 = Slot::mask(&[
+    Slot::OpenAiLimitRequests,
+    Slot::OpenAiRemainingRequests,
+    Slot::OpenAiResetRequests,
+    Slot::OpenAiLimitTokens,
+    Slot::OpenAiRemainingTokens,
+    Slot::OpenAiResetTokens,
+]);
+const ANTHROPIC: u64 = Slot::mask(&[
+    Slot::AnthropicRequestsLimit,
+    Slot::AnthropicRequestsRemaining,
+    Slot::AnthropicRequestsReset,
+    Slot::AnthropicTokensLimit,
+    Slot::AnthropicTokensRemaining,
+    Slot::AnthropicTokensReset,
+    Slot::AnthropicInputTokensLimit,
+    Slot::AnthropicInputTokensRemaining,
+    Slot::AnthropicInputTokensReset,
+    Slot::AnthropicOutputTokensLimit,
+    Slot::AnthropicOutputTokensRemaining,
+    Slot::AnthropicOutputTokensReset,
+]);
+
+/// Every dialect's quotas, in dialect order; a dialect none of whose
+/// headers is present is not read at all.
+fn quotas(found: &Found<'_>, reference: &Reference<'_>) -> Vec<QuotaState> {
+    let mut quotas = Vec::new();
+    if found.any(IETF) {
+        ietf_quotas(found, reference, &mut quotas);
+    }
+    if found.any(IETF_LEGACY) {
+        let first = |slot: Slot| found.get(slot).map(HeaderValue::as_bytes);
+        quotas.extend(ietf::legacy_fields(
+            first(Slot::RateLimitLimit),
+            first(Slot::RateLimitRemaining),
+            first(Slot::RateLimitReset),
+            first(Slot::RateLimitPolicy),
+            reference,
+        ));
+    }
+    // Without a number (limit, remaining, used or a reset) the family gives
+    // no quota, whatever labels (resource, bucket, scope) are present.
+    if found.any(X_RATE_LIMIT) {
+        quotas.extend(x_rate_limit::quota(found, reference));
+    }
+    if found.any(OPENAI) {
+        vendors::openai(found, &mut quotas);
+    }
+    if found.any(ANTHROPIC) {
+        vendors::anthropic(found, reference, &mut quotas);
+    }
     quotas.extend(
-        headers
-            .get(names::SHOPIFY_CALL_LIMIT)
+        found
+            .get(Slot::ShopifyCallLimit)
             .and_then(shopify_call_limit),
     );
     quotas
@@ -113,37 +170,29 @@ fn quotas(headers: &HeaderMap, reference: SystemTime) -> Vec<QuotaState> {
 
 /// `RateLimit` items completed with the `RateLimit-Policy` of the same name;
 /// policies without a `RateLimit` item follow.
-fn ietf_quotas(headers: &HeaderMap, reference: SystemTime) -> Vec<QuotaState> {
-    let mut policies = joined(headers, names::RATELIMIT_POLICY)
-        .and_then(|value| ietf::rate_limit_policy(&value))
-        .unwrap_or_default();
-    let mut quotas = joined(headers, names::RATELIMIT)
-        .and_then(|value| ietf::rate_limit(&value, reference))
-        .unwrap_or_default();
-    for quota in quotas
-        .iter_mut()
-        .filter(|quota| quota.source == Source::IetfRateLimit)
-    {
-        let Some(index) = policies.iter().position(|policy| policy.name == quota.name) else {
-            continue;
-        };
-        let policy = policies.remove(index);
-        quota.limit = policy.limit;
-        quota.window = policy.window;
-        quota.unit = policy.unit;
-        quota.partition_key = quota.partition_key.take().or(policy.partition_key);
+fn ietf_quotas(found: &Found<'_>, reference: &Reference<'_>, quotas: &mut Vec<QuotaState>) {
+    let start = quotas.len();
+    if let Some(value) = field_value(found, Slot::RateLimit) {
+        ietf::push_rate_limit(&value, reference, quotas);
     }
-    quotas.extend(policies);
-    quotas
+    let rate_limit = start..quotas.len();
+    if let Some(value) = field_value(found, Slot::RateLimitPolicy) {
+        ietf::merge_policies(&value, quotas, rate_limit);
+    }
 }
 
-/// All field lines of a structured field joined with `", "` (RFC 9651 §4.2).
-fn joined(headers: &HeaderMap, name: &str) -> Option<Vec<u8>> {
-    let mut values = headers.get_all(name).iter();
-    let mut combined = values.next()?.as_bytes().to_vec();
-    for value in values {
+/// A structured field's value: its only field line as it is, or all its
+/// field lines joined with `", "` (RFC 9651 §4.2).
+fn field_value<'a>(found: &Found<'a>, slot: Slot) -> Option<Cow<'a, [u8]>> {
+    let first = found.get(slot)?;
+    let Some(lines) = found.all_lines(slot) else {
+        return Some(Cow::Borrowed(first.as_bytes()));
+    };
+    let mut lines = lines.iter();
+    let mut combined = lines.next()?.as_bytes().to_vec();
+    for value in lines {
         combined.extend_from_slice(b", ");
         combined.extend_from_slice(value.as_bytes());
     }
-    Some(combined)
+    Some(Cow::Owned(combined))
 }

@@ -4,7 +4,7 @@ use std::time::{Duration, SystemTime};
 
 use http::HeaderValue;
 
-use crate::numbers::{self, NANOS_PER_MILLI};
+use crate::numbers::{self, NANOS_PER_MILLI, Reference};
 
 /// Parses `Retry-After`: delay-seconds or an HTTP-date.
 ///
@@ -32,6 +32,11 @@ use crate::numbers::{self, NANOS_PER_MILLI};
 /// assert_eq!(quota_headers::retry_after(&HeaderValue::from_static("1.5"), now), None);
 /// ```
 pub fn retry_after(value: &HeaderValue, reference: SystemTime) -> Option<Duration> {
+    retry_after_from(value, &Reference::fixed(reference))
+}
+
+/// [`retry_after`], reading the reference time only for an HTTP-date.
+pub(crate) fn retry_after_from(value: &HeaderValue, reference: &Reference<'_>) -> Option<Duration> {
     let text = numbers::header_str(value)?;
     if text
         .bytes()
@@ -41,7 +46,7 @@ pub fn retry_after(value: &HeaderValue, reference: SystemTime) -> Option<Duratio
         return numbers::parse_u64(text).map(Duration::from_secs);
     }
     let date = httpdate::parse_http_date(text).ok()?;
-    Some(numbers::until(date, reference))
+    Some(numbers::until(date, reference.get()))
 }
 
 /// Parses `retry-after-ms`: a non-negative integer or decimal number of

@@ -1,22 +1,19 @@
 //! Provider-specific dialects: OpenAI, Anthropic, Shopify.
 
-use std::time::SystemTime;
+use http::HeaderValue;
 
-use http::{HeaderMap, HeaderValue};
-
-use crate::names;
-use crate::numbers::{self, NANOS_PER_SECOND};
+use crate::names::{self, Found};
+use crate::numbers::{self, NANOS_PER_SECOND, Reference};
 use crate::{QuotaState, Source, go_duration, rfc3339};
 
 /// OpenAI: `x-ratelimit-{limit,remaining,reset}-{requests,tokens}`, resets as
 /// Go durations (`6m0s`). A bare number without a unit is read as seconds.
-pub(crate) fn openai(headers: &HeaderMap, quotas: &mut Vec<QuotaState>) {
+pub(crate) fn openai(found: &Found<'_>, quotas: &mut Vec<QuotaState>) {
     for (kind, [limit, remaining, reset]) in names::OPENAI {
-        let value = |name: &str| headers.get(name).and_then(numbers::header_str);
         let mut quota = QuotaState::new(Source::OpenAi);
-        quota.limit = value(limit).and_then(numbers::parse_u64);
-        quota.remaining = value(remaining).and_then(numbers::parse_u64);
-        quota.reset_after = value(reset).and_then(|text| {
+        quota.limit = found.str(limit).and_then(numbers::parse_u64);
+        quota.remaining = found.str(remaining).and_then(numbers::parse_u64);
+        quota.reset_after = found.str(reset).and_then(|text| {
             go_duration(text).or_else(|| numbers::parse_decimal(text, NANOS_PER_SECOND))
         });
         push_named(quotas, quota, kind, kind);
@@ -25,15 +22,19 @@ pub(crate) fn openai(headers: &HeaderMap, quotas: &mut Vec<QuotaState>) {
 
 /// Anthropic: `anthropic-ratelimit-{kind}-{limit,remaining,reset}`, resets as
 /// RFC 3339 instants measured from `reference`.
-pub(crate) fn anthropic(headers: &HeaderMap, reference: SystemTime, quotas: &mut Vec<QuotaState>) {
+pub(crate) fn anthropic(
+    found: &Found<'_>,
+    reference: &Reference<'_>,
+    quotas: &mut Vec<QuotaState>,
+) {
     for (kind, unit, [limit, remaining, reset]) in names::ANTHROPIC {
-        let value = |name: &str| headers.get(name).and_then(numbers::header_str);
         let mut quota = QuotaState::new(Source::Anthropic);
-        quota.limit = value(limit).and_then(numbers::parse_u64);
-        quota.remaining = value(remaining).and_then(numbers::parse_u64);
-        quota.reset_after = value(reset)
+        quota.limit = found.str(limit).and_then(numbers::parse_u64);
+        quota.remaining = found.str(remaining).and_then(numbers::parse_u64);
+        quota.reset_after = found
+            .str(reset)
             .and_then(rfc3339)
-            .map(|instant| numbers::until(instant, reference));
+            .map(|instant| numbers::until(instant, reference.get()));
         push_named(quotas, quota, kind, unit);
     }
 }

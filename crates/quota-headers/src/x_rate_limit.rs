@@ -2,10 +2,10 @@
 
 use std::time::{Duration, SystemTime};
 
-use http::{HeaderMap, HeaderValue};
+use http::HeaderValue;
 
-use crate::names;
-use crate::numbers::{self, NANOS_PER_SECOND};
+use crate::names::{Found, Slot};
+use crate::numbers::{self, NANOS_PER_SECOND, Reference};
 use crate::{QuotaState, Source};
 
 /// Parses a reset given in seconds that may be a delta or a Unix epoch
@@ -58,47 +58,40 @@ pub fn decimal_seconds(value: &HeaderValue) -> Option<Duration> {
 
 /// The `X-RateLimit-*` family as one quota; Discord when any of its own
 /// headers is present.
-pub(crate) fn quota(headers: &HeaderMap, reference: SystemTime) -> Option<QuotaState> {
-    let integer = |name: &str| {
-        headers
-            .get(name)
-            .and_then(numbers::header_str)
-            .and_then(numbers::parse_u64)
-    };
-    let label = |name: &str| {
-        headers
-            .get(name)
-            .and_then(numbers::header_str)
+pub(crate) fn quota(found: &Found<'_>, reference: &Reference<'_>) -> Option<QuotaState> {
+    let integer = |slot: Slot| found.str(slot).and_then(numbers::parse_u64);
+    let label = |slot: Slot| {
+        found
+            .str(slot)
             .filter(|text| !text.is_empty())
             .map(str::to_owned)
     };
-    let reset_after_header = headers.get(names::X_RATELIMIT_RESET_AFTER);
-    let bucket = label(names::X_RATELIMIT_BUCKET);
-    let scope = label(names::X_RATELIMIT_SCOPE);
-    let is_discord = reset_after_header.is_some()
-        || headers.contains_key(names::X_RATELIMIT_BUCKET)
-        || headers.contains_key(names::X_RATELIMIT_SCOPE);
+    let reset_after_header = found.get(Slot::XRateLimitResetAfter);
+    let is_discord = found.any(Slot::mask(&[
+        Slot::XRateLimitResetAfter,
+        Slot::XRateLimitBucket,
+        Slot::XRateLimitScope,
+    ]));
 
     let mut quota = QuotaState::new(if is_discord {
         Source::Discord
     } else {
         Source::XRateLimit
     });
-    quota.limit = integer(names::X_RATELIMIT_LIMIT);
-    quota.remaining = integer(names::X_RATELIMIT_REMAINING).or_else(|| {
-        let used = integer(names::X_RATELIMIT_USED)?;
+    quota.limit = integer(Slot::XRateLimitLimit);
+    quota.remaining = integer(Slot::XRateLimitRemaining).or_else(|| {
+        let used = integer(Slot::XRateLimitUsed)?;
         quota.limit?.checked_sub(used)
     });
     // A delay field is preferred over an epoch field: it needs no clock.
     quota.reset_after = reset_after_header.and_then(decimal_seconds).or_else(|| {
-        headers
-            .get(names::X_RATELIMIT_RESET)
-            .and_then(|value| reset_seconds(value, reference))
+        let seconds = decimal_seconds(found.get(Slot::XRateLimitReset)?)?;
+        numbers::delta_or_epoch_from(seconds, reference)
     });
     if quota.is_empty() {
         return None;
     }
-    quota.partition_key = bucket;
-    quota.name = scope.or_else(|| label(names::X_RATELIMIT_RESOURCE));
+    quota.partition_key = label(Slot::XRateLimitBucket);
+    quota.name = label(Slot::XRateLimitScope).or_else(|| label(Slot::XRateLimitResource));
     Some(quota)
 }
