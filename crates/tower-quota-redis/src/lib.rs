@@ -183,9 +183,11 @@
 #![deny(missing_docs)]
 #![cfg_attr(docsrs, feature(doc_cfg))]
 
+mod batch;
 mod builder;
 mod error;
 mod leases;
+mod names;
 mod scripts;
 mod store;
 
