@@ -1,5 +1,6 @@
 //! Admissions per second through the Redis store at concurrency 1 and 64,
-//! beside what the same server does for plain commands in the same run:
+//! each with and without coalescing (concurrent admissions of one key
+//! sharing script calls), beside what the same server does for plain commands in the same run:
 //! `redis-benchmark -t set` (50 clients), a single client's SET loop
 //! through redis-rs (one round trip at a time, as the store makes at
 //! concurrency one) and `redis-benchmark -c 1 -t set`; then the memory an
@@ -32,7 +33,11 @@ async fn main() -> Result<(), BoxError> {
     let Some(server) = support::shared() else {
         return Err("redis-server is not on PATH".into());
     };
-    let store = RedisStore::builder(server.url()).build().await?;
+    let coalescing = RedisStore::builder(server.url()).build().await?;
+    let alone = RedisStore::builder(server.url())
+        .coalesce(false)
+        .build()
+        .await?;
     let set_50 = redis_benchmark(server, 50)?;
     println!("redis-benchmark -t set -c 50: {set_50:.0} SET/s");
     let set_1 = redis_benchmark(server, 1)?;
@@ -40,17 +45,20 @@ async fn main() -> Result<(), BoxError> {
     let loop_1 = set_loop(server).await?;
     println!("redis-rs SET loop, one client: {loop_1:.0} SET/s");
     for concurrency in [1, 64] {
-        let rate = admission_rate(&store, concurrency).await?;
-        let reference = if concurrency == 1 { loop_1 } else { set_50 };
-        println!(
-            "concurrency {concurrency}: {rate:.0} admissions/s ({:.2}x {})",
-            rate / reference,
-            if concurrency == 1 {
-                "the SET loop"
+        for store in [&alone, &coalescing] {
+            let rate = admission_rate(store, concurrency).await?;
+            let (reference, name) = if concurrency == 1 {
+                (loop_1, "the SET loop")
             } else {
-                "redis-benchmark SET/s"
-            }
-        );
+                (set_50, "redis-benchmark SET/s")
+            };
+            println!(
+                "concurrency {concurrency}, coalescing {}: {rate:.0} admissions/s \
+                 ({:.2}x {name})",
+                if store.coalesces() { "on" } else { "off" },
+                rate / reference,
+            );
+        }
     }
     let (info_bytes, usage_bytes) = bytes_per_key(server).await?;
     println!(
