@@ -15,8 +15,8 @@
 --         the sum is the log's size.
 --   queue a sorted set: member = admission id, score = admission instant,
 --         for the admissions reserved at a later instant than the call that
---         made them, and the admissions made by the latest call (earlier
---         ones are pruned). Its highest score is the key's latest
+--         made them, and the last admission the latest call made at once
+--         (earlier ones are pruned). Its highest score is the key's latest
 --         admission instant.
 -- and last, one key more:
 --   quotas a string: the signature of the quota list (and safety margin)
@@ -172,6 +172,9 @@ end
 -- entries were dropped.
 local sums, weighted, had_log, had_costs, had_queue = {}, {}, {}, {}, {}
 local reserved, pending, queued_adds, written, pruned_late = {}, {}, {}, {}, {}
+-- The latest admission recorded now (not reserved), and the costs other
+-- than 1 still to write, per quota.
+local latest_now, pending_costs = {}, {}
 local base = now
 for i = 1, n do
   local z, h, q = KEYS[3 * i - 2], KEYS[3 * i - 1], KEYS[3 * i]
@@ -208,7 +211,7 @@ for i = 1, n do
       base = tonumber(last[2])
     end
   end
-  pending[i], queued_adds[i] = {}, {}
+  pending[i], queued_adds[i], pending_costs[i] = {}, {}, {}
 end
 
 -- Drops the strict entries of quota i unanswered for PENDING and a span.
@@ -234,11 +237,16 @@ local function prune_late(i)
   end
 end
 
--- Writes the entries decided so far into the log of quota i.
+-- Writes the entries decided so far into the log of quota i, and their
+-- costs.
 local function flush(i)
   if #pending[i] > 0 then
     redis.call('ZADD', KEYS[3 * i - 2], unpack(pending[i]))
     pending[i] = {}
+  end
+  if #pending_costs[i] > 0 then
+    redis.call('HSET', KEYS[3 * i - 1], unpack(pending_costs[i]))
+    pending_costs[i] = {}
   end
 end
 
@@ -323,17 +331,22 @@ for m = 1, k do
         local entry = pending[i]
         entry[#entry + 1], entry[#entry + 2] = score, id
         if u[i] ~= 1 then
-          local h = KEYS[3 * i - 1]
+          local costs = pending_costs[i]
           if not weighted[i] then
-            -- The first entry of the log that costs other than 1.
+            -- The first entry of the log that costs other than 1: the
+            -- hash starts with the sum of the others.
             weighted[i] = true
-            redis.call('HSET', h, 's', sums[i])
+            costs[#costs + 1], costs[#costs + 2] = 's', sums[i]
           end
-          redis.call('HSET', h, id, u[i])
+          costs[#costs + 1], costs[#costs + 2] = id, u[i]
         end
         sums[i] = sums[i] + u[i]
-        local adds = queued_adds[i]
-        adds[#adds + 1], adds[#adds + 2] = at, id
+        if wait > 0 then
+          local adds = queued_adds[i]
+          adds[#adds + 1], adds[#adds + 2] = at, id
+        else
+          latest_now[i] = id
+        end
         if wait > 0 and reserved[i] then
           reserved[i] = reserved[i] + 1
         end
@@ -375,11 +388,17 @@ end
 for i = 1, n do
   local z, h, q = KEYS[3 * i - 2], KEYS[3 * i - 1], KEYS[3 * i]
   if written[i] then
-    flush(i)
     if weighted[i] then
-      redis.call('HSET', h, 's', sums[i])
+      -- After any `s` pending: the later value of a field wins.
+      local costs = pending_costs[i]
+      costs[#costs + 1], costs[#costs + 2] = 's', sums[i]
     end
-    redis.call('ZADD', q, unpack(queued_adds[i]))
+    flush(i)
+    local adds = queued_adds[i]
+    if latest_now[i] then
+      adds[#adds + 1], adds[#adds + 2] = now, latest_now[i]
+    end
+    redis.call('ZADD', q, unpack(adds))
     -- Only this call's admissions and the reservations still ahead
     -- (instants are whole microseconds).
     redis.call('ZREMRANGEBYSCORE', q, '-inf', now - 1)
