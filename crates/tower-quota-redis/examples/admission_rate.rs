@@ -46,7 +46,13 @@ async fn main() -> Result<(), BoxError> {
     println!("redis-rs SET loop, one client: {loop_1:.0} SET/s");
     for concurrency in [1, 64] {
         for store in [&alone, &coalescing] {
+            let mut stats = ConnectionManager::new(redis::Client::open(server.url())?).await?;
+            redis::cmd("CONFIG")
+                .arg("RESETSTAT")
+                .exec_async(&mut stats)
+                .await?;
             let rate = admission_rate(store, concurrency).await?;
+            let (calls, usec) = evalsha_stats(&mut stats).await?;
             let (reference, name) = if concurrency == 1 {
                 (loop_1, "the SET loop")
             } else {
@@ -54,9 +60,12 @@ async fn main() -> Result<(), BoxError> {
             };
             println!(
                 "concurrency {concurrency}, coalescing {}: {rate:.0} admissions/s \
-                 ({:.2}x {name})",
+                 ({:.2}x {name}); {:.1} admissions per script call, \
+                 {:.1} µs of Redis per call",
                 if store.coalesces() { "on" } else { "off" },
                 rate / reference,
+                rate * DURATION.as_secs_f64() / calls.max(1) as f64,
+                usec / calls.max(1) as f64,
             );
         }
     }
@@ -193,6 +202,26 @@ async fn bytes_per_key(server: &support::RedisServer) -> Result<(f64, f64), BoxE
         after.saturating_sub(before) as f64 / keys,
         usage as f64 / keys,
     ))
+}
+
+/// EVALSHA calls since `CONFIG RESETSTAT`, and the µs Redis spent in them.
+async fn evalsha_stats(connection: &mut ConnectionManager) -> Result<(u64, f64), BoxError> {
+    let info: String = redis::cmd("INFO")
+        .arg("commandstats")
+        .query_async(connection)
+        .await?;
+    let stats = info
+        .lines()
+        .find_map(|line| line.strip_prefix("cmdstat_evalsha:"))
+        .unwrap_or_default();
+    let field = |name: &str| {
+        stats
+            .split(',')
+            .find_map(|field| field.strip_prefix(name))
+            .and_then(|value| value.parse::<f64>().ok())
+            .unwrap_or(0.0)
+    };
+    Ok((field("calls=") as u64, field("usec=")))
 }
 
 async fn used_memory(connection: &mut ConnectionManager) -> Result<u64, BoxError> {
