@@ -131,8 +131,8 @@ impl RedisStore {
     /// The Redis keys that hold `quota` of `key`: in exact mode the
     /// sorted-set log (score: the instant, in microseconds of the Redis
     /// clock, after which an admission holds its slot for a window and the
-    /// margin), its costs hash and the sorted set of reserved admission
-    /// instants; in approximate mode the counter hash. All of a key's Redis
+    /// margin), its costs hash (present only while an entry costs other
+    /// than 1) and the sorted set of reserved admission instants; in approximate mode the counter hash. All of a key's Redis
     /// keys share the hash tag `{key}`, so one script call touches one Redis
     /// Cluster slot. One more Redis key per quota key,
     /// `{prefix}:{key}:quotas`, holds the signature of the quota list the
