@@ -162,6 +162,9 @@ async fn drive(inner: Arc<Inner>, key: Key, names: Arc<Names>, mut members: Vec<
                 let _ = member.reply.send(outcome);
             }
         }
+        // The requests just answered run first and may ask again: they
+        // join the next batch instead of following it alone.
+        tokio::task::yield_now().await;
         match inner.lanes.land(&key) {
             Some(next) => members = next,
             None => return,
