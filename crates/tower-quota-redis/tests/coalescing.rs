@@ -260,3 +260,45 @@ async fn requests_dropped_before_or_during_their_batch_leave_nothing() {
         "{queued:?}"
     );
 }
+
+/// At concurrency 1 nothing waits for a batch: the request of an idle key
+/// is on its way to Redis once first polled, and recorded without being
+/// polled again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_request_of_an_idle_key_is_sent_when_first_polled() {
+    let Some(server) = support::shared() else {
+        return;
+    };
+    let store = RedisStore::builder(server.url())
+        .prefix(support::unique_key("tq"))
+        .build()
+        .await
+        .unwrap();
+    assert!(store.coalesces());
+    let quota = Quota::new(10, Duration::from_secs(10)).unwrap();
+    let layer = SlidingWindowLayer::with_quotas([quota]).unwrap();
+    // Loads the script (a first EVALSHA meets NOSCRIPT and goes again).
+    store
+        .acquire(Key::from("warm-up"), 1, layer.limits())
+        .await
+        .unwrap();
+    let key = Key::from("idle");
+    let mut acquire = store.acquire(key.clone(), 1, layer.limits());
+    std::future::poll_fn(|cx| {
+        let _ = Pin::new(&mut acquire).poll(cx);
+        Poll::Ready(())
+    })
+    .await;
+    let log = &store.redis_keys(&key, &quota)[0];
+    for _ in 0..500 {
+        if !log_scores(server, log).is_empty() {
+            // Decided: the future completes without another call.
+            let before = evalsha_calls(server);
+            acquire.await.expect("admitted");
+            assert_eq!(evalsha_calls(server), before);
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    panic!("the request was not sent before it was polled again");
+}
