@@ -56,7 +56,8 @@
 -- reservations still ahead, this one included (0 when not reserved);
 -- limiting = 1-based index of the quota that decided the wait, 0 if none.
 -- Arguments that do not parse are an error reply, before anything is
--- written. Key TTLs are only ever extended (PEXPIRE GT: Redis 7.0).
+-- written. Key TTLs are only ever extended (PEXPIRE GT: Redis 7.0), and
+-- only when an entry needs longer than they have left.
 
 local STRICT = 4503599627370496 -- 2^52 µs, about 142 years
 local HALF = 2251799813685248 -- 2^51 µs: scores further ahead are pending
@@ -265,7 +266,7 @@ end
 local out = {}
 local recorded = false
 -- The longest any entry recorded here must be kept, in ms.
-local needed = 0
+local needed = {}
 for m = 1, k do
   local u = units[m]
   local at = base
@@ -352,8 +353,8 @@ for m = 1, k do
         end
         written[i] = true
         local ttl = math.ceil((at - now + hold + spans[i]) / 1000)
-        if ttl > needed then
-          needed = ttl
+        if ttl > (needed[i] or 0) then
+          needed[i] = ttl
         end
       end
     end
@@ -366,28 +367,30 @@ end
 if not recorded then
   return out
 end
--- All Redis keys of the quota key share one expiry, the signature's,
--- which covers every entry recorded: when an entry needs longer, every
--- key is extended (never shortened) to a second past what it needs. A key
--- made by this call gets the same expiry. So most calls extend nothing.
-local expiry = -2
-if held then
-  expiry = redis.call('PTTL', signature_key)
-end
-local extend = expiry < needed
-if extend then
-  expiry = needed + 1000
-end
-local function expire(key, existed)
-  if not existed then
-    redis.call('PEXPIRE', key, expiry)
-  elseif extend then
-    redis.call('PEXPIRE', key, expiry, 'GT')
-  end
-end
+-- The log, costs and queue of a quota share one expiry, which covers
+-- every entry recorded in them: when an entry needs longer, the three are
+-- extended (never shortened) to a second past what it needs, and a key
+-- made here gets the same expiry. So most calls extend nothing. The
+-- signature expires with the longest-kept of them.
+local signature_expiry = 0
 for i = 1, n do
-  local z, h, q = KEYS[3 * i - 2], KEYS[3 * i - 1], KEYS[3 * i]
   if written[i] then
+    local z, h, q = KEYS[3 * i - 2], KEYS[3 * i - 1], KEYS[3 * i]
+    local expiry = -2
+    if had_log[i] then
+      expiry = redis.call('PTTL', z)
+    end
+    local extend = expiry < needed[i]
+    if extend then
+      expiry = needed[i] + 1000
+    end
+    local function expire(key, existed)
+      if not existed then
+        redis.call('PEXPIRE', key, expiry)
+      elseif extend then
+        redis.call('PEXPIRE', key, expiry, 'GT')
+      end
+    end
     if weighted[i] then
       -- After any `s` pending: the later value of a field wins.
       local costs = pending_costs[i]
@@ -407,16 +410,14 @@ for i = 1, n do
     if weighted[i] then
       expire(h, had_costs[i])
     end
-  elseif extend then
-    -- Keys of a quota this call spent nothing of keep the shared expiry.
-    expire(z, true)
-    expire(h, true)
-    expire(q, true)
+    if (extend or not held) and expiry > signature_expiry then
+      signature_expiry = expiry
+    end
   end
 end
 if not held then
-  redis.call('SET', signature_key, signature, 'PX', expiry)
-elseif extend then
-  redis.call('PEXPIRE', signature_key, expiry, 'GT')
+  redis.call('SET', signature_key, signature, 'PX', signature_expiry)
+elseif signature_expiry > 0 then
+  redis.call('PEXPIRE', signature_key, signature_expiry, 'GT')
 end
 return out
