@@ -577,20 +577,12 @@ impl Inner {
                     self.suspend();
                 }
                 let timed_out = error.kind() == RedisStoreErrorKind::Timeout;
-                let count = reservations.len();
-                let mut error = Some(error);
                 reservations
                     .into_iter()
-                    .enumerate()
-                    .map(|(index, mut reservation)| {
+                    .map(|mut reservation| {
                         reservation.armed = timed_out;
-                        let error = if index + 1 == count {
-                            error.take().expect("the last request takes the error")
-                        } else {
-                            error.as_ref().expect("taken last").duplicate()
-                        };
                         Outcome {
-                            decision: Err(error),
+                            decision: Err(error.duplicate()),
                             reservation,
                         }
                     })
