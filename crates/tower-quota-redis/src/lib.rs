@@ -105,10 +105,10 @@
 //!   corrections and quotas saturate at it, which refuses more, never less,
 //!   and no script fails after it has written.
 //! - **Redis Cluster.** All Redis keys of one quota key carry the hash tag
-//!   `{key}`, so a script touches one slot. All Redis keys of a quota key
+//!   `{key}`, so a script touches one slot. The Redis keys of each quota
 //!   share one expiry, only ever extended, to a second past their
-//!   longest-held entry (so most calls need not extend it), and idle quotas
-//!   vanish by themselves.
+//!   longest-held entry (so most calls need not extend it), and the quota
+//!   list's signature outlives them: idle quotas vanish by themselves.
 //! - **Redis version.** The scripts use `ZADD ... LT` and `PEXPIRE ... GT`:
 //!   Redis 7.0 or later.
 //!
