@@ -58,6 +58,7 @@ pub struct RedisStoreBuilder {
     timeout: Duration,
     policy: FailurePolicy,
     approximate: bool,
+    coalesce: bool,
 }
 
 impl RedisStoreBuilder {
@@ -68,6 +69,7 @@ impl RedisStoreBuilder {
             timeout: DEFAULT_TIMEOUT,
             policy: FailurePolicy::FailClosed,
             approximate: false,
+            coalesce: true,
         }
     }
 
@@ -100,6 +102,19 @@ impl RedisStoreBuilder {
     /// error bound.
     pub fn approximate(mut self, approximate: bool) -> Self {
         self.approximate = approximate;
+        self
+    }
+
+    /// Whether concurrent exact admissions of one key share script calls
+    /// (on by default). The first admission of an idle key is sent at once;
+    /// those that arrive while a call for the key is in flight go together
+    /// in the next call, which admits them one after another in arrival
+    /// order, exactly as separate calls would. A request that joins a call
+    /// in flight may wait for it and its own call: up to two timeouts when
+    /// Redis stops answering. Off, every admission is one call of its own.
+    /// The approximate mode makes one call per admission either way.
+    pub fn coalesce(mut self, coalesce: bool) -> Self {
+        self.coalesce = coalesce;
         self
     }
 
@@ -161,6 +176,7 @@ impl RedisStoreBuilder {
             self.timeout,
             self.policy,
             self.approximate,
+            self.coalesce,
         ))
     }
 }
@@ -173,6 +189,7 @@ impl fmt::Debug for RedisStoreBuilder {
             .field("timeout", &self.timeout)
             .field("policy", &self.policy)
             .field("approximate", &self.approximate)
+            .field("coalesce", &self.coalesce)
             .finish_non_exhaustive()
     }
 }

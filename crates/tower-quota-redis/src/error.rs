@@ -122,6 +122,17 @@ impl RedisStoreError {
         self.suspended
     }
 
+    /// The same error, for another request of the same batch.
+    pub(crate) fn duplicate(&self) -> Self {
+        RedisStoreError {
+            kind: self.kind,
+            key: self.key.clone(),
+            detail: self.detail.clone(),
+            source: self.source.clone(),
+            suspended: self.suspended,
+        }
+    }
+
     pub(crate) fn unexpected_reply(key: Key, detail: impl Into<String>) -> Self {
         RedisStoreError {
             kind: RedisStoreErrorKind::Response,

@@ -12,7 +12,8 @@
 //! # How one admission works
 //!
 //! - **One round trip.** Each admission is one Lua script call (EVALSHA; the
-//!   script is loaded again by itself after a Redis restart or `SCRIPT FLUSH`).
+//!   script is loaded again by itself after a Redis restart or `SCRIPT FLUSH`),
+//!   or a share of one: see [Coalescing](#coalescing).
 //!   The script reads the clock with Redis `TIME`, never a worker's clock,
 //!   drops the entries that have left every window, and either admits the
 //!   request now or *reserves* the earliest instant at which every quota of
@@ -20,9 +21,10 @@
 //!   tokio's clock) until that instant and sends.
 //! - **Exact logs.** Each quota of a key is a sorted set of admissions (one
 //!   member per admission) with a hash beside it for costs other than 1 and
-//!   the running sum, and a small sorted set of the admission instants
-//!   still to come (reservations), which keeps the key's admissions in
-//!   order. A request reaches the provider somewhere between its admission
+//!   the running sum (only while an entry costs other than 1: otherwise the
+//!   sum is the log's size), and a small sorted set of the admission
+//!   instants still to come (reservations), which keeps the key's
+//!   admissions in order. A request reaches the provider somewhere between its admission
 //!   and its answer, so an admission is held until a window (plus the
 //!   safety margin) after its answer, or after its
 //!   [`sent_within`](tower_quota::SlidingWindowLayer::sent_within) bound if
@@ -66,7 +68,8 @@
 //!   run in Redis. That is first-come first-served per Redis, not FIFO in
 //!   the order requests were made across processes (which no store could
 //!   see); within one process, requests issued one after another keep their
-//!   order.
+//!   order, and so do concurrent requests of one key (coalescing sends them
+//!   in arrival order).
 //! - **Several quotas, costs.** A key may carry several quotas (requests per
 //!   second and tokens per minute): one call checks and records them all.
 //!   A quota made with `Quota::per_request` spends 1 per request, others
@@ -74,7 +77,10 @@
 //!   refused at once with
 //!   [`CostTooLarge`](tower_quota::sliding_window::CostTooLarge), without a call.
 //! - **Cancellation.** A request dropped before its reserved instant removes
-//!   its reservation (one call from a spawned task). Requests that reserved
+//!   its reservation (one call from a spawned task). A request dropped while
+//!   its call is in flight (alone or in a batch) removes what the call
+//!   records the same way; one dropped while it waits for its batch to be
+//!   sent is never sent. Requests that reserved
 //!   later instants keep them: the freed room goes to the next arrivals.
 //!   Room freed by an early answer likewise goes to the next arrivals, after
 //!   the reservations already made.
@@ -99,10 +105,34 @@
 //!   corrections and quotas saturate at it, which refuses more, never less,
 //!   and no script fails after it has written.
 //! - **Redis Cluster.** All Redis keys of one quota key carry the hash tag
-//!   `{key}`, so a script touches one slot. Keys get `PEXPIRE` (only ever
-//!   extended, to cover their longest-held entry), so idle quotas vanish
-//!   by themselves.
-//! - **Redis version.** The scripts use `ZADD ... LT`: Redis 6.2 or later.
+//!   `{key}`, so a script touches one slot. The Redis keys of each quota
+//!   share one expiry, only ever extended, to a second past their
+//!   longest-held entry (so most calls need not extend it), and the quota
+//!   list's signature outlives them: idle quotas vanish by themselves.
+//! - **Redis version.** The scripts use `ZADD ... LT` and `PEXPIRE ... GT`:
+//!   Redis 7.0 or later.
+//!
+//! # Coalescing
+//!
+//! In exact mode, concurrent admissions of one key share script calls
+//! ([`RedisStoreBuilder::coalesce`], on by default). The first admission
+//! of an idle key is sent at once, by its own future: nothing waits for a
+//! batch, and a lone request pays exactly one round trip. Requests of the
+//! key that arrive while that call is in flight wait for it, then go
+//! together in the next call (up to 256 per call), sent by a spawned task;
+//! and so on while more arrive. The script admits a batch's requests one
+//! after another at one Redis instant, exactly as if each had made its own
+//! call in that order: the same decisions, waits, refusals and bounds, so
+//! exactness is unchanged and the key's requests are served in arrival
+//! order. Under load, a key's admissions then cost a few script calls per
+//! hundred requests instead of one each.
+//!
+//! A request that joins a call in flight waits for that call before its
+//! own is sent: when Redis stops answering, it may wait up to two
+//! timeouts before its failure policy applies (after the first, Redis is
+//! suspended and the batch is not sent). Requests of one key under other
+//! limits than the call in flight are sent alone. The approximate mode
+//! makes one call per admission.
 //!
 //! # Failures
 //!
@@ -115,7 +145,8 @@
 //! `tower_quota`, fields `key`, `error.kind`, `policy`; never the URL or
 //! password). After a connection failure or a timeout, Redis is not waited
 //! on again for one timeout period, so an outage costs each request at most
-//! one timeout. The connection manager reconnects by itself: when Redis is
+//! one timeout (two for a request that joined a call in flight: see
+//! [Coalescing](#coalescing)). The connection manager reconnects by itself: when Redis is
 //! back, admissions go through it again without a restart of the program.
 //!
 //! A Redis restarted empty has forgotten the admissions of the current
@@ -183,9 +214,11 @@
 #![deny(missing_docs)]
 #![cfg_attr(docsrs, feature(doc_cfg))]
 
+mod batch;
 mod builder;
 mod error;
 mod leases;
+mod names;
 mod scripts;
 mod store;
 

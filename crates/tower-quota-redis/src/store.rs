@@ -1,5 +1,6 @@
-//! The store: one script call per admission, a sleep until the reserved
-//! slot, the failure policy when Redis cannot decide.
+//! The store: one script call per admission (or per batch of concurrent
+//! admissions of one key), a sleep until the reserved slot, the failure
+//! policy when Redis cannot decide.
 
 use std::collections::HashMap;
 use std::fmt;
@@ -18,9 +19,11 @@ use tower_quota::sliding_window::{
 };
 use tower_quota::{BoxError, Key, telemetry};
 
+use crate::batch::{Join, Lanes, Outcome, Request};
 use crate::builder::{FailurePolicy, RedisStoreBuilder};
 use crate::error::{RedisStoreError, RedisStoreErrorKind};
 use crate::leases::RedisLeases;
+use crate::names::{Names, micros, quota_key};
 use crate::scripts::SCRIPTS;
 
 /// The name of the event emitted when Redis cannot decide an admission
@@ -49,15 +52,21 @@ pub struct RedisStore {
     inner: Arc<Inner>,
 }
 
-struct Inner {
+pub(crate) struct Inner {
     connection: ConnectionManager,
     prefix: String,
     timeout: Duration,
     policy: FailurePolicy,
     approximate: bool,
+    /// Exact mode: concurrent admissions of a key share script calls.
+    coalesce: bool,
     fallback: MemoryStore,
-    /// The limits last used with each key, so `correct` knows its quotas.
-    known: Mutex<HashMap<Key, Limits>>,
+    /// The Redis names and the limits last used with each key: built once,
+    /// and `correct` knows the key's quotas.
+    known: Mutex<HashMap<Key, Arc<Names>>>,
+    /// The keys with an exact call in flight, and the requests waiting
+    /// for it (with `coalesce`).
+    pub(crate) lanes: Lanes,
     /// The extra margin of each key whose provider refused a request the
     /// log had room for.
     drift: Mutex<HashMap<Key, DriftMargin>>,
@@ -79,6 +88,7 @@ impl RedisStore {
         timeout: Duration,
         policy: FailurePolicy,
         approximate: bool,
+        coalesce: bool,
     ) -> Self {
         RedisStore {
             inner: Arc::new(Inner {
@@ -87,8 +97,10 @@ impl RedisStore {
                 timeout,
                 policy,
                 approximate,
+                coalesce,
                 fallback: MemoryStore::new(),
                 known: Mutex::new(HashMap::new()),
+                lanes: Lanes::default(),
                 drift: Mutex::new(HashMap::new()),
                 suspended_until: Mutex::new(None),
             }),
@@ -110,17 +122,23 @@ impl RedisStore {
         self.inner.approximate
     }
 
+    /// Whether concurrent exact admissions of one key share script calls
+    /// (see [`RedisStoreBuilder::coalesce`]).
+    pub fn coalesces(&self) -> bool {
+        self.inner.coalesce && !self.inner.approximate
+    }
+
     /// The Redis keys that hold `quota` of `key`: in exact mode the
     /// sorted-set log (score: the instant, in microseconds of the Redis
     /// clock, after which an admission holds its slot for a window and the
-    /// margin), its costs hash and the sorted set of reserved admission
-    /// instants; in approximate mode the counter hash. All of a key's Redis
+    /// margin), its costs hash (present only while an entry costs other
+    /// than 1) and the sorted set of reserved admission instants; in approximate mode the counter hash. All of a key's Redis
     /// keys share the hash tag `{key}`, so one script call touches one Redis
     /// Cluster slot. One more Redis key per quota key,
     /// `{prefix}:{key}:quotas`, holds the signature of the quota list the
     /// key is counted under.
     pub fn redis_keys(&self, key: &Key, quota: &Quota) -> Vec<String> {
-        let base = self.inner.quota_key(key, quota);
+        let base = quota_key(&self.inner.prefix, key, quota);
         if self.inner.approximate {
             vec![format!("{base}:counts")]
         } else {
@@ -161,6 +179,7 @@ impl fmt::Debug for RedisStore {
             .field("timeout", &self.inner.timeout)
             .field("policy", &self.inner.policy)
             .field("approximate", &self.inner.approximate)
+            .field("coalesce", &self.inner.coalesce)
             .finish_non_exhaustive()
     }
 }
@@ -181,14 +200,16 @@ impl Store for RedisStore {
         if admission.id() == 0 || (!self.inner.approximate && admission.id() & REDIS_ID == 0) {
             return; // admitted without Redis (fail open, zero cost, local fallback)
         }
-        let Some(limits) = lock(&self.inner.known).get(admission.key()).cloned() else {
+        let Some(names) = lock(&self.inner.known).get(admission.key()).cloned() else {
             return;
         };
-        let weighted: Vec<Quota> = limits
+        let weighted: Vec<(usize, Quota)> = names
+            .limits
             .quotas()
             .iter()
-            .filter(|quota| !quota.is_per_request())
             .copied()
+            .enumerate()
+            .filter(|(_, quota)| !quota.is_per_request())
             .collect();
         if weighted.is_empty() {
             return;
@@ -199,7 +220,7 @@ impl Store for RedisStore {
         let inner = self.inner.clone();
         let key = admission.key().clone();
         let id = admission.id();
-        let margin = limits.safety_margin();
+        let margin = names.limits.safety_margin();
         let delta = i128::from(units(actual_cost)) - i128::from(units(admission.cost()));
         let delta =
             i64::try_from(delta.clamp(-i128::from(MAX_UNITS), i128::from(MAX_UNITS))).unwrap_or(0);
@@ -207,20 +228,17 @@ impl Store for RedisStore {
             let result = if inner.approximate {
                 let mut invocation = SCRIPTS.approx_adjust.prepare_invoke();
                 invocation.arg(id);
-                for quota in &weighted {
+                for (index, quota) in &weighted {
                     invocation
-                        .key(format!("{}:counts", inner.quota_key(&key, quota)))
+                        .key(names.counts(*index))
                         .arg(micros(quota.window().saturating_add(margin)))
                         .arg(delta);
                 }
                 inner.call::<i64>(&key, &invocation).await
             } else {
                 let mut invocation = SCRIPTS.exact_correct.prepare_invoke();
-                for quota in &weighted {
-                    let base = inner.quota_key(&key, quota);
-                    invocation
-                        .key(format!("{base}:log"))
-                        .key(format!("{base}:costs"));
+                for (index, _) in &weighted {
+                    invocation.key(names.log(*index)).key(names.costs(*index));
                 }
                 invocation.arg(id).arg(units(actual_cost));
                 inner.call::<i64>(&key, &invocation).await
@@ -248,11 +266,9 @@ impl Store for RedisStore {
             return; // the entry leaves at its bound (strict: see the crate docs)
         };
         let key = admission.key().clone();
-        let logs: Vec<String> = limits
-            .quotas()
-            .iter()
-            .filter(|quota| quota.units(admission.cost()) > 0)
-            .map(|quota| format!("{}:log", self.inner.quota_key(&key, quota)))
+        let names = self.inner.names(&key, limits);
+        let logs: Vec<usize> = (0..limits.quotas().len())
+            .filter(|index| limits.quotas()[*index].units(admission.cost()) > 0)
             .collect();
         if logs.is_empty() {
             return;
@@ -262,8 +278,8 @@ impl Store for RedisStore {
         let id = admission.id();
         runtime.spawn(async move {
             let mut invocation = SCRIPTS.exact_complete.prepare_invoke();
-            for log in &logs {
-                invocation.key(log);
+            for index in logs {
+                invocation.key(names.log(index));
             }
             invocation.arg(id).arg(micros(extra));
             if let Err(error) = inner.call::<i64>(&key, &invocation).await {
@@ -383,42 +399,23 @@ async fn acquire(
 }
 
 impl Inner {
-    fn quota_key(&self, key: &Key, quota: &Quota) -> String {
-        format!(
-            "{}:{{{}}}:{}:{}:{}",
-            self.prefix,
-            key,
-            micros(quota.window()),
-            quota.max_calls(),
-            if quota.is_per_request() { "r" } else { "w" }
-        )
+    /// The Redis names of `key` under `limits`, built on first use.
+    fn names(&self, key: &Key, limits: &Limits) -> Arc<Names> {
+        let mut known = lock(&self.known);
+        if let Some(names) = known.get(key)
+            && names.limits == *limits
+        {
+            return names.clone();
+        }
+        if known.len() >= KNOWN_KEYS {
+            known.clear();
+        }
+        let names = Arc::new(Names::new(&self.prefix, key, limits, self.approximate));
+        known.insert(key.clone(), names.clone());
+        names
     }
 
-    /// The Redis key that holds which quotas `key` is counted under, and
-    /// the signature of `limits`' quotas and safety margin (in any order:
-    /// each quota has logs of its own). While a key has admissions in its
-    /// windows, a call with another signature is refused with
-    /// [`ConflictingQuotas`]: processes that gave one key different quota
-    /// lists would otherwise each count only their own quotas.
-    fn signature(&self, key: &Key, limits: &Limits) -> (String, String) {
-        let mut quotas: Vec<String> = limits
-            .quotas()
-            .iter()
-            .map(|quota| {
-                format!(
-                    "{}:{}:{}",
-                    micros(quota.window()),
-                    quota.max_calls(),
-                    if quota.is_per_request() { "r" } else { "w" }
-                )
-            })
-            .collect();
-        quotas.sort_unstable();
-        let signature = format!("{};m={}", quotas.join(","), micros(limits.safety_margin()));
-        (format!("{}:{{{}}}:quotas", self.prefix, key), signature)
-    }
-
-    fn is_suspended(&self) -> bool {
+    pub(crate) fn is_suspended(&self) -> bool {
         lock(&self.suspended_until).is_some_and(|until| Instant::now() < until)
     }
 
@@ -441,87 +438,56 @@ impl Inner {
         })
     }
 
-    fn remember(&self, key: &Key, limits: &Limits) {
-        let mut known = lock(&self.known);
-        if known.get(key) != Some(limits) {
-            if known.len() >= KNOWN_KEYS {
-                known.clear();
-            }
-            known.insert(key.clone(), limits.clone());
-        }
-    }
-
     async fn acquire_exact(
         self: &Arc<Self>,
         key: &Key,
         cost: u64,
         limits: &Limits,
     ) -> Result<Admission, Failure> {
-        // The id is chosen here, so that a request dropped while its call is
-        // in flight can still remove what the call records.
-        let id = rand::random::<u64>() | REDIS_ID;
-        let quotas = limits.quotas();
-        let margin = limits.safety_margin();
-        let mut keys = Vec::with_capacity(quotas.len() * 3);
-        for quota in quotas {
-            let base = self.quota_key(key, quota);
-            keys.push(format!("{base}:log"));
-            keys.push(format!("{base}:costs"));
-            keys.push(format!("{base}:queue"));
-        }
-        let sent_within = if limits.is_strict() {
-            -1
-        } else {
-            micros(limits.sent_within())
-        };
-        let (signature_key, signature) = self.signature(key, limits);
+        let names = self.names(key, limits);
         let started = Instant::now();
         // How long the request waited for answers in earlier calls.
         let mut elapsed = Duration::ZERO;
         loop {
-            let mut invocation = SCRIPTS.exact_acquire.prepare_invoke();
-            for redis_key in &keys {
-                invocation.key(redis_key);
-            }
-            invocation
-                .arg(id)
-                .arg(
-                    limits
-                        .max_wait()
-                        .map_or(-1, |max_wait| micros(max_wait.saturating_sub(elapsed))),
-                )
-                .arg(limits.max_queue().map_or(-1, |max| max as i64))
-                .arg(sent_within)
-                .arg(micros(self.extra_margin(key, limits)))
-                .arg(quotas.len());
-            for quota in quotas {
-                invocation
-                    .arg(micros(quota.window().saturating_add(margin)))
-                    .arg(units(quota.max_calls()))
-                    .arg(units(quota.units(cost)));
-            }
-            invocation.key(&signature_key).arg(&signature);
-            let mut reservation = Reservation {
-                inner: self.clone(),
-                key: key.clone(),
-                cancel: Cancel::Exact {
-                    keys: keys.clone(),
-                    id,
-                },
-                armed: true,
+            // The id is chosen here, so that a request dropped while its
+            // call is in flight can still remove what the call records.
+            let request = Request {
+                id: rand::random::<u64>() | REDIS_ID,
+                cost,
+                max_wait: limits
+                    .max_wait()
+                    .map_or(-1, |max_wait| micros(max_wait.saturating_sub(elapsed))),
             };
-            let reply: Vec<i64> = match self.call(key, &invocation).await {
-                Ok(reply) => reply,
-                Err(error) => {
-                    // A call that timed out may still run: the reservation's
-                    // drop removes what it records. Nothing ran for other
-                    // errors.
-                    reservation.armed = error.kind() == RedisStoreErrorKind::Timeout;
-                    return Err(Failure::Store(error));
+            let join = if self.coalesce {
+                self.lanes.join(self, key, &names, request)
+            } else {
+                Join::Alone
+            };
+            let outcome = match join {
+                Join::Lead(flight) => {
+                    let outcome = self.decide(key, &names, &[request]).await.pop();
+                    // Hands the key on to the requests that came meanwhile.
+                    drop(flight);
+                    outcome
                 }
+                Join::Alone => self.decide(key, &names, &[request]).await.pop(),
+                Join::Wait(receiver) => receiver.await.ok(),
             };
+            let Some(outcome) = outcome else {
+                return Err(Failure::Store(RedisStoreError::unexpected_reply(
+                    key.clone(),
+                    "the call of the request's batch was abandoned",
+                )));
+            };
+            let Outcome {
+                decision,
+                reservation,
+            } = outcome;
+            // A call that timed out may still run: the reservation's drop
+            // removes what it records. Nothing ran for other errors.
+            let row = decision.map_err(Failure::Store)?;
             match self
-                .settle(key, cost, limits, &reply, id, elapsed, reservation)
+                .settle(key, cost, limits, &row, request.id, elapsed, reservation)
                 .await?
             {
                 Settled::Admitted(admission) => return Ok(admission),
@@ -535,21 +501,149 @@ impl Inner {
         }
     }
 
+    /// One exact script call for `requests` of `key`, in order: each one's
+    /// row of the reply, or the error, with what to remove if the request
+    /// is dropped before its slot.
+    pub(crate) async fn decide(
+        self: &Arc<Self>,
+        key: &Key,
+        names: &Arc<Names>,
+        requests: &[Request],
+    ) -> Vec<Outcome> {
+        // Made before the call: a request dropped while it is in flight
+        // removes what it records.
+        let mut reservations: Vec<Reservation> = requests
+            .iter()
+            .map(|request| Reservation {
+                inner: self.clone(),
+                key: key.clone(),
+                cancel: Cancel::Exact {
+                    names: names.clone(),
+                    id: request.id,
+                },
+                armed: true,
+            })
+            .collect();
+        if self.is_suspended() {
+            // Redis failed while the batch waited: not asked.
+            return reservations
+                .into_iter()
+                .map(|mut reservation| {
+                    reservation.armed = false;
+                    Outcome {
+                        decision: Err(RedisStoreError::suspended(key.clone())),
+                        reservation,
+                    }
+                })
+                .collect();
+        }
+        let result = self.call_exact(key, names, requests).await;
+        match result {
+            Ok(reply) if reply.len() == 4 * requests.len() => reservations
+                .into_iter()
+                .zip(reply.chunks_exact(4))
+                .map(|(mut reservation, row)| {
+                    // Only status 0 recorded anything.
+                    reservation.armed = row[0] == 0;
+                    Outcome {
+                        decision: Ok([row[0], row[1], row[2], row[3]]),
+                        reservation,
+                    }
+                })
+                .collect(),
+            Ok(reply) => {
+                for reservation in &mut reservations {
+                    reservation.armed = false;
+                }
+                let detail = format!("script returned {} values", reply.len());
+                reservations
+                    .into_iter()
+                    .map(|reservation| Outcome {
+                        decision: Err(RedisStoreError::unexpected_reply(
+                            key.clone(),
+                            detail.clone(),
+                        )),
+                        reservation,
+                    })
+                    .collect()
+            }
+            Err(error) => {
+                // Before the requests waiting for this key are sent: they
+                // meet the failure policy at once.
+                if matches!(
+                    error.kind(),
+                    RedisStoreErrorKind::Timeout | RedisStoreErrorKind::Connection
+                ) {
+                    self.suspend();
+                }
+                let timed_out = error.kind() == RedisStoreErrorKind::Timeout;
+                reservations
+                    .into_iter()
+                    .map(|mut reservation| {
+                        reservation.armed = timed_out;
+                        Outcome {
+                            decision: Err(error.duplicate()),
+                            reservation,
+                        }
+                    })
+                    .collect()
+            }
+        }
+    }
+
+    /// Runs `exact_acquire.lua` for `requests` (see its contract).
+    async fn call_exact(
+        &self,
+        key: &Key,
+        names: &Names,
+        requests: &[Request],
+    ) -> Result<Vec<i64>, RedisStoreError> {
+        let limits = &names.limits;
+        let quotas = limits.quotas();
+        let margin = limits.safety_margin();
+        let mut invocation = SCRIPTS.exact_acquire.prepare_invoke();
+        for redis_key in &names.keys {
+            invocation.key(redis_key.as_str());
+        }
+        invocation
+            .arg(limits.max_queue().map_or(-1, |max| max as i64))
+            .arg(if limits.is_strict() {
+                -1
+            } else {
+                micros(limits.sent_within())
+            })
+            .arg(micros(self.extra_margin(key, limits)))
+            .arg(quotas.len());
+        for quota in quotas {
+            invocation
+                .arg(micros(quota.window().saturating_add(margin)))
+                .arg(units(quota.max_calls()));
+        }
+        invocation.arg(names.signature.as_str()).arg(requests.len());
+        for request in requests {
+            invocation.arg(request.id).arg(request.max_wait);
+            for quota in quotas {
+                invocation.arg(units(quota.units(request.cost)));
+            }
+        }
+        self.call(key, &invocation).await
+    }
+
     async fn acquire_approximate(
         self: &Arc<Self>,
         key: &Key,
         cost: u64,
         limits: &Limits,
     ) -> Result<Admission, Failure> {
+        let names = self.names(key, limits);
         let quotas = limits.quotas();
         let margin = limits.safety_margin();
         let mut invocation = SCRIPTS.approx_acquire.prepare_invoke();
         let mut keys = Vec::with_capacity(quotas.len());
-        for quota in quotas {
-            let redis_key = format!("{}:counts", self.quota_key(key, quota));
-            invocation.key(&redis_key);
+        for (index, quota) in quotas.iter().enumerate() {
+            invocation.key(names.counts(index));
             keys.push((
-                redis_key,
+                names.counts(index).to_owned(),
                 micros(quota.window().saturating_add(margin)),
                 units(quota.units(cost)),
             ));
@@ -563,8 +657,8 @@ impl Inner {
                 .arg(units(quota.max_calls()))
                 .arg(units(quota.units(cost)));
         }
-        let (signature_key, signature) = self.signature(key, limits);
-        invocation.key(&signature_key).arg(&signature);
+        let signature_key = names.keys.last().map_or("", String::as_str);
+        invocation.key(signature_key).arg(names.signature.as_str());
         let reply: Vec<i64> = self.call(key, &invocation).await.map_err(Failure::Store)?;
         let at = reply.get(4).copied().unwrap_or(0).max(1);
         let reservation = Reservation {
@@ -654,7 +748,6 @@ impl Inner {
                 Overloaded::new(key.clone(), waited, queued, reason).into(),
             ));
         }
-        self.remember(key, limits);
         if !wait.is_zero() {
             // The slot is at Redis time `now + wait`; the reply left Redis
             // after `now`, so waking `wait` after receiving it is never early.
@@ -754,7 +847,7 @@ fn local_limits(limits: &Limits, share: f64) -> Result<Limits, BoxError> {
 
 enum Cancel {
     Exact {
-        keys: Vec<String>,
+        names: Arc<Names>,
         id: u64,
     },
     Approximate {
@@ -765,7 +858,7 @@ enum Cancel {
 
 /// What a call recorded, removed again if the request is dropped (or its
 /// call timed out) before its slot.
-struct Reservation {
+pub(crate) struct Reservation {
     inner: Arc<Inner>,
     key: Key,
     cancel: Cancel,
@@ -784,17 +877,17 @@ impl Drop for Reservation {
         let key = self.key.clone();
         let cancel = std::mem::replace(
             &mut self.cancel,
-            Cancel::Exact {
+            Cancel::Approximate {
                 keys: Vec::new(),
-                id: 0,
+                at: 0,
             },
         );
         runtime.spawn(async move {
             let result = match &cancel {
-                Cancel::Exact { keys, id } => {
+                Cancel::Exact { names, id } => {
                     let mut invocation = SCRIPTS.exact_cancel.prepare_invoke();
-                    for redis_key in keys {
-                        invocation.key(redis_key);
+                    for redis_key in names.quota_keys() {
+                        invocation.key(redis_key.as_str());
                     }
                     invocation.arg(*id);
                     inner.call::<i64>(&key, &invocation).await
@@ -827,11 +920,7 @@ fn units(value: u64) -> i64 {
     i64::try_from(value).map_or(MAX_UNITS, |value| value.min(MAX_UNITS))
 }
 
-fn micros(duration: Duration) -> i64 {
-    i64::try_from(duration.as_micros()).unwrap_or(i64::MAX)
-}
-
-fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+pub(crate) fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     // Every critical section is a single assignment or map operation.
     mutex.lock().unwrap_or_else(PoisonError::into_inner)
 }

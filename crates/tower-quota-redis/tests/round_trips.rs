@@ -4,27 +4,11 @@
 
 mod support;
 
-use std::collections::HashMap;
 use std::time::Duration;
 
 use tower_quota::sliding_window::{Quota, Store};
 use tower_quota::{Key, SlidingWindowLayer};
 use tower_quota_redis::RedisStore;
-
-/// Calls per command since the server started.
-fn command_calls(server: &support::RedisServer) -> HashMap<String, u64> {
-    let info: String = redis::cmd("INFO")
-        .arg("commandstats")
-        .query(&mut server.connection())
-        .unwrap();
-    info.lines()
-        .filter_map(|line| {
-            let (name, stats) = line.strip_prefix("cmdstat_")?.split_once(':')?;
-            let calls = stats.split(',').find_map(|s| s.strip_prefix("calls="))?;
-            Some((name.to_owned(), calls.parse().ok()?))
-        })
-        .collect()
-}
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn one_admission_is_one_round_trip() {
@@ -44,7 +28,7 @@ async fn one_admission_is_one_round_trip() {
         .await
         .unwrap();
 
-    let before = command_calls(server);
+    let before = support::command_calls(server);
     let admissions = 500;
     for _ in 0..admissions {
         store
@@ -52,7 +36,7 @@ async fn one_admission_is_one_round_trip() {
             .await
             .unwrap();
     }
-    let after = command_calls(server);
+    let after = support::command_calls(server);
     let delta = |name: &str| after.get(name).unwrap_or(&0) - before.get(name).unwrap_or(&0);
     let total: u64 = after
         .keys()

@@ -496,3 +496,52 @@ async fn one_key_with_other_quotas_is_refused_while_busy() {
         }
     }
 }
+
+/// A key's Redis keys share an expiry that covers every entry: a call
+/// whose entry would outlive it extends them all (and the signature), by a
+/// second more than the entry needs, so the calls in between extend nothing.
+#[tokio::test]
+async fn keys_are_extended_when_an_entry_would_outlive_them() {
+    let Some(server) = support::shared() else {
+        return;
+    };
+    let store = store(server).await;
+    let quota = Quota::new(10, Duration::from_secs(1)).unwrap();
+    let layer = limits([quota]);
+    let key = Key::from("extended");
+    let mut connection = server.connection();
+    let ttls = |connection: &mut redis::Connection| -> Vec<i64> {
+        let mut keys = store.redis_keys(&key, &quota);
+        keys.push(format!(
+            "{}:{{extended}}:quotas",
+            keys[0].split(':').next().unwrap()
+        ));
+        keys.iter()
+            .map(|redis_key| connection.pttl(redis_key).unwrap())
+            .collect()
+    };
+    // Costs other than 1: the costs hash exists too.
+    store.acquire(key.clone(), 2, layer.limits()).await.unwrap();
+    let first = ttls(&mut connection);
+    // Window (1 s) and sent_within (100 ms) plus a second.
+    assert!(
+        first.iter().all(|ttl| (1_900..=2_100).contains(ttl)),
+        "{first:?}"
+    );
+    // 300 ms later the keys still cover a new entry: nothing is extended.
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    store.acquire(key.clone(), 2, layer.limits()).await.unwrap();
+    let second = ttls(&mut connection);
+    assert!(
+        second.iter().all(|ttl| (1_000..=1_850).contains(ttl)),
+        "{second:?}"
+    );
+    // 1.2 s after the first, they would not: all are extended again.
+    tokio::time::sleep(Duration::from_millis(900)).await;
+    store.acquire(key.clone(), 2, layer.limits()).await.unwrap();
+    let third = ttls(&mut connection);
+    assert!(
+        third.iter().all(|ttl| (1_900..=2_100).contains(ttl)),
+        "{third:?}"
+    );
+}

@@ -1,4 +1,6 @@
--- Exact sliding logs: one admission of one key, decided in one call.
+-- Exact sliding logs: k admissions of one key, decided in one call, one
+-- after another in the order given, as if the script were called k times
+-- at the same instant (a batch of concurrent requests of the key).
 --
 -- KEYS: for each quota, three keys:
 --   log   a sorted set: member = admission id, score = the admission's
@@ -8,20 +10,24 @@
 --         its admission instant + STRICT while a strict admission waits for
 --         its answer. An entry holds its slot until score + span.
 --   costs a hash: id -> units for entries that do not cost 1, and `s` = the
---         sum of the units in the log.
+--         sum of the units in the log. It exists only while an entry of
+--         the log costs other than 1: without it, every entry costs 1 and
+--         the sum is the log's size.
 --   queue a sorted set: member = admission id, score = admission instant,
 --         for the admissions reserved at a later instant than the call that
---         made them, and the latest admission already made (the others are
---         pruned). Its highest score is the key's latest admission instant.
+--         made them, and the last admission the latest call made at once
+--         (earlier ones are pruned). Its highest score is the key's latest
+--         admission instant.
 -- and last, one key more:
 --   quotas a string: the signature of the quota list (and safety margin)
 --         the key's admissions are counted under; it expires with them.
--- ARGV: id, max_wait_us (-1: none), max_queue (-1: none), sent_within_us
--- (-1: strict), extra_us (added to the sent-by instant), quota count, then
--- for each quota: span_us (window + safety margin), max_calls, units; and
--- last the signature of this call's quota list. A call with another
--- signature than the one a busy key holds records nothing (status 4): each
--- process would otherwise count only its own quotas.
+-- ARGV: max_queue (-1: none), sent_within_us (-1: strict), extra_us (added
+-- to the sent-by instant), quota count n, then for each quota: span_us
+-- (window + safety margin), max_calls; then the signature of this call's
+-- quota list; then the request count k, and for each request: id,
+-- max_wait_us (-1: none), then its units of each quota. A call with
+-- another signature than the one a busy key holds records nothing (status
+-- 4): each process would otherwise count only its own quotas.
 --
 -- Every entry counts from the call that records it until it leaves, also
 -- while its reserved instant is still to come, and an entry only ever
@@ -29,26 +35,29 @@
 -- the count of the log at the new admission's instant, checked here, is the
 -- most the log holds at any later instant. Admission instants increase per
 -- key (a new one is never earlier than the latest one, reserved or not),
--- which serves the key's requests in the order their calls run.
+-- which serves the key's requests in the order their calls run, and a
+-- call's requests in the order given.
 --
 -- A strict admission that is still unanswered an hour (PENDING) after its
 -- admission instant is dropped one span later: a worker that died with the
 -- request in flight does not hold the slot for ever. When the slot a
 -- request needs is held by a strict admission still waiting for its answer,
--- the call records nothing and returns status 3 with the wait it would
+-- the request records nothing and gets status 3 with the wait it would
 -- need if that answer came back now: the caller asks again later.
 --
 -- Units, costs and max_calls are at most MAX_UNITS (the client saturates
 -- them); a log whose sum would pass 2^62 refuses the admission as a full
 -- queue, so HINCRBY never overflows and no call fails after a write.
 --
--- Returns {status, wait_us, queued, limiting}: status 0 = recorded (admitted
--- now when wait_us is 0, reserved otherwise), 1 = wait over max_wait,
--- 2 = queue full, 3 = waits for an answer, 4 = the key is busy under other
--- quotas (1 to 4 record nothing);
--- queued = the reservations still ahead, this one included; limiting =
--- 1-based index of the quota that decided the wait, 0 if none. Arguments
--- that do not parse are an error reply, before anything is written.
+-- Returns, for each request in order, {status, wait_us, queued, limiting}:
+-- status 0 = recorded (admitted now when wait_us is 0, reserved otherwise),
+-- 1 = wait over max_wait, 2 = queue full, 3 = waits for an answer, 4 = the
+-- key is busy under other quotas (1 to 4 record nothing); queued = the
+-- reservations still ahead, this one included (0 when not reserved);
+-- limiting = 1-based index of the quota that decided the wait, 0 if none.
+-- Arguments that do not parse are an error reply, before anything is
+-- written. Key TTLs are only ever extended (PEXPIRE GT: Redis 7.0), and
+-- only when an entry needs longer than they have left.
 
 local STRICT = 4503599627370496 -- 2^52 µs, about 142 years
 local HALF = 2251799813685248 -- 2^51 µs: scores further ahead are pending
@@ -56,41 +65,60 @@ local PENDING = 3600000000 -- 1 h in µs
 local MAX_UNITS = 9007199254740991 -- 2^53 - 1
 local MAX_SUM = 4611686018427387904 -- 2^62
 
-local time = redis.call('TIME')
-local now = tonumber(time[1]) * 1000000 + tonumber(time[2])
-
-local id = ARGV[1]
-local max_wait, max_queue = tonumber(ARGV[2]), tonumber(ARGV[3])
-local sent_within, extra = tonumber(ARGV[4]), tonumber(ARGV[5])
-local n = tonumber(ARGV[6])
-if not (id and max_wait and max_queue and sent_within and extra and n) then
+local max_queue, sent_within = tonumber(ARGV[1]), tonumber(ARGV[2])
+local extra, n = tonumber(ARGV[3]), tonumber(ARGV[4])
+if not (max_queue and sent_within and extra and n) or #KEYS ~= 3 * n + 1 then
   return redis.error_reply('ERR exact_acquire: bad arguments')
 end
-if #KEYS ~= 3 * n + 1 or #ARGV ~= 7 + 3 * n then
-  return redis.error_reply('ERR exact_acquire: expected 3 keys and 3 arguments per quota, and a signature')
+local signature_key, signature = KEYS[3 * n + 1], ARGV[5 + 2 * n]
+local k = tonumber(ARGV[6 + 2 * n])
+local stride = 2 + n
+if not (signature and k) or k < 1 or #ARGV ~= 6 + 2 * n + k * stride then
+  return redis.error_reply('ERR exact_acquire: expected 2 arguments per quota, a signature, and an id, a max_wait and units per quota for each request')
 end
-local signature_key, signature = KEYS[3 * n + 1], ARGV[7 + 3 * n]
-local held = redis.call('GET', signature_key)
-if held and held ~= signature then
-  return { 4, 0, 0, 0 }
-end
-local spans, maxes, units = {}, {}, {}
+local spans, maxes = {}, {}
 for i = 1, n do
-  local arg = 6 + 3 * (i - 1)
-  spans[i], maxes[i], units[i] = tonumber(ARGV[arg + 1]), tonumber(ARGV[arg + 2]), tonumber(ARGV[arg + 3])
-  if not (spans[i] and maxes[i] and units[i])
-    or units[i] < 0 or units[i] > MAX_UNITS or maxes[i] < 1 or maxes[i] > MAX_UNITS then
+  spans[i], maxes[i] = tonumber(ARGV[3 + 2 * i]), tonumber(ARGV[4 + 2 * i])
+  if not (spans[i] and maxes[i]) or maxes[i] < 1 or maxes[i] > MAX_UNITS then
     return redis.error_reply('ERR exact_acquire: bad quota arguments')
   end
 end
-local strict = sent_within < 0
-
-local function fmt(x)
-  return string.format('%.0f', x)
+local ids, max_waits, units = {}, {}, {}
+for m = 1, k do
+  local arg = 6 + 2 * n + (m - 1) * stride
+  ids[m], max_waits[m], units[m] = ARGV[arg + 1], tonumber(ARGV[arg + 2]), {}
+  if not max_waits[m] then
+    return redis.error_reply('ERR exact_acquire: bad max_wait')
+  end
+  for i = 1, n do
+    local u = tonumber(ARGV[arg + 2 + i])
+    if not u or u < 0 or u > MAX_UNITS then
+      return redis.error_reply('ERR exact_acquire: bad units')
+    end
+    units[m][i] = u
+  end
 end
 
--- Removes the log entries with scores in [min, max]; returns the sum less
--- their units.
+local time = redis.call('TIME')
+local now = tonumber(time[1]) * 1000000 + tonumber(time[2])
+
+local held = redis.call('GET', signature_key)
+if held and held ~= signature then
+  local conflict = {}
+  for m = 1, k do
+    conflict[#conflict + 1], conflict[#conflict + 2] = 4, 0
+    conflict[#conflict + 1], conflict[#conflict + 2] = 0, 0
+  end
+  return conflict
+end
+local strict = sent_within < 0
+
+-- Numbers go to redis.call as they are: Redis 7.0 prints them exactly
+-- (integers below 2^53 without an exponent). Only string concatenation
+-- would round them.
+
+-- Removes the entries of a log with costs, scores in [min, max]; returns
+-- the sum less their units.
 local function drop(z, h, min, max, sum)
   local old = redis.call('ZRANGEBYSCORE', z, min, max)
   if #old == 0 then
@@ -110,9 +138,8 @@ end
 
 -- The score of the entry holding the `excess`-th unit of the log, in the
 -- order the entries leave.
-local function unit_holder(z, h, excess)
-  if redis.call('HLEN', h) <= 1 then
-    -- Only the sum: every entry costs 1.
+local function unit_holder(z, h, weighted, excess)
+  if not weighted then
     local entry = redis.call('ZRANGE', z, excess - 1, excess - 1, 'WITHSCORES')
     if entry[2] then
       return tonumber(entry[2])
@@ -124,12 +151,12 @@ local function unit_holder(z, h, excess)
     if #batch == 0 then
       return last
     end
-    local ids = {}
+    local page = {}
     for j = 1, #batch, 2 do
-      ids[#ids + 1] = batch[j]
+      page[#page + 1] = batch[j]
     end
-    local costs = redis.call('HMGET', h, unpack(ids))
-    for j = 1, #ids do
+    local costs = redis.call('HMGET', h, unpack(page))
+    for j = 1, #page do
       acc = acc + (tonumber(costs[j]) or 1)
       last = tonumber(batch[2 * j])
       if acc >= excess then
@@ -140,118 +167,257 @@ local function unit_holder(z, h, excess)
   end
 end
 
-local sums = {}
+-- Per quota: the sum of its log, whether it has a costs hash, whether its
+-- keys existed (and so have a TTL), its future reservations (counted when
+-- first needed), the entries still to add, and whether the late strict
+-- entries were dropped.
+local sums, weighted, had_log, had_costs, had_queue = {}, {}, {}, {}, {}
+local reserved, pending, queued_adds, written, pruned_late = {}, {}, {}, {}, {}
+-- The latest admission recorded now (not reserved), and the costs other
+-- than 1 still to write, per quota.
+local latest_now, pending_costs = {}, {}
 local base = now
-local queued = 0
 for i = 1, n do
   local z, h, q = KEYS[3 * i - 2], KEYS[3 * i - 1], KEYS[3 * i]
-  local span = spans[i]
-
   -- Drop what has left every window from now on: answered or past its
-  -- bound a span ago, or strict and unanswered for PENDING and a span.
-  local cutoff = now - span
-  local sum = tonumber(redis.call('HGET', h, 's')) or 0
-  local dropped, late = false, false
-  sum, dropped = drop(z, h, '-inf', fmt(cutoff), sum)
-  if STRICT + cutoff - PENDING >= now + HALF then
-    sum, late = drop(z, h, fmt(now + HALF), fmt(STRICT + cutoff - PENDING), sum)
-  end
-  if redis.call('ZCARD', z) == 0 then
-    redis.call('DEL', h)
-    sum = 0
-  elseif dropped or late then
-    redis.call('HSET', h, 's', fmt(sum))
+  -- bound a span ago.
+  local cutoff = now - spans[i]
+  local sum = tonumber(redis.call('HGET', h, 's'))
+  if sum then
+    local dropped
+    sum, dropped = drop(z, h, '-inf', cutoff, sum)
+    local size = redis.call('ZCARD', z)
+    if size == 0 or redis.call('HLEN', h) <= 1 then
+      -- Every entry left costs 1.
+      redis.call('DEL', h)
+      sum = size
+    else
+      weighted[i], had_costs[i] = true, true
+      if dropped then
+        redis.call('HSET', h, 's', sum)
+      end
+    end
+    had_log[i] = size > 0
+  else
+    redis.call('ZREMRANGEBYSCORE', z, '-inf', cutoff)
+    sum = redis.call('ZCARD', z)
+    had_log[i] = sum > 0
   end
   sums[i] = sum
 
-  -- Keep the reservations still ahead and the latest admission made.
-  local past = redis.call('ZCOUNT', q, '-inf', fmt(now))
-  if past > 1 then
-    redis.call('ZREMRANGEBYRANK', q, 0, past - 2)
-  end
   local last = redis.call('ZRANGE', q, -1, -1, 'WITHSCORES')
-  if last[2] and tonumber(last[2]) > base then
-    base = tonumber(last[2])
+  if last[2] then
+    had_queue[i] = true
+    if tonumber(last[2]) > base then
+      base = tonumber(last[2])
+    end
   end
-  local waiting = redis.call('ZCARD', q) - math.min(past, 1)
-  if waiting > queued then
-    queued = waiting
+  pending[i], queued_adds[i], pending_costs[i] = {}, {}, {}
+end
+
+-- Drops the strict entries of quota i unanswered for PENDING and a span.
+-- Only when the log is full: until then they only count a little longer.
+local function prune_late(i)
+  if pruned_late[i] then
+    return
+  end
+  pruned_late[i] = true
+  local z, h = KEYS[3 * i - 2], KEYS[3 * i - 1]
+  local late_min, late_max = now + HALF, STRICT + now - spans[i] - PENDING
+  if late_max < late_min then
+    return
+  end
+  if weighted[i] then
+    local late
+    sums[i], late = drop(z, h, late_min, late_max, sums[i])
+    if late then
+      redis.call('HSET', h, 's', sums[i])
+    end
+  else
+    sums[i] = sums[i] - redis.call('ZREMRANGEBYSCORE', z, late_min, late_max)
   end
 end
 
-local at = base
-local blocked = false
-local limiting, limiting_at = 0, -1
-for i = 1, n do
-  local excess = sums[i] + units[i] - maxes[i]
-  if units[i] > 0 and excess > 0 then
-    local holder = unit_holder(KEYS[3 * i - 2], KEYS[3 * i - 1], excess) or now
-    if holder - now > HALF then
-      -- Held until an answer comes back: at the earliest, a span from now.
-      blocked = true
-      holder = now
-    end
-    local free_at = holder + spans[i]
-    if free_at > limiting_at then
-      limiting, limiting_at = i, free_at
-    end
-    if free_at > at then
-      at = free_at
-    end
+-- Writes the entries decided so far into the log of quota i, and their
+-- costs.
+local function flush(i)
+  if #pending[i] > 0 then
+    redis.call('ZADD', KEYS[3 * i - 2], unpack(pending[i]))
+    pending[i] = {}
+  end
+  if #pending_costs[i] > 0 then
+    redis.call('HSET', KEYS[3 * i - 1], unpack(pending_costs[i]))
+    pending_costs[i] = {}
   end
 end
 
-local wait = at - now
-if wait > 0 then
-  queued = queued + 1
-else
-  queued = 0
-end
-if max_wait >= 0 and wait > max_wait then
-  return { 1, wait, queued, limiting }
-end
-if max_queue >= 0 and wait > 0 and queued > max_queue then
-  return { 2, wait, queued, limiting }
-end
-if blocked then
-  return { 3, wait, queued, limiting }
-end
-for i = 1, n do
-  if sums[i] + units[i] > MAX_SUM then
-    return { 2, wait, queued, i }
+-- The reservations still ahead in the queue of quota i.
+local function ahead(i)
+  if not reserved[i] then
+    reserved[i] = redis.call('ZCOUNT', KEYS[3 * i], now + 1, '+inf')
   end
+  return reserved[i]
 end
 
 local hold = sent_within + extra
-local score = at + hold
 if strict then
-  hold, score = PENDING, at + STRICT
+  hold = PENDING
 end
-local function expire(k, ttl)
-  -- Never shorten: an entry recorded earlier may need longer.
-  if redis.call('PTTL', k) < ttl then
-    redis.call('PEXPIRE', k, fmt(ttl))
+local out = {}
+local recorded = false
+-- The longest any entry recorded here must be kept, in ms.
+local needed = {}
+for m = 1, k do
+  local u = units[m]
+  local at = base
+  local blocked = false
+  local limiting, limiting_at = 0, -1
+  for i = 1, n do
+    if u[i] > 0 and sums[i] + u[i] > maxes[i] then
+      prune_late(i)
+    end
+    local excess = sums[i] + u[i] - maxes[i]
+    if u[i] > 0 and excess > 0 then
+      flush(i)
+      local holder = unit_holder(KEYS[3 * i - 2], KEYS[3 * i - 1], weighted[i], excess) or now
+      if holder - now > HALF then
+        -- Held until an answer comes back: at the earliest, a span from now.
+        blocked = true
+        holder = now
+      end
+      local free_at = holder + spans[i]
+      if free_at > limiting_at then
+        limiting, limiting_at = i, free_at
+      end
+      if free_at > at then
+        at = free_at
+      end
+    end
   end
+
+  local wait = at - now
+  local queued = 0
+  if wait > 0 then
+    for i = 1, n do
+      if ahead(i) > queued then
+        queued = reserved[i]
+      end
+    end
+    queued = queued + 1
+  end
+  local status = 0
+  if max_waits[m] >= 0 and wait > max_waits[m] then
+    status = 1
+  elseif max_queue >= 0 and wait > 0 and queued > max_queue then
+    status = 2
+  elseif blocked then
+    status = 3
+  else
+    for i = 1, n do
+      if sums[i] + u[i] > MAX_SUM then
+        status, limiting = 2, i
+        break
+      end
+    end
+  end
+
+  if status == 0 then
+    local id = ids[m]
+    local score = at + hold
+    if strict then
+      score = at + STRICT
+    end
+    for i = 1, n do
+      if u[i] > 0 then
+        local entry = pending[i]
+        entry[#entry + 1], entry[#entry + 2] = score, id
+        if u[i] ~= 1 then
+          local costs = pending_costs[i]
+          if not weighted[i] then
+            -- The first entry of the log that costs other than 1: the
+            -- hash starts with the sum of the others.
+            weighted[i] = true
+            costs[#costs + 1], costs[#costs + 2] = 's', sums[i]
+          end
+          costs[#costs + 1], costs[#costs + 2] = id, u[i]
+        end
+        sums[i] = sums[i] + u[i]
+        if wait > 0 then
+          local adds = queued_adds[i]
+          adds[#adds + 1], adds[#adds + 2] = at, id
+        else
+          latest_now[i] = id
+        end
+        if wait > 0 and reserved[i] then
+          reserved[i] = reserved[i] + 1
+        end
+        written[i] = true
+        local ttl = math.ceil((at - now + hold + spans[i]) / 1000)
+        if ttl > (needed[i] or 0) then
+          needed[i] = ttl
+        end
+      end
+    end
+    base = at
+    recorded = true
+  end
+  out[#out + 1], out[#out + 2], out[#out + 3], out[#out + 4] = status, wait, queued, limiting
 end
+
+if not recorded then
+  return out
+end
+-- The log, costs and queue of a quota share one expiry, which covers
+-- every entry recorded in them: when an entry needs longer, the three are
+-- extended (never shortened) to a second past what it needs, and a key
+-- made here gets the same expiry. So most calls extend nothing. The
+-- signature expires with the longest-kept of them.
+local signature_expiry = 0
 for i = 1, n do
-  local u = units[i]
-  if u > 0 then
+  if written[i] then
     local z, h, q = KEYS[3 * i - 2], KEYS[3 * i - 1], KEYS[3 * i]
-    redis.call('ZADD', z, fmt(score), id)
-    if u ~= 1 then
-      redis.call('HSET', h, id, fmt(u))
+    local expiry = -2
+    if had_log[i] then
+      expiry = redis.call('PTTL', z)
     end
-    redis.call('HINCRBY', h, 's', fmt(u))
-    redis.call('ZADD', q, fmt(at), id)
-    local ttl = math.ceil((at - now + hold + spans[i]) / 1000) + 1000
-    expire(z, ttl)
-    expire(h, ttl)
-    expire(q, ttl)
-    if not held then
-      redis.call('SET', signature_key, signature)
-      held = signature
+    local extend = expiry < needed[i]
+    if extend then
+      expiry = needed[i] + 1000
     end
-    expire(signature_key, ttl)
+    local function expire(key, existed)
+      if not existed then
+        redis.call('PEXPIRE', key, expiry)
+      elseif extend then
+        redis.call('PEXPIRE', key, expiry, 'GT')
+      end
+    end
+    if weighted[i] then
+      -- After any `s` pending: the later value of a field wins.
+      local costs = pending_costs[i]
+      costs[#costs + 1], costs[#costs + 2] = 's', sums[i]
+    end
+    flush(i)
+    local adds = queued_adds[i]
+    if latest_now[i] then
+      adds[#adds + 1], adds[#adds + 2] = now, latest_now[i]
+    end
+    redis.call('ZADD', q, unpack(adds))
+    -- Only this call's admissions and the reservations still ahead
+    -- (instants are whole microseconds).
+    redis.call('ZREMRANGEBYSCORE', q, '-inf', now - 1)
+    expire(z, had_log[i])
+    expire(q, had_queue[i])
+    if weighted[i] then
+      expire(h, had_costs[i])
+    end
+    if (extend or not held) and expiry > signature_expiry then
+      signature_expiry = expiry
+    end
   end
 end
-return { 0, wait, queued, limiting }
+if not held then
+  redis.call('SET', signature_key, signature, 'PX', signature_expiry)
+elseif signature_expiry > 0 then
+  redis.call('PEXPIRE', signature_key, signature_expiry, 'GT')
+end
+return out

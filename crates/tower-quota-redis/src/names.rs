@@ -1,0 +1,89 @@
+//! A key's Redis key names and quota signature, built once per key and
+//! list of limits, then reused by every call for it.
+
+use tower_quota::Key;
+use tower_quota::sliding_window::{Limits, Quota};
+
+/// The Redis keys a quota key's scripts touch, under one list of limits.
+pub(crate) struct Names {
+    pub(crate) limits: Limits,
+    /// Exact mode: the log, costs and queue of each quota; approximate
+    /// mode: the counts of each quota. Then, last, the signature's key.
+    pub(crate) keys: Vec<String>,
+    /// The signature of the limits' quotas and safety margin.
+    pub(crate) signature: String,
+}
+
+impl Names {
+    pub(crate) fn new(prefix: &str, key: &Key, limits: &Limits, approximate: bool) -> Names {
+        let quotas = limits.quotas();
+        let mut keys = Vec::with_capacity(quotas.len() * 3 + 1);
+        for quota in quotas {
+            let base = quota_key(prefix, key, quota);
+            if approximate {
+                keys.push(format!("{base}:counts"));
+            } else {
+                keys.push(format!("{base}:log"));
+                keys.push(format!("{base}:costs"));
+                keys.push(format!("{base}:queue"));
+            }
+        }
+        keys.push(format!("{prefix}:{{{key}}}:quotas"));
+        Names {
+            limits: limits.clone(),
+            keys,
+            signature: signature(limits),
+        }
+    }
+
+    /// The keys of the quotas, without the signature's.
+    pub(crate) fn quota_keys(&self) -> &[String] {
+        &self.keys[..self.keys.len() - 1]
+    }
+
+    /// Exact mode: the log of quota `index`.
+    pub(crate) fn log(&self, index: usize) -> &str {
+        &self.keys[3 * index]
+    }
+
+    /// Exact mode: the costs hash of quota `index`.
+    pub(crate) fn costs(&self, index: usize) -> &str {
+        &self.keys[3 * index + 1]
+    }
+
+    /// Approximate mode: the counts of quota `index`.
+    pub(crate) fn counts(&self, index: usize) -> &str {
+        &self.keys[index]
+    }
+}
+
+/// `{prefix}:{key}:{window_us}:{max_calls}:{r|w}`: the stem of a quota's
+/// Redis keys, with the hash tag `{key}`.
+pub(crate) fn quota_key(prefix: &str, key: &Key, quota: &Quota) -> String {
+    format!("{prefix}:{{{key}}}:{}", quota_signature(quota))
+}
+
+fn quota_signature(quota: &Quota) -> String {
+    format!(
+        "{}:{}:{}",
+        micros(quota.window()),
+        quota.max_calls(),
+        if quota.is_per_request() { "r" } else { "w" }
+    )
+}
+
+/// The signature of `limits`' quotas and safety margin, in any order (each
+/// quota has logs of its own). While a key has admissions in its windows,
+/// a call with another signature is refused with
+/// [`ConflictingQuotas`](tower_quota::sliding_window::ConflictingQuotas):
+/// processes that gave one key different quota lists would otherwise each
+/// count only their own quotas.
+fn signature(limits: &Limits) -> String {
+    let mut quotas: Vec<String> = limits.quotas().iter().map(quota_signature).collect();
+    quotas.sort_unstable();
+    format!("{};m={}", quotas.join(","), micros(limits.safety_margin()))
+}
+
+pub(crate) fn micros(duration: std::time::Duration) -> i64 {
+    i64::try_from(duration.as_micros()).unwrap_or(i64::MAX)
+}
