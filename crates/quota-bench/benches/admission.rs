@@ -46,37 +46,7 @@ use tower_quota::{
 };
 use tower_resilience::ratelimiter::{RateLimiterLayer, WindowType};
 
-/// Every allocation counted, so that each row also reports allocations and
-/// bytes per iteration (`allocations.json` beside criterion's estimates).
-#[global_allocator]
-static GLOBAL: &stats_alloc::StatsAlloc<std::alloc::System> = &stats_alloc::INSTRUMENTED_SYSTEM;
-
-/// Iterations over which allocations are averaged.
-const COUNTED: u64 = 1_000;
-
-/// Runs `routine` [`COUNTED`] times (after a few to warm caches and maps
-/// up) and writes the allocations and allocated bytes per run to
-/// `criterion/<group>/<bench>/allocations.json`, which `quota-bench micro`
-/// puts beside the time.
-fn count_allocations<O>(group: &str, bench: &str, mut routine: impl FnMut() -> O) {
-    for _ in 0..16 {
-        black_box(routine());
-    }
-    let region = stats_alloc::Region::new(GLOBAL);
-    for _ in 0..COUNTED {
-        black_box(routine());
-    }
-    let change = region.change();
-    let dir = criterion_dir().join(group).join(bench);
-    let json = format!(
-        "{{\"allocations\": {}, \"bytes\": {}}}\n",
-        change.allocations as f64 / COUNTED as f64,
-        change.bytes_allocated as f64 / COUNTED as f64,
-    );
-    if std::fs::create_dir_all(&dir).is_ok() {
-        let _ = std::fs::write(dir.join("allocations.json"), json);
-    }
-}
+mod support;
 
 /// One criterion row, then its allocations counted.
 fn row<O>(
@@ -86,16 +56,7 @@ fn row<O>(
     mut routine: impl FnMut() -> O,
 ) {
     group.bench_function(bench, |b| b.iter(&mut routine));
-    count_allocations(group_name, bench, routine);
-}
-
-/// Where criterion writes: `$CARGO_TARGET_DIR/criterion`, or the
-/// workspace's `target/criterion`.
-fn criterion_dir() -> std::path::PathBuf {
-    std::env::var_os("CARGO_TARGET_DIR")
-        .map(std::path::PathBuf::from)
-        .unwrap_or_else(|| std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../target"))
-        .join("criterion")
+    support::count_allocations(group_name, bench, routine);
 }
 
 /// A quota no benchmark reaches: admissions are never limited. The window

@@ -24,15 +24,12 @@
 #![allow(clippy::disallowed_types, missing_docs)]
 
 use std::hint::black_box;
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, UNIX_EPOCH};
 
 use criterion::{Criterion, Throughput, criterion_group, criterion_main};
 use http::{HeaderMap, HeaderName, HeaderValue, StatusCode};
-use stats_alloc::{INSTRUMENTED_SYSTEM, Region, StatsAlloc};
 
-// Counts every allocation, so each row can report allocations per parse.
-#[global_allocator]
-static GLOBAL: &StatsAlloc<std::alloc::System> = &INSTRUMENTED_SYSTEM;
+mod support;
 
 /// 2026-11-30T12:00:00Z, the receive time of every response.
 const NOW_SECS: u64 = 1_796_040_000;
@@ -105,52 +102,6 @@ fn rows() -> Vec<(&'static str, StatusCode, HeaderMap)> {
     ]
 }
 
-/// Parses over which allocations are averaged.
-const COUNTED: u32 = 1_000;
-
-/// Allocations and allocated bytes of one parse (the `Signal` dropped
-/// included), averaged over [`COUNTED`] after a few to warm up; printed,
-/// and written to `criterion/parse/<row>/allocations.json` beside
-/// criterion's estimates, as the admission bench does.
-fn count_allocations(name: &str, status: StatusCode, headers: &HeaderMap, now: SystemTime) {
-    let parse = || {
-        drop(black_box(quota_headers::parse(
-            black_box(status),
-            black_box(headers),
-            black_box(now),
-        )));
-    };
-    for _ in 0..16 {
-        parse();
-    }
-    let region = Region::new(GLOBAL);
-    for _ in 0..COUNTED {
-        parse();
-    }
-    let change = region.change();
-    let per_parse =
-        |count: usize| f64::from(u32::try_from(count).unwrap_or(u32::MAX)) / f64::from(COUNTED);
-    let (allocations, bytes) = (
-        per_parse(change.allocations),
-        per_parse(change.bytes_allocated),
-    );
-    println!("parse/{name}: {allocations} allocations, {bytes} bytes per parse");
-    let dir = criterion_dir().join("parse").join(name);
-    let json = format!("{{\"allocations\": {allocations}, \"bytes\": {bytes}}}\n");
-    if std::fs::create_dir_all(&dir).is_ok() {
-        let _ = std::fs::write(dir.join("allocations.json"), json);
-    }
-}
-
-/// Where criterion writes: `$CARGO_TARGET_DIR/criterion`, or the
-/// workspace's `target/criterion`.
-fn criterion_dir() -> std::path::PathBuf {
-    std::env::var_os("CARGO_TARGET_DIR")
-        .map(std::path::PathBuf::from)
-        .unwrap_or_else(|| std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../target"))
-        .join("criterion")
-}
-
 fn parse(c: &mut Criterion) {
     let now = UNIX_EPOCH + Duration::from_secs(NOW_SECS);
     let rows = rows();
@@ -163,7 +114,9 @@ fn parse(c: &mut Criterion) {
     }
     group.finish();
     for (name, status, headers) in &rows {
-        count_allocations(name, *status, headers, now);
+        support::count_allocations("parse", name, || {
+            quota_headers::parse(black_box(*status), black_box(headers), black_box(now))
+        });
     }
 }
 
