@@ -56,7 +56,6 @@ impl<V> KeyMap<V> {
         self.hasher.hash(key)
     }
 
-    #[cfg(test)]
     pub(crate) fn get(&self, hash: u64, key: &str) -> Option<&V> {
         self.table
             .find(hash, |(stored, _)| stored.as_str() == key)

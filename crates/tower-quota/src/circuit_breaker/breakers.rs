@@ -8,8 +8,6 @@
 //! memory back without traffic to their own key or shard. A shard whose
 //! entries fall below a quarter of its capacity is shrunk.
 
-use std::collections::HashMap;
-use std::hash::BuildHasher;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError, TryLockError};
 
@@ -18,6 +16,7 @@ use tokio::time::Instant;
 use super::config::Config;
 use super::state::{Admit, Breaker, Transition};
 use crate::Key;
+use crate::keymap::{KeyHasher, KeyMap};
 
 /// Shards, each with its own lock.
 const SHARDS: usize = 16;
@@ -41,7 +40,7 @@ pub(crate) struct Breakers {
 struct Shared {
     shards: Box<[Mutex<Shard>]>,
     /// Chooses a key's shard.
-    hasher: std::hash::RandomState,
+    hasher: KeyHasher,
     /// The next generation: every period of every breaker gets its own.
     generations: AtomicU64,
     /// Keys kept, in all shards.
@@ -52,9 +51,9 @@ struct Shared {
 
 /// Breakers in a vector, so that a sweep can resume where it stopped, and
 /// an index from key to position.
-#[derive(Default)]
 struct Shard {
-    index: HashMap<Key, usize>,
+    /// Shares the store's hasher: the hash that chose the shard finds the key.
+    index: KeyMap<usize>,
     entries: Vec<(Key, Breaker)>,
     /// The next entry the sweep examines.
     cursor: usize,
@@ -62,10 +61,19 @@ struct Shard {
 
 impl Default for Breakers {
     fn default() -> Self {
+        let hasher = KeyHasher::default();
         Breakers {
             shared: Arc::new(Shared {
-                shards: (0..SHARDS).map(|_| Mutex::default()).collect(),
-                hasher: std::hash::RandomState::new(),
+                shards: (0..SHARDS)
+                    .map(|_| {
+                        Mutex::new(Shard {
+                            index: KeyMap::new(hasher.clone()),
+                            entries: Vec::new(),
+                            cursor: 0,
+                        })
+                    })
+                    .collect(),
+                hasher,
                 generations: AtomicU64::new(UNTRACKED + 1),
                 keys: AtomicUsize::new(0),
                 sweep_cursor: AtomicUsize::new(0),
@@ -97,12 +105,15 @@ impl Breakers {
         self.shared.generations.fetch_add(1, Ordering::Relaxed)
     }
 
-    fn shard(&self, key: &Key) -> MutexGuard<'_, Shard> {
-        let at = (self.shared.hasher.hash_one(key) as usize) % self.shared.shards.len();
+    /// The key's hash and its shard, locked: the one hash of an operation.
+    fn shard(&self, key: &Key) -> (u64, MutexGuard<'_, Shard>) {
+        let hash = self.shared.hasher.hash(key.as_str());
+        let at = KeyHasher::shard_of(hash, self.shared.shards.len());
         // Every update leaves a shard consistent; a poisoned lock is safe.
-        self.shared.shards[at]
+        let shard = self.shared.shards[at]
             .lock()
-            .unwrap_or_else(PoisonError::into_inner)
+            .unwrap_or_else(PoisonError::into_inner);
+        (hash, shard)
     }
 
     pub(crate) fn admit(&self, key: &Key, config: &Config, now: Instant) -> Admit {
@@ -112,8 +123,8 @@ impl Breakers {
     }
 
     fn admit_in_shard(&self, key: &Key, config: &Config, now: Instant) -> Admit {
-        let mut shard = self.shard(key);
-        let at = match shard.index.get(key) {
+        let (hash, mut shard) = self.shard(key);
+        let at = match shard.index.get(hash, key.as_str()) {
             Some(&at) => at,
             None => {
                 let reserved =
@@ -129,7 +140,7 @@ impl Breakers {
                         transition: None,
                     };
                 }
-                shard.insert(key.clone(), Breaker::new(self.next_generation(), now))
+                shard.insert(hash, key, Breaker::new(self.next_generation(), now))
             }
         };
         shard.entries[at]
@@ -150,8 +161,8 @@ impl Breakers {
         if generation == UNTRACKED {
             return None;
         }
-        let mut shard = self.shard(key);
-        let at = *shard.index.get(key)?;
+        let (hash, mut shard) = self.shard(key);
+        let at = *shard.index.get(hash, key.as_str())?;
         shard.entries[at]
             .1
             .record(config, generation, failure, now, || self.next_generation())
@@ -175,21 +186,24 @@ impl Breakers {
 }
 
 impl Shard {
-    /// Adds `key`, which is not in the shard; returns its position.
-    fn insert(&mut self, key: Key, breaker: Breaker) -> usize {
+    /// Adds `key` (whose hash is `hash`), which is not in the shard;
+    /// returns its position.
+    fn insert(&mut self, hash: u64, key: &Key, breaker: Breaker) -> usize {
         let at = self.entries.len();
-        self.index.insert(key.clone(), at);
-        self.entries.push((key, breaker));
+        self.index.get_or_insert_with(hash, key, || at);
+        self.entries.push((key.clone(), breaker));
         at
     }
 
     fn remove_at(&mut self, at: usize) {
         let (key, _) = self.entries.swap_remove(at);
-        self.index.remove(&key);
-        if let Some((moved, _)) = self.entries.get(at)
-            && let Some(position) = self.index.get_mut(moved)
-        {
-            *position = at;
+        self.index
+            .remove(self.index.hash(key.as_str()), key.as_str());
+        if let Some((moved, _)) = self.entries.get(at) {
+            let hash = self.index.hash(moved.as_str());
+            if let Some(position) = self.index.get_mut(hash, moved.as_str()) {
+                *position = at;
+            }
         }
     }
 
@@ -225,9 +239,7 @@ impl Shard {
         if self.entries.capacity() > MIN_CAPACITY && len < self.entries.capacity() / 4 {
             self.entries.shrink_to(len * 2);
         }
-        if self.index.capacity() > MIN_CAPACITY && len < self.index.capacity() / 4 {
-            self.index.shrink_to(len * 2);
-        }
+        self.index.shrink_if_sparse(MIN_CAPACITY);
     }
 }
 
