@@ -460,16 +460,9 @@ fn queued_waiters(c: &mut Criterion) {
     group.finish();
 }
 
-fn config() -> Criterion {
-    Criterion::default()
-        .warm_up_time(Duration::from_secs(1))
-        .measurement_time(Duration::from_secs(3))
-        .sample_size(30)
-}
-
 criterion_group! {
     name = benches;
-    config = config();
+    config = support::config();
     targets = admit_one_task, admit_two_tasks, stack_noop_http, queued_waiters
 }
 criterion_main!(benches);

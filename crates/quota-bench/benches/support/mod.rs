@@ -3,6 +3,9 @@
 
 use std::hint::black_box;
 use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use criterion::Criterion;
 
 use stats_alloc::{INSTRUMENTED_SYSTEM, Region, StatsAlloc};
 
@@ -10,6 +13,15 @@ use stats_alloc::{INSTRUMENTED_SYSTEM, Region, StatsAlloc};
 /// bytes per iteration.
 #[global_allocator]
 static GLOBAL: &StatsAlloc<std::alloc::System> = &INSTRUMENTED_SYSTEM;
+
+/// Every group's settings, which `quota-bench micro` states above its
+/// tables: warm-up 1 s, 3 s of measurement, 30 samples.
+pub(crate) fn config() -> Criterion {
+    Criterion::default()
+        .warm_up_time(Duration::from_secs(1))
+        .measurement_time(Duration::from_secs(3))
+        .sample_size(30)
+}
 
 /// Iterations over which allocations are averaged.
 const COUNTED: u32 = 1_000;
