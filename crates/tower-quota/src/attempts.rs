@@ -28,9 +28,11 @@
 //! [`JitterBackoffLayer`]: crate::JitterBackoffLayer
 //! [`RetryAfterLayer`]: crate::RetryAfterLayer
 
-use std::sync::Arc;
 use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
+
+use tokio::time::Instant;
 
 use http::Request;
 use http::header::{CONTENT_TYPE, HeaderName, HeaderValue};
@@ -92,6 +94,8 @@ struct Shared {
     header: Option<HeaderName>,
     spent_nanos: AtomicU64,
     max_nanos: AtomicU64,
+    /// No wait may end after it: the request's deadline.
+    deadline: Mutex<Option<Instant>>,
 }
 
 impl Shared {
@@ -102,6 +106,7 @@ impl Shared {
             header,
             spent_nanos: AtomicU64::new(0),
             max_nanos: AtomicU64::new(nanos(max_wait)),
+            deadline: Mutex::new(None),
         })
     }
 }
@@ -236,6 +241,28 @@ impl WaitBudget {
             .fetch_min(nanos(max), Ordering::AcqRel);
     }
 
+    /// No wait may end after `deadline` (lowered, never raised): the waiting
+    /// left is at most the time until it.
+    pub fn limit_until(&self, deadline: Instant) {
+        let mut current = self
+            .shared
+            .deadline
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        if current.is_none_or(|current| deadline < current) {
+            *current = Some(deadline);
+        }
+    }
+
+    /// The deadline no wait may end after, if one was set.
+    pub fn deadline(&self) -> Option<Instant> {
+        *self
+            .shared
+            .deadline
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+    }
+
     /// The most waiting in all; `Duration::MAX` when unlimited.
     pub fn max(&self) -> Duration {
         match self.shared.max_nanos.load(Ordering::Acquire) {
@@ -249,9 +276,14 @@ impl WaitBudget {
         Duration::from_nanos(self.shared.spent_nanos.load(Ordering::Acquire))
     }
 
-    /// The waiting left.
+    /// The waiting left: what the limit leaves of it, and no more than
+    /// the time until the deadline.
     pub fn remaining(&self) -> Duration {
-        self.max().saturating_sub(self.spent())
+        let left = self.max().saturating_sub(self.spent());
+        match self.deadline() {
+            Some(deadline) => left.min(deadline.saturating_duration_since(Instant::now())),
+            None => left,
+        }
     }
 
     /// Whether a wait of `wait` fits in what is left.

@@ -77,10 +77,11 @@ pub trait ServiceBuilderExt<L>: sealed::Sealed<L> + Sized {
     /// # Ok(())
     /// # }
     /// ```
-    fn sliding_window<K, C, St, U>(
+    #[allow(clippy::type_complexity)] // the layer's own five parameters
+    fn sliding_window<K, C, St, U, P>(
         self,
-        layer: SlidingWindowLayer<K, C, St, U>,
-    ) -> ServiceBuilder<Stack<SlidingWindowLayer<K, C, St, U>, L>>;
+        layer: SlidingWindowLayer<K, C, St, U, P>,
+    ) -> ServiceBuilder<Stack<SlidingWindowLayer<K, C, St, U, P>, L>>;
 
     /// Holds each key to at most the layer's `max_in_flight` requests in
     /// flight, each slot held until its response body ends. See
@@ -294,10 +295,10 @@ pub trait ServiceBuilderExt<L>: sealed::Sealed<L> + Sized {
 impl<L> sealed::Sealed<L> for ServiceBuilder<L> {}
 
 impl<L> ServiceBuilderExt<L> for ServiceBuilder<L> {
-    fn sliding_window<K, C, St, U>(
+    fn sliding_window<K, C, St, U, P>(
         self,
-        layer: SlidingWindowLayer<K, C, St, U>,
-    ) -> ServiceBuilder<Stack<SlidingWindowLayer<K, C, St, U>, L>> {
+        layer: SlidingWindowLayer<K, C, St, U, P>,
+    ) -> ServiceBuilder<Stack<SlidingWindowLayer<K, C, St, U, P>, L>> {
         self.layer(layer)
     }
 

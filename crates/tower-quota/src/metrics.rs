@@ -11,10 +11,10 @@
 //!
 //! | name | kind | labels | recorded when |
 //! |---|---|---|---|
-//! | `tower_quota_rate_limiting_request_time_in_queue_seconds` | histogram | `key` | a request is admitted by a sliding window: how long it waited (0 for most) |
-//! | `tower_quota_rate_limiting_requests_total` | counter | `key`, `result` | a sliding window decided a request: `acquired` (admitted) or `rejected` (refused: see `tower_quota_refused_total` for why) |
+//! | `tower_quota_rate_limiting_request_time_in_queue_seconds` | histogram | `key`, `class` | a request is admitted by a sliding window: how long it waited (0 for most) |
+//! | `tower_quota_rate_limiting_requests_total` | counter | `key`, `result`, `class` | a sliding window decided a request of priority class `class`: `acquired` (admitted) or `rejected` (refused: see `tower_quota_refused_total` for why) |
 //! | `tower_quota_http_client_request_resends` | histogram | | a logical request through `JitterBackoffLayer` ended: how many times it was re-sent (0 for most) |
-//! | `tower_quota_refused_total` | counter | `key`, `reason` | a request fails without being sent: `max_wait`, `queue_full`, `cost_too_large`, `store_error`, `gate_closed` or `circuit_open` |
+//! | `tower_quota_refused_total` | counter | `key`, `reason` | a request fails without being sent: `max_wait`, `queue_full`, `deadline`, `cost_too_large`, `store_error`, `gate_closed` or `circuit_open` |
 //! | `tower_quota_throttled_total` | counter | `key`, `status`, `outcome` | the server throttled a request (`rate_limit_hit`); `outcome` as in the event |
 //! | `tower_quota_gate_closed_total` | counter | `key`, `reason` | a response closed its key's gate (`gate_closed`): `throttled` or `quota_exhausted` |
 //! | `tower_quota_gate_wait_seconds` | histogram | `key` | an attempt passes its key's gate: how long it waited there (0 for most) |
@@ -69,6 +69,7 @@
 use std::time::Duration;
 
 use crate::Key;
+use crate::sliding_window::Priority;
 
 /// Histogram: how long an admitted request waited for room in its sliding
 /// window, in seconds (OpenTelemetry's `rate_limiting.request.time_in_queue`).
@@ -253,13 +254,15 @@ fn key_label(key: &Key) -> String {
     key.as_str().to_owned()
 }
 
-/// A sliding window admitted a request after `waited`.
-pub(crate) fn pacing_admitted(key: &Key, waited: Duration) {
+/// A sliding window admitted a request of `class` after `waited`.
+pub(crate) fn pacing_admitted(key: &Key, class: Priority, waited: Duration) {
     #[cfg(feature = "metrics")]
     {
         let label = key_label(key);
-        ::metrics::histogram!(REQUEST_TIME_IN_QUEUE_SECONDS, "key" => label.clone()).record(waited);
-        ::metrics::counter!(RATE_LIMITING_REQUESTS_TOTAL, "key" => label, "result" => "acquired")
+        let class = class.as_str();
+        ::metrics::histogram!(REQUEST_TIME_IN_QUEUE_SECONDS, "key" => label.clone(), "class" => class)
+            .record(waited);
+        ::metrics::counter!(RATE_LIMITING_REQUESTS_TOTAL, "key" => label, "result" => "acquired", "class" => class)
             .increment(1);
     }
 }
@@ -312,11 +315,11 @@ pub(crate) fn rate_adapted(key: &Key, burst: Option<u64>, interval: std::time::D
 /// A sliding window refused a request of `key` (`None`: a store's own
 /// error, which does not say which key it was for) for `reason`, instead
 /// of admitting it.
-pub(crate) fn admission_refused(key: Option<&Key>, reason: &'static str) {
+pub(crate) fn admission_refused(key: Option<&Key>, class: Priority, reason: &'static str) {
     #[cfg(feature = "metrics")]
     {
         let key = key.map_or_else(String::new, key_label);
-        ::metrics::counter!(RATE_LIMITING_REQUESTS_TOTAL, "key" => key.clone(), "result" => "rejected")
+        ::metrics::counter!(RATE_LIMITING_REQUESTS_TOTAL, "key" => key.clone(), "result" => "rejected", "class" => class.as_str())
             .increment(1);
         ::metrics::counter!(REFUSED_TOTAL, "key" => key, "reason" => reason).increment(1);
     }

@@ -13,7 +13,8 @@
 //!
 //! | event | level | fields | when |
 //! |---|---|---|---|
-//! | `rate_pacing_active` | DEBUG | `key`, `wait_ms`, `queued`, `cost`, `quota` | a request waited for room in a sliding window |
+//! | `rate_pacing_active` | DEBUG | `key`, `wait_ms`, `queued`, `cost`, `quota`, `class`, `tenant` | a request waited for room in a sliding window; `class` is its priority class (`critical`, `interactive`, `batch`), `tenant` its tenant if it named one |
+//! | `deadline_unreachable` | INFO | `key`, `class`, `deadline_ms`, `earliest_ms`, `queued` | a request was refused because it could not be admitted before its deadline: at once when its earliest slot (`earliest_ms` from now) lies past it, or at the deadline |
 //! | `rate_limit_queue_overloaded` | WARN | `key`, `wait_ms`, `queued`, `reason` | a request was refused because its wait would exceed `max_wait` or the queue is full (a window's or a concurrency slot's) |
 //! | `concurrency_limited` | DEBUG | `key`, `wait_ms`, `max_in_flight` | a request waited for a concurrency slot of its key |
 //! | `rate_limit_hit` | WARN | `key`, `http.response.status_code`, `retry_after_ms`, `remaining`, `attempt`, `outcome` | the server throttled a request; `outcome` says whether it is re-sent (`resend`) or returned, and why (`returned_no_delay`, `returned_delay_over_max_wait`, `returned_max_attempts`, `returned_not_idempotent` (a 503 to a request that is not idempotent), `returned_body_not_replayable`, `returned_server_said_do_not_retry`) |
@@ -37,6 +38,10 @@ pub const TARGET: &str = "tower_quota";
 
 /// A request waited for room in a sliding window before it was sent.
 pub const RATE_PACING_ACTIVE: &str = "rate_pacing_active";
+
+/// A request was refused because it could not be admitted before its
+/// deadline (fields `key`, `class`, `deadline_ms`, `earliest_ms`, `queued`).
+pub const DEADLINE_UNREACHABLE: &str = "deadline_unreachable";
 
 /// A request waited for a concurrency slot of its key before it was sent
 /// (fields `key`, `wait_ms`, `max_in_flight`).

@@ -110,6 +110,10 @@ where
         // One budget of waiting for the stack, carried by the attempt
         // budget: a RetryAfterLayer below lowers it to its `max_wait`.
         let waits = attempts.waits();
+        // No backoff ends after the request's deadline.
+        if let Some(deadline) = crate::sliding_window::Deadline::of(&request) {
+            waits.limit_until(deadline);
+        }
         request.extensions_mut().insert(attempts.clone());
         let kept = retryable.then(|| request.clone());
         if let Some(budget) = &self.budget {

@@ -6,9 +6,11 @@ use std::time::Duration;
 
 use humantime_serde::re::humantime::format_duration;
 
-use super::{ConfigError, KeyHasher, ProviderConfig, ProviderKey, ProvidersConfig, Strategy};
+use super::{
+    ConfigError, KeyHasher, ProviderConfig, ProviderKey, ProviderPlace, ProvidersConfig, Strategy,
+};
 use crate::backoff::{InvalidBackoff, Jitter};
-use crate::sliding_window::{InvalidQuota, MAX_SAFETY_MARGIN, Quota, Store};
+use crate::sliding_window::{InvalidQuota, MAX_SAFETY_MARGIN, Priority, Quota, Store};
 use crate::{HttpFeedback, JitterBackoffLayer, RetryAfterLayer, SlidingWindowLayer, UnitCost};
 
 /// The most retries a provider may configure.
@@ -19,7 +21,7 @@ pub(super) struct BuiltProvider<St, C> {
     pub(super) name: Arc<str>,
     pub(super) backoff: JitterBackoffLayer,
     pub(super) retry_after: RetryAfterLayer<ProviderKey>,
-    pub(super) pacing: SlidingWindowLayer<ProviderKey, C, St, HttpFeedback>,
+    pub(super) pacing: SlidingWindowLayer<ProviderKey, C, St, HttpFeedback, ProviderPlace>,
 }
 
 impl<St: Clone, C: Clone> Clone for BuiltProvider<St, C> {
@@ -151,7 +153,7 @@ fn build_provider<St: Store>(
     store: St,
     hasher: KeyHasher,
 ) -> Result<BuiltProvider<St, UnitCost>, ConfigError> {
-    let key_fn = ProviderKey::with_hasher(name, provider.key.clone(), hasher);
+    let key_fn = ProviderKey::with_hasher(name, provider.key.clone(), hasher.clone());
 
     if provider.quotas.is_empty() {
         return Err(ConfigError::invalid(
@@ -231,6 +233,69 @@ fn build_provider<St: Store>(
     if let Some(max_queue) = provider.max_queue {
         pacing = pacing.max_queue(max_queue);
     }
+    let header = |field: &str, value: &Option<String>| -> Result<_, ConfigError> {
+        value
+            .as_deref()
+            .map(|name| {
+                http::HeaderName::from_bytes(name.trim().as_bytes()).map_err(|_| {
+                    ConfigError::invalid(
+                        format!("{path}.{field}"),
+                        format!("{name:?}"),
+                        "not a header name",
+                    )
+                })
+            })
+            .transpose()
+    };
+    let class_header = header("class_header", &provider.class_header)?;
+    let tenant_header = header("tenant_header", &provider.tenant_header)?;
+    for (class, share) in &provider.reserve {
+        let reserve_path = format!("{path}.reserve.{class}");
+        let class: Priority = class
+            .parse()
+            .map_err(|error| ConfigError::invalid(reserve_path.clone(), share.get(), error))?;
+        pacing = pacing
+            .reserve(class, share.get())
+            .map_err(|error| ConfigError::invalid(reserve_path, share.get(), error))?;
+    }
+    if let Some(after) = provider.promote_after {
+        if after.is_zero() {
+            return Err(ConfigError::invalid(
+                format!("{path}.promote_after"),
+                show(after),
+                "promote_after must be longer than zero",
+            ));
+        }
+        pacing = pacing.promote_after(after);
+    }
+    if let Some((tenant, _)) = provider
+        .tenant_weights
+        .iter()
+        .find(|(_, weight)| **weight == 0)
+    {
+        return Err(ConfigError::invalid(
+            format!("{path}.tenant_weights.{tenant}"),
+            0,
+            "a weight is at least 1",
+        ));
+    }
+    if !provider.tenant_weights.is_empty() && tenant_header.is_none() {
+        return Err(ConfigError::invalid(
+            format!("{path}.tenant_weights"),
+            "{..}",
+            "tenant_weights needs a tenant_header to read tenants from",
+        ));
+    }
+    let pacing = pacing.place_fn(ProviderPlace::new(
+        class_header,
+        tenant_header,
+        provider
+            .tenant_weights
+            .iter()
+            .map(|(tenant, weight)| (tenant.clone(), *weight))
+            .collect(),
+        hasher,
+    ));
 
     let retry = &provider.retry;
     let retry_path = format!("{path}.retry");

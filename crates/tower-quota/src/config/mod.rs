@@ -111,14 +111,17 @@
 mod build;
 mod error;
 mod key;
+mod place;
 mod router;
 mod schema;
 
 pub use error::ConfigError;
 pub use key::{KeyHasher, ProviderKey};
+pub use place::ProviderPlace;
 pub use router::{ProviderRouter, ProvidersLayer, RoutedBody, RouterFuture, UnknownHost};
 pub use schema::{
-    KeyConfig, ProviderConfig, ProvidersConfig, QuotaConfig, RetryConfig, Strategy, UnknownHosts,
+    KeyConfig, ProviderConfig, ProvidersConfig, QuotaConfig, RetryConfig, Share, Strategy,
+    UnknownHosts,
 };
 
 use crate::sliding_window::{MemoryStore, Store};

@@ -97,11 +97,77 @@ pub struct ProviderConfig {
     /// A difference is reported with a `quota_mismatch` event either way.
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub follow_announced_quotas: bool,
+    /// The request header naming each request's priority class:
+    /// `critical`, `interactive` or `batch` (a request's
+    /// [`Priority`](crate::sliding_window::Priority) extension comes
+    /// first; any other value, or none, is `interactive`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub class_header: Option<String>,
+    /// The share (0 up to 1) of every quota reserved for a class and the
+    /// classes above it: `{ critical = 0.1 }` keeps a tenth of each quota
+    /// free of interactive and batch requests.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub reserve: BTreeMap<String, Share>,
+    /// How long the front of a lower class waits before it goes before
+    /// every class but `critical`; unset: the shortest quota's window.
+    #[serde(
+        default,
+        with = "humantime_serde::option",
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub promote_after: Option<Duration>,
+    /// The request header naming each request's tenant: tenants of one
+    /// class share its admissions by weight (a request's
+    /// [`Tenant`](crate::sliding_window::Tenant) extension comes first).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tenant_header: Option<String>,
+    /// Tenant weights by header value; a tenant not named here weighs 1,
+    /// and its value is replaced by a keyed digest in telemetry.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub tenant_weights: BTreeMap<String, u32>,
     /// The quotas, all respected: at least one.
     pub quotas: Vec<QuotaConfig>,
     /// Retries of failed and throttled requests.
     #[serde(default)]
     pub retry: RetryConfig,
+}
+
+/// A share of a quota, from 0 up to (not including) 1, kept in parts per
+/// million so that configurations compare exactly.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, PartialOrd, Ord)]
+pub struct Share(u32);
+
+impl Share {
+    /// The share as a fraction of 1.
+    pub fn get(self) -> f64 {
+        f64::from(self.0) / 1e6
+    }
+}
+
+impl TryFrom<f64> for Share {
+    type Error = String;
+
+    fn try_from(share: f64) -> Result<Self, Self::Error> {
+        if (0.0..1.0).contains(&share) {
+            Ok(Share((share * 1e6).round() as u32))
+        } else {
+            Err(format!(
+                "{share} is invalid: a share is from 0 up to (not including) 1"
+            ))
+        }
+    }
+}
+
+impl Serialize for Share {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        serializer.serialize_f64(self.get())
+    }
+}
+
+impl<'de> Deserialize<'de> for Share {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        Share::try_from(f64::deserialize(deserializer)?).map_err(serde::de::Error::custom)
+    }
 }
 
 /// One quota: at most `max_calls` in any window of `window`.

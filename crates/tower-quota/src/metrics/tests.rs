@@ -88,7 +88,7 @@ async fn a_paced_request_records_its_wait() {
         histogram(
             &recorded,
             REQUEST_TIME_IN_QUEUE_SECONDS,
-            &[("key", "global")]
+            &[("key", "global"), ("class", "interactive")]
         ),
         [0.0, 1.0]
     );
@@ -96,7 +96,11 @@ async fn a_paced_request_records_its_wait() {
         counter(
             &recorded,
             RATE_LIMITING_REQUESTS_TOTAL,
-            &[("key", "global"), ("result", "acquired")]
+            &[
+                ("key", "global"),
+                ("result", "acquired"),
+                ("class", "interactive")
+            ]
         ),
         2
     );
@@ -138,7 +142,11 @@ async fn a_refused_request_is_counted_with_its_reason() {
             counter(
                 &recorded,
                 RATE_LIMITING_REQUESTS_TOTAL,
-                &[("key", "global"), ("result", result)]
+                &[
+                    ("key", "global"),
+                    ("result", result),
+                    ("class", "interactive")
+                ]
             ),
             count,
             "{result}"

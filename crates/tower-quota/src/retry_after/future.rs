@@ -85,6 +85,10 @@ where
         // shares its own, and this layer's `max_wait` bounds it.
         let waits = WaitBudget::shared_by(&mut request);
         waits.limit_to(config.max_wait);
+        // A gate that reopens after the request's deadline is not waited for.
+        if let Some(deadline) = crate::sliding_window::Deadline::of(&request) {
+            waits.limit_until(deadline);
+        }
         ResponseFuture {
             state: State::Gate {
                 sleep: None,

@@ -8,6 +8,8 @@
 use std::fmt;
 use std::time::Duration;
 
+use tokio::time::Instant;
+
 use crate::Key;
 
 /// A request was refused because waiting for room would take longer than
@@ -180,3 +182,75 @@ impl fmt::Display for ConflictingQuotas {
 }
 
 impl std::error::Error for ConflictingQuotas {}
+
+/// A request was refused because it could not be admitted before its
+/// [deadline](super::Deadline): its earliest possible slot, over every quota
+/// of its key and after the requests that go before it, lies past it.
+/// Refused at once when that is known on arrival, otherwise at the deadline.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DeadlineUnreachable {
+    pub(crate) key: Key,
+    pub(crate) deadline: Instant,
+    pub(crate) earliest: Option<Instant>,
+    pub(crate) queued: usize,
+}
+
+impl DeadlineUnreachable {
+    /// A refusal of a request of `key` with `deadline` that could have gone
+    /// at `earliest` (`None`: not before an answer or a later event), with
+    /// `queued` requests ahead of it; for [`Store`](super::Store)
+    /// implementations.
+    pub fn new(key: Key, deadline: Instant, earliest: Option<Instant>, queued: usize) -> Self {
+        DeadlineUnreachable {
+            key,
+            deadline,
+            earliest,
+            queued,
+        }
+    }
+
+    /// The key of the request.
+    pub fn key(&self) -> &Key {
+        &self.key
+    }
+
+    /// The request's deadline.
+    pub fn deadline(&self) -> Instant {
+        self.deadline
+    }
+
+    /// When the request could have gone, as far as the store could tell:
+    /// `None` when no instant was known (its slot frees when an answer
+    /// comes back, or it reached its deadline still waiting).
+    pub fn earliest(&self) -> Option<Instant> {
+        self.earliest
+    }
+
+    /// How many requests went before it in the queue.
+    pub fn queued(&self) -> usize {
+        self.queued
+    }
+}
+
+impl fmt::Display for DeadlineUnreachable {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let now = Instant::now();
+        write!(
+            f,
+            "request for key `{}` cannot be admitted before its deadline ({:?} from now, {} queued ahead)",
+            self.key,
+            self.deadline.saturating_duration_since(now),
+            self.queued
+        )?;
+        if let Some(earliest) = self.earliest {
+            write!(
+                f,
+                ": its earliest slot is {:?} from now",
+                earliest.saturating_duration_since(now)
+            )?;
+        }
+        Ok(())
+    }
+}
+
+impl std::error::Error for DeadlineUnreachable {}

@@ -4,7 +4,8 @@
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
-use super::error::{CostTooLarge, OverloadReason, Overloaded};
+use super::Priority;
+use super::error::{CostTooLarge, DeadlineUnreachable, OverloadReason, Overloaded};
 use super::pacer::Adapted;
 use super::store::{Admission, QuotaChange};
 use crate::{BoxError, Key, telemetry};
@@ -18,6 +19,8 @@ pub(super) enum Refusal {
     QueueFull,
     /// The request costs more than a quota's whole capacity.
     CostTooLarge,
+    /// The request could not be admitted before its deadline.
+    Deadline,
     /// The store failed.
     StoreError,
 }
@@ -29,6 +32,7 @@ impl Refusal {
             Refusal::MaxWait => "max_wait",
             Refusal::QueueFull => "queue_full",
             Refusal::CostTooLarge => "cost_too_large",
+            Refusal::Deadline => "deadline",
             Refusal::StoreError => "store_error",
         }
     }
@@ -42,6 +46,8 @@ impl Refusal {
                 _ => Refusal::MaxWait,
             };
             (Some(overloaded.key()), reason)
+        } else if let Some(late) = error.downcast_ref::<DeadlineUnreachable>() {
+            (Some(late.key()), Refusal::Deadline)
         } else if let Some(too_large) = error.downcast_ref::<CostTooLarge>() {
             (Some(too_large.key()), Refusal::CostTooLarge)
         } else {
@@ -72,7 +78,7 @@ impl Adaptation {
 /// A request was admitted: the time-in-queue and request metrics, and
 /// `rate_pacing_active` when it waited or found others waiting.
 pub(super) fn admitted(admission: &Admission) {
-    crate::metrics::pacing_admitted(admission.key(), admission.waited());
+    crate::metrics::pacing_admitted(admission.key(), admission.priority(), admission.waited());
     if !admission.waited().is_zero() || admission.queued() > 0 {
         tracing::debug!(
             name: telemetry::RATE_PACING_ACTIVE,
@@ -83,6 +89,8 @@ pub(super) fn admitted(admission: &Admission) {
             queued = admission.queued() as u64,
             cost = admission.cost(),
             quota = admission.limited_by().map(tracing::field::display),
+            class = admission.priority().as_str(),
+            tenant = admission.tenant().map(tracing::field::display),
             "request waited for room in its sliding window"
         );
     }
@@ -90,10 +98,32 @@ pub(super) fn admitted(admission: &Admission) {
 
 /// The store answered `error` instead of an admission: the refusal
 /// metrics, and `rate_limit_queue_overloaded` for an [`Overloaded`] error.
-pub(super) fn refused(error: &BoxError) {
+pub(super) fn refused(error: &BoxError, class: Priority) {
     let (key, reason) = Refusal::of(error);
-    crate::metrics::admission_refused(key, reason.as_str());
+    crate::metrics::admission_refused(key, class, reason.as_str());
     overloaded(error, "its quota is overloaded");
+    if let Some(late) = error.downcast_ref::<DeadlineUnreachable>() {
+        deadline_unreachable(late, class);
+    }
+}
+
+/// A request was refused because it could not be admitted before its
+/// deadline.
+fn deadline_unreachable(late: &DeadlineUnreachable, class: Priority) {
+    let now = tokio::time::Instant::now();
+    tracing::info!(
+        name: telemetry::DEADLINE_UNREACHABLE,
+        target: telemetry::TARGET,
+        event = telemetry::DEADLINE_UNREACHABLE,
+        key = %late.key(),
+        class = class.as_str(),
+        deadline_ms = late.deadline().saturating_duration_since(now).as_millis() as u64,
+        earliest_ms = late
+            .earliest()
+            .map(|at| at.saturating_duration_since(now).as_millis() as u64),
+        queued = late.queued() as u64,
+        "request refused: it cannot be admitted before its deadline"
+    );
 }
 
 /// Reports a request refused as [`Overloaded`] (a `rate_limit_queue_overloaded`

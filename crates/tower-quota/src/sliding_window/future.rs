@@ -8,8 +8,8 @@ use tokio::time::Instant;
 use tower_service::Service;
 
 use super::events;
-use super::{Admission, Completion, Limits, Store};
-use crate::{BoxError, NoUsage, UsageFn};
+use super::{Admission, Completion, Limits, Priority, Store};
+use crate::{BoxError, Key, NoUsage, UsageFn};
 
 pin_project! {
     /// Response future of [`SlidingWindow`](super::SlidingWindow): waits for
@@ -24,6 +24,9 @@ pin_project! {
         store: St,
         limits: Limits,
         usage_fn: U,
+        // The request's class and tenant, for its admission's telemetry.
+        priority: Priority,
+        tenant: Option<Key>,
         // The admission while its request is in flight: dropping it tells
         // the store the request was dropped.
         in_flight: Option<InFlight<St>>,
@@ -119,6 +122,7 @@ where
         store: St,
         limits: Limits,
         usage_fn: U,
+        (priority, tenant): (Priority, Option<Key>),
     ) -> Self {
         ResponseFuture {
             state: State::Admitting {
@@ -128,6 +132,8 @@ where
             store,
             limits,
             usage_fn,
+            priority,
+            tenant,
             in_flight: None,
         }
     }
@@ -147,13 +153,15 @@ where
         loop {
             match this.state.as_mut().project() {
                 StateProj::Admitting { acquire, call } => {
-                    let admission = match ready!(acquire.poll(cx)) {
+                    let mut admission = match ready!(acquire.poll(cx)) {
                         Ok(admission) => admission,
                         Err(error) => {
-                            events::refused(&error);
+                            events::refused(&error, *this.priority);
                             return Poll::Ready(Err(error));
                         }
                     };
+                    admission.priority = *this.priority;
+                    admission.tenant = this.tenant.take();
                     events::admitted(&admission);
                     let Some((mut inner, request)) = call.take() else {
                         // `call` is taken only on this transition, right before

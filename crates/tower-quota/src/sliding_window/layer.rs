@@ -3,7 +3,7 @@ use std::time::Duration;
 
 use tower_layer::Layer;
 
-use super::{InvalidQuota, Limits, MemoryStore, Quota, SlidingWindow, Store};
+use super::{InvalidQuota, Limits, MemoryStore, Priority, Quota, SlidingWindow, Store, Unplaced};
 use crate::{GlobalKey, NoUsage, UnitCost};
 
 /// Applies exact sliding-window pacing to a service; see the
@@ -12,12 +12,19 @@ use crate::{GlobalKey, NoUsage, UnitCost};
 /// Every service this layer makes shares the layer's [`Store`], so cloning
 /// the layer or the services never multiplies the limit.
 #[derive(Clone)]
-pub struct SlidingWindowLayer<K = GlobalKey, C = UnitCost, St = MemoryStore, U = NoUsage> {
+pub struct SlidingWindowLayer<
+    K = GlobalKey,
+    C = UnitCost,
+    St = MemoryStore,
+    U = NoUsage,
+    P = Unplaced,
+> {
     pub(super) limits: Limits,
     pub(super) key_fn: K,
     pub(super) cost_fn: C,
     pub(super) store: St,
     pub(super) usage_fn: U,
+    pub(super) place_fn: P,
 }
 
 impl SlidingWindowLayer {
@@ -45,11 +52,12 @@ impl SlidingWindowLayer {
             cost_fn: UnitCost,
             store: MemoryStore::new(),
             usage_fn: NoUsage,
+            place_fn: Unplaced,
         })
     }
 }
 
-impl<K, C, St, U> SlidingWindowLayer<K, C, St, U> {
+impl<K, C, St, U, P> SlidingWindowLayer<K, C, St, U, P> {
     /// Adds a quota of `max_calls` per `window`; every quota is respected.
     /// The safety margin is left as it was.
     ///
@@ -80,24 +88,26 @@ impl<K, C, St, U> SlidingWindowLayer<K, C, St, U> {
     /// Chooses the key of each request: requests with equal keys share the
     /// quotas, each key has quotas of its own. The default is one key for
     /// all requests.
-    pub fn key_fn<K2>(self, key_fn: K2) -> SlidingWindowLayer<K2, C, St, U> {
+    pub fn key_fn<K2>(self, key_fn: K2) -> SlidingWindowLayer<K2, C, St, U, P> {
         SlidingWindowLayer {
             limits: self.limits,
             key_fn,
             cost_fn: self.cost_fn,
             store: self.store,
             usage_fn: self.usage_fn,
+            place_fn: self.place_fn,
         }
     }
 
     /// Chooses what each request costs. The default is 1.
-    pub fn cost_fn<C2>(self, cost_fn: C2) -> SlidingWindowLayer<K, C2, St, U> {
+    pub fn cost_fn<C2>(self, cost_fn: C2) -> SlidingWindowLayer<K, C2, St, U, P> {
         SlidingWindowLayer {
             limits: self.limits,
             key_fn: self.key_fn,
             cost_fn,
             store: self.store,
             usage_fn: self.usage_fn,
+            place_fn: self.place_fn,
         }
     }
 
@@ -108,26 +118,94 @@ impl<K, C, St, U> SlidingWindowLayer<K, C, St, U> {
     /// is refunded or charged in the window where the request was admitted,
     /// so a request that used less than its estimate lets the next one go
     /// earlier.
-    pub fn usage_fn<U2>(self, usage_fn: U2) -> SlidingWindowLayer<K, C, St, U2> {
+    pub fn usage_fn<U2>(self, usage_fn: U2) -> SlidingWindowLayer<K, C, St, U2, P> {
         SlidingWindowLayer {
             limits: self.limits,
             key_fn: self.key_fn,
             cost_fn: self.cost_fn,
             store: self.store,
             usage_fn,
+            place_fn: self.place_fn,
         }
     }
 
     /// Keeps the admissions in `store`: another layer's store to share its
     /// quotas, or a store shared by many processes.
-    pub fn store<St2: Store>(self, store: St2) -> SlidingWindowLayer<K, C, St2, U> {
+    pub fn store<St2: Store>(self, store: St2) -> SlidingWindowLayer<K, C, St2, U, P> {
         SlidingWindowLayer {
             limits: self.limits,
             key_fn: self.key_fn,
             cost_fn: self.cost_fn,
             store,
             usage_fn: self.usage_fn,
+            place_fn: self.place_fn,
         }
+    }
+
+    /// Chooses where each request stands in its key's queue: its priority
+    /// class, its tenant and its deadline (see [`Place`](super::Place)). The
+    /// default, [`Unplaced`], puts every request in the same place: one FIFO
+    /// queue per key. [`PlaceFromExtensions`](super::PlaceFromExtensions)
+    /// reads an HTTP request's [`Priority`], [`Tenant`](super::Tenant) and
+    /// [`Deadline`](super::Deadline) extensions (and `grpc-timeout`); a
+    /// closure `Fn(&Request) -> Place` can derive them from anything.
+    ///
+    /// ```
+    /// use std::time::Duration;
+    /// use tower_quota::sliding_window::{Place, Priority, SlidingWindowLayer, Tenant};
+    ///
+    /// let layer = SlidingWindowLayer::new(100, Duration::from_secs(60))?
+    ///     .place_fn(|request: &http::Request<()>| {
+    ///         let batch = request.uri().path().starts_with("/bulk");
+    ///         let team = request
+    ///             .headers()
+    ///             .get("x-team")
+    ///             .and_then(|v| v.to_str().ok())
+    ///             .unwrap_or("none")
+    ///             .to_owned();
+    ///         Place::new()
+    ///             .priority(if batch { Priority::Batch } else { Priority::Interactive })
+    ///             .tenant(Tenant::new(team))
+    ///     })
+    ///     // Batch requests leave a tenth of the quota to the classes above.
+    ///     .reserve(Priority::Interactive, 0.1)?;
+    /// # Ok::<(), tower_quota::sliding_window::InvalidQuota>(())
+    /// ```
+    pub fn place_fn<P2>(self, place_fn: P2) -> SlidingWindowLayer<K, C, St, U, P2> {
+        SlidingWindowLayer {
+            limits: self.limits,
+            key_fn: self.key_fn,
+            cost_fn: self.cost_fn,
+            store: self.store,
+            usage_fn: self.usage_fn,
+            place_fn,
+        }
+    }
+
+    /// Reserves `share` (0 up to, not including, 1) of every quota for
+    /// requests of `class` and the classes above it: requests of the
+    /// classes below leave it free (rounded up to whole units, and never so
+    /// much that a request could not fit alone). With
+    /// `reserve(Priority::Critical, 0.1)`, batch and interactive work can
+    /// saturate at most 90% of the quota, and a critical request finds room
+    /// at once. Each call adds a reservation; a class leaves free the
+    /// largest share reserved above it.
+    ///
+    /// # Errors
+    ///
+    /// [`InvalidQuota::InvalidReserve`] when `share` is outside `0..1` (or
+    /// not a number), or `class` is [`Priority::Batch`].
+    pub fn reserve(mut self, class: Priority, share: f64) -> Result<Self, InvalidQuota> {
+        self.limits.set_reserve(class, share)?;
+        Ok(self)
+    }
+
+    /// How long the front of a lower class waits before it goes before the
+    /// waiting requests of every class but [`Priority::Critical`] (aging:
+    /// no class starves). The default is the shortest quota's window.
+    pub fn promote_after(mut self, after: Duration) -> Self {
+        self.limits.set_promote_after(after);
+        self
     }
 
     /// Refuses a request with [`Overloaded`](super::Overloaded) when the wait
@@ -221,8 +299,10 @@ impl<K, C, St, U> SlidingWindowLayer<K, C, St, U> {
     }
 }
 
-impl<S, K: Clone, C: Clone, St: Clone, U: Clone> Layer<S> for SlidingWindowLayer<K, C, St, U> {
-    type Service = SlidingWindow<S, K, C, St, U>;
+impl<S, K: Clone, C: Clone, St: Clone, U: Clone, P: Clone> Layer<S>
+    for SlidingWindowLayer<K, C, St, U, P>
+{
+    type Service = SlidingWindow<S, K, C, St, U, P>;
 
     fn layer(&self, inner: S) -> Self::Service {
         SlidingWindow::from_parts(
@@ -232,11 +312,12 @@ impl<S, K: Clone, C: Clone, St: Clone, U: Clone> Layer<S> for SlidingWindowLayer
             self.cost_fn.clone(),
             self.store.clone(),
             self.usage_fn.clone(),
+            self.place_fn.clone(),
         )
     }
 }
 
-impl<K, C, St: fmt::Debug, U> fmt::Debug for SlidingWindowLayer<K, C, St, U> {
+impl<K, C, St: fmt::Debug, U, P> fmt::Debug for SlidingWindowLayer<K, C, St, U, P> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("SlidingWindowLayer")
             .field("limits", &self.limits)
@@ -244,6 +325,7 @@ impl<K, C, St: fmt::Debug, U> fmt::Debug for SlidingWindowLayer<K, C, St, U> {
             .field("cost_fn", &std::any::type_name::<C>())
             .field("store", &self.store)
             .field("usage_fn", &std::any::type_name::<U>())
+            .field("place_fn", &std::any::type_name::<P>())
             .finish()
     }
 }

@@ -125,9 +125,16 @@ impl WindowLog {
         }
     }
 
-    pub(super) fn has_room(&self, cost: u64) -> bool {
+    /// Whether a request of `cost` fits and leaves `keep` units free.
+    pub(super) fn has_room(&self, cost: u64, keep: u64) -> bool {
         let units = self.units(cost);
-        self.in_window + u128::from(units) <= self.capacity(units)
+        self.in_window + u128::from(units) + u128::from(keep) <= self.capacity(units)
+    }
+
+    /// The units a request of `cost` leaves free for the classes above
+    /// `class`.
+    pub(super) fn keep(&self, limits: &super::Limits, class: super::Priority, cost: u64) -> u64 {
+        limits.reserved_units(class, self.max_calls, self.units(cost))
     }
 
     /// How many units the log holds for a request of `units`: its size, or
@@ -273,14 +280,15 @@ impl WindowLog {
     /// The earliest instant `cost` more units fit, given the log as it is;
     /// `None` when it depends on an answer still to come (strict mode). The
     /// log must be pruned at `now`.
-    pub(super) fn earliest(&self, now: Instant, cost: u64) -> Option<Instant> {
-        if self.has_room(cost) {
+    pub(super) fn earliest(&self, now: Instant, cost: u64, keep: u64) -> Option<Instant> {
+        if self.has_room(cost, keep) {
             return Some(now);
         }
         // Units that must leave the window first: the entry holding the last
         // of them decides.
         let units = self.units(cost);
-        let must_leave = (self.in_window + u128::from(units)).saturating_sub(self.capacity(units));
+        let must_leave = (self.in_window + u128::from(units) + u128::from(keep))
+            .saturating_sub(self.capacity(units));
         self.unit_leaves(must_leave.saturating_sub(1), now)
     }
 
@@ -288,8 +296,14 @@ impl WindowLog {
     /// take to be admitted: exact when every unit costs one, every answer
     /// comes back at once and no waiter ahead is cancelled. The log must be
     /// pruned at `now`.
-    pub(super) fn projected_wait(&self, now: Instant, cost: u64, requests: u64) -> Duration {
-        let units = if self.per_request { requests } else { cost };
+    pub(super) fn projected_wait(
+        &self,
+        now: Instant,
+        cost: u64,
+        requests: u64,
+        keep: u64,
+    ) -> Duration {
+        let units = if self.per_request { requests } else { cost }.saturating_add(keep);
         let free = u128::from(self.max_calls).saturating_sub(self.in_window);
         let units = u128::from(units);
         if units <= free {

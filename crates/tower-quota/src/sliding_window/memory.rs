@@ -13,23 +13,24 @@
 //! consumed nothing. Keys whose logs have emptied and whose queue is empty are
 //! evicted in amortized sweeps, so memory follows the active keys.
 
-use std::collections::VecDeque;
 use std::fmt;
 use std::future::Future;
 use std::pin::Pin;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError, TryLockError};
-use std::task::{Context, Poll, Waker};
+use std::task::{Context, Poll};
 use std::time::Duration;
 
 use pin_project_lite::pin_project;
 use tokio::time::{Instant, Sleep};
 
 use super::drift::DriftMargin;
-use super::error::{ConflictingQuotas, OverloadReason, Overloaded};
+use super::error::{ConflictingQuotas, DeadlineUnreachable, OverloadReason, Overloaded};
 use super::events::{self, Adaptation};
 use super::log::WindowLog;
 use super::pacer::{Adapted, Pacer};
+use super::queue::{Queue, Spot};
+use super::schedule::{Place, Priority};
 use super::store::{Admission, Completion, QuotaChange, Store};
 use super::{Limits, Quota};
 use crate::keymap::{KeyHasher, KeyMap};
@@ -46,9 +47,6 @@ const SWEEP_EVERY: usize = 1024;
 /// take three round trips), while a slow provider's first answers do not
 /// hold every slot of the first window for their whole processing time.
 const COLD_SENT_WITHIN: u32 = 3;
-/// Cancelled waiters are compacted out of a queue once they are this many
-/// and more than half of it.
-const COMPACT_AT: usize = 64;
 /// One admission in this many measures how long its task waits to run
 /// ([`Store::probes_lag`]), one at a time.
 const PROBE_EVERY: u64 = 16;
@@ -204,11 +202,16 @@ impl Store for MemoryStore {
     type Acquire = Acquire;
 
     fn acquire(&self, key: Key, cost: u64, limits: &Limits) -> Acquire {
+        self.acquire_placed(key, cost, limits, Place::default())
+    }
+
+    fn acquire_placed(&self, key: Key, cost: u64, limits: &Limits, place: Place) -> Acquire {
         Acquire {
             shared: self.shared.clone(),
             key,
             cost,
             limits: limits.clone(),
+            place,
             state: AcquireState::Start,
             sleep: None,
         }
@@ -392,21 +395,12 @@ impl Shard {
     }
 }
 
-struct Waiter {
-    id: u64,
-    cost: u64,
-    waker: Option<Waker>,
-    cancelled: bool,
-}
-
-/// The state of one key. Invariant: the front of `queue`, if any, is not
-/// cancelled.
+/// The state of one key.
 struct KeyState {
     windows: Vec<WindowLog>,
-    queue: VecDeque<Waiter>,
-    cancelled: usize,
-    queued_cost: u64,
-    next_id: u64,
+    queue: Queue,
+    /// The limits' `promote_after`, for choosing the head.
+    promote_after: Duration,
     drift: DriftMargin,
     /// The burst the key's provider tolerates, learned from its refusals.
     pacer: Pacer,
@@ -427,10 +421,8 @@ impl KeyState {
         KeyState {
             warm_at: now + shortest,
             windows: Self::windows_for(limits),
-            queue: VecDeque::new(),
-            cancelled: 0,
-            queued_cost: 0,
-            next_id: 0,
+            queue: Queue::default(),
+            promote_after: limits.promote_after(),
             drift: DriftMargin::default(),
             pacer: Pacer::default(),
             announced: vec![None; limits.quotas().len()],
@@ -458,6 +450,7 @@ impl KeyState {
                 .zip(limits.quotas())
                 .all(|(w, q)| w.matches(q, margin));
         if same {
+            self.promote_after = limits.promote_after();
             return true;
         }
         if !self.is_idle() {
@@ -465,6 +458,7 @@ impl KeyState {
         }
         self.windows = Self::windows_for(limits);
         self.announced = vec![None; self.windows.len()];
+        self.promote_after = limits.promote_after();
         true
     }
 
@@ -553,8 +547,10 @@ impl KeyState {
         self.queue.is_empty() && self.windows.iter().all(WindowLog::is_empty)
     }
 
-    fn has_room(&self, now: Instant, cost: u64, limits: &Limits) -> bool {
-        self.windows.iter().all(|w| w.has_room(cost))
+    fn has_room(&self, now: Instant, cost: u64, limits: &Limits, class: Priority) -> bool {
+        self.windows
+            .iter()
+            .all(|w| w.has_room(cost, w.keep(limits, class, cost)))
             && self.pacer.earliest(cost, limits).is_none_or(|at| at <= now)
     }
 
@@ -597,12 +593,13 @@ impl KeyState {
         now: Instant,
         cost: u64,
         limits: &Limits,
+        class: Priority,
     ) -> (Option<Instant>, Option<Quota>) {
         let paced = self.pacer.earliest(cost, limits);
         let mut latest: (Option<Instant>, Option<Quota>) =
             (Some(paced.map_or(now, |at| at.max(now))), None);
         for window in &self.windows {
-            let at = window.earliest(now, cost);
+            let at = window.earliest(now, cost, window.keep(limits, class, cost));
             let later = match (at, latest.0) {
                 (None, Some(_)) => true,
                 (Some(at), Some(current)) => at > current,
@@ -615,90 +612,39 @@ impl KeyState {
         latest
     }
 
-    fn projected_wait(&self, now: Instant, cost: u64, requests: u64) -> Duration {
+    fn projected_wait(
+        &self,
+        now: Instant,
+        cost: u64,
+        requests: u64,
+        limits: &Limits,
+        class: Priority,
+    ) -> Duration {
         self.windows
             .iter()
-            .map(|w| w.projected_wait(now, cost, requests))
+            .map(|w| w.projected_wait(now, cost, requests, w.keep(limits, class, cost)))
             .max()
             .unwrap_or(Duration::ZERO)
     }
 
+    /// The request that goes next.
+    fn head(&self, now: Instant) -> Option<Spot> {
+        self.queue.head(now, self.promote_after)
+    }
+
     fn wake_head(&self) {
-        if let Some(waker) = self.queue.front().and_then(|w| w.waker.as_ref()) {
-            waker.wake_by_ref();
+        if let Some(head) = self.head(Instant::now()) {
+            self.queue.wake(head);
         }
     }
 
-    fn live_waiters(&self) -> usize {
-        self.queue.len() - self.cancelled
-    }
-
-    fn push(&mut self, cost: u64, waker: &Waker) -> u64 {
-        let id = self.next_id;
-        self.next_id += 1;
-        self.queued_cost = self.queued_cost.saturating_add(cost);
-        self.queue.push_back(Waiter {
-            id,
-            cost,
-            waker: Some(waker.clone()),
-            cancelled: false,
-        });
-        id
-    }
-
-    fn is_head(&self, id: u64) -> bool {
-        self.queue.front().is_some_and(|w| w.id == id)
-    }
-
-    fn position(&self, id: u64) -> Option<usize> {
-        self.queue.binary_search_by_key(&id, |w| w.id).ok()
-    }
-
-    fn register(&mut self, id: u64, waker: &Waker) {
-        if let Some(index) = self.position(id) {
-            let slot = &mut self.queue[index].waker;
-            match slot {
-                Some(current) if current.will_wake(waker) => {}
-                _ => *slot = Some(waker.clone()),
-            }
-        }
-    }
-
-    /// Removes the head and hands the turn to the next live waiter.
-    fn pop_head(&mut self) {
-        if let Some(head) = self.queue.pop_front() {
-            self.queued_cost = self.queued_cost.saturating_sub(head.cost);
-        }
-        while self.queue.front().is_some_and(|w| w.cancelled) {
-            self.queue.pop_front();
-            self.cancelled -= 1;
-        }
-        if let Some(next) = self.queue.front_mut()
-            && let Some(waker) = next.waker.take()
+    /// Removes a waiter (admitted or given up) and wakes the one that goes
+    /// next.
+    fn leave(&mut self, spot: Spot, admitted: bool, now: Instant) {
+        if self.queue.remove(spot, admitted, now)
+            && let Some(head) = self.head(now)
         {
-            waker.wake();
-        }
-    }
-
-    fn cancel(&mut self, id: u64) {
-        if self.is_head(id) {
-            self.pop_head();
-            return;
-        }
-        let Some(index) = self.position(id) else {
-            return;
-        };
-        let waiter = &mut self.queue[index];
-        if waiter.cancelled {
-            return;
-        }
-        waiter.cancelled = true;
-        waiter.waker = None;
-        self.queued_cost = self.queued_cost.saturating_sub(waiter.cost);
-        self.cancelled += 1;
-        if self.cancelled >= COMPACT_AT && self.cancelled * 2 > self.queue.len() {
-            self.queue.retain(|w| !w.cancelled);
-            self.cancelled = 0;
+            self.queue.wake(head);
         }
     }
 }
@@ -710,6 +656,7 @@ pin_project! {
         key: Key,
         cost: u64,
         limits: Limits,
+        place: Place,
         state: AcquireState,
         #[pin]
         sleep: Option<Sleep>,
@@ -721,6 +668,7 @@ impl fmt::Debug for Acquire {
         f.debug_struct("Acquire")
             .field("key", &self.key)
             .field("cost", &self.cost)
+            .field("place", &self.place)
             .field("state", &self.state)
             .finish()
     }
@@ -754,7 +702,7 @@ impl fmt::Debug for AcquireState {
 struct Ticket {
     shared: Arc<Shared>,
     key: Key,
-    id: u64,
+    spot: Spot,
     armed: bool,
 }
 
@@ -766,7 +714,7 @@ impl Drop for Ticket {
         let (hash, shard) = self.shared.shard(&self.key);
         let mut shard = lock(shard);
         if let Some(state) = shard.keys.get_mut(hash, self.key.as_str()) {
-            state.cancel(self.id);
+            state.leave(self.spot, false, Instant::now());
         }
     }
 }
@@ -813,6 +761,7 @@ impl Future for Acquire {
                                         key: this.key,
                                         cost: *this.cost,
                                         limits: this.limits,
+                                        place: this.place,
                                     },
                                     this.state,
                                     now,
@@ -827,62 +776,26 @@ impl Future for Acquire {
                         queued,
                         limited_by,
                     } => match shard.keys.get_mut(hash, this.key.as_str()) {
-                        Some(state) if state.is_head(ticket.id) => {
-                            state.prune(now);
-                            let (at, limit) = state.earliest(now, *this.cost, this.limits);
-                            if limit.is_some() {
-                                *limited_by = limit;
-                            }
-                            let needed = at.unwrap_or(now).saturating_duration_since(*enqueued_at);
-                            if at.is_none() {
-                                // Strict: the next slot frees when an answer
-                                // comes back, and the answer wakes the head.
-                                state.register(ticket.id, cx.waker());
-                                Step::Park
-                            } else if at.is_some_and(|at| at <= now) {
-                                let id = this.shared.next_admission.fetch_add(1, Ordering::Relaxed);
-                                let lagging = this.shared.lag.is_lagging(now);
-                                if let Some(adapted) =
-                                    state.record(now, *this.cost, id, this.limits, lagging)
-                                {
-                                    events::rate_adapted(this.key, adapted, Adaptation::Recovered);
-                                }
-                                state.pop_head();
-                                ticket.armed = false;
-                                Step::Ready(Ok(Admission::new(
-                                    this.key.clone(),
-                                    id,
-                                    *this.cost,
-                                    needed,
-                                    *queued,
-                                )
-                                .with_limited_by(*limited_by)))
-                            } else if let Some(max_wait) =
-                                this.limits.max_wait().filter(|max_wait| needed > *max_wait)
-                            {
-                                state.pop_head();
-                                ticket.armed = false;
-                                Step::Ready(Err(Overloaded {
-                                    key: this.key.clone(),
-                                    wait: needed,
-                                    queued: *queued,
-                                    reason: OverloadReason::MaxWait(max_wait),
-                                }
-                                .into()))
-                            } else {
-                                // A correction or an answer may move the
-                                // instant: be wakeable.
-                                state.register(ticket.id, cx.waker());
-                                Step::Sleep(at.unwrap_or(now))
-                            }
-                        }
-                        Some(state) => {
-                            state.register(ticket.id, cx.waker());
-                            Step::Park
-                        }
-                        // The key is never evicted while it has waiters; should
-                        // it be gone all the same, arrive again.
-                        None => {
+                        Some(state) if state.queue.contains(ticket.spot) => waiting(
+                            state,
+                            Waiting {
+                                shared: this.shared,
+                                key: this.key,
+                                cost: *this.cost,
+                                limits: this.limits,
+                                deadline: this.place.deadline,
+                                ticket,
+                                enqueued_at: *enqueued_at,
+                                queued: *queued,
+                                limited_by,
+                            },
+                            now,
+                            cx,
+                        ),
+                        // The key is never evicted while it has waiters, nor
+                        // a waiter removed but by itself; should it be gone
+                        // all the same, arrive again.
+                        _ => {
                             ticket.armed = false;
                             Step::Restart
                         }
@@ -923,15 +836,116 @@ impl Future for Acquire {
     }
 }
 
+struct Waiting<'a> {
+    shared: &'a Arc<Shared>,
+    key: &'a Key,
+    cost: u64,
+    limits: &'a Limits,
+    deadline: Option<Instant>,
+    ticket: &'a mut Ticket,
+    enqueued_at: Instant,
+    queued: usize,
+    limited_by: &'a mut Option<Quota>,
+}
+
+/// A queued request looks at the queue again: admitted if it goes next and
+/// fits; refused once its deadline or `max_wait` cannot be met; otherwise
+/// asleep until it could fit (the head) or until its deadline.
+fn waiting(state: &mut KeyState, this: Waiting<'_>, now: Instant, cx: &mut Context<'_>) -> Step {
+    let spot = this.ticket.spot;
+    let class = Queue::priority(spot);
+    let unreachable = |earliest: Option<Instant>, deadline: Instant| -> Step {
+        Step::Ready(Err(DeadlineUnreachable::new(
+            this.key.clone(),
+            deadline,
+            earliest,
+            this.queued.saturating_sub(1),
+        )
+        .into()))
+    };
+    if state.head(now) != Some(spot) {
+        if let Some(deadline) = this.deadline.filter(|deadline| now >= *deadline) {
+            state.leave(spot, false, now);
+            this.ticket.armed = false;
+            return unreachable(None, deadline);
+        }
+        state.queue.register(spot, cx.waker());
+        // The head may have changed while it slept (a front aged past
+        // `promote_after`): make sure it looks.
+        state.wake_head();
+        return match this.deadline {
+            Some(deadline) => Step::Sleep(deadline),
+            None => Step::Park,
+        };
+    }
+    state.prune(now);
+    let (at, limit) = state.earliest(now, this.cost, this.limits, class);
+    if limit.is_some() {
+        *this.limited_by = limit;
+    }
+    let needed = at
+        .unwrap_or(now)
+        .saturating_duration_since(this.enqueued_at);
+    if at.is_some_and(|at| at <= now) {
+        let id = this.shared.next_admission.fetch_add(1, Ordering::Relaxed);
+        let lagging = this.shared.lag.is_lagging(now);
+        if let Some(adapted) = state.record(now, this.cost, id, this.limits, lagging) {
+            events::rate_adapted(this.key, adapted, Adaptation::Recovered);
+        }
+        state.leave(spot, true, now);
+        this.ticket.armed = false;
+        return Step::Ready(Ok(Admission::new(
+            this.key.clone(),
+            id,
+            this.cost,
+            needed,
+            this.queued,
+        )
+        .with_limited_by(*this.limited_by)));
+    }
+    if let Some(max_wait) = this.limits.max_wait().filter(|max_wait| needed > *max_wait) {
+        state.leave(spot, false, now);
+        this.ticket.armed = false;
+        return Step::Ready(Err(Overloaded {
+            key: this.key.clone(),
+            wait: needed,
+            queued: this.queued,
+            reason: OverloadReason::MaxWait(max_wait),
+        }
+        .into()));
+    }
+    if let Some(deadline) = this
+        .deadline
+        .filter(|deadline| at.map_or(now >= *deadline, |at| at > *deadline))
+    {
+        // Its slot comes after its deadline (or, strict, the deadline
+        // passed waiting for an answer).
+        state.leave(spot, false, now);
+        this.ticket.armed = false;
+        return unreachable(at, deadline);
+    }
+    // A correction or an answer may move the instant: be wakeable.
+    state.queue.register(spot, cx.waker());
+    match (at, this.deadline) {
+        (Some(at), _) => Step::Sleep(at),
+        // Strict: the next slot frees when an answer comes back, and the
+        // answer wakes the head; its deadline too, if it has one.
+        (None, Some(deadline)) => Step::Sleep(deadline),
+        (None, None) => Step::Park,
+    }
+}
+
 struct Arrival<'a> {
     shared: &'a Arc<Shared>,
     key: &'a Key,
     cost: u64,
     limits: &'a Limits,
+    place: &'a Place,
 }
 
-/// A request arrives at its key: admitted at once when nobody waits and every
-/// quota has room; otherwise refused by the overload bounds, or queued.
+/// A request arrives at its key: admitted at once when nobody of its class
+/// or above waits and every quota has room; otherwise refused by the
+/// overload bounds or its deadline, or queued.
 fn arrive(
     state: &mut KeyState,
     this: Arrival<'_>,
@@ -940,7 +954,8 @@ fn arrive(
     cx: &mut Context<'_>,
 ) -> Step {
     let cost = this.cost;
-    if state.queue.is_empty() && state.has_room(now, cost, this.limits) {
+    let class = this.place.priority;
+    if state.queue.none_before(class) && state.has_room(now, cost, this.limits, class) {
         let id = this.shared.next_admission.fetch_add(1, Ordering::Relaxed);
         let lagging = this.shared.lag.is_lagging(now);
         if let Some(adapted) = state.record(now, cost, id, this.limits, lagging) {
@@ -954,8 +969,27 @@ fn arrive(
             0,
         )));
     }
-    let queued = state.live_waiters() + 1;
-    let overload = |wait, reason| -> Step {
+    let queued = state.queue.len() + 1;
+    let tenant = this.place.tenant.as_ref();
+    let spot = state.queue.spot(class, tenant);
+    let bounded = this.limits.max_queue().is_some()
+        || this.limits.max_wait().is_some()
+        || this.place.deadline.is_some();
+    // The wait the requests ahead leave it (only when a bound needs it).
+    let (ahead, wait) = if bounded {
+        let (ahead, ahead_cost) = state.queue.ahead(spot);
+        let wait = state.projected_wait(
+            now,
+            ahead_cost.saturating_add(cost),
+            ahead as u64 + 1,
+            this.limits,
+            class,
+        );
+        (ahead, wait)
+    } else {
+        (0, Duration::ZERO)
+    };
+    let overload = |reason| -> Step {
         Step::Ready(Err(Overloaded {
             key: this.key.clone(),
             wait,
@@ -967,21 +1001,31 @@ fn arrive(
     if let Some(max_queue) = this.limits.max_queue()
         && queued > max_queue
     {
-        let wait = state.projected_wait(now, state.queued_cost.saturating_add(cost), queued as u64);
-        return overload(wait, OverloadReason::QueueFull(max_queue));
+        return overload(OverloadReason::QueueFull(max_queue));
     }
-    if let Some(max_wait) = this.limits.max_wait() {
-        let wait = state.projected_wait(now, state.queued_cost.saturating_add(cost), queued as u64);
-        if wait > max_wait {
-            return overload(wait, OverloadReason::MaxWait(max_wait));
+    if let Some(max_wait) = this.limits.max_wait()
+        && wait > max_wait
+    {
+        return overload(OverloadReason::MaxWait(max_wait));
+    }
+    if let Some(deadline) = this.place.deadline {
+        let earliest = now.checked_add(wait);
+        if earliest.is_none_or(|earliest| earliest > deadline) {
+            return Step::Ready(Err(DeadlineUnreachable::new(
+                this.key.clone(),
+                deadline,
+                earliest,
+                ahead,
+            )
+            .into()));
         }
     }
-    let id = state.push(cost, cx.waker());
+    state.queue.insert(spot, tenant, cost, now, cx.waker());
     *slot = AcquireState::Queued {
         ticket: Ticket {
             shared: this.shared.clone(),
             key: this.key.clone(),
-            id,
+            spot,
             armed: true,
         },
         enqueued_at: now,

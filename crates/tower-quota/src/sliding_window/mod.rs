@@ -206,18 +206,23 @@ mod layer;
 mod log;
 mod memory;
 mod pacer;
+mod queue;
 mod quota;
+mod schedule;
 mod service;
 mod store;
 
 pub use drift::DriftMargin;
-pub use error::{ConflictingQuotas, CostTooLarge, OverloadReason, Overloaded};
+pub use error::{ConflictingQuotas, CostTooLarge, DeadlineUnreachable, OverloadReason, Overloaded};
 pub use future::ResponseFuture;
 pub use layer::SlidingWindowLayer;
 pub use memory::{Acquire, MemoryStore};
 pub use quota::{
     InvalidQuota, Limits, MAX_SAFETY_MARGIN, MAX_SENT_WITHIN, MAX_WINDOW, Quota,
     default_safety_margin, default_sent_within,
+};
+pub use schedule::{
+    Deadline, Place, PlaceFn, PlaceFromExtensions, Priority, Tenant, UnknownPriority, Unplaced,
 };
 pub use service::SlidingWindow;
 pub use store::{Admission, Completion, QuotaChange, Store};

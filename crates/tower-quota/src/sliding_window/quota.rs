@@ -3,6 +3,7 @@
 use std::fmt;
 use std::sync::Arc;
 
+use super::Priority;
 use crate::Key;
 use std::time::Duration;
 
@@ -125,6 +126,10 @@ pub enum InvalidQuota {
     SafetyMarginTooLong(Duration),
     /// The `sent_within` bound was zero or longer than [`MAX_SENT_WITHIN`].
     SentWithinOutOfRange(Duration),
+    /// A reserved share was not a number from 0 up to (not including) 1,
+    /// or was reserved for [`Priority::Batch`](super::Priority::Batch),
+    /// which has no class below it.
+    InvalidReserve(String),
 }
 
 impl fmt::Display for InvalidQuota {
@@ -147,6 +152,7 @@ impl fmt::Display for InvalidQuota {
                 f,
                 "invalid limiter: safety margin {margin:?} is longer than the maximum {MAX_SAFETY_MARGIN:?}"
             ),
+            InvalidQuota::InvalidReserve(why) => write!(f, "invalid reserved share: {why}"),
             InvalidQuota::SentWithinOutOfRange(bound) => write!(
                 f,
                 "invalid limiter: sent_within {bound:?} must be longer than zero and at most {MAX_SENT_WITHIN:?}"
@@ -178,7 +184,15 @@ struct LimitsInner {
     answers: bool,
     max_wait: Option<Duration>,
     max_queue: Option<usize>,
+    /// The share of each quota, in parts per million, that requests of each
+    /// class leave free for the classes above it.
+    reserved: [u32; Priority::COUNT],
+    /// How long the front of a lower class waits before it goes first.
+    promote_after: Option<Duration>,
 }
+
+/// Parts per million in a whole.
+const MILLION: u32 = 1_000_000;
 
 impl Limits {
     pub(crate) fn new(quotas: Vec<Quota>) -> Result<Self, InvalidQuota> {
@@ -197,6 +211,8 @@ impl Limits {
                 answers: false,
                 max_wait: None,
                 max_queue: None,
+                reserved: [0; Priority::COUNT],
+                promote_after: None,
             }),
         })
     }
@@ -246,6 +262,71 @@ impl Limits {
 
     pub(crate) fn set_max_queue(&mut self, max_queue: Option<usize>) {
         self.edit(|inner| inner.max_queue = max_queue);
+    }
+
+    /// Reserves `share` of every quota for requests of `class` and above:
+    /// requests of the classes below leave it free.
+    pub(crate) fn set_reserve(&mut self, class: Priority, share: f64) -> Result<(), InvalidQuota> {
+        if !(0.0..1.0).contains(&share) {
+            return Err(InvalidQuota::InvalidReserve(format!(
+                "{share} for {class}: a share is from 0 up to (not including) 1"
+            )));
+        }
+        if class == Priority::Batch {
+            return Err(InvalidQuota::InvalidReserve(
+                "for batch: no class is below it to leave it free".to_owned(),
+            ));
+        }
+        // Rounded up: a reserve is at least what was asked.
+        let ppm = (share * f64::from(MILLION)).ceil() as u32;
+        self.edit(|inner| {
+            for below in &mut inner.reserved[class.index() + 1..] {
+                *below = (*below).max(ppm.min(MILLION - 1));
+            }
+        });
+        Ok(())
+    }
+
+    pub(crate) fn set_promote_after(&mut self, after: Duration) {
+        self.edit(|inner| inner.promote_after = Some(after));
+    }
+
+    /// The share of every quota (0 to 1) that requests of `class` leave
+    /// free for the classes above it.
+    pub fn reserved_share(&self, class: Priority) -> f64 {
+        f64::from(self.inner.reserved[class.index()]) / f64::from(MILLION)
+    }
+
+    /// The units of `quota` that a request of `class` costing `units`
+    /// leaves free: the class's reserved share of `max_calls`, rounded up,
+    /// and never so many that the request could not fit alone.
+    pub fn reserved_units(&self, class: Priority, max_calls: u64, units: u64) -> u64 {
+        let ppm = u128::from(self.inner.reserved[class.index()]);
+        if ppm == 0 {
+            return 0;
+        }
+        let reserved = (u128::from(max_calls) * ppm).div_ceil(u128::from(MILLION));
+        u64::try_from(reserved)
+            .unwrap_or(u64::MAX)
+            .min(max_calls.saturating_sub(units))
+    }
+
+    /// Whether some class leaves a share free.
+    pub fn reserves(&self) -> bool {
+        self.inner.reserved.iter().any(|&ppm| ppm > 0)
+    }
+
+    /// How long the front of a class waits before it goes before the
+    /// waiting requests of every class but the top one: the configured
+    /// bound, or by default the shortest quota's window.
+    pub fn promote_after(&self) -> Duration {
+        self.inner.promote_after.unwrap_or_else(|| {
+            self.quotas()
+                .iter()
+                .map(Quota::window)
+                .min()
+                .unwrap_or(Duration::ZERO)
+        })
     }
 
     /// The quotas; a request is admitted only when every one has room.
@@ -345,6 +426,8 @@ impl fmt::Debug for Limits {
             .field("answers", &self.inner.answers)
             .field("max_wait", &self.inner.max_wait)
             .field("max_queue", &self.inner.max_queue)
+            .field("reserved", &self.inner.reserved)
+            .field("promote_after", &self.inner.promote_after)
             .finish()
     }
 }

@@ -4,7 +4,9 @@ use std::time::Duration;
 
 use tower_service::Service;
 
-use super::{InvalidQuota, Limits, MemoryStore, ResponseFuture, SlidingWindowLayer, Store};
+use super::{
+    InvalidQuota, Limits, MemoryStore, PlaceFn, ResponseFuture, SlidingWindowLayer, Store, Unplaced,
+};
 use crate::{BoxError, CostFn, GlobalKey, KeyFn, NoUsage, UnitCost, UsageFn};
 
 /// Paces requests so that no window of any quota holds more than its
@@ -15,13 +17,21 @@ use crate::{BoxError, CostFn, GlobalKey, KeyFn, NoUsage, UnitCost, UsageFn};
 /// `call`: the readied inner service is moved into the future and called
 /// once the request is admitted.
 #[derive(Clone)]
-pub struct SlidingWindow<S, K = GlobalKey, C = UnitCost, St = MemoryStore, U = NoUsage> {
+pub struct SlidingWindow<
+    S,
+    K = GlobalKey,
+    C = UnitCost,
+    St = MemoryStore,
+    U = NoUsage,
+    P = Unplaced,
+> {
     inner: S,
     limits: Limits,
     key_fn: K,
     cost_fn: C,
     store: St,
     usage_fn: U,
+    place_fn: P,
 }
 
 impl<S> SlidingWindow<S> {
@@ -47,7 +57,7 @@ impl<S> SlidingWindow<S> {
     }
 }
 
-impl<S, K, C, St, U> SlidingWindow<S, K, C, St, U> {
+impl<S, K, C, St, U, P> SlidingWindow<S, K, C, St, U, P> {
     pub(super) fn from_parts(
         inner: S,
         limits: Limits,
@@ -55,6 +65,7 @@ impl<S, K, C, St, U> SlidingWindow<S, K, C, St, U> {
         cost_fn: C,
         store: St,
         usage_fn: U,
+        place_fn: P,
     ) -> Self {
         SlidingWindow {
             inner,
@@ -64,6 +75,7 @@ impl<S, K, C, St, U> SlidingWindow<S, K, C, St, U> {
             cost_fn,
             store,
             usage_fn,
+            place_fn,
         }
     }
 
@@ -93,7 +105,7 @@ impl<S, K, C, St, U> SlidingWindow<S, K, C, St, U> {
     }
 }
 
-impl<S, Request, K, C, St, U> Service<Request> for SlidingWindow<S, K, C, St, U>
+impl<S, Request, K, C, St, U, P> Service<Request> for SlidingWindow<S, K, C, St, U, P>
 where
     S: Service<Request> + Clone,
     S::Error: Into<BoxError>,
@@ -101,6 +113,7 @@ where
     C: CostFn<Request>,
     St: Store,
     U: UsageFn<S::Response> + Clone,
+    P: PlaceFn<Request>,
 {
     type Response = S::Response;
     type Error = BoxError;
@@ -113,7 +126,12 @@ where
     fn call(&mut self, request: Request) -> Self::Future {
         let key = self.key_fn.key(&request);
         let cost = self.cost_fn.cost(&request);
-        let acquire = self.store.acquire(key, cost, &self.limits);
+        let place = self.place_fn.place(&request);
+        let (priority, tenant) = (
+            place.priority,
+            place.tenant.as_ref().map(|t| t.name().clone()),
+        );
+        let acquire = self.store.acquire_placed(key, cost, &self.limits, place);
         // The service that `poll_ready` readied goes with this request; the
         // clone left behind is readied by the next `poll_ready`.
         let clone = self.inner.clone();
@@ -125,11 +143,12 @@ where
             self.store.clone(),
             self.limits.clone(),
             self.usage_fn.clone(),
+            (priority, tenant),
         )
     }
 }
 
-impl<S: fmt::Debug, K, C, St: fmt::Debug, U> fmt::Debug for SlidingWindow<S, K, C, St, U> {
+impl<S: fmt::Debug, K, C, St: fmt::Debug, U, P> fmt::Debug for SlidingWindow<S, K, C, St, U, P> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("SlidingWindow")
             .field("inner", &self.inner)
@@ -138,6 +157,7 @@ impl<S: fmt::Debug, K, C, St: fmt::Debug, U> fmt::Debug for SlidingWindow<S, K, 
             .field("cost_fn", &std::any::type_name::<C>())
             .field("store", &self.store)
             .field("usage_fn", &std::any::type_name::<U>())
+            .field("place_fn", &std::any::type_name::<P>())
             .finish()
     }
 }

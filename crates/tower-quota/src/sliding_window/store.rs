@@ -3,7 +3,7 @@
 use std::future::Future;
 use std::time::Duration;
 
-use super::{Limits, Quota};
+use super::{Limits, Place, Priority, Quota};
 use crate::{Announced, BoxError, Key};
 
 /// Records admissions and decides when the next request of a key may go.
@@ -28,6 +28,29 @@ pub trait Store: Clone + Send + Sync + 'static {
     /// [`CostTooLarge`](super::CostTooLarge) when `cost` exceeds a quota's
     /// `max_calls`, and store-specific errors (a lost connection).
     fn acquire(&self, key: Key, cost: u64, limits: &Limits) -> Self::Acquire;
+
+    /// Waits for room for `cost` units of `key` under `limits`, for a
+    /// request standing at `place` in its key's queue: its priority class,
+    /// its tenant and its deadline (see [`Place`]).
+    ///
+    /// A store must never admit a request after its deadline. The default
+    /// keeps to that by folding the deadline into `max_wait` (the request is
+    /// refused as [`Overloaded`](super::Overloaded) when it cannot be
+    /// admitted in time), and orders requests as [`acquire`](Store::acquire)
+    /// does, ignoring class and tenant. [`MemoryStore`](super::MemoryStore)
+    /// orders by class and tenant, keeps each class's reserved share, and
+    /// refuses with [`DeadlineUnreachable`](super::DeadlineUnreachable).
+    fn acquire_placed(&self, key: Key, cost: u64, limits: &Limits, place: Place) -> Self::Acquire {
+        match place.deadline {
+            None => self.acquire(key, cost, limits),
+            Some(deadline) => {
+                let left = deadline.saturating_duration_since(tokio::time::Instant::now());
+                let mut limits = limits.clone();
+                limits.set_max_wait(Some(limits.max_wait().map_or(left, |max| max.min(left))));
+                self.acquire(key, cost, &limits)
+            }
+        }
+    }
 
     /// Corrects the cost charged for `admission` to `actual_cost`, once the
     /// response told the real usage: the difference is refunded (or charged)
@@ -145,6 +168,8 @@ pub struct Admission {
     pub(crate) waited: Duration,
     pub(crate) queued: usize,
     pub(crate) limited_by: Option<Quota>,
+    pub(crate) priority: Priority,
+    pub(crate) tenant: Option<Key>,
 }
 
 impl Admission {
@@ -160,6 +185,8 @@ impl Admission {
             waited,
             queued,
             limited_by: None,
+            priority: Priority::default(),
+            tenant: None,
         }
     }
 
@@ -167,6 +194,16 @@ impl Admission {
     pub fn with_limited_by(mut self, quota: Option<Quota>) -> Self {
         self.limited_by = quota;
         self
+    }
+
+    /// The class the request was admitted in.
+    pub fn priority(&self) -> Priority {
+        self.priority
+    }
+
+    /// The tenant the request was admitted for, if it named one.
+    pub fn tenant(&self) -> Option<&Key> {
+        self.tenant.as_ref()
     }
 
     /// The quota that made the request wait, if it waited.

@@ -911,6 +911,8 @@ mod arrival;
 
 mod hardening;
 
+mod schedule;
+
 // ----- the burst learned from refusals -----
 
 /// Admits `count` requests of `key` one after another; returns their
