@@ -30,6 +30,7 @@ mod micro;
 mod network;
 mod phases;
 mod plot;
+mod priority;
 mod redis_server;
 mod results;
 mod scenarios;
@@ -40,8 +41,7 @@ mod spread;
 #[global_allocator]
 static GLOBAL: &StatsAlloc<std::alloc::System> = &INSTRUMENTED_SYSTEM;
 
-const USAGE: &str =
-    "usage: quota-bench scenarios | network | shapes | phases | memory | idle-memory | micro";
+const USAGE: &str = "usage: quota-bench scenarios | network | shapes | phases | priority | memory | idle-memory | micro";
 
 fn main() -> Result<ExitCode, BoxError> {
     let args: Vec<String> = std::env::args().skip(1).collect();
@@ -56,6 +56,7 @@ fn main() -> Result<ExitCode, BoxError> {
         Some("network") => runtime.block_on(network::run())?,
         Some("shapes") => runtime.block_on(shapes::run())?,
         Some("phases") => runtime.block_on(phases::run())?,
+        Some("priority") => runtime.block_on(priority::run())?,
         // A Redis worker process, started by `scenarios`.
         Some("worker") => runtime.block_on(scenarios::worker(&args[1..]))?,
         _ => {

@@ -11,12 +11,13 @@ pub(crate) fn crate_dir() -> PathBuf {
 }
 
 /// The sections, in the order RESULTS.md shows them.
-const SECTIONS: [&str; 6] = [
+const SECTIONS: [&str; 7] = [
     "micro",
     "scenarios",
     "network",
     "shapes",
     "phases",
+    "priority",
     "memory",
 ];
 
@@ -60,6 +61,7 @@ fn command(name: &str) -> &'static str {
         "network" => "cargo run --release -p quota-bench -- network",
         "shapes" => "cargo run --release -p quota-bench -- shapes",
         "phases" => "cargo run --release -p quota-bench -- phases",
+        "priority" => "cargo run --release -p quota-bench -- priority",
         _ => "cargo run --release -p quota-bench -- memory",
     }
 }
@@ -71,6 +73,7 @@ fn title(name: &str) -> &'static str {
         "network" => "The README stack across a simulated network, per admission mode",
         "shapes" => "Provider shapes × client limiters",
         "phases" => "A provider whose undisclosed rate changes",
+        "priority" => "Interactive latency under a batch backlog: FIFO against priority classes",
         _ => "Memory per key",
     }
 }
