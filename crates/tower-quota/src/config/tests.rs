@@ -636,3 +636,126 @@ quotas = [{ max_calls = 10, window = "1s" }]
         "{message}"
     );
 }
+
+const CLASSES: &str = r#"
+[providers.p]
+hosts = ["p.example.com"]
+safety_margin = "0s"
+class_header = "x-priority"
+reserve = { interactive = 0.5 }
+promote_after = "10s"
+tenant_header = "x-team"
+tenant_weights = { search = 2 }
+quotas = [ { max_calls = 2, window = "1s" } ]
+"#;
+
+#[test]
+fn classes_reserve_and_tenants_are_read_and_round_trip() {
+    let config = ProvidersConfig::from_toml(CLASSES).unwrap();
+    let p = &config.providers["p"];
+    assert_eq!(p.class_header.as_deref(), Some("x-priority"));
+    assert_eq!(p.reserve["interactive"].get(), 0.5);
+    assert_eq!(p.promote_after, Some(Duration::from_secs(10)));
+    assert_eq!(p.tenant_weights["search"], 2);
+    let written = config.to_toml().unwrap();
+    assert_eq!(
+        ProvidersConfig::from_toml(&written).unwrap(),
+        config,
+        "{written}"
+    );
+}
+
+#[test]
+fn bad_classes_reserves_and_tenants_name_field_and_value() {
+    let cases = [
+        (
+            "reserve = { urgent = 0.1 }\nquotas = [ { max_calls = 1, window = \"1s\" } ]",
+            [
+                "providers.openai.reserve.urgent",
+                "unknown priority class `urgent`",
+            ],
+        ),
+        (
+            "reserve = { batch = 0.1 }\nquotas = [ { max_calls = 1, window = \"1s\" } ]",
+            ["providers.openai.reserve.batch", "no class is below it"],
+        ),
+        (
+            "reserve = { critical = 1.5 }\nquotas = [ { max_calls = 1, window = \"1s\" } ]",
+            ["reserve", "from 0 up to (not including) 1"],
+        ),
+        (
+            "class_header = \"bad header\"\nquotas = [ { max_calls = 1, window = \"1s\" } ]",
+            ["providers.openai.class_header", "not a header name"],
+        ),
+        (
+            "tenant_weights = { a = 2 }\nquotas = [ { max_calls = 1, window = \"1s\" } ]",
+            ["providers.openai.tenant_weights", "needs a tenant_header"],
+        ),
+        (
+            "tenant_header = \"x-team\"\ntenant_weights = { a = 0 }\nquotas = [ { max_calls = 1, window = \"1s\" } ]",
+            ["providers.openai.tenant_weights.a", "at least 1"],
+        ),
+        (
+            "promote_after = \"0s\"\nquotas = [ { max_calls = 1, window = \"1s\" } ]",
+            ["providers.openai.promote_after", "longer than zero"],
+        ),
+    ];
+    for (line, wanted) in cases {
+        let message = error(&with(line));
+        for part in wanted {
+            assert!(message.contains(part), "{line}: {message}");
+        }
+    }
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_class_header_puts_a_request_ahead_and_the_reserve_keeps_room_for_it() {
+    let client = client(CLASSES);
+    let start = Instant::now();
+    let request = |class: &str| {
+        let mut request = get("https://p.example.com/v1");
+        request
+            .headers_mut()
+            .insert("x-priority", http::HeaderValue::from_str(class).unwrap());
+        request
+    };
+    // Batch leaves half the quota (1 of 2) free: one batch request goes,
+    // the second waits, and an interactive request still goes at once.
+    let first = client.clone().oneshot(request("batch")).await.unwrap();
+    assert_eq!(*first.body() - start, Duration::ZERO);
+    let waiting = tokio::spawn(client.clone().oneshot(request("batch")));
+    tokio::task::yield_now().await;
+    let interactive = client
+        .clone()
+        .oneshot(request("interactive"))
+        .await
+        .unwrap();
+    assert_eq!(*interactive.body() - start, Duration::ZERO);
+    let second = waiting.await.unwrap().unwrap();
+    assert_eq!(*second.body() - start, Duration::from_secs(1));
+}
+
+#[test]
+fn tenant_header_values_not_named_in_weights_are_digests() {
+    use crate::sliding_window::PlaceFn;
+    let place = ProviderPlace::new(
+        None,
+        Some(http::HeaderName::from_static("x-team")),
+        [("search".to_owned(), 2)].into_iter().collect(),
+        KeyHasher::process(),
+    );
+    let mut request = get("https://p.example.com/v1");
+    request
+        .headers_mut()
+        .insert("x-team", http::HeaderValue::from_static("search"));
+    let named = place.place(&request);
+    let tenant = named.get_tenant().unwrap();
+    assert_eq!((tenant.name().as_str(), tenant.weight()), ("search", 2));
+    request
+        .headers_mut()
+        .insert("x-team", http::HeaderValue::from_static("sk-secret-token"));
+    let hidden = place.place(&request);
+    let tenant = hidden.get_tenant().unwrap();
+    assert!(!tenant.name().as_str().contains("secret"), "{tenant:?}");
+    assert_eq!(tenant.weight(), 1);
+}

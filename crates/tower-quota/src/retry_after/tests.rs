@@ -1019,3 +1019,39 @@ where
         assert_eq!(caller.await.unwrap().unwrap().status(), 200);
     }
 }
+
+#[tokio::test(start_paused = true)]
+async fn a_gate_that_reopens_after_the_requests_deadline_is_not_waited_for() {
+    use crate::sliding_window::Deadline;
+    let start = Instant::now();
+    let (inner, arrivals) = provider(start, |n| if n == 0 { throttled("5") } else { status(200) });
+    let service = exact().layer(inner);
+    let response = service.clone().oneshot(get()).await.unwrap();
+    // Re-sent after the 5 s the server asked for: no deadline.
+    assert_eq!(response.status(), StatusCode::OK);
+    assert_eq!(Instant::now() - start, Duration::from_secs(5));
+    let (inner, arrivals_2) = provider(Instant::now(), |n| {
+        if n == 0 { throttled("5") } else { status(200) }
+    });
+    let service = exact().layer(inner);
+    let begun = Instant::now();
+    let mut request = get();
+    request
+        .extensions_mut()
+        .insert(Deadline(begun + Duration::from_secs(2)));
+    let response = service.clone().oneshot(request).await.unwrap();
+    // The 429 comes back at once: its wait would end past the deadline.
+    assert_eq!(response.status(), StatusCode::TOO_MANY_REQUESTS);
+    assert_eq!(Instant::now(), begun);
+    // The gate is now closed for 5 s: a request whose deadline comes first
+    // fails at once instead of being held there.
+    let mut request = get();
+    request
+        .extensions_mut()
+        .insert(Deadline(begun + Duration::from_secs(1)));
+    let error = service.clone().oneshot(request).await.unwrap_err();
+    assert!(error.downcast_ref::<GateClosed>().is_some(), "{error}");
+    assert_eq!(Instant::now(), begun, "refused at once");
+    assert_eq!(arrivals.lock().unwrap().len(), 2);
+    assert_eq!(arrivals_2.lock().unwrap().len(), 1);
+}

@@ -391,3 +391,43 @@ mod properties {
         }
     }
 }
+
+#[tokio::test(start_paused = true)]
+async fn the_layer_reads_deadlines_from_extensions_and_grpc_timeout() {
+    let service = exact(1, Duration::from_secs(1))
+        .place_fn(PlaceFromExtensions)
+        .layer(service_fn(|_request: http::Request<()>| async {
+            Ok::<_, Infallible>(Instant::now())
+        }));
+    let start = Instant::now();
+    service
+        .clone()
+        .oneshot(http::Request::new(()))
+        .await
+        .unwrap();
+    // The next slot is 1 s away.
+    let mut late = http::Request::new(());
+    late.extensions_mut()
+        .insert(Deadline(start + Duration::from_millis(300)));
+    let error = service.clone().oneshot(late).await.unwrap_err();
+    let late = error
+        .downcast_ref::<DeadlineUnreachable>()
+        .expect("DeadlineUnreachable");
+    assert_eq!(late.earliest(), Some(start + Duration::from_secs(1)));
+    assert_eq!(Instant::now(), start, "refused at once");
+    let grpc = http::Request::builder()
+        .header("grpc-timeout", "500m")
+        .body(())
+        .unwrap();
+    let error = service.clone().oneshot(grpc).await.unwrap_err();
+    assert!(
+        error.downcast_ref::<DeadlineUnreachable>().is_some(),
+        "{error}"
+    );
+    let patient = http::Request::builder()
+        .header("grpc-timeout", "2S")
+        .body(())
+        .unwrap();
+    let admitted = service.oneshot(patient).await.unwrap();
+    assert_eq!(admitted - start, Duration::from_secs(1));
+}
