@@ -1,41 +1,7 @@
 //! Where a request stands in its key's queue: its priority class, its
 //! tenant and its deadline.
 //!
-//! A key has one queue of waiting requests. Without a [`Place`] every
-//! request has the same one and the queue is FIFO. With places:
-//!
-//! - **Classes.** A waiting [`Priority::Critical`] request goes before every
-//!   waiting `Interactive` one, which goes before every `Batch` one; FIFO
-//!   within a class (and a tenant). A share of each quota can be reserved
-//!   for the upper classes ([`SlidingWindowLayer::reserve`]): lower classes
-//!   leave it free, so a critical request finds room at once even while
-//!   batch work saturates the key.
-//! - **No starvation: aging.** The front of a lower class that has waited
-//!   [`promote_after`](super::SlidingWindowLayer::promote_after) (by default
-//!   the shortest quota's window) goes before every waiting request but
-//!   critical ones, oldest first. Aging rather than a minimum share: it
-//!   costs nothing while the upper classes leave room, and it bounds the
-//!   wait of a class's front by `promote_after` plus the time the quota
-//!   takes to have room for it, however much interactive work arrives —
-//!   unless critical requests alone fill the quota, which a reservation
-//!   for them is meant to be well above.
-//! - **Fair shares between tenants.** Requests of one class and different
-//!   [`Tenant`]s share the class's admissions by weight: start-time fair
-//!   queuing, where each request's tag is the later of the class's virtual
-//!   time and its tenant's previous finish, plus its cost over its weight.
-//!   A tenant with 10,000 queued requests does not delay a newcomer's first
-//!   request by more than one request per other tenant; a tenant that goes
-//!   idle leaves its share to the others and gets no credit for its idle
-//!   time.
-//! - **Deadlines.** A request whose earliest possible slot (its quotas, the
-//!   requests ahead of it, its class's reserve) lies past its deadline is
-//!   refused at once with [`DeadlineUnreachable`](super::DeadlineUnreachable);
-//!   one that was reachable on arrival but was pushed back (by a higher
-//!   class arriving later) is refused at its deadline at the latest. A
-//!   request is never admitted after its deadline. `max_wait` is the same
-//!   bound, relative to the request's arrival.
-//!
-//! [`SlidingWindowLayer::reserve`]: super::SlidingWindowLayer::reserve
+//! The rules are in the [module docs](super).
 
 use std::fmt;
 use std::str::FromStr;
