@@ -383,6 +383,16 @@ impl Limits {
         self
     }
 
+    /// These limits, with `max_wait` lowered to `wait` when it is longer
+    /// (or unset): a store's way to keep a request's deadline as its
+    /// `max_wait` (see [`Store::acquire_placed`](super::Store::acquire_placed)).
+    #[must_use]
+    pub fn waiting_at_most(mut self, wait: Duration) -> Self {
+        let max_wait = self.max_wait().map_or(wait, |max| max.min(wait));
+        self.set_max_wait(Some(max_wait));
+        self
+    }
+
     /// The longest a request may wait for admission before it is refused.
     pub fn max_wait(&self) -> Option<Duration> {
         self.inner.max_wait

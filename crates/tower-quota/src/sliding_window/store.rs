@@ -45,9 +45,7 @@ pub trait Store: Clone + Send + Sync + 'static {
             None => self.acquire(key, cost, limits),
             Some(deadline) => {
                 let left = deadline.saturating_duration_since(tokio::time::Instant::now());
-                let mut limits = limits.clone();
-                limits.set_max_wait(Some(limits.max_wait().map_or(left, |max| max.min(left))));
-                self.acquire(key, cost, &limits)
+                self.acquire(key, cost, &limits.clone().waiting_at_most(left))
             }
         }
     }
