@@ -18,6 +18,7 @@ use std::sync::{Arc, Mutex};
 
 use tokio::sync::oneshot;
 use tower_quota::Key;
+use tower_quota::sliding_window::Priority;
 
 use crate::error::RedisStoreError;
 use crate::names::Names;
@@ -34,6 +35,8 @@ pub(crate) struct Request {
     pub(crate) cost: u64,
     /// The longest wait the request accepts, in µs; -1: none.
     pub(crate) max_wait: i64,
+    /// Its priority class: what it leaves free of each quota.
+    pub(crate) class: Priority,
 }
 
 /// What the script decided for one request: its row of the reply

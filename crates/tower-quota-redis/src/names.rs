@@ -12,12 +12,16 @@ pub(crate) struct Names {
     pub(crate) keys: Vec<String>,
     /// The signature of the limits' quotas and safety margin.
     pub(crate) signature: String,
+    /// Exact mode, when some class leaves a share free: the log of each
+    /// quota's admissions of the classes the share is left for.
+    pub(crate) jumpers: Vec<String>,
 }
 
 impl Names {
     pub(crate) fn new(prefix: &str, key: &Key, limits: &Limits, approximate: bool) -> Names {
         let quotas = limits.quotas();
         let mut keys = Vec::with_capacity(quotas.len() * 3 + 1);
+        let mut jumpers = Vec::new();
         for quota in quotas {
             let base = quota_key(prefix, key, quota);
             if approximate {
@@ -26,6 +30,9 @@ impl Names {
                 keys.push(format!("{base}:log"));
                 keys.push(format!("{base}:costs"));
                 keys.push(format!("{base}:queue"));
+                if limits.reserves() && !limits.is_strict() {
+                    jumpers.push(format!("{base}:jumpers"));
+                }
             }
         }
         keys.push(format!("{prefix}:{{{key}}}:quotas"));
@@ -33,6 +40,7 @@ impl Names {
             limits: limits.clone(),
             keys,
             signature: signature(limits),
+            jumpers,
         }
     }
 

@@ -15,7 +15,7 @@ use redis::{FromRedisValue, ScriptInvocation};
 use tokio::time::Instant;
 use tower_quota::sliding_window::{
     Admission, Completion, ConflictingQuotas, DriftMargin, Limits, MemoryStore, OverloadReason,
-    Overloaded, Quota, SlidingWindowLayer, Store,
+    Overloaded, Place, Priority, Quota, SlidingWindowLayer, Store,
 };
 use tower_quota::{BoxError, Key, telemetry};
 
@@ -189,7 +189,36 @@ impl Store for RedisStore {
 
     fn acquire(&self, key: Key, cost: u64, limits: &Limits) -> Acquire {
         Acquire {
-            future: Box::pin(acquire(self.inner.clone(), key, cost, limits.clone())),
+            future: Box::pin(acquire(
+                self.inner.clone(),
+                key,
+                cost,
+                limits.clone(),
+                Priority::default(),
+            )),
+        }
+    }
+
+    /// Keeps the deadline as `max_wait`, and in exact mode (not strict)
+    /// each class's reserved share across processes: the classes below
+    /// leave it free, and the classes it is kept for may take it at once,
+    /// ahead of the others' reservations (see `exact_acquire.lua`).
+    /// Otherwise requests go in the order their calls reach Redis, whatever
+    /// their class or tenant.
+    fn acquire_placed(&self, key: Key, cost: u64, limits: &Limits, place: Place) -> Acquire {
+        let mut limits = limits.clone();
+        if let Some(deadline) = place.get_deadline() {
+            let left = deadline.saturating_duration_since(Instant::now());
+            limits = limits.waiting_at_most(left);
+        }
+        Acquire {
+            future: Box::pin(acquire(
+                self.inner.clone(),
+                key,
+                cost,
+                limits,
+                place.get_priority(),
+            )),
         }
     }
 
@@ -379,8 +408,11 @@ async fn acquire(
     key: Key,
     cost: u64,
     limits: Limits,
+    class: Priority,
 ) -> Result<Admission, BoxError> {
-    limits.check_cost(&key, cost)?;
+    // A request of a class that leaves a share free fits beside it: the
+    // script's exactness across processes rests on it.
+    limits.check_cost_for(&key, cost, Some(class))?;
     if limits.quotas().iter().all(|quota| quota.units(cost) == 0) {
         return Ok(Admission::new(key, 0, cost, Duration::ZERO, 0));
     }
@@ -389,7 +421,7 @@ async fn acquire(
     } else if inner.approximate {
         inner.acquire_approximate(&key, cost, &limits).await
     } else {
-        inner.acquire_exact(&key, cost, &limits).await
+        inner.acquire_exact(&key, cost, &limits, class).await
     };
     match result {
         Ok(admission) => Ok(admission),
@@ -443,6 +475,7 @@ impl Inner {
         key: &Key,
         cost: u64,
         limits: &Limits,
+        class: Priority,
     ) -> Result<Admission, Failure> {
         let names = self.names(key, limits);
         let started = Instant::now();
@@ -457,6 +490,7 @@ impl Inner {
                 max_wait: limits
                     .max_wait()
                     .map_or(-1, |max_wait| micros(max_wait.saturating_sub(elapsed))),
+                class,
             };
             let join = if self.coalesce {
                 self.lanes.join(self, key, &names, request)
@@ -602,7 +636,7 @@ impl Inner {
         let quotas = limits.quotas();
         let margin = limits.safety_margin();
         let mut invocation = SCRIPTS.exact_acquire.prepare_invoke();
-        for redis_key in &names.keys {
+        for redis_key in names.keys.iter().chain(&names.jumpers) {
             invocation.key(redis_key.as_str());
         }
         invocation
@@ -620,10 +654,26 @@ impl Inner {
                 .arg(units(quota.max_calls()));
         }
         invocation.arg(names.signature.as_str()).arg(requests.len());
+        // The share the lowest class that leaves one keeps for the
+        // classes above: what a request of those may take at once.
+        let top = Priority::ALL
+            .into_iter()
+            .find(|class| limits.reserved_share(*class) > 0.0);
         for request in requests {
-            invocation.arg(request.id).arg(request.max_wait);
+            let jump = !names.jumpers.is_empty() && limits.reserved_share(request.class) == 0.0;
+            invocation
+                .arg(request.id)
+                .arg(request.max_wait)
+                .arg(u8::from(jump));
             for quota in quotas {
                 invocation.arg(units(quota.units(request.cost)));
+            }
+            for quota in quotas {
+                let class = match top {
+                    Some(top) if jump => top,
+                    _ => request.class,
+                };
+                invocation.arg(units(limits.reserved_units(class, quota.max_calls())));
             }
         }
         self.call(key, &invocation).await

@@ -18,14 +18,20 @@
 --         made them, and the last admission the latest call made at once
 --         (earlier ones are pruned). Its highest score is the key's latest
 --         admission instant.
--- and last, one key more:
+-- then one key more:
 --   quotas a string: the signature of the quota list (and safety margin)
 --         the key's admissions are counted under; it expires with them.
+-- and, when some class leaves a share of the quotas free, for each quota:
+--   jumpers a sorted set: member = `id:units`, score = as in the log, for
+--         the admissions of the classes the share is left for.
 -- ARGV: max_queue (-1: none), sent_within_us (-1: strict), extra_us (added
 -- to the sent-by instant), quota count n, then for each quota: span_us
 -- (window + safety margin), max_calls; then the signature of this call's
 -- quota list; then the request count k, and for each request: id,
--- max_wait_us (-1: none), then its units of each quota. A call with
+-- max_wait_us (-1: none), jump (1: a class a share is left for), then its
+-- units of each quota, then per quota the units it leaves free (the share
+-- kept for the classes above it) or, for a request that jumps, the units
+-- of that share. A call with
 -- another signature than the one a busy key holds records nothing (status
 -- 4): each process would otherwise count only its own quotas.
 --
@@ -37,6 +43,18 @@
 -- key (a new one is never earlier than the latest one, reserved or not),
 -- which serves the key's requests in the order their calls run, and a
 -- call's requests in the order given.
+--
+-- A share left free: the classes below leave `keep` units of each quota
+-- free at their instants, so the entries of those classes never hold
+-- more than max_calls - keep at any instant (each one checked, at its
+-- instant, everything counted then plus itself and keep). A request of a
+-- class the share is left for (it jumps) is admitted at the call's
+-- instant, ahead of the reservations, when the log has room counting
+-- everything, or when the jumpers' own log holds at most keep - units:
+-- the two kinds together then stay within max_calls at every instant.
+-- Otherwise it takes the next instant as any request does. The jumpers'
+-- log is not lowered by answers nor cleared by cancellations: it only
+-- ever holds a jumper's share longer.
 --
 -- A strict admission that is still unanswered an hour (PENDING) after its
 -- admission instant is dropped one span later: a worker that died with the
@@ -67,14 +85,16 @@ local MAX_SUM = 4611686018427387904 -- 2^62
 
 local max_queue, sent_within = tonumber(ARGV[1]), tonumber(ARGV[2])
 local extra, n = tonumber(ARGV[3]), tonumber(ARGV[4])
-if not (max_queue and sent_within and extra and n) or #KEYS ~= 3 * n + 1 then
+if not (max_queue and sent_within and extra and n)
+  or (#KEYS ~= 3 * n + 1 and #KEYS ~= 4 * n + 1) then
   return redis.error_reply('ERR exact_acquire: bad arguments')
 end
+local has_jumpers = #KEYS == 4 * n + 1
 local signature_key, signature = KEYS[3 * n + 1], ARGV[5 + 2 * n]
 local k = tonumber(ARGV[6 + 2 * n])
-local stride = 2 + n
+local stride = 3 + 2 * n
 if not (signature and k) or k < 1 or #ARGV ~= 6 + 2 * n + k * stride then
-  return redis.error_reply('ERR exact_acquire: expected 2 arguments per quota, a signature, and an id, a max_wait and units per quota for each request')
+  return redis.error_reply('ERR exact_acquire: expected 2 arguments per quota, a signature, and an id, a max_wait, a jump flag, units and units kept per quota for each request')
 end
 local spans, maxes = {}, {}
 for i = 1, n do
@@ -83,19 +103,20 @@ for i = 1, n do
     return redis.error_reply('ERR exact_acquire: bad quota arguments')
   end
 end
-local ids, max_waits, units = {}, {}, {}
+local ids, max_waits, jumps, units, keeps = {}, {}, {}, {}, {}
 for m = 1, k do
   local arg = 6 + 2 * n + (m - 1) * stride
-  ids[m], max_waits[m], units[m] = ARGV[arg + 1], tonumber(ARGV[arg + 2]), {}
+  ids[m], max_waits[m], units[m], keeps[m] = ARGV[arg + 1], tonumber(ARGV[arg + 2]), {}, {}
+  jumps[m] = has_jumpers and ARGV[arg + 3] == '1'
   if not max_waits[m] then
     return redis.error_reply('ERR exact_acquire: bad max_wait')
   end
   for i = 1, n do
-    local u = tonumber(ARGV[arg + 2 + i])
-    if not u or u < 0 or u > MAX_UNITS then
+    local u, keep = tonumber(ARGV[arg + 3 + i]), tonumber(ARGV[arg + 3 + n + i])
+    if not (u and keep) or u < 0 or u > MAX_UNITS or keep < 0 or keep > MAX_UNITS then
       return redis.error_reply('ERR exact_acquire: bad units')
     end
-    units[m][i] = u
+    units[m][i], keeps[m][i] = u, keep
   end
 end
 
@@ -259,6 +280,35 @@ local function ahead(i)
   return reserved[i]
 end
 
+-- The live units of the jumpers' log of quota i, read once per call.
+local jumper_sums = {}
+local function jumper_sum(i)
+  if not jumper_sums[i] then
+    local jz = KEYS[3 * n + 1 + i]
+    redis.call('ZREMRANGEBYSCORE', jz, '-inf', now - spans[i])
+    local sum = 0
+    for _, member in ipairs(redis.call('ZRANGE', jz, 0, -1)) do
+      sum = sum + (tonumber(string.match(member, ':(%d+)$')) or 1)
+    end
+    jumper_sums[i] = sum
+  end
+  return jumper_sums[i]
+end
+
+-- The score of the jumpers' entry of quota i holding the `excess`-th
+-- unit, in the order they leave.
+local function jumper_holder(i, excess)
+  local entries = redis.call('ZRANGE', KEYS[3 * n + 1 + i], 0, -1, 'WITHSCORES')
+  local acc = 0
+  for j = 1, #entries, 2 do
+    acc = acc + (tonumber(string.match(entries[j], ':(%d+)$')) or 1)
+    if acc >= excess then
+      return tonumber(entries[j + 1])
+    end
+  end
+  return now
+end
+
 local hold = sent_within + extra
 if strict then
   hold = PENDING
@@ -269,14 +319,47 @@ local recorded = false
 local needed = {}
 for m = 1, k do
   local u = units[m]
+  local keep = keeps[m]
   local at = base
+  local jumped = false
+  if jumps[m] then
+    -- Each quota has room counting everything, or in the share left free
+    -- once enough of the jumpers' entries have left.
+    jumped = true
+    at = now
+    for i = 1, n do
+      if u[i] > 0 and sums[i] + u[i] > maxes[i] then
+        if u[i] > keep[i] then
+          jumped = false
+          break
+        end
+        local excess = jumper_sum(i) + u[i] - keep[i]
+        if excess > 0 then
+          local free_at = jumper_holder(i, excess) + spans[i]
+          if free_at > at then
+            at = free_at
+          end
+        end
+      end
+    end
+    if not jumped then
+      at = base
+    end
+  end
   local blocked = false
   local limiting, limiting_at = 0, -1
   for i = 1, n do
-    if u[i] > 0 and sums[i] + u[i] > maxes[i] then
+    local kept = keep[i]
+    if jumps[m] then
+      kept = 0
+    end
+    if not jumped and u[i] > 0 and sums[i] + u[i] + kept > maxes[i] then
       prune_late(i)
     end
-    local excess = sums[i] + u[i] - maxes[i]
+    local excess = sums[i] + u[i] + kept - maxes[i]
+    if jumped then
+      excess = 0
+    end
     if u[i] > 0 and excess > 0 then
       flush(i)
       local holder = unit_holder(KEYS[3 * i - 2], KEYS[3 * i - 1], weighted[i], excess) or now
@@ -356,9 +439,20 @@ for m = 1, k do
         if ttl > (needed[i] or 0) then
           needed[i] = ttl
         end
+        if jumps[m] then
+          local jz = KEYS[3 * n + 1 + i]
+          local before = jumper_sum(i)
+          redis.call('ZADD', jz, score, id .. ':' .. string.format('%.0f', u[i]))
+          jumper_sums[i] = before + u[i]
+          if redis.call('PTTL', jz) < ttl + 1000 then
+            redis.call('PEXPIRE', jz, ttl + 1000)
+          end
+        end
       end
     end
-    base = at
+    if at > base then
+      base = at
+    end
     recorded = true
   end
   out[#out + 1], out[#out + 2], out[#out + 3], out[#out + 4] = status, wait, queued, limiting

@@ -134,7 +134,9 @@ impl WindowLog {
     /// The units a request of `cost` leaves free for the classes above
     /// `class`.
     pub(super) fn keep(&self, limits: &super::Limits, class: super::Priority, cost: u64) -> u64 {
-        limits.reserved_units(class, self.max_calls, self.units(cost))
+        let units = self.units(cost);
+        let room = u64::try_from(self.capacity(units)).unwrap_or(u64::MAX) - units;
+        limits.reserved_units(class, self.max_calls).min(room)
     }
 
     /// How many units the log holds for a request of `units`: its size, or

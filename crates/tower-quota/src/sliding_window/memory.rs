@@ -744,7 +744,11 @@ impl Future for Acquire {
                 this.shared.tick(&mut shard, now);
                 match this.state {
                     AcquireState::Start => {
-                        if let Err(too_large) = this.limits.check_cost(this.key, *this.cost) {
+                        if let Err(too_large) = this.limits.check_cost_for(
+                            this.key,
+                            *this.cost,
+                            Some(this.place.priority),
+                        ) {
                             Step::Ready(Err(too_large.into()))
                         } else {
                             let state = shard.keys.get_or_insert_with(hash, this.key, || {

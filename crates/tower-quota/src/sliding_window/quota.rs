@@ -297,10 +297,10 @@ impl Limits {
         f64::from(self.inner.reserved[class.index()]) / f64::from(MILLION)
     }
 
-    /// The units of `quota` that a request of `class` costing `units`
+    /// The units of a quota of `max_calls` that a request of `class`
     /// leaves free: the class's reserved share of `max_calls`, rounded up,
-    /// and never so many that the request could not fit alone.
-    pub fn reserved_units(&self, class: Priority, max_calls: u64, units: u64) -> u64 {
+    /// and at most `max_calls - 1` (a reserve never shuts a class out).
+    pub fn reserved_units(&self, class: Priority, max_calls: u64) -> u64 {
         let ppm = u128::from(self.inner.reserved[class.index()]);
         if ppm == 0 {
             return 0;
@@ -308,7 +308,7 @@ impl Limits {
         let reserved = (u128::from(max_calls) * ppm).div_ceil(u128::from(MILLION));
         u64::try_from(reserved)
             .unwrap_or(u64::MAX)
-            .min(max_calls.saturating_sub(units))
+            .min(max_calls.saturating_sub(1))
     }
 
     /// Whether some class leaves a share free.
@@ -410,15 +410,36 @@ impl Limits {
     ///
     /// [`CostTooLarge`](super::CostTooLarge) naming the first such quota.
     pub fn check_cost(&self, key: &Key, cost: u64) -> Result<(), super::CostTooLarge> {
+        self.check_cost_for(key, cost, None)
+    }
+
+    /// Refuses a request of `key` costing `cost` in `class` when a quota
+    /// could never hold it beside the share its class leaves free (`None`:
+    /// no share).
+    ///
+    /// # Errors
+    ///
+    /// [`CostTooLarge`](super::CostTooLarge) naming the first such quota,
+    /// with the part of it the class may use as its `max_calls`.
+    pub fn check_cost_for(
+        &self,
+        key: &Key,
+        cost: u64,
+        class: Option<Priority>,
+    ) -> Result<(), super::CostTooLarge> {
+        let usable = |quota: &Quota| {
+            let kept = class.map_or(0, |class| self.reserved_units(class, quota.max_calls()));
+            quota.max_calls() - kept
+        };
         match self
             .quotas()
             .iter()
-            .find(|quota| quota.units(cost) > quota.max_calls())
+            .find(|quota| quota.units(cost) > usable(quota))
         {
             Some(quota) => Err(super::CostTooLarge::new(
                 key.clone(),
                 cost,
-                quota.max_calls(),
+                usable(quota),
                 quota.window(),
             )),
             None => Ok(()),

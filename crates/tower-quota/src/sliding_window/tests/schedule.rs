@@ -346,7 +346,7 @@ mod properties {
             // critical never more than what the reserve leaves them.
             let mut all: Vec<Duration> = outcomes.iter().filter_map(Outcome::admitted_at).collect();
             prop_assert!(max_in_any_window(&mut all, window) <= max_calls as usize);
-            let kept = limits.reserved_units(Priority::Interactive, max_calls, 1);
+            let kept = limits.reserved_units(Priority::Interactive, max_calls);
             let mut below: Vec<Duration> = outcomes
                 .iter()
                 .zip(&plan)
