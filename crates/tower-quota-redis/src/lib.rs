@@ -216,6 +216,7 @@
 
 mod batch;
 mod builder;
+mod connection;
 mod error;
 mod leases;
 mod names;
