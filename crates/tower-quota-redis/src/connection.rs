@@ -64,46 +64,144 @@ impl ConnectionLike for Connection {
     }
 }
 
+/// Whether `error` may mean the master of a key moved: the connection
+/// failed or timed out, or the server says it is no longer a writable
+/// master, or the cluster cannot serve the slot now.
+#[cfg(any(feature = "cluster", feature = "sentinel"))]
+fn may_have_failed_over(error: &redis::RedisError) -> bool {
+    use redis::{ErrorKind, ServerErrorKind};
+    error.is_io_error()
+        || error.is_connection_dropped()
+        || error.is_connection_refusal()
+        || error.is_timeout()
+        || error.is_unrecoverable_error()
+        || matches!(
+            error.kind(),
+            ErrorKind::ClusterConnectionNotFound
+                | ErrorKind::Server(
+                    ServerErrorKind::ReadOnly
+                        | ServerErrorKind::MasterDown
+                        | ServerErrorKind::ClusterDown
+                        | ServerErrorKind::TryAgain
+                )
+        )
+}
+
 #[cfg(feature = "cluster")]
 pub(crate) mod cluster {
-    //! A cluster connection made on first use, so that a store that fails
-    //! open or falls back starts while the cluster is down.
+    //! A cluster connection, made on first use (so that a store that fails
+    //! open or falls back starts while the cluster is down), and made again
+    //! in the background after a failure that may mean a failover.
+    //!
+    //! redis-rs follows `MOVED` and `ASK` and refreshes its slot map when a
+    //! node answers with one, but a master that died answers nothing: its
+    //! slots would keep pointing at it after its replica took over. A new
+    //! connection reads the slot map again from the nodes that answer.
 
-    use std::sync::Arc;
+    use std::sync::atomic::{AtomicBool, Ordering};
+    use std::sync::{Arc, Mutex};
 
     use redis::aio::ConnectionLike;
     use redis::cluster::ClusterClient;
     use redis::cluster_async::ClusterConnection;
-    use redis::{Cmd, Pipeline, RedisFuture, Value};
-    use tokio::sync::OnceCell;
+    use redis::{Cmd, Pipeline, RedisFuture, RedisResult, Value};
+
+    use super::may_have_failed_over;
+    use crate::store::lock;
 
     #[derive(Clone)]
     pub(crate) struct LazyCluster {
-        client: Arc<ClusterClient>,
-        connection: Arc<OnceCell<ClusterConnection>>,
+        shared: Arc<Shared>,
+    }
+
+    struct Shared {
+        client: ClusterClient,
+        current: Mutex<Option<ClusterConnection>>,
+        /// Serializes the first connection.
+        connecting: tokio::sync::Mutex<()>,
+        /// Whether a new connection is being made in the background.
+        rebuilding: AtomicBool,
     }
 
     impl LazyCluster {
         pub(crate) fn new(client: ClusterClient) -> Self {
             LazyCluster {
-                client: Arc::new(client),
-                connection: Arc::new(OnceCell::new()),
+                shared: Arc::new(Shared {
+                    client,
+                    current: Mutex::new(None),
+                    connecting: tokio::sync::Mutex::new(()),
+                    rebuilding: AtomicBool::new(false),
+                }),
             }
         }
 
-        /// The connection, made now if it was not yet. A failed attempt is
-        /// not remembered: the next call tries again.
-        pub(crate) async fn connection(&self) -> redis::RedisResult<ClusterConnection> {
-            self.connection
-                .get_or_try_init(|| self.client.get_async_connection())
-                .await
-                .cloned()
+        /// The connection, made now if there is none yet. A failed attempt
+        /// is not remembered: the next call tries again.
+        pub(crate) async fn connection(&self) -> RedisResult<ClusterConnection> {
+            if let Some(connection) = lock(&self.shared.current).clone() {
+                return Ok(connection);
+            }
+            let _connecting = self.shared.connecting.lock().await;
+            if let Some(connection) = lock(&self.shared.current).clone() {
+                return Ok(connection);
+            }
+            let connection = self.shared.client.get_async_connection().await?;
+            *lock(&self.shared.current) = Some(connection.clone());
+            Ok(connection)
+        }
+
+        /// Makes a new connection in the background (one at a time), and
+        /// uses it once it is made; calls meanwhile use the old one. In the
+        /// background, so that it completes even when every call is cut
+        /// short by the store's timeout.
+        fn rebuild(&self) {
+            if self.shared.rebuilding.swap(true, Ordering::AcqRel) {
+                return;
+            }
+            let Ok(runtime) = tokio::runtime::Handle::try_current() else {
+                self.shared.rebuilding.store(false, Ordering::Release);
+                return;
+            };
+            let shared = self.shared.clone();
+            runtime.spawn(async move {
+                if let Ok(connection) = shared.client.get_async_connection().await {
+                    *lock(&shared.current) = Some(connection);
+                }
+                shared.rebuilding.store(false, Ordering::Release);
+            });
+        }
+    }
+
+    /// Rebuilds the connection when dropped armed: made armed before a
+    /// call, so that a call dropped before its answer (the store's timeout)
+    /// rebuilds it too; disarmed by an answer, or an error that says
+    /// nothing of a failover.
+    struct Rebuild<'a> {
+        cluster: &'a LazyCluster,
+        armed: bool,
+    }
+
+    impl Drop for Rebuild<'_> {
+        fn drop(&mut self) {
+            if self.armed {
+                self.cluster.rebuild();
+            }
         }
     }
 
     impl ConnectionLike for LazyCluster {
         fn req_packed_command<'a>(&'a mut self, cmd: &'a Cmd) -> RedisFuture<'a, Value> {
-            Box::pin(async move { self.connection().await?.req_packed_command(cmd).await })
+            Box::pin(async move {
+                let connection = self.connection().await?;
+                let mut rebuild = Rebuild {
+                    cluster: self,
+                    armed: true,
+                };
+                let mut connection = connection;
+                let result = connection.req_packed_command(cmd).await;
+                rebuild.armed = matches!(&result, Err(error) if may_have_failed_over(error));
+                result
+            })
         }
 
         fn req_packed_commands<'a>(
@@ -113,10 +211,16 @@ pub(crate) mod cluster {
             count: usize,
         ) -> RedisFuture<'a, Vec<Value>> {
             Box::pin(async move {
-                self.connection()
-                    .await?
+                let mut connection = self.connection().await?;
+                let mut rebuild = Rebuild {
+                    cluster: self,
+                    armed: true,
+                };
+                let result = connection
                     .req_packed_commands(pipeline, offset, count)
-                    .await
+                    .await;
+                rebuild.armed = matches!(&result, Err(error) if may_have_failed_over(error));
+                result
             })
         }
 
@@ -139,11 +243,9 @@ pub(crate) mod sentinel {
 
     use redis::aio::{ConnectionLike, MultiplexedConnection};
     use redis::sentinel::SentinelClient;
-    use redis::{
-        AsyncConnectionConfig, Cmd, ErrorKind, Pipeline, RedisError, RedisFuture, RedisResult,
-        ServerErrorKind, Value,
-    };
+    use redis::{AsyncConnectionConfig, Cmd, Pipeline, RedisFuture, RedisResult, Value};
 
+    use super::may_have_failed_over;
     use crate::store::lock;
 
     #[derive(Clone)]
@@ -232,20 +334,6 @@ pub(crate) mod sentinel {
                 *current = None;
             }
         }
-    }
-
-    /// Whether `error` may mean the master moved: the connection failed, or
-    /// the server says it is no longer a writable master.
-    fn may_have_failed_over(error: &RedisError) -> bool {
-        error.is_io_error()
-            || error.is_connection_dropped()
-            || error.is_connection_refusal()
-            || error.is_timeout()
-            || error.is_unrecoverable_error()
-            || matches!(
-                error.kind(),
-                ErrorKind::Server(ServerErrorKind::ReadOnly | ServerErrorKind::MasterDown)
-            )
     }
 
     impl ConnectionLike for SentinelConnection {

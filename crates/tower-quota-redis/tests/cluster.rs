@@ -8,13 +8,15 @@
 //! sends requests for a few windows; in the parent it returns at once.
 #![cfg(feature = "cluster")]
 
-mod support;
 #[path = "failover/mod.rs"]
 mod failover;
+mod support;
 
 use std::collections::{BTreeMap, BTreeSet};
+use std::pin::pin;
 use std::process::{Command, Stdio};
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -41,7 +43,10 @@ const RUN: Duration = Duration::from_millis(2_500);
 
 /// The quota of `SlidingWindowLayer::new(MAX_CALLS, WINDOW)`.
 fn quota() -> Quota {
-    SlidingWindowLayer::new(MAX_CALLS, WINDOW).unwrap().limits().quotas()[0]
+    SlidingWindowLayer::new(MAX_CALLS, WINDOW)
+        .unwrap()
+        .limits()
+        .quotas()[0]
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -100,7 +105,7 @@ async fn four_processes_share_quotas_through_a_cluster_with_zero_429s() {
     let prefix = support::unique_key("tq");
     let exe = std::env::current_exe().unwrap();
     let workers: Vec<_> = (0..WORKERS)
-        .map(|_| {
+        .map(|worker| {
             Command::new(&exe)
                 .args([
                     "worker_process",
@@ -108,7 +113,7 @@ async fn four_processes_share_quotas_through_a_cluster_with_zero_429s() {
                     "--nocapture",
                     "--test-threads=1",
                 ])
-                .env("TQ_WORKER", "1")
+                .env("TQ_WORKER", worker.to_string())
                 .env("TQ_CLUSTER_URLS", cluster.urls().join(","))
                 .env("TQ_PREFIX", &prefix)
                 .env("TQ_MOCK_URL", format!("http://{}", server.addr()))
@@ -141,7 +146,10 @@ async fn four_processes_share_quotas_through_a_cluster_with_zero_429s() {
     // Every arrival counts, refused ones included: the provider saw them.
     let mut by_key = BTreeMap::<String, Vec<Duration>>::new();
     for arrival in &stats.arrivals {
-        by_key.entry(arrival.key.clone()).or_default().push(arrival.at);
+        by_key
+            .entry(arrival.key.clone())
+            .or_default()
+            .push(arrival.at);
     }
     let busiest = |arrivals: &mut Vec<Duration>| {
         arrivals.sort_unstable();
@@ -196,6 +204,10 @@ async fn four_processes_share_quotas_through_a_cluster_with_zero_429s() {
     }
 }
 
+/// Set once the layer admitted the request and handed it to the client.
+#[derive(Clone, Default)]
+struct Sent(Arc<AtomicBool>);
+
 /// One worker process; does nothing unless `TQ_WORKER` is set.
 #[test]
 fn worker_process() {
@@ -215,6 +227,13 @@ fn worker_process() {
             .await
             .unwrap();
         let client = Client::builder(TokioExecutor::new()).build_http::<Empty<Bytes>>();
+        // Called once a request is admitted: marks it as sent.
+        let send = service_fn(move |request: http::Request<Empty<Bytes>>| {
+            if let Some(sent) = request.extensions().get::<Sent>() {
+                sent.0.store(true, Ordering::SeqCst);
+            }
+            client.request(request)
+        });
         let service = ServiceBuilder::new()
             .layer(
                 SlidingWindowLayer::new(MAX_CALLS, WINDOW)
@@ -225,60 +244,100 @@ fn worker_process() {
                     })
                     .store(store),
             )
-            .service(service_fn(move |request| client.request(request)));
+            .service(send);
         let base = env("TQ_MOCK_URL");
-        // Requests waiting for a hot key's slot hold at most this many
-        // permits, so the other keys keep flowing.
-        let hot = Arc::new(Semaphore::new(24));
-        let cold = Arc::new(Semaphore::new(4));
-        let mut tasks = tokio::task::JoinSet::new();
+        let worker: usize = env("TQ_WORKER").parse().unwrap();
         let deadline = tokio::time::Instant::now() + RUN;
-        let mut i = 0usize;
-        loop {
-            // Three requests of hot keys for one of another key, round robin.
-            let (semaphore, key) = if i % 4 == 3 {
-                (&cold, HOT_KEYS + (i / 4) % (KEYS - HOT_KEYS))
-            } else {
-                (&hot, i % HOT_KEYS)
-            };
-            let permit = tokio::select! {
-                permit = semaphore.clone().acquire_owned() => permit.unwrap(),
-                _ = tokio::time::sleep_until(deadline) => break,
-            };
-            let request = http::Request::get(format!("{base}/k{key}/{i}"))
-                .body(Empty::new())
-                .unwrap();
-            i += 1;
-            let service = service.clone();
-            tasks.spawn(async move {
-                // Stopped at the deadline: a request still waiting for its
-                // slot is dropped (never sent), one sent is awaited.
-                let response = tokio::time::timeout_at(deadline, async {
-                    service.ready_oneshot().await
-                })
-                .await
-                .ok()?
-                .unwrap();
-                let response = response.oneshot(request).await.unwrap();
-                response.into_body().collect().await.unwrap();
-                drop(permit);
-                Some(())
-            });
-        }
-        let mut sent = 0;
-        while let Some(result) = tasks.join_next().await {
-            if result.unwrap().is_some() {
-                sent += 1;
-            }
-        }
-        sent
+        // Hot keys, round robin, with up to 24 requests waiting for their
+        // slots; the other keys one after another (each worker from its own
+        // place), 4 at a time, so that they keep flowing beside.
+        let hot = send_until(
+            deadline,
+            24,
+            |i| format!("{base}/k{}/{i}", i % HOT_KEYS),
+            &service,
+        );
+        let cold = send_until(
+            deadline,
+            4,
+            |i| {
+                format!(
+                    "{base}/k{}/{i}",
+                    HOT_KEYS + (worker * 24 + i) % (KEYS - HOT_KEYS)
+                )
+            },
+            &service,
+        );
+        let (hot, cold) = tokio::join!(hot, cold);
+        hot + cold
     });
     println!("worker sent {sent}");
 }
 
+/// Sends requests to the URLs `url(i)` through `service`, `in_flight` at a
+/// time, until `deadline`: a request still waiting for its slot then is
+/// dropped (never sent); one sent is awaited. The count of requests sent.
+async fn send_until<S>(
+    deadline: tokio::time::Instant,
+    in_flight: usize,
+    url: impl Fn(usize) -> String,
+    service: &S,
+) -> u64
+where
+    S: tower::Service<
+            http::Request<Empty<Bytes>>,
+            Response = http::Response<hyper::body::Incoming>,
+        > + Clone
+        + Send
+        + 'static,
+    S::Future: Send,
+    S::Error: std::fmt::Debug,
+{
+    let permits = Arc::new(Semaphore::new(in_flight));
+    let mut tasks = tokio::task::JoinSet::new();
+    for i in 0.. {
+        let permit = tokio::select! {
+            permit = permits.clone().acquire_owned() => permit.unwrap(),
+            _ = tokio::time::sleep_until(deadline) => break,
+        };
+        let sent = Sent::default();
+        let mut request = http::Request::get(url(i)).body(Empty::new()).unwrap();
+        request.extensions_mut().insert(sent.clone());
+        let service = service.clone();
+        tasks.spawn(async move {
+            let mut call = pin!(service.oneshot(request));
+            let mut stopped = pin!(tokio::time::sleep_until(deadline));
+            let response = loop {
+                tokio::select! {
+                    biased;
+                    response = &mut call => break response.unwrap(),
+                    _ = &mut stopped, if !stopped.is_elapsed() => {
+                        // Still waiting for its slot: dropped, its
+                        // reservation removed, never sent. Sent: its
+                        // answer is awaited.
+                        if !sent.0.load(Ordering::SeqCst) {
+                            return None;
+                        }
+                    }
+                }
+            };
+            response.into_body().collect().await.unwrap();
+            drop(permit);
+            Some(())
+        });
+    }
+    let mut sent = 0;
+    while let Some(result) = tasks.join_next().await {
+        if result.unwrap().is_some() {
+            sent += 1;
+        }
+    }
+    sent
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn killed_master_fails_closed_within_the_timeout_and_service_resumes_after_promotion() {
-    let Some(mut cluster) = support::RedisCluster::start() else {
+    let Some(cluster) = support::RedisCluster::start() else {
         return;
     };
     let prefix = support::unique_key("tq");
@@ -293,17 +352,24 @@ async fn killed_master_fails_closed_within_the_timeout_and_service_resumes_after
     let key = Key::from("failover");
     let slot = cluster.slot_of(&store.redis_keys(&key, &quota())[0]);
     let master = cluster.master_of_slot(slot).unwrap();
+    let cluster = Arc::new(std::sync::Mutex::new(cluster));
     let run = failover::drive(
         store.clone(),
         key.clone(),
         MAX_CALLS,
         WINDOW,
         Duration::from_millis(1_500),
-        move || cluster.kill(master),
+        {
+            // Shared: the cluster must outlive the kill.
+            let cluster = cluster.clone();
+            move || cluster.lock().unwrap().kill(master)
+        },
     )
     .await;
     let (failed_from, failed_until) = run.outage().expect("the kill was noticed");
-    let excess = run.busiest(WINDOW, false).saturating_sub(MAX_CALLS as usize);
+    let excess = run
+        .busiest(WINDOW, false)
+        .saturating_sub(MAX_CALLS as usize);
     println!(
         "cluster failover (fail closed, timeout {timeout:?}): killed at {:?}, failures from {:?} \
          to {:?} ({} refusals), service resumed at {:?}; slowest decision {:?}; \
@@ -317,6 +383,7 @@ async fn killed_master_fails_closed_within_the_timeout_and_service_resumes_after
         run.admissions.len(),
         run.busiest(WINDOW, false),
     );
+    println!("store errors: {:?}", run.error_kinds);
     assert!(run.other_errors.is_empty(), "{:?}", run.other_errors);
     // No request waited on Redis past the timeout (twice for one that
     // joined a call in flight; plus scheduling on a loaded machine).
@@ -343,12 +410,25 @@ async fn killed_master_fails_closed_within_the_timeout_and_service_resumes_after
     assert!(excess <= 10, "over quota by {excess}");
     // A store error of the failover is a connection error (or a timeout).
     let error = store
-        .acquire(Key::from("after"), 1, &SlidingWindowLayer::new(1, WINDOW).unwrap().limits().clone())
+        .acquire(
+            Key::from("after"),
+            1,
+            &SlidingWindowLayer::new(1, WINDOW).unwrap().limits().clone(),
+        )
         .await
         .err()
-        .map(|error| error.downcast_ref::<RedisStoreError>().map(RedisStoreError::kind));
+        .map(|error| {
+            error
+                .downcast_ref::<RedisStoreError>()
+                .map(RedisStoreError::kind)
+        });
     assert!(
-        !matches!(error, Some(Some(RedisStoreErrorKind::Response | RedisStoreErrorKind::Config))),
+        !matches!(
+            error,
+            Some(Some(
+                RedisStoreErrorKind::Response | RedisStoreErrorKind::Config
+            ))
+        ),
         "{error:?}"
     );
 }

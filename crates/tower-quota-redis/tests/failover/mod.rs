@@ -38,6 +38,8 @@ pub struct Run {
     /// The first admission by Redis asked for after the kill's first
     /// failure.
     pub resumed_at: Option<Duration>,
+    /// The store errors other than suspensions, by message.
+    pub error_kinds: std::collections::BTreeMap<String, usize>,
 }
 
 impl Run {
@@ -51,7 +53,12 @@ impl Run {
             .collect();
         at.sort_unstable();
         (0..at.len())
-            .map(|start| at[start..].iter().take_while(|t| **t < at[start] + window).count())
+            .map(|start| {
+                at[start..]
+                    .iter()
+                    .take_while(|t| **t < at[start] + window)
+                    .count()
+            })
             .max()
             .unwrap_or(0)
     }
@@ -155,7 +162,12 @@ fn record(
                 && run
                     .errors
                     .iter()
-                    .chain(run.admissions.iter().filter(|(_, redis)| !redis).map(|(at, _)| at))
+                    .chain(
+                        run.admissions
+                            .iter()
+                            .filter(|(_, redis)| !redis)
+                            .map(|(at, _)| at),
+                    )
                     .any(|failed| *failed >= run.kill_at && *failed <= asked);
             if by_redis && run.resumed_at.is_none() && failed_before {
                 run.resumed_at = Some(since);
@@ -164,7 +176,11 @@ fn record(
         }
         Err(error) => {
             run.slowest_decision = run.slowest_decision.max(now - asked);
-            if error.downcast_ref::<RedisStoreError>().is_some() {
+            if let Some(store_error) = error.downcast_ref::<RedisStoreError>() {
+                if !store_error.is_suspended() {
+                    let kind = format!("{} {:?}", error, store_error.redis_error());
+                    *run.error_kinds.entry(kind).or_default() += 1;
+                }
                 run.errors.push(now - start);
             } else {
                 run.other_errors.push(error.to_string());

@@ -109,7 +109,9 @@ impl RedisServer {
         let mut command = Command::new(self.program);
         if self.sentinel {
             // The configuration file (which a Sentinel rewrites) comes first.
-            command.args(&self.args).args(["--port", &self.port.to_string()]);
+            command
+                .args(&self.args)
+                .args(["--port", &self.port.to_string()]);
         } else if self.tls {
             command
                 .args(["--port", "0", "--tls-port", &self.port.to_string()])
@@ -237,8 +239,7 @@ fn scratch_dir(name: &str) -> std::path::PathBuf {
 /// Sends one command to `port` and reads the reply.
 pub fn query<T: redis::FromRedisValue>(port: u16, command: &redis::Cmd) -> redis::RedisResult<T> {
     let client = redis::Client::open(format!("redis://127.0.0.1:{port}"))?;
-    let mut connection =
-        client.get_connection_with_timeout(Duration::from_secs(1))?;
+    let mut connection = client.get_connection_with_timeout(Duration::from_secs(1))?;
     connection.set_read_timeout(Some(Duration::from_secs(2)))?;
     command.query(&mut connection)
 }
@@ -303,7 +304,12 @@ impl RedisCluster {
         let output = Command::new("redis-cli")
             .arg("--cluster")
             .arg("create")
-            .args(cluster.nodes.iter().map(|node| format!("127.0.0.1:{}", node.port)))
+            .args(
+                cluster
+                    .nodes
+                    .iter()
+                    .map(|node| format!("127.0.0.1:{}", node.port)),
+            )
             .args(["--cluster-replicas", "1", "--cluster-yes"])
             .stdin(Stdio::null())
             .output()
@@ -322,8 +328,7 @@ impl RedisCluster {
     pub fn wait_healthy(&self, timeout: Duration) {
         wait_until("a healthy cluster", timeout, || {
             let live: Vec<u16> = self.live_ports();
-            live.iter()
-                .all(|port| info_field_cluster(*port) == "ok")
+            live.iter().all(|port| info_field_cluster(*port) == "ok")
                 && self.masters().len() == 3
                 && self.masters().iter().all(|port| {
                     info_field(*port, "replication", "connected_slaves") == "1"
@@ -387,9 +392,10 @@ impl RedisCluster {
         nodes
             .lines()
             .find(|line| {
-                line.split_whitespace().nth(1).is_some_and(|address| {
-                    address.starts_with(&format!("127.0.0.1:{port}@"))
-                }) && line.contains("master")
+                line.split_whitespace()
+                    .nth(1)
+                    .is_some_and(|address| address.starts_with(&format!("127.0.0.1:{port}@")))
+                    && line.contains("master")
                     && !line.contains("fail")
             })
             .map(str::to_owned)
@@ -526,25 +532,29 @@ impl SentinelSetup {
     }
 
     fn wait_ready(&self, timeout: Duration) {
-        wait_until("Sentinels that know each other and the replica", timeout, || {
-            info_field(self.servers[0].port, "replication", "slave0").contains("state=online")
-                && self.sentinels.iter().all(|sentinel| {
-                    let fields: Vec<String> = query(
-                        sentinel.port,
-                        redis::cmd("SENTINEL").arg("MASTER").arg(SENTINEL_MASTER),
-                    )
-                    .unwrap_or_default();
-                    let field = |name: &str| {
-                        fields
-                            .iter()
-                            .position(|field| field == name)
-                            .and_then(|index| fields.get(index + 1))
-                            .cloned()
-                            .unwrap_or_default()
-                    };
-                    field("num-other-sentinels") == "2" && field("num-slaves") == "1"
-                })
-        });
+        wait_until(
+            "Sentinels that know each other and the replica",
+            timeout,
+            || {
+                info_field(self.servers[0].port, "replication", "slave0").contains("state=online")
+                    && self.sentinels.iter().all(|sentinel| {
+                        let fields: Vec<String> = query(
+                            sentinel.port,
+                            redis::cmd("SENTINEL").arg("MASTER").arg(SENTINEL_MASTER),
+                        )
+                        .unwrap_or_default();
+                        let field = |name: &str| {
+                            fields
+                                .iter()
+                                .position(|field| field == name)
+                                .and_then(|index| fields.get(index + 1))
+                                .cloned()
+                                .unwrap_or_default()
+                        };
+                        field("num-other-sentinels") == "2" && field("num-slaves") == "1"
+                    })
+            },
+        );
     }
 
     /// `redis://127.0.0.1:port` of each Sentinel.
@@ -617,13 +627,32 @@ impl TestCertificates {
             );
         };
         run(&[
-            "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-keyout", "ca.key", "-out",
-            "ca.crt", "-days", "2", "-subj", "/CN=tower-quota test CA",
+            "req",
+            "-x509",
+            "-newkey",
+            "rsa:2048",
+            "-nodes",
+            "-keyout",
+            "ca.key",
+            "-out",
+            "ca.crt",
+            "-days",
+            "2",
+            "-subj",
+            "/CN=tower-quota test CA",
         ]);
         for name in ["server", "client"] {
             run(&[
-                "req", "-newkey", "rsa:2048", "-nodes", "-keyout", &format!("{name}.key"),
-                "-out", &format!("{name}.csr"), "-subj", "/CN=localhost",
+                "req",
+                "-newkey",
+                "rsa:2048",
+                "-nodes",
+                "-keyout",
+                &format!("{name}.key"),
+                "-out",
+                &format!("{name}.csr"),
+                "-subj",
+                "/CN=localhost",
             ]);
             std::fs::write(
                 dir.join("ext.cnf"),
@@ -631,9 +660,21 @@ impl TestCertificates {
             )
             .expect("an extension file");
             run(&[
-                "x509", "-req", "-in", &format!("{name}.csr"), "-CA", "ca.crt", "-CAkey",
-                "ca.key", "-CAcreateserial", "-out", &format!("{name}.crt"), "-days", "2",
-                "-extfile", "ext.cnf",
+                "x509",
+                "-req",
+                "-in",
+                &format!("{name}.csr"),
+                "-CA",
+                "ca.crt",
+                "-CAkey",
+                "ca.key",
+                "-CAcreateserial",
+                "-out",
+                &format!("{name}.crt"),
+                "-days",
+                "2",
+                "-extfile",
+                "ext.cnf",
             ]);
         }
         TestCertificates { dir }
@@ -648,8 +689,19 @@ impl TestCertificates {
     pub fn other_ca(&self) -> Vec<u8> {
         let output = Command::new("openssl")
             .args([
-                "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-keyout", "other.key",
-                "-out", "other.crt", "-days", "2", "-subj", "/CN=another CA",
+                "req",
+                "-x509",
+                "-newkey",
+                "rsa:2048",
+                "-nodes",
+                "-keyout",
+                "other.key",
+                "-out",
+                "other.crt",
+                "-days",
+                "2",
+                "-subj",
+                "/CN=another CA",
             ])
             .current_dir(&self.dir)
             .stdin(Stdio::null())
