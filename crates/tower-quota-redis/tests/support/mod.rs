@@ -39,24 +39,38 @@ pub struct RedisServer {
 
 /// The binary, or `None` (with a loud message) when it is missing outside CI.
 fn redis_server_binary() -> Option<&'static str> {
-    let found = Command::new("redis-server")
-        .arg("--version")
+    require("redis-server", "redis-server").then_some("redis-server")
+}
+
+/// Whether `tool` runs (`tool --version`; `openssl version`). When it does not: a panic when
+/// `CI=true` (the Redis tests must run in CI), otherwise `false` and a loud
+/// message saying the test is skipped.
+pub fn require(tool: &str, package: &str) -> bool {
+    let found = Command::new(tool)
+        .arg(if tool == "openssl" {
+            "version"
+        } else {
+            "--version"
+        })
         .stdout(Stdio::null())
         .stderr(Stdio::null())
         .status()
         .is_ok_and(|status| status.success());
     if found {
-        return Some("redis-server");
+        return true;
     }
     if std::env::var("CI").is_ok_and(|ci| ci == "true") {
-        panic!("redis-server is not on PATH and CI=true: the Redis tests must run in CI");
+        panic!("{tool} is not on PATH and CI=true: the Redis tests must run in CI");
     }
     // Written to stderr directly, past the test harness's output capture.
     let _ = std::io::stderr().write_all(
-        b"\n!!!!! SKIPPING REDIS TEST: redis-server is not on PATH !!!!!\n\
-          !!!!! install it (apt-get install redis-server) or run scripts/test !!!!!\n",
+        format!(
+            "\n!!!!! SKIPPING REDIS TEST: {tool} is not on PATH !!!!!\n\
+             !!!!! install it (apt-get install {package}) or run scripts/test !!!!!\n"
+        )
+        .as_bytes(),
     );
-    None
+    false
 }
 
 fn free_port() -> u16 {
@@ -280,6 +294,9 @@ impl RedisCluster {
     /// `None` when redis-server is missing outside CI.
     pub fn start() -> Option<RedisCluster> {
         redis_server_binary()?;
+        if !require("redis-cli", "redis-tools") {
+            return None;
+        }
         let dir = scratch_dir("cluster");
         let nodes: Vec<RedisServer> = (0..6)
             .map(|_| {
@@ -610,8 +627,11 @@ pub struct TestCertificates {
 }
 
 impl TestCertificates {
-    /// Generates the files; panics when `openssl` is missing.
-    pub fn generate() -> TestCertificates {
+    /// Generates the files; `None` when `openssl` is missing outside CI.
+    pub fn generate() -> Option<TestCertificates> {
+        if !require("openssl", "openssl") {
+            return None;
+        }
         let dir = scratch_dir("tls");
         let run = |args: &[&str]| {
             let output = Command::new("openssl")
@@ -677,7 +697,7 @@ impl TestCertificates {
                 "ext.cnf",
             ]);
         }
-        TestCertificates { dir }
+        Some(TestCertificates { dir })
     }
 
     /// The PEM contents of one of the files (`ca.crt`, `client.crt`, ...).
