@@ -154,6 +154,20 @@ impl RedisStoreBuilder {
     /// credentials of the master and its replicas (the Sentinels' own come
     /// from their URLs). Without it, the master is reached without a
     /// password.
+    ///
+    /// ```no_run
+    /// # #[tokio::main]
+    /// # async fn main() -> Result<(), tower_quota::BoxError> {
+    /// use tower_quota_redis::RedisStore;
+    ///
+    /// let store = RedisStore::sentinel_builder(["redis://:sentinel-secret@10.0.0.1:26379"], "quota")
+    ///     .sentinel_master_auth(None, "master-secret")
+    ///     .build()
+    ///     .await?;
+    /// # let _ = store;
+    /// # Ok(())
+    /// # }
+    /// ```
     #[cfg(feature = "sentinel")]
     #[cfg_attr(docsrs, doc(cfg(feature = "sentinel")))]
     pub fn sentinel_master_auth(
@@ -182,6 +196,24 @@ impl RedisStoreBuilder {
     /// root certificates: for a Redis whose certificate comes from a private
     /// CA. Applies to every node of a cluster, and to the Sentinels and
     /// their master.
+    ///
+    /// ```no_run
+    /// # #[tokio::main]
+    /// # async fn main() -> Result<(), tower_quota::BoxError> {
+    /// use tower_quota_redis::RedisStore;
+    ///
+    /// let store = RedisStore::builder("rediss://redis.internal:6380")
+    ///     .tls_root_certificates(std::fs::read("/etc/redis/ca.crt")?)
+    ///     .tls_client_certificate(
+    ///         std::fs::read("/etc/redis/client.crt")?,
+    ///         std::fs::read("/etc/redis/client.key")?,
+    ///     )
+    ///     .build()
+    ///     .await?;
+    /// # let _ = store;
+    /// # Ok(())
+    /// # }
+    /// ```
     #[cfg(feature = "tls")]
     #[cfg_attr(docsrs, doc(cfg(feature = "tls")))]
     pub fn tls_root_certificates(mut self, pem: impl Into<Vec<u8>>) -> Self {
