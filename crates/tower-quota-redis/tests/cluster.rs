@@ -448,3 +448,72 @@ async fn empty_cluster_node_list_is_a_config_error() {
     assert_eq!(error.kind(), RedisStoreErrorKind::Config);
     assert!(!error.to_string().contains("hunter2"), "{error}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn resharding_a_keys_slot_mid_run_follows_the_redirections_and_stays_exact() {
+    let Some(cluster) = support::RedisCluster::start() else {
+        return;
+    };
+    let timeout = Duration::from_millis(250);
+    let store = RedisStore::cluster_builder(cluster.urls())
+        .prefix(support::unique_key("tq"))
+        .timeout(timeout)
+        .failure_policy(FailurePolicy::FailClosed)
+        .build()
+        .await
+        .unwrap();
+    let key = Key::from("resharded");
+    let log = store.redis_keys(&key, &quota())[0].clone();
+    let slot = cluster.slot_of(&log);
+    let from = cluster.master_of_slot(slot).unwrap();
+    let to = *cluster
+        .masters()
+        .iter()
+        .find(|port| **port != from)
+        .unwrap();
+    let cluster = Arc::new(cluster);
+    let run = failover::drive(
+        store,
+        key,
+        MAX_CALLS,
+        WINDOW,
+        Duration::from_millis(1_500),
+        {
+            let cluster = cluster.clone();
+            move || cluster.migrate_slot(slot, from, to, Duration::from_millis(100))
+        },
+    )
+    .await;
+    let excess = run
+        .busiest(WINDOW, false)
+        .saturating_sub(MAX_CALLS as usize);
+    println!(
+        "resharding slot {slot} from {from} to {to} at {:?}: failures {:?} ({} refusals), \
+         resumed at {:?}; slowest decision {:?}; {} admissions, max in any window {} \
+         (over quota by {excess}); store errors: {:?}",
+        run.kill_at,
+        run.outage(),
+        run.errors.len(),
+        run.resumed_at,
+        run.slowest_decision,
+        run.admissions.len(),
+        run.busiest(WINDOW, false),
+        run.error_kinds,
+    );
+    assert!(run.other_errors.is_empty(), "{:?}", run.other_errors);
+    assert_eq!(cluster.master_of_slot(slot), Some(to), "the slot moved");
+    // The key's log moved with its slot, and the new master serves it.
+    let size: u64 = support::query(to, redis::cmd("ZCARD").arg(&log)).unwrap();
+    assert!(size > 0, "the log is on the new master");
+    assert!(
+        run.slowest_decision <= timeout * 2 + Duration::from_millis(250),
+        "{:?}",
+        run.slowest_decision
+    );
+    // The keys moved with their entries: nothing is admitted twice.
+    assert_eq!(excess, 0, "over quota by {excess}");
+    // Service after the move: 50 per window through the new master.
+    let moved = run.kill_at + Duration::from_secs(1);
+    let after = run.admissions.iter().filter(|(at, _)| *at > moved).count();
+    assert!(after >= 40, "{after} admissions after the slot moved");
+}

@@ -19,6 +19,8 @@ const TASKS: usize = 8;
 const AFTER_ERROR: Duration = Duration::from_millis(20);
 /// How long the key is served after service resumed.
 const AFTER_RECOVERY: Duration = Duration::from_millis(1_500);
+/// How long after the event a run with no failure yet ends.
+const NO_FAILURE_AFTER: Duration = Duration::from_secs(3);
 /// The longest the run waits for service to resume.
 const MAX_OUTAGE: Duration = Duration::from_secs(20);
 
@@ -83,7 +85,7 @@ impl Run {
 
 /// Serves `key` at `max_calls` per `window` through `store` from `TASKS`
 /// tasks; calls `kill` after `kill_after`; stops `AFTER_RECOVERY` after
-/// Redis admits again.
+/// Redis admits again (or `NO_FAILURE_AFTER` the kill when nothing failed).
 pub async fn drive(
     store: RedisStore,
     key: Key,
@@ -128,8 +130,20 @@ pub async fn drive(
     tokio::time::sleep(kill_after).await;
     run.lock().unwrap().kill_at = start.elapsed();
     tokio::task::spawn_blocking(kill).await.unwrap();
-    let deadline = Instant::now() + MAX_OUTAGE;
-    while run.lock().unwrap().resumed_at.is_none() && Instant::now() < deadline {
+    let event = Instant::now();
+    let deadline = event + MAX_OUTAGE;
+    loop {
+        {
+            let run = run.lock().unwrap();
+            // Resumed after failures; or no failure at all by now (the
+            // event cost nothing: a resharding followed by redirections).
+            if run.resumed_at.is_some()
+                || (run.outage().is_none() && event.elapsed() > NO_FAILURE_AFTER)
+                || Instant::now() >= deadline
+            {
+                break;
+            }
+        }
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
     tokio::time::sleep(AFTER_RECOVERY).await;

@@ -439,6 +439,69 @@ impl RedisCluster {
             node.kill();
         }
     }
+
+    /// Moves `slot` and its keys from the master on `from` to the master on
+    /// `to`, as `redis-cli --cluster reshard` does: `IMPORTING` and
+    /// `MIGRATING` (clients meet `ASK`), `MIGRATE` of the keys, then the
+    /// slot's new owner on every master (clients meet `MOVED`). Each step
+    /// waits `pause`, so that clients run between them.
+    pub fn migrate_slot(&self, slot: u16, from: u16, to: u16, pause: Duration) {
+        let id = |port: u16| -> String {
+            query(port, &redis::cmd("CLUSTER").arg("MYID").clone()).expect("CLUSTER MYID")
+        };
+        let (from_id, to_id) = (id(from), id(to));
+        let setslot = |port: u16, state: &str, node: &str| {
+            let () = query(
+                port,
+                redis::cmd("CLUSTER")
+                    .arg("SETSLOT")
+                    .arg(slot)
+                    .arg(state)
+                    .arg(node),
+            )
+            .expect("CLUSTER SETSLOT");
+        };
+        setslot(to, "IMPORTING", &from_id);
+        setslot(from, "MIGRATING", &to_id);
+        std::thread::sleep(pause);
+        loop {
+            let keys: Vec<String> = query(
+                from,
+                redis::cmd("CLUSTER")
+                    .arg("GETKEYSINSLOT")
+                    .arg(slot)
+                    .arg(100),
+            )
+            .expect("CLUSTER GETKEYSINSLOT");
+            if keys.is_empty() {
+                break;
+            }
+            let () = query(
+                from,
+                redis::cmd("MIGRATE")
+                    .arg("127.0.0.1")
+                    .arg(to)
+                    .arg("")
+                    .arg(0)
+                    .arg(5000)
+                    .arg("KEYS")
+                    .arg(&keys),
+            )
+            .expect("MIGRATE");
+            std::thread::sleep(pause);
+        }
+        for port in self.masters() {
+            let () = query(
+                port,
+                redis::cmd("CLUSTER")
+                    .arg("SETSLOT")
+                    .arg(slot)
+                    .arg("NODE")
+                    .arg(&to_id),
+            )
+            .expect("CLUSTER SETSLOT NODE");
+        }
+    }
 }
 
 fn info_field_cluster(port: u16) -> String {
