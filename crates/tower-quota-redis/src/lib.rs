@@ -173,6 +173,16 @@
 //!   made. Keys spread over every master: the tests check it with 100 keys
 //!   on a 3-master cluster, and four processes sharing them see zero 429s
 //!   at a provider that counts every arrival.
+//! - **Resharding.** While a key's slot migrates, its script meets `ASK`
+//!   (its Redis keys moved) or `TRYAGAIN` (some moved, some not: a script
+//!   needs all of them in one place); redis-rs follows the first and
+//!   retries the second within the store's timeout, and the keys move with
+//!   their entries, so nothing is admitted twice. Once the slot has its new
+//!   owner, `MOVED` updates the slot map. Measured (50 per second, 8
+//!   concurrent requesters, a slot moved with `CLUSTER SETSLOT` and
+//!   `MIGRATE` in steps 100 ms apart): no refusal, no window over 50.
+//!   A migration slower than the retries (a slot with many keys) meets the
+//!   failure policy for its duration.
 //! - **Sentinel** (feature `sentinel`): `RedisStore::sentinel_builder`
 //!   takes the Sentinels' URLs and the master's name. The store asks a
 //!   Sentinel for the master, checks its `ROLE`, and keeps one multiplexed
