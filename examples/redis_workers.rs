@@ -1,4 +1,5 @@
-//! Several worker processes share one quota through Redis.
+//! Several worker processes share one quota through Redis, or through a
+//! Redis Cluster.
 //!
 //! Run with a Redis listening on `REDIS_URL` (default `redis://127.0.0.1:6379`):
 //!
@@ -7,8 +8,16 @@
 //! cargo run -p tower-quota-examples --example redis_workers
 //! ```
 //!
+//! or with a Redis Cluster, given some of its nodes in `REDIS_CLUSTER_URLS`
+//! (comma-separated), and the number of workers in `WORKERS` (3 by default):
+//!
+//! ```text
+//! REDIS_CLUSTER_URLS=redis://127.0.0.1:7000,redis://127.0.0.1:7001 WORKERS=8 \
+//!     cargo run -p tower-quota-examples --example redis_workers
+//! ```
+//!
 //! The parent starts quota-mock in this process, enforcing 20 requests per
-//! second with a strict sliding log, then runs three copies of itself as
+//! second with a strict sliding log, then runs `WORKERS` copies of itself as
 //! worker processes. Each worker has its own Redis connection and its own
 //! `SlidingWindowLayer` of 20 per second backed by a `RedisStore`, and sends
 //! as fast as the layer lets it for three seconds. Together they get 20 per
@@ -30,6 +39,7 @@ use tower_quota_redis::{FailurePolicy, RedisStore};
 
 const MAX_CALLS: u64 = 20;
 const WINDOW: Duration = Duration::from_secs(1);
+/// Worker processes unless `WORKERS` says otherwise.
 const WORKERS: usize = 3;
 const RUN: Duration = Duration::from_secs(3);
 
@@ -73,8 +83,14 @@ async fn main() -> Result<(), BoxError> {
         human(WINDOW)
     );
     let exe = std::env::current_exe()?;
+    let workers = match std::env::var("WORKERS") {
+        Ok(workers) => workers
+            .parse::<usize>()
+            .map_err(|_| format!("WORKERS must be a number, not {workers:?}"))?,
+        Err(_) => WORKERS,
+    };
     let mut children = Vec::new();
-    for id in 0..WORKERS {
+    for id in 0..workers {
         children.push(
             Command::new(&exe)
                 .args(["worker", &server.url(), &id.to_string()])
@@ -101,13 +117,22 @@ async fn main() -> Result<(), BoxError> {
 }
 
 async fn worker(redis_url: &str, base: &str, id: &str) -> Result<(), BoxError> {
-    let store = RedisStore::builder(redis_url)
+    // The same store on one Redis or on a cluster: each quota key's state
+    // lives in one slot (its hash tag), so one script call decides an
+    // admission atomically on the key's master.
+    let builder = match std::env::var("REDIS_CLUSTER_URLS") {
+        Ok(nodes) => RedisStore::cluster_builder(nodes.split(',')),
+        Err(_) => RedisStore::builder(redis_url),
+    };
+    let store = builder
         .prefix("redis-workers-example")
         .timeout(Duration::from_millis(200))
         .failure_policy(FailurePolicy::FailClosed)
         .build()
         .await
-        .map_err(|error| format!("worker {id}: cannot reach Redis at REDIS_URL: {error}"))?;
+        .map_err(|error| {
+            format!("worker {id}: cannot reach Redis at REDIS_URL or REDIS_CLUSTER_URLS: {error}")
+        })?;
     let client = Client::builder(TokioExecutor::new()).build_http::<Empty<Bytes>>();
     let service = ServiceBuilder::new()
         .layer(SlidingWindowLayer::new(MAX_CALLS, WINDOW)?.store(store))

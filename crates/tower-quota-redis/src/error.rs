@@ -19,10 +19,13 @@ use tower_quota::Key;
 pub enum RedisStoreErrorKind {
     /// Redis did not answer within the store's timeout.
     Timeout,
-    /// The connection failed or was refused; the store reconnects by itself.
+    /// The connection failed or was refused, or the server is not (or no
+    /// longer) the writable master of the key: `READONLY`, `MASTERDOWN`,
+    /// `CLUSTERDOWN`, `TRYAGAIN` and redirections left after the retries,
+    /// as during a failover. The store reconnects (and, with a cluster or
+    /// Sentinels, finds the new master) by itself.
     Connection,
-    /// Redis answered with an error (a script error, an ACL refusal, a
-    /// read-only replica).
+    /// Redis answered with an error (a script error, an ACL refusal).
     Response,
     /// The builder's settings or the URL were rejected.
     Config,
@@ -88,6 +91,7 @@ impl RedisStoreError {
             || error.is_connection_dropped()
             || error.is_connection_refusal()
             || error.is_unrecoverable_error()
+            || is_failover(&error)
         {
             RedisStoreErrorKind::Connection
         } else if key.is_none() && error.kind() == redis::ErrorKind::InvalidClientConfig {
@@ -171,3 +175,21 @@ impl fmt::Display for RedisStoreError {
 }
 
 impl std::error::Error for RedisStoreError {}
+
+/// Whether the server said it cannot take writes for the key now: a
+/// failover or resharding in progress, not a fault of the call.
+fn is_failover(error: &redis::RedisError) -> bool {
+    use redis::{ErrorKind, ServerErrorKind};
+    matches!(
+        error.kind(),
+        ErrorKind::ClusterConnectionNotFound
+            | ErrorKind::Server(
+                ServerErrorKind::ReadOnly
+                    | ServerErrorKind::MasterDown
+                    | ServerErrorKind::ClusterDown
+                    | ServerErrorKind::TryAgain
+                    | ServerErrorKind::Moved
+                    | ServerErrorKind::Ask
+            )
+    )
+}

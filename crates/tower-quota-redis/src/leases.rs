@@ -7,7 +7,6 @@ use std::pin::Pin;
 use std::sync::Arc;
 use std::time::Duration;
 
-use redis::aio::ConnectionManager;
 use tokio::sync::Notify;
 use tokio::task::AbortHandle;
 use tokio::time::Instant;
@@ -79,7 +78,7 @@ pub struct RedisLeases {
 }
 
 struct Shared {
-    connection: ConnectionManager,
+    connection: crate::connection::Connection,
     prefix: String,
     timeout: Duration,
     policy: FailurePolicy,
@@ -90,7 +89,7 @@ struct Shared {
 
 impl RedisLeases {
     pub(crate) fn new(
-        connection: ConnectionManager,
+        connection: crate::connection::Connection,
         prefix: String,
         timeout: Duration,
         policy: FailurePolicy,

@@ -10,7 +10,6 @@ use std::sync::{Arc, Mutex, PoisonError};
 use std::task::{Context, Poll};
 use std::time::Duration;
 
-use redis::aio::ConnectionManager;
 use redis::{FromRedisValue, ScriptInvocation};
 use tokio::time::Instant;
 use tower_quota::sliding_window::{
@@ -21,6 +20,7 @@ use tower_quota::{BoxError, Key, telemetry};
 
 use crate::batch::{Join, Lanes, Outcome, Request};
 use crate::builder::{FailurePolicy, RedisStoreBuilder};
+use crate::connection::Connection;
 use crate::error::{RedisStoreError, RedisStoreErrorKind};
 use crate::leases::RedisLeases;
 use crate::names::{Names, micros, quota_key};
@@ -53,7 +53,7 @@ pub struct RedisStore {
 }
 
 pub(crate) struct Inner {
-    connection: ConnectionManager,
+    connection: Connection,
     prefix: String,
     timeout: Duration,
     policy: FailurePolicy,
@@ -82,8 +82,87 @@ impl RedisStore {
         RedisStoreBuilder::new(url)
     }
 
+    /// Configures a store for a Redis Cluster, given the URLs of some of
+    /// its nodes (one that answers is enough: the others are discovered).
+    ///
+    /// Each quota key's Redis keys share the hash tag `{key}`, so each
+    /// script call touches one slot and stays atomic, while different keys
+    /// spread over the masters. Calls go to the master of the key's slot;
+    /// redis-rs follows `MOVED` and `ASK` redirections during resharding and
+    /// refreshes its slot map after a failover. See
+    /// [Failover](crate#failover) for what a failover costs.
+    ///
+    /// ```no_run
+    /// # #[tokio::main]
+    /// # async fn main() -> Result<(), tower_quota::BoxError> {
+    /// use tower_quota_redis::RedisStore;
+    ///
+    /// let store = RedisStore::cluster_builder([
+    ///     "redis://10.0.0.1:7000",
+    ///     "redis://10.0.0.2:7000",
+    /// ])
+    /// .build()
+    /// .await?;
+    /// # let _ = store;
+    /// # Ok(())
+    /// # }
+    /// ```
+    ///
+    /// An empty list is refused by
+    /// [`build`](RedisStoreBuilder::build) with an error of kind `Config`.
+    #[cfg(feature = "cluster")]
+    #[cfg_attr(docsrs, doc(cfg(feature = "cluster")))]
+    pub fn cluster_builder<I, U>(nodes: I) -> RedisStoreBuilder
+    where
+        I: IntoIterator<Item = U>,
+        U: Into<String>,
+    {
+        RedisStoreBuilder::cluster(nodes)
+    }
+
+    /// Configures a store for the master that Redis Sentinels name
+    /// `master_name`, given the URLs of the Sentinels
+    /// (`redis://[user:password@]host:port`; the credentials are the
+    /// Sentinels' own: give the master's with
+    /// [`sentinel_master_auth`](RedisStoreBuilder::sentinel_master_auth)).
+    ///
+    /// The store asks the Sentinels for the master, checks its role, and
+    /// keeps one connection to it. After a failure that may mean a failover
+    /// (the connection fails, a call times out, the server answers
+    /// `READONLY`), it asks the Sentinels again on the next call, so
+    /// admissions go to the promoted replica without a restart. See
+    /// [Failover](crate#failover) for what a failover costs.
+    ///
+    /// ```no_run
+    /// # #[tokio::main]
+    /// # async fn main() -> Result<(), tower_quota::BoxError> {
+    /// use tower_quota_redis::RedisStore;
+    ///
+    /// let store = RedisStore::sentinel_builder(
+    ///     ["redis://10.0.0.1:26379", "redis://10.0.0.2:26379"],
+    ///     "quota",
+    /// )
+    /// .build()
+    /// .await?;
+    /// # let _ = store;
+    /// # Ok(())
+    /// # }
+    /// ```
+    ///
+    /// An empty list of Sentinels or an empty master name is refused by
+    /// [`build`](RedisStoreBuilder::build) with an error of kind `Config`.
+    #[cfg(feature = "sentinel")]
+    #[cfg_attr(docsrs, doc(cfg(feature = "sentinel")))]
+    pub fn sentinel_builder<I, U>(sentinels: I, master_name: impl Into<String>) -> RedisStoreBuilder
+    where
+        I: IntoIterator<Item = U>,
+        U: Into<String>,
+    {
+        RedisStoreBuilder::sentinel(sentinels, master_name)
+    }
+
     pub(crate) fn from_parts(
-        connection: ConnectionManager,
+        connection: Connection,
         prefix: String,
         timeout: Duration,
         policy: FailurePolicy,
@@ -838,7 +917,7 @@ impl Inner {
 
 /// Runs a script for `key` within `timeout`.
 pub(crate) async fn invoke<T: FromRedisValue>(
-    connection: &ConnectionManager,
+    connection: &Connection,
     timeout: Duration,
     key: &Key,
     invocation: &ScriptInvocation<'_>,
