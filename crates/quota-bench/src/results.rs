@@ -11,7 +11,7 @@ pub(crate) fn crate_dir() -> PathBuf {
 }
 
 /// The sections, in the order RESULTS.md shows them.
-const SECTIONS: [&str; 7] = [
+const SECTIONS: [&str; 8] = [
     "micro",
     "scenarios",
     "network",
@@ -19,6 +19,8 @@ const SECTIONS: [&str; 7] = [
     "phases",
     "priority",
     "memory",
+    // Written by hand from the `fleet_rate` example of tower-quota-redis.
+    "fleet",
 ];
 
 /// Writes the section `name` and rebuilds RESULTS.md.
@@ -62,6 +64,9 @@ fn command(name: &str) -> &'static str {
         "shapes" => "cargo run --release -p quota-bench -- shapes",
         "phases" => "cargo run --release -p quota-bench -- phases",
         "priority" => "cargo run --release -p quota-bench -- priority",
+        "fleet" => {
+            "cargo run --release -p tower-quota-redis --features cluster --example fleet_rate"
+        }
         _ => "cargo run --release -p quota-bench -- memory",
     }
 }
@@ -74,6 +79,7 @@ fn title(name: &str) -> &'static str {
         "shapes" => "Provider shapes × client limiters",
         "phases" => "A provider whose undisclosed rate changes",
         "priority" => "Interactive latency under a batch backlog: FIFO against priority classes",
+        "fleet" => "Redis: admissions per second, single node and cluster",
         _ => "Memory per key",
     }
 }
