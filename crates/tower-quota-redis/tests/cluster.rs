@@ -16,16 +16,13 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::pin::pin;
 use std::process::{Command, Stdio};
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use bytes::Bytes;
 use http_body_util::{BodyExt, Empty};
-use hyper_util::client::legacy::Client;
-use hyper_util::rt::TokioExecutor;
 use quota_mock::{KeyBy, MockServer, Rule};
 use tokio::sync::Semaphore;
-use tower::{ServiceBuilder, ServiceExt, service_fn};
+use tower::{ServiceBuilder, ServiceExt};
 use tower_quota::sliding_window::{Quota, Store};
 use tower_quota::{Key, SlidingWindowLayer};
 use tower_quota_redis::{FailurePolicy, RedisStore, RedisStoreError, RedisStoreErrorKind};
@@ -204,10 +201,6 @@ async fn four_processes_share_quotas_through_a_cluster_with_zero_429s() {
     }
 }
 
-/// Set once the layer admitted the request and handed it to the client.
-#[derive(Clone, Default)]
-struct Sent(Arc<AtomicBool>);
-
 /// One worker process; does nothing unless `TQ_WORKER` is set.
 #[test]
 fn worker_process() {
@@ -226,14 +219,8 @@ fn worker_process() {
             .build()
             .await
             .unwrap();
-        let client = Client::builder(TokioExecutor::new()).build_http::<Empty<Bytes>>();
         // Called once a request is admitted: marks it as sent.
-        let send = service_fn(move |request: http::Request<Empty<Bytes>>| {
-            if let Some(sent) = request.extensions().get::<Sent>() {
-                sent.0.store(true, Ordering::SeqCst);
-            }
-            client.request(request)
-        });
+        let send = support::marking_client();
         let service = ServiceBuilder::new()
             .layer(
                 SlidingWindowLayer::new(MAX_CALLS, WINDOW)
@@ -300,7 +287,7 @@ where
             permit = permits.clone().acquire_owned() => permit.unwrap(),
             _ = tokio::time::sleep_until(deadline) => break,
         };
-        let sent = Sent::default();
+        let sent = support::Sent::default();
         let mut request = http::Request::get(url(i)).body(Empty::new()).unwrap();
         request.extensions_mut().insert(sent.clone());
         let service = service.clone();
@@ -315,7 +302,7 @@ where
                         // Still waiting for its slot: dropped, its
                         // reservation removed, never sent. Sent: its
                         // answer is awaited.
-                        if !sent.0.load(Ordering::SeqCst) {
+                        if !sent.is_sent() {
                             return None;
                         }
                     }

@@ -14,16 +14,12 @@ mod support;
 use std::pin::pin;
 use std::process::{Command, Stdio};
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
-use bytes::Bytes;
 use http_body_util::{BodyExt, Empty};
-use hyper_util::client::legacy::Client;
-use hyper_util::rt::TokioExecutor;
 use quota_mock::{MockServer, NetworkProxy, Rule};
 use tokio::sync::{Semaphore, watch};
-use tower::{ServiceBuilder, ServiceExt, service_fn};
+use tower::{ServiceBuilder, ServiceExt};
 use tower_quota::SlidingWindowLayer;
 use tower_quota_redis::RedisStore;
 
@@ -113,10 +109,6 @@ async fn four_processes_share_one_quota_with_zero_429s() {
     assert!(sent >= MAX_CALLS * 3, "{sent}");
 }
 
-/// Set once the layer admitted the request and handed it to the client.
-#[derive(Clone, Default)]
-struct Sent(Arc<AtomicBool>);
-
 /// One worker process; does nothing unless `TQ_WORKER` is set.
 #[test]
 fn worker_process() {
@@ -135,14 +127,8 @@ fn worker_process() {
             .build()
             .await
             .unwrap();
-        let client = Client::builder(TokioExecutor::new()).build_http::<Empty<Bytes>>();
         // Called once a request is admitted: marks it as sent.
-        let send = service_fn(move |request: http::Request<Empty<Bytes>>| {
-            if let Some(sent) = request.extensions().get::<Sent>() {
-                sent.0.store(true, Ordering::SeqCst);
-            }
-            client.request(request)
-        });
+        let send = support::marking_client();
         // The default safety margin: no margin set by hand.
         let service = ServiceBuilder::new()
             .layer(
@@ -162,7 +148,7 @@ fn worker_process() {
                 permit = in_flight.clone().acquire_owned() => permit.unwrap(),
                 _ = tokio::time::sleep_until(deadline) => break,
             };
-            let sent = Sent::default();
+            let sent = support::Sent::default();
             let mut request = http::Request::get(format!("{base}/items/{i}"))
                 .body(Empty::new())
                 .unwrap();
@@ -180,7 +166,7 @@ fn worker_process() {
                             // Still waiting for its slot: dropped, its
                             // reservation removed, never sent. Sent: its
                             // answer is awaited.
-                            if !sent.0.load(Ordering::SeqCst) {
+                            if !sent.is_sent() {
                                 return None;
                             }
                         }

@@ -846,3 +846,36 @@ pub fn command_calls(server: &RedisServer) -> std::collections::HashMap<String, 
         })
         .collect()
 }
+
+/// Set once the layer admitted the request and handed it to the client.
+#[derive(Clone, Default)]
+pub struct Sent(pub std::sync::Arc<std::sync::atomic::AtomicBool>);
+
+impl Sent {
+    pub fn is_sent(&self) -> bool {
+        self.0.load(std::sync::atomic::Ordering::SeqCst)
+    }
+}
+
+/// A hyper client over plain HTTP that marks a request's [`Sent`]
+/// extension when it is called: for worker processes, which must tell a
+/// request dropped while waiting for its slot (never sent) from one sent.
+pub fn marking_client() -> impl tower::Service<
+    http::Request<http_body_util::Empty<bytes::Bytes>>,
+    Response = http::Response<hyper::body::Incoming>,
+    Error = hyper_util::client::legacy::Error,
+    Future: Send,
+> + Clone
++ Send
++ 'static {
+    let client = hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new())
+        .build_http::<http_body_util::Empty<bytes::Bytes>>();
+    tower::service_fn(
+        move |request: http::Request<http_body_util::Empty<bytes::Bytes>>| {
+            if let Some(sent) = request.extensions().get::<Sent>() {
+                sent.0.store(true, std::sync::atomic::Ordering::SeqCst);
+            }
+            client.request(request)
+        },
+    )
+}
