@@ -874,9 +874,11 @@ fn waiting(state: &mut KeyState, this: Waiting<'_>, now: Instant, cx: &mut Conte
             return unreachable(None, deadline);
         }
         state.queue.register(spot, cx.waker());
-        // The head may have changed while it slept (a front aged past
-        // `promote_after`): make sure it looks.
-        state.wake_head();
+        if now > this.enqueued_at {
+            // Woken while not the head: the head may have changed while it
+            // slept (a front aged past `promote_after`); make sure it looks.
+            state.wake_head();
+        }
         return match this.deadline {
             Some(deadline) => Step::Sleep(deadline),
             None => Step::Park,

@@ -2,7 +2,7 @@
 //! queuing between tenants, FIFO within a tenant, aging between classes.
 //! See [`schedule`](super::schedule) for the rules.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{HashMap, VecDeque};
 use std::task::Waker;
 use std::time::Duration;
 
@@ -30,9 +30,123 @@ pub(super) struct Waiter {
     waker: Option<Waker>,
 }
 
+/// Waiters cancelled in the middle of a class are compacted out once they
+/// are this many and more than half of it.
+const COMPACT_AT: usize = 64;
+
+struct Entry {
+    key: (u64, u64),
+    waiter: Waiter,
+    cancelled: bool,
+}
+
+/// A class's waiters in `(tag, id)` order. Without tenants every new
+/// waiter goes at the back, and the one admitted leaves from the front:
+/// O(1) whatever the length, as a plain FIFO queue. A waiter that leaves
+/// from the middle is marked and swept out later. Invariant: the front,
+/// if any, is not cancelled.
+#[derive(Default)]
+struct Waiters {
+    entries: VecDeque<Entry>,
+    cancelled: usize,
+}
+
+impl Waiters {
+    fn len(&self) -> usize {
+        self.entries.len() - self.cancelled
+    }
+
+    fn is_empty(&self) -> bool {
+        self.entries.is_empty()
+    }
+
+    fn first(&self) -> Option<((u64, u64), &Waiter)> {
+        self.entries.front().map(|entry| (entry.key, &entry.waiter))
+    }
+
+    fn index(&self, key: (u64, u64)) -> Option<usize> {
+        // The head and the waiter just queued, without a search: a search
+        // of a long queue misses the cache at every step.
+        if self.entries.front().is_some_and(|entry| entry.key == key) {
+            return Some(0);
+        }
+        let last = self.entries.len().checked_sub(1)?;
+        let index = if self.entries[last].key == key {
+            last
+        } else {
+            self.entries
+                .binary_search_by_key(&key, |entry| entry.key)
+                .ok()?
+        };
+        (!self.entries[index].cancelled).then_some(index)
+    }
+
+    fn get(&self, key: (u64, u64)) -> Option<&Waiter> {
+        self.index(key).map(|index| &self.entries[index].waiter)
+    }
+
+    fn get_mut(&mut self, key: (u64, u64)) -> Option<&mut Waiter> {
+        self.index(key).map(|index| &mut self.entries[index].waiter)
+    }
+
+    fn insert(&mut self, key: (u64, u64), waiter: Waiter) {
+        let entry = Entry {
+            key,
+            waiter,
+            cancelled: false,
+        };
+        if self.entries.back().is_none_or(|last| last.key < key) {
+            self.entries.push_back(entry);
+        } else {
+            let index = self.entries.partition_point(|other| other.key < key);
+            self.entries.insert(index, entry);
+        }
+    }
+
+    /// Removes a waiter; returns its cost.
+    fn remove(&mut self, key: (u64, u64)) -> Option<u64> {
+        let index = self.index(key)?;
+        if index == 0 {
+            let cost = self
+                .entries
+                .pop_front()
+                .map_or(0, |entry| entry.waiter.cost);
+            while self.entries.front().is_some_and(|entry| entry.cancelled) {
+                self.entries.pop_front();
+                self.cancelled -= 1;
+            }
+            return Some(cost);
+        }
+        let entry = &mut self.entries[index];
+        entry.cancelled = true;
+        entry.waiter.waker = None;
+        let cost = entry.waiter.cost;
+        self.cancelled += 1;
+        if self.cancelled >= COMPACT_AT && self.cancelled * 2 > self.entries.len() {
+            self.entries.retain(|entry| !entry.cancelled);
+            self.cancelled = 0;
+        }
+        Some(cost)
+    }
+
+    /// Whether every waiter goes before `key`.
+    fn all_before(&self, key: (u64, u64)) -> bool {
+        self.entries.back().is_none_or(|last| last.key < key)
+    }
+
+    /// The waiters that go before `key`.
+    fn before(&self, key: (u64, u64)) -> impl Iterator<Item = &Waiter> {
+        self.entries
+            .iter()
+            .take_while(move |entry| entry.key < key)
+            .filter(|entry| !entry.cancelled)
+            .map(|entry| &entry.waiter)
+    }
+}
+
 #[derive(Default)]
 struct Class {
-    waiters: BTreeMap<(u64, u64), Waiter>,
+    waiters: Waiters,
     /// The tag of the class's last admission.
     vtime: u64,
     /// Since when the front has been the front.
@@ -47,8 +161,8 @@ struct Class {
 impl Class {
     fn front(&self) -> Option<(Spot, &Waiter)> {
         self.waiters
-            .first_key_value()
-            .map(|(&(tag, id), waiter)| (Spot { class: 0, tag, id }, waiter))
+            .first()
+            .map(|((tag, id), waiter)| (Spot { class: 0, tag, id }, waiter))
     }
 }
 
@@ -168,7 +282,7 @@ impl Queue {
     pub(super) fn get(&self, ticket: Spot) -> Option<&Waiter> {
         self.classes[ticket.class]
             .waiters
-            .get(&(ticket.tag, ticket.id))
+            .get((ticket.tag, ticket.id))
     }
 
     pub(super) fn contains(&self, ticket: Spot) -> bool {
@@ -182,7 +296,7 @@ impl Queue {
     pub(super) fn register(&mut self, ticket: Spot, waker: &Waker) {
         if let Some(waiter) = self.classes[ticket.class]
             .waiters
-            .get_mut(&(ticket.tag, ticket.id))
+            .get_mut((ticket.tag, ticket.id))
         {
             match &waiter.waker {
                 Some(current) if current.will_wake(waker) => {}
@@ -197,15 +311,15 @@ impl Queue {
         let class = &mut self.classes[ticket.class];
         let was_front = class
             .waiters
-            .first_key_value()
-            .is_some_and(|(&key, _)| key == (ticket.tag, ticket.id));
-        let Some(waiter) = class.waiters.remove(&(ticket.tag, ticket.id)) else {
+            .first()
+            .is_some_and(|(key, _)| key == (ticket.tag, ticket.id));
+        let Some(cost) = class.waiters.remove((ticket.tag, ticket.id)) else {
             return false;
         };
         if was_front {
             class.front_since = (!class.waiters.is_empty()).then_some(now);
         }
-        class.cost = class.cost.saturating_sub(waiter.cost);
+        class.cost = class.cost.saturating_sub(cost);
         if admitted {
             class.vtime = class.vtime.max(ticket.tag);
         }
@@ -237,16 +351,13 @@ impl Queue {
             cost = cost.saturating_add(class.cost);
         }
         let own = &self.classes[ticket.class];
-        if own
-            .waiters
-            .last_key_value()
-            .is_some_and(|(&(tag, id), _)| (tag, id) < (ticket.tag, ticket.id))
-        {
+        let key = (ticket.tag, ticket.id);
+        if own.waiters.all_before(key) {
             // Behind every waiter of its class: the common case, O(1).
             count += own.waiters.len();
             cost = cost.saturating_add(own.cost);
         } else {
-            for waiter in own.waiters.range(..(ticket.tag, ticket.id)).map(|(_, w)| w) {
+            for waiter in own.waiters.before(key) {
                 count += 1;
                 cost = cost.saturating_add(waiter.cost);
             }
