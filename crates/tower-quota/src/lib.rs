@@ -21,6 +21,9 @@
 //! - [`concurrency`]: at most `max_in_flight` requests per key in flight,
 //!   each slot held until its response body ends; in-process, or across
 //!   processes as Redis leases that expire.
+//! - [`batch`]: groups single items into one batch request (by count,
+//!   bytes or delay) and splits the response back to each caller; the
+//!   batch's cost is the sum of its items'.
 //! - [`replay`]: replayable request bodies, so retries resend the same bytes.
 //! - [`attempts`]: one attempt limit and numbering for a whole stack.
 //! - [`ServiceBuilderExt`]: one `ServiceBuilder` method per layer
@@ -64,6 +67,7 @@
 
 pub mod attempts;
 pub mod backoff;
+pub mod batch;
 mod builder;
 pub mod circuit_breaker;
 pub mod classify;
@@ -82,12 +86,13 @@ pub mod telemetry;
 mod test_support;
 
 pub use backoff::{JitterBackoff, JitterBackoffLayer};
+pub use batch::{Batch, BatchLayer};
 pub use builder::ServiceBuilderExt;
 pub use circuit_breaker::{CircuitBreaker, CircuitBreakerLayer};
 pub use concurrency::{Concurrency, ConcurrencyLayer};
 pub use key::{
-    Announced, CostFn, GlobalKey, HostKey, HttpFeedback, Key, KeyFn, NoUsage, UnitCost, Usage,
-    UsageFn, UsageFromExtension,
+    Announced, CostFn, CostFromExtension, GlobalKey, HostKey, HttpFeedback, Key, KeyFn, NoUsage,
+    RequestCost, UnitCost, Usage, UsageFn, UsageFromExtension,
 };
 pub use retry_after::{RetryAfter, RetryAfterLayer};
 pub use sliding_window::{SlidingWindow, SlidingWindowLayer};

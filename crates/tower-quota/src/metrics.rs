@@ -27,6 +27,8 @@
 //! | `tower_quota_quota_mismatch_total` | counter | `key` | a response announced another size for a configured quota (`quota_mismatch`) |
 //! | `tower_quota_pacing_burst` | gauge | `key` | a key's learned burst changed (`rate_adapted`): requests it sends back to back, 0 when spacing is off |
 //! | `tower_quota_pacing_rate` | gauge | `key` | a key's learned rate changed (`rate_adapted`): requests per second it spaces its requests at, 0 when spacing is off |
+//! | `tower_quota_batch_items` | histogram | `reason` | a `BatchLayer` sent a batch: how many items it held; `reason` as in `batch_sent` |
+//! | `tower_quota_batch_failures_total` | counter | `outcome` | a batch failed (`batch_failed`): `failed` or `resplit` |
 //! | `tower_quota_store_errors_total` | counter | `key`, `kind` | a shared store (Redis) failed; recorded by the store through [`store_error`] |
 //!
 //! # Names
@@ -138,6 +140,12 @@ pub const PACING_BURST: &str = "tower_quota_pacing_burst";
 /// when spacing is off (the quota alone decides). Labels: `key`.
 pub const PACING_RATE: &str = "tower_quota_pacing_rate";
 
+/// Histogram: items per batch sent by a `BatchLayer`. Label `reason`.
+pub const BATCH_ITEMS: &str = "tower_quota_batch_items";
+
+/// Counter: batches that failed. Label `outcome`: `failed` or `resplit`.
+pub const BATCH_FAILURES_TOTAL: &str = "tower_quota_batch_failures_total";
+
 /// Registers the unit and help text of every series with the installed
 /// recorder. Call it once, after installing the recorder; without it the
 /// series still record, without descriptions. Does nothing without the
@@ -229,6 +237,12 @@ fn describe_all() {
         CIRCUIT_TRANSITIONS_TOTAL,
         Unit::Count,
         "Circuit breaker state changes, by new state"
+    );
+    describe_histogram!(BATCH_ITEMS, Unit::Count, "Items per batch sent");
+    describe_counter!(
+        BATCH_FAILURES_TOTAL,
+        Unit::Count,
+        "Batches that failed, by what happened to their items"
     );
     describe_counter!(
         STORE_ERRORS_TOTAL,
@@ -373,6 +387,18 @@ pub(crate) fn circuit_transition(key: &Key, state: &'static str) {
     #[cfg(feature = "metrics")]
     ::metrics::counter!(CIRCUIT_TRANSITIONS_TOTAL, "key" => key_label(key), "state" => state)
         .increment(1);
+}
+
+/// A batch of `items` items was sent, closed for `reason`.
+pub(crate) fn batch_sent(items: usize, reason: &'static str) {
+    #[cfg(feature = "metrics")]
+    ::metrics::histogram!(BATCH_ITEMS, "reason" => reason).record(items as f64);
+}
+
+/// A batch failed; `outcome` is what happened to its items.
+pub(crate) fn batch_failed(outcome: &'static str) {
+    #[cfg(feature = "metrics")]
+    ::metrics::counter!(BATCH_FAILURES_TOTAL, "outcome" => outcome).increment(1);
 }
 
 #[cfg(all(test, feature = "metrics"))]
