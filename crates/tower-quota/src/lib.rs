@@ -29,6 +29,9 @@
 //! - [`ServiceBuilderExt`]: one `ServiceBuilder` method per layer
 //!   (`.jitter_backoff()`, `.retry_after()`, `.sliding_window(..)`,
 //!   `.circuit_breaker()`).
+//! - `connect` (feature `hyper-util`): connection telemetry for
+//!   hyper-util's client: connections open, opened and their set-up time,
+//!   and a mark on the first response of each new connection.
 //! - `config` (feature `config`): a TOML table per provider (quotas,
 //!   retries, `max_wait`, key) that builds a stack per provider and routes
 //!   each request to it by host.
@@ -75,6 +78,9 @@ pub mod concurrency;
 #[cfg(feature = "config")]
 #[cfg_attr(docsrs, doc(cfg(feature = "config")))]
 pub mod config;
+#[cfg(feature = "hyper-util")]
+#[cfg_attr(docsrs, doc(cfg(feature = "hyper-util")))]
+pub mod connect;
 mod key;
 mod keymap;
 pub mod metrics;
