@@ -24,6 +24,8 @@
 //! - [`batch`]: groups single items into one batch request (by count,
 //!   bytes or delay) and splits the response back to each caller; the
 //!   batch's cost is the sum of its items'.
+//! - [`coalesce`]: identical idempotent requests in flight at once share
+//!   one upstream call and one quota slot.
 //! - [`replay`]: replayable request bodies, so retries resend the same bytes.
 //! - [`attempts`]: one attempt limit and numbering for a whole stack.
 //! - [`ServiceBuilderExt`]: one `ServiceBuilder` method per layer
@@ -74,6 +76,7 @@ pub mod batch;
 mod builder;
 pub mod circuit_breaker;
 pub mod classify;
+pub mod coalesce;
 pub mod concurrency;
 #[cfg(feature = "config")]
 #[cfg_attr(docsrs, doc(cfg(feature = "config")))]

@@ -29,6 +29,7 @@
 //! | `tower_quota_pacing_rate` | gauge | `key` | a key's learned rate changed (`rate_adapted`): requests per second it spaces its requests at, 0 when spacing is off |
 //! | `tower_quota_batch_items` | histogram | `reason` | a `BatchLayer` sent a batch: how many items it held; `reason` as in `batch_sent` |
 //! | `tower_quota_batch_failures_total` | counter | `outcome` | a batch failed (`batch_failed`): `failed` or `resplit` |
+//! | `tower_quota_coalesced_total` | counter | | a request joined an identical call in flight (`request_coalesced`) |
 //! | `tower_quota_connections_opened_total` | counter | | a tracked connector opened a connection (`connection_opened`); its rate is the new connections per second |
 //! | `tower_quota_connections_open` | gauge | | connections a tracked connector opened and the client has not dropped |
 //! | `tower_quota_connection_setup_seconds` | histogram | | a tracked connector opened a connection: how long it took |
@@ -150,6 +151,9 @@ pub const BATCH_ITEMS: &str = "tower_quota_batch_items";
 /// Counter: batches that failed. Label `outcome`: `failed` or `resplit`.
 pub const BATCH_FAILURES_TOTAL: &str = "tower_quota_batch_failures_total";
 
+/// Counter: requests that joined an identical call in flight. No labels.
+pub const COALESCED_TOTAL: &str = "tower_quota_coalesced_total";
+
 /// Counter: connections opened by a tracked connector; its rate is the new
 /// connections per second. No labels.
 pub const CONNECTIONS_OPENED_TOTAL: &str = "tower_quota_connections_opened_total";
@@ -261,6 +265,11 @@ fn describe_all() {
         BATCH_FAILURES_TOTAL,
         Unit::Count,
         "Batches that failed, by what happened to their items"
+    );
+    describe_counter!(
+        COALESCED_TOTAL,
+        Unit::Count,
+        "Requests that joined an identical call in flight"
     );
     describe_counter!(
         CONNECTIONS_OPENED_TOTAL,
@@ -437,6 +446,12 @@ pub(crate) fn batch_sent(items: usize, reason: &'static str) {
 pub(crate) fn batch_failed(outcome: &'static str) {
     #[cfg(feature = "metrics")]
     ::metrics::counter!(BATCH_FAILURES_TOTAL, "outcome" => outcome).increment(1);
+}
+
+/// A request joined an identical call in flight.
+pub(crate) fn coalesced() {
+    #[cfg(feature = "metrics")]
+    ::metrics::counter!(COALESCED_TOTAL).increment(1);
 }
 
 /// A connection was opened after `setup`; `open` are open now.

@@ -32,6 +32,7 @@
 //! | `layer_order` | WARN | `below` | a `RetryAfterLayer` is below a `SlidingWindowLayer`: its re-sent requests skip the pacing (logged once per process) |
 //! | `batch_sent` | DEBUG | `items`, `cost`, `reason` | a `BatchLayer` sent a batch of `items` items costing `cost`; `reason` says what closed it: `max_items`, `max_bytes`, `max_delay`, `shutdown` or `resplit` (a half of a failed batch) |
 //! | `batch_failed` | WARN | `items`, `error.kind`, `outcome` | a batch failed (`error.kind`: `failed` or `split`); `outcome` is `failed` (every item gets the error) or `resplit` (its halves are sent again) |
+//! | `request_coalesced` | DEBUG | `http.request.method`, `url.template` | a request joined an identical call in flight (`CoalesceLayer`) instead of calling upstream |
 //! | `connection_opened` | DEBUG | `server.address`, `setup_ms`, `open` | a tracked connector (`connect::TrackConnections`, feature `hyper-util`) opened a connection to the host in `setup_ms`; `open` connections are open now |
 //! | `connection_closed` | DEBUG | `lifetime_ms`, `open` | the client dropped a tracked connection |
 //! | `connection_failed` | WARN | `server.address`, `setup_ms` | a tracked connector failed to open a connection |
@@ -126,6 +127,10 @@ pub const BATCH_SENT: &str = "batch_sent";
 /// A batch failed. Fields: `items`, `error.kind`, `outcome` (`failed` or
 /// `resplit`).
 pub const BATCH_FAILED: &str = "batch_failed";
+
+/// A request joined an identical call in flight instead of calling
+/// upstream. Fields: `http.request.method`, `url.template`.
+pub const REQUEST_COALESCED: &str = "request_coalesced";
 
 /// A tracked connector opened a connection. Fields: `server.address`
 /// (the host, never the path or query), `setup_ms`, `open` (connections
