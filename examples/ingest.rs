@@ -280,10 +280,11 @@ pub async fn run(options: Options) -> Result<Summary, BoxError> {
         let progress = progress.clone();
         let failed = Arc::clone(&failed);
         tasks.spawn(async move {
-            if let Err(error) = answer.await {
-                if failed.fetch_add(1, Ordering::Relaxed) == 0 {
-                    progress.println(format!("record {record} failed: {error}"));
-                }
+            // The first failure is shown; the summary counts them all.
+            if let Err(error) = answer.await
+                && failed.fetch_add(1, Ordering::Relaxed) == 0
+            {
+                progress.println(format!("record {record} failed: {error}"));
             }
             progress.inc(1);
         });

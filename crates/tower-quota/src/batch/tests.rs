@@ -54,15 +54,11 @@ fn endpoint(
     (service, log)
 }
 
-fn layer() -> BatchLayer<
-    u32,
-    impl Fn(&[u32]) -> http::Request<Vec<u32>> + Clone + Send + Sync + 'static,
-    impl Fn(http::Response<Vec<u32>>, usize) -> std::future::Ready<Result<Vec<u32>, Infallible>>
-    + Clone
-    + Send
-    + Sync
-    + 'static,
-> {
+type CombineFn = fn(&[u32]) -> http::Request<Vec<u32>>;
+type SplitFn =
+    fn(http::Response<Vec<u32>>, usize) -> std::future::Ready<Result<Vec<u32>, Infallible>>;
+
+fn layer() -> BatchLayer<u32, CombineFn, SplitFn> {
     BatchLayer::new(
         |items: &[u32]| http::Request::new(items.to_vec()),
         |response: http::Response<Vec<u32>>, _items: usize| {
