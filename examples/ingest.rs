@@ -203,13 +203,18 @@ pub async fn run(options: Options) -> Result<Summary, BoxError> {
         .pool_idle_timeout(Duration::from_secs(90))
         .build(connector);
 
+    // A batch job waits as long as its quota needs: when the provider says
+    // the window's items are spent until it slides (up to a whole window),
+    // the batches wait for it instead of failing after the default 60 s.
+    let max_wait = options.window.saturating_mul(2) + Duration::from_secs(10);
     let stack = ServiceBuilder::new()
         .layer(
             JitterBackoffLayer::new()
                 .backoff(Duration::from_millis(50), Duration::from_secs(2))?
-                .max_attempts(5)?,
+                .max_attempts(5)?
+                .max_elapsed(max_wait)?,
         )
-        .layer(RetryAfterLayer::new())
+        .layer(RetryAfterLayer::new().max_wait(max_wait))
         .layer(
             SlidingWindowLayer::new(options.quota, options.window)?
                 .cost_fn(CostFromExtension)
@@ -284,7 +289,7 @@ pub async fn run(options: Options) -> Result<Summary, BoxError> {
             if let Err(error) = answer.await
                 && failed.fetch_add(1, Ordering::Relaxed) == 0
             {
-                progress.println(format!("record {record} failed: {error}"));
+                progress.suspend(|| eprintln!("record {record} failed: {error}"));
             }
             progress.inc(1);
         });

@@ -59,8 +59,11 @@ async fn ingest_batches_records_within_a_quota_in_items_without_429s() {
     );
     // The quota was the bottleneck: some window was full.
     assert_eq!(summary.max_in_window, 1_000);
-    assert!(summary.connections_opened >= 1);
-    assert_eq!(summary.cold_responses, summary.connections_opened);
+    // Each connection's first response is marked cold; hyper-util's pool
+    // may open a connection that an idle one coming back makes
+    // unnecessary, which then serves nothing.
+    assert!(summary.cold_responses >= 1);
+    assert!(summary.cold_responses <= summary.connections_opened);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
