@@ -105,10 +105,18 @@ async fn counts_match_the_connections_the_server_accepted() {
         opened > 1,
         "the requests in flight at once shared one connection"
     );
+    // The server's accept loop may not have taken a connection that served
+    // nothing yet (hyper-util's pool may open one that an idle connection
+    // coming back makes unnecessary).
+    assert!(settle(|| accepted.load(Ordering::SeqCst) >= opened).await);
     assert_eq!(opened, accepted.load(Ordering::SeqCst));
     assert_eq!(stats.open(), opened, "pooled, none dropped yet");
-    assert_eq!(marked, opened, "one response marked new per connection");
-    assert_eq!(ids.len() as u64, opened);
+    assert_eq!(
+        marked,
+        ids.len() as u64,
+        "one response marked new per connection used"
+    );
+    assert!(ids.len() as u64 <= opened);
     assert_eq!(stats.failed(), 0);
     drop(client);
     assert!(
