@@ -332,3 +332,16 @@ fn settings_that_cannot_work_are_refused() {
         InvalidBatch::ZeroMaxBytes
     );
 }
+
+#[tokio::test(start_paused = true)]
+async fn a_max_delay_too_long_for_the_clock_leaves_only_size_to_close_a_batch() {
+    let (service, log) = endpoint(Instant::now());
+    let batcher = layer()
+        .max_items(2)
+        .unwrap()
+        .max_delay(Duration::MAX)
+        .layer(service);
+    let tasks = send_all(&batcher, [1, 2]).await;
+    assert_eq!(outputs(tasks).await, [10, 20]);
+    assert_eq!(log.lock().unwrap().len(), 1);
+}

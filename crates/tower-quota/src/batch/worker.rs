@@ -17,6 +17,10 @@ use super::service::Message;
 use super::{BatchError, CarryCost, Combine, ItemBytes, Split};
 use crate::{BoxError, CostFn};
 
+/// A deadline that never comes in practice: what `max_delay` means when
+/// the clock cannot add it.
+const FAR_FUTURE: std::time::Duration = std::time::Duration::from_secs(100 * 365 * 24 * 3600);
+
 /// What every batch of a layer needs, shared by the tasks that send them.
 pub(super) struct Shared<Comb, Spl> {
     pub(super) combine: Comb,
@@ -188,9 +192,13 @@ where
             self.send(Closed::Bytes).await;
         }
         let now = Instant::now();
-        let deadline = *self
-            .deadline
-            .get_or_insert_with(|| now + self.config.max_delay);
+        let max_delay = self.config.max_delay;
+        let deadline = *self.deadline.get_or_insert_with(|| {
+            // A `max_delay` too long to add to the clock: no deadline within
+            // reach, so only size closes the batch.
+            now.checked_add(max_delay)
+                .unwrap_or_else(|| now + FAR_FUTURE)
+        });
         let cost = self.cost_fn.cost(&message.item);
         self.batch.push(message, cost);
         self.batch_bytes = self.batch_bytes.saturating_add(bytes);
