@@ -15,17 +15,13 @@
 //! JitterBackoffLayer → RetryAfterLayer → SlidingWindowLayer → timeout → Client
 //! ```
 //!
-//! The connector is wrapped in a `tower::Service<Uri>` that counts the
-//! connections it opens: paced requests reuse a handful of pooled
-//! connections instead of opening one each. Telemetry goes to stderr as JSON
+//! The connector is wrapped in `tower_quota::connect::TrackConnections`,
+//! which counts the connections it opens: paced requests reuse a handful of
+//! pooled connections instead of opening one each. Telemetry goes to stderr as JSON
 //! lines; the summary goes to stdout.
 
-use std::future::Future;
-use std::pin::Pin;
 use std::process::ExitCode;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
-use std::task::{Context, Poll};
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -37,7 +33,8 @@ use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::TokioExecutor;
 use quota_mock::{Fault, HeaderDialect, MockServer, Rule};
 use tokio::sync::Semaphore;
-use tower::{Service, ServiceBuilder, ServiceExt};
+use tower::{ServiceBuilder, ServiceExt};
+use tower_quota::connect::TrackConnections;
 use tower_quota::{BoxError, JitterBackoffLayer, RetryAfterLayer};
 use tower_quota_examples::common;
 use tower_quota_quickstart::human;
@@ -156,50 +153,6 @@ impl std::fmt::Display for Summary {
     }
 }
 
-/// A connector that counts the TCP connections it opens: wraps
-/// hyper-util's [`HttpConnector`] as any `Service<Uri>` connector can be.
-#[derive(Debug, Clone)]
-pub struct CountingConnector {
-    inner: HttpConnector,
-    opened: Arc<AtomicU64>,
-}
-
-impl CountingConnector {
-    /// Counts the connections `inner` opens.
-    pub fn new(inner: HttpConnector) -> Self {
-        CountingConnector {
-            inner,
-            opened: Arc::new(AtomicU64::new(0)),
-        }
-    }
-
-    /// How many connections were opened so far, by this connector and its clones.
-    pub fn opened(&self) -> u64 {
-        self.opened.load(Ordering::Relaxed)
-    }
-}
-
-impl Service<Uri> for CountingConnector {
-    type Response = <HttpConnector as Service<Uri>>::Response;
-    type Error = <HttpConnector as Service<Uri>>::Error;
-    // One allocation per new connection, not per request.
-    type Future = Pin<Box<dyn Future<Output = Result<Self::Response, Self::Error>> + Send>>;
-
-    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
-        self.inner.poll_ready(cx)
-    }
-
-    fn call(&mut self, uri: Uri) -> Self::Future {
-        let connecting = self.inner.call(uri);
-        let opened = Arc::clone(&self.opened);
-        Box::pin(async move {
-            let connection = connecting.await?;
-            opened.fetch_add(1, Ordering::Relaxed);
-            Ok(connection)
-        })
-    }
-}
-
 /// Starts the provider, sends `options.requests` requests through the
 /// stack, and reports.
 pub async fn run(options: Options) -> Result<Summary, BoxError> {
@@ -224,11 +177,12 @@ pub async fn run(options: Options) -> Result<Summary, BoxError> {
     // for 30 s, so paced requests find a warm connection.
     let mut http = HttpConnector::new();
     http.set_nodelay(true);
-    let connector = CountingConnector::new(http);
+    let connector = TrackConnections::new(http);
+    let connections = connector.stats();
     let client = Client::builder(TokioExecutor::new())
         .pool_max_idle_per_host(options.concurrency)
         .pool_idle_timeout(Duration::from_secs(30))
-        .build(connector.clone());
+        .build(connector);
 
     let service = ServiceBuilder::new()
         .layer(
@@ -282,7 +236,7 @@ pub async fn run(options: Options) -> Result<Summary, BoxError> {
         server_errors: stats.count(503),
         refused: stats.count(429),
         max_in_window: stats.max_in_any_window(options.window),
-        connections_opened: connector.opened(),
+        connections_opened: connections.opened(),
         options,
         elapsed,
     })

@@ -17,6 +17,9 @@ pub mod axum_proxy;
 #[path = "hyper_client.rs"]
 #[allow(dead_code, reason = "`main` is the example's entry point, unused here")]
 pub mod hyper_client;
+#[path = "ingest.rs"]
+#[allow(dead_code, reason = "`main` is the example's entry point, unused here")]
+pub mod ingest;
 #[path = "reqwest_client.rs"]
 #[allow(dead_code, reason = "`main` is the example's entry point, unused here")]
 pub mod reqwest_client;

@@ -7,7 +7,7 @@
 
 use std::time::Duration;
 
-use tower_quota_examples::{axum_proxy, hyper_client, reqwest_client, tonic_client};
+use tower_quota_examples::{axum_proxy, hyper_client, ingest, reqwest_client, tonic_client};
 
 /// The library's default safety margin: slots are released relative to
 /// answers, so no hand-set margin is needed on a loaded machine.
@@ -35,6 +35,35 @@ async fn hyper_client_succeeds_without_429s_and_reuses_pooled_connections() {
         summary.connections_opened,
         summary.attempts
     );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn ingest_batches_records_within_a_quota_in_items_without_429s() {
+    let options = ingest::Options {
+        records: 3_000,
+        quota: 1_000,
+        window: Duration::from_secs(1),
+        progress: false,
+        ..ingest::Options::default()
+    };
+    let summary = ingest::run(options).await.unwrap();
+    println!("{summary}");
+    summary.verify().unwrap();
+    assert_eq!(summary.refused, 0);
+    // Batches of 100: at least 100x fewer requests than records, give or
+    // take the batches a delay closed early.
+    assert!(
+        summary.requests >= 30 && summary.requests <= 33,
+        "{}",
+        summary.requests
+    );
+    // The quota was the bottleneck: some window was full.
+    assert_eq!(summary.max_in_window, 1_000);
+    // Each connection's first response is marked cold; hyper-util's pool
+    // may open a connection that an idle one coming back makes
+    // unnecessary, which then serves nothing.
+    assert!(summary.cold_responses >= 1);
+    assert!(summary.cold_responses <= summary.connections_opened);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]

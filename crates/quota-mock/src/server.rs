@@ -4,6 +4,7 @@ use std::fmt;
 use std::future::Future;
 use std::io;
 use std::net::SocketAddr;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::time::Duration;
 
@@ -284,11 +285,13 @@ impl MockServerBuilder {
         );
         let (shutdown, shutdown_rx) = watch::channel(false);
         let executor = TrackedExecutor::default();
+        let connections = Arc::new(AtomicU64::new(0));
         let accept_task = handle.spawn(accept_loop(
             listener,
             Arc::clone(&shared),
             shutdown_rx,
             executor.clone(),
+            Arc::clone(&connections),
         ));
         tracing::debug!(%addr, "quota-mock listening");
         Ok(MockServer {
@@ -297,6 +300,7 @@ impl MockServerBuilder {
             shutdown,
             accept_task: Some(accept_task),
             executor,
+            connections,
         })
     }
 }
@@ -318,6 +322,7 @@ pub struct MockServer {
     shutdown: watch::Sender<bool>,
     accept_task: Option<JoinHandle<()>>,
     executor: TrackedExecutor,
+    connections: Arc<AtomicU64>,
 }
 
 impl fmt::Debug for MockServer {
@@ -357,6 +362,13 @@ impl MockServer {
     /// A snapshot of every recorded arrival and the compliance numbers.
     pub fn stats(&self) -> Stats {
         self.shared.stats()
+    }
+
+    /// How many TCP connections the server has accepted since it started
+    /// (not reset by [`reset`](Self::reset)): what a client's connection
+    /// count can be checked against.
+    pub fn connections_accepted(&self) -> u64 {
+        self.connections.load(Ordering::Relaxed)
     }
 
     /// Queues scripted responses; they are served, in order, before any
@@ -430,6 +442,7 @@ async fn accept_loop(
     shared: Arc<Shared>,
     mut shutdown: watch::Receiver<bool>,
     executor: TrackedExecutor,
+    connections_accepted: Arc<AtomicU64>,
 ) {
     let mut connections = JoinSet::new();
     loop {
@@ -439,6 +452,7 @@ async fn accept_loop(
             Some(_) = connections.join_next(), if !connections.is_empty() => {}
             accepted = listener.accept() => match accepted {
                 Ok((stream, _peer)) => {
+                    connections_accepted.fetch_add(1, Ordering::Relaxed);
                     connections.spawn(serve_connection(
                         stream,
                         Arc::clone(&shared),

@@ -282,6 +282,35 @@ impl<Request> CostFn<Request> for UnitCost {
     }
 }
 
+/// The cost of a request, carried in its extensions: set by the layer that
+/// made the request (a [`BatchLayer`](crate::batch::BatchLayer) sets the sum
+/// of its items' costs) or by user code, and read by [`CostFromExtension`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RequestCost(pub u64);
+
+/// A [`CostFn`] that reads the [`RequestCost`] extension of an
+/// `http::Request`; a request without one costs 1.
+///
+/// ```
+/// use tower_quota::{CostFn, CostFromExtension, RequestCost};
+///
+/// let mut request = http::Request::post("/v1/embeddings").body(()).unwrap();
+/// assert_eq!(CostFromExtension.cost(&request), 1);
+/// request.extensions_mut().insert(RequestCost(100));
+/// assert_eq!(CostFromExtension.cost(&request), 100);
+/// ```
+#[derive(Debug, Clone, Copy, Default)]
+pub struct CostFromExtension;
+
+impl<B> CostFn<http::Request<B>> for CostFromExtension {
+    fn cost(&self, request: &http::Request<B>) -> u64 {
+        request
+            .extensions()
+            .get::<RequestCost>()
+            .map_or(1, |cost| cost.0)
+    }
+}
+
 /// Reads from a response how much of its quota a request really spent, so
 /// that the cost charged at admission, an estimate, can be corrected.
 ///

@@ -21,11 +21,19 @@
 //! - [`concurrency`]: at most `max_in_flight` requests per key in flight,
 //!   each slot held until its response body ends; in-process, or across
 //!   processes as Redis leases that expire.
+//! - [`batch`]: groups single items into one batch request (by count,
+//!   bytes or delay) and splits the response back to each caller; the
+//!   batch's cost is the sum of its items'.
+//! - [`coalesce`]: identical idempotent requests in flight at once share
+//!   one upstream call and one quota slot.
 //! - [`replay`]: replayable request bodies, so retries resend the same bytes.
 //! - [`attempts`]: one attempt limit and numbering for a whole stack.
 //! - [`ServiceBuilderExt`]: one `ServiceBuilder` method per layer
 //!   (`.jitter_backoff()`, `.retry_after()`, `.sliding_window(..)`,
 //!   `.circuit_breaker()`).
+//! - `connect` (feature `hyper-util`): connection telemetry for
+//!   hyper-util's client: connections open, opened and their set-up time,
+//!   and a mark on the first response of each new connection.
 //! - `config` (feature `config`): a TOML table per provider (quotas,
 //!   retries, `max_wait`, key) that builds a stack per provider and routes
 //!   each request to it by host.
@@ -64,13 +72,18 @@
 
 pub mod attempts;
 pub mod backoff;
+pub mod batch;
 mod builder;
 pub mod circuit_breaker;
 pub mod classify;
+pub mod coalesce;
 pub mod concurrency;
 #[cfg(feature = "config")]
 #[cfg_attr(docsrs, doc(cfg(feature = "config")))]
 pub mod config;
+#[cfg(feature = "hyper-util")]
+#[cfg_attr(docsrs, doc(cfg(feature = "hyper-util")))]
+pub mod connect;
 mod key;
 mod keymap;
 pub mod metrics;
@@ -82,12 +95,13 @@ pub mod telemetry;
 mod test_support;
 
 pub use backoff::{JitterBackoff, JitterBackoffLayer};
+pub use batch::{Batch, BatchLayer};
 pub use builder::ServiceBuilderExt;
 pub use circuit_breaker::{CircuitBreaker, CircuitBreakerLayer};
 pub use concurrency::{Concurrency, ConcurrencyLayer};
 pub use key::{
-    Announced, CostFn, GlobalKey, HostKey, HttpFeedback, Key, KeyFn, NoUsage, UnitCost, Usage,
-    UsageFn, UsageFromExtension,
+    Announced, CostFn, CostFromExtension, GlobalKey, HostKey, HttpFeedback, Key, KeyFn, NoUsage,
+    RequestCost, UnitCost, Usage, UsageFn, UsageFromExtension,
 };
 pub use retry_after::{RetryAfter, RetryAfterLayer};
 pub use sliding_window::{SlidingWindow, SlidingWindowLayer};

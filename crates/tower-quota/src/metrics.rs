@@ -27,6 +27,13 @@
 //! | `tower_quota_quota_mismatch_total` | counter | `key` | a response announced another size for a configured quota (`quota_mismatch`) |
 //! | `tower_quota_pacing_burst` | gauge | `key` | a key's learned burst changed (`rate_adapted`): requests it sends back to back, 0 when spacing is off |
 //! | `tower_quota_pacing_rate` | gauge | `key` | a key's learned rate changed (`rate_adapted`): requests per second it spaces its requests at, 0 when spacing is off |
+//! | `tower_quota_batch_items` | histogram | `reason` | a `BatchLayer` sent a batch: how many items it held; `reason` as in `batch_sent` |
+//! | `tower_quota_batch_failures_total` | counter | `outcome` | a batch failed (`batch_failed`): `failed` or `resplit` |
+//! | `tower_quota_coalesced_total` | counter | | a request joined an identical call in flight (`request_coalesced`) |
+//! | `tower_quota_connections_opened_total` | counter | | a tracked connector opened a connection (`connection_opened`); its rate is the new connections per second |
+//! | `tower_quota_connections_open` | gauge | | connections a tracked connector opened and the client has not dropped |
+//! | `tower_quota_connection_setup_seconds` | histogram | | a tracked connector opened a connection: how long it took |
+//! | `tower_quota_connection_failures_total` | counter | | a tracked connector failed to open a connection |
 //! | `tower_quota_store_errors_total` | counter | `key`, `kind` | a shared store (Redis) failed; recorded by the store through [`store_error`] |
 //!
 //! # Names
@@ -139,6 +146,29 @@ pub const PACING_BURST: &str = "tower_quota_pacing_burst";
 /// when spacing is off (the quota alone decides). Labels: `key`.
 pub const PACING_RATE: &str = "tower_quota_pacing_rate";
 
+/// Histogram: items per batch sent by a `BatchLayer`. Label `reason`.
+pub const BATCH_ITEMS: &str = "tower_quota_batch_items";
+
+/// Counter: batches that failed. Label `outcome`: `failed` or `resplit`.
+pub const BATCH_FAILURES_TOTAL: &str = "tower_quota_batch_failures_total";
+
+/// Counter: requests that joined an identical call in flight. No labels.
+pub const COALESCED_TOTAL: &str = "tower_quota_coalesced_total";
+
+/// Counter: connections opened by a tracked connector; its rate is the new
+/// connections per second. No labels.
+pub const CONNECTIONS_OPENED_TOTAL: &str = "tower_quota_connections_opened_total";
+
+/// Gauge: connections open now (opened by a tracked connector, not yet
+/// dropped). No labels.
+pub const CONNECTIONS_OPEN: &str = "tower_quota_connections_open";
+
+/// Histogram: how long each connection took to open, in seconds. No labels.
+pub const CONNECTION_SETUP_SECONDS: &str = "tower_quota_connection_setup_seconds";
+
+/// Counter: connections a tracked connector failed to open. No labels.
+pub const CONNECTION_FAILURES_TOTAL: &str = "tower_quota_connection_failures_total";
+
 /// Registers the unit and help text of every series with the installed
 /// recorder. Call it once, after installing the recorder; without it the
 /// series still record, without descriptions. Does nothing without the
@@ -230,6 +260,37 @@ fn describe_all() {
         CIRCUIT_TRANSITIONS_TOTAL,
         Unit::Count,
         "Circuit breaker state changes, by new state"
+    );
+    describe_histogram!(BATCH_ITEMS, Unit::Count, "Items per batch sent");
+    describe_counter!(
+        BATCH_FAILURES_TOTAL,
+        Unit::Count,
+        "Batches that failed, by what happened to their items"
+    );
+    describe_counter!(
+        COALESCED_TOTAL,
+        Unit::Count,
+        "Requests that joined an identical call in flight"
+    );
+    describe_counter!(
+        CONNECTIONS_OPENED_TOTAL,
+        Unit::Count,
+        "Connections opened by a tracked connector"
+    );
+    ::metrics::describe_gauge!(
+        CONNECTIONS_OPEN,
+        Unit::Count,
+        "Connections open now, opened by a tracked connector"
+    );
+    describe_histogram!(
+        CONNECTION_SETUP_SECONDS,
+        Unit::Seconds,
+        "Time each connection took to open"
+    );
+    describe_counter!(
+        CONNECTION_FAILURES_TOTAL,
+        Unit::Count,
+        "Connections a tracked connector failed to open"
     );
     describe_counter!(
         STORE_ERRORS_TOTAL,
@@ -376,6 +437,49 @@ pub(crate) fn circuit_transition(key: &Key, state: &'static str) {
     #[cfg(feature = "metrics")]
     ::metrics::counter!(CIRCUIT_TRANSITIONS_TOTAL, "key" => key_label(key), "state" => state)
         .increment(1);
+}
+
+/// A batch of `items` items was sent, closed for `reason`.
+pub(crate) fn batch_sent(items: usize, reason: &'static str) {
+    #[cfg(feature = "metrics")]
+    ::metrics::histogram!(BATCH_ITEMS, "reason" => reason).record(items as f64);
+}
+
+/// A batch failed; `outcome` is what happened to its items.
+pub(crate) fn batch_failed(outcome: &'static str) {
+    #[cfg(feature = "metrics")]
+    ::metrics::counter!(BATCH_FAILURES_TOTAL, "outcome" => outcome).increment(1);
+}
+
+/// A request joined an identical call in flight.
+pub(crate) fn coalesced() {
+    #[cfg(feature = "metrics")]
+    ::metrics::counter!(COALESCED_TOTAL).increment(1);
+}
+
+/// A connection was opened after `setup`; `open` are open now.
+#[cfg(feature = "hyper-util")]
+pub(crate) fn connection_opened(setup: Duration, open: u64) {
+    #[cfg(feature = "metrics")]
+    {
+        ::metrics::counter!(CONNECTIONS_OPENED_TOTAL).increment(1);
+        ::metrics::gauge!(CONNECTIONS_OPEN).set(open as f64);
+        ::metrics::histogram!(CONNECTION_SETUP_SECONDS).record(setup);
+    }
+}
+
+/// A connection was dropped; `open` are open now.
+#[cfg(feature = "hyper-util")]
+pub(crate) fn connection_closed(open: u64) {
+    #[cfg(feature = "metrics")]
+    ::metrics::gauge!(CONNECTIONS_OPEN).set(open as f64);
+}
+
+/// A connection failed to open.
+#[cfg(feature = "hyper-util")]
+pub(crate) fn connection_failed() {
+    #[cfg(feature = "metrics")]
+    ::metrics::counter!(CONNECTION_FAILURES_TOTAL).increment(1);
 }
 
 #[cfg(all(test, feature = "metrics"))]

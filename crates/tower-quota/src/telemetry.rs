@@ -31,6 +31,12 @@
 //! | `quota_mismatch` | WARN | `key`, `quota`, `announced`, `held_to` | a response announced another size for a configured quota's window than configured (once per change); with `follow_announced_quotas` the key is held to it |
 //! | `store_error` | WARN | `key`, `error.kind`, `policy` | a shared store (Redis) failed or timed out; `policy` says what the limiter did instead |
 //! | `layer_order` | WARN | `below` | a `RetryAfterLayer` is below a `SlidingWindowLayer`: its re-sent requests skip the pacing (logged once per process) |
+//! | `batch_sent` | DEBUG | `items`, `cost`, `reason` | a `BatchLayer` sent a batch of `items` items costing `cost`; `reason` says what closed it: `max_items`, `max_bytes`, `max_delay`, `shutdown` or `resplit` (a half of a failed batch) |
+//! | `batch_failed` | WARN | `items`, `error.kind`, `outcome` | a batch failed (`error.kind`: `failed` or `split`); `outcome` is `failed` (every item gets the error) or `resplit` (its halves are sent again) |
+//! | `request_coalesced` | DEBUG | `http.request.method`, `url.template` | a request joined an identical call in flight (`CoalesceLayer`) instead of calling upstream |
+//! | `connection_opened` | DEBUG | `server.address`, `setup_ms`, `open` | a tracked connector (`connect::TrackConnections`, feature `hyper-util`) opened a connection to the host in `setup_ms`; `open` connections are open now |
+//! | `connection_closed` | DEBUG | `lifetime_ms`, `open` | the client dropped a tracked connection |
+//! | `connection_failed` | WARN | `server.address`, `setup_ms` | a tracked connector failed to open a connection |
 //! | `pacing_lagging` | WARN | `lag_ms`, `sent_within_ms` | a task of the client waited half of `sent_within` or more to run: admissions are held until answered for a window |
 
 /// The `tracing` target of every event of this crate.
@@ -118,6 +124,30 @@ pub const QUOTA_MISMATCH: &str = "quota_mismatch";
 /// its re-sent requests skip the pacing; logged once per process, naming
 /// the fix. Fields: `below` (the layer found below).
 pub const LAYER_ORDER: &str = "layer_order";
+
+/// A `BatchLayer` sent a batch. Fields: `items`, `cost` (the sum of its
+/// items' costs), `reason` (what closed it).
+pub const BATCH_SENT: &str = "batch_sent";
+
+/// A batch failed. Fields: `items`, `error.kind`, `outcome` (`failed` or
+/// `resplit`).
+pub const BATCH_FAILED: &str = "batch_failed";
+
+/// A request joined an identical call in flight instead of calling
+/// upstream. Fields: `http.request.method`, `url.template`.
+pub const REQUEST_COALESCED: &str = "request_coalesced";
+
+/// A tracked connector opened a connection. Fields: `server.address`
+/// (the host, never the path or query), `setup_ms`, `open` (connections
+/// open now).
+pub const CONNECTION_OPENED: &str = "connection_opened";
+
+/// The client dropped a tracked connection. Fields: `lifetime_ms`, `open`.
+pub const CONNECTION_CLOSED: &str = "connection_closed";
+
+/// A tracked connector failed to open a connection. Fields:
+/// `server.address`, `setup_ms` (how long it tried).
+pub const CONNECTION_FAILED: &str = "connection_failed";
 
 /// A shared store (Redis) failed or timed out; the configured failure
 /// policy decided what happened to the request.

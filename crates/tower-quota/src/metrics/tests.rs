@@ -343,3 +343,67 @@ fn a_learned_burst_and_rate_are_gauges() {
         "spacing off"
     );
 }
+
+#[tokio::test(flavor = "current_thread", start_paused = true)]
+async fn batches_record_their_items_by_what_closed_them() {
+    let recorder = DebuggingRecorder::new();
+    let snapshotter = recorder.snapshotter();
+    let _guard = ::metrics::set_default_local_recorder(&recorder);
+
+    let batcher = tower_layer::Layer::layer(
+        &crate::batch::BatchLayer::new(
+            |items: &[u32]| http::Request::new(items.to_vec()),
+            |response: http::Response<Vec<u32>>, _items: usize| {
+                std::future::ready(Ok::<_, BoxError>(response.into_body()))
+            },
+        )
+        .max_items(2)
+        .unwrap(),
+        service_fn(|request: http::Request<Vec<u32>>| async move {
+            Ok::<_, BoxError>(http::Response::new(request.into_body()))
+        }),
+    );
+    let (a, b, c) = tokio::join!(
+        batcher.clone().oneshot(1),
+        batcher.clone().oneshot(2),
+        batcher.clone().oneshot(3),
+    );
+    assert_eq!((a.unwrap(), b.unwrap(), c.unwrap()), (1, 2, 3));
+
+    let recorded = snapshotter.snapshot().into_vec();
+    assert_eq!(
+        histogram(&recorded, BATCH_ITEMS, &[("reason", "max_items")]),
+        [2.0]
+    );
+    assert_eq!(
+        histogram(&recorded, BATCH_ITEMS, &[("reason", "max_delay")]),
+        [1.0]
+    );
+}
+
+#[cfg(feature = "hyper-util")]
+#[tokio::test(flavor = "current_thread")]
+async fn connections_record_opened_open_and_setup_time() {
+    use hyper_util::client::legacy::connect::HttpConnector;
+
+    let recorder = DebuggingRecorder::new();
+    let snapshotter = recorder.snapshotter();
+    let _guard = ::metrics::set_default_local_recorder(&recorder);
+
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let uri: http::Uri = format!("http://{}/", listener.local_addr().unwrap())
+        .parse()
+        .unwrap();
+    let connector = crate::connect::TrackConnections::new(HttpConnector::new());
+    let first = connector.clone().oneshot(uri.clone()).await.unwrap();
+    let second = connector.clone().oneshot(uri).await.unwrap();
+    let recorded = snapshotter.snapshot().into_vec();
+    assert_eq!(counter(&recorded, CONNECTIONS_OPENED_TOTAL, &[]), 2);
+    assert_eq!(gauge(&recorded, CONNECTIONS_OPEN, &[]), 2.0);
+    assert_eq!(histogram(&recorded, CONNECTION_SETUP_SECONDS, &[]).len(), 2);
+    drop((first, second));
+    let recorded = snapshotter.snapshot().into_vec();
+    assert_eq!(gauge(&recorded, CONNECTIONS_OPEN, &[]), 0.0);
+    assert_eq!(connector.stats().open(), 0);
+    assert_eq!(connector.stats().opened(), 2);
+}
