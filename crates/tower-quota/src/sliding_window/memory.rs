@@ -206,11 +206,14 @@ impl Store for MemoryStore {
     }
 
     fn acquire_placed(&self, key: Key, cost: u64, limits: &Limits, place: Place) -> Acquire {
+        let priority = place.priority;
+        let place = (place.tenant.is_some() || place.deadline.is_some()).then(|| Box::new(place));
         Acquire {
             shared: self.shared.clone(),
             key,
             cost,
             limits: limits.clone(),
+            priority,
             place,
             state: AcquireState::Start,
             sleep: None,
@@ -656,7 +659,11 @@ pin_project! {
         key: Key,
         cost: u64,
         limits: Limits,
-        place: Place,
+        // The request's class; its tenant and deadline, if it has either,
+        // boxed: most requests have neither, and a waiting future stays
+        // small.
+        priority: Priority,
+        place: Option<Box<Place>>,
         state: AcquireState,
         #[pin]
         sleep: Option<Sleep>,
@@ -668,6 +675,7 @@ impl fmt::Debug for Acquire {
         f.debug_struct("Acquire")
             .field("key", &self.key)
             .field("cost", &self.cost)
+            .field("priority", &self.priority)
             .field("place", &self.place)
             .field("state", &self.state)
             .finish()
@@ -744,11 +752,10 @@ impl Future for Acquire {
                 this.shared.tick(&mut shard, now);
                 match this.state {
                     AcquireState::Start => {
-                        if let Err(too_large) = this.limits.check_cost_for(
-                            this.key,
-                            *this.cost,
-                            Some(this.place.priority),
-                        ) {
+                        if let Err(too_large) =
+                            this.limits
+                                .check_cost_for(this.key, *this.cost, Some(*this.priority))
+                        {
                             Step::Ready(Err(too_large.into()))
                         } else {
                             let state = shard.keys.get_or_insert_with(hash, this.key, || {
@@ -765,7 +772,8 @@ impl Future for Acquire {
                                         key: this.key,
                                         cost: *this.cost,
                                         limits: this.limits,
-                                        place: this.place,
+                                        priority: *this.priority,
+                                        place: this.place.as_deref(),
                                     },
                                     this.state,
                                     now,
@@ -787,7 +795,7 @@ impl Future for Acquire {
                                 key: this.key,
                                 cost: *this.cost,
                                 limits: this.limits,
-                                deadline: this.place.deadline,
+                                deadline: this.place.as_ref().and_then(|place| place.deadline),
                                 ticket,
                                 enqueued_at: *enqueued_at,
                                 queued: *queued,
@@ -946,7 +954,8 @@ struct Arrival<'a> {
     key: &'a Key,
     cost: u64,
     limits: &'a Limits,
-    place: &'a Place,
+    priority: Priority,
+    place: Option<&'a Place>,
 }
 
 /// A request arrives at its key: admitted at once when nobody of its class
@@ -960,7 +969,8 @@ fn arrive(
     cx: &mut Context<'_>,
 ) -> Step {
     let cost = this.cost;
-    let class = this.place.priority;
+    let class = this.priority;
+    let deadline = this.place.and_then(|place| place.deadline);
     if state.queue.none_before(class) && state.has_room(now, cost, this.limits, class) {
         let id = this.shared.next_admission.fetch_add(1, Ordering::Relaxed);
         let lagging = this.shared.lag.is_lagging(now);
@@ -976,11 +986,10 @@ fn arrive(
         )));
     }
     let queued = state.queue.len() + 1;
-    let tenant = this.place.tenant.as_ref();
+    let tenant = this.place.and_then(|place| place.tenant.as_ref());
     let spot = state.queue.spot(class, tenant);
-    let bounded = this.limits.max_queue().is_some()
-        || this.limits.max_wait().is_some()
-        || this.place.deadline.is_some();
+    let bounded =
+        this.limits.max_queue().is_some() || this.limits.max_wait().is_some() || deadline.is_some();
     // The wait the requests ahead leave it (only when a bound needs it).
     let (ahead, wait) = if bounded {
         let (ahead, ahead_cost) = state.queue.ahead(spot);
@@ -1014,7 +1023,7 @@ fn arrive(
     {
         return overload(OverloadReason::MaxWait(max_wait));
     }
-    if let Some(deadline) = this.place.deadline {
+    if let Some(deadline) = deadline {
         let earliest = now.checked_add(wait);
         if earliest.is_none_or(|earliest| earliest > deadline) {
             return Step::Ready(Err(DeadlineUnreachable::new(
