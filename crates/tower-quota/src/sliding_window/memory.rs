@@ -690,6 +690,8 @@ enum AcquireState {
         queued: usize,
         /// The quota that last held this request back.
         limited_by: Option<Quota>,
+        /// It was the head when it last looked.
+        was_head: bool,
     },
     Done,
 }
@@ -787,6 +789,7 @@ impl Future for Acquire {
                         enqueued_at,
                         queued,
                         limited_by,
+                        was_head,
                     } => match shard.keys.get_mut(hash, this.key.as_str()) {
                         Some(state) if state.queue.contains(ticket.spot) => waiting(
                             state,
@@ -800,6 +803,7 @@ impl Future for Acquire {
                                 enqueued_at: *enqueued_at,
                                 queued: *queued,
                                 limited_by,
+                                was_head,
                             },
                             now,
                             cx,
@@ -858,6 +862,7 @@ struct Waiting<'a> {
     enqueued_at: Instant,
     queued: usize,
     limited_by: &'a mut Option<Quota>,
+    was_head: &'a mut bool,
 }
 
 /// A queued request looks at the queue again: admitted if it goes next and
@@ -882,9 +887,11 @@ fn waiting(state: &mut KeyState, this: Waiting<'_>, now: Instant, cx: &mut Conte
             return unreachable(None, deadline);
         }
         state.queue.register(spot, cx.waker());
-        if now > this.enqueued_at {
-            // Woken while not the head: the head may have changed while it
-            // slept (a front aged past `promote_after`); make sure it looks.
+        if std::mem::take(this.was_head) {
+            // It was the head and is no longer (a front aged past
+            // `promote_after` while it slept): the new head may be parked
+            // without a timer. Woken once per change, so that waiters
+            // polled by one task cannot wake each other for ever.
             state.wake_head();
         }
         return match this.deadline {
@@ -892,6 +899,7 @@ fn waiting(state: &mut KeyState, this: Waiting<'_>, now: Instant, cx: &mut Conte
             None => Step::Park,
         };
     }
+    *this.was_head = true;
     state.prune(now);
     let (at, limit) = state.earliest(now, this.cost, this.limits, class);
     if limit.is_some() {
@@ -1046,6 +1054,7 @@ fn arrive(
         enqueued_at: now,
         queued,
         limited_by: None,
+        was_head: false,
     };
     Step::Queued
 }

@@ -431,3 +431,27 @@ async fn the_layer_reads_deadlines_from_extensions_and_grpc_timeout() {
     let admitted = service.oneshot(patient).await.unwrap();
     assert_eq!(admitted - start, Duration::from_secs(1));
 }
+
+/// Regression: a waiter that was not the head woke the head whenever it
+/// was polled; three waiters polled by one task (`join!`) then woke each
+/// other for ever, and the paused clock never moved on.
+#[tokio::test(start_paused = true)]
+async fn waiters_polled_by_one_task_do_not_wake_each_other_for_ever() {
+    let store = MemoryStore::new();
+    let limits = limits(1, Duration::from_secs(1));
+    let key = || Key::from("k");
+    store.acquire(key(), 1, &limits).await.unwrap();
+    let (a, b, c) = tokio::time::timeout(Duration::from_secs(10), async {
+        tokio::join!(
+            store.acquire(key(), 1, &limits),
+            store.acquire(key(), 1, &limits),
+            store.acquire(key(), 1, &limits),
+        )
+    })
+    .await
+    .expect("the three are admitted, one per window, without spinning");
+    let waited = [a, b, c].map(|admission| admission.unwrap().waited());
+    assert!(waited[0] >= Duration::from_secs(1), "{waited:?}");
+    assert!(waited[0] < waited[1] && waited[1] < waited[2], "{waited:?}");
+    assert!(waited[2] <= Duration::from_secs(4), "{waited:?}");
+}
