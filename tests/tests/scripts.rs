@@ -25,7 +25,11 @@ fn stub_path(dir: &Path, with_redis: bool) -> PathBuf {
     );
     write_executable(&dir.join("cargo"), &cargo);
     if with_redis {
-        write_executable(&dir.join("redis-server"), "#!/bin/bash\necho stub\n");
+        // Everything the Redis tests need: the server, redis-cli (which
+        // joins the test cluster), Sentinel, and openssl for TLS.
+        for tool in ["redis-server", "redis-cli", "redis-sentinel", "openssl"] {
+            write_executable(&dir.join(tool), "#!/bin/bash\necho stub\n");
+        }
     }
     log
 }
@@ -76,6 +80,15 @@ fn scripts_test_fails_without_redis_server_unless_skipped_explicitly() {
         log.contains("test --workspace --all-features -- --test-threads=1 CI=false"),
         "{log}"
     );
+
+    // One tool missing of several is an error too, naming it.
+    let dir = base.join("no-sentinel");
+    stub_path(&dir, true);
+    std::fs::remove_file(dir.join("redis-sentinel")).unwrap();
+    let (ok, stderr, log) = run(&dir, false);
+    assert!(!ok, "a missing redis-sentinel must fail the run: {stderr}");
+    assert!(stderr.contains("redis-sentinel is missing"), "{stderr}");
+    assert!(!log.contains("test --workspace"), "no test ran: {log}");
 
     let dir = base.join("present");
     stub_path(&dir, true);
