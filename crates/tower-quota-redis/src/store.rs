@@ -16,7 +16,7 @@ use tower_quota::sliding_window::{
     Admission, Completion, ConflictingQuotas, DriftMargin, Limits, MemoryStore, OverloadReason,
     Overloaded, Place, Priority, Quota, SlidingWindowLayer, Store,
 };
-use tower_quota::{BoxError, Key, telemetry};
+use tower_quota::{BoxError, Key, Room, telemetry};
 
 use crate::batch::{Join, Lanes, Outcome, Request};
 use crate::builder::{FailurePolicy, RedisStoreBuilder};
@@ -358,12 +358,14 @@ impl Store for RedisStore {
     }
 
     fn complete(&self, admission: &Admission, completion: Completion, limits: &Limits) {
+        if let FailurePolicy::LocalFallback { .. } = self.inner.policy {
+            // The fallback keeps a dropped request's bound itself, and
+            // counts the answers its keys wait for.
+            self.inner.fallback.complete(admission, completion, limits);
+        }
         if completion == Completion::Dropped && !limits.is_strict() {
             // A dropped request may still be on its way: it keeps its bound.
             return;
-        }
-        if let FailurePolicy::LocalFallback { .. } = self.inner.policy {
-            self.inner.fallback.complete(admission, completion, limits);
         }
         if self.inner.approximate || admission.id() & REDIS_ID == 0 {
             // Counters cannot release one admission early; an admission
@@ -394,6 +396,16 @@ impl Store for RedisStore {
                 report(&key, &error, "complete");
             }
         });
+    }
+
+    fn accepted(&self, admission: &Admission, room: &dyn Fn() -> Option<Room>, limits: &Limits) {
+        if admission.id() & REDIS_ID == 0
+            && let FailurePolicy::LocalFallback { .. } = self.inner.policy
+        {
+            // Admitted by the local fallback, whose fresh keys start at
+            // the pace of their answers.
+            self.inner.fallback.accepted(admission, room, limits);
+        }
     }
 
     fn refused(&self, admission: &Admission, limits: &Limits) -> Option<(Duration, Duration)> {

@@ -366,6 +366,35 @@ pub trait UsageFn<Response> {
         let _ = response;
         false
     }
+
+    /// Whether [`refused`](UsageFn::refused) reports the provider's
+    /// refusals. A key's first burst then goes at the pace its answers come
+    /// back, and the first burst after its first full window waits for one
+    /// request's answer, so that a provider that refuses bursts (GCRA, a
+    /// sliding-window counter) refuses one request rather than a window's
+    /// worth (see [`Store::accepted`](crate::sliding_window::Store::accepted)).
+    /// Without refusals reported nothing would tell the burst was too much:
+    /// the default is `false`, and the log alone decides.
+    const REPORTS_REFUSALS: bool = false;
+
+    /// The room the provider says it has left, in a response it accepted
+    /// (`X-RateLimit-Remaining` and `-Limit`, the IETF `RateLimit` field's
+    /// `r` with its policy's `q`, and the dialects that say both). The
+    /// default says nothing.
+    fn room(&self, response: &Response) -> Option<Room> {
+        let _ = response;
+        None
+    }
+}
+
+/// What a provider says it has left of a quota, right after a request it
+/// accepted: `remaining` more of `limit`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Room {
+    /// Requests the provider would accept at once, now.
+    pub remaining: u64,
+    /// The quota they are left of.
+    pub limit: u64,
 }
 
 /// A quota a provider announced in a response: `max_calls` per `window`.
@@ -450,8 +479,38 @@ impl<B> UsageFn<http::Response<B>> for HttpFeedback {
         response.extensions().get::<Usage>().map(|usage| usage.0)
     }
 
+    const REPORTS_REFUSALS: bool = true;
+
     fn refused(&self, response: &http::Response<B>) -> bool {
         response.status() == http::StatusCode::TOO_MANY_REQUESTS
+    }
+
+    fn room(&self, response: &http::Response<B>) -> Option<Room> {
+        let headers = response.headers();
+        if !headers.keys().any(|name| names_a_quota(name.as_str())) {
+            return None;
+        }
+        let signal = quota_headers::parse(response.status(), headers, std::time::SystemTime::now());
+        // The tightest quota of requests (not tokens) that says both.
+        signal
+            .quotas
+            .iter()
+            .filter(|quota| {
+                quota
+                    .unit
+                    .as_deref()
+                    .is_none_or(|unit| unit.eq_ignore_ascii_case("requests"))
+            })
+            .filter_map(|quota| {
+                Some(Room {
+                    remaining: quota.remaining?,
+                    limit: quota.limit?.max(1),
+                })
+            })
+            .min_by_key(|room| {
+                // remaining ÷ limit, compared without division.
+                (u128::from(room.remaining) << 64) / u128::from(room.limit)
+            })
     }
 
     fn resent_below(&self, response: &http::Response<B>) -> bool {
@@ -464,10 +523,7 @@ impl<B> UsageFn<http::Response<B>> for HttpFeedback {
     fn announced(&self, response: &http::Response<B>) -> Vec<Announced> {
         let headers = response.headers();
         // Most responses of most providers announce nothing: skip the parse.
-        let announces = headers.keys().any(|name| {
-            let name = name.as_str();
-            name.contains("ratelimit") || name.contains("rate-limit")
-        });
+        let announces = headers.keys().any(|name| names_a_quota(name.as_str()));
         if !announces {
             return Vec::new();
         }
@@ -534,4 +590,11 @@ mod tests {
         let none = http::Request::get("/v1").body(()).expect("a valid request");
         assert!(host_key(&none).is_none());
     }
+}
+
+/// Whether a header's name may carry a quota (every dialect's names have
+/// `ratelimit` or `rate-limit` in them): most responses of most providers
+/// have none, and skip the parse.
+fn names_a_quota(name: &str) -> bool {
+    name.contains("ratelimit") || name.contains("rate-limit")
 }

@@ -27,7 +27,7 @@
 //! | `circuit_opened` | WARN | `key`, `failure_rate`, `open_ms` | a breaker opened: calls of the key fail fast for `open_ms` |
 //! | `circuit_half_open` | INFO | `key` | an open breaker lets its probes through |
 //! | `circuit_closed` | INFO | `key` | every probe succeeded: calls pass again |
-//! | `rate_adapted` | INFO | `key`, `burst`, `interval_ms`, `reason` | the provider refused a burst the window allowed or evenly spaced requests (`refused`: the burst halves, down to even spacing, or the rate is cut: `interval_ms` widens), or windows passed without refusals (`recovered`: a larger burst, 0 = spacing off, or a probe or growth of the rate: `interval_ms` narrows) |
+//! | `rate_adapted` | INFO | `key`, `burst`, `interval_ms`, `reason` | the provider refused a burst the window allowed or evenly spaced requests (`refused`: the burst halves, down to even spacing, or the rate is cut: `interval_ms` widens), or windows passed without refusals (`recovered`: a larger burst, 0 = spacing off, or a probe or growth of the rate: `interval_ms` narrows), or a fresh key's first answer said the provider has less than a quota's room at once (`announced`: spaced before any refusal) |
 //! | `quota_mismatch` | WARN | `key`, `quota`, `announced`, `held_to` | a response announced another size for a configured quota's window than configured (once per change); with `follow_announced_quotas` the key is held to it |
 //! | `store_error` | WARN | `key`, `error.kind`, `policy` | a shared store (Redis) failed or timed out; `policy` says what the limiter did instead |
 //! | `layer_order` | WARN | `below` | a `RetryAfterLayer` is below a `SlidingWindowLayer`: its re-sent requests skip the pacing (logged once per process) |
@@ -109,7 +109,7 @@ pub const PACING_LAGGING: &str = "pacing_lagging";
 /// window passed without refusals: the requests the key sends back to back
 /// changed. Fields: `key`, `burst` (requests back to back; 0: spacing off,
 /// as many as the quota allows), `interval_ms` (the spacing of requests
-/// past the burst), `reason` (`refused` or `recovered`).
+/// past the burst), `reason` (`refused`, `recovered` or `announced`).
 pub const RATE_ADAPTED: &str = "rate_adapted";
 
 /// A response announced a size for one of a key's configured quotas (the

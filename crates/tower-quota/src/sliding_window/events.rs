@@ -63,6 +63,9 @@ pub(super) enum Adaptation {
     Refused,
     /// A window passed without refusals.
     Recovered,
+    /// The provider's answer to a fresh key's first request said how much
+    /// it has left: less than a quota at once.
+    Announced,
 }
 
 impl Adaptation {
@@ -71,6 +74,7 @@ impl Adaptation {
         match self {
             Adaptation::Refused => "refused",
             Adaptation::Recovered => "recovered",
+            Adaptation::Announced => "announced",
         }
     }
 }

@@ -193,13 +193,25 @@ where
                         // Set on the transition to `Calling`.
                         unreachable!("sliding window request answered twice");
                     };
+                    // What the provider made of the request, before the
+                    // answer frees its place: a key that waits for it
+                    // learns from it first.
+                    if let Ok(response) = &result {
+                        if this.usage_fn.refused(response) {
+                            refused(this.store, &in_flight.admission, this.limits);
+                        } else if this.limits.reports_refusals() {
+                            let usage_fn = &*this.usage_fn;
+                            this.store.accepted(
+                                &in_flight.admission,
+                                &|| usage_fn.room(response),
+                                this.limits,
+                            );
+                        }
+                    }
                     let admission = in_flight.answered();
                     let response = result.map_err(Into::into)?;
                     if this.usage_fn.resent_below(&response) {
                         events::layer_order();
-                    }
-                    if this.usage_fn.refused(&response) {
-                        refused(this.store, &admission, this.limits);
                     }
                     if let Some(actual) = this.usage_fn.usage(&response) {
                         this.store.correct(&admission, actual);

@@ -34,7 +34,7 @@ use super::schedule::{Place, Priority};
 use super::store::{Admission, Completion, QuotaChange, Store};
 use super::{Limits, Quota};
 use crate::keymap::{KeyHasher, KeyMap};
-use crate::{Announced, BoxError, Key};
+use crate::{Announced, BoxError, Key, Room};
 
 const SHARDS: usize = 16;
 /// A shard sweeps idle keys after this many operations, or after as many
@@ -248,11 +248,27 @@ impl Store for MemoryStore {
             return;
         };
         let extra = state.extra_margin(now);
-        let mut changed = false;
+        let mut changed = state.pacer.answered(admission.id());
         for window in &mut state.windows {
             changed |= window.answer(admission.id(), now, extra, dropped);
         }
         if changed {
+            state.wake_head();
+        }
+    }
+
+    fn accepted(&self, admission: &Admission, room: &dyn Fn() -> Option<Room>, limits: &Limits) {
+        let (hash, shard) = self.shared.shard(admission.key());
+        let mut shard = lock(shard);
+        let now = Instant::now();
+        let Some(state) = shard.keys.get_mut(hash, admission.key().as_str()) else {
+            return;
+        };
+        let (adapted, opened) = state.pacer.accepted(now, admission.id(), room, limits);
+        if let Some(adapted) = adapted {
+            events::rate_adapted(admission.key(), adapted, Adaptation::Announced);
+        }
+        if opened {
             state.wake_head();
         }
     }
@@ -310,7 +326,12 @@ impl Store for MemoryStore {
         // requests (a sliding-window counter, a late window: a little less
         // rate serves both). A refusal of bursts near the quota says the
         // provider's window runs late.
-        let drift = if state.pacer.burst() != Some(1) && state.pacer.near_quota(now, limits) {
+        // A refusal in the key's start is of a burst (or of the probe past
+        // its first window), not of a late window.
+        let drift = if !state.pacer.starting()
+            && state.pacer.burst() != Some(1)
+            && state.pacer.near_quota(now, limits)
+        {
             state.drift.refused(now, limits)
         } else {
             None
@@ -427,7 +448,7 @@ impl KeyState {
             queue: Queue::default(),
             promote_after: limits.promote_after(),
             drift: DriftMargin::default(),
-            pacer: Pacer::default(),
+            pacer: Pacer::new(limits.reports_refusals()),
             announced: vec![None; limits.quotas().len()],
         }
     }
@@ -555,6 +576,7 @@ impl KeyState {
             .iter()
             .all(|w| w.has_room(cost, w.keep(limits, class, cost)))
             && self.pacer.earliest(cost, limits).is_none_or(|at| at <= now)
+            && !self.pacer.awaits_answer(now, limits)
     }
 
     /// Records an admission; returns the pacer's new burst if it changed.
@@ -586,7 +608,7 @@ impl KeyState {
         for window in &mut self.windows {
             window.record(cost, id, sent_by, extra, answers);
         }
-        self.pacer.admitted(now, cost, limits)
+        self.pacer.admitted(now, id, cost, limits)
     }
 
     /// The earliest instant the head fits (`None`: once an answer comes
@@ -598,6 +620,9 @@ impl KeyState {
         limits: &Limits,
         class: Priority,
     ) -> (Option<Instant>, Option<Quota>) {
+        if self.pacer.awaits_answer(now, limits) {
+            return (None, None);
+        }
         let paced = self.pacer.earliest(cost, limits);
         let mut latest: (Option<Instant>, Option<Quota>) =
             (Some(paced.map_or(now, |at| at.max(now))), None);

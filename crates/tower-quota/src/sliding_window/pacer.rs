@@ -60,6 +60,26 @@
 //! it. The burst is probed again only at the full rate, once a raise to it
 //! is confirmed.
 //!
+//! A fresh key does not know its provider yet, and a burst is what
+//! providers of other shapes punish: a GCRA without tolerance refuses all
+//! but one of it, a sliding-window counter all of the burst that the slots
+//! of a full first window free together. So when the caller reports
+//! refusals, a fresh key starts as TCP does ([`Start`]): its requests go
+//! at the pace their answers come back, one first, then one more for each
+//! accepted answer (the burst doubles every round trip), up to the quota.
+//! An answer that says what the provider has left (`X-RateLimit-Remaining`
+//! of `-Limit`, the IETF fields) gives the burst it tolerates at once:
+//! `remaining + 1` after the first request is a window's quota for a
+//! sliding log, a fixed window or a full bucket, and one for a GCRA without
+//! tolerance, which is then spaced from its second request on, refused
+//! nothing. The first request that needs a slot the log freed (a window
+//! after the first admission), when that window held about a quota, goes
+//! alone and the key waits for its answer: accepted, the provider counts
+//! what the log counts and the key bursts from then on; refused, it counts
+//! a rate (a sliding-window counter still weighs the full window before),
+//! and the key is spaced at once, one request refused instead of a
+//! window's worth, each refusal costing the whole key a `Retry-After`.
+//!
 //! The pacer only ever delays admissions the log allows: the log's bound,
 //! never more than a quota in any window, holds whatever it learns.
 
@@ -68,6 +88,7 @@ use std::time::Duration;
 use tokio::time::Instant;
 
 use super::quota::Limits;
+use crate::Room;
 
 /// The spacing a key learned; inactive until its provider refuses one.
 #[derive(Debug, Clone)]
@@ -100,6 +121,31 @@ pub(crate) struct Pacer {
     /// The last refusal that did not cut the rate because the key had not
     /// sent through the whole window.
     deferred: Option<Instant>,
+    /// A fresh key's start, boxed: most keys are past it or never had one.
+    start: Option<Box<Start>>,
+    /// The provider said how much it takes at once, and the quota it
+    /// counts: spaced requests it refuses were brought together by the
+    /// network, not sent above its rate.
+    told: bool,
+    /// The provider took a whole quota at once (the key's first window)
+    /// before it refused the slots that window freed together.
+    tolerant: bool,
+}
+
+/// A fresh key's first window and first boundary: its admissions go at the
+/// pace of their answers (see the module's docs).
+#[derive(Debug, Clone, Copy)]
+struct Start {
+    /// Admissions allowed without an answer.
+    allowed: u64,
+    /// Admissions made since the start and not answered yet.
+    unanswered: u64,
+    /// The key's first admission, and its id.
+    first: Option<Instant>,
+    first_id: Option<u64>,
+    /// The request that went alone past the first window, while its answer
+    /// is awaited.
+    probe: Option<u64>,
 }
 
 /// A raise of the rate that a window without refusal has not confirmed yet.
@@ -127,6 +173,9 @@ impl Default for Pacer {
             rate_spell: FIRST_RATE_SPELL,
             raised: None,
             deferred: None,
+            start: None,
+            told: false,
+            tolerant: false,
         }
     }
 }
@@ -146,6 +195,10 @@ const FIRST_RATE_SPELL: u32 = 2;
 const LAST_RATE_SPELL: u32 = 4;
 /// Nine tenths of the quota's rate, in thousandths.
 const NEAR_FULL: u32 = 900;
+
+/// How late a timer may wake an admission without moving the schedule
+/// after it: tokio's timer resolution.
+const TIMER_TICK: Duration = Duration::from_millis(1);
 
 /// Slices of a window the counts keep.
 const SLICES: usize = 8;
@@ -249,6 +302,142 @@ pub(crate) struct Adapted {
 }
 
 impl Pacer {
+    /// A fresh key's pacer: with `starting`, its first burst goes at the
+    /// pace of its answers.
+    pub(crate) fn new(starting: bool) -> Self {
+        Pacer {
+            start: starting.then(|| {
+                Box::new(Start {
+                    allowed: 1,
+                    unanswered: 0,
+                    first: None,
+                    first_id: None,
+                    probe: None,
+                })
+            }),
+            ..Pacer::default()
+        }
+    }
+
+    /// Whether the key is still in its start, and the next admission
+    /// waits for an answer (the log may have room for it).
+    pub(crate) fn awaits_answer(&self, now: Instant, limits: &Limits) -> bool {
+        let Some(start) = self.start.as_deref() else {
+            return false;
+        };
+        if start.probe.is_some() {
+            return true;
+        }
+        if self.probes_next(start, now, limits) {
+            // The probe goes alone.
+            return false;
+        }
+        start.unanswered >= start.allowed
+    }
+
+    /// Whether an admission at `now` is past the key's first window.
+    fn probes_next(&self, start: &Start, now: Instant, limits: &Limits) -> bool {
+        let window = shortest_window(limits);
+        start
+            .first
+            .is_some_and(|first| now.saturating_duration_since(first) >= window)
+    }
+
+    /// Whether the key is still in its start.
+    pub(crate) fn starting(&self) -> bool {
+        self.start.is_some()
+    }
+
+    /// The provider answered admission `id`, or it was dropped. Returns
+    /// whether a waiting request may now go.
+    pub(crate) fn answered(&mut self, id: u64) -> bool {
+        let Some(start) = self.start.as_deref_mut() else {
+            return false;
+        };
+        start.unanswered = start.unanswered.saturating_sub(1);
+        if start.probe == Some(id) {
+            // Neither accepted nor refused (an error, a drop): says nothing
+            // of the provider; another request probes.
+            start.probe = None;
+            return true;
+        }
+        start.unanswered < start.allowed
+    }
+
+    /// The provider accepted admission `id`; `room` reads what it says it
+    /// has left, asked of the key's first answer only. Returns the burst
+    /// learned when the start ends with spacing, and whether a waiting
+    /// request may now go.
+    pub(crate) fn accepted(
+        &mut self,
+        now: Instant,
+        id: u64,
+        room: &dyn Fn() -> Option<Room>,
+        limits: &Limits,
+    ) -> (Option<Adapted>, bool) {
+        let Some(start) = self.start.as_deref_mut() else {
+            return (None, false);
+        };
+        if start.probe == Some(id) {
+            // Slots the log freed together went, and the provider took
+            // them: it counts what the log counts.
+            self.start = None;
+            return (None, true);
+        }
+        let ceiling = ceiling(limits);
+        start.allowed = start.allowed.saturating_add(1).min(ceiling);
+        if start.first_id == Some(id)
+            && let Some(room) = room()
+        {
+            // The key's first request, answered alone: what the provider
+            // has left after it, plus it, is what it takes at once, in the
+            // key's quota.
+            let tolerated = u128::from(room.remaining.saturating_add(1))
+                .saturating_mul(u128::from(ceiling))
+                / u128::from(room.limit.max(1));
+            let tolerated = u64::try_from(tolerated).unwrap_or(u64::MAX).max(1);
+            if tolerated < ceiling {
+                let first = start.first;
+                self.start = None;
+                return (Some(self.told(now, first, tolerated, limits)), true);
+            }
+            start.allowed = ceiling;
+        }
+        (None, true)
+    }
+
+    /// The provider said it tolerates `burst` at once: spaces the key with
+    /// it, a little under the quota's rate, and probes for more only after
+    /// the longest spell (the provider will say when it has more).
+    /// The provider's clock for the key started with its first request,
+    /// at `first`.
+    fn told(
+        &mut self,
+        now: Instant,
+        first: Option<Instant>,
+        burst: u64,
+        limits: &Limits,
+    ) -> Adapted {
+        self.burst = Some(burst);
+        self.told = true;
+        self.spell = LAST_SPELL;
+        self.rate_spell = LAST_SPELL;
+        self.rate = KEPT;
+        self.changed_at = Some(now);
+        self.spaced_since = (burst == 1).then_some(now);
+        self.counts = Counts {
+            start: Some(now),
+            ..Counts::default()
+        };
+        let interval = self.step(limits, 1);
+        let from = first.unwrap_or(now);
+        self.tat = Some(from.checked_add(interval).unwrap_or(from));
+        Adapted {
+            burst: self.burst,
+            interval,
+        }
+    }
+
     /// The earliest instant a request of `cost` may go (`None`: now).
     pub(crate) fn earliest(&self, cost: u64, limits: &Limits) -> Option<Instant> {
         let (burst, tat) = (self.burst?, self.tat?);
@@ -261,16 +450,55 @@ impl Pacer {
 
     /// Records an admission of `cost` at `now`; returns the new burst when
     /// a window without refusals raised it.
-    pub(crate) fn admitted(&mut self, now: Instant, cost: u64, limits: &Limits) -> Option<Adapted> {
+    pub(crate) fn admitted(
+        &mut self,
+        now: Instant,
+        id: u64,
+        cost: u64,
+        limits: &Limits,
+    ) -> Option<Adapted> {
         let window = shortest_window(limits);
         self.counts.roll(now, window);
+        if let Some(start) = self.start.as_deref() {
+            let probes = self.probes_next(start, now, limits);
+            let full = probes && self.near_quota(now, limits);
+            if let Some(start) = self.start.as_deref_mut() {
+                start.unanswered = start.unanswered.saturating_add(1);
+                if start.first.is_none() {
+                    start.first = Some(now);
+                    start.first_id = Some(id);
+                }
+                if full {
+                    start.probe = Some(id);
+                } else if probes {
+                    // A window that did not fill frees no burst: nothing
+                    // to probe.
+                    self.start = None;
+                }
+            }
+        }
         self.counts.sent();
         let burst = self.burst?;
         let advance = self.step(limits, cost);
         if advance.is_zero() {
             return None;
         }
-        let from = self.tat.map_or(now, |tat| tat.max(now));
+        // An admission the timer woke a little after its instant (tokio's
+        // timer has millisecond ticks) keeps the schedule: at 100/s a tick
+        // late on every request would send 9 % under the rate.
+        // A provider with no tolerance refuses two requests closer than
+        // its interval: the schedule keeps no more than the spacing holds
+        // over the quota's own interval, unless the provider took a
+        // window's quota at once.
+        let catch_up = if self.tolerant {
+            TIMER_TICK
+        } else {
+            TIMER_TICK.min(advance.saturating_sub(step(limits, cost)))
+        };
+        let from = match self.tat {
+            Some(tat) if now.saturating_duration_since(tat) <= catch_up => tat,
+            _ => now,
+        };
         self.tat = Some(from.checked_add(advance).unwrap_or(from));
         if self
             .probed_at
@@ -413,7 +641,7 @@ impl Pacer {
                 || self.deferred.replace(now).is_some_and(|at| {
                     now.saturating_duration_since(at) < window.saturating_mul(2)
                 }));
-        if counted {
+        if counted && !self.told {
             // Evenly spaced and refused: the provider holds the key to about
             // what it accepted in the window that ends now (no more, for a
             // sliding log or fixed window; about that for GCRA and
@@ -432,7 +660,31 @@ impl Pacer {
                 self.cut_at = Some(now);
             }
         }
-        let current = self.burst.unwrap_or_else(|| ceiling(limits));
+        let mut hold = 1;
+        let current = match self.start.take() {
+            // Refused in the start: the provider took less than went out
+            // unanswered; past the first window, the slots the log freed
+            // together (or the probe, alone) were too many at once.
+            Some(start)
+                if start
+                    .first
+                    .is_some_and(|first| !after_a_window(Some(first))) =>
+            {
+                start.allowed.saturating_add(1).min(ceiling(limits))
+            }
+            Some(_) => {
+                // A provider that counts a rate near the quota: probe it
+                // rarely. It still weighs the full window before the probe
+                // and counts the refused probe too (a sliding-window
+                // counter): room for the next request comes two intervals
+                // into the window, not one.
+                self.rate_spell = LAST_RATE_SPELL + 1;
+                self.tolerant = true;
+                hold = 2;
+                1
+            }
+            None => self.burst.unwrap_or_else(|| ceiling(limits)),
+        };
         let burst = (current / 2).max(1);
         if burst == 1 && self.spaced_since.is_none() {
             // Only what is sent evenly spaced tells of the rate. A provider
@@ -458,7 +710,9 @@ impl Pacer {
         self.burst = Some(burst);
         self.changed_at = Some(now);
         let interval = self.step(limits, 1);
-        let next = now.checked_add(interval).unwrap_or(now);
+        let next = now
+            .checked_add(interval.saturating_mul(hold))
+            .unwrap_or(now);
         self.tat = Some(self.tat.map_or(next, |tat| tat.max(next)));
         Adapted {
             burst: Some(burst),

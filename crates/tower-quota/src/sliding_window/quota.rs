@@ -182,6 +182,9 @@ struct LimitsInner {
     follow_announced: bool,
     /// The caller reports every admission's answer (`Store::complete`).
     answers: bool,
+    /// The caller reports refusals and acceptances too (`Store::refused`,
+    /// `Store::accepted`).
+    refusals: bool,
     max_wait: Option<Duration>,
     max_queue: Option<usize>,
     /// The share of each quota, in parts per million, that requests of each
@@ -209,6 +212,7 @@ impl Limits {
                 strict: false,
                 follow_announced: false,
                 answers: false,
+                refusals: false,
                 max_wait: None,
                 max_queue: None,
                 reserved: [0; Priority::COUNT],
@@ -383,6 +387,28 @@ impl Limits {
         self
     }
 
+    /// Whether the caller also tells the store of every answer whether the
+    /// provider refused it ([`Store::refused`](super::Store::refused)) or
+    /// accepted it ([`Store::accepted`](super::Store::accepted)): the
+    /// layer's services do when their [`UsageFn`](crate::UsageFn)
+    /// [reports refusals](crate::UsageFn::REPORTS_REFUSALS). Only then does
+    /// a [`MemoryStore`](super::MemoryStore) pace a fresh key's first burst
+    /// by its answers.
+    pub fn reports_refusals(&self) -> bool {
+        self.inner.answers && self.inner.refusals
+    }
+
+    /// These limits, for a caller that reports every answer, refusals and
+    /// acceptances included (see [`reports_refusals`](Limits::reports_refusals)).
+    #[must_use]
+    pub fn reporting_refusals(mut self) -> Self {
+        self.edit(|inner| {
+            inner.answers = true;
+            inner.refusals = true;
+        });
+        self
+    }
+
     /// These limits, with `max_wait` lowered to `wait` when it is longer
     /// (or unset): a store's way to keep a request's deadline as its
     /// `max_wait` (see [`Store::acquire_placed`](super::Store::acquire_placed)).
@@ -455,6 +481,7 @@ impl fmt::Debug for Limits {
             .field("sent_within", &self.inner.sent_within)
             .field("strict", &self.inner.strict)
             .field("answers", &self.inner.answers)
+            .field("refusals", &self.inner.refusals)
             .field("max_wait", &self.inner.max_wait)
             .field("max_queue", &self.inner.max_queue)
             .field("reserved", &self.inner.reserved)

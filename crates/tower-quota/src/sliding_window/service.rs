@@ -27,6 +27,8 @@ pub struct SlidingWindow<
 > {
     inner: S,
     limits: Limits,
+    // The same, for a usage function that reports refusals.
+    refusing: Limits,
     key_fn: K,
     cost_fn: C,
     store: St,
@@ -69,7 +71,9 @@ impl<S, K, C, St, U, P> SlidingWindow<S, K, C, St, U, P> {
     ) -> Self {
         SlidingWindow {
             inner,
-            // The response future reports every answer to the store.
+            // The response future reports every answer to the store, and
+            // with a usage function that tells refusals, what each was.
+            refusing: limits.clone().reporting_refusals(),
             limits: limits.reporting_answers(),
             key_fn,
             cost_fn,
@@ -131,7 +135,12 @@ where
             place.priority,
             place.tenant.as_ref().map(|t| t.name().clone()),
         );
-        let acquire = self.store.acquire_placed(key, cost, &self.limits, place);
+        let limits = if <U as UsageFn<S::Response>>::REPORTS_REFUSALS {
+            &self.refusing
+        } else {
+            &self.limits
+        };
+        let acquire = self.store.acquire_placed(key, cost, limits, place);
         // The service that `poll_ready` readied goes with this request; the
         // clone left behind is readied by the next `poll_ready`.
         let clone = self.inner.clone();
@@ -141,7 +150,7 @@ where
             inner,
             request,
             self.store.clone(),
-            self.limits.clone(),
+            limits.clone(),
             self.usage_fn.clone(),
             (priority, tenant),
         )

@@ -4,7 +4,7 @@ use std::future::Future;
 use std::time::Duration;
 
 use super::{Limits, Place, Priority, Quota};
-use crate::{Announced, BoxError, Key};
+use crate::{Announced, BoxError, Key, Room};
 
 /// Records admissions and decides when the next request of a key may go.
 ///
@@ -110,6 +110,19 @@ pub trait Store: Clone + Send + Sync + 'static {
     fn refused(&self, admission: &Admission, limits: &Limits) -> Option<(Duration, Duration)> {
         let _ = (admission, limits);
         None
+    }
+
+    /// Tells the store that the provider accepted `admission` (it answered,
+    /// and not with a refusal), for limits that
+    /// [report refusals](Limits::reports_refusals). `room` reads what the
+    /// provider says it has left, if the store asks: a store that learns
+    /// the burst a provider tolerates from its answers (the
+    /// [`MemoryStore`](super::MemoryStore)) asks on a key's first answers
+    /// only. Called before [`complete`](Store::complete).
+    ///
+    /// The default does nothing.
+    fn accepted(&self, admission: &Admission, room: &dyn Fn() -> Option<Room>, limits: &Limits) {
+        let _ = (admission, room, limits);
     }
 
     /// The provider announced `announced` in its answer to `admission`.

@@ -913,6 +913,8 @@ mod hardening;
 
 mod schedule;
 
+mod start;
+
 // ----- the burst learned from refusals -----
 
 /// Admits `count` requests of `key` one after another; returns their

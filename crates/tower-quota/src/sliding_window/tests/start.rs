@@ -1,0 +1,241 @@
+//! A fresh key's start, when the caller reports refusals: its first burst
+//! goes at the pace of its answers, a provider that says it has no room
+//! for a burst is spaced before it refuses any, and the first burst past
+//! the first window waits for one request's answer. Providers of each
+//! shape answer after a round trip, on the paused clock.
+
+use std::collections::VecDeque;
+
+use super::*;
+use crate::Room;
+
+/// The round trip: a request reaches the provider half of it after its
+/// admission, and its answer comes back the other half later.
+const RTT: Duration = Duration::from_millis(10);
+
+/// A provider: at an arrival's instant since the start, accepts it (with
+/// what it says it has left, if it says) or refuses it.
+type Provider = Box<dyn FnMut(Duration) -> Result<Option<Room>, ()> + Send>;
+
+/// Sends `requests` through `store` on one key, `concurrency` at a time,
+/// as the layer's response future reports them (the verdict, then the
+/// answer). A refused request is not sent again. Returns every arrival at
+/// the provider and whether it was accepted, in arrival order.
+async fn drive(
+    store: &MemoryStore,
+    limits: &Limits,
+    requests: usize,
+    concurrency: usize,
+    provider: Provider,
+) -> Vec<(Duration, bool)> {
+    let start = Instant::now();
+    let provider = Arc::new(Mutex::new(provider));
+    let arrivals = Arc::new(Mutex::new(Vec::new()));
+    let next = Arc::new(AtomicUsize::new(0));
+    let mut workers = tokio::task::JoinSet::new();
+    for _ in 0..concurrency {
+        let (store, limits) = (store.clone(), limits.clone());
+        let (provider, arrivals, next) = (provider.clone(), arrivals.clone(), next.clone());
+        workers.spawn(async move {
+            while next.fetch_add(1, Ordering::Relaxed) < requests {
+                let admission = store.acquire(Key::from("k"), 1, &limits).await.unwrap();
+                tokio::time::sleep(RTT / 2).await;
+                let at = start.elapsed();
+                let verdict = (provider.lock().unwrap())(at);
+                arrivals.lock().unwrap().push((at, verdict.is_ok()));
+                tokio::time::sleep(RTT / 2).await;
+                match verdict {
+                    Ok(room) => store.accepted(&admission, &|| room, &limits),
+                    Err(()) => {
+                        store.refused(&admission, &limits);
+                    }
+                }
+                store.complete(&admission, Completion::Answered, &limits);
+            }
+        });
+    }
+    while let Some(done) = workers.join_next().await {
+        done.unwrap();
+    }
+    let mut arrivals = arrivals.lock().unwrap().clone();
+    arrivals.sort_by_key(|(at, _)| *at);
+    arrivals
+}
+
+fn refusals(arrivals: &[(Duration, bool)]) -> Vec<Duration> {
+    arrivals
+        .iter()
+        .filter(|(_, ok)| !ok)
+        .map(|(at, _)| *at)
+        .collect()
+}
+
+/// The most arrivals in any window of one second.
+fn busiest_second(arrivals: &[(Duration, bool)]) -> usize {
+    arrivals
+        .iter()
+        .map(|(from, _)| {
+            arrivals
+                .iter()
+                .filter(|(at, _)| *at >= *from && *at < *from + Duration::from_secs(1))
+                .count()
+        })
+        .max()
+        .unwrap_or(0)
+}
+
+/// GCRA without tolerance, 20/s, that says what it has left after each
+/// accepted request (`0 of 20` right after one).
+fn no_burst(room: bool) -> Provider {
+    let interval = Duration::from_millis(50);
+    let mut tat = Duration::ZERO;
+    Box::new(move |at| {
+        if at < tat {
+            return Err(());
+        }
+        tat = at + interval;
+        Ok(room.then_some(Room {
+            remaining: 0,
+            limit: 20,
+        }))
+    })
+}
+
+/// A sliding log of 20 in any second that says what it has left.
+fn sliding_log() -> Provider {
+    let mut log: VecDeque<Duration> = VecDeque::new();
+    Box::new(move |at| {
+        while log
+            .front()
+            .is_some_and(|t| *t + Duration::from_secs(1) <= at)
+        {
+            log.pop_front();
+        }
+        if log.len() >= 20 {
+            return Err(());
+        }
+        log.push_back(at);
+        Ok(Some(Room {
+            remaining: 20 - log.len() as u64,
+            limit: 20,
+        }))
+    })
+}
+
+/// A sliding-window counter of 20 a second: the current period's count
+/// plus the previous one's weighted by its overlap, refused requests
+/// counted too, periods from the first request; no quota headers.
+fn counter() -> Provider {
+    let period = 1.0;
+    let (mut origin, mut index, mut previous, mut current) = (None, 0u64, 0.0, 0.0);
+    Box::new(move |at: Duration| {
+        let at = at.as_secs_f64();
+        let origin = *origin.get_or_insert(at);
+        let now = ((at - origin) / period) as u64;
+        if now != index {
+            previous = if now == index + 1 { current } else { 0.0 };
+            current = 0.0;
+            index = now;
+        }
+        let left = 1.0 - (at - origin - index as f64 * period) / period;
+        current += 1.0;
+        if previous * left + current <= 20.0 {
+            Ok(None)
+        } else {
+            Err(())
+        }
+    })
+}
+
+fn reporting() -> Limits {
+    exact(20, Duration::from_secs(1))
+        .limits()
+        .clone()
+        .reporting_refusals()
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_provider_that_says_it_has_no_room_for_a_burst_is_spaced_before_it_refuses_any() {
+    let (store, limits) = (MemoryStore::new(), reporting());
+    let arrivals = drive(&store, &limits, 60, 32, no_burst(true)).await;
+    assert_eq!(refusals(&arrivals), [], "{arrivals:?}");
+    assert_eq!(store.learned_burst(&Key::from("k")), Some(1));
+    // The first alone, the second an interval after it (not after its
+    // answer), then one per interval a little under the rate.
+    let gaps: Vec<Duration> = arrivals.windows(2).map(|w| w[1].0 - w[0].0).collect();
+    assert!(gaps.iter().all(|gap| *gap >= 50 * MS), "{gaps:?}");
+    let span = arrivals[59].0 - arrivals[0].0;
+    assert!(span <= Duration::from_millis(59 * 56), "{span:?}");
+}
+
+#[tokio::test(start_paused = true)]
+async fn without_what_it_has_left_a_provider_without_burst_refuses_one_request() {
+    let (store, limits) = (MemoryStore::new(), reporting());
+    let arrivals = drive(&store, &limits, 60, 32, no_burst(false)).await;
+    // One alone, then two at once after its answer: both refused (the
+    // provider's next slot is an interval after the first), and the key
+    // is spaced from then on.
+    let refused = refusals(&arrivals);
+    assert_eq!(refused, [RTT + RTT / 2; 2], "{arrivals:?}");
+    assert_eq!(store.learned_burst(&Key::from("k")), Some(1));
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_sliding_window_counter_refuses_the_probe_past_the_first_window_and_nothing_after() {
+    let (store, limits) = (MemoryStore::new(), reporting());
+    let arrivals = drive(&store, &limits, 100, 32, counter()).await;
+    let refused = refusals(&arrivals);
+    assert_eq!(refused.len(), 1, "{arrivals:?}");
+    // The probe: the first request past the first window, alone.
+    assert!(
+        refused[0] >= Duration::from_secs(1) && refused[0] < Duration::from_millis(1100),
+        "{refused:?}"
+    );
+    let after: Vec<_> = arrivals.iter().filter(|(at, _)| *at > refused[0]).collect();
+    assert_eq!(after.len(), 100 - 20 - 1, "the others went after it");
+    // Spaced a little under the rate from two intervals after the probe.
+    assert!(after[0].0 - refused[0] >= 100 * MS, "{:?}", after[0]);
+    let span = after[after.len() - 1].0 - after[0].0;
+    assert!(span <= Duration::from_millis(78 * 56), "{span:?}");
+    assert_eq!(store.learned_burst(&Key::from("k")), Some(1));
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_sliding_log_gets_its_bursts_after_one_round_trip_and_one_probe() {
+    let (store, limits) = (MemoryStore::new(), reporting());
+    let arrivals = drive(&store, &limits, 60, 32, sliding_log()).await;
+    assert_eq!(refusals(&arrivals), [], "{arrivals:?}");
+    assert_eq!(busiest_second(&arrivals), 20);
+    let at: Vec<Duration> = arrivals.iter().map(|(at, _)| *at).collect();
+    // The first alone; its answer says 19 left: the other 19 at once.
+    assert_eq!(at[0], RTT / 2);
+    assert!(at[1..20].iter().all(|t| *t == RTT + RTT / 2), "{at:?}");
+    // Past the window, the first freed slot goes alone; once it is
+    // accepted, the rest go as their slots free, in bursts.
+    let window = Duration::from_secs(1) + limits.safety_margin();
+    assert!(
+        at[20] >= at[0] + window && at[20] <= at[0] + window + RTT,
+        "{at:?}"
+    );
+    assert!(at[21] >= at[20] + RTT, "the probe's answer first: {at:?}");
+    assert!(at[21..40].iter().all(|t| *t <= at[20] + 2 * RTT), "{at:?}");
+    assert!(
+        at[40..60].iter().all(|t| *t <= at[20] + window + 2 * RTT),
+        "{at:?}"
+    );
+    assert_eq!(store.learned_burst(&Key::from("k")), None);
+}
+
+#[tokio::test(start_paused = true)]
+async fn without_refusals_reported_a_fresh_key_bursts_at_once() {
+    let store = MemoryStore::new();
+    let limits = exact(20, Duration::from_secs(1))
+        .limits()
+        .clone()
+        .reporting_answers();
+    let arrivals = drive(&store, &limits, 20, 32, sliding_log()).await;
+    assert!(
+        arrivals.iter().all(|(at, _)| *at == RTT / 2),
+        "{arrivals:?}"
+    );
+}
