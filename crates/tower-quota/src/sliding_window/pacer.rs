@@ -130,6 +130,8 @@ pub(crate) struct Pacer {
     /// The provider took a whole quota at once (the key's first window)
     /// before it refused the slots that window freed together.
     tolerant: bool,
+    /// The last admission while spaced.
+    last: Option<Instant>,
 }
 
 /// A fresh key's first window and first boundary: its admissions go at the
@@ -176,6 +178,7 @@ impl Default for Pacer {
             start: None,
             told: false,
             tolerant: false,
+            last: None,
         }
     }
 }
@@ -445,7 +448,17 @@ impl Pacer {
             return None;
         }
         let tolerance = self.step(limits, 1).saturating_mul(saturate(burst - 1));
-        tat.checked_sub(tolerance)
+        let scheduled = tat.checked_sub(tolerance);
+        match self.last {
+            // One at a time to a provider that may have no tolerance: never
+            // closer than the quota's own interval, whatever the schedule
+            // catches up.
+            Some(last) if burst == 1 && !self.tolerant => {
+                let floor = last.checked_add(step(limits, cost)).unwrap_or(last);
+                Some(scheduled.map_or(floor, |at| at.max(floor)))
+            }
+            _ => scheduled,
+        }
     }
 
     /// Records an admission of `cost` at `now`; returns the new burst when
@@ -483,22 +496,19 @@ impl Pacer {
         if advance.is_zero() {
             return None;
         }
-        // An admission the timer woke a little after its instant (tokio's
-        // timer has millisecond ticks) keeps the schedule: at 100/s a tick
-        // late on every request would send 9 % under the rate.
-        // A provider with no tolerance refuses two requests closer than
-        // its interval: the schedule keeps no more than the spacing holds
-        // over the quota's own interval, unless the provider took a
-        // window's quota at once.
-        let catch_up = if self.tolerant {
-            TIMER_TICK
-        } else {
-            TIMER_TICK.min(advance.saturating_sub(step(limits, cost)))
-        };
+        // An admission the timer woke after its instant (tokio's timer
+        // has millisecond ticks, and at 100/s a tick late on every request
+        // would send 9 % under the rate) keeps the schedule, when spaced
+        // one at a time: the next goes at its instant, no closer to this
+        // one than the quota's interval (see `earliest`) unless the
+        // provider took a window's quota at once. Later than an interval,
+        // the key was idle and the schedule starts again.
+        let keep = if burst == 1 { advance } else { TIMER_TICK };
         let from = match self.tat {
-            Some(tat) if now.saturating_duration_since(tat) <= catch_up => tat,
+            Some(tat) if now.saturating_duration_since(tat) <= keep => tat,
             _ => now,
         };
+        self.last = Some(now);
         self.tat = Some(from.checked_add(advance).unwrap_or(from));
         if self
             .probed_at
