@@ -51,45 +51,39 @@ fn report(shape: &str, stats: &Stats, succeeded: usize, elapsed: f64) -> (f64, f
 }
 
 /// A provider that admits 20/s with no burst (one request per 50 ms,
-/// `Retry-After: 1` otherwise): the first burst is refused, the window
-/// learns the provider's burst from the refusals and spaces what follows.
-/// Without the learned spacing the stack collapsed to 5–8 % of the rate,
-/// with 40 % of arrivals refused. The first burst costs 19 refusals of
-/// 200 requests; a probe for a larger burst and arrivals the network
-/// bunched cost a few more (9.5 % in total).
-///
-/// Goodput is bimodal: 0.79–0.85 of the rate when the spaced requests
-/// arrive spaced, 0.59–0.63 when two of them, admitted 52 ms apart right
-/// after the gate reopens, reach the provider 47 ms apart: that refusal
-/// comes more than a window after spacing began, so the pacer reads it as
-/// a lower provider rate, halves its rate and takes ~9 s to climb back.
-/// Which mode a machine gets depends on its loopback timing: some get the
-/// second in every run, others never. Telling a refusal of bunched
-/// arrivals from a lower rate is for the pacer to learn (issue 20); this
-/// bound holds in either mode, and the refusal bound is unchanged.
+/// `Retry-After: 1` otherwise), and says what it has left
+/// (`X-RateLimit-Remaining: 0` of 20 right after a request). The fresh
+/// key's first request goes alone; its answer says the provider has no
+/// room for a burst, and the key is spaced from its second request on, a
+/// little under the rate: 0 refused, 0.93 of the rate measured on
+/// loopback. (Before the key started at the pace of its answers, its first
+/// burst cost 19 refusals of 200 and the run 0.59–0.85 of the rate.)
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_provider_without_bursts_gets_spaced_requests() {
     let (stats, succeeded, elapsed) = run(Rule::no_burst(20, Duration::from_secs(1))).await;
     let (refused, goodput) = report("no burst", &stats, succeeded, elapsed);
     assert_eq!(succeeded, 200, "every request completes");
+    // Arrivals the network bunched may still be refused, rarely.
     assert!(
-        refused <= 0.12,
+        refused <= 0.02,
         "429s are {:.1}% of arrivals",
         refused * 100.0
     );
     assert!(
-        goodput >= 0.55,
+        goodput >= 0.8,
         "goodput {goodput:.2} of the provider's rate"
     );
 }
 
 /// A sliding-window counter (the current period plus the previous one
-/// weighted by its overlap, refused requests counted too). The second
-/// window's burst meets the first still weighted in full and is refused;
-/// the refused burst itself weighs on the third window. From then on the
-/// spacing holds (10–13 % of arrivals refused and 0.68–0.79 of the rate
-/// measured; 21–23 % and 0.49 without the learned spacing). The refusals
-/// of evenly spaced requests in the third window cut the rate for a while.
+/// weighted by its overlap, refused requests counted too). The first
+/// window's burst is accepted (no previous period); past it, the first
+/// freed slot goes alone and is refused (the first period still weighs in
+/// full), and the key is spaced a little under the rate from two
+/// intervals on: one refusal of 201 arrivals and 0.89–0.93 of the rate
+/// measured. (Sent as the log freed it, the second window's burst was
+/// refused whole, and the run lost 10–13 % of its arrivals and a third of
+/// the rate.)
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_sliding_window_counter_gets_spaced_requests() {
     let (stats, succeeded, elapsed) =
@@ -97,12 +91,12 @@ async fn a_sliding_window_counter_gets_spaced_requests() {
     let (refused, goodput) = report("sliding-window counter", &stats, succeeded, elapsed);
     assert_eq!(succeeded, 200, "every request completes");
     assert!(
-        refused <= 0.16,
+        refused <= 0.02,
         "429s are {:.1}% of arrivals",
         refused * 100.0
     );
     assert!(
-        goodput >= 0.55,
+        goodput >= 0.8,
         "goodput {goodput:.2} of the provider's rate"
     );
 }

@@ -346,7 +346,13 @@ impl Store for MemoryStore {
         }
         // It may also refuse bursts the log allows: space what follows.
         let before = (state.pacer.burst(), state.pacer.interval(limits));
+        let starting = state.pacer.starting();
         let adapted = state.pacer.refused(now, limits);
+        if starting {
+            // The key's waiters waited for this answer: spacing, not the
+            // answer, decides from now on.
+            state.wake_head();
+        }
         if adapted.burst == Some(1) {
             // Evenly spaced from now on: the pacer's rate, not a wider
             // margin, answers what the provider refuses.

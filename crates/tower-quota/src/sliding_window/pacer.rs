@@ -395,14 +395,22 @@ impl Pacer {
             // The key's first request, answered alone: what the provider
             // has left after it, plus it, is what it takes at once, in the
             // key's quota.
-            let tolerated = u128::from(room.remaining.saturating_add(1))
-                .saturating_mul(u128::from(ceiling))
+            // A provider that counts a smaller quota than the key's takes
+            // no more than it has left.
+            let left = room.remaining.saturating_add(1);
+            let scaled = u128::from(left).saturating_mul(u128::from(ceiling))
                 / u128::from(room.limit.max(1));
-            let tolerated = u64::try_from(tolerated).unwrap_or(u64::MAX).max(1);
+            let tolerated = u64::try_from(scaled).unwrap_or(u64::MAX).min(left).max(1);
             if tolerated < ceiling {
                 let first = start.first;
+                // Its rate is the key's only if its quota is at least the
+                // key's: otherwise refusals still teach the rate.
+                let same_rate = room.limit >= ceiling;
                 self.start = None;
-                return (Some(self.told(now, first, tolerated, limits)), true);
+                return (
+                    Some(self.told(now, first, tolerated, same_rate, limits)),
+                    true,
+                );
             }
             start.allowed = ceiling;
         }
@@ -411,18 +419,20 @@ impl Pacer {
 
     /// The provider said it tolerates `burst` at once: spaces the key with
     /// it, a little under the quota's rate, and probes for more only after
-    /// the longest spell (the provider will say when it has more).
-    /// The provider's clock for the key started with its first request,
-    /// at `first`.
+    /// the longest spell (the provider will say when it has more). The
+    /// provider's clock for the key started with its first request, at
+    /// `first`; with `same_rate` it counts at least the key's quota, and a
+    /// refusal of spaced requests does not cut the rate.
     fn told(
         &mut self,
         now: Instant,
         first: Option<Instant>,
         burst: u64,
+        same_rate: bool,
         limits: &Limits,
     ) -> Adapted {
         self.burst = Some(burst);
-        self.told = true;
+        self.told = same_rate;
         self.spell = LAST_SPELL;
         self.rate_spell = LAST_SPELL;
         self.rate = KEPT;

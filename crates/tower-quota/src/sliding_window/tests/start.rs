@@ -239,3 +239,47 @@ async fn without_refusals_reported_a_fresh_key_bursts_at_once() {
         "{arrivals:?}"
     );
 }
+
+/// A sliding log of 5 in any second, under a key configured for 20: its
+/// first answer says 4 of 5 left, and the key takes no more than that at
+/// once; refusals still teach it the provider's rate.
+#[tokio::test(start_paused = true)]
+async fn a_provider_that_says_its_quota_is_smaller_is_sent_no_more_than_it_has_left() {
+    let (store, limits) = (MemoryStore::new(), reporting());
+    let key = Key::from("k");
+    let first = store.acquire(key.clone(), 1, &limits).await.unwrap();
+    let room = Some(Room {
+        remaining: 4,
+        limit: 5,
+    });
+    store.accepted(&first, &|| room, &limits);
+    store.complete(&first, Completion::Answered, &limits);
+    assert_eq!(store.learned_burst(&key), Some(5));
+}
+
+/// Regression: the refusal of a fresh key's first request ended its start
+/// without waking the requests that waited for that answer; when the
+/// answer came after the admission's `sent_within` bound (so that it freed
+/// nothing in the log), they waited for ever.
+#[tokio::test(start_paused = true)]
+async fn the_first_request_refused_late_lets_the_others_go() {
+    let (store, limits) = (MemoryStore::new(), reporting());
+    let key = Key::from("k");
+    let first = store.acquire(key.clone(), 1, &limits).await.unwrap();
+    let mut waiters = tokio::task::JoinSet::new();
+    for _ in 0..3 {
+        let (store, limits, key) = (store.clone(), limits.clone(), key.clone());
+        waiters.spawn(async move { store.acquire(key, 1, &limits).await.map(|_| ()) });
+    }
+    tokio::time::sleep(limits.sent_within() + Duration::from_secs(1)).await;
+    store.refused(&first, &limits);
+    store.complete(&first, Completion::Answered, &limits);
+    let all = async {
+        while let Some(done) = waiters.join_next().await {
+            done.unwrap().unwrap();
+        }
+    };
+    tokio::time::timeout(Duration::from_secs(60), all)
+        .await
+        .expect("every waiter was admitted");
+}
