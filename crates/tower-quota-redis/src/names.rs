@@ -15,6 +15,9 @@ pub(crate) struct Names {
     /// Exact mode, when some class leaves a share free: the log of each
     /// quota's admissions of the classes the share is left for.
     pub(crate) jumpers: Vec<String>,
+    /// The bytes of the keys and the signature: what a call's command
+    /// buffer starts with.
+    pub(crate) bytes: usize,
 }
 
 impl Names {
@@ -36,11 +39,14 @@ impl Names {
             }
         }
         keys.push(format!("{prefix}:{{{key}}}:quotas"));
+        let signature = signature(limits);
+        let bytes = keys.iter().chain(&jumpers).map(String::len).sum::<usize>() + signature.len();
         Names {
             limits: limits.clone(),
             keys,
-            signature: signature(limits),
+            signature,
             jumpers,
+            bytes,
         }
     }
 

@@ -10,7 +10,7 @@ use std::sync::{Arc, Mutex, PoisonError};
 use std::task::{Context, Poll};
 use std::time::Duration;
 
-use redis::{FromRedisValue, ScriptInvocation};
+use redis::{Cmd, ErrorKind, FromRedisValue, Script, ScriptInvocation, ServerErrorKind};
 use tokio::time::Instant;
 use tower_quota::sliding_window::{
     Admission, Completion, ConflictingQuotas, DriftMargin, Limits, MemoryStore, OverloadReason,
@@ -716,7 +716,10 @@ impl Inner {
         }
     }
 
-    /// Runs `exact_acquire.lua` for `requests` (see its contract).
+    /// Runs `exact_acquire.lua` for `requests` (see its contract): an
+    /// EVALSHA built in one buffer, the requests in runs of consecutive
+    /// requests alike (same cost, wait and class), so a batch of alike
+    /// requests costs one argument each.
     async fn call_exact(
         &self,
         key: &Key,
@@ -726,12 +729,18 @@ impl Inner {
         let limits = &names.limits;
         let quotas = limits.quotas();
         let margin = limits.safety_margin();
-        let mut invocation = SCRIPTS.exact_acquire.prepare_invoke();
+        let script = &SCRIPTS.exact_acquire;
+        let mut cmd = Cmd::with_capacity(
+            16 + names.keys.len() + 2 * quotas.len() + 8 * requests.len(),
+            names.bytes + 24 * (requests.len() + 8 + 2 * quotas.len()),
+        );
+        cmd.arg("EVALSHA")
+            .arg(script.get_hash())
+            .arg(names.keys.len() + names.jumpers.len());
         for redis_key in names.keys.iter().chain(&names.jumpers) {
-            invocation.key(redis_key.as_str());
+            cmd.arg(redis_key.as_str());
         }
-        invocation
-            .arg(limits.max_queue().map_or(-1, |max| max as i64))
+        cmd.arg(limits.max_queue().map_or(-1, |max| max as i64))
             .arg(if limits.is_strict() {
                 -1
             } else {
@@ -740,34 +749,37 @@ impl Inner {
             .arg(micros(self.extra_margin(key, limits)))
             .arg(quotas.len());
         for quota in quotas {
-            invocation
-                .arg(micros(quota.window().saturating_add(margin)))
+            cmd.arg(micros(quota.window().saturating_add(margin)))
                 .arg(units(quota.max_calls()));
         }
-        invocation.arg(names.signature.as_str()).arg(requests.len());
+        cmd.arg(names.signature.as_str()).arg(requests.len());
         // The share the lowest class that leaves one keeps for the
         // classes above: what a request of those may take at once.
         let top = Priority::ALL
             .into_iter()
             .find(|class| limits.reserved_share(*class) > 0.0);
-        for request in requests {
-            let jump = !names.jumpers.is_empty() && limits.reserved_share(request.class) == 0.0;
-            invocation
-                .arg(request.id)
-                .arg(request.max_wait)
-                .arg(u8::from(jump));
+        let alike = |a: &Request, b: &Request| {
+            a.cost == b.cost && a.max_wait == b.max_wait && a.class == b.class
+        };
+        for run in requests.chunk_by(alike) {
+            let first = run[0];
+            let jump = !names.jumpers.is_empty() && limits.reserved_share(first.class) == 0.0;
+            cmd.arg(run.len()).arg(first.max_wait).arg(u8::from(jump));
             for quota in quotas {
-                invocation.arg(units(quota.units(request.cost)));
+                cmd.arg(units(quota.units(first.cost)));
             }
+            let class = match top {
+                Some(top) if jump => top,
+                _ => first.class,
+            };
             for quota in quotas {
-                let class = match top {
-                    Some(top) if jump => top,
-                    _ => request.class,
-                };
-                invocation.arg(units(limits.reserved_units(class, quota.max_calls())));
+                cmd.arg(units(limits.reserved_units(class, quota.max_calls())));
+            }
+            for request in run {
+                cmd.arg(request.id);
             }
         }
-        self.call(key, &invocation).await
+        eval(&self.connection, self.timeout, key, script, &cmd).await
     }
 
     async fn acquire_approximate(
@@ -924,6 +936,33 @@ impl Inner {
             }
             _ => Err(error.into()),
         }
+    }
+}
+
+/// Runs `cmd`, an EVALSHA of `script`, for `key` within `timeout`; loads
+/// the script and runs `cmd` again when Redis does not have it (after a
+/// restart or `SCRIPT FLUSH`), as [`ScriptInvocation`] does.
+pub(crate) async fn eval<T: FromRedisValue>(
+    connection: &Connection,
+    timeout: Duration,
+    key: &Key,
+    script: &Script,
+    cmd: &Cmd,
+) -> Result<T, RedisStoreError> {
+    let mut connection = connection.clone();
+    let call = async {
+        match cmd.query_async(&mut connection).await {
+            Err(error) if error.kind() == ErrorKind::Server(ServerErrorKind::NoScript) => {
+                script.load_async(&mut connection).await?;
+                cmd.query_async(&mut connection).await
+            }
+            result => result,
+        }
+    };
+    match tokio::time::timeout(timeout, call).await {
+        Ok(Ok(value)) => Ok(value),
+        Ok(Err(error)) => Err(RedisStoreError::redis(Some(key.clone()), error)),
+        Err(_) => Err(RedisStoreError::timeout(Some(key.clone()), timeout)),
     }
 }
 

@@ -27,11 +27,13 @@
 -- ARGV: max_queue (-1: none), sent_within_us (-1: strict), extra_us (added
 -- to the sent-by instant), quota count n, then for each quota: span_us
 -- (window + safety margin), max_calls; then the signature of this call's
--- quota list; then the request count k, and for each request: id,
--- max_wait_us (-1: none), jump (1: a class a share is left for), then its
--- units of each quota, then per quota the units it leaves free (the share
--- kept for the classes above it) or, for a request that jumps, the units
--- of that share. A call with
+-- quota list; then the request count k, and the requests in runs of
+-- consecutive requests alike: for each run, its length c, then what its
+-- requests share: max_wait_us (-1: none), jump (1: a class a share is
+-- left for), their units of each quota, then per quota the units they
+-- leave free (the share kept for the classes above them) or, for
+-- requests that jump, the units of that share; then the c requests' ids.
+-- (A batch of alike requests costs one argument per request.) A call with
 -- another signature than the one a busy key holds records nothing (status
 -- 4): each process would otherwise count only its own quotas.
 --
@@ -92,9 +94,8 @@ end
 local has_jumpers = #KEYS == 4 * n + 1
 local signature_key, signature = KEYS[3 * n + 1], ARGV[5 + 2 * n]
 local k = tonumber(ARGV[6 + 2 * n])
-local stride = 3 + 2 * n
-if not (signature and k) or k < 1 or #ARGV ~= 6 + 2 * n + k * stride then
-  return redis.error_reply('ERR exact_acquire: expected 2 arguments per quota, a signature, and an id, a max_wait, a jump flag, units and units kept per quota for each request')
+if not (signature and k) or k < 1 then
+  return redis.error_reply('ERR exact_acquire: expected 2 arguments per quota, a signature, a request count and runs of requests')
 end
 local spans, maxes = {}, {}
 for i = 1, n do
@@ -103,21 +104,36 @@ for i = 1, n do
     return redis.error_reply('ERR exact_acquire: bad quota arguments')
   end
 end
-local ids, max_waits, jumps, units, keeps = {}, {}, {}, {}, {}
-for m = 1, k do
-  local arg = 6 + 2 * n + (m - 1) * stride
-  ids[m], max_waits[m], units[m], keeps[m] = ARGV[arg + 1], tonumber(ARGV[arg + 2]), {}, {}
-  jumps[m] = has_jumpers and ARGV[arg + 3] == '1'
-  if not max_waits[m] then
-    return redis.error_reply('ERR exact_acquire: bad max_wait')
+-- Per request: its id and its run; per run: max_wait, jump, units, keeps.
+local ids, runs_of = {}, {}
+local arg = 7 + 2 * n
+while #ids < k do
+  local count, max_wait = tonumber(ARGV[arg]), tonumber(ARGV[arg + 1])
+  if not (count and max_wait) or count < 1 or #ids + count > k
+    or #ARGV < arg + 2 + 2 * n + count then
+    return redis.error_reply('ERR exact_acquire: bad run of requests')
   end
+  local run = {
+    max_wait = max_wait,
+    jump = has_jumpers and ARGV[arg + 2] == '1',
+    units = {},
+    keeps = {},
+  }
   for i = 1, n do
-    local u, keep = tonumber(ARGV[arg + 3 + i]), tonumber(ARGV[arg + 3 + n + i])
+    local u, keep = tonumber(ARGV[arg + 2 + i]), tonumber(ARGV[arg + 2 + n + i])
     if not (u and keep) or u < 0 or u > MAX_UNITS or keep < 0 or keep > MAX_UNITS then
       return redis.error_reply('ERR exact_acquire: bad units')
     end
-    units[m][i], keeps[m][i] = u, keep
+    run.units[i], run.keeps[i] = u, keep
   end
+  arg = arg + 3 + 2 * n
+  for _ = 1, count do
+    ids[#ids + 1], runs_of[#runs_of + 1] = ARGV[arg], run
+    arg = arg + 1
+  end
+end
+if arg ~= #ARGV + 1 then
+  return redis.error_reply('ERR exact_acquire: arguments past the last run')
 end
 
 local time = redis.call('TIME')
@@ -318,11 +334,11 @@ local recorded = false
 -- The longest any entry recorded here must be kept, in ms.
 local needed = {}
 for m = 1, k do
-  local u = units[m]
-  local keep = keeps[m]
+  local run = runs_of[m]
+  local u, keep, jump = run.units, run.keeps, run.jump
   local at = base
   local jumped = false
-  if jumps[m] then
+  if jump then
     -- Each quota has room counting everything, or in the share left free
     -- once enough of the jumpers' entries have left.
     jumped = true
@@ -350,7 +366,7 @@ for m = 1, k do
   local limiting, limiting_at = 0, -1
   for i = 1, n do
     local kept = keep[i]
-    if jumps[m] then
+    if jump then
       kept = 0
     end
     if not jumped and u[i] > 0 and sums[i] + u[i] + kept > maxes[i] then
@@ -389,7 +405,7 @@ for m = 1, k do
     queued = queued + 1
   end
   local status = 0
-  if max_waits[m] >= 0 and wait > max_waits[m] then
+  if run.max_wait >= 0 and wait > run.max_wait then
     status = 1
   elseif max_queue >= 0 and wait > 0 and queued > max_queue then
     status = 2
@@ -439,7 +455,7 @@ for m = 1, k do
         if ttl > (needed[i] or 0) then
           needed[i] = ttl
         end
-        if jumps[m] then
+        if jump then
           local jz = KEYS[3 * n + 1 + i]
           local before = jumper_sum(i)
           redis.call('ZADD', jz, score, id .. ':' .. string.format('%.0f', u[i]))
