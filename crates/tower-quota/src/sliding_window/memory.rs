@@ -326,12 +326,11 @@ impl Store for MemoryStore {
         // requests (a sliding-window counter, a late window: a little less
         // rate serves both). A refusal of bursts near the quota says the
         // provider's window runs late.
-        // A refusal in the key's start is of a burst (or of the probe past
-        // its first window), not of a late window.
-        let drift = if !state.pacer.starting()
-            && state.pacer.burst() != Some(1)
-            && state.pacer.near_quota(now, limits)
-        {
+        // The probe past a fresh key's first window, refused, may be either
+        // (a sliding log whose window runs late, or a counter of the rate):
+        // the key widens its margin and is spaced.
+        let starting = state.pacer.starting();
+        let drift = if state.pacer.burst() != Some(1) && state.pacer.near_quota(now, limits) {
             state.drift.refused(now, limits)
         } else {
             None
@@ -346,14 +345,13 @@ impl Store for MemoryStore {
         }
         // It may also refuse bursts the log allows: space what follows.
         let before = (state.pacer.burst(), state.pacer.interval(limits));
-        let starting = state.pacer.starting();
         let adapted = state.pacer.refused(now, limits);
         if starting {
             // The key's waiters waited for this answer: spacing, not the
             // answer, decides from now on.
             state.wake_head();
         }
-        if adapted.burst == Some(1) {
+        if adapted.burst == Some(1) && !starting {
             // Evenly spaced from now on: the pacer's rate, not a wider
             // margin, answers what the provider refuses.
             state.drift = Default::default();
