@@ -79,6 +79,19 @@
 //! a rate (a sliding-window counter still weighs the full window before),
 //! and the key is spaced at once, one request refused instead of a
 //! window's worth, each refusal costing the whole key a `Retry-After`.
+//! That refusal may also be a sliding log whose window runs late: the key
+//! widens its margin as well. Spaced after it, the key goes two intervals
+//! after the refusal (a counter weighs the refused probe too), at
+//! `1 - 2/N` of the quota's rate (at least 95 %): a counter holds a key
+//! spaced evenly to `N - 1` a window.
+//!
+//! Spaced one at a time, the schedule holds through a late timer (tokio's
+//! timer has millisecond ticks: at 100/s, a tick lost on every request
+//! would send 9 % under the rate), but two requests never go closer than
+//! the quota's own interval to a provider that may have no tolerance.
+//! A provider that said how much it takes at once, with a quota at least
+//! the key's, keeps its rate when it refuses a spaced request: the
+//! network brought two together.
 //!
 //! The pacer only ever delays admissions the log allows: the log's bound,
 //! never more than a quota in any window, holds whatever it learns.
@@ -714,6 +727,15 @@ impl Pacer {
             // space a little under it.
             self.spaced_since = Some(now);
             self.rate = self.rate.min(KEPT);
+            if self.tolerant {
+                // A provider that took a whole quota at once has tolerance
+                // (a sliding-window counter): what limits the key is the
+                // counter's own bound, `N - 1` a window when spaced, not
+                // the network's bunching. Leave it one request more.
+                let ceiling = saturate(ceiling(limits)).max(1);
+                let counted = FULL_RATE.saturating_sub(2 * FULL_RATE / ceiling);
+                self.rate = self.rate.max(counted).min(FULL_RATE);
+            }
             self.counts = Counts {
                 start: Some(now),
                 ..Counts::default()
