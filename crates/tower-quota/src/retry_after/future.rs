@@ -33,6 +33,12 @@ pin_project! {
         // first attempt, whose service `poll_ready` readied.
         readied: bool,
         request: Option<Request<ReplayBody<B>>>,
+        // Whether `request` is a copy kept without the extensions the stack
+        // put on the request (see `StackExtensions`), to put back on a re-send.
+        bare: Option<StackExtensions>,
+        // The attempts the logical request may make, shared by a retry layer
+        // above through the request.
+        shared_attempts: Option<AttemptBudget>,
         key: Key,
         // Whether the request may be re-sent after a throttle the server may
         // have processed it in (a 503): idempotent, or opted in.
@@ -59,7 +65,8 @@ pin_project! {
             sleep: Option<Sleep>,
             // Fires when a response may have opened the gate early.
             changed: Option<Pin<Box<OwnedNotified>>>,
-            since: Instant,
+            // When the request came to the gate; read at the first poll.
+            since: Option<Instant>,
         },
         Readying,
         Calling {
@@ -83,7 +90,11 @@ where
     ) -> Self {
         // One budget of waiting for the whole stack: a retry layer above
         // shares its own, and this layer's `max_wait` bounds it.
-        let waits = WaitBudget::shared_by(&mut request);
+        let shared_attempts = request.extensions().get::<AttemptBudget>().cloned();
+        let waits = match &shared_attempts {
+            Some(attempts) => attempts.waits(),
+            None => WaitBudget::shared_by(&mut request),
+        };
         waits.limit_to(config.max_wait);
         // A gate that reopens after the request's deadline is not waited for.
         if let Some(deadline) = crate::sliding_window::Deadline::of(&request) {
@@ -93,11 +104,13 @@ where
             state: State::Gate {
                 sleep: None,
                 changed: None,
-                since: Instant::now(),
+                since: None,
             },
             service,
             readied: true,
             request: Some(request),
+            bare: None,
+            shared_attempts,
             key,
             idempotent,
             gates,
@@ -136,14 +149,74 @@ fn throttled_outcome(
 
 /// Takes an attempt from the [`AttemptBudget`] a retry layer above put in
 /// the request, numbering the re-sent request; `true` without one.
-fn begin_shared_attempt<B>(request: &mut Option<Request<B>>) -> bool {
-    let Some(request) = request else {
-        return true;
-    };
-    match request.extensions().get::<AttemptBudget>().cloned() {
-        Some(budget) => budget.try_begin(request).is_some(),
-        None => true,
+fn begin_shared_attempt<B>(
+    shared: Option<&AttemptBudget>,
+    request: &mut Option<Request<B>>,
+) -> bool {
+    match (shared, request) {
+        (Some(budget), Some(request)) => budget.try_begin(request).is_some(),
+        _ => true,
     }
+}
+
+/// The extensions the stack's own layers put on a request: the shared
+/// budgets and the attempt's number. A request that carries nothing else is
+/// kept for re-sending without them (a copy of empty extensions allocates
+/// nothing) and they are put back on a re-send.
+#[derive(Clone, Copy)]
+enum StackExtensions {
+    /// An [`AttemptBudget`] (with its [`Attempt`], when present), numbered
+    /// again by the budget on a re-send.
+    Attempts,
+    /// A [`WaitBudget`] of its own.
+    Waits,
+    /// None at all.
+    None,
+}
+
+impl StackExtensions {
+    /// What `request` carries, when it carries nothing else.
+    fn of<B>(request: &Request<B>) -> Option<Self> {
+        let extensions = request.extensions();
+        let (kind, count) = if extensions.get::<AttemptBudget>().is_some() {
+            let numbered = extensions.get::<Attempt>().is_some();
+            (StackExtensions::Attempts, 1 + usize::from(numbered))
+        } else if extensions.get::<WaitBudget>().is_some() {
+            (StackExtensions::Waits, 1)
+        } else {
+            (StackExtensions::None, 0)
+        };
+        (extensions.len() == count).then_some(kind)
+    }
+
+    /// Puts them back on `request`, a copy kept without them whose attempt
+    /// [`begin_shared_attempt`] has numbered.
+    fn restore<B>(
+        self,
+        request: &mut Request<B>,
+        attempts: Option<&AttemptBudget>,
+        waits: &WaitBudget,
+    ) {
+        match (self, attempts) {
+            (StackExtensions::Attempts, Some(attempts)) => {
+                request.extensions_mut().insert(attempts.clone());
+            }
+            (StackExtensions::Waits, _) => {
+                request.extensions_mut().insert(waits.clone());
+            }
+            _ => {}
+        }
+    }
+}
+
+/// A copy of `request` for a later attempt, without its extensions.
+fn bare_copy<B: Clone>(request: &Request<B>) -> Request<B> {
+    let mut copy = Request::new(request.body().clone());
+    *copy.method_mut() = request.method().clone();
+    *copy.uri_mut() = request.uri().clone();
+    *copy.version_mut() = request.version();
+    *copy.headers_mut() = request.headers().clone();
+    copy
 }
 
 fn random_up_to(spread: Duration) -> Duration {
@@ -178,7 +251,7 @@ where
                     }
                     *changed = None;
                     let now = Instant::now();
-                    let waited = now.saturating_duration_since(*since);
+                    let waited = now.saturating_duration_since(*since.get_or_insert(now));
                     // What this request may still wait, this wait included.
                     let left = this.waits.remaining().saturating_sub(waited);
                     match this.gates.admit(this.key, now, this.config) {
@@ -243,10 +316,23 @@ where
                             .request
                             .as_ref()
                             .is_some_and(|r| r.body().is_replayable());
-                    let request = if may_resend {
-                        this.request.as_ref().map(clone_request)
-                    } else {
-                        this.request.take()
+                    let request = match this.request.take() {
+                        // The first attempt goes as it came; a copy is kept,
+                        // bare when the stack's extensions are all it carries.
+                        Some(request) if may_resend && *this.attempts == 0 => {
+                            *this.bare = StackExtensions::of(&request);
+                            *this.request = Some(match this.bare {
+                                Some(_) => bare_copy(&request),
+                                None => clone_request(&request),
+                            });
+                            Some(request)
+                        }
+                        Some(request) if may_resend => {
+                            let copy = clone_request(&request);
+                            *this.request = Some(request);
+                            Some(copy)
+                        }
+                        request => request,
                     };
                     let Some(request) = request else {
                         // A new attempt is started only while the request is kept.
@@ -294,7 +380,8 @@ where
                         );
                         // A retry layer above shares its attempt limit
                         // through the request: the re-send must fit in it.
-                        if outcome == ThrottleOutcome::Resend && !begin_shared_attempt(this.request)
+                        if outcome == ThrottleOutcome::Resend
+                            && !begin_shared_attempt(this.shared_attempts.as_ref(), this.request)
                         {
                             outcome = ThrottleOutcome::MaxAttempts;
                         }
@@ -306,6 +393,11 @@ where
                             outcome,
                         );
                         if outcome == ThrottleOutcome::Resend {
+                            if let (Some(bare), Some(request)) =
+                                (this.bare.take(), this.request.as_mut())
+                            {
+                                bare.restore(request, this.shared_attempts.as_ref(), this.waits);
+                            }
                             // The refused request waits out its own delay
                             // (spread, within what it may still wait), then
                             // goes back to the gate: a ramp that took the
@@ -321,7 +413,7 @@ where
                             this.state.set(State::Gate {
                                 sleep: Some(tokio::time::sleep_until(at)),
                                 changed: None,
-                                since: now,
+                                since: Some(now),
                             });
                             continue;
                         }
