@@ -64,6 +64,32 @@ pub fn parse(status: StatusCode, headers: &HeaderMap, now: SystemTime) -> Signal
     }
 }
 
+/// Whether `headers` carry a field that can state a quota's window: only
+/// the IETF fields do (`RateLimit`, `RateLimit-Policy`, and the legacy
+/// `RateLimit-Limit`). Without one, no quota that [`parse`] reads has a
+/// `window`, so a caller that only wants windows can skip the parse.
+///
+/// ```
+/// use http::{HeaderMap, HeaderValue};
+///
+/// let mut headers = HeaderMap::new();
+/// headers.insert("x-ratelimit-remaining-requests", HeaderValue::from_static("9"));
+/// assert!(!quota_headers::states_windows(&headers));
+/// headers.insert("ratelimit-policy", HeaderValue::from_static("\"default\";q=100;w=60"));
+/// assert!(quota_headers::states_windows(&headers));
+/// ```
+pub fn states_windows(headers: &HeaderMap) -> bool {
+    headers.keys().any(|name| {
+        matches!(
+            name.as_str().as_bytes().first(),
+            Some(b'r') if WINDOWS & Slot::of(name.as_str()).map_or(0, Slot::bit) != 0
+        )
+    })
+}
+
+/// The fields [`states_windows`] looks for.
+const WINDOWS: u64 = Slot::mask(&[Slot::RateLimit, Slot::RateLimitPolicy, Slot::RateLimitLimit]);
+
 /// `retry-after-ms` (most precise), then `Retry-After`, then gRPC pushback.
 fn explicit_delay(
     found: &Found<'_>,

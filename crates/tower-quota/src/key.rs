@@ -463,12 +463,9 @@ impl<B> UsageFn<http::Response<B>> for HttpFeedback {
 
     fn announced(&self, response: &http::Response<B>) -> Vec<Announced> {
         let headers = response.headers();
-        // Most responses of most providers announce nothing: skip the parse.
-        let announces = headers.keys().any(|name| {
-            let name = name.as_str();
-            name.contains("ratelimit") || name.contains("rate-limit")
-        });
-        if !announces {
+        // Only a quota with a window is announced, and most responses (all
+        // but the IETF dialect's) state none: skip the parse.
+        if !quota_headers::states_windows(headers) {
             return Vec::new();
         }
         let signal = quota_headers::parse(response.status(), headers, std::time::SystemTime::now());
