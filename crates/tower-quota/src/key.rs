@@ -468,7 +468,8 @@ impl<B> UsageFn<http::Response<B>> for HttpFeedback {
         if !quota_headers::states_windows(headers) {
             return Vec::new();
         }
-        let signal = quota_headers::parse(response.status(), headers, std::time::SystemTime::now());
+        let signal =
+            quota_headers::parse_with_clock(response.status(), headers, std::time::SystemTime::now);
         signal
             .quotas
             .iter()

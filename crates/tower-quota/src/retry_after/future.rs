@@ -352,10 +352,10 @@ where
                     let in_flight = this.in_flight.take();
                     let mut response = result.map_err(Into::into)?;
                     let now = Instant::now();
-                    let signal = quota_headers::parse(
+                    let signal = quota_headers::parse_with_clock(
                         response.status(),
                         response.headers(),
-                        SystemTime::now(),
+                        SystemTime::now,
                     );
                     let closed = in_flight.and_then(|in_flight| {
                         this.gates.observe(in_flight, &signal, now, this.config)
