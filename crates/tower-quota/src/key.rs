@@ -208,19 +208,31 @@ pub(crate) fn host_key<B>(request: &http::Request<B>) -> Option<Key> {
 /// this scheme: `host` or `host:port`, the host lowercase, the port
 /// explicit and not the scheme's default.
 fn is_host_key(authority: &http::uri::Authority, scheme: Option<&str>) -> bool {
-    let host = authority.host();
-    if host.bytes().any(|byte| byte.is_ascii_uppercase()) {
+    // One pass over the bytes, not `host()` and `port_u16()`, which each
+    // search the text again: this runs for every request of every keyed layer.
+    let text = authority.as_str();
+    let bytes = text.as_bytes();
+    // User info (`@`) or an uppercase host is not in key form; a port has
+    // neither.
+    if bytes
+        .iter()
+        .any(|&byte| byte == b'@' || byte.is_ascii_uppercase())
+    {
         return false;
     }
-    let text = authority.as_str();
-    match authority.port_u16() {
-        None => text == host,
-        Some(port) => {
-            port != default_port(scheme).unwrap_or(0)
-                && text.len() > host.len()
-                && text.starts_with(host)
-                && text.as_bytes()[host.len()] == b':'
+    let host_end = if bytes.first() == Some(&b'[') {
+        match text.find(']') {
+            Some(close) => close + 1,
+            None => return false,
         }
+    } else {
+        text.find(':').unwrap_or(text.len())
+    };
+    match text[host_end..].strip_prefix(':') {
+        None => host_end == text.len(),
+        Some(port) => port
+            .parse::<u16>()
+            .is_ok_and(|port| port != default_port(scheme).unwrap_or(0)),
     }
 }
 
@@ -507,6 +519,8 @@ mod tests {
             ("http://user:pass@api.example.com/", false),
             ("http://[::1]:8080/", true),
             ("http://[::1]/", true),
+            ("http://[::1]:80/", false),
+            ("http://[::A]:8080/", false),
             ("http://127.0.0.1:8080/", true),
             ("grpc://svc.internal:50051/", true),
             ("http://api.example.com:/", false),
