@@ -13,8 +13,9 @@ use tokio::time::{Instant, Sleep};
 use tower_service::Service;
 
 use super::events::{self, ThrottleOutcome};
-use super::gate::{Gates, InFlight, Wait};
+use super::gate::{InFlight, Wait};
 use super::layer::Config;
+use super::service::Shared;
 use super::{GateClosed, GateReason, ServerSignal};
 use crate::attempts::{Attempt, AttemptBudget, WaitBudget};
 use crate::replay::{ReplayBody, clone_request};
@@ -43,8 +44,7 @@ pin_project! {
         // Whether the request may be re-sent after a throttle the server may
         // have processed it in (a 503): idempotent, or opted in.
         idempotent: bool,
-        gates: Gates,
-        config: Arc<Config>,
+        shared: Arc<Shared>,
         attempts: u32,
         // The stack-wide number of the attempt in flight: the `Attempt`
         // extension when a retry layer above numbers attempts, else ours.
@@ -85,9 +85,9 @@ where
         mut request: Request<ReplayBody<B>>,
         key: Key,
         idempotent: bool,
-        gates: Gates,
-        config: Arc<Config>,
+        shared: Arc<Shared>,
     ) -> Self {
+        let config = &shared.config;
         // One budget of waiting for the whole stack: a retry layer above
         // shares its own, and this layer's `max_wait` bounds it.
         let shared_attempts = request.extensions().get::<AttemptBudget>().cloned();
@@ -113,8 +113,7 @@ where
             shared_attempts,
             key,
             idempotent,
-            gates,
-            config,
+            shared,
             attempts: 0,
             attempt_number: 0,
             waited: Duration::ZERO,
@@ -236,6 +235,7 @@ where
 
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
         let mut this = self.project();
+        let Shared { config, gates } = &**this.shared;
         loop {
             match this.state.as_mut().project() {
                 StateProj::Gate {
@@ -254,7 +254,7 @@ where
                     let waited = now.saturating_duration_since(*since.get_or_insert(now));
                     // What this request may still wait, this wait included.
                     let left = this.waits.remaining().saturating_sub(waited);
-                    match this.gates.admit(this.key, now, this.config) {
+                    match gates.admit(this.key, now, config) {
                         Ok(in_flight) => {
                             events::gate_passed(this.key, waited);
                             *this.waited = this.waited.saturating_add(waited);
@@ -290,7 +290,7 @@ where
                             // and never past what they may wait.
                             let latest = now.checked_add(left).unwrap_or(until);
                             let at = until
-                                .checked_add(random_up_to(this.config.spread))
+                                .checked_add(random_up_to(config.spread))
                                 .unwrap_or(until)
                                 .min(latest);
                             sleep.set(Some(tokio::time::sleep_until(at)));
@@ -311,7 +311,7 @@ where
                         return Poll::Ready(Err(error.into()));
                     }
                     *this.readied = false;
-                    let may_resend = *this.attempts + 1 < this.config.max_attempts
+                    let may_resend = *this.attempts + 1 < config.max_attempts
                         && this
                             .request
                             .as_ref()
@@ -357,9 +357,8 @@ where
                         response.headers(),
                         SystemTime::now,
                     );
-                    let closed = in_flight.and_then(|in_flight| {
-                        this.gates.observe(in_flight, &signal, now, this.config)
-                    });
+                    let closed = in_flight
+                        .and_then(|in_flight| gates.observe(in_flight, &signal, now, config));
                     if let Some(closed) = closed {
                         events::gate_closed(this.key, &closed, now);
                     }
@@ -372,7 +371,7 @@ where
                             || classify::refused_unprocessed(response.status(), &signal);
                         let mut outcome = throttled_outcome(
                             &signal,
-                            this.config,
+                            config,
                             *this.attempts,
                             replayable,
                             safe,
@@ -406,8 +405,8 @@ where
                             let delay = signal
                                 .retry_after
                                 .unwrap_or_default()
-                                .min(this.config.max_pause)
-                                .saturating_add(random_up_to(this.config.spread))
+                                .min(config.max_pause)
+                                .saturating_add(random_up_to(config.spread))
                                 .min(this.waits.remaining());
                             let at = now.checked_add(delay).unwrap_or(now);
                             this.state.set(State::Gate {
