@@ -159,7 +159,7 @@ impl<'de, 'q, 'r, 'd> ItemVisitor<'de> for RateLimitEntry<'q, 'r, 'd> {
     ) -> Result<impl ParameterVisitor<'de, Out = ()>, Self::Error> {
         let quota = name(RefBareItem::from(&bare_item)).and_then(|name| {
             let mut quota = QuotaState::new(Source::IetfRateLimit);
-            quota.name = Some(name.to_owned());
+            quota.name = Some(name.to_owned().into());
             self.quotas.push(quota);
             self.quotas.last_mut()
         });
@@ -242,7 +242,7 @@ impl Policies<'_> {
             }
             None => {
                 let mut quota = QuotaState::new(Source::IetfRateLimit);
-                quota.name = Some(name.to_owned());
+                quota.name = Some(name.to_owned().into());
                 self.quotas.push(quota);
                 Some((self.quotas.last_mut()?, false))
             }
@@ -336,7 +336,7 @@ impl<'de> ParameterVisitor<'de> for PolicyParams<'_> {
         };
         match key.as_str() {
             "q" => quota.limit = non_negative(RefBareItem::from(&value)),
-            "qu" => quota.unit = text(RefBareItem::from(&value)),
+            "qu" => quota.unit = text(RefBareItem::from(&value)).map(Into::into),
             "w" => quota.window = seconds(RefBareItem::from(&value)),
             "pk" if !self.keeps_partition_key => {
                 quota.partition_key = owned_partition_key(value);

@@ -142,7 +142,7 @@ pub use go_duration::go_duration;
 pub use grpc::{Pushback, grpc_pushback, grpc_status};
 pub use ietf::{rate_limit, rate_limit_policy};
 pub use names::HEADER_NAMES;
-pub use parse::parse;
+pub use parse::{parse, parse_with_clock, states_windows};
 pub use retry_after::{retry_after, retry_after_ms};
 pub use rfc3339::rfc3339;
 pub use signal::{QuotaState, Signal, Source};

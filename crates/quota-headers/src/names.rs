@@ -98,7 +98,7 @@ const COUNT: usize = HEADER_NAMES.len();
 const _: () = assert!(COUNT <= 64);
 
 impl Slot {
-    const fn bit(self) -> u64 {
+    pub(crate) const fn bit(self) -> u64 {
         1 << self as u8
     }
 

@@ -93,18 +93,33 @@ pub(crate) fn until(instant: SystemTime, reference: SystemTime) -> Duration {
 /// The time absolute values are measured from: the response's `Date` when
 /// it holds a valid HTTP-date, else the receive time `now`.
 ///
-/// `Date` is parsed on first use, so a response whose values are all delays
-/// (delay-seconds, `t`, Go durations, small resets) never parses it.
-#[derive(Debug)]
+/// `Date` is parsed on first use, and the clock read only when there is no
+/// valid `Date`, so a response whose values are all delays (delay-seconds,
+/// `t`, Go durations, small resets) does neither.
 pub(crate) struct Reference<'a> {
-    now: SystemTime,
+    now: &'a dyn Fn() -> SystemTime,
     date: Option<&'a HeaderValue>,
     time: OnceCell<SystemTime>,
 }
 
+impl std::fmt::Debug for Reference<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Reference")
+            .field("date", &self.date)
+            .field("time", &self.time)
+            .finish_non_exhaustive()
+    }
+}
+
+/// The clock of a [`Reference::fixed`], never read: its time is set.
+fn fixed_clock() -> SystemTime {
+    SystemTime::UNIX_EPOCH
+}
+
 impl<'a> Reference<'a> {
-    /// `date` (the response's first `Date` value) when valid, else `now`.
-    pub(crate) fn lazy(now: SystemTime, date: Option<&'a HeaderValue>) -> Self {
+    /// `date` (the response's first `Date` value) when valid, else what
+    /// `now` reads.
+    pub(crate) fn lazy(now: &'a dyn Fn() -> SystemTime, date: Option<&'a HeaderValue>) -> Self {
         Self {
             now,
             date,
@@ -115,7 +130,7 @@ impl<'a> Reference<'a> {
     /// Exactly `time`.
     pub(crate) fn fixed(time: SystemTime) -> Self {
         Self {
-            now: time,
+            now: &fixed_clock,
             date: None,
             time: OnceCell::from(time),
         }
@@ -126,7 +141,7 @@ impl<'a> Reference<'a> {
             self.date
                 .and_then(|value| value.to_str().ok())
                 .and_then(|text| httpdate::parse_http_date(text.trim()).ok())
-                .unwrap_or(self.now)
+                .unwrap_or_else(self.now)
         })
     }
 }

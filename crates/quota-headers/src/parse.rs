@@ -24,6 +24,28 @@ use crate::{grpc_pushback, grpc_status, retry_after_ms, shopify_call_limit};
 ///
 /// See the [crate docs](crate) for precedence and the `throttled` rule.
 pub fn parse(status: StatusCode, headers: &HeaderMap, now: SystemTime) -> Signal {
+    parse_with_clock(status, headers, || now)
+}
+
+/// [`parse`], with the receive time read from `clock` only when a value is
+/// measured from it: not for a response without an absolute time, nor for
+/// one whose valid `Date` header gives the server's clock.
+///
+/// ```
+/// use http::{HeaderMap, HeaderValue, StatusCode};
+///
+/// let mut headers = HeaderMap::new();
+/// headers.insert("retry-after", HeaderValue::from_static("2"));
+/// let signal = quota_headers::parse_with_clock(StatusCode::TOO_MANY_REQUESTS, &headers, || {
+///     unreachable!("a delay in seconds is not measured from the clock")
+/// });
+/// assert_eq!(signal.retry_after, Some(std::time::Duration::from_secs(2)));
+/// ```
+pub fn parse_with_clock(
+    status: StatusCode,
+    headers: &HeaderMap,
+    clock: impl Fn() -> SystemTime,
+) -> Signal {
     let found = Found::scan(headers);
     if found.is_empty() {
         // Nothing to read: no allocation, no `Date`.
@@ -32,7 +54,7 @@ pub fn parse(status: StatusCode, headers: &HeaderMap, now: SystemTime) -> Signal
             ..Signal::default()
         };
     }
-    let reference = Reference::lazy(now, found.get(Slot::Date));
+    let reference = Reference::lazy(&clock, found.get(Slot::Date));
 
     let pushback = found.get(Slot::GrpcRetryPushbackMs).map(grpc_pushback);
     let explicit = explicit_delay(&found, &reference, pushback);
@@ -63,6 +85,32 @@ pub fn parse(status: StatusCode, headers: &HeaderMap, now: SystemTime) -> Signal
         quotas,
     }
 }
+
+/// Whether `headers` carry a field that can state a quota's window: only
+/// the IETF fields do (`RateLimit`, `RateLimit-Policy`, and the legacy
+/// `RateLimit-Limit`). Without one, no quota that [`parse`] reads has a
+/// `window`, so a caller that only wants windows can skip the parse.
+///
+/// ```
+/// use http::{HeaderMap, HeaderValue};
+///
+/// let mut headers = HeaderMap::new();
+/// headers.insert("x-ratelimit-remaining-requests", HeaderValue::from_static("9"));
+/// assert!(!quota_headers::states_windows(&headers));
+/// headers.insert("ratelimit-policy", HeaderValue::from_static("\"default\";q=100;w=60"));
+/// assert!(quota_headers::states_windows(&headers));
+/// ```
+pub fn states_windows(headers: &HeaderMap) -> bool {
+    headers.keys().any(|name| {
+        matches!(
+            name.as_str().as_bytes().first(),
+            Some(b'r') if WINDOWS & Slot::of(name.as_str()).map_or(0, Slot::bit) != 0
+        )
+    })
+}
+
+/// The fields [`states_windows`] looks for.
+const WINDOWS: u64 = Slot::mask(&[Slot::RateLimit, Slot::RateLimitPolicy, Slot::RateLimitLimit]);
 
 /// `retry-after-ms` (most precise), then `Retry-After`, then gRPC pushback.
 fn explicit_delay(

@@ -1,5 +1,6 @@
 //! The normalized result of reading one response's headers.
 
+use std::borrow::Cow;
 use std::time::Duration;
 
 /// What one response said about retrying and about the caller's quota.
@@ -77,11 +78,13 @@ pub struct QuotaState {
     pub partition_key: Option<String>,
     /// Policy name: IETF policy item, `"requests"`/`"tokens"` for OpenAI and
     /// Anthropic, GitHub's `X-RateLimit-Resource`, Discord's
-    /// `X-RateLimit-Scope`.
-    pub name: Option<String>,
+    /// `X-RateLimit-Scope`. Borrowed when the dialect fixes the name, so
+    /// that reading it allocates nothing.
+    pub name: Option<Cow<'static, str>>,
     /// Quota unit: IETF `qu` (`"requests"`, `"content-bytes"`,
-    /// `"concurrent-requests"`), `"tokens"`.
-    pub unit: Option<String>,
+    /// `"concurrent-requests"`), `"tokens"`. Borrowed when the dialect
+    /// fixes the unit.
+    pub unit: Option<Cow<'static, str>>,
     /// Which dialect reported it.
     pub source: Source,
 }

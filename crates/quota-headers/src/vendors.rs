@@ -39,12 +39,17 @@ pub(crate) fn anthropic(
     }
 }
 
-fn push_named(quotas: &mut Vec<QuotaState>, mut quota: QuotaState, name: &str, unit: &str) {
+fn push_named(
+    quotas: &mut Vec<QuotaState>,
+    mut quota: QuotaState,
+    name: &'static str,
+    unit: &'static str,
+) {
     if quota.is_empty() {
         return;
     }
-    quota.name = Some(name.to_owned());
-    quota.unit = Some(unit.to_owned());
+    quota.name = Some(name.into());
+    quota.unit = Some(unit.into());
     quotas.push(quota);
 }
 

@@ -92,6 +92,8 @@ pub(crate) fn quota(found: &Found<'_>, reference: &Reference<'_>) -> Option<Quot
         return None;
     }
     quota.partition_key = label(Slot::XRateLimitBucket);
-    quota.name = label(Slot::XRateLimitScope).or_else(|| label(Slot::XRateLimitResource));
+    quota.name = label(Slot::XRateLimitScope)
+        .or_else(|| label(Slot::XRateLimitResource))
+        .map(Into::into);
     Some(quota)
 }

@@ -73,6 +73,18 @@ proptest! {
     }
 
     #[test]
+    fn a_window_comes_only_from_the_fields_states_windows_looks_for(
+        status in status(),
+        headers in header_map(),
+        now in system_time(),
+    ) {
+        if !quota_headers::states_windows(&headers) {
+            let signal = quota_headers::parse(status, &headers, now);
+            prop_assert!(signal.quotas.iter().all(|quota| quota.window.is_none()), "{signal:?}");
+        }
+    }
+
+    #[test]
     fn parse_is_total_and_consistent(
         status in status(),
         headers in header_map(),

@@ -193,7 +193,7 @@ pub(crate) fn refused_unprocessed(status: StatusCode, signal: &Signal) -> bool {
 fn classify_status(status: StatusCode, headers: &HeaderMap) -> Outcome {
     match status.as_u16() {
         429 | 503 => {
-            let signal = quota_headers::parse(status, headers, SystemTime::now());
+            let signal = quota_headers::parse_with_clock(status, headers, SystemTime::now);
             if signal.do_not_retry {
                 Outcome::Permanent
             } else if status == StatusCode::TOO_MANY_REQUESTS || signal.retry_after.is_some() {

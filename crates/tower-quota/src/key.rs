@@ -208,19 +208,31 @@ pub(crate) fn host_key<B>(request: &http::Request<B>) -> Option<Key> {
 /// this scheme: `host` or `host:port`, the host lowercase, the port
 /// explicit and not the scheme's default.
 fn is_host_key(authority: &http::uri::Authority, scheme: Option<&str>) -> bool {
-    let host = authority.host();
-    if host.bytes().any(|byte| byte.is_ascii_uppercase()) {
+    // One pass over the bytes, not `host()` and `port_u16()`, which each
+    // search the text again: this runs for every request of every keyed layer.
+    let text = authority.as_str();
+    let bytes = text.as_bytes();
+    // User info (`@`) or an uppercase host is not in key form; a port has
+    // neither.
+    if bytes
+        .iter()
+        .any(|&byte| byte == b'@' || byte.is_ascii_uppercase())
+    {
         return false;
     }
-    let text = authority.as_str();
-    match authority.port_u16() {
-        None => text == host,
-        Some(port) => {
-            port != default_port(scheme).unwrap_or(0)
-                && text.len() > host.len()
-                && text.starts_with(host)
-                && text.as_bytes()[host.len()] == b':'
+    let host_end = if bytes.first() == Some(&b'[') {
+        match text.find(']') {
+            Some(close) => close + 1,
+            None => return false,
         }
+    } else {
+        text.find(':').unwrap_or(text.len())
+    };
+    match text[host_end..].strip_prefix(':') {
+        None => host_end == text.len(),
+        Some(port) => port
+            .parse::<u16>()
+            .is_ok_and(|port| port != default_port(scheme).unwrap_or(0)),
     }
 }
 
@@ -490,7 +502,8 @@ impl<B> UsageFn<http::Response<B>> for HttpFeedback {
         if !headers.keys().any(|name| names_a_quota(name.as_str())) {
             return None;
         }
-        let signal = quota_headers::parse(response.status(), headers, std::time::SystemTime::now());
+        let signal =
+            quota_headers::parse_with_clock(response.status(), headers, std::time::SystemTime::now);
         // The tightest quota of requests (not tokens) that says both.
         signal
             .quotas
@@ -522,12 +535,13 @@ impl<B> UsageFn<http::Response<B>> for HttpFeedback {
 
     fn announced(&self, response: &http::Response<B>) -> Vec<Announced> {
         let headers = response.headers();
-        // Most responses of most providers announce nothing: skip the parse.
-        let announces = headers.keys().any(|name| names_a_quota(name.as_str()));
-        if !announces {
+        // Only a quota with a window is announced, and most responses (all
+        // but the IETF dialect's) state none: skip the parse.
+        if !quota_headers::states_windows(headers) {
             return Vec::new();
         }
-        let signal = quota_headers::parse(response.status(), headers, std::time::SystemTime::now());
+        let signal =
+            quota_headers::parse_with_clock(response.status(), headers, std::time::SystemTime::now);
         signal
             .quotas
             .iter()
@@ -545,6 +559,13 @@ impl<B> UsageFn<http::Response<B>> for HttpFeedback {
             })
             .collect()
     }
+}
+
+/// Whether a header's name may carry a quota (every dialect's names have
+/// `ratelimit` or `rate-limit` in them): most responses of most providers
+/// have none, and skip the parse.
+fn names_a_quota(name: &str) -> bool {
+    name.contains("ratelimit") || name.contains("rate-limit")
 }
 
 #[cfg(test)]
@@ -565,6 +586,8 @@ mod tests {
             ("http://user:pass@api.example.com/", false),
             ("http://[::1]:8080/", true),
             ("http://[::1]/", true),
+            ("http://[::1]:80/", false),
+            ("http://[::A]:8080/", false),
             ("http://127.0.0.1:8080/", true),
             ("grpc://svc.internal:50051/", true),
             ("http://api.example.com:/", false),
@@ -590,11 +613,4 @@ mod tests {
         let none = http::Request::get("/v1").body(()).expect("a valid request");
         assert!(host_key(&none).is_none());
     }
-}
-
-/// Whether a header's name may carry a quota (every dialect's names have
-/// `ratelimit` or `rate-limit` in them): most responses of most providers
-/// have none, and skip the parse.
-fn names_a_quota(name: &str) -> bool {
-    name.contains("ratelimit") || name.contains("rate-limit")
 }

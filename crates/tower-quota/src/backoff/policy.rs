@@ -148,6 +148,9 @@ impl<C> Policy<C> {
         if self.attempts.try_begin(request).is_none() {
             return give_up(GiveUp::MaxAttempts);
         }
+        // The kept copy was taken before the first attempt was numbered:
+        // the retry carries the shared budget as the first attempt did.
+        request.extensions_mut().insert(self.attempts.clone());
 
         let reason = match outcome {
             Outcome::Throttled(_) => RetryReason::Throttled,

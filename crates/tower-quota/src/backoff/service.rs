@@ -105,6 +105,10 @@ where
             request.map(ReplayBody::once)
         };
 
+        // The copy kept for retries is taken before this layer numbers the
+        // attempt: with nothing in its extensions it is copied without an
+        // allocation, and a retry puts the attempt's extensions back.
+        let kept = retryable.then(|| request.clone());
         let attempts = AttemptBudget::numbered(config.max_attempts, config.attempt_header.clone());
         attempts.try_begin(&mut request);
         // One budget of waiting for the stack, carried by the attempt
@@ -115,7 +119,6 @@ where
             waits.limit_until(deadline);
         }
         request.extensions_mut().insert(attempts.clone());
-        let kept = retryable.then(|| request.clone());
         if let Some(budget) = &self.budget {
             tower::retry::budget::Budget::deposit(budget);
         }

@@ -8,9 +8,8 @@ use pin_project_lite::pin_project;
 use tokio::time::Instant;
 
 use super::CircuitOpen;
-use super::breakers::Breakers;
-use super::config::Config;
 use super::events;
+use super::service::Shared;
 use crate::classify::{self, Classify};
 use crate::{BoxError, Key};
 
@@ -85,7 +84,7 @@ where
                         classify::Outcome::Success | classify::Outcome::Permanent => Some(false),
                         classify::Outcome::Transient => Some(true),
                         classify::Outcome::Throttled(_) => {
-                            outcome.config.count_throttled.then_some(true)
+                            outcome.shared.config.count_throttled.then_some(true)
                         }
                     };
                     outcome.finish(failed);
@@ -106,20 +105,18 @@ impl<F, Cl> fmt::Debug for ResponseFuture<F, Cl> {
 /// unfinished (a cancelled call), it counts for nothing and gives back its
 /// probe if its half-open period is still the breaker's.
 pub(super) struct Outcome {
-    breakers: Breakers,
+    shared: Arc<Shared>,
     key: Key,
-    config: Arc<Config>,
     /// The breaker's period the call was admitted in.
     generation: u64,
     done: bool,
 }
 
 impl Outcome {
-    pub(super) fn new(breakers: Breakers, key: Key, config: Arc<Config>, generation: u64) -> Self {
+    pub(super) fn new(shared: Arc<Shared>, key: Key, generation: u64) -> Self {
         Outcome {
-            breakers,
+            shared,
             key,
-            config,
             generation,
             done: false,
         }
@@ -127,9 +124,9 @@ impl Outcome {
 
     fn finish(mut self, failed: Option<bool>) {
         self.done = true;
-        let transition = self.breakers.record(
+        let transition = self.shared.breakers.record(
             &self.key,
-            &self.config,
+            &self.shared.config,
             self.generation,
             failed,
             Instant::now(),
@@ -143,9 +140,9 @@ impl Outcome {
 impl Drop for Outcome {
     fn drop(&mut self) {
         if !self.done {
-            self.breakers.record(
+            self.shared.breakers.record(
                 &self.key,
-                &self.config,
+                &self.shared.config,
                 self.generation,
                 None,
                 Instant::now(),

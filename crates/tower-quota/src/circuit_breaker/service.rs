@@ -18,10 +18,17 @@ use crate::{BoxError, HostKey, KeyFn};
 #[derive(Clone)]
 pub struct CircuitBreaker<S, K = HostKey, Cl = HttpClassifier> {
     inner: S,
-    config: Arc<Config>,
-    breakers: Breakers,
+    shared: Arc<Shared>,
     key_fn: K,
     classifier: Cl,
+}
+
+/// The layer's configuration and breakers, behind one pointer: every clone
+/// of the service and every call in flight holds them with one reference
+/// count.
+pub(super) struct Shared {
+    pub(super) config: Arc<Config>,
+    pub(super) breakers: Breakers,
 }
 
 impl<S, K, Cl> CircuitBreaker<S, K, Cl> {
@@ -34,8 +41,7 @@ impl<S, K, Cl> CircuitBreaker<S, K, Cl> {
     ) -> Self {
         CircuitBreaker {
             inner,
-            config,
-            breakers,
+            shared: Arc::new(Shared { config, breakers }),
             key_fn,
             classifier,
         }
@@ -88,7 +94,8 @@ where
 
     fn call(&mut self, request: Request) -> Self::Future {
         let key = self.key_fn.key(&request);
-        match self.breakers.admit(&key, &self.config, Instant::now()) {
+        let Shared { config, breakers } = &*self.shared;
+        match breakers.admit(&key, config, Instant::now()) {
             // The readied inner service stays readied for the next call.
             Admit::Reject { retry_in, state } => ResponseFuture::rejected(CircuitOpen {
                 key,
@@ -105,7 +112,7 @@ where
                 let future = self.inner.call(request);
                 ResponseFuture::called(
                     future,
-                    Outcome::new(self.breakers.clone(), key, self.config.clone(), generation),
+                    Outcome::new(self.shared.clone(), key, generation),
                     self.classifier.clone(),
                 )
             }
@@ -117,8 +124,8 @@ impl<S: fmt::Debug, K, Cl> fmt::Debug for CircuitBreaker<S, K, Cl> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("CircuitBreaker")
             .field("inner", &self.inner)
-            .field("config", &self.config)
-            .field("breakers", &self.breakers)
+            .field("config", &self.shared.config)
+            .field("breakers", &self.shared.breakers)
             .field("key_fn", &std::any::type_name::<K>())
             .field("classifier", &std::any::type_name::<Cl>())
             .finish()

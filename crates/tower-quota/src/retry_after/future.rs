@@ -13,8 +13,9 @@ use tokio::time::{Instant, Sleep};
 use tower_service::Service;
 
 use super::events::{self, ThrottleOutcome};
-use super::gate::{Gates, InFlight, Wait};
+use super::gate::{InFlight, Wait};
 use super::layer::Config;
+use super::service::Shared;
 use super::{GateClosed, GateReason, ServerSignal};
 use crate::attempts::{Attempt, AttemptBudget, WaitBudget};
 use crate::replay::{ReplayBody, clone_request};
@@ -33,12 +34,17 @@ pin_project! {
         // first attempt, whose service `poll_ready` readied.
         readied: bool,
         request: Option<Request<ReplayBody<B>>>,
+        // Whether `request` is a copy kept without the extensions the stack
+        // put on the request (see `StackExtensions`), to put back on a re-send.
+        bare: Option<StackExtensions>,
+        // The attempts the logical request may make, shared by a retry layer
+        // above through the request.
+        shared_attempts: Option<AttemptBudget>,
         key: Key,
         // Whether the request may be re-sent after a throttle the server may
         // have processed it in (a 503): idempotent, or opted in.
         idempotent: bool,
-        gates: Gates,
-        config: Arc<Config>,
+        shared: Arc<Shared>,
         attempts: u32,
         // The stack-wide number of the attempt in flight: the `Attempt`
         // extension when a retry layer above numbers attempts, else ours.
@@ -59,7 +65,8 @@ pin_project! {
             sleep: Option<Sleep>,
             // Fires when a response may have opened the gate early.
             changed: Option<Pin<Box<OwnedNotified>>>,
-            since: Instant,
+            // When the request came to the gate; read at the first poll.
+            since: Option<Instant>,
         },
         Readying,
         Calling {
@@ -78,12 +85,16 @@ where
         mut request: Request<ReplayBody<B>>,
         key: Key,
         idempotent: bool,
-        gates: Gates,
-        config: Arc<Config>,
+        shared: Arc<Shared>,
     ) -> Self {
+        let config = &shared.config;
         // One budget of waiting for the whole stack: a retry layer above
         // shares its own, and this layer's `max_wait` bounds it.
-        let waits = WaitBudget::shared_by(&mut request);
+        let shared_attempts = request.extensions().get::<AttemptBudget>().cloned();
+        let waits = match &shared_attempts {
+            Some(attempts) => attempts.waits(),
+            None => WaitBudget::shared_by(&mut request),
+        };
         waits.limit_to(config.max_wait);
         // A gate that reopens after the request's deadline is not waited for.
         if let Some(deadline) = crate::sliding_window::Deadline::of(&request) {
@@ -93,15 +104,16 @@ where
             state: State::Gate {
                 sleep: None,
                 changed: None,
-                since: Instant::now(),
+                since: None,
             },
             service,
             readied: true,
             request: Some(request),
+            bare: None,
+            shared_attempts,
             key,
             idempotent,
-            gates,
-            config,
+            shared,
             attempts: 0,
             attempt_number: 0,
             waited: Duration::ZERO,
@@ -136,14 +148,74 @@ fn throttled_outcome(
 
 /// Takes an attempt from the [`AttemptBudget`] a retry layer above put in
 /// the request, numbering the re-sent request; `true` without one.
-fn begin_shared_attempt<B>(request: &mut Option<Request<B>>) -> bool {
-    let Some(request) = request else {
-        return true;
-    };
-    match request.extensions().get::<AttemptBudget>().cloned() {
-        Some(budget) => budget.try_begin(request).is_some(),
-        None => true,
+fn begin_shared_attempt<B>(
+    shared: Option<&AttemptBudget>,
+    request: &mut Option<Request<B>>,
+) -> bool {
+    match (shared, request) {
+        (Some(budget), Some(request)) => budget.try_begin(request).is_some(),
+        _ => true,
     }
+}
+
+/// The extensions the stack's own layers put on a request: the shared
+/// budgets and the attempt's number. A request that carries nothing else is
+/// kept for re-sending without them (a copy of empty extensions allocates
+/// nothing) and they are put back on a re-send.
+#[derive(Clone, Copy)]
+enum StackExtensions {
+    /// An [`AttemptBudget`] (with its [`Attempt`], when present), numbered
+    /// again by the budget on a re-send.
+    Attempts,
+    /// A [`WaitBudget`] of its own.
+    Waits,
+    /// None at all.
+    None,
+}
+
+impl StackExtensions {
+    /// What `request` carries, when it carries nothing else.
+    fn of<B>(request: &Request<B>) -> Option<Self> {
+        let extensions = request.extensions();
+        let (kind, count) = if extensions.get::<AttemptBudget>().is_some() {
+            let numbered = extensions.get::<Attempt>().is_some();
+            (StackExtensions::Attempts, 1 + usize::from(numbered))
+        } else if extensions.get::<WaitBudget>().is_some() {
+            (StackExtensions::Waits, 1)
+        } else {
+            (StackExtensions::None, 0)
+        };
+        (extensions.len() == count).then_some(kind)
+    }
+
+    /// Puts them back on `request`, a copy kept without them whose attempt
+    /// [`begin_shared_attempt`] has numbered.
+    fn restore<B>(
+        self,
+        request: &mut Request<B>,
+        attempts: Option<&AttemptBudget>,
+        waits: &WaitBudget,
+    ) {
+        match (self, attempts) {
+            (StackExtensions::Attempts, Some(attempts)) => {
+                request.extensions_mut().insert(attempts.clone());
+            }
+            (StackExtensions::Waits, _) => {
+                request.extensions_mut().insert(waits.clone());
+            }
+            _ => {}
+        }
+    }
+}
+
+/// A copy of `request` for a later attempt, without its extensions.
+fn bare_copy<B: Clone>(request: &Request<B>) -> Request<B> {
+    let mut copy = Request::new(request.body().clone());
+    *copy.method_mut() = request.method().clone();
+    *copy.uri_mut() = request.uri().clone();
+    *copy.version_mut() = request.version();
+    *copy.headers_mut() = request.headers().clone();
+    copy
 }
 
 fn random_up_to(spread: Duration) -> Duration {
@@ -163,6 +235,7 @@ where
 
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
         let mut this = self.project();
+        let Shared { config, gates } = &**this.shared;
         loop {
             match this.state.as_mut().project() {
                 StateProj::Gate {
@@ -178,10 +251,10 @@ where
                     }
                     *changed = None;
                     let now = Instant::now();
-                    let waited = now.saturating_duration_since(*since);
+                    let waited = now.saturating_duration_since(*since.get_or_insert(now));
                     // What this request may still wait, this wait included.
                     let left = this.waits.remaining().saturating_sub(waited);
-                    match this.gates.admit(this.key, now, this.config) {
+                    match gates.admit(this.key, now, config) {
                         Ok(in_flight) => {
                             events::gate_passed(this.key, waited);
                             *this.waited = this.waited.saturating_add(waited);
@@ -217,7 +290,7 @@ where
                             // and never past what they may wait.
                             let latest = now.checked_add(left).unwrap_or(until);
                             let at = until
-                                .checked_add(random_up_to(this.config.spread))
+                                .checked_add(random_up_to(config.spread))
                                 .unwrap_or(until)
                                 .min(latest);
                             sleep.set(Some(tokio::time::sleep_until(at)));
@@ -238,15 +311,28 @@ where
                         return Poll::Ready(Err(error.into()));
                     }
                     *this.readied = false;
-                    let may_resend = *this.attempts + 1 < this.config.max_attempts
+                    let may_resend = *this.attempts + 1 < config.max_attempts
                         && this
                             .request
                             .as_ref()
                             .is_some_and(|r| r.body().is_replayable());
-                    let request = if may_resend {
-                        this.request.as_ref().map(clone_request)
-                    } else {
-                        this.request.take()
+                    let request = match this.request.take() {
+                        // The first attempt goes as it came; a copy is kept,
+                        // bare when the stack's extensions are all it carries.
+                        Some(request) if may_resend && *this.attempts == 0 => {
+                            *this.bare = StackExtensions::of(&request);
+                            *this.request = Some(match this.bare {
+                                Some(_) => bare_copy(&request),
+                                None => clone_request(&request),
+                            });
+                            Some(request)
+                        }
+                        Some(request) if may_resend => {
+                            let copy = clone_request(&request);
+                            *this.request = Some(request);
+                            Some(copy)
+                        }
+                        request => request,
                     };
                     let Some(request) = request else {
                         // A new attempt is started only while the request is kept.
@@ -266,14 +352,13 @@ where
                     let in_flight = this.in_flight.take();
                     let mut response = result.map_err(Into::into)?;
                     let now = Instant::now();
-                    let signal = quota_headers::parse(
+                    let signal = quota_headers::parse_with_clock(
                         response.status(),
                         response.headers(),
-                        SystemTime::now(),
+                        SystemTime::now,
                     );
-                    let closed = in_flight.and_then(|in_flight| {
-                        this.gates.observe(in_flight, &signal, now, this.config)
-                    });
+                    let closed = in_flight
+                        .and_then(|in_flight| gates.observe(in_flight, &signal, now, config));
                     if let Some(closed) = closed {
                         events::gate_closed(this.key, &closed, now);
                     }
@@ -286,7 +371,7 @@ where
                             || classify::refused_unprocessed(response.status(), &signal);
                         let mut outcome = throttled_outcome(
                             &signal,
-                            this.config,
+                            config,
                             *this.attempts,
                             replayable,
                             safe,
@@ -294,7 +379,8 @@ where
                         );
                         // A retry layer above shares its attempt limit
                         // through the request: the re-send must fit in it.
-                        if outcome == ThrottleOutcome::Resend && !begin_shared_attempt(this.request)
+                        if outcome == ThrottleOutcome::Resend
+                            && !begin_shared_attempt(this.shared_attempts.as_ref(), this.request)
                         {
                             outcome = ThrottleOutcome::MaxAttempts;
                         }
@@ -306,6 +392,11 @@ where
                             outcome,
                         );
                         if outcome == ThrottleOutcome::Resend {
+                            if let (Some(bare), Some(request)) =
+                                (this.bare.take(), this.request.as_mut())
+                            {
+                                bare.restore(request, this.shared_attempts.as_ref(), this.waits);
+                            }
                             // The refused request waits out its own delay
                             // (spread, within what it may still wait), then
                             // goes back to the gate: a ramp that took the
@@ -314,14 +405,14 @@ where
                             let delay = signal
                                 .retry_after
                                 .unwrap_or_default()
-                                .min(this.config.max_pause)
-                                .saturating_add(random_up_to(this.config.spread))
+                                .min(config.max_pause)
+                                .saturating_add(random_up_to(config.spread))
                                 .min(this.waits.remaining());
                             let at = now.checked_add(delay).unwrap_or(now);
                             this.state.set(State::Gate {
                                 sleep: Some(tokio::time::sleep_until(at)),
                                 changed: None,
-                                since: now,
+                                since: Some(now),
                             });
                             continue;
                         }

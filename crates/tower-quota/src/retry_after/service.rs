@@ -22,17 +22,23 @@ use crate::{BoxError, HostKey, KeyFn};
 #[derive(Clone)]
 pub struct RetryAfter<S, K = HostKey> {
     inner: S,
-    config: Arc<Config>,
-    gates: Gates,
+    shared: Arc<Shared>,
     key_fn: K,
+}
+
+/// The layer's configuration and gates, behind one pointer: every clone of
+/// the service and every response future holds them with one reference
+/// count.
+pub(super) struct Shared {
+    pub(super) config: Arc<Config>,
+    pub(super) gates: Gates,
 }
 
 impl<S, K> RetryAfter<S, K> {
     pub(super) fn from_parts(inner: S, config: Arc<Config>, gates: Gates, key_fn: K) -> Self {
         RetryAfter {
             inner,
-            config,
-            gates,
+            shared: Arc::new(Shared { config, gates }),
             key_fn,
         }
     }
@@ -84,8 +90,9 @@ where
 
     fn call(&mut self, request: Request<B>) -> Self::Future {
         let key = self.key_fn.key(&request);
-        let idempotent = self.config.resend_all_methods || is_idempotent(&request);
-        let request = match replayable_request(request, self.config.max_replay_bytes) {
+        let config = &self.shared.config;
+        let idempotent = config.resend_all_methods || is_idempotent(&request);
+        let request = match replayable_request(request, config.max_replay_bytes) {
             Ok(request) => request,
             Err(request) => request.map(ReplayBody::once),
         };
@@ -93,14 +100,7 @@ where
         // behind is readied by the next `poll_ready`.
         let clone = self.inner.clone();
         let inner = std::mem::replace(&mut self.inner, clone);
-        ResponseFuture::new(
-            inner,
-            request,
-            key,
-            idempotent,
-            self.gates.clone(),
-            self.config.clone(),
-        )
+        ResponseFuture::new(inner, request, key, idempotent, self.shared.clone())
     }
 }
 
@@ -108,8 +108,8 @@ impl<S: fmt::Debug, K> fmt::Debug for RetryAfter<S, K> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("RetryAfter")
             .field("inner", &self.inner)
-            .field("config", &self.config)
-            .field("gates", &self.gates)
+            .field("config", &self.shared.config)
+            .field("gates", &self.shared.gates)
             .field("key_fn", &std::any::type_name::<K>())
             .finish()
     }
