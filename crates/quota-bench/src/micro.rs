@@ -310,10 +310,11 @@ limits into the response future, and on one admission in 16 measures how late it
 tower's `RateLimit` is a per-instance counter with one clock read and no shared state (which is \
 why it must sit behind a `Buffer` to be shared, at ~1 µs per admission above); governor's \
 `check` is one atomic compare-and-swap on a GCRA cell. Per request, the README stack also \
-creates a tracing span, numbers the attempt in the request's extensions (one allocation for the \
-attempt and wait accounts, the extension map and its boxes), keeps a clone of the request for \
-re-sending in each of its two retrying layers (the extensions copied with it), looks up the \
-key's Retry-After gate, reads the response's rate-limit headers (twice when it carries any: \
-for the quota the provider announces, and for the gate) and puts what the server said in the \
-response's extensions: 16 allocations without headers. The cost with queued waiters stays \
-flat: one timer per key, one wake-up per admission.";
+creates a tracing span, numbers the attempt in the request's extensions (the backoff's shared \
+attempt budget, `Attempt` and `AttemptBudget`: 5 allocations with the extension map and its \
+boxes), keeps a copy of the request for re-sending in each of its two retrying layers (without \
+the stack's own extensions), looks up the key's Retry-After gate, reads the response's \
+rate-limit headers (the IETF fields again only when they state a window, for the quota the \
+provider announces) and puts what the server said in the response's extensions (3 \
+allocations): 8 allocations without headers. The cost with queued waiters stays flat: one \
+timer per key, one wake-up per admission.";
