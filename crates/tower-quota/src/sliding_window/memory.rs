@@ -580,7 +580,7 @@ impl KeyState {
             .iter()
             .all(|w| w.has_room(cost, w.keep(limits, class, cost)))
             && self.pacer.earliest(cost, limits).is_none_or(|at| at <= now)
-            && !self.pacer.awaits_answer(now, limits)
+            && self.pacer.awaits_answer(now, limits).is_none()
     }
 
     /// Records an admission; returns the pacer's new burst if it changed.
@@ -624,8 +624,9 @@ impl KeyState {
         limits: &Limits,
         class: Priority,
     ) -> (Option<Instant>, Option<Quota>) {
-        if self.pacer.awaits_answer(now, limits) {
-            return (None, None);
+        if let Some(until) = self.pacer.awaits_answer(now, limits) {
+            // At the answer, or when the key stops waiting for it.
+            return (Some(until), None);
         }
         let paced = self.pacer.earliest(cost, limits);
         let mut latest: (Option<Instant>, Option<Quota>) =

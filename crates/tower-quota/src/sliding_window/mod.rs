@@ -126,7 +126,8 @@
 //! waits for its answer: accepted, the key bursts as the log allows from
 //! then on; refused (a sliding-window counter still weighs the full window
 //! before), the key is spaced, and widens its margin too, in case the
-//! refusal came from a sliding log whose window runs late.
+//! refusal came from a sliding log whose window runs late. An answer is
+//! awaited a sixteenth of the window at most.
 //!
 //! Measured against quota-mock at 20/1 s, 200 requests at concurrency 32
 //! through the README stack (`tests/tests/shapes_e2e.rs`): a no-burst
@@ -139,8 +140,8 @@
 //! failed, most of the refusals in the first window's burst). A provider
 //! whose undisclosed rate goes 30 → 15 → 45 per second under a key
 //! configured for 50, 30 s each: 0.2 %, 0.5 % and 0.2 % of arrivals
-//! refused and 0.96, 0.98 and 0.92 of its rate accepted over the second
-//! half of each phase.
+//! refused and 0.99, 0.95 and 0.95 of its rate accepted over the second
+//! half of each phase (`quota-bench -- phases`).
 //!
 //! # Quotas a provider announces
 //!

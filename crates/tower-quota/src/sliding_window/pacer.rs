@@ -79,6 +79,9 @@
 //! a rate (a sliding-window counter still weighs the full window before),
 //! and the key is spaced at once, one request refused instead of a
 //! window's worth, each refusal costing the whole key a `Retry-After`.
+//! An answer is awaited a sixteenth of the window at most: a provider slower
+//! than that would cost the key more of its window than the wait spares it,
+//! and the log alone decides until the answer comes.
 //! That refusal may also be a sliding log whose window runs late: the key
 //! widens its margin as well. Spaced after it, the key goes two intervals
 //! after the refusal (a counter weighs the refused probe too), at
@@ -158,9 +161,9 @@ struct Start {
     /// The key's first admission, and its id.
     first: Option<Instant>,
     first_id: Option<u64>,
-    /// The request that went alone past the first window, while its answer
-    /// is awaited.
-    probe: Option<u64>,
+    /// The request that went alone past the first window, and when, while
+    /// its answer is awaited.
+    probe: Option<(u64, Instant)>,
 }
 
 /// A raise of the rate that a window without refusal has not confirmed yet.
@@ -335,20 +338,29 @@ impl Pacer {
         }
     }
 
-    /// Whether the key is still in its start, and the next admission
-    /// waits for an answer (the log may have room for it).
-    pub(crate) fn awaits_answer(&self, now: Instant, limits: &Limits) -> bool {
-        let Some(start) = self.start.as_deref() else {
-            return false;
+    /// Until when the next admission waits for an answer, while the key is
+    /// in its start (the log may have room for it); `None`: it need not.
+    /// An answer is awaited a sixteenth of the shortest window at most: a
+    /// provider slower than that to answer would cost the key more of its
+    /// window than the refusals the wait may spare it.
+    pub(crate) fn awaits_answer(&self, now: Instant, limits: &Limits) -> Option<Instant> {
+        let start = self.start.as_deref()?;
+        let patience = shortest_window(limits) / 16;
+        let until = |at: Instant| {
+            let until = at.checked_add(patience).unwrap_or(at);
+            (now < until).then_some(until)
         };
-        if start.probe.is_some() {
-            return true;
+        if let Some((_, at)) = start.probe {
+            return until(at);
         }
         if self.probes_next(start, now, limits) {
             // The probe goes alone.
-            return false;
+            return None;
         }
-        start.unanswered >= start.allowed
+        if start.unanswered < start.allowed {
+            return None;
+        }
+        until(start.first?)
     }
 
     /// Whether an admission at `now` is past the key's first window.
@@ -371,7 +383,7 @@ impl Pacer {
             return false;
         };
         start.unanswered = start.unanswered.saturating_sub(1);
-        if start.probe == Some(id) {
+        if start.probe.is_some_and(|(probe, _)| probe == id) {
             // Neither accepted nor refused (an error, a drop): says nothing
             // of the provider; another request probes.
             start.probe = None;
@@ -394,7 +406,7 @@ impl Pacer {
         let Some(start) = self.start.as_deref_mut() else {
             return (None, false);
         };
-        if start.probe == Some(id) {
+        if start.probe.is_some_and(|(probe, _)| probe == id) {
             // Slots the log freed together went, and the provider took
             // them: it counts what the log counts.
             self.start = None;
@@ -505,7 +517,7 @@ impl Pacer {
                     start.first_id = Some(id);
                 }
                 if full {
-                    start.probe = Some(id);
+                    start.probe = Some((id, now));
                 } else if probes {
                     // A window that did not fill frees no burst: nothing
                     // to probe.

@@ -283,3 +283,25 @@ async fn the_first_request_refused_late_lets_the_others_go() {
         .await
         .expect("every waiter was admitted");
 }
+
+/// A provider slow to answer holds a fresh key's burst a sixteenth of the
+/// window at most: then the log alone decides.
+#[tokio::test(start_paused = true)]
+async fn a_slow_first_answer_holds_the_burst_a_sixteenth_of_the_window() {
+    let (store, limits) = (MemoryStore::new(), reporting());
+    let key = Key::from("k");
+    let start = Instant::now();
+    let _first = store.acquire(key.clone(), 1, &limits).await.unwrap();
+    let mut rest = Vec::new();
+    for _ in 0..19 {
+        store.acquire(key.clone(), 1, &limits).await.unwrap();
+        rest.push(start.elapsed());
+    }
+    let patience = Duration::from_secs(1) / 16;
+    // Timers fire on millisecond ticks.
+    assert!(
+        rest.iter()
+            .all(|at| *at >= patience && *at <= patience + MS),
+        "{rest:?}"
+    );
+}
