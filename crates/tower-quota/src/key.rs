@@ -508,12 +508,7 @@ impl<B> UsageFn<http::Response<B>> for HttpFeedback {
         signal
             .quotas
             .iter()
-            .filter(|quota| {
-                quota
-                    .unit
-                    .as_deref()
-                    .is_none_or(|unit| unit.eq_ignore_ascii_case("requests"))
-            })
+            .filter(|quota| counts_requests(quota))
             .filter_map(|quota| {
                 Some(Room {
                     remaining: quota.remaining?,
@@ -521,7 +516,7 @@ impl<B> UsageFn<http::Response<B>> for HttpFeedback {
                 })
             })
             .min_by_key(|room| {
-                // remaining ÷ limit, compared without division.
+                // remaining ÷ limit, in 64-bit fixed point.
                 (u128::from(room.remaining) << 64) / u128::from(room.limit)
             })
     }
@@ -547,18 +542,22 @@ impl<B> UsageFn<http::Response<B>> for HttpFeedback {
             .iter()
             .filter_map(|quota| {
                 let announced = Announced::new(quota.limit?, quota.window?);
-                let requests = quota
-                    .unit
-                    .as_deref()
-                    .is_none_or(|unit| unit.eq_ignore_ascii_case("requests"));
                 match quota.unit.as_deref() {
                     Some(unit) if unit.eq_ignore_ascii_case("concurrent-requests") => None,
-                    _ if requests => Some(announced),
+                    _ if counts_requests(quota) => Some(announced),
                     _ => Some(announced.weighted()),
                 }
             })
             .collect()
     }
+}
+
+/// Whether a quota counts requests (no unit, or `requests`), not tokens.
+fn counts_requests(quota: &quota_headers::QuotaState) -> bool {
+    quota
+        .unit
+        .as_deref()
+        .is_none_or(|unit| unit.eq_ignore_ascii_case("requests"))
 }
 
 /// Whether a header's name may carry a quota (every dialect's names have
