@@ -311,6 +311,15 @@ const FIRST_SPELL: u32 = 3;
 /// The longest quiet spell, in windows: `1 << LAST_SPELL`.
 const LAST_SPELL: u32 = 6;
 
+impl Start {
+    /// Whether an admission at `now` is past the key's first window.
+    fn past_first_window(&self, now: Instant, limits: &Limits) -> bool {
+        let window = shortest_window(limits);
+        self.first
+            .is_some_and(|first| now.saturating_duration_since(first) >= window)
+    }
+}
+
 /// A change of a key's burst, for telemetry.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) struct Adapted {
@@ -353,7 +362,7 @@ impl Pacer {
         if let Some((_, at)) = start.probe {
             return until(at);
         }
-        if self.probes_next(start, now, limits) {
+        if start.past_first_window(now, limits) {
             // The probe goes alone.
             return None;
         }
@@ -361,14 +370,6 @@ impl Pacer {
             return None;
         }
         until(start.first?)
-    }
-
-    /// Whether an admission at `now` is past the key's first window.
-    fn probes_next(&self, start: &Start, now: Instant, limits: &Limits) -> bool {
-        let window = shortest_window(limits);
-        start
-            .first
-            .is_some_and(|first| now.saturating_duration_since(first) >= window)
     }
 
     /// Whether the key is still in its start.
@@ -507,22 +508,23 @@ impl Pacer {
     ) -> Option<Adapted> {
         let window = shortest_window(limits);
         self.counts.roll(now, window);
-        if let Some(start) = self.start.as_deref() {
-            let probes = self.probes_next(start, now, limits);
-            let full = probes && self.near_quota(now, limits);
-            if let Some(start) = self.start.as_deref_mut() {
-                start.unanswered = start.unanswered.saturating_add(1);
-                if start.first.is_none() {
-                    start.first = Some(now);
-                    start.first_id = Some(id);
-                }
-                if full {
-                    start.probe = Some((id, now));
-                } else if probes {
-                    // A window that did not fill frees no burst: nothing
-                    // to probe.
-                    self.start = None;
-                }
+        let probes = self
+            .start
+            .as_deref()
+            .is_some_and(|start| start.past_first_window(now, limits));
+        let full = probes && self.near_quota(now, limits);
+        if let Some(start) = self.start.as_deref_mut() {
+            start.unanswered = start.unanswered.saturating_add(1);
+            if start.first.is_none() {
+                start.first = Some(now);
+                start.first_id = Some(id);
+            }
+            if full {
+                start.probe = Some((id, now));
+            } else if probes {
+                // A window that did not fill frees no burst: nothing to
+                // probe.
+                self.start = None;
             }
         }
         self.counts.sent();
