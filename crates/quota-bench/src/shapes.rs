@@ -229,6 +229,25 @@ impl Cell {
         gaps.get(gaps.len() / 2).copied()
     }
 
+    /// Each refused arrival, with the time since the accepted arrival
+    /// before it, for the console.
+    fn refusals(&self) -> String {
+        let mut last_accepted = None;
+        let mut shown = Vec::new();
+        for arrival in &self.stats.arrivals {
+            if arrival.is_accepted() {
+                last_accepted = Some(arrival.at);
+            } else if arrival.status == 429 {
+                let since = last_accepted.map_or_else(
+                    || "—".to_owned(),
+                    |at| format!("{:.2} ms", (arrival.at - at).as_secs_f64() * 1e3),
+                );
+                shown.push(format!("{:.3} s ({since})", arrival.at.as_secs_f64()));
+            }
+        }
+        shown.join(", ")
+    }
+
     /// Accepted and refused arrivals per second of the run, for the
     /// console.
     fn timeline(&self) -> String {
@@ -428,6 +447,10 @@ fn print_cell(cell: &Cell) {
                 |gap| format!("{:.2} ms", gap.as_secs_f64() * 1e3)
             ),
         );
+        println!(
+            "  429s (at, since the last accepted arrival): {}",
+            cell.refusals()
+        );
     }
 }
 
@@ -441,10 +464,21 @@ pub(crate) async fn run() -> Result<(), BoxError> {
     // `SHAPES_OURS=1`: tower-quota's cells only, printed, RESULTS.md left
     // as it is (a quick look while tuning).
     let ours_only = std::env::var_os("SHAPES_OURS").is_some();
+    // `SHAPES_ONLY=<text>`: with `SHAPES_OURS`, only the cells whose shape
+    // and rate (`no burst (GCRA) 100/s`) contain the text.
+    let only = std::env::var("SHAPES_ONLY").ok();
     for load in LOADS {
         for shape in Shape::ALL {
+            let cell_name = format!("{} {}", shape.name(), load.name());
             for limiter in Limiter::ALL {
                 if ours_only && limiter != Limiter::ALL[0] {
+                    continue;
+                }
+                if ours_only
+                    && only
+                        .as_ref()
+                        .is_some_and(|only| !cell_name.contains(only.as_str()))
+                {
                     continue;
                 }
                 // Taken here, so cells start in this order.
