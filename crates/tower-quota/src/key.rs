@@ -397,6 +397,44 @@ pub trait UsageFn<Response> {
         let _ = response;
         None
     }
+
+    /// Marks `response` as the answer to a request that waited in the
+    /// sliding window's queue and left it at `at`, for the layers above: a
+    /// [`RetryAfterLayer`](crate::RetryAfterLayer) whose gate a refusal
+    /// closed reopens it when the provider accepts a request that left
+    /// after the refusal came back (see [`Released`]). The default marks
+    /// nothing.
+    fn released(&self, response: &mut Response, at: tokio::time::Instant) {
+        let _ = (response, at);
+    }
+}
+
+/// Put on an HTTP response by [`HttpFeedback`]: the request waited in a
+/// sliding window's queue and left it at [`at`](Released::at), so it reached
+/// the provider no earlier than that.
+///
+/// A [`RetryAfterLayer`](crate::RetryAfterLayer) above reads it. A refusal
+/// closes the key's gate for the server's `Retry-After`, which a server
+/// states in whole seconds; the requests already queued below the gate go
+/// on at the window's pace meanwhile. When the provider accepts one that
+/// left the queue after the gate closed, the provider has room again, by
+/// its own count: the gate reopens at once, as after a probe, rather than
+/// holding every other caller of the key for the rest of the second.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Released {
+    at: tokio::time::Instant,
+}
+
+impl Released {
+    /// A request that left the queue at `at`.
+    pub fn new(at: tokio::time::Instant) -> Self {
+        Released { at }
+    }
+
+    /// When the request left the queue.
+    pub fn at(&self) -> tokio::time::Instant {
+        self.at
+    }
 }
 
 /// What a provider says it has left of a quota, right after a request it
@@ -519,6 +557,10 @@ impl<B> UsageFn<http::Response<B>> for HttpFeedback {
                 // remaining ÷ limit, in 64-bit fixed point.
                 (u128::from(room.remaining) << 64) / u128::from(room.limit)
             })
+    }
+
+    fn released(&self, response: &mut http::Response<B>, at: tokio::time::Instant) {
+        response.extensions_mut().insert(Released::new(at));
     }
 
     fn resent_below(&self, response: &http::Response<B>) -> bool {

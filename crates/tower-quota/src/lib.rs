@@ -101,7 +101,7 @@ pub use circuit_breaker::{CircuitBreaker, CircuitBreakerLayer};
 pub use concurrency::{Concurrency, ConcurrencyLayer};
 pub use key::{
     Announced, CostFn, CostFromExtension, GlobalKey, HostKey, HttpFeedback, Key, KeyFn, NoUsage,
-    RequestCost, Room, UnitCost, Usage, UsageFn, UsageFromExtension,
+    Released, RequestCost, Room, UnitCost, Usage, UsageFn, UsageFromExtension,
 };
 pub use retry_after::{RetryAfter, RetryAfterLayer};
 pub use sliding_window::{SlidingWindow, SlidingWindowLayer};

@@ -19,6 +19,7 @@
 //! | `concurrency_limited` | DEBUG | `key`, `wait_ms`, `max_in_flight` | a request waited for a concurrency slot of its key |
 //! | `rate_limit_hit` | WARN | `key`, `http.response.status_code`, `retry_after_ms`, `remaining`, `attempt`, `outcome` | the server throttled a request; `outcome` says whether it is re-sent (`resend`) or returned, and why (`returned_no_delay`, `returned_delay_over_max_wait`, `returned_max_attempts`, `returned_not_idempotent` (a 503 to a request that is not idempotent), `returned_body_not_replayable`, `returned_server_said_do_not_retry`) |
 //! | `gate_closed` | INFO | `key`, `until_ms`, `reason` | a response closed (or extended) its key's gate: `throttled` or `quota_exhausted` |
+//! | `gate_reopened` | INFO | `key`, `reason` | a gate a refusal closed opened before its time (`accepted`): the provider accepted a request that a `SlidingWindowLayer` below held in its queue and let go after the refusal came back, so it has room again by its own count |
 //! | `retry_scheduled` | INFO | `attempt`, `backoff_ms`, `reason`, `http.response.status_code` or `error.kind` | a failed attempt (connect error, timeout, 408, 429, gRPC status) will be retried after `backoff_ms`; `reason` is `throttled` or `transient` |
 //! | `server_error_retry` | INFO | `attempt`, `backoff_ms`, `reason`, `http.response.status_code` | as `retry_scheduled`, for a 5xx response |
 //! | `retries_exhausted` | WARN | `attempt`, `reason`, `http.response.status_code` or `error.kind` | a retryable failure goes back to the caller: its attempts are spent (`max_attempts`) or `max_elapsed` would pass |
@@ -63,6 +64,11 @@ pub const RATE_LIMIT_HIT: &str = "rate_limit_hit";
 
 /// A response closed its key's gate: requests of the key wait until it opens.
 pub const GATE_CLOSED: &str = "gate_closed";
+
+/// A gate a refusal closed opened before its time: the provider accepted a
+/// request that the pacing layer below sent after the refusal (fields
+/// `key`, `reason`).
+pub const GATE_REOPENED: &str = "gate_reopened";
 
 /// A failed attempt (connect error, timeout, 408, 429, retryable gRPC
 /// status) will be retried after a backoff.

@@ -71,6 +71,19 @@ pub(super) fn gate_closed(key: &Key, closed: &Closed, now: Instant) {
     );
 }
 
+/// The provider accepted a request of `key` that left the pacing layer
+/// after a refusal closed the key's gate: `gate_reopened`.
+pub(super) fn gate_reopened(key: &Key) {
+    tracing::info!(
+        name: telemetry::GATE_REOPENED,
+        target: telemetry::TARGET,
+        event = telemetry::GATE_REOPENED,
+        key = %key,
+        reason = "accepted",
+        "the provider accepted a request sent after its refusal: requests of this key go again"
+    );
+}
+
 /// The server throttled attempt `attempt` of `key`: `rate_limit_hit` and
 /// the throttle counter.
 pub(super) fn rate_limit_hit(

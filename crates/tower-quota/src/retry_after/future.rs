@@ -357,10 +357,19 @@ where
                         response.headers(),
                         SystemTime::now,
                     );
-                    let closed = in_flight
-                        .and_then(|in_flight| gates.observe(in_flight, &signal, now, config));
-                    if let Some(closed) = closed {
-                        events::gate_closed(this.key, &closed, now);
+                    let released = response
+                        .extensions()
+                        .get::<crate::Released>()
+                        .map(crate::Released::at);
+                    if let Some(observed) = in_flight
+                        .map(|in_flight| gates.observe(in_flight, &signal, released, now, config))
+                    {
+                        if let Some(closed) = observed.closed {
+                            events::gate_closed(this.key, &closed, now);
+                        }
+                        if observed.reopened {
+                            events::gate_reopened(this.key);
+                        }
                     }
                     if signal.throttled {
                         let replayable = this

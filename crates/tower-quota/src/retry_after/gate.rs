@@ -292,6 +292,16 @@ pub(crate) struct Wait {
     pub(crate) changed: Pin<Box<OwnedNotified>>,
 }
 
+/// What a response did to its gate.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct Observed {
+    /// It closed the gate, or closed it further.
+    pub(crate) closed: Option<Closed>,
+    /// It reopened a gate a refusal had closed: the provider accepted a
+    /// request sent after the refusal.
+    pub(crate) reopened: bool,
+}
+
 /// A gate closed (or closed further) by a response.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) struct Closed {
@@ -475,19 +485,24 @@ impl Gates {
     /// (for `max_pause` at most), keeps the count of what the server said
     /// remains, and grows or halves the ramp of a reopened gate. A refusal
     /// the ramp takes does not close the gate: `None` then too.
+    ///
+    /// `released` is when the pacing layer below let the request go, if it
+    /// waited there ([`Released`](crate::Released)): accepted, a request
+    /// that left after a refusal closed the gate reopens it.
     pub(crate) fn observe(
         &self,
         mut in_flight: InFlight,
         signal: &Signal,
+        released: Option<Instant>,
         now: Instant,
         config: &Config,
-    ) -> Option<Closed> {
+    ) -> Observed {
         in_flight.armed = false;
         let mut map = self.lock();
         map.sweep(now);
-        let closed = map.observe(&in_flight, signal, now, config);
+        let observed = map.observe(&in_flight, signal, released, now, config);
         map.schedule(in_flight.hash, &in_flight.key);
-        closed
+        observed
     }
 
     /// The number of gates kept.
@@ -523,9 +538,10 @@ impl GateMap {
         &mut self,
         in_flight: &InFlight,
         signal: &Signal,
+        released: Option<Instant>,
         now: Instant,
         config: &Config,
-    ) -> Option<Closed> {
+    ) -> Observed {
         let pace_by_quota = config.pace_by_quota;
         let gate = self
             .gates
@@ -541,6 +557,31 @@ impl GateMap {
         }
         gate.end_ramp_if_due(now);
         let mut closed = None;
+        let mut reopened = false;
+        if !signal.throttled
+            && gate.reason == Some(GateReason::Throttled)
+            && let Some(until) = gate.closed_until.filter(|until| *until > now)
+            && released.is_some_and(|at| {
+                until
+                    .checked_sub(gate.pause)
+                    .is_some_and(|closed_at| at > closed_at)
+            })
+        {
+            // The provider accepted a request that left the pacing layer's
+            // queue after the refusal that closed the gate came back: by its
+            // own count it has room again. This answer is the probe's: the
+            // gate opens, with a ramp.
+            gate.closed_until = None;
+            gate.reason = None;
+            gate.probe = Probe::Trusted;
+            gate.ramp = Some(Ramp {
+                limit: 2,
+                from_seq: gate.next_seq,
+                cut_seq: gate.next_seq,
+                ends_at: later(now, gate.pause),
+            });
+            reopened = true;
+        }
         if signal.throttled {
             // A ramp takes a refusal of a request it let through by
             // halving, and the gate stays open for the others; the refused
@@ -641,10 +682,10 @@ impl GateMap {
             Knowledge::Unreported => true,
             Knowledge::Probing { .. } => false,
         };
-        if (open && may_go) || answered_probe {
+        if (open && may_go) || answered_probe || reopened {
             gate.changed.notify_waiters();
         }
-        closed
+        Observed { closed, reopened }
     }
 }
 

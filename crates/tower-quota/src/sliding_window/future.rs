@@ -40,6 +40,8 @@ struct InFlight<St: Store> {
     admission: Admission,
     done: bool,
     probe: Probe,
+    /// When a request that waited in the queue left it.
+    released: Option<Instant>,
 }
 
 /// A measurement of how long this task waits to run after a wake-up, when
@@ -168,6 +170,7 @@ where
                         // the state changes to `Calling`.
                         unreachable!("sliding window request admitted twice");
                     };
+                    let released = (!admission.waited().is_zero()).then(Instant::now);
                     let future = inner.call(request);
                     let probe = if this.store.probes_lag(&admission) {
                         Probe::Armed
@@ -180,6 +183,7 @@ where
                         admission,
                         done: false,
                         probe,
+                        released,
                     });
                     this.state.set(State::Calling { future });
                 }
@@ -208,8 +212,12 @@ where
                             );
                         }
                     }
+                    let released = in_flight.released;
                     let admission = in_flight.answered();
-                    let response = result.map_err(Into::into)?;
+                    let mut response = result.map_err(Into::into)?;
+                    if let Some(at) = released {
+                        this.usage_fn.released(&mut response, at);
+                    }
                     if this.usage_fn.resent_below(&response) {
                         events::layer_order();
                     }

@@ -1286,3 +1286,41 @@ async fn an_announced_quota_is_reported_once_per_change_and_followed_within_the_
     let more = admit_in_turn(&store, &limits, 49, Instant::now()).await;
     assert!(more.iter().all(|(_, at)| at.is_zero()));
 }
+
+#[tokio::test(start_paused = true)]
+async fn http_feedback_marks_the_answer_of_a_request_that_waited_with_when_it_left() {
+    use crate::{HttpFeedback, Released};
+    let layer = SlidingWindowLayer::new(1, Duration::from_secs(1))
+        .unwrap()
+        .usage_fn(HttpFeedback);
+    let service = layer.layer(service_fn(|_: http::Request<()>| async {
+        tokio::time::sleep(Duration::from_millis(10)).await;
+        Ok::<_, Infallible>(http::Response::new(()))
+    }));
+    let start = Instant::now();
+    let first = service
+        .clone()
+        .oneshot(http::Request::new(()))
+        .await
+        .unwrap();
+    // Sent at once: nothing to say.
+    assert_eq!(first.extensions().get::<Released>(), None);
+    let second = service
+        .clone()
+        .oneshot(http::Request::new(()))
+        .await
+        .unwrap();
+    // Held until the first left the window (and its margin): marked with
+    // that instant, not with its answer's.
+    let released = second
+        .extensions()
+        .get::<Released>()
+        .expect("a request that waited is marked")
+        .at();
+    let left = released - start;
+    assert!(
+        left >= Duration::from_secs(1) && left < Duration::from_millis(1_050),
+        "{left:?}"
+    );
+    assert!(Instant::now() - released >= Duration::from_millis(10));
+}
