@@ -35,6 +35,16 @@ pub struct Signal {
 }
 
 impl Signal {
+    /// `true` when the response said nothing this crate reads: no delay,
+    /// not throttled, no gRPC status, no quota.
+    pub fn is_empty(&self) -> bool {
+        self.retry_after.is_none()
+            && !self.throttled
+            && !self.do_not_retry
+            && self.grpc_status.is_none()
+            && self.quotas.is_empty()
+    }
+
     /// `true` when some quota reports `remaining == Some(0)`.
     pub fn is_exhausted(&self) -> bool {
         self.exhausted().next().is_some()

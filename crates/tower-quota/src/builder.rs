@@ -143,7 +143,8 @@ pub trait ServiceBuilderExt<L>: sealed::Sealed<L> + Sized {
     ///     }));
     ///
     /// let response = service.oneshot(http::Request::new(Empty::new())).await?;
-    /// assert_eq!(response.extensions().get::<ServerSignal>().map(|s| s.attempts()), Some(1));
+    /// // Sent once, nothing said: no signal attached.
+    /// assert_eq!(response.extensions().get::<ServerSignal>(), None);
     /// # Ok(())
     /// # }
     /// ```

@@ -371,7 +371,8 @@ pub trait UsageFn<Response> {
 
     /// Whether a layer that re-sends requests sits *below* the sliding
     /// window (the response carries what a
-    /// [`RetryAfterLayer`](crate::RetryAfterLayer) puts on its responses):
+    /// [`RetryAfterLayer`](crate::RetryAfterLayer) puts on the responses
+    /// it has something to say about, a refusal among them):
     /// its re-sent requests skip the pacing, and the layer says so once
     /// with a `layer_order` event. The default says no.
     fn resent_below(&self, response: &Response) -> bool {

@@ -3,8 +3,10 @@ use std::time::Duration;
 use quota_headers::Signal;
 
 /// What the server said about its quota, attached to every response that
-/// passes through [`RetryAfter`](super::RetryAfter), for the layers above and
-/// for users.
+/// passes through [`RetryAfter`](super::RetryAfter) with something to say,
+/// for the layers above and for users: one whose headers carry a rate-limit
+/// signal, or whose request was re-sent or waited at its gate. Its absence
+/// means one attempt, no wait and an empty signal.
 ///
 /// ```
 /// # fn read(response: &http::Response<()>) {

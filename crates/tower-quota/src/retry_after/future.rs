@@ -426,11 +426,15 @@ where
                             continue;
                         }
                     }
-                    response.extensions_mut().insert(ServerSignal {
-                        signal,
-                        attempts: *this.attempts,
-                        waited: *this.waited,
-                    });
+                    // Nothing to say, nothing allocated: a response without a
+                    // signal, sent once, that never waited.
+                    if !signal.is_empty() || *this.attempts > 1 || !this.waited.is_zero() {
+                        response.extensions_mut().insert(ServerSignal {
+                            signal,
+                            attempts: *this.attempts,
+                            waited: *this.waited,
+                        });
+                    }
                     return Poll::Ready(Ok(response));
                 }
             }

@@ -66,8 +66,11 @@
 //!   [`max_replay_bytes`](RetryAfterLayer::max_replay_bytes), 64 KiB by
 //!   default) so the re-sent request carries the same bytes; a larger body
 //!   is sent once and never re-sent, and the `rate_limit_hit` event says so.
-//! - Every response carries a [`ServerSignal`] extension: the parsed signal,
-//!   the number of attempts and the time waited.
+//! - Every response with something to say carries a [`ServerSignal`]
+//!   extension: the parsed signal, the number of attempts and the time
+//!   waited. A response without a rate-limit signal, to a request sent once
+//!   that never waited, carries none (nothing allocated): read its absence
+//!   as one attempt, no wait, an empty signal.
 //! - Memory follows the active keys. A gate is evicted once it has nothing
 //!   left to remember (open, its reported quota reset, nothing in flight)
 //!   and a minute has passed since its last use. Evictions fall due on a
