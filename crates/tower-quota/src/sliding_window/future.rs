@@ -8,7 +8,7 @@ use tokio::time::Instant;
 use tower_service::Service;
 
 use super::events;
-use super::{Admission, Completion, Limits, Priority, Store};
+use super::{Admission, Completion, Limits, Place, Priority, Store};
 use crate::{BoxError, Key, NoUsage, UsageFn};
 
 pin_project! {
@@ -94,6 +94,39 @@ impl<St: Store> Drop for InFlight<St> {
     }
 }
 
+/// The admission of a request: tried on the first poll, then, if the
+/// request must wait, the store's future of it, boxed (the future of a
+/// request admitted at once stays small, and never builds one).
+enum Admit<A> {
+    Start(Option<(Key, u64, Place)>),
+    Waiting(Pin<Box<A>>),
+}
+
+impl<A: Future<Output = Result<Admission, BoxError>>> Admit<A> {
+    fn poll<St: Store<Acquire = A>>(
+        &mut self,
+        store: &St,
+        limits: &Limits,
+        cx: &mut Context<'_>,
+    ) -> Poll<Result<Admission, BoxError>> {
+        if let Admit::Start(start) = self {
+            let Some((key, cost, place)) = start.take() else {
+                // Taken only here, right before the state changes.
+                unreachable!("sliding window admission started twice");
+            };
+            if let Some(decided) = store.try_acquire(&key, cost, limits, &place) {
+                return Poll::Ready(decided);
+            }
+            *self = Admit::Waiting(Box::pin(store.acquire_placed(key, cost, limits, place)));
+        }
+        match self {
+            Admit::Waiting(acquire) => acquire.as_mut().poll(cx),
+            // Left just above.
+            Admit::Start(_) => unreachable!("sliding window admission not started"),
+        }
+    }
+}
+
 pin_project! {
     #[project = StateProj]
     enum State<A, S, Request>
@@ -101,8 +134,7 @@ pin_project! {
         S: Service<Request>,
     {
         Admitting {
-            #[pin]
-            acquire: A,
+            acquire: Admit<A>,
             call: Option<(S, Request)>,
         },
         Calling {
@@ -117,8 +149,9 @@ where
     St: Store,
     S: Service<Request>,
 {
+    /// Admits `cost` units of `key` at `place` on the first poll.
     pub(crate) fn new(
-        acquire: St::Acquire,
+        (key, cost, place): (Key, u64, Place),
         inner: S,
         request: Request,
         store: St,
@@ -128,7 +161,7 @@ where
     ) -> Self {
         ResponseFuture {
             state: State::Admitting {
-                acquire,
+                acquire: Admit::Start(Some((key, cost, place))),
                 call: Some((inner, request)),
             },
             store,
@@ -155,7 +188,7 @@ where
         loop {
             match this.state.as_mut().project() {
                 StateProj::Admitting { acquire, call } => {
-                    let mut admission = match ready!(acquire.poll(cx)) {
+                    let mut admission = match ready!(acquire.poll(this.store, this.limits, cx)) {
                         Ok(admission) => admission,
                         Err(error) => {
                             events::refused(&error, *this.priority);

@@ -220,6 +220,32 @@ impl Store for MemoryStore {
         }
     }
 
+    fn try_acquire(
+        &self,
+        key: &Key,
+        cost: u64,
+        limits: &Limits,
+        place: &Place,
+    ) -> Option<Result<Admission, BoxError>> {
+        let (hash, shard) = self.shared.shard(key);
+        let mut shard = lock(shard);
+        let now = Instant::now();
+        self.shared.tick(&mut shard, now);
+        if let Err(too_large) = limits.check_cost_for(key, cost, Some(place.priority)) {
+            return Some(Err(too_large.into()));
+        }
+        let state = shard
+            .keys
+            .get_or_insert_with(hash, key, || KeyState::new(limits, now));
+        state.prune(now);
+        if !state.conform(limits) {
+            return Some(Err(ConflictingQuotas::new(key.clone()).into()));
+        }
+        let class = place.priority;
+        (state.queue.none_before(class) && state.has_room(now, cost, limits, class))
+            .then(|| Ok(admit_now(&self.shared, state, key, cost, limits, now)))
+    }
+
     fn correct(&self, admission: &Admission, actual_cost: u64) {
         let (hash, shard) = self.shared.shard(admission.key());
         let mut shard = lock(shard);
@@ -987,6 +1013,23 @@ fn waiting(state: &mut KeyState, this: Waiting<'_>, now: Instant, cx: &mut Conte
     }
 }
 
+/// Admits a request that arrived to room and nobody before it.
+fn admit_now(
+    shared: &Shared,
+    state: &mut KeyState,
+    key: &Key,
+    cost: u64,
+    limits: &Limits,
+    now: Instant,
+) -> Admission {
+    let id = shared.next_admission.fetch_add(1, Ordering::Relaxed);
+    let lagging = shared.lag.is_lagging(now);
+    if let Some(adapted) = state.record(now, cost, id, limits, lagging) {
+        events::rate_adapted(key, adapted, Adaptation::Recovered);
+    }
+    Admission::new(key.clone(), id, cost, Duration::ZERO, 0)
+}
+
 struct Arrival<'a> {
     shared: &'a Arc<Shared>,
     key: &'a Key,
@@ -1010,17 +1053,13 @@ fn arrive(
     let class = this.priority;
     let deadline = this.place.and_then(|place| place.deadline);
     if state.queue.none_before(class) && state.has_room(now, cost, this.limits, class) {
-        let id = this.shared.next_admission.fetch_add(1, Ordering::Relaxed);
-        let lagging = this.shared.lag.is_lagging(now);
-        if let Some(adapted) = state.record(now, cost, id, this.limits, lagging) {
-            events::rate_adapted(this.key, adapted, Adaptation::Recovered);
-        }
-        return Step::Ready(Ok(Admission::new(
-            this.key.clone(),
-            id,
+        return Step::Ready(Ok(admit_now(
+            this.shared,
+            state,
+            this.key,
             cost,
-            Duration::ZERO,
-            0,
+            this.limits,
+            now,
         )));
     }
     let queued = state.queue.len() + 1;

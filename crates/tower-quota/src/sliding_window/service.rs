@@ -140,13 +140,12 @@ where
         } else {
             &self.limits
         };
-        let acquire = self.store.acquire_placed(key, cost, limits, place);
         // The service that `poll_ready` readied goes with this request; the
         // clone left behind is readied by the next `poll_ready`.
         let clone = self.inner.clone();
         let inner = std::mem::replace(&mut self.inner, clone);
         ResponseFuture::new(
-            acquire,
+            (key, cost, place),
             inner,
             request,
             self.store.clone(),

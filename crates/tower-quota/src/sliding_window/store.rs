@@ -50,6 +50,27 @@ pub trait Store: Clone + Send + Sync + 'static {
         }
     }
 
+    /// Decides at once, when the store can without waiting: `Some` with the
+    /// admission of `cost` units of `key` when nothing of the request's
+    /// class waits on the key and every quota has room (recorded as
+    /// [`acquire_placed`](Store::acquire_placed) records it), or with the
+    /// error it would resolve to; `None` when the request must wait, or the
+    /// store cannot tell without a round trip. The caller then awaits
+    /// [`acquire_placed`](Store::acquire_placed).
+    ///
+    /// The layer tries this first, so that a request with room is admitted
+    /// in `call` without an admission future. The default returns `None`.
+    fn try_acquire(
+        &self,
+        key: &Key,
+        cost: u64,
+        limits: &Limits,
+        place: &Place,
+    ) -> Option<Result<Admission, BoxError>> {
+        let _ = (key, cost, limits, place);
+        None
+    }
+
     /// Corrects the cost charged for `admission` to `actual_cost`, once the
     /// response told the real usage: the difference is refunded (or charged)
     /// in the window where the request was admitted. Applies to the quotas
