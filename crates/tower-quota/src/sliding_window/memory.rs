@@ -458,7 +458,8 @@ struct KeyState {
     drift: DriftMargin,
     /// The burst the key's provider tolerates, learned from its refusals.
     pacer: Pacer,
-    /// What the provider last announced for each window's quota.
+    /// What the provider last announced for each window's quota; empty
+    /// until its first announcement.
     announced: Vec<Option<u64>>,
     /// Until then the key is cold: its admissions are held until answered.
     warm_at: Instant,
@@ -479,7 +480,7 @@ impl KeyState {
             promote_after: limits.promote_after(),
             drift: DriftMargin::default(),
             pacer: Pacer::new(limits.reports_refusals()),
-            announced: vec![None; limits.quotas().len()],
+            announced: Vec::new(),
         }
     }
 
@@ -511,7 +512,7 @@ impl KeyState {
             return false;
         }
         self.windows = Self::windows_for(limits);
-        self.announced = vec![None; self.windows.len()];
+        self.announced = Vec::new();
         self.promote_after = limits.promote_after();
         true
     }
@@ -551,6 +552,9 @@ impl KeyState {
             let (Some((index, _)), None) = (candidates.next(), candidates.next()) else {
                 continue;
             };
+            if self.announced.len() < self.windows.len() {
+                self.announced.resize(self.windows.len(), None);
+            }
             if self.announced[index] == Some(quota.max_calls) {
                 continue;
             }

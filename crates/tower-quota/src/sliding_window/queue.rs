@@ -166,14 +166,111 @@ impl Class {
     }
 }
 
+/// A key's waiters, allocated when the first one arrives: most keys never
+/// wait, and an empty queue is a pointer.
 #[derive(Default)]
 pub(super) struct Queue {
+    classes: Option<Box<Classes>>,
+}
+
+impl Queue {
+    pub(super) fn is_empty(&self) -> bool {
+        self.classes
+            .as_ref()
+            .is_none_or(|classes| classes.is_empty())
+    }
+
+    pub(super) fn len(&self) -> usize {
+        self.classes.as_ref().map_or(0, |classes| classes.len())
+    }
+
+    /// The ticket a request of `priority` for `tenant` would get now.
+    pub(super) fn spot(&self, priority: Priority, tenant: Option<&Tenant>) -> Spot {
+        match &self.classes {
+            Some(classes) => classes.spot(priority, tenant),
+            None => Classes::default().spot(priority, tenant),
+        }
+    }
+
+    /// Queues the request `spot` was made for, just made by
+    /// [`Queue::spot`] with the same tenant.
+    pub(super) fn insert(
+        &mut self,
+        ticket: Spot,
+        tenant: Option<&Tenant>,
+        cost: u64,
+        now: Instant,
+        waker: &Waker,
+    ) {
+        self.classes
+            .get_or_insert_with(Box::default)
+            .insert(ticket, tenant, cost, now, waker);
+    }
+
+    /// The request that goes next (see [`Classes::head`]).
+    pub(super) fn head(&self, now: Instant, promote_after: Duration) -> Option<Spot> {
+        self.classes.as_ref()?.head(now, promote_after)
+    }
+
+    /// Whether a new request of `priority` would find nobody of its class
+    /// or above waiting (it may then go at once, if it fits).
+    pub(super) fn none_before(&self, priority: Priority) -> bool {
+        self.classes
+            .as_ref()
+            .is_none_or(|classes| classes.none_before(priority))
+    }
+
+    pub(super) fn get(&self, ticket: Spot) -> Option<&Waiter> {
+        self.classes.as_ref()?.get(ticket)
+    }
+
+    pub(super) fn contains(&self, ticket: Spot) -> bool {
+        self.get(ticket).is_some()
+    }
+
+    pub(super) fn priority(ticket: Spot) -> Priority {
+        Priority::ALL[ticket.class]
+    }
+
+    pub(super) fn register(&mut self, ticket: Spot, waker: &Waker) {
+        if let Some(classes) = &mut self.classes {
+            classes.register(ticket, waker);
+        }
+    }
+
+    /// Removes a waiter (see [`Classes::remove`]); returns whether it was
+    /// there.
+    pub(super) fn remove(&mut self, ticket: Spot, admitted: bool, now: Instant) -> bool {
+        self.classes
+            .as_mut()
+            .is_some_and(|classes| classes.remove(ticket, admitted, now))
+    }
+
+    /// Wakes the waiter of `ticket` (the head, usually), if it waits.
+    pub(super) fn wake(&self, ticket: Spot) {
+        if let Some(classes) = &self.classes {
+            classes.wake(ticket);
+        }
+    }
+
+    /// The requests, and their cost, that go before the request of a
+    /// ticket not yet inserted (see [`Classes::ahead`]).
+    pub(super) fn ahead(&self, ticket: Spot) -> (usize, u64) {
+        self.classes
+            .as_ref()
+            .map_or((0, 0), |classes| classes.ahead(ticket))
+    }
+}
+
+/// The waiters of a key, by class.
+#[derive(Default)]
+pub(super) struct Classes {
     classes: [Class; Priority::COUNT],
     len: usize,
     next_id: u64,
 }
 
-impl Queue {
+impl Classes {
     pub(super) fn is_empty(&self) -> bool {
         self.len == 0
     }
@@ -283,14 +380,6 @@ impl Queue {
         self.classes[ticket.class]
             .waiters
             .get((ticket.tag, ticket.id))
-    }
-
-    pub(super) fn contains(&self, ticket: Spot) -> bool {
-        self.get(ticket).is_some()
-    }
-
-    pub(super) fn priority(ticket: Spot) -> Priority {
-        Priority::ALL[ticket.class]
     }
 
     pub(super) fn register(&mut self, ticket: Spot, waker: &Waker) {
