@@ -65,6 +65,9 @@ pin_project! {
             sleep: Option<Sleep>,
             // Fires when a response may have opened the gate early.
             changed: Option<Pin<Box<OwnedNotified>>>,
+            // For a wait a refusal holds: the gate's count of early
+            // reopenings, which must grow for `changed` to end it.
+            reopenings: Option<u32>,
             // When the request came to the gate; read at the first poll.
             since: Option<Instant>,
         },
@@ -104,6 +107,7 @@ where
             state: State::Gate {
                 sleep: None,
                 changed: None,
+                reopenings: None,
                 since: None,
             },
             service,
@@ -241,15 +245,32 @@ where
                 StateProj::Gate {
                     mut sleep,
                     changed,
+                    reopenings,
                     since,
                 } => {
-                    let opened_early = changed
+                    let mut opened_early = changed
                         .as_mut()
                         .is_some_and(|changed| changed.as_mut().poll(cx).is_ready());
+                    if opened_early && let Some(count) = *reopenings {
+                        // A wait a refusal holds ends early only when the
+                        // provider accepted a request sent after it.
+                        if let Err(notified) = gates.reopened_since(this.key, count) {
+                            *changed = Some(notified);
+                            // Registers the waker; a change since, look again.
+                            if changed
+                                .as_mut()
+                                .is_some_and(|changed| changed.as_mut().poll(cx).is_ready())
+                            {
+                                continue;
+                            }
+                            opened_early = false;
+                        }
+                    }
                     if !opened_early && let Some(timer) = sleep.as_mut().as_pin_mut() {
                         ready!(timer.poll(cx));
                     }
                     *changed = None;
+                    *reopenings = None;
                     let now = Instant::now();
                     let waited = now.saturating_duration_since(*since.get_or_insert(now));
                     // What this request may still wait, this wait included.
@@ -266,6 +287,7 @@ where
                             until,
                             reason,
                             changed: notified,
+                            reopenings: count,
                         }) => {
                             let wait = until.saturating_duration_since(now);
                             // A probe's answer, or room in a ramp, may come
@@ -294,12 +316,12 @@ where
                                 .unwrap_or(until)
                                 .min(latest);
                             sleep.set(Some(tokio::time::sleep_until(at)));
-                            // A server-given pause is waited out, spread; a
-                            // spent or unknown quota opens as soon as a
-                            // response reports room.
-                            if reason != GateReason::Throttled {
-                                *changed = Some(notified);
-                            }
+                            // A server-given pause is waited out, spread,
+                            // unless the provider accepts a request sent
+                            // after its refusal; a spent or unknown quota
+                            // opens as soon as a response reports room.
+                            *changed = Some(notified);
+                            *reopenings = (reason == GateReason::Throttled).then_some(count);
                         }
                     }
                 }
@@ -361,9 +383,9 @@ where
                         .extensions()
                         .get::<crate::Released>()
                         .map(crate::Released::at);
-                    if let Some(observed) = in_flight
-                        .map(|in_flight| gates.observe(in_flight, &signal, released, now, config))
-                    {
+                    let observed = in_flight
+                        .map(|in_flight| gates.observe(in_flight, &signal, released, now, config));
+                    if let Some(observed) = observed {
                         if let Some(closed) = observed.closed {
                             events::gate_closed(this.key, &closed, now);
                         }
@@ -418,9 +440,29 @@ where
                                 .saturating_add(random_up_to(config.spread))
                                 .min(this.waits.remaining());
                             let at = now.checked_add(delay).unwrap_or(now);
+                            // Or until the provider accepts a request sent
+                            // after the refusal: then it has room, and this
+                            // request goes back to the gate at once.
+                            let (changed, reopenings) = match observed {
+                                Some(observed) => {
+                                    match gates.reopened_since(this.key, observed.reopenings) {
+                                        Ok(()) => (None, None),
+                                        Err(notified) => {
+                                            (Some(notified), Some(observed.reopenings))
+                                        }
+                                    }
+                                }
+                                None => (None, None),
+                            };
+                            let sleep = match (&changed, observed) {
+                                // Reopened between the answer and now.
+                                (None, Some(_)) => None,
+                                _ => Some(tokio::time::sleep_until(at)),
+                            };
                             this.state.set(State::Gate {
-                                sleep: Some(tokio::time::sleep_until(at)),
-                                changed: None,
+                                sleep,
+                                changed,
+                                reopenings,
                                 since: Some(now),
                             });
                             continue;

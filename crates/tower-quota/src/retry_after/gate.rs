@@ -155,6 +155,9 @@ struct Gate {
     /// Whether the gate has an entry in the expiry heap. A gate with
     /// requests in flight has none; the last answer schedules it.
     scheduled: bool,
+    /// How many times the provider's acceptance reopened the gate before
+    /// its time: the requests a refusal holds wake for these only.
+    reopenings: u32,
 }
 
 /// The probe that checks whether the server recovered after a pause.
@@ -222,6 +225,7 @@ impl Gate {
             },
             in_flight: BTreeSet::new(),
             next_seq: 0,
+            reopenings: 0,
         }
     }
 }
@@ -290,6 +294,9 @@ pub(crate) struct Wait {
     pub(crate) until: Instant,
     pub(crate) reason: GateReason,
     pub(crate) changed: Pin<Box<OwnedNotified>>,
+    /// The gate's count of early reopenings: a throttled wait ends early
+    /// only once it grows (see [`Gates::reopened_since`]).
+    pub(crate) reopenings: u32,
 }
 
 /// What a response did to its gate.
@@ -300,6 +307,8 @@ pub(crate) struct Observed {
     /// It reopened a gate a refusal had closed: the provider accepted a
     /// request sent after the refusal.
     pub(crate) reopened: bool,
+    /// The gate's count of early reopenings after it.
+    pub(crate) reopenings: u32,
 }
 
 /// A gate closed (or closed further) by a response.
@@ -352,6 +361,7 @@ impl GateMap {
                 until,
                 reason,
                 changed,
+                reopenings: gate.reopenings,
             })
         };
         if let Some(until) = gate.closed_until {
@@ -505,6 +515,29 @@ impl Gates {
         observed
     }
 
+    /// Whether the provider's acceptance reopened the gate of `key` since
+    /// its count of early reopenings was `reopenings`; if not, a fresh
+    /// notification of its changes (registered under the lock, so none is
+    /// missed).
+    pub(crate) fn reopened_since(
+        &self,
+        key: &Key,
+        reopenings: u32,
+    ) -> Result<(), Pin<Box<OwnedNotified>>> {
+        let mut map = self.lock();
+        let hash = map.gates.hash(key.as_str());
+        let Some(gate) = map.gates.get_mut(hash, key.as_str()) else {
+            // Evicted: nothing holds the key any more.
+            return Ok(());
+        };
+        if gate.reopenings != reopenings {
+            return Ok(());
+        }
+        let mut changed = Box::pin(gate.changed.clone().notified_owned());
+        changed.as_mut().enable();
+        Err(changed)
+    }
+
     /// The number of gates kept.
     #[cfg(test)]
     pub(crate) fn len(&self) -> usize {
@@ -573,6 +606,7 @@ impl GateMap {
             // gate opens, with a ramp.
             gate.closed_until = None;
             gate.reason = None;
+            gate.reopenings = gate.reopenings.wrapping_add(1);
             gate.probe = Probe::Trusted;
             gate.ramp = Some(Ramp {
                 limit: 2,
@@ -685,7 +719,11 @@ impl GateMap {
         if (open && may_go) || answered_probe || reopened {
             gate.changed.notify_waiters();
         }
-        Observed { closed, reopened }
+        Observed {
+            closed,
+            reopened,
+            reopenings: gate.reopenings,
+        }
     }
 }
 
