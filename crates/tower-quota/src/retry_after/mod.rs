@@ -18,7 +18,15 @@
 //!
 //! - A throttled response with a delay (429, 503 with `Retry-After`, gRPC
 //!   `RESOURCE_EXHAUSTED` with pushback) closes the gate for that delay;
-//!   every request of the key waits for it instead of being sent.
+//!   every request of the key waits for it instead of being sent. Unless
+//!   the provider shows it has room sooner, by its own count: a
+//!   [`SlidingWindowLayer`](crate::SlidingWindowLayer) below keeps sending
+//!   what already passed the gate at its pace, and when the provider
+//!   accepts a request that left the window's queue after the refusal came
+//!   back (the [`Released`](crate::Released) mark), the gate reopens as
+//!   after a probe, and the refused request and the callers held go back
+//!   to it at once (`gate_reopened`). A `Retry-After` in whole seconds
+//!   then costs the key the refused request, not the rest of the second.
 //! - A response saying no quota remains until a reset closes the gate until
 //!   the reset. While the server reports `remaining` before a reset, the
 //!   layer never sends more than that (requests already in flight count).

@@ -28,7 +28,7 @@ use super::drift::DriftMargin;
 use super::error::{ConflictingQuotas, DeadlineUnreachable, OverloadReason, Overloaded};
 use super::events::{self, Adaptation};
 use super::log::WindowLog;
-use super::pacer::{Adapted, Pacer};
+use super::pacer::{Adapted, Pacer, TIMER_TICK};
 use super::queue::{Queue, Spot};
 use super::schedule::{Place, Priority};
 use super::store::{Admission, Completion, QuotaChange, Store};
@@ -926,9 +926,6 @@ fn early_wake(at: Instant, now: Instant) -> Instant {
         _ => at,
     }
 }
-
-/// tokio's timer resolution.
-const TIMER_TICK: Duration = Duration::from_millis(1);
 
 struct Waiting<'a> {
     shared: &'a Arc<Shared>,

@@ -91,7 +91,9 @@
 //! Spaced one at a time, the schedule holds through a late timer (tokio's
 //! timer has millisecond ticks: at 100/s, a tick lost on every request
 //! would send 9 % under the rate), but two requests never go closer than
-//! the quota's own interval to a provider that may have no tolerance.
+//! the quota's own interval to a provider that may have no tolerance. The
+//! waiter that spacing holds wakes a tick early and looks at its exact
+//! instant, so that the floor costs no tick either.
 //! A provider that said how much it takes at once, with a quota at least
 //! the key's, keeps its rate when it refuses a spaced request: the
 //! network brought two together.
@@ -217,7 +219,7 @@ const NEAR_FULL: u32 = 900;
 
 /// How late a timer may wake an admission without moving the schedule
 /// after it: tokio's timer resolution.
-const TIMER_TICK: Duration = Duration::from_millis(1);
+pub(super) const TIMER_TICK: Duration = Duration::from_millis(1);
 
 /// Slices of a window the counts keep.
 const SLICES: usize = 8;
