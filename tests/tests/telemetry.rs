@@ -524,12 +524,18 @@ async fn a_smaller_announced_quota_is_one_quota_mismatch_event() {
 
 /// Pacing above the layer that re-sends throttled requests lets the
 /// re-sent ones skip it: said once, as a `layer_order` WARN naming the
-/// fix. The README's order says nothing.
+/// fix, as soon as a response carries what the server said (its quota
+/// here, a refusal at the latest). The README's order says nothing.
 #[tokio::test(start_paused = true)]
 async fn pacing_above_retry_after_is_one_layer_order_warning() {
     let (events, _guard) = capture();
     let provider = service_fn(|_: http::Request<ReplayBody<Empty<Bytes>>>| async {
-        Ok::<_, BoxError>(answer(200, None))
+        let mut response = answer(200, None);
+        response.headers_mut().insert(
+            "x-ratelimit-remaining",
+            http::HeaderValue::from_static("40"),
+        );
+        Ok::<_, BoxError>(response)
     });
     let pacing = || {
         SlidingWindowLayer::new(50, Duration::from_secs(1))
