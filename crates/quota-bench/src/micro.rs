@@ -305,8 +305,10 @@ fn verdict(met: bool, by: String) -> String {
 const LIMITS: &str = "What limits the costs (read from the code and from a trace of every \
 allocation, not profiled): one admission of tower-quota reads tokio's clock (`Instant::now()`, \
 the reference row above; governor reads quanta's TSC clock instead), hashes the key once with \
-foldhash, takes the shard's mutex, prunes and appends to an exact log, clones the store and the \
-limits into the response future, and on one admission in 16 measures how late its task runs. \
+foldhash, takes the shard's mutex, prunes and appends to an exact log (in the first poll of the \
+response future: no admission future is built unless the request waits), then takes the \
+mutex and reads the clock again when the answer comes back, to hold the slot a window past \
+the answer; on one admission in 16 it measures how late its task runs. \
 tower's `RateLimit` is a per-instance counter with one clock read and no shared state (which is \
 why it must sit behind a `Buffer` to be shared, at ~1 µs per admission above); governor's \
 `check` is one atomic compare-and-swap on a GCRA cell. Per request, the README stack also \
@@ -315,6 +317,7 @@ attempt budget, `Attempt` and `AttemptBudget`: 5 allocations with the extension 
 boxes), keeps a copy of the request for re-sending in each of its two retrying layers (without \
 the stack's own extensions), looks up the key's Retry-After gate, reads the response's \
 rate-limit headers (the IETF fields again only when they state a window, for the quota the \
-provider announces) and puts what the server said in the response's extensions (3 \
-allocations): 8 allocations without headers. The cost with queued waiters stays flat: one \
-timer per key, one wake-up per admission.";
+provider announces) and, when the server said something, puts it in the response's \
+extensions (3 allocations with headers, none without): 5 allocations without headers. Fewer \
+needs the attempt numbering out of the request's extensions, where `Attempt` is public API. \
+The cost with queued waiters stays flat: one timer per key, one wake-up per admission.";
