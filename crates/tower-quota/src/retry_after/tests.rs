@@ -1097,6 +1097,18 @@ fn refusal_then_a_request_released_at(
     (service, arrivals)
 }
 
+/// Every arrival's instant, in milliseconds from the start, in order.
+fn sorted_millis(arrivals: &crate::test_support::Arrivals) -> Vec<u128> {
+    let mut times: Vec<u128> = arrivals
+        .lock()
+        .unwrap()
+        .iter()
+        .map(|a| a.at.as_millis())
+        .collect();
+    times.sort_unstable();
+    times
+}
+
 #[tokio::test(start_paused = true)]
 async fn a_request_released_below_after_the_refusal_and_accepted_reopens_the_gate() {
     let start = Instant::now();
@@ -1115,13 +1127,7 @@ async fn a_request_released_below_after_the_refusal_and_accepted_reopens_the_gat
     for caller in [released, refused, waiting] {
         assert_eq!(caller.await.unwrap().unwrap().status(), 200);
     }
-    let mut times: Vec<u128> = arrivals
-        .lock()
-        .unwrap()
-        .iter()
-        .map(|a| a.at.as_millis())
-        .collect();
-    times.sort_unstable();
+    let times = sorted_millis(&arrivals);
     // At 200 ms the provider has room by its own count: the refused
     // request and the caller held at the gate go then, not at 10.1 s; the
     // caller at 300 ms goes at once.
@@ -1143,12 +1149,7 @@ async fn a_request_released_below_before_the_refusal_leaves_the_gate_closed() {
     assert_eq!(released.await.unwrap().unwrap().status(), 200);
     assert_eq!(refused.await.unwrap().unwrap().status(), 200);
     assert_eq!(late.await.unwrap().unwrap().status(), 200);
-    let times: Vec<u128> = arrivals
-        .lock()
-        .unwrap()
-        .iter()
-        .map(|a| a.at.as_millis())
-        .collect();
+    let times = sorted_millis(&arrivals);
     // Accepted, but it may have reached the provider before the refusal:
     // the gate holds the caller at 300 ms until it opens at 10.1 s, with
     // the refused request as its probe first.
