@@ -27,18 +27,28 @@ pin_project! {
         // The request's class and tenant, for its admission's telemetry.
         priority: Priority,
         tenant: Option<Key>,
-        // The admission while its request is in flight: dropping it tells
-        // the store the request was dropped.
-        in_flight: Option<InFlight<St>>,
+        // The admission while its request is in flight: dropping the
+        // future with it tells the store the request was dropped.
+        in_flight: Option<InFlight>,
+    }
+
+    impl<St, S, Request, U> PinnedDrop for ResponseFuture<St, S, Request, U>
+    where
+        St: Store,
+        S: Service<Request>,
+    {
+        fn drop(this: Pin<&mut Self>) {
+            let this = this.project();
+            if let Some(in_flight) = this.in_flight.take() {
+                in_flight.end(this.store, this.limits, Completion::Dropped);
+            }
+        }
     }
 }
 
 /// An admitted request whose answer has not come back.
-struct InFlight<St: Store> {
-    store: St,
-    limits: Limits,
+struct InFlight {
     admission: Admission,
-    done: bool,
     probe: Probe,
     /// When a request that waited in the queue left it.
     released: Option<Instant>,
@@ -55,16 +65,22 @@ enum Probe {
     Woken(Instant),
 }
 
-impl<St: Store> InFlight<St> {
+impl InFlight {
     /// Called on every poll of the inner future, before its answer is
     /// used: wakes the task once it has handed the request on, and measures
     /// how long the wake-up took to run.
-    fn probe(&mut self, pending: bool, cx: &mut Context<'_>) {
+    fn probe<St: Store>(
+        &mut self,
+        store: &St,
+        limits: &Limits,
+        pending: bool,
+        cx: &mut Context<'_>,
+    ) {
         match self.probe {
             Probe::Woken(at) => {
                 self.probe = Probe::Off;
                 let lag = Instant::now().saturating_duration_since(at);
-                self.store.probed(Some(lag), &self.limits);
+                store.probed(Some(lag), limits);
             }
             Probe::Armed if pending => {
                 self.probe = Probe::Woken(Instant::now());
@@ -74,23 +90,14 @@ impl<St: Store> InFlight<St> {
         }
     }
 
-    fn answered(mut self) -> Admission {
-        self.done = true;
-        self.store
-            .complete(&self.admission, Completion::Answered, &self.limits);
-        self.admission.clone()
-    }
-}
-
-impl<St: Store> Drop for InFlight<St> {
-    fn drop(&mut self) {
+    /// The request ended: a measurement still under way ends without a
+    /// result, and the store learns how the admission ended.
+    fn end<St: Store>(self, store: &St, limits: &Limits, completion: Completion) -> Admission {
         if self.probe != Probe::Off {
-            self.store.probed(None, &self.limits);
+            store.probed(None, limits);
         }
-        if !self.done {
-            self.store
-                .complete(&self.admission, Completion::Dropped, &self.limits);
-        }
+        store.complete(&self.admission, completion, limits);
+        self.admission
     }
 }
 
@@ -211,10 +218,7 @@ where
                         Probe::Off
                     };
                     *this.in_flight = Some(InFlight {
-                        store: this.store.clone(),
-                        limits: this.limits.clone(),
                         admission,
-                        done: false,
                         probe,
                         released,
                     });
@@ -223,7 +227,7 @@ where
                 StateProj::Calling { future } => {
                     let polled = future.poll(cx);
                     if let Some(in_flight) = this.in_flight.as_mut() {
-                        in_flight.probe(polled.is_pending(), cx);
+                        in_flight.probe(this.store, this.limits, polled.is_pending(), cx);
                     }
                     let result = ready!(polled);
                     let Some(in_flight) = this.in_flight.take() else {
@@ -246,7 +250,7 @@ where
                         }
                     }
                     let released = in_flight.released;
-                    let admission = in_flight.answered();
+                    let admission = in_flight.end(this.store, this.limits, Completion::Answered);
                     let mut response = result.map_err(Into::into)?;
                     if let Some(at) = released {
                         this.usage_fn.released(&mut response, at);
