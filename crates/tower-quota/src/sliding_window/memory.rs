@@ -231,16 +231,10 @@ impl Store for MemoryStore {
         let mut shard = lock(shard);
         let now = Instant::now();
         self.shared.tick(&mut shard, now);
-        if let Err(too_large) = limits.check_cost_for(key, cost, Some(place.priority)) {
-            return Some(Err(too_large.into()));
-        }
-        let state = shard
-            .keys
-            .get_or_insert_with(hash, key, || KeyState::new(limits, now));
-        state.prune(now);
-        if !state.conform(limits) {
-            return Some(Err(ConflictingQuotas::new(key.clone()).into()));
-        }
+        let state = match entered(&mut shard, hash, key, cost, limits, place.priority, now) {
+            Ok(state) => state,
+            Err(error) => return Some(Err(error)),
+        };
         let class = place.priority;
         (state.queue.none_before(class) && state.has_room(now, cost, limits, class))
             .then(|| Ok(admit_now(&self.shared, state, key, cost, limits, now)))
@@ -813,37 +807,31 @@ impl Future for Acquire {
                 let now = Instant::now();
                 this.shared.tick(&mut shard, now);
                 match this.state {
-                    AcquireState::Start => {
-                        if let Err(too_large) =
-                            this.limits
-                                .check_cost_for(this.key, *this.cost, Some(*this.priority))
-                        {
-                            Step::Ready(Err(too_large.into()))
-                        } else {
-                            let state = shard.keys.get_or_insert_with(hash, this.key, || {
-                                KeyState::new(this.limits, now)
-                            });
-                            state.prune(now);
-                            if !state.conform(this.limits) {
-                                Step::Ready(Err(ConflictingQuotas::new(this.key.clone()).into()))
-                            } else {
-                                arrive(
-                                    state,
-                                    Arrival {
-                                        shared: this.shared,
-                                        key: this.key,
-                                        cost: *this.cost,
-                                        limits: this.limits,
-                                        priority: *this.priority,
-                                        place: this.place.as_deref(),
-                                    },
-                                    this.state,
-                                    now,
-                                    cx,
-                                )
-                            }
-                        }
-                    }
+                    AcquireState::Start => match entered(
+                        &mut shard,
+                        hash,
+                        this.key,
+                        *this.cost,
+                        this.limits,
+                        *this.priority,
+                        now,
+                    ) {
+                        Err(error) => Step::Ready(Err(error)),
+                        Ok(state) => arrive(
+                            state,
+                            Arrival {
+                                shared: this.shared,
+                                key: this.key,
+                                cost: *this.cost,
+                                limits: this.limits,
+                                priority: *this.priority,
+                                place: this.place.as_deref(),
+                            },
+                            this.state,
+                            now,
+                            cx,
+                        ),
+                    },
                     AcquireState::Queued {
                         ticket,
                         enqueued_at,
@@ -1032,6 +1020,29 @@ fn waiting(state: &mut KeyState, this: Waiting<'_>, now: Instant, cx: &mut Conte
         (None, Some(deadline)) => Step::Sleep(deadline),
         (None, None) => Step::Park,
     }
+}
+
+/// The state of `key` for a request of `cost` in class `priority` arriving
+/// at `now`, created if new and pruned; the request's error when its cost
+/// exceeds a quota or the key is busy under other quotas.
+fn entered<'a>(
+    shard: &'a mut Shard,
+    hash: u64,
+    key: &Key,
+    cost: u64,
+    limits: &Limits,
+    priority: Priority,
+    now: Instant,
+) -> Result<&'a mut KeyState, BoxError> {
+    limits.check_cost_for(key, cost, Some(priority))?;
+    let state = shard
+        .keys
+        .get_or_insert_with(hash, key, || KeyState::new(limits, now));
+    state.prune(now);
+    if !state.conform(limits) {
+        return Err(ConflictingQuotas::new(key.clone()).into());
+    }
+    Ok(state)
 }
 
 /// Admits a request that arrived to room and nobody before it.
