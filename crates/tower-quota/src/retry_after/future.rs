@@ -443,21 +443,19 @@ where
                             // Or until the provider accepts a request sent
                             // after the refusal: then it has room, and this
                             // request goes back to the gate at once.
-                            let (changed, reopenings) = match observed {
-                                Some(observed) => {
-                                    match gates.reopened_since(this.key, observed.reopenings) {
-                                        Ok(()) => (None, None),
-                                        Err(notified) => {
-                                            (Some(notified), Some(observed.reopenings))
-                                        }
-                                    }
-                                }
-                                None => (None, None),
-                            };
-                            let sleep = match (&changed, observed) {
+                            let watched = observed.map(|observed| {
+                                let count = observed.reopenings;
+                                (count, gates.reopened_since(this.key, count))
+                            });
+                            let (sleep, changed, reopenings) = match watched {
                                 // Reopened between the answer and now.
-                                (None, Some(_)) => None,
-                                _ => Some(tokio::time::sleep_until(at)),
+                                Some((_, Ok(()))) => (None, None, None),
+                                Some((count, Err(notified))) => (
+                                    Some(tokio::time::sleep_until(at)),
+                                    Some(notified),
+                                    Some(count),
+                                ),
+                                None => (Some(tokio::time::sleep_until(at)), None, None),
                             };
                             this.state.set(State::Gate {
                                 sleep,

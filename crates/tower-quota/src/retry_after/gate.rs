@@ -280,6 +280,17 @@ impl Gate {
         u32::try_from(self.in_flight.range(from_seq..).count()).unwrap_or(u32::MAX)
     }
 
+    /// Starts the ramp after a probe's unthrottled answer: the probe was
+    /// its first round, of one, and its answer adds one.
+    fn start_ramp(&mut self, now: Instant) {
+        self.ramp = Some(Ramp {
+            limit: 2,
+            from_seq: self.next_seq,
+            cut_seq: self.next_seq,
+            ends_at: later(now, self.pause),
+        });
+    }
+
     /// Drops the ramp once its end has come.
     fn end_ramp_if_due(&mut self, now: Instant) {
         if self.ramp.is_some_and(|ramp| ramp.ends_at <= now) {
@@ -608,12 +619,7 @@ impl GateMap {
             gate.reason = None;
             gate.reopenings = gate.reopenings.wrapping_add(1);
             gate.probe = Probe::Trusted;
-            gate.ramp = Some(Ramp {
-                limit: 2,
-                from_seq: gate.next_seq,
-                cut_seq: gate.next_seq,
-                ends_at: later(now, gate.pause),
-            });
+            gate.start_ramp(now);
             reopened = true;
         }
         if signal.throttled {
@@ -701,14 +707,7 @@ impl GateMap {
         }
         let open = gate.closed_until.is_none_or(|until| until <= now);
         if answered_probe && open && !signal.throttled {
-            // The probe was the ramp's first round, of one; its answer
-            // adds one.
-            gate.ramp = Some(Ramp {
-                limit: 2,
-                from_seq: gate.next_seq,
-                cut_seq: gate.next_seq,
-                ends_at: later(now, gate.pause),
-            });
+            gate.start_ramp(now);
             gate.end_ramp_if_due(now);
         }
         let may_go = match gate.quota {
