@@ -37,14 +37,16 @@ pub(crate) struct Request {
     pub(crate) max_wait: i64,
     /// Its priority class: what it leaves free of each quota.
     pub(crate) class: Priority,
+    /// A reservation already recorded, asking to move up (never batched).
+    pub(crate) move_up: bool,
 }
 
 /// What the script decided for one request: its row of the reply
-/// (status, wait, queued, limiting) or the error, and what to remove if
+/// (status, wait, queued, limiting, floor) or the error, and what to remove if
 /// the request is dropped before its slot (a call that timed out may
 /// still run).
 pub(crate) struct Outcome {
-    pub(crate) decision: Result<[i64; 4], RedisStoreError>,
+    pub(crate) decision: Result<[i64; 5], RedisStoreError>,
     pub(crate) reservation: Reservation,
 }
 

@@ -7,7 +7,7 @@ use tower_quota::sliding_window::{Limits, Quota};
 /// The Redis keys a quota key's scripts touch, under one list of limits.
 pub(crate) struct Names {
     pub(crate) limits: Limits,
-    /// Exact mode: the log, costs and queue of each quota; approximate
+    /// Exact mode: the log, costs, queue and floors of each quota; approximate
     /// mode: the counts of each quota. Then, last, the signature's key.
     pub(crate) keys: Vec<String>,
     /// The signature of the limits' quotas and safety margin.
@@ -23,7 +23,7 @@ pub(crate) struct Names {
 impl Names {
     pub(crate) fn new(prefix: &str, key: &Key, limits: &Limits, approximate: bool) -> Names {
         let quotas = limits.quotas();
-        let mut keys = Vec::with_capacity(quotas.len() * 3 + 1);
+        let mut keys = Vec::with_capacity(quotas.len() * 4 + 1);
         let mut jumpers = Vec::new();
         for quota in quotas {
             let base = quota_key(prefix, key, quota);
@@ -33,6 +33,7 @@ impl Names {
                 keys.push(format!("{base}:log"));
                 keys.push(format!("{base}:costs"));
                 keys.push(format!("{base}:queue"));
+                keys.push(format!("{base}:floors"));
                 if limits.reserves() && !limits.is_strict() {
                     jumpers.push(format!("{base}:jumpers"));
                 }
@@ -57,12 +58,12 @@ impl Names {
 
     /// Exact mode: the log of quota `index`.
     pub(crate) fn log(&self, index: usize) -> &str {
-        &self.keys[3 * index]
+        &self.keys[4 * index]
     }
 
     /// Exact mode: the costs hash of quota `index`.
     pub(crate) fn costs(&self, index: usize) -> &str {
-        &self.keys[3 * index + 1]
+        &self.keys[4 * index + 1]
     }
 
     /// Approximate mode: the counts of quota `index`.

@@ -211,7 +211,9 @@ impl RedisStore {
     /// sorted-set log (score: the instant, in microseconds of the Redis
     /// clock, after which an admission holds its slot for a window and the
     /// margin), its costs hash (present only while an entry costs other
-    /// than 1) and the sorted set of reserved admission instants; in approximate mode the counter hash. All of a key's Redis
+    /// than 1), the sorted set of reserved admission instants and the
+    /// sorted set of the reservations' floors (the earliest instant each
+    /// could move up to); in approximate mode the counter hash. All of a key's Redis
     /// keys share the hash tag `{key}`, so one script call touches one Redis
     /// Cluster slot. One more Redis key per quota key,
     /// `{prefix}:{key}:quotas`, holds the signature of the quota list the
@@ -225,6 +227,7 @@ impl RedisStore {
                 format!("{base}:log"),
                 format!("{base}:costs"),
                 format!("{base}:queue"),
+                format!("{base}:floors"),
             ]
         }
     }
@@ -455,6 +458,21 @@ fn poll_interval(limits: &Limits) -> Duration {
     (shortest_window(limits) / 4).clamp(Duration::from_millis(1), MAX_POLL)
 }
 
+/// What a reservation takes to ask Redis again for an earlier slot.
+struct MoveUp<'a> {
+    names: &'a Names,
+    request: Request,
+    /// The wait until its floor, as the reply gave it.
+    floor: Duration,
+}
+
+/// The most times one reservation asks to move up. Asking again once its
+/// floor has passed usually finds the answers it waited for.
+const MAX_MOVES_UP: usize = 4;
+
+/// The least a move up must be able to gain to be worth a round trip.
+const MIN_MOVE_UP: Duration = Duration::from_millis(1);
+
 /// The future of one admission by a [`RedisStore`].
 ///
 /// Boxed: a Redis round trip already allocates, and the boxed state is what
@@ -582,6 +600,7 @@ impl Inner {
                     .max_wait()
                     .map_or(-1, |max_wait| micros(max_wait.saturating_sub(elapsed))),
                 class,
+                move_up: false,
             };
             let join = if self.coalesce {
                 self.lanes.join(self, key, &names, request)
@@ -611,8 +630,27 @@ impl Inner {
             // A call that timed out may still run: the reservation's drop
             // removes what it records. Nothing ran for other errors.
             let row = decision.map_err(Failure::Store)?;
+            // A reservation behind unanswered admissions may move up once
+            // they are answered: not one of a class that jumps ahead of a
+            // share, nor a strict one (its slots wait for answers anyway).
+            let move_up = (!limits.is_strict()
+                && (names.jumpers.is_empty() || limits.reserved_share(class) > 0.0))
+                .then(|| MoveUp {
+                    names: &names,
+                    request,
+                    floor: Duration::from_micros(u64::try_from(row[4]).unwrap_or(0)),
+                });
             match self
-                .settle(key, cost, limits, &row, request.id, elapsed, reservation)
+                .settle(
+                    key,
+                    cost,
+                    limits,
+                    &row,
+                    request.id,
+                    elapsed,
+                    reservation,
+                    move_up,
+                )
                 .await?
             {
                 Settled::Admitted(admission) => return Ok(admission),
@@ -664,14 +702,14 @@ impl Inner {
         }
         let result = self.call_exact(key, names, requests).await;
         match result {
-            Ok(reply) if reply.len() == 4 * requests.len() => reservations
+            Ok(reply) if reply.len() == 5 * requests.len() => reservations
                 .into_iter()
-                .zip(reply.chunks_exact(4))
+                .zip(reply.chunks_exact(5))
                 .map(|(mut reservation, row)| {
                     // Only status 0 recorded anything.
                     reservation.armed = row[0] == 0;
                     Outcome {
-                        decision: Ok([row[0], row[1], row[2], row[3]]),
+                        decision: Ok([row[0], row[1], row[2], row[3], row[4]]),
                         reservation,
                     }
                 })
@@ -759,12 +797,17 @@ impl Inner {
             .into_iter()
             .find(|class| limits.reserved_share(*class) > 0.0);
         let alike = |a: &Request, b: &Request| {
-            a.cost == b.cost && a.max_wait == b.max_wait && a.class == b.class
+            a.cost == b.cost
+                && a.max_wait == b.max_wait
+                && a.class == b.class
+                && a.move_up == b.move_up
         };
         for run in requests.chunk_by(alike) {
             let first = run[0];
             let jump = !names.jumpers.is_empty() && limits.reserved_share(first.class) == 0.0;
-            cmd.arg(run.len()).arg(first.max_wait).arg(u8::from(jump));
+            // The request's kind: new, new of a class that jumps, moving up.
+            let kind = if first.move_up { 2 } else { u8::from(jump) };
+            cmd.arg(run.len()).arg(first.max_wait).arg(kind);
             for quota in quotas {
                 cmd.arg(units(quota.units(first.cost)));
             }
@@ -829,6 +872,7 @@ impl Inner {
                 at as u64,
                 Duration::ZERO,
                 reservation,
+                None,
             )
             .await?
         {
@@ -853,6 +897,7 @@ impl Inner {
         id: u64,
         elapsed: Duration,
         mut reservation: Reservation,
+        move_up: Option<MoveUp<'_>>,
     ) -> Result<Settled, Failure> {
         let &[status, wait_us, queued, limiting, ..] = reply else {
             reservation.armed = false;
@@ -862,7 +907,6 @@ impl Inner {
             )));
         };
         let wait = Duration::from_micros(u64::try_from(wait_us).unwrap_or(0));
-        let waited = elapsed.saturating_add(wait);
         let queued = usize::try_from(queued).unwrap_or(0);
         let limited_by = usize::try_from(limiting)
             .ok()
@@ -898,18 +942,65 @@ impl Inner {
             // Refused by the script: it recorded nothing.
             reservation.armed = false;
             return Err(Failure::Refused(
-                Overloaded::new(key.clone(), waited, queued, reason).into(),
+                Overloaded::new(key.clone(), elapsed.saturating_add(wait), queued, reason).into(),
             ));
         }
-        if !wait.is_zero() {
-            // The slot is at Redis time `now + wait`; the reply left Redis
-            // after `now`, so waking `wait` after receiving it is never early.
-            tokio::time::sleep(wait).await;
-        }
+        let waited = if wait.is_zero() {
+            elapsed
+        } else {
+            elapsed.saturating_add(self.sleep_until_slot(key, wait, move_up).await)
+        };
         reservation.armed = false;
         Ok(Settled::Admitted(
             Admission::new(key.clone(), id, cost, waited, queued).with_limited_by(limited_by),
         ))
+    }
+
+    /// Sleeps until a reserved slot `wait` from now, and returns the wait
+    /// it was given in the end. A reservation counted behind unanswered admissions asks
+    /// again at its floor, the instant its slot would free had they been
+    /// answered at once, and takes the earlier instant Redis gives it (see
+    /// `exact_acquire.lua`): the slot an early answer frees is not lost
+    /// for the whole `sent_within` bound, nor again by each reservation
+    /// behind it.
+    async fn sleep_until_slot(
+        &self,
+        key: &Key,
+        wait: Duration,
+        move_up: Option<MoveUp<'_>>,
+    ) -> Duration {
+        let started = tokio::time::Instant::now();
+        // The slot is at Redis time `now + wait`; the reply left Redis after
+        // `now`, so waking `wait` after receiving it is never early.
+        let mut slot = started + wait;
+        if let Some(MoveUp {
+            names,
+            mut request,
+            floor,
+        }) = move_up
+        {
+            request.move_up = true;
+            let mut floor = started + floor;
+            for _ in 0..MAX_MOVES_UP {
+                if slot.saturating_duration_since(floor) < MIN_MOVE_UP {
+                    break;
+                }
+                tokio::time::sleep_until(floor).await;
+                // A failed call leaves the reservation as it was.
+                let Ok(reply) = self.call_exact(key, names, &[request]).await else {
+                    break;
+                };
+                let received = tokio::time::Instant::now();
+                let &[0, wait_us, _, _, floor_us] = reply.as_slice() else {
+                    break; // gone, or a reply out of contract: keep the slot
+                };
+                let micros = |value: i64| Duration::from_micros(u64::try_from(value).unwrap_or(0));
+                slot = slot.min(received + micros(wait_us));
+                floor = received + micros(floor_us);
+            }
+        }
+        tokio::time::sleep_until(slot).await;
+        slot - started
     }
 
     async fn fail(

@@ -140,6 +140,69 @@ async fn an_answer_frees_the_slot_a_window_after_it_before_the_bound() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn reservations_made_before_the_answers_move_up_to_a_window_after_them() {
+    let Some(server) = support::shared() else {
+        return;
+    };
+    let store = store(server).await;
+    let layer = layer(SENT_WITHIN);
+    let limits = layer.limits();
+    let quota = limits.quotas()[0];
+    let key = Key::from("moving-up");
+    let started = Instant::now();
+    let first = store.acquire(key.clone(), 1, limits).await.unwrap();
+    // Reserved while the first is unanswered: the second a window after the
+    // first's sent-by bound (1.5 s), the third a window after the second's
+    // (3 s).
+    let reserve = || {
+        let (store, key, limits) = (store.clone(), key.clone(), limits.clone());
+        tokio::spawn(async move {
+            let admission = store.acquire(key, 1, &limits).await.unwrap();
+            (admission, started.elapsed())
+        })
+    };
+    let second = reserve();
+    let log = &store.redis_keys(&key, &quota)[0];
+    wait_for_entries(server, log, 2).await;
+    let third = reserve();
+    wait_for_entries(server, log, 3).await;
+    // The first is answered at 100 ms, the second as soon as it is admitted.
+    tokio::time::sleep_until(started + Duration::from_millis(100)).await;
+    let bound = score(server, &store, &first, &quota).unwrap();
+    store.complete(&first, Completion::Answered, limits);
+    wait_for_lower_score(server, &store, &first, &quota, bound).await;
+    let (second, second_at) = second.await.unwrap();
+    let bound = score(server, &store, &second, &quota).unwrap();
+    store.complete(&second, Completion::Answered, limits);
+    wait_for_lower_score(server, &store, &second, &quota, bound).await;
+    let (third, third_at) = third.await.unwrap();
+    println!("moved up: second after {second_at:?}, third after {third_at:?}");
+    // Each goes a window after the answer it waited for, not a window
+    // after that admission's bound.
+    assert_near(second_at, Duration::from_millis(1_100), "second");
+    assert_near(third_at, second_at + WINDOW, "third");
+    // Their admissions report the waits they were given in the end.
+    assert!(
+        second.waited() < WINDOW + SENT_WITHIN,
+        "{:?}",
+        second.waited()
+    );
+    assert!(third.waited() < third_at, "{:?}", third.waited());
+}
+
+/// Waits until `log` holds `count` entries.
+async fn wait_for_entries(server: &support::RedisServer, log: &str, count: usize) {
+    for _ in 0..200 {
+        let entries: usize = server.connection().zcard(log).unwrap();
+        if entries == count {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(2)).await;
+    }
+    panic!("log {log} never held {count} entries");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn strict_holds_an_unanswered_slot_until_its_answer() {
     let Some(server) = support::shared() else {
         return;

@@ -309,12 +309,19 @@ async fn keys_carry_the_hash_tag_and_expire_when_idle() {
     let key = Key::from("tenant-7");
     store.acquire(key.clone(), 2, layer.limits()).await.unwrap();
     let mut connection = server.connection();
-    for redis_key in store.redis_keys(&key, &quota) {
+    let keys = store.redis_keys(&key, &quota);
+    for redis_key in &keys {
         assert!(redis_key.contains("{tenant-7}"), "{redis_key}");
-        let ttl: i64 = connection.pttl(&redis_key).unwrap();
+    }
+    let (floors, keys) = keys.split_last().unwrap();
+    for redis_key in keys {
+        let ttl: i64 = connection.pttl(redis_key).unwrap();
         // Window (2 s) and sent_within bound (100 ms) plus one second of slack.
         assert!((2_100..=3_100).contains(&ttl), "{redis_key}: pttl {ttl}");
     }
+    // The reservations' floors exist only while there are reservations.
+    let ttl: i64 = connection.pttl(floors).unwrap();
+    assert_eq!(ttl, -2, "{floors}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -517,6 +524,8 @@ async fn keys_are_extended_when_an_entry_would_outlive_them() {
     let mut connection = server.connection();
     let ttls = |connection: &mut redis::Connection| -> Vec<i64> {
         let mut keys = store.redis_keys(&key, &quota);
+        // The floors exist only while there are reservations.
+        keys.truncate(3);
         keys.push(format!(
             "{}:{{extended}}:quotas",
             keys[0].split(':').next().unwrap()

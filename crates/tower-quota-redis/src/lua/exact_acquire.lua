@@ -2,7 +2,7 @@
 -- after another in the order given, as if the script were called k times
 -- at the same instant (a batch of concurrent requests of the key).
 --
--- KEYS: for each quota, three keys:
+-- KEYS: for each quota, four keys:
 --   log   a sorted set: member = admission id, score = the admission's
 --         "sent-by" instant in microseconds of the Redis clock: its
 --         admission instant + sent_within + extra while unanswered,
@@ -18,6 +18,9 @@
 --         made them, and the last admission the latest call made at once
 --         (earlier ones are pruned). Its highest score is the key's latest
 --         admission instant.
+--   floors a sorted set: member = admission id, score = the earliest
+--         instant its reservation could have gone had every admission it
+--         waits for been answered at once (see "Moving up" below).
 -- then one key more:
 --   quotas a string: the signature of the quota list (and safety margin)
 --         the key's admissions are counted under; it expires with them.
@@ -29,8 +32,9 @@
 -- (window + safety margin), max_calls; then the signature of this call's
 -- quota list; then the request count k, and the requests in runs of
 -- consecutive requests alike: for each run, its length c, then what its
--- requests share: max_wait_us (-1: none), jump (1: a class a share is
--- left for), their units of each quota, then per quota the units they
+-- requests share: max_wait_us (-1: none), kind (0: a new request, 1: a
+-- new request of a class a share is left for, 2: a reservation moving
+-- up), their units of each quota, then per quota the units they
 -- leave free (the share kept for the classes above them) or, for
 -- requests that jump, the units of that share; then the c requests' ids.
 -- (A batch of alike requests costs one argument per request.) A call with
@@ -65,16 +69,44 @@
 -- the request records nothing and gets status 3 with the wait it would
 -- need if that answer came back now: the caller asks again later.
 --
+-- Moving up: an unanswered admission holds its slot until its sent-by
+-- bound, so a reservation counted behind it is pessimistic, and one
+-- behind another reservation more so (the bounds add up). Each
+-- reservation also gets a floor: the instant its slot would free had
+-- every admission it waits for been answered at once (an answered entry
+-- leaves at its score, an unanswered one at the earliest now, a pending
+-- reservation at the earliest its own floor). Its caller asks again at
+-- the floor with kind 2: the reservation leaves the log and the queue and
+-- is decided again from now as a new request would be, except that it is
+-- not placed behind the latest reservation and, in logs where every entry
+-- costs 1, does not count the reservations that start only after it would
+-- end. It takes the new instant when that is earlier, else keeps its own.
+-- Exactness: every check counts, at its instant, the entries then
+-- recorded that have not left by then and may start before the new one
+-- ends; entries only ever leave earlier, and start earlier only through a
+-- check of their own. At any instant, of the entries holding a slot take
+-- the one checked last: every other one was recorded by then, leaves after
+-- that instant (so after the check's) and starts no later (so before the
+-- checked entry ends), hence was counted. Order: a reservation moving up
+-- may pass one made before it that waits for answers still to come or for
+-- more units; the one passed keeps its instant. The floor follows the
+-- entry that holds the slot in the order of the scores, which is not
+-- always the earliest floor: it is a hint, never a bound exactness rests
+-- on. A reservation that is gone (dropped, or its instant passed) gets
+-- status 5 and nothing changes.
+--
 -- Units, costs and max_calls are at most MAX_UNITS (the client saturates
 -- them); a log whose sum would pass 2^62 refuses the admission as a full
 -- queue, so HINCRBY never overflows and no call fails after a write.
 --
--- Returns, for each request in order, {status, wait_us, queued, limiting}:
--- status 0 = recorded (admitted now when wait_us is 0, reserved otherwise),
--- 1 = wait over max_wait, 2 = queue full, 3 = waits for an answer, 4 = the
--- key is busy under other quotas (1 to 4 record nothing); queued = the
--- reservations still ahead, this one included (0 when not reserved);
--- limiting = 1-based index of the quota that decided the wait, 0 if none.
+-- Returns, for each request in order, {status, wait_us, queued, limiting,
+-- floor_us}: status 0 = recorded (admitted now when wait_us is 0, reserved
+-- otherwise), 1 = wait over max_wait, 2 = queue full, 3 = waits for an
+-- answer, 4 = the key is busy under other quotas, 5 = no reservation to
+-- move up (1 to 5 record nothing); queued = the reservations still ahead,
+-- this one included (0 when not reserved or moving up); limiting =
+-- 1-based index of the quota that decided the wait, 0 if none; floor_us =
+-- the wait until the reservation's floor (wait_us when it has none).
 -- Arguments that do not parse are an error reply, before anything is
 -- written. Key TTLs are only ever extended (PEXPIRE GT: Redis 7.0), and
 -- only when an entry needs longer than they have left.
@@ -88,11 +120,11 @@ local MAX_SUM = 4611686018427387904 -- 2^62
 local max_queue, sent_within = tonumber(ARGV[1]), tonumber(ARGV[2])
 local extra, n = tonumber(ARGV[3]), tonumber(ARGV[4])
 if not (max_queue and sent_within and extra and n)
-  or (#KEYS ~= 3 * n + 1 and #KEYS ~= 4 * n + 1) then
+  or (#KEYS ~= 4 * n + 1 and #KEYS ~= 5 * n + 1) then
   return redis.error_reply('ERR exact_acquire: bad arguments')
 end
-local has_jumpers = #KEYS == 4 * n + 1
-local signature_key, signature = KEYS[3 * n + 1], ARGV[5 + 2 * n]
+local has_jumpers = #KEYS == 5 * n + 1
+local signature_key, signature = KEYS[4 * n + 1], ARGV[5 + 2 * n]
 local k = tonumber(ARGV[6 + 2 * n])
 if not (signature and k) or k < 1 then
   return redis.error_reply('ERR exact_acquire: expected 2 arguments per quota, a signature, a request count and runs of requests')
@@ -116,6 +148,7 @@ while #ids < k do
   local run = {
     max_wait = max_wait,
     jump = has_jumpers and ARGV[arg + 2] == '1',
+    move_up = ARGV[arg + 2] == '2',
     units = {},
     keeps = {},
   }
@@ -145,6 +178,7 @@ if held and held ~= signature then
   for m = 1, k do
     conflict[#conflict + 1], conflict[#conflict + 2] = 4, 0
     conflict[#conflict + 1], conflict[#conflict + 2] = 0, 0
+    conflict[#conflict + 1] = 0
   end
   return conflict
 end
@@ -173,20 +207,20 @@ local function drop(z, h, min, max, sum)
   return sum, true
 end
 
--- The score of the entry holding the `excess`-th unit of the log, in the
--- order the entries leave.
+-- The score and id of the entry holding the `excess`-th unit of the log,
+-- in the order the entries leave.
 local function unit_holder(z, h, weighted, excess)
   if not weighted then
     local entry = redis.call('ZRANGE', z, excess - 1, excess - 1, 'WITHSCORES')
     if entry[2] then
-      return tonumber(entry[2])
+      return tonumber(entry[2]), entry[1]
     end
   end
-  local acc, start, last = 0, 0, nil
+  local acc, start, last, last_id = 0, 0, nil, nil
   while true do
     local batch = redis.call('ZRANGE', z, start, start + 127, 'WITHSCORES')
     if #batch == 0 then
-      return last
+      return last, last_id
     end
     local page = {}
     for j = 1, #batch, 2 do
@@ -195,9 +229,9 @@ local function unit_holder(z, h, weighted, excess)
     local costs = redis.call('HMGET', h, unpack(page))
     for j = 1, #page do
       acc = acc + (tonumber(costs[j]) or 1)
-      last = tonumber(batch[2 * j])
+      last, last_id = tonumber(batch[2 * j]), page[j]
       if acc >= excess then
-        return last
+        return last, last_id
       end
     end
     start = start + 128
@@ -215,7 +249,7 @@ local reserved, pending, queued_adds, written, pruned_late = {}, {}, {}, {}, {}
 local latest_now, pending_costs = {}, {}
 local base = now
 for i = 1, n do
-  local z, h, q = KEYS[3 * i - 2], KEYS[3 * i - 1], KEYS[3 * i]
+  local z, h, q = KEYS[4 * i - 3], KEYS[4 * i - 2], KEYS[4 * i - 1]
   -- Drop what has left every window from now on: answered or past its
   -- bound a span ago.
   local cutoff = now - spans[i]
@@ -259,7 +293,7 @@ local function prune_late(i)
     return
   end
   pruned_late[i] = true
-  local z, h = KEYS[3 * i - 2], KEYS[3 * i - 1]
+  local z, h = KEYS[4 * i - 3], KEYS[4 * i - 2]
   local late_min, late_max = now + HALF, STRICT + now - spans[i] - PENDING
   if late_max < late_min then
     return
@@ -279,11 +313,11 @@ end
 -- costs.
 local function flush(i)
   if #pending[i] > 0 then
-    redis.call('ZADD', KEYS[3 * i - 2], unpack(pending[i]))
+    redis.call('ZADD', KEYS[4 * i - 3], unpack(pending[i]))
     pending[i] = {}
   end
   if #pending_costs[i] > 0 then
-    redis.call('HSET', KEYS[3 * i - 1], unpack(pending_costs[i]))
+    redis.call('HSET', KEYS[4 * i - 2], unpack(pending_costs[i]))
     pending_costs[i] = {}
   end
 end
@@ -291,7 +325,7 @@ end
 -- The reservations still ahead in the queue of quota i.
 local function ahead(i)
   if not reserved[i] then
-    reserved[i] = redis.call('ZCOUNT', KEYS[3 * i], now + 1, '+inf')
+    reserved[i] = redis.call('ZCOUNT', KEYS[4 * i - 1], now + 1, '+inf')
   end
   return reserved[i]
 end
@@ -300,7 +334,7 @@ end
 local jumper_sums = {}
 local function jumper_sum(i)
   if not jumper_sums[i] then
-    local jz = KEYS[3 * n + 1 + i]
+    local jz = KEYS[4 * n + 1 + i]
     redis.call('ZREMRANGEBYSCORE', jz, '-inf', now - spans[i])
     local sum = 0
     for _, member in ipairs(redis.call('ZRANGE', jz, 0, -1)) do
@@ -314,7 +348,7 @@ end
 -- The score of the jumpers' entry of quota i holding the `excess`-th
 -- unit, in the order they leave.
 local function jumper_holder(i, excess)
-  local entries = redis.call('ZRANGE', KEYS[3 * n + 1 + i], 0, -1, 'WITHSCORES')
+  local entries = redis.call('ZRANGE', KEYS[4 * n + 1 + i], 0, -1, 'WITHSCORES')
   local acc = 0
   for j = 1, #entries, 2 do
     acc = acc + (tonumber(string.match(entries[j], ':(%d+)$')) or 1)
@@ -329,6 +363,87 @@ local hold = sent_within + extra
 if strict then
   hold = PENDING
 end
+
+-- The earliest instant the entry `id` of quota i, with `score`, could
+-- leave the log: an answered entry (or one past its bound) at its score,
+-- a pending reservation at the earliest its floor, an unanswered
+-- admission at the earliest now.
+local function floor_of(i, score, id)
+  if score <= now + extra then
+    return score
+  end
+  local floor = tonumber(redis.call('ZSCORE', KEYS[4 * i], id))
+  if not floor then
+    floor = score - hold
+  end
+  return math.max(floor, now)
+end
+
+-- The latest floor of the key's reservations, read once per call: floors
+-- follow the order of the calls, so callers ask again in that order.
+local floor_base
+local function latest_floor()
+  if not floor_base then
+    floor_base = now
+    for i = 1, n do
+      local last = redis.call('ZRANGE', KEYS[4 * i], -1, -1, 'WITHSCORES')
+      if last[2] and tonumber(last[2]) > floor_base then
+        floor_base = tonumber(last[2])
+      end
+    end
+  end
+  return floor_base
+end
+
+-- Per quota, the floors of this call's reservations still to write.
+local pending_floors = {}
+for i = 1, n do
+  pending_floors[i] = {}
+end
+
+-- The instant from `at` on at which each quota has room for `u` units
+-- (counting `excluded` fewer units of a quota's log: see "Moving up"),
+-- the floor of that instant, whether an answer still to come holds it,
+-- and the 1-based index of the quota that decided it (0: none). A request
+-- of a class a share is left for leaves nothing free (`jump`).
+local function place(u, keep, jump, at, excluded, floored)
+  local floor_at, blocked = now, false
+  local limiting, limiting_at = 0, -1
+  for i = 1, n do
+    local kept = keep[i]
+    if jump then
+      kept = 0
+    end
+    if u[i] > 0 and sums[i] + u[i] + kept > maxes[i] then
+      prune_late(i)
+    end
+    local excess = sums[i] + u[i] + kept - maxes[i] - (excluded[i] or 0)
+    if u[i] > 0 and excess > 0 then
+      flush(i)
+      local holder, holder_id = unit_holder(KEYS[4 * i - 3], KEYS[4 * i - 2], weighted[i], excess)
+      holder = holder or now
+      if holder - now > HALF then
+        -- Held until an answer comes back: at the earliest, a span from now.
+        blocked = true
+        holder = now
+      end
+      local free_at = holder + spans[i]
+      if floored and holder_id then
+        floor_at = math.max(floor_at, floor_of(i, holder, holder_id) + spans[i])
+      else
+        floor_at = math.max(floor_at, free_at)
+      end
+      if free_at > limiting_at then
+        limiting, limiting_at = i, free_at
+      end
+      if free_at > at then
+        at = free_at
+      end
+    end
+  end
+  return at, floor_at, blocked, limiting
+end
+
 local out = {}
 local recorded = false
 -- The longest any entry recorded here must be kept, in ms.
@@ -336,8 +451,36 @@ local needed = {}
 for m = 1, k do
   local run = runs_of[m]
   local u, keep, jump = run.units, run.keeps, run.jump
+  local id = ids[m]
   local at = base
   local jumped = false
+  -- A reservation moving up: its instant; it leaves the log and the queue
+  -- while it is decided again, from now.
+  local old_at
+  if run.move_up then
+    for i = 1, n do
+      if u[i] > 0 then
+        old_at = tonumber(redis.call('ZSCORE', KEYS[4 * i - 1], id))
+        break
+      end
+    end
+    if old_at and old_at > now then
+      at = now
+      for i = 1, n do
+        if u[i] > 0 then
+          flush(i)
+          if redis.call('ZREM', KEYS[4 * i - 3], id) == 1 then
+            sums[i] = sums[i] - u[i]
+          end
+          redis.call('ZREM', KEYS[4 * i - 1], id)
+        end
+      end
+    else
+      old_at = nil
+    end
+  end
+  local floored = not strict and not jump
+  local floor_at, blocked, limiting = now, false, 0
   if jump then
     -- Each quota has room counting everything, or in the share left free
     -- once enough of the jumpers' entries have left.
@@ -362,41 +505,48 @@ for m = 1, k do
       at = base
     end
   end
-  local blocked = false
-  local limiting, limiting_at = 0, -1
-  for i = 1, n do
-    local kept = keep[i]
-    if jump then
-      kept = 0
-    end
-    if not jumped and u[i] > 0 and sums[i] + u[i] + kept > maxes[i] then
-      prune_late(i)
-    end
-    local excess = sums[i] + u[i] + kept - maxes[i]
-    if jumped then
-      excess = 0
-    end
-    if u[i] > 0 and excess > 0 then
-      flush(i)
-      local holder = unit_holder(KEYS[3 * i - 2], KEYS[3 * i - 1], weighted[i], excess) or now
-      if holder - now > HALF then
-        -- Held until an answer comes back: at the earliest, a span from now.
-        blocked = true
-        holder = now
+  if old_at then
+    -- Moving up: the reservations that start after this one would end
+    -- need not be counted (see "Moving up"). Which ones depends on the
+    -- instant found, so instants are guessed from now on, each guess
+    -- counting fewer of them, until the instant found is no later than
+    -- the guess. Only in logs where every entry costs 1: there the
+    -- uncounted ones, whose scores are past the guess, are the last to
+    -- leave, so the holder is found by rank.
+    local guess, found = now, false
+    for _ = 1, 4 do
+      local excluded = {}
+      for i = 1, n do
+        if u[i] > 0 and not weighted[i] then
+          excluded[i] = redis.call('ZCOUNT', KEYS[4 * i - 1], guess + hold + spans[i], '+inf')
+        end
       end
-      local free_at = holder + spans[i]
-      if free_at > limiting_at then
-        limiting, limiting_at = i, free_at
+      local t, floor, held, quota = place(u, keep, false, now, excluded, floored)
+      if held or t >= old_at then
+        break
       end
-      if free_at > at then
-        at = free_at
+      if t <= guess then
+        at, floor_at, limiting, found = t, floor, quota, true
+        break
       end
+      guess = t
     end
+    if not found then
+      -- Nothing earlier: the reservation stays as it was.
+      at, floor_at = old_at, old_at
+    end
+  elseif not (run.move_up or jumped) then
+    at, floor_at, blocked, limiting = place(u, keep, jump, at, {}, floored)
   end
-
+  if floored and not run.move_up then
+    floor_at = math.max(floor_at, latest_floor())
+  end
+  if not floored or floor_at > at then
+    floor_at = at
+  end
   local wait = at - now
   local queued = 0
-  if wait > 0 then
+  if wait > 0 and not run.move_up then
     for i = 1, n do
       if ahead(i) > queued then
         queued = reserved[i]
@@ -405,7 +555,11 @@ for m = 1, k do
     queued = queued + 1
   end
   local status = 0
-  if run.max_wait >= 0 and wait > run.max_wait then
+  if run.move_up then
+    if not old_at then
+      status, wait, floor_at = 5, 0, now
+    end
+  elseif run.max_wait >= 0 and wait > run.max_wait then
     status = 1
   elseif max_queue >= 0 and wait > 0 and queued > max_queue then
     status = 2
@@ -421,7 +575,6 @@ for m = 1, k do
   end
 
   if status == 0 then
-    local id = ids[m]
     local score = at + hold
     if strict then
       score = at + STRICT
@@ -444,10 +597,14 @@ for m = 1, k do
         if wait > 0 then
           local adds = queued_adds[i]
           adds[#adds + 1], adds[#adds + 2] = at, id
+          if floored then
+            local floors = pending_floors[i]
+            floors[#floors + 1], floors[#floors + 2] = floor_at, id
+          end
         else
           latest_now[i] = id
         end
-        if wait > 0 and reserved[i] then
+        if wait > 0 and reserved[i] and not run.move_up then
           reserved[i] = reserved[i] + 1
         end
         written[i] = true
@@ -456,7 +613,7 @@ for m = 1, k do
           needed[i] = ttl
         end
         if jump then
-          local jz = KEYS[3 * n + 1 + i]
+          local jz = KEYS[4 * n + 1 + i]
           local before = jumper_sum(i)
           redis.call('ZADD', jz, score, id .. ':' .. string.format('%.0f', u[i]))
           jumper_sums[i] = before + u[i]
@@ -469,23 +626,27 @@ for m = 1, k do
     if at > base then
       base = at
     end
+    if floored and wait > 0 then
+      floor_base = floor_at
+    end
     recorded = true
   end
   out[#out + 1], out[#out + 2], out[#out + 3], out[#out + 4] = status, wait, queued, limiting
+  out[#out + 1] = floor_at - now
 end
 
 if not recorded then
   return out
 end
--- The log, costs and queue of a quota share one expiry, which covers
--- every entry recorded in them: when an entry needs longer, the three are
+-- The log, costs, queue and floors of a quota share one expiry, which
+-- covers every entry recorded in them: when an entry needs longer, they are
 -- extended (never shortened) to a second past what it needs, and a key
 -- made here gets the same expiry. So most calls extend nothing. The
 -- signature expires with the longest-kept of them.
 local signature_expiry = 0
 for i = 1, n do
   if written[i] then
-    local z, h, q = KEYS[3 * i - 2], KEYS[3 * i - 1], KEYS[3 * i]
+    local z, h, q = KEYS[4 * i - 3], KEYS[4 * i - 2], KEYS[4 * i - 1]
     local expiry = -2
     if had_log[i] then
       expiry = redis.call('PTTL', z)
@@ -515,6 +676,16 @@ for i = 1, n do
     -- Only this call's admissions and the reservations still ahead
     -- (instants are whole microseconds).
     redis.call('ZREMRANGEBYSCORE', q, '-inf', now - 1)
+    local floors = pending_floors[i]
+    if #floors > 0 then
+      -- A floor a span past tells nothing more than its entry's score.
+      local f = KEYS[4 * i]
+      redis.call('ZREMRANGEBYSCORE', f, '-inf', now - spans[i])
+      redis.call('ZADD', f, unpack(floors))
+      if redis.call('PTTL', f) < expiry then
+        redis.call('PEXPIRE', f, expiry)
+      end
+    end
     expire(z, had_log[i])
     expire(q, had_queue[i])
     if weighted[i] then

@@ -1,13 +1,13 @@
 -- Removes a reservation whose request was dropped before its slot (or
 -- whose call timed out, or whose batch came back after it was dropped).
--- KEYS: log, costs and queue of each quota, as in exact_acquire.lua.
+-- KEYS: log, costs, queue and floors of each quota, as in exact_acquire.lua.
 -- ARGV: id. Returns how many logs held it.
-if #KEYS % 3 ~= 0 or not ARGV[1] then
-  return redis.error_reply('ERR exact_cancel: expected 3 keys per quota and an id')
+if #KEYS % 4 ~= 0 or not ARGV[1] then
+  return redis.error_reply('ERR exact_cancel: expected 4 keys per quota and an id')
 end
 local removed = 0
-for i = 1, #KEYS / 3 do
-  local z, h, q = KEYS[3 * i - 2], KEYS[3 * i - 1], KEYS[3 * i]
+for i = 1, #KEYS / 4 do
+  local z, h, q, f = KEYS[4 * i - 3], KEYS[4 * i - 2], KEYS[4 * i - 1], KEYS[4 * i]
   if redis.call('ZREM', z, ARGV[1]) == 1 then
     -- Without a costs hash, every entry costs 1 and the sum is the log's
     -- size: nothing more to update.
@@ -18,7 +18,9 @@ for i = 1, #KEYS / 3 do
     end
     removed = removed + 1
   end
-  -- The key's latest admission instant falls back to the one before.
+  -- The key's latest admission instant falls back to the one before, and
+  -- its latest floor too.
   redis.call('ZREM', q, ARGV[1])
+  redis.call('ZREM', f, ARGV[1])
 end
 return removed
