@@ -190,6 +190,105 @@ async fn reservations_made_before_the_answers_move_up_to_a_window_after_them() {
     assert!(third.waited() < third_at, "{:?}", third.waited());
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_reservation_with_a_cost_moves_up_too() {
+    let Some(server) = support::shared() else {
+        return;
+    };
+    let store = store(server).await;
+    let layer = SlidingWindowLayer::with_quotas([Quota::new(4, WINDOW).unwrap()])
+        .unwrap()
+        .safety_margin(Duration::ZERO)
+        .unwrap()
+        .sent_within(SENT_WITHIN)
+        .unwrap();
+    let limits = layer.limits();
+    let quota = limits.quotas()[0];
+    let key = Key::from("moving-up-costs");
+    let started = Instant::now();
+    // Three units now; two more need the three to leave: reserved a window
+    // after their bound (1.5 s) while they are unanswered.
+    let first = store.acquire(key.clone(), 3, limits).await.unwrap();
+    let second = tokio::spawn({
+        let (store, key, limits) = (store.clone(), key.clone(), limits.clone());
+        async move {
+            store.acquire(key, 2, &limits).await.unwrap();
+            started.elapsed()
+        }
+    });
+    wait_for_entries(server, &store.redis_keys(&key, &quota)[0], 2).await;
+    tokio::time::sleep_until(started + Duration::from_millis(100)).await;
+    let bound = score(server, &store, &first, &quota).unwrap();
+    store.complete(&first, Completion::Answered, limits);
+    wait_for_lower_score(server, &store, &first, &quota, bound).await;
+    let second = second.await.unwrap();
+    println!("moved up with costs: second after {second:?}");
+    assert_near(second, Duration::from_millis(1_100), "second");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_reservation_behind_a_large_log_moves_up_too() {
+    let Some(server) = support::shared() else {
+        return;
+    };
+    let store = store(server).await;
+    // More entries than the script sweeps: it decides the move as a new
+    // request, without the reservations behind.
+    const MAX: u64 = 1_100;
+    let layer = SlidingWindowLayer::with_quotas([Quota::new(MAX, WINDOW).unwrap()])
+        .unwrap()
+        .safety_margin(Duration::ZERO)
+        .unwrap()
+        .sent_within(SENT_WITHIN)
+        .unwrap();
+    let limits = layer.limits();
+    let quota = limits.quotas()[0];
+    let key = Key::from("moving-up-large");
+    let started = Instant::now();
+    let admitted: Vec<Admission> =
+        join_all((0..MAX).map(|_| store.acquire(key.clone(), 1, limits))).await;
+    // Two reserved behind them: each goes a window after the answers.
+    let reserve = || {
+        let (store, key, limits) = (store.clone(), key.clone(), limits.clone());
+        tokio::spawn(async move {
+            store.acquire(key, 1, &limits).await.unwrap();
+            started.elapsed()
+        })
+    };
+    let (second, third) = (reserve(), reserve());
+    let log = &store.redis_keys(&key, &quota)[0];
+    wait_for_entries(server, log, MAX as usize + 2).await;
+    tokio::time::sleep_until(started + Duration::from_millis(100)).await;
+    let last = admitted.last().unwrap();
+    let bound = score(server, &store, last, &quota).unwrap();
+    for admission in &admitted {
+        store.complete(admission, Completion::Answered, limits);
+    }
+    wait_for_lower_score(server, &store, last, &quota, bound).await;
+    let (second, third) = (second.await.unwrap(), third.await.unwrap());
+    println!("moved up behind a large log: {second:?}, {third:?}");
+    let answered = Duration::from_millis(100) + WINDOW;
+    assert!(
+        second < WINDOW + SENT_WITHIN - LATE && third < WINDOW + SENT_WITHIN - LATE,
+        "{second:?}, {third:?}: expected about {answered:?}"
+    );
+}
+
+/// Awaits every future, concurrently; their outputs in order.
+async fn join_all<F, T, E>(futures: impl Iterator<Item = F>) -> Vec<T>
+where
+    F: std::future::Future<Output = Result<T, E>> + Send + 'static,
+    T: Send + 'static,
+    E: std::fmt::Debug + Send + 'static,
+{
+    let tasks: Vec<_> = futures.map(tokio::spawn).collect();
+    let mut outputs = Vec::with_capacity(tasks.len());
+    for task in tasks {
+        outputs.push(task.await.unwrap().unwrap());
+    }
+    outputs
+}
+
 /// Waits until `log` holds `count` entries.
 async fn wait_for_entries(server: &support::RedisServer, log: &str, count: usize) {
     for _ in 0..200 {

@@ -75,25 +75,29 @@
 -- reservation also gets a floor: the instant its slot would free had
 -- every admission it waits for been answered at once (an answered entry
 -- leaves at its score, an unanswered one at the earliest now, a pending
--- reservation at the earliest its own floor). Its caller asks again at
--- the floor with kind 2: the reservation leaves the log and the queue and
--- is decided again from now as a new request would be, except that it is
--- not placed behind the latest reservation and, in logs where every entry
--- costs 1, does not count the reservations that start only after it would
--- end. It takes the new instant when that is earlier, else keeps its own.
--- Exactness: every check counts, at its instant, the entries then
--- recorded that have not left by then and may start before the new one
--- ends; entries only ever leave earlier, and start earlier only through a
--- check of their own. At any instant, of the entries holding a slot take
--- the one checked last: every other one was recorded by then, leaves after
--- that instant (so after the check's) and starts no later (so before the
--- checked entry ends), hence was counted. Order: a reservation moving up
--- may pass one made before it that waits for answers still to come or for
--- more units; the one passed keeps its instant. The floor follows the
--- entry that holds the slot in the order of the scores, which is not
--- always the earliest floor: it is a hint, never a bound exactness rests
--- on. A reservation that is gone (dropped, or its instant passed) gets
--- status 5 and nothing changes.
+-- reservation at the earliest its own floor), and no earlier than the
+-- floors of the key's reservations before it, so they ask in order. Its
+-- caller asks again at the floor with kind 2: the reservation leaves the
+-- log and the queue, and takes the earliest instant from now on at which
+-- every quota has room for it through its whole hold, each other entry
+-- counted from its start (its reserved instant, or now) to its score and
+-- span: a sweep over the log, of at most SWEEP_MAX entries. In a larger
+-- log where every entry costs 1 it is decided as a new request would be,
+-- without counting the reservations that start only after it would end;
+-- otherwise it keeps its instant. It is never placed behind the latest
+-- reservation, and keeps its own instant when nothing earlier is found.
+-- Exactness: every check covers the entries then recorded that may hold
+-- a slot while the new one does, over the new one's hold; entries only
+-- ever leave earlier, and start earlier only through a check of their
+-- own. At any instant, of the entries holding a slot take the one checked
+-- last: every other one was recorded by then, leaves after that instant
+-- and starts no later, so that check counted it. Order: a reservation
+-- moving up may pass one made before it that waits for answers still to
+-- come or for more units; the one passed keeps its instant. The floor
+-- follows the entry that holds the slot in the order of the scores, which
+-- is not always the earliest floor: it is a hint, never a bound exactness
+-- rests on. A reservation that is gone (dropped, or its instant passed)
+-- gets status 5 and nothing changes.
 --
 -- Units, costs and max_calls are at most MAX_UNITS (the client saturates
 -- them); a log whose sum would pass 2^62 refuses the admission as a full
@@ -366,13 +370,14 @@ end
 
 -- The earliest instant the entry `id` of quota i, with `score`, could
 -- leave the log: an answered entry (or one past its bound) at its score,
--- a pending reservation at the earliest its floor, an unanswered
--- admission at the earliest now.
+-- a pending reservation at the earliest its floor (recorded by this call
+-- or an earlier one), an unanswered admission at the earliest now.
+local call_floors = {}
 local function floor_of(i, score, id)
   if score <= now + extra then
     return score
   end
-  local floor = tonumber(redis.call('ZSCORE', KEYS[4 * i], id))
+  local floor = call_floors[id] or tonumber(redis.call('ZSCORE', KEYS[4 * i], id))
   if not floor then
     floor = score - hold
   end
@@ -444,6 +449,96 @@ local function place(u, keep, jump, at, excluded, floored)
   return at, floor_at, blocked, limiting
 end
 
+-- Moving up, in a log of at most SWEEP_MAX entries: the earliest instant
+-- from `from` on at which quota i has room for `need` units through the
+-- whole of `length` (the hold and span of an entry starting then),
+-- counting each entry only from its start (its reserved instant, or now)
+-- to its score and span. The load is swept once over the entries' starts
+-- and ends, in order. Nil when the log is larger.
+local SWEEP_MAX = 1000
+local function sweep(i, need, from, length)
+  local z, h, q = KEYS[4 * i - 3], KEYS[4 * i - 2], KEYS[4 * i - 1]
+  flush(i)
+  local entries = redis.call('ZRANGE', z, 0, SWEEP_MAX, 'WITHSCORES')
+  if #entries > 2 * SWEEP_MAX then
+    return nil
+  end
+  local starts = {}
+  local ahead_of = redis.call('ZRANGEBYSCORE', q, now + 1, '+inf', 'WITHSCORES')
+  for j = 1, #ahead_of, 2 do
+    starts[ahead_of[j]] = tonumber(ahead_of[j + 1])
+  end
+  local costs = {}
+  if weighted[i] and #entries > 0 then
+    local ids_of = {}
+    for j = 1, #entries, 2 do
+      ids_of[#ids_of + 1] = entries[j]
+    end
+    for first = 1, #ids_of, 1000 do
+      local chunk = { unpack(ids_of, first, math.min(first + 999, #ids_of)) }
+      local units = redis.call('HMGET', h, unpack(chunk))
+      for j = 1, #chunk do
+        costs[chunk[j]] = tonumber(units[j]) or 1
+      end
+    end
+  end
+  -- Events: {instant, change}; ends sort before starts at one instant (an
+  -- entry no longer holds its slot at its end).
+  local events = {}
+  for j = 1, #entries, 2 do
+    local id, ends = entries[j], tonumber(entries[j + 1]) + spans[i]
+    if ends > from then
+      local units = costs[id] or 1
+      events[#events + 1] = { math.max(starts[id] or now, from), units }
+      events[#events + 1] = { ends, -units }
+    end
+  end
+  table.sort(events, function(a, b)
+    if a[1] ~= b[1] then
+      return a[1] < b[1]
+    end
+    return a[2] < b[2]
+  end)
+  -- Segments: from times[j] on, the load is loads[j]; after the last one,
+  -- nothing.
+  local times, loads, load = {}, {}, 0
+  for j = 1, #events do
+    load = load + events[j][2]
+    if times[#times] == events[j][1] then
+      loads[#loads] = load
+    else
+      times[#times + 1], loads[#loads + 1] = events[j][1], load
+    end
+  end
+  local cap = maxes[i] - need
+  if cap < 0 then
+    return nil
+  end
+  local at, j = from, 1
+  while true do
+    -- The first segment still running at `at`.
+    while times[j + 1] and times[j + 1] <= at do
+      j = j + 1
+    end
+    local bad
+    local m = j
+    while times[m] and times[m] < at + length do
+      if loads[m] > cap and (times[m + 1] == nil or times[m + 1] > at) then
+        bad = m
+        break
+      end
+      m = m + 1
+    end
+    if not bad then
+      return at
+    end
+    if not times[bad + 1] then
+      return nil
+    end
+    at, j = times[bad + 1], bad + 1
+  end
+end
+
 local out = {}
 local recorded = false
 -- The longest any entry recorded here must be kept, in ms.
@@ -506,15 +601,44 @@ for m = 1, k do
     end
   end
   if old_at then
-    -- Moving up: the reservations that start after this one would end
-    -- need not be counted (see "Moving up"). Which ones depends on the
-    -- instant found, so instants are guessed from now on, each guess
-    -- counting fewer of them, until the instant found is no later than
-    -- the guess. Only in logs where every entry costs 1: there the
-    -- uncounted ones, whose scores are past the guess, are the last to
-    -- leave, so the holder is found by rank.
-    local guess, found = now, false
+    -- Moving up (see "Moving up"): the earliest instant every quota has
+    -- room for it through its whole hold, each entry counted from its
+    -- start only.
+    local t, found, large = now, false, false
     for _ = 1, 4 do
+      local settled = true
+      for i = 1, n do
+        if u[i] > 0 then
+          local free = sweep(i, u[i] + keep[i], t, hold + spans[i])
+          if not free then
+            settled, large = false, true
+            break
+          end
+          if free > t then
+            t, settled = free, false
+          end
+        end
+      end
+      if large or t >= old_at then
+        break
+      end
+      if settled then
+        at, floor_at, found = t, t, true
+        break
+      end
+    end
+    -- A larger log: the reservations that start after this one would end
+    -- need not be counted. Which ones depends on the instant found, so
+    -- instants are guessed from now on, each guess counting fewer of
+    -- them, until the instant found is no later than the guess. Only in
+    -- logs where every entry costs 1: there the uncounted ones, whose
+    -- scores are past the guess, are the last to leave, so the holder is
+    -- found by rank.
+    local guess = now
+    for _ = 1, 4 do
+      if not large then
+        break
+      end
       local excluded = {}
       for i = 1, n do
         if u[i] > 0 and not weighted[i] then
@@ -600,6 +724,7 @@ for m = 1, k do
           if floored then
             local floors = pending_floors[i]
             floors[#floors + 1], floors[#floors + 2] = floor_at, id
+            call_floors[id] = floor_at
           end
         else
           latest_now[i] = id
