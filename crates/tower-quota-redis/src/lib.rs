@@ -55,7 +55,7 @@
 //!   answers are back, the reservation takes the slot a window after them.
 //!   Under saturation, without this every slot would be reused
 //!   `sent_within` late, up to a tenth of the quota lost; four processes
-//!   sharing one quota now use 0.996 of it (quota-bench's scenarios). The
+//!   sharing one quota now use 0.995–0.996 of it (quota-bench's scenarios). The
 //!   check at the new instant is exact by the same argument as any
 //!   admission (see `exact_acquire.lua`).
 //! - **Strict mode.** With
