@@ -37,7 +37,12 @@ async fn store(server: &support::RedisServer) -> RedisStore {
 
 /// One request per second, no margin, the given `sent_within`.
 fn layer(sent_within: Duration) -> SlidingWindowLayer {
-    SlidingWindowLayer::with_quotas([Quota::new(1, WINDOW).unwrap()])
+    layer_of(1, sent_within)
+}
+
+/// `max_calls` per second, no margin, the given `sent_within`.
+fn layer_of(max_calls: u64, sent_within: Duration) -> SlidingWindowLayer {
+    SlidingWindowLayer::with_quotas([Quota::new(max_calls, WINDOW).unwrap()])
         .unwrap()
         .safety_margin(Duration::ZERO)
         .unwrap()
@@ -78,6 +83,20 @@ async fn wait_for_lower_score(
         tokio::time::sleep(Duration::from_millis(5)).await;
     }
     panic!("the answer never lowered the score of {}", admission.id());
+}
+
+/// Reports `admission` answered now, as the layer does, and waits until
+/// Redis has lowered its score.
+async fn answer(
+    server: &support::RedisServer,
+    store: &RedisStore,
+    admission: &Admission,
+    limits: &Limits,
+) {
+    let quota = limits.quotas()[0];
+    let bound = score(server, store, admission, &quota).expect("recorded");
+    store.complete(admission, Completion::Answered, limits);
+    wait_for_lower_score(server, store, admission, &quota, bound).await;
 }
 
 /// Admits one request on `key`, ends it after 100 ms as `ending` says
@@ -163,18 +182,14 @@ async fn reservations_made_before_the_answers_move_up_to_a_window_after_them() {
     };
     let second = reserve();
     let log = &store.redis_keys(&key, &quota)[0];
-    wait_for_entries(server, log, 2).await;
+    server.wait_for_members(log, 2).await;
     let third = reserve();
-    wait_for_entries(server, log, 3).await;
+    server.wait_for_members(log, 3).await;
     // The first is answered at 100 ms, the second as soon as it is admitted.
     tokio::time::sleep_until(started + Duration::from_millis(100)).await;
-    let bound = score(server, &store, &first, &quota).unwrap();
-    store.complete(&first, Completion::Answered, limits);
-    wait_for_lower_score(server, &store, &first, &quota, bound).await;
+    answer(server, &store, &first, limits).await;
     let (second, second_at) = second.await.unwrap();
-    let bound = score(server, &store, &second, &quota).unwrap();
-    store.complete(&second, Completion::Answered, limits);
-    wait_for_lower_score(server, &store, &second, &quota, bound).await;
+    answer(server, &store, &second, limits).await;
     let (third, third_at) = third.await.unwrap();
     println!("moved up: second after {second_at:?}, third after {third_at:?}");
     // Each goes a window after the answer it waited for, not a window
@@ -196,12 +211,7 @@ async fn a_reservation_with_a_cost_moves_up_too() {
         return;
     };
     let store = store(server).await;
-    let layer = SlidingWindowLayer::with_quotas([Quota::new(4, WINDOW).unwrap()])
-        .unwrap()
-        .safety_margin(Duration::ZERO)
-        .unwrap()
-        .sent_within(SENT_WITHIN)
-        .unwrap();
+    let layer = layer_of(4, SENT_WITHIN);
     let limits = layer.limits();
     let quota = limits.quotas()[0];
     let key = Key::from("moving-up-costs");
@@ -216,11 +226,11 @@ async fn a_reservation_with_a_cost_moves_up_too() {
             started.elapsed()
         }
     });
-    wait_for_entries(server, &store.redis_keys(&key, &quota)[0], 2).await;
+    server
+        .wait_for_members(&store.redis_keys(&key, &quota)[0], 2)
+        .await;
     tokio::time::sleep_until(started + Duration::from_millis(100)).await;
-    let bound = score(server, &store, &first, &quota).unwrap();
-    store.complete(&first, Completion::Answered, limits);
-    wait_for_lower_score(server, &store, &first, &quota, bound).await;
+    answer(server, &store, &first, limits).await;
     let second = second.await.unwrap();
     println!("moved up with costs: second after {second:?}");
     assert_near(second, Duration::from_millis(1_100), "second");
@@ -235,12 +245,7 @@ async fn a_reservation_behind_a_large_log_moves_up_too() {
     // More entries than the script sweeps: it decides the move as a new
     // request, without the reservations behind.
     const MAX: u64 = 1_100;
-    let layer = SlidingWindowLayer::with_quotas([Quota::new(MAX, WINDOW).unwrap()])
-        .unwrap()
-        .safety_margin(Duration::ZERO)
-        .unwrap()
-        .sent_within(SENT_WITHIN)
-        .unwrap();
+    let layer = layer_of(MAX, SENT_WITHIN);
     let limits = layer.limits();
     let quota = limits.quotas()[0];
     let key = Key::from("moving-up-large");
@@ -257,14 +262,13 @@ async fn a_reservation_behind_a_large_log_moves_up_too() {
     };
     let (second, third) = (reserve(), reserve());
     let log = &store.redis_keys(&key, &quota)[0];
-    wait_for_entries(server, log, MAX as usize + 2).await;
+    server.wait_for_members(log, MAX as usize + 2).await;
     tokio::time::sleep_until(started + Duration::from_millis(100)).await;
-    let last = admitted.last().unwrap();
-    let bound = score(server, &store, last, &quota).unwrap();
-    for admission in &admitted {
+    let (last, others) = admitted.split_last().unwrap();
+    for admission in others {
         store.complete(admission, Completion::Answered, limits);
     }
-    wait_for_lower_score(server, &store, last, &quota, bound).await;
+    answer(server, &store, last, limits).await;
     let (second, third) = (second.await.unwrap(), third.await.unwrap());
     println!("moved up behind a large log: {second:?}, {third:?}");
     let answered = Duration::from_millis(100) + WINDOW;
@@ -287,18 +291,6 @@ where
         outputs.push(task.await.unwrap().unwrap());
     }
     outputs
-}
-
-/// Waits until `log` holds `count` entries.
-async fn wait_for_entries(server: &support::RedisServer, log: &str, count: usize) {
-    for _ in 0..200 {
-        let entries: usize = server.connection().zcard(log).unwrap();
-        if entries == count {
-            return;
-        }
-        tokio::time::sleep(Duration::from_millis(2)).await;
-    }
-    panic!("log {log} never held {count} entries");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -86,19 +86,6 @@ async fn start_in_order(
     acquires
 }
 
-/// Waits until `log` holds `count` entries.
-async fn wait_for_entries(server: &support::RedisServer, log: &str, count: usize) {
-    let mut connection = server.connection();
-    for _ in 0..500 {
-        let entries: usize = connection.zcard(log).unwrap();
-        if entries == count {
-            return;
-        }
-        tokio::time::sleep(Duration::from_millis(2)).await;
-    }
-    panic!("log {log} never held {count} entries");
-}
-
 /// The log's entries: id -> score (µs).
 fn log_scores(server: &support::RedisServer, log: &str) -> HashMap<u64, u64> {
     let entries: Vec<(String, f64)> = server.connection().zrange_withscores(log, 0, -1).unwrap();
@@ -138,7 +125,7 @@ async fn requests_arriving_during_a_call_share_the_next_call_in_order_and_exactl
         // Counted once every request is recorded: later, a reservation may
         // ask again to move up (a window later at the earliest).
         let log = &store.redis_keys(&key, &quota)[0];
-        wait_for_entries(&server, log, costs.len()).await;
+        server.wait_for_members(log, costs.len()).await;
         let calls = evalsha_calls(&server);
         // The instants as decided: later calls prune what has left.
         let scores = log_scores(&server, log);

@@ -70,18 +70,6 @@ fn max_in_any_window(entries: &[(u64, u64)], span: Duration) -> u64 {
         .unwrap_or(0)
 }
 
-async fn wait_for_zcard(server: &support::RedisServer, key: &str, count: usize) {
-    let mut connection = server.connection();
-    for _ in 0..500 {
-        let card: usize = connection.zcard(key).unwrap();
-        if card == count {
-            return;
-        }
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
-    panic!("log {key} never held {count} entries");
-}
-
 fn spawn_acquire(
     store: &RedisStore,
     key: &Key,
@@ -116,7 +104,7 @@ async fn three_connections_never_put_more_than_max_calls_in_any_window() {
     let tasks: Vec<_> = (0..18)
         .map(|i| spawn_acquire(&stores[i % 3], &key, 1, layer.limits()))
         .collect();
-    wait_for_zcard(server, &log[0], 18).await;
+    server.wait_for_members(&log[0], 18).await;
     let entries = read_log(server, &log);
     assert_eq!(max_in_any_window(&entries, quota.window()), 5);
     // Unanswered, an admission holds its slot until a window after its
@@ -139,13 +127,13 @@ async fn three_connections_never_put_more_than_max_calls_in_any_window() {
     for task in &tasks {
         task.abort();
     }
-    wait_for_zcard(server, &log[0], 5).await;
+    server.wait_for_members(&log[0], 5).await;
     // And the instants they reserved: the next request takes the first slot
     // the five admissions free (2.1 s from now at most), not one after the
     // dropped reservations (over 6 s).
     let bounded = layer.clone().max_wait(Duration::from_millis(2_300));
     let next = spawn_acquire(&stores[1], &key, 1, bounded.limits());
-    wait_for_zcard(server, &log[0], 6).await;
+    server.wait_for_members(&log[0], 6).await;
     assert!(!next.is_finished(), "reserved, not refused");
     next.abort();
 }
@@ -168,7 +156,7 @@ async fn two_quotas_with_costs_are_both_respected_in_arrival_order() {
     for (i, cost) in costs.iter().enumerate() {
         tasks.push(spawn_acquire(&store, &key, *cost, layer.limits()));
         // One at a time, so arrival order is known.
-        wait_for_zcard(server, &request_log[0], i + 1).await;
+        server.wait_for_members(&request_log[0], i + 1).await;
     }
     let request_entries = read_log(server, &request_log);
     let token_entries = read_log(server, &token_log);
@@ -255,9 +243,9 @@ async fn max_queue_refuses_past_the_reserved_requests() {
     store.acquire(key.clone(), 1, layer.limits()).await.unwrap();
     let log = store.redis_keys(&key, &quota);
     let first = spawn_acquire(&store, &key, 1, layer.limits());
-    wait_for_zcard(server, &log[0], 2).await;
+    server.wait_for_members(&log[0], 2).await;
     let second = spawn_acquire(&store, &key, 1, layer.limits());
-    wait_for_zcard(server, &log[0], 3).await;
+    server.wait_for_members(&log[0], 3).await;
     let error = store
         .acquire(key.clone(), 1, layer.limits())
         .await

@@ -453,20 +453,20 @@ end
 -- from `from` on at which quota i has room for `need` units through the
 -- whole of `length` (the hold and span of an entry starting then),
 -- counting each entry only from its start (its reserved instant, or now)
--- to its score and span. The load is swept once over the entries' starts
--- and ends, in order. Nil when the log is larger.
+-- to its score and span. The log gives the ends in order and the queue
+-- the starts, so the load is swept in one merge. Nil when the log is
+-- larger.
 local SWEEP_MAX = 1000
 local function sweep(i, need, from, length)
+  local cap = maxes[i] - need
+  if cap < 0 then
+    return nil
+  end
   local z, h, q = KEYS[4 * i - 3], KEYS[4 * i - 2], KEYS[4 * i - 1]
   flush(i)
   local entries = redis.call('ZRANGE', z, 0, SWEEP_MAX, 'WITHSCORES')
   if #entries > 2 * SWEEP_MAX then
     return nil
-  end
-  local starts = {}
-  local ahead_of = redis.call('ZRANGEBYSCORE', q, now + 1, '+inf', 'WITHSCORES')
-  for j = 1, #ahead_of, 2 do
-    starts[ahead_of[j]] = tonumber(ahead_of[j + 1])
   end
   local costs = {}
   if weighted[i] and #entries > 0 then
@@ -482,41 +482,47 @@ local function sweep(i, need, from, length)
       end
     end
   end
-  -- Events: {instant, change}; ends sort before starts at one instant (an
-  -- entry no longer holds its slot at its end).
-  local events = {}
+  -- The ends, in order, of the entries still held at `from`, and the load
+  -- then: all of them but the reservations that start later.
+  local held, ends, end_units, load = {}, {}, {}, 0
   for j = 1, #entries, 2 do
-    local id, ends = entries[j], tonumber(entries[j + 1]) + spans[i]
-    if ends > from then
+    local id, ends_at = entries[j], tonumber(entries[j + 1]) + spans[i]
+    if ends_at > from then
       local units = costs[id] or 1
-      events[#events + 1] = { math.max(starts[id] or now, from), units }
-      events[#events + 1] = { ends, -units }
+      held[id] = units
+      ends[#ends + 1], end_units[#end_units + 1] = ends_at, units
+      load = load + units
     end
   end
-  table.sort(events, function(a, b)
-    if a[1] ~= b[1] then
-      return a[1] < b[1]
+  local starts, start_units = {}, {}
+  local later = redis.call('ZRANGEBYSCORE', q, from + 1, '+inf', 'WITHSCORES')
+  for j = 1, #later, 2 do
+    local units = held[later[j]]
+    if units then
+      starts[#starts + 1], start_units[#start_units + 1] = tonumber(later[j + 1]), units
+      load = load - units
     end
-    return a[2] < b[2]
-  end)
-  -- Segments: from times[j] on, the load is loads[j]; after the last one,
-  -- nothing.
-  local times, loads, load = {}, {}, 0
-  for j = 1, #events do
-    load = load + events[j][2]
-    if times[#times] == events[j][1] then
+  end
+  -- Segments: from times[j] on, the load is loads[j]. At one instant, ends
+  -- come before starts (an entry no longer holds its slot at its end).
+  local times, loads = { from }, { load }
+  local a, b = 1, 1
+  while a <= #ends or b <= #starts do
+    local at
+    if b > #starts or (a <= #ends and ends[a] <= starts[b]) then
+      at, load, a = ends[a], load - end_units[a], a + 1
+    else
+      at, load, b = starts[b], load + start_units[b], b + 1
+    end
+    if times[#times] == at then
       loads[#loads] = load
     else
-      times[#times + 1], loads[#loads + 1] = events[j][1], load
+      times[#times + 1], loads[#loads + 1] = at, load
     end
   end
-  local cap = maxes[i] - need
-  if cap < 0 then
-    return nil
-  end
+  -- The first instant with no segment over `cap` within `length` after it.
   local at, j = from, 1
   while true do
-    -- The first segment still running at `at`.
     while times[j + 1] and times[j + 1] <= at do
       j = j + 1
     end

@@ -221,6 +221,23 @@ impl RedisServer {
             .and_then(|client| client.get_connection())
             .expect("a connection to the test redis-server")
     }
+
+    /// Waits (on tokio's clock, five seconds at most) until the sorted set
+    /// `key` holds `count` members: what a store's calls have recorded.
+    pub async fn wait_for_members(&self, key: &str, count: usize) {
+        let mut connection = self.connection();
+        for _ in 0..2_500 {
+            let members: usize = redis::cmd("ZCARD")
+                .arg(key)
+                .query(&mut connection)
+                .expect("ZCARD");
+            if members == count {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(2)).await;
+        }
+        panic!("{key} never held {count} members");
+    }
 }
 
 impl Drop for RedisServer {
