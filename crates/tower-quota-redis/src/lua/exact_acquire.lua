@@ -449,101 +449,10 @@ local function place(u, keep, jump, at, excluded, floored)
   return at, floor_at, blocked, limiting
 end
 
--- Moving up, in a log of at most SWEEP_MAX entries: the earliest instant
--- from `from` on at which quota i has room for `need` units through the
--- whole of `length` (the hold and span of an entry starting then),
--- counting each entry only from its start (its reserved instant, or now)
--- to its score and span. The log gives the ends in order and the queue
--- the starts, so the load is swept in one merge. Nil when the log is
--- larger.
+-- No units left out of any log.
+local NOTHING = {}
+-- The most entries a move up sweeps.
 local SWEEP_MAX = 1000
-local function sweep(i, need, from, length)
-  local cap = maxes[i] - need
-  if cap < 0 then
-    return nil
-  end
-  local z, h, q = KEYS[4 * i - 3], KEYS[4 * i - 2], KEYS[4 * i - 1]
-  flush(i)
-  local entries = redis.call('ZRANGE', z, 0, SWEEP_MAX, 'WITHSCORES')
-  if #entries > 2 * SWEEP_MAX then
-    return nil
-  end
-  local costs = {}
-  if weighted[i] and #entries > 0 then
-    local ids_of = {}
-    for j = 1, #entries, 2 do
-      ids_of[#ids_of + 1] = entries[j]
-    end
-    for first = 1, #ids_of, 1000 do
-      local chunk = { unpack(ids_of, first, math.min(first + 999, #ids_of)) }
-      local units = redis.call('HMGET', h, unpack(chunk))
-      for j = 1, #chunk do
-        costs[chunk[j]] = tonumber(units[j]) or 1
-      end
-    end
-  end
-  -- The ends, in order, of the entries still held at `from`, and the load
-  -- then: all of them but the reservations that start later.
-  local held, ends, end_units, load = {}, {}, {}, 0
-  for j = 1, #entries, 2 do
-    local id, ends_at = entries[j], tonumber(entries[j + 1]) + spans[i]
-    if ends_at > from then
-      local units = costs[id] or 1
-      held[id] = units
-      ends[#ends + 1], end_units[#end_units + 1] = ends_at, units
-      load = load + units
-    end
-  end
-  local starts, start_units = {}, {}
-  local later = redis.call('ZRANGEBYSCORE', q, from + 1, '+inf', 'WITHSCORES')
-  for j = 1, #later, 2 do
-    local units = held[later[j]]
-    if units then
-      starts[#starts + 1], start_units[#start_units + 1] = tonumber(later[j + 1]), units
-      load = load - units
-    end
-  end
-  -- Segments: from times[j] on, the load is loads[j]. At one instant, ends
-  -- come before starts (an entry no longer holds its slot at its end).
-  local times, loads = { from }, { load }
-  local a, b = 1, 1
-  while a <= #ends or b <= #starts do
-    local at
-    if b > #starts or (a <= #ends and ends[a] <= starts[b]) then
-      at, load, a = ends[a], load - end_units[a], a + 1
-    else
-      at, load, b = starts[b], load + start_units[b], b + 1
-    end
-    if times[#times] == at then
-      loads[#loads] = load
-    else
-      times[#times + 1], loads[#loads + 1] = at, load
-    end
-  end
-  -- The first instant with no segment over `cap` within `length` after it.
-  local at, j = from, 1
-  while true do
-    while times[j + 1] and times[j + 1] <= at do
-      j = j + 1
-    end
-    local bad
-    local m = j
-    while times[m] and times[m] < at + length do
-      if loads[m] > cap and (times[m + 1] == nil or times[m + 1] > at) then
-        bad = m
-        break
-      end
-      m = m + 1
-    end
-    if not bad then
-      return at
-    end
-    if not times[bad + 1] then
-      return nil
-    end
-    at, j = times[bad + 1], bad + 1
-  end
-end
 
 local out = {}
 local recorded = false
@@ -607,6 +516,101 @@ for m = 1, k do
     end
   end
   if old_at then
+    -- Moving up, in a log of at most SWEEP_MAX entries: the earliest instant
+    -- from `from` on at which quota i has room for `need` units through the
+    -- whole of `length` (the hold and span of an entry starting then),
+    -- counting each entry only from its start (its reserved instant, or now)
+    -- to its score and span. The log gives the ends in order and the queue
+    -- the starts, so the load is swept in one merge. Nil when the log is
+    -- larger. Made only by a call that moves a reservation up.
+    local function sweep(i, need, from, length)
+      local cap = maxes[i] - need
+      if cap < 0 then
+        return nil
+      end
+      local z, h, q = KEYS[4 * i - 3], KEYS[4 * i - 2], KEYS[4 * i - 1]
+      flush(i)
+      local entries = redis.call('ZRANGE', z, 0, SWEEP_MAX, 'WITHSCORES')
+      if #entries > 2 * SWEEP_MAX then
+        return nil
+      end
+      local costs = {}
+      if weighted[i] and #entries > 0 then
+        local ids_of = {}
+        for j = 1, #entries, 2 do
+          ids_of[#ids_of + 1] = entries[j]
+        end
+        for first = 1, #ids_of, 1000 do
+          local chunk = { unpack(ids_of, first, math.min(first + 999, #ids_of)) }
+          local units = redis.call('HMGET', h, unpack(chunk))
+          for j = 1, #chunk do
+            costs[chunk[j]] = tonumber(units[j]) or 1
+          end
+        end
+      end
+      -- The ends, in order, of the entries still held at `from`, and the load
+      -- then: all of them but the reservations that start later.
+      local held, ends, end_units, load = {}, {}, {}, 0
+      for j = 1, #entries, 2 do
+        local id, ends_at = entries[j], tonumber(entries[j + 1]) + spans[i]
+        if ends_at > from then
+          local units = costs[id] or 1
+          held[id] = units
+          ends[#ends + 1], end_units[#end_units + 1] = ends_at, units
+          load = load + units
+        end
+      end
+      local starts, start_units = {}, {}
+      local later = redis.call('ZRANGEBYSCORE', q, from + 1, '+inf', 'WITHSCORES')
+      for j = 1, #later, 2 do
+        local units = held[later[j]]
+        if units then
+          starts[#starts + 1], start_units[#start_units + 1] = tonumber(later[j + 1]), units
+          load = load - units
+        end
+      end
+      -- Segments: from times[j] on, the load is loads[j]. At one instant, ends
+      -- come before starts (an entry no longer holds its slot at its end).
+      local times, loads = { from }, { load }
+      local a, b = 1, 1
+      while a <= #ends or b <= #starts do
+        local at
+        if b > #starts or (a <= #ends and ends[a] <= starts[b]) then
+          at, load, a = ends[a], load - end_units[a], a + 1
+        else
+          at, load, b = starts[b], load + start_units[b], b + 1
+        end
+        if times[#times] == at then
+          loads[#loads] = load
+        else
+          times[#times + 1], loads[#loads + 1] = at, load
+        end
+      end
+      -- The first instant with no segment over `cap` within `length` after it.
+      local at, j = from, 1
+      while true do
+        while times[j + 1] and times[j + 1] <= at do
+          j = j + 1
+        end
+        local bad
+        local m = j
+        while times[m] and times[m] < at + length do
+          if loads[m] > cap and (times[m + 1] == nil or times[m + 1] > at) then
+            bad = m
+            break
+          end
+          m = m + 1
+        end
+        if not bad then
+          return at
+        end
+        if not times[bad + 1] then
+          return nil
+        end
+        at, j = times[bad + 1], bad + 1
+      end
+    end
+
     -- Moving up (see "Moving up"): the earliest instant every quota has
     -- room for it through its whole hold, each entry counted from its
     -- start only.
@@ -666,9 +670,9 @@ for m = 1, k do
       at, floor_at = old_at, old_at
     end
   elseif not (run.move_up or jumped) then
-    at, floor_at, blocked, limiting = place(u, keep, jump, at, {}, floored)
+    at, floor_at, blocked, limiting = place(u, keep, jump, at, NOTHING, floored)
   end
-  if floored and not run.move_up then
+  if floored and not run.move_up and at > now then
     floor_at = math.max(floor_at, latest_floor())
   end
   if not floored or floor_at > at then
