@@ -57,7 +57,10 @@
 //!   `sent_within` late, up to a tenth of the quota lost; four processes
 //!   sharing one quota now use 0.995–0.996 of it (quota-bench's scenarios). The
 //!   check at the new instant is exact by the same argument as any
-//!   admission (see `exact_acquire.lua`).
+//!   admission (see `exact_acquire.lua`). A call to move up that fails may
+//!   still run and move the reservation to a slot the worker does not
+//!   know: the request then fails as the failure policy says, and its
+//!   reservation is removed.
 //! - **Strict mode.** With
 //!   [`strict`](tower_quota::SlidingWindowLayer::strict), an admission is
 //!   held until its answer comes back, with no time bound (the score is a

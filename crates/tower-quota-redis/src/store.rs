@@ -948,7 +948,13 @@ impl Inner {
         let waited = if wait.is_zero() {
             elapsed
         } else {
-            elapsed.saturating_add(self.sleep_until_slot(key, wait, move_up).await)
+            // A failed move up may still have run: the reservation's drop
+            // removes what it records, and the failure policy applies.
+            let slept = self
+                .sleep_until_slot(key, wait, move_up)
+                .await
+                .map_err(Failure::Store)?;
+            elapsed.saturating_add(slept)
         };
         reservation.armed = false;
         Ok(Settled::Admitted(
@@ -957,7 +963,8 @@ impl Inner {
     }
 
     /// Sleeps until a reserved slot `wait` from now, and returns the wait
-    /// it was given in the end. A reservation counted behind unanswered admissions asks
+    /// it was given in the end, or the error of a call to move up (which
+    /// may still run, and move the reservation: its slot is then unknown). A reservation counted behind unanswered admissions asks
     /// again at its floor, the instant its slot would free had they been
     /// answered at once, and takes the earlier instant Redis gives it (see
     /// `exact_acquire.lua`): the slot an early answer frees is not lost
@@ -968,7 +975,7 @@ impl Inner {
         key: &Key,
         wait: Duration,
         move_up: Option<MoveUp<'_>>,
-    ) -> Duration {
+    ) -> Result<Duration, RedisStoreError> {
         let started = tokio::time::Instant::now();
         // The slot is at Redis time `now + wait`; the reply left Redis after
         // `now`, so waking `wait` after receiving it is never early.
@@ -986,21 +993,26 @@ impl Inner {
                     break;
                 }
                 tokio::time::sleep_until(floor).await;
-                // A failed call leaves the reservation as it was.
-                let Ok(reply) = self.call_exact(key, names, &[request]).await else {
-                    break;
-                };
+                let reply = self.call_exact(key, names, &[request]).await?;
                 let received = tokio::time::Instant::now();
-                let &[0, wait_us, _, _, floor_us] = reply.as_slice() else {
-                    break; // gone, or a reply out of contract: keep the slot
+                let &[status, wait_us, _, _, floor_us] = reply.as_slice() else {
+                    return Err(RedisStoreError::unexpected_reply(
+                        key.clone(),
+                        format!("script returned {} values", reply.len()),
+                    ));
                 };
+                if status != 0 {
+                    // Recorded nothing (the reservation is gone, or the key
+                    // busy under other quotas): it keeps its slot.
+                    break;
+                }
                 let micros = |value: i64| Duration::from_micros(u64::try_from(value).unwrap_or(0));
                 slot = slot.min(received + micros(wait_us));
                 floor = received + micros(floor_us);
             }
         }
         tokio::time::sleep_until(slot).await;
-        slot - started
+        Ok(slot - started)
     }
 
     async fn fail(

@@ -200,6 +200,48 @@ async fn redis_slower_than_the_timeout_fails_closed_without_hanging() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_reservation_whose_move_up_times_out_fails_closed_and_leaves_nothing() {
+    let Some(server) = support::RedisServer::start() else {
+        return;
+    };
+    let store = store(&server, FailurePolicy::FailClosed).await;
+    // One per second, sent within 100 ms (the default): a reservation
+    // behind an unanswered admission waits 1.1 s and asks to move up at 1 s.
+    let limiter = layer(1, Duration::from_secs(1));
+    let quota = limiter.limits().quotas()[0];
+    let key = Key::from("moving-up");
+    let started = Instant::now();
+    store
+        .acquire(key.clone(), 1, limiter.limits())
+        .await
+        .unwrap();
+    let reserved = tokio::spawn({
+        let (store, key, limits) = (store.clone(), key.clone(), limiter.limits().clone());
+        async move { store.acquire(key, 1, &limits).await }
+    });
+    let log = &store.redis_keys(&key, &quota)[0];
+    server.wait_for_members(log, 2).await;
+    // Redis stalls over the move up: its call times out, and may still run
+    // once Redis is back, moving the reservation to a slot the worker does
+    // not know. So the request fails as the policy says, at once.
+    tokio::time::sleep_until(started + Duration::from_millis(900)).await;
+    let blocker = block_server(&server, 1.0).await;
+    let error = reserved.await.unwrap().expect_err("refused");
+    let failed_after = started.elapsed();
+    assert!(
+        failed_after < Duration::from_secs(1) + TIMEOUT + SLACK,
+        "{failed_after:?}"
+    );
+    let error = error
+        .downcast_ref::<RedisStoreError>()
+        .expect("typed error");
+    assert_eq!(error.kind(), RedisStoreErrorKind::Timeout);
+    blocker.join().unwrap();
+    // What the late call recorded is removed with the reservation.
+    server.wait_for_members(log, 1).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn redis_slower_than_the_timeout_fails_open_or_falls_back_as_configured() {
     let Some(server) = support::RedisServer::start() else {
         return;
