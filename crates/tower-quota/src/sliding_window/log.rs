@@ -46,6 +46,24 @@ pub(super) struct WindowLog {
     in_window: u128,
 }
 
+/// Makes room for one more entry in `entries`, doubling from one entry up
+/// to `max_calls` (the most entries a log holds, tombstones aside), then
+/// as a `VecDeque` grows: a key with one admission holds room for one
+/// entry, not four.
+fn make_room(entries: &mut VecDeque<Entry>, max_calls: u64) {
+    let len = entries.len();
+    if len < entries.capacity() {
+        return;
+    }
+    let limit = usize::try_from(max_calls).unwrap_or(usize::MAX);
+    let grow = if len < limit {
+        len.clamp(1, limit - len)
+    } else {
+        len.max(1)
+    };
+    entries.reserve_exact(grow);
+}
+
 #[derive(Clone, Copy)]
 struct Entry {
     /// The admission's id, increasing with admission order.
@@ -175,6 +193,7 @@ impl WindowLog {
             return;
         }
         self.in_window += u128::from(cost);
+        make_room(&mut self.pending, self.max_calls);
         self.pending.push_back(Entry {
             id,
             cost,
@@ -223,6 +242,7 @@ impl WindowLog {
             .iter()
             .rposition(|e| e.leaves_before(&moved))
             .map_or(0, |i| i + 1);
+        make_room(&mut self.answered, self.max_calls);
         self.answered.insert(position, moved);
         if self.moved >= COMPACT_AT && self.moved * 2 > self.pending.len() {
             self.pending.retain(|e| !e.moved);
