@@ -301,15 +301,18 @@ async fn keys_carry_the_hash_tag_and_expire_when_idle() {
     for redis_key in &keys {
         assert!(redis_key.contains("{tenant-7}"), "{redis_key}");
     }
-    let (floors, keys) = keys.split_last().unwrap();
-    for redis_key in keys {
+    // The log and its costs; the queue and the floors exist only while
+    // there are reservations.
+    let (held, reservations) = keys.split_at(2);
+    for redis_key in held {
         let ttl: i64 = connection.pttl(redis_key).unwrap();
         // Window (2 s) and sent_within bound (100 ms) plus one second of slack.
         assert!((2_100..=3_100).contains(&ttl), "{redis_key}: pttl {ttl}");
     }
-    // The reservations' floors exist only while there are reservations.
-    let ttl: i64 = connection.pttl(floors).unwrap();
-    assert_eq!(ttl, -2, "{floors}");
+    for redis_key in reservations {
+        let ttl: i64 = connection.pttl(redis_key).unwrap();
+        assert_eq!(ttl, -2, "{redis_key}");
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -512,8 +515,8 @@ async fn keys_are_extended_when_an_entry_would_outlive_them() {
     let mut connection = server.connection();
     let ttls = |connection: &mut redis::Connection| -> Vec<i64> {
         let mut keys = store.redis_keys(&key, &quota);
-        // The floors exist only while there are reservations.
-        keys.truncate(3);
+        // The queue and the floors exist only while there are reservations.
+        keys.truncate(2);
         keys.push(format!(
             "{}:{{extended}}:quotas",
             keys[0].split(':').next().unwrap()

@@ -15,9 +15,9 @@
 --         the sum is the log's size.
 --   queue a sorted set: member = admission id, score = admission instant,
 --         for the admissions reserved at a later instant than the call that
---         made them, and the last admission the latest call made at once
---         (earlier ones are pruned). Its highest score is the key's latest
---         admission instant.
+--         made them, while that instant is to come (past ones are pruned).
+--         Its highest score, or now, is the key's latest admission instant.
+--         It exists only while there are reservations.
 --   floors a sorted set: member = admission id, score = the earliest
 --         instant its reservation could have gone had every admission it
 --         waits for been answered at once (see "Moving up" below).
@@ -248,9 +248,8 @@ end
 -- entries were dropped.
 local sums, weighted, had_log, had_costs, had_queue = {}, {}, {}, {}, {}
 local reserved, pending, queued_adds, written, pruned_late = {}, {}, {}, {}, {}
--- The latest admission recorded now (not reserved), and the costs other
--- than 1 still to write, per quota.
-local latest_now, pending_costs = {}, {}
+-- The costs other than 1 still to write, per quota.
+local pending_costs = {}
 local base = now
 for i = 1, n do
   local z, h, q = KEYS[4 * i - 3], KEYS[4 * i - 2], KEYS[4 * i - 1]
@@ -736,8 +735,6 @@ for m = 1, k do
             floors[#floors + 1], floors[#floors + 2] = floor_at, id
             call_floors[id] = floor_at
           end
-        else
-          latest_now[i] = id
         end
         if wait > 0 and reserved[i] and not run.move_up then
           reserved[i] = reserved[i] + 1
@@ -804,13 +801,15 @@ for i = 1, n do
     end
     flush(i)
     local adds = queued_adds[i]
-    if latest_now[i] then
-      adds[#adds + 1], adds[#adds + 2] = now, latest_now[i]
+    if #adds > 0 then
+      redis.call('ZADD', q, unpack(adds))
     end
-    redis.call('ZADD', q, unpack(adds))
-    -- Only this call's admissions and the reservations still ahead
-    -- (instants are whole microseconds).
-    redis.call('ZREMRANGEBYSCORE', q, '-inf', now - 1)
+    if #adds > 0 or had_queue[i] then
+      -- Only the reservations still ahead (instants are whole
+      -- microseconds).
+      redis.call('ZREMRANGEBYSCORE', q, '-inf', now - 1)
+      expire(q, had_queue[i])
+    end
     local floors = pending_floors[i]
     if #floors > 0 then
       -- A floor a span past tells nothing more than its entry's score.
@@ -822,7 +821,6 @@ for i = 1, n do
       end
     end
     expire(z, had_log[i])
-    expire(q, had_queue[i])
     if weighted[i] then
       expire(h, had_costs[i])
     end
