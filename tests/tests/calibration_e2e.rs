@@ -41,16 +41,28 @@ async fn the_stack_follows_a_smaller_announced_quota_and_its_raise() {
         .iter()
         .filter(|arrival| arrival.at > answered && arrival.status == 429)
         .count();
-    let accepted_in = |from: Duration, to: Duration| {
-        arrivals
-            .iter()
-            .filter(|arrival| arrival.status == 200 && arrival.at >= from && arrival.at < to)
-            .count()
+    let mut accepted: Vec<Duration> = arrivals
+        .iter()
+        .filter(|arrival| arrival.status == 200)
+        .map(|arrival| arrival.at)
+        .collect();
+    accepted.sort_unstable();
+    // The rate from the first acceptance at or after `from` to the first
+    // at or after `to`: whole windows of a limiter that sends its window's
+    // slots together, whatever their phase against `from` and `to` (a
+    // count between fixed instants would gain or lose a whole burst).
+    let rate = |from: Duration, to: Duration| {
+        let start = accepted.partition_point(|at| *at < from);
+        let end = accepted.partition_point(|at| *at < to);
+        let (Some(first), Some(last)) = (accepted.get(start), accepted.get(end)) else {
+            return 0.0;
+        };
+        (end - start) as f64 / (*last - *first).as_secs_f64()
     };
     // At 20/1 s, the seconds from 1 to 5 after the first answer; at 40/1 s,
     // two windows after the raise until the traffic thins out.
-    let slow = accepted_in(answered + SECOND, answered + 5 * SECOND) as f64 / 4.0;
-    let fast = accepted_in(raised_at + 2 * SECOND, raised_at + 4 * SECOND) as f64 / 2.0;
+    let slow = rate(answered + SECOND, answered + 5 * SECOND);
+    let fast = rate(raised_at + 2 * SECOND, raised_at + 4 * SECOND);
     println!(
         "{late_refusals} x 429 after the first answer; {slow:.1}/s at the announced 20/s; \
          {fast:.1}/s two windows after the raise to 40/s"
