@@ -458,6 +458,12 @@ fn poll_interval(limits: &Limits) -> Duration {
     (shortest_window(limits) / 4).clamp(Duration::from_millis(1), MAX_POLL)
 }
 
+/// A wait in a script's reply, in µs; a negative one (out of contract) is
+/// no wait.
+fn from_micros(value: i64) -> Duration {
+    Duration::from_micros(u64::try_from(value).unwrap_or(0))
+}
+
 /// What a reservation takes to ask Redis again for an earlier slot.
 struct MoveUp<'a> {
     names: &'a Names,
@@ -638,7 +644,7 @@ impl Inner {
                 .then(|| MoveUp {
                     names: &names,
                     request,
-                    floor: Duration::from_micros(u64::try_from(row[4]).unwrap_or(0)),
+                    floor: from_micros(row[4]),
                 });
             match self
                 .settle(
@@ -906,7 +912,7 @@ impl Inner {
                 format!("script returned {} values", reply.len()),
             )));
         };
-        let wait = Duration::from_micros(u64::try_from(wait_us).unwrap_or(0));
+        let wait = from_micros(wait_us);
         let queued = usize::try_from(queued).unwrap_or(0);
         let limited_by = usize::try_from(limiting)
             .ok()
@@ -1006,9 +1012,8 @@ impl Inner {
                     // busy under other quotas): it keeps its slot.
                     break;
                 }
-                let micros = |value: i64| Duration::from_micros(u64::try_from(value).unwrap_or(0));
-                slot = slot.min(received + micros(wait_us));
-                floor = received + micros(floor_us);
+                slot = slot.min(received + from_micros(wait_us));
+                floor = received + from_micros(floor_us);
             }
         }
         tokio::time::sleep_until(slot).await;

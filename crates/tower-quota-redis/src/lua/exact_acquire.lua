@@ -400,10 +400,8 @@ local function latest_floor()
 end
 
 -- Per quota, the floors of this call's reservations still to write.
+-- Made with the call's first reservation: most calls have none.
 local pending_floors = {}
-for i = 1, n do
-  pending_floors[i] = {}
-end
 
 -- The instant from `at` on at which each quota has room for `u` units
 -- (counting `excluded` fewer units of a quota's log: see "Moving up"),
@@ -731,7 +729,8 @@ for m = 1, k do
           local adds = queued_adds[i]
           adds[#adds + 1], adds[#adds + 2] = at, id
           if floored then
-            local floors = pending_floors[i]
+            local floors = pending_floors[i] or {}
+            pending_floors[i] = floors
             floors[#floors + 1], floors[#floors + 2] = floor_at, id
             call_floors[id] = floor_at
           end
@@ -811,7 +810,7 @@ for i = 1, n do
       expire(q, had_queue[i])
     end
     local floors = pending_floors[i]
-    if #floors > 0 then
+    if floors then
       -- A floor a span past tells nothing more than its entry's score.
       local f = KEYS[4 * i]
       redis.call('ZREMRANGEBYSCORE', f, '-inf', now - spans[i])
