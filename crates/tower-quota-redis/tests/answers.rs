@@ -185,6 +185,15 @@ async fn reservations_made_before_the_answers_move_up_to_a_window_after_them() {
     server.wait_for_members(log, 2).await;
     let third = reserve();
     server.wait_for_members(log, 3).await;
+    // The floors expire with the log: an idle key gives them back.
+    let keys = store.redis_keys(&key, &quota);
+    let mut connection = server.connection();
+    let log_ttl: i64 = connection.pttl(&keys[0]).unwrap();
+    let floors_ttl: i64 = connection.pttl(&keys[3]).unwrap();
+    assert!(
+        floors_ttl > 0 && floors_ttl <= log_ttl + 10,
+        "floors pttl {floors_ttl}, log {log_ttl}"
+    );
     // The first is answered at 100 ms, the second as soon as it is admitted.
     tokio::time::sleep_until(started + Duration::from_millis(100)).await;
     answer(server, &store, &first, limits).await;
