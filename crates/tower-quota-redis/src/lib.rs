@@ -28,7 +28,16 @@
 //!   and its answer, so an admission is held until a window (plus the
 //!   safety margin) after its answer, or after its
 //!   [`sent_within`](tower_quota::SlidingWindowLayer::sent_within) bound if
-//!   that comes first — the same rule as the in-process store. The
+//!   that comes first — the same rule as the in-process store, whose
+//!   exceptions it shares for callers that report answers (the layer's
+//!   services do): in a key's first window in this process, while
+//!   connections are being opened, the bound is
+//!   [three times as long](tower_quota::sliding_window::Limits::cold_sent_within);
+//!   and while this process's tasks run late
+//!   ([`LagProbe`](tower_quota::sliding_window::LagProbe), a `pacing_lagging`
+//!   event), it is a whole window, where the in-process store holds an
+//!   admission until answered (a Redis entry cannot tell a request dropped
+//!   in flight from one still on its way). The
 //!   member's score is that instant, in microseconds of the Redis clock:
 //!   `admitted + sent_within` at admission, lowered to the Redis time of the
 //!   answer when it comes back. Every entry counts from the call that

@@ -1,6 +1,7 @@
 //! A key's Redis key names and quota signature, built once per key and
 //! list of limits, then reused by every call for it.
 
+use tokio::time::Instant;
 use tower_quota::Key;
 use tower_quota::sliding_window::{Limits, Quota};
 
@@ -18,6 +19,9 @@ pub(crate) struct Names {
     /// The bytes of the keys and the signature: what a call's command
     /// buffer starts with.
     pub(crate) bytes: usize,
+    /// The end of the key's first window in this process: until then its
+    /// admissions get the cold bound ([`Limits::cold_sent_within`]).
+    pub(crate) warm_at: Instant,
 }
 
 impl Names {
@@ -42,7 +46,10 @@ impl Names {
         keys.push(format!("{prefix}:{{{key}}}:quotas"));
         let signature = signature(limits);
         let bytes = keys.iter().chain(&jumpers).map(String::len).sum::<usize>() + signature.len();
+        let shortest = quotas.iter().map(Quota::window).min().unwrap_or_default();
+        let now = Instant::now();
         Names {
+            warm_at: now.checked_add(shortest).unwrap_or(now),
             limits: limits.clone(),
             keys,
             signature,

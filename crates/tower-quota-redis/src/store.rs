@@ -13,8 +13,8 @@ use std::time::Duration;
 use redis::{Cmd, ErrorKind, FromRedisValue, Script, ScriptInvocation, ServerErrorKind};
 use tokio::time::Instant;
 use tower_quota::sliding_window::{
-    Admission, Completion, ConflictingQuotas, DriftMargin, Limits, MemoryStore, OverloadReason,
-    Overloaded, Place, Priority, Quota, SlidingWindowLayer, Store,
+    Admission, Completion, ConflictingQuotas, DriftMargin, LagProbe, Limits, MemoryStore,
+    OverloadReason, Overloaded, Place, Priority, Quota, SlidingWindowLayer, Store,
 };
 use tower_quota::{BoxError, Key, Room, telemetry};
 
@@ -73,6 +73,8 @@ pub(crate) struct Inner {
     /// After a connection failure or a timeout, Redis is not waited on
     /// again before this instant: requests meet the failure policy at once.
     suspended_until: Mutex<Option<Instant>>,
+    /// Whether this process's tasks run late (exact mode).
+    lag: LagProbe,
 }
 
 impl RedisStore {
@@ -182,6 +184,7 @@ impl RedisStore {
                 lanes: Lanes::default(),
                 drift: Mutex::new(HashMap::new()),
                 suspended_until: Mutex::new(None),
+                lag: LagProbe::new(),
             }),
         }
     }
@@ -411,6 +414,17 @@ impl Store for RedisStore {
         }
     }
 
+    fn probes_lag(&self, admission: &Admission) -> bool {
+        // Exact mode only: counters cannot hold an admission longer.
+        !self.inner.approximate
+            && admission.id() & REDIS_ID != 0
+            && self.inner.lag.probes(admission)
+    }
+
+    fn probed(&self, lag: Option<Duration>, limits: &Limits) {
+        self.inner.lag.probed(lag, limits);
+    }
+
     fn refused(&self, admission: &Admission, limits: &Limits) -> Option<(Duration, Duration)> {
         if self.inner.approximate {
             // A margin in the counters' span would move their fixed windows.
@@ -583,6 +597,33 @@ impl Inner {
         drift.get(key).map_or(Duration::ZERO, |drift| {
             drift.extra(Instant::now(), shortest_window(limits))
         })
+    }
+
+    /// The bound this process's admissions of `names`' key are held for
+    /// while unanswered, in µs (-1: until answered, strict mode): the
+    /// `sent_within` bound; three times as long in the key's first window
+    /// in this process, while connections are being opened
+    /// ([`Limits::cold_sent_within`]); and a whole window while the
+    /// process lags ([`LagProbe`]), where the in-process store holds them
+    /// until answered. A caller that does not report answers always gets
+    /// `sent_within`: its entries are never lowered to an answer.
+    fn sent_within(&self, names: &Names) -> i64 {
+        let limits = &names.limits;
+        if limits.is_strict() {
+            return -1;
+        }
+        if !limits.reports_answers() {
+            return micros(limits.sent_within());
+        }
+        let now = Instant::now();
+        let bound = if self.lag.is_lagging(now) {
+            shortest_window(limits).max(limits.cold_sent_within())
+        } else if now < names.warm_at {
+            limits.cold_sent_within()
+        } else {
+            limits.sent_within()
+        };
+        micros(bound)
     }
 
     async fn acquire_exact(
@@ -785,11 +826,7 @@ impl Inner {
             cmd.arg(redis_key.as_str());
         }
         cmd.arg(limits.max_queue().map_or(-1, |max| max as i64))
-            .arg(if limits.is_strict() {
-                -1
-            } else {
-                micros(limits.sent_within())
-            })
+            .arg(self.sent_within(names))
             .arg(micros(self.extra_margin(key, limits)))
             .arg(quotas.len());
         for quota in quotas {

@@ -68,6 +68,37 @@ fn score(
     server.connection().zscore(log, admission.id()).unwrap()
 }
 
+/// Admits one request on `key` at once; returns it and how long its entry
+/// holds the slot past its admission instant (the log's score less the
+/// Redis clock read before and after the call: a range of µs).
+async fn admit_and_hold(
+    server: &support::RedisServer,
+    store: &RedisStore,
+    key: &Key,
+    limits: &Limits,
+) -> (Admission, std::ops::RangeInclusive<f64>) {
+    let mut connection = server.connection();
+    let redis_now = |connection: &mut redis::Connection| -> f64 {
+        let (seconds, micros): (u64, u64) = redis::cmd("TIME").query(connection).unwrap();
+        (seconds * 1_000_000 + micros) as f64
+    };
+    let before = redis_now(&mut connection);
+    let admission = store.acquire(key.clone(), 1, limits).await.unwrap();
+    let after = redis_now(&mut connection);
+    assert_eq!(admission.waited(), Duration::ZERO, "{key} had room");
+    let held = score(server, store, &admission, &limits.quotas()[0]).expect("recorded");
+    (admission, held - after..=held - before)
+}
+
+/// Asserts that an entry holds its slot `expected` past its admission.
+fn assert_held(held: std::ops::RangeInclusive<f64>, expected: Duration, what: &str) {
+    let expected = expected.as_micros() as f64;
+    assert!(
+        held.contains(&expected),
+        "{what}: held {held:?} µs past the admission, expected {expected}"
+    );
+}
+
 /// Waits until the spawned completion call has lowered the score.
 async fn wait_for_lower_score(
     server: &support::RedisServer,
@@ -377,7 +408,6 @@ async fn a_refusal_widens_the_key_margin_of_later_admissions() {
         .sent_within(Duration::from_millis(100))
         .unwrap();
     let limits = layer.limits();
-    let quota = limits.quotas()[0];
     let key = Key::from("refused");
     let first = store.acquire(key.clone(), 1, limits).await.unwrap();
     let ms = Duration::from_millis;
@@ -390,20 +420,8 @@ async fn a_refusal_widens_the_key_margin_of_later_admissions() {
     // Later admissions of the key hold their slot that much longer: the
     // log's score is the admission instant (on the Redis clock, read around
     // it) plus sent_within plus the extra margin.
-    let mut connection = server.connection();
-    let redis_now = |connection: &mut redis::Connection| -> f64 {
-        let (seconds, micros): (u64, u64) = redis::cmd("TIME").query(connection).unwrap();
-        (seconds * 1_000_000 + micros) as f64
-    };
-    let before = redis_now(&mut connection);
-    let next = store.acquire(key.clone(), 1, limits).await.unwrap();
-    let after = redis_now(&mut connection);
-    let keys = store.redis_keys(&key, &quota);
-    let held: f64 = connection.zscore(&keys[0], next.id()).unwrap();
-    assert!(
-        (before + 110_000.0..=after + 110_000.0).contains(&held),
-        "{held} not 110 ms past [{before}, {after}]"
-    );
+    let (_, held) = admit_and_hold(server, &store, &key, limits).await;
+    assert_held(held, ms(110), "after a refusal");
     // Other keys are not affected.
     assert_eq!(store.extra_margin(&Key::from("other"), limits), ms(0));
 }
@@ -424,4 +442,70 @@ async fn the_approximate_mode_neither_releases_early_nor_widens() {
     let admission = store.acquire(Key::from("approx"), 1, limits).await.unwrap();
     store.complete(&admission, Completion::Answered, limits);
     assert_eq!(store.refused(&admission, limits), None);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_cold_key_holds_unanswered_admissions_longer_in_its_first_window() {
+    let Some(server) = support::shared() else {
+        return;
+    };
+    let store = store(server).await;
+    let ms = Duration::from_millis;
+    let limits = layer_of(10, ms(100)).limits().clone().reporting_answers();
+    let key = Key::from("cold");
+    // The key's first window in this process: connections may still be
+    // opening, so an unanswered admission holds three times the bound.
+    let (_, held) = admit_and_hold(server, &store, &key, &limits).await;
+    assert_held(held, limits.cold_sent_within(), "first window");
+    assert_eq!(limits.cold_sent_within(), ms(300));
+    // A window later, the bound itself.
+    tokio::time::sleep(WINDOW).await;
+    let (_, held) = admit_and_hold(server, &store, &key, &limits).await;
+    assert_held(held, ms(100), "warm");
+    // A caller that does not report answers always gets the bound: its
+    // entries are never lowered to an answer.
+    let unreported = layer_of(10, ms(100));
+    let (_, held) = admit_and_hold(
+        server,
+        &store,
+        &Key::from("unreported"),
+        unreported.limits(),
+    )
+    .await;
+    assert_held(held, ms(100), "answers not reported");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_lagging_client_holds_unanswered_admissions_for_a_window() {
+    let Some(server) = support::shared() else {
+        return;
+    };
+    let store = store(server).await;
+    let ms = Duration::from_millis;
+    let limits = layer_of(1_000, ms(100))
+        .limits()
+        .clone()
+        .reporting_answers();
+    let key = Key::from("lagging");
+    // One admission in sixteen measures its task's wait, one at a time:
+    // admit until the store asks for a measurement.
+    let mut admitted = 0;
+    let probe = loop {
+        let (admission, _) = admit_and_hold(server, &store, &key, &limits).await;
+        admitted += 1;
+        assert!(admitted < 500, "the store never asked for a measurement");
+        if store.probes_lag(&admission) {
+            break admission;
+        }
+    };
+    // One at a time: no other measurement until this one ends.
+    assert!(!store.probes_lag(&probe));
+    // A wait under half the bound: the client keeps up.
+    store.probed(Some(ms(40)), &limits);
+    assert!(store.probes_lag(&probe));
+    // Half the bound or more: admissions from now on are held a window
+    // unless answered (the in-process store holds them until answered).
+    store.probed(Some(ms(60)), &limits);
+    let (_, held) = admit_and_hold(server, &store, &key, &limits).await;
+    assert_held(held, WINDOW, "lagging");
 }

@@ -164,6 +164,14 @@ async fn four_processes_share_quotas_through_a_cluster_with_zero_429s() {
         .iter_mut()
         .map(|(key, arrivals)| (key.clone(), busiest(arrivals)))
         .collect();
+    // A key over its quota: when each of its requests arrived (ms since the
+    // server started), to tell a late straggler from an early burst.
+    for (key, count) in &busiest_by_key {
+        if *count > MAX_CALLS {
+            let ms: Vec<u128> = by_key[key].iter().map(Duration::as_millis).collect();
+            eprintln!("{key} had {count} arrivals in one window; arrivals (ms): {ms:?}");
+        }
+    }
     let hot: Vec<(String, u64)> = (0..HOT_KEYS)
         .map(|index| {
             let key = format!("k{index}");

@@ -16,7 +16,7 @@
 use std::fmt;
 use std::future::Future;
 use std::pin::Pin;
-use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError, TryLockError};
 use std::task::{Context, Poll};
 use std::time::Duration;
@@ -27,6 +27,7 @@ use tokio::time::{Instant, Sleep};
 use super::drift::DriftMargin;
 use super::error::{ConflictingQuotas, DeadlineUnreachable, OverloadReason, Overloaded};
 use super::events::{self, Adaptation};
+use super::lag::LagProbe;
 use super::log::WindowLog;
 use super::pacer::{Adapted, Pacer, TIMER_TICK};
 use super::queue::{Queue, Spot};
@@ -40,16 +41,6 @@ const SHARDS: usize = 16;
 /// A shard sweeps idle keys after this many operations, or after as many
 /// operations as it has keys, whichever is more: amortized O(1) per operation.
 const SWEEP_EVERY: usize = 1024;
-
-/// During a key's first window its admissions are assumed to reach the
-/// provider within this many times `sent_within` (300 ms by default): room
-/// for connections still being opened (TCP and TLS 1.2 across a continent
-/// take three round trips), while a slow provider's first answers do not
-/// hold every slot of the first window for their whole processing time.
-const COLD_SENT_WITHIN: u32 = 3;
-/// One admission in this many measures how long its task waits to run
-/// ([`Store::probes_lag`]), one at a time.
-const PROBE_EVERY: u64 = 16;
 
 /// The in-process [`Store`]: exact, FIFO-fair, one timer per key.
 ///
@@ -70,7 +61,7 @@ struct Shared {
     /// visits: idle keys are swept by traffic to any key.
     ops: AtomicUsize,
     cursor: AtomicUsize,
-    lag: Lag,
+    lag: LagProbe,
 }
 
 impl Default for Shared {
@@ -84,53 +75,8 @@ impl Default for Shared {
             next_admission: AtomicU64::new(0),
             ops: AtomicUsize::new(0),
             cursor: AtomicUsize::new(0),
-            lag: Lag::new(),
+            lag: LagProbe::new(),
         }
-    }
-}
-
-/// How late the client's tasks run, as its own requests measure it.
-///
-/// An admission assumes its request reaches the provider within
-/// `sent_within` unless answered sooner. That holds while the client's
-/// tasks run when woken: the task that writes a request to its connection
-/// waits as long as any other, and a request leaves after one or two such
-/// waits and the network. A client whose tasks wait half the bound or more
-/// (a process with more work than cores, a debug build keeping a thousand
-/// requests in flight) may send a request later than the bound says;
-/// until a window has passed without such a wait, every admission in
-/// flight is held until its answer, as in strict mode.
-struct Lag {
-    epoch: Instant,
-    probing: AtomicBool,
-    /// Nanoseconds past `epoch` until which admissions wait for their
-    /// answers; 0 when the client keeps up.
-    until: AtomicU64,
-}
-
-impl Lag {
-    fn new() -> Self {
-        Lag {
-            epoch: Instant::now(),
-            probing: AtomicBool::new(false),
-            until: AtomicU64::new(0),
-        }
-    }
-
-    fn nanos(&self, at: Instant) -> u64 {
-        u64::try_from(at.saturating_duration_since(self.epoch).as_nanos()).unwrap_or(u64::MAX)
-    }
-
-    fn is_lagging(&self, now: Instant) -> bool {
-        self.nanos(now) < self.until.load(Ordering::Relaxed)
-    }
-
-    /// The client lagged at `now`: holds admissions until answered for
-    /// `window` more. Returns whether it was keeping up until now.
-    fn lagged(&self, now: Instant, window: Duration) -> bool {
-        let until = self.nanos(now.checked_add(window).unwrap_or(now)).max(1);
-        let before = self.until.fetch_max(until, Ordering::Relaxed);
-        self.nanos(now) >= before
     }
 }
 
@@ -308,21 +254,11 @@ impl Store for MemoryStore {
     }
 
     fn probes_lag(&self, admission: &Admission) -> bool {
-        admission.id().is_multiple_of(PROBE_EVERY)
-            && !self.shared.lag.probing.swap(true, Ordering::Acquire)
+        self.shared.lag.probes(admission)
     }
 
     fn probed(&self, lag: Option<Duration>, limits: &Limits) {
-        let state = &self.shared.lag;
-        state.probing.store(false, Ordering::Release);
-        let Some(lag) = lag else {
-            return;
-        };
-        if lag < limits.sent_within() / 2 || limits.is_strict() || !limits.reports_answers() {
-            return;
-        }
-        let now = Instant::now();
-        if !state.lagged(now, super::drift::shortest_window(limits)) {
+        if !self.shared.lag.probed(lag, limits) {
             return;
         }
         // The admissions in flight were made on the same assumption.
@@ -333,7 +269,6 @@ impl Store for MemoryStore {
                 }
             }
         }
-        events::pacing_lagging(lag, limits.sent_within());
     }
 
     fn refused(&self, admission: &Admission, limits: &Limits) -> Option<(Duration, Duration)> {
@@ -620,13 +555,13 @@ impl KeyState {
         // A cold key (its first window) is opening connections and growing
         // pools, perhaps under a burst of work: its requests may take
         // longer to get out, so its slots wait for their answers or for
-        // COLD_SENT_WITHIN times the bound. Only a caller that reports
+        // Limits::cold_sent_within. Only a caller that reports
         // answers gets one.
         let warm = now >= self.warm_at || !limits.reports_answers();
         let sent_within = if warm {
             limits.sent_within()
         } else {
-            limits.sent_within().saturating_mul(COLD_SENT_WITHIN)
+            limits.cold_sent_within()
         };
         // A client that lags cannot promise the bound: until answered.
         let answers = limits.reports_answers();

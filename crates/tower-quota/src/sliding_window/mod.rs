@@ -258,6 +258,7 @@ mod error;
 mod events;
 pub(crate) use events::overloaded;
 mod future;
+mod lag;
 mod layer;
 mod log;
 mod memory;
@@ -271,6 +272,7 @@ mod store;
 pub use drift::DriftMargin;
 pub use error::{ConflictingQuotas, CostTooLarge, DeadlineUnreachable, OverloadReason, Overloaded};
 pub use future::ResponseFuture;
+pub use lag::LagProbe;
 pub use layer::SlidingWindowLayer;
 pub use memory::{Acquire, MemoryStore};
 pub use quota::{

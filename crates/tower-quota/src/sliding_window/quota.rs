@@ -356,6 +356,17 @@ impl Limits {
         self.inner.sent_within
     }
 
+    /// The [`sent_within`](Limits::sent_within) bound of a cold key, in
+    /// its first window in this process: three times as long (300 ms by
+    /// default). It leaves room for connections still being opened (TCP
+    /// and TLS 1.2 across a continent take three round trips), while a
+    /// slow provider's first answers do not hold every slot of the first
+    /// window for their whole processing time. Only limits whose caller
+    /// [reports answers](Limits::reports_answers) use it.
+    pub fn cold_sent_within(&self) -> Duration {
+        self.inner.sent_within.saturating_mul(3)
+    }
+
     /// Whether an admission is held until its answer comes back, however
     /// long that takes, instead of at most [`sent_within`](Limits::sent_within):
     /// strict mode, with limits whose caller
