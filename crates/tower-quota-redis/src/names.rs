@@ -1,6 +1,9 @@
 //! A key's Redis key names and quota signature, built once per key and
 //! list of limits, then reused by every call for it.
 
+use std::sync::Mutex;
+use std::time::Duration;
+
 use tokio::time::Instant;
 use tower_quota::Key;
 use tower_quota::sliding_window::{Limits, Quota};
@@ -22,6 +25,97 @@ pub(crate) struct Names {
     /// The end of the key's first window in this process: until then its
     /// admissions get the cold bound ([`Limits::cold_sent_within`]).
     pub(crate) warm_at: Instant,
+    /// This process's requests of the key under way and in flight.
+    pub(crate) flight: Flight,
+}
+
+/// How long a connection pool keeps idle connections, at the least: a
+/// server may close an idle keep-alive connection after 5 s (Node.js's
+/// default). The most requests in flight at once is forgotten after it.
+const POOL_IDLE: Duration = Duration::from_secs(5);
+
+/// This process's requests of one key: those under way (waiting for their
+/// call or their slot) and those sent and not yet answered, and the most it
+/// had in flight at once lately. A connection pool holds about that many
+/// connections to the provider: requests beyond it open new ones, and may
+/// reach the provider a handshake later than a warm connection would take
+/// them there.
+#[derive(Debug)]
+pub(crate) struct Flight {
+    state: Mutex<FlightState>,
+}
+
+#[derive(Debug)]
+struct FlightState {
+    under_way: u32,
+    in_flight: u32,
+    peak: u32,
+    peak_at: Instant,
+}
+
+impl Flight {
+    fn new(now: Instant) -> Self {
+        Flight {
+            state: Mutex::new(FlightState {
+                under_way: 0,
+                in_flight: 0,
+                peak: 0,
+                peak_at: now,
+            }),
+        }
+    }
+
+    fn state(&self) -> std::sync::MutexGuard<'_, FlightState> {
+        self.state
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    /// A request is under way until the guard drops (admitted, failed or
+    /// dropped).
+    pub(crate) fn under_way(&self) -> UnderWay<'_> {
+        let mut state = self.state();
+        state.under_way = state.under_way.saturating_add(1);
+        UnderWay(self)
+    }
+
+    /// A request was admitted and is sent.
+    pub(crate) fn sent(&self, now: Instant) {
+        let mut state = self.state();
+        state.in_flight = state.in_flight.saturating_add(1);
+        if state.in_flight >= state.peak {
+            state.peak = state.in_flight;
+            state.peak_at = now;
+        }
+    }
+
+    /// A request sent earlier ended (answered, failed or dropped).
+    pub(crate) fn ended(&self) {
+        let mut state = self.state();
+        state.in_flight = state.in_flight.saturating_sub(1);
+    }
+
+    /// Whether the requests under way and in flight are more than the most
+    /// sent at once lately: the ones beyond may need new connections.
+    pub(crate) fn is_cold(&self, now: Instant) -> bool {
+        let mut state = self.state();
+        if now.saturating_duration_since(state.peak_at) >= POOL_IDLE {
+            // The pool may have closed the connections idle since.
+            state.peak = state.in_flight;
+            state.peak_at = now;
+        }
+        state.under_way.saturating_add(state.in_flight) > state.peak
+    }
+}
+
+/// See [`Flight::under_way`].
+pub(crate) struct UnderWay<'a>(&'a Flight);
+
+impl Drop for UnderWay<'_> {
+    fn drop(&mut self) {
+        let mut state = self.0.state();
+        state.under_way = state.under_way.saturating_sub(1);
+    }
 }
 
 impl Names {
@@ -50,6 +144,7 @@ impl Names {
         let now = Instant::now();
         Names {
             warm_at: now.checked_add(shortest).unwrap_or(now),
+            flight: Flight::new(now),
             limits: limits.clone(),
             keys,
             signature,
@@ -108,4 +203,44 @@ fn signature(limits: &Limits) -> String {
 
 pub(crate) fn micros(duration: std::time::Duration) -> i64 {
     i64::try_from(duration.as_micros()).unwrap_or(i64::MAX)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test(start_paused = true)]
+    async fn requests_beyond_the_most_in_flight_lately_are_cold() {
+        let flight = Flight::new(Instant::now());
+        // Nothing was ever sent: the first request may open a connection.
+        let first = flight.under_way();
+        assert!(flight.is_cold(Instant::now()));
+        flight.sent(Instant::now());
+        drop(first);
+        let second = flight.under_way();
+        assert!(
+            flight.is_cold(Instant::now()),
+            "two at once, one sent before"
+        );
+        flight.sent(Instant::now());
+        drop(second);
+        // Two in flight: the pool holds two connections.
+        assert!(!flight.is_cold(Instant::now()));
+        flight.ended();
+        flight.ended();
+        let a = flight.under_way();
+        let b = flight.under_way();
+        assert!(!flight.is_cold(Instant::now()), "two again");
+        let c = flight.under_way();
+        assert!(flight.is_cold(Instant::now()), "a third");
+        drop((a, b, c));
+        // Ends never go below zero.
+        flight.ended();
+        assert!(!flight.is_cold(Instant::now()));
+        // Idle longer than a pool keeps its connections: forgotten.
+        tokio::time::advance(POOL_IDLE).await;
+        let d = flight.under_way();
+        assert!(flight.is_cold(Instant::now()));
+        drop(d);
+    }
 }

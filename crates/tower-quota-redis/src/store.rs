@@ -369,6 +369,12 @@ impl Store for RedisStore {
             // counts the answers its keys wait for.
             self.inner.fallback.complete(admission, completion, limits);
         }
+        if !self.inner.approximate
+            && admission.id() & REDIS_ID != 0
+            && let Some(names) = lock(&self.inner.known).get(admission.key())
+        {
+            names.flight.ended();
+        }
         if completion == Completion::Dropped && !limits.is_strict() {
             // A dropped request may still be on its way: it keeps its bound.
             return;
@@ -602,8 +608,10 @@ impl Inner {
     /// The bound this process's admissions of `names`' key are held for
     /// while unanswered, in µs (-1: until answered, strict mode): the
     /// `sent_within` bound; three times as long in the key's first window
-    /// in this process, while connections are being opened
-    /// ([`Limits::cold_sent_within`]); and a whole window while the
+    /// in this process, while connections are being opened, and while the
+    /// process has more of the key's requests under way and in flight than
+    /// it had in flight at once lately (the ones beyond may open
+    /// connections: [`Limits::cold_sent_within`]); and a whole window while the
     /// process lags ([`LagProbe`]), where the in-process store holds them
     /// until answered. A caller that does not report answers always gets
     /// `sent_within`: its entries are never lowered to an answer.
@@ -618,7 +626,7 @@ impl Inner {
         let now = Instant::now();
         let bound = if self.lag.is_lagging(now) {
             shortest_window(limits).max(limits.cold_sent_within())
-        } else if now < names.warm_at {
+        } else if now < names.warm_at || names.flight.is_cold(now) {
             limits.cold_sent_within()
         } else {
             limits.sent_within()
@@ -634,6 +642,7 @@ impl Inner {
         class: Priority,
     ) -> Result<Admission, Failure> {
         let names = self.names(key, limits);
+        let _under_way = names.flight.under_way();
         let started = Instant::now();
         // How long the request waited for answers in earlier calls.
         let mut elapsed = Duration::ZERO;
@@ -700,7 +709,10 @@ impl Inner {
                 )
                 .await?
             {
-                Settled::Admitted(admission) => return Ok(admission),
+                Settled::Admitted(admission) => {
+                    names.flight.sent(Instant::now());
+                    return Ok(admission);
+                }
                 // Strict: a slot frees a window after an answer still to
                 // come. Nothing was recorded; ask again.
                 Settled::Blocked => {

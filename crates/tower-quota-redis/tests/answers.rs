@@ -445,7 +445,7 @@ async fn the_approximate_mode_neither_releases_early_nor_widens() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_cold_key_holds_unanswered_admissions_longer_in_its_first_window() {
+async fn a_cold_key_holds_unanswered_admissions_longer_in_its_first_window_and_beyond_its_peak() {
     let Some(server) = support::shared() else {
         return;
     };
@@ -455,13 +455,19 @@ async fn a_cold_key_holds_unanswered_admissions_longer_in_its_first_window() {
     let key = Key::from("cold");
     // The key's first window in this process: connections may still be
     // opening, so an unanswered admission holds three times the bound.
-    let (_, held) = admit_and_hold(server, &store, &key, &limits).await;
+    let (first, held) = admit_and_hold(server, &store, &key, &limits).await;
     assert_held(held, limits.cold_sent_within(), "first window");
     assert_eq!(limits.cold_sent_within(), ms(300));
-    // A window later, the bound itself.
+    answer(server, &store, &first, &limits).await;
+    // A window later, one request at a time (as many as were in flight
+    // at once before): the bound itself.
     tokio::time::sleep(WINDOW).await;
-    let (_, held) = admit_and_hold(server, &store, &key, &limits).await;
+    let (_second, held) = admit_and_hold(server, &store, &key, &limits).await;
     assert_held(held, ms(100), "warm");
+    // One more while that one is in flight: more than this process ever
+    // had in flight at once, so it may open a connection.
+    let (_third, held) = admit_and_hold(server, &store, &key, &limits).await;
+    assert_held(held, ms(300), "beyond the most in flight");
     // A caller that does not report answers always gets the bound: its
     // entries are never lowered to an answer.
     let unreported = layer_of(10, ms(100));

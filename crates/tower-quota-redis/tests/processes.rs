@@ -1,9 +1,14 @@
 //! Four OS processes, each with its own Redis connection, share one quota
 //! of 50 per second against quota-mock's strict sliding log, across a
 //! simulated network: every connection goes through quota-mock's proxy,
-//! which holds a new connection for 30 ms and delays each chunk by 5–25 ms
-//! in each direction. The layer keeps its default safety margin: slots are
-//! released relative to the answers, on the Redis clock.
+//! which holds a new connection for 150 ms (TCP and TLS across a
+//! continent) and delays each chunk by 5–25 ms in each direction. The
+//! layer keeps its defaults: slots are released relative to the answers,
+//! on the Redis clock, and requests that may open a connection (the first
+//! window's, and any beyond the most a worker had in flight before: the
+//! workers' shares of the quota change from window to window) reach the
+//! provider 155–175 ms after their admission. They are held for the cold
+//! bound (300 ms), not `sent_within` (100 ms).
 //!
 //! The test re-runs its own binary four times with `TQ_WORKER` set: in a
 //! worker process, `worker_process` sends requests for a few windows; in the
@@ -40,7 +45,7 @@ async fn four_processes_share_one_quota_with_zero_429s() {
         .await
         .unwrap();
     let proxy = NetworkProxy::builder(server.addr())
-        .connect_delay(Duration::from_millis(30))
+        .connect_delay(Duration::from_millis(150))
         .latency(Duration::from_millis(5), Duration::from_millis(25))
         .seed(0x7a11)
         .start()
