@@ -159,3 +159,44 @@ async fn a_slow_provider_is_used_fully_without_refusals() {
     // for its 100 ms `sent_within` bound: about 0.96 over eight windows.
     assert!(used >= 0.95, "utilization {used:.3}");
 }
+
+/// A client that sends a few requests at a time for three windows, then
+/// many: its pool holds a few connections, and the next window's requests
+/// open dozens, each a 200 ms handshake (TCP and TLS across a continent)
+/// before it reaches the provider. Requests beyond the most the key had in
+/// flight at once are held for the cold bound (300 ms) rather than
+/// `sent_within` (100 ms), so the provider refuses nothing: held for
+/// `sent_within` past the key's first window, 1 to 3 of them were refused
+/// in each of 6 runs.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_that_outgrows_its_pool_is_never_refused() {
+    let _alone = ONE_AT_A_TIME.lock().await;
+    let (quota, window) = (50, Duration::from_secs(1));
+    let server = MockServer::builder()
+        .rule(Rule::sliding_log(quota, window))
+        .start()
+        .await
+        .unwrap();
+    let network = NetworkProxy::builder(server.addr())
+        .connect_delay(Duration::from_millis(200))
+        .latency(Duration::from_millis(5), Duration::from_millis(25))
+        .seed(11)
+        .start()
+        .await
+        .unwrap();
+    let phases = [(150, 4), (250, 50)];
+    let succeeded = support::run_stack_phases(
+        &network.url(),
+        support::readme_pacing(quota, window),
+        &phases,
+    )
+    .await;
+    let stats = server.stats();
+    server.shutdown().await;
+    let refused = stats.count(429);
+    let most = stats.max_arrivals_in_any_window(window);
+    println!("outgrown pool: {refused} × 429, at most {most} in a window");
+    assert_eq!(refused, 0, "{refused} × 429");
+    assert!(most <= quota, "{most} arrivals in one window");
+    assert_eq!(succeeded, 400);
+}

@@ -30,21 +30,21 @@
 //!   [`sent_within`](tower_quota::SlidingWindowLayer::sent_within) bound if
 //!   that comes first — the same rule as the in-process store. Its
 //!   exceptions hold here too, for callers that report answers (the
-//!   layer's services do): in a key's first window in this process, while
-//!   connections are being opened, the bound is
-//!   [three times as long](tower_quota::sliding_window::Limits::cold_sent_within);
-//!   and while this process's tasks run late
+//!   layer's services do): the bound is
+//!   [three times as long](tower_quota::sliding_window::Limits::cold_sent_within)
+//!   in a key's first window in this process, while connections are being
+//!   opened, and whenever this process has more of the key's requests
+//!   under way (waiting or in flight) than it had in flight at once in the
+//!   last 5 s ([`InFlightPeak`](tower_quota::sliding_window::InFlightPeak)):
+//!   processes sharing a quota get a different share of it from window to
+//!   window, and a request beyond the connections a pool holds opens a new
+//!   one, a handshake later (the multi-process test's handshakes take
+//!   150 ms). A longer bound costs nothing when the answer comes back
+//!   sooner. While this process's tasks run late
 //!   ([`LagProbe`](tower_quota::sliding_window::LagProbe), a `pacing_lagging`
 //!   event) it is a whole window, where the in-process store holds an
 //!   admission until answered (a Redis entry cannot tell a request dropped
-//!   in flight from one still on its way). One more applies here: the
-//!   bound is three times as long whenever this process has more of the
-//!   key's requests under way (waiting or in flight) than it had in flight
-//!   at once in the last 5 s. Processes sharing a quota get a different
-//!   share of it from window to window, and a request beyond the
-//!   connections a pool holds opens a new one, a handshake later (the
-//!   multi-process test's handshakes take 150 ms). A longer bound costs
-//!   nothing when the answer comes back sooner. The
+//!   in flight from one still on its way). The
 //!   member's score is that instant, in microseconds of the Redis clock:
 //!   `admitted + sent_within` at admission, lowered to the Redis time of the
 //!   answer when it comes back. Every entry counts from the call that

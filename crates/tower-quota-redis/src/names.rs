@@ -2,11 +2,10 @@
 //! list of limits, then reused by every call for it.
 
 use std::sync::Mutex;
-use std::time::Duration;
 
 use tokio::time::Instant;
 use tower_quota::Key;
-use tower_quota::sliding_window::{Limits, Quota};
+use tower_quota::sliding_window::{InFlightPeak, Limits, Quota};
 
 /// The Redis keys a quota key's scripts touch, under one list of limits.
 pub(crate) struct Names {
@@ -29,43 +28,22 @@ pub(crate) struct Names {
     pub(crate) flight: Flight,
 }
 
-/// How long a connection pool keeps idle connections, at the least: a
-/// server may close an idle keep-alive connection after 5 s (Node.js's
-/// default). The most requests in flight at once is forgotten after it.
-const POOL_IDLE: Duration = Duration::from_secs(5);
-
 /// This process's requests of one key: those under way (waiting for their
-/// call or their slot) and those sent and not yet answered, and the most it
-/// had in flight at once lately. A connection pool holds about that many
-/// connections to the provider: requests beyond it open new ones, and may
-/// reach the provider a handshake later than a warm connection would take
-/// them there.
+/// call or their slot), and those in flight with the most it had in flight
+/// at once lately ([`InFlightPeak`]).
 #[derive(Debug)]
 pub(crate) struct Flight {
-    state: Mutex<FlightState>,
-}
-
-#[derive(Debug)]
-struct FlightState {
-    under_way: u32,
-    in_flight: u32,
-    peak: u32,
-    peak_at: Instant,
+    state: Mutex<(u32, InFlightPeak)>,
 }
 
 impl Flight {
     fn new(now: Instant) -> Self {
         Flight {
-            state: Mutex::new(FlightState {
-                under_way: 0,
-                in_flight: 0,
-                peak: 0,
-                peak_at: now,
-            }),
+            state: Mutex::new((0, InFlightPeak::new(now))),
         }
     }
 
-    fn state(&self) -> std::sync::MutexGuard<'_, FlightState> {
+    fn state(&self) -> std::sync::MutexGuard<'_, (u32, InFlightPeak)> {
         self.state
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner)
@@ -75,36 +53,26 @@ impl Flight {
     /// dropped).
     pub(crate) fn under_way(&self) -> UnderWay<'_> {
         let mut state = self.state();
-        state.under_way = state.under_way.saturating_add(1);
+        state.0 = state.0.saturating_add(1);
         UnderWay(self)
     }
 
     /// A request was admitted and is sent.
     pub(crate) fn sent(&self, now: Instant) {
-        let mut state = self.state();
-        state.in_flight = state.in_flight.saturating_add(1);
-        if state.in_flight >= state.peak {
-            state.peak = state.in_flight;
-            state.peak_at = now;
-        }
+        self.state().1.sent(now);
     }
 
     /// A request sent earlier ended (answered, failed or dropped).
     pub(crate) fn ended(&self) {
-        let mut state = self.state();
-        state.in_flight = state.in_flight.saturating_sub(1);
+        self.state().1.ended();
     }
 
     /// Whether the requests under way and in flight are more than the most
-    /// sent at once lately: the ones beyond may need new connections.
+    /// in flight at once lately: the ones beyond may open connections.
     pub(crate) fn is_cold(&self, now: Instant) -> bool {
         let mut state = self.state();
-        if now.saturating_duration_since(state.peak_at) >= POOL_IDLE {
-            // The pool may have closed the connections idle since.
-            state.peak = state.in_flight;
-            state.peak_at = now;
-        }
-        state.under_way.saturating_add(state.in_flight) > state.peak
+        let under_way = state.0;
+        state.1.exceeds(now, under_way)
     }
 }
 
@@ -114,7 +82,7 @@ pub(crate) struct UnderWay<'a>(&'a Flight);
 impl Drop for UnderWay<'_> {
     fn drop(&mut self) {
         let mut state = self.0.state();
-        state.under_way = state.under_way.saturating_sub(1);
+        state.0 = state.0.saturating_sub(1);
     }
 }
 
@@ -238,7 +206,7 @@ mod tests {
         flight.ended();
         assert!(!flight.is_cold(Instant::now()));
         // Idle longer than a pool keeps its connections: forgotten.
-        tokio::time::advance(POOL_IDLE).await;
+        tokio::time::advance(tower_quota::sliding_window::POOL_IDLE).await;
         let d = flight.under_way();
         assert!(flight.is_cold(Instant::now()));
         drop(d);

@@ -52,6 +52,17 @@ pub(crate) async fn run_stack(
     count: usize,
     concurrency: usize,
 ) -> usize {
+    run_stack_phases(url, pacing, &[(count, concurrency)]).await
+}
+
+/// As [`run_stack`], one phase after another on one client and stack: each
+/// phase sends its count of GETs, its concurrency at a time, once the
+/// phase before it has ended. How many succeeded in all.
+pub(crate) async fn run_stack_phases(
+    url: &str,
+    pacing: SlidingWindowLayer<HostKey, UnitCost, MemoryStore, HttpFeedback>,
+    phases: &[(usize, usize)],
+) -> usize {
     let client = Client::builder(TokioExecutor::new()).build_http();
     let service = ServiceBuilder::new()
         .layer(JitterBackoffLayer::new().max_attempts(4).unwrap())
@@ -60,9 +71,36 @@ pub(crate) async fn run_stack(
         .layer(pacing)
         .timeout(Duration::from_secs(10))
         .service(client);
+    let mut succeeded = 0;
+    let mut sent = 0;
+    for &(count, concurrency) in phases {
+        succeeded += send_phase(url, &service, sent..sent + count, concurrency).await;
+        sent += count;
+    }
+    succeeded
+}
+
+/// Sends the GETs numbered `range` to `url` through `service`,
+/// `concurrency` at a time; returns how many succeeded.
+async fn send_phase<S>(
+    url: &str,
+    service: &S,
+    range: std::ops::Range<usize>,
+    concurrency: usize,
+) -> usize
+where
+    S: tower::Service<
+            http::Request<Empty<bytes::Bytes>>,
+            Response = http::Response<hyper::body::Incoming>,
+            Error = BoxError,
+        > + Clone
+        + Send
+        + 'static,
+    S::Future: Send,
+{
     let in_flight = Arc::new(Semaphore::new(concurrency));
     let mut tasks = tokio::task::JoinSet::new();
-    for i in 0..count {
+    for i in range {
         let permit = in_flight.clone().acquire_owned().await.unwrap();
         let request = http::Request::get(format!("{url}/v1/items/{i}"))
             .body(Empty::new())

@@ -27,6 +27,7 @@ use tokio::time::{Instant, Sleep};
 use super::drift::DriftMargin;
 use super::error::{ConflictingQuotas, DeadlineUnreachable, OverloadReason, Overloaded};
 use super::events::{self, Adaptation};
+use super::flight::InFlightPeak;
 use super::lag::LagProbe;
 use super::log::WindowLog;
 use super::pacer::{Adapted, Pacer, TIMER_TICK};
@@ -213,6 +214,9 @@ impl Store for MemoryStore {
         let Some(state) = shard.keys.get_mut(hash, admission.key().as_str()) else {
             return;
         };
+        if limits.reports_answers() {
+            state.flight.ended();
+        }
         let extra = state.extra_margin(now);
         let mut changed = state.pacer.answered(admission.id());
         for window in &mut state.windows {
@@ -390,8 +394,10 @@ struct KeyState {
     /// What the provider last announced for each window's quota; empty
     /// until its first announcement.
     announced: Vec<Option<u64>>,
-    /// Until then the key is cold: its admissions are held until answered.
+    /// Until then the key is cold: its admissions get the cold bound.
     warm_at: Instant,
+    /// Its requests in flight, and the most in flight at once lately.
+    flight: InFlightPeak,
 }
 
 impl KeyState {
@@ -404,6 +410,7 @@ impl KeyState {
             .unwrap_or(Duration::ZERO);
         KeyState {
             warm_at: now + shortest,
+            flight: InFlightPeak::new(now),
             windows: Self::windows_for(limits),
             queue: Queue::default(),
             promote_after: limits.promote_after(),
@@ -553,18 +560,22 @@ impl KeyState {
         lagging: bool,
     ) -> Option<Adapted> {
         // A cold key (its first window) is opening connections and growing
-        // pools, perhaps under a burst of work: its requests may take
-        // longer to get out, so its slots wait for their answers or for
-        // Limits::cold_sent_within. Only a caller that reports
-        // answers gets one.
-        let warm = now >= self.warm_at || !limits.reports_answers();
+        // pools, perhaps under a burst of work, and so is a key with more
+        // requests in flight than it had at once lately: its requests may
+        // take longer to get out, so its slots wait for their answers or
+        // for Limits::cold_sent_within. Only a caller that reports answers
+        // gets one (and counts its requests in flight).
+        let answers = limits.reports_answers();
+        let warm = !answers || (now >= self.warm_at && !self.flight.exceeds(now, 1));
+        if answers {
+            self.flight.sent(now);
+        }
         let sent_within = if warm {
             limits.sent_within()
         } else {
             limits.cold_sent_within()
         };
         // A client that lags cannot promise the bound: until answered.
-        let answers = limits.reports_answers();
         let until_answered = limits.is_strict() || (lagging && answers);
         let sent_by = (!until_answered).then(|| now + sent_within);
         let extra = self.extra_margin(now);

@@ -54,7 +54,9 @@
 //!   tenth of the window, at most 100 ms), so a slow provider does not hold
 //!   every slot for its processing time. During a key's first window,
 //!   while connections are still being opened, the assumption is three
-//!   times as long (300 ms by default). The assumption needs a client
+//!   times as long (300 ms by default), and so it is for a request beyond
+//!   the most the key had in flight at once in the last 5 s, which may
+//!   open a connection too ([`InFlightPeak`]). The assumption needs a client
 //!   whose tasks run when woken: one admission in sixteen measures how
 //!   long its own task waits to run once it has handed its request on, and
 //!   a wait of half the bound or more (a process with more work than
@@ -256,6 +258,7 @@
 mod drift;
 mod error;
 mod events;
+mod flight;
 pub(crate) use events::overloaded;
 mod future;
 mod lag;
@@ -271,6 +274,7 @@ mod store;
 
 pub use drift::DriftMargin;
 pub use error::{ConflictingQuotas, CostTooLarge, DeadlineUnreachable, OverloadReason, Overloaded};
+pub use flight::{InFlightPeak, POOL_IDLE};
 pub use future::ResponseFuture;
 pub use lag::LagProbe;
 pub use layer::SlidingWindowLayer;

@@ -357,11 +357,13 @@ impl Limits {
     }
 
     /// The [`sent_within`](Limits::sent_within) bound of a cold key, in
-    /// its first window in this process: three times as long (300 ms by
-    /// default). It leaves room for connections still being opened (TCP
+    /// its first window in this process, and of a request beyond the most
+    /// the key had in flight at once lately
+    /// ([`InFlightPeak`](super::InFlightPeak)): three times as long (300 ms
+    /// by default). It leaves room for connections still being opened (TCP
     /// and TLS 1.2 across a continent take three round trips), while a
-    /// slow provider's first answers do not hold every slot of the first
-    /// window for their whole processing time. Only limits whose caller
+    /// slow provider's answers do not hold those slots for their whole
+    /// processing time. Only limits whose caller
     /// [reports answers](Limits::reports_answers) use it.
     pub fn cold_sent_within(&self) -> Duration {
         self.inner.sent_within.saturating_mul(3)

@@ -1,0 +1,85 @@
+//! The most requests of a key a client had in flight at once lately.
+
+use std::time::Duration;
+
+use tokio::time::Instant;
+
+/// How long a connection pool keeps an idle connection, at the least: a
+/// server may close an idle keep-alive connection after 5 s (Node.js's
+/// default). The most requests in flight at once is forgotten after it.
+pub const POOL_IDLE: Duration = Duration::from_secs(5);
+
+/// The requests of one key a client has in flight (sent, not yet
+/// answered), and the most it had in flight at once lately. Stores keep one
+/// per key; the in-process and the Redis store share this logic.
+///
+/// A connection pool holds about as many connections to the provider as
+/// the client had requests in flight at once: a request beyond them opens a
+/// new connection, and reaches the provider a handshake later than a warm
+/// connection would take it there (three round trips for TCP and TLS 1.2).
+/// Such a request gets the cold bound
+/// ([`Limits::cold_sent_within`](super::Limits::cold_sent_within)) instead of
+/// `sent_within`. The peak is forgotten when it has not been reached for
+/// [`POOL_IDLE`]: the pool may have closed the connections idle since.
+///
+/// ```
+/// use tokio::time::Instant;
+/// use tower_quota::sliding_window::InFlightPeak;
+///
+/// let now = Instant::now();
+/// let mut flight = InFlightPeak::new(now);
+/// // Nothing was ever in flight: a first request may open a connection.
+/// assert!(flight.exceeds(now, 1));
+/// flight.sent(now);
+/// flight.ended();
+/// // One at a time from then on reuses that connection.
+/// assert!(!flight.exceeds(now, 1));
+/// flight.sent(now);
+/// assert!(flight.exceeds(now, 1), "a second one at once");
+/// ```
+#[derive(Debug, Clone, Copy)]
+pub struct InFlightPeak {
+    in_flight: u32,
+    peak: u32,
+    peak_at: Instant,
+}
+
+impl InFlightPeak {
+    /// Nothing in flight, ever: any request may open a connection.
+    pub fn new(now: Instant) -> Self {
+        InFlightPeak {
+            in_flight: 0,
+            peak: 0,
+            peak_at: now,
+        }
+    }
+
+    /// Whether `more` requests besides those in flight are more than the
+    /// most in flight at once in the last [`POOL_IDLE`].
+    pub fn exceeds(&mut self, now: Instant, more: u32) -> bool {
+        if now.saturating_duration_since(self.peak_at) >= POOL_IDLE {
+            self.peak = self.in_flight;
+            self.peak_at = now;
+        }
+        self.in_flight.saturating_add(more) > self.peak
+    }
+
+    /// A request was sent at `now`.
+    pub fn sent(&mut self, now: Instant) {
+        self.in_flight = self.in_flight.saturating_add(1);
+        if self.in_flight >= self.peak {
+            self.peak = self.in_flight;
+            self.peak_at = now;
+        }
+    }
+
+    /// A request sent earlier ended: answered, failed or dropped.
+    pub fn ended(&mut self) {
+        self.in_flight = self.in_flight.saturating_sub(1);
+    }
+
+    /// The requests in flight.
+    pub fn in_flight(&self) -> u32 {
+        self.in_flight
+    }
+}
