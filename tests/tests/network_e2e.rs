@@ -21,8 +21,14 @@ static ONE_AT_A_TIME: Mutex<()> = Mutex::const_new(());
 /// A network in front of `server`: connections cost 30 ms to open (a
 /// handshake), one-way delays vary between 5 and 25 ms.
 async fn across_the_network(server: &MockServer, seed: u64) -> NetworkProxy {
+    with_handshakes_of(Duration::from_millis(30), server, seed).await
+}
+
+/// As [`across_the_network`], with connections that cost `handshake` to
+/// open.
+async fn with_handshakes_of(handshake: Duration, server: &MockServer, seed: u64) -> NetworkProxy {
     NetworkProxy::builder(server.addr())
-        .connect_delay(Duration::from_millis(30))
+        .connect_delay(handshake)
         .latency(Duration::from_millis(5), Duration::from_millis(25))
         .seed(seed)
         .start()
@@ -177,13 +183,7 @@ async fn a_client_that_outgrows_its_pool_is_never_refused() {
         .start()
         .await
         .unwrap();
-    let network = NetworkProxy::builder(server.addr())
-        .connect_delay(Duration::from_millis(200))
-        .latency(Duration::from_millis(5), Duration::from_millis(25))
-        .seed(11)
-        .start()
-        .await
-        .unwrap();
+    let network = with_handshakes_of(Duration::from_millis(200), &server, 11).await;
     let phases = [(150, 4), (250, 50)];
     let succeeded = support::run_stack_phases(
         &network.url(),
