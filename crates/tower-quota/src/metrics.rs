@@ -23,7 +23,7 @@
 //! | `tower_quota_retries_exhausted_total` | counter | `reason` | a retryable failure goes back to the caller: `max_attempts`, `max_elapsed`, `max_wait`, `body_not_replayable`, `not_idempotent` or `budget_exhausted` |
 //! | `tower_quota_circuit_transitions_total` | counter | `key`, `state` | a breaker changes state: to `open`, `half_open` or `closed` |
 //! | `tower_quota_pacing_drift_total` | counter | `key` | the provider refused a request the sliding window had room for, and the key's margin widened (`pacing_drift`) |
-//! | `tower_quota_pacing_lagging_total` | counter | | the client's tasks ran too late for `sent_within`: admissions are held until answered for a window (`pacing_lagging`) |
+//! | `tower_quota_pacing_lagging_total` | counter | | the client's tasks ran too late for `sent_within`: for a window, admissions are held until answered (through Redis: a window unless answered) (`pacing_lagging`) |
 //! | `tower_quota_quota_mismatch_total` | counter | `key` | a response announced another size for a configured quota (`quota_mismatch`) |
 //! | `tower_quota_pacing_burst` | gauge | `key` | a key's learned burst changed (`rate_adapted`): requests it sends back to back, 0 when spacing is off |
 //! | `tower_quota_pacing_rate` | gauge | `key` | a key's learned rate changed (`rate_adapted`): requests per second it spaces its requests at, 0 when spacing is off |

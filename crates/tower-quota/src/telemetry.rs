@@ -38,7 +38,7 @@
 //! | `connection_opened` | DEBUG | `server.address`, `setup_ms`, `open` | a tracked connector (`connect::TrackConnections`, feature `hyper-util`) opened a connection to the host in `setup_ms`; `open` connections are open now |
 //! | `connection_closed` | DEBUG | `lifetime_ms`, `open` | the client dropped a tracked connection |
 //! | `connection_failed` | WARN | `server.address`, `setup_ms` | a tracked connector failed to open a connection |
-//! | `pacing_lagging` | WARN | `lag_ms`, `sent_within_ms` | a task of the client waited half of `sent_within` or more to run: admissions are held until answered for a window |
+//! | `pacing_lagging` | WARN | `lag_ms`, `sent_within_ms` | a task of the client waited half of `sent_within` or more to run: for a window, admissions are held until answered (through Redis: a window unless answered) |
 
 /// The `tracing` target of every event of this crate.
 pub const TARGET: &str = "tower_quota";

@@ -198,7 +198,8 @@ pub(super) fn pacing_drift(key: &Key, before: Duration, margin: Duration) {
 }
 
 /// The client's tasks waited `lag` to run, too long for `sent_within`:
-/// admissions are held until answered.
+/// admissions are held until answered (a window unless answered, through
+/// the Redis store).
 pub(super) fn pacing_lagging(lag: Duration, sent_within: Duration) {
     crate::metrics::pacing_lagging();
     tracing::warn!(
@@ -207,7 +208,7 @@ pub(super) fn pacing_lagging(lag: Duration, sent_within: Duration) {
         event = telemetry::PACING_LAGGING,
         lag_ms = lag.as_secs_f64() * 1000.0,
         sent_within_ms = sent_within.as_millis() as u64,
-        "the client's tasks wait too long to run for requests to leave within sent_within: admissions are held until answered"
+        "the client's tasks wait too long to run for requests to leave within sent_within: admissions are held until answered (through Redis: a window unless answered)"
     );
 }
 
