@@ -2,6 +2,7 @@
 //! list of limits, then reused by every call for it.
 
 use std::sync::Mutex;
+use std::time::Duration;
 
 use tokio::time::Instant;
 use tower_quota::Key;
@@ -67,6 +68,12 @@ impl Flight {
         self.state().1.ended();
     }
 
+    /// Whether no request of the key is under way or in flight.
+    pub(crate) fn is_idle(&self) -> bool {
+        let state = self.state();
+        state.0 == 0 && state.1.in_flight() == 0
+    }
+
     /// Whether the requests under way and in flight are more than the most
     /// in flight at once lately: the ones beyond may open connections.
     pub(crate) fn is_cold(&self, now: Instant) -> bool {
@@ -74,6 +81,16 @@ impl Flight {
         let under_way = state.0;
         state.1.exceeds(now, under_way)
     }
+}
+
+/// The shortest window of `limits`' quotas (zero without any).
+pub(crate) fn shortest_window(limits: &Limits) -> Duration {
+    limits
+        .quotas()
+        .iter()
+        .map(Quota::window)
+        .min()
+        .unwrap_or(Duration::ZERO)
 }
 
 /// See [`Flight::under_way`].
@@ -108,7 +125,7 @@ impl Names {
         keys.push(format!("{prefix}:{{{key}}}:quotas"));
         let signature = signature(limits);
         let bytes = keys.iter().chain(&jumpers).map(String::len).sum::<usize>() + signature.len();
-        let shortest = quotas.iter().map(Quota::window).min().unwrap_or_default();
+        let shortest = shortest_window(limits);
         let now = Instant::now();
         Names {
             warm_at: now.checked_add(shortest).unwrap_or(now),
@@ -205,6 +222,13 @@ mod tests {
         // Ends never go below zero.
         flight.ended();
         assert!(!flight.is_cold(Instant::now()));
+        assert!(flight.is_idle());
+        let e = flight.under_way();
+        assert!(!flight.is_idle(), "under way");
+        drop(e);
+        flight.sent(Instant::now());
+        assert!(!flight.is_idle(), "in flight");
+        flight.ended();
         // Idle longer than a pool keeps its connections: forgotten.
         tokio::time::advance(tower_quota::sliding_window::POOL_IDLE).await;
         let d = flight.under_way();

@@ -23,7 +23,7 @@ use crate::builder::{FailurePolicy, RedisStoreBuilder};
 use crate::connection::Connection;
 use crate::error::{RedisStoreError, RedisStoreErrorKind};
 use crate::leases::RedisLeases;
-use crate::names::{Names, micros, quota_key};
+use crate::names::{Names, micros, quota_key, shortest_window};
 use crate::scripts::SCRIPTS;
 
 /// The name of the event emitted when Redis cannot decide an admission
@@ -369,26 +369,21 @@ impl Store for RedisStore {
             // counts the answers its keys wait for.
             self.inner.fallback.complete(admission, completion, limits);
         }
-        if !self.inner.approximate
-            && admission.id() & REDIS_ID != 0
-            && let Some(names) = lock(&self.inner.known).get(admission.key())
-        {
-            names.flight.ended();
-        }
-        if completion == Completion::Dropped && !limits.is_strict() {
-            // A dropped request may still be on its way: it keeps its bound.
-            return;
-        }
         if self.inner.approximate || admission.id() & REDIS_ID == 0 {
             // Counters cannot release one admission early; an admission
             // without the bit was not recorded in Redis.
+            return;
+        }
+        let names = self.inner.names(admission.key(), limits);
+        names.flight.ended();
+        if completion == Completion::Dropped && !limits.is_strict() {
+            // A dropped request may still be on its way: it keeps its bound.
             return;
         }
         let Ok(runtime) = tokio::runtime::Handle::try_current() else {
             return; // the entry leaves at its bound (strict: see the crate docs)
         };
         let key = admission.key().clone();
-        let names = self.inner.names(&key, limits);
         let logs: Vec<usize> = (0..limits.quotas().len())
             .filter(|index| limits.quotas()[*index].units(admission.cost()) > 0)
             .collect();
@@ -459,15 +454,6 @@ impl Store for RedisStore {
             .or_default()
             .refused(now, limits)
     }
-}
-
-fn shortest_window(limits: &Limits) -> Duration {
-    limits
-        .quotas()
-        .iter()
-        .map(Quota::window)
-        .min()
-        .unwrap_or(Duration::ZERO)
 }
 
 /// How long a request whose slot waits for a strict admission's answer
@@ -575,7 +561,11 @@ impl Inner {
             return names.clone();
         }
         if known.len() >= KNOWN_KEYS {
-            known.clear();
+            // Keys with requests under way or in flight keep their counts.
+            known.retain(|_, names| !names.flight.is_idle());
+            if known.len() >= KNOWN_KEYS {
+                known.clear();
+            }
         }
         let names = Arc::new(Names::new(&self.prefix, key, limits, self.approximate));
         known.insert(key.clone(), names.clone());
