@@ -8,13 +8,19 @@
 //! strict mode). Two queues keep those instants in order without sorting:
 //!
 //! - `pending`, in admission order: admissions not answered before their
-//!   bound. Their bounds are `admitted + sent_within`, increasing with the
-//!   admission order, or none (held until answered: strict mode, or while
-//!   the client lags); an entry without a bound holds back the ones behind
-//!   it, which only ever holds a slot longer.
+//!   bound. Their bounds are `admitted + sent_within` (plus the span and
+//!   the drift margin), or none (held until answered: strict mode, or while
+//!   the client lags). `pending` stays in leaving order: a bound is never
+//!   earlier than one before it (a cold admission's longer bound, or a
+//!   drift margin that shrank, lengthens the bounds after it), and while an
+//!   admission waits for its answer without a bound, the ones after it
+//!   that will be answered wait for their answers too.
 //! - `answered`, in answer order: admissions answered before their bound,
 //!   moved out of `pending` (which keeps a tombstone). Answers come in time
-//!   order, so their instants increase too.
+//!   order, so their instants increase too. An admission answered when
+//!   the live one before it in `pending` leaves no later (the front, or
+//!   requests answered in turn) is answered in place instead: `pending`
+//!   stays in order.
 //!
 //! The slot that frees next is at the front of one of the two queues, and
 //! the k-th is found by merging them from the front.
@@ -33,13 +39,16 @@ const COMPACT_AT: usize = 64;
 pub(super) struct WindowLog {
     quota: Quota,
     max_calls: u64,
-    per_request: bool,
     /// The window plus the configured safety margin.
     span: Duration,
     pending: VecDeque<Entry>,
     answered: VecDeque<Entry>,
     /// Tombstones in `pending`: entries that moved to `answered`.
-    moved: usize,
+    moved: u32,
+    /// Live entries of `pending` without a bound.
+    unbounded: u32,
+    /// The latest bound given so far: no later admission leaves before it.
+    last_bound: Option<Instant>,
     /// Sum of the costs of the live entries: a `u128`, so that costs and
     /// corrections up to `u64::MAX` each never saturate the sum (a saturated
     /// sum would under-count once entries leave).
@@ -64,20 +73,51 @@ fn make_room(entries: &mut VecDeque<Entry>, max_calls: u64) {
     entries.reserve_exact(grow);
 }
 
+/// One admission in a log: 32 bytes.
 #[derive(Clone, Copy)]
 struct Entry {
-    /// The admission's id, increasing with admission order.
-    id: u64,
+    /// The admission's id (increasing with admission order) shifted left
+    /// by [`FLAGS`], and the flags [`MOVED`] and [`AWAITS_ANSWER`].
+    tag: u64,
     cost: u64,
     /// When the entry leaves the window; `None` until answered (strict).
     until: Option<Instant>,
-    /// A tombstone: the entry moved to `answered`.
-    moved: bool,
-    /// Its caller will report its answer (or its drop), which has not come.
-    awaits_answer: bool,
 }
 
+/// Bits of [`Entry::tag`] taken by flags: ids are below `2^62` (one
+/// admission a nanosecond would take 146 years to reach it).
+const FLAGS: u32 = 2;
+/// A tombstone: the entry moved to `answered`.
+const MOVED: u64 = 1;
+/// Its caller will report its answer (or its drop), which has not come.
+const AWAITS_ANSWER: u64 = 2;
+
 impl Entry {
+    fn new(id: u64, cost: u64, until: Option<Instant>, awaits_answer: bool) -> Self {
+        let flags = if awaits_answer { AWAITS_ANSWER } else { 0 };
+        Entry {
+            tag: (id.min(u64::MAX >> FLAGS) << FLAGS) | flags,
+            cost,
+            until,
+        }
+    }
+
+    fn id(&self) -> u64 {
+        self.tag >> FLAGS
+    }
+
+    fn is_moved(&self) -> bool {
+        self.tag & MOVED != 0
+    }
+
+    fn awaits_answer(&self) -> bool {
+        self.tag & AWAITS_ANSWER != 0
+    }
+
+    fn clear(&mut self, flag: u64) {
+        self.tag &= !flag;
+    }
+
     /// Earlier `until` first; `None` (until answered) last.
     fn leaves_before(&self, other: &Entry) -> bool {
         match (self.until, other.until) {
@@ -93,11 +133,12 @@ impl WindowLog {
         WindowLog {
             quota: *quota,
             max_calls: quota.max_calls(),
-            per_request: quota.is_per_request(),
             span: quota.window() + margin,
             pending: VecDeque::new(),
             answered: VecDeque::new(),
             moved: 0,
+            unbounded: 0,
+            last_bound: None,
             in_window: 0,
         }
     }
@@ -107,7 +148,7 @@ impl WindowLog {
     }
 
     pub(super) fn is_per_request(&self) -> bool {
-        self.per_request
+        self.quota.is_per_request()
     }
 
     pub(super) fn matches(&self, quota: &Quota, margin: Duration) -> bool {
@@ -119,12 +160,12 @@ impl WindowLog {
     }
 
     pub(super) fn is_empty(&self) -> bool {
-        self.answered.is_empty() && self.pending.len() == self.moved
+        self.answered.is_empty() && self.pending.len() == self.moved as usize
     }
 
     pub(super) fn prune(&mut self, now: Instant) {
         while let Some(entry) = self.pending.front() {
-            if entry.moved {
+            if entry.is_moved() {
                 self.moved -= 1;
             } else if entry.until.is_some_and(|until| until <= now) {
                 self.in_window = self.in_window.saturating_sub(u128::from(entry.cost));
@@ -193,14 +234,30 @@ impl WindowLog {
             return;
         }
         self.in_window += u128::from(cost);
+        let until = match sent_by {
+            // Behind an admission held until answered, one that will be
+            // answered is too.
+            Some(_) if self.unbounded > 0 && awaits_answer => None,
+            Some(at) => {
+                let until = (at + self.span + extra).max(self.last_bound.unwrap_or(at));
+                self.last_bound = Some(until);
+                Some(until)
+            }
+            None => None,
+        };
+        let entry = Entry::new(id, cost, until, awaits_answer);
+        match until {
+            None => self.unbounded += 1,
+            // One that will not be answered leaves at its bound, which
+            // `pending` cannot hold in order behind one without a bound.
+            Some(_) if self.unbounded > 0 => {
+                self.insert_answered(entry);
+                return;
+            }
+            Some(_) => {}
+        }
         make_room(&mut self.pending, self.max_calls);
-        self.pending.push_back(Entry {
-            id,
-            cost,
-            until: sent_by.map(|at| at + self.span + extra),
-            moved: false,
-            awaits_answer,
-        });
+        self.pending.push_back(entry);
     }
 
     /// The admission `id` was answered at `at`: it leaves a span after that,
@@ -216,47 +273,116 @@ impl WindowLog {
         extra: Duration,
         dropped: Option<Duration>,
     ) -> bool {
-        let Ok(index) = self.pending.binary_search_by_key(&id, |e| e.id) else {
+        let Ok(index) = self.pending.binary_search_by_key(&id, Entry::id) else {
             return false;
         };
         let entry = &mut self.pending[index];
-        entry.awaits_answer = false;
+        entry.clear(AWAITS_ANSWER);
         let until = at + dropped.unwrap_or(Duration::ZERO) + self.span + extra;
-        if entry.moved
+        if entry.is_moved()
             || entry.until.is_some_and(|bound| bound <= until)
             || (dropped.is_some() && entry.until.is_some())
         {
             return false;
         }
-        entry.moved = true;
+        if entry.until.is_some() && self.in_order_at(index, until) {
+            // Answered before its bound, and the answer's instant keeps
+            // `pending` in order there: answered in place (no tombstone, and
+            // a key whose requests are answered in turn never allocates
+            // `answered`).
+            self.pending[index].until = Some(until);
+            return true;
+        }
+        self.move_to_answered(index, until);
+        true
+    }
+
+    /// Moves the live entry at `index` of `pending` to `answered`, to leave
+    /// at `until`.
+    fn move_to_answered(&mut self, index: usize, until: Instant) {
+        let entry = &mut self.pending[index];
+        if entry.until.is_none() {
+            self.unbounded -= 1;
+        }
         let moved = Entry {
             until: Some(until),
-            moved: false,
             ..*entry
         };
+        entry.tag |= MOVED;
         self.moved += 1;
+        self.insert_answered(moved);
+        let moved = self.moved as usize;
+        if moved >= COMPACT_AT && moved * 2 > self.pending.len() {
+            self.pending.retain(|e| !e.is_moved());
+            self.moved = 0;
+        }
+    }
+
+    /// Puts `entry`, which has a bound, in `answered`, in leaving order.
+    fn insert_answered(&mut self, entry: Entry) {
         // Answers come in time order, but a margin that shrank may put this
         // one before the last: keep the queue sorted (a short walk back).
         let position = self
             .answered
             .iter()
-            .rposition(|e| e.leaves_before(&moved))
+            .rposition(|e| e.leaves_before(&entry))
             .map_or(0, |i| i + 1);
         make_room(&mut self.answered, self.max_calls);
-        self.answered.insert(position, moved);
-        if self.moved >= COMPACT_AT && self.moved * 2 > self.pending.len() {
-            self.pending.retain(|e| !e.moved);
-            self.moved = 0;
+        self.answered.insert(position, entry);
+    }
+
+    /// Whether the live entry at `index` of `pending`, which has a bound,
+    /// may leave at `until` (earlier than its bound, so no later than the
+    /// live entries after it) and keep `pending` in order: the live entry
+    /// before it, if any, leaves no later. Looks back over a few
+    /// tombstones at most (beyond them, the answer moves).
+    fn in_order_at(&self, index: usize, until: Instant) -> bool {
+        const LOOK_BACK: usize = 8;
+        let before = self.pending.range(..index).rev().take(LOOK_BACK + 1);
+        let mut looked = 0;
+        for entry in before {
+            if !entry.is_moved() {
+                return entry.until.is_some_and(|at| at <= until);
+            }
+            looked += 1;
         }
-        true
+        // The front, or only tombstones before it (unless the look stopped
+        // short of the front).
+        looked <= LOOK_BACK && looked == index
     }
 
     /// Holds every admission still in flight until its answer, whatever its
     /// bound: while the client lags, a request may leave later than its
     /// bound assumed. Answered admissions keep what their answer set.
     pub(super) fn hold_until_answered(&mut self) {
-        for entry in self.pending.iter_mut().filter(|e| e.awaits_answer) {
-            entry.until = None;
+        for entry in self.pending.iter_mut() {
+            if entry.awaits_answer() && !entry.is_moved() && entry.until.is_some() {
+                entry.until = None;
+                self.unbounded += 1;
+            }
+        }
+        // The answered ones still in `pending` behind the first entry held
+        // until answered leave at their instants: out of `pending`, which
+        // stays in order.
+        let Some(first) = self
+            .pending
+            .iter()
+            .position(|e| !e.is_moved() && e.until.is_none())
+        else {
+            return;
+        };
+        let mut index = first + 1;
+        while index < self.pending.len() {
+            let entry = self.pending[index];
+            if let (false, Some(until)) = (entry.is_moved(), entry.until) {
+                self.move_to_answered(index, until);
+                if self.moved == 0 {
+                    // Compacted: the tombstones before `index` are gone.
+                    index = self.pending.partition_point(|e| e.id() <= entry.id());
+                    continue;
+                }
+            }
+            index += 1;
         }
     }
 
@@ -265,11 +391,12 @@ impl WindowLog {
         for entry in self.pending.iter_mut().chain(self.answered.iter_mut()) {
             entry.until = entry.until.map(|until| until + delta);
         }
+        self.last_bound = self.last_bound.map(|bound| bound + delta);
     }
 
     /// The live entries in the order they leave the window.
     fn leaving(&self) -> impl Iterator<Item = &Entry> {
-        let mut pending = self.pending.iter().filter(|e| !e.moved).peekable();
+        let mut pending = self.pending.iter().filter(|e| !e.is_moved()).peekable();
         let mut answered = self.answered.iter().peekable();
         std::iter::from_fn(move || match (pending.peek(), answered.peek()) {
             (Some(p), Some(a)) => {
@@ -325,7 +452,12 @@ impl WindowLog {
         requests: u64,
         keep: u64,
     ) -> Duration {
-        let units = if self.per_request { requests } else { cost }.saturating_add(keep);
+        let units = if self.is_per_request() {
+            requests
+        } else {
+            cost
+        }
+        .saturating_add(keep);
         let free = u128::from(self.max_calls).saturating_sub(self.in_window);
         let units = u128::from(units);
         if units <= free {
@@ -353,10 +485,10 @@ impl WindowLog {
     /// Changes the cost of admission `id` to `actual`, if it is still in the
     /// window; returns whether anything changed.
     pub(super) fn correct(&mut self, id: u64, actual: u64) -> bool {
-        let entry = match self.pending.binary_search_by_key(&id, |e| e.id) {
-            Ok(index) if !self.pending[index].moved => &mut self.pending[index],
+        let entry = match self.pending.binary_search_by_key(&id, Entry::id) {
+            Ok(index) if !self.pending[index].is_moved() => &mut self.pending[index],
             // Moved (its tombstone may be gone already) or left the window.
-            _ => match self.answered.iter_mut().find(|e| e.id == id) {
+            _ => match self.answered.iter_mut().find(|e| e.id() == id) {
                 Some(entry) => entry,
                 None => return false,
             },
@@ -368,5 +500,169 @@ impl WindowLog {
         entry.cost = actual;
         self.in_window = self.in_window.saturating_sub(u128::from(recorded)) + u128::from(actual);
         true
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    //! The log against a reference model: a plain list of admissions, each
+    //! leaving at the earlier of its bound and its answer's instant (plus
+    //! the span), sorted in full at every step.
+
+    use super::*;
+    use proptest::prelude::*;
+
+    const WINDOW: Duration = Duration::from_millis(100);
+    const MARGIN: Duration = Duration::from_millis(1);
+    const GRACE: Duration = Duration::from_millis(7);
+
+    #[derive(Debug, Clone)]
+    enum Op {
+        /// Admits a request of `cost`, its bound `bound` ms away (`None`:
+        /// held until answered), whose caller reports its answer or not.
+        Record {
+            cost: u64,
+            bound: Option<u64>,
+            awaits: bool,
+        },
+        /// Answers (or drops) the `pick`-th admission awaiting its answer.
+        Answer { pick: usize, dropped: bool },
+        /// The client lags: every admission awaiting its answer is held
+        /// until answered.
+        Hold,
+        /// Time passes.
+        Wait { ms: u64 },
+    }
+
+    fn op() -> impl Strategy<Value = Op> {
+        // Bounds of 100 ms (warm) and 300 ms (cold) as the stores give,
+        // and any other.
+        let bound = prop_oneof![
+            Just(Some(100)),
+            Just(Some(300)),
+            (0u64..400).prop_map(Some),
+            Just(None),
+        ];
+        prop_oneof![
+            5 => (1u64..4, bound, prop::bool::weighted(0.9)).prop_map(|(cost, bound, awaits)| {
+                Op::Record { cost, bound, awaits: awaits || bound.is_none() }
+            }),
+            5 => (any::<usize>(), prop::bool::weighted(0.1))
+                .prop_map(|(pick, dropped)| Op::Answer { pick, dropped }),
+            1 => Just(Op::Hold),
+            3 => (0u64..80).prop_map(|ms| Op::Wait { ms }),
+        ]
+    }
+
+    /// One admission of the model.
+    struct Modelled {
+        cost: u64,
+        /// When it leaves; `None`: once answered.
+        leaves: Option<Instant>,
+        awaits: bool,
+        id: u64,
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(1024))]
+
+        /// Whatever the bounds and whatever order answers come in, the log
+        /// holds what the model holds, and frees each next unit when the
+        /// model does.
+        #[test]
+        fn the_log_frees_what_the_model_frees(
+            max_calls in 1u64..12,
+            per_request in any::<bool>(),
+            ops in prop::collection::vec(op(), 1..160),
+        ) {
+            let quota = if per_request {
+                Quota::per_request(max_calls, WINDOW)
+            } else {
+                Quota::new(max_calls, WINDOW)
+            }
+            .unwrap();
+            let span = WINDOW + MARGIN;
+            let mut log = WindowLog::new(&quota, MARGIN);
+            let mut model: Vec<Modelled> = Vec::new();
+            let mut last_bound: Option<Instant> = None;
+            let mut now = Instant::now();
+            let mut next_id = 0;
+            for op in ops {
+                match op {
+                    Op::Record { cost, bound, awaits } => {
+                        if !log.has_room(cost, 0) {
+                            continue;
+                        }
+                        let sent_by = bound.map(|ms| now + Duration::from_millis(ms));
+                        log.record(cost, next_id, sent_by, Duration::ZERO, awaits);
+                        let held = model.iter().any(|e| e.leaves.is_none());
+                        let leaves = match sent_by {
+                            Some(_) if held && awaits => None,
+                            Some(at) => {
+                                let until = (at + span).max(last_bound.unwrap_or(at));
+                                last_bound = Some(until);
+                                Some(until)
+                            }
+                            None => None,
+                        };
+                        let cost = quota.units(cost);
+                        if cost > 0 {
+                            model.push(Modelled { cost, leaves, awaits, id: next_id });
+                        }
+                        next_id += 1;
+                    }
+                    Op::Answer { pick, dropped } => {
+                        let awaiting: Vec<usize> = (0..model.len())
+                            .filter(|&i| model[i].awaits)
+                            .collect();
+                        if awaiting.is_empty() {
+                            continue;
+                        }
+                        let entry = &mut model[awaiting[pick % awaiting.len()]];
+                        log.answer(entry.id, now, Duration::ZERO, dropped.then_some(GRACE));
+                        entry.awaits = false;
+                        entry.leaves = match (entry.leaves, dropped) {
+                            // A dropped request keeps its bound, if it has one.
+                            (Some(bound), true) => Some(bound),
+                            (None, true) => Some(now + GRACE + span),
+                            (Some(bound), false) => Some(bound.min(now + span)),
+                            (None, false) => Some(now + span),
+                        };
+                    }
+                    Op::Hold => {
+                        log.hold_until_answered();
+                        for entry in model.iter_mut().filter(|e| e.awaits) {
+                            entry.leaves = None;
+                        }
+                    }
+                    Op::Wait { ms } => now += Duration::from_millis(ms),
+                }
+                log.prune(now);
+                model.retain(|e| e.leaves.is_none_or(|at| at > now));
+                let held: u64 = model.iter().map(|e| e.cost).sum();
+                prop_assert_eq!(log.in_window, u128::from(held));
+                // The instants the units free, in order (`None` last).
+                let mut leaving: Vec<(Option<Instant>, u64)> =
+                    model.iter().map(|e| (e.leaves, e.cost)).collect();
+                leaving.sort_by_key(|&(at, _)| (at.is_none(), at));
+                let wants = if per_request { 1 } else { max_calls };
+                for want in 1..=wants {
+                    let expected = if held + want <= max_calls {
+                        Some(now)
+                    } else {
+                        let must_leave = held + want - max_calls;
+                        let mut seen = 0;
+                        leaving
+                            .iter()
+                            .find(|(_, cost)| {
+                                seen += cost;
+                                seen >= must_leave
+                            })
+                            .and_then(|(at, _)| *at)
+                    };
+                    prop_assert_eq!(log.earliest(now, want, 0), expected, "{} more units", want);
+                }
+            }
+        }
     }
 }
