@@ -122,7 +122,7 @@ impl MemoryStore {
         lock(shard)
             .keys
             .get(hash, key.as_str())
-            .and_then(|state| state.pacer.burst())
+            .and_then(|state| state.pacer()?.burst())
     }
 
     /// Removes the state of every key that has no admission left in its
@@ -218,7 +218,10 @@ impl Store for MemoryStore {
             state.flight.ended();
         }
         let extra = state.extra_margin(now);
-        let mut changed = state.pacer.answered(admission.id());
+        let mut changed = state
+            .learned
+            .as_deref_mut()
+            .is_some_and(|learned| learned.pacer.answered(admission.id()));
         for window in &mut state.windows {
             changed |= window.answer(admission.id(), now, extra, dropped);
         }
@@ -234,7 +237,10 @@ impl Store for MemoryStore {
         let Some(state) = shard.keys.get_mut(hash, admission.key().as_str()) else {
             return;
         };
-        let (adapted, opened) = state.pacer.accepted(now, admission.id(), room, limits);
+        let Some(learned) = state.learned.as_deref_mut() else {
+            return;
+        };
+        let (adapted, opened) = learned.pacer.accepted(now, admission.id(), room, limits);
         if let Some(adapted) = adapted {
             events::rate_adapted(admission.key(), adapted, Adaptation::Announced);
         }
@@ -288,9 +294,10 @@ impl Store for MemoryStore {
         // The probe past a fresh key's first window, refused, may be either
         // (a sliding log whose window runs late, or a counter of the rate):
         // the key widens its margin and is spaced.
-        let starting = state.pacer.starting();
-        let drift = if state.pacer.burst() != Some(1) && state.pacer.near_quota(now, limits) {
-            state.drift.refused(now, limits)
+        let learned = state.learned();
+        let starting = learned.pacer.starting();
+        let drift = if learned.pacer.burst() != Some(1) && learned.pacer.near_quota(now, limits) {
+            learned.drift.refused(now, limits)
         } else {
             None
         };
@@ -303,8 +310,9 @@ impl Store for MemoryStore {
             }
         }
         // It may also refuse bursts the log allows: space what follows.
-        let before = (state.pacer.burst(), state.pacer.interval(limits));
-        let adapted = state.pacer.refused(now, limits);
+        let learned = state.learned();
+        let before = (learned.pacer.burst(), learned.pacer.interval(limits));
+        let adapted = learned.pacer.refused(now, limits);
         if starting {
             // The key's waiters waited for this answer: spacing, not the
             // answer, decides from now on.
@@ -313,7 +321,7 @@ impl Store for MemoryStore {
         if adapted.burst == Some(1) && !starting {
             // Evenly spaced from now on: the pacer's rate, not a wider
             // margin, answers what the provider refuses.
-            state.drift = Default::default();
+            state.learned().drift = Default::default();
         }
         if (adapted.burst, adapted.interval) != before {
             events::rate_adapted(admission.key(), adapted, Adaptation::Refused);
@@ -382,22 +390,33 @@ impl Shard {
     }
 }
 
-/// The state of one key.
+/// The state of one key, kept small: a map of 100,000 keys holds 100,000
+/// of these (and a third more room), so what only some keys need is boxed.
 struct KeyState {
-    windows: Vec<WindowLog>,
+    /// One log per quota.
+    windows: Box<[WindowLog]>,
+    /// Its waiters (and the limits' `promote_after`), boxed with the first.
     queue: Queue,
-    /// The limits' `promote_after`, for choosing the head.
-    promote_after: Duration,
-    drift: DriftMargin,
-    /// The burst the key's provider tolerates, learned from its refusals.
-    pacer: Pacer,
-    /// What the provider last announced for each window's quota; empty
-    /// until its first announcement.
-    announced: Vec<Option<u64>>,
+    /// What the key learns from its provider, boxed: made with the key when
+    /// its caller reports refusals, otherwise with the first announcement
+    /// or refusal. `None` is a pacer that never spaces and no drift.
+    learned: Option<Box<Learned>>,
     /// Until then the key is cold: its admissions get the cold bound.
     warm_at: Instant,
     /// Its requests in flight, and the most in flight at once lately.
     flight: InFlightPeak,
+}
+
+/// What a key learns from its provider.
+#[derive(Default)]
+struct Learned {
+    drift: DriftMargin,
+    /// The burst and rate the key's provider tolerates, learned from its
+    /// refusals.
+    pacer: Pacer,
+    /// What the provider last announced for each window's quota; empty
+    /// until its first announcement.
+    announced: Vec<Option<u64>>,
 }
 
 impl KeyState {
@@ -413,14 +432,25 @@ impl KeyState {
             flight: InFlightPeak::new(now),
             windows: Self::windows_for(limits),
             queue: Queue::default(),
-            promote_after: limits.promote_after(),
-            drift: DriftMargin::default(),
-            pacer: Pacer::new(limits.reports_refusals()),
-            announced: Vec::new(),
+            learned: limits.reports_refusals().then(|| {
+                Box::new(Learned {
+                    pacer: Pacer::new(true),
+                    ..Learned::default()
+                })
+            }),
         }
     }
 
-    fn windows_for(limits: &Limits) -> Vec<WindowLog> {
+    /// What the key learned, made now if it had nothing to learn yet.
+    fn learned(&mut self) -> &mut Learned {
+        self.learned.get_or_insert_with(Box::default)
+    }
+
+    fn pacer(&self) -> Option<&Pacer> {
+        self.learned.as_deref().map(|learned| &learned.pacer)
+    }
+
+    fn windows_for(limits: &Limits) -> Box<[WindowLog]> {
         let margin = limits.safety_margin();
         limits
             .quotas()
@@ -441,15 +471,17 @@ impl KeyState {
                 .zip(limits.quotas())
                 .all(|(w, q)| w.matches(q, margin));
         if same {
-            self.promote_after = limits.promote_after();
+            self.queue.set_promote_after(limits.promote_after());
             return true;
         }
         if !self.is_idle() {
             return false;
         }
         self.windows = Self::windows_for(limits);
-        self.announced = Vec::new();
-        self.promote_after = limits.promote_after();
+        if let Some(learned) = self.learned.as_deref_mut() {
+            learned.announced = Vec::new();
+        }
+        self.queue.set_promote_after(limits.promote_after());
         true
     }
 
@@ -488,14 +520,16 @@ impl KeyState {
             let (Some((index, _)), None) = (candidates.next(), candidates.next()) else {
                 continue;
             };
-            if self.announced.len() < self.windows.len() {
-                self.announced.resize(self.windows.len(), None);
+            let windows = self.windows.len();
+            let announced = &mut self.learned().announced;
+            if announced.len() < windows {
+                announced.resize(windows, None);
             }
-            if self.announced[index] == Some(quota.max_calls) {
+            if announced[index] == Some(quota.max_calls) {
                 continue;
             }
-            let first = self.announced[index].is_none();
-            self.announced[index] = Some(quota.max_calls);
+            let first = announced[index].is_none();
+            announced[index] = Some(quota.max_calls);
             let window = &mut self.windows[index];
             let configured = window.quota();
             let before = window.size();
@@ -528,7 +562,9 @@ impl KeyState {
     }
 
     fn extra_margin(&self, now: Instant) -> Duration {
-        self.drift.extra(now, self.shortest_window())
+        self.learned.as_deref().map_or(Duration::ZERO, |learned| {
+            learned.drift.extra(now, self.shortest_window())
+        })
     }
 
     fn prune(&mut self, now: Instant) {
@@ -545,8 +581,10 @@ impl KeyState {
         self.windows
             .iter()
             .all(|w| w.has_room(cost, w.keep(limits, class, cost)))
-            && self.pacer.earliest(cost, limits).is_none_or(|at| at <= now)
-            && self.pacer.awaits_answer(now, limits).is_none()
+            && self.pacer().is_none_or(|pacer| {
+                pacer.earliest(cost, limits).is_none_or(|at| at <= now)
+                    && pacer.awaits_answer(now, limits).is_none()
+            })
     }
 
     /// Records an admission; returns the pacer's new burst if it changed.
@@ -582,7 +620,8 @@ impl KeyState {
         for window in &mut self.windows {
             window.record(cost, id, sent_by, extra, answers);
         }
-        self.pacer.admitted(now, id, cost, limits)
+        let learned = self.learned.as_deref_mut()?;
+        learned.pacer.admitted(now, id, cost, limits)
     }
 
     /// The earliest instant the head fits (`None`: once an answer comes
@@ -594,11 +633,12 @@ impl KeyState {
         limits: &Limits,
         class: Priority,
     ) -> (Option<Instant>, Option<Quota>) {
-        if let Some(until) = self.pacer.awaits_answer(now, limits) {
+        let pacer = self.pacer();
+        if let Some(until) = pacer.and_then(|pacer| pacer.awaits_answer(now, limits)) {
             // At the answer, or when the key stops waiting for it.
             return (Some(until), None);
         }
-        let paced = self.pacer.earliest(cost, limits);
+        let paced = pacer.and_then(|pacer| pacer.earliest(cost, limits));
         let mut latest: (Option<Instant>, Option<Quota>) =
             (Some(paced.map_or(now, |at| at.max(now))), None);
         for window in &self.windows {
@@ -632,7 +672,7 @@ impl KeyState {
 
     /// The request that goes next.
     fn head(&self, now: Instant) -> Option<Spot> {
-        self.queue.head(now, self.promote_after)
+        self.queue.head(now, self.queue.promote_after())
     }
 
     fn wake_head(&self) {
@@ -1091,6 +1131,7 @@ fn arrive(
         }
     }
     state.queue.insert(spot, tenant, cost, now, cx.waker());
+    state.queue.set_promote_after(this.limits.promote_after());
     *slot = AcquireState::Queued {
         ticket: Ticket {
             shared: this.shared.clone(),

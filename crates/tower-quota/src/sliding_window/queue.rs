@@ -217,6 +217,22 @@ impl Queue {
         self.classes.as_ref()?.head(now, promote_after)
     }
 
+    /// The limits' `promote_after` the key's waiters were queued under
+    /// (kept with them: a key that never waits does not hold it).
+    pub(super) fn promote_after(&self) -> Duration {
+        self.classes
+            .as_ref()
+            .map_or(Duration::MAX, |classes| classes.promote_after)
+    }
+
+    /// Sets what [`promote_after`](Self::promote_after) returns, if anyone
+    /// ever waited.
+    pub(super) fn set_promote_after(&mut self, promote_after: Duration) {
+        if let Some(classes) = self.classes.as_mut() {
+            classes.promote_after = promote_after;
+        }
+    }
+
     /// Whether a new request of `priority` would find nobody of its class
     /// or above waiting (it may then go at once, if it fits).
     pub(super) fn none_before(&self, priority: Priority) -> bool {
@@ -273,6 +289,8 @@ pub(super) struct Classes {
     classes: [Class; Priority::COUNT],
     len: usize,
     next_id: u64,
+    /// The limits' `promote_after`, for choosing the head.
+    promote_after: Duration,
 }
 
 impl Classes {
