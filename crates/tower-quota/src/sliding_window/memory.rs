@@ -676,6 +676,10 @@ impl KeyState {
     }
 
     fn wake_head(&self) {
+        if self.queue.is_empty() {
+            // Nobody to wake: no clock read.
+            return;
+        }
         if let Some(head) = self.head(Instant::now()) {
             self.queue.wake(head);
         }
