@@ -205,6 +205,11 @@ impl WindowLog {
         u128::from(self.max_calls.max(units))
     }
 
+    /// The units the log holds.
+    pub(super) fn held(&self) -> u128 {
+        self.in_window
+    }
+
     /// The size the log holds the key to: the quota's `max_calls` unless a
     /// provider's announcement lowered it.
     pub(super) fn size(&self) -> u64 {

@@ -294,9 +294,17 @@ impl Store for MemoryStore {
         // The probe past a fresh key's first window, refused, may be either
         // (a sliding log whose window runs late, or a counter of the rate):
         // the key widens its margin and is spaced.
+        let near_quota = match state.learned.as_deref_mut() {
+            Some(learned) => {
+                learned.pacer.burst() != Some(1) && learned.pacer.near_quota(now, limits)
+            }
+            // Nothing learned yet (its caller did not say it reports
+            // refusals), so nothing counted: the log holds what went out.
+            None => state.log_near_quota(),
+        };
         let learned = state.learned();
         let starting = learned.pacer.starting();
-        let drift = if learned.pacer.burst() != Some(1) && learned.pacer.near_quota(now, limits) {
+        let drift = if near_quota {
             learned.drift.refused(now, limits)
         } else {
             None
@@ -559,6 +567,16 @@ impl KeyState {
             .map(|w| w.quota().window())
             .min()
             .unwrap_or(Duration::ZERO)
+    }
+
+    /// Whether a log of the shortest window holds nine tenths of its size
+    /// or more: about a whole quota went out in the window.
+    fn log_near_quota(&self) -> bool {
+        let shortest = self.shortest_window();
+        self.windows
+            .iter()
+            .filter(|window| window.quota().window() == shortest)
+            .any(|window| window.held().saturating_mul(10) >= u128::from(window.size()) * 9)
     }
 
     fn extra_margin(&self, now: Instant) -> Duration {
