@@ -43,7 +43,9 @@ pub(super) struct WindowLog {
     span: Duration,
     pending: VecDeque<Entry>,
     answered: VecDeque<Entry>,
-    /// Tombstones in `pending`: entries that moved to `answered`.
+    /// Tombstones in `pending`: entries that moved to `answered`. The two
+    /// counts saturate, and neither can get near it: 4 billion entries
+    /// would be 128 GiB of log.
     moved: u32,
     /// Live entries of `pending` without a bound.
     unbounded: u32,
@@ -166,7 +168,7 @@ impl WindowLog {
     pub(super) fn prune(&mut self, now: Instant) {
         while let Some(entry) = self.pending.front() {
             if entry.is_moved() {
-                self.moved -= 1;
+                self.moved = self.moved.saturating_sub(1);
             } else if entry.until.is_some_and(|until| until <= now) {
                 self.in_window = self.in_window.saturating_sub(u128::from(entry.cost));
             } else {
@@ -252,7 +254,7 @@ impl WindowLog {
         };
         let entry = Entry::new(id, cost, until, awaits_answer);
         match until {
-            None => self.unbounded += 1,
+            None => self.unbounded = self.unbounded.saturating_add(1),
             // One that will not be answered leaves at its bound, which
             // `pending` cannot hold in order behind one without a bound.
             Some(_) if self.unbounded > 0 => {
@@ -307,14 +309,14 @@ impl WindowLog {
     fn move_to_answered(&mut self, index: usize, until: Instant) {
         let entry = &mut self.pending[index];
         if entry.until.is_none() {
-            self.unbounded -= 1;
+            self.unbounded = self.unbounded.saturating_sub(1);
         }
         let moved = Entry {
             until: Some(until),
             ..*entry
         };
         entry.tag |= MOVED;
-        self.moved += 1;
+        self.moved = self.moved.saturating_add(1);
         self.insert_answered(moved);
         let moved = self.moved as usize;
         if moved >= COMPACT_AT && moved * 2 > self.pending.len() {
@@ -363,7 +365,7 @@ impl WindowLog {
         for entry in self.pending.iter_mut() {
             if entry.awaits_answer() && !entry.is_moved() && entry.until.is_some() {
                 entry.until = None;
-                self.unbounded += 1;
+                self.unbounded = self.unbounded.saturating_add(1);
             }
         }
         // The answered ones still in `pending` behind the first entry held
