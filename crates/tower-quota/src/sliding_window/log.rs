@@ -301,6 +301,7 @@ impl WindowLog {
             return true;
         }
         self.move_to_answered(index, until);
+        self.compact();
         true
     }
 
@@ -318,6 +319,10 @@ impl WindowLog {
         entry.tag |= MOVED;
         self.moved = self.moved.saturating_add(1);
         self.insert_answered(moved);
+    }
+
+    /// Drops the tombstones from `pending` once they are many and most of it.
+    fn compact(&mut self) {
         let moved = self.moved as usize;
         if moved >= COMPACT_AT && moved * 2 > self.pending.len() {
             self.pending.retain(|e| !e.is_moved());
@@ -345,17 +350,17 @@ impl WindowLog {
     /// tombstones at most (beyond them, the answer moves).
     fn in_order_at(&self, index: usize, until: Instant) -> bool {
         const LOOK_BACK: usize = 8;
-        let before = self.pending.range(..index).rev().take(LOOK_BACK + 1);
-        let mut looked = 0;
-        for entry in before {
-            if !entry.is_moved() {
-                return entry.until.is_some_and(|at| at <= until);
-            }
-            looked += 1;
+        let live_before = self
+            .pending
+            .range(..index)
+            .rev()
+            .take(LOOK_BACK + 1)
+            .find(|e| !e.is_moved());
+        match live_before {
+            Some(entry) => entry.until.is_some_and(|at| at <= until),
+            // The front, or only tombstones before it, all looked at.
+            None => index <= LOOK_BACK,
         }
-        // The front, or only tombstones before it (unless the look stopped
-        // short of the front).
-        looked <= LOOK_BACK && looked == index
     }
 
     /// Holds every admission still in flight until its answer, whatever its
@@ -378,19 +383,13 @@ impl WindowLog {
         else {
             return;
         };
-        let mut index = first + 1;
-        while index < self.pending.len() {
+        for index in first + 1..self.pending.len() {
             let entry = self.pending[index];
             if let (false, Some(until)) = (entry.is_moved(), entry.until) {
                 self.move_to_answered(index, until);
-                if self.moved == 0 {
-                    // Compacted: the tombstones before `index` are gone.
-                    index = self.pending.partition_point(|e| e.id() <= entry.id());
-                    continue;
-                }
             }
-            index += 1;
         }
+        self.compact();
     }
 
     /// Holds every entry `delta` longer (the order is unchanged).
