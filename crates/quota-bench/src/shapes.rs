@@ -217,16 +217,44 @@ impl Cell {
     /// The median gap between accepted arrivals from the fourth second on:
     /// the pace a limiter settled at.
     fn settled_gap(&self) -> Option<Duration> {
+        let gaps = self.settled_gaps();
+        gaps.get(gaps.len() / 2).copied()
+    }
+
+    /// The gaps between arrivals (refused ones included) from 3 s on,
+    /// sorted.
+    fn settled_gaps(&self) -> Vec<Duration> {
         let times: Vec<Duration> = self
             .stats
             .arrivals
             .iter()
-            .filter(|arrival| arrival.is_accepted() && arrival.at >= Duration::from_secs(3))
+            .filter(|arrival| arrival.at >= Duration::from_secs(3))
             .map(|arrival| arrival.at)
             .collect();
         let mut gaps: Vec<Duration> = times.windows(2).map(|pair| pair[1] - pair[0]).collect();
         gaps.sort();
-        gaps.get(gaps.len() / 2).copied()
+        gaps
+    }
+
+    /// Quantiles of the gaps between arrivals from 3 s on, for the
+    /// console: how close the network brought requests together.
+    fn gap_quantiles(&self) -> String {
+        let gaps = self.settled_gaps();
+        if gaps.is_empty() {
+            return "—".to_owned();
+        }
+        [0.0, 0.01, 0.05, 0.25, 0.5, 0.75, 0.95]
+            .iter()
+            .map(|q| {
+                let index = ((gaps.len() - 1) as f64 * q).round() as usize;
+                format!(
+                    "p{}: {:.2} ms",
+                    (q * 100.0) as u32,
+                    gaps[index].as_secs_f64() * 1e3
+                )
+            })
+            .collect::<Vec<_>>()
+            .join(", ")
     }
 
     /// Each refused arrival, with the time since the accepted arrival
@@ -440,7 +468,7 @@ fn print_cell(cell: &Cell) {
     );
     if cell.limiter == Limiter::TowerQuota {
         println!(
-            "  accepted/429 per second: {}; median accepted gap from 3 s: {}",
+            "  accepted/429 per second: {}; median gap between arrivals from 3 s: {}",
             cell.timeline(),
             cell.settled_gap().map_or_else(
                 || "—".to_owned(),
@@ -451,6 +479,7 @@ fn print_cell(cell: &Cell) {
             "  429s (at, since the last accepted arrival): {}",
             cell.refusals()
         );
+        println!("  gaps between arrivals from 3 s: {}", cell.gap_quantiles());
     }
 }
 

@@ -88,12 +88,21 @@
 //! `1 - 2/N` of the quota's rate (at least 95 %): a counter holds a key
 //! spaced evenly to `N - 1` a window.
 //!
-//! Spaced one at a time, the schedule holds through a late timer (tokio's
-//! timer has millisecond ticks: at 100/s, a tick lost on every request
-//! would send 9 % under the rate), but two requests never go closer than
-//! the quota's own interval to a provider that may have no tolerance. The
-//! waiter that spacing holds wakes a tick early and looks at its exact
-//! instant, so that the floor costs no tick either.
+//! Spaced one at a time to a provider that may have no tolerance, two
+//! requests never go closer than the key's own interval (95 % of the
+//! quota's rate, or less): the 5 % is room for the network, which brings
+//! requests together on their way (against a GCRA without tolerance at
+//! 100/s over loopback, by up to 0.4 ms of the 10 ms interval, and by 2 or
+//! 3 ms now and then). With a floor at the quota's own interval instead,
+//! one arrival in a hundred to a few in a hundred was refused there, each
+//! costing its request a whole `Retry-After`. A timer that wakes late
+//! costs that request its lateness; the waiter that spacing holds wakes a
+//! tick early and looks at its exact instant, so that it is less than a
+//! tick (tokio's timer has millisecond ticks: at 100/s, a whole tick lost
+//! on every request would send 9 % under the rate). Spaced one at a time
+//! to a provider that took a window's quota at once (a sliding-window
+//! counter), the schedule holds through a late timer instead: the next
+//! request goes at its instant.
 //! A provider that said how much it takes at once, with a quota at least
 //! the key's, keeps its rate when it refuses a spaced request: the
 //! network brought two together.
@@ -489,10 +498,10 @@ impl Pacer {
         let scheduled = tat.checked_sub(tolerance);
         match self.last {
             // One at a time to a provider that may have no tolerance: never
-            // closer than the quota's own interval, whatever the schedule
-            // catches up.
+            // closer than the key's own interval (room for the network to
+            // bring two together), whatever the schedule catches up.
             Some(last) if burst == 1 && !self.tolerant => {
-                let floor = last.checked_add(step(limits, cost)).unwrap_or(last);
+                let floor = last.checked_add(self.step(limits, cost)).unwrap_or(last);
                 Some(scheduled.map_or(floor, |at| at.max(floor)))
             }
             _ => scheduled,
@@ -538,9 +547,9 @@ impl Pacer {
         // An admission the timer woke after its instant (tokio's timer
         // has millisecond ticks, and at 100/s a tick late on every request
         // would send 9 % under the rate) keeps the schedule, when spaced
-        // one at a time: the next goes at its instant, no closer to this
-        // one than the quota's interval (see `earliest`) unless the
-        // provider took a window's quota at once. Later than an interval,
+        // one at a time: the next goes at its instant, unless the provider
+        // may have no tolerance (see `earliest`: then no closer to this one
+        // than the key's interval). Later than an interval,
         // the key was idle and the schedule starts again.
         let keep = if burst == 1 { advance } else { TIMER_TICK };
         let from = match self.tat {

@@ -305,3 +305,46 @@ async fn a_slow_first_answer_holds_the_burst_a_sixteenth_of_the_window() {
         "{rest:?}"
     );
 }
+
+/// Spaced one at a time to a provider that may have no tolerance, a
+/// request that came after its instant (late to the key, or woken late by
+/// the timer) moves the next one on: two requests never go closer than the
+/// key's own interval, a little under the quota's rate, so that the
+/// network has room to bring them together.
+#[tokio::test(start_paused = true)]
+async fn spaced_one_at_a_time_a_late_request_moves_the_next_one_on() {
+    let (store, limits) = (MemoryStore::new(), reporting());
+    let key = Key::from("k");
+    let room = Some(Room {
+        remaining: 0,
+        limit: 20,
+    });
+    let send = || async {
+        let admission = store.acquire(key.clone(), 1, &limits).await.unwrap();
+        let at = Instant::now();
+        store.accepted(&admission, &|| room, &limits);
+        store.complete(&admission, Completion::Answered, &limits);
+        at
+    };
+    // The first answer says there is no room for a burst: spaced from the
+    // second request on.
+    let first = send().await;
+    assert_eq!(store.learned_burst(&key), Some(1));
+    let quota_interval = (Duration::from_secs(1) + limits.safety_margin()) / 20;
+    let key_interval = quota_interval * 1000 / 950;
+    let second = send().await;
+    assert!(second - first >= key_interval, "{:?}", second - first);
+    // The third comes 60 ms after the second: after its instant.
+    tokio::time::sleep(Duration::from_millis(60)).await;
+    let third = send().await;
+    assert_eq!(third - second, Duration::from_millis(60));
+    // The fourth, at once: the schedule had it sooner, but not closer to
+    // the third than the key's interval.
+    let fourth = send().await;
+    assert!(
+        fourth - third >= key_interval - Duration::from_micros(1),
+        "{:?} against {key_interval:?}",
+        fourth - third
+    );
+    assert!(fourth - third <= key_interval + MS, "{:?}", fourth - third);
+}
