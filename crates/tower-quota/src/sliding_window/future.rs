@@ -24,12 +24,8 @@ pin_project! {
         store: St,
         limits: Limits,
         usage_fn: U,
-        // The request's class and tenant, for its admission's telemetry.
+        // The request's class, for its admission's telemetry.
         priority: Priority,
-        tenant: Option<Key>,
-        // The admission while its request is in flight: dropping the
-        // future with it tells the store the request was dropped.
-        in_flight: Option<InFlight>,
     }
 
     impl<St, S, Request, U> PinnedDrop for ResponseFuture<St, S, Request, U>
@@ -39,7 +35,9 @@ pin_project! {
     {
         fn drop(this: Pin<&mut Self>) {
             let this = this.project();
-            if let Some(in_flight) = this.in_flight.take() {
+            if let StateProj::Calling { in_flight, .. } = this.state.project()
+                && let Some(in_flight) = in_flight.take()
+            {
                 in_flight.end(this.store, this.limits, Completion::Dropped);
             }
         }
@@ -143,10 +141,15 @@ pin_project! {
         Admitting {
             acquire: Admit<A>,
             call: Option<(S, Request)>,
+            // The request's tenant, for its admission's telemetry.
+            tenant: Option<Key>,
         },
         Calling {
             #[pin]
             future: S::Future,
+            // The admission while its request is in flight: dropping the
+            // future with it tells the store the request was dropped.
+            in_flight: Option<InFlight>,
         },
     }
 }
@@ -170,13 +173,12 @@ where
             state: State::Admitting {
                 acquire: Admit::Start(Some((key, cost, place))),
                 call: Some((inner, request)),
+                tenant,
             },
             store,
             limits,
             usage_fn,
             priority,
-            tenant,
-            in_flight: None,
         }
     }
 }
@@ -194,7 +196,11 @@ where
         let mut this = self.project();
         loop {
             match this.state.as_mut().project() {
-                StateProj::Admitting { acquire, call } => {
+                StateProj::Admitting {
+                    acquire,
+                    call,
+                    tenant,
+                } => {
                     let mut admission = match ready!(acquire.poll(this.store, this.limits, cx)) {
                         Ok(admission) => admission,
                         Err(error) => {
@@ -203,7 +209,7 @@ where
                         }
                     };
                     admission.priority = *this.priority;
-                    admission.tenant = this.tenant.take();
+                    admission.set_tenant(tenant.take());
                     events::admitted(&admission);
                     let Some((mut inner, request)) = call.take() else {
                         // `call` is taken only on this transition, right before
@@ -217,20 +223,20 @@ where
                     } else {
                         Probe::Off
                     };
-                    *this.in_flight = Some(InFlight {
+                    let in_flight = Some(InFlight {
                         admission,
                         probe,
                         released,
                     });
-                    this.state.set(State::Calling { future });
+                    this.state.set(State::Calling { future, in_flight });
                 }
-                StateProj::Calling { future } => {
+                StateProj::Calling { future, in_flight } => {
                     let polled = future.poll(cx);
-                    if let Some(in_flight) = this.in_flight.as_mut() {
+                    if let Some(in_flight) = in_flight.as_mut() {
                         in_flight.probe(this.store, this.limits, polled.is_pending(), cx);
                     }
                     let result = ready!(polled);
-                    let Some(in_flight) = this.in_flight.take() else {
+                    let Some(in_flight) = in_flight.take() else {
                         // Set on the transition to `Calling`.
                         unreachable!("sliding window request answered twice");
                     };

@@ -1,5 +1,6 @@
 //! Where admissions are recorded.
 
+use std::fmt;
 use std::future::Future;
 use std::time::Duration;
 
@@ -192,16 +193,39 @@ pub enum Completion {
 }
 
 /// A request admitted by a [`Store`].
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Clone, PartialEq, Eq)]
 pub struct Admission {
     pub(crate) key: Key,
     pub(crate) id: u64,
     pub(crate) cost: u64,
-    pub(crate) waited: Duration,
-    pub(crate) queued: usize,
-    pub(crate) limited_by: Option<Quota>,
     pub(crate) priority: Priority,
-    pub(crate) tenant: Option<Key>,
+    /// What only a request that waited, or named a tenant, has: boxed, so
+    /// that an admission made at once stays small (it moves with its
+    /// response future).
+    detail: Option<Box<Detail>>,
+}
+
+#[derive(Clone, Default, PartialEq, Eq)]
+struct Detail {
+    waited: Duration,
+    queued: usize,
+    limited_by: Option<Quota>,
+    tenant: Option<Key>,
+}
+
+impl fmt::Debug for Admission {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Admission")
+            .field("key", &self.key)
+            .field("id", &self.id)
+            .field("cost", &self.cost)
+            .field("waited", &self.waited())
+            .field("queued", &self.queued())
+            .field("limited_by", &self.limited_by())
+            .field("priority", &self.priority)
+            .field("tenant", &self.tenant())
+            .finish()
+    }
 }
 
 impl Admission {
@@ -210,22 +234,49 @@ impl Admission {
     /// arrived (0 when it was admitted without waiting). `id` is the store's
     /// own name for the admission, used by [`Store::correct`].
     pub fn new(key: Key, id: u64, cost: u64, waited: Duration, queued: usize) -> Self {
+        let detail = (!waited.is_zero() || queued > 0).then(|| {
+            Box::new(Detail {
+                waited,
+                queued,
+                ..Detail::default()
+            })
+        });
         Admission {
             key,
             id,
             cost,
-            waited,
-            queued,
-            limited_by: None,
             priority: Priority::default(),
-            tenant: None,
+            detail,
         }
+    }
+
+    fn detail_mut(&mut self) -> &mut Detail {
+        self.detail.get_or_insert_with(Box::default)
     }
 
     /// Names the quota that made the request wait.
     pub fn with_limited_by(mut self, quota: Option<Quota>) -> Self {
-        self.limited_by = quota;
+        match quota {
+            Some(quota) => self.detail_mut().limited_by = Some(quota),
+            None => {
+                if let Some(detail) = self.detail.as_deref_mut() {
+                    detail.limited_by = None;
+                }
+            }
+        }
         self
+    }
+
+    /// Names the tenant the request was admitted for.
+    pub(crate) fn set_tenant(&mut self, tenant: Option<Key>) {
+        match tenant {
+            Some(tenant) => self.detail_mut().tenant = Some(tenant),
+            None => {
+                if let Some(detail) = self.detail.as_deref_mut() {
+                    detail.tenant = None;
+                }
+            }
+        }
     }
 
     /// The class the request was admitted in.
@@ -235,12 +286,12 @@ impl Admission {
 
     /// The tenant the request was admitted for, if it named one.
     pub fn tenant(&self) -> Option<&Key> {
-        self.tenant.as_ref()
+        self.detail.as_deref()?.tenant.as_ref()
     }
 
     /// The quota that made the request wait, if it waited.
     pub fn limited_by(&self) -> Option<&Quota> {
-        self.limited_by.as_ref()
+        self.detail.as_deref()?.limited_by.as_ref()
     }
 
     /// The store's name for this admission.
@@ -260,12 +311,14 @@ impl Admission {
 
     /// How long the request waited for room.
     pub fn waited(&self) -> Duration {
-        self.waited
+        self.detail
+            .as_deref()
+            .map_or(Duration::ZERO, |detail| detail.waited)
     }
 
     /// How many requests waited on the key, this one included, when it
     /// arrived; 0 when it did not wait.
     pub fn queued(&self) -> usize {
-        self.queued
+        self.detail.as_deref().map_or(0, |detail| detail.queued)
     }
 }
