@@ -88,6 +88,21 @@ impl InFlight {
         }
     }
 
+    /// The provider accepted the request: as [`end`](Self::end) with an
+    /// answer, the store told of the acceptance first, in one step.
+    fn accepted<St: Store>(
+        self,
+        store: &St,
+        limits: &Limits,
+        room: &dyn Fn() -> Option<crate::Room>,
+    ) -> Admission {
+        if self.probe != Probe::Off {
+            store.probed(None, limits);
+        }
+        store.accepted_and_answered(&self.admission, room, limits);
+        self.admission
+    }
+
     /// The request ended: a measurement still under way ends without a
     /// result, and the store learns how the admission ended.
     fn end<St: Store>(self, store: &St, limits: &Limits, completion: Completion) -> Admission {
@@ -243,20 +258,18 @@ where
                     // What the provider made of the request, before the
                     // answer frees its place: a key that waits for it
                     // learns from it first.
-                    if let Ok(response) = &result {
-                        if this.usage_fn.refused(response) {
-                            refused(this.store, &in_flight.admission, this.limits);
-                        } else if this.limits.reports_refusals() {
-                            let usage_fn = &*this.usage_fn;
-                            this.store.accepted(
-                                &in_flight.admission,
-                                &|| usage_fn.room(response),
-                                this.limits,
-                            );
-                        }
-                    }
                     let released = in_flight.released;
-                    let admission = in_flight.end(this.store, this.limits, Completion::Answered);
+                    let admission = match &result {
+                        Ok(response) if this.usage_fn.refused(response) => {
+                            refused(this.store, &in_flight.admission, this.limits);
+                            in_flight.end(this.store, this.limits, Completion::Answered)
+                        }
+                        Ok(response) if this.limits.reports_refusals() => {
+                            let usage_fn = &*this.usage_fn;
+                            in_flight.accepted(this.store, this.limits, &|| usage_fn.room(response))
+                        }
+                        _ => in_flight.end(this.store, this.limits, Completion::Answered),
+                    };
                     let mut response = result.map_err(Into::into)?;
                     if let Some(at) = released {
                         this.usage_fn.released(&mut response, at);

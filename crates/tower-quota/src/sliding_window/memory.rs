@@ -204,28 +204,13 @@ impl Store for MemoryStore {
     }
 
     fn complete(&self, admission: &Admission, completion: Completion, limits: &Limits) {
-        // A dropped request may still be on its way: it keeps its bound, if
-        // it has one (strict mode assumes a drop stops it).
-        let dropped = (completion == Completion::Dropped && !limits.is_strict())
-            .then(|| limits.sent_within());
         let (hash, shard) = self.shared.shard(admission.key());
         let mut shard = lock(shard);
         let now = Instant::now();
         let Some(state) = shard.keys.get_mut(hash, admission.key().as_str()) else {
             return;
         };
-        if limits.reports_answers() {
-            state.flight.ended();
-        }
-        let extra = state.extra_margin(now);
-        let mut changed = state
-            .learned
-            .as_deref_mut()
-            .is_some_and(|learned| learned.pacer.answered(admission.id()));
-        for window in &mut state.windows {
-            changed |= window.answer(admission.id(), now, extra, dropped);
-        }
-        if changed {
+        if state.answered(admission, completion, limits, now) {
             state.wake_head();
         }
     }
@@ -233,18 +218,31 @@ impl Store for MemoryStore {
     fn accepted(&self, admission: &Admission, room: &dyn Fn() -> Option<Room>, limits: &Limits) {
         let (hash, shard) = self.shared.shard(admission.key());
         let mut shard = lock(shard);
+        let Some(state) = shard.keys.get_mut(hash, admission.key().as_str()) else {
+            return;
+        };
+        // Past its start, a key learns nothing from an acceptance: no clock
+        // read on that path.
+        if state.accepted(admission, room, limits, Instant::now) {
+            state.wake_head();
+        }
+    }
+
+    fn accepted_and_answered(
+        &self,
+        admission: &Admission,
+        room: &dyn Fn() -> Option<Room>,
+        limits: &Limits,
+    ) {
+        let (hash, shard) = self.shared.shard(admission.key());
+        let mut shard = lock(shard);
         let now = Instant::now();
         let Some(state) = shard.keys.get_mut(hash, admission.key().as_str()) else {
             return;
         };
-        let Some(learned) = state.learned.as_deref_mut() else {
-            return;
-        };
-        let (adapted, opened) = learned.pacer.accepted(now, admission.id(), room, limits);
-        if let Some(adapted) = adapted {
-            events::rate_adapted(admission.key(), adapted, Adaptation::Announced);
-        }
-        if opened {
+        let opened = state.accepted(admission, room, limits, || now);
+        let freed = state.answered(admission, Completion::Answered, limits, now);
+        if opened || freed {
             state.wake_head();
         }
     }
@@ -705,6 +703,56 @@ impl KeyState {
 
     /// Removes a waiter (admitted or given up) and wakes the one that goes
     /// next.
+    /// The provider accepted `admission`; `now` is read only while the key
+    /// is in its start. Returns whether a waiting request may now go.
+    fn accepted(
+        &mut self,
+        admission: &Admission,
+        room: &dyn Fn() -> Option<Room>,
+        limits: &Limits,
+        now: impl FnOnce() -> Instant,
+    ) -> bool {
+        let Some(learned) = self
+            .learned
+            .as_deref_mut()
+            .filter(|learned| learned.pacer.starting())
+        else {
+            return false;
+        };
+        let (adapted, opened) = learned.pacer.accepted(now(), admission.id(), room, limits);
+        if let Some(adapted) = adapted {
+            events::rate_adapted(admission.key(), adapted, Adaptation::Announced);
+        }
+        opened
+    }
+
+    /// `admission` ended at `now`, answered or dropped. Returns whether
+    /// anything changed that a waiting request may look at.
+    fn answered(
+        &mut self,
+        admission: &Admission,
+        completion: Completion,
+        limits: &Limits,
+        now: Instant,
+    ) -> bool {
+        // A dropped request may still be on its way: it keeps its bound, if
+        // it has one (strict mode assumes a drop stops it).
+        let dropped = (completion == Completion::Dropped && !limits.is_strict())
+            .then(|| limits.sent_within());
+        if limits.reports_answers() {
+            self.flight.ended();
+        }
+        let extra = self.extra_margin(now);
+        let mut changed = self
+            .learned
+            .as_deref_mut()
+            .is_some_and(|learned| learned.pacer.answered(admission.id()));
+        for window in &mut self.windows {
+            changed |= window.answer(admission.id(), now, extra, dropped);
+        }
+        changed
+    }
+
     fn leave(&mut self, spot: Spot, admitted: bool, now: Instant) {
         if self.queue.remove(spot, admitted, now)
             && let Some(head) = self.head(now)

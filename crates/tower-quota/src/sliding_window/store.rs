@@ -147,6 +147,22 @@ pub trait Store: Clone + Send + Sync + 'static {
         let _ = (admission, room, limits);
     }
 
+    /// [`accepted`](Store::accepted), then
+    /// [`complete`](Store::complete) with [`Completion::Answered`]: the
+    /// provider accepted `admission` and its answer came back. The layer
+    /// calls this instead of the two for every accepted request it
+    /// reports; a store that can do both in one step (one lock, one
+    /// lookup, one read of the clock) overrides it.
+    fn accepted_and_answered(
+        &self,
+        admission: &Admission,
+        room: &dyn Fn() -> Option<Room>,
+        limits: &Limits,
+    ) {
+        self.accepted(admission, room, limits);
+        self.complete(admission, Completion::Answered, limits);
+    }
+
     /// The provider announced `announced` in its answer to `admission`.
     /// Returns, for each configured quota whose window it names, what
     /// changed since the key's last announcement: the store reports a

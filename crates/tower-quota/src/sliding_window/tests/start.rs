@@ -19,8 +19,9 @@ type Provider = Box<dyn FnMut(Duration) -> Result<Option<Room>, ()> + Send>;
 
 /// Sends `requests` through `store` on one key, `concurrency` at a time,
 /// as the layer's response future reports them (the verdict, then the
-/// answer). A refused request is not sent again. Returns every arrival at
-/// the provider and whether it was accepted, in arrival order.
+/// answer; an acceptance and its answer in one step). A refused request is
+/// not sent again. Returns every arrival at the provider and whether it was
+/// accepted, in arrival order.
 async fn drive(
     store: &MemoryStore,
     limits: &Limits,
@@ -44,13 +45,15 @@ async fn drive(
                 let verdict = (provider.lock().unwrap())(at);
                 arrivals.lock().unwrap().push((at, verdict.is_ok()));
                 tokio::time::sleep(RTT / 2).await;
+                // As the layer reports them: an acceptance and its answer
+                // in one step.
                 match verdict {
-                    Ok(room) => store.accepted(&admission, &|| room, &limits),
+                    Ok(room) => store.accepted_and_answered(&admission, &|| room, &limits),
                     Err(()) => {
                         store.refused(&admission, &limits);
+                        store.complete(&admission, Completion::Answered, &limits);
                     }
                 }
-                store.complete(&admission, Completion::Answered, &limits);
             }
         });
     }
