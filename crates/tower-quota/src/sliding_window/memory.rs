@@ -701,8 +701,6 @@ impl KeyState {
         }
     }
 
-    /// Removes a waiter (admitted or given up) and wakes the one that goes
-    /// next.
     /// The provider accepted `admission`; `now` is read only while the key
     /// is in its start. Returns whether a waiting request may now go.
     fn accepted(
@@ -753,6 +751,8 @@ impl KeyState {
         changed
     }
 
+    /// Removes a waiter (admitted or given up) and wakes the one that goes
+    /// next.
     fn leave(&mut self, spot: Spot, admitted: bool, now: Instant) {
         if self.queue.remove(spot, admitted, now)
             && let Some(head) = self.head(now)
