@@ -89,13 +89,19 @@
 //! spaced evenly to `N - 1` a window.
 //!
 //! Spaced one at a time to a provider that may have no tolerance, two
-//! requests never go closer than the key's own interval (95 % of the
-//! quota's rate, or less): the 5 % is room for the network, which brings
-//! requests together on their way (against a GCRA without tolerance at
-//! 100/s over loopback, by up to 0.4 ms of the 10 ms interval, and by 2 or
-//! 3 ms now and then). With a floor at the quota's own interval instead,
-//! one arrival in a hundred to a few in a hundred was refused there, each
-//! costing its request a whole `Retry-After`. A timer that wakes late
+//! requests never go closer than the key's own interval, a little under
+//! the quota's: room for the network, which brings requests together on
+//! their way (against a GCRA without tolerance at 100/s over loopback, by
+//! up to 0.4 ms of the 10 ms interval, and by 2 or 3 ms now and then).
+//! Spaced by refusals, the key sends at 95 % of the quota's rate; spaced
+//! because the provider said it has no room for a burst, the room is a
+//! timer tick, a hundredth of the interval if more, a twentieth at most
+//! ([`spaced_rate`]: 95 % at 100/s, 98 % at 20/s, 99 % from 10/s down):
+//! such a provider has no tolerance, and a refusal it sends is the
+//! network's, not a rate to learn. With a floor at the quota's own
+//! interval instead, one arrival in a hundred to a few in a hundred was
+//! refused there, each costing its request a whole `Retry-After`. A timer
+//! that wakes late
 //! costs that request its lateness; the waiter that spacing holds wakes a
 //! tick early and looks at its exact instant, so that it is less than a
 //! tick (tokio's timer has millisecond ticks: at 100/s, a whole tick lost
@@ -472,7 +478,7 @@ impl Pacer {
         self.told = same_rate;
         self.spell = LAST_SPELL;
         self.rate_spell = LAST_SPELL;
-        self.rate = KEPT;
+        self.rate = spaced_rate(limits);
         self.changed_at = Some(now);
         self.spaced_since = (burst == 1).then_some(now);
         self.counts = Counts {
@@ -814,6 +820,23 @@ impl Pacer {
     }
 }
 
+/// The rate a key spaced one at a time sends at, in thousandths of the
+/// quota's: a little under it, so that the network has room to bring two
+/// requests together before a provider without tolerance refuses the
+/// second. The room is a timer tick (tokio's millisecond), a hundredth of
+/// the interval if more, and never more than a twentieth of it: 95 % of
+/// the rate at 100 per second and above, 98 % at 20 per second, 99 % from
+/// 10 per second down.
+fn spaced_rate(limits: &Limits) -> u32 {
+    let interval = step(limits, 1);
+    let room = TIMER_TICK.max(interval / 100).min(interval / 20);
+    let total = interval.saturating_add(room).as_nanos().max(1);
+    let rate = interval.as_nanos().saturating_mul(u128::from(FULL_RATE)) / total;
+    u32::try_from(rate)
+        .unwrap_or(FULL_RATE)
+        .clamp(MIN_RATE, KEPT.max(FULL_RATE - 10))
+}
+
 /// How far a request of `cost` moves GCRA's clock: its share of the
 /// shortest window (widened by the safety margin), `window ×
 /// units / max_calls`, the longest such share if several quotas have that
@@ -866,4 +889,25 @@ fn shortest_window(limits: &Limits) -> Duration {
 
 fn saturate(value: u64) -> u32 {
     u32::try_from(value).unwrap_or(u32::MAX)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::sliding_window::Quota;
+
+    fn limits(max_calls: u64, window: Duration) -> Limits {
+        Limits::new(vec![Quota::per_request(max_calls, window).unwrap()]).unwrap()
+    }
+
+    #[test]
+    fn spaced_keys_leave_a_timer_tick_of_room_at_most_a_twentieth() {
+        let second = Duration::from_secs(1);
+        assert_eq!(spaced_rate(&limits(100, second)), 952);
+        assert_eq!(spaced_rate(&limits(1_000, second)), 952);
+        assert_eq!(spaced_rate(&limits(20, second)), 980);
+        assert_eq!(spaced_rate(&limits(10, second)), 990);
+        assert_eq!(spaced_rate(&limits(1, second)), 990);
+        assert_eq!(spaced_rate(&limits(3_600, Duration::from_secs(3_600))), 990);
+    }
 }
