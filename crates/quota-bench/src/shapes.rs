@@ -1,8 +1,11 @@
 //! The shape matrix: every provider shape quota-mock offers (an exact
 //! sliding log, fixed windows, a token bucket, GCRA without burst, a
 //! sliding-window counter), at 20/s and 100/s, against every client
-//! limiter, each under the same retrying stack. Counted at the server,
-//! refused arrivals included; latency per logical request at the client.
+//! limiter, each under the same retrying stack; and the exact sliding log
+//! again across quota-mock's simulated network, where the order and
+//! spacing a client sends in are not the ones its provider sees. Counted
+//! at the server, refused arrivals included; latency per logical request
+//! at the client.
 
 use std::fmt::Write as _;
 use std::sync::Arc;
@@ -14,7 +17,7 @@ use hyper_util::client::legacy::Client;
 use hyper_util::rt::TokioExecutor;
 use plotters::prelude::*;
 use plotters::style::text_anchor::{HPos, Pos, VPos};
-use quota_mock::{MockServer, Rule, Stats};
+use quota_mock::{MockServer, NetworkProxy, Rule, Stats};
 use tokio::sync::Semaphore;
 use tokio::time::Instant;
 use tower::{ServiceBuilder, ServiceExt};
@@ -35,16 +38,22 @@ enum Shape {
     TokenBucket,
     NoBurst,
     SlidingWindowCounter,
+    /// The strict sliding log, behind quota-mock's `NetworkProxy`.
+    SlidingLogAcrossNetwork,
 }
 
 impl Shape {
-    const ALL: [Shape; 5] = [
+    const ALL: [Shape; 6] = [
         Shape::SlidingLog,
         Shape::FixedWindow,
         Shape::TokenBucket,
         Shape::NoBurst,
         Shape::SlidingWindowCounter,
+        Shape::SlidingLogAcrossNetwork,
     ];
+
+    /// The shapes whose provider keeps an exact sliding log.
+    const STRICT: [Shape; 2] = [Shape::SlidingLog, Shape::SlidingLogAcrossNetwork];
 
     fn name(self) -> &'static str {
         match self {
@@ -53,7 +62,19 @@ impl Shape {
             Shape::TokenBucket => "token bucket, burst = N",
             Shape::NoBurst => "no burst (GCRA)",
             Shape::SlidingWindowCounter => "sliding-window counter",
+            Shape::SlidingLogAcrossNetwork => "strict sliding log, across a network",
         }
+    }
+
+    /// The simulated network in front of the provider, if any: a new
+    /// connection's set-up delay and the range of the one-way latency,
+    /// drawn per chunk and direction (the network benchmark's).
+    fn network(self) -> Option<(Duration, Duration, Duration)> {
+        (self == Shape::SlidingLogAcrossNetwork).then_some((
+            Duration::from_millis(30),
+            Duration::from_millis(5),
+            Duration::from_millis(25),
+        ))
     }
 
     fn rule(self, quota: u64, window: Duration) -> Rule {
@@ -64,6 +85,7 @@ impl Shape {
             Shape::TokenBucket => Rule::token_bucket(quota, window),
             Shape::NoBurst => Rule::no_burst(quota, window),
             Shape::SlidingWindowCounter => Rule::sliding_window_counter(quota, window),
+            Shape::SlidingLogAcrossNetwork => Rule::sliding_log(quota, window),
         }
     }
 }
@@ -329,7 +351,20 @@ async fn run_cell(shape: Shape, load: Load, limiter: Limiter) -> Result<Cell, Bo
         Limiter::TowerQuota => readme_stack(load)?,
         peer => peer_stack(peer, load)?,
     };
-    let base = server.url();
+    let network = match shape.network() {
+        Some((connect, min, max)) => Some(
+            NetworkProxy::builder(server.addr())
+                .connect_delay(connect)
+                .latency(min, max)
+                .seed(7)
+                .start()
+                .await?,
+        ),
+        None => None,
+    };
+    let base = network
+        .as_ref()
+        .map_or_else(|| server.url(), NetworkProxy::url);
     let driven = drive(
         service,
         |i| format!("{base}/v1/items/{i}").parse().expect("a valid URI"),
@@ -338,6 +373,7 @@ async fn run_cell(shape: Shape, load: Load, limiter: Limiter) -> Result<Cell, Bo
     )
     .await;
     let stats = server.stats();
+    drop(network);
     server.shutdown().await;
     Ok(Cell {
         shape,
@@ -493,8 +529,9 @@ pub(crate) async fn run() -> Result<(), BoxError> {
     // `SHAPES_OURS=1`: tower-quota's cells only, printed, RESULTS.md left
     // as it is (a quick look while tuning).
     let ours_only = std::env::var_os("SHAPES_OURS").is_some();
-    // `SHAPES_ONLY=<text>`: with `SHAPES_OURS`, only the cells whose shape
-    // and rate (`no burst (GCRA) 100/s`) contain the text.
+    // `SHAPES_ONLY=<text>`: only the cells whose shape and rate
+    // (`no burst (GCRA) 100/s`) contain the text, printed, RESULTS.md left
+    // as it is.
     let only = std::env::var("SHAPES_ONLY").ok();
     for load in LOADS {
         for shape in Shape::ALL {
@@ -503,10 +540,9 @@ pub(crate) async fn run() -> Result<(), BoxError> {
                 if ours_only && limiter != Limiter::ALL[0] {
                     continue;
                 }
-                if ours_only
-                    && only
-                        .as_ref()
-                        .is_some_and(|only| !cell_name.contains(only.as_str()))
+                if only
+                    .as_ref()
+                    .is_some_and(|only| !cell_name.contains(only.as_str()))
                 {
                     continue;
                 }
@@ -536,7 +572,7 @@ pub(crate) async fn run() -> Result<(), BoxError> {
         (load, shape, limiter)
     };
     cells.sort_by_key(index);
-    if ours_only {
+    if ours_only || only.is_some() {
         return Ok(());
     }
     let wall = started.elapsed();
@@ -796,7 +832,7 @@ fn goals(body: &mut String, cells: &[Cell]) -> Result<(), BoxError> {
                 tally(goodput >= 0.9),
                 format!("{:.3} below", 0.9 - goodput),
             )?;
-            if shape == Shape::SlidingLog {
+            if Shape::STRICT.contains(&shape) {
                 goal(
                     body,
                     &format!("README stack, {shape_name}, {rate}: 0 × 429"),
@@ -804,6 +840,8 @@ fn goals(body: &mut String, cells: &[Cell]) -> Result<(), BoxError> {
                     tally(ours.refused() == 0),
                     format!("{} × 429", ours.refused()),
                 )?;
+            }
+            if shape == Shape::SlidingLog {
                 let utilization = ours.utilization();
                 goal(
                     body,
@@ -852,42 +890,48 @@ fn goals(body: &mut String, cells: &[Cell]) -> Result<(), BoxError> {
                 ),
             )?;
         }
-        let clean: Vec<(Limiter, u64)> = Limiter::ALL
-            .iter()
-            .filter_map(|&limiter| find(cells, load, Shape::SlidingLog, limiter))
-            .map(|cell| (cell.limiter, cell.refused()))
-            .collect();
-        let ours = clean
-            .iter()
-            .find(|(limiter, _)| *limiter == Limiter::TowerQuota)
-            .map_or(u64::MAX, |(_, refused)| *refused);
-        let clean_peers: Vec<&str> = clean
-            .iter()
-            .filter(|(limiter, refused)| *limiter != Limiter::TowerQuota && *refused == 0)
-            .map(|(limiter, _)| limiter_name(*limiter))
-            .collect();
-        let shown = clean
-            .iter()
-            .map(|(limiter, refused)| format!("{}: {refused}", limiter_name(*limiter)))
-            .collect::<Vec<_>>()
-            .join("; ");
-        let mut by = Vec::new();
-        if ours > 0 {
-            by.push(format!("tower-quota had {ours} × 429"));
+    }
+    // The only limiter never refused by an exact sliding log.
+    for load in LOADS {
+        for shape in Shape::STRICT {
+            let clean: Vec<(Limiter, u64)> = Limiter::ALL
+                .iter()
+                .filter_map(|&limiter| find(cells, load, shape, limiter))
+                .map(|cell| (cell.limiter, cell.refused()))
+                .collect();
+            let ours = clean
+                .iter()
+                .find(|(limiter, _)| *limiter == Limiter::TowerQuota)
+                .map_or(u64::MAX, |(_, refused)| *refused);
+            let clean_peers: Vec<&str> = clean
+                .iter()
+                .filter(|(limiter, refused)| *limiter != Limiter::TowerQuota && *refused == 0)
+                .map(|(limiter, _)| limiter_name(*limiter))
+                .collect();
+            let shown = clean
+                .iter()
+                .map(|(limiter, refused)| format!("{}: {refused}", limiter_name(*limiter)))
+                .collect::<Vec<_>>()
+                .join("; ");
+            let mut by = Vec::new();
+            if ours > 0 {
+                by.push(format!("tower-quota had {ours} × 429"));
+            }
+            if !clean_peers.is_empty() {
+                by.push(format!("also 0 × 429: {}", clean_peers.join(", ")));
+            }
+            goal(
+                body,
+                &format!(
+                    "{}, {}: tower-quota the only limiter with 0 × 429",
+                    shape.name(),
+                    load.name()
+                ),
+                shown,
+                tally(ours == 0 && clean_peers.is_empty()),
+                by.join("; "),
+            )?;
         }
-        if !clean_peers.is_empty() {
-            by.push(format!("also 0 × 429: {}", clean_peers.join(", ")));
-        }
-        goal(
-            body,
-            &format!(
-                "strict sliding log, {}: tower-quota the only limiter with 0 × 429",
-                load.name()
-            ),
-            shown,
-            tally(ours == 0 && clean_peers.is_empty()),
-            by.join("; "),
-        )?;
     }
     writeln!(body)?;
     writeln!(body, "Goals met: {met} of {total}.\n")?;

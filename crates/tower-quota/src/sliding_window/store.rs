@@ -266,33 +266,25 @@ impl Admission {
         }
     }
 
-    fn detail_mut(&mut self) -> &mut Detail {
-        self.detail.get_or_insert_with(Box::default)
+    /// Sets one optional field of the detail to `value`: boxing the
+    /// detail for a value, never for `None`.
+    fn set_detail<T>(&mut self, value: Option<T>, field: fn(&mut Detail) -> &mut Option<T>) {
+        if value.is_some() {
+            *field(self.detail.get_or_insert_with(Box::default)) = value;
+        } else if let Some(detail) = self.detail.as_deref_mut() {
+            *field(detail) = None;
+        }
     }
 
     /// Names the quota that made the request wait.
     pub fn with_limited_by(mut self, quota: Option<Quota>) -> Self {
-        match quota {
-            Some(quota) => self.detail_mut().limited_by = Some(quota),
-            None => {
-                if let Some(detail) = self.detail.as_deref_mut() {
-                    detail.limited_by = None;
-                }
-            }
-        }
+        self.set_detail(quota, |detail| &mut detail.limited_by);
         self
     }
 
     /// Names the tenant the request was admitted for.
     pub(crate) fn set_tenant(&mut self, tenant: Option<Key>) {
-        match tenant {
-            Some(tenant) => self.detail_mut().tenant = Some(tenant),
-            None => {
-                if let Some(detail) = self.detail.as_deref_mut() {
-                    detail.tenant = None;
-                }
-            }
-        }
+        self.set_detail(tenant, |detail| &mut detail.tenant);
     }
 
     /// The class the request was admitted in.
