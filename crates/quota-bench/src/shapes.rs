@@ -649,7 +649,14 @@ fn report(cells: &[Cell], wall: Duration, load: &str) -> Result<String, BoxError
          tolerance.\n\
          - **sliding-window counter** (`Rule::sliding_window_counter`): the current \
          period's count plus the previous period's weighted by its overlap; refused requests \
-         count too.\n"
+         count too.\n\
+         - **strict sliding log, across a network**: the strict sliding log behind \
+         quota-mock's `NetworkProxy` (30 ms to set up a connection, 5–25 ms one way, drawn \
+         per chunk and direction; the network benchmark's): requests spaced evenly at the \
+         client arrive bunched, and in another order. The README stack's utilization there \
+         has no goal of its own: a client that cannot see when its requests arrive holds \
+         each slot until a window after the answer, and the round trip (up to 50 ms \
+         here) is the part of each window it cannot use.\n"
     )?;
     writeln!(
         body,
