@@ -267,12 +267,16 @@ impl Admission {
     }
 
     /// Sets one optional field of the detail to `value`: boxing the
-    /// detail for a value, never for `None`.
+    /// detail for a value, and dropping a detail left with nothing to say
+    /// (so that equal admissions compare equal).
     fn set_detail<T>(&mut self, value: Option<T>, field: fn(&mut Detail) -> &mut Option<T>) {
         if value.is_some() {
             *field(self.detail.get_or_insert_with(Box::default)) = value;
         } else if let Some(detail) = self.detail.as_deref_mut() {
             *field(detail) = None;
+            if *detail == Detail::default() {
+                self.detail = None;
+            }
         }
     }
 
@@ -328,5 +332,36 @@ impl Admission {
     /// arrived; 0 when it did not wait.
     pub fn queued(&self) -> usize {
         self.detail.as_deref().map_or(0, |detail| detail.queued)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn an_admission_reads_back_what_it_was_given_and_compares_by_it() {
+        let quota = Quota::new(10, Duration::from_secs(1)).unwrap();
+        let at_once = Admission::new(Key::from("k"), 1, 1, Duration::ZERO, 0);
+        assert_eq!(at_once.waited(), Duration::ZERO);
+        assert_eq!(at_once.queued(), 0);
+        assert_eq!(at_once.limited_by(), None);
+        assert_eq!(at_once.tenant(), None);
+
+        let mut waited = Admission::new(Key::from("k"), 2, 1, Duration::from_millis(5), 3)
+            .with_limited_by(Some(quota));
+        waited.set_tenant(Some(Key::from("tenant")));
+        assert_eq!(waited.waited(), Duration::from_millis(5));
+        assert_eq!(waited.queued(), 3);
+        assert_eq!(waited.limited_by(), Some(&quota));
+        assert_eq!(waited.tenant(), Some(&Key::from("tenant")));
+        assert!(format!("{waited:?}").contains("waited: 5ms"), "{waited:?}");
+
+        // A field set and cleared again leaves nothing behind.
+        let mut cleared = at_once.clone().with_limited_by(Some(quota));
+        assert_ne!(cleared, at_once);
+        cleared = cleared.with_limited_by(None);
+        cleared.set_tenant(None);
+        assert_eq!(cleared, at_once);
     }
 }
