@@ -96,6 +96,31 @@ impl Store for FixedMarginStore {
     }
 }
 
+/// `server` behind the simulated `network` (a new connection's set-up
+/// delay and the range of the one-way latency), if any: the proxy, to keep
+/// while the server is used, and the base URL to send to.
+pub(crate) async fn behind(
+    server: &MockServer,
+    network: Option<(Duration, Duration, Duration)>,
+    seed: u64,
+) -> Result<(Option<NetworkProxy>, String), BoxError> {
+    let proxy = match network {
+        Some((connect, min, max)) => Some(
+            NetworkProxy::builder(server.addr())
+                .connect_delay(connect)
+                .latency(min, max)
+                .seed(seed)
+                .start()
+                .await?,
+        ),
+        None => None,
+    };
+    let base = proxy
+        .as_ref()
+        .map_or_else(|| server.url(), NetworkProxy::url);
+    Ok((proxy, base))
+}
+
 /// One network profile: the provider, the network in front of it, and the
 /// load.
 struct Profile {
@@ -127,7 +152,7 @@ const fn ms(millis: u64) -> Duration {
 
 /// The connect delay and one-way latency of the simulated network: a
 /// TLS-like handshake and 5–25 ms each way.
-const NETWORK: Option<(Duration, Duration, Duration)> = Some((ms(30), ms(5), ms(25)));
+pub(crate) const NETWORK: Option<(Duration, Duration, Duration)> = Some((ms(30), ms(5), ms(25)));
 
 const PROFILES: [Profile; 4] = [
     Profile {
@@ -339,20 +364,7 @@ async fn run_once(profile: &Profile, mode: Mode, seed: u64) -> Result<Run, BoxEr
         server = server.processing(min, max);
     }
     let server = server.start().await?;
-    let network = match profile.network {
-        Some((connect, min, max)) => Some(
-            NetworkProxy::builder(server.addr())
-                .connect_delay(connect)
-                .latency(min, max)
-                .seed(seed)
-                .start()
-                .await?,
-        ),
-        None => None,
-    };
-    let base = network
-        .as_ref()
-        .map_or_else(|| server.url(), NetworkProxy::url);
+    let (network, base) = behind(&server, profile.network, seed).await?;
     let client = Client::builder(TokioExecutor::new()).build_http::<InnerBody>();
     if profile.warm {
         // Opens the pooled connections first, on a path the server's quota

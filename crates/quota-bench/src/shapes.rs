@@ -17,7 +17,7 @@ use hyper_util::client::legacy::Client;
 use hyper_util::rt::TokioExecutor;
 use plotters::prelude::*;
 use plotters::style::text_anchor::{HPos, Pos, VPos};
-use quota_mock::{MockServer, NetworkProxy, Rule, Stats};
+use quota_mock::{MockServer, Rule, Stats};
 use tokio::sync::Semaphore;
 use tokio::time::Instant;
 use tower::{ServiceBuilder, ServiceExt};
@@ -70,11 +70,7 @@ impl Shape {
     /// connection's set-up delay and the range of the one-way latency,
     /// drawn per chunk and direction (the network benchmark's).
     fn network(self) -> Option<(Duration, Duration, Duration)> {
-        (self == Shape::SlidingLogAcrossNetwork).then_some((
-            Duration::from_millis(30),
-            Duration::from_millis(5),
-            Duration::from_millis(25),
-        ))
+        crate::network::NETWORK.filter(|_| self == Shape::SlidingLogAcrossNetwork)
     }
 
     fn rule(self, quota: u64, window: Duration) -> Rule {
@@ -351,20 +347,7 @@ async fn run_cell(shape: Shape, load: Load, limiter: Limiter) -> Result<Cell, Bo
         Limiter::TowerQuota => readme_stack(load)?,
         peer => peer_stack(peer, load)?,
     };
-    let network = match shape.network() {
-        Some((connect, min, max)) => Some(
-            NetworkProxy::builder(server.addr())
-                .connect_delay(connect)
-                .latency(min, max)
-                .seed(7)
-                .start()
-                .await?,
-        ),
-        None => None,
-    };
-    let base = network
-        .as_ref()
-        .map_or_else(|| server.url(), NetworkProxy::url);
+    let (network, base) = crate::network::behind(&server, shape.network(), 7).await?;
     let driven = drive(
         service,
         |i| format!("{base}/v1/items/{i}").parse().expect("a valid URI"),
