@@ -101,14 +101,13 @@
 //! network's, not a rate to learn. With a floor at the quota's own
 //! interval instead, one arrival in a hundred to a few in a hundred was
 //! refused there, each costing its request a whole `Retry-After`. A timer
-//! that wakes late
-//! costs that request its lateness; the waiter that spacing holds wakes a
-//! tick early and looks at its exact instant, so that it is less than a
-//! tick (tokio's timer has millisecond ticks: at 100/s, a whole tick lost
-//! on every request would send 9 % under the rate). Spaced one at a time
-//! to a provider that took a window's quota at once (a sliding-window
-//! counter), the schedule holds through a late timer instead: the next
-//! request goes at its instant.
+//! that wakes late costs that request its lateness; the waiter that
+//! spacing holds wakes a tick early and looks at its exact instant, so
+//! that it is less than a tick (tokio's timer has millisecond ticks: at
+//! 100/s, a whole tick lost on every request would send 9 % under the
+//! rate). Spaced one at a time to a provider that took a window's quota at
+//! once (a sliding-window counter), the schedule holds through a late timer
+//! instead: the next request goes at its instant.
 //! A provider that said how much it takes at once, with a quota at least
 //! the key's, keeps its rate when it refuses a spaced request: the
 //! network brought two together.
@@ -832,9 +831,10 @@ fn spaced_rate(limits: &Limits) -> u32 {
     let room = TIMER_TICK.max(interval / 100).min(interval / 20);
     let total = interval.saturating_add(room).as_nanos().max(1);
     let rate = interval.as_nanos().saturating_mul(u128::from(FULL_RATE)) / total;
+    // At most 99 %: a hundredth of the interval is the least room.
     u32::try_from(rate)
         .unwrap_or(FULL_RATE)
-        .clamp(MIN_RATE, KEPT.max(FULL_RATE - 10))
+        .clamp(MIN_RATE, FULL_RATE - 10)
 }
 
 /// How far a request of `cost` moves GCRA's clock: its share of the
