@@ -96,20 +96,30 @@ impl InFlight {
         limits: &Limits,
         room: &dyn Fn() -> Option<crate::Room>,
     ) -> Admission {
-        if self.probe != Probe::Off {
-            store.probed(None, limits);
-        }
-        store.accepted_and_answered(&self.admission, room, limits);
-        self.admission
+        self.finish(store, limits, |admission| {
+            store.accepted_and_answered(admission, room, limits);
+        })
     }
 
-    /// The request ended: a measurement still under way ends without a
-    /// result, and the store learns how the admission ended.
+    /// The request ended: the store learns how the admission ended.
     fn end<St: Store>(self, store: &St, limits: &Limits, completion: Completion) -> Admission {
+        self.finish(store, limits, |admission| {
+            store.complete(admission, completion, limits);
+        })
+    }
+
+    /// Ends the request: a measurement still under way ends without a
+    /// result, then `report` tells the store how the admission ended.
+    fn finish<St: Store>(
+        self,
+        store: &St,
+        limits: &Limits,
+        report: impl FnOnce(&Admission),
+    ) -> Admission {
         if self.probe != Probe::Off {
             store.probed(None, limits);
         }
-        store.complete(&self.admission, completion, limits);
+        report(&self.admission);
         self.admission
     }
 }

@@ -496,7 +496,8 @@ impl Pacer {
     /// The earliest instant a request of `cost` may go (`None`: now).
     pub(crate) fn earliest(&self, cost: u64, limits: &Limits) -> Option<Instant> {
         let (burst, tat) = (self.burst?, self.tat?);
-        if self.step(limits, cost).is_zero() {
+        let step = self.step(limits, cost);
+        if step.is_zero() {
             return None;
         }
         let tolerance = self.step(limits, 1).saturating_mul(saturate(burst - 1));
@@ -506,7 +507,7 @@ impl Pacer {
             // closer than the key's own interval (room for the network to
             // bring two together), whatever the schedule catches up.
             Some(last) if burst == 1 && !self.tolerant => {
-                let floor = last.checked_add(self.step(limits, cost)).unwrap_or(last);
+                let floor = last.checked_add(step).unwrap_or(last);
                 Some(scheduled.map_or(floor, |at| at.max(floor)))
             }
             _ => scheduled,
