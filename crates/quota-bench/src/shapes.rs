@@ -89,12 +89,11 @@ impl Shape {
     /// connection's set-up delay and the range of the one-way latency,
     /// drawn per chunk and direction (the network benchmark's).
     fn network(self) -> Option<(Duration, Duration, Duration)> {
-        crate::network::NETWORK.filter(|_| {
-            matches!(
-                self,
-                Shape::SlidingLogAcrossNetwork | Shape::NoBurstAcrossNetwork
-            )
-        })
+        let across = matches!(
+            self,
+            Shape::SlidingLogAcrossNetwork | Shape::NoBurstAcrossNetwork
+        ) || every_shape_across();
+        crate::network::NETWORK.filter(|_| across)
     }
 
     fn rule(self, quota: u64, window: Duration) -> Rule {
@@ -109,6 +108,12 @@ impl Shape {
             Shape::NoBurstAcrossNetwork => Rule::no_burst(quota, window),
         }
     }
+}
+
+/// `SHAPES_NETWORK=1`: every shape behind the simulated network, printed,
+/// RESULTS.md left as it is (a look at what the network does to each).
+fn every_shape_across() -> bool {
+    std::env::var_os("SHAPES_NETWORK").is_some()
 }
 
 /// A provider's documented rate and the load sent to it.
@@ -541,6 +546,9 @@ pub(crate) async fn run() -> Result<(), BoxError> {
     // (`no burst (GCRA) 100/s`) contain the text, printed, RESULTS.md left
     // as it is.
     let only = std::env::var("SHAPES_ONLY").ok();
+    if every_shape_across() {
+        println!("every shape behind the simulated network (SHAPES_NETWORK)");
+    }
     for load in LOADS {
         for shape in Shape::ALL {
             let cell_name = format!("{} {}", shape.name(), load.name());
@@ -580,7 +588,7 @@ pub(crate) async fn run() -> Result<(), BoxError> {
         (load, shape, limiter)
     };
     cells.sort_by_key(index);
-    if ours_only || only.is_some() {
+    if ours_only || only.is_some() || every_shape_across() {
         return Ok(());
     }
     let wall = started.elapsed();
