@@ -182,6 +182,8 @@ struct Start {
     /// The key's first admission, and its id.
     first: Option<Instant>,
     first_id: Option<u64>,
+    /// Admissions in the key's first window.
+    sent: u64,
     /// The request that went alone past the first window, and when, while
     /// its answer is awaited.
     probe: Option<(u64, Instant)>,
@@ -379,6 +381,7 @@ impl Pacer {
                     unanswered: 0,
                     first: None,
                     first_id: None,
+                    sent: 0,
                     probe: None,
                 })
             }),
@@ -552,15 +555,27 @@ impl Pacer {
             .start
             .as_deref()
             .is_some_and(|start| start.past_first_window(now, limits));
-        let full = probes && self.near_quota(now, limits);
         if let Some(start) = self.start.as_deref_mut() {
             start.unanswered = start.unanswered.saturating_add(1);
             if start.first.is_none() {
                 start.first = Some(now);
                 start.first_id = Some(id);
             }
+            // The first window held about a quota (nine tenths at least):
+            // its slots free together. Counted exactly, not from the
+            // counts' eighths of a window: those lose a burst that went a
+            // slow round trip after the first admission, once the first
+            // slot frees a window after that admission's answer.
+            let full = probes && start.sent.saturating_mul(10) >= ceiling(limits).saturating_mul(9);
+            if !probes {
+                start.sent = start.sent.saturating_add(1);
+            }
             if full {
-                start.probe = Some((id, now));
+                // One probe: once its answer is awaited no longer, the log
+                // alone decides until it comes (others going one at a time,
+                // each awaited in turn, would hold the key to one request
+                // per patience).
+                start.probe.get_or_insert((id, now));
             } else if probes {
                 // A window that did not fill frees no burst: nothing to
                 // probe.

@@ -29,6 +29,18 @@ async fn drive(
     concurrency: usize,
     provider: Provider,
 ) -> Vec<(Duration, bool)> {
+    drive_across(store, limits, requests, concurrency, provider, RTT).await
+}
+
+/// [`drive`] with a round trip of `rtt`.
+async fn drive_across(
+    store: &MemoryStore,
+    limits: &Limits,
+    requests: usize,
+    concurrency: usize,
+    provider: Provider,
+    rtt: Duration,
+) -> Vec<(Duration, bool)> {
     let start = Instant::now();
     let provider = Arc::new(Mutex::new(provider));
     let arrivals = Arc::new(Mutex::new(Vec::new()));
@@ -40,11 +52,11 @@ async fn drive(
         workers.spawn(async move {
             while next.fetch_add(1, Ordering::Relaxed) < requests {
                 let admission = store.acquire(Key::from("k"), 1, &limits).await.unwrap();
-                tokio::time::sleep(RTT / 2).await;
+                tokio::time::sleep(rtt / 2).await;
                 let at = start.elapsed();
                 let verdict = (provider.lock().unwrap())(at);
                 arrivals.lock().unwrap().push((at, verdict.is_ok()));
-                tokio::time::sleep(RTT / 2).await;
+                tokio::time::sleep(rtt / 2).await;
                 // As the layer reports them: an acceptance and its answer
                 // in one step.
                 match verdict {
@@ -201,6 +213,28 @@ async fn a_sliding_window_counter_refuses_the_probe_past_the_first_window_and_no
     let span = after[after.len() - 1].0 - after[0].0;
     assert!(span <= Duration::from_millis(78 * 56), "{span:?}");
     assert_eq!(store.learned_burst(&Key::from("k")), Some(1));
+}
+
+/// Across a slow network (a 200 ms round trip, more than an eighth of the
+/// window): the first window's burst goes a sixteenth of the window after
+/// the first request, unanswered, and its slots free a window after the
+/// first answer. Past the first window one request probes, and once its
+/// answer is no longer awaited the log alone decides: the key is not held
+/// to one request per sixteenth of a window (16 a second, with every
+/// request becoming the probe in turn), and it bursts once the probe is
+/// accepted.
+#[tokio::test(start_paused = true)]
+async fn across_a_slow_network_one_request_probes_and_the_key_then_bursts() {
+    let (store, limits) = (MemoryStore::new(), reporting());
+    let rtt = Duration::from_millis(200);
+    let arrivals = drive_across(&store, &limits, 100, 32, sliding_log(), rtt).await;
+    assert_eq!(refusals(&arrivals), [], "{arrivals:?}");
+    assert_eq!(busiest_second(&arrivals), 20, "{arrivals:?}");
+    // Five windows of 20, each a window and a round trip after the one
+    // before: one request per sixteenth of a window would take until 6.3 s.
+    let last = arrivals[99].0;
+    assert!(last < Duration::from_secs(5), "{arrivals:?}");
+    assert_eq!(store.learned_burst(&Key::from("k")), None);
 }
 
 #[tokio::test(start_paused = true)]
