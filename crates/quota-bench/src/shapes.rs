@@ -4,9 +4,8 @@
 //! limiter, each under the same retrying stack; and the exact sliding log
 //! and GCRA without burst again across quota-mock's simulated network,
 //! where the order and spacing a client sends in are not the ones its
-//! provider sees. Counted
-//! at the server, refused arrivals included; latency per logical request
-//! at the client.
+//! provider sees. Counted at the server, refused arrivals included;
+//! latency per logical request at the client.
 
 use std::fmt::Write as _;
 use std::sync::Arc;
