@@ -74,9 +74,21 @@
 //! tolerance, which is then spaced from its second request on, refused
 //! nothing. The first request that needs a slot the log freed (a window
 //! after the first admission), when that window held about a quota, goes
-//! alone and the key waits for its answer: accepted, the provider counts
-//! what the log counts and the key bursts from then on; refused, it counts
-//! a rate (a sliding-window counter still weighs the full window before),
+//! alone and the key waits for its answer. Accepted, the provider is a
+//! sliding log, or a sliding-window counter that the network delayed: by
+//! the probe's arrival it weighs the first period a little less (at 100 a
+//! second, a hundredth of a window is a request). The two free room
+//! differently: the log as the first window's slots went, together, at the
+//! pace of the first answers; the counter at the quota's rate. So for a
+//! window ([`Ramp`]) the freed slots go one per interval at the quota's
+//! rate, and at once as far as the room the provider states on each answer
+//! allows (less the requests still unanswered); then the key bursts as its
+//! log allows. Against a log, the slots go as the provider frees them, a
+//! round trip late; against a counter, none is refused (across quota-mock's
+//! simulated network at 100/s, 60 were, of a burst). Answered later than
+//! the patience below, the log has decided already and the key bursts.
+//! Refused, the provider counts a rate (a sliding-window counter still
+//! weighs the full window before),
 //! and the key is spaced at once, one request refused instead of a
 //! window's worth, each refusal costing the whole key a `Retry-After`.
 //! An answer is awaited a sixteenth of the window at most: a provider slower
@@ -187,6 +199,24 @@ struct Start {
     /// The request that went alone past the first window, and when, while
     /// its answer is awaited.
     probe: Option<(u64, Instant)>,
+    /// The window after an accepted probe, while its freed slots go no
+    /// faster than the quota's rate or the room the provider states.
+    ramp: Option<Ramp>,
+}
+
+/// The window after a fresh key's accepted probe: a sliding log frees the
+/// first window's slots as they went, together, where a sliding-window
+/// counter frees room at the quota's rate, and one probe does not tell
+/// them apart. So the freed slots go one per interval at the quota's rate,
+/// plus what the provider says it has left.
+#[derive(Debug, Clone, Copy)]
+struct Ramp {
+    /// When the probe was accepted: the ramp lasts a window.
+    began: Instant,
+    /// When the next request may go on the quota's rate.
+    next: Instant,
+    /// Requests the provider's last stated room still allows at once.
+    credit: u64,
 }
 
 /// A raise of the rate that a window without refusal has not confirmed yet.
@@ -383,6 +413,7 @@ impl Pacer {
                     first_id: None,
                     sent: 0,
                     probe: None,
+                    ramp: None,
                 })
             }),
             ..Pacer::default()
@@ -396,6 +427,12 @@ impl Pacer {
     /// window than the refusals the wait may spare it.
     pub(crate) fn awaits_answer(&self, now: Instant, limits: &Limits) -> Option<Instant> {
         let start = self.start.as_deref()?;
+        if let Some(ramp) = start.ramp {
+            // Past the ramp's window the log alone decides; within it, at
+            // the quota's rate or on the provider's stated room.
+            let over = now.saturating_duration_since(ramp.began) >= shortest_window(limits);
+            return (!over && ramp.credit == 0 && now < ramp.next).then_some(ramp.next);
+        }
         let patience = shortest_window(limits) / 16;
         let until = |at: Instant| {
             let until = at.checked_add(patience).unwrap_or(at);
@@ -449,13 +486,38 @@ impl Pacer {
         let Some(start) = self.start.as_deref_mut() else {
             return (None, false);
         };
-        if start.probe.is_some_and(|(probe, _)| probe == id) {
-            // Slots the log freed together went, and the provider took
-            // them: it counts what the log counts.
-            self.start = None;
+        let ceiling = ceiling(limits);
+        if let Some((probe, at)) = start.probe
+            && probe == id
+        {
+            let patience = shortest_window(limits) / 16;
+            if now.saturating_duration_since(at) > patience {
+                // Answered after the log alone decided: the freed slots
+                // went already, and the provider took them.
+                self.start = None;
+                return (None, true);
+            }
+            // The provider took the probe: a sliding log, or a counter
+            // that weighs the first window a little less already. The
+            // freed slots go at the quota's rate and on the room it
+            // states, for a window.
+            start.probe = None;
+            start.ramp = Some(Ramp {
+                began: now,
+                next: now,
+                credit: stated_room(room(), ceiling, start.unanswered),
+            });
             return (None, true);
         }
-        let ceiling = ceiling(limits);
+        if let Some(ramp) = start.ramp.as_mut() {
+            // Nothing stated: the quota's rate alone (one more at once for
+            // each acceptance, as in the first window, would double the
+            // rate every round trip, past a counter's).
+            if let Some(room) = room() {
+                ramp.credit = stated_room(Some(room), ceiling, start.unanswered);
+            }
+            return (None, true);
+        }
         start.allowed = start.allowed.saturating_add(1).min(ceiling);
         if start.first_id == Some(id)
             && let Some(room) = room()
@@ -555,7 +617,21 @@ impl Pacer {
             .start
             .as_deref()
             .is_some_and(|start| start.past_first_window(now, limits));
-        if let Some(start) = self.start.as_deref_mut() {
+        if let Some(start) = self.start.as_deref_mut()
+            && let Some(ramp) = start.ramp.as_mut()
+        {
+            start.unanswered = start.unanswered.saturating_add(1);
+            if now.saturating_duration_since(ramp.began) >= window {
+                // A window at the quota's rate: its slots free evenly, and
+                // the log alone decides from now on.
+                self.start = None;
+            } else if ramp.credit > 0 {
+                ramp.credit -= 1;
+            } else {
+                let from = ramp.next.max(now);
+                ramp.next = from.checked_add(step(limits, cost)).unwrap_or(from);
+            }
+        } else if let Some(start) = self.start.as_deref_mut() {
             start.unanswered = start.unanswered.saturating_add(1);
             if start.first.is_none() {
                 start.first = Some(now);
@@ -913,6 +989,17 @@ fn step(limits: &Limits, cost: u64) -> Duration {
         })
         .max()
         .unwrap_or(Duration::ZERO)
+}
+
+/// The requests a provider's stated room lets go at once, beyond the
+/// `unanswered` ones besides the answer that stated it (they may not have
+/// reached it yet); `None` states nothing.
+fn stated_room(room: Option<Room>, ceiling: u64, unanswered: u64) -> u64 {
+    room.map_or(0, |room| {
+        room.remaining
+            .saturating_sub(unanswered.saturating_sub(1))
+            .min(ceiling)
+    })
 }
 
 /// The burst at which spacing turns off: the smallest `max_calls` of the

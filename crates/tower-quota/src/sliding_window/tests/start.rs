@@ -141,6 +141,13 @@ fn sliding_log() -> Provider {
 /// plus the previous one's weighted by its overlap, refused requests
 /// counted too, periods from the first request; no quota headers.
 fn counter() -> Provider {
+    counter_of(20, false)
+}
+
+/// A sliding-window counter of `limit` a second, as [`counter`]; with
+/// `states_room`, each accepted answer says what it has left (the limit
+/// less its estimate, rounded down).
+fn counter_of(limit: u64, states_room: bool) -> Provider {
     let period = 1.0;
     let (mut origin, mut index, mut previous, mut current) = (None, 0u64, 0.0, 0.0);
     Box::new(move |at: Duration| {
@@ -154,8 +161,12 @@ fn counter() -> Provider {
         }
         let left = 1.0 - (at - origin - index as f64 * period) / period;
         current += 1.0;
-        if previous * left + current <= 20.0 {
-            Ok(None)
+        let estimate = previous * left + current;
+        if estimate <= limit as f64 {
+            Ok(states_room.then(|| Room {
+                remaining: (limit as f64 - estimate).floor() as u64,
+                limit,
+            }))
         } else {
             Err(())
         }
@@ -235,6 +246,38 @@ async fn across_a_slow_network_one_request_probes_and_the_key_then_bursts() {
     let last = arrivals[99].0;
     assert!(last < Duration::from_secs(5), "{arrivals:?}");
     assert_eq!(store.learned_burst(&Key::from("k")), None);
+}
+
+/// Across a network (a 40 ms round trip), a sliding-window counter of 100
+/// a second takes the probe past the first window: by then it weighs the
+/// first period a little less. The first window's slots, which went and
+/// free at the pace of the first answers, then go for a window no faster
+/// than the quota's rate and the room the counter states (or, if it states
+/// none, at the rate alone). Sent together as the log
+/// freed them, about 60 were refused.
+#[tokio::test(start_paused = true)]
+async fn a_counter_that_takes_the_probe_gets_the_freed_slots_at_its_rate() {
+    for states_room in [true, false] {
+        let store = MemoryStore::new();
+        let limits = exact(100, Duration::from_secs(1))
+            .limits()
+            .clone()
+            .reporting_refusals();
+        let rtt = Duration::from_millis(40);
+        let counter = counter_of(100, states_room);
+        let arrivals = drive_across(&store, &limits, 400, 64, counter, rtt).await;
+        let refused = refusals(&arrivals);
+        assert!(
+            refused.len() <= 1,
+            "room stated: {states_room}, {refused:?}"
+        );
+        // Four windows' worth, at about the quota's rate.
+        let last = arrivals[399].0;
+        assert!(
+            last < Duration::from_millis(4300),
+            "room stated: {states_room}, {last:?}"
+        );
+    }
 }
 
 #[tokio::test(start_paused = true)]
