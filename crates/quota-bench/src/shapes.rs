@@ -1,10 +1,9 @@
 //! The shape matrix: every provider shape quota-mock offers (an exact
 //! sliding log, fixed windows, a token bucket, GCRA without burst, a
 //! sliding-window counter), at 20/s and 100/s, against every client
-//! limiter, each under the same retrying stack; and the exact sliding log
-//! and GCRA without burst again across quota-mock's simulated network,
-//! where the order and spacing a client sends in are not the ones its
-//! provider sees. Counted at the server, refused arrivals included;
+//! limiter, each under the same retrying stack; and every shape again
+//! across quota-mock's simulated network, where the order and spacing a
+//! client sends in are not the ones its provider sees. Counted at the server, refused arrivals included;
 //! latency per logical request at the client.
 
 use std::fmt::Write as _;
@@ -32,31 +31,75 @@ use crate::results;
 
 /// How a provider counts its quota.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Shape {
+enum Kind {
     SlidingLog,
     FixedWindow,
     TokenBucket,
     NoBurst,
     SlidingWindowCounter,
-    /// The strict sliding log, behind quota-mock's `NetworkProxy`.
-    SlidingLogAcrossNetwork,
-    /// The no-burst provider, behind quota-mock's `NetworkProxy`.
-    NoBurstAcrossNetwork,
+}
+
+impl Kind {
+    const ALL: [Kind; 5] = [
+        Kind::SlidingLog,
+        Kind::FixedWindow,
+        Kind::TokenBucket,
+        Kind::NoBurst,
+        Kind::SlidingWindowCounter,
+    ];
+
+    fn name(self) -> &'static str {
+        match self {
+            Kind::SlidingLog => "strict sliding log",
+            Kind::FixedWindow => "fixed window",
+            Kind::TokenBucket => "token bucket, burst = N",
+            Kind::NoBurst => "no burst (GCRA)",
+            Kind::SlidingWindowCounter => "sliding-window counter",
+        }
+    }
+
+    fn rule(self, quota: u64, window: Duration) -> Rule {
+        match self {
+            Kind::SlidingLog => Rule::sliding_log(quota, window),
+            Kind::FixedWindow => Rule::fixed_window(quota, window),
+            // quota-mock's bucket holds `limit` tokens: the burst is N.
+            Kind::TokenBucket => Rule::token_bucket(quota, window),
+            Kind::NoBurst => Rule::no_burst(quota, window),
+            Kind::SlidingWindowCounter => Rule::sliding_window_counter(quota, window),
+        }
+    }
+}
+
+/// A provider: how it counts, and whether quota-mock's `NetworkProxy`
+/// stands between it and the client.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct Shape {
+    kind: Kind,
+    across: bool,
 }
 
 impl Shape {
-    const ALL: [Shape; 7] = [
-        Shape::SlidingLog,
-        Shape::FixedWindow,
-        Shape::TokenBucket,
-        Shape::NoBurst,
-        Shape::SlidingWindowCounter,
-        Shape::SlidingLogAcrossNetwork,
-        Shape::NoBurstAcrossNetwork,
-    ];
+    /// Every kind over loopback, then every kind across the network.
+    const ALL: [Shape; 10] = {
+        let mut all = [Shape {
+            kind: Kind::SlidingLog,
+            across: false,
+        }; 10];
+        let mut i = 0;
+        while i < 10 {
+            all[i] = Shape {
+                kind: Kind::ALL[i % 5],
+                across: i >= 5,
+            };
+            i += 1;
+        }
+        all
+    };
 
-    /// The shapes whose provider keeps an exact sliding log.
-    const STRICT: [Shape; 2] = [Shape::SlidingLog, Shape::SlidingLogAcrossNetwork];
+    /// Whether the provider keeps an exact sliding log.
+    fn strict(self) -> bool {
+        self.kind == Kind::SlidingLog
+    }
 
     /// Whether the goals of the matrix hold for the shape: for every one
     /// but GCRA without burst across the network, where the network's
@@ -64,18 +107,14 @@ impl Shape {
     /// third of evenly spaced requests closer than the provider allows, so
     /// that no client gets both 429s ≤ 2 % and 0.9 of the rate.
     fn graded(self) -> bool {
-        self != Shape::NoBurstAcrossNetwork
+        !(self.kind == Kind::NoBurst && self.across)
     }
 
-    fn name(self) -> &'static str {
-        match self {
-            Shape::SlidingLog => "strict sliding log",
-            Shape::FixedWindow => "fixed window",
-            Shape::TokenBucket => "token bucket, burst = N",
-            Shape::NoBurst => "no burst (GCRA)",
-            Shape::SlidingWindowCounter => "sliding-window counter",
-            Shape::SlidingLogAcrossNetwork => "strict sliding log, across a network",
-            Shape::NoBurstAcrossNetwork => "no burst (GCRA), across a network",
+    fn name(self) -> String {
+        if self.across {
+            format!("{}, across a network", self.kind.name())
+        } else {
+            self.kind.name().to_owned()
         }
     }
 
@@ -83,31 +122,12 @@ impl Shape {
     /// connection's set-up delay and the range of the one-way latency,
     /// drawn per chunk and direction (the network benchmark's).
     fn network(self) -> Option<(Duration, Duration, Duration)> {
-        let across = matches!(
-            self,
-            Shape::SlidingLogAcrossNetwork | Shape::NoBurstAcrossNetwork
-        ) || every_shape_across();
-        crate::network::NETWORK.filter(|_| across)
+        crate::network::NETWORK.filter(|_| self.across)
     }
 
     fn rule(self, quota: u64, window: Duration) -> Rule {
-        match self {
-            Shape::SlidingLog => Rule::sliding_log(quota, window),
-            Shape::FixedWindow => Rule::fixed_window(quota, window),
-            // quota-mock's bucket holds `limit` tokens: the burst is N.
-            Shape::TokenBucket => Rule::token_bucket(quota, window),
-            Shape::NoBurst => Rule::no_burst(quota, window),
-            Shape::SlidingWindowCounter => Rule::sliding_window_counter(quota, window),
-            Shape::SlidingLogAcrossNetwork => Rule::sliding_log(quota, window),
-            Shape::NoBurstAcrossNetwork => Rule::no_burst(quota, window),
-        }
+        self.kind.rule(quota, window)
     }
-}
-
-/// `SHAPES_NETWORK=1`: every shape behind the simulated network, printed,
-/// RESULTS.md left as it is (a look at what the network does to each).
-fn every_shape_across() -> bool {
-    std::env::var_os("SHAPES_NETWORK").is_some()
 }
 
 /// A provider's documented rate and the load sent to it.
@@ -540,9 +560,6 @@ pub(crate) async fn run() -> Result<(), BoxError> {
     // (`no burst (GCRA) 100/s`) contain the text, printed, RESULTS.md left
     // as it is.
     let only = std::env::var("SHAPES_ONLY").ok();
-    if every_shape_across() {
-        println!("every shape behind the simulated network (SHAPES_NETWORK)");
-    }
     for load in LOADS {
         for shape in Shape::ALL {
             let cell_name = format!("{} {}", shape.name(), load.name());
@@ -582,7 +599,7 @@ pub(crate) async fn run() -> Result<(), BoxError> {
         (load, shape, limiter)
     };
     cells.sort_by_key(index);
-    if ours_only || only.is_some() || every_shape_across() {
+    if ours_only || only.is_some() {
         return Ok(());
     }
     let wall = started.elapsed();
@@ -660,14 +677,18 @@ fn report(cells: &[Cell], wall: Duration, load: &str) -> Result<String, BoxError
          - **sliding-window counter** (`Rule::sliding_window_counter`): the current \
          period's count plus the previous period's weighted by its overlap; refused requests \
          count too.\n\
-         - **strict sliding log, across a network**: the strict sliding log behind \
-         quota-mock's `NetworkProxy` (30 ms to set up a connection, 5–25 ms one way, drawn \
-         per chunk and direction; the network benchmark's): requests spaced evenly at the \
-         client arrive bunched, and in another order. The README stack's utilization there \
-         has no goal of its own: a client that cannot see when its requests arrive holds \
-         each slot until a window after the answer, and the round trip (up to 50 ms \
-         here) is the part of each window it cannot use.\n\
-         - **no burst (GCRA), across a network**: the no-burst provider behind the same \
+         - **…, across a network**: each of them behind quota-mock's `NetworkProxy` \
+         (30 ms to set up a connection, 5–25 ms one way, drawn per chunk and direction; the \
+         network benchmark's): requests spaced evenly at the client arrive bunched, and in \
+         another order, and a fresh client's first requests wait for their connections. \
+         The README stack's utilization against the strict sliding log there has no goal \
+         of its own: a client that cannot see when its requests arrive holds each slot \
+         until a window after the answer, and the round trip (10 to 50 ms here, 30 on \
+         average) is the part of each window it cannot use. That is also what it gives up \
+         against a fixed window or a full bucket, to a limiter that sends a whole quota \
+         every window (tower's `RateLimit`) and pays for it in 429s against the strict \
+         sliding log.\n\
+         - **no burst (GCRA), across a network**: the no-burst provider behind the \
          network. Its jitter (20 ms of spread) is wider than the interval at 100/s and \
          two fifths of it at 20/s: requests spaced evenly at the client reach the provider \
          closer together than it allows, a third of them at the rate. No client can keep \
@@ -856,7 +877,7 @@ fn goals(body: &mut String, cells: &[Cell]) -> Result<(), BoxError> {
                 tally(goodput >= 0.9),
                 format!("{:.3} below", 0.9 - goodput),
             )?;
-            if Shape::STRICT.contains(&shape) {
+            if shape.strict() {
                 goal(
                     body,
                     &format!("README stack, {shape_name}, {rate}: 0 × 429"),
@@ -865,7 +886,7 @@ fn goals(body: &mut String, cells: &[Cell]) -> Result<(), BoxError> {
                     format!("{} × 429", ours.refused()),
                 )?;
             }
-            if shape == Shape::SlidingLog {
+            if shape.strict() && !shape.across {
                 let utilization = ours.utilization();
                 goal(
                     body,
@@ -917,7 +938,7 @@ fn goals(body: &mut String, cells: &[Cell]) -> Result<(), BoxError> {
     }
     // The only limiter never refused by an exact sliding log.
     for load in LOADS {
-        for shape in Shape::STRICT {
+        for shape in Shape::ALL.into_iter().filter(|shape| shape.strict()) {
             let clean: Vec<(Limiter, u64)> = Limiter::ALL
                 .iter()
                 .filter_map(|&limiter| find(cells, load, shape, limiter))
@@ -972,7 +993,7 @@ const COLORS: [RGBColor; 5] = [
 
 /// Goodput ÷ rate per shape, one bar per limiter, a panel per rate.
 fn plot(cells: &[Cell], path: &std::path::Path) -> Result<(), BoxError> {
-    let root = SVGBackend::new(path, (1100, 800)).into_drawing_area();
+    let root = SVGBackend::new(path, (1700, 820)).into_drawing_area();
     root.fill(&WHITE)?;
     let (legend, charts) = root.split_vertically(40);
     draw_legend(&legend)?;
@@ -996,7 +1017,7 @@ fn plot(cells: &[Cell], path: &std::path::Path) -> Result<(), BoxError> {
                 ("sans-serif", 18),
             )
             .margin(10)
-            .x_label_area_size(30)
+            .x_label_area_size(45)
             .y_label_area_size(45)
             .build_cartesian_2d(0f64..Shape::ALL.len() as f64, 0f64..top)?;
         chart
@@ -1021,10 +1042,14 @@ fn plot(cells: &[Cell], path: &std::path::Path) -> Result<(), BoxError> {
             [(0.0, 0.9), (Shape::ALL.len() as f64, 0.9)],
             RED.stroke_width(1),
         ))?;
-        // The shapes' names under their groups, in the root's pixels.
+        // The shapes' names under their groups, in the root's pixels; the
+        // network on a second line.
         for (center, shape) in centers.iter().zip(Shape::ALL) {
             let (x, y) = chart.backend_coord(&(*center, 0.0));
-            root.draw(&Text::new(shape.name(), (x, y + 8), label.clone()))?;
+            root.draw(&Text::new(shape.kind.name(), (x, y + 8), label.clone()))?;
+            if shape.across {
+                root.draw(&Text::new("across a network", (x, y + 24), label.clone()))?;
+            }
         }
     }
     root.present()?;
