@@ -3,8 +3,9 @@
 //! sliding-window counter), at 20/s and 100/s, against every client
 //! limiter, each under the same retrying stack; and every shape again
 //! across quota-mock's simulated network, where the order and spacing a
-//! client sends in are not the ones its provider sees. Counted at the server, refused arrivals included;
-//! latency per logical request at the client.
+//! client sends in are not the ones its provider sees. Counted at the
+//! server, refused arrivals included; latency per logical request at the
+//! client.
 
 use std::fmt::Write as _;
 use std::sync::Arc;
@@ -80,16 +81,17 @@ struct Shape {
 
 impl Shape {
     /// Every kind over loopback, then every kind across the network.
-    const ALL: [Shape; 10] = {
+    const ALL: [Shape; 2 * Kind::ALL.len()] = {
+        let kinds = Kind::ALL.len();
         let mut all = [Shape {
             kind: Kind::SlidingLog,
             across: false,
-        }; 10];
+        }; 2 * Kind::ALL.len()];
         let mut i = 0;
-        while i < 10 {
+        while i < all.len() {
             all[i] = Shape {
-                kind: Kind::ALL[i % 5],
-                across: i >= 5,
+                kind: Kind::ALL[i % kinds],
+                across: i >= kinds,
             };
             i += 1;
         }
@@ -1072,4 +1074,36 @@ fn draw_legend(area: &DrawingArea<SVGBackend<'_>, plotters::coord::Shift>) -> Re
         x += 20 + i32::try_from(width)? + 30;
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_kind_is_a_shape_over_loopback_and_across_the_network() {
+        for kind in Kind::ALL {
+            for across in [false, true] {
+                let count = Shape::ALL
+                    .iter()
+                    .filter(|shape| shape.kind == kind && shape.across == across)
+                    .count();
+                assert_eq!(count, 1, "{kind:?}, across: {across}");
+            }
+        }
+        // Loopback first: the tables list the shapes in this order.
+        assert!(
+            Shape::ALL[..Kind::ALL.len()]
+                .iter()
+                .all(|shape| !shape.across)
+        );
+        let graded: Vec<Shape> = Shape::ALL.into_iter().filter(|s| !s.graded()).collect();
+        assert_eq!(
+            graded,
+            [Shape {
+                kind: Kind::NoBurst,
+                across: true
+            }]
+        );
+    }
 }
