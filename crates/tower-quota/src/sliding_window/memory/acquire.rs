@@ -1,0 +1,504 @@
+//! The future of one admission by a [`MemoryStore`](super::MemoryStore):
+//! it enters the key's queue, waits for its turn and its instant, and
+//! admits itself.
+
+use std::fmt;
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+use pin_project_lite::pin_project;
+use tokio::time::{Instant, Sleep};
+
+use super::{KeyState, Shard, Shared, lock};
+use crate::sliding_window::error::{
+    ConflictingQuotas, DeadlineUnreachable, OverloadReason, Overloaded,
+};
+use crate::sliding_window::events::{self, Adaptation};
+use crate::sliding_window::pacer::TIMER_TICK;
+use crate::sliding_window::queue::{Queue, Spot};
+use crate::sliding_window::schedule::{Place, Priority};
+use crate::sliding_window::store::Admission;
+use crate::sliding_window::{Limits, Quota};
+use crate::{BoxError, Key};
+
+pin_project! {
+    /// The future of one admission by a [`MemoryStore`](super::MemoryStore).
+    pub struct Acquire {
+        shared: Arc<Shared>,
+        key: Key,
+        cost: u64,
+        limits: Limits,
+        // The request's class; its tenant and deadline, if it has either,
+        // boxed: most requests have neither, and a waiting future stays
+        // small.
+        priority: Priority,
+        place: Option<Box<Place>>,
+        state: AcquireState,
+        #[pin]
+        sleep: Option<Sleep>,
+    }
+}
+
+impl Acquire {
+    pub(super) fn new(
+        shared: Arc<Shared>,
+        key: Key,
+        cost: u64,
+        limits: &Limits,
+        place: Place,
+    ) -> Self {
+        let priority = place.priority;
+        let place = (place.tenant.is_some() || place.deadline.is_some()).then(|| Box::new(place));
+        Acquire {
+            shared,
+            key,
+            cost,
+            limits: limits.clone(),
+            priority,
+            place,
+            state: AcquireState::Start,
+            sleep: None,
+        }
+    }
+}
+
+impl fmt::Debug for Acquire {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Acquire")
+            .field("key", &self.key)
+            .field("cost", &self.cost)
+            .field("priority", &self.priority)
+            .field("place", &self.place)
+            .field("state", &self.state)
+            .finish()
+    }
+}
+
+enum AcquireState {
+    Start,
+    Queued {
+        ticket: Ticket,
+        enqueued_at: Instant,
+        queued: usize,
+        /// The quota that last held this request back.
+        limited_by: Option<Quota>,
+        /// It was the head when it last looked.
+        was_head: bool,
+    },
+    Done,
+}
+
+impl fmt::Debug for AcquireState {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            AcquireState::Start => f.write_str("Start"),
+            AcquireState::Queued { queued, .. } => {
+                f.debug_struct("Queued").field("queued", queued).finish()
+            }
+            AcquireState::Done => f.write_str("Done"),
+        }
+    }
+}
+
+/// A place in a key's queue; dropping it before admission gives the place up.
+struct Ticket {
+    shared: Arc<Shared>,
+    key: Key,
+    spot: Spot,
+    armed: bool,
+}
+
+impl Drop for Ticket {
+    fn drop(&mut self) {
+        if !self.armed {
+            return;
+        }
+        let (hash, shard) = self.shared.shard(&self.key);
+        let mut shard = lock(shard);
+        if let Some(state) = shard.keys.get_mut(hash, self.key.as_str()) {
+            state.leave(self.spot, false, Instant::now());
+        }
+    }
+}
+
+enum Step {
+    Ready(Result<Admission, BoxError>),
+    Sleep(Instant),
+    Park,
+    /// Queued just now: look at the queue again, as its head or not.
+    Queued,
+    /// The key's state is gone: arrive again.
+    Restart,
+}
+
+impl Future for Acquire {
+    type Output = Result<Admission, BoxError>;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        let mut this = self.project();
+        loop {
+            let step = {
+                let (hash, shard) = this.shared.shard(this.key);
+                let mut shard = lock(shard);
+                // Read under the lock, so that admissions are recorded in the
+                // order of their instants.
+                let now = Instant::now();
+                this.shared.tick(&mut shard, now);
+                match this.state {
+                    AcquireState::Start => match entered(
+                        &mut shard,
+                        hash,
+                        this.key,
+                        *this.cost,
+                        this.limits,
+                        *this.priority,
+                        now,
+                    ) {
+                        Err(error) => Step::Ready(Err(error)),
+                        Ok(state) => arrive(
+                            state,
+                            Arrival {
+                                shared: this.shared,
+                                key: this.key,
+                                cost: *this.cost,
+                                limits: this.limits,
+                                priority: *this.priority,
+                                place: this.place.as_deref(),
+                            },
+                            this.state,
+                            now,
+                            cx,
+                        ),
+                    },
+                    AcquireState::Queued {
+                        ticket,
+                        enqueued_at,
+                        queued,
+                        limited_by,
+                        was_head,
+                    } => match shard.keys.get_mut(hash, this.key.as_str()) {
+                        Some(state) if state.queue.contains(ticket.spot) => waiting(
+                            state,
+                            Waiting {
+                                shared: this.shared,
+                                key: this.key,
+                                cost: *this.cost,
+                                limits: this.limits,
+                                deadline: this.place.as_ref().and_then(|place| place.deadline),
+                                ticket,
+                                enqueued_at: *enqueued_at,
+                                queued: *queued,
+                                limited_by,
+                                was_head,
+                            },
+                            now,
+                            cx,
+                        ),
+                        // The key is never evicted while it has waiters, nor
+                        // a waiter removed but by itself; should it be gone
+                        // all the same, arrive again.
+                        _ => {
+                            ticket.armed = false;
+                            Step::Restart
+                        }
+                    },
+                    AcquireState::Done => {
+                        panic!("sliding_window::Acquire polled after completion")
+                    }
+                }
+            };
+            match step {
+                Step::Ready(result) => {
+                    *this.state = AcquireState::Done;
+                    this.sleep.set(None);
+                    return Poll::Ready(result);
+                }
+                Step::Park => return Poll::Pending,
+                Step::Queued => {}
+                Step::Restart => {
+                    *this.state = AcquireState::Start;
+                }
+                Step::Sleep(at) => {
+                    match this.sleep.as_mut().as_pin_mut() {
+                        Some(sleep) => {
+                            if sleep.deadline() != at {
+                                sleep.reset(at);
+                            }
+                        }
+                        None => this.sleep.set(Some(tokio::time::sleep_until(at))),
+                    }
+                    if let Some(sleep) = this.sleep.as_mut().as_pin_mut()
+                        && sleep.poll(cx).is_pending()
+                    {
+                        return Poll::Pending;
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// tokio's timer fires on the first millisecond tick at or after a
+/// deadline, and its thread parks in whole milliseconds: a sleep ends a
+/// millisecond late on average, a tenth of the interval at 100 per second.
+/// A head that spacing holds sleeps until a tick before its instant, and
+/// is admitted if the timer woke it at its instant or after; woken
+/// earlier, it sleeps until the instant itself. Admission still checks
+/// the exact instant: the early wake-up costs one look, never a slot.
+/// (A window's slot is not worth it: a millisecond of a window is little.)
+fn early_wake(at: Instant, now: Instant) -> Instant {
+    match at.checked_sub(TIMER_TICK) {
+        Some(early) if early > now => early,
+        _ => at,
+    }
+}
+
+struct Waiting<'a> {
+    shared: &'a Arc<Shared>,
+    key: &'a Key,
+    cost: u64,
+    limits: &'a Limits,
+    deadline: Option<Instant>,
+    ticket: &'a mut Ticket,
+    enqueued_at: Instant,
+    queued: usize,
+    limited_by: &'a mut Option<Quota>,
+    was_head: &'a mut bool,
+}
+
+/// A queued request looks at the queue again: admitted if it goes next and
+/// fits; refused once its deadline or `max_wait` cannot be met; otherwise
+/// asleep until it could fit (the head) or until its deadline.
+fn waiting(state: &mut KeyState, this: Waiting<'_>, now: Instant, cx: &mut Context<'_>) -> Step {
+    let spot = this.ticket.spot;
+    let class = Queue::priority(spot);
+    let unreachable = |earliest: Option<Instant>, deadline: Instant| -> Step {
+        Step::Ready(Err(DeadlineUnreachable::new(
+            this.key.clone(),
+            deadline,
+            earliest,
+            this.queued.saturating_sub(1),
+        )
+        .into()))
+    };
+    if state.head(now) != Some(spot) {
+        if let Some(deadline) = this.deadline.filter(|deadline| now >= *deadline) {
+            state.leave(spot, false, now);
+            this.ticket.armed = false;
+            return unreachable(None, deadline);
+        }
+        state.queue.register(spot, cx.waker());
+        if std::mem::take(this.was_head) {
+            // It was the head and is no longer (a front aged past
+            // `promote_after` while it slept): the new head may be parked
+            // without a timer. Woken once per change, so that waiters
+            // polled by one task cannot wake each other for ever.
+            state.wake_head();
+        }
+        return match this.deadline {
+            Some(deadline) => Step::Sleep(deadline),
+            None => Step::Park,
+        };
+    }
+    *this.was_head = true;
+    state.prune(now);
+    let (at, limit) = state.earliest(now, this.cost, this.limits, class);
+    if limit.is_some() {
+        *this.limited_by = limit;
+    }
+    let needed = at
+        .unwrap_or(now)
+        .saturating_duration_since(this.enqueued_at);
+    if at.is_some_and(|at| at <= now) {
+        let id = this.shared.next_admission.fetch_add(1, Ordering::Relaxed);
+        let lagging = this.shared.lag.is_lagging(now);
+        if let Some(adapted) = state.record(now, this.cost, id, this.limits, lagging) {
+            events::rate_adapted(this.key, adapted, Adaptation::Recovered);
+        }
+        state.leave(spot, true, now);
+        this.ticket.armed = false;
+        return Step::Ready(Ok(Admission::new(
+            this.key.clone(),
+            id,
+            this.cost,
+            needed,
+            this.queued,
+        )
+        .with_limited_by(*this.limited_by)));
+    }
+    if let Some(max_wait) = this.limits.max_wait().filter(|max_wait| needed > *max_wait) {
+        state.leave(spot, false, now);
+        this.ticket.armed = false;
+        return Step::Ready(Err(Overloaded {
+            key: this.key.clone(),
+            wait: needed,
+            queued: this.queued,
+            reason: OverloadReason::MaxWait(max_wait),
+        }
+        .into()));
+    }
+    if let Some(deadline) = this
+        .deadline
+        .filter(|deadline| at.map_or(now >= *deadline, |at| at > *deadline))
+    {
+        // Its slot comes after its deadline (or, strict, the deadline
+        // passed waiting for an answer).
+        state.leave(spot, false, now);
+        this.ticket.armed = false;
+        return unreachable(at, deadline);
+    }
+    // A correction or an answer may move the instant: be wakeable.
+    state.queue.register(spot, cx.waker());
+    match (at, this.deadline) {
+        // Spacing decides: an interval, where a millisecond counts.
+        (Some(at), _) if limit.is_none() => Step::Sleep(early_wake(at, now)),
+        (Some(at), _) => Step::Sleep(at),
+        // Strict: the next slot frees when an answer comes back, and the
+        // answer wakes the head; its deadline too, if it has one.
+        (None, Some(deadline)) => Step::Sleep(deadline),
+        (None, None) => Step::Park,
+    }
+}
+
+/// The state of `key` for a request of `cost` in class `priority` arriving
+/// at `now`, created if new and pruned; the request's error when its cost
+/// exceeds a quota or the key is busy under other quotas.
+pub(super) fn entered<'a>(
+    shard: &'a mut Shard,
+    hash: u64,
+    key: &Key,
+    cost: u64,
+    limits: &Limits,
+    priority: Priority,
+    now: Instant,
+) -> Result<&'a mut KeyState, BoxError> {
+    limits.check_cost_for(key, cost, Some(priority))?;
+    let state = shard
+        .keys
+        .get_or_insert_with(hash, key, || KeyState::new(limits, now));
+    state.prune(now);
+    if !state.conform(limits) {
+        return Err(ConflictingQuotas::new(key.clone()).into());
+    }
+    Ok(state)
+}
+
+/// Admits a request that arrived to room and nobody before it.
+pub(super) fn admit_now(
+    shared: &Shared,
+    state: &mut KeyState,
+    key: &Key,
+    cost: u64,
+    limits: &Limits,
+    now: Instant,
+) -> Admission {
+    let id = shared.next_admission.fetch_add(1, Ordering::Relaxed);
+    let lagging = shared.lag.is_lagging(now);
+    if let Some(adapted) = state.record(now, cost, id, limits, lagging) {
+        events::rate_adapted(key, adapted, Adaptation::Recovered);
+    }
+    Admission::new(key.clone(), id, cost, Duration::ZERO, 0)
+}
+
+struct Arrival<'a> {
+    shared: &'a Arc<Shared>,
+    key: &'a Key,
+    cost: u64,
+    limits: &'a Limits,
+    priority: Priority,
+    place: Option<&'a Place>,
+}
+
+/// A request arrives at its key: admitted at once when nobody of its class
+/// or above waits and every quota has room; otherwise refused by the
+/// overload bounds or its deadline, or queued.
+fn arrive(
+    state: &mut KeyState,
+    this: Arrival<'_>,
+    slot: &mut AcquireState,
+    now: Instant,
+    cx: &mut Context<'_>,
+) -> Step {
+    let cost = this.cost;
+    let class = this.priority;
+    let deadline = this.place.and_then(|place| place.deadline);
+    if state.queue.none_before(class) && state.has_room(now, cost, this.limits, class) {
+        return Step::Ready(Ok(admit_now(
+            this.shared,
+            state,
+            this.key,
+            cost,
+            this.limits,
+            now,
+        )));
+    }
+    let queued = state.queue.len() + 1;
+    let tenant = this.place.and_then(|place| place.tenant.as_ref());
+    let spot = state.queue.spot(class, tenant);
+    let bounded =
+        this.limits.max_queue().is_some() || this.limits.max_wait().is_some() || deadline.is_some();
+    // The wait the requests ahead leave it (only when a bound needs it).
+    let (ahead, wait) = if bounded {
+        let (ahead, ahead_cost) = state.queue.ahead(spot);
+        let wait = state.projected_wait(
+            now,
+            ahead_cost.saturating_add(cost),
+            ahead as u64 + 1,
+            this.limits,
+            class,
+        );
+        (ahead, wait)
+    } else {
+        (0, Duration::ZERO)
+    };
+    let overload = |reason| -> Step {
+        Step::Ready(Err(Overloaded {
+            key: this.key.clone(),
+            wait,
+            queued,
+            reason,
+        }
+        .into()))
+    };
+    if let Some(max_queue) = this.limits.max_queue()
+        && queued > max_queue
+    {
+        return overload(OverloadReason::QueueFull(max_queue));
+    }
+    if let Some(max_wait) = this.limits.max_wait()
+        && wait > max_wait
+    {
+        return overload(OverloadReason::MaxWait(max_wait));
+    }
+    if let Some(deadline) = deadline {
+        let earliest = now.checked_add(wait);
+        if earliest.is_none_or(|earliest| earliest > deadline) {
+            return Step::Ready(Err(DeadlineUnreachable::new(
+                this.key.clone(),
+                deadline,
+                earliest,
+                ahead,
+            )
+            .into()));
+        }
+    }
+    state.queue.insert(spot, tenant, cost, now, cx.waker());
+    state.queue.set_promote_after(this.limits.promote_after());
+    *slot = AcquireState::Queued {
+        ticket: Ticket {
+            shared: this.shared.clone(),
+            key: this.key.clone(),
+            spot,
+            armed: true,
+        },
+        enqueued_at: now,
+        queued,
+        limited_by: None,
+        was_head: false,
+    };
+    Step::Queued
+}
