@@ -1,0 +1,389 @@
+//! The state of one key in a [`MemoryStore`](super::MemoryStore): its
+//! logs, its queue of waiters and what it learns from its provider.
+
+use std::time::Duration;
+
+use tokio::time::Instant;
+
+use crate::sliding_window::drift::DriftMargin;
+use crate::sliding_window::events::{self, Adaptation};
+use crate::sliding_window::flight::InFlightPeak;
+use crate::sliding_window::log::WindowLog;
+use crate::sliding_window::pacer::{Adapted, Pacer};
+use crate::sliding_window::queue::{Queue, Spot};
+use crate::sliding_window::schedule::Priority;
+use crate::sliding_window::store::{Admission, Completion, QuotaChange};
+use crate::sliding_window::{Limits, Quota};
+use crate::{Announced, Room};
+
+/// The state of one key, kept small: a map of 100,000 keys holds 100,000
+/// of these (and a third more room), so what only some keys need is boxed.
+pub(super) struct KeyState {
+    /// One log per quota.
+    pub(super) windows: Box<[WindowLog]>,
+    /// Its waiters (and the limits' `promote_after`), boxed with the first.
+    pub(super) queue: Queue,
+    /// What the key learns from its provider, boxed: made with the key when
+    /// its caller reports refusals, otherwise with the first announcement
+    /// or refusal. `None` is a pacer that never spaces and no drift.
+    pub(super) learned: Option<Box<Learned>>,
+    /// Until then the key is cold: its admissions get the cold bound.
+    pub(super) warm_at: Instant,
+    /// Its requests in flight, and the most in flight at once lately.
+    pub(super) flight: InFlightPeak,
+}
+
+/// What a key learns from its provider.
+#[derive(Default)]
+pub(super) struct Learned {
+    pub(super) drift: DriftMargin,
+    /// The burst and rate the key's provider tolerates, learned from its
+    /// refusals.
+    pub(super) pacer: Pacer,
+    /// What the provider last announced for each window's quota; empty
+    /// until its first announcement.
+    pub(super) announced: Vec<Option<u64>>,
+}
+
+impl KeyState {
+    pub(super) fn new(limits: &Limits, now: Instant) -> Self {
+        let shortest = limits
+            .quotas()
+            .iter()
+            .map(Quota::window)
+            .min()
+            .unwrap_or(Duration::ZERO);
+        KeyState {
+            warm_at: now + shortest,
+            flight: InFlightPeak::new(now),
+            windows: Self::windows_for(limits),
+            queue: Queue::default(),
+            learned: limits.reports_refusals().then(|| {
+                Box::new(Learned {
+                    pacer: Pacer::new(true),
+                    ..Learned::default()
+                })
+            }),
+        }
+    }
+
+    /// What the key learned, made now if it had nothing to learn yet.
+    pub(super) fn learned(&mut self) -> &mut Learned {
+        self.learned.get_or_insert_with(Box::default)
+    }
+
+    pub(super) fn pacer(&self) -> Option<&Pacer> {
+        self.learned.as_deref().map(|learned| &learned.pacer)
+    }
+
+    pub(super) fn windows_for(limits: &Limits) -> Box<[WindowLog]> {
+        let margin = limits.safety_margin();
+        limits
+            .quotas()
+            .iter()
+            .map(|quota| WindowLog::new(quota, margin))
+            .collect()
+    }
+
+    /// One key has one set of quotas. A layer with other quotas may take
+    /// over an idle key; a busy one is not replaced (its admissions would go
+    /// uncounted): returns `false`.
+    pub(super) fn conform(&mut self, limits: &Limits) -> bool {
+        let margin = limits.safety_margin();
+        let same = self.windows.len() == limits.quotas().len()
+            && self
+                .windows
+                .iter()
+                .zip(limits.quotas())
+                .all(|(w, q)| w.matches(q, margin));
+        if same {
+            self.queue.set_promote_after(limits.promote_after());
+            return true;
+        }
+        if !self.is_idle() {
+            return false;
+        }
+        self.windows = Self::windows_for(limits);
+        if let Some(learned) = self.learned.as_deref_mut() {
+            learned.announced = Vec::new();
+        }
+        self.queue.set_promote_after(limits.promote_after());
+        true
+    }
+
+    /// The provider announced `announced`: compares it with each window's
+    /// quota, remembers it, and with `follow` holds the window to it.
+    pub(super) fn announce(&mut self, announced: &[Announced], follow: bool) -> Vec<QuotaChange> {
+        let mut changes = Vec::new();
+        for quota in announced {
+            // Requests and tokens announced for one window (OpenAI, Anthropic)
+            // go to a per-request and a weighted quota; a lone announcement
+            // goes to the window's quota, unless it counts tokens and the
+            // quota counts only requests.
+            let shared_window = announced
+                .iter()
+                .filter(|other| other.window == quota.window)
+                .count()
+                > 1;
+            let quotas_of_window = self
+                .windows
+                .iter()
+                .filter(|window| window.quota().window() == quota.window)
+                .count();
+            if shared_window && quotas_of_window < 2 {
+                // Which of the two the one quota counts is not known.
+                continue;
+            }
+            let mut candidates = self.windows.iter().enumerate().filter(|(_, window)| {
+                let kind = if shared_window {
+                    quota.weighted != window.is_per_request()
+                } else {
+                    !quota.weighted || !window.is_per_request()
+                };
+                window.quota().window() == quota.window && kind
+            });
+            // One quota per window, or the announcement is ambiguous.
+            let (Some((index, _)), None) = (candidates.next(), candidates.next()) else {
+                continue;
+            };
+            let windows = self.windows.len();
+            let announced = &mut self.learned().announced;
+            if announced.len() < windows {
+                announced.resize(windows, None);
+            }
+            if announced[index] == Some(quota.max_calls) {
+                continue;
+            }
+            let first = announced[index].is_none();
+            announced[index] = Some(quota.max_calls);
+            let window = &mut self.windows[index];
+            let configured = window.quota();
+            let before = window.size();
+            let held_to = if follow {
+                window.resize(quota.max_calls)
+            } else {
+                configured.max_calls()
+            };
+            if held_to > before {
+                self.wake_head();
+            }
+            // A first announcement that matches the configuration is no news.
+            if !(first && quota.max_calls == configured.max_calls()) {
+                changes.push(QuotaChange {
+                    configured,
+                    announced: quota.max_calls,
+                    held_to,
+                });
+            }
+        }
+        changes
+    }
+
+    pub(super) fn shortest_window(&self) -> Duration {
+        self.windows
+            .iter()
+            .map(|w| w.quota().window())
+            .min()
+            .unwrap_or(Duration::ZERO)
+    }
+
+    /// Whether a log of the shortest window holds nine tenths of its size
+    /// or more: about a whole quota went out in the window.
+    pub(super) fn log_near_quota(&self) -> bool {
+        let shortest = self.shortest_window();
+        self.windows
+            .iter()
+            .filter(|window| window.quota().window() == shortest)
+            .any(|window| window.held().saturating_mul(10) >= u128::from(window.size()) * 9)
+    }
+
+    pub(super) fn extra_margin(&self, now: Instant) -> Duration {
+        self.learned.as_deref().map_or(Duration::ZERO, |learned| {
+            learned.drift.extra(now, self.shortest_window())
+        })
+    }
+
+    pub(super) fn prune(&mut self, now: Instant) {
+        for window in &mut self.windows {
+            window.prune(now);
+        }
+    }
+
+    pub(super) fn is_idle(&self) -> bool {
+        self.queue.is_empty() && self.windows.iter().all(WindowLog::is_empty)
+    }
+
+    pub(super) fn has_room(
+        &self,
+        now: Instant,
+        cost: u64,
+        limits: &Limits,
+        class: Priority,
+    ) -> bool {
+        self.windows
+            .iter()
+            .all(|w| w.has_room(cost, w.keep(limits, class, cost)))
+            && self.pacer().is_none_or(|pacer| {
+                pacer.earliest(cost, limits).is_none_or(|at| at <= now)
+                    && pacer.awaits_answer(now, limits).is_none()
+            })
+    }
+
+    /// Records an admission; returns the pacer's new burst if it changed.
+    #[must_use]
+    pub(super) fn record(
+        &mut self,
+        now: Instant,
+        cost: u64,
+        id: u64,
+        limits: &Limits,
+        lagging: bool,
+    ) -> Option<Adapted> {
+        // A cold key (its first window) is opening connections and growing
+        // pools, perhaps under a burst of work, and so is a key with more
+        // requests in flight than it had at once lately: its requests may
+        // take longer to get out, so its slots wait for their answers or
+        // for Limits::cold_sent_within. Only a caller that reports answers
+        // gets one (and counts its requests in flight).
+        let answers = limits.reports_answers();
+        let warm = !answers || (now >= self.warm_at && !self.flight.exceeds(now, 1));
+        if answers {
+            self.flight.sent(now);
+        }
+        let sent_within = if warm {
+            limits.sent_within()
+        } else {
+            limits.cold_sent_within()
+        };
+        // A client that lags cannot promise the bound: until answered.
+        let until_answered = limits.is_strict() || (lagging && answers);
+        let sent_by = (!until_answered).then(|| now + sent_within);
+        let extra = self.extra_margin(now);
+        for window in &mut self.windows {
+            window.record(cost, id, sent_by, extra, answers);
+        }
+        let learned = self.learned.as_deref_mut()?;
+        learned.pacer.admitted(now, id, cost, limits)
+    }
+
+    /// The earliest instant the head fits (`None`: once an answer comes
+    /// back), and the quota that decides it.
+    pub(super) fn earliest(
+        &self,
+        now: Instant,
+        cost: u64,
+        limits: &Limits,
+        class: Priority,
+    ) -> (Option<Instant>, Option<Quota>) {
+        let pacer = self.pacer();
+        if let Some(until) = pacer.and_then(|pacer| pacer.awaits_answer(now, limits)) {
+            // At the answer, or when the key stops waiting for it.
+            return (Some(until), None);
+        }
+        let paced = pacer.and_then(|pacer| pacer.earliest(cost, limits));
+        let mut latest: (Option<Instant>, Option<Quota>) =
+            (Some(paced.map_or(now, |at| at.max(now))), None);
+        for window in &self.windows {
+            let at = window.earliest(now, cost, window.keep(limits, class, cost));
+            let later = match (at, latest.0) {
+                (None, Some(_)) => true,
+                (Some(at), Some(current)) => at > current,
+                (_, None) => false,
+            };
+            if later {
+                latest = (at, Some(window.quota()));
+            }
+        }
+        latest
+    }
+
+    pub(super) fn projected_wait(
+        &self,
+        now: Instant,
+        cost: u64,
+        requests: u64,
+        limits: &Limits,
+        class: Priority,
+    ) -> Duration {
+        self.windows
+            .iter()
+            .map(|w| w.projected_wait(now, cost, requests, w.keep(limits, class, cost)))
+            .max()
+            .unwrap_or(Duration::ZERO)
+    }
+
+    /// The request that goes next.
+    pub(super) fn head(&self, now: Instant) -> Option<Spot> {
+        self.queue.head(now, self.queue.promote_after())
+    }
+
+    pub(super) fn wake_head(&self) {
+        if self.queue.is_empty() {
+            // Nobody to wake: no clock read.
+            return;
+        }
+        if let Some(head) = self.head(Instant::now()) {
+            self.queue.wake(head);
+        }
+    }
+
+    /// The provider accepted `admission`; `now` is read only while the key
+    /// is in its start. Returns whether a waiting request may now go.
+    pub(super) fn accepted(
+        &mut self,
+        admission: &Admission,
+        room: &dyn Fn() -> Option<Room>,
+        limits: &Limits,
+        now: impl FnOnce() -> Instant,
+    ) -> bool {
+        let Some(learned) = self
+            .learned
+            .as_deref_mut()
+            .filter(|learned| learned.pacer.starting())
+        else {
+            return false;
+        };
+        let (adapted, opened) = learned.pacer.accepted(now(), admission.id(), room, limits);
+        if let Some(adapted) = adapted {
+            events::rate_adapted(admission.key(), adapted, Adaptation::Announced);
+        }
+        opened
+    }
+
+    /// `admission` ended at `now`, answered or dropped. Returns whether
+    /// anything changed that a waiting request may look at.
+    pub(super) fn answered(
+        &mut self,
+        admission: &Admission,
+        completion: Completion,
+        limits: &Limits,
+        now: Instant,
+    ) -> bool {
+        // A dropped request may still be on its way: it keeps its bound, if
+        // it has one (strict mode assumes a drop stops it).
+        let dropped = (completion == Completion::Dropped && !limits.is_strict())
+            .then(|| limits.sent_within());
+        if limits.reports_answers() {
+            self.flight.ended();
+        }
+        let extra = self.extra_margin(now);
+        let mut changed = self
+            .learned
+            .as_deref_mut()
+            .is_some_and(|learned| learned.pacer.answered(admission.id()));
+        for window in &mut self.windows {
+            changed |= window.answer(admission.id(), now, extra, dropped);
+        }
+        changed
+    }
+
+    /// Removes a waiter (admitted or given up) and wakes the one that goes
+    /// next.
+    pub(super) fn leave(&mut self, spot: Spot, admitted: bool, now: Instant) {
+        if self.queue.remove(spot, admitted, now)
+            && let Some(head) = self.head(now)
+        {
+            self.queue.wake(head);
+        }
+    }
+}
