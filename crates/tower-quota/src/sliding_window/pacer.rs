@@ -225,6 +225,13 @@ struct Ramp {
     credit: u64,
 }
 
+impl Ramp {
+    /// Whether the ramp's window is over at `now`.
+    fn over(&self, now: Instant, window: Duration) -> bool {
+        now.saturating_duration_since(self.began) >= window
+    }
+}
+
 /// A raise of the rate that a window without refusal has not confirmed yet.
 #[derive(Debug, Clone, Copy)]
 struct Raise {
@@ -436,7 +443,7 @@ impl Pacer {
         if let Some(ramp) = start.ramp {
             // Past the ramp's window the log alone decides; within it, at
             // the quota's rate or on the provider's stated room.
-            let over = now.saturating_duration_since(ramp.began) >= shortest_window(limits);
+            let over = ramp.over(now, shortest_window(limits));
             return (!over && ramp.credit == 0 && now < ramp.next).then_some(ramp.next);
         }
         let patience = shortest_window(limits) / 16;
@@ -511,7 +518,7 @@ impl Pacer {
             start.ramp = Some(Ramp {
                 began: now,
                 next: now,
-                credit: stated_room(room(), ceiling, start.unanswered),
+                credit: room().map_or(0, |room| stated_room(room, ceiling, start.unanswered)),
             });
             return (None, true);
         }
@@ -520,7 +527,7 @@ impl Pacer {
             // each acceptance, as in the first window, would double the
             // rate every round trip, past a counter's).
             if let Some(room) = room() {
-                ramp.credit = stated_room(Some(room), ceiling, start.unanswered);
+                ramp.credit = stated_room(room, ceiling, start.unanswered);
             }
             return (None, true);
         }
@@ -627,7 +634,7 @@ impl Pacer {
             && let Some(ramp) = start.ramp.as_mut()
         {
             start.unanswered = start.unanswered.saturating_add(1);
-            if now.saturating_duration_since(ramp.began) >= window {
+            if ramp.over(now, window) {
                 // A window at the quota's rate: its slots free evenly, and
                 // the log alone decides from now on.
                 self.start = None;
@@ -999,13 +1006,11 @@ fn step(limits: &Limits, cost: u64) -> Duration {
 
 /// The requests a provider's stated room lets go at once, beyond the
 /// `unanswered` ones besides the answer that stated it (they may not have
-/// reached it yet); `None` states nothing.
-fn stated_room(room: Option<Room>, ceiling: u64, unanswered: u64) -> u64 {
-    room.map_or(0, |room| {
-        room.remaining
-            .saturating_sub(unanswered.saturating_sub(1))
-            .min(ceiling)
-    })
+/// reached it yet).
+fn stated_room(room: Room, ceiling: u64, unanswered: u64) -> u64 {
+    room.remaining
+        .saturating_sub(unanswered.saturating_sub(1))
+        .min(ceiling)
 }
 
 /// The burst at which spacing turns off: the smallest `max_calls` of the
