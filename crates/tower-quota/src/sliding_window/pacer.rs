@@ -82,8 +82,9 @@
 //! pace of the first answers; the counter at the quota's rate. So for a
 //! window ([`Ramp`]) the freed slots go one per interval at the quota's
 //! rate, and at once as far as the room the provider states on each answer
-//! allows (less the requests still unanswered); then the key bursts as its
-//! log allows. Against a log, the slots go as the provider frees them, a
+//! allows (less the requests still unanswered; only the room of a quota no
+//! larger than the key's: a daily quota's room says nothing of a second's);
+//! then the key bursts as its log allows. Against a log, the slots go as the provider frees them, a
 //! round trip late; against a counter, none is refused (across quota-mock's
 //! simulated network at 100/s, 60 were, of a burst). Answered later than
 //! the patience below, the log has decided already and the key bursts. A
@@ -1007,7 +1008,14 @@ fn step(limits: &Limits, cost: u64) -> Duration {
 /// The requests a provider's stated room lets go at once, beyond the
 /// `unanswered` ones besides the answer that stated it (they may not have
 /// reached it yet).
+///
+/// Only the room of a quota no larger than the key's (`ceiling`) counts:
+/// the room of a larger one, a daily quota stated beside an unannounced
+/// per-second counter, says nothing of what the key's window has left.
 fn stated_room(room: Room, ceiling: u64, unanswered: u64) -> u64 {
+    if room.limit > ceiling {
+        return 0;
+    }
     room.remaining
         .saturating_sub(unanswered.saturating_sub(1))
         .min(ceiling)

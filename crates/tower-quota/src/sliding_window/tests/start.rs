@@ -148,7 +148,24 @@ fn counter() -> Provider {
 /// `states_room`, each accepted answer says what it has left (the limit
 /// less its estimate, rounded down).
 fn counter_of(limit: u64, states_room: bool) -> Provider {
+    counter_stating(limit, states_room.then_some(Stated::Own))
+}
+
+/// The room a provider states on its answers.
+#[derive(Clone, Copy)]
+enum Stated {
+    /// What its per-second counter has left.
+    Own,
+    /// What is left of another, larger quota of `limit` (a daily one):
+    /// the counter itself goes unannounced.
+    Other { limit: u64 },
+}
+
+/// A sliding-window counter of `limit` a second, as [`counter`], stating
+/// the room `stated` says on each accepted answer.
+fn counter_stating(limit: u64, stated: Option<Stated>) -> Provider {
     let period = 1.0;
+    let mut taken = 0u64;
     let (mut origin, mut index, mut previous, mut current) = (None, 0u64, 0.0, 0.0);
     Box::new(move |at: Duration| {
         let at = at.as_secs_f64();
@@ -163,9 +180,16 @@ fn counter_of(limit: u64, states_room: bool) -> Provider {
         current += 1.0;
         let estimate = previous * left + current;
         if estimate <= limit as f64 {
-            Ok(states_room.then(|| Room {
-                remaining: (limit as f64 - estimate).floor() as u64,
-                limit,
+            taken += 1;
+            Ok(stated.map(|stated| match stated {
+                Stated::Own => Room {
+                    remaining: (limit as f64 - estimate).floor() as u64,
+                    limit,
+                },
+                Stated::Other { limit } => Room {
+                    remaining: limit.saturating_sub(taken),
+                    limit,
+                },
             }))
         } else {
             Err(())
@@ -278,6 +302,28 @@ async fn a_counter_that_takes_the_probe_gets_the_freed_slots_at_its_rate() {
             "room stated: {states_room}, {last:?}"
         );
     }
+}
+
+/// As above, but the counter goes unannounced: the room each answer
+/// states is a daily quota's, thousands of requests. That room says
+/// nothing of the key's one-second quota, so the freed slots still go at
+/// the quota's rate after the probe (taken at its word, they went at
+/// once: 92 refused, the burst and the requests that followed it).
+#[tokio::test(start_paused = true)]
+async fn the_room_of_a_larger_quota_does_not_let_the_freed_slots_go_at_once() {
+    let store = MemoryStore::new();
+    let limits = exact(100, Duration::from_secs(1))
+        .limits()
+        .clone()
+        .reporting_refusals();
+    let rtt = Duration::from_millis(40);
+    let daily = Stated::Other { limit: 10_000 };
+    let counter = counter_stating(100, Some(daily));
+    let arrivals = drive_across(&store, &limits, 400, 64, counter, rtt).await;
+    let refused = refusals(&arrivals);
+    assert!(refused.len() <= 1, "{refused:?}");
+    let last = arrivals[399].0;
+    assert!(last < Duration::from_millis(4300), "{last:?}");
 }
 
 #[tokio::test(start_paused = true)]
