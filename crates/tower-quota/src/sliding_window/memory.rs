@@ -37,7 +37,10 @@ use key_state::KeyState;
 
 const SHARDS: usize = 16;
 /// A shard sweeps idle keys after this many operations, or after as many
-/// operations as it has keys, whichever is more: amortized O(1) per operation.
+/// operations as it kept keys at its last sweep, whichever is more:
+/// amortized O(1) per operation (a sweep examines the keys it kept last
+/// time and at most one new key per operation since), and a shard holds at
+/// most twice its live keys and this many more.
 const SWEEP_EVERY: usize = 1024;
 
 /// The in-process [`Store`]: exact, FIFO-fair, one timer per key.
@@ -83,6 +86,16 @@ struct Shard {
     ops_since_sweep: usize,
     /// `Shared::ops` when this shard was last swept.
     swept_at: usize,
+    /// The keys its last sweep kept.
+    kept: usize,
+    /// When it was last swept (`None`: never), and the shortest window of
+    /// the keys it kept: once that window has passed, those of them that
+    /// saw no traffic since are idle.
+    swept_time: Option<Instant>,
+    kept_window: Duration,
+    /// Keys its sweeps examined, for the tests of their cost.
+    #[cfg(test)]
+    examined: usize,
 }
 
 impl Shard {
@@ -91,6 +104,11 @@ impl Shard {
             keys: KeyMap::new(hasher),
             ops_since_sweep: 0,
             swept_at: 0,
+            kept: 0,
+            swept_time: None,
+            kept_window: Duration::ZERO,
+            #[cfg(test)]
+            examined: 0,
         }
     }
 }
@@ -120,6 +138,16 @@ impl MemoryStore {
             .keys
             .get(hash, key.as_str())
             .and_then(|state| state.pacer()?.burst())
+    }
+
+    /// Keys examined by sweeps so far, on every shard.
+    #[cfg(test)]
+    pub(crate) fn examined_by_sweeps(&self) -> usize {
+        self.shared
+            .shards
+            .iter()
+            .map(|shard| lock(shard).examined)
+            .sum()
     }
 
     /// Removes the state of every key that has no admission left in its
@@ -340,16 +368,28 @@ impl Shared {
 }
 
 impl Shared {
-    /// One operation on `shard`: sweeps it every so often, and every
+    /// One operation on `shard`: sweeps it after as many operations on it
+    /// as its last sweep kept keys (and `SWEEP_EVERY`), and every
     /// `SWEEP_EVERY / SHARDS` operations on any shard, visits the next shard
-    /// in turn and sweeps it if at least as many operations (and
-    /// `SWEEP_EVERY`) have passed since its last sweep as it has keys:
-    /// amortized O(1) per operation, and idle keys go even when their own
-    /// shard sees no traffic.
+    /// in turn and sweeps it if enough operations on all shards have passed
+    /// since its last sweep (and `SWEEP_EVERY`), so that idle keys go even
+    /// when their own shard sees no traffic. Enough is as many as it has
+    /// keys once the shortest window of the keys it kept has passed since
+    /// (they may all be idle by then: their memory comes back within that
+    /// window and a pass over the keys), and as many as it kept keys times
+    /// the shards before (a sweep then finds idle only the keys whose
+    /// windows were about to end). Either way amortized O(1) per operation:
+    /// a shard whose keys stay busy is swept once a window, by then it has
+    /// seen a window's traffic to them, or once per its kept keys' worth of
+    /// its share of the operations.
+    ///
+    /// Kept keys, not the keys a shard has now, for its own sweeps: when
+    /// every operation brings a new key, a shard has more keys than
+    /// operations since its last sweep for ever, and would never be swept.
     fn tick(&self, shard: &mut Shard, now: Instant) {
         let ops = self.ops.fetch_add(1, Ordering::Relaxed);
         shard.ops_since_sweep += 1;
-        if shard.ops_since_sweep >= SWEEP_EVERY.max(shard.keys.len()) {
+        if shard.ops_since_sweep >= SWEEP_EVERY.max(shard.kept) {
             shard.sweep(now, ops);
         }
         if !ops.is_multiple_of(SWEEP_EVERY / SHARDS) {
@@ -363,7 +403,15 @@ impl Shared {
             Err(TryLockError::Poisoned(poisoned)) => poisoned.into_inner(),
             Err(TryLockError::WouldBlock) => return,
         };
-        if ops.wrapping_sub(other.swept_at) >= SWEEP_EVERY.max(other.keys.len()) {
+        let window_passed = other
+            .swept_time
+            .is_none_or(|at| now.saturating_duration_since(at) >= other.kept_window);
+        let due = if window_passed {
+            other.keys.len()
+        } else {
+            other.kept.saturating_mul(self.shards.len())
+        };
+        if ops.wrapping_sub(other.swept_at) >= SWEEP_EVERY.max(due) {
             other.sweep(now, ops);
         }
     }
@@ -373,10 +421,22 @@ impl Shard {
     fn sweep(&mut self, now: Instant, ops: usize) {
         self.ops_since_sweep = 0;
         self.swept_at = ops;
+        #[cfg(test)]
+        {
+            self.examined += self.keys.len();
+        }
+        let mut kept_window = Duration::MAX;
         self.keys.retain(|state| {
             state.prune(now);
-            !state.is_idle()
+            let idle = state.is_idle();
+            if !idle {
+                kept_window = kept_window.min(state.shortest_window());
+            }
+            !idle
         });
+        self.kept = self.keys.len();
+        self.swept_time = Some(now);
+        self.kept_window = kept_window;
         // Give the memory of a crowd of idle keys back.
         self.keys.shrink_if_sparse(64);
     }

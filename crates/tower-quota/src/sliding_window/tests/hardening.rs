@@ -100,6 +100,28 @@ async fn idle_keys_are_swept_by_traffic_to_any_key() {
     );
 }
 
+/// With many live keys, each admission examined about as many keys in
+/// sweeps as there are shards (a shard visited in turn was swept once as
+/// many operations on *all* shards had passed as it had keys): 4 µs an
+/// admission at 100,000 keys. Now about one key an operation in all.
+#[tokio::test(start_paused = true)]
+async fn sweeps_examine_about_one_key_per_operation_however_many_keys_live() {
+    let layer =
+        exact(1_000_000, Duration::from_secs(3_600)).key_fn(|request: &u32| request.to_string());
+    let store = layer.get_store().clone();
+    let service = layer.layer(clock());
+    let (keys, operations) = (16_000, 64_000);
+    for i in 0..operations {
+        service.clone().oneshot(i % keys).await.unwrap();
+    }
+    assert_eq!(store.key_count(), keys as usize);
+    let examined = store.examined_by_sweeps();
+    assert!(
+        examined <= 3 * operations as usize,
+        "{examined} keys examined in {operations} operations"
+    );
+}
+
 mod properties {
     use super::*;
     use proptest::prelude::*;
