@@ -63,6 +63,8 @@ fn row<O>(
 /// is short so that sliding logs stay small.
 const HUGE: u64 = 1 << 40;
 const LOG_WINDOW: Duration = Duration::from_millis(1);
+/// Keys live in the keyed row.
+const LIVE_KEYS: u64 = 100_000;
 /// tower-resilience preallocates its log with this capacity.
 const RESILIENCE_LIMIT: usize = 1_000_000;
 
@@ -123,6 +125,24 @@ fn admit_one_task(c: &mut Criterion) {
     let mut ours = tower::Layer::layer(&sliding_window_layer(), noop());
     row(&mut group, GROUP, "tower_quota_sliding_window", || {
         admit(&mut ours, ())
+    });
+
+    // Keyed by an integer from the request, 100,000 keys live: each
+    // iteration admits the next key in turn (a hit, never a new key). The
+    // window is a second, so that no key goes idle (and is evicted) before
+    // its turn comes again.
+    let keyed_layer = SlidingWindowLayer::new(HUGE, Duration::from_secs(1)).expect("valid quota");
+    let mut keyed = tower::Layer::layer(
+        &keyed_layer.key_fn(|id: &u64| Key::from(*id)),
+        service_fn(|_: u64| ready(Ok::<_, Infallible>(()))),
+    );
+    for id in 0..LIVE_KEYS {
+        admit(&mut keyed, id).expect("room for every key");
+    }
+    let mut next = 0;
+    row(&mut group, GROUP, "tower_quota_keyed", || {
+        next = (next + 1) % LIVE_KEYS;
+        admit(&mut keyed, next)
     });
 
     let store = MemoryStore::new();

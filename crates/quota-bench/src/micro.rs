@@ -76,6 +76,10 @@ const GROUPS: [Group; 5] = [
                 "tower-quota `SlidingWindowLayer`",
             ),
             (
+                "tower_quota_keyed",
+                "tower-quota `SlidingWindowLayer`, keyed by a `u64` from the request, 100,000 keys live",
+            ),
+            (
                 "tower_quota_memory_store",
                 "tower-quota `MemoryStore::acquire` alone",
             ),
@@ -249,6 +253,22 @@ pub(crate) fn run() -> Result<(), BoxError> {
         get("admit_one_task", "tower_rate_limit"),
         1.3,
     )?;
+    if let Some(keyed) = get("admit_one_task", "tower_quota_keyed") {
+        writeln!(
+            body,
+            "| keyed admission (`u64` keys, 100,000 live) ≤ 50 ns | {} | {} |",
+            ns(keyed),
+            verdict(keyed <= 50.0, format!("{:.1}× the goal", keyed / 50.0)),
+        )?;
+    }
+    if let Some((allocated, _)) = allocations("admit_one_task", "tower_quota_keyed") {
+        writeln!(
+            body,
+            "| keyed admission: 0 allocations | {} | {} |",
+            count(allocated),
+            verdict(allocated == 0.0, format!("{} over", count(allocated))),
+        )?;
+    }
     ratio_goal(
         &mut body,
         "two threads on one key ≤ 2× governor",

@@ -8,8 +8,9 @@ use std::sync::Arc;
 /// The name of a quota: one provider, one API key, one host, one tenant.
 ///
 /// Requests with equal keys share one quota; requests with different keys
-/// never affect each other. A key is cheap to clone: a `&'static str` or a
-/// reference-counted string.
+/// never affect each other. A key is cheap to clone and rarely allocates: a
+/// `&'static str`, a name of up to 38 bytes or an integer kept in place, or
+/// a longer name in a reference-counted string.
 ///
 /// ```
 /// use tower_quota::Key;
@@ -18,6 +19,10 @@ use std::sync::Arc;
 /// let per_host = Key::from(String::from("api.example.com"));
 /// assert_ne!(global, per_host);
 /// assert_eq!(per_host.as_str(), "api.example.com");
+/// // A borrowed name is copied; an integer is written out in decimal.
+/// let tenant = "tenant-42".to_owned();
+/// assert_eq!(Key::new(&tenant), Key::from_static("tenant-42"));
+/// assert_eq!(Key::from(42u64).as_str(), "42");
 /// ```
 #[derive(Clone)]
 pub struct Key(Repr);
@@ -29,6 +34,59 @@ enum Repr {
     /// A URI's authority that is already a host key (lowercase, no user
     /// info, no default port): shares the URI's bytes, no allocation.
     Authority(http::uri::Authority),
+    /// A short name's bytes, in place: no allocation.
+    Inline(Inline),
+}
+
+/// The most bytes a key keeps in place: the room a [`Key`] has anyway
+/// beside the largest other form (a URI's authority), so that inline keys
+/// cost no size.
+const INLINE: usize = 38;
+
+/// A name of at most [`INLINE`] bytes, copied from a whole `&str`.
+#[derive(Clone, Copy)]
+struct Inline {
+    len: u8,
+    bytes: [u8; INLINE],
+}
+
+impl Inline {
+    fn new(name: &str) -> Option<Self> {
+        let len = u8::try_from(name.len())
+            .ok()
+            .filter(|len| usize::from(*len) <= INLINE)?;
+        let mut bytes = [0; INLINE];
+        bytes[..name.len()].copy_from_slice(name.as_bytes());
+        Some(Inline { len, bytes })
+    }
+
+    /// `value` in decimal: at most 20 digits.
+    fn decimal(mut value: u64) -> Self {
+        let mut digits = [0u8; 20];
+        let mut start = digits.len();
+        loop {
+            start -= 1;
+            // Truncation intended: a remainder of 10 is one digit.
+            digits[start] = b'0' + (value % 10) as u8;
+            value /= 10;
+            if value == 0 {
+                break;
+            }
+        }
+        let len = digits.len() - start;
+        let mut bytes = [0; INLINE];
+        bytes[..len].copy_from_slice(&digits[start..]);
+        // At most 20 digits: fits a `u8`.
+        Inline {
+            len: len as u8,
+            bytes,
+        }
+    }
+
+    fn as_str(&self) -> &str {
+        std::str::from_utf8(&self.bytes[..usize::from(self.len)])
+            .expect("an inline key holds a whole `&str` or ASCII digits")
+    }
 }
 
 impl Key {
@@ -40,12 +98,22 @@ impl Key {
         Key(Repr::Static(name))
     }
 
+    /// A key with a copy of `name`: in place, with no allocation, up to 38
+    /// bytes; shared behind a reference count beyond.
+    pub fn new(name: &str) -> Self {
+        match Inline::new(name) {
+            Some(inline) => Key(Repr::Inline(inline)),
+            None => Key(Repr::Shared(name.into())),
+        }
+    }
+
     /// The key as a string slice.
     pub fn as_str(&self) -> &str {
         match &self.0 {
             Repr::Static(name) => name,
             Repr::Shared(name) => name,
             Repr::Authority(authority) => authority.as_str(),
+            Repr::Inline(inline) => inline.as_str(),
         }
     }
 }
@@ -57,8 +125,26 @@ impl From<&'static str> for Key {
 }
 
 impl From<String> for Key {
+    /// Up to 38 bytes, the name is copied in place and the `String` freed.
     fn from(name: String) -> Self {
-        Key(Repr::Shared(name.into()))
+        match Inline::new(&name) {
+            Some(inline) => Key(Repr::Inline(inline)),
+            None => Key(Repr::Shared(name.into())),
+        }
+    }
+}
+
+impl From<u64> for Key {
+    /// The number in decimal, in place: no allocation.
+    fn from(id: u64) -> Self {
+        Key(Repr::Inline(Inline::decimal(id)))
+    }
+}
+
+impl From<u32> for Key {
+    /// The number in decimal, in place: no allocation.
+    fn from(id: u32) -> Self {
+        Key::from(u64::from(id))
     }
 }
 
@@ -122,7 +208,7 @@ impl fmt::Display for Key {
 /// use tower_quota::{Key, KeyFn};
 ///
 /// let by_host = |request: &http::Request<()>| -> Key {
-///     request.uri().host().map(|host| Key::from(host.to_owned())).unwrap_or(Key::GLOBAL)
+///     request.uri().host().map(Key::new).unwrap_or(Key::GLOBAL)
 /// };
 /// let request = http::Request::get("https://api.example.com/v1/items").body(()).unwrap();
 /// assert_eq!(by_host.key(&request).as_str(), "api.example.com");
@@ -613,6 +699,52 @@ fn names_a_quota(name: &str) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Keys of every form are equal (and hash alike) when their names are;
+    /// names up to 38 bytes stay in place, longer ones are shared, and the
+    /// in-place form costs a key no size.
+    #[test]
+    fn a_key_is_its_name_whatever_its_form() {
+        use std::hash::BuildHasher;
+        let hash = |key: &Key| foldhash::fast::FixedState::default().hash_one(key);
+        let short = "a".repeat(INLINE);
+        let long = "a".repeat(INLINE + 1);
+        // 19 two-byte characters: 38 bytes, in place whole.
+        let wide = "é".repeat(INLINE / 2);
+        for name in [
+            short.as_str(),
+            long.as_str(),
+            wide.as_str(),
+            "",
+            "api.example.com",
+        ] {
+            let forms = [
+                Key::new(name),
+                Key::from(name.to_owned()),
+                Key::from(Arc::<str>::from(name)),
+                Key::from_static(Box::leak(name.to_owned().into_boxed_str())),
+            ];
+            for key in &forms {
+                assert_eq!(key.as_str(), name);
+                assert_eq!(key, &forms[0]);
+                assert_eq!(hash(key), hash(&forms[0]));
+            }
+            let inline = matches!(forms[0].0, Repr::Inline(_));
+            assert_eq!(inline, name.len() <= INLINE, "{name}");
+            assert_eq!(matches!(forms[1].0, Repr::Inline(_)), inline, "{name}");
+        }
+        assert_eq!(std::mem::size_of::<Key>(), 40);
+    }
+
+    #[test]
+    fn an_integer_key_is_its_decimal_digits() {
+        for id in [0, 7, 10, 42, 1_000_000, u64::from(u32::MAX), u64::MAX] {
+            let key = Key::from(id);
+            assert_eq!(key.as_str(), id.to_string());
+            assert_eq!(key, Key::new(&id.to_string()));
+        }
+        assert_eq!(Key::from(7u32), Key::from(7u64));
+    }
 
     /// The shared-authority path gives exactly the key the allocating one
     /// builds, and takes it only when the authority is already that key.
