@@ -127,10 +127,7 @@ impl From<&'static str> for Key {
 impl From<String> for Key {
     /// Up to 38 bytes, the name is copied in place and the `String` freed.
     fn from(name: String) -> Self {
-        match Inline::new(&name) {
-            Some(inline) => Key(Repr::Inline(inline)),
-            None => Key(Repr::Shared(name.into())),
-        }
+        Key::new(&name)
     }
 }
 

@@ -141,14 +141,7 @@ fn sliding_log() -> Provider {
 /// plus the previous one's weighted by its overlap, refused requests
 /// counted too, periods from the first request; no quota headers.
 fn counter() -> Provider {
-    counter_of(20, false)
-}
-
-/// A sliding-window counter of `limit` a second, as [`counter`]; with
-/// `states_room`, each accepted answer says what it has left (the limit
-/// less its estimate, rounded down).
-fn counter_of(limit: u64, states_room: bool) -> Provider {
-    counter_stating(limit, states_room.then_some(Stated::Own))
+    counter_stating(20, None)
 }
 
 /// The room a provider states on its answers.
