@@ -4,6 +4,8 @@ use std::time::Duration;
 
 use tokio::time::Instant;
 
+use super::stamp::Stamp;
+
 /// How long a connection pool keeps an idle connection, at the least: a
 /// server may close an idle keep-alive connection after 5 s (Node.js's
 /// default). The most requests in flight at once is forgotten after it.
@@ -41,7 +43,7 @@ pub const POOL_IDLE: Duration = Duration::from_secs(5);
 pub struct InFlightPeak {
     in_flight: u32,
     peak: u32,
-    peak_at: Instant,
+    peak_at: Stamp,
 }
 
 impl InFlightPeak {
@@ -50,13 +52,18 @@ impl InFlightPeak {
         InFlightPeak {
             in_flight: 0,
             peak: 0,
-            peak_at: now,
+            peak_at: Stamp::of(now),
         }
     }
 
     /// Whether `more` requests besides those in flight are more than the
     /// most in flight at once in the last [`POOL_IDLE`].
     pub fn exceeds(&mut self, now: Instant, more: u32) -> bool {
+        self.exceeds_at(Stamp::of(now), more)
+    }
+
+    /// [`exceeds`](Self::exceeds) at the instant of `now`.
+    pub(crate) fn exceeds_at(&mut self, now: Stamp, more: u32) -> bool {
         if now.saturating_duration_since(self.peak_at) >= POOL_IDLE {
             self.peak = self.in_flight;
             self.peak_at = now;
@@ -66,6 +73,11 @@ impl InFlightPeak {
 
     /// A request was sent at `now`.
     pub fn sent(&mut self, now: Instant) {
+        self.sent_at(Stamp::of(now));
+    }
+
+    /// [`sent`](Self::sent) at the instant of `now`.
+    pub(crate) fn sent_at(&mut self, now: Stamp) {
         self.in_flight = self.in_flight.saturating_add(1);
         if self.in_flight >= self.peak {
             self.peak = self.in_flight;

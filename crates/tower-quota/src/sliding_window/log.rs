@@ -31,6 +31,7 @@ use std::time::Duration;
 use tokio::time::Instant;
 
 use super::Quota;
+use super::stamp::Stamp;
 
 /// Tombstones are compacted out of `pending` once they are this many and
 /// more than half of it.
@@ -53,12 +54,25 @@ pub(super) struct WindowLog {
     moved: u32,
     /// Live entries of `pending` without a bound.
     unbounded: u32,
-    /// The latest bound given so far: no later admission leaves before it.
-    last_bound: Option<Instant>,
+    /// The latest bound given so far: no later admission leaves before it
+    /// ([`Stamp::EARLIEST`]: none yet).
+    last_bound: Stamp,
     /// Sum of the costs of the live entries: a `u128`, so that costs and
     /// corrections up to `u64::MAX` each never saturate the sum (a saturated
-    /// sum would under-count once entries leave).
-    in_window: u128,
+    /// sum would under-count once entries leave). Kept as two halves: a
+    /// `u128` field would align the log to 16 bytes, and pad it by 8.
+    in_window: [u64; 2],
+}
+
+/// A `u128` from its halves, high first.
+fn join(halves: [u64; 2]) -> u128 {
+    (u128::from(halves[0]) << 64) | u128::from(halves[1])
+}
+
+/// The halves of a `u128`, high first.
+fn split(value: u128) -> [u64; 2] {
+    // Truncation intended: each half takes its 64 bits.
+    [(value >> 64) as u64, value as u64]
 }
 
 /// `window + margin` in nanoseconds, saturating.
@@ -84,15 +98,16 @@ fn make_room(entries: &mut VecDeque<Entry>, max_calls: u64) {
     entries.reserve_exact(grow);
 }
 
-/// One admission in a log: 32 bytes.
+/// One admission in a log: 24 bytes.
 #[derive(Clone, Copy)]
 struct Entry {
     /// The admission's id (increasing with admission order) shifted left
     /// by [`FLAGS`], and the flags [`MOVED`] and [`AWAITS_ANSWER`].
     tag: u64,
     cost: u64,
-    /// When the entry leaves the window; `None` until answered (strict).
-    until: Option<Instant>,
+    /// When the entry leaves the window; [`Stamp::NEVER`] until answered
+    /// (strict).
+    until: Stamp,
 }
 
 /// Bits of [`Entry::tag`] taken by flags: ids are below `2^62` (one
@@ -104,7 +119,7 @@ const MOVED: u64 = 1;
 const AWAITS_ANSWER: u64 = 2;
 
 impl Entry {
-    fn new(id: u64, cost: u64, until: Option<Instant>, awaits_answer: bool) -> Self {
+    fn new(id: u64, cost: u64, until: Stamp, awaits_answer: bool) -> Self {
         let flags = if awaits_answer { AWAITS_ANSWER } else { 0 };
         Entry {
             tag: (id.min(u64::MAX >> FLAGS) << FLAGS) | flags,
@@ -129,13 +144,14 @@ impl Entry {
         self.tag &= !flag;
     }
 
-    /// Earlier `until` first; `None` (until answered) last.
+    /// Whether it leaves only once answered.
+    fn is_unbounded(&self) -> bool {
+        self.until == Stamp::NEVER
+    }
+
+    /// Earlier `until` first; unbounded last.
     fn leaves_before(&self, other: &Entry) -> bool {
-        match (self.until, other.until) {
-            (Some(a), Some(b)) => a <= b,
-            (Some(_), None) => true,
-            (None, _) => false,
-        }
+        !self.is_unbounded() && self.until <= other.until
     }
 }
 
@@ -149,8 +165,8 @@ impl WindowLog {
             answered: None,
             moved: 0,
             unbounded: 0,
-            last_bound: None,
-            in_window: 0,
+            last_bound: Stamp::EARLIEST,
+            in_window: [0; 2],
         }
     }
 
@@ -182,12 +198,22 @@ impl WindowLog {
             && self.pending.len() == self.moved as usize
     }
 
-    pub(super) fn prune(&mut self, now: Instant) {
+    /// The units of the live entries.
+    fn in_window(&self) -> u128 {
+        join(self.in_window)
+    }
+
+    fn set_in_window(&mut self, units: u128) {
+        self.in_window = split(units);
+    }
+
+    pub(super) fn prune(&mut self, now: Stamp) {
+        let mut in_window = self.in_window();
         while let Some(entry) = self.pending.front() {
             if entry.is_moved() {
                 self.moved = self.moved.saturating_sub(1);
-            } else if entry.until.is_some_and(|until| until <= now) {
-                self.in_window = self.in_window.saturating_sub(u128::from(entry.cost));
+            } else if entry.until <= now {
+                in_window = in_window.saturating_sub(u128::from(entry.cost));
             } else {
                 break;
             }
@@ -195,8 +221,8 @@ impl WindowLog {
         }
         if let Some(answered) = self.answered.as_deref_mut() {
             while let Some(entry) = answered.front() {
-                if entry.until.is_some_and(|until| until <= now) {
-                    self.in_window = self.in_window.saturating_sub(u128::from(entry.cost));
+                if entry.until <= now {
+                    in_window = in_window.saturating_sub(u128::from(entry.cost));
                     answered.pop_front();
                 } else {
                     break;
@@ -206,12 +232,13 @@ impl WindowLog {
                 self.answered = None;
             }
         }
+        self.set_in_window(in_window);
     }
 
     /// Whether a request of `cost` fits and leaves `keep` units free.
     pub(super) fn has_room(&self, cost: u64, keep: u64) -> bool {
         let units = self.units(cost);
-        self.in_window + u128::from(units) + u128::from(keep) <= self.capacity(units)
+        self.in_window() + u128::from(units) + u128::from(keep) <= self.capacity(units)
     }
 
     /// The units a request of `cost` leaves free for the classes above
@@ -231,7 +258,7 @@ impl WindowLog {
 
     /// The units the log holds.
     pub(super) fn held(&self) -> u128 {
-        self.in_window
+        self.in_window()
     }
 
     /// The size the log holds the key to: the quota's `max_calls` unless a
@@ -254,7 +281,7 @@ impl WindowLog {
         &mut self,
         cost: u64,
         id: u64,
-        sent_by: Option<Instant>,
+        sent_by: Option<Stamp>,
         extra: Duration,
         awaits_answer: bool,
     ) {
@@ -262,28 +289,29 @@ impl WindowLog {
         if cost == 0 {
             return;
         }
-        self.in_window += u128::from(cost);
+        self.set_in_window(self.in_window() + u128::from(cost));
         let until = match sent_by {
             // Behind an admission held until answered, one that will be
             // answered is too.
-            Some(_) if self.unbounded > 0 && awaits_answer => None,
+            Some(_) if self.unbounded > 0 && awaits_answer => Stamp::NEVER,
             Some(at) => {
-                let until = (at + self.span() + extra).max(self.last_bound.unwrap_or(at));
-                self.last_bound = Some(until);
-                Some(until)
+                let until = at
+                    .saturating_add(self.span())
+                    .saturating_add(extra)
+                    .max(self.last_bound);
+                self.last_bound = until;
+                until
             }
-            None => None,
+            None => Stamp::NEVER,
         };
         let entry = Entry::new(id, cost, until, awaits_answer);
-        match until {
-            None => self.unbounded = self.unbounded.saturating_add(1),
+        if entry.is_unbounded() {
+            self.unbounded = self.unbounded.saturating_add(1);
+        } else if self.unbounded > 0 {
             // One that will not be answered leaves at its bound, which
             // `pending` cannot hold in order behind one without a bound.
-            Some(_) if self.unbounded > 0 => {
-                self.insert_answered(entry);
-                return;
-            }
-            Some(_) => {}
+            self.insert_answered(entry);
+            return;
         }
         make_room(&mut self.pending, self.max_calls);
         self.pending.push_back(entry);
@@ -298,7 +326,7 @@ impl WindowLog {
     pub(super) fn answer(
         &mut self,
         id: u64,
-        at: Instant,
+        at: Stamp,
         extra: Duration,
         dropped: Option<Duration>,
     ) -> bool {
@@ -308,19 +336,22 @@ impl WindowLog {
         let span = self.span();
         let entry = &mut self.pending[index];
         entry.clear(AWAITS_ANSWER);
-        let until = at + dropped.unwrap_or(Duration::ZERO) + span + extra;
-        if entry.is_moved()
-            || entry.until.is_some_and(|bound| bound <= until)
-            || (dropped.is_some() && entry.until.is_some())
+        let until = at
+            .saturating_add(dropped.unwrap_or(Duration::ZERO))
+            .saturating_add(span)
+            .saturating_add(extra);
+        // `until` is never unbounded: an entry that leaves no later keeps
+        // its bound.
+        if entry.is_moved() || entry.until <= until || (dropped.is_some() && !entry.is_unbounded())
         {
             return false;
         }
-        if entry.until.is_some() && self.in_order_at(index, until) {
+        if !entry.is_unbounded() && self.in_order_at(index, until) {
             // Answered before its bound, and the answer's instant keeps
             // `pending` in order there: answered in place (no tombstone, and
             // a key whose requests are answered in turn never allocates
             // `answered`).
-            self.pending[index].until = Some(until);
+            self.pending[index].until = until;
             return true;
         }
         self.move_to_answered(index, until);
@@ -367,15 +398,12 @@ impl WindowLog {
 
     /// Moves the live entry at `index` of `pending` to `answered`, to leave
     /// at `until`.
-    fn move_to_answered(&mut self, index: usize, until: Instant) {
+    fn move_to_answered(&mut self, index: usize, until: Stamp) {
         let entry = &mut self.pending[index];
-        if entry.until.is_none() {
+        if entry.is_unbounded() {
             self.unbounded = self.unbounded.saturating_sub(1);
         }
-        let moved = Entry {
-            until: Some(until),
-            ..*entry
-        };
+        let moved = Entry { until, ..*entry };
         entry.tag |= MOVED;
         self.moved = self.moved.saturating_add(1);
         self.insert_answered(moved);
@@ -408,7 +436,7 @@ impl WindowLog {
     /// live entries after it) and keep `pending` in order: the live entry
     /// before it, if any, leaves no later. Looks back over a few
     /// tombstones at most (beyond them, the answer moves).
-    fn in_order_at(&self, index: usize, until: Instant) -> bool {
+    fn in_order_at(&self, index: usize, until: Stamp) -> bool {
         const LOOK_BACK: usize = 8;
         let live_before = self
             .pending
@@ -417,7 +445,8 @@ impl WindowLog {
             .take(LOOK_BACK + 1)
             .find(|e| !e.is_moved());
         match live_before {
-            Some(entry) => entry.until.is_some_and(|at| at <= until),
+            // An unbounded one leaves later than any bound.
+            Some(entry) => entry.until <= until,
             // The front, or only tombstones before it, all looked at.
             None => index <= LOOK_BACK,
         }
@@ -428,8 +457,8 @@ impl WindowLog {
     /// bound assumed. Answered admissions keep what their answer set.
     pub(super) fn hold_until_answered(&mut self) {
         for entry in self.pending.iter_mut() {
-            if entry.awaits_answer() && !entry.is_moved() && entry.until.is_some() {
-                entry.until = None;
+            if entry.awaits_answer() && !entry.is_moved() && !entry.is_unbounded() {
+                entry.until = Stamp::NEVER;
                 self.unbounded = self.unbounded.saturating_add(1);
             }
         }
@@ -439,14 +468,14 @@ impl WindowLog {
         let Some(first) = self
             .pending
             .iter()
-            .position(|e| !e.is_moved() && e.until.is_none())
+            .position(|e| !e.is_moved() && e.is_unbounded())
         else {
             return;
         };
         for index in first + 1..self.pending.len() {
             let entry = self.pending[index];
-            if let (false, Some(until)) = (entry.is_moved(), entry.until) {
-                self.move_to_answered(index, until);
+            if !entry.is_moved() && !entry.is_unbounded() {
+                self.move_to_answered(index, entry.until);
             }
         }
         self.compact();
@@ -459,9 +488,12 @@ impl WindowLog {
             .iter_mut()
             .flat_map(|answered| answered.iter_mut());
         for entry in self.pending.iter_mut().chain(answered) {
-            entry.until = entry.until.map(|until| until + delta);
+            // Unbounded stays unbounded.
+            entry.until = entry.until.saturating_add(delta);
         }
-        self.last_bound = self.last_bound.map(|bound| bound + delta);
+        if self.last_bound != Stamp::EARLIEST {
+            self.last_bound = self.last_bound.saturating_add(delta);
+        }
     }
 
     /// The live entries in the order they leave the window.
@@ -493,7 +525,7 @@ impl WindowLog {
         for entry in self.leaving() {
             seen += u128::from(entry.cost);
             if seen > unit {
-                return entry.until;
+                return (!entry.is_unbounded()).then(|| entry.until.instant());
             }
         }
         // Unreachable while unit < in_window; now is the safe answer then.
@@ -510,7 +542,7 @@ impl WindowLog {
         // Units that must leave the window first: the entry holding the last
         // of them decides.
         let units = self.units(cost);
-        let must_leave = (self.in_window + u128::from(units) + u128::from(keep))
+        let must_leave = (self.in_window() + u128::from(units) + u128::from(keep))
             .saturating_sub(self.capacity(units));
         self.unit_leaves(must_leave.saturating_sub(1), now)
     }
@@ -532,7 +564,8 @@ impl WindowLog {
             cost
         }
         .saturating_add(keep);
-        let free = u128::from(self.max_calls).saturating_sub(self.in_window);
+        let in_window = self.in_window();
+        let free = u128::from(self.max_calls).saturating_sub(in_window);
         let units = u128::from(units);
         if units <= free {
             return Duration::ZERO;
@@ -543,7 +576,7 @@ impl WindowLog {
         let beyond = units - free - 1;
         let cycles = beyond / u128::from(self.max_calls);
         let unit = beyond % u128::from(self.max_calls);
-        let first = if unit < self.in_window {
+        let first = if unit < in_window {
             self.unit_leaves(unit, now)
                 .map_or(self.span(), |at| at.saturating_duration_since(now))
         } else {
@@ -577,7 +610,9 @@ impl WindowLog {
             return false;
         }
         entry.cost = actual;
-        self.in_window = self.in_window.saturating_sub(u128::from(recorded)) + u128::from(actual);
+        self.set_in_window(
+            self.in_window().saturating_sub(u128::from(recorded)) + u128::from(actual),
+        );
         true
     }
 }
@@ -593,11 +628,24 @@ mod tests {
 
     const WINDOW: Duration = Duration::from_millis(100);
 
-    /// Each key holds one log per quota: 128 bytes, the entries aside.
+    /// Each key holds one log per quota: 120 bytes, the entries aside.
     #[test]
-    fn a_log_is_128_bytes_and_an_entry_32() {
-        assert_eq!(std::mem::size_of::<WindowLog>(), 128);
-        assert_eq!(std::mem::size_of::<Entry>(), 32);
+    fn a_log_is_120_bytes_and_an_entry_24() {
+        assert_eq!(std::mem::size_of::<WindowLog>(), 120);
+        assert_eq!(std::mem::size_of::<Entry>(), 24);
+    }
+
+    #[test]
+    fn the_units_held_keep_all_128_bits() {
+        for value in [
+            0,
+            1,
+            u128::from(u64::MAX),
+            u128::from(u64::MAX) + 1,
+            u128::MAX,
+        ] {
+            assert_eq!(join(split(value)), value);
+        }
     }
 
     /// Answered out of order, entries go to `answered`; once they leave,
@@ -608,15 +656,15 @@ mod tests {
         let mut log = WindowLog::new(&quota, Duration::ZERO);
         let start = Instant::now();
         for id in 0..3 {
-            log.record(1, id, Some(start + WINDOW), Duration::ZERO, true);
+            log.record(1, id, Some(Stamp::of(start + WINDOW)), Duration::ZERO, true);
         }
         // The last answered first: out of order, moved to `answered`.
-        assert!(log.answer(2, start, Duration::ZERO, None));
+        assert!(log.answer(2, Stamp::of(start), Duration::ZERO, None));
         assert!(log.answered.is_some());
-        log.prune(start + WINDOW);
+        log.prune(Stamp::of(start + WINDOW));
         assert!(log.answered.is_none());
         assert!(!log.is_empty(), "the two unanswered ones are still held");
-        log.prune(start + WINDOW * 2);
+        log.prune(Stamp::of(start + WINDOW * 2));
         assert!(log.is_empty());
     }
     const MARGIN: Duration = Duration::from_millis(1);
@@ -684,11 +732,11 @@ mod tests {
             let mut id = 0;
             for gap in &gaps {
                 id += gap;
-                log.record(1, id, Some(now), Duration::ZERO, true);
+                log.record(1, id, Some(Stamp::of(now)), Duration::ZERO, true);
             }
             for _ in 0..popped.min(log.pending.len()) {
                 log.pending.pop_front();
-                log.record(1, id + 1, Some(now), Duration::ZERO, true);
+                log.record(1, id + 1, Some(Stamp::of(now)), Duration::ZERO, true);
                 id += 1;
             }
             let expected = log.pending.binary_search_by_key(&wanted, Entry::id).ok();
@@ -727,7 +775,7 @@ mod tests {
                             continue;
                         }
                         let sent_by = bound.map(|ms| now + Duration::from_millis(ms));
-                        log.record(cost, next_id, sent_by, Duration::ZERO, awaits);
+                        log.record(cost, next_id, sent_by.map(Stamp::of), Duration::ZERO, awaits);
                         let held = model.iter().any(|e| e.leaves.is_none());
                         let leaves = match sent_by {
                             Some(_) if held && awaits => None,
@@ -752,7 +800,12 @@ mod tests {
                             continue;
                         }
                         let entry = &mut model[awaiting[pick % awaiting.len()]];
-                        log.answer(entry.id, now, Duration::ZERO, dropped.then_some(GRACE));
+                        log.answer(
+                            entry.id,
+                            Stamp::of(now),
+                            Duration::ZERO,
+                            dropped.then_some(GRACE),
+                        );
                         entry.awaits = false;
                         entry.leaves = match (entry.leaves, dropped) {
                             // A dropped request keeps its bound, if it has one.
@@ -770,10 +823,10 @@ mod tests {
                     }
                     Op::Wait { ms } => now += Duration::from_millis(ms),
                 }
-                log.prune(now);
+                log.prune(Stamp::of(now));
                 model.retain(|e| e.leaves.is_none_or(|at| at > now));
                 let held: u64 = model.iter().map(|e| e.cost).sum();
-                prop_assert_eq!(log.in_window, u128::from(held));
+                prop_assert_eq!(log.in_window(), u128::from(held));
                 // The instants the units free, in order (`None` last).
                 let mut leaving: Vec<(Option<Instant>, u64)> =
                     model.iter().map(|e| (e.leaves, e.cost)).collect();

@@ -274,6 +274,7 @@ mod queue;
 mod quota;
 mod schedule;
 mod service;
+mod stamp;
 mod store;
 
 pub use drift::DriftMargin;

@@ -12,6 +12,7 @@ use crate::sliding_window::log::WindowLog;
 use crate::sliding_window::pacer::{Adapted, Pacer};
 use crate::sliding_window::queue::{Queue, Spot};
 use crate::sliding_window::schedule::Priority;
+use crate::sliding_window::stamp::Stamp;
 use crate::sliding_window::store::{Admission, Completion, QuotaChange};
 use crate::sliding_window::{Limits, Quota};
 use crate::{Announced, Room};
@@ -28,7 +29,7 @@ pub(super) struct KeyState {
     /// or refusal. `None` is a pacer that never spaces and no drift.
     pub(super) learned: Option<Box<Learned>>,
     /// Until then the key is cold: its admissions get the cold bound.
-    pub(super) warm_at: Instant,
+    pub(super) warm_at: Stamp,
     /// Its requests in flight, and the most in flight at once lately.
     pub(super) flight: InFlightPeak,
 }
@@ -54,7 +55,7 @@ impl KeyState {
             .min()
             .unwrap_or(Duration::ZERO);
         KeyState {
-            warm_at: now + shortest,
+            warm_at: Stamp::of(now).saturating_add(shortest),
             flight: InFlightPeak::new(now),
             windows: Self::windows_for(limits),
             queue: Queue::default(),
@@ -204,6 +205,7 @@ impl KeyState {
     }
 
     pub(super) fn prune(&mut self, now: Instant) {
+        let now = Stamp::of(now);
         for window in &mut self.windows {
             window.prune(now);
         }
@@ -246,9 +248,10 @@ impl KeyState {
         // for Limits::cold_sent_within. Only a caller that reports answers
         // gets one (and counts its requests in flight).
         let answers = limits.reports_answers();
-        let warm = !answers || (now >= self.warm_at && !self.flight.exceeds(now, 1));
+        let stamp = Stamp::of(now);
+        let warm = !answers || (stamp >= self.warm_at && !self.flight.exceeds_at(stamp, 1));
         if answers {
-            self.flight.sent(now);
+            self.flight.sent_at(stamp);
         }
         let sent_within = if warm {
             limits.sent_within()
@@ -257,7 +260,7 @@ impl KeyState {
         };
         // A client that lags cannot promise the bound: until answered.
         let until_answered = limits.is_strict() || (lagging && answers);
-        let sent_by = (!until_answered).then(|| now + sent_within);
+        let sent_by = (!until_answered).then(|| stamp.saturating_add(sent_within));
         let extra = self.extra_margin(now);
         for window in &mut self.windows {
             window.record(cost, id, sent_by, extra, answers);
@@ -367,12 +370,13 @@ impl KeyState {
             self.flight.ended();
         }
         let extra = self.extra_margin(now);
+        let at = Stamp::of(now);
         let mut changed = self
             .learned
             .as_deref_mut()
             .is_some_and(|learned| learned.pacer.answered(admission.id()));
         for window in &mut self.windows {
-            changed |= window.answer(admission.id(), now, extra, dropped);
+            changed |= window.answer(admission.id(), at, extra, dropped);
         }
         changed
     }

@@ -1,0 +1,160 @@
+//! Instants in 8 bytes, for state kept per key and per admission.
+//!
+//! A `tokio::time::Instant` takes 16 bytes (seconds and nanoseconds); a
+//! [`Stamp`] is the signed count of nanoseconds from one instant of the
+//! process, which spans 292 years either side of it. Logs keep one per
+//! admission, so this halves what time costs them. Stamps are signed because
+//! an instant may come before the epoch: a runtime with a paused clock
+//! counts from when it was built, which can precede the first stamp taken.
+//! An `Option<Stamp>` takes 8 bytes too: the count is kept offset by 2⁶³,
+//! so that its least value, which no stamp takes, is the niche.
+
+use std::num::NonZeroU64;
+use std::sync::OnceLock;
+use std::time::Duration;
+
+use tokio::time::Instant;
+
+/// Nanoseconds from the process's epoch; see the [module docs](self).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub(crate) struct Stamp(NonZeroU64);
+
+/// The instant stamps count from: the first one taken (any instant serves,
+/// stamps being signed).
+fn epoch() -> Instant {
+    static EPOCH: OnceLock<Instant> = OnceLock::new();
+    *EPOCH.get_or_init(Instant::now)
+}
+
+/// The most nanoseconds a stamp counts before or after the epoch.
+const MOST: i64 = i64::MAX - 1;
+
+/// `duration` in nanoseconds, at most [`MOST`] (292 years).
+fn nanos(duration: Duration) -> i64 {
+    i64::try_from(duration.as_nanos()).map_or(MOST, |n| n.min(MOST))
+}
+
+impl Stamp {
+    /// Later than every stamp of an instant: what is held until something
+    /// happens, never by the clock alone.
+    pub(crate) const NEVER: Stamp = Stamp::from_nanos(i64::MAX);
+    /// The latest stamp an instant or a sum can have: sums saturate here,
+    /// below [`NEVER`](Self::NEVER).
+    pub(crate) const LATEST: Stamp = Stamp::from_nanos(MOST);
+    /// Earlier than every stamp of an instant.
+    pub(crate) const EARLIEST: Stamp = Stamp::from_nanos(-i64::MAX);
+
+    /// The stamp `nanos` after the epoch; `nanos` is above `i64::MIN`.
+    const fn from_nanos(nanos: i64) -> Stamp {
+        // The bias maps i64's order onto u64's, and only i64::MIN to 0,
+        // which counts as the earliest stamp.
+        match NonZeroU64::new(nanos.cast_unsigned() ^ (1 << 63)) {
+            Some(biased) => Stamp(biased),
+            None => Stamp(NonZeroU64::MIN),
+        }
+    }
+
+    const fn nanos(self) -> i64 {
+        (self.0.get() ^ (1 << 63)).cast_signed()
+    }
+
+    /// The stamp of `instant`.
+    pub(crate) fn of(instant: Instant) -> Stamp {
+        let epoch = epoch();
+        match instant.checked_duration_since(epoch) {
+            Some(after) => Stamp::from_nanos(nanos(after)),
+            None => Stamp::from_nanos(-nanos(epoch.duration_since(instant))),
+        }
+    }
+
+    /// The instant of this stamp. [`NEVER`](Self::NEVER) and stamps past
+    /// what an `Instant` can hold give the latest instant it can (they mean
+    /// centuries away).
+    pub(crate) fn instant(self) -> Instant {
+        let epoch = epoch();
+        let magnitude = Duration::from_nanos(self.nanos().unsigned_abs());
+        let instant = if self.nanos() >= 0 {
+            epoch.checked_add(magnitude)
+        } else {
+            epoch.checked_sub(magnitude)
+        };
+        instant.unwrap_or(epoch)
+    }
+
+    /// `self + duration`, saturating at [`LATEST`](Self::LATEST) (and
+    /// [`NEVER`](Self::NEVER) stays itself).
+    pub(crate) fn saturating_add(self, duration: Duration) -> Stamp {
+        if self == Stamp::NEVER {
+            return self;
+        }
+        Stamp::from_nanos(self.nanos().saturating_add(nanos(duration)).min(MOST))
+    }
+
+    /// How long after `earlier` this is; zero when it is not later.
+    pub(crate) fn saturating_duration_since(self, earlier: Stamp) -> Duration {
+        u64::try_from(self.nanos().saturating_sub(earlier.nanos()))
+            .map_or(Duration::ZERO, Duration::from_nanos)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_stamp_keeps_its_instant_to_the_nanosecond_either_side_of_the_epoch() {
+        let now = Instant::now();
+        for instant in [
+            now,
+            now + Duration::from_nanos(1),
+            now + Duration::from_secs(86_400 * 365),
+            epoch(),
+        ] {
+            assert_eq!(Stamp::of(instant).instant(), instant);
+        }
+        // Before the epoch (a paused clock that started earlier).
+        if let Some(before) = epoch().checked_sub(Duration::from_millis(1500)) {
+            let stamp = Stamp::of(before);
+            assert!(stamp < Stamp::of(epoch()));
+            assert_eq!(stamp.instant(), before);
+            assert_eq!(
+                Stamp::of(epoch()).saturating_duration_since(stamp),
+                Duration::from_millis(1500)
+            );
+        }
+    }
+
+    #[test]
+    fn a_stamp_and_an_optional_one_take_8_bytes() {
+        assert_eq!(std::mem::size_of::<Stamp>(), 8);
+        assert_eq!(std::mem::size_of::<Option<Stamp>>(), 8);
+        assert!(Stamp::EARLIEST < Stamp::from_nanos(-1));
+        assert!(Stamp::from_nanos(-1) < Stamp::from_nanos(0));
+        assert!(Stamp::from_nanos(0) < Stamp::from_nanos(1));
+        assert_eq!(Stamp::from_nanos(-5).nanos(), -5);
+    }
+
+    #[test]
+    fn sums_saturate_below_never_and_order_is_kept() {
+        let now = Stamp::of(Instant::now());
+        assert_eq!(now.saturating_add(Duration::MAX), Stamp::LATEST);
+        assert!(Stamp::LATEST < Stamp::NEVER);
+        assert_eq!(
+            Stamp::NEVER.saturating_add(Duration::from_secs(1)),
+            Stamp::NEVER
+        );
+        assert!(Stamp::EARLIEST < now && now < now.saturating_add(Duration::from_nanos(1)));
+        assert_eq!(
+            now.saturating_duration_since(now.saturating_add(Duration::from_secs(1))),
+            Duration::ZERO
+        );
+        assert_eq!(
+            now.saturating_add(Duration::from_millis(7))
+                .saturating_duration_since(now),
+            Duration::from_millis(7)
+        );
+        // The latest stamps give an instant rather than a panic.
+        let _ = Stamp::NEVER.instant();
+        let _ = Stamp::EARLIEST.instant();
+    }
+}
