@@ -5,6 +5,7 @@ use std::time::Duration;
 use tokio::time::Instant;
 
 use super::Limits;
+use super::stamp::Stamp;
 
 /// The extra margin a key adds after its provider refused requests that the
 /// key's log had room for: the provider's window runs later than the
@@ -19,7 +20,7 @@ use super::Limits;
 #[derive(Debug, Clone, Copy, Default)]
 pub struct DriftMargin {
     extra: Duration,
-    since: Option<Instant>,
+    since: Option<Stamp>,
 }
 
 impl DriftMargin {
@@ -29,7 +30,8 @@ impl DriftMargin {
             return Duration::ZERO;
         };
         let decay = window.saturating_mul(100).max(Duration::from_millis(1));
-        let halvings = now.saturating_duration_since(since).as_nanos() / decay.as_nanos();
+        let halvings =
+            Stamp::of(now).saturating_duration_since(since).as_nanos() / decay.as_nanos();
         u32::try_from(halvings)
             .ok()
             .and_then(|halvings| self.extra.as_nanos().checked_shr(halvings))
@@ -43,9 +45,10 @@ impl DriftMargin {
     /// margin before and after, or `None` when it did not widen.
     pub fn refused(&mut self, now: Instant, limits: &Limits) -> Option<(Duration, Duration)> {
         let window = shortest_window(limits);
+        let stamp = Stamp::of(now);
         if self
             .since
-            .is_some_and(|since| now.saturating_duration_since(since) < window)
+            .is_some_and(|since| stamp.saturating_duration_since(since) < window)
         {
             return None;
         }
@@ -58,7 +61,7 @@ impl DriftMargin {
             .max(Duration::from_millis(1));
         let cap = (window / 4).max(step);
         self.extra = before.saturating_mul(2).saturating_add(step).min(cap);
-        self.since = Some(now);
+        self.since = Some(stamp);
         Some((before, self.extra))
     }
 }

@@ -143,6 +143,8 @@ use std::time::Duration;
 
 use tokio::time::Instant;
 
+use super::stamp::Stamp;
+
 use super::quota::Limits;
 use crate::Room;
 
@@ -152,12 +154,12 @@ pub(crate) struct Pacer {
     /// Requests allowed back to back; `None`: no spacing (the log alone).
     burst: Option<u64>,
     /// GCRA's theoretical arrival time of the next request.
-    tat: Option<Instant>,
+    tat: Option<Stamp>,
     /// The last refusal or increase.
-    changed_at: Option<Instant>,
+    changed_at: Option<Stamp>,
     /// The last increase, while a refusal within a window of it may still
     /// prove it wrong.
-    probed_at: Option<Instant>,
+    probed_at: Option<Stamp>,
     /// The quiet spell before the next increase is `window << spell`.
     spell: u32,
     /// The rate the key sends at, in thousandths of the quota's.
@@ -166,9 +168,9 @@ pub(crate) struct Pacer {
     counts: Counts,
     /// When the burst came down to one: refusals after a window of even
     /// spacing are about the rate, not the burst.
-    spaced_since: Option<Instant>,
+    spaced_since: Option<Stamp>,
     /// The last cut of the rate: at most one a window.
-    cut_at: Option<Instant>,
+    cut_at: Option<Stamp>,
     /// The quiet spell before the next rate probe is `window << rate_spell`.
     rate_spell: u32,
     /// The last raise of the rate, while a refusal within a window of it
@@ -176,7 +178,7 @@ pub(crate) struct Pacer {
     raised: Option<Raise>,
     /// The last refusal that did not cut the rate because the key had not
     /// sent through the whole window.
-    deferred: Option<Instant>,
+    deferred: Option<Stamp>,
     /// A fresh key's start, boxed: most keys are past it or never had one.
     start: Option<Box<Start>>,
     /// The provider said how much it takes at once, and the quota it
@@ -187,7 +189,7 @@ pub(crate) struct Pacer {
     /// before it refused the slots that window freed together.
     tolerant: bool,
     /// The last admission while spaced.
-    last: Option<Instant>,
+    last: Option<Stamp>,
 }
 
 /// A fresh key's first window and first boundary: its admissions go at the
@@ -199,13 +201,13 @@ struct Start {
     /// Admissions made since the start and not answered yet.
     unanswered: u64,
     /// The key's first admission, and its id.
-    first: Option<Instant>,
+    first: Option<Stamp>,
     first_id: Option<u64>,
     /// Admissions in the key's first window.
     sent: u64,
     /// The request that went alone past the first window, and when, while
     /// its answer is awaited.
-    probe: Option<(u64, Instant)>,
+    probe: Option<(u64, Stamp)>,
     /// The window after an accepted probe, while its freed slots go no
     /// faster than the quota's rate or the room the provider states.
     ramp: Option<Ramp>,
@@ -219,16 +221,16 @@ struct Start {
 #[derive(Debug, Clone, Copy)]
 struct Ramp {
     /// When the probe was accepted: the ramp lasts a window.
-    began: Instant,
+    began: Stamp,
     /// When the next request may go on the quota's rate.
-    next: Instant,
+    next: Stamp,
     /// Requests the provider's last stated room still allows at once.
     credit: u64,
 }
 
 impl Ramp {
     /// Whether the ramp's window is over at `now`.
-    fn over(&self, now: Instant, window: Duration) -> bool {
+    fn over(&self, now: Stamp, window: Duration) -> bool {
         now.saturating_duration_since(self.began) >= window
     }
 }
@@ -236,7 +238,7 @@ impl Ramp {
 /// A raise of the rate that a window without refusal has not confirmed yet.
 #[derive(Debug, Clone, Copy)]
 struct Raise {
-    at: Instant,
+    at: Stamp,
     /// The rate before it.
     from: u32,
     /// A probe off a plateau (not a step of growth after a confirmed one).
@@ -301,7 +303,7 @@ const SLICES: usize = 8;
 #[derive(Debug, Clone, Copy, Default)]
 struct Counts {
     /// When the current slice began.
-    start: Option<Instant>,
+    start: Option<Stamp>,
     current: usize,
     sent: [u16; RING],
     refused: [u16; RING],
@@ -312,7 +314,7 @@ const RING: usize = SLICES + 1;
 
 impl Counts {
     /// Moves the slices on to `now`.
-    fn roll(&mut self, now: Instant, window: Duration) {
+    fn roll(&mut self, now: Stamp, window: Duration) {
         let slice = window / SLICES as u32;
         let start = *self.start.get_or_insert(now);
         if slice.is_zero() {
@@ -335,7 +337,7 @@ impl Counts {
             self.refused[self.current] = 0;
         }
         let advanced = slice.saturating_mul(u32::try_from(steps).unwrap_or(u32::MAX));
-        self.start = start.checked_add(advanced);
+        self.start = Some(start.saturating_add(advanced));
     }
 
     fn sent(&mut self) {
@@ -370,7 +372,7 @@ impl Counts {
     /// The admissions the provider accepted in the window that ends at
     /// `now` (after [`roll`](Self::roll)): every slice's, the oldest in
     /// proportion to its overlap with the window.
-    fn accepted(&self, now: Instant, window: Duration) -> u64 {
+    fn accepted(&self, now: Stamp, window: Duration) -> u64 {
         let slice = window / SLICES as u32;
         let into = self
             .start
@@ -398,7 +400,7 @@ const LAST_SPELL: u32 = 6;
 
 impl Start {
     /// Whether an admission at `now` is past the key's first window.
-    fn past_first_window(&self, now: Instant, limits: &Limits) -> bool {
+    fn past_first_window(&self, now: Stamp, limits: &Limits) -> bool {
         let window = shortest_window(limits);
         self.first
             .is_some_and(|first| now.saturating_duration_since(first) >= window)
@@ -440,6 +442,11 @@ impl Pacer {
     /// provider slower than that to answer would cost the key more of its
     /// window than the refusals the wait may spare it.
     pub(crate) fn awaits_answer(&self, now: Instant, limits: &Limits) -> Option<Instant> {
+        self.awaits_answer_at(Stamp::of(now), limits)
+            .map(Stamp::instant)
+    }
+
+    fn awaits_answer_at(&self, now: Stamp, limits: &Limits) -> Option<Stamp> {
         let start = self.start.as_deref()?;
         if let Some(ramp) = start.ramp {
             // Past the ramp's window the log alone decides; within it, at
@@ -448,8 +455,8 @@ impl Pacer {
             return (!over && ramp.credit == 0 && now < ramp.next).then_some(ramp.next);
         }
         let patience = shortest_window(limits) / 16;
-        let until = |at: Instant| {
-            let until = at.checked_add(patience).unwrap_or(at);
+        let until = |at: Stamp| {
+            let until = at.saturating_add(patience);
             (now < until).then_some(until)
         };
         if let Some((_, at)) = start.probe {
@@ -497,6 +504,7 @@ impl Pacer {
         room: &dyn Fn() -> Option<Room>,
         limits: &Limits,
     ) -> (Option<Adapted>, bool) {
+        let now = Stamp::of(now);
         let Some(start) = self.start.as_deref_mut() else {
             return (None, false);
         };
@@ -569,8 +577,8 @@ impl Pacer {
     /// refusal of spaced requests does not cut the rate.
     fn told(
         &mut self,
-        now: Instant,
-        first: Option<Instant>,
+        now: Stamp,
+        first: Option<Stamp>,
         burst: u64,
         same_rate: bool,
         limits: &Limits,
@@ -588,7 +596,7 @@ impl Pacer {
         };
         let interval = self.step(limits, 1);
         let from = first.unwrap_or(now);
-        self.tat = Some(from.checked_add(interval).unwrap_or(from));
+        self.tat = Some(from.saturating_add(interval));
         Adapted {
             burst: self.burst,
             interval,
@@ -603,17 +611,15 @@ impl Pacer {
             return None;
         }
         let tolerance = self.step(limits, 1).saturating_mul(saturate(burst - 1));
-        let scheduled = tat.checked_sub(tolerance);
-        match self.last {
+        let scheduled = tat.saturating_sub(tolerance);
+        let at = match self.last {
             // One at a time to a provider that may have no tolerance: never
             // closer than the key's own interval (room for the network to
             // bring two together), whatever the schedule catches up.
-            Some(last) if burst == 1 && !self.tolerant => {
-                let floor = last.checked_add(step).unwrap_or(last);
-                Some(scheduled.map_or(floor, |at| at.max(floor)))
-            }
+            Some(last) if burst == 1 && !self.tolerant => scheduled.max(last.saturating_add(step)),
             _ => scheduled,
-        }
+        };
+        Some(at.instant())
     }
 
     /// Records an admission of `cost` at `now`; returns the new burst when
@@ -625,6 +631,7 @@ impl Pacer {
         cost: u64,
         limits: &Limits,
     ) -> Option<Adapted> {
+        let now = Stamp::of(now);
         let window = shortest_window(limits);
         self.counts.roll(now, window);
         let probes = self
@@ -642,8 +649,7 @@ impl Pacer {
             } else if ramp.credit > 0 {
                 ramp.credit -= 1;
             } else {
-                let from = ramp.next.max(now);
-                ramp.next = from.checked_add(step(limits, cost)).unwrap_or(from);
+                ramp.next = ramp.next.max(now).saturating_add(step(limits, cost));
             }
         } else if let Some(start) = self.start.as_deref_mut() {
             start.unanswered = start.unanswered.saturating_add(1);
@@ -691,7 +697,7 @@ impl Pacer {
             _ => now,
         };
         self.last = Some(now);
-        self.tat = Some(from.checked_add(advance).unwrap_or(from));
+        self.tat = Some(from.saturating_add(advance));
         if self
             .probed_at
             .is_some_and(|at| now.saturating_duration_since(at) >= window)
@@ -747,7 +753,7 @@ impl Pacer {
 
     /// A little under the rate the provider accepted in the window that
     /// ends at `now`, in thousandths of the quota's; at least [`MIN_RATE`].
-    fn accepted_rate(&self, now: Instant, window: Duration, limits: &Limits) -> u32 {
+    fn accepted_rate(&self, now: Stamp, window: Duration, limits: &Limits) -> u32 {
         let accepted = self.counts.accepted(now, window);
         let rate = accepted.saturating_mul(u64::from(KEPT)) / ceiling(limits);
         u32::try_from(rate).unwrap_or(FULL_RATE).max(MIN_RATE)
@@ -755,9 +761,9 @@ impl Pacer {
 
     /// Raises a rate below the quota's when a raise is due: a probe after a
     /// quiet spell, growth after a confirmed raise.
-    fn raise_rate(&mut self, now: Instant, window: Duration, limits: &Limits) -> Option<Adapted> {
+    fn raise_rate(&mut self, now: Stamp, window: Duration, limits: &Limits) -> Option<Adapted> {
         let since =
-            |at: Option<Instant>| at.map_or(Duration::MAX, |at| now.saturating_duration_since(at));
+            |at: Option<Stamp>| at.map_or(Duration::MAX, |at| now.saturating_duration_since(at));
         // One request a window, in thousandths of the quota.
         let one = FULL_RATE / saturate(ceiling(limits)).clamp(1, FULL_RATE);
         let (rate, probe) = match self.raised {
@@ -792,9 +798,10 @@ impl Pacer {
     /// The provider refused a request at `now`: halves the burst, and
     /// spaces the next request an interval after now.
     pub(crate) fn refused(&mut self, now: Instant, limits: &Limits) -> Adapted {
+        let now = Stamp::of(now);
         let window = shortest_window(limits);
         let after_a_window =
-            |at: Option<Instant>| at.is_some_and(|at| now.saturating_duration_since(at) >= window);
+            |at: Option<Stamp>| at.is_some_and(|at| now.saturating_duration_since(at) >= window);
         self.counts.roll(now, window);
         self.counts.refused();
         if let Some(raise) = self.raised.take()
@@ -811,7 +818,7 @@ impl Pacer {
             self.changed_at = Some(now);
             self.cut_at = Some(now);
             let interval = self.step(limits, 1);
-            let next = now.checked_add(interval).unwrap_or(now);
+            let next = now.saturating_add(interval);
             self.tat = Some(self.tat.map_or(next, |tat| tat.max(next)));
             return Adapted {
                 burst: self.burst,
@@ -928,9 +935,7 @@ impl Pacer {
         self.burst = Some(burst);
         self.changed_at = Some(now);
         let interval = self.step(limits, 1);
-        let next = now
-            .checked_add(interval.saturating_mul(hold))
-            .unwrap_or(now);
+        let next = now.saturating_add(interval.saturating_mul(hold));
         self.tat = Some(self.tat.map_or(next, |tat| tat.max(next)));
         Adapted {
             burst: Some(burst),
@@ -943,6 +948,7 @@ impl Pacer {
     /// `now`. A refusal then says the provider's window runs later than the
     /// key's (a drift); below that, it says the provider's rate is lower.
     pub(crate) fn near_quota(&mut self, now: Instant, limits: &Limits) -> bool {
+        let now = Stamp::of(now);
         let window = shortest_window(limits);
         self.counts.roll(now, window);
         self.counts.accepted(now, window).saturating_mul(10) >= ceiling(limits).saturating_mul(9)

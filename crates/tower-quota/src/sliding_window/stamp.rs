@@ -40,14 +40,16 @@ impl Stamp {
     pub(crate) const NEVER: Stamp = Stamp::from_nanos(i64::MAX);
     /// The latest stamp an instant or a sum can have: sums saturate here,
     /// below [`NEVER`](Self::NEVER).
+    #[cfg(test)]
     pub(crate) const LATEST: Stamp = Stamp::from_nanos(MOST);
     /// Earlier than every stamp of an instant.
-    pub(crate) const EARLIEST: Stamp = Stamp::from_nanos(-i64::MAX);
+    pub(crate) const EARLIEST: Stamp = Stamp::from_nanos(-MOST);
 
-    /// The stamp `nanos` after the epoch; `nanos` is above `i64::MIN`.
+    /// The stamp `nanos` after the epoch; `nanos` is above `i64::MIN`
+    /// (every count is clamped to [`MOST`] either side, or is `NEVER`).
     const fn from_nanos(nanos: i64) -> Stamp {
-        // The bias maps i64's order onto u64's, and only i64::MIN to 0,
-        // which counts as the earliest stamp.
+        // The bias maps i64's order onto u64's, and only i64::MIN, which
+        // no count reaches, to 0.
         match NonZeroU64::new(nanos.cast_unsigned() ^ (1 << 63)) {
             Some(biased) => Stamp(biased),
             None => Stamp(NonZeroU64::MIN),
@@ -67,27 +69,39 @@ impl Stamp {
         }
     }
 
-    /// The instant of this stamp. [`NEVER`](Self::NEVER) and stamps past
-    /// what an `Instant` can hold give the latest instant it can (they mean
-    /// centuries away).
+    /// The instant of this stamp. A stamp centuries away that the
+    /// platform's `Instant` cannot hold (Linux's can) gives one 30 years
+    /// after the epoch, or the epoch itself for one centuries before.
     pub(crate) fn instant(self) -> Instant {
+        const FAR: Duration = Duration::from_secs(86_400 * 365 * 30);
         let epoch = epoch();
         let magnitude = Duration::from_nanos(self.nanos().unsigned_abs());
-        let instant = if self.nanos() >= 0 {
-            epoch.checked_add(magnitude)
+        if self.nanos() >= 0 {
+            epoch
+                .checked_add(magnitude)
+                .or_else(|| epoch.checked_add(FAR))
+                .unwrap_or(epoch)
         } else {
-            epoch.checked_sub(magnitude)
-        };
-        instant.unwrap_or(epoch)
+            epoch.checked_sub(magnitude).unwrap_or(epoch)
+        }
     }
 
-    /// `self + duration`, saturating at [`LATEST`](Self::LATEST) (and
+    /// `self + duration`, saturating 292 years after the epoch (and
     /// [`NEVER`](Self::NEVER) stays itself).
     pub(crate) fn saturating_add(self, duration: Duration) -> Stamp {
         if self == Stamp::NEVER {
             return self;
         }
         Stamp::from_nanos(self.nanos().saturating_add(nanos(duration)).min(MOST))
+    }
+
+    /// `self - duration`, saturating at [`EARLIEST`](Self::EARLIEST)
+    /// ([`NEVER`](Self::NEVER) stays itself).
+    pub(crate) fn saturating_sub(self, duration: Duration) -> Stamp {
+        if self == Stamp::NEVER {
+            return self;
+        }
+        Stamp::from_nanos(self.nanos().saturating_sub(nanos(duration)).max(-MOST))
     }
 
     /// How long after `earlier` this is; zero when it is not later.
@@ -142,6 +156,15 @@ mod tests {
         assert_eq!(
             Stamp::NEVER.saturating_add(Duration::from_secs(1)),
             Stamp::NEVER
+        );
+        assert_eq!(
+            Stamp::from_nanos(-5).saturating_sub(Duration::MAX),
+            Stamp::EARLIEST
+        );
+        assert_eq!(
+            now.saturating_add(Duration::from_millis(3))
+                .saturating_sub(Duration::from_millis(3)),
+            now
         );
         assert!(Stamp::EARLIEST < now && now < now.saturating_add(Duration::from_nanos(1)));
         assert_eq!(
