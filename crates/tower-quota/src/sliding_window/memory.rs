@@ -37,11 +37,17 @@ use key_state::KeyState;
 
 const SHARDS: usize = 16;
 /// A shard sweeps idle keys after this many operations, or after as many
-/// operations as it kept keys at its last sweep, whichever is more:
-/// amortized O(1) per operation (a sweep examines the keys it kept last
-/// time and at most one new key per operation since), and a shard holds at
-/// most twice its live keys and this many more.
+/// operations as it kept keys at its last sweep, whichever is more, once
+/// the shortest window of those keys has passed (or after
+/// [`SWEEP_AT_MOST`] times that many operations): amortized O(1) per
+/// operation (a sweep examines the keys it kept last time and at most one
+/// new key per operation since), and far less when the keys stay busy.
 const SWEEP_EVERY: usize = 1024;
+/// A shard whose keys stay busy is swept after this many times the
+/// operations of [`SWEEP_EVERY`] at the latest, whether or not their window
+/// has passed: keys that never held an admission (a request refused at
+/// once, a waiter given up) are idle at once.
+const SWEEP_AT_MOST: usize = 4;
 
 /// The in-process [`Store`]: exact, FIFO-fair, one timer per key.
 ///
@@ -89,8 +95,8 @@ struct Shard {
     /// The keys its last sweep kept.
     kept: usize,
     /// When it was last swept (`None`: never), and the shortest window of
-    /// the keys it kept: once that window has passed, those of them that
-    /// saw no traffic since are idle.
+    /// the keys it kept (zero if none): once that window has passed, those
+    /// of them that saw no traffic since are idle.
     swept_time: Option<Instant>,
     kept_window: Duration,
     /// Keys its sweeps examined, for the tests of their cost.
@@ -369,27 +375,42 @@ impl Shared {
 
 impl Shared {
     /// One operation on `shard`: sweeps it after as many operations on it
-    /// as its last sweep kept keys (and `SWEEP_EVERY`), and every
+    /// as its last sweep kept keys (and `SWEEP_EVERY`) once the shortest
+    /// window of those keys has passed since (or after `SWEEP_AT_MOST`
+    /// times as many operations), and every
     /// `SWEEP_EVERY / SHARDS` operations on any shard, visits the next shard
     /// in turn and sweeps it if enough operations on all shards have passed
     /// since its last sweep (and `SWEEP_EVERY`), so that idle keys go even
     /// when their own shard sees no traffic. Enough is as many as it has
     /// keys once the shortest window of the keys it kept has passed since
     /// (they may all be idle by then: their memory comes back within that
-    /// window and a pass over the keys), and as many as it kept keys times
-    /// the shards before (a sweep then finds idle only the keys whose
-    /// windows were about to end). Either way amortized O(1) per operation:
-    /// a shard whose keys stay busy is swept once a window, by then it has
-    /// seen a window's traffic to them, or once per its kept keys' worth of
-    /// its share of the operations.
+    /// window and a pass over the keys), and `SWEEP_AT_MOST` times as many
+    /// as it kept keys times the shards before. Either way amortized O(1)
+    /// per operation: a shard whose keys stay busy is swept about once a
+    /// window, by then it has seen a window's traffic to them, or once per
+    /// `SWEEP_AT_MOST` times its kept keys' worth of its share of the
+    /// operations.
     ///
     /// Kept keys, not the keys a shard has now, for its own sweeps: when
     /// every operation brings a new key, a shard has more keys than
     /// operations since its last sweep for ever, and would never be swept.
+    ///
+    /// The window, for both: before it passes, a key kept busy at the last
+    /// sweep may have gone idle, but so may few of them, and every key
+    /// admitted since is still held by its admission. So a sweep within
+    /// the window would examine the shard's busy keys for little (at
+    /// 100,000 keys, each admission examined about one other key and paid
+    /// its cache misses), while waiting holds at most the keys live at the
+    /// last sweep and those live now, and the keys that never held an
+    /// admission, which `SWEEP_AT_MOST` bounds.
     fn tick(&self, shard: &mut Shard, now: Instant) {
         let ops = self.ops.fetch_add(1, Ordering::Relaxed);
         shard.ops_since_sweep += 1;
-        if shard.ops_since_sweep >= SWEEP_EVERY.max(shard.kept) {
+        let due = SWEEP_EVERY.max(shard.kept);
+        if shard.ops_since_sweep >= due
+            && (shard.window_passed(now)
+                || shard.ops_since_sweep >= due.saturating_mul(SWEEP_AT_MOST))
+        {
             shard.sweep(now, ops);
         }
         if !ops.is_multiple_of(SWEEP_EVERY / SHARDS) {
@@ -403,13 +424,13 @@ impl Shared {
             Err(TryLockError::Poisoned(poisoned)) => poisoned.into_inner(),
             Err(TryLockError::WouldBlock) => return,
         };
-        let window_passed = other
-            .swept_time
-            .is_none_or(|at| now.saturating_duration_since(at) >= other.kept_window);
-        let due = if window_passed {
+        let due = if other.window_passed(now) {
             other.keys.len()
         } else {
-            other.kept.saturating_mul(self.shards.len())
+            other
+                .kept
+                .saturating_mul(self.shards.len())
+                .saturating_mul(SWEEP_AT_MOST)
         };
         if ops.wrapping_sub(other.swept_at) >= SWEEP_EVERY.max(due) {
             other.sweep(now, ops);
@@ -418,6 +439,13 @@ impl Shared {
 }
 
 impl Shard {
+    /// Whether the shortest window of the keys its last sweep kept has
+    /// passed since (or it was never swept).
+    fn window_passed(&self, now: Instant) -> bool {
+        self.swept_time
+            .is_none_or(|at| now.saturating_duration_since(at) >= self.kept_window)
+    }
+
     fn sweep(&mut self, now: Instant, ops: usize) {
         self.ops_since_sweep = 0;
         self.swept_at = ops;
@@ -436,7 +464,12 @@ impl Shard {
         });
         self.kept = self.keys.len();
         self.swept_time = Some(now);
-        self.kept_window = kept_window;
+        // Nothing kept: nothing to wait for.
+        self.kept_window = if self.kept == 0 {
+            Duration::ZERO
+        } else {
+            kept_window
+        };
         // Give the memory of a crowd of idle keys back.
         self.keys.shrink_if_sparse(64);
     }

@@ -103,9 +103,11 @@ async fn idle_keys_are_swept_by_traffic_to_any_key() {
 /// With many live keys, each admission examined about as many keys in
 /// sweeps as there are shards (a shard visited in turn was swept once as
 /// many operations on *all* shards had passed as it had keys): 4 µs an
-/// admission at 100,000 keys. Now about one key an operation in all.
+/// admission at 100,000 keys. Then about one key an operation in all
+/// (66,529 here); now keys that stay busy within their window are examined
+/// a quarter as often (25,841).
 #[tokio::test(start_paused = true)]
-async fn sweeps_examine_about_one_key_per_operation_however_many_keys_live() {
+async fn sweeps_examine_under_one_key_per_operation_however_many_keys_live() {
     let layer =
         exact(1_000_000, Duration::from_secs(3_600)).key_fn(|request: &u32| request.to_string());
     let store = layer.get_store().clone();
@@ -117,7 +119,7 @@ async fn sweeps_examine_about_one_key_per_operation_however_many_keys_live() {
     assert_eq!(store.key_count(), keys as usize);
     let examined = store.examined_by_sweeps();
     assert!(
-        examined <= 3 * operations as usize,
+        examined <= operations as usize / 2,
         "{examined} keys examined in {operations} operations"
     );
 }
