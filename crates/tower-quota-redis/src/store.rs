@@ -464,6 +464,16 @@ fn poll_interval(limits: &Limits) -> Duration {
     (shortest_window(limits) / 4).clamp(Duration::from_millis(1), MAX_POLL)
 }
 
+/// `by` after `at`; a sum past what an instant holds (a timeout of
+/// `Duration::MAX`, a wait out of contract in a reply) gives an instant 30
+/// years on, which no wait reaches.
+fn later(at: Instant, by: Duration) -> Instant {
+    const FAR: Duration = Duration::from_secs(30 * 365 * 86_400);
+    at.checked_add(by)
+        .or_else(|| at.checked_add(FAR))
+        .unwrap_or(at)
+}
+
 /// A wait in a script's reply, in µs; a negative one (out of contract) is
 /// no wait.
 fn from_micros(value: i64) -> Duration {
@@ -577,7 +587,7 @@ impl Inner {
     }
 
     fn suspend(&self) {
-        *lock(&self.suspended_until) = Some(Instant::now() + self.timeout);
+        *lock(&self.suspended_until) = Some(later(Instant::now(), self.timeout));
     }
 
     async fn call<T: FromRedisValue>(
@@ -1024,7 +1034,7 @@ impl Inner {
         let started = tokio::time::Instant::now();
         // The slot is at Redis time `now + wait`; the reply left Redis after
         // `now`, so waking `wait` after receiving it is never early.
-        let mut slot = started + wait;
+        let mut slot = later(started, wait);
         if let Some(MoveUp {
             names,
             mut request,
@@ -1032,7 +1042,7 @@ impl Inner {
         }) = move_up
         {
             request.move_up = true;
-            let mut floor = started + floor;
+            let mut floor = later(started, floor);
             for _ in 0..MAX_MOVES_UP {
                 if slot.saturating_duration_since(floor) < MIN_MOVE_UP {
                     break;
@@ -1051,8 +1061,8 @@ impl Inner {
                     // busy under other quotas): it keeps its slot.
                     break;
                 }
-                slot = slot.min(received + from_micros(wait_us));
-                floor = received + from_micros(floor_us);
+                slot = slot.min(later(received, from_micros(wait_us)));
+                floor = later(received, from_micros(floor_us));
             }
         }
         tokio::time::sleep_until(slot).await;

@@ -420,3 +420,27 @@ async fn a_store_that_serves_without_redis_starts_while_redis_is_down() {
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
 }
+
+/// A timeout too long for the clock (`Duration::MAX`: calls never time
+/// out) still suspends Redis for one timeout period after a failure, and
+/// the request meets the failure policy instead of a panic.
+#[tokio::test]
+async fn a_timeout_too_long_for_the_clock_suspends_redis_without_a_panic() {
+    let Some(mut server) = support::RedisServer::start() else {
+        return;
+    };
+    server.kill();
+    let store = RedisStore::builder(server.url())
+        .timeout(Duration::MAX)
+        .failure_policy(FailurePolicy::LocalFallback { share: 0.5 })
+        .build()
+        .await
+        .expect("starts without Redis");
+    let limiter = layer(1_000, Duration::from_secs(1));
+    for _ in 0..2 {
+        store
+            .acquire(Key::from("far"), 1, limiter.limits())
+            .await
+            .expect("served by the local fallback");
+    }
+}
