@@ -93,6 +93,7 @@ pub mod sliding_window;
 pub mod telemetry;
 #[cfg(test)]
 mod test_support;
+mod time;
 
 pub use backoff::{JitterBackoff, JitterBackoffLayer};
 pub use batch::{Batch, BatchLayer};

@@ -17,10 +17,6 @@ use super::service::Message;
 use super::{BatchError, CarryCost, Combine, ItemBytes, Split};
 use crate::{BoxError, CostFn};
 
-/// A deadline that never comes in practice: what `max_delay` means when
-/// the clock cannot add it.
-const FAR_FUTURE: std::time::Duration = std::time::Duration::from_secs(100 * 365 * 24 * 3600);
-
 /// What every batch of a layer needs, shared by the tasks that send them.
 pub(super) struct Shared<Comb, Spl> {
     pub(super) combine: Comb,
@@ -196,8 +192,7 @@ where
         let deadline = *self.deadline.get_or_insert_with(|| {
             // A `max_delay` too long to add to the clock: no deadline within
             // reach, so only size closes the batch.
-            now.checked_add(max_delay)
-                .unwrap_or_else(|| now + FAR_FUTURE)
+            crate::time::saturating_add(now, max_delay)
         });
         let cost = self.cost_fn.cost(&message.item);
         self.batch.push(message, cost);

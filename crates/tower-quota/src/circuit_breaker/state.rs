@@ -304,21 +304,11 @@ impl Breaker {
         let open_for = config.open_duration_with_jitter();
         self.generation = next_generation();
         self.state = State::Open {
-            until: saturating_add(now, open_for),
+            until: crate::time::saturating_add(now, open_for),
         };
         Transition::Opened {
             failure_rate: failure_rate.unwrap_or(1.0),
             open_for,
         }
     }
-}
-
-/// `now + duration`, or as far ahead as the clock can go: never the panic
-/// of `Instant + Duration` on overflow.
-fn saturating_add(now: Instant, duration: Duration) -> Instant {
-    // tokio's own "far future": 30 years.
-    const FAR_FUTURE: Duration = Duration::from_secs(30 * 365 * 24 * 60 * 60);
-    now.checked_add(duration)
-        .or_else(|| now.checked_add(FAR_FUTURE))
-        .unwrap_or(now)
 }

@@ -726,10 +726,9 @@ impl GateMap {
     }
 }
 
-/// `now + delay`, saturating far in the future.
+/// `now + delay`, a year on at the most.
 fn later(now: Instant, delay: Duration) -> Instant {
-    now.checked_add(delay.min(FURTHEST))
-        .unwrap_or(now + FURTHEST)
+    crate::time::saturating_add(now, delay.min(FURTHEST))
 }
 
 /// The end of a pause of `delay` the server claimed, at most `max_pause`

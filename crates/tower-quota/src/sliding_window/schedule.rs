@@ -135,7 +135,7 @@ impl Deadline {
     /// The deadline `timeout` from now.
     pub fn after(timeout: Duration) -> Self {
         let now = Instant::now();
-        Deadline(now.checked_add(timeout).unwrap_or_else(far_future))
+        Deadline(crate::time::saturating_add(now, timeout))
     }
 
     /// The deadline a request carries: its [`Deadline`] extension, or for a
@@ -147,11 +147,7 @@ impl Deadline {
             .headers()
             .get(GRPC_TIMEOUT)
             .and_then(grpc_timeout)
-            .map(|timeout| {
-                Instant::now()
-                    .checked_add(timeout)
-                    .unwrap_or_else(far_future)
-            });
+            .map(|timeout| crate::time::saturating_add(Instant::now(), timeout));
         match (extension, grpc) {
             (Some(a), Some(b)) => Some(a.min(b)),
             (a, b) => a.or(b),
@@ -160,13 +156,6 @@ impl Deadline {
 }
 
 const GRPC_TIMEOUT: HeaderName = HeaderName::from_static("grpc-timeout");
-
-/// An instant no deadline reaches (about 30 years ahead).
-fn far_future() -> Instant {
-    let now = Instant::now();
-    now.checked_add(Duration::from_secs(86_400 * 365 * 30))
-        .unwrap_or(now)
-}
 
 /// Parses a `grpc-timeout` value: at most 8 ASCII digits and a unit
 /// (`H`, `M`, `S`, `m`, `u`, `n`). `None` for anything else.

@@ -73,14 +73,10 @@ impl Stamp {
     /// platform's `Instant` cannot hold (Linux's can) gives one 30 years
     /// after the epoch, or the epoch itself for one centuries before.
     pub(crate) fn instant(self) -> Instant {
-        const FAR: Duration = Duration::from_secs(86_400 * 365 * 30);
         let epoch = epoch();
         let magnitude = Duration::from_nanos(self.nanos().unsigned_abs());
         if self.nanos() >= 0 {
-            epoch
-                .checked_add(magnitude)
-                .or_else(|| epoch.checked_add(FAR))
-                .unwrap_or(epoch)
+            crate::time::saturating_add(epoch, magnitude)
         } else {
             epoch.checked_sub(magnitude).unwrap_or(epoch)
         }

@@ -1,0 +1,33 @@
+//! Instant arithmetic on durations from users and servers.
+
+use std::time::Duration;
+
+use tokio::time::Instant;
+
+/// As far ahead as a wait goes: 30 years, tokio's own "far future".
+const FAR_FUTURE: Duration = Duration::from_secs(30 * 365 * 24 * 60 * 60);
+
+/// `at + duration`, or 30 years on when the sum is past what an instant
+/// holds: never the panic of `Instant + Duration` on overflow. A duration
+/// comes from a user (`Duration::MAX` for "no limit") or a server, and no
+/// wait reaches 30 years.
+pub(crate) fn saturating_add(at: Instant, duration: Duration) -> Instant {
+    at.checked_add(duration)
+        .or_else(|| at.checked_add(FAR_FUTURE))
+        .unwrap_or(at)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_sum_past_the_clock_is_thirty_years_on() {
+        let now = Instant::now();
+        assert_eq!(
+            saturating_add(now, Duration::from_secs(1)),
+            now + Duration::from_secs(1)
+        );
+        assert_eq!(saturating_add(now, Duration::MAX), now + FAR_FUTURE);
+    }
+}
