@@ -397,12 +397,13 @@ impl Shared {
     ///
     /// The window, for both: before it passes, a key kept busy at the last
     /// sweep may have gone idle, but so may few of them, and every key
-    /// admitted since is still held by its admission. So a sweep within
-    /// the window would examine the shard's busy keys for little (at
-    /// 100,000 keys, each admission examined about one other key and paid
-    /// its cache misses), while waiting holds at most the keys live at the
-    /// last sweep and those live now, and the keys that never held an
-    /// admission, which `SWEEP_AT_MOST` bounds.
+    /// admitted since under a window as long is still held by its
+    /// admission. So a sweep within the window would examine the shard's
+    /// busy keys for little (at 100,000 keys, each admission examined about
+    /// one other key and paid its cache misses), while waiting holds the
+    /// keys live at the last sweep and those live now, besides the keys
+    /// that never held an admission or held one under a shorter window,
+    /// which `SWEEP_AT_MOST` bounds.
     fn tick(&self, shard: &mut Shard, now: Instant) {
         let ops = self.ops.fetch_add(1, Ordering::Relaxed);
         shard.ops_since_sweep += 1;
