@@ -107,6 +107,15 @@ impl Key {
         }
     }
 
+    /// The name's bytes, as the keyed maps hash and compare them: an inline
+    /// name's without the UTF-8 check [`as_str`](Self::as_str) makes.
+    pub(crate) fn name_bytes(&self) -> &[u8] {
+        match &self.0 {
+            Repr::Inline(inline) => &inline.bytes[..usize::from(inline.len)],
+            _ => self.as_str().as_bytes(),
+        }
+    }
+
     /// The key as a string slice.
     pub fn as_str(&self) -> &str {
         match &self.0 {

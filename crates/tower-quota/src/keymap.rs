@@ -4,8 +4,10 @@
 //! A key is hashed once, with foldhash (randomly seeded per map), and the
 //! hash serves every lookup of the operation; the in-process store also
 //! picks its shard with bits 32 and up, while the table inside indexes by
-//! the low bits and tags by the top seven. A lookup borrows the key as
-//! `&str`; the key is cloned only when it is inserted.
+//! the low bits and tags by the top seven. A lookup borrows the key and
+//! hashes and compares its name's bytes (an inline name is not checked as
+//! UTF-8 again on every lookup); the key is cloned only when it is
+//! inserted.
 
 use std::hash::BuildHasher;
 
@@ -20,8 +22,8 @@ use crate::Key;
 pub(crate) struct KeyHasher(foldhash::fast::RandomState);
 
 impl KeyHasher {
-    pub(crate) fn hash(&self, key: &str) -> u64 {
-        self.0.hash_one(key)
+    pub(crate) fn hash(&self, key: &Key) -> u64 {
+        self.0.hash_one(key.name_bytes())
     }
 
     /// The shard of a hash among `shards`: bits the table does not use.
@@ -52,19 +54,19 @@ impl<V> KeyMap<V> {
     }
 
     /// The hash of `key` in this map.
-    pub(crate) fn hash(&self, key: &str) -> u64 {
+    pub(crate) fn hash(&self, key: &Key) -> u64 {
         self.hasher.hash(key)
     }
 
-    pub(crate) fn get(&self, hash: u64, key: &str) -> Option<&V> {
+    pub(crate) fn get(&self, hash: u64, key: &Key) -> Option<&V> {
         self.table
-            .find(hash, |(stored, _)| stored.as_str() == key)
+            .find(hash, |(stored, _)| stored.name_bytes() == key.name_bytes())
             .map(|(_, value)| value)
     }
 
-    pub(crate) fn get_mut(&mut self, hash: u64, key: &str) -> Option<&mut V> {
+    pub(crate) fn get_mut(&mut self, hash: u64, key: &Key) -> Option<&mut V> {
         self.table
-            .find_mut(hash, |(stored, _)| stored.as_str() == key)
+            .find_mut(hash, |(stored, _)| stored.name_bytes() == key.name_bytes())
             .map(|(_, value)| value)
     }
 
@@ -78,16 +80,16 @@ impl<V> KeyMap<V> {
         let hasher = &self.hasher;
         let entry = self.table.entry(
             hash,
-            |(stored, _)| stored.as_str() == key.as_str(),
-            |(stored, _)| hasher.hash(stored.as_str()),
+            |(stored, _)| stored.name_bytes() == key.name_bytes(),
+            |(stored, _)| hasher.hash(stored),
         );
         &mut entry.or_insert_with(|| (key.clone(), make())).into_mut().1
     }
 
     /// Removes `key` and its state.
-    pub(crate) fn remove(&mut self, hash: u64, key: &str) -> Option<V> {
+    pub(crate) fn remove(&mut self, hash: u64, key: &Key) -> Option<V> {
         self.table
-            .find_entry(hash, |(stored, _)| stored.as_str() == key)
+            .find_entry(hash, |(stored, _)| stored.name_bytes() == key.name_bytes())
             .ok()
             .map(|entry| entry.remove().0.1)
     }
@@ -122,7 +124,7 @@ impl<V> KeyMap<V> {
         if self.table.capacity() > 4 * len + slack {
             let hasher = &self.hasher;
             self.table
-                .shrink_to(2 * len, |(stored, _)| hasher.hash(stored.as_str()));
+                .shrink_to(2 * len, |(stored, _)| hasher.hash(stored));
         }
     }
 }
@@ -135,22 +137,26 @@ mod tests {
     fn keys_are_found_by_their_text_and_cloned_only_on_insert() {
         let hasher = KeyHasher::default();
         let mut map = KeyMap::new(hasher.clone());
+        // Kept in place; looked up below as a static name: the same text.
         let key = Key::from(String::from("api.example.com"));
-        let hash = hasher.hash(key.as_str());
+        let same = Key::from_static("api.example.com");
+        let hash = hasher.hash(&key);
+        assert_eq!(hasher.hash(&same), hash);
         *map.get_or_insert_with(hash, &key, || 1) += 1;
         *map.get_or_insert_with(hash, &key, || 100) += 1;
-        assert_eq!(map.get(hash, "api.example.com"), Some(&3));
+        assert_eq!(map.get(hash, &same), Some(&3));
         assert_eq!(map.len(), 1);
         for i in 0..1000 {
             let other = Key::from(format!("host-{i}"));
-            map.get_or_insert_with(hasher.hash(other.as_str()), &other, || i + 10);
+            map.get_or_insert_with(hasher.hash(&other), &other, || i + 10);
         }
-        assert_eq!(map.get(hasher.hash("host-7"), "host-7"), Some(&17));
+        let seventh = Key::from_static("host-7");
+        assert_eq!(map.get(hasher.hash(&seventh), &seventh), Some(&17));
         map.retain(|value| *value == 3);
         map.shrink_if_sparse(64);
         assert_eq!(map.len(), 1);
         assert!(map.capacity() < 128, "memory given back");
-        assert_eq!(map.get_mut(hash, "api.example.com"), Some(&mut 3));
-        assert!(map.get(hasher.hash("host-7"), "host-7").is_none());
+        assert_eq!(map.get_mut(hash, &same), Some(&mut 3));
+        assert!(map.get(hasher.hash(&seventh), &seventh).is_none());
     }
 }

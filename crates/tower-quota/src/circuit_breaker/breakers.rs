@@ -107,7 +107,7 @@ impl Breakers {
 
     /// The key's hash and its shard, locked: the one hash of an operation.
     fn shard(&self, key: &Key) -> (u64, MutexGuard<'_, Shard>) {
-        let hash = self.shared.hasher.hash(key.as_str());
+        let hash = self.shared.hasher.hash(key);
         let at = KeyHasher::shard_of(hash, self.shared.shards.len());
         // Every update leaves a shard consistent; a poisoned lock is safe.
         let shard = self.shared.shards[at]
@@ -124,7 +124,7 @@ impl Breakers {
 
     fn admit_in_shard(&self, key: &Key, config: &Config, now: Instant) -> Admit {
         let (hash, mut shard) = self.shard(key);
-        let at = match shard.index.get(hash, key.as_str()) {
+        let at = match shard.index.get(hash, key) {
             Some(&at) => at,
             None => {
                 let reserved =
@@ -162,7 +162,7 @@ impl Breakers {
             return None;
         }
         let (hash, mut shard) = self.shard(key);
-        let at = *shard.index.get(hash, key.as_str())?;
+        let at = *shard.index.get(hash, key)?;
         shard.entries[at]
             .1
             .record(config, generation, failure, now, || self.next_generation())
@@ -197,11 +197,10 @@ impl Shard {
 
     fn remove_at(&mut self, at: usize) {
         let (key, _) = self.entries.swap_remove(at);
-        self.index
-            .remove(self.index.hash(key.as_str()), key.as_str());
+        self.index.remove(self.index.hash(&key), &key);
         if let Some((moved, _)) = self.entries.get(at) {
-            let hash = self.index.hash(moved.as_str());
-            if let Some(position) = self.index.get_mut(hash, moved.as_str()) {
+            let hash = self.index.hash(moved);
+            if let Some(position) = self.index.get_mut(hash, moved) {
                 *position = at;
             }
         }

@@ -343,7 +343,7 @@ impl Gates {
     pub(crate) fn admit(&self, key: &Key, now: Instant, config: &Config) -> Result<InFlight, Wait> {
         let mut map = self.lock();
         map.sweep(now);
-        let hash = map.gates.hash(key.as_str());
+        let hash = map.gates.hash(key);
         let result = map.admit(self, hash, key, now, config);
         map.schedule(hash, key);
         result
@@ -442,7 +442,7 @@ impl GateMap {
     /// Puts the gate of `key` in the expiry heap when it has no entry and
     /// nothing in flight.
     fn schedule(&mut self, hash: u64, key: &Key) {
-        let Some(gate) = self.gates.get_mut(hash, key.as_str()) else {
+        let Some(gate) = self.gates.get_mut(hash, key) else {
             return;
         };
         if gate.scheduled {
@@ -473,14 +473,14 @@ impl GateMap {
             let Some(Reverse(entry)) = self.expiry.pop() else {
                 break;
             };
-            let hash = self.gates.hash(entry.key.as_str());
-            let Some(gate) = self.gates.get_mut(hash, entry.key.as_str()) else {
+            let hash = self.gates.hash(&entry.key);
+            let Some(gate) = self.gates.get_mut(hash, &entry.key) else {
                 continue;
             };
             gate.scheduled = false;
             match gate.evictable_at() {
                 Some(at) if at <= now => {
-                    self.gates.remove(hash, entry.key.as_str());
+                    self.gates.remove(hash, &entry.key);
                     evicted = true;
                 }
                 // Used since, or closed further: look again then.
@@ -536,8 +536,8 @@ impl Gates {
         reopenings: u32,
     ) -> Result<(), Pin<Box<OwnedNotified>>> {
         let mut map = self.lock();
-        let hash = map.gates.hash(key.as_str());
-        let Some(gate) = map.gates.get_mut(hash, key.as_str()) else {
+        let hash = map.gates.hash(key);
+        let Some(gate) = map.gates.get_mut(hash, key) else {
             // Evicted: nothing holds the key any more.
             return Ok(());
         };
@@ -754,7 +754,7 @@ impl Drop for InFlight {
     fn drop(&mut self) {
         if self.armed {
             let mut map = self.gates.lock();
-            if let Some(gate) = map.gates.get_mut(self.hash, self.key.as_str()) {
+            if let Some(gate) = map.gates.get_mut(self.hash, &self.key) {
                 gate.in_flight.remove(&self.seq);
                 // A probe lost without an answer: the next request probes.
                 if matches!(gate.probe, Probe::Out { seq, .. } if seq == self.seq) {

@@ -142,7 +142,7 @@ impl MemoryStore {
         let (hash, shard) = self.shared.shard(key);
         lock(shard)
             .keys
-            .get(hash, key.as_str())
+            .get(hash, key)
             .and_then(|state| state.pacer()?.burst())
     }
 
@@ -210,7 +210,7 @@ impl Store for MemoryStore {
     fn correct(&self, admission: &Admission, actual_cost: u64) {
         let (hash, shard) = self.shared.shard(admission.key());
         let mut shard = lock(shard);
-        let Some(state) = shard.keys.get_mut(hash, admission.key().as_str()) else {
+        let Some(state) = shard.keys.get_mut(hash, admission.key()) else {
             return;
         };
         let mut changed = false;
@@ -227,7 +227,7 @@ impl Store for MemoryStore {
         let (hash, shard) = self.shared.shard(admission.key());
         let mut shard = lock(shard);
         let now = Instant::now();
-        let Some(state) = shard.keys.get_mut(hash, admission.key().as_str()) else {
+        let Some(state) = shard.keys.get_mut(hash, admission.key()) else {
             return;
         };
         if state.answered(admission, completion, limits, now) {
@@ -238,7 +238,7 @@ impl Store for MemoryStore {
     fn accepted(&self, admission: &Admission, room: &dyn Fn() -> Option<Room>, limits: &Limits) {
         let (hash, shard) = self.shared.shard(admission.key());
         let mut shard = lock(shard);
-        let Some(state) = shard.keys.get_mut(hash, admission.key().as_str()) else {
+        let Some(state) = shard.keys.get_mut(hash, admission.key()) else {
             return;
         };
         // Past its start, a key learns nothing from an acceptance: no clock
@@ -257,7 +257,7 @@ impl Store for MemoryStore {
         let (hash, shard) = self.shared.shard(admission.key());
         let mut shard = lock(shard);
         let now = Instant::now();
-        let Some(state) = shard.keys.get_mut(hash, admission.key().as_str()) else {
+        let Some(state) = shard.keys.get_mut(hash, admission.key()) else {
             return;
         };
         let opened = state.accepted(admission, room, limits, || now);
@@ -275,7 +275,7 @@ impl Store for MemoryStore {
     ) -> Vec<QuotaChange> {
         let (hash, shard) = self.shared.shard(admission.key());
         let mut shard = lock(shard);
-        match shard.keys.get_mut(hash, admission.key().as_str()) {
+        match shard.keys.get_mut(hash, admission.key()) {
             Some(state) => state.announce(announced, limits.follows_announced_quotas()),
             None => Vec::new(),
         }
@@ -303,7 +303,7 @@ impl Store for MemoryStore {
         let (hash, shard) = self.shared.shard(admission.key());
         let mut shard = lock(shard);
         let now = Instant::now();
-        let state = shard.keys.get_mut(hash, admission.key().as_str())?;
+        let state = shard.keys.get_mut(hash, admission.key())?;
         // A provider that refuses well under the quota has a lower rate,
         // which the pacer learns; so does one that refuses evenly spaced
         // requests (a sliding-window counter, a late window: a little less
@@ -365,7 +365,7 @@ fn lock(shard: &Mutex<Shard>) -> MutexGuard<'_, Shard> {
 impl Shared {
     /// The key's hash and its shard: the one hash of an operation.
     fn shard(&self, key: &Key) -> (u64, &Mutex<Shard>) {
-        let hash = self.hasher.hash(key.as_str());
+        let hash = self.hasher.hash(key);
         (
             hash,
             &self.shards[KeyHasher::shard_of(hash, self.shards.len())],

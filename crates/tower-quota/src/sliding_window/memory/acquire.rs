@@ -119,7 +119,7 @@ impl Drop for Ticket {
         }
         let (hash, shard) = self.shared.shard(&self.key);
         let mut shard = lock(shard);
-        if let Some(state) = shard.keys.get_mut(hash, self.key.as_str()) {
+        if let Some(state) = shard.keys.get_mut(hash, &self.key) {
             state.leave(self.spot, false, Instant::now());
         }
     }
@@ -180,7 +180,7 @@ impl Future for Acquire {
                         queued,
                         limited_by,
                         was_head,
-                    } => match shard.keys.get_mut(hash, this.key.as_str()) {
+                    } => match shard.keys.get_mut(hash, this.key) {
                         Some(state) if state.queue.contains(ticket.spot) => waiting(
                             state,
                             Waiting {
