@@ -11,8 +11,9 @@ use tower_quota::sliding_window::{InFlightPeak, Limits, Quota};
 /// The Redis keys a quota key's scripts touch, under one list of limits.
 pub(crate) struct Names {
     pub(crate) limits: Limits,
-    /// Exact mode: the log, costs, queue and floors of each quota; approximate
-    /// mode: the counts of each quota. Then, last, the signature's key.
+    /// Exact mode: the log, costs, queue and floors of each quota, then the
+    /// anchor (the log that also holds the signature); approximate mode: the
+    /// counts of each quota, then the signature's key. See [`key_names`].
     pub(crate) keys: Vec<String>,
     /// The signature of the limits' quotas and safety margin.
     pub(crate) signature: String,
@@ -105,24 +106,7 @@ impl Drop for UnderWay<'_> {
 
 impl Names {
     pub(crate) fn new(prefix: &str, key: &Key, limits: &Limits, approximate: bool) -> Names {
-        let quotas = limits.quotas();
-        let mut keys = Vec::with_capacity(quotas.len() * 4 + 1);
-        let mut jumpers = Vec::new();
-        for quota in quotas {
-            let base = quota_key(prefix, key, quota);
-            if approximate {
-                keys.push(format!("{base}:counts"));
-            } else {
-                keys.push(format!("{base}:log"));
-                keys.push(format!("{base}:costs"));
-                keys.push(format!("{base}:queue"));
-                keys.push(format!("{base}:floors"));
-                if limits.reserves() && !limits.is_strict() {
-                    jumpers.push(format!("{base}:jumpers"));
-                }
-            }
-        }
-        keys.push(format!("{prefix}:{{{key}}}:quotas"));
+        let (keys, jumpers) = key_names(prefix, key, limits, approximate);
         let signature = signature(limits);
         let bytes = keys.iter().chain(&jumpers).map(String::len).sum::<usize>() + signature.len();
         let shortest = shortest_window(limits);
@@ -138,7 +122,7 @@ impl Names {
         }
     }
 
-    /// The keys of the quotas, without the signature's.
+    /// The keys of the quotas, without the last (the signature's).
     pub(crate) fn quota_keys(&self) -> &[String] {
         &self.keys[..self.keys.len() - 1]
     }
@@ -159,19 +143,107 @@ impl Names {
     }
 }
 
-/// `{prefix}:{key}:{window_us}:{max_calls}:{r|w}`: the stem of a quota's
-/// Redis keys, with the hash tag `{key}`.
-pub(crate) fn quota_key(prefix: &str, key: &Key, quota: &Quota) -> String {
+/// The Redis keys of `key` under `limits`, and (exact mode, when some
+/// class leaves a share free) the jumpers' logs.
+///
+/// Exact mode: the log, costs, queue and floors of each quota, in the
+/// order of `limits.quotas()`, then the *anchor*. The anchor is the log of
+/// the quota whose own signature sorts first, named `{prefix}:{key}:log`
+/// whatever its quota, and it also holds the signature of the quota list,
+/// as its one member scored `+inf`: every process that counts the key
+/// finds it under one name, and the signature costs no Redis key of its
+/// own. (Two processes with one signature pick the same anchor quota; one
+/// with another is refused while the key is busy, so a log never mixes
+/// two quotas.) The anchor's name is passed twice, as that quota's log and
+/// last.
+///
+/// Approximate mode: the counts of each quota, then the signature's own
+/// key, `{prefix}:{key}:quotas`.
+pub(crate) fn key_names(
+    prefix: &str,
+    key: &Key,
+    limits: &Limits,
+    approximate: bool,
+) -> (Vec<String>, Vec<String>) {
+    let quotas = limits.quotas();
+    let mut keys = Vec::with_capacity(quotas.len() * 4 + 1);
+    let mut jumpers = Vec::new();
+    if approximate {
+        for quota in quotas {
+            keys.push(format!("{}:counts", quota_key(prefix, key, quota)));
+        }
+        keys.push(format!("{prefix}:{{{key}}}:quotas"));
+        return (keys, jumpers);
+    }
+    let anchor = format!("{prefix}:{{{key}}}:log");
+    let first = anchor_index(limits);
+    for (index, quota) in quotas.iter().enumerate() {
+        let base = quota_key(prefix, key, quota);
+        keys.push(if index == first {
+            anchor.clone()
+        } else {
+            format!("{base}:log")
+        });
+        keys.push(format!("{base}:costs"));
+        keys.push(format!("{base}:queue"));
+        keys.push(format!("{base}:floors"));
+        if limits.reserves() && !limits.is_strict() {
+            jumpers.push(format!("{base}:jumpers"));
+        }
+    }
+    keys.push(anchor);
+    (keys, jumpers)
+}
+
+/// Exact mode: the index of the quota whose log is the anchor (see
+/// [`key_names`]): the first whose signature sorts first, so that lists
+/// with one signature, in any order, agree on it.
+fn anchor_index(limits: &Limits) -> usize {
+    limits
+        .quotas()
+        .iter()
+        .map(quota_signature)
+        .enumerate()
+        .min_by(|(_, a), (_, b)| a.cmp(b))
+        .map_or(0, |(index, _)| index)
+}
+
+/// `{prefix}:{key}:{quota}`: the stem of a quota's Redis keys, with the
+/// hash tag `{key}` (see [`quota_signature`]).
+fn quota_key(prefix: &str, key: &Key, quota: &Quota) -> String {
     format!("{prefix}:{{{key}}}:{}", quota_signature(quota))
 }
 
+/// A quota as `{max_calls}/{window}:{r|w}`, `10/1m:r` for 10 requests a
+/// minute: `r` when every request spends 1 of it, `w` when requests spend
+/// their cost. The window is exact to the microsecond ([`span`]).
 fn quota_signature(quota: &Quota) -> String {
     format!(
-        "{}:{}:{}",
-        micros(quota.window()),
+        "{}/{}:{}",
         quota.max_calls(),
+        span(quota.window()),
         if quota.is_per_request() { "r" } else { "w" }
     )
+}
+
+/// A duration in the largest of hours, minutes, seconds, milliseconds and
+/// microseconds that states it exactly (to the microsecond), as few bytes
+/// as it takes: `1m`, `1500ms`, `0us`. Signatures are kept in every
+/// key's log, and key names in Redis's keyspace: each byte counts per key.
+fn span(duration: Duration) -> String {
+    let micros = micros(duration);
+    let unit = [
+        (3_600_000_000, "h"),
+        (60_000_000, "m"),
+        (1_000_000, "s"),
+        (1_000, "ms"),
+    ]
+    .into_iter()
+    .find(|(size, _)| micros != 0 && micros % size == 0);
+    match unit {
+        Some((size, name)) => format!("{}{name}", micros / size),
+        None => format!("{micros}us"),
+    }
 }
 
 /// The signature of `limits`' quotas and safety margin, in any order (each
@@ -183,7 +255,7 @@ fn quota_signature(quota: &Quota) -> String {
 fn signature(limits: &Limits) -> String {
     let mut quotas: Vec<String> = limits.quotas().iter().map(quota_signature).collect();
     quotas.sort_unstable();
-    format!("{};m={}", quotas.join(","), micros(limits.safety_margin()))
+    format!("{};m={}", quotas.join(","), span(limits.safety_margin()))
 }
 
 pub(crate) fn micros(duration: std::time::Duration) -> i64 {
@@ -193,6 +265,31 @@ pub(crate) fn micros(duration: std::time::Duration) -> i64 {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn spans_are_exact_and_short() {
+        let cases = [
+            (Duration::ZERO, "0us"),
+            (Duration::from_micros(1), "1us"),
+            (Duration::from_micros(1_500), "1500us"),
+            (Duration::from_millis(1), "1ms"),
+            (Duration::from_millis(1_500), "1500ms"),
+            (Duration::from_secs(1), "1s"),
+            (Duration::from_secs(90), "90s"),
+            (Duration::from_secs(60), "1m"),
+            (Duration::from_secs(7_200), "2h"),
+            // Below a microsecond is not told apart, as before.
+            (Duration::from_nanos(1_000_999), "1ms"),
+            (Duration::MAX, "9223372036854775807us"),
+        ];
+        for (duration, text) in cases {
+            assert_eq!(span(duration), text, "{duration:?}");
+        }
+        let quota = Quota::per_request(10, Duration::from_secs(60)).unwrap();
+        assert_eq!(quota_signature(&quota), "10/1m:r");
+        let tokens = Quota::new(90_000, Duration::from_millis(250)).unwrap();
+        assert_eq!(quota_signature(&tokens), "90000/250ms:w");
+    }
 
     #[tokio::test(start_paused = true)]
     async fn requests_beyond_the_most_in_flight_lately_are_cold() {

@@ -23,7 +23,7 @@ use crate::builder::{FailurePolicy, RedisStoreBuilder};
 use crate::connection::Connection;
 use crate::error::{RedisStoreError, RedisStoreErrorKind};
 use crate::leases::RedisLeases;
-use crate::names::{Names, micros, quota_key, shortest_window};
+use crate::names::{Names, key_names, micros, shortest_window};
 use crate::scripts::SCRIPTS;
 
 /// The name of the event emitted when Redis cannot decide an admission
@@ -38,6 +38,14 @@ const KNOWN_KEYS: usize = 65_536;
 /// The bit set in the id of every admission recorded in an exact log; ids
 /// of the in-process fallback's admissions (a counter) never have it.
 const REDIS_ID: u64 = 1 << 63;
+
+/// An admission's id as exact mode writes it in Redis: without
+/// [`REDIS_ID`], below 2^63, so that a small log (a listpack) holds it as
+/// an 8-byte integer instead of 19 digits of text. The other 63 bits are
+/// random: ids stay unique per key across processes.
+fn logged(id: u64) -> u64 {
+    id & !REDIS_ID
+}
 
 /// The longest a request waiting for a strict admission's answer sleeps
 /// before it asks Redis again.
@@ -210,29 +218,42 @@ impl RedisStore {
         self.inner.coalesce && !self.inner.approximate
     }
 
-    /// The Redis keys that hold `quota` of `key`: in exact mode the
-    /// sorted-set log (score: the instant, in microseconds of the Redis
-    /// clock, after which an admission holds its slot for a window and the
-    /// margin), its costs hash (present only while an entry costs other
-    /// than 1), the sorted set of reserved admission instants and the
-    /// sorted set of the reservations' floors (the earliest instant each
-    /// could move up to); in approximate mode the counter hash. All of a key's Redis
-    /// keys share the hash tag `{key}`, so one script call touches one Redis
-    /// Cluster slot. One more Redis key per quota key,
-    /// `{prefix}:{key}:quotas`, holds the signature of the quota list the
-    /// key is counted under.
-    pub fn redis_keys(&self, key: &Key, quota: &Quota) -> Vec<String> {
-        let base = quota_key(&self.inner.prefix, key, quota);
-        if self.inner.approximate {
-            vec![format!("{base}:counts")]
-        } else {
-            vec![
-                format!("{base}:log"),
-                format!("{base}:costs"),
-                format!("{base}:queue"),
-                format!("{base}:floors"),
-            ]
+    /// The Redis keys that hold `key`'s state under `limits`, in the order
+    /// of `limits.quotas()`.
+    ///
+    /// Exact mode: for each quota, its sorted-set log (score: the instant,
+    /// in microseconds of the Redis clock, after which an admission holds
+    /// its slot for a window and the margin), its costs hash (present only
+    /// while an entry costs other than 1), the sorted set of reserved
+    /// admission instants and the sorted set of the reservations' floors
+    /// (the earliest instant each could move up to); then, when some class
+    /// leaves a share free, each quota's log of the admissions of the
+    /// classes above. One log, the anchor, is named `{prefix}:{key}:log`
+    /// whatever its quota: it also holds the signature of the quota list
+    /// the key is counted under, as a member scored `+inf` (every other
+    /// score is a finite instant).
+    ///
+    /// Approximate mode: each quota's counter hash, then
+    /// `{prefix}:{key}:quotas`, the signature's key.
+    ///
+    /// All of a key's Redis keys share the hash tag `{key}`, so one script
+    /// call touches one Redis Cluster slot.
+    pub fn redis_keys(&self, key: &Key, limits: &Limits) -> Vec<String> {
+        let (mut keys, jumpers) =
+            key_names(&self.inner.prefix, key, limits, self.inner.approximate);
+        if !self.inner.approximate {
+            // The anchor, last, is also one of the quotas' logs.
+            keys.pop();
         }
+        keys.extend(jumpers);
+        keys
+    }
+
+    /// The member `admission` has in its key's exact logs (and queues), or
+    /// `None` when Redis did not record it: approximate mode, or admitted
+    /// without Redis (fail open, the local fallback).
+    pub fn log_member(&self, admission: &Admission) -> Option<u64> {
+        (!self.inner.approximate && admission.id() & REDIS_ID != 0).then(|| logged(admission.id()))
     }
 
     /// Concurrency slots in the same Redis, with the same prefix, timeout and
@@ -354,7 +375,7 @@ impl Store for RedisStore {
                 for (index, _) in &weighted {
                     invocation.key(names.log(*index)).key(names.costs(*index));
                 }
-                invocation.arg(id).arg(units(actual_cost));
+                invocation.arg(logged(id)).arg(units(actual_cost));
                 inner.call::<i64>(&key, &invocation).await
             };
             if let Err(error) = result {
@@ -398,7 +419,7 @@ impl Store for RedisStore {
             for index in logs {
                 invocation.key(names.log(index));
             }
-            invocation.arg(id).arg(micros(extra));
+            invocation.arg(logged(id)).arg(micros(extra));
             if let Err(error) = inner.call::<i64>(&key, &invocation).await {
                 report(&key, &error, "complete");
             }
@@ -874,7 +895,7 @@ impl Inner {
                 cmd.arg(units(limits.reserved_units(class, quota.max_calls())));
             }
             for request in run {
-                cmd.arg(request.id);
+                cmd.arg(logged(request.id));
             }
         }
         eval(&self.connection, self.timeout, key, script, &cmd).await
@@ -1226,7 +1247,7 @@ impl Drop for Reservation {
                     for redis_key in names.quota_keys() {
                         invocation.key(redis_key.as_str());
                     }
-                    invocation.arg(*id);
+                    invocation.arg(logged(*id));
                     inner.call::<i64>(&key, &invocation).await
                 }
                 Cancel::Approximate { keys, at } => {

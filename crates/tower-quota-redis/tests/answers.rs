@@ -57,15 +57,19 @@ fn assert_near(elapsed: Duration, expected: Duration, what: &str) {
     );
 }
 
-/// The score of `admission` in the log of `quota` (µs of the Redis clock).
+/// The score of `admission` in the log of the first quota of `limits` (µs
+/// of the Redis clock).
 fn score(
     server: &support::RedisServer,
     store: &RedisStore,
     admission: &Admission,
-    quota: &Quota,
+    limits: &Limits,
 ) -> Option<f64> {
-    let log = &store.redis_keys(admission.key(), quota)[0];
-    server.connection().zscore(log, admission.id()).unwrap()
+    let log = &store.redis_keys(admission.key(), limits)[0];
+    server
+        .connection()
+        .zscore(log, store.log_member(admission).expect("in the log"))
+        .unwrap()
 }
 
 /// Admits one request on `key` at once; returns it and how long its entry
@@ -86,7 +90,7 @@ async fn admit_and_hold(
     let admission = store.acquire(key.clone(), 1, limits).await.unwrap();
     let after = redis_now(&mut connection);
     assert_eq!(admission.waited(), Duration::ZERO, "{key} had room");
-    let held = score(server, store, &admission, &limits.quotas()[0]).expect("recorded");
+    let held = score(server, store, &admission, limits).expect("recorded");
     (admission, held - after..=held - before)
 }
 
@@ -104,11 +108,11 @@ async fn wait_for_lower_score(
     server: &support::RedisServer,
     store: &RedisStore,
     admission: &Admission,
-    quota: &Quota,
+    limits: &Limits,
     before: f64,
 ) {
     for _ in 0..200 {
-        if score(server, store, admission, quota).is_some_and(|score| score < before) {
+        if score(server, store, admission, limits).is_some_and(|score| score < before) {
             return;
         }
         tokio::time::sleep(Duration::from_millis(5)).await;
@@ -124,10 +128,9 @@ async fn answer(
     admission: &Admission,
     limits: &Limits,
 ) {
-    let quota = limits.quotas()[0];
-    let bound = score(server, store, admission, &quota).expect("recorded");
+    let bound = score(server, store, admission, limits).expect("recorded");
     store.complete(admission, Completion::Answered, limits);
-    wait_for_lower_score(server, store, admission, &quota, bound).await;
+    wait_for_lower_score(server, store, admission, limits, bound).await;
 }
 
 /// Admits one request on `key`, ends it after 100 ms as `ending` says
@@ -140,20 +143,19 @@ async fn next_admission_after(
     ending: Option<Completion>,
 ) -> Duration {
     let key = Key::from(key);
-    let quota = limits.quotas()[0];
     let started = Instant::now();
     let first = store.acquire(key.clone(), 1, limits).await.unwrap();
     assert_eq!(first.waited(), Duration::ZERO);
-    let bound = score(server, store, &first, &quota).expect("recorded");
+    let bound = score(server, store, &first, limits).expect("recorded");
     tokio::time::sleep_until(started + Duration::from_millis(100)).await;
     if let Some(completion) = ending {
         store.complete(&first, completion, limits);
         if completion == Completion::Answered || limits.is_strict() {
-            wait_for_lower_score(server, store, &first, &quota, bound).await;
+            wait_for_lower_score(server, store, &first, limits, bound).await;
         } else {
             // Nothing is sent: give a call the time to land if it were.
             tokio::time::sleep(Duration::from_millis(50)).await;
-            assert_eq!(score(server, store, &first, &quota), Some(bound));
+            assert_eq!(score(server, store, &first, limits), Some(bound));
         }
     }
     store.acquire(key, 1, limits).await.unwrap();
@@ -197,7 +199,6 @@ async fn reservations_made_before_the_answers_move_up_to_a_window_after_them() {
     let store = store(server).await;
     let layer = layer(SENT_WITHIN);
     let limits = layer.limits();
-    let quota = limits.quotas()[0];
     let key = Key::from("moving-up");
     let started = Instant::now();
     let first = store.acquire(key.clone(), 1, limits).await.unwrap();
@@ -212,12 +213,12 @@ async fn reservations_made_before_the_answers_move_up_to_a_window_after_them() {
         })
     };
     let second = reserve();
-    let log = &store.redis_keys(&key, &quota)[0];
+    let log = &store.redis_keys(&key, limits)[0];
     server.wait_for_members(log, 2).await;
     let third = reserve();
     server.wait_for_members(log, 3).await;
     // The floors expire with the log: an idle key gives them back.
-    let keys = store.redis_keys(&key, &quota);
+    let keys = store.redis_keys(&key, limits);
     let mut connection = server.connection();
     let log_ttl: i64 = connection.pttl(&keys[0]).unwrap();
     let floors_ttl: i64 = connection.pttl(&keys[3]).unwrap();
@@ -253,7 +254,6 @@ async fn a_reservation_with_a_cost_moves_up_too() {
     let store = store(server).await;
     let layer = layer_of(4, SENT_WITHIN);
     let limits = layer.limits();
-    let quota = limits.quotas()[0];
     let key = Key::from("moving-up-costs");
     let started = Instant::now();
     // Three units now; two more need the three to leave: reserved a window
@@ -267,7 +267,7 @@ async fn a_reservation_with_a_cost_moves_up_too() {
         }
     });
     server
-        .wait_for_members(&store.redis_keys(&key, &quota)[0], 2)
+        .wait_for_members(&store.redis_keys(&key, limits)[0], 2)
         .await;
     tokio::time::sleep_until(started + Duration::from_millis(100)).await;
     answer(server, &store, &first, limits).await;
@@ -287,7 +287,6 @@ async fn a_reservation_behind_a_large_log_moves_up_too() {
     const MAX: u64 = 1_100;
     let layer = layer_of(MAX, SENT_WITHIN);
     let limits = layer.limits();
-    let quota = limits.quotas()[0];
     let key = Key::from("moving-up-large");
     let started = Instant::now();
     let admitted: Vec<Admission> =
@@ -301,7 +300,7 @@ async fn a_reservation_behind_a_large_log_moves_up_too() {
         })
     };
     let (second, third) = (reserve(), reserve());
-    let log = &store.redis_keys(&key, &quota)[0];
+    let log = &store.redis_keys(&key, limits)[0];
     server.wait_for_members(log, MAX as usize + 2).await;
     tokio::time::sleep_until(started + Duration::from_millis(100)).await;
     let (last, others) = admitted.split_last().unwrap();
@@ -342,12 +341,11 @@ async fn strict_holds_an_unanswered_slot_until_its_answer() {
     let layer = layer(Duration::from_millis(100)).strict();
     // This test reports the answers itself, as the layer's services do.
     let limits = &layer.limits().clone().reporting_answers();
-    let quota = limits.quotas()[0];
     let key = Key::from("strict");
     let started = Instant::now();
     let first = store.acquire(key.clone(), 1, limits).await.unwrap();
     // Unanswered, the entry is held with no time bound.
-    let pending = score(server, &store, &first, &quota).unwrap();
+    let pending = score(server, &store, &first, limits).unwrap();
     assert!(pending > 2f64.powi(52), "{pending}");
     let next = tokio::spawn({
         let (store, key, limits) = (store.clone(), key.clone(), limits.clone());
@@ -369,7 +367,7 @@ async fn strict_holds_an_unanswered_slot_until_its_answer() {
     tokio::time::sleep_until(started + Duration::from_millis(1_400)).await;
     assert!(!next.is_finished(), "admitted before the answer");
     store.complete(&first, Completion::Answered, limits);
-    wait_for_lower_score(server, &store, &first, &quota, pending).await;
+    wait_for_lower_score(server, &store, &first, limits, pending).await;
     let admitted = next.await.unwrap();
     println!("strict: admitted after {admitted:?}, answer at 1.4 s");
     // A window after the answer; the waiter asks again every 250 ms, well

@@ -23,7 +23,7 @@ use http_body_util::{BodyExt, Empty};
 use quota_mock::{KeyBy, MockServer, Rule};
 use tokio::sync::Semaphore;
 use tower::{ServiceBuilder, ServiceExt};
-use tower_quota::sliding_window::{Quota, Store};
+use tower_quota::sliding_window::{Limits, Store};
 use tower_quota::{Key, SlidingWindowLayer};
 use tower_quota_redis::{FailurePolicy, RedisStore, RedisStoreError, RedisStoreErrorKind};
 
@@ -39,11 +39,11 @@ const HOT_KEYS: usize = 6;
 const RUN: Duration = Duration::from_millis(2_500);
 
 /// The quota of `SlidingWindowLayer::new(MAX_CALLS, WINDOW)`.
-fn quota() -> Quota {
+fn quota_limits() -> Limits {
     SlidingWindowLayer::new(MAX_CALLS, WINDOW)
         .unwrap()
         .limits()
-        .quotas()[0]
+        .clone()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -67,7 +67,7 @@ async fn cluster_store_spreads_keys_over_every_master_one_slot_per_key() {
         store.acquire(key.clone(), 1, &limits).await.unwrap();
         // Every Redis key of the quota key is in one slot: one script call.
         let slots: BTreeSet<u16> = store
-            .redis_keys(&key, &quota())
+            .redis_keys(&key, &limits)
             .iter()
             .map(|redis_key| cluster.slot_of(redis_key))
             .collect();
@@ -76,9 +76,12 @@ async fn cluster_store_spreads_keys_over_every_master_one_slot_per_key() {
         let master = cluster.master_of_slot(slot).unwrap();
         *masters.entry(master).or_default() += 1;
         // The log is on that master.
-        let log = &store.redis_keys(&key, &quota())[0];
-        let size: u64 =
-            support::query(master, redis::cmd("ZCARD").arg(log)).expect("ZCARD on the master");
+        let log = &store.redis_keys(&key, &limits)[0];
+        let size: u64 = support::query(
+            master,
+            redis::cmd("ZCOUNT").arg(log).arg("-inf").arg("(+inf"),
+        )
+        .expect("ZCOUNT on the master");
         assert_eq!(size, 1, "{key} logged on the master of slot {slot}");
     }
     println!("keys per master: {masters:?}");
@@ -345,7 +348,7 @@ async fn killed_master_fails_closed_within_the_timeout_and_service_resumes_after
         .await
         .unwrap();
     let key = Key::from("failover");
-    let slot = cluster.slot_of(&store.redis_keys(&key, &quota())[0]);
+    let slot = cluster.slot_of(&store.redis_keys(&key, &quota_limits())[0]);
     let master = cluster.master_of_slot(slot).unwrap();
     let cluster = Arc::new(std::sync::Mutex::new(cluster));
     let run = failover::drive(
@@ -458,7 +461,7 @@ async fn resharding_a_keys_slot_mid_run_follows_the_redirections_and_stays_exact
         .await
         .unwrap();
     let key = Key::from("resharded");
-    let log = store.redis_keys(&key, &quota())[0].clone();
+    let log = store.redis_keys(&key, &quota_limits())[0].clone();
     let slot = cluster.slot_of(&log);
     let from = cluster.master_of_slot(slot).unwrap();
     let to = *cluster
@@ -498,7 +501,8 @@ async fn resharding_a_keys_slot_mid_run_follows_the_redirections_and_stays_exact
     assert!(run.other_errors.is_empty(), "{:?}", run.other_errors);
     assert_eq!(cluster.master_of_slot(slot), Some(to), "the slot moved");
     // The key's log moved with its slot, and the new master serves it.
-    let size: u64 = support::query(to, redis::cmd("ZCARD").arg(&log)).unwrap();
+    let size: u64 =
+        support::query(to, redis::cmd("ZCOUNT").arg(&log).arg("-inf").arg("(+inf")).unwrap();
     assert!(size > 0, "the log is on the new master");
     assert!(
         run.slowest_decision <= timeout * 2 + Duration::from_millis(250),

@@ -86,9 +86,13 @@ async fn start_in_order(
     acquires
 }
 
-/// The log's entries: id -> score (µs).
+/// The log's entries: id -> score (µs), without the signature the anchor
+/// log holds (scored `+inf`).
 fn log_scores(server: &support::RedisServer, log: &str) -> HashMap<u64, u64> {
-    let entries: Vec<(String, f64)> = server.connection().zrange_withscores(log, 0, -1).unwrap();
+    let entries: Vec<(String, f64)> = server
+        .connection()
+        .zrangebyscore_withscores(log, "-inf", "(+inf")
+        .unwrap();
     entries
         .into_iter()
         .map(|(id, score)| (id.parse().unwrap(), score as u64))
@@ -124,7 +128,7 @@ async fn requests_arriving_during_a_call_share_the_next_call_in_order_and_exactl
         unpause(&server);
         // Counted once every request is recorded: later, a reservation may
         // ask again to move up (a window later at the earliest).
-        let log = &store.redis_keys(&key, &quota)[0];
+        let log = &store.redis_keys(&key, layer.limits())[0];
         server.wait_for_members(log, costs.len()).await;
         let calls = evalsha_calls(&server);
         // The instants as decided: later calls prune what has left.
@@ -150,14 +154,19 @@ async fn requests_arriving_during_a_call_share_the_next_call_in_order_and_exactl
         // one before it, so none overtakes a larger one ahead of it.
         let in_order: Vec<u64> = admissions
             .iter()
-            .map(|admission| scores[&admission.id()])
+            .map(|admission| scores[&store.log_member(admission).expect("in the log")])
             .collect();
         assert!(in_order.is_sorted(), "{in_order:?}");
         // Exact: no window of the quota (scores are the instants entries
         // start holding their slot) holds more than max_calls units.
         let mut held: Vec<(u64, u64)> = admissions
             .iter()
-            .map(|admission| (scores[&admission.id()], admission.cost()))
+            .map(|admission| {
+                (
+                    scores[&store.log_member(admission).expect("in the log")],
+                    admission.cost(),
+                )
+            })
             .collect();
         held.sort_unstable();
         let span = quota.window().as_micros() as u64;
@@ -219,12 +228,13 @@ async fn requests_dropped_before_or_during_their_batch_leave_nothing() {
     unpause(&server);
     let mut admitted = Vec::new();
     for task in tasks {
-        admitted.push(task.await.unwrap().expect("admitted").id());
+        let admission = task.await.unwrap().expect("admitted");
+        admitted.push(store.log_member(&admission).expect("in the log"));
     }
     assert_eq!(admitted.len(), 3);
 
     // Only the three survivors stay: in the log, its costs and its sum.
-    let keys = store.redis_keys(&key, &quota);
+    let keys = store.redis_keys(&key, layer.limits());
     let mut connection = server.connection();
     let mut logged = Vec::new();
     for _ in 0..500 {
@@ -287,7 +297,7 @@ async fn the_request_of_an_idle_key_is_sent_when_first_polled() {
         result.expect("admitted");
         return;
     }
-    let log = &store.redis_keys(&key, &quota)[0];
+    let log = &store.redis_keys(&key, layer.limits())[0];
     for _ in 0..500 {
         if !log_scores(server, log).is_empty() {
             // Decided: the future completes without another call.

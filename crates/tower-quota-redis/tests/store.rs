@@ -39,10 +39,13 @@ fn limits(quotas: impl IntoIterator<Item = Quota>) -> SlidingWindowLayer {
         .unwrap()
 }
 
-/// The entries of a log: (score in µs, units).
+/// The entries of a log: (score in µs, units). Without the signature the
+/// anchor log holds, scored `+inf`.
 fn read_log(server: &support::RedisServer, keys: &[String]) -> Vec<(u64, u64)> {
     let mut connection = server.connection();
-    let entries: Vec<(String, f64)> = connection.zrange_withscores(&keys[0], 0, -1).unwrap();
+    let entries: Vec<(String, f64)> = connection
+        .zrangebyscore_withscores(&keys[0], "-inf", "(+inf")
+        .unwrap();
     let costs: HashMap<String, String> = connection.hgetall(&keys[1]).unwrap();
     entries
         .into_iter()
@@ -98,7 +101,7 @@ async fn three_connections_never_put_more_than_max_calls_in_any_window() {
     let quota = Quota::new(5, Duration::from_secs(2)).unwrap();
     let layer = limits([quota]);
     let key = Key::from("exact");
-    let log = stores[0].redis_keys(&key, &quota);
+    let log = stores[0].redis_keys(&key, layer.limits());
 
     // 18 requests through three connections: 5 admitted now, 13 reserved.
     let tasks: Vec<_> = (0..18)
@@ -148,8 +151,8 @@ async fn two_quotas_with_costs_are_both_respected_in_arrival_order() {
     let tokens = Quota::new(10, Duration::from_secs(3)).unwrap();
     let layer = limits([requests, tokens]);
     let key = Key::from("weighted");
-    let request_log = store.redis_keys(&key, &requests);
-    let token_log = store.redis_keys(&key, &tokens);
+    let keys = store.redis_keys(&key, layer.limits());
+    let (request_log, token_log) = keys.split_at(4);
 
     let costs = [3, 5, 2, 4, 1, 6, 1, 1, 7, 2, 3, 10];
     let mut tasks = Vec::new();
@@ -158,8 +161,8 @@ async fn two_quotas_with_costs_are_both_respected_in_arrival_order() {
         // One at a time, so arrival order is known.
         server.wait_for_members(&request_log[0], i + 1).await;
     }
-    let request_entries = read_log(server, &request_log);
-    let token_entries = read_log(server, &token_log);
+    let request_entries = read_log(server, request_log);
+    let token_entries = read_log(server, token_log);
     assert!(max_in_any_window(&request_entries, requests.window()) <= 4);
     assert!(max_in_any_window(&token_entries, tokens.window()) <= 10);
     // Each quota spent its own units: 1 per request, the cost per token.
@@ -226,8 +229,11 @@ async fn a_wait_over_max_wait_is_refused_and_records_nothing() {
     let overloaded = error.downcast_ref::<Overloaded>().expect("typed error");
     assert!(matches!(overloaded.reason(), OverloadReason::MaxWait(_)));
     assert!(overloaded.wait() > Duration::from_secs(4));
-    let log = store.redis_keys(&key, &quota);
-    let card: usize = server.connection().zcard(&log[0]).unwrap();
+    let log = store.redis_keys(&key, layer.limits());
+    let card: usize = server
+        .connection()
+        .zcount(&log[0], "-inf", "(+inf")
+        .unwrap();
     assert_eq!(card, 2);
 }
 
@@ -241,7 +247,7 @@ async fn max_queue_refuses_past_the_reserved_requests() {
     let layer = limits([quota]).max_queue(2);
     let key = Key::from("max-queue");
     store.acquire(key.clone(), 1, layer.limits()).await.unwrap();
-    let log = store.redis_keys(&key, &quota);
+    let log = store.redis_keys(&key, layer.limits());
     let first = spawn_acquire(&store, &key, 1, layer.limits());
     server.wait_for_members(&log[0], 2).await;
     let second = spawn_acquire(&store, &key, 1, layer.limits());
@@ -269,7 +275,7 @@ async fn a_refund_lets_the_next_request_in_earlier() {
     // 8 + 5 > 10: refused while the estimate stands.
     assert!(store.acquire(key.clone(), 5, layer.limits()).await.is_err());
     store.correct(&admission, 2);
-    let log = store.redis_keys(&key, &tokens);
+    let log = store.redis_keys(&key, layer.limits());
     let mut connection = server.connection();
     for _ in 0..200 {
         let sum: Option<u64> = connection.hget(&log[1], "s").unwrap();
@@ -297,7 +303,7 @@ async fn keys_carry_the_hash_tag_and_expire_when_idle() {
     let key = Key::from("tenant-7");
     store.acquire(key.clone(), 2, layer.limits()).await.unwrap();
     let mut connection = server.connection();
-    let keys = store.redis_keys(&key, &quota);
+    let keys = store.redis_keys(&key, layer.limits());
     for redis_key in &keys {
         assert!(redis_key.contains("{tenant-7}"), "{redis_key}");
     }
@@ -313,6 +319,44 @@ async fn keys_carry_the_hash_tag_and_expire_when_idle() {
         let ttl: i64 = connection.pttl(redis_key).unwrap();
         assert_eq!(ttl, -2, "{redis_key}");
     }
+}
+
+/// In exact mode the quota list's signature takes no Redis key of its own:
+/// after one admission of cost 1, the key's one Redis key is its log (the
+/// anchor), which holds the admission and the signature, scored `+inf`,
+/// and expires.
+#[tokio::test]
+async fn one_admission_leaves_one_redis_key_that_holds_the_signature() {
+    let Some(server) = support::shared() else {
+        return;
+    };
+    let store = store(server).await;
+    let layer = limits([Quota::new(3, Duration::from_secs(2)).unwrap()]);
+    let key = Key::from("one-key");
+    let admission = store.acquire(key.clone(), 1, layer.limits()).await.unwrap();
+    let log = store.redis_keys(&key, layer.limits())[0].clone();
+    let prefix = log
+        .strip_suffix(":{one-key}:log")
+        .expect("the anchor is named after the key alone");
+    let mut connection = server.connection();
+    let written: Vec<String> = connection
+        .scan_match(format!("{prefix}:*"))
+        .unwrap()
+        .collect::<Result<_, _>>()
+        .unwrap();
+    assert_eq!(written, std::slice::from_ref(&log));
+    let members: Vec<(String, f64)> = connection.zrange_withscores(&log, 0, -1).unwrap();
+    assert_eq!(members.len(), 2, "{members:?}");
+    assert_eq!(
+        members[0].0,
+        store
+            .log_member(&admission)
+            .expect("in the log")
+            .to_string()
+    );
+    assert_eq!(members[1], ("3/2s:w;m=0us".to_owned(), f64::INFINITY));
+    let ttl: i64 = connection.pttl(&log).unwrap();
+    assert!(ttl > 0, "the anchor expires: {ttl}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -387,7 +431,7 @@ async fn approximate_mode_stays_within_its_documented_bound() {
     store.acquire(key.clone(), 1, layer.limits()).await.unwrap();
     let fields: usize = server
         .connection()
-        .hlen(&store.redis_keys(&key, &quota)[0])
+        .hlen(&store.redis_keys(&key, layer.limits())[0])
         .unwrap();
     assert!(fields <= 4, "{fields}");
 }
@@ -451,7 +495,7 @@ async fn huge_costs_and_corrections_saturate_and_never_break_the_key() {
             );
         }
         if !approximate {
-            let log = store.redis_keys(&key, &small);
+            let log = store.redis_keys(&key, layer.limits());
             let mut connection = server.connection();
             let sum: u64 = connection.hget(&log[1], "s").unwrap();
             let entries = read_log(server, &log);
@@ -487,6 +531,18 @@ async fn one_key_with_other_quotas_is_refused_while_busy() {
             .acquire(key.clone(), 1, reordered.limits())
             .await
             .expect("the same quotas in another order");
+        if !approximate {
+            // Counted in the same logs, in either order.
+            let mut keys = store.redis_keys(&key, one.limits());
+            let mut other = store.redis_keys(&key, reordered.limits());
+            keys.sort_unstable();
+            other.sort_unstable();
+            assert_eq!(keys, other);
+            for log in keys.iter().filter(|name| name.ends_with(":log")) {
+                let entries: usize = server.connection().zcount(log, "-inf", "(+inf").unwrap();
+                assert_eq!(entries, 2, "{log}");
+            }
+        }
         for other in [&fewer, &wider] {
             let error = store
                 .acquire(key.clone(), 1, other.limits())
@@ -514,13 +570,11 @@ async fn keys_are_extended_when_an_entry_would_outlive_them() {
     let key = Key::from("extended");
     let mut connection = server.connection();
     let ttls = |connection: &mut redis::Connection| -> Vec<i64> {
-        let mut keys = store.redis_keys(&key, &quota);
-        // The queue and the floors exist only while there are reservations.
+        // The log (the anchor, which holds the signature too) and the
+        // costs; the queue and the floors exist only while there are
+        // reservations.
+        let mut keys = store.redis_keys(&key, layer.limits());
         keys.truncate(2);
-        keys.push(format!(
-            "{}:{{extended}}:quotas",
-            keys[0].split(':').next().unwrap()
-        ));
         keys.iter()
             .map(|redis_key| connection.pttl(redis_key).unwrap())
             .collect()

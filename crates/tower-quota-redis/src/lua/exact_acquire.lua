@@ -22,8 +22,12 @@
 --         instant its reservation could have gone had every admission it
 --         waits for been answered at once (see "Moving up" below).
 -- then one key more:
---   quotas a string: the signature of the quota list (and safety margin)
---         the key's admissions are counted under; it expires with them.
+--   anchor the log of one of the quotas (passed as that quota's log too),
+--         which also holds the signature of the quota list (and safety
+--         margin) the key's admissions are counted under: its one member
+--         scored +inf (every admission's score is finite, so it sorts
+--         last; the log's reads below stop before it). The anchor expires
+--         with the longest-kept entry of every log.
 -- and, when some class leaves a share of the quotas free, for each quota:
 --   jumpers a sorted set: member = `id:units`, score = as in the log, for
 --         the admissions of the classes the share is left for.
@@ -128,7 +132,7 @@ if not (max_queue and sent_within and extra and n)
   return redis.error_reply('ERR exact_acquire: bad arguments')
 end
 local has_jumpers = #KEYS == 5 * n + 1
-local signature_key, signature = KEYS[4 * n + 1], ARGV[5 + 2 * n]
+local anchor, signature = KEYS[4 * n + 1], ARGV[5 + 2 * n]
 local k = tonumber(ARGV[6 + 2 * n])
 if not (signature and k) or k < 1 then
   return redis.error_reply('ERR exact_acquire: expected 2 arguments per quota, a signature, a request count and runs of requests')
@@ -176,7 +180,7 @@ end
 local time = redis.call('TIME')
 local now = tonumber(time[1]) * 1000000 + tonumber(time[2])
 
-local held = redis.call('GET', signature_key)
+local held = redis.call('ZRANGEBYSCORE', anchor, '+inf', '+inf')[1]
 if held and held ~= signature then
   local conflict = {}
   for m = 1, k do
@@ -185,6 +189,14 @@ if held and held ~= signature then
     conflict[#conflict + 1] = 0
   end
   return conflict
+end
+-- The signature's member in the log of quota i: 1 in the anchor once it
+-- holds it, else 0.
+local function signature_in(i)
+  if held and KEYS[4 * i - 3] == anchor then
+    return 1
+  end
+  return 0
 end
 local strict = sent_within < 0
 
@@ -212,11 +224,13 @@ local function drop(z, h, min, max, sum)
 end
 
 -- The score and id of the entry holding the `excess`-th unit of the log,
--- in the order the entries leave.
+-- in the order the entries leave (the last entry when the log holds
+-- fewer units; nil when it is empty). The signature, scored +inf, is no
+-- entry.
 local function unit_holder(z, h, weighted, excess)
   if not weighted then
     local entry = redis.call('ZRANGE', z, excess - 1, excess - 1, 'WITHSCORES')
-    if entry[2] then
+    if entry[2] and entry[2] ~= 'inf' then
       return tonumber(entry[2]), entry[1]
     end
   end
@@ -228,7 +242,12 @@ local function unit_holder(z, h, weighted, excess)
     end
     local page = {}
     for j = 1, #batch, 2 do
-      page[#page + 1] = batch[j]
+      if batch[j + 1] ~= 'inf' then
+        page[#page + 1] = batch[j]
+      end
+    end
+    if #page == 0 then
+      return last, last_id
     end
     local costs = redis.call('HMGET', h, unpack(page))
     for j = 1, #page do
@@ -261,6 +280,8 @@ for i = 1, n do
     local dropped
     sum, dropped = drop(z, h, '-inf', cutoff, sum)
     local size = redis.call('ZCARD', z)
+    had_log[i] = size > 0
+    size = size - signature_in(i)
     if size == 0 or redis.call('HLEN', h) <= 1 then
       -- Every entry left costs 1.
       redis.call('DEL', h)
@@ -271,11 +292,11 @@ for i = 1, n do
         redis.call('HSET', h, 's', sum)
       end
     end
-    had_log[i] = size > 0
   else
     redis.call('ZREMRANGEBYSCORE', z, '-inf', cutoff)
     sum = redis.call('ZCARD', z)
     had_log[i] = sum > 0
+    sum = sum - signature_in(i)
   end
   sums[i] = sum
 
@@ -527,7 +548,7 @@ for m = 1, k do
       end
       local z, h, q = KEYS[4 * i - 3], KEYS[4 * i - 2], KEYS[4 * i - 1]
       flush(i)
-      local entries = redis.call('ZRANGE', z, 0, SWEEP_MAX, 'WITHSCORES')
+      local entries = redis.call('ZRANGEBYSCORE', z, '-inf', '(+inf', 'WITHSCORES', 'LIMIT', 0, SWEEP_MAX + 1)
       if #entries > 2 * SWEEP_MAX then
         return nil
       end
@@ -773,7 +794,9 @@ end
 -- covers every entry recorded in them: when an entry needs longer, they are
 -- extended (never shortened) to a second past what it needs, and a key
 -- made here gets the same expiry. So most calls extend nothing. The
--- signature expires with the longest-kept of them.
+-- anchor, with the signature, expires with the longest-kept of them
+-- (`had_log` counts the signature: an anchor that holds it is only ever
+-- extended).
 local signature_expiry = 0
 for i = 1, n do
   if written[i] then
@@ -829,8 +852,12 @@ for i = 1, n do
   end
 end
 if not held then
-  redis.call('SET', signature_key, signature, 'PX', signature_expiry)
+  redis.call('ZADD', anchor, '+inf', signature)
+  -- The anchor may be new (its quota spent nothing): it has no expiry.
+  if redis.call('PTTL', anchor) < signature_expiry then
+    redis.call('PEXPIRE', anchor, signature_expiry)
+  end
 elseif signature_expiry > 0 then
-  redis.call('PEXPIRE', signature_key, signature_expiry, 'GT')
+  redis.call('PEXPIRE', anchor, signature_expiry, 'GT')
 end
 return out

@@ -23,8 +23,9 @@ for i = 1, #KEYS / 2 do
     if sum then
       recorded = tonumber(redis.call('HGET', h, id)) or 1
     else
-      -- No costs hash: every entry costs 1, the sum is the log's size.
-      sum = redis.call('ZCARD', z)
+      -- No costs hash: every entry costs 1, the sum is the log's size
+      -- (less the signature, scored +inf, when the log is the anchor).
+      sum = redis.call('ZCOUNT', z, '-inf', '(+inf')
     end
     local others = math.max(sum - recorded, 0)
     local units = math.max(math.min(actual, MAX_UNITS - others), 0)

@@ -223,14 +223,17 @@ impl RedisServer {
     }
 
     /// Waits (on tokio's clock, five seconds at most) until the sorted set
-    /// `key` holds `count` members: what a store's calls have recorded.
+    /// `key` holds `count` members with a finite score: what a store's
+    /// calls have recorded (the anchor log's signature is scored `+inf`).
     pub async fn wait_for_members(&self, key: &str, count: usize) {
         let mut connection = self.connection();
         for _ in 0..2_500 {
-            let members: usize = redis::cmd("ZCARD")
+            let members: usize = redis::cmd("ZCOUNT")
                 .arg(key)
+                .arg("-inf")
+                .arg("(+inf")
                 .query(&mut connection)
-                .expect("ZCARD");
+                .expect("ZCOUNT");
             if members == count {
                 return;
             }
