@@ -28,6 +28,9 @@
 use std::collections::VecDeque;
 use std::time::Duration;
 
+use foldhash::fast::FixedState;
+use hashbrown::HashMap;
+
 use tokio::time::Instant;
 
 use super::Quota;
@@ -44,10 +47,10 @@ pub(super) struct WindowLog {
     /// (saturating: 584 years).
     span: u64,
     pending: VecDeque<Entry>,
-    /// Boxed, and only while it holds entries: a key whose requests are
-    /// answered in turn never needs it.
-    #[allow(clippy::box_collection)] // 8 bytes a log instead of 32, per key
-    answered: Option<Box<VecDeque<Entry>>>,
+    /// `answered`, and the costs of the entries that do not cost 1: boxed,
+    /// and only while it holds something. A key whose requests cost 1 and
+    /// are answered in turn never needs it.
+    extra: Option<Box<Extra>>,
     /// Tombstones in `pending`: entries that moved to `answered`. The two
     /// counts saturate, and neither can get near it: 4 billion entries
     /// would be 128 GiB of log.
@@ -62,6 +65,34 @@ pub(super) struct WindowLog {
     /// sum would under-count once entries leave). Kept as two halves: a
     /// `u128` field would align the log to 16 bytes, and pad it by 8.
     in_window: [u64; 2],
+}
+
+/// What only some logs need.
+#[derive(Default)]
+struct Extra {
+    /// The entries answered out of `pending`'s order, in leaving order.
+    answered: VecDeque<Entry>,
+    /// The units of each live entry that does not cost 1 (flag [`COSTLY`]),
+    /// by id: an entry is 16 bytes, and most cost 1.
+    costs: HashMap<u64, u64, FixedState>,
+}
+
+impl Extra {
+    fn is_empty(&self) -> bool {
+        self.answered.is_empty() && self.costs.is_empty()
+    }
+}
+
+/// The units of `entry`, a live one, taken out of `costs`: it leaves.
+fn take_cost(costs: Option<&mut HashMap<u64, u64, FixedState>>, entry: &Entry) -> u64 {
+    if !entry.is_costly() {
+        return 1;
+    }
+    // A costly entry has its units in `costs` (`record`, `correct`); 1 if
+    // that ever failed, as for any entry.
+    costs
+        .and_then(|costs| costs.remove(&entry.id()))
+        .unwrap_or(1)
 }
 
 /// A `u128` from its halves, high first.
@@ -98,34 +129,40 @@ fn make_room(entries: &mut VecDeque<Entry>, max_calls: u64) {
     entries.reserve_exact(grow);
 }
 
-/// One admission in a log: 24 bytes.
+/// One admission in a log: 16 bytes. Its units are 1, or in
+/// [`Extra::costs`] when it is [`COSTLY`].
 #[derive(Clone, Copy)]
 struct Entry {
     /// The admission's id (increasing with admission order) shifted left
-    /// by [`FLAGS`], and the flags [`MOVED`] and [`AWAITS_ANSWER`].
+    /// by [`FLAGS`], and the flags [`MOVED`], [`AWAITS_ANSWER`] and
+    /// [`COSTLY`].
     tag: u64,
-    cost: u64,
     /// When the entry leaves the window; [`Stamp::NEVER`] until answered
     /// (strict).
     until: Stamp,
 }
 
-/// Bits of [`Entry::tag`] taken by flags: ids are below `2^62` (one
-/// admission a nanosecond would take 146 years to reach it).
-const FLAGS: u32 = 2;
+/// Bits of [`Entry::tag`] taken by flags: ids are below `2^61` (one
+/// admission a nanosecond would take 73 years to reach it).
+const FLAGS: u32 = 3;
 /// A tombstone: the entry moved to `answered`.
 const MOVED: u64 = 1;
 /// Its caller will report its answer (or its drop), which has not come.
 const AWAITS_ANSWER: u64 = 2;
+/// Its units are not 1: [`Extra::costs`] has them.
+const COSTLY: u64 = 4;
 
 impl Entry {
-    fn new(id: u64, cost: u64, until: Stamp, awaits_answer: bool) -> Self {
+    fn new(id: u64, until: Stamp, awaits_answer: bool) -> Self {
         let flags = if awaits_answer { AWAITS_ANSWER } else { 0 };
         Entry {
             tag: (id.min(u64::MAX >> FLAGS) << FLAGS) | flags,
-            cost,
             until,
         }
+    }
+
+    fn is_costly(&self) -> bool {
+        self.tag & COSTLY != 0
     }
 
     fn id(&self) -> u64 {
@@ -162,7 +199,7 @@ impl WindowLog {
             max_calls: quota.max_calls(),
             span: span_nanos(quota.window(), margin),
             pending: VecDeque::new(),
-            answered: None,
+            extra: None,
             moved: 0,
             unbounded: 0,
             last_bound: Stamp::EARLIEST,
@@ -192,10 +229,26 @@ impl WindowLog {
     }
 
     pub(super) fn is_empty(&self) -> bool {
-        self.answered
+        self.extra
             .as_ref()
-            .is_none_or(|answered| answered.is_empty())
+            .is_none_or(|extra| extra.answered.is_empty())
             && self.pending.len() == self.moved as usize
+    }
+
+    /// The entries answered out of `pending`'s order.
+    fn answered(&self) -> impl Iterator<Item = &Entry> {
+        self.extra.iter().flat_map(|extra| extra.answered.iter())
+    }
+
+    /// The units of `entry`, a live one.
+    fn cost_of(&self, entry: &Entry) -> u64 {
+        if !entry.is_costly() {
+            return 1;
+        }
+        self.extra
+            .as_ref()
+            .and_then(|extra| extra.costs.get(&entry.id()).copied())
+            .unwrap_or(1)
     }
 
     /// The units of the live entries.
@@ -209,27 +262,29 @@ impl WindowLog {
 
     pub(super) fn prune(&mut self, now: Stamp) {
         let mut in_window = self.in_window();
-        while let Some(entry) = self.pending.front() {
+        while let Some(&entry) = self.pending.front() {
             if entry.is_moved() {
                 self.moved = self.moved.saturating_sub(1);
             } else if entry.until <= now {
-                in_window = in_window.saturating_sub(u128::from(entry.cost));
+                let costs = self.extra.as_deref_mut().map(|extra| &mut extra.costs);
+                in_window = in_window.saturating_sub(u128::from(take_cost(costs, &entry)));
             } else {
                 break;
             }
             self.pending.pop_front();
         }
-        if let Some(answered) = self.answered.as_deref_mut() {
-            while let Some(entry) = answered.front() {
+        if let Some(extra) = self.extra.as_deref_mut() {
+            while let Some(&entry) = extra.answered.front() {
                 if entry.until <= now {
-                    in_window = in_window.saturating_sub(u128::from(entry.cost));
-                    answered.pop_front();
+                    let cost = take_cost(Some(&mut extra.costs), &entry);
+                    in_window = in_window.saturating_sub(u128::from(cost));
+                    extra.answered.pop_front();
                 } else {
                     break;
                 }
             }
-            if answered.is_empty() {
-                self.answered = None;
+            if extra.is_empty() {
+                self.extra = None;
             }
         }
         self.set_in_window(in_window);
@@ -304,7 +359,12 @@ impl WindowLog {
             }
             None => Stamp::NEVER,
         };
-        let entry = Entry::new(id, cost, until, awaits_answer);
+        let mut entry = Entry::new(id, until, awaits_answer);
+        if cost != 1 {
+            entry.tag |= COSTLY;
+            let extra = self.extra.get_or_insert_with(Box::default);
+            extra.costs.insert(entry.id(), cost);
+        }
         if entry.is_unbounded() {
             self.unbounded = self.unbounded.saturating_add(1);
         } else if self.unbounded > 0 {
@@ -422,7 +482,7 @@ impl WindowLog {
     fn insert_answered(&mut self, entry: Entry) {
         // Answers come in time order, but a margin that shrank may put this
         // one before the last: keep the queue sorted (a short walk back).
-        let answered = self.answered.get_or_insert_with(Box::default);
+        let answered = &mut self.extra.get_or_insert_with(Box::default).answered;
         let position = answered
             .iter()
             .rposition(|e| e.leaves_before(&entry))
@@ -484,9 +544,9 @@ impl WindowLog {
     /// Holds every entry `delta` longer (the order is unchanged).
     pub(super) fn extend(&mut self, delta: Duration) {
         let answered = self
-            .answered
+            .extra
             .iter_mut()
-            .flat_map(|answered| answered.iter_mut());
+            .flat_map(|extra| extra.answered.iter_mut());
         for entry in self.pending.iter_mut().chain(answered) {
             // Unbounded stays unbounded.
             entry.until = entry.until.saturating_add(delta);
@@ -499,11 +559,7 @@ impl WindowLog {
     /// The live entries in the order they leave the window.
     fn leaving(&self) -> impl Iterator<Item = &Entry> {
         let mut pending = self.pending.iter().filter(|e| !e.is_moved()).peekable();
-        let mut answered = self
-            .answered
-            .iter()
-            .flat_map(|answered| answered.iter())
-            .peekable();
+        let mut answered = self.answered().peekable();
         std::iter::from_fn(move || match (pending.peek(), answered.peek()) {
             (Some(p), Some(a)) => {
                 if a.leaves_before(p) {
@@ -523,7 +579,7 @@ impl WindowLog {
     fn unit_leaves(&self, unit: u128, now: Instant) -> Option<Instant> {
         let mut seen = 0u128;
         for entry in self.leaving() {
-            seen += u128::from(entry.cost);
+            seen += u128::from(self.cost_of(entry));
             if seen > unit {
                 return (!entry.is_unbounded()).then(|| entry.until.instant());
             }
@@ -596,20 +652,39 @@ impl WindowLog {
             Some(index) if !self.pending[index].is_moved() => &mut self.pending[index],
             // Moved (its tombstone may be gone already) or left the window.
             _ => match self
-                .answered
+                .extra
                 .iter_mut()
-                .flat_map(|answered| answered.iter_mut())
+                .flat_map(|extra| extra.answered.iter_mut())
                 .find(|e| e.id() == id)
             {
                 Some(entry) => entry,
                 None => return false,
             },
         };
-        let recorded = entry.cost;
+        let was_costly = entry.is_costly();
+        if !was_costly && actual == 1 {
+            return false;
+        }
+        if actual == 1 {
+            entry.clear(COSTLY);
+        } else {
+            entry.tag |= COSTLY;
+        }
+        let extra = self.extra.get_or_insert_with(Box::default);
+        let recorded = if was_costly {
+            extra.costs.remove(&id).unwrap_or(1)
+        } else {
+            1
+        };
+        if actual != 1 {
+            extra.costs.insert(id, actual);
+        }
+        if extra.is_empty() {
+            self.extra = None;
+        }
         if actual == recorded {
             return false;
         }
-        entry.cost = actual;
         self.set_in_window(
             self.in_window().saturating_sub(u128::from(recorded)) + u128::from(actual),
         );
@@ -630,9 +705,9 @@ mod tests {
 
     /// Each key holds one log per quota: 112 bytes, the entries aside.
     #[test]
-    fn a_log_is_112_bytes_and_an_entry_24() {
+    fn a_log_is_112_bytes_and_an_entry_16() {
         assert_eq!(std::mem::size_of::<WindowLog>(), 112);
-        assert_eq!(std::mem::size_of::<Entry>(), 24);
+        assert_eq!(std::mem::size_of::<Entry>(), 16);
     }
 
     #[test]
@@ -660,9 +735,9 @@ mod tests {
         }
         // The last answered first: out of order, moved to `answered`.
         assert!(log.answer(2, Stamp::of(start), Duration::ZERO, None));
-        assert!(log.answered.is_some());
+        assert!(log.extra.is_some());
         log.prune(Stamp::of(start + WINDOW));
-        assert!(log.answered.is_none());
+        assert!(log.extra.is_none());
         assert!(!log.is_empty(), "the two unanswered ones are still held");
         log.prune(Stamp::of(start + WINDOW * 2));
         assert!(log.is_empty());
@@ -686,6 +761,9 @@ mod tests {
         Hold,
         /// Time passes.
         Wait { ms: u64 },
+        /// Corrects the `pick`-th admission still held to `actual` units
+        /// (weighted quotas).
+        Correct { pick: usize, actual: u64 },
     }
 
     fn op() -> impl Strategy<Value = Op> {
@@ -705,6 +783,7 @@ mod tests {
                 .prop_map(|(pick, dropped)| Op::Answer { pick, dropped }),
             1 => Just(Op::Hold),
             3 => (0u64..80).prop_map(|ms| Op::Wait { ms }),
+            2 => (any::<usize>(), 0u64..4).prop_map(|(pick, actual)| Op::Correct { pick, actual }),
         ]
     }
 
@@ -822,9 +901,23 @@ mod tests {
                         }
                     }
                     Op::Wait { ms } => now += Duration::from_millis(ms),
+                    Op::Correct { pick, actual } => {
+                        if per_request || model.is_empty() {
+                            continue;
+                        }
+                        let index = pick % model.len();
+                        let entry = &mut model[index];
+                        let changed = log.correct(entry.id, actual);
+                        prop_assert_eq!(changed, entry.cost != actual);
+                        entry.cost = actual;
+                    }
                 }
                 log.prune(Stamp::of(now));
                 model.retain(|e| e.leaves.is_none_or(|at| at > now));
+                if model.is_empty() {
+                    // Nothing held: nothing kept beside the log.
+                    prop_assert!(log.extra.is_none());
+                }
                 let held: u64 = model.iter().map(|e| e.cost).sum();
                 prop_assert_eq!(log.in_window(), u128::from(held));
                 // The instants the units free, in order (`None` last).

@@ -88,7 +88,7 @@ impl Default for Shared {
 }
 
 struct Shard {
-    keys: KeyMap<KeyState>,
+    keys: KeyMap<Box<KeyState>>,
     ops_since_sweep: usize,
     /// `Shared::ops` when this shard was last swept.
     swept_at: usize,

@@ -379,7 +379,7 @@ pub(super) fn entered<'a>(
     limits.check_cost_for(key, cost, Some(priority))?;
     let state = shard
         .keys
-        .get_or_insert_with(hash, key, || KeyState::new(limits, now));
+        .get_or_insert_with(hash, key, || Box::new(KeyState::new(limits, now)));
     state.prune(now);
     if !state.conform(limits) {
         return Err(ConflictingQuotas::new(key.clone()).into());

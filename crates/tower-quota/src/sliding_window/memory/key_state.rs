@@ -17,11 +17,12 @@ use crate::sliding_window::store::{Admission, Completion, QuotaChange};
 use crate::sliding_window::{Limits, Quota};
 use crate::{Announced, Room};
 
-/// The state of one key, kept small: a map of 100,000 keys holds 100,000
-/// of these (and a third more room), so what only some keys need is boxed.
+/// The state of one key. The store's map holds it boxed: the map keeps
+/// room for a third more entries than it holds, and that room then costs a
+/// pointer, not a state. What only some keys need is boxed again.
 pub(super) struct KeyState {
     /// One log per quota.
-    pub(super) windows: Box<[WindowLog]>,
+    pub(super) windows: Logs,
     /// Its waiters (and the limits' `promote_after`), boxed with the first.
     pub(super) queue: Queue,
     /// What the key learns from its provider, boxed: made with the key when
@@ -32,6 +33,51 @@ pub(super) struct KeyState {
     pub(super) warm_at: Stamp,
     /// Its requests in flight, and the most in flight at once lately.
     pub(super) flight: InFlightPeak,
+}
+
+/// A key's logs, one per quota: the one of a key with a single quota (most
+/// keys) kept in place, without an allocation of its own.
+pub(super) enum Logs {
+    One(WindowLog),
+    Many(Box<[WindowLog]>),
+}
+
+impl std::ops::Deref for Logs {
+    type Target = [WindowLog];
+
+    fn deref(&self) -> &[WindowLog] {
+        match self {
+            Logs::One(log) => std::slice::from_ref(log),
+            Logs::Many(logs) => logs,
+        }
+    }
+}
+
+impl std::ops::DerefMut for Logs {
+    fn deref_mut(&mut self) -> &mut [WindowLog] {
+        match self {
+            Logs::One(log) => std::slice::from_mut(log),
+            Logs::Many(logs) => logs,
+        }
+    }
+}
+
+impl<'a> IntoIterator for &'a Logs {
+    type Item = &'a WindowLog;
+    type IntoIter = std::slice::Iter<'a, WindowLog>;
+
+    fn into_iter(self) -> Self::IntoIter {
+        self.iter()
+    }
+}
+
+impl<'a> IntoIterator for &'a mut Logs {
+    type Item = &'a mut WindowLog;
+    type IntoIter = std::slice::IterMut<'a, WindowLog>;
+
+    fn into_iter(self) -> Self::IntoIter {
+        self.iter_mut()
+    }
 }
 
 /// What a key learns from its provider.
@@ -77,13 +123,17 @@ impl KeyState {
         self.learned.as_deref().map(|learned| &learned.pacer)
     }
 
-    pub(super) fn windows_for(limits: &Limits) -> Box<[WindowLog]> {
+    pub(super) fn windows_for(limits: &Limits) -> Logs {
         let margin = limits.safety_margin();
-        limits
-            .quotas()
-            .iter()
-            .map(|quota| WindowLog::new(quota, margin))
-            .collect()
+        match limits.quotas() {
+            [quota] => Logs::One(WindowLog::new(quota, margin)),
+            quotas => Logs::Many(
+                quotas
+                    .iter()
+                    .map(|quota| WindowLog::new(quota, margin))
+                    .collect(),
+            ),
+        }
     }
 
     /// One key has one set of quotas. A layer with other quotas may take
