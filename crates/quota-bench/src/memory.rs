@@ -206,10 +206,9 @@ pub(crate) async fn run() -> Result<(), BoxError> {
             writeln!(
                 body,
                 "`MEMORY USAGE key SAMPLES 0`, summed over every Redis key of each quota key \
-                 (`RedisStore::redis_keys`; exact mode: the sorted-set log, which also holds \
-                 the signature of the key's quota list, and its costs hash when an entry \
-                 costs other than 1; approximate mode: the counter hash and the signature's \
-                 own key), after one admission per key, divided by N. The figure counts the \
+                 (`RedisStore::redis_keys`; exact mode: the sorted-set log and its costs hash \
+                 when an entry costs other than 1; approximate mode: the counter hash; the \
+                 log or the hash also holds the signature of the key's quota list), after one admission per key, divided by N. The figure counts the \
                  Redis key names: here the default prefix and quota keys `tenant-000000` \
                  on, as in `tq:{{tenant-000001}}:log`; each byte more in a key name adds \
                  about a byte per Redis key, rounded up to the allocator's size classes.\n"

@@ -127,12 +127,13 @@
 //!   sets the cost recorded for an admission to the real one (one call from
 //!   a spawned task, with the timeout).
 //! - **One quota list per key.** A key's admissions are counted under one
-//!   list of quotas and safety margin. In exact mode its signature is a
-//!   member, scored `+inf`, of the key's *anchor*: the log of one of its
-//!   quotas, named `{prefix}:{key}:log` whatever the quota, which expires
-//!   with the longest-kept entry of all the key's logs (no Redis key of
-//!   its own; [`RedisStore::redis_keys`] lists them); in approximate mode
-//!   it is a string beside the counters. While a key has admissions in their windows, a
+//!   list of quotas and safety margin. Its signature is kept in the key's
+//!   *anchor*: the log (exact mode, as a member scored `+inf`) or the
+//!   counter hash (approximate mode, as the field `q`) of one of its
+//!   quotas, named `{prefix}:{key}:log` or `{prefix}:{key}:counts`
+//!   whatever the quota, which expires with the longest-kept of the key's
+//!   Redis keys: no Redis key of its own ([`RedisStore::redis_keys`] lists
+//!   them). While a key has admissions in their windows, a
 //!   process (or layer) that gives it another list is refused with
 //!   [`ConflictingQuotas`](tower_quota::sliding_window::ConflictingQuotas),
 //!   as by the in-process store: it would count only its own quotas and
@@ -147,8 +148,8 @@
 //!   different quota keys spread over the masters. The Redis keys of each
 //!   quota share one expiry, only ever extended, to a second past their
 //!   longest-held entry (so most calls need not extend it), and the
-//!   signature (in exact mode, the anchor log that holds it) outlives
-//!   them: idle quotas vanish by themselves. See
+//!   anchor that holds the signature outlives them: idle quotas vanish by
+//!   themselves. See
 //!   [Cluster and Sentinel](#cluster-and-sentinel).
 //! - **Redis version.** The scripts use `ZADD ... LT` and `PEXPIRE ... GT`:
 //!   Redis 7.0 or later.

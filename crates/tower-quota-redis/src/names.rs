@@ -11,9 +11,9 @@ use tower_quota::sliding_window::{InFlightPeak, Limits, Quota};
 /// The Redis keys a quota key's scripts touch, under one list of limits.
 pub(crate) struct Names {
     pub(crate) limits: Limits,
-    /// Exact mode: the log, costs, queue and floors of each quota, then the
-    /// anchor (the log that also holds the signature); approximate mode: the
-    /// counts of each quota, then the signature's key. See [`key_names`].
+    /// Exact mode: the log, costs, queue and floors of each quota;
+    /// approximate mode: the counts of each quota. Then the anchor, which
+    /// also holds the signature. See [`key_names`].
     pub(crate) keys: Vec<String>,
     /// The signature of the limits' quotas and safety margin.
     pub(crate) signature: String,
@@ -147,18 +147,17 @@ impl Names {
 /// class leaves a share free) the jumpers' logs.
 ///
 /// Exact mode: the log, costs, queue and floors of each quota, in the
-/// order of `limits.quotas()`, then the *anchor*. The anchor is the log of
-/// the quota whose own signature sorts first, named `{prefix}:{key}:log`
-/// whatever its quota, and it also holds the signature of the quota list,
-/// as its one member scored `+inf`: every process that counts the key
-/// finds it under one name, and the signature costs no Redis key of its
-/// own. (Two processes with one signature pick the same anchor quota; one
-/// with another is refused while the key is busy, so a log never mixes
-/// two quotas.) The anchor's name is passed twice, as that quota's log and
-/// last.
-///
-/// Approximate mode: the counts of each quota, then the signature's own
-/// key, `{prefix}:{key}:quotas`.
+/// order of `limits.quotas()`; approximate mode: the counter hash of each
+/// quota. Then, last, the *anchor*: the log (or the counters) of the quota
+/// whose own signature sorts first, named `{prefix}:{key}:log` (or
+/// `{prefix}:{key}:counts`) whatever its quota, which also holds the
+/// signature of the quota list (exact: a member scored `+inf`;
+/// approximate: the field `q`) and expires with the longest-kept of the
+/// key's Redis keys. Every process that counts the key finds the
+/// signature under one name, and it costs no Redis key of its own. (Two
+/// processes with one signature pick the same anchor quota; one with
+/// another is refused while the key is busy, so a log never mixes two
+/// quotas.) The anchor's name is passed twice, as its quota's and last.
 pub(crate) fn key_names(
     prefix: &str,
     key: &Key,
@@ -168,22 +167,24 @@ pub(crate) fn key_names(
     let quotas = limits.quotas();
     let mut keys = Vec::with_capacity(quotas.len() * 4 + 1);
     let mut jumpers = Vec::new();
-    if approximate {
-        for quota in quotas {
-            keys.push(format!("{}:counts", quota_key(prefix, key, quota)));
-        }
-        keys.push(format!("{prefix}:{{{key}}}:quotas"));
-        return (keys, jumpers);
-    }
-    let anchor = format!("{prefix}:{{{key}}}:log");
+    let anchor = if approximate {
+        format!("{prefix}:{{{key}}}:counts")
+    } else {
+        format!("{prefix}:{{{key}}}:log")
+    };
     let first = anchor_index(limits);
     for (index, quota) in quotas.iter().enumerate() {
         let base = quota_key(prefix, key, quota);
-        keys.push(if index == first {
-            anchor.clone()
+        if index == first {
+            keys.push(anchor.clone());
+        } else if approximate {
+            keys.push(format!("{base}:counts"));
         } else {
-            format!("{base}:log")
-        });
+            keys.push(format!("{base}:log"));
+        }
+        if approximate {
+            continue;
+        }
         keys.push(format!("{base}:costs"));
         keys.push(format!("{base}:queue"));
         keys.push(format!("{base}:floors"));
@@ -195,7 +196,7 @@ pub(crate) fn key_names(
     (keys, jumpers)
 }
 
-/// Exact mode: the index of the quota whose log is the anchor (see
+/// The index of the quota whose log (or counters) is the anchor (see
 /// [`key_names`]): the first whose signature sorts first, so that lists
 /// with one signature, in any order, agree on it.
 fn anchor_index(limits: &Limits) -> usize {

@@ -228,23 +228,21 @@ impl RedisStore {
     /// admission instants and the sorted set of the reservations' floors
     /// (the earliest instant each could move up to); then, when some class
     /// leaves a share free, each quota's log of the admissions of the
-    /// classes above. One log, the anchor, is named `{prefix}:{key}:log`
-    /// whatever its quota: it also holds the signature of the quota list
-    /// the key is counted under, as a member scored `+inf` (every other
-    /// score is a finite instant).
+    /// classes above. Approximate mode: each quota's counter hash.
     ///
-    /// Approximate mode: each quota's counter hash, then
-    /// `{prefix}:{key}:quotas`, the signature's key.
+    /// One log (or counter hash), the anchor, is named `{prefix}:{key}:log`
+    /// (or `{prefix}:{key}:counts`) whatever its quota: it also holds the
+    /// signature of the quota list the key is counted under, as a member
+    /// scored `+inf` (every other score is a finite instant), or as the
+    /// field `q`.
     ///
     /// All of a key's Redis keys share the hash tag `{key}`, so one script
     /// call touches one Redis Cluster slot.
     pub fn redis_keys(&self, key: &Key, limits: &Limits) -> Vec<String> {
         let (mut keys, jumpers) =
             key_names(&self.inner.prefix, key, limits, self.inner.approximate);
-        if !self.inner.approximate {
-            // The anchor, last, is also one of the quotas' logs.
-            keys.pop();
-        }
+        // The anchor, last, is also one of the quotas'.
+        keys.pop();
         keys.extend(jumpers);
         keys
     }
@@ -929,8 +927,9 @@ impl Inner {
                 .arg(units(quota.max_calls()))
                 .arg(units(quota.units(cost)));
         }
-        let signature_key = names.keys.last().map_or("", String::as_str);
-        invocation.key(signature_key).arg(names.signature.as_str());
+        // The anchor, which holds the signature.
+        let anchor = names.keys.last().map_or("", String::as_str);
+        invocation.key(anchor).arg(names.signature.as_str());
         let reply: Vec<i64> = self.call(key, &invocation).await.map_err(Failure::Store)?;
         let at = reply.get(4).copied().unwrap_or(0).max(1);
         let reservation = Reservation {

@@ -427,13 +427,16 @@ async fn approximate_mode_stays_within_its_documented_bound() {
     let last = times.iter().map(|(at, _)| at / span).max().unwrap();
     assert!((5..=8).contains(&(last - first)), "{first}..{last}");
     // O(1) memory: one hash of a few fields per quota, once the backlog of
-    // reservations has passed.
+    // reservations has passed: two windows, the latest admission and the
+    // quota list's signature (the quota's hash is the anchor).
     store.acquire(key.clone(), 1, layer.limits()).await.unwrap();
-    let fields: usize = server
-        .connection()
-        .hlen(&store.redis_keys(&key, layer.limits())[0])
-        .unwrap();
+    let keys = store.redis_keys(&key, layer.limits());
+    assert_eq!(keys.len(), 1, "{keys:?}");
+    let mut connection = server.connection();
+    let fields: usize = connection.hlen(&keys[0]).unwrap();
     assert!(fields <= 4, "{fields}");
+    let signature: String = connection.hget(&keys[0], "q").unwrap();
+    assert!(signature.ends_with(";m=0us"), "{signature}");
 }
 
 /// Costs and corrections up to `u64::MAX` with quotas up to `u64::MAX`:

@@ -8,8 +8,10 @@
 -- every quota.
 --
 -- KEYS: one hash per quota: field = fixed window index, `t` = the latest
--- admission time; and last, the string holding the signature of the quota
--- list the key is counted under. ARGV: max_wait_us (-1: none), quota count,
+-- admission time; and last, the anchor: the hash of one of the quotas
+-- (passed as that quota's too), which also holds, in field `q`, the
+-- signature of the quota list the key is counted under, and expires with
+-- the longest-kept hash. ARGV: max_wait_us (-1: none), quota count,
 -- then for each quota: span_us, max_calls, units; and last this call's
 -- signature.
 -- Returns {status, wait_us, queued (always 0), limiting, at_us}: status 0 =
@@ -23,8 +25,8 @@ local n = tonumber(ARGV[2])
 if not (max_wait and n) or #KEYS ~= n + 1 or #ARGV ~= 3 + 3 * n then
   return redis.error_reply('ERR approx_acquire: expected a key and 3 arguments per quota, and a signature')
 end
-local signature_key, signature = KEYS[n + 1], ARGV[3 + 3 * n]
-local held = redis.call('GET', signature_key)
+local anchor, signature = KEYS[n + 1], ARGV[3 + 3 * n]
+local held = redis.call('HGET', anchor, 'q')
 if held and held ~= signature then
   return { 4, 0, 0, 0, now }
 end
@@ -105,6 +107,8 @@ for i = 1, n do
   end
 end
 
+-- The longest expiry this call gives a hash: the anchor's, at least.
+local anchor_ttl = 0
 for i = 1, n do
   local k, span = KEYS[i], spans[i]
   if units[i] > 0 then
@@ -112,7 +116,8 @@ for i = 1, n do
     redis.call('HINCRBY', k, fmt(math.floor(at / span)), fmt(units[i]))
     redis.call('HSET', k, 't', fmt(at))
     if redis.call('HLEN', k) > 4 then
-      -- Windows before the previous one no longer count.
+      -- Windows before the previous one no longer count (`t` and `q` are
+      -- no window).
       for _, field in ipairs(redis.call('HKEYS', k)) do
         local w = tonumber(field)
         if field ~= 't' and w and w < current - 1 then
@@ -121,14 +126,21 @@ for i = 1, n do
       end
     end
     local ttl = math.ceil((at - now + 2 * span) / 1000) + 1000
-    redis.call('PEXPIRE', k, fmt(ttl))
-    if not held then
-      redis.call('SET', signature_key, signature)
-      held = signature
+    if k ~= anchor then
+      redis.call('PEXPIRE', k, fmt(ttl))
     end
-    if redis.call('PTTL', signature_key) < ttl then
-      redis.call('PEXPIRE', signature_key, fmt(ttl))
+    if ttl > anchor_ttl then
+      anchor_ttl = ttl
     end
+  end
+end
+if anchor_ttl > 0 then
+  if not held then
+    redis.call('HSET', anchor, 'q', signature)
+  end
+  -- Only ever extended: it outlives every quota's hash.
+  if redis.call('PTTL', anchor) < anchor_ttl then
+    redis.call('PEXPIRE', anchor, fmt(anchor_ttl))
   end
 end
 return { 0, wait, 0, limiting, at }
