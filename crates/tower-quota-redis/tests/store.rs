@@ -359,6 +359,40 @@ async fn one_admission_leaves_one_redis_key_that_holds_the_signature() {
     assert!(ttl > 0, "the anchor expires: {ttl}");
 }
 
+/// The anchor, which holds the quota list's signature, expires no earlier
+/// than any Redis key of its key, in both modes: here the anchor is the
+/// log (or the counters) of a one-second quota, beside a one-minute one.
+#[tokio::test]
+async fn the_anchor_outlives_every_other_redis_key_of_its_key() {
+    let Some(server) = support::shared() else {
+        return;
+    };
+    for approximate in [false, true] {
+        let store = store_in_mode(server, approximate).await;
+        let second = Quota::new(1, Duration::from_secs(1)).unwrap();
+        let minute = Quota::new(5, Duration::from_secs(60)).unwrap();
+        let layer = limits([minute, second]);
+        let key = Key::from("anchored");
+        store.acquire(key.clone(), 1, layer.limits()).await.unwrap();
+        let keys = store.redis_keys(&key, layer.limits());
+        let anchor = keys
+            .iter()
+            .find(|name| name.ends_with(":{anchored}:log") || name.ends_with(":{anchored}:counts"))
+            .unwrap_or_else(|| panic!("an anchor among {keys:?}"));
+        let mut connection = server.connection();
+        let anchor_ttl: i64 = connection.pttl(anchor).unwrap();
+        for name in &keys {
+            let ttl: i64 = connection.pttl(name).unwrap();
+            assert!(
+                ttl == -2 || (ttl > 0 && ttl <= anchor_ttl),
+                "approximate: {approximate}: {name} expires in {ttl} ms, the anchor in {anchor_ttl}"
+            );
+        }
+        // The minute's key is the one that lives long.
+        assert!(anchor_ttl > 50_000, "{anchor_ttl}");
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn script_flush_mid_run_is_invisible_to_callers() {
     let Some(server) = support::shared() else {
