@@ -122,7 +122,7 @@ impl Names {
         }
     }
 
-    /// The keys of the quotas, without the last (the signature's).
+    /// The keys of the quotas, without the last (the anchor, passed again).
     pub(crate) fn quota_keys(&self) -> &[String] {
         &self.keys[..self.keys.len() - 1]
     }
@@ -167,21 +167,17 @@ pub(crate) fn key_names(
     let quotas = limits.quotas();
     let mut keys = Vec::with_capacity(quotas.len() * 4 + 1);
     let mut jumpers = Vec::new();
-    let anchor = if approximate {
-        format!("{prefix}:{{{key}}}:counts")
-    } else {
-        format!("{prefix}:{{{key}}}:log")
-    };
+    // What the anchor is of its quota: its counters, or its log.
+    let kind = if approximate { "counts" } else { "log" };
+    let anchor = format!("{prefix}:{{{key}}}:{kind}");
     let first = anchor_index(limits);
     for (index, quota) in quotas.iter().enumerate() {
         let base = quota_key(prefix, key, quota);
-        if index == first {
-            keys.push(anchor.clone());
-        } else if approximate {
-            keys.push(format!("{base}:counts"));
+        keys.push(if index == first {
+            anchor.clone()
         } else {
-            keys.push(format!("{base}:log"));
-        }
+            format!("{base}:{kind}")
+        });
         if approximate {
             continue;
         }
