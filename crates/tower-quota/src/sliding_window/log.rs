@@ -40,12 +40,12 @@ use super::stamp::Stamp;
 /// more than half of it.
 const COMPACT_AT: usize = 64;
 
+/// A log keeps no copy of its quota: the key keeps its limits once for
+/// all its logs and passes each log what it counts against ([`Counted`]).
 pub(super) struct WindowLog {
-    quota: Quota,
+    /// The size the log holds the key to: the quota's `max_calls`, or less
+    /// once a provider announced less.
     max_calls: u64,
-    /// The window plus the configured safety margin, in nanoseconds
-    /// (saturating: 584 years).
-    span: u64,
     pending: VecDeque<Entry>,
     /// `answered`, and the costs of the entries that do not cost 1: boxed,
     /// and only while it holds something. A key whose requests cost 1 and
@@ -106,9 +106,31 @@ fn split(value: u128) -> [u64; 2] {
     [(value >> 64) as u64, value as u64]
 }
 
-/// `window + margin` in nanoseconds, saturating.
-fn span_nanos(window: Duration, margin: Duration) -> u64 {
-    u64::try_from(window.saturating_add(margin).as_nanos()).unwrap_or(u64::MAX)
+/// What a log counts against: its quota, and its span, the window plus
+/// the safety margin (an entry holds its slot that long past its bound or
+/// its answer).
+#[derive(Clone, Copy)]
+pub(super) struct Counted {
+    quota: Quota,
+    span: Duration,
+}
+
+impl Counted {
+    pub(super) fn new(quota: &Quota, margin: Duration) -> Self {
+        Counted {
+            quota: *quota,
+            span: quota.window().saturating_add(margin),
+        }
+    }
+
+    /// The units a request of `cost` takes of the quota.
+    fn units(&self, cost: u64) -> u64 {
+        self.quota.units(cost)
+    }
+
+    pub(super) fn quota(&self) -> Quota {
+        self.quota
+    }
 }
 
 /// Makes room for one more entry in `entries`, doubling from one entry up
@@ -193,11 +215,9 @@ impl Entry {
 }
 
 impl WindowLog {
-    pub(super) fn new(quota: &Quota, margin: Duration) -> Self {
+    pub(super) fn new(quota: &Quota) -> Self {
         WindowLog {
-            quota: *quota,
             max_calls: quota.max_calls(),
-            span: span_nanos(quota.window(), margin),
             pending: VecDeque::new(),
             extra: None,
             moved: 0,
@@ -205,27 +225,6 @@ impl WindowLog {
             last_bound: Stamp::EARLIEST,
             in_window: [0; 2],
         }
-    }
-
-    /// The window plus the configured safety margin.
-    fn span(&self) -> Duration {
-        Duration::from_nanos(self.span)
-    }
-
-    pub(super) fn quota(&self) -> Quota {
-        self.quota
-    }
-
-    pub(super) fn is_per_request(&self) -> bool {
-        self.quota.is_per_request()
-    }
-
-    pub(super) fn matches(&self, quota: &Quota, margin: Duration) -> bool {
-        self.quota == *quota && self.span == span_nanos(quota.window(), margin)
-    }
-
-    fn units(&self, cost: u64) -> u64 {
-        self.quota.units(cost)
     }
 
     pub(super) fn is_empty(&self) -> bool {
@@ -291,15 +290,21 @@ impl WindowLog {
     }
 
     /// Whether a request of `cost` fits and leaves `keep` units free.
-    pub(super) fn has_room(&self, cost: u64, keep: u64) -> bool {
-        let units = self.units(cost);
+    pub(super) fn has_room(&self, counted: &Counted, cost: u64, keep: u64) -> bool {
+        let units = counted.units(cost);
         self.in_window() + u128::from(units) + u128::from(keep) <= self.capacity(units)
     }
 
     /// The units a request of `cost` leaves free for the classes above
     /// `class`.
-    pub(super) fn keep(&self, limits: &super::Limits, class: super::Priority, cost: u64) -> u64 {
-        let units = self.units(cost);
+    pub(super) fn keep(
+        &self,
+        counted: &Counted,
+        limits: &super::Limits,
+        class: super::Priority,
+        cost: u64,
+    ) -> u64 {
+        let units = counted.units(cost);
         let room = u64::try_from(self.capacity(units)).unwrap_or(u64::MAX) - units;
         limits.reserved_units(class, self.max_calls).min(room)
     }
@@ -324,8 +329,8 @@ impl WindowLog {
 
     /// Holds the key to `size` units per window (at least 1, at most the
     /// quota's `max_calls`); returns the size now.
-    pub(super) fn resize(&mut self, size: u64) -> u64 {
-        self.max_calls = size.clamp(1, self.quota.max_calls());
+    pub(super) fn resize(&mut self, counted: &Counted, size: u64) -> u64 {
+        self.max_calls = size.clamp(1, counted.quota.max_calls());
         self.max_calls
     }
 
@@ -334,13 +339,14 @@ impl WindowLog {
     /// caller reports its answer.
     pub(super) fn record(
         &mut self,
+        counted: &Counted,
         cost: u64,
         id: u64,
         sent_by: Option<Stamp>,
         extra: Duration,
         awaits_answer: bool,
     ) {
-        let cost = self.units(cost);
+        let cost = counted.units(cost);
         if cost == 0 {
             return;
         }
@@ -351,7 +357,7 @@ impl WindowLog {
             Some(_) if self.unbounded > 0 && awaits_answer => Stamp::NEVER,
             Some(at) => {
                 let until = at
-                    .saturating_add(self.span())
+                    .saturating_add(counted.span)
                     .saturating_add(extra)
                     .max(self.last_bound);
                 self.last_bound = until;
@@ -385,6 +391,7 @@ impl WindowLog {
     /// held as if answered `grace` after the drop.
     pub(super) fn answer(
         &mut self,
+        counted: &Counted,
         id: u64,
         at: Stamp,
         extra: Duration,
@@ -393,7 +400,7 @@ impl WindowLog {
         let Some(index) = self.find(id) else {
             return false;
         };
-        let span = self.span();
+        let span = counted.span;
         let entry = &mut self.pending[index];
         entry.clear(AWAITS_ANSWER);
         let until = at
@@ -591,13 +598,19 @@ impl WindowLog {
     /// The earliest instant `cost` more units fit, given the log as it is;
     /// `None` when it depends on an answer still to come (strict mode). The
     /// log must be pruned at `now`.
-    pub(super) fn earliest(&self, now: Instant, cost: u64, keep: u64) -> Option<Instant> {
-        if self.has_room(cost, keep) {
+    pub(super) fn earliest(
+        &self,
+        counted: &Counted,
+        now: Instant,
+        cost: u64,
+        keep: u64,
+    ) -> Option<Instant> {
+        if self.has_room(counted, cost, keep) {
             return Some(now);
         }
         // Units that must leave the window first: the entry holding the last
         // of them decides.
-        let units = self.units(cost);
+        let units = counted.units(cost);
         let must_leave = (self.in_window() + u128::from(units) + u128::from(keep))
             .saturating_sub(self.capacity(units));
         self.unit_leaves(must_leave.saturating_sub(1), now)
@@ -609,12 +622,14 @@ impl WindowLog {
     /// pruned at `now`.
     pub(super) fn projected_wait(
         &self,
+        counted: &Counted,
         now: Instant,
         cost: u64,
         requests: u64,
         keep: u64,
     ) -> Duration {
-        let units = if self.is_per_request() {
+        let span = counted.span;
+        let units = if counted.quota.is_per_request() {
             requests
         } else {
             cost
@@ -634,13 +649,13 @@ impl WindowLog {
         let unit = beyond % u128::from(self.max_calls);
         let first = if unit < in_window {
             self.unit_leaves(unit, now)
-                .map_or(self.span(), |at| at.saturating_duration_since(now))
+                .map_or(span, |at| at.saturating_duration_since(now))
         } else {
-            self.span()
+            span
         };
         u32::try_from(cycles)
             .ok()
-            .and_then(|cycles| self.span().checked_mul(cycles))
+            .and_then(|cycles| span.checked_mul(cycles))
             .and_then(|later| later.checked_add(first))
             .unwrap_or(Duration::MAX)
     }
@@ -703,10 +718,10 @@ mod tests {
 
     const WINDOW: Duration = Duration::from_millis(100);
 
-    /// Each key holds one log per quota: 112 bytes, the entries aside.
+    /// Each key holds one log per quota: 80 bytes, the entries aside.
     #[test]
-    fn a_log_is_112_bytes_and_an_entry_16() {
-        assert_eq!(std::mem::size_of::<WindowLog>(), 112);
+    fn a_log_is_80_bytes_and_an_entry_16() {
+        assert_eq!(std::mem::size_of::<WindowLog>(), 80);
         assert_eq!(std::mem::size_of::<Entry>(), 16);
     }
 
@@ -728,13 +743,21 @@ mod tests {
     #[test]
     fn answered_entries_leave_with_their_queue() {
         let quota = Quota::new(10, WINDOW).unwrap();
-        let mut log = WindowLog::new(&quota, Duration::ZERO);
+        let counted = Counted::new(&quota, Duration::ZERO);
+        let mut log = WindowLog::new(&quota);
         let start = Instant::now();
         for id in 0..3 {
-            log.record(1, id, Some(Stamp::of(start + WINDOW)), Duration::ZERO, true);
+            log.record(
+                &counted,
+                1,
+                id,
+                Some(Stamp::of(start + WINDOW)),
+                Duration::ZERO,
+                true,
+            );
         }
         // The last answered first: out of order, moved to `answered`.
-        assert!(log.answer(2, Stamp::of(start), Duration::ZERO, None));
+        assert!(log.answer(&counted, 2, Stamp::of(start), Duration::ZERO, None));
         assert!(log.extra.is_some());
         log.prune(Stamp::of(start + WINDOW));
         assert!(log.extra.is_none());
@@ -806,16 +829,17 @@ mod tests {
             wanted in 0u64..800,
         ) {
             let quota = Quota::per_request(1_000, WINDOW).unwrap();
-            let mut log = WindowLog::new(&quota, MARGIN);
+            let counted = Counted::new(&quota, MARGIN);
+            let mut log = WindowLog::new(&quota);
             let now = Instant::now();
             let mut id = 0;
             for gap in &gaps {
                 id += gap;
-                log.record(1, id, Some(Stamp::of(now)), Duration::ZERO, true);
+                log.record(&counted, 1, id, Some(Stamp::of(now)), Duration::ZERO, true);
             }
             for _ in 0..popped.min(log.pending.len()) {
                 log.pending.pop_front();
-                log.record(1, id + 1, Some(Stamp::of(now)), Duration::ZERO, true);
+                log.record(&counted, 1, id + 1, Some(Stamp::of(now)), Duration::ZERO, true);
                 id += 1;
             }
             let expected = log.pending.binary_search_by_key(&wanted, Entry::id).ok();
@@ -842,7 +866,8 @@ mod tests {
             }
             .unwrap();
             let span = WINDOW + MARGIN;
-            let mut log = WindowLog::new(&quota, MARGIN);
+            let counted = Counted::new(&quota, MARGIN);
+            let mut log = WindowLog::new(&quota);
             let mut model: Vec<Modelled> = Vec::new();
             let mut last_bound: Option<Instant> = None;
             let mut now = Instant::now();
@@ -850,11 +875,11 @@ mod tests {
             for op in ops {
                 match op {
                     Op::Record { cost, bound, awaits } => {
-                        if !log.has_room(cost, 0) {
+                        if !log.has_room(&counted, cost, 0) {
                             continue;
                         }
                         let sent_by = bound.map(|ms| now + Duration::from_millis(ms));
-                        log.record(cost, next_id, sent_by.map(Stamp::of), Duration::ZERO, awaits);
+                        log.record(&counted, cost, next_id, sent_by.map(Stamp::of), Duration::ZERO, awaits);
                         let held = model.iter().any(|e| e.leaves.is_none());
                         let leaves = match sent_by {
                             Some(_) if held && awaits => None,
@@ -880,6 +905,7 @@ mod tests {
                         }
                         let entry = &mut model[awaiting[pick % awaiting.len()]];
                         log.answer(
+                            &counted,
                             entry.id,
                             Stamp::of(now),
                             Duration::ZERO,
@@ -939,7 +965,7 @@ mod tests {
                             })
                             .and_then(|(at, _)| *at)
                     };
-                    prop_assert_eq!(log.earliest(now, want, 0), expected, "{} more units", want);
+                    prop_assert_eq!(log.earliest(&counted, now, want, 0), expected, "{} more units", want);
                 }
             }
         }

@@ -213,11 +213,7 @@ impl Store for MemoryStore {
         let Some(state) = shard.keys.get_mut(hash, admission.key()) else {
             return;
         };
-        let mut changed = false;
-        for window in state.windows.iter_mut().filter(|w| !w.is_per_request()) {
-            changed |= window.correct(admission.id(), actual_cost);
-        }
-        if changed {
+        if state.correct(admission.id(), actual_cost) {
             // The head's instant may have moved: let it look again.
             state.wake_head();
         }

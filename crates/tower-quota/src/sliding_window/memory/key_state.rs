@@ -8,7 +8,7 @@ use tokio::time::Instant;
 use crate::sliding_window::drift::DriftMargin;
 use crate::sliding_window::events::{self, Adaptation};
 use crate::sliding_window::flight::InFlightPeak;
-use crate::sliding_window::log::WindowLog;
+use crate::sliding_window::log::{Counted, WindowLog};
 use crate::sliding_window::pacer::{Adapted, Pacer};
 use crate::sliding_window::queue::{Queue, Spot};
 use crate::sliding_window::schedule::Priority;
@@ -21,7 +21,10 @@ use crate::{Announced, Room};
 /// room for a third more entries than it holds, and that room then costs a
 /// pointer, not a state. What only some keys need is boxed again.
 pub(super) struct KeyState {
-    /// One log per quota.
+    /// The limits its logs count against (the key's quotas and safety
+    /// margin): kept once here, not in each log.
+    limits: Limits,
+    /// One log per quota of `limits`, in their order.
     pub(super) windows: Logs,
     /// Its waiters (and the limits' `promote_after`), boxed with the first.
     pub(super) queue: Queue,
@@ -104,6 +107,7 @@ impl KeyState {
             warm_at: Stamp::of(now).saturating_add(shortest),
             flight: InFlightPeak::new(now),
             windows: Self::windows_for(limits),
+            limits: limits.clone(),
             queue: Queue::default(),
             learned: limits.reports_refusals().then(|| {
                 Box::new(Learned {
@@ -123,30 +127,37 @@ impl KeyState {
         self.learned.as_deref().map(|learned| &learned.pacer)
     }
 
-    pub(super) fn windows_for(limits: &Limits) -> Logs {
-        let margin = limits.safety_margin();
+    fn windows_for(limits: &Limits) -> Logs {
         match limits.quotas() {
-            [quota] => Logs::One(WindowLog::new(quota, margin)),
-            quotas => Logs::Many(
-                quotas
-                    .iter()
-                    .map(|quota| WindowLog::new(quota, margin))
-                    .collect(),
-            ),
+            [quota] => Logs::One(WindowLog::new(quota)),
+            quotas => Logs::Many(quotas.iter().map(WindowLog::new).collect()),
         }
+    }
+
+    /// Each log with what it counts against.
+    fn counted(&self) -> impl Iterator<Item = (&WindowLog, Counted)> {
+        let margin = self.limits.safety_margin();
+        self.windows
+            .iter()
+            .zip(self.limits.quotas())
+            .map(move |(window, quota)| (window, Counted::new(quota, margin)))
+    }
+
+    /// [`counted`](Self::counted), each log to change.
+    fn counted_mut(&mut self) -> impl Iterator<Item = (&mut WindowLog, Counted)> {
+        let margin = self.limits.safety_margin();
+        self.windows
+            .iter_mut()
+            .zip(self.limits.quotas())
+            .map(move |(window, quota)| (window, Counted::new(quota, margin)))
     }
 
     /// One key has one set of quotas. A layer with other quotas may take
     /// over an idle key; a busy one is not replaced (its admissions would go
     /// uncounted): returns `false`.
     pub(super) fn conform(&mut self, limits: &Limits) -> bool {
-        let margin = limits.safety_margin();
-        let same = self.windows.len() == limits.quotas().len()
-            && self
-                .windows
-                .iter()
-                .zip(limits.quotas())
-                .all(|(w, q)| w.matches(q, margin));
+        let same = self.limits.quotas() == limits.quotas()
+            && self.limits.safety_margin() == limits.safety_margin();
         if same {
             self.queue.set_promote_after(limits.promote_after());
             return true;
@@ -155,6 +166,7 @@ impl KeyState {
             return false;
         }
         self.windows = Self::windows_for(limits);
+        self.limits = limits.clone();
         if let Some(learned) = self.learned.as_deref_mut() {
             learned.announced = Vec::new();
         }
@@ -177,22 +189,28 @@ impl KeyState {
                 .count()
                 > 1;
             let quotas_of_window = self
-                .windows
+                .limits
+                .quotas()
                 .iter()
-                .filter(|window| window.quota().window() == quota.window)
+                .filter(|configured| configured.window() == quota.window)
                 .count();
             if shared_window && quotas_of_window < 2 {
                 // Which of the two the one quota counts is not known.
                 continue;
             }
-            let mut candidates = self.windows.iter().enumerate().filter(|(_, window)| {
-                let kind = if shared_window {
-                    quota.weighted != window.is_per_request()
-                } else {
-                    !quota.weighted || !window.is_per_request()
-                };
-                window.quota().window() == quota.window && kind
-            });
+            let mut candidates =
+                self.limits
+                    .quotas()
+                    .iter()
+                    .enumerate()
+                    .filter(|(_, configured)| {
+                        let kind = if shared_window {
+                            quota.weighted != configured.is_per_request()
+                        } else {
+                            !quota.weighted || !configured.is_per_request()
+                        };
+                        configured.window() == quota.window && kind
+                    });
             // One quota per window, or the announcement is ambiguous.
             let (Some((index, _)), None) = (candidates.next(), candidates.next()) else {
                 continue;
@@ -207,11 +225,12 @@ impl KeyState {
             }
             let first = announced[index].is_none();
             announced[index] = Some(quota.max_calls);
+            let configured = self.limits.quotas()[index];
+            let counted = Counted::new(&configured, self.limits.safety_margin());
             let window = &mut self.windows[index];
-            let configured = window.quota();
             let before = window.size();
             let held_to = if follow {
-                window.resize(quota.max_calls)
+                window.resize(&counted, quota.max_calls)
             } else {
                 configured.max_calls()
             };
@@ -231,9 +250,10 @@ impl KeyState {
     }
 
     pub(super) fn shortest_window(&self) -> Duration {
-        self.windows
+        self.limits
+            .quotas()
             .iter()
-            .map(|w| w.quota().window())
+            .map(Quota::window)
             .min()
             .unwrap_or(Duration::ZERO)
     }
@@ -244,8 +264,9 @@ impl KeyState {
         let shortest = self.shortest_window();
         self.windows
             .iter()
-            .filter(|window| window.quota().window() == shortest)
-            .any(|window| window.held().saturating_mul(10) >= u128::from(window.size()) * 9)
+            .zip(self.limits.quotas())
+            .filter(|(_, quota)| quota.window() == shortest)
+            .any(|(window, _)| window.held().saturating_mul(10) >= u128::from(window.size()) * 9)
     }
 
     pub(super) fn extra_margin(&self, now: Instant) -> Duration {
@@ -272,9 +293,8 @@ impl KeyState {
         limits: &Limits,
         class: Priority,
     ) -> bool {
-        self.windows
-            .iter()
-            .all(|w| w.has_room(cost, w.keep(limits, class, cost)))
+        self.counted()
+            .all(|(w, counted)| w.has_room(&counted, cost, w.keep(&counted, limits, class, cost)))
             && self.pacer().is_none_or(|pacer| {
                 pacer.earliest(cost, limits).is_none_or(|at| at <= now)
                     && pacer.awaits_answer(now, limits).is_none()
@@ -312,8 +332,8 @@ impl KeyState {
         let until_answered = limits.is_strict() || (lagging && answers);
         let sent_by = (!until_answered).then(|| stamp.saturating_add(sent_within));
         let extra = self.extra_margin(now);
-        for window in &mut self.windows {
-            window.record(cost, id, sent_by, extra, answers);
+        for (window, counted) in self.counted_mut() {
+            window.record(&counted, cost, id, sent_by, extra, answers);
         }
         let learned = self.learned.as_deref_mut()?;
         learned.pacer.admitted(now, id, cost, limits)
@@ -336,15 +356,16 @@ impl KeyState {
         let paced = pacer.and_then(|pacer| pacer.earliest(cost, limits));
         let mut latest: (Option<Instant>, Option<Quota>) =
             (Some(paced.map_or(now, |at| at.max(now))), None);
-        for window in &self.windows {
-            let at = window.earliest(now, cost, window.keep(limits, class, cost));
+        for (window, counted) in self.counted() {
+            let keep = window.keep(&counted, limits, class, cost);
+            let at = window.earliest(&counted, now, cost, keep);
             let later = match (at, latest.0) {
                 (None, Some(_)) => true,
                 (Some(at), Some(current)) => at > current,
                 (_, None) => false,
             };
             if later {
-                latest = (at, Some(window.quota()));
+                latest = (at, Some(counted.quota()));
             }
         }
         latest
@@ -358,9 +379,11 @@ impl KeyState {
         limits: &Limits,
         class: Priority,
     ) -> Duration {
-        self.windows
-            .iter()
-            .map(|w| w.projected_wait(now, cost, requests, w.keep(limits, class, cost)))
+        self.counted()
+            .map(|(w, counted)| {
+                let keep = w.keep(&counted, limits, class, cost);
+                w.projected_wait(&counted, now, cost, requests, keep)
+            })
             .max()
             .unwrap_or(Duration::ZERO)
     }
@@ -425,8 +448,20 @@ impl KeyState {
             .learned
             .as_deref_mut()
             .is_some_and(|learned| learned.pacer.answered(admission.id()));
-        for window in &mut self.windows {
-            changed |= window.answer(admission.id(), at, extra, dropped);
+        for (window, counted) in self.counted_mut() {
+            changed |= window.answer(&counted, admission.id(), at, extra, dropped);
+        }
+        changed
+    }
+
+    /// Changes the cost of admission `id` to `actual` in the logs of the
+    /// quotas that count costs; returns whether anything changed.
+    pub(super) fn correct(&mut self, id: u64, actual: u64) -> bool {
+        let mut changed = false;
+        for (window, quota) in self.windows.iter_mut().zip(self.limits.quotas()) {
+            if !quota.is_per_request() {
+                changed |= window.correct(id, actual);
+            }
         }
         changed
     }
@@ -439,5 +474,17 @@ impl KeyState {
         {
             self.queue.wake(head);
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Every key of a store holds one: its limits, one log in place (its
+    /// entries aside), and pointers to what only some keys need.
+    #[test]
+    fn a_key_state_is_128_bytes() {
+        assert_eq!(std::mem::size_of::<KeyState>(), 128);
     }
 }
