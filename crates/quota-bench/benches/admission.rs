@@ -161,6 +161,19 @@ fn admit_one_task(c: &mut Criterion) {
         black_box(governor.check())
     });
 
+    // governor's keyed limiter (a GCRA cell per key in a DashMap) on the
+    // same 100,000 `u64` keys in turn: what admitting by key costs when
+    // the keys' state is larger than the caches.
+    let governor_keyed = governor::RateLimiter::keyed(governor::Quota::per_second(NonZeroU32::MAX));
+    for id in 0..LIVE_KEYS {
+        black_box(governor_keyed.check_key(&id)).expect("room for every key");
+    }
+    let mut next_governed = 0;
+    row(&mut group, GROUP, "governor_keyed", || {
+        next_governed = (next_governed + 1) % LIVE_KEYS;
+        black_box(governor_keyed.check_key(&next_governed))
+    });
+
     // For reference: reading the clock that tower-quota, tower and
     // tower-resilience use (governor reads quanta's TSC clock instead).
     row(
