@@ -14,7 +14,7 @@
 //! evicted in amortized sweeps, so memory follows the active keys.
 
 use std::fmt;
-use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError, TryLockError};
 use std::time::Duration;
 
@@ -63,7 +63,6 @@ pub struct MemoryStore {
 struct Shared {
     shards: Box<[Mutex<Shard>]>,
     hasher: KeyHasher,
-    next_admission: AtomicU64,
     /// Operations on every shard, and the shard the next global sweep
     /// visits: idle keys are swept by traffic to any key.
     ops: AtomicUsize,
@@ -76,10 +75,9 @@ impl Default for Shared {
         let hasher = KeyHasher::default();
         Shared {
             shards: (0..SHARDS)
-                .map(|_| Mutex::new(Shard::new(hasher.clone())))
+                .map(|index| Mutex::new(Shard::new(hasher.clone(), index)))
                 .collect(),
             hasher,
-            next_admission: AtomicU64::new(0),
             ops: AtomicUsize::new(0),
             cursor: AtomicUsize::new(0),
             lag: LagProbe::new(),
@@ -89,6 +87,7 @@ impl Default for Shared {
 
 struct Shard {
     keys: KeyMap<Box<KeyState>>,
+    ids: AdmissionIds,
     ops_since_sweep: usize,
     /// `Shared::ops` when this shard was last swept.
     swept_at: usize,
@@ -105,9 +104,10 @@ struct Shard {
 }
 
 impl Shard {
-    fn new(hasher: KeyHasher) -> Self {
+    fn new(hasher: KeyHasher, index: usize) -> Self {
         Shard {
             keys: KeyMap::new(hasher),
+            ids: AdmissionIds::new(index),
             ops_since_sweep: 0,
             swept_at: 0,
             kept: 0,
@@ -116,6 +116,37 @@ impl Shard {
             #[cfg(test)]
             examined: 0,
         }
+    }
+}
+
+/// The ids a shard gives its admissions, under its lock: no counter shared
+/// by the shards. Increasing (a key's admissions are all its shard's), and
+/// unique in the store: the shard's index in bits 57 to 60, the shard's
+/// count of admissions below. Below 2^61, as a log needs; 2^57 admissions
+/// of one shard would take 4.5 years at one a nanosecond, and past them
+/// the count stays at its last value.
+struct AdmissionIds {
+    next: u64,
+}
+
+impl AdmissionIds {
+    const COUNT_BITS: u32 = 57;
+
+    fn new(index: usize) -> Self {
+        // SHARDS (16) fits the 4 bits above the count.
+        const _: () = assert!(SHARDS <= 1 << (61 - AdmissionIds::COUNT_BITS));
+        AdmissionIds {
+            next: (index as u64) << Self::COUNT_BITS,
+        }
+    }
+
+    fn take(&mut self) -> u64 {
+        let id = self.next;
+        let count_max = (1 << Self::COUNT_BITS) - 1;
+        if id & count_max != count_max {
+            self.next += 1;
+        }
+        id
     }
 }
 
@@ -195,16 +226,27 @@ impl Store for MemoryStore {
         place: &Place,
     ) -> Option<Result<Admission, BoxError>> {
         let (hash, shard) = self.shared.shard(key);
-        let mut shard = lock(shard);
+        let mut guard = lock(shard);
+        let shard = &mut *guard;
         let now = Instant::now();
-        self.shared.tick(&mut shard, now);
-        let state = match entered(&mut shard, hash, key, cost, limits, place.priority, now) {
+        self.shared.tick(shard, now);
+        let state = match entered(
+            &mut shard.keys,
+            hash,
+            key,
+            cost,
+            limits,
+            place.priority,
+            now,
+        ) {
             Ok(state) => state,
             Err(error) => return Some(Err(error)),
         };
         let class = place.priority;
-        (state.queue.none_before(class) && state.has_room(now, cost, limits, class))
-            .then(|| Ok(admit_now(&self.shared, state, key, cost, limits, now)))
+        (state.queue.none_before(class) && state.has_room(now, cost, limits, class)).then(|| {
+            let id = shard.ids.take();
+            Ok(admit_now(&self.shared, state, id, key, cost, limits, now))
+        })
     }
 
     fn correct(&self, admission: &Admission, actual_cost: u64) {

@@ -778,12 +778,8 @@ mod weighted {
             .layer(weighted_clock());
         let store = service.store().clone();
         let start = Instant::now();
-        service
-            .clone()
-            .oneshot(Call {
-                cost: 90,
-                used: None,
-            })
+        let first = store
+            .acquire(Key::GLOBAL, 90, service.limits())
             .await
             .unwrap();
         // Waits for the 90 to leave the window, 10 s away...
@@ -793,8 +789,8 @@ mod weighted {
         }));
         tokio::time::sleep(Duration::from_secs(1)).await;
         assert!(!waiting.is_finished());
-        // ...until the first admission (id 0 of this store) is corrected to 10.
-        store.correct(&Admission::new(Key::GLOBAL, 0, 90, Duration::ZERO, 0), 10);
+        // ...until the first admission is corrected to 10.
+        store.correct(&first, 10);
         let admitted = waiting.await.unwrap().unwrap().into_body() - start;
         assert_eq!(admitted, Duration::from_secs(1));
     }

@@ -6,14 +6,14 @@ use std::fmt;
 use std::future::Future;
 use std::pin::Pin;
 use std::sync::Arc;
-use std::sync::atomic::Ordering;
 use std::task::{Context, Poll};
 use std::time::Duration;
 
 use pin_project_lite::pin_project;
 use tokio::time::{Instant, Sleep};
 
-use super::{KeyState, Shard, Shared, lock};
+use super::{AdmissionIds, KeyState, Shared, lock};
+use crate::keymap::KeyMap;
 use crate::sliding_window::error::{
     ConflictingQuotas, DeadlineUnreachable, OverloadReason, Overloaded,
 };
@@ -143,14 +143,15 @@ impl Future for Acquire {
         loop {
             let step = {
                 let (hash, shard) = this.shared.shard(this.key);
-                let mut shard = lock(shard);
+                let mut guard = lock(shard);
+                let shard = &mut *guard;
                 // Read under the lock, so that admissions are recorded in the
                 // order of their instants.
                 let now = Instant::now();
-                this.shared.tick(&mut shard, now);
+                this.shared.tick(shard, now);
                 match this.state {
                     AcquireState::Start => match entered(
-                        &mut shard,
+                        &mut shard.keys,
                         hash,
                         this.key,
                         *this.cost,
@@ -163,6 +164,7 @@ impl Future for Acquire {
                             state,
                             Arrival {
                                 shared: this.shared,
+                                ids: &mut shard.ids,
                                 key: this.key,
                                 cost: *this.cost,
                                 limits: this.limits,
@@ -185,6 +187,7 @@ impl Future for Acquire {
                             state,
                             Waiting {
                                 shared: this.shared,
+                                ids: &mut shard.ids,
                                 key: this.key,
                                 cost: *this.cost,
                                 limits: this.limits,
@@ -259,6 +262,7 @@ fn early_wake(at: Instant, now: Instant) -> Instant {
 
 struct Waiting<'a> {
     shared: &'a Arc<Shared>,
+    ids: &'a mut AdmissionIds,
     key: &'a Key,
     cost: u64,
     limits: &'a Limits,
@@ -314,7 +318,7 @@ fn waiting(state: &mut KeyState, this: Waiting<'_>, now: Instant, cx: &mut Conte
         .unwrap_or(now)
         .saturating_duration_since(this.enqueued_at);
     if at.is_some_and(|at| at <= now) {
-        let id = this.shared.next_admission.fetch_add(1, Ordering::Relaxed);
+        let id = this.ids.take();
         let lagging = this.shared.lag.is_lagging(now);
         if let Some(adapted) = state.record(now, this.cost, id, this.limits, lagging) {
             events::rate_adapted(this.key, adapted, Adaptation::Recovered);
@@ -368,7 +372,7 @@ fn waiting(state: &mut KeyState, this: Waiting<'_>, now: Instant, cx: &mut Conte
 /// at `now`, created if new and pruned; the request's error when its cost
 /// exceeds a quota or the key is busy under other quotas.
 pub(super) fn entered<'a>(
-    shard: &'a mut Shard,
+    keys: &'a mut KeyMap<Box<KeyState>>,
     hash: u64,
     key: &Key,
     cost: u64,
@@ -377,9 +381,7 @@ pub(super) fn entered<'a>(
     now: Instant,
 ) -> Result<&'a mut KeyState, BoxError> {
     limits.check_cost_for(key, cost, Some(priority))?;
-    let state = shard
-        .keys
-        .get_or_insert_with(hash, key, || Box::new(KeyState::new(limits, now)));
+    let state = keys.get_or_insert_with(hash, key, || Box::new(KeyState::new(limits, now)));
     state.prune(now);
     if !state.conform(limits) {
         return Err(ConflictingQuotas::new(key.clone()).into());
@@ -391,12 +393,12 @@ pub(super) fn entered<'a>(
 pub(super) fn admit_now(
     shared: &Shared,
     state: &mut KeyState,
+    id: u64,
     key: &Key,
     cost: u64,
     limits: &Limits,
     now: Instant,
 ) -> Admission {
-    let id = shared.next_admission.fetch_add(1, Ordering::Relaxed);
     let lagging = shared.lag.is_lagging(now);
     if let Some(adapted) = state.record(now, cost, id, limits, lagging) {
         events::rate_adapted(key, adapted, Adaptation::Recovered);
@@ -406,6 +408,7 @@ pub(super) fn admit_now(
 
 struct Arrival<'a> {
     shared: &'a Arc<Shared>,
+    ids: &'a mut AdmissionIds,
     key: &'a Key,
     cost: u64,
     limits: &'a Limits,
@@ -430,6 +433,7 @@ fn arrive(
         return Step::Ready(Ok(admit_now(
             this.shared,
             state,
+            this.ids.take(),
             this.key,
             cost,
             this.limits,
