@@ -513,3 +513,34 @@ impl Shard {
         self.keys.shrink_if_sparse(64);
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A shard's ids increase, stay below 2^61 and never meet another
+    /// shard's, also once its count is spent.
+    #[test]
+    fn admission_ids_increase_per_shard_and_never_meet_another_shards() {
+        let mut shards: Vec<AdmissionIds> = (0..SHARDS).map(AdmissionIds::new).collect();
+        let ids: Vec<Vec<u64>> = shards
+            .iter_mut()
+            .map(|shard| (0..3).map(|_| shard.take()).collect())
+            .collect();
+        for (index, own) in ids.iter().enumerate() {
+            assert!(own.windows(2).all(|pair| pair[0] < pair[1]), "{own:?}");
+            assert!(own.iter().all(|&id| id < 1 << 61));
+            for other in &ids[index + 1..] {
+                assert!(own.iter().all(|id| !other.contains(id)));
+            }
+        }
+        let count_max = (1 << AdmissionIds::COUNT_BITS) - 1;
+        let mut spent = AdmissionIds {
+            next: count_max - 1,
+        };
+        assert_eq!(spent.take(), count_max - 1);
+        assert_eq!(spent.take(), count_max);
+        assert_eq!(spent.take(), count_max, "stays below shard 1's first id");
+        assert!(AdmissionIds::new(1).take() > count_max);
+    }
+}

@@ -782,6 +782,8 @@ mod weighted {
             .acquire(Key::GLOBAL, 90, service.limits())
             .await
             .unwrap();
+        // Answered at once, as the service's would be.
+        store.complete(&first, Completion::Answered, service.limits());
         // Waits for the 90 to leave the window, 10 s away...
         let waiting = tokio::spawn(service.clone().oneshot(Call {
             cost: 50,

@@ -21,8 +21,10 @@ use crate::{Announced, Room};
 /// room for a third more entries than it holds, and that room then costs a
 /// pointer, not a state. What only some keys need is boxed again.
 pub(super) struct KeyState {
-    /// The limits its logs count against (the key's quotas and safety
-    /// margin): kept once here, not in each log.
+    /// The limits its logs were made for: only their quotas and safety
+    /// margin are read here, once for all the logs, which keep no copy.
+    /// Other limits with the same quotas and margin count in the same logs
+    /// (`conform`), whatever else they set.
     limits: Limits,
     /// One log per quota of `limits`, in their order.
     pub(super) windows: Logs,

@@ -65,11 +65,13 @@ async fn a_correction_of_u64_max_saturates_instead_of_wrapping() {
         Ok::<_, Infallible>(Instant::now())
     }));
     let start = Instant::now();
-    service.clone().oneshot(10).await.unwrap();
-    store.correct(
-        &Admission::new(Key::GLOBAL, 0, 10, Duration::ZERO, 0),
-        u64::MAX,
-    );
+    let first = store
+        .acquire(Key::GLOBAL, 10, service.limits())
+        .await
+        .unwrap();
+    // Answered at once, as the service's would be.
+    store.complete(&first, Completion::Answered, service.limits());
+    store.correct(&first, u64::MAX);
     assert_eq!(
         service.clone().oneshot(1).await.unwrap() - start,
         Duration::from_secs(1),
