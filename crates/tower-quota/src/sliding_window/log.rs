@@ -327,10 +327,10 @@ impl WindowLog {
         self.max_calls
     }
 
-    /// Holds the key to `size` units per window (at least 1, at most the
-    /// quota's `max_calls`); returns the size now.
-    pub(super) fn resize(&mut self, counted: &Counted, size: u64) -> u64 {
-        self.max_calls = size.clamp(1, counted.quota.max_calls());
+    /// Holds the key to `size` units per window (at least 1, at most
+    /// `configured`, the quota's `max_calls`); returns the size now.
+    pub(super) fn resize(&mut self, size: u64, configured: u64) -> u64 {
+        self.max_calls = size.clamp(1, configured);
         self.max_calls
     }
 

@@ -5,7 +5,7 @@ use std::time::Duration;
 
 use tokio::time::Instant;
 
-use crate::sliding_window::drift::DriftMargin;
+use crate::sliding_window::drift::{self, DriftMargin};
 use crate::sliding_window::events::{self, Adaptation};
 use crate::sliding_window::flight::InFlightPeak;
 use crate::sliding_window::log::{Counted, WindowLog};
@@ -99,12 +99,7 @@ pub(super) struct Learned {
 
 impl KeyState {
     pub(super) fn new(limits: &Limits, now: Instant) -> Self {
-        let shortest = limits
-            .quotas()
-            .iter()
-            .map(Quota::window)
-            .min()
-            .unwrap_or(Duration::ZERO);
+        let shortest = drift::shortest_window(limits);
         KeyState {
             warm_at: Stamp::of(now).saturating_add(shortest),
             flight: InFlightPeak::new(now),
@@ -228,11 +223,10 @@ impl KeyState {
             let first = announced[index].is_none();
             announced[index] = Some(quota.max_calls);
             let configured = self.limits.quotas()[index];
-            let counted = Counted::new(&configured, self.limits.safety_margin());
             let window = &mut self.windows[index];
             let before = window.size();
             let held_to = if follow {
-                window.resize(&counted, quota.max_calls)
+                window.resize(quota.max_calls, configured.max_calls())
             } else {
                 configured.max_calls()
             };
@@ -252,12 +246,7 @@ impl KeyState {
     }
 
     pub(super) fn shortest_window(&self) -> Duration {
-        self.limits
-            .quotas()
-            .iter()
-            .map(Quota::window)
-            .min()
-            .unwrap_or(Duration::ZERO)
+        drift::shortest_window(&self.limits)
     }
 
     /// Whether a log of the shortest window holds nine tenths of its size
