@@ -9,11 +9,11 @@ use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::Duration;
 
-use pin_project_lite::pin_project;
 use tokio::time::{Instant, Sleep};
 
 use super::{AdmissionIds, KeyState, Shared, lock};
 use crate::keymap::KeyMap;
+use crate::sliding_window::Limits;
 use crate::sliding_window::error::{
     ConflictingQuotas, DeadlineUnreachable, OverloadReason, Overloaded,
 };
@@ -21,25 +21,42 @@ use crate::sliding_window::events::{self, Adaptation};
 use crate::sliding_window::pacer::TIMER_TICK;
 use crate::sliding_window::queue::{Queue, Spot};
 use crate::sliding_window::schedule::{Place, Priority};
+use crate::sliding_window::stamp::Stamp;
 use crate::sliding_window::store::Admission;
-use crate::sliding_window::{Limits, Quota};
 use crate::{BoxError, Key};
 
-pin_project! {
-    /// The future of one admission by a [`MemoryStore`](super::MemoryStore).
-    pub struct Acquire {
-        shared: Arc<Shared>,
-        key: Key,
-        cost: u64,
-        limits: Limits,
-        // The request's class; its tenant and deadline, if it has either,
-        // boxed: most requests have neither, and a waiting future stays
-        // small.
-        priority: Priority,
-        place: Option<Box<Place>>,
-        state: AcquireState,
-        #[pin]
-        sleep: Option<Sleep>,
+/// The future of one admission by a [`MemoryStore`](super::MemoryStore).
+///
+/// 128 bytes (a size test pins it), because a queued request keeps it for as
+/// long as it waits, and each admission polls the one of the next waiter:
+/// with thousands queued, every cache line of it is a miss.
+pub struct Acquire {
+    shared: Arc<Shared>,
+    key: Key,
+    cost: u64,
+    limits: Limits,
+    // The request's tenant and deadline, if it has either, boxed: most
+    // requests have neither, and a waiting future stays small. (Its class
+    // is in `state`.)
+    place: Option<Box<Place>>,
+    /// While `Queued`, the request holds a place in its key's queue, which
+    /// dropping the future gives up.
+    state: AcquireState,
+    /// Boxed: only the head of a queue or a request with a deadline
+    /// sleeps, and a timer is as large as the rest of the future.
+    sleep: Option<Pin<Box<Sleep>>>,
+}
+
+impl Drop for Acquire {
+    fn drop(&mut self) {
+        let AcquireState::Queued { spot, .. } = self.state else {
+            return;
+        };
+        let (hash, shard) = self.shared.shard(&self.key);
+        let mut shard = lock(shard);
+        if let Some(state) = shard.keys.get_mut(hash, &self.key) {
+            state.leave(spot, false, Instant::now());
+        }
     }
 }
 
@@ -58,9 +75,8 @@ impl Acquire {
             key,
             cost,
             limits: limits.clone(),
-            priority,
             place,
-            state: AcquireState::Start,
+            state: AcquireState::Start { priority },
             sleep: None,
         }
     }
@@ -71,21 +87,27 @@ impl fmt::Debug for Acquire {
         f.debug_struct("Acquire")
             .field("key", &self.key)
             .field("cost", &self.cost)
-            .field("priority", &self.priority)
             .field("place", &self.place)
             .field("state", &self.state)
             .finish()
     }
 }
 
+/// Each field as small as it can be (see [`Acquire`]).
 enum AcquireState {
-    Start,
+    /// Not yet in its key's queue, with its class.
+    Start {
+        priority: Priority,
+    },
+    /// In its key's queue, at `spot` (which names its class).
     Queued {
-        ticket: Ticket,
-        enqueued_at: Instant,
-        queued: usize,
-        /// The quota that last held this request back.
-        limited_by: Option<Quota>,
+        spot: Spot,
+        enqueued_at: Stamp,
+        /// Its place in the queue when it joined, 1 at the front (at most
+        /// `u32::MAX`: only reported).
+        queued: u32,
+        /// The index in its limits of the quota that last held it back.
+        limited_by: Option<u16>,
         /// It was the head when it last looked.
         was_head: bool,
     },
@@ -95,32 +117,13 @@ enum AcquireState {
 impl fmt::Debug for AcquireState {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
-            AcquireState::Start => f.write_str("Start"),
+            AcquireState::Start { priority } => {
+                f.debug_struct("Start").field("priority", priority).finish()
+            }
             AcquireState::Queued { queued, .. } => {
                 f.debug_struct("Queued").field("queued", queued).finish()
             }
             AcquireState::Done => f.write_str("Done"),
-        }
-    }
-}
-
-/// A place in a key's queue; dropping it before admission gives the place up.
-struct Ticket {
-    shared: Arc<Shared>,
-    key: Key,
-    spot: Spot,
-    armed: bool,
-}
-
-impl Drop for Ticket {
-    fn drop(&mut self) {
-        if !self.armed {
-            return;
-        }
-        let (hash, shard) = self.shared.shard(&self.key);
-        let mut shard = lock(shard);
-        if let Some(state) = shard.keys.get_mut(hash, &self.key) {
-            state.leave(self.spot, false, Instant::now());
         }
     }
 }
@@ -139,60 +142,60 @@ impl Future for Acquire {
     type Output = Result<Admission, BoxError>;
 
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
-        let mut this = self.project();
+        let this = self.get_mut();
         loop {
             let step = {
-                let (hash, shard) = this.shared.shard(this.key);
+                let (hash, shard) = this.shared.shard(&this.key);
                 let mut guard = lock(shard);
                 let shard = &mut *guard;
                 // Read under the lock, so that admissions are recorded in the
                 // order of their instants.
                 let now = Instant::now();
                 this.shared.tick(shard, now);
-                match this.state {
-                    AcquireState::Start => match entered(
+                match &mut this.state {
+                    AcquireState::Start { priority } => match entered(
                         &mut shard.keys,
                         hash,
-                        this.key,
-                        *this.cost,
-                        this.limits,
-                        *this.priority,
+                        &this.key,
+                        this.cost,
+                        &this.limits,
+                        *priority,
                         now,
                     ) {
                         Err(error) => Step::Ready(Err(error)),
                         Ok(state) => arrive(
                             state,
                             Arrival {
-                                shared: this.shared,
+                                shared: &this.shared,
                                 ids: &mut shard.ids,
-                                key: this.key,
-                                cost: *this.cost,
-                                limits: this.limits,
-                                priority: *this.priority,
+                                key: &this.key,
+                                cost: this.cost,
+                                limits: &this.limits,
+                                priority: *priority,
                                 place: this.place.as_deref(),
                             },
-                            this.state,
+                            &mut this.state,
                             now,
                             cx,
                         ),
                     },
                     AcquireState::Queued {
-                        ticket,
+                        spot,
                         enqueued_at,
                         queued,
                         limited_by,
                         was_head,
-                    } => match shard.keys.get_mut(hash, this.key) {
-                        Some(state) if state.queue.contains(ticket.spot) => waiting(
+                    } => match shard.keys.get_mut(hash, &this.key) {
+                        Some(state) if state.queue.contains(*spot) => waiting(
                             state,
                             Waiting {
-                                shared: this.shared,
+                                shared: &this.shared,
                                 ids: &mut shard.ids,
-                                key: this.key,
-                                cost: *this.cost,
-                                limits: this.limits,
+                                key: &this.key,
+                                cost: this.cost,
+                                limits: &this.limits,
                                 deadline: this.place.as_ref().and_then(|place| place.deadline),
-                                ticket,
+                                spot: *spot,
                                 enqueued_at: *enqueued_at,
                                 queued: *queued,
                                 limited_by,
@@ -204,39 +207,42 @@ impl Future for Acquire {
                         // The key is never evicted while it has waiters, nor
                         // a waiter removed but by itself; should it be gone
                         // all the same, arrive again.
-                        _ => {
-                            ticket.armed = false;
-                            Step::Restart
-                        }
+                        _ => Step::Restart,
                     },
                     AcquireState::Done => {
                         panic!("sliding_window::Acquire polled after completion")
                     }
                 }
             };
+            // Every step but `Park`, `Sleep` and `Queued` has taken the
+            // request out of its queue, if it was in one: its state leaves
+            // `Queued` here, before anything could drop the future.
             match step {
                 Step::Ready(result) => {
-                    *this.state = AcquireState::Done;
-                    this.sleep.set(None);
+                    this.state = AcquireState::Done;
+                    this.sleep = None;
                     return Poll::Ready(result);
                 }
                 Step::Park => return Poll::Pending,
                 Step::Queued => {}
                 Step::Restart => {
-                    *this.state = AcquireState::Start;
+                    if let AcquireState::Queued { spot, .. } = this.state {
+                        this.state = AcquireState::Start {
+                            priority: Queue::priority(spot),
+                        };
+                    }
                 }
                 Step::Sleep(at) => {
-                    match this.sleep.as_mut().as_pin_mut() {
+                    let sleep = match &mut this.sleep {
                         Some(sleep) => {
                             if sleep.deadline() != at {
-                                sleep.reset(at);
+                                sleep.as_mut().reset(at);
                             }
+                            sleep
                         }
-                        None => this.sleep.set(Some(tokio::time::sleep_until(at))),
-                    }
-                    if let Some(sleep) = this.sleep.as_mut().as_pin_mut()
-                        && sleep.poll(cx).is_pending()
-                    {
+                        None => this.sleep.insert(Box::pin(tokio::time::sleep_until(at))),
+                    };
+                    if sleep.as_mut().poll(cx).is_pending() {
                         return Poll::Pending;
                     }
                 }
@@ -267,10 +273,10 @@ struct Waiting<'a> {
     cost: u64,
     limits: &'a Limits,
     deadline: Option<Instant>,
-    ticket: &'a mut Ticket,
-    enqueued_at: Instant,
-    queued: usize,
-    limited_by: &'a mut Option<Quota>,
+    spot: Spot,
+    enqueued_at: Stamp,
+    queued: u32,
+    limited_by: &'a mut Option<u16>,
     was_head: &'a mut bool,
 }
 
@@ -278,21 +284,20 @@ struct Waiting<'a> {
 /// fits; refused once its deadline or `max_wait` cannot be met; otherwise
 /// asleep until it could fit (the head) or until its deadline.
 fn waiting(state: &mut KeyState, this: Waiting<'_>, now: Instant, cx: &mut Context<'_>) -> Step {
-    let spot = this.ticket.spot;
+    let spot = this.spot;
     let class = Queue::priority(spot);
     let unreachable = |earliest: Option<Instant>, deadline: Instant| -> Step {
         Step::Ready(Err(DeadlineUnreachable::new(
             this.key.clone(),
             deadline,
             earliest,
-            this.queued.saturating_sub(1),
+            (this.queued as usize).saturating_sub(1),
         )
         .into()))
     };
     if state.head(now) != Some(spot) {
         if let Some(deadline) = this.deadline.filter(|deadline| now >= *deadline) {
             state.leave(spot, false, now);
-            this.ticket.armed = false;
             return unreachable(None, deadline);
         }
         state.queue.register(spot, cx.waker());
@@ -311,12 +316,16 @@ fn waiting(state: &mut KeyState, this: Waiting<'_>, now: Instant, cx: &mut Conte
     *this.was_head = true;
     state.prune(now);
     let (at, limit) = state.earliest(now, this.cost, this.limits, class);
-    if limit.is_some() {
-        *this.limited_by = limit;
+    if let Some(limit) = limit {
+        *this.limited_by = this
+            .limits
+            .quotas()
+            .iter()
+            .position(|quota| *quota == limit)
+            .and_then(|index| u16::try_from(index).ok());
     }
-    let needed = at
-        .unwrap_or(now)
-        .saturating_duration_since(this.enqueued_at);
+    let needed = Stamp::of(at.unwrap_or(now)).saturating_duration_since(this.enqueued_at);
+    let queued = this.queued as usize;
     if at.is_some_and(|at| at <= now) {
         let id = this.ids.take();
         let lagging = this.shared.lag.is_lagging(now);
@@ -324,23 +333,24 @@ fn waiting(state: &mut KeyState, this: Waiting<'_>, now: Instant, cx: &mut Conte
             events::rate_adapted(this.key, adapted, Adaptation::Recovered);
         }
         state.leave(spot, true, now);
-        this.ticket.armed = false;
         return Step::Ready(Ok(Admission::new(
             this.key.clone(),
             id,
             this.cost,
             needed,
-            this.queued,
+            queued,
         )
-        .with_limited_by(*this.limited_by)));
+        .with_limited_by(
+            this.limited_by
+                .and_then(|index| this.limits.quotas().get(usize::from(index)).copied()),
+        )));
     }
     if let Some(max_wait) = this.limits.max_wait().filter(|max_wait| needed > *max_wait) {
         state.leave(spot, false, now);
-        this.ticket.armed = false;
         return Step::Ready(Err(Overloaded {
             key: this.key.clone(),
             wait: needed,
-            queued: this.queued,
+            queued,
             reason: OverloadReason::MaxWait(max_wait),
         }
         .into()));
@@ -352,7 +362,6 @@ fn waiting(state: &mut KeyState, this: Waiting<'_>, now: Instant, cx: &mut Conte
         // Its slot comes after its deadline (or, strict, the deadline
         // passed waiting for an answer).
         state.leave(spot, false, now);
-        this.ticket.armed = false;
         return unreachable(at, deadline);
     }
     // A correction or an answer may move the instant: be wakeable.
@@ -493,16 +502,25 @@ fn arrive(
     state.queue.insert(spot, tenant, cost, now, cx.waker());
     state.queue.set_promote_after(this.limits.promote_after());
     *slot = AcquireState::Queued {
-        ticket: Ticket {
-            shared: this.shared.clone(),
-            key: this.key.clone(),
-            spot,
-            armed: true,
-        },
-        enqueued_at: now,
-        queued,
+        spot,
+        enqueued_at: Stamp::of(now),
+        queued: u32::try_from(queued).unwrap_or(u32::MAX),
         limited_by: None,
         was_head: false,
     };
     Step::Queued
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A queued request keeps its future for as long as it waits: its key,
+    /// limits and place in the queue in two cache lines, and pointers to
+    /// the rest. (It was 312 bytes with its timer and a second copy of the
+    /// key in place.)
+    #[test]
+    fn an_acquire_future_is_two_cache_lines() {
+        assert_eq!(std::mem::size_of::<Acquire>(), 128);
+    }
 }
