@@ -16,7 +16,9 @@
 //!   `JitterBackoff → RetryAfter → SlidingWindow` against tower's
 //!   `RateLimit → Retry`.
 //! - `queued_waiters`: one key with N waiters always queued, on a paused
-//!   clock: the cost of one admission and the wake-up of the next waiter.
+//!   clock: the cost of one admission and the wake-up of the next waiter;
+//!   beside it, N tasks taking turns at one permit of a tokio `Semaphore`:
+//!   what waking the next of N waiting tasks costs the runtime alone.
 // Benchmarks measure wall time, which is what std's clock is for.
 #![allow(clippy::disallowed_types, missing_docs)]
 
@@ -488,6 +490,56 @@ fn queued_waiters(c: &mut Criterion) {
             })
         });
         // Dropping the runtime drops the tasks and their waiters.
+        drop(runtime);
+    }
+    // The reference: N tasks queued on one permit of tokio's (FIFO)
+    // semaphore, each queueing again once it has had its turn. Each turn
+    // wakes the task that queued N turns ago, whose memory (task and
+    // future) has left the caches when N is large: the runtime's own cost
+    // of that wake-up, with no limiter.
+    for waiters in [10usize, 10_000] {
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .build()
+            .expect("runtime");
+        let permit = Arc::new(tokio::sync::Semaphore::new(1));
+        let turns = Arc::new(AtomicU64::new(0));
+        let target = Arc::new(AtomicU64::new(u64::MAX));
+        let reached = Arc::new(tokio::sync::Notify::new());
+        runtime.block_on(async {
+            for _ in 0..waiters {
+                let permit = permit.clone();
+                let (turns, target, reached) = (turns.clone(), target.clone(), reached.clone());
+                tokio::spawn(async move {
+                    loop {
+                        let held = permit.acquire().await.expect("never closed");
+                        black_box(&held);
+                        drop(held);
+                        if turns.fetch_add(1, Ordering::Relaxed) + 1
+                            == target.load(Ordering::Relaxed)
+                        {
+                            reached.notify_one();
+                        }
+                        // Turns pass between the tasks, not within one.
+                        tokio::task::yield_now().await;
+                    }
+                });
+            }
+            tokio::task::yield_now().await;
+        });
+        group.bench_with_input(
+            BenchmarkId::new("tokio_semaphore", waiters),
+            &waiters,
+            |b, _| {
+                b.iter_custom(|iters| {
+                    runtime.block_on(async {
+                        let start = Instant::now();
+                        target.store(turns.load(Ordering::Relaxed) + iters, Ordering::Relaxed);
+                        reached.notified().await;
+                        start.elapsed()
+                    })
+                })
+            },
+        );
         drop(runtime);
     }
     group.finish();

@@ -167,6 +167,14 @@ const GROUPS: [Group; 5] = [
             ("10", "10 waiters"),
             ("1000", "1,000 waiters"),
             ("10000", "10,000 waiters"),
+            (
+                "tokio_semaphore/10",
+                "reference: 10 tasks taking turns at a tokio `Semaphore`",
+            ),
+            (
+                "tokio_semaphore/10000",
+                "reference: 10,000 tasks taking turns at a tokio `Semaphore`",
+            ),
         ],
     ),
 ];
@@ -313,12 +321,29 @@ pub(crate) fn run() -> Result<(), BoxError> {
     }
     if let (Some(many), Some(few)) = (get("queued_waiters", "10000"), get("queued_waiters", "10")) {
         let ratio = many / few;
+        // tokio's semaphore with as many tasks: what waking the next of
+        // them costs the runtime alone once they are out of the caches.
+        let reference = match (
+            get("queued_waiters", "tokio_semaphore/10000"),
+            get("queued_waiters", "tokio_semaphore/10"),
+        ) {
+            (Some(many), Some(few)) => format!(
+                "; tokio `Semaphore` {:.2}× ({} vs {})",
+                many / few,
+                ns(many),
+                ns(few)
+            ),
+            _ => String::new(),
+        };
         writeln!(
             body,
             "| per admission at 10,000 waiters within 1.2× of 10 | {ratio:.2}× ({} vs {}) | {} |",
             ns(many),
             ns(few),
-            verdict(ratio <= 1.2, format!("{:.2}× over the goal", ratio / 1.2)),
+            verdict(
+                ratio <= 1.2,
+                format!("{:.2}× over the goal{reference}", ratio / 1.2)
+            ),
         )?;
     }
     writeln!(body)?;
@@ -358,4 +383,10 @@ rate-limit headers (the IETF fields again only when they state a window, for the
 provider announces) and, when the server said something, puts it in the response's \
 extensions (3 allocations with headers, none without): 5 allocations without headers. Fewer \
 needs the attempt numbering out of the request's extensions, where `Attempt` is public API. \
-The cost with queued waiters stays flat: one timer per key, one wake-up per admission.";
+With queued waiters, the work per admission stays flat (one timer per key, one wake-up per \
+admission: 4,471 instructions per admission with 10,000 waiters and 4,481 with 10, counted by \
+callgrind), but each admission polls the next waiter, queued 10,000 admissions ago: its task, \
+its future (128 bytes) and its place in the queue have left the caches, about 6 data-cache \
+misses per admission in callgrind's model where 10 waiters have none. tokio's semaphore, with \
+as many tasks taking turns (the reference rows), shows what the wake-up of a task that cold \
+costs the runtime itself.";
