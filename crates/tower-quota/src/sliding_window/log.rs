@@ -34,6 +34,7 @@ use hashbrown::HashMap;
 use tokio::time::Instant;
 
 use super::Quota;
+use super::small_deque::{SmallDeque, make_room};
 use super::stamp::Stamp;
 
 /// Tombstones are compacted out of `pending` once they are this many and
@@ -46,7 +47,7 @@ pub(super) struct WindowLog {
     /// The size the log holds the key to: the quota's `max_calls`, or less
     /// once a provider announced less.
     max_calls: u64,
-    pending: VecDeque<Entry>,
+    pending: SmallDeque<Entry>,
     /// `answered`, and the costs of the entries that do not cost 1: boxed,
     /// and only while it holds something. A key whose requests cost 1 and
     /// are answered in turn never needs it.
@@ -133,22 +134,10 @@ impl Counted {
     }
 }
 
-/// Makes room for one more entry in `entries`, doubling from one entry up
-/// to `max_calls` (the most entries a log holds, tombstones aside), then
-/// as a `VecDeque` grows: a key with one admission holds room for one
-/// entry, not four.
-fn make_room(entries: &mut VecDeque<Entry>, max_calls: u64) {
-    let len = entries.len();
-    if len < entries.capacity() {
-        return;
-    }
-    let limit = usize::try_from(max_calls).unwrap_or(usize::MAX);
-    let grow = if len < limit {
-        len.clamp(1, limit - len)
-    } else {
-        len.max(1)
-    };
-    entries.reserve_exact(grow);
+/// The most entries a log of `max_calls` holds, tombstones aside: how far
+/// its queues grow by doubling (see [`make_room`]).
+fn most_entries(max_calls: u64) -> usize {
+    usize::try_from(max_calls).unwrap_or(usize::MAX)
 }
 
 /// One admission in a log: 16 bytes. Its units are 1, or in
@@ -218,7 +207,7 @@ impl WindowLog {
     pub(super) fn new(quota: &Quota) -> Self {
         WindowLog {
             max_calls: quota.max_calls(),
-            pending: VecDeque::new(),
+            pending: SmallDeque::default(),
             extra: None,
             moved: 0,
             unbounded: 0,
@@ -379,8 +368,7 @@ impl WindowLog {
             self.insert_answered(entry);
             return;
         }
-        make_room(&mut self.pending, self.max_calls);
-        self.pending.push_back(entry);
+        self.pending.push_back(entry, most_entries(self.max_calls));
     }
 
     /// The admission `id` was answered at `at`: it leaves a span after that,
@@ -494,7 +482,7 @@ impl WindowLog {
             .iter()
             .rposition(|e| e.leaves_before(&entry))
             .map_or(0, |i| i + 1);
-        make_room(answered, self.max_calls);
+        make_room(answered, most_entries(self.max_calls));
         answered.insert(position, entry);
     }
 
@@ -507,7 +495,7 @@ impl WindowLog {
         const LOOK_BACK: usize = 8;
         let live_before = self
             .pending
-            .range(..index)
+            .before(index)
             .rev()
             .take(LOOK_BACK + 1)
             .find(|e| !e.is_moved());
@@ -718,7 +706,8 @@ mod tests {
 
     const WINDOW: Duration = Duration::from_millis(100);
 
-    /// Each key holds one log per quota: 80 bytes, the entries aside.
+    /// Each key holds one log per quota: 80 bytes, its first entry in place
+    /// and the others aside.
     #[test]
     fn a_log_is_80_bytes_and_an_entry_16() {
         assert_eq!(std::mem::size_of::<WindowLog>(), 80);
@@ -842,7 +831,7 @@ mod tests {
                 log.record(&counted, 1, id + 1, Some(Stamp::of(now)), Duration::ZERO, true);
                 id += 1;
             }
-            let expected = log.pending.binary_search_by_key(&wanted, Entry::id).ok();
+            let expected = log.pending.iter().position(|entry| entry.id() == wanted);
             prop_assert_eq!(log.find(wanted), expected);
         }
     }

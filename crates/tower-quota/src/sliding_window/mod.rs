@@ -274,6 +274,7 @@ mod queue;
 mod quota;
 mod schedule;
 mod service;
+mod small_deque;
 mod stamp;
 mod store;
 

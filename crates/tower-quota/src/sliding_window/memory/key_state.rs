@@ -472,8 +472,8 @@ impl KeyState {
 mod tests {
     use super::*;
 
-    /// Every key of a store holds one: its limits, one log in place (its
-    /// entries aside), and pointers to what only some keys need.
+    /// Every key of a store holds one: its limits, one log in place (with
+    /// its first entry), and pointers to what only some keys need.
     #[test]
     fn a_key_state_is_128_bytes() {
         assert_eq!(std::mem::size_of::<KeyState>(), 128);
