@@ -44,13 +44,12 @@ const COMPACT_AT: usize = 64;
 /// A log keeps no copy of its quota: the key keeps its limits once for
 /// all its logs and passes each log what it counts against ([`Counted`]).
 pub(super) struct WindowLog {
-    /// The size the log holds the key to: the quota's `max_calls`, or less
-    /// once a provider announced less.
-    max_calls: u64,
     pending: SmallDeque<Entry>,
-    /// `answered`, and the costs of the entries that do not cost 1: boxed,
-    /// and only while it holds something. A key whose requests cost 1 and
-    /// are answered in turn never needs it.
+    /// `answered`, the costs of the entries that do not cost 1, a size
+    /// below the quota's and the high half of the sum: boxed, and only
+    /// while it holds something. A key whose requests cost 1 and are
+    /// answered in turn, and whose provider announced no smaller quota,
+    /// never needs it.
     extra: Option<Box<Extra>>,
     /// Tombstones in `pending`: entries that moved to `answered`. The two
     /// counts saturate, and neither can get near it: 4 billion entries
@@ -61,11 +60,11 @@ pub(super) struct WindowLog {
     /// The latest bound given so far: no later admission leaves before it
     /// ([`Stamp::EARLIEST`]: none yet).
     last_bound: Stamp,
-    /// Sum of the costs of the live entries: a `u128`, so that costs and
-    /// corrections up to `u64::MAX` each never saturate the sum (a saturated
-    /// sum would under-count once entries leave). Kept as two halves: a
-    /// `u128` field would align the log to 16 bytes, and pad it by 8.
-    in_window: [u64; 2],
+    /// Sum of the costs of the live entries, its low half: a `u128`, so
+    /// that costs and corrections up to `u64::MAX` each never saturate the
+    /// sum (a saturated sum would under-count once entries leave). The high
+    /// half, in `extra`, is 0 but with entries that do not cost 1.
+    in_window: u64,
 }
 
 /// What only some logs need.
@@ -76,11 +75,19 @@ struct Extra {
     /// The units of each live entry that does not cost 1 (flag [`COSTLY`]),
     /// by id: an entry is 16 bytes, and most cost 1.
     costs: HashMap<u64, u64, FixedState>,
+    /// The size the log holds the key to, once a provider announced less
+    /// than the quota's `max_calls`.
+    resized: Option<u64>,
+    /// The high half of the log's sum ([`WindowLog::in_window`]).
+    in_window_high: u64,
 }
 
 impl Extra {
     fn is_empty(&self) -> bool {
-        self.answered.is_empty() && self.costs.is_empty()
+        self.answered.is_empty()
+            && self.costs.is_empty()
+            && self.resized.is_none()
+            && self.in_window_high == 0
     }
 }
 
@@ -94,17 +101,6 @@ fn take_cost(costs: Option<&mut HashMap<u64, u64, FixedState>>, entry: &Entry) -
     costs
         .and_then(|costs| costs.remove(&entry.id()))
         .unwrap_or(1)
-}
-
-/// A `u128` from its halves, high first.
-fn join(halves: [u64; 2]) -> u128 {
-    (u128::from(halves[0]) << 64) | u128::from(halves[1])
-}
-
-/// The halves of a `u128`, high first.
-fn split(value: u128) -> [u64; 2] {
-    // Truncation intended: each half takes its 64 bits.
-    [(value >> 64) as u64, value as u64]
 }
 
 /// What a log counts against: its quota, and its span, the window plus
@@ -204,15 +200,14 @@ impl Entry {
 }
 
 impl WindowLog {
-    pub(super) fn new(quota: &Quota) -> Self {
+    pub(super) fn new() -> Self {
         WindowLog {
-            max_calls: quota.max_calls(),
             pending: SmallDeque::default(),
             extra: None,
             moved: 0,
             unbounded: 0,
             last_bound: Stamp::EARLIEST,
-            in_window: [0; 2],
+            in_window: 0,
         }
     }
 
@@ -241,11 +236,22 @@ impl WindowLog {
 
     /// The units of the live entries.
     fn in_window(&self) -> u128 {
-        join(self.in_window)
+        let high = self.extra.as_ref().map_or(0, |extra| extra.in_window_high);
+        (u128::from(high) << 64) | u128::from(self.in_window)
     }
 
     fn set_in_window(&mut self, units: u128) {
-        self.in_window = split(units);
+        // Truncation intended: each half takes its 64 bits.
+        self.in_window = units as u64;
+        let high = (units >> 64) as u64;
+        if high != 0 {
+            self.extra.get_or_insert_with(Box::default).in_window_high = high;
+        } else if let Some(extra) = self.extra.as_deref_mut() {
+            extra.in_window_high = 0;
+            if extra.is_empty() {
+                self.extra = None;
+            }
+        }
     }
 
     pub(super) fn prune(&mut self, now: Stamp) {
@@ -281,7 +287,7 @@ impl WindowLog {
     /// Whether a request of `cost` fits and leaves `keep` units free.
     pub(super) fn has_room(&self, counted: &Counted, cost: u64, keep: u64) -> bool {
         let units = counted.units(cost);
-        self.in_window() + u128::from(units) + u128::from(keep) <= self.capacity(units)
+        self.in_window() + u128::from(units) + u128::from(keep) <= self.capacity(counted, units)
     }
 
     /// The units a request of `cost` leaves free for the classes above
@@ -294,15 +300,15 @@ impl WindowLog {
         cost: u64,
     ) -> u64 {
         let units = counted.units(cost);
-        let room = u64::try_from(self.capacity(units)).unwrap_or(u64::MAX) - units;
-        limits.reserved_units(class, self.max_calls).min(room)
+        let room = u64::try_from(self.capacity(counted, units)).unwrap_or(u64::MAX) - units;
+        limits.reserved_units(class, self.size(counted)).min(room)
     }
 
     /// How many units the log holds for a request of `units`: its size, or
     /// the request's units when a provider's announcement lowered the size
     /// below them (such a request goes alone, once the log is empty).
-    fn capacity(&self, units: u64) -> u128 {
-        u128::from(self.max_calls.max(units))
+    fn capacity(&self, counted: &Counted, units: u64) -> u128 {
+        u128::from(self.size(counted).max(units))
     }
 
     /// The units the log holds.
@@ -312,15 +318,27 @@ impl WindowLog {
 
     /// The size the log holds the key to: the quota's `max_calls` unless a
     /// provider's announcement lowered it.
-    pub(super) fn size(&self) -> u64 {
-        self.max_calls
+    pub(super) fn size(&self, counted: &Counted) -> u64 {
+        self.extra
+            .as_ref()
+            .and_then(|extra| extra.resized)
+            .unwrap_or(counted.quota.max_calls())
     }
 
-    /// Holds the key to `size` units per window (at least 1, at most
-    /// `configured`, the quota's `max_calls`); returns the size now.
-    pub(super) fn resize(&mut self, size: u64, configured: u64) -> u64 {
-        self.max_calls = size.clamp(1, configured);
-        self.max_calls
+    /// Holds the key to `size` units per window (at least 1, at most the
+    /// quota's `max_calls`); returns the size now.
+    pub(super) fn resize(&mut self, counted: &Counted, size: u64) -> u64 {
+        let configured = counted.quota.max_calls();
+        let size = size.clamp(1, configured);
+        if size < configured {
+            self.extra.get_or_insert_with(Box::default).resized = Some(size);
+        } else if let Some(extra) = self.extra.as_deref_mut() {
+            extra.resized = None;
+            if extra.is_empty() {
+                self.extra = None;
+            }
+        }
+        size
     }
 
     /// Records an admission at `now`, held until `sent_by` (its bound, `None`
@@ -365,10 +383,11 @@ impl WindowLog {
         } else if self.unbounded > 0 {
             // One that will not be answered leaves at its bound, which
             // `pending` cannot hold in order behind one without a bound.
-            self.insert_answered(entry);
+            self.insert_answered(entry, most_entries(self.size(counted)));
             return;
         }
-        self.pending.push_back(entry, most_entries(self.max_calls));
+        let most = most_entries(self.size(counted));
+        self.pending.push_back(entry, most);
     }
 
     /// The admission `id` was answered at `at`: it leaves a span after that,
@@ -409,7 +428,7 @@ impl WindowLog {
             self.pending[index].until = until;
             return true;
         }
-        self.move_to_answered(index, until);
+        self.move_to_answered(index, until, most_entries(self.size(counted)));
         self.compact();
         true
     }
@@ -452,8 +471,8 @@ impl WindowLog {
     }
 
     /// Moves the live entry at `index` of `pending` to `answered`, to leave
-    /// at `until`.
-    fn move_to_answered(&mut self, index: usize, until: Stamp) {
+    /// at `until`; `most`: how far `answered` grows by doubling.
+    fn move_to_answered(&mut self, index: usize, until: Stamp, most: usize) {
         let entry = &mut self.pending[index];
         if entry.is_unbounded() {
             self.unbounded = self.unbounded.saturating_sub(1);
@@ -461,7 +480,7 @@ impl WindowLog {
         let moved = Entry { until, ..*entry };
         entry.tag |= MOVED;
         self.moved = self.moved.saturating_add(1);
-        self.insert_answered(moved);
+        self.insert_answered(moved, most);
     }
 
     /// Drops the tombstones from `pending` once they are many and most of it.
@@ -474,7 +493,8 @@ impl WindowLog {
     }
 
     /// Puts `entry`, which has a bound, in `answered`, in leaving order.
-    fn insert_answered(&mut self, entry: Entry) {
+    /// `most`: how far `answered` grows by doubling ([`make_room`]).
+    fn insert_answered(&mut self, entry: Entry, most: usize) {
         // Answers come in time order, but a margin that shrank may put this
         // one before the last: keep the queue sorted (a short walk back).
         let answered = &mut self.extra.get_or_insert_with(Box::default).answered;
@@ -482,7 +502,7 @@ impl WindowLog {
             .iter()
             .rposition(|e| e.leaves_before(&entry))
             .map_or(0, |i| i + 1);
-        make_room(answered, most_entries(self.max_calls));
+        make_room(answered, most);
         answered.insert(position, entry);
     }
 
@@ -530,7 +550,8 @@ impl WindowLog {
         for index in first + 1..self.pending.len() {
             let entry = self.pending[index];
             if !entry.is_moved() && !entry.is_unbounded() {
-                self.move_to_answered(index, entry.until);
+                // Rare (a lagging client): `answered` grows by doubling.
+                self.move_to_answered(index, entry.until, usize::MAX);
             }
         }
         self.compact();
@@ -600,7 +621,7 @@ impl WindowLog {
         // of them decides.
         let units = counted.units(cost);
         let must_leave = (self.in_window() + u128::from(units) + u128::from(keep))
-            .saturating_sub(self.capacity(units));
+            .saturating_sub(self.capacity(counted, units));
         self.unit_leaves(must_leave.saturating_sub(1), now)
     }
 
@@ -624,7 +645,8 @@ impl WindowLog {
         }
         .saturating_add(keep);
         let in_window = self.in_window();
-        let free = u128::from(self.max_calls).saturating_sub(in_window);
+        let size = self.size(counted);
+        let free = u128::from(size).saturating_sub(in_window);
         let units = u128::from(units);
         if units <= free {
             return Duration::ZERO;
@@ -633,8 +655,8 @@ impl WindowLog {
         // `beyond % max_calls` of the log-then-future sequence leaves the
         // window, `beyond / max_calls` spans after that.
         let beyond = units - free - 1;
-        let cycles = beyond / u128::from(self.max_calls);
-        let unit = beyond % u128::from(self.max_calls);
+        let cycles = beyond / u128::from(size);
+        let unit = beyond % u128::from(size);
         let first = if unit < in_window {
             self.unit_leaves(unit, now)
                 .map_or(span, |at| at.saturating_duration_since(now))
@@ -706,25 +728,47 @@ mod tests {
 
     const WINDOW: Duration = Duration::from_millis(100);
 
-    /// Each key holds one log per quota: 80 bytes, its first entry in place
+    /// Each key holds one log per quota: 64 bytes, its first entry in place
     /// and the others aside.
     #[test]
-    fn a_log_is_80_bytes_and_an_entry_16() {
-        assert_eq!(std::mem::size_of::<WindowLog>(), 80);
+    fn a_log_is_64_bytes_and_an_entry_16() {
+        assert_eq!(std::mem::size_of::<WindowLog>(), 64);
         assert_eq!(std::mem::size_of::<Entry>(), 16);
     }
 
+    /// The sum's high half lives in the boxed extra, which goes once the
+    /// sum fits in 64 bits again.
     #[test]
     fn the_units_held_keep_all_128_bits() {
+        let mut log = WindowLog::new();
         for value in [
             0,
             1,
             u128::from(u64::MAX),
             u128::from(u64::MAX) + 1,
             u128::MAX,
+            7,
         ] {
-            assert_eq!(join(split(value)), value);
+            log.set_in_window(value);
+            assert_eq!(log.in_window(), value);
+            assert_eq!(log.extra.is_some(), value > u128::from(u64::MAX));
         }
+    }
+
+    /// A size a provider announced below the quota's is kept in the boxed
+    /// extra, which goes when the size is the quota's again.
+    #[test]
+    fn a_resized_log_keeps_its_size_until_resized_back() {
+        let quota = Quota::new(10, WINDOW).unwrap();
+        let counted = Counted::new(&quota, Duration::ZERO);
+        let mut log = WindowLog::new();
+        assert_eq!(log.size(&counted), 10);
+        assert_eq!(log.resize(&counted, 4), 4);
+        assert_eq!(log.size(&counted), 4);
+        assert_eq!(log.resize(&counted, 0), 1, "at least 1");
+        assert_eq!(log.resize(&counted, 50), 10, "at most the quota's");
+        assert_eq!(log.size(&counted), 10);
+        assert!(log.extra.is_none());
     }
 
     /// Answered out of order, entries go to `answered`; once they leave,
@@ -733,7 +777,7 @@ mod tests {
     fn answered_entries_leave_with_their_queue() {
         let quota = Quota::new(10, WINDOW).unwrap();
         let counted = Counted::new(&quota, Duration::ZERO);
-        let mut log = WindowLog::new(&quota);
+        let mut log = WindowLog::new();
         let start = Instant::now();
         for id in 0..3 {
             log.record(
@@ -819,7 +863,7 @@ mod tests {
         ) {
             let quota = Quota::per_request(1_000, WINDOW).unwrap();
             let counted = Counted::new(&quota, MARGIN);
-            let mut log = WindowLog::new(&quota);
+            let mut log = WindowLog::new();
             let now = Instant::now();
             let mut id = 0;
             for gap in &gaps {
@@ -856,7 +900,7 @@ mod tests {
             .unwrap();
             let span = WINDOW + MARGIN;
             let counted = Counted::new(&quota, MARGIN);
-            let mut log = WindowLog::new(&quota);
+            let mut log = WindowLog::new();
             let mut model: Vec<Modelled> = Vec::new();
             let mut last_bound: Option<Instant> = None;
             let mut now = Instant::now();

@@ -126,8 +126,8 @@ impl KeyState {
 
     fn windows_for(limits: &Limits) -> Logs {
         match limits.quotas() {
-            [quota] => Logs::One(WindowLog::new(quota)),
-            quotas => Logs::Many(quotas.iter().map(WindowLog::new).collect()),
+            [_] => Logs::One(WindowLog::new()),
+            quotas => Logs::Many(quotas.iter().map(|_| WindowLog::new()).collect()),
         }
     }
 
@@ -223,10 +223,11 @@ impl KeyState {
             let first = announced[index].is_none();
             announced[index] = Some(quota.max_calls);
             let configured = self.limits.quotas()[index];
+            let counted = Counted::new(&configured, self.limits.safety_margin());
             let window = &mut self.windows[index];
-            let before = window.size();
+            let before = window.size(&counted);
             let held_to = if follow {
-                window.resize(quota.max_calls, configured.max_calls())
+                window.resize(&counted, quota.max_calls)
             } else {
                 configured.max_calls()
             };
@@ -253,11 +254,11 @@ impl KeyState {
     /// or more: about a whole quota went out in the window.
     pub(super) fn log_near_quota(&self) -> bool {
         let shortest = self.shortest_window();
-        self.windows
-            .iter()
-            .zip(self.limits.quotas())
-            .filter(|(_, quota)| quota.window() == shortest)
-            .any(|(window, _)| window.held().saturating_mul(10) >= u128::from(window.size()) * 9)
+        self.counted()
+            .filter(|(_, counted)| counted.quota().window() == shortest)
+            .any(|(window, counted)| {
+                window.held().saturating_mul(10) >= u128::from(window.size(&counted)) * 9
+            })
     }
 
     pub(super) fn extra_margin(&self, now: Instant) -> Duration {
@@ -475,7 +476,7 @@ mod tests {
     /// Every key of a store holds one: its limits, one log in place (with
     /// its first entry), and pointers to what only some keys need.
     #[test]
-    fn a_key_state_is_128_bytes() {
-        assert_eq!(std::mem::size_of::<KeyState>(), 128);
+    fn a_key_state_is_112_bytes() {
+        assert_eq!(std::mem::size_of::<KeyState>(), 112);
     }
 }
