@@ -313,13 +313,17 @@ pub(crate) async fn run() -> Result<(), BoxError> {
         body,
         "Requests that failed at the client (errors other than an HTTP status): {errors}.\n"
     )?;
+    let margin = tower_quota::sliding_window::Quota::new(QUOTA, WINDOW)
+        .map(|quota| tower_quota::sliding_window::default_safety_margin(&[quota]))?;
     writeln!(
         body,
         "Loopback jitter makes the peers' rows vary from run to run at the margin: a \
          limiter that admits exactly at the window's edge (tower-resilience's log, tower's \
          windows back to back) is sometimes seen by the server a little early and refused. \
-         tower-quota holds each admission for a safety margin beyond the window (0.5% of it, \
-         5 ms here), which is what its utilization gives up.\n"
+         tower-quota holds each slot until a window after the request's answer, plus a \
+         safety margin ({} here, the default: a ten-thousandth of the shortest window, at \
+         least 1 ms), which is what its utilization gives up.\n",
+        ms(margin)
     )?;
 
     // Goals.
