@@ -436,6 +436,45 @@ fn stack_noop_http(c: &mut Criterion) {
     group.finish();
 }
 
+/// Turns taken by many tasks, and the time until `iters` more are taken:
+/// each task counts its turns, and the one that takes the last one wanted
+/// wakes the measurement.
+#[derive(Default)]
+struct Turns {
+    taken: AtomicU64,
+    wanted: AtomicU64,
+    reached: tokio::sync::Notify,
+}
+
+impl Turns {
+    fn new() -> Arc<Self> {
+        Arc::new(Turns {
+            wanted: AtomicU64::new(u64::MAX),
+            ..Turns::default()
+        })
+    }
+
+    /// A task took a turn.
+    fn took(&self) {
+        if self.taken.fetch_add(1, Ordering::Relaxed) + 1 == self.wanted.load(Ordering::Relaxed) {
+            self.reached.notify_one();
+        }
+    }
+
+    /// The time the tasks on `runtime` take for `iters` more turns.
+    fn time(&self, runtime: &tokio::runtime::Runtime, iters: u64) -> Duration {
+        runtime.block_on(async {
+            let start = Instant::now();
+            self.wanted.store(
+                self.taken.load(Ordering::Relaxed) + iters,
+                Ordering::Relaxed,
+            );
+            self.reached.notified().await;
+            start.elapsed()
+        })
+    }
+}
+
 /// N tasks wait on one key of a `MemoryStore`, each re-queueing as soon as
 /// it is admitted, so N waiters are always queued. On a paused clock the
 /// runtime jumps to the next instant the head may go; the measured time per
@@ -456,23 +495,15 @@ fn queued_waiters(c: &mut Criterion) {
             .expect("valid quota")
             .limits()
             .clone();
-        let admitted = Arc::new(AtomicU64::new(0));
-        let target = Arc::new(AtomicU64::new(u64::MAX));
-        let reached = Arc::new(tokio::sync::Notify::new());
+        let turns = Turns::new();
         runtime.block_on(async {
             for _ in 0..waiters {
-                let (store, limits) = (store.clone(), limits.clone());
-                let (admitted, target, reached) =
-                    (admitted.clone(), target.clone(), reached.clone());
+                let (store, limits, turns) = (store.clone(), limits.clone(), turns.clone());
                 tokio::spawn(async move {
                     loop {
                         let admission = store.acquire(Key::from_static("k"), 1, &limits).await;
                         black_box(admission.expect("admitted"));
-                        if admitted.fetch_add(1, Ordering::Relaxed) + 1
-                            == target.load(Ordering::Relaxed)
-                        {
-                            reached.notify_one();
-                        }
+                        turns.took();
                     }
                 });
             }
@@ -480,14 +511,7 @@ fn queued_waiters(c: &mut Criterion) {
             tokio::task::yield_now().await;
         });
         group.bench_with_input(BenchmarkId::from_parameter(waiters), &waiters, |b, _| {
-            b.iter_custom(|iters| {
-                runtime.block_on(async {
-                    let start = Instant::now();
-                    target.store(admitted.load(Ordering::Relaxed) + iters, Ordering::Relaxed);
-                    reached.notified().await;
-                    start.elapsed()
-                })
-            })
+            b.iter_custom(|iters| turns.time(&runtime, iters))
         });
         // Dropping the runtime drops the tasks and their waiters.
         drop(runtime);
@@ -502,23 +526,16 @@ fn queued_waiters(c: &mut Criterion) {
             .build()
             .expect("runtime");
         let permit = Arc::new(tokio::sync::Semaphore::new(1));
-        let turns = Arc::new(AtomicU64::new(0));
-        let target = Arc::new(AtomicU64::new(u64::MAX));
-        let reached = Arc::new(tokio::sync::Notify::new());
+        let turns = Turns::new();
         runtime.block_on(async {
             for _ in 0..waiters {
-                let permit = permit.clone();
-                let (turns, target, reached) = (turns.clone(), target.clone(), reached.clone());
+                let (permit, turns) = (permit.clone(), turns.clone());
                 tokio::spawn(async move {
                     loop {
                         let held = permit.acquire().await.expect("never closed");
                         black_box(&held);
                         drop(held);
-                        if turns.fetch_add(1, Ordering::Relaxed) + 1
-                            == target.load(Ordering::Relaxed)
-                        {
-                            reached.notify_one();
-                        }
+                        turns.took();
                         // Turns pass between the tasks, not within one.
                         tokio::task::yield_now().await;
                     }
@@ -529,16 +546,7 @@ fn queued_waiters(c: &mut Criterion) {
         group.bench_with_input(
             BenchmarkId::new("tokio_semaphore", waiters),
             &waiters,
-            |b, _| {
-                b.iter_custom(|iters| {
-                    runtime.block_on(async {
-                        let start = Instant::now();
-                        target.store(turns.load(Ordering::Relaxed) + iters, Ordering::Relaxed);
-                        reached.notified().await;
-                        start.elapsed()
-                    })
-                })
-            },
+            |b, _| b.iter_custom(|iters| turns.time(&runtime, iters)),
         );
         drop(runtime);
     }
