@@ -136,6 +136,13 @@ fn most_entries(max_calls: u64) -> usize {
     usize::try_from(max_calls).unwrap_or(usize::MAX)
 }
 
+/// The size of a log with `extra`: see [`WindowLog::size`].
+fn size_in(extra: Option<&Extra>, counted: &Counted) -> u64 {
+    extra
+        .and_then(|extra| extra.resized)
+        .unwrap_or(counted.quota.max_calls())
+}
+
 /// One admission in a log: 16 bytes. Its units are 1, or in
 /// [`Extra::costs`] when it is [`COSTLY`].
 #[derive(Clone, Copy)]
@@ -244,6 +251,14 @@ impl WindowLog {
         // Truncation intended: each half takes its 64 bits.
         self.in_window = units as u64;
         let high = (units >> 64) as u64;
+        // Most logs have no extra and a sum that fits in 64 bits.
+        if high != 0 || self.extra.is_some() {
+            self.set_in_window_high(high);
+        }
+    }
+
+    #[inline(never)]
+    fn set_in_window_high(&mut self, high: u64) {
         if high != 0 {
             self.extra.get_or_insert_with(Box::default).in_window_high = high;
         } else if let Some(extra) = self.extra.as_deref_mut() {
@@ -319,10 +334,7 @@ impl WindowLog {
     /// The size the log holds the key to: the quota's `max_calls` unless a
     /// provider's announcement lowered it.
     pub(super) fn size(&self, counted: &Counted) -> u64 {
-        self.extra
-            .as_ref()
-            .and_then(|extra| extra.resized)
-            .unwrap_or(counted.quota.max_calls())
+        size_in(self.extra.as_deref(), counted)
     }
 
     /// Holds the key to `size` units per window (at least 1, at most the
@@ -386,8 +398,9 @@ impl WindowLog {
             self.insert_answered(entry, most_entries(self.size(counted)));
             return;
         }
-        let most = most_entries(self.size(counted));
-        self.pending.push_back(entry, most);
+        let extra = self.extra.as_deref();
+        self.pending
+            .push_back(entry, || most_entries(size_in(extra, counted)));
     }
 
     /// The admission `id` was answered at `at`: it leaves a span after that,
@@ -513,11 +526,9 @@ impl WindowLog {
     /// tombstones at most (beyond them, the answer moves).
     fn in_order_at(&self, index: usize, until: Stamp) -> bool {
         const LOOK_BACK: usize = 8;
-        let live_before = self
-            .pending
-            .before(index)
+        let live_before = (index.saturating_sub(LOOK_BACK + 1)..index)
             .rev()
-            .take(LOOK_BACK + 1)
+            .map(|before| &self.pending[before])
             .find(|e| !e.is_moved());
         match live_before {
             // An unbounded one leaves later than any bound.
