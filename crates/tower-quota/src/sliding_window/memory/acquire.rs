@@ -106,7 +106,8 @@ enum AcquireState {
         /// Its place in the queue when it joined, 1 at the front (at most
         /// `u32::MAX`: only reported).
         queued: u32,
-        /// The index in its limits of the quota that last held it back.
+        /// The index in its limits of the quota that last held it back
+        /// (none past the 65,536th quota: it is only reported).
         limited_by: Option<u16>,
         /// It was the head when it last looked.
         was_head: bool,
@@ -522,5 +523,12 @@ mod tests {
     #[test]
     fn an_acquire_future_is_two_cache_lines() {
         assert_eq!(std::mem::size_of::<Acquire>(), 128);
+    }
+
+    /// Its timer is boxed: the future moves freely, pinned or not.
+    #[test]
+    fn an_acquire_future_is_unpin() {
+        fn unpin<T: Unpin>() {}
+        unpin::<Acquire>();
     }
 }
