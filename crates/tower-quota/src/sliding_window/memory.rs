@@ -230,7 +230,7 @@ impl Store for MemoryStore {
         let shard = &mut *guard;
         let now = Instant::now();
         self.shared.tick(shard, now);
-        let state = match entered(
+        let (state, stamp) = match entered(
             &mut shard.keys,
             hash,
             key,
@@ -239,13 +239,21 @@ impl Store for MemoryStore {
             place.priority,
             now,
         ) {
-            Ok(state) => state,
+            Ok(entered) => entered,
             Err(error) => return Some(Err(error)),
         };
         let class = place.priority;
         (state.queue.none_before(class) && state.has_room(now, cost, limits, class)).then(|| {
             let id = shard.ids.take();
-            Ok(admit_now(&self.shared, state, id, key, cost, limits, now))
+            Ok(admit_now(
+                &self.shared,
+                state,
+                id,
+                key,
+                cost,
+                limits,
+                (now, stamp),
+            ))
         })
     }
 

@@ -164,9 +164,10 @@ impl Future for Acquire {
                         now,
                     ) {
                         Err(error) => Step::Ready(Err(error)),
-                        Ok(state) => arrive(
+                        Ok((state, stamp)) => arrive(
                             state,
                             Arrival {
+                                stamp,
                                 shared: &this.shared,
                                 ids: &mut shard.ids,
                                 key: &this.key,
@@ -315,7 +316,8 @@ fn waiting(state: &mut KeyState, this: Waiting<'_>, now: Instant, cx: &mut Conte
         };
     }
     *this.was_head = true;
-    state.prune(now);
+    let stamp = Stamp::of(now);
+    state.prune_at(stamp);
     let (at, limit) = state.earliest(now, this.cost, this.limits, class);
     if let Some(limit) = limit {
         *this.limited_by = this
@@ -325,12 +327,14 @@ fn waiting(state: &mut KeyState, this: Waiting<'_>, now: Instant, cx: &mut Conte
             .position(|quota| *quota == limit)
             .and_then(|index| u16::try_from(index).ok());
     }
-    let needed = Stamp::of(at.unwrap_or(now)).saturating_duration_since(this.enqueued_at);
+    let needed = at
+        .map_or(stamp, Stamp::of)
+        .saturating_duration_since(this.enqueued_at);
     let queued = this.queued as usize;
     if at.is_some_and(|at| at <= now) {
         let id = this.ids.take();
         let lagging = this.shared.lag.is_lagging(now);
-        if let Some(adapted) = state.record(now, this.cost, id, this.limits, lagging) {
+        if let Some(adapted) = state.record(now, stamp, this.cost, id, this.limits, lagging) {
             events::rate_adapted(this.key, adapted, Adaptation::Recovered);
         }
         state.leave(spot, true, now);
@@ -379,8 +383,9 @@ fn waiting(state: &mut KeyState, this: Waiting<'_>, now: Instant, cx: &mut Conte
 }
 
 /// The state of `key` for a request of `cost` in class `priority` arriving
-/// at `now`, created if new and pruned; the request's error when its cost
-/// exceeds a quota or the key is busy under other quotas.
+/// at `now`, created if new and pruned, and the stamp of `now`; the
+/// request's error when its cost exceeds a quota or the key is busy under
+/// other quotas.
 pub(super) fn entered<'a>(
     keys: &'a mut KeyMap<Box<KeyState>>,
     hash: u64,
@@ -389,17 +394,19 @@ pub(super) fn entered<'a>(
     limits: &Limits,
     priority: Priority,
     now: Instant,
-) -> Result<&'a mut KeyState, BoxError> {
+) -> Result<(&'a mut KeyState, Stamp), BoxError> {
     limits.check_cost_for(key, cost, Some(priority))?;
     let state = keys.get_or_insert_with(hash, key, || Box::new(KeyState::new(limits, now)));
-    state.prune(now);
+    let stamp = Stamp::of(now);
+    state.prune_at(stamp);
     if !state.conform(limits) {
         return Err(ConflictingQuotas::new(key.clone()).into());
     }
-    Ok(state)
+    Ok((state, stamp))
 }
 
-/// Admits a request that arrived to room and nobody before it.
+/// Admits a request that arrived at `now` (stamped `stamp`) to room and
+/// nobody before it.
 pub(super) fn admit_now(
     shared: &Shared,
     state: &mut KeyState,
@@ -407,16 +414,18 @@ pub(super) fn admit_now(
     key: &Key,
     cost: u64,
     limits: &Limits,
-    now: Instant,
+    (now, stamp): (Instant, Stamp),
 ) -> Admission {
     let lagging = shared.lag.is_lagging(now);
-    if let Some(adapted) = state.record(now, cost, id, limits, lagging) {
+    if let Some(adapted) = state.record(now, stamp, cost, id, limits, lagging) {
         events::rate_adapted(key, adapted, Adaptation::Recovered);
     }
     Admission::new(key.clone(), id, cost, Duration::ZERO, 0)
 }
 
 struct Arrival<'a> {
+    /// The stamp of the instant it arrives at.
+    stamp: Stamp,
     shared: &'a Arc<Shared>,
     ids: &'a mut AdmissionIds,
     key: &'a Key,
@@ -447,7 +456,7 @@ fn arrive(
             this.key,
             cost,
             this.limits,
-            now,
+            (now, this.stamp),
         )));
     }
     let queued = state.queue.len() + 1;

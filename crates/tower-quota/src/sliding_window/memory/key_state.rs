@@ -268,7 +268,11 @@ impl KeyState {
     }
 
     pub(super) fn prune(&mut self, now: Instant) {
-        let now = Stamp::of(now);
+        self.prune_at(Stamp::of(now));
+    }
+
+    /// [`prune`](Self::prune), with the stamp of the instant.
+    pub(super) fn prune_at(&mut self, now: Stamp) {
         for window in &mut self.windows {
             window.prune(now);
         }
@@ -293,11 +297,13 @@ impl KeyState {
             })
     }
 
-    /// Records an admission; returns the pacer's new burst if it changed.
+    /// Records an admission at `now`, whose stamp is `stamp`; returns the
+    /// pacer's new burst if it changed.
     #[must_use]
     pub(super) fn record(
         &mut self,
         now: Instant,
+        stamp: Stamp,
         cost: u64,
         id: u64,
         limits: &Limits,
@@ -310,7 +316,6 @@ impl KeyState {
         // for Limits::cold_sent_within. Only a caller that reports answers
         // gets one (and counts its requests in flight).
         let answers = limits.reports_answers();
-        let stamp = Stamp::of(now);
         let warm = !answers || (stamp >= self.warm_at && !self.flight.exceeds_at(stamp, 1));
         if answers {
             self.flight.sent_at(stamp);
