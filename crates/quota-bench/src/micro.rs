@@ -389,7 +389,7 @@ clock 8 times per request, twice in each layer (backoff: the request's start, fo
 `max_elapsed`, and tower's `TpsBudget` deposit; breaker: the admission and the outcome; \
 Retry-After: the gate and the response; pacing: the admission and the answer). \
 With queued waiters, the work per admission stays flat (one timer per key, one wake-up per \
-admission: 4,471 instructions per admission with 10,000 waiters and 4,481 with 10, counted by \
+admission: 4,350 instructions per admission with 10,000 waiters and 4,359 with 10, counted by \
 callgrind), but each admission polls the next waiter, queued 10,000 admissions ago: its task, \
 its future (128 bytes) and its place in the queue have left the caches, about 6 data-cache \
 misses per admission in callgrind's model where 10 waiters have none. tokio's semaphore, with \
