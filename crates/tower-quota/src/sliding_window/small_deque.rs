@@ -39,7 +39,7 @@ impl<T> SmallDeque<T> {
     /// The elements in order, as two slices (the second one empty when they
     /// do not wrap around).
     #[inline]
-    pub(super) fn as_slices(&self) -> (&[T], &[T]) {
+    fn as_slices(&self) -> (&[T], &[T]) {
         match self {
             SmallDeque::One(one) => (one.as_slice(), &[]),
             SmallDeque::Many(many) => many.as_slices(),
