@@ -1,0 +1,286 @@
+//! `exact_acquire.lua` decides its common call (one quota, unit costs,
+//! room for every request, no reservations) on a short path. These tests
+//! check that the store's calls take it, and that it decides every call
+//! exactly as the general path does: the same script with the short path
+//! cut out runs the same calls on a twin key, and the replies and the
+//! keys' state are compared.
+
+mod support;
+
+use std::time::Duration;
+
+use redis::{Connection, Script, Value};
+use tower_quota::sliding_window::{Quota, Store};
+use tower_quota::{Key, SlidingWindowLayer};
+use tower_quota_redis::RedisStore;
+
+const SOURCE: &str = include_str!("../src/lua/exact_acquire.lua");
+
+/// The script without its short path: the general path alone.
+fn general_only() -> String {
+    let start = SOURCE
+        .find("-- The common call first")
+        .expect("the short path's opening comment");
+    let end_marker = "end -- the common call\n";
+    let end = SOURCE.find(end_marker).expect("the short path's end") + end_marker.len();
+    format!("{}{}", &SOURCE[..start], &SOURCE[end..])
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn admissions_with_room_take_the_short_path() {
+    // A server of its own: its command counts are this test's alone.
+    let Some(server) = support::RedisServer::start() else {
+        return;
+    };
+    let store = RedisStore::builder(server.url()).build().await.unwrap();
+    // A request that would wait is refused at once.
+    let limiter =
+        SlidingWindowLayer::with_quotas([Quota::new(205, Duration::from_secs(60)).unwrap()])
+            .unwrap()
+            .max_wait(Duration::from_millis(1));
+    let key = Key::from("short-path");
+    // The first call loads the script and records the key's signature: the
+    // general path.
+    store
+        .acquire(key.clone(), 1, limiter.limits())
+        .await
+        .unwrap();
+
+    let before = support::command_calls(&server);
+    let admissions = 200;
+    for _ in 0..admissions {
+        let admission = store
+            .acquire(key.clone(), 1, limiter.limits())
+            .await
+            .unwrap();
+        assert_eq!(admission.waited(), Duration::ZERO);
+    }
+    let after = support::command_calls(&server);
+    let delta = |name: &str| after.get(name).unwrap_or(&0) - before.get(name).unwrap_or(&0);
+    // EXISTS is the short path's own (the general path never runs it), and
+    // ZRANGEBYSCORE the general path's (its read of the signature).
+    assert_eq!(delta("exists"), admissions);
+    assert_eq!(
+        delta("zrangebyscore"),
+        0,
+        "no call went on to the general path"
+    );
+    assert_eq!(delta("zadd"), admissions);
+    let in_script: u64 = after
+        .keys()
+        .filter(|name| {
+            !["evalsha", "info", "hello", "ping", "client|setinfo"].contains(&name.as_str())
+        })
+        .map(|name| delta(name))
+        .sum();
+    // TIME, EXISTS, ZRANGE, ZREMRANGEBYSCORE, ZCARD, ZADD, PTTL, and a
+    // PEXPIRE when the key's expiry needs extending.
+    assert!(
+        in_script <= 8 * admissions,
+        "{in_script} commands run by the script for {admissions} admissions"
+    );
+
+    // Four more fill the quota (205 in all); the next one finds no room
+    // and is decided by the general path: it would wait a window.
+    for _ in 0..4 {
+        store
+            .acquire(key.clone(), 1, limiter.limits())
+            .await
+            .unwrap();
+    }
+    let before = support::command_calls(&server);
+    let result = store.acquire(key.clone(), 1, limiter.limits()).await;
+    let after = support::command_calls(&server);
+    let delta = |name: &str| after.get(name).unwrap_or(&0) - before.get(name).unwrap_or(&0);
+    assert!(
+        delta("zrangebyscore") >= 1,
+        "a full log goes on to the general path"
+    );
+    let Err(error) = result else {
+        panic!("a full quota refuses a request that may not wait");
+    };
+    assert!(
+        error.to_string().contains("wait"),
+        "refused for its wait: {error}"
+    );
+}
+
+/// One call of the script for one quota of `most` per `span_us`, with
+/// `ids` as one run of new requests of unit cost.
+struct Call<'a> {
+    max_queue: &'a str,
+    sent_within: &'a str,
+    most: &'a str,
+    signature: &'a str,
+    ids: Vec<String>,
+}
+
+impl Call<'_> {
+    fn run(&self, script: &Script, connection: &mut Connection, prefix: &str) -> Value {
+        let log = format!("{{{prefix}}}:log");
+        let mut invocation = script.prepare_invoke();
+        invocation
+            .key(&log)
+            .key(format!("{{{prefix}}}:costs"))
+            .key(format!("{{{prefix}}}:queue"))
+            .key(format!("{{{prefix}}}:floors"))
+            .key(&log)
+            .arg(self.max_queue)
+            .arg(self.sent_within)
+            .arg(0)
+            .arg(1)
+            .arg(60_000_000)
+            .arg(self.most)
+            .arg(self.signature)
+            .arg(self.ids.len())
+            .arg(self.ids.len())
+            .arg(-1)
+            .arg(0)
+            .arg(1)
+            .arg(0);
+        for id in &self.ids {
+            invocation.arg(id);
+        }
+        match invocation.invoke::<Value>(connection) {
+            Ok(value) => value,
+            Err(error) => Value::SimpleString(format!("error: {:?}", error.kind())),
+        }
+    }
+}
+
+/// A reply's statuses, queue places and limiting quotas, with its waits
+/// rounded to seconds (the twin calls run microseconds apart).
+fn shape(reply: &Value) -> Vec<i64> {
+    let Value::Array(items) = reply else {
+        return vec![-1];
+    };
+    items
+        .iter()
+        .enumerate()
+        .map(|(index, item)| {
+            let Value::Int(value) = item else {
+                return i64::MIN;
+            };
+            if index % 5 == 1 || index % 5 == 4 {
+                (value + 500_000) / 1_000_000
+            } else {
+                *value
+            }
+        })
+        .collect()
+}
+
+/// The key's state: the log's members in order (scores left out: they hold
+/// the call's instant), whether a queue exists, and its expiry in seconds.
+fn state(connection: &mut Connection, prefix: &str) -> (Vec<String>, bool, i64) {
+    let log = format!("{{{prefix}}}:log");
+    let members: Vec<String> = redis::cmd("ZRANGE")
+        .arg(&log)
+        .arg(0)
+        .arg(-1)
+        .query(connection)
+        .unwrap();
+    let queue: bool = redis::cmd("EXISTS")
+        .arg(format!("{{{prefix}}}:queue"))
+        .query(connection)
+        .unwrap();
+    let ttl: i64 = redis::cmd("PTTL").arg(&log).query(connection).unwrap();
+    (members, queue, (ttl + 500) / 1000)
+}
+
+#[test]
+fn the_short_path_decides_as_the_general_path() {
+    let Some(server) = support::shared() else {
+        return;
+    };
+    let mut connection = server.connection();
+    let shipped = Script::new(SOURCE);
+    let general = Script::new(&general_only());
+    assert_ne!(shipped.get_hash(), general.get_hash());
+    let suffix = support::unique_key("twin");
+    let (a, b) = (format!("a-{suffix}"), format!("b-{suffix}"));
+
+    let ids = |from: usize, count: usize| (from..from + count).map(|id| id.to_string()).collect();
+    let call = |ids: Vec<String>| Call {
+        max_queue: "-1",
+        sent_within: "100000",
+        most: "8",
+        signature: "sig-8",
+        ids,
+    };
+    let calls = [
+        // A new key: the general path records the signature.
+        call(ids(1, 1)),
+        // Room for all: the short path (2, 3 and 2 more: 8 in the log).
+        call(ids(2, 2)),
+        call(ids(4, 3)),
+        call(ids(7, 2)),
+        // Full: reserved a window ahead, then behind that reservation.
+        call(ids(9, 1)),
+        call(ids(10, 2)),
+        // Another signature: refused (status 4), nothing recorded.
+        Call {
+            signature: "sig-other",
+            ..call(ids(12, 1))
+        },
+        // Strict, an unknown queue bound, a count that does not parse.
+        Call {
+            sent_within: "-1",
+            ..call(ids(13, 1))
+        },
+        Call {
+            max_queue: "x",
+            ..call(ids(14, 1))
+        },
+        Call {
+            most: "many",
+            ..call(ids(15, 1))
+        },
+    ];
+    for (step, call) in calls.iter().enumerate() {
+        let (from_shipped, from_general) = (
+            call.run(&shipped, &mut connection, &a),
+            call.run(&general, &mut connection, &b),
+        );
+        assert_eq!(
+            shape(&from_shipped),
+            shape(&from_general),
+            "replies at step {step}"
+        );
+        assert_eq!(
+            state(&mut connection, &a),
+            state(&mut connection, &b),
+            "state after step {step}"
+        );
+    }
+    let (members, queue, ttl) = state(&mut connection, &a);
+    // Requests 1 to 11 and the strict one (13), reserved behind them, and
+    // the signature.
+    assert_eq!(members.len(), 13, "{members:?}");
+    assert!(queue);
+    assert!(ttl >= 120, "{ttl}");
+
+    // Room again in a fresh pair of keys, in batches up to the quota's
+    // edge and one past it.
+    let (a, b) = (format!("c-{suffix}"), format!("d-{suffix}"));
+    for (step, count) in [1, 7, 1].into_iter().enumerate() {
+        let call = Call {
+            most: "8",
+            ..call(ids(100 * (step + 1), count))
+        };
+        let (from_shipped, from_general) = (
+            call.run(&shipped, &mut connection, &a),
+            call.run(&general, &mut connection, &b),
+        );
+        assert_eq!(
+            shape(&from_shipped),
+            shape(&from_general),
+            "replies at batch {step}"
+        );
+        assert_eq!(
+            state(&mut connection, &a),
+            state(&mut connection, &b),
+            "batch {step}"
+        );
+    }
+}
