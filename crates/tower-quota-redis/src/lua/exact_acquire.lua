@@ -114,7 +114,9 @@
 -- move up (1 to 5 record nothing); queued = the reservations still ahead,
 -- this one included (0 when not reserved or moving up); limiting =
 -- 1-based index of the quota that decided the wait, 0 if none; floor_us =
--- the wait until the reservation's floor (wait_us when it has none).
+-- the wait until the reservation's floor (wait_us when it has none); or
+-- an empty reply when every request was admitted now (status 0, every
+-- other value 0: the common call below).
 -- Arguments that do not parse are an error reply, before anything is
 -- written. Key TTLs are only ever extended (PEXPIRE GT: Redis 7.0), and
 -- only when an entry needs longer than they have left.
@@ -125,7 +127,8 @@
 -- for every request at once. Then every request is admitted now, as the
 -- general path below would decide it (no wait, no queue, no floor), in
 -- seven commands instead of about ten and without the general path's
--- bookkeeping: most calls of a key that is not saturated end here.
+-- bookkeeping: most calls of a key that is not saturated end here. Its
+-- reply is empty: every request recorded, admitted now.
 -- Anything else, malformed arguments included, goes on to the general
 -- path, which decides it (or refuses it) in full.
 if #KEYS == 5 and KEYS[5] == KEYS[1] and ARGV[4] == '1' and ARGV[11] == '0'
@@ -147,19 +150,16 @@ if #KEYS == 5 and KEYS[5] == KEYS[1] and ARGV[4] == '1' and ARGV[11] == '0'
       if redis.call('ZCARD', z) - 1 + c <= most then
         local hold = sent_within + extra
         local score = string.format('%.0f', now + hold)
-        local entries, out = {}, {}
+        local entries = {}
         for m = 1, c do
           entries[2 * m - 1], entries[2 * m] = score, ARGV[13 + m]
-          for j = 5 * m - 4, 5 * m do
-            out[j] = 0
-          end
         end
         redis.call('ZADD', z, unpack(entries))
         local needed = math.ceil((hold + span) / 1000)
         if redis.call('PTTL', z) < needed then
           redis.call('PEXPIRE', z, needed + 1000, 'GT')
         end
-        return out
+        return {}
       end
     end
   end
