@@ -193,8 +193,8 @@ fn state(connection: &mut Connection, prefix: &str) -> (Vec<String>, bool, i64) 
     (members, queue, (ttl + 500) / 1000)
 }
 
-#[test]
-fn the_short_path_decides_as_the_general_path() {
+#[tokio::test]
+async fn the_short_path_decides_as_the_general_path() {
     let Some(server) = support::shared() else {
         return;
     };
@@ -272,7 +272,8 @@ fn the_short_path_decides_as_the_general_path() {
     let (a, b) = (format!("c-{suffix}"), format!("d-{suffix}"));
     for (step, count) in [1, 7, 0, 3, 5].into_iter().enumerate() {
         if count == 0 {
-            std::thread::sleep(Duration::from_millis(300));
+            // Redis's clock: real time.
+            tokio::time::sleep(Duration::from_millis(300)).await;
             continue;
         }
         let call = Call {
