@@ -160,17 +160,34 @@ impl From<Arc<str>> for Key {
     }
 }
 
+impl Key {
+    /// The name's bytes: what equality, hashing and ordering compare, as
+    /// they would the `&str`'s, without checking an inline name's UTF-8
+    /// again on every lookup.
+    fn as_bytes(&self) -> &[u8] {
+        match &self.0 {
+            Repr::Static(name) => name.as_bytes(),
+            Repr::Shared(name) => name.as_bytes(),
+            Repr::Authority(authority) => authority.as_str().as_bytes(),
+            Repr::Inline(inline) => &inline.bytes[..usize::from(inline.len)],
+        }
+    }
+}
+
 impl PartialEq for Key {
     fn eq(&self, other: &Self) -> bool {
-        self.as_str() == other.as_str()
+        self.as_bytes() == other.as_bytes()
     }
 }
 
 impl Eq for Key {}
 
 impl Hash for Key {
+    /// As `str` hashes (its bytes, then `0xff`), which `Borrow<str>`
+    /// requires: a map of keys is looked up by `&str` too.
     fn hash<H: Hasher>(&self, state: &mut H) {
-        self.as_str().hash(state);
+        state.write(self.as_bytes());
+        state.write_u8(0xff);
     }
 }
 
@@ -181,8 +198,9 @@ impl PartialOrd for Key {
 }
 
 impl Ord for Key {
+    /// As `str` orders: byte by byte.
     fn cmp(&self, other: &Self) -> std::cmp::Ordering {
-        self.as_str().cmp(other.as_str())
+        self.as_bytes().cmp(other.as_bytes())
     }
 }
 
@@ -713,6 +731,7 @@ mod tests {
     fn a_key_is_its_name_whatever_its_form() {
         use std::hash::BuildHasher;
         let hash = |key: &Key| foldhash::fast::FixedState::default().hash_one(key);
+        let std_state = std::hash::RandomState::new();
         let short = "a".repeat(INLINE);
         let long = "a".repeat(INLINE + 1);
         // 19 two-byte characters: 38 bytes, in place whole.
@@ -734,12 +753,47 @@ mod tests {
                 assert_eq!(key.as_str(), name);
                 assert_eq!(key, &forms[0]);
                 assert_eq!(hash(key), hash(&forms[0]));
+                // As its `&str` hashes (`Borrow<str>`), in either hasher.
+                let by_name = foldhash::fast::FixedState::default().hash_one(name);
+                assert_eq!(hash(key), by_name);
+                assert_eq!(std_state.hash_one(key), std_state.hash_one(name));
             }
             let inline = matches!(forms[0].0, Repr::Inline(_));
             assert_eq!(inline, name.len() <= INLINE, "{name}");
             assert_eq!(matches!(forms[1].0, Repr::Inline(_)), inline, "{name}");
         }
         assert_eq!(std::mem::size_of::<Key>(), 40);
+    }
+
+    /// Keys order as their names do, whatever their forms.
+    #[test]
+    fn keys_order_as_their_names() {
+        let names = [
+            "b",
+            "",
+            "a",
+            "ab",
+            "é",
+            "z".repeat(INLINE + 1).leak(),
+            "10",
+            "9",
+        ];
+        let mut keys: Vec<Key> = names
+            .iter()
+            .enumerate()
+            .map(|(index, name)| match index % 3 {
+                0 => Key::new(name),
+                1 => Key::from(Arc::<str>::from(*name)),
+                _ => Key::from(name.to_string()),
+            })
+            .collect();
+        keys.push(Key::from(100u64));
+        keys.sort();
+        let mut sorted: Vec<String> = names.iter().map(|name| name.to_string()).collect();
+        sorted.push("100".into());
+        sorted.sort();
+        let keys: Vec<&str> = keys.iter().map(Key::as_str).collect();
+        assert_eq!(keys, sorted);
     }
 
     #[test]
