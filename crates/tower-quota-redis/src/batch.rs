@@ -13,8 +13,9 @@
 //! flight gets its decision dropped with it, and the [`Reservation`] in
 //! that decision removes what the script recorded for it.
 
-use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
+
+use foldhash::HashMap;
 
 use tokio::sync::oneshot;
 use tower_quota::Key;

@@ -2,7 +2,6 @@
 //! admissions of one key), a sleep until the reserved slot, the failure
 //! policy when Redis cannot decide.
 
-use std::collections::HashMap;
 use std::fmt;
 use std::future::Future;
 use std::pin::Pin;
@@ -10,6 +9,7 @@ use std::sync::{Arc, Mutex, PoisonError};
 use std::task::{Context, Poll};
 use std::time::Duration;
 
+use foldhash::HashMap;
 use redis::{Cmd, ErrorKind, FromRedisValue, Script, ScriptInvocation, ServerErrorKind};
 use tokio::time::Instant;
 use tower_quota::sliding_window::{
@@ -188,9 +188,9 @@ impl RedisStore {
                 approximate,
                 coalesce,
                 fallback: MemoryStore::new(),
-                known: Mutex::new(HashMap::new()),
+                known: Mutex::new(HashMap::default()),
                 lanes: Lanes::default(),
-                drift: Mutex::new(HashMap::new()),
+                drift: Mutex::new(HashMap::default()),
                 suspended_until: Mutex::new(None),
                 lag: LagProbe::new(),
             }),
@@ -1034,8 +1034,11 @@ impl Inner {
         } else {
             // A failed move up may still have run: the reservation's drop
             // removes what it records, and the failure policy applies.
-            let slept = self
-                .sleep_until_slot(key, wait, move_up)
+            // Boxed: only a request that waits needs its timer and its
+            // calls to move up, and the admission future of every request
+            // would otherwise carry their room (it is moved into its box
+            // whole, once per request).
+            let slept = Box::pin(self.sleep_until_slot(key, wait, move_up))
                 .await
                 .map_err(Failure::Store)?;
             elapsed.saturating_add(slept)
