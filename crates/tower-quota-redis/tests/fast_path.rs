@@ -193,6 +193,45 @@ fn state(connection: &mut Connection, prefix: &str) -> (Vec<String>, bool, i64) 
     (members, queue, (ttl + 500) / 1000)
 }
 
+/// `call` changed by `edit`.
+fn edited<'a>(mut call: Call<'a>, edit: impl FnOnce(&mut Call<'a>)) -> Call<'a> {
+    edit(&mut call);
+    call
+}
+
+/// The shipped script and the general path alone, run on twin keys.
+struct Twins<'a> {
+    shipped: &'a Script,
+    general: &'a Script,
+}
+
+impl Twins<'_> {
+    /// Runs `call` through each script on its own key of `keys`, checks
+    /// that they replied and wrote alike, and returns the shipped script's
+    /// reply.
+    fn run(
+        &self,
+        call: &Call<'_>,
+        connection: &mut Connection,
+        keys: (&str, &str),
+        what: &str,
+    ) -> Value {
+        let from_shipped = call.run(self.shipped, connection, keys.0);
+        let from_general = call.run(self.general, connection, keys.1);
+        assert_eq!(
+            shape(&from_shipped, call.ids.len()),
+            shape(&from_general, call.ids.len()),
+            "replies at {what}"
+        );
+        assert_eq!(
+            state(connection, keys.0),
+            state(connection, keys.1),
+            "state after {what}"
+        );
+        from_shipped
+    }
+}
+
 #[tokio::test]
 async fn the_short_path_decides_as_the_general_path() {
     let Some(server) = support::shared() else {
@@ -225,39 +264,18 @@ async fn the_short_path_decides_as_the_general_path() {
         call(ids(9, 1)),
         call(ids(10, 2)),
         // Another signature: refused (status 4), nothing recorded.
-        Call {
-            signature: "sig-other",
-            ..call(ids(12, 1))
-        },
+        edited(call(ids(12, 1)), |call| call.signature = "sig-other"),
         // Strict, an unknown queue bound, a count that does not parse.
-        Call {
-            sent_within: "-1",
-            ..call(ids(13, 1))
-        },
-        Call {
-            max_queue: "x",
-            ..call(ids(14, 1))
-        },
-        Call {
-            most: "many",
-            ..call(ids(15, 1))
-        },
+        edited(call(ids(13, 1)), |call| call.sent_within = "-1"),
+        edited(call(ids(14, 1)), |call| call.max_queue = "x"),
+        edited(call(ids(15, 1)), |call| call.most = "many"),
     ];
+    let twins = Twins {
+        shipped: &shipped,
+        general: &general,
+    };
     for (step, call) in calls.iter().enumerate() {
-        let (from_shipped, from_general) = (
-            call.run(&shipped, &mut connection, &a),
-            call.run(&general, &mut connection, &b),
-        );
-        assert_eq!(
-            shape(&from_shipped, call.ids.len()),
-            shape(&from_general, call.ids.len()),
-            "replies at step {step}"
-        );
-        assert_eq!(
-            state(&mut connection, &a),
-            state(&mut connection, &b),
-            "state after step {step}"
-        );
+        twins.run(call, &mut connection, (&a, &b), &format!("step {step}"));
     }
     let (members, queue, ttl) = state(&mut connection, &a);
     // Requests 1 to 11 and the strict one (13), reserved behind them, and
@@ -276,26 +294,12 @@ async fn the_short_path_decides_as_the_general_path() {
             tokio::time::sleep(Duration::from_millis(300)).await;
             continue;
         }
-        let call = Call {
-            span_us: 100_000,
-            ..call(ids(100 * (step + 1), count))
-        };
-        let (from_shipped, from_general) = (
-            call.run(&shipped, &mut connection, &a),
-            call.run(&general, &mut connection, &b),
-        );
-        assert_eq!(
-            shape(&from_shipped, call.ids.len()),
-            shape(&from_general, call.ids.len()),
-            "replies at batch {step}"
-        );
+        let call = edited(call(ids(100 * (step + 1), count)), |call| {
+            call.span_us = 100_000;
+        });
+        let from_shipped = twins.run(&call, &mut connection, (&a, &b), &format!("batch {step}"));
         if step > 0 {
             assert_eq!(from_shipped, Value::Array(Vec::new()), "batch {step}");
         }
-        assert_eq!(
-            state(&mut connection, &a),
-            state(&mut connection, &b),
-            "batch {step}"
-        );
     }
 }
