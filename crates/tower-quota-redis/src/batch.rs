@@ -3,10 +3,15 @@
 //! call, which admits them one after another in arrival order.
 //!
 //! The first admission of an idle key is sent at once by its own future
-//! (no added latency at concurrency 1). When its call comes back, the
-//! admissions that arrived meanwhile are sent by a spawned task, as one
-//! batch, and so on while more arrive. A key's entry in [`Lanes`] exists
-//! while a call for it is in flight.
+//! (no added latency at concurrency 1). The admissions that arrive while
+//! it is in flight are sent by a spawned task, as one batch: as soon as
+//! [`SECOND_CALL`] of them wait (a second call in flight, so that Redis
+//! decides one batch while the next is on its way and the answers of the
+//! one before are read), or else when the call in flight comes back. At
+//! most two calls of a key are in flight, and a call is sent only once
+//! every call before it has been sent: on one connection Redis runs them
+//! in that order, so the key's requests are decided in arrival order. A
+//! key's entry in [`Lanes`] exists while a call for it is in flight.
 //!
 //! Cancellation keeps the guarantee of a single call: a request dropped
 //! before its batch is sent is left out; one dropped while its batch is in
@@ -59,7 +64,20 @@ struct Member {
 struct Lane {
     names: Arc<Names>,
     waiting: Vec<Member>,
+    /// The key's calls in flight: 1 or 2.
+    in_flight: u8,
+    /// Whether a spawned call has yet to send its command: no later call
+    /// may go before it does.
+    unsent: bool,
 }
+
+/// The fewest waiting requests sent as a second call while one is in
+/// flight. Fewer wait for the call in flight to come back: a call costs
+/// Redis about as much as a dozen admissions of a batch.
+pub(crate) const SECOND_CALL: usize = 16;
+
+/// The most calls of one key in flight at once.
+const MAX_IN_FLIGHT: u8 = 2;
 
 /// The keys with a call in flight, and the requests waiting for it.
 #[derive(Default)]
@@ -95,85 +113,146 @@ impl Lanes {
                     Lane {
                         names: names.clone(),
                         waiting: Vec::new(),
+                        in_flight: 1,
+                        unsent: false,
                     },
                 );
                 Join::Lead(Flight {
                     inner: inner.clone(),
                     key: key.clone(),
-                    names: names.clone(),
                 })
             }
             Some(lane) if Arc::ptr_eq(&lane.names, names) || lane.names.limits == names.limits => {
                 let (reply, receiver) = oneshot::channel();
                 lane.waiting.push(Member { request, reply });
+                if lane.in_flight < MAX_IN_FLIGHT && lane.waiting.len() >= SECOND_CALL {
+                    // Else they wait for the call in flight to come back.
+                    let _ = lane.send(inner, key);
+                }
                 Join::Wait(receiver)
             }
             Some(_) => Join::Alone,
         }
     }
 
-    /// The call in flight for `key` is over: the requests that waited for
-    /// it, or `None` (and the lane is gone) when none did.
-    fn land(&self, key: &Key) -> Option<Vec<Member>> {
+    /// A call of `key` is over: sends what waits if it may go now (with no
+    /// call left in flight, whatever waits; beside one, a second call's
+    /// worth), and forgets the key once nothing is in flight or waiting.
+    fn landed(&self, inner: &Arc<Inner>, key: &Key) {
         let mut lanes = lock(&self.lanes);
-        let lane = lanes.get_mut(key)?;
-        if lane.waiting.is_empty() {
+        let Some(lane) = lanes.get_mut(key) else {
+            return;
+        };
+        lane.in_flight = lane.in_flight.saturating_sub(1);
+        if lane.in_flight > 0 {
+            if lane.waiting.len() >= SECOND_CALL {
+                // Else they wait for the other call to come back.
+                let _ = lane.send(inner, key);
+            }
+        } else if lane.waiting.is_empty() || !lane.send(inner, key) {
+            // Nothing to send, or no runtime to send it: the waiting
+            // requests' channels close, and each meets its failure policy.
             lanes.remove(key);
-            None
-        } else {
-            Some(std::mem::take(&mut lane.waiting))
         }
+    }
+
+    /// A spawned call has sent its command: later calls may go.
+    fn sent(&self, key: &Key) {
+        if let Some(lane) = lock(&self.lanes).get_mut(key) {
+            lane.unsent = false;
+        }
+    }
+}
+
+impl Lane {
+    /// Sends the waiting requests (up to [`MAX_BATCH`]) as one call, by a
+    /// spawned task, unless a call before it is yet to send its command
+    /// (that call sends them when it is over) or there is no runtime:
+    /// whether they went.
+    fn send(&mut self, inner: &Arc<Inner>, key: &Key) -> bool {
+        if self.unsent {
+            return false;
+        }
+        let Ok(runtime) = tokio::runtime::Handle::try_current() else {
+            return false;
+        };
+        let members: Vec<Member> = self
+            .waiting
+            .drain(..self.waiting.len().min(MAX_BATCH))
+            .collect();
+        self.in_flight += 1;
+        self.unsent = true;
+        let call = Call {
+            inner: inner.clone(),
+            key: key.clone(),
+            unsent: true,
+        };
+        runtime.spawn(call.run(self.names.clone(), members));
+        true
     }
 }
 
 /// The call of a request that found its key idle. Dropped when the call
 /// is over, or with the request: the requests that arrived meanwhile are
-/// then sent by a spawned task.
+/// then sent, if no second call took them.
 pub(crate) struct Flight {
     inner: Arc<Inner>,
     key: Key,
-    names: Arc<Names>,
 }
 
 impl Drop for Flight {
     fn drop(&mut self) {
-        let Some(members) = self.inner.lanes.land(&self.key) else {
-            return;
-        };
-        // Without a runtime the members' channels close: each meets its
-        // failure policy.
-        if let Ok(runtime) = tokio::runtime::Handle::try_current() {
-            runtime.spawn(drive(
-                self.inner.clone(),
-                self.key.clone(),
-                self.names.clone(),
-                members,
-            ));
-        }
+        self.inner.lanes.landed(&self.inner, &self.key);
     }
 }
 
-/// Sends the waiting requests of `key`, batch after batch, until none wait.
-async fn drive(inner: Arc<Inner>, key: Key, names: Arc<Names>, mut members: Vec<Member>) {
-    loop {
+/// One spawned call of a batch. Whether it ends or is dropped (its runtime
+/// shutting down), its key's lane learns that it is over, and that its
+/// command went (or never will).
+struct Call {
+    inner: Arc<Inner>,
+    key: Key,
+    unsent: bool,
+}
+
+impl Call {
+    async fn run(mut self, names: Arc<Names>, mut members: Vec<Member>) {
         // Requests dropped before their batch is sent are left out.
         members.retain(|member| !member.reply.is_closed());
-        while !members.is_empty() {
-            let batch: Vec<Member> = members.drain(..members.len().min(MAX_BATCH)).collect();
-            let requests: Vec<Request> = batch.iter().map(|member| member.request).collect();
-            let outcomes = inner.decide(&key, &names, &requests).await;
-            for (member, outcome) in batch.into_iter().zip(outcomes) {
-                // A request dropped meanwhile: its reservation, dropped
-                // here, removes what the call recorded for it.
-                let _ = member.reply.send(outcome);
+        if members.is_empty() {
+            return;
+        }
+        let requests: Vec<Request> = members.iter().map(|member| member.request).collect();
+        let call = self.inner.decide(&self.key, &names, &requests);
+        let mut call = std::pin::pin!(call);
+        // Polled once before the lane hears of it: in that poll, the
+        // command goes to the connection (unless it is reconnecting, when
+        // calls may run in either order).
+        let outcomes = std::future::poll_fn(|cx| {
+            let polled = call.as_mut().poll(cx);
+            if self.unsent {
+                self.unsent = false;
+                self.inner.lanes.sent(&self.key);
             }
+            polled
+        })
+        .await;
+        for (member, outcome) in members.into_iter().zip(outcomes) {
+            // A request dropped meanwhile: its reservation, dropped here,
+            // removes what the call recorded for it.
+            let _ = member.reply.send(outcome);
         }
         // The requests just answered run first and may ask again: they
         // join the next batch instead of following it alone.
         tokio::task::yield_now().await;
-        match inner.lanes.land(&key) {
-            Some(next) => members = next,
-            None => return,
+    }
+}
+
+impl Drop for Call {
+    fn drop(&mut self) {
+        if self.unsent {
+            self.inner.lanes.sent(&self.key);
         }
+        self.inner.lanes.landed(&self.inner, &self.key);
     }
 }

@@ -140,7 +140,8 @@ impl RedisStoreBuilder {
     /// Whether concurrent exact admissions of one key share script calls
     /// (on by default). The first admission of an idle key is sent at once;
     /// those that arrive while a call for the key is in flight go together
-    /// in the next call, which admits them one after another in arrival
+    /// in the next call (at once, as a second call in flight, when 16
+    /// wait), which admits them one after another in arrival
     /// order, exactly as separate calls would. A request that joins a call
     /// in flight may wait for it and its own call: up to two timeouts when
     /// Redis stops answering. Off, every admission is one call of its own.

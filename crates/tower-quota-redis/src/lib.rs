@@ -166,12 +166,18 @@
 //! batch, and a lone request pays exactly one round trip. Requests of the
 //! key that arrive while that call is in flight wait for it, then go
 //! together in the next call (up to 256 per call), sent by a spawned task;
-//! and so on while more arrive. The script admits a batch's requests one
+//! and so on while more arrive. Once 16 of them wait, they go at once as a
+//! second call, behind the first on the connection, so that Redis decides
+//! one batch while the next is on its way (at most two calls of a key in
+//! flight, and a call goes only once the one before it has been sent).
+//! The script admits a batch's requests one
 //! after another at one Redis instant, exactly as if each had made its own
 //! call in that order: the same decisions, waits, refusals and bounds, so
 //! exactness is unchanged and the key's requests are served in arrival
-//! order. Under load, a key's admissions then cost a few script calls per
-//! hundred requests instead of one each.
+//! order (while the connection is being re-established, two calls in
+//! flight may run in either order: still exact). Under load, a key's
+//! admissions then cost a few script calls per hundred requests instead
+//! of one each.
 //!
 //! A request that joins a call in flight waits for that call before its
 //! own is sent: when Redis stops answering, it may wait up to two

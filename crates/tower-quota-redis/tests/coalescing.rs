@@ -17,7 +17,7 @@ use std::task::Poll;
 use std::time::Duration;
 
 use redis::Commands;
-use tower_quota::sliding_window::{Limits, Quota, Store};
+use tower_quota::sliding_window::{Admission, Limits, Quota, Store};
 use tower_quota::{Key, SlidingWindowLayer};
 use tower_quota_redis::{Acquire, RedisStore};
 
@@ -99,6 +99,46 @@ fn log_scores(server: &support::RedisServer, log: &str) -> HashMap<u64, u64> {
         .collect()
 }
 
+/// Checks that `admissions`, in arrival order, were admitted in that order
+/// (each no earlier than the one before it, so none overtook a larger one
+/// ahead of it), and exactly: no window of `quota` (scores are the
+/// instants entries start holding their slot) holds more than its
+/// `max_calls` units.
+fn check_in_order_and_exact(
+    store: &RedisStore,
+    admissions: &[Admission],
+    scores: &HashMap<u64, u64>,
+    quota: Quota,
+) {
+    let in_order: Vec<u64> = admissions
+        .iter()
+        .map(|admission| scores[&store.log_member(admission).expect("in the log")])
+        .collect();
+    assert!(in_order.is_sorted(), "{in_order:?}");
+    let mut held: Vec<(u64, u64)> = admissions
+        .iter()
+        .map(|admission| {
+            (
+                scores[&store.log_member(admission).expect("in the log")],
+                admission.cost(),
+            )
+        })
+        .collect();
+    held.sort_unstable();
+    let span = quota.window().as_micros() as u64;
+    for (start, (from, _)) in held.iter().enumerate() {
+        let in_window: u64 = held[start..]
+            .iter()
+            .take_while(|(at, _)| *at < from + span)
+            .map(|(_, units)| units)
+            .sum();
+        assert!(
+            in_window <= quota.max_calls(),
+            "{in_window} units from {from}: {held:?}"
+        );
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn requests_arriving_during_a_call_share_the_next_call_in_order_and_exactly() {
     let Some(server) = support::RedisServer::start() else {
@@ -150,37 +190,7 @@ async fn requests_arriving_during_a_call_share_the_next_call_in_order_and_exactl
             assert_eq!(calls, costs.len() as u64, "one call per request");
         }
 
-        // In arrival order: every request is admitted no earlier than the
-        // one before it, so none overtakes a larger one ahead of it.
-        let in_order: Vec<u64> = admissions
-            .iter()
-            .map(|admission| scores[&store.log_member(admission).expect("in the log")])
-            .collect();
-        assert!(in_order.is_sorted(), "{in_order:?}");
-        // Exact: no window of the quota (scores are the instants entries
-        // start holding their slot) holds more than max_calls units.
-        let mut held: Vec<(u64, u64)> = admissions
-            .iter()
-            .map(|admission| {
-                (
-                    scores[&store.log_member(admission).expect("in the log")],
-                    admission.cost(),
-                )
-            })
-            .collect();
-        held.sort_unstable();
-        let span = quota.window().as_micros() as u64;
-        for (start, (from, _)) in held.iter().enumerate() {
-            let in_window: u64 = held[start..]
-                .iter()
-                .take_while(|(at, _)| *at < from + span)
-                .map(|(_, units)| units)
-                .sum();
-            assert!(
-                in_window <= max_calls,
-                "{in_window} units from {from}: {held:?}"
-            );
-        }
+        check_in_order_and_exact(&store, &admissions, &scores, quota);
         // And the quota is used: 27 units need three windows, not more.
         let last_wait = admissions.last().unwrap().waited();
         assert!(
@@ -188,6 +198,46 @@ async fn requests_arriving_during_a_call_share_the_next_call_in_order_and_exactl
             "{last_wait:?}"
         );
     }
+}
+
+/// While the first call of a key is in Redis, a batch worth a call of its
+/// own goes at once as a second call, behind it on the connection; what
+/// arrives while both are in flight goes when the first is back. Every
+/// request is still decided in arrival order, and exactly.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_second_call_goes_while_the_first_is_in_flight_in_order_and_exactly() {
+    let Some(server) = support::RedisServer::start() else {
+        return;
+    };
+    let quota = Quota::new(10, Duration::from_millis(300)).unwrap();
+    let layer = SlidingWindowLayer::with_quotas([quota])
+        .unwrap()
+        .safety_margin(Duration::ZERO)
+        .unwrap();
+    let store = store(&server, true).await;
+    let key = Key::from("two-in-flight");
+    store
+        .acquire(Key::from("warm-up"), 1, layer.limits())
+        .await
+        .unwrap();
+    // The first request's call, then 16 more arrivals (the second call),
+    // then 23 (sent once the first call is back): 40 units, four windows.
+    let costs = [1; 40];
+    reset_stats(&server);
+    pause(&server);
+    let acquires = start_in_order(&store, &key, &costs, layer.limits()).await;
+    let tasks: Vec<_> = acquires.into_iter().map(tokio::spawn).collect();
+    unpause(&server);
+    let log = &store.redis_keys(&key, layer.limits())[0];
+    server.wait_for_members(log, costs.len()).await;
+    let calls = evalsha_calls(&server);
+    let scores = log_scores(&server, log);
+    let mut admissions = Vec::new();
+    for task in tasks {
+        admissions.push(task.await.unwrap().expect("admitted"));
+    }
+    assert_eq!(calls, 3, "the first request's call, then 16, then 23");
+    check_in_order_and_exact(&store, &admissions, &scores, quota);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
