@@ -105,8 +105,10 @@ impl Lanes {
         names: &Arc<Names>,
         request: Request,
     ) -> Join {
+        let runtime = tokio::runtime::Handle::try_current().ok();
         let mut lanes = lock(&self.lanes);
-        match lanes.get_mut(key) {
+        let mut second = None;
+        let join = match lanes.get_mut(key) {
             None => {
                 lanes.insert(
                     key.clone(),
@@ -127,33 +129,46 @@ impl Lanes {
                 lane.waiting.push(Member { request, reply });
                 if lane.in_flight < MAX_IN_FLIGHT && lane.waiting.len() >= SECOND_CALL {
                     // Else they wait for the call in flight to come back.
-                    let _ = lane.send(inner, key);
+                    second = lane.take_batch(inner, key, runtime.as_ref());
                 }
                 Join::Wait(receiver)
             }
             Some(_) => Join::Alone,
-        }
+        };
+        drop(lanes);
+        spawn(runtime, second);
+        join
     }
 
     /// A call of `key` is over: sends what waits if it may go now (with no
     /// call left in flight, whatever waits; beside one, a second call's
     /// worth), and forgets the key once nothing is in flight or waiting.
     fn landed(&self, inner: &Arc<Inner>, key: &Key) {
+        let runtime = tokio::runtime::Handle::try_current().ok();
         let mut lanes = lock(&self.lanes);
         let Some(lane) = lanes.get_mut(key) else {
             return;
         };
         lane.in_flight = lane.in_flight.saturating_sub(1);
+        let mut next = None;
+        let mut gone = None;
         if lane.in_flight > 0 {
             if lane.waiting.len() >= SECOND_CALL {
                 // Else they wait for the other call to come back.
-                let _ = lane.send(inner, key);
+                next = lane.take_batch(inner, key, runtime.as_ref());
             }
-        } else if lane.waiting.is_empty() || !lane.send(inner, key) {
-            // Nothing to send, or no runtime to send it: the waiting
-            // requests' channels close, and each meets its failure policy.
-            lanes.remove(key);
+        } else if !lane.waiting.is_empty() {
+            next = lane.take_batch(inner, key, runtime.as_ref());
         }
+        if lane.in_flight == 0 {
+            // Nothing to send, or no runtime to send it: the waiting
+            // requests' channels close (once the lock is released), and
+            // each meets its failure policy.
+            gone = lanes.remove(key);
+        }
+        drop(lanes);
+        drop(gone);
+        spawn(runtime, next);
     }
 
     /// A spawned call has sent its command: later calls may go.
@@ -165,17 +180,21 @@ impl Lanes {
 }
 
 impl Lane {
-    /// Sends the waiting requests (up to [`MAX_BATCH`]) as one call, by a
-    /// spawned task, unless a call before it is yet to send its command
-    /// (that call sends them when it is over) or there is no runtime:
-    /// whether they went.
-    fn send(&mut self, inner: &Arc<Inner>, key: &Key) -> bool {
-        if self.unsent {
-            return false;
+    /// Takes the waiting requests (up to [`MAX_BATCH`]) as the next call,
+    /// counted in flight, unless a call before it is yet to send its
+    /// command (that call sends them when it is over) or there is no
+    /// runtime to send it from. The caller spawns it once the lanes' lock
+    /// is released: a task a closing runtime drops at once ends its call
+    /// in that spawn, which takes the lock.
+    fn take_batch(
+        &mut self,
+        inner: &Arc<Inner>,
+        key: &Key,
+        runtime: Option<&tokio::runtime::Handle>,
+    ) -> Option<(Call, Arc<Names>, Vec<Member>)> {
+        if self.unsent || runtime.is_none() {
+            return None;
         }
-        let Ok(runtime) = tokio::runtime::Handle::try_current() else {
-            return false;
-        };
         let members: Vec<Member> = self
             .waiting
             .drain(..self.waiting.len().min(MAX_BATCH))
@@ -187,8 +206,14 @@ impl Lane {
             key: key.clone(),
             unsent: true,
         };
-        runtime.spawn(call.run(self.names.clone(), members));
-        true
+        Some((call, self.names.clone(), members))
+    }
+}
+
+/// Spawns a call [`Lane::take_batch`] took.
+fn spawn(runtime: Option<tokio::runtime::Handle>, call: Option<(Call, Arc<Names>, Vec<Member>)>) {
+    if let (Some(runtime), Some((call, names, members))) = (runtime, call) {
+        runtime.spawn(call.run(names, members));
     }
 }
 
