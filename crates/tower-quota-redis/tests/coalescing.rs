@@ -99,6 +99,40 @@ fn log_scores(server: &support::RedisServer, log: &str) -> HashMap<u64, u64> {
         .collect()
 }
 
+/// Starts one acquire of `key` per cost, in order, while Redis is paused
+/// (the first one's call waits in Redis, the others arrive meanwhile), then
+/// lets Redis go: the script calls made until every request is recorded
+/// (later, a reservation may ask again to move up, a window later at the
+/// earliest), the log's scores then (later calls prune what has left) and
+/// the admissions, in arrival order.
+async fn during_a_paused_call(
+    server: &support::RedisServer,
+    store: &RedisStore,
+    key: &Key,
+    costs: &[u64],
+    limits: &Limits,
+) -> (u64, HashMap<u64, u64>, Vec<Admission>) {
+    // Loads the script.
+    store
+        .acquire(Key::from("warm-up"), 1, limits)
+        .await
+        .unwrap();
+    reset_stats(server);
+    pause(server);
+    let acquires = start_in_order(store, key, costs, limits).await;
+    let tasks: Vec<_> = acquires.into_iter().map(tokio::spawn).collect();
+    unpause(server);
+    let log = &store.redis_keys(key, limits)[0];
+    server.wait_for_members(log, costs.len()).await;
+    let calls = evalsha_calls(server);
+    let scores = log_scores(server, log);
+    let mut admissions = Vec::new();
+    for task in tasks {
+        admissions.push(task.await.unwrap().expect("admitted"));
+    }
+    (calls, scores, admissions)
+}
+
 /// Checks that `admissions`, in arrival order, were admitted in that order
 /// (each no earlier than the one before it, so none overtook a larger one
 /// ahead of it), and exactly: no window of `quota` (scores are the
@@ -156,27 +190,8 @@ async fn requests_arriving_during_a_call_share_the_next_call_in_order_and_exactl
     for coalesce in [true, false] {
         let store = store(&server, coalesce).await;
         let key = Key::from(format!("coalesced-{coalesce}"));
-        // Loads the script.
-        store
-            .acquire(Key::from("warm-up"), 1, layer.limits())
-            .await
-            .unwrap();
-        reset_stats(&server);
-        pause(&server);
-        let acquires = start_in_order(&store, &key, &costs, layer.limits()).await;
-        let tasks: Vec<_> = acquires.into_iter().map(tokio::spawn).collect();
-        unpause(&server);
-        // Counted once every request is recorded: later, a reservation may
-        // ask again to move up (a window later at the earliest).
-        let log = &store.redis_keys(&key, layer.limits())[0];
-        server.wait_for_members(log, costs.len()).await;
-        let calls = evalsha_calls(&server);
-        // The instants as decided: later calls prune what has left.
-        let scores = log_scores(&server, log);
-        let mut admissions = Vec::new();
-        for task in tasks {
-            admissions.push(task.await.unwrap().expect("admitted"));
-        }
+        let (calls, scores, admissions) =
+            during_a_paused_call(&server, &store, &key, &costs, layer.limits()).await;
         println!(
             "coalesce {coalesce}: {} requests, {calls} script calls",
             costs.len()
@@ -215,27 +230,17 @@ async fn a_second_call_goes_while_the_first_is_in_flight_in_order_and_exactly() 
         .safety_margin(Duration::ZERO)
         .unwrap();
     let store = store(&server, true).await;
-    let key = Key::from("two-in-flight");
-    store
-        .acquire(Key::from("warm-up"), 1, layer.limits())
-        .await
-        .unwrap();
     // The first request's call, then 16 more arrivals (the second call),
     // then 23 (sent once the first call is back): 40 units, four windows.
     let costs = [1; 40];
-    reset_stats(&server);
-    pause(&server);
-    let acquires = start_in_order(&store, &key, &costs, layer.limits()).await;
-    let tasks: Vec<_> = acquires.into_iter().map(tokio::spawn).collect();
-    unpause(&server);
-    let log = &store.redis_keys(&key, layer.limits())[0];
-    server.wait_for_members(log, costs.len()).await;
-    let calls = evalsha_calls(&server);
-    let scores = log_scores(&server, log);
-    let mut admissions = Vec::new();
-    for task in tasks {
-        admissions.push(task.await.unwrap().expect("admitted"));
-    }
+    let (calls, scores, admissions) = during_a_paused_call(
+        &server,
+        &store,
+        &Key::from("two-in-flight"),
+        &costs,
+        layer.limits(),
+    )
+    .await;
     assert_eq!(calls, 3, "the first request's call, then 16, then 23");
     check_in_order_and_exact(&store, &admissions, &scores, quota);
 }
