@@ -105,7 +105,6 @@ impl Lanes {
         names: &Arc<Names>,
         request: Request,
     ) -> Join {
-        let runtime = tokio::runtime::Handle::try_current().ok();
         let mut lanes = lock(&self.lanes);
         let mut second = None;
         let join = match lanes.get_mut(key) {
@@ -129,14 +128,16 @@ impl Lanes {
                 lane.waiting.push(Member { request, reply });
                 if lane.in_flight < MAX_IN_FLIGHT && lane.waiting.len() >= SECOND_CALL {
                     // Else they wait for the call in flight to come back.
-                    second = lane.take_batch(inner, key, runtime.as_ref());
+                    second = lane.take_batch(inner, key);
                 }
                 Join::Wait(receiver)
             }
             Some(_) => Join::Alone,
         };
         drop(lanes);
-        spawn(runtime, second);
+        if let Some(batch) = second {
+            batch.spawn();
+        }
         join
     }
 
@@ -144,7 +145,6 @@ impl Lanes {
     /// call left in flight, whatever waits; beside one, a second call's
     /// worth), and forgets the key once nothing is in flight or waiting.
     fn landed(&self, inner: &Arc<Inner>, key: &Key) {
-        let runtime = tokio::runtime::Handle::try_current().ok();
         let mut lanes = lock(&self.lanes);
         let Some(lane) = lanes.get_mut(key) else {
             return;
@@ -155,10 +155,10 @@ impl Lanes {
         if lane.in_flight > 0 {
             if lane.waiting.len() >= SECOND_CALL {
                 // Else they wait for the other call to come back.
-                next = lane.take_batch(inner, key, runtime.as_ref());
+                next = lane.take_batch(inner, key);
             }
         } else if !lane.waiting.is_empty() {
-            next = lane.take_batch(inner, key, runtime.as_ref());
+            next = lane.take_batch(inner, key);
         }
         if lane.in_flight == 0 {
             // Nothing to send, or no runtime to send it: the waiting
@@ -168,7 +168,9 @@ impl Lanes {
         }
         drop(lanes);
         drop(gone);
-        spawn(runtime, next);
+        if let Some(batch) = next {
+            batch.spawn();
+        }
     }
 
     /// A spawned call has sent its command: later calls may go.
@@ -186,15 +188,11 @@ impl Lane {
     /// runtime to send it from. The caller spawns it once the lanes' lock
     /// is released: a task a closing runtime drops at once ends its call
     /// in that spawn, which takes the lock.
-    fn take_batch(
-        &mut self,
-        inner: &Arc<Inner>,
-        key: &Key,
-        runtime: Option<&tokio::runtime::Handle>,
-    ) -> Option<(Call, Arc<Names>, Vec<Member>)> {
-        if self.unsent || runtime.is_none() {
+    fn take_batch(&mut self, inner: &Arc<Inner>, key: &Key) -> Option<Batch> {
+        if self.unsent {
             return None;
         }
+        let runtime = tokio::runtime::Handle::try_current().ok()?;
         let members: Vec<Member> = self
             .waiting
             .drain(..self.waiting.len().min(MAX_BATCH))
@@ -206,14 +204,27 @@ impl Lane {
             key: key.clone(),
             unsent: true,
         };
-        Some((call, self.names.clone(), members))
+        Some(Batch {
+            runtime,
+            call,
+            names: self.names.clone(),
+            members,
+        })
     }
 }
 
-/// Spawns a call [`Lane::take_batch`] took.
-fn spawn(runtime: Option<tokio::runtime::Handle>, call: Option<(Call, Arc<Names>, Vec<Member>)>) {
-    if let (Some(runtime), Some((call, names, members))) = (runtime, call) {
-        runtime.spawn(call.run(names, members));
+/// A call [`Lane::take_batch`] took, to spawn once the lanes' lock is
+/// released.
+struct Batch {
+    runtime: tokio::runtime::Handle,
+    call: Call,
+    names: Arc<Names>,
+    members: Vec<Member>,
+}
+
+impl Batch {
+    fn spawn(self) {
+        self.runtime.spawn(self.call.run(self.names, self.members));
     }
 }
 
