@@ -352,6 +352,14 @@ impl Limits {
         &self.inner.quotas
     }
 
+    /// Whether `other` has the same quotas and safety margin: what a key's
+    /// logs are built for. Limits shared by one layer's requests are one
+    /// allocation, so the common case compares a pointer.
+    pub(crate) fn same_windows(&self, other: &Limits) -> bool {
+        Arc::ptr_eq(&self.inner, &other.inner)
+            || (self.quotas() == other.quotas() && self.safety_margin() == other.safety_margin())
+    }
+
     /// Extra time an admission is held in the window past `window`, so that a
     /// server which sees arrivals a little later than the client admits them
     /// never counts more than `max_calls` in its own window.

@@ -153,9 +153,7 @@ impl KeyState {
     /// over an idle key; a busy one is not replaced (its admissions would go
     /// uncounted): returns `false`.
     pub(super) fn conform(&mut self, limits: &Limits) -> bool {
-        let same = self.limits.quotas() == limits.quotas()
-            && self.limits.safety_margin() == limits.safety_margin();
-        if same {
+        if self.limits.same_windows(limits) {
             self.queue.set_promote_after(limits.promote_after());
             return true;
         }
