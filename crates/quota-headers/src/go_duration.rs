@@ -20,7 +20,7 @@ use crate::numbers;
 /// assert_eq!(quota_headers::go_duration("-1s"), None);
 /// ```
 pub fn go_duration(text: &str) -> Option<Duration> {
-    let text = text.trim_matches([' ', '\t']);
+    let text = numbers::trim_ows(text);
     let text = text.strip_prefix('+').unwrap_or(text);
     if text == "0" {
         return Some(Duration::ZERO);
@@ -28,17 +28,22 @@ pub fn go_duration(text: &str) -> Option<Duration> {
     if text.is_empty() {
         return None;
     }
+    // Scanned byte by byte: a number is ASCII digits and dots, so each cut
+    // between a number and a unit falls on a character boundary.
+    let is_number = |byte: &u8| byte.is_ascii_digit() || *byte == b'.';
     let mut rest = text;
     let mut total: u128 = 0;
     while !rest.is_empty() {
         let number_len = rest
-            .find(|c: char| !(c.is_ascii_digit() || c == '.'))
+            .bytes()
+            .position(|byte| !is_number(&byte))
             .unwrap_or(rest.len());
-        let (number, after) = rest.split_at(number_len);
+        let (number, after) = rest.split_at_checked(number_len)?;
         let unit_len = after
-            .find(|c: char| c.is_ascii_digit() || c == '.')
+            .bytes()
+            .position(|byte| is_number(&byte))
             .unwrap_or(after.len());
-        let (unit, after) = after.split_at(unit_len);
+        let (unit, after) = after.split_at_checked(unit_len)?;
         let component = component_nanos(number, unit_nanos(unit)?)?;
         total = total.checked_add(component)?;
         rest = after;
@@ -47,13 +52,14 @@ pub fn go_duration(text: &str) -> Option<Duration> {
 }
 
 fn unit_nanos(unit: &str) -> Option<u128> {
-    Some(match unit {
-        "ns" => 1,
-        "us" | "\u{b5}s" | "\u{3bc}s" => 1_000,
-        "ms" => 1_000_000,
-        "s" => 1_000_000_000,
-        "m" => 60_000_000_000,
-        "h" => 3_600_000_000_000,
+    Some(match unit.as_bytes() {
+        b"ns" => 1,
+        // `µs` (U+00B5) and `μs` (U+03BC), in UTF-8.
+        b"us" | b"\xc2\xb5s" | b"\xce\xbcs" => 1_000,
+        b"ms" => 1_000_000,
+        b"s" => 1_000_000_000,
+        b"m" => 60_000_000_000,
+        b"h" => 3_600_000_000_000,
         _ => return None,
     })
 }

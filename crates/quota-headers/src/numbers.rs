@@ -26,18 +26,38 @@ pub(crate) const EPOCH_THRESHOLD_SECS: u64 = 1_000_000_000;
 /// The value as `&str` with optional whitespace trimmed, or `None` when it
 /// holds anything but visible ASCII (obs-text, control bytes).
 pub(crate) fn header_str(value: &HeaderValue) -> Option<&str> {
-    value
-        .to_str()
-        .ok()
-        .map(|text| text.trim_matches([' ', '\t']))
+    value.to_str().ok().map(trim_ows)
+}
+
+/// `text` without the optional whitespace (spaces and horizontal tabs,
+/// RFC 9110 §5.6.3) around it. Byte by byte: both are ASCII, so every cut
+/// falls on a character boundary.
+pub(crate) fn trim_ows(text: &str) -> &str {
+    let is_ows = |byte: &u8| matches!(byte, b' ' | b'\t');
+    let bytes = text.as_bytes();
+    let start = bytes
+        .iter()
+        .position(|byte| !is_ows(byte))
+        .unwrap_or(bytes.len());
+    let end = bytes
+        .iter()
+        .rposition(|byte| !is_ows(byte))
+        .map_or(start, |last| last + 1);
+    text.get(start..end).unwrap_or_default()
 }
 
 /// `1*DIGIT` as a `u64`; `None` on anything else (sign, dot, empty, overflow).
 pub(crate) fn parse_u64(text: &str) -> Option<u64> {
-    if text.is_empty() || !text.bytes().all(|byte| byte.is_ascii_digit()) {
+    if text.is_empty() {
         return None;
     }
-    text.parse().ok()
+    text.bytes().try_fold(0u64, |total, byte| {
+        let digit = byte.wrapping_sub(b'0');
+        if digit > 9 {
+            return None;
+        }
+        total.checked_mul(10)?.checked_add(u64::from(digit))
+    })
 }
 
 /// `1*DIGIT [ "." 1*DIGIT ]` interpreted in units of `unit_nanos`
@@ -57,10 +77,12 @@ pub(crate) fn parse_decimal(text: &str, unit_nanos: u128) -> Option<Duration> {
 
 /// `1*DIGIT` as a `u128`, `None` on overflow or a non-digit.
 pub(crate) fn parse_digits(text: &str) -> Option<u128> {
-    if text.is_empty() {
-        return None;
-    }
-    text.bytes().try_fold(0u128, |total, byte| {
+    // Up to 19 digits always fit a `u64`, whose arithmetic is cheaper: the
+    // common case. Longer numbers go on in `u128`.
+    let split = text.len().min(19);
+    let (head, tail) = text.split_at_checked(split)?;
+    let head = parse_u64(head)?;
+    tail.bytes().try_fold(u128::from(head), |total, byte| {
         let digit = byte.is_ascii_digit().then(|| u128::from(byte - b'0'))?;
         total.checked_mul(10)?.checked_add(digit)
     })
@@ -291,5 +313,46 @@ mod tests {
         for text in ["", "-1", "+1", "4 2", "1.0", "18446744073709551616"] {
             assert_eq!(parse_u64(text), None, "{text:?}");
         }
+        assert_eq!(parse_u64("18446744073709551615"), Some(u64::MAX));
+        assert_eq!(parse_u64("00000000000000000000007"), Some(7));
+        assert_eq!(parse_u64("1/"), None, "the byte after '9' and before '0'");
+        assert_eq!(parse_u64(":1"), None);
+    }
+
+    /// Digits are read in `u64` up to the 19th and in `u128` past it: the
+    /// same value either side of the boundary, and overflow past `u128`.
+    #[test]
+    fn digits_agree_with_the_standard_parser_at_every_length() {
+        for len in 1..=40 {
+            let text = "9".repeat(len);
+            assert_eq!(
+                parse_digits(&text),
+                text.parse::<u128>().ok(),
+                "{len} digits"
+            );
+            let mixed: String = (0..len)
+                .map(|i| char::from(b'0' + (i * 7 % 10) as u8))
+                .collect();
+            assert_eq!(parse_digits(&mixed), mixed.parse::<u128>().ok(), "{mixed}");
+        }
+        let digits = "1".repeat(30);
+        for bad in [
+            format!("{digits}x"),
+            format!("x{digits}"),
+            format!("{}.{}", &digits[..20], 1),
+        ] {
+            assert_eq!(parse_digits(&bad), None, "{bad}");
+        }
+        assert_eq!(parse_digits(""), None);
+    }
+
+    #[test]
+    fn optional_whitespace_is_spaces_and_tabs_only() {
+        assert_eq!(trim_ows(" \t 12 \t"), "12");
+        assert_eq!(trim_ows("1 2"), "1 2");
+        assert_eq!(trim_ows(" \t "), "");
+        assert_eq!(trim_ows(""), "");
+        assert_eq!(trim_ows("\u{b5}s "), "\u{b5}s");
+        assert_eq!(trim_ows("\n1\r"), "\n1\r", "only OWS is trimmed");
     }
 }

@@ -20,7 +20,7 @@ use crate::numbers;
 /// assert_eq!(quota_headers::rfc3339("2024-13-01T00:00:00Z"), None);
 /// ```
 pub fn rfc3339(text: &str) -> Option<SystemTime> {
-    let bytes = text.trim_matches([' ', '\t']).as_bytes();
+    let bytes = numbers::trim_ows(text).as_bytes();
     if bytes.len() < 20 {
         return None;
     }

@@ -67,8 +67,8 @@ fn push_named(
 /// ```
 pub fn shopify_call_limit(value: &HeaderValue) -> Option<QuotaState> {
     let (used, limit) = numbers::header_str(value)?.split_once('/')?;
-    let used = numbers::parse_u64(used.trim_matches([' ', '\t']))?;
-    let limit = numbers::parse_u64(limit.trim_matches([' ', '\t']))?;
+    let used = numbers::parse_u64(numbers::trim_ows(used))?;
+    let limit = numbers::parse_u64(numbers::trim_ows(limit))?;
     let mut quota = QuotaState::new(Source::Shopify);
     quota.limit = Some(limit);
     quota.remaining = Some(limit.checked_sub(used)?);
