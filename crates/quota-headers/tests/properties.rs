@@ -6,22 +6,29 @@ use http::{HeaderMap, HeaderName, HeaderValue, StatusCode};
 use proptest::prelude::*;
 use quota_headers::HEADER_NAMES;
 
-/// Bytes `HeaderValue::from_bytes` accepts: anything but control bytes
-/// other than tab (obs-text 0x80..=0xFF included).
+/// A byte `HeaderValue::from_bytes` accepts: visible ASCII, space, tab and
+/// obs-text (0x80..=0xFF), not control bytes nor DEL.
+fn header_byte() -> impl Strategy<Value = u8> {
+    prop_oneof![Just(b'\t'), 0x20u8..0x7f, 0x80u8..=0xff]
+}
+
+/// The bytes of a valid header value, by construction: values that
+/// `HeaderValue` refuses never reach a parser, and rejecting them made
+/// proptest give up past some ten thousand cases.
 fn header_value_bytes() -> impl Strategy<Value = Vec<u8>> {
-    let raw = proptest::collection::vec(any::<u8>(), 0..48);
+    let raw = proptest::collection::vec(header_byte(), 0..48);
     // Mostly characters the dialects actually use, so the parsers get past
     // their first byte.
     let alphabet: Vec<u8> =
         b"0123456789.-+:;=,/\" \tTZzsmhnu\xb5()?*:abcdefgqrtwlkp@%SunMonNovGMT\xff".to_vec();
     let shaped = proptest::collection::vec(proptest::sample::select(alphabet), 0..48);
-    prop_oneof![raw, shaped].prop_filter_map("not a valid header value", |bytes| {
-        HeaderValue::from_bytes(&bytes).ok().map(|_| bytes)
-    })
+    prop_oneof![raw, shaped]
 }
 
 fn header_value() -> impl Strategy<Value = HeaderValue> {
-    header_value_bytes().prop_map(|bytes| HeaderValue::from_bytes(&bytes).expect("filtered"))
+    header_value_bytes().prop_map(|bytes| {
+        HeaderValue::from_bytes(&bytes).expect("valid header bytes by construction")
+    })
 }
 
 fn system_time() -> impl Strategy<Value = SystemTime> {
