@@ -865,10 +865,14 @@ impl Inner {
         for redis_key in names.keys.iter().chain(&names.jumpers) {
             cmd.arg(redis_key.as_str());
         }
-        cmd.arg(limits.max_queue().map_or(-1, |max| max as i64))
-            .arg(self.sent_within(names))
-            .arg(micros(self.extra_margin(key, limits)))
-            .arg(quotas.len());
+        cmd.arg(
+            limits
+                .max_queue()
+                .map_or(-1, |max| i64::try_from(max).unwrap_or(i64::MAX)),
+        )
+        .arg(self.sent_within(names))
+        .arg(micros(self.extra_margin(key, limits)))
+        .arg(quotas.len());
         for quota in quotas {
             cmd.arg(micros(quota.window().saturating_add(margin)))
                 .arg(units(quota.max_calls()));
