@@ -30,19 +30,16 @@ pub fn go_duration(text: &str) -> Option<Duration> {
     }
     // Scanned byte by byte: a number is ASCII digits and dots, so each cut
     // between a number and a unit falls on a character boundary.
-    let is_number = |byte: &u8| byte.is_ascii_digit() || *byte == b'.';
+    let is_number = |byte: u8| byte.is_ascii_digit() || byte == b'.';
     let mut rest = text;
     let mut total: u128 = 0;
     while !rest.is_empty() {
         let number_len = rest
             .bytes()
-            .position(|byte| !is_number(&byte))
+            .position(|byte| !is_number(byte))
             .unwrap_or(rest.len());
         let (number, after) = rest.split_at_checked(number_len)?;
-        let unit_len = after
-            .bytes()
-            .position(|byte| is_number(&byte))
-            .unwrap_or(after.len());
+        let unit_len = after.bytes().position(is_number).unwrap_or(after.len());
         let (unit, after) = after.split_at_checked(unit_len)?;
         let component = component_nanos(number, unit_nanos(unit)?)?;
         total = total.checked_add(component)?;

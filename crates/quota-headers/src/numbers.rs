@@ -52,12 +52,14 @@ pub(crate) fn parse_u64(text: &str) -> Option<u64> {
         return None;
     }
     text.bytes().try_fold(0u64, |total, byte| {
-        let digit = byte.wrapping_sub(b'0');
-        if digit > 9 {
-            return None;
-        }
-        total.checked_mul(10)?.checked_add(u64::from(digit))
+        total.checked_mul(10)?.checked_add(u64::from(digit(byte)?))
     })
+}
+
+/// The value of an ASCII digit, `None` for any other byte.
+fn digit(byte: u8) -> Option<u8> {
+    let value = byte.wrapping_sub(b'0');
+    (value <= 9).then_some(value)
 }
 
 /// `1*DIGIT [ "." 1*DIGIT ]` interpreted in units of `unit_nanos`
@@ -83,8 +85,7 @@ pub(crate) fn parse_digits(text: &str) -> Option<u128> {
     let (head, tail) = text.split_at_checked(split)?;
     let head = parse_u64(head)?;
     tail.bytes().try_fold(u128::from(head), |total, byte| {
-        let digit = byte.is_ascii_digit().then(|| u128::from(byte - b'0'))?;
-        total.checked_mul(10)?.checked_add(digit)
+        total.checked_mul(10)?.checked_add(u128::from(digit(byte)?))
     })
 }
 

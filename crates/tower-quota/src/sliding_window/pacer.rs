@@ -131,9 +131,9 @@
 //! comes at or after the instant (tokio's timer has millisecond ticks). At
 //! 100/s over loopback, with a step of 10.5 ms, the gaps at the provider
 //! were 10.5–10.7 ms or 11.4–11.6 ms (11.43 ms at the median): about 0.9
-//! of the rate. Spaced one at a time to a provider that took a window's quota at
-//! once (a sliding-window counter), the schedule holds through a late timer
-//! instead: the next request goes at its instant.
+//! of the rate. Spaced one at a time to a provider that took a window's
+//! quota at once (a sliding-window counter), the schedule holds through a
+//! late timer instead: the next request goes at its instant.
 //! A provider that said how much it takes at once, with a quota at least
 //! the key's, keeps its rate when it refuses a spaced request: the
 //! network brought two together.
