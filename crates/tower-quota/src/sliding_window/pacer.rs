@@ -72,7 +72,9 @@
 //! `remaining + 1` after the first request is a window's quota for a
 //! sliding log, a fixed window or a full bucket, and one for a GCRA without
 //! tolerance, which is then spaced from its second request on, refused
-//! nothing. The first request that needs a slot the log freed (a window
+//! nothing: the second goes an interval after the first answer (the
+//! provider may have seen the first request as late as that, when it
+//! opened a connection). The first request that needs a slot the log freed (a window
 //! after the first admission), when that window held about a quota, goes
 //! alone and the key waits for its answer. Accepted, the provider is a
 //! sliding log, or a sliding-window counter that the network delayed: by
@@ -131,7 +133,18 @@
 //! comes at or after the instant (tokio's timer has millisecond ticks). At
 //! 100/s over loopback, with a step of 10.5 ms, the gaps at the provider
 //! were 10.5–10.7 ms or 11.4–11.6 ms (11.43 ms at the median): about 0.9
-//! of the rate. Spaced one at a time to a provider that took a window's
+//! of the rate. tokio's time driver parks for whole milliseconds counted
+//! from the instant it parks, so the waiter wakes a whole number of
+//! milliseconds after the admission before it plus the time the runtime
+//! took to park after that admission: the gap is the least such sum at or
+//! past the step, and which one it is turns on a few tenths of a
+//! millisecond. Less room lets the shorter one go more often, and costs
+//! refusals where the client's CPUs are busy: with a room of a
+//! fortieth of the interval (10.25 ms at 100/s), 0.90–0.95 of the rate
+//! in seven runs alone against 0.91–0.93 with a twentieth; with a floor
+//! halfway into the room while a test build shared the two CPUs, 2.3–3.0 %
+//! refused and 0.75–0.83 of the rate against 0.5–2.6 % and 0.78–0.90.
+//! Spaced one at a time to a provider that took a window's
 //! quota at once (a sliding-window counter), the schedule holds through a
 //! late timer instead: the next request goes at its instant.
 //! A provider that said how much it takes at once, with a quota at least
@@ -556,15 +569,11 @@ impl Pacer {
                 / u128::from(room.limit.max(1));
             let tolerated = u64::try_from(scaled).unwrap_or(u64::MAX).min(left).max(1);
             if tolerated < ceiling {
-                let first = start.first;
                 // Its rate is the key's only if its quota is at least the
                 // key's: otherwise refusals still teach the rate.
                 let same_rate = room.limit >= ceiling;
                 self.start = None;
-                return (
-                    Some(self.told(now, first, tolerated, same_rate, limits)),
-                    true,
-                );
+                return (Some(self.told(now, tolerated, same_rate, limits)), true);
             }
             start.allowed = ceiling;
         }
@@ -574,17 +583,15 @@ impl Pacer {
     /// The provider said it tolerates `burst` at once: spaces the key with
     /// it, a little under the quota's rate, and probes for more only after
     /// the longest spell (the provider will say when it has more). The
-    /// provider's clock for the key started with its first request, at
-    /// `first`; with `same_rate` it counts at least the key's quota, and a
-    /// refusal of spaced requests does not cut the rate.
-    fn told(
-        &mut self,
-        now: Stamp,
-        first: Option<Stamp>,
-        burst: u64,
-        same_rate: bool,
-        limits: &Limits,
-    ) -> Adapted {
+    /// provider's clock for the key started when the first request
+    /// arrived, which the client cannot see but is no later than its
+    /// answer, `now`: the next request goes an interval after it. An
+    /// interval after the first admission instead, a first request that
+    /// opened its connection (a few milliseconds over loopback, a round
+    /// trip across a network) reached the provider closer to the second
+    /// than it allows. With `same_rate` it counts at least the key's quota,
+    /// and a refusal of spaced requests does not cut the rate.
+    fn told(&mut self, now: Stamp, burst: u64, same_rate: bool, limits: &Limits) -> Adapted {
         self.burst = Some(burst);
         self.told = same_rate;
         self.spell = LAST_SPELL;
@@ -597,8 +604,7 @@ impl Pacer {
             ..Counts::default()
         };
         let interval = self.step(limits, 1);
-        let from = first.unwrap_or(now);
-        self.tat = Some(from.saturating_add(interval));
+        self.tat = Some(now.saturating_add(interval));
         Adapted {
             burst: self.burst,
             interval,
@@ -1138,6 +1144,36 @@ mod tests {
             "{widened:?}"
         );
         assert!(refused <= 2, "{refused} refused in the last two seconds");
+    }
+
+    #[test]
+    fn a_key_told_it_has_no_room_spaces_its_second_request_from_the_first_answer() {
+        let limits = limits(100, Duration::from_secs(1));
+        let start = Instant::now();
+        let mut pacer = Pacer::new(true);
+        pacer.admitted(start, 0, 1, &limits);
+        // The first request opened its connection: answered 4 ms after its
+        // admission, and the provider may have seen it as late as that.
+        let answered = start + Duration::from_millis(4);
+        let room = || {
+            Some(Room {
+                remaining: 0,
+                limit: 100,
+            })
+        };
+        let (adapted, _) = pacer.accepted(answered, 0, &room, &limits);
+        assert_eq!(adapted.map(|adapted| adapted.burst), Some(Some(1)));
+        let second = pacer.earliest(1, &limits).expect("the key is spaced");
+        assert!(
+            second >= answered + Duration::from_millis(10),
+            "the second request may go {:?} after the first answer",
+            second.saturating_duration_since(answered)
+        );
+        assert!(
+            second <= answered + Duration::from_millis(11),
+            "{:?}",
+            second.saturating_duration_since(answered)
+        );
     }
 
     #[test]
