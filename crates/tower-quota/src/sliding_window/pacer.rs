@@ -74,9 +74,9 @@
 //! tolerance, which is then spaced from its second request on, refused
 //! nothing: the second goes an interval after the first answer (the
 //! provider may have seen the first request as late as that, when it
-//! opened a connection). The first request that needs a slot the log freed (a window
-//! after the first admission), when that window held about a quota, goes
-//! alone and the key waits for its answer. Accepted, the provider is a
+//! opened a connection). The first request that needs a slot the log
+//! freed (a window after the first admission), when that window held
+//! about a quota, goes alone and the key waits for its answer. Accepted, the provider is a
 //! sliding log, or a sliding-window counter that the network delayed: by
 //! the probe's arrival it weighs the first period a little less (at 100 a
 //! second, a hundredth of a window is a request). The two free room
@@ -144,9 +144,9 @@
 //! in seven runs alone against 0.91–0.93 with a twentieth; with a floor
 //! halfway into the room while a test build shared the two CPUs, 2.3–3.0 %
 //! refused and 0.75–0.83 of the rate against 0.5–2.6 % and 0.78–0.90.
-//! Spaced one at a time to a provider that took a window's
-//! quota at once (a sliding-window counter), the schedule holds through a
-//! late timer instead: the next request goes at its instant.
+//! Spaced one at a time to a provider that took a window's quota at once
+//! (a sliding-window counter), the schedule holds through a late timer
+//! instead: the next request goes at its instant.
 //! A provider that said how much it takes at once, with a quota at least
 //! the key's, keeps its rate when it refuses a spaced request: the
 //! network brought two together.
