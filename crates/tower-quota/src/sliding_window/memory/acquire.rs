@@ -133,9 +133,12 @@ impl fmt::Debug for AcquireState {
 enum Step {
     Ready(Result<Admission, BoxError>),
     Sleep(Instant),
-    /// Spacing holds the head until this instant, where a millisecond
-    /// counts ([`early_wake`]).
-    Spaced(Instant),
+    /// Spacing holds the head until `at`, where a millisecond counts
+    /// ([`early_wake`]); it looked at `now`.
+    Spaced {
+        at: Instant,
+        now: Instant,
+    },
     Park,
     /// Queued just now: look at the queue again, as its head or not.
     Queued,
@@ -243,8 +246,7 @@ impl Future for Acquire {
                         return Poll::Pending;
                     }
                 }
-                Step::Spaced(at) => {
-                    let now = Instant::now();
+                Step::Spaced { at, now } => {
                     let wake = early_wake(at, now);
                     // Within a tick of its instant: the fine timer wakes
                     // it there, once per instant (a look that finds it
@@ -403,7 +405,7 @@ fn waiting(state: &mut KeyState, this: Waiting<'_>, now: Instant, cx: &mut Conte
     state.queue.register(spot, cx.waker());
     match (at, this.deadline) {
         // Spacing decides: an interval, where a millisecond counts.
-        (Some(at), _) if limit.is_none() => Step::Spaced(at),
+        (Some(at), _) if limit.is_none() => Step::Spaced { at, now },
         (Some(at), _) => Step::Sleep(at),
         // Strict: the next slot frees when an answer comes back, and the
         // answer wakes the head; its deadline too, if it has one.
