@@ -25,7 +25,7 @@
 //! deadline leaves its waker until then, a millisecond at most, and waking
 //! it is harmless. Only waits of less than a tick are registered, so the
 //! heap holds at most the spaced heads whose instant is within the next
-//! tick.
+//! tick, and gives back the room of a burst of them once they have fired.
 
 use std::cmp::Ordering;
 use std::collections::BinaryHeap;
@@ -37,6 +37,9 @@ use std::time::Duration;
 // thread sleeps towards, whatever tokio's clock says.
 #[allow(clippy::disallowed_types)]
 type RealInstant = std::time::Instant;
+
+/// Room the timer keeps for entries once they have all fired.
+const KEPT: usize = 64;
 
 /// Wakes `waker` once `after` has passed (in real time, from now), never
 /// earlier; nothing if the timer thread could not be started (the
@@ -157,9 +160,15 @@ impl Timer {
                 }
             }
             if !due.is_empty() {
+                // A burst of registrations (many keys spaced at once)
+                // leaves no room behind once it has passed.
+                if pending.entries.is_empty() {
+                    pending.entries.shrink_to(KEPT);
+                }
                 // Woken without the lock: a waker may run a task inline.
                 drop(pending);
                 due.drain(..).for_each(Waker::wake);
+                due.shrink_to(KEPT);
                 pending = self.lock();
                 continue;
             }
