@@ -33,8 +33,10 @@ use std::sync::{Condvar, Mutex, MutexGuard, OnceLock, PoisonError};
 use std::task::Waker;
 use std::time::Duration;
 
-// The timer runs on real time: a deadline is a wall-clock instant the
-// thread sleeps towards, whatever tokio's clock says.
+// The one exception to tokio's clock in the library (clippy's
+// `disallowed-types`): this thread sleeps in real time, towards a deadline
+// a condition variable can wait for, and only wakes waiters, which decide
+// on tokio's clock when they look again.
 #[allow(clippy::disallowed_types)]
 type RealInstant = std::time::Instant;
 
