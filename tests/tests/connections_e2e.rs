@@ -92,7 +92,16 @@ async fn the_connector_counts_what_the_server_accepted_and_steady_state_opens_no
     assert_eq!(warm, 0, "a warm request was marked new");
     assert_eq!(stats.opened(), opened, "steady state opened connections");
     assert_eq!(server.connections_accepted(), opened);
-    assert_eq!(stats.open(), opened);
+    // Every connection that served a response is still open. One the pool
+    // opened for a request that an idle connection took first is dropped
+    // if it was not ready yet when it lost that race (hyper-util's
+    // background connect), and counted closed: it served nothing.
+    let open = stats.open();
+    assert!(
+        (used.len() as u64..=opened).contains(&open),
+        "{open} open of {opened} opened, {} used",
+        used.len()
+    );
     assert_eq!(server.stats().total, 48);
     server.shutdown().await;
 }
