@@ -127,11 +127,6 @@
 //! a little under the provider's rate, two requests never closer than a
 //! timer tick more than its interval (a twentieth of the interval at
 //! most), so that the network can bring two together without a refusal.
-//! tokio's timer fires on millisecond ticks, a tenth of the interval at
-//! 100 per second and all of it at 1,000: the last millisecond of a spaced
-//! wait is timed by a thread of the store's (`tower-quota-timer`, one per
-//! process, started by the first such wait), which wakes the request tens
-//! of microseconds past its instant.
 //! Past the first full window, the first freed slot goes alone and the key
 //! waits for its answer: accepted, the key bursts as the log allows from
 //! then on; refused (a sliding-window counter still weighs the full window
@@ -267,7 +262,6 @@
 mod drift;
 mod error;
 mod events;
-mod fine_timer;
 mod flight;
 pub(crate) use events::overloaded;
 mod future;

@@ -128,26 +128,22 @@
 //! interval instead, one arrival in a hundred to a few in a hundred was
 //! refused there, each costing its request a whole `Retry-After`. A timer
 //! that wakes late costs that request its lateness, and the next one goes
-//! a step after it. tokio's timer has millisecond ticks, and its time
-//! driver parks for whole milliseconds counted from the instant it parks:
-//! a sleep ends up to a tick late, a tenth of the interval at 100/s and
-//! all of it at 1,000/s. So the waiter that spacing holds sleeps until a
-//! tick before its instant and leaves the rest to the
-//! [fine timer](super::fine_timer), one thread that wakes it tens of
-//! microseconds past its instant. Over loopback (`SHAPES_OURS=1
-//! SHAPES_ONLY="no burst (GCRA) 100" quota-bench shapes`, five runs each,
-//! alone on two CPUs), the gaps at a 100/s provider without burst were
-//! 10.6–10.7 ms or 11.4–11.6 ms with tokio's timer alone (which tick the
-//! driver lands on turns on a few tenths of a millisecond), 0.90–0.92 of
-//! the rate, and are 10.6–10.7 ms with the fine one, 0.93; at 1,000/s
-//! (`SHAPES_RATE=1000`) the median gap fell from 2.3 ms to 1.16 ms, and
-//! the rate from 0.47 to 0.80 of the provider's (0.78 to 0.99 against a
-//! sliding-window counter). Less room costs refusals where the client's
-//! CPUs are busy: with tokio's timer alone, a room of a fortieth of the
-//! interval (10.25 ms at 100/s) gave 0.90–0.95 of the rate in seven runs
-//! alone against 0.91–0.93 with a twentieth; a floor halfway into the
-//! room, while a test build shared the two CPUs, 2.3–3.0 % refused and
-//! 0.75–0.83 of the rate against 0.5–2.6 % and 0.78–0.90.
+//! a step after it; the waiter that spacing holds wakes a tick early and
+//! looks at its exact instant, which wins back a tick only when that wake
+//! comes at or after the instant (tokio's timer has millisecond ticks). At
+//! 100/s over loopback, with a step of 10.5 ms, the gaps at the provider
+//! were 10.5–10.7 ms or 11.4–11.6 ms (11.43 ms at the median): about 0.9
+//! of the rate. tokio's time driver parks for whole milliseconds counted
+//! from the instant it parks, so the waiter wakes a whole number of
+//! milliseconds after the admission before it plus the time the runtime
+//! took to park after that admission: the gap is the least such sum at or
+//! past the step, and which one it is turns on a few tenths of a
+//! millisecond. Less room lets the shorter one go more often, and costs
+//! refusals where the client's CPUs are busy: with a room of a
+//! fortieth of the interval (10.25 ms at 100/s), 0.90–0.95 of the rate
+//! in seven runs alone against 0.91–0.93 with a twentieth; with a floor
+//! halfway into the room while a test build shared the two CPUs, 2.3–3.0 %
+//! refused and 0.75–0.83 of the rate against 0.5–2.6 % and 0.78–0.90.
 //! Spaced one at a time to a provider that took a window's quota at once
 //! (a sliding-window counter), the schedule holds through a late timer
 //! instead: the next request goes at its instant.

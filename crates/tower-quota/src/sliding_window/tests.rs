@@ -971,34 +971,6 @@ async fn refusals_halve_the_burst_down_to_even_spacing_and_the_log_still_bounds(
     assert!(max_in_any_window(&mut all, Duration::from_secs(1)) <= 10);
 }
 
-/// Time moves only through tokio's timers under a paused clock: a spaced
-/// head within a tick of its instant keeps its tokio sleep beside the fine
-/// timer's real-time wake-up, so it is admitted on the first tick at or
-/// after its instant, each gap like the next.
-#[tokio::test(start_paused = true)]
-async fn under_a_paused_clock_a_spaced_head_is_admitted_on_the_tick_of_its_instant() {
-    let layer = exact(10, Duration::from_secs(1));
-    let limits = layer.limits().clone();
-    let (store, start) = refused_burst(&limits).await;
-    let spaced = tokio::time::timeout(
-        Duration::from_secs(60),
-        admit_in_turn(&store, &limits, 9, start),
-    )
-    .await
-    .expect("admitted as the paused clock moves");
-    // The first waits for the log to free a slot; spacing decides the
-    // rest, all within the window after it (the log decides again when
-    // its slots run out).
-    let gaps: Vec<Duration> = spaced[1..]
-        .windows(2)
-        .map(|pair| pair[1].1 - pair[0].1)
-        .collect();
-    let least = gaps.iter().min().copied().unwrap_or_default();
-    let most = gaps.iter().max().copied().unwrap_or_default();
-    assert!(least >= 100 * MS, "spaced by the interval: {gaps:?}");
-    assert!(most - least <= MS, "each on its instant's tick: {gaps:?}");
-}
-
 #[tokio::test(start_paused = true)]
 async fn the_burst_is_probed_after_a_quiet_spell_and_a_failed_probe_waits_longer() {
     let layer = exact(10, Duration::from_secs(1));

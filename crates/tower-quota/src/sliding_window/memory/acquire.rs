@@ -18,7 +18,6 @@ use crate::sliding_window::error::{
     ConflictingQuotas, DeadlineUnreachable, OverloadReason, Overloaded,
 };
 use crate::sliding_window::events::{self, Adaptation};
-use crate::sliding_window::fine_timer;
 use crate::sliding_window::pacer::TIMER_TICK;
 use crate::sliding_window::queue::{Queue, Spot};
 use crate::sliding_window::schedule::{Place, Priority};
@@ -133,12 +132,6 @@ impl fmt::Debug for AcquireState {
 enum Step {
     Ready(Result<Admission, BoxError>),
     Sleep(Instant),
-    /// Spacing holds the head until `at`, where a millisecond counts
-    /// ([`early_wake`]); it looked at `now`.
-    Spaced {
-        at: Instant,
-        now: Instant,
-    },
     Park,
     /// Queued just now: look at the queue again, as its head or not.
     Queued,
@@ -242,24 +235,16 @@ impl Future for Acquire {
                     }
                 }
                 Step::Sleep(at) => {
-                    if sleep_until(&mut this.sleep, at, cx).is_pending() {
-                        return Poll::Pending;
-                    }
-                }
-                Step::Spaced { at, now } => {
-                    let wake = early_wake(at, now);
-                    // Within a tick of its instant: the fine timer wakes
-                    // it there, once per instant (a look that finds it
-                    // early, under a paused clock, does not ask again).
-                    if wake == at
-                        && this
-                            .sleep
-                            .as_ref()
-                            .is_none_or(|sleep| sleep.deadline() != at)
-                    {
-                        fine_timer::wake_after(at.saturating_duration_since(now), cx.waker());
-                    }
-                    if sleep_until(&mut this.sleep, wake, cx).is_pending() {
+                    let sleep = match &mut this.sleep {
+                        Some(sleep) => {
+                            if sleep.deadline() != at {
+                                sleep.as_mut().reset(at);
+                            }
+                            sleep
+                        }
+                        None => this.sleep.insert(Box::pin(tokio::time::sleep_until(at))),
+                    };
+                    if sleep.as_mut().poll(cx).is_pending() {
                         return Poll::Pending;
                     }
                 }
@@ -268,31 +253,14 @@ impl Future for Acquire {
     }
 }
 
-/// Polls the future's timer, set to `at`: made on first use (boxed, see
-/// [`Acquire`]), reset when the instant moved.
-fn sleep_until(sleep: &mut Option<Pin<Box<Sleep>>>, at: Instant, cx: &mut Context<'_>) -> Poll<()> {
-    let sleep = match sleep {
-        Some(sleep) => {
-            if sleep.deadline() != at {
-                sleep.as_mut().reset(at);
-            }
-            sleep
-        }
-        None => sleep.insert(Box::pin(tokio::time::sleep_until(at))),
-    };
-    sleep.as_mut().poll(cx)
-}
-
 /// tokio's timer fires on the first millisecond tick at or after a
 /// deadline, and its thread parks in whole milliseconds: a sleep ends a
 /// millisecond late on average, a tenth of the interval at 100 per second.
 /// A head that spacing holds sleeps until a tick before its instant, and
 /// is admitted if the timer woke it at its instant or after; woken
-/// earlier, it keeps a tokio sleep until the instant and asks the
-/// [fine timer](crate::sliding_window::fine_timer) to wake it there,
-/// whichever comes first. Admission still checks the exact instant: an
-/// early wake-up costs one look, never a slot. (A window's slot is not
-/// worth it: a millisecond of a window is little.)
+/// earlier, it sleeps until the instant itself. Admission still checks
+/// the exact instant: the early wake-up costs one look, never a slot.
+/// (A window's slot is not worth it: a millisecond of a window is little.)
 fn early_wake(at: Instant, now: Instant) -> Instant {
     match at.checked_sub(TIMER_TICK) {
         Some(early) if early > now => early,
@@ -405,7 +373,7 @@ fn waiting(state: &mut KeyState, this: Waiting<'_>, now: Instant, cx: &mut Conte
     state.queue.register(spot, cx.waker());
     match (at, this.deadline) {
         // Spacing decides: an interval, where a millisecond counts.
-        (Some(at), _) if limit.is_none() => Step::Spaced { at, now },
+        (Some(at), _) if limit.is_none() => Step::Sleep(early_wake(at, now)),
         (Some(at), _) => Step::Sleep(at),
         // Strict: the next slot frees when an answer comes back, and the
         // answer wakes the head; its deadline too, if it has one.
