@@ -211,7 +211,11 @@ impl<K, C, St, U, P> SlidingWindowLayer<K, C, St, U, P> {
     /// Refuses a request with [`Overloaded`](super::Overloaded) when the wait
     /// it needs exceeds `max_wait`, instead of queueing it. Checked when the
     /// request arrives, from the admissions queued ahead of it, and again
-    /// when it reaches the head of the queue.
+    /// when it reaches the head of the queue. No request waits longer,
+    /// wherever it stands: when the queue ahead moves slower than projected
+    /// at arrival (a rate cut, a usage correction, a strict slot whose answer
+    /// does not come), a request still waiting once `max_wait` has passed is
+    /// refused then.
     pub fn max_wait(mut self, max_wait: Duration) -> Self {
         self.limits.set_max_wait(Some(max_wait));
         self

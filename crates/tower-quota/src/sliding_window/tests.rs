@@ -238,6 +238,50 @@ async fn max_wait_refuses_with_the_key_and_the_wait_needed() {
     }
 }
 
+/// `max_wait` bounds the wait wherever a request stands, also when the
+/// wait grows after it queued. Under `strict` a slot frees only when its
+/// answer comes back; here the first answer never comes, so the head and
+/// the request behind it, each projected within `max_wait` at arrival,
+/// would wait for ever.
+#[tokio::test(start_paused = true)]
+async fn no_queued_request_waits_past_max_wait_when_its_wait_grows() {
+    let max_wait = Duration::from_secs(3);
+    let service = exact(1, Duration::from_secs(1))
+        .strict()
+        .max_wait(max_wait)
+        .layer(service_fn(|request: u32| async move {
+            if request == 0 {
+                std::future::pending::<()>().await;
+            }
+            Ok::<_, Infallible>(Instant::now())
+        }));
+    let start = Instant::now();
+    let _unanswered = tokio::spawn(service.clone().oneshot(0));
+    tokio::task::yield_now().await;
+    let head = tokio::spawn(service.clone().oneshot(1));
+    tokio::task::yield_now().await;
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let behind = tokio::spawn(service.clone().oneshot(2));
+    for (waiter, queued_at) in [(head, start), (behind, start + Duration::from_secs(1))] {
+        let error = tokio::time::timeout(Duration::from_secs(60), waiter)
+            .await
+            .expect("refused within max_wait, not parked for ever")
+            .unwrap()
+            .unwrap_err();
+        let overloaded = error
+            .downcast_ref::<Overloaded>()
+            .expect("an Overloaded error");
+        assert_eq!(overloaded.reason(), OverloadReason::MaxWait(max_wait));
+        // Refused once it has waited `max_wait`, on the timer's tick.
+        let waited = Instant::now() - queued_at;
+        assert!(
+            waited >= max_wait && waited <= max_wait + MS,
+            "refused after {waited:?}"
+        );
+        assert!(overloaded.wait() >= max_wait, "{overloaded:?}");
+    }
+}
+
 #[tokio::test(start_paused = true)]
 async fn max_queue_refuses_when_the_queue_is_full() {
     let service = exact(1, Duration::from_secs(1)).max_queue(2).layer(clock());

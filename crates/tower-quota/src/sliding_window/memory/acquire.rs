@@ -297,10 +297,31 @@ fn waiting(state: &mut KeyState, this: Waiting<'_>, now: Instant, cx: &mut Conte
         )
         .into()))
     };
+    // `max_wait` bounds the wait wherever the request stands: a wait the
+    // queue ahead took longer than projected at arrival (a rate cut, a
+    // correction) ends there too, not only once it is the head.
+    let waited_out = this
+        .limits
+        .max_wait()
+        .and_then(|max_wait| Some((max_wait, this.enqueued_at.instant().checked_add(max_wait)?)));
+    let waited_too_long = |state: &mut KeyState, max_wait: Duration| -> Step {
+        state.leave(spot, false, now);
+        Step::Ready(Err(Overloaded {
+            key: this.key.clone(),
+            wait: Stamp::of(now).saturating_duration_since(this.enqueued_at),
+            queued: this.queued as usize,
+            reason: OverloadReason::MaxWait(max_wait),
+        }
+        .into()))
+    };
+    let wake_by = earliest(this.deadline, waited_out.map(|(_, end)| end));
     if state.head(now) != Some(spot) {
         if let Some(deadline) = this.deadline.filter(|deadline| now >= *deadline) {
             state.leave(spot, false, now);
             return unreachable(None, deadline);
+        }
+        if let Some((max_wait, _)) = waited_out.filter(|(_, end)| now >= *end) {
+            return waited_too_long(state, max_wait);
         }
         state.queue.register(spot, cx.waker());
         if std::mem::take(this.was_head) {
@@ -310,8 +331,8 @@ fn waiting(state: &mut KeyState, this: Waiting<'_>, now: Instant, cx: &mut Conte
             // polled by one task cannot wake each other for ever.
             state.wake_head();
         }
-        return match this.deadline {
-            Some(deadline) => Step::Sleep(deadline),
+        return match wake_by {
+            Some(at) => Step::Sleep(at),
             None => Step::Park,
         };
     }
@@ -350,6 +371,12 @@ fn waiting(state: &mut KeyState, this: Waiting<'_>, now: Instant, cx: &mut Conte
                 .and_then(|index| this.limits.quotas().get(usize::from(index)).copied()),
         )));
     }
+    if at.is_none()
+        && let Some((max_wait, _)) = waited_out.filter(|(_, end)| now >= *end)
+    {
+        // Strict, and no answer freed a slot within `max_wait`.
+        return waited_too_long(state, max_wait);
+    }
     if let Some(max_wait) = this.limits.max_wait().filter(|max_wait| needed > *max_wait) {
         state.leave(spot, false, now);
         return Step::Ready(Err(Overloaded {
@@ -376,9 +403,20 @@ fn waiting(state: &mut KeyState, this: Waiting<'_>, now: Instant, cx: &mut Conte
         (Some(at), _) if limit.is_none() => Step::Sleep(early_wake(at, now)),
         (Some(at), _) => Step::Sleep(at),
         // Strict: the next slot frees when an answer comes back, and the
-        // answer wakes the head; its deadline too, if it has one.
-        (None, Some(deadline)) => Step::Sleep(deadline),
-        (None, None) => Step::Park,
+        // answer wakes the head; its deadline or `max_wait` too, if it has
+        // one.
+        (None, _) => match wake_by {
+            Some(at) => Step::Sleep(at),
+            None => Step::Park,
+        },
+    }
+}
+
+/// The earlier of two instants either of which may be absent.
+fn earliest(a: Option<Instant>, b: Option<Instant>) -> Option<Instant> {
+    match (a, b) {
+        (Some(a), Some(b)) => Some(a.min(b)),
+        (a, b) => a.or(b),
     }
 }
 
