@@ -871,10 +871,11 @@ async fn stack_case(
         prop_assert!(result.is_ok(), "call {}: {:?}", end.call, result);
         prop_assert!(
             end.elapsed <= call_bound(provider_time),
-            "call {} took {:?}, over {:?}; its attempts: {attempts:#?}",
+            "call {} took {:?}, over {:?}, ending {:?}; its attempts: {attempts:#?}",
             end.call,
             end.elapsed,
-            call_bound(provider_time)
+            call_bound(provider_time),
+            result
         );
         prop_assert!(
             attempts.len() <= MAX_ATTEMPTS,
