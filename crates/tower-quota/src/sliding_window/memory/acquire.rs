@@ -304,24 +304,26 @@ fn waiting(state: &mut KeyState, this: Waiting<'_>, now: Instant, cx: &mut Conte
         .limits
         .max_wait()
         .and_then(|max_wait| Some((max_wait, this.enqueued_at.instant().checked_add(max_wait)?)));
-    let waited_too_long = |state: &mut KeyState, max_wait: Duration| -> Step {
+    // It leaves, refused by `max_wait`, having needed `wait`.
+    let over_max_wait = |state: &mut KeyState, max_wait: Duration, wait: Duration| -> Step {
         state.leave(spot, false, now);
         Step::Ready(Err(Overloaded {
             key: this.key.clone(),
-            wait: Stamp::of(now).saturating_duration_since(this.enqueued_at),
+            wait,
             queued: this.queued as usize,
             reason: OverloadReason::MaxWait(max_wait),
         }
         .into()))
     };
-    let wake_by = earliest(this.deadline, waited_out.map(|(_, end)| end));
+    let waited = || Stamp::of(now).saturating_duration_since(this.enqueued_at);
+    let wake_by = first_of(this.deadline, waited_out.map(|(_, end)| end));
     if state.head(now) != Some(spot) {
         if let Some(deadline) = this.deadline.filter(|deadline| now >= *deadline) {
             state.leave(spot, false, now);
             return unreachable(None, deadline);
         }
         if let Some((max_wait, _)) = waited_out.filter(|(_, end)| now >= *end) {
-            return waited_too_long(state, max_wait);
+            return over_max_wait(state, max_wait, waited());
         }
         state.queue.register(spot, cx.waker());
         if std::mem::take(this.was_head) {
@@ -331,10 +333,7 @@ fn waiting(state: &mut KeyState, this: Waiting<'_>, now: Instant, cx: &mut Conte
             // polled by one task cannot wake each other for ever.
             state.wake_head();
         }
-        return match wake_by {
-            Some(at) => Step::Sleep(at),
-            None => Step::Park,
-        };
+        return wake_by.map_or(Step::Park, Step::Sleep);
     }
     *this.was_head = true;
     let stamp = Stamp::of(now);
@@ -375,17 +374,10 @@ fn waiting(state: &mut KeyState, this: Waiting<'_>, now: Instant, cx: &mut Conte
         && let Some((max_wait, _)) = waited_out.filter(|(_, end)| now >= *end)
     {
         // Strict, and no answer freed a slot within `max_wait`.
-        return waited_too_long(state, max_wait);
+        return over_max_wait(state, max_wait, waited());
     }
     if let Some(max_wait) = this.limits.max_wait().filter(|max_wait| needed > *max_wait) {
-        state.leave(spot, false, now);
-        return Step::Ready(Err(Overloaded {
-            key: this.key.clone(),
-            wait: needed,
-            queued,
-            reason: OverloadReason::MaxWait(max_wait),
-        }
-        .into()));
+        return over_max_wait(state, max_wait, needed);
     }
     if let Some(deadline) = this
         .deadline
@@ -398,22 +390,19 @@ fn waiting(state: &mut KeyState, this: Waiting<'_>, now: Instant, cx: &mut Conte
     }
     // A correction or an answer may move the instant: be wakeable.
     state.queue.register(spot, cx.waker());
-    match (at, this.deadline) {
+    match at {
         // Spacing decides: an interval, where a millisecond counts.
-        (Some(at), _) if limit.is_none() => Step::Sleep(early_wake(at, now)),
-        (Some(at), _) => Step::Sleep(at),
+        Some(at) if limit.is_none() => Step::Sleep(early_wake(at, now)),
+        Some(at) => Step::Sleep(at),
         // Strict: the next slot frees when an answer comes back, and the
         // answer wakes the head; its deadline or `max_wait` too, if it has
         // one.
-        (None, _) => match wake_by {
-            Some(at) => Step::Sleep(at),
-            None => Step::Park,
-        },
+        None => wake_by.map_or(Step::Park, Step::Sleep),
     }
 }
 
 /// The earlier of two instants either of which may be absent.
-fn earliest(a: Option<Instant>, b: Option<Instant>) -> Option<Instant> {
+fn first_of(a: Option<Instant>, b: Option<Instant>) -> Option<Instant> {
     match (a, b) {
         (Some(a), Some(b)) => Some(a.min(b)),
         (a, b) => a.or(b),
