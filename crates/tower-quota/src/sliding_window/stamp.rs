@@ -34,6 +34,20 @@ fn nanos(duration: Duration) -> i64 {
     i64::try_from(duration.as_nanos()).map_or(MOST, |n| n.min(MOST))
 }
 
+/// `duration` in nanoseconds, exactly: a `Duration` holds at most about
+/// 2⁹⁴ of them, far inside `i128`.
+fn wide_nanos(duration: Duration) -> i128 {
+    i128::try_from(duration.as_nanos()).unwrap_or(i128::MAX)
+}
+
+/// A count of nanoseconds from the epoch, clamped to [`MOST`] either side.
+/// Sums are taken wide and clamped once, so that a stamp before the epoch
+/// plus a duration longer than `MOST` still reaches the latest stamp.
+fn clamped(nanos: i128) -> i64 {
+    // Within ±MOST after the clamp, so the conversion cannot fail.
+    i64::try_from(nanos.clamp(-i128::from(MOST), i128::from(MOST))).unwrap_or(MOST)
+}
+
 impl Stamp {
     /// Later than every stamp of an instant: what is held until something
     /// happens, never by the clock alone.
@@ -88,7 +102,9 @@ impl Stamp {
         if self == Stamp::NEVER {
             return self;
         }
-        Stamp::from_nanos(self.nanos().saturating_add(nanos(duration)).min(MOST))
+        Stamp::from_nanos(clamped(
+            i128::from(self.nanos()).saturating_add(wide_nanos(duration)),
+        ))
     }
 
     /// `self - duration`, saturating at [`EARLIEST`](Self::EARLIEST)
@@ -97,7 +113,9 @@ impl Stamp {
         if self == Stamp::NEVER {
             return self;
         }
-        Stamp::from_nanos(self.nanos().saturating_sub(nanos(duration)).max(-MOST))
+        Stamp::from_nanos(clamped(
+            i128::from(self.nanos()).saturating_sub(wide_nanos(duration)),
+        ))
     }
 
     /// How long after `earlier` this is; zero when it is not later.
@@ -148,6 +166,13 @@ mod tests {
     fn sums_saturate_below_never_and_order_is_kept() {
         let now = Stamp::of(Instant::now());
         assert_eq!(now.saturating_add(Duration::MAX), Stamp::LATEST);
+        // Either side of the epoch (the first stamp a process takes may be
+        // of an instant read before the epoch was set).
+        for nanos in [-MOST, -1, 0, 1, MOST] {
+            let stamp = Stamp::from_nanos(nanos);
+            assert_eq!(stamp.saturating_add(Duration::MAX), Stamp::LATEST);
+            assert_eq!(stamp.saturating_sub(Duration::MAX), Stamp::EARLIEST);
+        }
         assert!(Stamp::LATEST < Stamp::NEVER);
         assert_eq!(
             Stamp::NEVER.saturating_add(Duration::from_secs(1)),
