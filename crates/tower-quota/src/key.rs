@@ -322,6 +322,10 @@ fn is_host_key(authority: &http::uri::Authority, scheme: Option<&str>) -> bool {
     // search the text again: this runs for every request of every keyed layer.
     let text = authority.as_str();
     let bytes = text.as_bytes();
+    // The common case, a host name with no port, in one lookup per byte.
+    if bytes.iter().all(|&byte| PLAIN_HOST[usize::from(byte)]) {
+        return true;
+    }
     // User info (`@`) or an uppercase host is not in key form; a port has
     // neither.
     if bytes
@@ -345,6 +349,18 @@ fn is_host_key(authority: &http::uri::Authority, scheme: Option<&str>) -> bool {
             .is_ok_and(|port| port != default_port(scheme).unwrap_or(0)),
     }
 }
+
+/// The bytes of a host name in key form (`a-z`, `0-9`, `.`, `-`): an
+/// authority made of them alone has no user info, no port and no uppercase.
+static PLAIN_HOST: [bool; 256] = {
+    let mut table = [false; 256];
+    let mut byte = 0;
+    while byte < 256 {
+        table[byte] = matches!(byte as u8, b'a'..=b'z' | b'0'..=b'9' | b'.' | b'-');
+        byte += 1;
+    }
+    table
+};
 
 fn default_port(scheme: Option<&str>) -> Option<u16> {
     match scheme {
@@ -846,5 +862,23 @@ mod tests {
         );
         let none = http::Request::get("/v1").body(()).expect("a valid request");
         assert!(host_key(&none).is_none());
+    }
+
+    proptest::proptest! {
+        /// Whatever the authority, the key without allocation is the key
+        /// the allocating path builds.
+        #[test]
+        fn host_key_is_request_host_for_any_authority(
+            authority in "[a-zA-Z0-9.:@_\\[\\]-]{1,24}",
+            scheme in proptest::sample::select(vec!["http", "https", "grpc"]),
+        ) {
+            let Ok(request) = http::Request::get(format!("{scheme}://{authority}/")).body(()) else {
+                return Ok(());
+            };
+            proptest::prop_assert_eq!(
+                host_key(&request).map(|key| key.as_str().to_owned()),
+                request_host(&request)
+            );
+        }
     }
 }
