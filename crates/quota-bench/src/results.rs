@@ -116,7 +116,7 @@ cargo bench -p quota-bench                        # criterion, ~1.5 min on 2 cor
 cargo run --release -p quota-bench -- micro       # the micro-benchmark table below
 cargo run --release -p quota-bench -- scenarios   # ~2 min; timeline.svg, retry_cdf.svg
 cargo run --release -p quota-bench -- network     # ~5 min; fixed margin vs default vs strict
-cargo run --release -p quota-bench -- shapes      # ~14 min; every provider shape × every limiter, over loopback and across a network; shapes.svg
+cargo run --release -p quota-bench -- shapes      # ~23 min; every provider shape × every limiter, over loopback and across a network; shapes.svg
 cargo run --release -p quota-bench -- phases      # ~3 min; a provider's rate changes 30 → 15 → 45/s unannounced
 cargo run --release -p quota-bench -- memory
 ```

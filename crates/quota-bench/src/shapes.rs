@@ -184,8 +184,20 @@ fn custom_load() -> Option<Load> {
     })
 }
 
-/// Cells run at once, each with its own server and client.
-const PARALLEL_CELLS: usize = 2;
+/// Cells run at once, each with its own server and client: one, so that
+/// no cell's timing pays for another's load on the machine's cores (a
+/// limiter that spaces requests a few milliseconds apart measures the
+/// scheduler when another cell's 64 requests in flight share it).
+/// `SHAPES_PARALLEL=<n>` runs n at once, for a quicker look.
+const PARALLEL_CELLS: usize = 1;
+
+/// The cells run at once: [`PARALLEL_CELLS`], or `SHAPES_PARALLEL`.
+fn parallel_cells() -> usize {
+    std::env::var("SHAPES_PARALLEL")
+        .ok()
+        .and_then(|text| text.parse::<usize>().ok())
+        .map_or(PARALLEL_CELLS, |cells| cells.max(1))
+}
 
 /// A cell ends this long after its first call, whatever is left: 2.5 times
 /// the ~10 s a cell takes at the provider's rate. Limiters that collapse
@@ -567,11 +579,12 @@ fn print_cell(cell: &Cell) {
 }
 
 /// `quota-bench shapes`: every load × shape × limiter, in one run,
-/// [`PARALLEL_CELLS`] cells at a time.
+/// [`parallel_cells`] at a time.
 pub(crate) async fn run() -> Result<(), BoxError> {
     let started = Instant::now();
     let load_before = load_average();
-    let slots = Arc::new(Semaphore::new(PARALLEL_CELLS));
+    let parallel = parallel_cells();
+    let slots = Arc::new(Semaphore::new(parallel));
     let mut tasks = tokio::task::JoinSet::new();
     // `SHAPES_OURS=1`: tower-quota's cells only, printed, RESULTS.md left
     // as it is (a quick look while tuning).
@@ -627,7 +640,7 @@ pub(crate) async fn run() -> Result<(), BoxError> {
     let wall = started.elapsed();
     let load = format!("{load_before} at the start, {} at the end", load_average());
     plot(&cells, &results::crate_dir().join("shapes.svg"))?;
-    results::write_section("shapes", &report(&cells, wall, &load)?)
+    results::write_section("shapes", &report(&cells, wall, &load, parallel)?)
 }
 
 /// The machine's 1-minute load average, from /proc/loadavg.
@@ -665,7 +678,7 @@ fn goal(body: &mut String, name: &str, shown: String, met: bool, by: String) -> 
 }
 
 /// The section's text: the setup, the matrix, the goals.
-fn report(cells: &[Cell], wall: Duration, load: &str) -> Result<String, BoxError> {
+fn report(cells: &[Cell], wall: Duration, load: &str, parallel: usize) -> Result<String, BoxError> {
     let mut body = String::new();
     writeln!(
         body,
@@ -674,7 +687,7 @@ fn report(cells: &[Cell], wall: Duration, load: &str) -> Result<String, BoxError
          {} requests at {} in flight for 20 per 1 s and {} requests at {} in flight for \
          100 per 1 s. Every limiter is configured with the provider's documented rate and \
          nothing else. The provider answers each refusal with 429 and `Retry-After` in \
-         whole seconds, rounded up. One run per cell; cells run {PARALLEL_CELLS} at a time, \
+         whole seconds, rounded up. One run per cell; {}, \
          each against its own server, in one process. A cell ends {} after its first call \
          at the latest: requests not done by then are counted as cut off (neither \
          succeeded nor failed), and the cell's wall time is the cutoff.\n",
@@ -682,6 +695,11 @@ fn report(cells: &[Cell], wall: Duration, load: &str) -> Result<String, BoxError
         LOADS[0].concurrency,
         LOADS[1].requests,
         LOADS[1].concurrency,
+        if parallel == 1 {
+            "cells run one at a time".to_owned()
+        } else {
+            format!("cells run {parallel} at a time")
+        },
         show_ms(CUTOFF),
     )?;
     writeln!(
