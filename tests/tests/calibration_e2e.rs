@@ -4,7 +4,7 @@
 //! answer on, and follows it up again when the provider raises it. Counted
 //! at the server, refused arrivals included.
 
-mod support;
+use crate::support;
 
 use std::time::Duration;
 

@@ -15,7 +15,7 @@ use tower_quota::circuit_breaker::CircuitBreakerLayer;
 use tower_quota::concurrency::ConcurrencyLayer;
 use tower_quota::{HostKey, JitterBackoffLayer, RetryAfterLayer};
 
-mod support;
+use crate::support;
 
 const SLOTS: u32 = 5;
 

@@ -4,7 +4,7 @@
 //! is checked where the provider checks it: at the server, counting every
 //! arrival, refused ones included.
 
-mod support;
+use crate::support;
 
 use std::time::Duration;
 

@@ -3,10 +3,10 @@
 //! at all (GCRA, one request per emission interval) and a sliding-window
 //! counter. Counted at the server, refused arrivals included.
 //!
-//! `SHAPES_TIMELINE=1 cargo test -p tower-quota-tests --test shapes_e2e --
+//! `SHAPES_TIMELINE=1 cargo test -p tower-quota-tests --test e2e shapes_e2e --
 //! --nocapture` prints every arrival the provider saw.
 
-mod support;
+use crate::support;
 
 use std::time::Duration;
 

@@ -2,7 +2,7 @@
 //! exactly the 429s the quotas imply. Windows are an hour long so the
 //! assertions hold however slow the machine.
 
-mod common;
+use crate::common;
 
 use std::time::Duration;
 

@@ -3,7 +3,7 @@
 //! server enforces. Windows are long so results depend on counts, not on
 //! timing.
 
-mod common;
+use crate::common;
 
 use std::time::{Duration, SystemTime};
 

@@ -1,7 +1,7 @@
 //! Injected faults over a real socket; the RNG is seeded, so every run
 //! meets the same faults.
 
-mod common;
+use crate::common;
 
 use std::time::Duration;
 

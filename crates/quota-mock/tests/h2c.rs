@@ -1,6 +1,6 @@
 //! HTTP/2 with prior knowledge (h2c) works like HTTP/1.1.
 
-mod common;
+use crate::common;
 
 use std::time::Duration;
 

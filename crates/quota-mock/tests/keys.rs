@@ -1,6 +1,6 @@
 //! Separate quotas per key, over a real socket.
 
-mod common;
+use crate::common;
 
 use std::time::Duration;
 

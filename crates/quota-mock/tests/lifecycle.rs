@@ -1,7 +1,7 @@
 //! Stopping the server: dropping the handle or shutting it down leaves no
 //! listener and no task behind.
 
-mod common;
+use crate::common;
 
 use std::time::Duration;
 

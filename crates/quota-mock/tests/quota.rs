@@ -2,7 +2,7 @@
 //! assertions hold however slow the machine; exact timing is covered by the
 //! paused-clock unit tests.
 
-mod common;
+use crate::common;
 
 use std::time::Duration;
 

@@ -1,6 +1,6 @@
 //! The stats endpoint and the handle agree, over a real socket.
 
-mod common;
+use crate::common;
 
 use std::time::Duration;
 
