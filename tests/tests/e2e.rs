@@ -1,7 +1,8 @@
 //! The end-to-end tests of the workspace, one module per file beside this
-//! one, built as one test binary: one link instead of one per file, which
-//! is most of what their build costs. The stack's fuzz test
-//! (`fuzz_stack.rs`) stays a binary of its own, as `scripts/fuzz` runs it.
+//! one, built as one test binary: each file built as a binary of its own
+//! linked the whole HTTP stack again. The stack's fuzz test
+//! (`fuzz_stack.rs`) stays a binary of its own: `scripts/fuzz` runs it, and
+//! its saved cases are kept by its path.
 
 mod support;
 
