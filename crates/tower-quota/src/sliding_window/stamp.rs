@@ -29,11 +29,6 @@ fn epoch() -> Instant {
 /// The most nanoseconds a stamp counts before or after the epoch.
 const MOST: i64 = i64::MAX - 1;
 
-/// `duration` in nanoseconds, at most [`MOST`] (292 years).
-fn nanos(duration: Duration) -> i64 {
-    i64::try_from(duration.as_nanos()).map_or(MOST, |n| n.min(MOST))
-}
-
 /// `duration` in nanoseconds, exactly: a `Duration` holds at most about
 /// 2⁹⁴ of them, far inside `i128`.
 fn wide_nanos(duration: Duration) -> i128 {
@@ -78,8 +73,8 @@ impl Stamp {
     pub(crate) fn of(instant: Instant) -> Stamp {
         let epoch = epoch();
         match instant.checked_duration_since(epoch) {
-            Some(after) => Stamp::from_nanos(nanos(after)),
-            None => Stamp::from_nanos(-nanos(epoch.duration_since(instant))),
+            Some(after) => Stamp::from_nanos(clamped(wide_nanos(after))),
+            None => Stamp::from_nanos(clamped(-wide_nanos(epoch.duration_since(instant)))),
         }
     }
 
