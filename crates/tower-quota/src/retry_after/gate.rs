@@ -158,6 +158,10 @@ struct Gate {
     /// How many times the provider's acceptance reopened the gate before
     /// its time: the requests a refusal holds wake for these only.
     reopenings: u32,
+    /// Whether a request registered for `changed` since its last
+    /// notification: a notification with none registered would wake
+    /// nobody, and is skipped.
+    listened: bool,
 }
 
 /// The probe that checks whether the server recovered after a pause.
@@ -226,6 +230,7 @@ impl Gate {
             in_flight: BTreeSet::new(),
             next_seq: 0,
             reopenings: 0,
+            listened: false,
         }
     }
 }
@@ -291,6 +296,24 @@ impl Gate {
         });
     }
 
+    /// A notification of the gate's next change, registered now (under the
+    /// lock: no change after this can be missed).
+    fn listen(&mut self) -> Pin<Box<OwnedNotified>> {
+        self.listened = true;
+        let mut changed = Box::pin(self.changed.clone().notified_owned());
+        changed.as_mut().enable();
+        changed
+    }
+
+    /// Wakes the requests registered for the gate's change, if any: each
+    /// registration since the last notification set `listened`, and the
+    /// ones before it were woken by it.
+    fn notify(&mut self) {
+        if std::mem::take(&mut self.listened) {
+            self.changed.notify_waiters();
+        }
+    }
+
     /// Drops the ramp once its end has come.
     fn end_ramp_if_due(&mut self, now: Instant) {
         if self.ramp.is_some_and(|ramp| ramp.ends_at <= now) {
@@ -345,7 +368,10 @@ impl Gates {
         map.sweep(now);
         let hash = map.gates.hash(key);
         let result = map.admit(self, hash, key, now, config);
-        map.schedule(hash, key);
+        // A request let through is in flight: its answer schedules the gate.
+        if result.is_err() {
+            map.schedule(hash, key);
+        }
         result
     }
 }
@@ -363,15 +389,13 @@ impl GateMap {
             .gates
             .get_or_insert_with(hash, key, || Gate::new(config.pace_by_quota, now));
         gate.last_used = gate.last_used.max(now);
-        let wait = |until, reason, gate: &Gate| {
+        let wait = |until, reason, gate: &mut Gate| {
             // Registered under the lock: no change between this answer and
             // the wait can be missed.
-            let mut changed = Box::pin(gate.changed.clone().notified_owned());
-            changed.as_mut().enable();
             Err(Wait {
                 until,
                 reason,
-                changed,
+                changed: gate.listen(),
                 reopenings: gate.reopenings,
             })
         };
@@ -544,9 +568,7 @@ impl Gates {
         if gate.reopenings != reopenings {
             return Ok(());
         }
-        let mut changed = Box::pin(gate.changed.clone().notified_owned());
-        changed.as_mut().enable();
-        Err(changed)
+        Err(gate.listen())
     }
 
     /// The number of gates kept.
@@ -716,7 +738,7 @@ impl GateMap {
             Knowledge::Probing { .. } => false,
         };
         if (open && may_go) || answered_probe || reopened {
-            gate.changed.notify_waiters();
+            gate.notify();
         }
         Observed {
             closed,
@@ -759,10 +781,10 @@ impl Drop for InFlight {
                 // A probe lost without an answer: the next request probes.
                 if matches!(gate.probe, Probe::Out { seq, .. } if seq == self.seq) {
                     gate.probe = Probe::Due;
-                    gate.changed.notify_waiters();
+                    gate.notify();
                 } else if gate.ramp.is_some() {
                     // A ramp request that left makes room for another.
-                    gate.changed.notify_waiters();
+                    gate.notify();
                 }
             }
             map.schedule(self.hash, &self.key);
