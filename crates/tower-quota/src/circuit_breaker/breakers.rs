@@ -13,6 +13,8 @@ use std::sync::{Arc, Mutex, MutexGuard, PoisonError, TryLockError};
 
 use tokio::time::Instant;
 
+use crate::time::LazyNow;
+
 use super::config::Config;
 use super::state::{Admit, Breaker, Transition};
 use crate::Key;
@@ -116,13 +118,17 @@ impl Breakers {
         (hash, shard)
     }
 
-    pub(crate) fn admit(&self, key: &Key, config: &Config, now: Instant) -> Admit {
+    /// Lets a call of `key` go or rejects it. A closed breaker with no
+    /// failure in its window needs no time: `now` is read only for an
+    /// open or half-open breaker, a new key, or a swept entry with
+    /// failures.
+    pub(crate) fn admit(&self, key: &Key, config: &Config, now: &LazyNow) -> Admit {
         let admit = self.admit_in_shard(key, config, now);
         self.sweep_step(config, now);
         admit
     }
 
-    fn admit_in_shard(&self, key: &Key, config: &Config, now: Instant) -> Admit {
+    fn admit_in_shard(&self, key: &Key, config: &Config, now: &LazyNow) -> Admit {
         let (hash, mut shard) = self.shard(key);
         let at = match shard.index.get(hash, key) {
             Some(&at) => at,
@@ -140,7 +146,7 @@ impl Breakers {
                         transition: None,
                     };
                 }
-                shard.insert(hash, key, Breaker::new(self.next_generation(), now))
+                shard.insert(hash, key, Breaker::new(self.next_generation(), now.get()))
             }
         };
         shard.entries[at]
@@ -170,7 +176,7 @@ impl Breakers {
 
     /// Examines the next few entries of the next shard and forgets the idle
     /// ones. A shard another call holds is skipped, never waited for.
-    fn sweep_step(&self, config: &Config, now: Instant) {
+    fn sweep_step(&self, config: &Config, now: &LazyNow) {
         let shards = &self.shared.shards;
         let at = self.shared.sweep_cursor.fetch_add(1, Ordering::Relaxed) % shards.len();
         let mut shard = match shards[at].try_lock() {
@@ -208,7 +214,7 @@ impl Shard {
 
     /// Examines up to `budget` entries from the cursor on, forgets the idle
     /// ones, and returns how many it forgot.
-    fn sweep(&mut self, budget: usize, config: &Config, now: Instant) -> usize {
+    fn sweep(&mut self, budget: usize, config: &Config, now: &LazyNow) -> usize {
         let mut removed = 0;
         for _ in 0..budget {
             if self.entries.is_empty() {

@@ -2,7 +2,6 @@ use std::fmt;
 use std::sync::Arc;
 use std::task::{Context, Poll};
 
-use tokio::time::Instant;
 use tower_service::Service;
 
 use super::breakers::Breakers;
@@ -11,6 +10,7 @@ use super::future::Outcome;
 use super::state::Admit;
 use super::{CircuitOpen, ResponseFuture};
 use crate::classify::{Classify, HttpClassifier};
+use crate::time::LazyNow;
 use crate::{BoxError, HostKey, KeyFn};
 
 /// Fails fast while a provider is failing; made by
@@ -95,7 +95,7 @@ where
     fn call(&mut self, request: Request) -> Self::Future {
         let key = self.key_fn.key(&request);
         let Shared { config, breakers } = &*self.shared;
-        match breakers.admit(&key, config, Instant::now()) {
+        match breakers.admit(&key, config, &LazyNow::default()) {
             // The readied inner service stays readied for the next call.
             Admit::Reject { retry_in, state } => ResponseFuture::rejected(CircuitOpen {
                 key,

@@ -5,6 +5,8 @@ use std::time::Duration;
 
 use tokio::time::Instant;
 
+use crate::time::LazyNow;
+
 use super::config::{Config, Window};
 
 /// The state of one key's breaker, as telemetry and errors report it.
@@ -120,7 +122,7 @@ impl Breaker {
     /// history): closed with no call in flight and no failure left in its
     /// window, or open or half-open with nothing happening for
     /// `forget_after` past its open period.
-    pub(super) fn is_idle(&self, config: &Config, now: Instant) -> bool {
+    pub(super) fn is_idle(&self, config: &Config, now: &LazyNow) -> bool {
         match &self.state {
             State::Closed {
                 failures,
@@ -130,11 +132,13 @@ impl Breaker {
             } => {
                 *in_flight == 0
                     && (*failures == 0
-                        || now.saturating_duration_since(*last_failure) >= config.horizon())
+                        || now.get().saturating_duration_since(*last_failure) >= config.horizon())
             }
-            State::Open { until } => now.saturating_duration_since(*until) >= config.forget_after,
+            State::Open { until } => {
+                now.get().saturating_duration_since(*until) >= config.forget_after
+            }
             State::HalfOpen { last_active, .. } => {
-                now.saturating_duration_since(*last_active) >= config.forget_after
+                now.get().saturating_duration_since(*last_active) >= config.forget_after
             }
         }
     }
@@ -142,11 +146,12 @@ impl Breaker {
     pub(super) fn admit(
         &mut self,
         config: &Config,
-        now: Instant,
+        now: &LazyNow,
         next_generation: impl Fn() -> u64,
     ) -> Admit {
         let mut transition = None;
         if let State::Open { until } = self.state {
+            let now = now.get();
             if now < until {
                 return Admit::Reject {
                     retry_in: until.saturating_duration_since(now),
@@ -180,7 +185,7 @@ impl Breaker {
                 ..
             } => {
                 *permits -= 1;
-                *last_active = now;
+                *last_active = now.get();
                 Admit::Go {
                     generation,
                     transition,
