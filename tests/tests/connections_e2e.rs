@@ -92,16 +92,28 @@ async fn the_connector_counts_what_the_server_accepted_and_steady_state_opens_no
     assert_eq!(warm, 0, "a warm request was marked new");
     assert_eq!(stats.opened(), opened, "steady state opened connections");
     assert_eq!(server.connections_accepted(), opened);
-    // Every connection that served a response is still open. One the pool
-    // opened for a request that an idle connection took first is dropped
-    // if it was not ready yet when it lost that race (hyper-util's
-    // background connect), and counted closed: it served nothing.
-    let open = stats.open();
-    assert!(
-        (used.len() as u64..=opened).contains(&open),
-        "{open} open of {opened} opened, {} used",
-        used.len()
-    );
+    // Which connections hyper-util's pool keeps is its own business (one
+    // it opened for a request that an idle connection took first is
+    // dropped unready; a used one has been seen closed once): the count
+    // of open ones is at most what was opened, and every close is
+    // counted, so it falls to zero once the server closes them all.
+    assert!(stats.open() <= opened, "{} open of {opened}", stats.open());
     assert_eq!(server.stats().total, 48);
     server.shutdown().await;
+    for _ in 0..100_000 {
+        if stats.open() == 0 {
+            break;
+        }
+        tokio::task::yield_now().await;
+    }
+    assert_eq!(
+        stats.open(),
+        0,
+        "connections the server closed still counted open"
+    );
+    assert_eq!(
+        stats.opened(),
+        opened,
+        "none opened after the server closed"
+    );
 }
