@@ -59,12 +59,7 @@ async fn the_connector_counts_what_the_server_accepted_and_steady_state_opens_no
     assert!(opened >= 1);
     // The server accepts on a runtime of its own: a connection the client
     // opened may not be accepted yet.
-    for _ in 0..100_000 {
-        if server.connections_accepted() >= opened {
-            break;
-        }
-        tokio::task::yield_now().await;
-    }
+    yield_until(|| server.connections_accepted() >= opened).await;
     assert_eq!(opened, server.connections_accepted());
     // Each connection that served a response had its first one marked new,
     // and only that one. (hyper-util's pool may open a connection that an
@@ -100,12 +95,7 @@ async fn the_connector_counts_what_the_server_accepted_and_steady_state_opens_no
     assert!(stats.open() <= opened, "{} open of {opened}", stats.open());
     assert_eq!(server.stats().total, 48);
     server.shutdown().await;
-    for _ in 0..100_000 {
-        if stats.open() == 0 {
-            break;
-        }
-        tokio::task::yield_now().await;
-    }
+    yield_until(|| stats.open() == 0).await;
     assert_eq!(
         stats.open(),
         0,
@@ -116,4 +106,15 @@ async fn the_connector_counts_what_the_server_accepted_and_steady_state_opens_no
         opened,
         "none opened after the server closed"
     );
+}
+
+/// Gives other tasks their turn until `done` holds, 100,000 turns at most:
+/// the server and the pool's connection tasks run beside the test's.
+async fn yield_until(done: impl Fn() -> bool) {
+    for _ in 0..100_000 {
+        if done() {
+            return;
+        }
+        tokio::task::yield_now().await;
+    }
 }

@@ -13,12 +13,11 @@ use std::sync::{Arc, Mutex, MutexGuard, PoisonError, TryLockError};
 
 use tokio::time::Instant;
 
-use crate::time::LazyNow;
-
 use super::config::Config;
 use super::state::{Admit, Breaker, Transition};
 use crate::Key;
 use crate::keymap::{KeyHasher, KeyMap};
+use crate::time::LazyNow;
 
 /// Shards, each with its own lock.
 const SHARDS: usize = 16;

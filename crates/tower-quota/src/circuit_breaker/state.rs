@@ -5,9 +5,8 @@ use std::time::Duration;
 
 use tokio::time::Instant;
 
-use crate::time::LazyNow;
-
 use super::config::{Config, Window};
+use crate::time::LazyNow;
 
 /// The state of one key's breaker, as telemetry and errors report it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
