@@ -385,10 +385,11 @@ extensions (3 allocations with headers, none without): 5 allocations without hea
 needs the attempt numbering out of the request's extensions, where `Attempt` is public API. \
 The goal of at most 2 clock reads per request is not met either (no row: a benchmark cannot \
 count them; read from the code and counted with callgrind): the README stack reads tokio's \
-clock 7 times per request (backoff: the request's start, for its `max_elapsed`, and tower's \
-`TpsBudget` deposit; breaker: the outcome, and at admission only for a key that is new, open \
-or half-open, or when the admission's sweep step meets a key with failures; Retry-After: the \
-gate and the response; pacing: the admission and the answer). \
+clock 5 times per request (backoff: the request's start, for its `max_elapsed`, and tower's \
+`TpsBudget` deposit; breaker: at admission only for a key that is new, open or half-open, or \
+when the admission's sweep step meets a key with failures; Retry-After: the gate; pacing: the \
+admission and the answer, whose reading the Retry-After and breaker layers above take for the \
+same answer instead of reading the clock again). \
 With queued waiters, the work per admission stays flat (one timer per key, one wake-up per \
 admission: 4,350 instructions per admission with 10,000 waiters and 4,359 with 10, counted by \
 callgrind), but each admission polls the next waiter, queued 10,000 admissions ago: its task, \

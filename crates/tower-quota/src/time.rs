@@ -1,4 +1,5 @@
-//! Instant arithmetic on durations from users and servers.
+//! Reading the clock for the layers, and instant arithmetic on durations
+//! from users and servers.
 
 use std::cell::Cell;
 use std::time::Duration;
@@ -21,6 +22,54 @@ impl LazyNow {
                 now
             }
         }
+    }
+}
+
+thread_local! {
+    /// The last answer instant read on this thread ([`answer_now`]), and
+    /// how many were read before it.
+    static LAST_ANSWER: Cell<(u64, Option<Instant>)> = const { Cell::new((0, None)) };
+}
+
+/// The point a layer starts polling its inner future from; see
+/// [`answer_since`].
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) struct Mark(u64);
+
+/// Marks the start of a poll of an inner future, before it.
+pub(crate) fn mark() -> Mark {
+    Mark(LAST_ANSWER.with(|last| last.get().0))
+}
+
+/// Reads the clock for an answer that has just come back from an inner
+/// future, and keeps the reading for the layers above (see
+/// [`answer_since`]).
+pub(crate) fn answer_now() -> Instant {
+    let now = Instant::now();
+    LAST_ANSWER.with(|last| {
+        let (count, _) = last.get();
+        last.set((count.wrapping_add(1), Some(now)));
+    });
+    now
+}
+
+/// The instant of an answer that has just come back from the inner future
+/// polled since `mark`: the instant a layer below read for it, when one
+/// did in that poll, or else the clock, read now (and kept in turn).
+///
+/// Layers stacked one inside the other each see the same answer come back
+/// within one poll: the innermost reads the clock once, after its own inner
+/// future answered, and the others take its reading instead of reading
+/// again. A reading taken since `mark` was read during the inner future's
+/// poll, after an inner future answered; it precedes this answer by at most
+/// the time that poll took (microseconds: a poll does not block), and
+/// nothing here needs an answer's instant closer than that. The pacing of
+/// [`SlidingWindowLayer`](crate::SlidingWindowLayer), which holds a slot
+/// until a window after the answer, always reads its own.
+pub(crate) fn answer_since(mark: Mark) -> Instant {
+    match LAST_ANSWER.with(Cell::get) {
+        (count, Some(now)) if count != mark.0 => now,
+        _ => answer_now(),
     }
 }
 
@@ -49,6 +98,26 @@ mod tests {
         assert_eq!(first, Instant::now(), "read at the first use, not before");
         tokio::time::advance(Duration::from_secs(1)).await;
         assert_eq!(lazy.get(), first, "and kept");
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn an_answer_read_below_serves_the_layers_above_within_their_poll() {
+        // Nothing read since the mark: the clock, read now.
+        let since = mark();
+        tokio::time::advance(Duration::from_secs(1)).await;
+        assert_eq!(answer_since(since), Instant::now());
+
+        // A layer below read the answer's instant since the mark: that one.
+        let since = mark();
+        let below = answer_now();
+        tokio::time::advance(Duration::from_secs(1)).await;
+        assert_eq!(answer_since(since), below, "shared, not read again");
+
+        // A reading from before the mark is never taken.
+        let since = mark();
+        let fresh = answer_since(since);
+        assert_eq!(fresh, Instant::now(), "read afresh");
+        assert!(fresh > below);
     }
 
     #[test]

@@ -76,6 +76,7 @@ where
                 outcome,
                 classifier,
             } => {
+                let since = crate::time::mark();
                 let result = ready!(future.poll(cx)).map_err(Into::into);
                 if let Some(outcome) = outcome.take() {
                     let failed = match classifier.classify(result.as_ref()) {
@@ -87,7 +88,7 @@ where
                             outcome.shared.config.count_throttled.then_some(true)
                         }
                     };
-                    outcome.finish(failed);
+                    outcome.finish(failed, crate::time::answer_since(since));
                 }
                 Poll::Ready(result)
             }
@@ -122,14 +123,15 @@ impl Outcome {
         }
     }
 
-    fn finish(mut self, failed: Option<bool>) {
+    /// Records the call's outcome, answered at `now`.
+    fn finish(mut self, failed: Option<bool>, now: Instant) {
         self.done = true;
         let transition = self.shared.breakers.record(
             &self.key,
             &self.shared.config,
             self.generation,
             failed,
-            Instant::now(),
+            now,
         );
         if let Some(transition) = transition {
             events::transition(&self.key, transition);

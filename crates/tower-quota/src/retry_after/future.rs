@@ -370,10 +370,11 @@ where
                     this.state.set(State::Calling { future });
                 }
                 StateProj::Calling { future } => {
+                    let since = crate::time::mark();
                     let result = ready!(future.poll(cx));
                     let in_flight = this.in_flight.take();
                     let mut response = result.map_err(Into::into)?;
-                    let now = Instant::now();
+                    let now = crate::time::answer_since(since);
                     let signal = quota_headers::parse_with_clock(
                         response.status(),
                         response.headers(),

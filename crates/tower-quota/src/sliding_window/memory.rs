@@ -272,7 +272,10 @@ impl Store for MemoryStore {
     fn complete(&self, admission: &Admission, completion: Completion, limits: &Limits) {
         let (hash, shard) = self.shared.shard(admission.key());
         let mut shard = lock(shard);
-        let now = Instant::now();
+        let now = match completion {
+            Completion::Answered => crate::time::answer_now(),
+            Completion::Dropped => Instant::now(),
+        };
         let Some(state) = shard.keys.get_mut(hash, admission.key()) else {
             return;
         };
@@ -302,7 +305,7 @@ impl Store for MemoryStore {
     ) {
         let (hash, shard) = self.shared.shard(admission.key());
         let mut shard = lock(shard);
-        let now = Instant::now();
+        let now = crate::time::answer_now();
         let Some(state) = shard.keys.get_mut(hash, admission.key()) else {
             return;
         };
