@@ -26,14 +26,14 @@ impl LazyNow {
 }
 
 thread_local! {
-    /// The last answer instant read on this thread ([`answer_now`]), and
-    /// how many were read before it.
+    /// How many answer instants were read on this thread
+    /// ([`answer_now`]), and the last of them.
     static LAST_ANSWER: Cell<(u64, Option<Instant>)> = const { Cell::new((0, None)) };
 }
 
 /// The point a layer starts polling its inner future from; see
 /// [`answer_since`].
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Copy)]
 pub(crate) struct Mark(u64);
 
 /// Marks the start of a poll of an inner future, before it.
