@@ -127,6 +127,58 @@ impl Key {
     }
 }
 
+/// The most bytes a [`StoredKey`] keeps in place.
+const SHORT: usize = 22;
+
+/// A key as the keyed maps keep it: 24 bytes, where a [`Key`] takes 40 to
+/// keep a URI's authority and longer names in place. A map holds one per
+/// key it remembers, for as long as it remembers it, so a smaller one is
+/// memory given back for every key; a key is stored once, when it is new,
+/// so a name over 22 bytes that a `Key` kept in place (or in a URI's
+/// bytes) is copied then into a reference-counted string. A stored key
+/// also never keeps a request's URI alive.
+#[derive(Clone)]
+pub(crate) struct StoredKey(Stored);
+
+#[derive(Clone)]
+enum Stored {
+    Static(&'static str),
+    Shared(Arc<str>),
+    Short { len: u8, bytes: [u8; SHORT] },
+}
+
+impl StoredKey {
+    /// The name's bytes, as [`Key::name_bytes`] gives them.
+    pub(crate) fn name_bytes(&self) -> &[u8] {
+        match &self.0 {
+            Stored::Static(name) => name.as_bytes(),
+            Stored::Shared(name) => name.as_bytes(),
+            Stored::Short { len, bytes } => &bytes[..usize::from(*len)],
+        }
+    }
+}
+
+impl Key {
+    /// The key as a keyed map stores it: the same name.
+    pub(crate) fn to_stored(&self) -> StoredKey {
+        match &self.0 {
+            Repr::Static(name) => StoredKey(Stored::Static(name)),
+            Repr::Shared(name) => StoredKey(Stored::Shared(Arc::clone(name))),
+            Repr::Authority(_) | Repr::Inline(_) => {
+                let name = self.name_bytes();
+                match u8::try_from(name.len()) {
+                    Ok(len) if name.len() <= SHORT => {
+                        let mut bytes = [0; SHORT];
+                        bytes[..name.len()].copy_from_slice(name);
+                        StoredKey(Stored::Short { len, bytes })
+                    }
+                    _ => StoredKey(Stored::Shared(Arc::from(self.as_str()))),
+                }
+            }
+        }
+    }
+}
+
 impl From<&'static str> for Key {
     fn from(name: &'static str) -> Self {
         Key::from_static(name)

@@ -6,14 +6,15 @@
 //! picks its shard with bits 32 and up, while the table inside indexes by
 //! the low bits and tags by the top seven. A lookup borrows the key and
 //! hashes and compares its name's bytes (an inline name is not checked as
-//! UTF-8 again on every lookup); the key is cloned only when it is
-//! inserted.
+//! UTF-8 again on every lookup); the key is stored (a
+//! [`StoredKey`]) only when it is inserted.
 
 use std::hash::BuildHasher;
 
 use hashbrown::HashTable;
 
 use crate::Key;
+use crate::key::StoredKey;
 
 /// The hasher of a store: foldhash's fast hash with a per-process random
 /// seed. Keys can come from requests (a host, a tenant), so the seed keeps
@@ -26,6 +27,11 @@ impl KeyHasher {
         self.0.hash_one(key.name_bytes())
     }
 
+    /// The hash of a stored key: the same as of the [`Key`] it came from.
+    fn hash_stored(&self, key: &StoredKey) -> u64 {
+        self.0.hash_one(key.name_bytes())
+    }
+
     /// The shard of a hash among `shards`: bits the table does not use.
     pub(crate) fn shard_of(hash: u64, shards: usize) -> usize {
         // Truncation intended: bits 32..64 are ample for a handful of shards.
@@ -33,19 +39,79 @@ impl KeyHasher {
     }
 }
 
-/// Keys and their state in one shard.
-pub(crate) struct KeyMap<V> {
-    table: HashTable<(Key, V)>,
+/// How a [`KeyMap`] keeps a key and its value in its table: side by side
+/// ([`InPlace`], for small values), or boxed together ([`Boxed`], for a
+/// large value: the table, which keeps room for more entries than it
+/// holds, then holds a pointer per entry).
+pub(crate) trait Slot {
+    /// The value kept for a key.
+    type Value;
+
+    fn new(key: StoredKey, value: Self::Value) -> Self;
+    fn key(&self) -> &StoredKey;
+    fn value(&self) -> &Self::Value;
+    fn value_mut(&mut self) -> &mut Self::Value;
+}
+
+/// A key and its value in the table itself.
+pub(crate) struct InPlace<V>(StoredKey, V);
+
+impl<V> Slot for InPlace<V> {
+    type Value = V;
+
+    fn new(key: StoredKey, value: V) -> Self {
+        InPlace(key, value)
+    }
+
+    fn key(&self) -> &StoredKey {
+        &self.0
+    }
+
+    fn value(&self) -> &V {
+        &self.1
+    }
+
+    fn value_mut(&mut self) -> &mut V {
+        &mut self.1
+    }
+}
+
+/// A key and its value in one allocation, the table holding its pointer.
+pub(crate) struct Boxed<V>(Box<(StoredKey, V)>);
+
+impl<V> Slot for Boxed<V> {
+    type Value = V;
+
+    fn new(key: StoredKey, value: V) -> Self {
+        Boxed(Box::new((key, value)))
+    }
+
+    fn key(&self) -> &StoredKey {
+        &self.0.0
+    }
+
+    fn value(&self) -> &V {
+        &self.0.1
+    }
+
+    fn value_mut(&mut self) -> &mut V {
+        &mut self.0.1
+    }
+}
+
+/// Keys and their state in one shard, each key kept as a [`StoredKey`].
+pub(crate) struct KeyMap<V, S: Slot<Value = V> = InPlace<V>> {
+    table: HashTable<S>,
     hasher: KeyHasher,
 }
 
-impl<V> Default for KeyMap<V> {
+impl<V, S: Slot<Value = V>> Default for KeyMap<V, S> {
     fn default() -> Self {
         KeyMap::new(KeyHasher::default())
     }
 }
 
-impl<V> KeyMap<V> {
+impl<V, S: Slot<Value = V>> KeyMap<V, S> {
     pub(crate) fn new(hasher: KeyHasher) -> Self {
         KeyMap {
             table: HashTable::new(),
@@ -60,17 +126,17 @@ impl<V> KeyMap<V> {
 
     pub(crate) fn get(&self, hash: u64, key: &Key) -> Option<&V> {
         self.table
-            .find(hash, |(stored, _)| stored.name_bytes() == key.name_bytes())
-            .map(|(_, value)| value)
+            .find(hash, |slot| slot.key().name_bytes() == key.name_bytes())
+            .map(Slot::value)
     }
 
     pub(crate) fn get_mut(&mut self, hash: u64, key: &Key) -> Option<&mut V> {
         self.table
-            .find_mut(hash, |(stored, _)| stored.name_bytes() == key.name_bytes())
-            .map(|(_, value)| value)
+            .find_mut(hash, |slot| slot.key().name_bytes() == key.name_bytes())
+            .map(Slot::value_mut)
     }
 
-    /// The state of `key`, made by `make` (and the key cloned) if absent.
+    /// The state of `key`, made by `make` (and the key stored) if absent.
     pub(crate) fn get_or_insert_with(
         &mut self,
         hash: u64,
@@ -80,18 +146,21 @@ impl<V> KeyMap<V> {
         let hasher = &self.hasher;
         let entry = self.table.entry(
             hash,
-            |(stored, _)| stored.name_bytes() == key.name_bytes(),
-            |(stored, _)| hasher.hash(stored),
+            |slot| slot.key().name_bytes() == key.name_bytes(),
+            |slot| hasher.hash_stored(slot.key()),
         );
-        &mut entry.or_insert_with(|| (key.clone(), make())).into_mut().1
+        entry
+            .or_insert_with(|| S::new(key.to_stored(), make()))
+            .into_mut()
+            .value_mut()
     }
 
-    /// Removes `key` and its state.
-    pub(crate) fn remove(&mut self, hash: u64, key: &Key) -> Option<V> {
+    /// Removes `key` and its state; returns whether it was there.
+    pub(crate) fn remove(&mut self, hash: u64, key: &Key) -> bool {
         self.table
-            .find_entry(hash, |(stored, _)| stored.name_bytes() == key.name_bytes())
-            .ok()
-            .map(|entry| entry.remove().0.1)
+            .find_entry(hash, |slot| slot.key().name_bytes() == key.name_bytes())
+            .map(|entry| drop(entry.remove()))
+            .is_ok()
     }
 
     pub(crate) fn len(&self) -> usize {
@@ -105,16 +174,16 @@ impl<V> KeyMap<V> {
 
     #[cfg(test)]
     pub(crate) fn values(&self) -> impl Iterator<Item = &V> {
-        self.table.iter().map(|(_, value)| value)
+        self.table.iter().map(Slot::value)
     }
 
     pub(crate) fn values_mut(&mut self) -> impl Iterator<Item = &mut V> {
-        self.table.iter_mut().map(|(_, value)| value)
+        self.table.iter_mut().map(Slot::value_mut)
     }
 
     /// Keeps the keys whose state `keep` says to keep.
     pub(crate) fn retain(&mut self, mut keep: impl FnMut(&mut V) -> bool) {
-        self.table.retain(|(_, value)| keep(value));
+        self.table.retain(|slot| keep(slot.value_mut()));
     }
 
     /// Gives memory back once the table holds less than a quarter of its
@@ -124,7 +193,7 @@ impl<V> KeyMap<V> {
         if self.table.capacity() > 4 * len + slack {
             let hasher = &self.hasher;
             self.table
-                .shrink_to(2 * len, |(stored, _)| hasher.hash(stored));
+                .shrink_to(2 * len, |slot| hasher.hash_stored(slot.key()));
         }
     }
 }
@@ -136,7 +205,7 @@ mod tests {
     #[test]
     fn keys_are_found_by_their_text_and_cloned_only_on_insert() {
         let hasher = KeyHasher::default();
-        let mut map = KeyMap::new(hasher.clone());
+        let mut map: KeyMap<i32> = KeyMap::new(hasher.clone());
         // Kept in place; looked up below as a static name: the same text.
         let key = Key::from(String::from("api.example.com"));
         let same = Key::from_static("api.example.com");
@@ -158,5 +227,62 @@ mod tests {
         assert!(map.capacity() < 128, "memory given back");
         assert_eq!(map.get_mut(hash, &same), Some(&mut 3));
         assert!(map.get(hasher.hash(&seventh), &seventh).is_none());
+    }
+
+    /// Every form of a key, short or long, is found again by any other
+    /// form of the same name, whether the map keeps its values in place or
+    /// boxed with their keys.
+    #[test]
+    fn every_form_of_a_key_is_stored_as_the_same_name() {
+        fn check<S: Slot<Value = usize>>(mut map: KeyMap<usize, S>) {
+            let hasher = map.hasher.clone();
+            let names = ["", "a", &"b".repeat(22), &"c".repeat(23), &"d".repeat(39)];
+            for (index, name) in names.iter().enumerate() {
+                let static_name: &'static str = String::from(*name).leak();
+                let forms = [
+                    Key::new(name),
+                    Key::from_static(static_name),
+                    Key::from(std::sync::Arc::<str>::from(*name)),
+                ];
+                for (inserted, form) in forms.iter().enumerate() {
+                    let mut fresh: KeyMap<usize, S> = KeyMap::new(hasher.clone());
+                    fresh.get_or_insert_with(hasher.hash(form), form, || index);
+                    for other in &forms {
+                        assert_eq!(
+                            fresh.get(hasher.hash(other), other),
+                            Some(&index),
+                            "{name:?} stored from form {inserted}"
+                        );
+                    }
+                }
+                map.get_or_insert_with(hasher.hash(&forms[0]), &forms[0], || index);
+            }
+            assert_eq!(map.len(), names.len());
+            for (index, name) in names.iter().enumerate() {
+                let key = Key::new(name);
+                assert_eq!(map.get(hasher.hash(&key), &key), Some(&index));
+                assert!(map.remove(hasher.hash(&key), &key));
+                assert!(!map.remove(hasher.hash(&key), &key));
+            }
+            assert_eq!(map.len(), 0);
+            // A URI's authority, kept in place by a short key and copied
+            // out of the URI by a long one.
+            for host in ["api.example.com", "a-much-longer-host-name.example.com"] {
+                let uri = format!("https://{host}/v1/items?token=secret");
+                let request = http::Request::get(uri).body(()).expect("a valid URI");
+                let key = crate::key::host_key(&request).expect("the URI has a host");
+                map.get_or_insert_with(hasher.hash(&key), &key, || host.len());
+                let same = Key::new(host);
+                assert_eq!(map.get(hasher.hash(&same), &same), Some(&host.len()));
+            }
+        }
+        check::<InPlace<usize>>(KeyMap::default());
+        check::<Boxed<usize>>(KeyMap::default());
+    }
+
+    #[test]
+    fn a_stored_key_is_24_bytes() {
+        assert_eq!(std::mem::size_of::<StoredKey>(), 24);
+        assert_eq!(std::mem::size_of::<Boxed<[u8; 200]>>(), 8);
     }
 }

@@ -25,7 +25,7 @@ use super::events::{self, Adaptation};
 use super::lag::LagProbe;
 use super::schedule::Place;
 use super::store::{Admission, Completion, QuotaChange, Store};
-use crate::keymap::{KeyHasher, KeyMap};
+use crate::keymap::{Boxed, KeyHasher, KeyMap};
 use crate::{Announced, BoxError, Key, Room};
 
 mod acquire;
@@ -86,7 +86,7 @@ impl Default for Shared {
 }
 
 struct Shard {
-    keys: KeyMap<Box<KeyState>>,
+    keys: KeyMap<KeyState, Boxed<KeyState>>,
     ids: AdmissionIds,
     ops_since_sweep: usize,
     /// `Shared::ops` when this shard was last swept.

@@ -12,7 +12,7 @@ use std::time::Duration;
 use tokio::time::{Instant, Sleep};
 
 use super::{AdmissionIds, KeyState, Shared, lock};
-use crate::keymap::KeyMap;
+use crate::keymap::{Boxed, KeyMap};
 use crate::sliding_window::Limits;
 use crate::sliding_window::error::{
     ConflictingQuotas, DeadlineUnreachable, OverloadReason, Overloaded,
@@ -414,7 +414,7 @@ fn first_of(a: Option<Instant>, b: Option<Instant>) -> Option<Instant> {
 /// request's error when its cost exceeds a quota or the key is busy under
 /// other quotas.
 pub(super) fn entered<'a>(
-    keys: &'a mut KeyMap<Box<KeyState>>,
+    keys: &'a mut KeyMap<KeyState, Boxed<KeyState>>,
     hash: u64,
     key: &Key,
     cost: u64,
@@ -423,7 +423,7 @@ pub(super) fn entered<'a>(
     now: Instant,
 ) -> Result<(&'a mut KeyState, Stamp), BoxError> {
     limits.check_cost_for(key, cost, Some(priority))?;
-    let state = keys.get_or_insert_with(hash, key, || Box::new(KeyState::new(limits, now)));
+    let state = keys.get_or_insert_with(hash, key, || KeyState::new(limits, now));
     let stamp = Stamp::of(now);
     state.prune_at(stamp);
     if !state.conform(limits) {

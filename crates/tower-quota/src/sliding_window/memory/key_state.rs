@@ -17,9 +17,10 @@ use crate::sliding_window::store::{Admission, Completion, QuotaChange};
 use crate::sliding_window::{Limits, Quota};
 use crate::{Announced, Room};
 
-/// The state of one key. The store's map holds it boxed: the map keeps
-/// room for a third more entries than it holds, and that room then costs a
-/// pointer, not a state. What only some keys need is boxed again.
+/// The state of one key. The store's map holds it boxed together with its
+/// key ([`Boxed`](crate::keymap::Boxed)): the map keeps room for a third
+/// more entries than it holds, and that room then costs a pointer, not a
+/// key and a state. What only some keys need is boxed again.
 pub(super) struct KeyState {
     /// The limits its logs were made for: only their quotas and safety
     /// margin are read here, once for all the logs, which keep no copy.
