@@ -4,21 +4,129 @@
 //! caller that waits for each answer, or a quota far from full), and a
 //! `VecDeque` would allocate for that one entry: another allocation per
 //! key, and another cache miss per admission of a key that is out of the
-//! caches. [`SmallDeque`] holds one element in place, in the same 32 bytes
-//! as a `VecDeque` (a size test pins it), and moves to a `VecDeque` at the
-//! second.
+//! caches. [`SmallDeque`] holds one element in place and moves to a ring of
+//! its own at the second: 24 bytes in all for log entries (a size test pins
+//! it), where a `VecDeque` alone takes 32. The ring counts its elements
+//! and its front in `u32`s: a log of 4 billion entries would be 64 GiB.
 
 use std::collections::VecDeque;
 use std::ops::{Index, IndexMut};
 
-/// A `VecDeque` with room for one element in place; see the
+/// The most elements a [`SmallDeque`] holds.
+const MOST: usize = u32::MAX as usize;
+
+/// A double-ended queue with room for one element in place; see the
 /// [module docs](self).
 pub(super) enum SmallDeque<T> {
     /// At most one element, without an allocation.
     One(Option<T>),
     /// From the second element on, and after (even when emptied again: a
     /// key that had several keeps its room for them).
-    Many(VecDeque<T>),
+    Many(Ring<T>),
+}
+
+/// A ring buffer: `len` elements from `buf[head]` on, wrapping around.
+/// Slots outside them hold copies of elements pushed earlier (never read).
+pub(super) struct Ring<T> {
+    buf: Box<[T]>,
+    head: u32,
+    len: u32,
+}
+
+impl<T: Copy> Ring<T> {
+    /// The slot of the element at `index` (below `len`).
+    #[inline]
+    fn slot(&self, index: usize) -> usize {
+        let at = self.head as usize + index;
+        if at >= self.buf.len() {
+            at - self.buf.len()
+        } else {
+            at
+        }
+    }
+
+    #[inline]
+    fn as_slices(&self) -> (&[T], &[T]) {
+        let head = self.head as usize;
+        let end = head + self.len as usize;
+        if end <= self.buf.len() {
+            (&self.buf[head..end], &[])
+        } else {
+            let (wrapped, front) = self.buf.split_at(head);
+            (front, &wrapped[..end - self.buf.len()])
+        }
+    }
+
+    #[inline]
+    fn as_mut_slices(&mut self) -> (&mut [T], &mut [T]) {
+        let head = self.head as usize;
+        let end = head + self.len as usize;
+        let capacity = self.buf.len();
+        if end <= capacity {
+            (&mut self.buf[head..end], &mut [])
+        } else {
+            let (wrapped, front) = self.buf.split_at_mut(head);
+            (front, &mut wrapped[..end - capacity])
+        }
+    }
+
+    /// Moves the elements to a buffer of `capacity` slots (more than
+    /// `len`), the front first; the new slots hold `fill`.
+    #[cold]
+    fn grow(&mut self, capacity: usize, fill: T) {
+        let mut buf = Vec::with_capacity(capacity);
+        let (front, back) = self.as_slices();
+        buf.extend_from_slice(front);
+        buf.extend_from_slice(back);
+        buf.resize(capacity, fill);
+        self.buf = buf.into_boxed_slice();
+        self.head = 0;
+    }
+
+    /// Appends `value`; returns `false`, and keeps nothing, when the ring
+    /// already holds [`MOST`] elements.
+    #[inline]
+    fn push_back(&mut self, value: T, most: impl FnOnce() -> usize) -> bool {
+        let len = self.len as usize;
+        if len == self.buf.len() {
+            if len >= MOST {
+                return false;
+            }
+            self.grow(grown(len, most()).min(MOST), value);
+        }
+        let slot = self.slot(len);
+        self.buf[slot] = value;
+        self.len += 1;
+        true
+    }
+
+    #[inline]
+    fn pop_front(&mut self) -> Option<T> {
+        if self.len == 0 {
+            return None;
+        }
+        let value = self.buf[self.head as usize];
+        // Below the capacity, itself at most `MOST`: fits a `u32`.
+        self.head = self.slot(1) as u32;
+        self.len -= 1;
+        Some(value)
+    }
+
+    /// Keeps the elements `keep` is true of, in order, moving each kept
+    /// one forward over those dropped.
+    fn retain(&mut self, mut keep: impl FnMut(&T) -> bool) {
+        let mut kept = 0;
+        for index in 0..self.len as usize {
+            let value = self.buf[self.slot(index)];
+            if keep(&value) {
+                let slot = self.slot(kept);
+                self.buf[slot] = value;
+                kept += 1;
+            }
+        }
+        // At most `len`: fits a `u32`.
+        self.len = kept as u32;
+    }
 }
 
 impl<T> Default for SmallDeque<T> {
@@ -27,12 +135,12 @@ impl<T> Default for SmallDeque<T> {
     }
 }
 
-impl<T> SmallDeque<T> {
+impl<T: Copy> SmallDeque<T> {
     #[inline]
     pub(super) fn len(&self) -> usize {
         match self {
             SmallDeque::One(one) => usize::from(one.is_some()),
-            SmallDeque::Many(many) => many.len(),
+            SmallDeque::Many(many) => many.len as usize,
         }
     }
 
@@ -56,10 +164,7 @@ impl<T> SmallDeque<T> {
 
     #[inline]
     pub(super) fn front(&self) -> Option<&T> {
-        match self {
-            SmallDeque::One(one) => one.as_ref(),
-            SmallDeque::Many(many) => many.front(),
-        }
+        self.as_slices().0.first()
     }
 
     #[inline]
@@ -72,30 +177,27 @@ impl<T> SmallDeque<T> {
 
     /// Appends `value`. Full, the deque grows as a log does: doubling from
     /// one element up to `most()` (the most it is expected to hold, asked
-    /// only then), then as a `VecDeque` grows.
+    /// only then), then doubling again. Returns `false`, and keeps
+    /// nothing, when it holds `u32::MAX` elements already (64 GiB of log
+    /// entries).
     #[inline]
-    pub(super) fn push_back(&mut self, value: T, most: impl FnOnce() -> usize) {
+    pub(super) fn push_back(&mut self, value: T, most: impl FnOnce() -> usize) -> bool {
         match self {
-            SmallDeque::One(slot @ None) => *slot = Some(value),
-            SmallDeque::One(Some(_)) => self.spill(value),
-            SmallDeque::Many(many) => {
-                if many.len() == many.capacity() {
-                    make_room(many, most());
-                }
-                many.push_back(value);
+            SmallDeque::One(slot @ None) => {
+                *slot = Some(value);
+                true
             }
+            SmallDeque::One(Some(first)) => {
+                let first = *first;
+                *self = SmallDeque::Many(Ring {
+                    buf: Box::new([first, value]),
+                    head: 0,
+                    len: 2,
+                });
+                true
+            }
+            SmallDeque::Many(many) => many.push_back(value, most),
         }
-    }
-
-    /// The second element: the first moves to a `VecDeque` of two.
-    #[inline(never)]
-    fn spill(&mut self, value: T) {
-        let mut many = VecDeque::with_capacity(2);
-        if let SmallDeque::One(Some(first)) = std::mem::take(self) {
-            many.push_back(first);
-        }
-        many.push_back(value);
-        *self = SmallDeque::Many(many);
     }
 
     /// The elements in order.
@@ -125,23 +227,28 @@ impl<T> SmallDeque<T> {
     }
 }
 
-/// Makes room for one more element in `deque`, doubling from one element
-/// up to `most` (the most it is expected to hold), then as a `VecDeque`
-/// grows: a key with one admission holds room for one entry, not four.
-pub(super) fn make_room<T>(deque: &mut VecDeque<T>, most: usize) {
-    let len = deque.len();
-    if len < deque.capacity() {
-        return;
-    }
+/// The capacity a full queue of `len` elements grows to: doubling from one
+/// element up to `most` (the most it is expected to hold), then doubling.
+fn grown(len: usize, most: usize) -> usize {
     let grow = if len < most {
         len.clamp(1, most - len)
     } else {
         len.max(1)
     };
-    deque.reserve_exact(grow);
+    len.saturating_add(grow)
 }
 
-impl<T> Index<usize> for SmallDeque<T> {
+/// Makes room for one more element in `deque`, as [`SmallDeque`] grows: a
+/// key with one admission holds room for one entry, not four.
+pub(super) fn make_room<T>(deque: &mut VecDeque<T>, most: usize) {
+    let len = deque.len();
+    if len < deque.capacity() {
+        return;
+    }
+    deque.reserve_exact(grown(len, most) - len);
+}
+
+impl<T: Copy> Index<usize> for SmallDeque<T> {
     type Output = T;
 
     /// Panics when `index` is out of bounds, as a `VecDeque` does.
@@ -149,17 +256,24 @@ impl<T> Index<usize> for SmallDeque<T> {
     fn index(&self, index: usize) -> &T {
         match self {
             SmallDeque::One(one) => &one.as_slice()[index],
-            SmallDeque::Many(many) => &many[index],
+            SmallDeque::Many(many) => {
+                assert!(index < many.len as usize, "index out of bounds");
+                &many.buf[many.slot(index)]
+            }
         }
     }
 }
 
-impl<T> IndexMut<usize> for SmallDeque<T> {
+impl<T: Copy> IndexMut<usize> for SmallDeque<T> {
     #[inline]
     fn index_mut(&mut self, index: usize) -> &mut T {
         match self {
             SmallDeque::One(one) => &mut one.as_mut_slice()[index],
-            SmallDeque::Many(many) => &mut many[index],
+            SmallDeque::Many(many) => {
+                assert!(index < many.len as usize, "index out of bounds");
+                let slot = many.slot(index);
+                &mut many.buf[slot]
+            }
         }
     }
 }
@@ -172,14 +286,39 @@ mod tests {
 
     use super::SmallDeque;
 
-    /// A key's log keeps one entry in place, in the room of a `VecDeque`.
+    /// A key's log keeps one entry in place, in less room than a
+    /// `VecDeque` takes.
     #[test]
-    fn a_small_deque_of_log_entries_is_32_bytes() {
-        assert_eq!(std::mem::size_of::<SmallDeque<[u64; 2]>>(), 32);
+    fn a_small_deque_of_log_entries_is_24_bytes() {
         assert_eq!(
             std::mem::size_of::<SmallDeque<(u64, std::num::NonZeroU64)>>(),
-            32
+            24
         );
+        assert!(
+            std::mem::size_of::<SmallDeque<(u64, std::num::NonZeroU64)>>()
+                < std::mem::size_of::<VecDeque<u64>>()
+        );
+    }
+
+    /// A log's queue grows by doubling up to its quota, then doubles on.
+    #[test]
+    fn a_full_queue_doubles_up_to_the_most_it_expects_then_on() {
+        let mut capacities = vec![2];
+        while capacities.len() < 6 {
+            let last = capacities[capacities.len() - 1];
+            capacities.push(super::grown(last, 10));
+        }
+        assert_eq!(capacities, [2, 4, 8, 10, 20, 40]);
+        assert_eq!(super::grown(0, 10), 1);
+        assert_eq!(super::grown(usize::MAX, 10), usize::MAX);
+        let mut deque = SmallDeque::default();
+        for value in 0..9u64 {
+            assert!(deque.push_back(value, || 10));
+        }
+        let SmallDeque::Many(ring) = &deque else {
+            panic!("nine elements spilled");
+        };
+        assert_eq!(ring.buf.len(), 10);
     }
 
     #[derive(Debug, Clone)]
