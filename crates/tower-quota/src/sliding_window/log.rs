@@ -60,11 +60,9 @@ pub(super) struct WindowLog {
     /// The latest bound given so far: no later admission leaves before it
     /// ([`Stamp::EARLIEST`]: none yet).
     last_bound: Stamp,
-    /// Sum of the costs of the live entries, its low half: a `u128`, so
-    /// that costs and corrections up to `u64::MAX` each never saturate the
-    /// sum (a saturated sum would under-count once entries leave). The high
-    /// half, in `extra`, is 0 but with entries that do not cost 1.
-    in_window: u64,
+    // The units the live entries hold are not kept but counted from the
+    // queues' lengths and `extra`'s costs (`in_window`): nothing to keep in
+    // step, and no room taken in the log of every key.
 }
 
 /// What only some logs need.
@@ -78,29 +76,36 @@ struct Extra {
     /// The size the log holds the key to, once a provider announced less
     /// than the quota's `max_calls`.
     resized: Option<u64>,
-    /// The high half of the log's sum ([`WindowLog::in_window`]).
-    in_window_high: u64,
+    /// The sum of `costs`: a `u128`, so that costs and corrections up to
+    /// `u64::MAX` each never saturate it (a saturated sum would under-count
+    /// once entries leave).
+    costly_units: u128,
 }
 
 impl Extra {
     fn is_empty(&self) -> bool {
-        self.answered.is_empty()
-            && self.costs.is_empty()
-            && self.resized.is_none()
-            && self.in_window_high == 0
+        self.answered.is_empty() && self.costs.is_empty() && self.resized.is_none()
     }
-}
 
-/// The units of `entry`, a live one, taken out of `costs`: it leaves.
-fn take_cost(costs: Option<&mut HashMap<u64, u64, FixedState>>, entry: &Entry) -> u64 {
-    if !entry.is_costly() {
-        return 1;
+    /// Admission `id`, live, costs `units`, which are not 1.
+    fn set_cost(&mut self, id: u64, units: u64) {
+        if let Some(before) = self.costs.insert(id, units) {
+            self.costly_units = self.costly_units.saturating_sub(u128::from(before));
+        }
+        self.costly_units += u128::from(units);
     }
-    // A costly entry has its units in `costs` (`record`, `correct`); 1 if
-    // that ever failed, as for any entry.
-    costs
-        .and_then(|costs| costs.remove(&entry.id()))
-        .unwrap_or(1)
+
+    /// Admission `id` leaves, or costs 1 again: its units, 1 if it had none
+    /// here.
+    fn forget_cost(&mut self, id: u64) -> u64 {
+        match self.costs.remove(&id) {
+            Some(units) => {
+                self.costly_units = self.costly_units.saturating_sub(u128::from(units));
+                units
+            }
+            None => 1,
+        }
+    }
 }
 
 /// What a log counts against: its quota, and its span, the window plus
@@ -214,7 +219,6 @@ impl WindowLog {
             moved: 0,
             unbounded: 0,
             last_bound: Stamp::EARLIEST,
-            in_window: 0,
         }
     }
 
@@ -241,42 +245,30 @@ impl WindowLog {
             .unwrap_or(1)
     }
 
-    /// The units of the live entries.
+    /// The units of the live entries: one each, but for those of `costs`,
+    /// which count their own.
     fn in_window(&self) -> u128 {
-        let high = self.extra.as_ref().map_or(0, |extra| extra.in_window_high);
-        (u128::from(high) << 64) | u128::from(self.in_window)
-    }
-
-    fn set_in_window(&mut self, units: u128) {
-        // Truncation intended: each half takes its 64 bits.
-        self.in_window = units as u64;
-        let high = (units >> 64) as u64;
-        // Most logs have no extra and a sum that fits in 64 bits.
-        if high != 0 || self.extra.is_some() {
-            self.set_in_window_high(high);
-        }
-    }
-
-    #[inline(never)]
-    fn set_in_window_high(&mut self, high: u64) {
-        if high != 0 {
-            self.extra.get_or_insert_with(Box::default).in_window_high = high;
-        } else if let Some(extra) = self.extra.as_deref_mut() {
-            extra.in_window_high = 0;
-            if extra.is_empty() {
-                self.extra = None;
+        let pending = self.pending.len().saturating_sub(self.moved as usize);
+        match self.extra.as_deref() {
+            None => pending as u128,
+            // Each entry of `costs` is a live entry.
+            Some(extra) => {
+                let live = pending + extra.answered.len();
+                live.saturating_sub(extra.costs.len()) as u128 + extra.costly_units
             }
         }
     }
 
     pub(super) fn prune(&mut self, now: Stamp) {
-        let mut in_window = self.in_window();
         while let Some(&entry) = self.pending.front() {
             if entry.is_moved() {
                 self.moved = self.moved.saturating_sub(1);
             } else if entry.until <= now {
-                let costs = self.extra.as_deref_mut().map(|extra| &mut extra.costs);
-                in_window = in_window.saturating_sub(u128::from(take_cost(costs, &entry)));
+                if entry.is_costly()
+                    && let Some(extra) = self.extra.as_deref_mut()
+                {
+                    extra.forget_cost(entry.id());
+                }
             } else {
                 break;
             }
@@ -285,8 +277,9 @@ impl WindowLog {
         if let Some(extra) = self.extra.as_deref_mut() {
             while let Some(&entry) = extra.answered.front() {
                 if entry.until <= now {
-                    let cost = take_cost(Some(&mut extra.costs), &entry);
-                    in_window = in_window.saturating_sub(u128::from(cost));
+                    if entry.is_costly() {
+                        extra.forget_cost(entry.id());
+                    }
                     extra.answered.pop_front();
                 } else {
                     break;
@@ -296,7 +289,6 @@ impl WindowLog {
                 self.extra = None;
             }
         }
-        self.set_in_window(in_window);
     }
 
     /// Whether a request of `cost` fits and leaves `keep` units free.
@@ -369,7 +361,6 @@ impl WindowLog {
         if cost == 0 {
             return;
         }
-        self.set_in_window(self.in_window() + u128::from(cost));
         let until = match sent_by {
             // Behind an admission held until answered, one that will be
             // answered is too.
@@ -387,22 +378,30 @@ impl WindowLog {
         let mut entry = Entry::new(id, until, awaits_answer);
         if cost != 1 {
             entry.tag |= COSTLY;
-            let extra = self.extra.get_or_insert_with(Box::default);
-            extra.costs.insert(entry.id(), cost);
         }
-        if entry.is_unbounded() {
-            self.unbounded = self.unbounded.saturating_add(1);
-        } else if self.unbounded > 0 {
+        if !entry.is_unbounded() && self.unbounded > 0 {
             // One that will not be answered leaves at its bound, which
             // `pending` cannot hold in order behind one without a bound.
             self.insert_answered(entry, most_entries(self.size(counted)));
-            return;
+        } else {
+            let extra = self.extra.as_deref();
+            if !self
+                .pending
+                .push_back(entry, || most_entries(size_in(extra, counted)))
+            {
+                // Only a log of `u32::MAX` entries (64 GiB, under a quota
+                // of 4 billion or more) refuses one: it goes uncounted.
+                return;
+            }
+            if entry.is_unbounded() {
+                self.unbounded = self.unbounded.saturating_add(1);
+            }
         }
-        let extra = self.extra.as_deref();
-        // Refused only by a log of `u32::MAX` entries (64 GiB, under a quota
-        // of 4 billion or more): the admission then goes uncounted.
-        self.pending
-            .push_back(entry, || most_entries(size_in(extra, counted)));
+        if cost != 1 {
+            self.extra
+                .get_or_insert_with(Box::default)
+                .set_cost(entry.id(), cost);
+        }
     }
 
     /// The admission `id` was answered at `at`: it leaves a span after that,
@@ -709,24 +708,14 @@ impl WindowLog {
             entry.tag |= COSTLY;
         }
         let extra = self.extra.get_or_insert_with(Box::default);
-        let recorded = if was_costly {
-            extra.costs.remove(&id).unwrap_or(1)
-        } else {
-            1
-        };
+        let recorded = if was_costly { extra.forget_cost(id) } else { 1 };
         if actual != 1 {
-            extra.costs.insert(id, actual);
+            extra.set_cost(id, actual);
         }
         if extra.is_empty() {
             self.extra = None;
         }
-        if actual == recorded {
-            return false;
-        }
-        self.set_in_window(
-            self.in_window().saturating_sub(u128::from(recorded)) + u128::from(actual),
-        );
-        true
+        actual != recorded
     }
 }
 
@@ -741,31 +730,37 @@ mod tests {
 
     const WINDOW: Duration = Duration::from_millis(100);
 
-    /// Each key holds one log per quota: 64 bytes, its first entry in place
+    /// Each key holds one log per quota: 48 bytes, its first entry in place
     /// and the others aside.
     #[test]
-    fn a_log_is_56_bytes_and_an_entry_16() {
-        assert_eq!(std::mem::size_of::<WindowLog>(), 56);
+    fn a_log_is_48_bytes_and_an_entry_16() {
+        assert_eq!(std::mem::size_of::<WindowLog>(), 48);
         assert_eq!(std::mem::size_of::<Entry>(), 16);
     }
 
-    /// The sum's high half lives in the boxed extra, which goes once the
-    /// sum fits in 64 bits again.
+    /// The units held are counted in 128 bits: three entries of `u64::MAX`
+    /// units each, corrected and left, are counted exactly, and what was
+    /// kept for them goes once they leave.
     #[test]
     fn the_units_held_keep_all_128_bits() {
+        let quota = Quota::new(u64::MAX, WINDOW).unwrap();
+        let counted = Counted::new(&quota, Duration::ZERO);
         let mut log = WindowLog::new();
-        for value in [
-            0,
-            1,
-            u128::from(u64::MAX),
-            u128::from(u64::MAX) + 1,
-            u128::MAX,
-            7,
-        ] {
-            log.set_in_window(value);
-            assert_eq!(log.in_window(), value);
-            assert_eq!(log.extra.is_some(), value > u128::from(u64::MAX));
+        let start = Instant::now();
+        let sent_by = Some(Stamp::of(start));
+        for id in 0..3 {
+            log.record(&counted, u64::MAX, id, sent_by, Duration::ZERO, false);
         }
+        assert_eq!(log.in_window(), 3 * u128::from(u64::MAX));
+        assert!(log.correct(1, 1));
+        assert_eq!(log.in_window(), 2 * u128::from(u64::MAX) + 1);
+        assert!(log.correct(2, 0));
+        assert_eq!(log.in_window(), u128::from(u64::MAX) + 1);
+        assert!(!log.correct(0, u64::MAX), "unchanged");
+        log.prune(Stamp::of(start + WINDOW));
+        assert_eq!(log.in_window(), 0);
+        assert!(log.is_empty());
+        assert!(log.extra.is_none());
     }
 
     /// A size a provider announced below the quota's is kept in the boxed
