@@ -43,6 +43,9 @@ pub const POOL_IDLE: Duration = Duration::from_secs(5);
 pub struct InFlightPeak {
     in_flight: u32,
     peak: u32,
+    /// When the peak was last reached; or, made by
+    /// [`cold_until`](Self::cold_until), the end of the key's cold start,
+    /// before which every request exceeds the peak.
     peak_at: Stamp,
 }
 
@@ -56,6 +59,18 @@ impl InFlightPeak {
         }
     }
 
+    /// Nothing in flight, ever, and every request counted as beyond the
+    /// peak until `until`: a key's cold start, in which the pool grows and
+    /// connections open whatever the peak (the in-process store's keys;
+    /// kept here, it costs a key no field of its own).
+    pub(crate) fn cold_until(until: Stamp) -> Self {
+        InFlightPeak {
+            in_flight: 0,
+            peak: 0,
+            peak_at: until,
+        }
+    }
+
     /// Whether `more` requests besides those in flight are more than the
     /// most in flight at once in the last [`POOL_IDLE`].
     pub fn exceeds(&mut self, now: Instant, more: u32) -> bool {
@@ -64,6 +79,10 @@ impl InFlightPeak {
 
     /// [`exceeds`](Self::exceeds) at the instant of `now`.
     pub(crate) fn exceeds_at(&mut self, now: Stamp, more: u32) -> bool {
+        if now < self.peak_at {
+            // Still cold.
+            return true;
+        }
         if now.saturating_duration_since(self.peak_at) >= POOL_IDLE {
             self.peak = self.in_flight;
             self.peak_at = now;
@@ -81,7 +100,8 @@ impl InFlightPeak {
         self.in_flight = self.in_flight.saturating_add(1);
         if self.in_flight >= self.peak {
             self.peak = self.in_flight;
-            self.peak_at = now;
+            // Never earlier: a cold start keeps its end.
+            self.peak_at = self.peak_at.max(now);
         }
     }
 
@@ -93,5 +113,35 @@ impl InFlightPeak {
     /// The requests in flight.
     pub fn in_flight(&self) -> u32 {
         self.in_flight
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A key's cold start: every request exceeds the peak until its end;
+    /// then the peak reached during it counts, until [`POOL_IDLE`] after the
+    /// end.
+    #[test]
+    fn a_cold_start_exceeds_until_its_end_then_keeps_its_peak() {
+        let start = Stamp::of(Instant::now());
+        let at = |millis| start.saturating_add(Duration::from_millis(millis));
+        let mut flight = InFlightPeak::cold_until(at(1_000));
+        for _ in 0..3 {
+            assert!(flight.exceeds_at(at(0), 1));
+            flight.sent_at(at(0));
+        }
+        assert!(flight.exceeds_at(at(999), 0), "cold, whatever is in flight");
+        for _ in 0..3 {
+            flight.ended();
+        }
+        assert!(!flight.exceeds_at(at(1_000), 3), "three at once were seen");
+        assert!(flight.exceeds_at(at(1_000), 4));
+        assert!(!flight.exceeds_at(at(5_999), 3));
+        assert!(
+            flight.exceeds_at(at(6_000), 1),
+            "forgotten after the pool's idle time"
+        );
     }
 }

@@ -35,9 +35,9 @@ pub(super) struct KeyState {
     /// its caller reports refusals, otherwise with the first announcement
     /// or refusal. `None` is a pacer that never spaces and no drift.
     pub(super) learned: Option<Box<Learned>>,
-    /// Until then the key is cold: its admissions get the cold bound.
-    pub(super) warm_at: Stamp,
-    /// Its requests in flight, and the most in flight at once lately.
+    /// Its requests in flight, and the most in flight at once lately; until
+    /// a window after the key was made, the key is cold (its admissions get
+    /// the cold bound).
     pub(super) flight: InFlightPeak,
 }
 
@@ -102,8 +102,7 @@ impl KeyState {
     pub(super) fn new(limits: &Limits, now: Instant) -> Self {
         let shortest = drift::shortest_window(limits);
         KeyState {
-            warm_at: Stamp::of(now).saturating_add(shortest),
-            flight: InFlightPeak::new(now),
+            flight: InFlightPeak::cold_until(Stamp::of(now).saturating_add(shortest)),
             windows: Self::windows_for(limits),
             limits: limits.clone(),
             queue: Queue::default(),
@@ -315,7 +314,7 @@ impl KeyState {
         // for Limits::cold_sent_within. Only a caller that reports answers
         // gets one (and counts its requests in flight).
         let answers = limits.reports_answers();
-        let warm = !answers || (stamp >= self.warm_at && !self.flight.exceeds_at(stamp, 1));
+        let warm = !answers || !self.flight.exceeds_at(stamp, 1);
         if answers {
             self.flight.sent_at(stamp);
         }
@@ -480,7 +479,7 @@ mod tests {
     /// Every key of a store holds one: its limits, one log in place (with
     /// its first entry), and pointers to what only some keys need.
     #[test]
-    fn a_key_state_is_96_bytes() {
-        assert_eq!(std::mem::size_of::<KeyState>(), 96);
+    fn a_key_state_is_88_bytes() {
+        assert_eq!(std::mem::size_of::<KeyState>(), 88);
     }
 }
