@@ -39,6 +39,15 @@ impl KeyHasher {
     }
 }
 
+/// Whether a stored key has the name of `key`: at once when both point at
+/// the same bytes (a static name such as [`Key::GLOBAL`], stored as its
+/// pointer), else byte by byte.
+#[inline]
+fn same_name(stored: &StoredKey, key: &Key) -> bool {
+    let (stored, key) = (stored.name_bytes(), key.name_bytes());
+    stored.len() == key.len() && (std::ptr::eq(stored.as_ptr(), key.as_ptr()) || stored == key)
+}
+
 /// How a [`KeyMap`] keeps a key and its value in its table: side by side
 /// ([`InPlace`], for small values), or boxed together ([`Boxed`], for a
 /// large value: the table, which keeps room for more entries than it
@@ -126,13 +135,13 @@ impl<V, S: Slot<Value = V>> KeyMap<V, S> {
 
     pub(crate) fn get(&self, hash: u64, key: &Key) -> Option<&V> {
         self.table
-            .find(hash, |slot| slot.key().name_bytes() == key.name_bytes())
+            .find(hash, |slot| same_name(slot.key(), key))
             .map(Slot::value)
     }
 
     pub(crate) fn get_mut(&mut self, hash: u64, key: &Key) -> Option<&mut V> {
         self.table
-            .find_mut(hash, |slot| slot.key().name_bytes() == key.name_bytes())
+            .find_mut(hash, |slot| same_name(slot.key(), key))
             .map(Slot::value_mut)
     }
 
@@ -146,7 +155,7 @@ impl<V, S: Slot<Value = V>> KeyMap<V, S> {
         let hasher = &self.hasher;
         let entry = self.table.entry(
             hash,
-            |slot| slot.key().name_bytes() == key.name_bytes(),
+            |slot| same_name(slot.key(), key),
             |slot| hasher.hash_stored(slot.key()),
         );
         entry
@@ -158,7 +167,7 @@ impl<V, S: Slot<Value = V>> KeyMap<V, S> {
     /// Removes `key` and its state; returns whether it was there.
     pub(crate) fn remove(&mut self, hash: u64, key: &Key) -> bool {
         self.table
-            .find_entry(hash, |slot| slot.key().name_bytes() == key.name_bytes())
+            .find_entry(hash, |slot| same_name(slot.key(), key))
             .map(|entry| drop(entry.remove()))
             .is_ok()
     }
