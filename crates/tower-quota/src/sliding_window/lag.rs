@@ -5,6 +5,7 @@ use std::time::Duration;
 
 use tokio::time::Instant;
 
+use super::stamp::Stamp;
 use super::{Admission, Limits, events};
 
 /// One admission in this many measures how long its task waits to run
@@ -47,10 +48,9 @@ const PROBE_EVERY: u64 = 16;
 /// ```
 #[derive(Debug)]
 pub struct LagProbe {
-    epoch: Instant,
     probing: AtomicBool,
-    /// Nanoseconds past `epoch` until which the client lags; 0 when it
-    /// keeps up.
+    /// The stamp until which the client lags, as its bits (which order as
+    /// the stamps do); 0, below every stamp, when it keeps up.
     until: AtomicU64,
 }
 
@@ -64,20 +64,20 @@ impl LagProbe {
     /// A probe of a client that keeps up.
     pub fn new() -> Self {
         LagProbe {
-            epoch: Instant::now(),
             probing: AtomicBool::new(false),
             until: AtomicU64::new(0),
         }
     }
 
-    fn nanos(&self, at: Instant) -> u64 {
-        u64::try_from(at.saturating_duration_since(self.epoch).as_nanos()).unwrap_or(u64::MAX)
-    }
-
     /// Whether the client lags at `now`: a task of it waited half of
     /// `sent_within` or more to run less than a window ago.
     pub fn is_lagging(&self, now: Instant) -> bool {
-        self.nanos(now) < self.until.load(Ordering::Relaxed)
+        self.is_lagging_at(Stamp::of(now))
+    }
+
+    /// [`is_lagging`](Self::is_lagging) at the instant of `now`.
+    pub(crate) fn is_lagging_at(&self, now: Stamp) -> bool {
+        now.to_bits() < self.until.load(Ordering::Relaxed)
     }
 
     /// Whether `admission` should measure its task's wait
@@ -105,9 +105,10 @@ impl LagProbe {
         }
         let now = Instant::now();
         let window = super::drift::shortest_window(limits);
-        let until = self.nanos(now.checked_add(window).unwrap_or(now)).max(1);
+        let now = Stamp::of(now);
+        let until = now.saturating_add(window).to_bits();
         let before = self.until.fetch_max(until, Ordering::Relaxed);
-        let starts = self.nanos(now) >= before;
+        let starts = now.to_bits() >= before;
         if starts {
             events::pacing_lagging(lag, limits.sent_within());
         }

@@ -69,6 +69,11 @@ impl Stamp {
         (self.0.get() ^ (1 << 63)).cast_signed()
     }
 
+    /// The stamp as a `u64` that orders as stamps do, and is never 0.
+    pub(crate) const fn to_bits(self) -> u64 {
+        self.0.get()
+    }
+
     /// The stamp of `instant`.
     pub(crate) fn of(instant: Instant) -> Stamp {
         let epoch = epoch();
