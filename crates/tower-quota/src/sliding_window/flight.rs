@@ -44,8 +44,8 @@ pub struct InFlightPeak {
     in_flight: u32,
     peak: u32,
     /// When the peak was last reached; or, made by
-    /// [`cold_until`](Self::cold_until), the end of the key's cold start,
-    /// before which every request exceeds the peak.
+    /// [`cold_until`](Self::cold_until) and until the peak is reached
+    /// later, the end of the key's cold start.
     peak_at: Stamp,
 }
 
@@ -61,8 +61,10 @@ impl InFlightPeak {
 
     /// Nothing in flight, ever, and every request counted as beyond the
     /// peak until `until`: a key's cold start, in which the pool grows and
-    /// connections open whatever the peak (the in-process store's keys;
-    /// kept here, it costs a key no field of its own).
+    /// connections open whatever the peak. For the in-process store, whose
+    /// keys ask with the increasing stamps of their shard's lock
+    /// ([`exceeds_at`](Self::exceeds_at), [`sent_at`](Self::sent_at)); kept
+    /// here, the cold start costs a key no field of its own.
     pub(crate) fn cold_until(until: Stamp) -> Self {
         InFlightPeak {
             in_flight: 0,
@@ -74,15 +76,17 @@ impl InFlightPeak {
     /// Whether `more` requests besides those in flight are more than the
     /// most in flight at once in the last [`POOL_IDLE`].
     pub fn exceeds(&mut self, now: Instant, more: u32) -> bool {
-        self.exceeds_at(Stamp::of(now), more)
+        self.exceeds_since_peak(Stamp::of(now), more)
     }
 
-    /// [`exceeds`](Self::exceeds) at the instant of `now`.
+    /// [`exceeds`](Self::exceeds) at the stamp `now`, or `true` before the
+    /// end of a cold start ([`cold_until`](Self::cold_until)): `now` is
+    /// never earlier than a stamp given before, but in a cold start.
     pub(crate) fn exceeds_at(&mut self, now: Stamp, more: u32) -> bool {
-        if now < self.peak_at {
-            // Still cold.
-            return true;
-        }
+        now < self.peak_at || self.exceeds_since_peak(now, more)
+    }
+
+    fn exceeds_since_peak(&mut self, now: Stamp, more: u32) -> bool {
         if now.saturating_duration_since(self.peak_at) >= POOL_IDLE {
             self.peak = self.in_flight;
             self.peak_at = now;
@@ -92,16 +96,27 @@ impl InFlightPeak {
 
     /// A request was sent at `now`.
     pub fn sent(&mut self, now: Instant) {
-        self.sent_at(Stamp::of(now));
+        self.count_sent(Stamp::of(now), false);
     }
 
-    /// [`sent`](Self::sent) at the instant of `now`.
+    /// [`sent`](Self::sent) at the stamp `now`, during a cold start too
+    /// ([`exceeds_at`](Self::exceeds_at)): the peak's instant stays the
+    /// start's end until the peak is reached after it.
     pub(crate) fn sent_at(&mut self, now: Stamp) {
+        self.count_sent(now, true);
+    }
+
+    /// Counts a request sent at `now`; with `keep_cold_end`, a peak reached
+    /// in a cold start keeps the start's end as its instant.
+    fn count_sent(&mut self, now: Stamp, keep_cold_end: bool) {
         self.in_flight = self.in_flight.saturating_add(1);
         if self.in_flight >= self.peak {
             self.peak = self.in_flight;
-            // Never earlier: a cold start keeps its end.
-            self.peak_at = self.peak_at.max(now);
+            self.peak_at = if keep_cold_end {
+                self.peak_at.max(now)
+            } else {
+                now
+            };
         }
     }
 
@@ -143,5 +158,18 @@ mod tests {
             flight.exceeds_at(at(6_000), 1),
             "forgotten after the pool's idle time"
         );
+    }
+
+    /// The public methods, which the Redis store calls with instants read
+    /// by several tasks (not always in order), know no cold start: an
+    /// instant before the last peak's is judged by the peak alone.
+    #[test]
+    fn an_earlier_instant_is_judged_by_the_peak() {
+        let start = Instant::now();
+        let mut flight = InFlightPeak::new(start);
+        flight.sent(start + Duration::from_millis(10));
+        flight.ended();
+        assert!(!flight.exceeds(start, 1), "one was in flight at once");
+        assert!(flight.exceeds(start, 2));
     }
 }
