@@ -45,15 +45,15 @@ const COMPACT_AT: usize = 64;
 /// all its logs and passes each log what it counts against ([`Counted`]).
 pub(super) struct WindowLog {
     pending: SmallDeque<Entry>,
-    /// `answered`, the costs of the entries that do not cost 1, a size
-    /// below the quota's and the high half of the sum: boxed, and only
-    /// while it holds something. A key whose requests cost 1 and are
+    /// `answered`, the costs of the entries that do not cost 1 and their
+    /// sum, and a size below the quota's: boxed, and only while it holds
+    /// something. A key whose requests cost 1 and are
     /// answered in turn, and whose provider announced no smaller quota,
     /// never needs it.
     extra: Option<Box<Extra>>,
     /// Tombstones in `pending`: entries that moved to `answered`. The two
-    /// counts saturate, and neither can get near it: 4 billion entries
-    /// would be 128 GiB of log.
+    /// counts saturate, and neither can get near it: `pending` holds at
+    /// most `u32::MAX` entries (64 GiB of log).
     moved: u32,
     /// Live entries of `pending` without a bound.
     unbounded: u32,
