@@ -6,8 +6,8 @@
 //! picks its shard with bits 32 and up, while the table inside indexes by
 //! the low bits and tags by the top seven. A lookup borrows the key and
 //! hashes and compares its name's bytes (an inline name is not checked as
-//! UTF-8 again on every lookup); the key is stored (a
-//! [`StoredKey`]) only when it is inserted.
+//! UTF-8 again on every lookup); the key is stored (a [`StoredKey`]) only
+//! when it is inserted.
 
 use std::hash::BuildHasher;
 
@@ -57,31 +57,38 @@ pub(crate) trait Slot {
     type Value;
 
     fn new(key: StoredKey, value: Self::Value) -> Self;
-    fn key(&self) -> &StoredKey;
-    fn value(&self) -> &Self::Value;
-    fn value_mut(&mut self) -> &mut Self::Value;
+    fn pair(&self) -> &(StoredKey, Self::Value);
+    fn pair_mut(&mut self) -> &mut (StoredKey, Self::Value);
+
+    fn key(&self) -> &StoredKey {
+        &self.pair().0
+    }
+
+    fn value(&self) -> &Self::Value {
+        &self.pair().1
+    }
+
+    fn value_mut(&mut self) -> &mut Self::Value {
+        &mut self.pair_mut().1
+    }
 }
 
 /// A key and its value in the table itself.
-pub(crate) struct InPlace<V>(StoredKey, V);
+pub(crate) struct InPlace<V>((StoredKey, V));
 
 impl<V> Slot for InPlace<V> {
     type Value = V;
 
     fn new(key: StoredKey, value: V) -> Self {
-        InPlace(key, value)
+        InPlace((key, value))
     }
 
-    fn key(&self) -> &StoredKey {
+    fn pair(&self) -> &(StoredKey, V) {
         &self.0
     }
 
-    fn value(&self) -> &V {
-        &self.1
-    }
-
-    fn value_mut(&mut self) -> &mut V {
-        &mut self.1
+    fn pair_mut(&mut self) -> &mut (StoredKey, V) {
+        &mut self.0
     }
 }
 
@@ -95,16 +102,12 @@ impl<V> Slot for Boxed<V> {
         Boxed(Box::new((key, value)))
     }
 
-    fn key(&self) -> &StoredKey {
-        &self.0.0
+    fn pair(&self) -> &(StoredKey, V) {
+        &self.0
     }
 
-    fn value(&self) -> &V {
-        &self.0.1
-    }
-
-    fn value_mut(&mut self) -> &mut V {
-        &mut self.0.1
+    fn pair_mut(&mut self) -> &mut (StoredKey, V) {
+        &mut self.0
     }
 }
 

@@ -47,9 +47,8 @@ pub(super) struct WindowLog {
     pending: SmallDeque<Entry>,
     /// `answered`, the costs of the entries that do not cost 1 and their
     /// sum, and a size below the quota's: boxed, and only while it holds
-    /// something. A key whose requests cost 1 and are
-    /// answered in turn, and whose provider announced no smaller quota,
-    /// never needs it.
+    /// something. A key whose requests cost 1 and are answered in turn,
+    /// and whose provider announced no smaller quota, never needs it.
     extra: Option<Box<Extra>>,
     /// Tombstones in `pending`: entries that moved to `answered`. The two
     /// counts saturate, and neither can get near it: `pending` holds at
