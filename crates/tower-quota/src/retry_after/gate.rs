@@ -39,7 +39,7 @@ use tokio::time::Instant;
 
 use super::layer::Config;
 use crate::Key;
-use crate::keymap::KeyMap;
+use crate::keymap::{Boxed, KeyMap};
 
 /// A gate with nothing to remember (open, no quota count, nothing in
 /// flight) is kept this long after its last use, so a busy key does not
@@ -100,7 +100,9 @@ pub(crate) struct Gates {
 
 #[derive(Default)]
 struct GateMap {
-    gates: KeyMap<Gate>,
+    /// Each gate boxed with its key: a gate is 184 bytes, and the table
+    /// keeps room for up to twice as many entries as it holds.
+    gates: KeyMap<Gate, Boxed<Gate>>,
     /// When each gate may next be evicted, earliest first; at most one entry
     /// per gate (see [`Gate::scheduled`]).
     expiry: BinaryHeap<Reverse<Expiry>>,
