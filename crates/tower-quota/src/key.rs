@@ -107,8 +107,9 @@ impl Key {
         }
     }
 
-    /// The name's bytes, as the keyed maps hash and compare them: an inline
-    /// name's without the UTF-8 check [`as_str`](Self::as_str) makes.
+    /// The name's bytes: what equality, hashing and ordering compare (as
+    /// they would the `&str`'s), and the keyed maps too; an inline name's
+    /// without the UTF-8 check [`as_str`](Self::as_str) makes.
     pub(crate) fn name_bytes(&self) -> &[u8] {
         match &self.0 {
             Repr::Inline(inline) => &inline.bytes[..usize::from(inline.len)],
@@ -212,23 +213,9 @@ impl From<Arc<str>> for Key {
     }
 }
 
-impl Key {
-    /// The name's bytes: what equality, hashing and ordering compare, as
-    /// they would the `&str`'s, without checking an inline name's UTF-8
-    /// again on every lookup.
-    fn as_bytes(&self) -> &[u8] {
-        match &self.0 {
-            Repr::Static(name) => name.as_bytes(),
-            Repr::Shared(name) => name.as_bytes(),
-            Repr::Authority(authority) => authority.as_str().as_bytes(),
-            Repr::Inline(inline) => &inline.bytes[..usize::from(inline.len)],
-        }
-    }
-}
-
 impl PartialEq for Key {
     fn eq(&self, other: &Self) -> bool {
-        self.as_bytes() == other.as_bytes()
+        self.name_bytes() == other.name_bytes()
     }
 }
 
@@ -238,7 +225,7 @@ impl Hash for Key {
     /// As `str` hashes (its bytes, then `0xff`), which `Borrow<str>`
     /// requires: a map of keys is looked up by `&str` too.
     fn hash<H: Hasher>(&self, state: &mut H) {
-        state.write(self.as_bytes());
+        state.write(self.name_bytes());
         state.write_u8(0xff);
     }
 }
@@ -252,7 +239,7 @@ impl PartialOrd for Key {
 impl Ord for Key {
     /// As `str` orders: byte by byte.
     fn cmp(&self, other: &Self) -> std::cmp::Ordering {
-        self.as_bytes().cmp(other.as_bytes())
+        self.name_bytes().cmp(other.name_bytes())
     }
 }
 

@@ -24,12 +24,13 @@ pub(crate) struct KeyHasher(foldhash::fast::RandomState);
 
 impl KeyHasher {
     pub(crate) fn hash(&self, key: &Key) -> u64 {
-        self.0.hash_one(key.name_bytes())
+        self.hash_name(key.name_bytes())
     }
 
-    /// The hash of a stored key: the same as of the [`Key`] it came from.
-    fn hash_stored(&self, key: &StoredKey) -> u64 {
-        self.0.hash_one(key.name_bytes())
+    /// The hash of a key's name: a stored key hashes as the [`Key`] it
+    /// came from.
+    fn hash_name(&self, name: &[u8]) -> u64 {
+        self.0.hash_one(name)
     }
 
     /// The shard of a hash among `shards`: bits the table does not use.
@@ -159,7 +160,7 @@ impl<V, S: Slot<Value = V>> KeyMap<V, S> {
         let entry = self.table.entry(
             hash,
             |slot| same_name(slot.key(), key),
-            |slot| hasher.hash_stored(slot.key()),
+            |slot| hasher.hash_name(slot.key().name_bytes()),
         );
         entry
             .or_insert_with(|| S::new(key.to_stored(), make()))
@@ -205,7 +206,7 @@ impl<V, S: Slot<Value = V>> KeyMap<V, S> {
         if self.table.capacity() > 4 * len + slack {
             let hasher = &self.hasher;
             self.table
-                .shrink_to(2 * len, |slot| hasher.hash_stored(slot.key()));
+                .shrink_to(2 * len, |slot| hasher.hash_name(slot.key().name_bytes()));
         }
     }
 }
