@@ -60,9 +60,22 @@ pub struct MemoryStore {
     shared: Arc<Shared>,
 }
 
+/// What every service of a store shares. Each operation reads `shards`
+/// and `hasher` and writes its shard and `written`, from whichever thread
+/// runs it: so every shard, `written`, and the part read by all (the
+/// struct's own alignment keeps it off the line of the `Arc`'s counts,
+/// which every request's clone of the store writes) has cache lines of its
+/// own. Two tasks on two threads admitting keys of different shards then
+/// do not take each other's lines at every operation.
+#[repr(align(128))]
 struct Shared {
-    shards: Box<[Mutex<Shard>]>,
+    shards: Box<[CachePadded<Mutex<Shard>>]>,
     hasher: KeyHasher,
+    written: CachePadded<Written>,
+}
+
+/// The part of [`Shared`] that operations write.
+struct Written {
     /// Operations on every shard, and the shard the next global sweep
     /// visits: idle keys are swept by traffic to any key.
     ops: AtomicUsize,
@@ -70,17 +83,33 @@ struct Shared {
     lag: LagProbe,
 }
 
+/// A value on cache lines of its own: 128 bytes, the pair of 64-byte lines
+/// that x86's adjacent-line prefetcher fetches together (and the line of
+/// Apple's ARM cores).
+#[repr(align(128))]
+struct CachePadded<T>(T);
+
+impl<T> std::ops::Deref for CachePadded<T> {
+    type Target = T;
+
+    fn deref(&self) -> &T {
+        &self.0
+    }
+}
+
 impl Default for Shared {
     fn default() -> Self {
         let hasher = KeyHasher::default();
         Shared {
             shards: (0..SHARDS)
-                .map(|index| Mutex::new(Shard::new(hasher.clone(), index)))
+                .map(|index| CachePadded(Mutex::new(Shard::new(hasher.clone(), index))))
                 .collect(),
             hasher,
-            ops: AtomicUsize::new(0),
-            cursor: AtomicUsize::new(0),
-            lag: LagProbe::new(),
+            written: CachePadded(Written {
+                ops: AtomicUsize::new(0),
+                cursor: AtomicUsize::new(0),
+                lag: LagProbe::new(),
+            }),
         }
     }
 }
@@ -192,7 +221,7 @@ impl MemoryStore {
     /// release memory at once.
     pub fn evict_idle(&self) {
         let now = Instant::now();
-        let ops = self.shared.ops.load(Ordering::Relaxed);
+        let ops = self.shared.written.ops.load(Ordering::Relaxed);
         for shard in self.shared.shards.iter() {
             lock(shard).sweep(now, ops);
         }
@@ -331,11 +360,11 @@ impl Store for MemoryStore {
     }
 
     fn probes_lag(&self, admission: &Admission) -> bool {
-        self.shared.lag.probes(admission)
+        self.shared.written.lag.probes(admission)
     }
 
     fn probed(&self, lag: Option<Duration>, limits: &Limits) {
-        if !self.shared.lag.probed(lag, limits) {
+        if !self.shared.written.lag.probed(lag, limits) {
             return;
         }
         // The admissions in flight were made on the same assumption.
@@ -454,7 +483,7 @@ impl Shared {
     /// that never held an admission or held one under a shorter window,
     /// which `SWEEP_AT_MOST` bounds.
     fn tick(&self, shard: &mut Shard, now: Instant) {
-        let ops = self.ops.fetch_add(1, Ordering::Relaxed);
+        let ops = self.written.ops.fetch_add(1, Ordering::Relaxed);
         shard.ops_since_sweep += 1;
         let due = SWEEP_EVERY.max(shard.kept);
         if shard.ops_since_sweep >= due
@@ -466,7 +495,7 @@ impl Shared {
         if !ops.is_multiple_of(SWEEP_EVERY / SHARDS) {
             return;
         }
-        let next = self.cursor.fetch_add(1, Ordering::Relaxed) % self.shards.len();
+        let next = self.written.cursor.fetch_add(1, Ordering::Relaxed) % self.shards.len();
         // Never wait for another shard while holding one: skip it if busy
         // (or if it is the one held).
         let mut other = match self.shards[next].try_lock() {

@@ -353,7 +353,7 @@ fn waiting(state: &mut KeyState, this: Waiting<'_>, now: Instant, cx: &mut Conte
     let queued = this.queued as usize;
     if at.is_some_and(|at| at <= now) {
         let id = this.ids.take();
-        let lagging = this.shared.lag.is_lagging_at(stamp);
+        let lagging = this.shared.written.lag.is_lagging_at(stamp);
         if let Some(adapted) = state.record(now, stamp, this.cost, id, this.limits, lagging) {
             events::rate_adapted(this.key, adapted, Adaptation::Recovered);
         }
@@ -443,7 +443,7 @@ pub(super) fn admit_now(
     limits: &Limits,
     (now, stamp): (Instant, Stamp),
 ) -> Admission {
-    let lagging = shared.lag.is_lagging_at(stamp);
+    let lagging = shared.written.lag.is_lagging_at(stamp);
     if let Some(adapted) = state.record(now, stamp, cost, id, limits, lagging) {
         events::rate_adapted(key, adapted, Adaptation::Recovered);
     }
