@@ -11,7 +11,8 @@
 //!   on an always-ready no-op service.
 //! - `admit_two_tasks`: the same limiter shared by two tasks on a two-worker
 //!   runtime, each admitting in a loop; one iteration is one admission by
-//!   each task (two in all).
+//!   each task (two in all). Beside it, the two tasks on one store, each
+//!   admitting 64 keys of its own in turn.
 //! - `stack_noop_http`: the whole stack over a no-op HTTP service:
 //!   `JitterBackoff → RetryAfter → SlidingWindow` against tower's
 //!   `RateLimit → Retry`.
@@ -67,6 +68,8 @@ const HUGE: u64 = 1 << 40;
 const LOG_WINDOW: Duration = Duration::from_millis(1);
 /// Keys live in the keyed row.
 const LIVE_KEYS: u64 = 100_000;
+/// Keys of each task in the two-task keyed row.
+const KEYS_PER_TASK: u64 = 64;
 /// tower-resilience preallocates its log with this capacity.
 const RESILIENCE_LIMIT: usize = 1_000_000;
 
@@ -226,6 +229,29 @@ fn admit_two_tasks(c: &mut Criterion) {
                 async move {
                     for _ in 0..iters {
                         let _ = service.ready().await.expect("ready").call(()).await;
+                    }
+                }
+            })
+        })
+    });
+
+    // One store, each task admitting keys of its own (64 each, in turn):
+    // what the two tasks share is the store, its shards and their locks,
+    // and a key's shard only by chance.
+    let keyed = tower::Layer::layer(
+        &sliding_window_layer().key_fn(|id: &u64| Key::from(*id)),
+        service_fn(|_: u64| ready(Ok::<_, Infallible>(()))),
+    );
+    let task = AtomicU64::new(0);
+    group.bench_function("tower_quota_keys_per_task", |b| {
+        b.iter_custom(|iters| {
+            contend(&runtime, iters, |iters| {
+                let mut service = keyed.clone();
+                let first = task.fetch_add(1, Ordering::Relaxed) % 2 * KEYS_PER_TASK;
+                async move {
+                    for i in 0..iters {
+                        let key = first + i % KEYS_PER_TASK;
+                        let _ = service.ready().await.expect("ready").call(key).await;
                     }
                 }
             })

@@ -108,6 +108,10 @@ const GROUPS: [Group; 5] = [
                 "tower-quota `SlidingWindowLayer`",
             ),
             (
+                "tower_quota_keys_per_task",
+                "tower-quota `SlidingWindowLayer`, one store, 64 keys of each task's own",
+            ),
+            (
                 "tower_rate_limit_buffered",
                 "tower `RateLimit` behind `Buffer`",
             ),
