@@ -22,15 +22,29 @@ use crate::key::StoredKey;
 #[derive(Clone, Debug, Default)]
 pub(crate) struct KeyHasher(foldhash::fast::RandomState);
 
-impl KeyHasher {
-    pub(crate) fn hash(&self, key: &Key) -> u64 {
-        self.hash_name(key.name_bytes())
-    }
+/// A key's name, whether a [`Key`] or as a map stores it ([`StoredKey`]):
+/// the two hash and compare alike, so a map finds a key by either.
+pub(crate) trait Named {
+    fn name_bytes(&self) -> &[u8];
+}
 
+impl Named for Key {
+    fn name_bytes(&self) -> &[u8] {
+        Key::name_bytes(self)
+    }
+}
+
+impl Named for StoredKey {
+    fn name_bytes(&self) -> &[u8] {
+        StoredKey::name_bytes(self)
+    }
+}
+
+impl KeyHasher {
     /// The hash of a key's name: a stored key hashes as the [`Key`] it
     /// came from.
-    fn hash_name(&self, name: &[u8]) -> u64 {
-        self.0.hash_one(name)
+    pub(crate) fn hash<N: Named + ?Sized>(&self, key: &N) -> u64 {
+        self.0.hash_one(key.name_bytes())
     }
 
     /// The shard of a hash among `shards`: bits the table does not use.
@@ -44,7 +58,7 @@ impl KeyHasher {
 /// the same bytes (a static name such as [`Key::GLOBAL`], stored as its
 /// pointer), else byte by byte.
 #[inline]
-fn same_name(stored: &StoredKey, key: &Key) -> bool {
+fn same_name<N: Named + ?Sized>(stored: &StoredKey, key: &N) -> bool {
     let (stored, key) = (stored.name_bytes(), key.name_bytes());
     stored.len() == key.len() && (std::ptr::eq(stored.as_ptr(), key.as_ptr()) || stored == key)
 }
@@ -133,17 +147,17 @@ impl<V, S: Slot<Value = V>> KeyMap<V, S> {
     }
 
     /// The hash of `key` in this map.
-    pub(crate) fn hash(&self, key: &Key) -> u64 {
+    pub(crate) fn hash<N: Named + ?Sized>(&self, key: &N) -> u64 {
         self.hasher.hash(key)
     }
 
-    pub(crate) fn get(&self, hash: u64, key: &Key) -> Option<&V> {
+    pub(crate) fn get<N: Named + ?Sized>(&self, hash: u64, key: &N) -> Option<&V> {
         self.table
             .find(hash, |slot| same_name(slot.key(), key))
             .map(Slot::value)
     }
 
-    pub(crate) fn get_mut(&mut self, hash: u64, key: &Key) -> Option<&mut V> {
+    pub(crate) fn get_mut<N: Named + ?Sized>(&mut self, hash: u64, key: &N) -> Option<&mut V> {
         self.table
             .find_mut(hash, |slot| same_name(slot.key(), key))
             .map(Slot::value_mut)
@@ -160,7 +174,7 @@ impl<V, S: Slot<Value = V>> KeyMap<V, S> {
         let entry = self.table.entry(
             hash,
             |slot| same_name(slot.key(), key),
-            |slot| hasher.hash_name(slot.key().name_bytes()),
+            |slot| hasher.hash(slot.key()),
         );
         entry
             .or_insert_with(|| S::new(key.to_stored(), make()))
@@ -168,8 +182,23 @@ impl<V, S: Slot<Value = V>> KeyMap<V, S> {
             .value_mut()
     }
 
+    /// The state of `key`, with the key as this map keeps it (a copy of
+    /// which costs no allocation).
+    pub(crate) fn get_key_value_mut<N: Named + ?Sized>(
+        &mut self,
+        hash: u64,
+        key: &N,
+    ) -> Option<(&StoredKey, &mut V)> {
+        self.table
+            .find_mut(hash, |slot| same_name(slot.key(), key))
+            .map(|slot| {
+                let (key, value) = slot.pair_mut();
+                (&*key, value)
+            })
+    }
+
     /// Removes `key` and its state; returns whether it was there.
-    pub(crate) fn remove(&mut self, hash: u64, key: &Key) -> bool {
+    pub(crate) fn remove<N: Named + ?Sized>(&mut self, hash: u64, key: &N) -> bool {
         self.table
             .find_entry(hash, |slot| same_name(slot.key(), key))
             .map(|entry| drop(entry.remove()))
@@ -206,7 +235,7 @@ impl<V, S: Slot<Value = V>> KeyMap<V, S> {
         if self.table.capacity() > 4 * len + slack {
             let hasher = &self.hasher;
             self.table
-                .shrink_to(2 * len, |slot| hasher.hash_name(slot.key().name_bytes()));
+                .shrink_to(2 * len, |slot| hasher.hash(slot.key()));
         }
     }
 }

@@ -16,6 +16,7 @@ use tokio::time::Instant;
 use super::config::Config;
 use super::state::{Admit, Breaker, Transition};
 use crate::Key;
+use crate::key::StoredKey;
 use crate::keymap::{KeyHasher, KeyMap};
 use crate::time::LazyNow;
 
@@ -55,7 +56,8 @@ struct Shared {
 struct Shard {
     /// Shares the store's hasher: the hash that chose the shard finds the key.
     index: KeyMap<usize>,
-    entries: Vec<(Key, Breaker)>,
+    /// Each breaker with its key as the index keeps it (24 bytes).
+    entries: Vec<(StoredKey, Breaker)>,
     /// The next entry the sweep examines.
     cursor: usize,
 }
@@ -196,7 +198,12 @@ impl Shard {
     fn insert(&mut self, hash: u64, key: &Key, breaker: Breaker) -> usize {
         let at = self.entries.len();
         self.index.get_or_insert_with(hash, key, || at);
-        self.entries.push((key.clone(), breaker));
+        // Just stored: a copy of the index's key, which costs no allocation.
+        let stored = self
+            .index
+            .get_key_value_mut(hash, key)
+            .map_or_else(|| key.to_stored(), |(stored, _)| stored.clone());
+        self.entries.push((stored, breaker));
         at
     }
 

@@ -39,7 +39,8 @@ use tokio::time::Instant;
 
 use super::layer::Config;
 use crate::Key;
-use crate::keymap::{Boxed, KeyMap};
+use crate::key::StoredKey;
+use crate::keymap::{Boxed, KeyMap, Named};
 
 /// A gate with nothing to remember (open, no quota count, nothing in
 /// flight) is kept this long after its last use, so a busy key does not
@@ -108,10 +109,11 @@ struct GateMap {
     expiry: BinaryHeap<Reverse<Expiry>>,
 }
 
-/// A gate to look at when `at` has come.
+/// A gate to look at when `at` has come: 40 bytes, with the key as the
+/// gates' map keeps it.
 struct Expiry {
     at: Instant,
-    key: Key,
+    key: StoredKey,
 }
 
 impl PartialEq for Expiry {
@@ -467,8 +469,8 @@ impl GateMap {
 
     /// Puts the gate of `key` in the expiry heap when it has no entry and
     /// nothing in flight.
-    fn schedule(&mut self, hash: u64, key: &Key) {
-        let Some(gate) = self.gates.get_mut(hash, key) else {
+    fn schedule<N: Named + ?Sized>(&mut self, hash: u64, key: &N) {
+        let Some((stored, gate)) = self.gates.get_key_value_mut(hash, key) else {
             return;
         };
         if gate.scheduled {
@@ -476,10 +478,8 @@ impl GateMap {
         }
         if let Some(at) = gate.evictable_at() {
             gate.scheduled = true;
-            self.expiry.push(Reverse(Expiry {
-                at,
-                key: key.clone(),
-            }));
+            let key = stored.clone();
+            self.expiry.push(Reverse(Expiry { at, key }));
         }
     }
 
