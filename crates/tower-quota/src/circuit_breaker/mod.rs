@@ -64,9 +64,9 @@
 //!
 //! Measured with a counting allocator by `cargo run --release -p
 //! quota-bench -- idle-memory` (one failure from each of 1,000,000 keys,
-//! `forget_after` 30 s): the empty layer holds 1.5 KB; the full map 283 MB,
-//! 282 bytes per key with a failure; once the keys are idle, 63,024 calls
-//! to one other key forget them all, and the layer holds 18 KB, within
+//! `forget_after` 30 s): the empty layer holds 1.5 KB; the full map 266 MB,
+//! 265 bytes per key with a failure; once the keys are idle, 62,991 calls
+//! to one other key forget them all, and the layer holds 16 KB, within
 //! 64 KiB of the empty layer (the bound the benchmark checks). A million
 //! keys with one success each never hold more than a few dozen entries.
 //!
