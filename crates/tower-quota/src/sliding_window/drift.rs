@@ -19,7 +19,8 @@ use super::stamp::Stamp;
 /// Redis store share this logic.
 #[derive(Debug, Clone, Copy, Default)]
 pub struct DriftMargin {
-    extra: Duration,
+    /// The margin at `since`, in nanoseconds (saturating: 584 years).
+    extra: u64,
     since: Option<Stamp>,
 }
 
@@ -34,10 +35,8 @@ impl DriftMargin {
             Stamp::of(now).saturating_duration_since(since).as_nanos() / decay.as_nanos();
         u32::try_from(halvings)
             .ok()
-            .and_then(|halvings| self.extra.as_nanos().checked_shr(halvings))
-            .map_or(Duration::ZERO, |nanos| {
-                Duration::from_nanos(u64::try_from(nanos).unwrap_or(u64::MAX))
-            })
+            .and_then(|halvings| self.extra.checked_shr(halvings))
+            .map_or(Duration::ZERO, Duration::from_nanos)
     }
 
     /// A refusal at `now` of a key with `limits`: widens the margin unless
@@ -60,9 +59,10 @@ impl DriftMargin {
             .max(window / 100)
             .max(Duration::from_millis(1));
         let cap = (window / 4).max(step);
-        self.extra = before.saturating_mul(2).saturating_add(step).min(cap);
+        let after = before.saturating_mul(2).saturating_add(step).min(cap);
+        self.extra = u64::try_from(after.as_nanos()).unwrap_or(u64::MAX);
         self.since = Some(stamp);
-        Some((before, self.extra))
+        Some((before, after))
     }
 }
 

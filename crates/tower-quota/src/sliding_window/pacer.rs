@@ -218,8 +218,7 @@ struct Start {
     /// Admissions made since the start and not answered yet.
     unanswered: u64,
     /// The key's first admission, and its id.
-    first: Option<Stamp>,
-    first_id: Option<u64>,
+    first: Option<(Stamp, u64)>,
     /// Admissions in the key's first window.
     sent: u64,
     /// The request that went alone past the first window, and when, while
@@ -315,13 +314,14 @@ const SLICES: usize = 8;
 
 /// Admissions and refusals of a key over the last window, in slices of an
 /// eighth of the shortest quota's window (the current slice and the eight
-/// before it): 36 bytes, and a count of the last window within an eighth of
+/// before it): 48 bytes, and a count of the last window within an eighth of
 /// a window's traffic.
 #[derive(Debug, Clone, Copy, Default)]
 struct Counts {
     /// When the current slice began.
     start: Option<Stamp>,
-    current: usize,
+    /// The current slice's index, below [`RING`].
+    current: u8,
     sent: [u16; RING],
     refused: [u16; RING],
 }
@@ -349,20 +349,28 @@ impl Counts {
             return;
         }
         for _ in 0..steps {
-            self.current = (self.current + 1) % RING;
-            self.sent[self.current] = 0;
-            self.refused[self.current] = 0;
+            // Below RING, nine: the conversion is exact.
+            self.current = ((self.at() + 1) % RING) as u8;
+            self.sent[self.at()] = 0;
+            self.refused[self.at()] = 0;
         }
         let advanced = slice.saturating_mul(u32::try_from(steps).unwrap_or(u32::MAX));
         self.start = Some(start.saturating_add(advanced));
     }
 
+    /// The current slice's index in the arrays.
+    fn at(&self) -> usize {
+        usize::from(self.current)
+    }
+
     fn sent(&mut self) {
-        self.sent[self.current] = self.sent[self.current].saturating_add(1);
+        let at = self.at();
+        self.sent[at] = self.sent[at].saturating_add(1);
     }
 
     fn refused(&mut self) {
-        self.refused[self.current] = self.refused[self.current].saturating_add(1);
+        let at = self.at();
+        self.refused[at] = self.refused[at].saturating_add(1);
     }
 
     /// The share of the last window's admissions that the provider
@@ -381,8 +389,8 @@ impl Counts {
     /// Whether the key sent in the first eighth of the window that ends
     /// now (after [`roll`](Self::roll)): it sent through the whole window.
     fn sent_from_start(&self) -> bool {
-        let oldest = (self.current + 1) % RING;
-        let first = (self.current + 2) % RING;
+        let oldest = (self.at() + 1) % RING;
+        let first = (self.at() + 2) % RING;
         self.sent[oldest] > 0 || self.sent[first] > 0
     }
 
@@ -395,7 +403,7 @@ impl Counts {
             .start
             .map_or(Duration::ZERO, |start| now.saturating_duration_since(start));
         let overlap = 1.0 - (into.as_secs_f64() / slice.as_secs_f64().max(1e-9)).min(1.0);
-        let oldest = (self.current + 1) % RING;
+        let oldest = (self.at() + 1) % RING;
         (0..RING)
             .map(|i| {
                 let accepted = f64::from(self.sent[i].saturating_sub(self.refused[i]));
@@ -420,7 +428,7 @@ impl Start {
     fn past_first_window(&self, now: Stamp, limits: &Limits) -> bool {
         let window = shortest_window(limits);
         self.first
-            .is_some_and(|first| now.saturating_duration_since(first) >= window)
+            .is_some_and(|(first, _)| now.saturating_duration_since(first) >= window)
     }
 }
 
@@ -443,7 +451,6 @@ impl Pacer {
                     allowed: 1,
                     unanswered: 0,
                     first: None,
-                    first_id: None,
                     sent: 0,
                     probe: None,
                     ramp: None,
@@ -486,7 +493,7 @@ impl Pacer {
         if start.unanswered < start.allowed {
             return None;
         }
-        until(start.first?)
+        until(start.first?.0)
     }
 
     /// Whether the key is still in its start.
@@ -558,7 +565,7 @@ impl Pacer {
             return (None, true);
         }
         start.allowed = start.allowed.saturating_add(1).min(ceiling);
-        if start.first_id == Some(id)
+        if start.first.is_some_and(|(_, first)| first == id)
             && let Some(room) = room()
         {
             // The key's first request, answered alone: what the provider
@@ -664,8 +671,7 @@ impl Pacer {
         } else if let Some(start) = self.start.as_deref_mut() {
             start.unanswered = start.unanswered.saturating_add(1);
             if start.first.is_none() {
-                start.first = Some(now);
-                start.first_id = Some(id);
+                start.first = Some((now, id));
             }
             // The first window held about a quota (nine tenths at least):
             // its slots free together. Counted exactly, not from the
@@ -894,7 +900,7 @@ impl Pacer {
             Some(start)
                 if start
                     .first
-                    .is_some_and(|first| !after_a_window(Some(first))) =>
+                    .is_some_and(|(first, _)| !after_a_window(Some(first))) =>
             {
                 start.allowed.saturating_add(1).min(ceiling(limits))
             }

@@ -95,7 +95,7 @@ pub(super) struct Learned {
     pub(super) pacer: Pacer,
     /// What the provider last announced for each window's quota; empty
     /// until its first announcement.
-    pub(super) announced: Vec<Option<u64>>,
+    pub(super) announced: Box<[Option<u64>]>,
 }
 
 impl KeyState {
@@ -163,7 +163,7 @@ impl KeyState {
         self.windows = Self::windows_for(limits);
         self.limits = limits.clone();
         if let Some(learned) = self.learned.as_deref_mut() {
-            learned.announced = Vec::new();
+            learned.announced = Box::default();
         }
         self.queue.set_promote_after(limits.promote_after());
         true
@@ -213,7 +213,9 @@ impl KeyState {
             let windows = self.windows.len();
             let announced = &mut self.learned().announced;
             if announced.len() < windows {
-                announced.resize(windows, None);
+                let mut grown = announced.to_vec();
+                grown.resize(windows, None);
+                *announced = grown.into_boxed_slice();
             }
             if announced[index] == Some(quota.max_calls) {
                 continue;
