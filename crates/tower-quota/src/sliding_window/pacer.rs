@@ -156,6 +156,7 @@
 //! The pacer only ever delays admissions the log allows: the log's bound,
 //! never more than a quota in any window, holds whatever it learns.
 
+use std::num::NonZeroU64;
 use std::time::Duration;
 
 use tokio::time::Instant;
@@ -168,8 +169,9 @@ use crate::Room;
 /// The spacing a key learned; inactive until its provider refuses one.
 #[derive(Debug, Clone)]
 pub(crate) struct Pacer {
-    /// Requests allowed back to back; `None`: no spacing (the log alone).
-    burst: Option<u64>,
+    /// Requests allowed back to back, one at least; `None`: no spacing
+    /// (the log alone).
+    burst: Option<NonZeroU64>,
     /// GCRA's theoretical arrival time of the next request.
     tat: Option<Stamp>,
     /// The last refusal or increase.
@@ -178,7 +180,7 @@ pub(crate) struct Pacer {
     /// prove it wrong.
     probed_at: Option<Stamp>,
     /// The quiet spell before the next increase is `window << spell`.
-    spell: u32,
+    spell: u8,
     /// The rate the key sends at, in thousandths of the quota's.
     rate: u32,
     /// Admissions and refusals in the current and the previous window.
@@ -189,7 +191,7 @@ pub(crate) struct Pacer {
     /// The last cut of the rate: at most one a window.
     cut_at: Option<Stamp>,
     /// The quiet spell before the next rate probe is `window << rate_spell`.
-    rate_spell: u32,
+    rate_spell: u8,
     /// The last raise of the rate, while a refusal within a window of it
     /// may still prove it wrong.
     raised: Option<Raise>,
@@ -297,11 +299,11 @@ const BUNCHED: u32 = 50;
 /// The lowest rate the pacer cuts to, in thousandths of the quota's.
 const MIN_RATE: u32 = 50;
 /// The first quiet spell before a rate probe, in windows: `1 << FIRST_RATE_SPELL`.
-const FIRST_RATE_SPELL: u32 = 2;
+const FIRST_RATE_SPELL: u8 = 2;
 /// The longest quiet spell before a rate probe: `1 << LAST_RATE_SPELL`
 /// windows, while the rate is under [`NEAR_FULL`]; `1 << LAST_SPELL` from
 /// there, where a probe has little left to win.
-const LAST_RATE_SPELL: u32 = 4;
+const LAST_RATE_SPELL: u8 = 4;
 /// Nine tenths of the quota's rate, in thousandths.
 const NEAR_FULL: u32 = 900;
 
@@ -419,9 +421,9 @@ impl Counts {
 }
 
 /// The first quiet spell, in windows: `1 << FIRST_SPELL`.
-const FIRST_SPELL: u32 = 3;
+const FIRST_SPELL: u8 = 3;
 /// The longest quiet spell, in windows: `1 << LAST_SPELL`.
-const LAST_SPELL: u32 = 6;
+const LAST_SPELL: u8 = 6;
 
 impl Start {
     /// Whether an admission at `now` is past the key's first window.
@@ -601,7 +603,7 @@ impl Pacer {
     /// than it allows. With `same_rate` it counts at least the key's quota,
     /// and a refusal of spaced requests does not cut the rate.
     fn told(&mut self, now: Stamp, burst: u64, same_rate: bool, limits: &Limits) -> Adapted {
-        self.burst = Some(burst);
+        self.set_burst(Some(burst));
         self.told = same_rate;
         self.spell = LAST_SPELL;
         self.rate_spell = LAST_SPELL;
@@ -615,14 +617,14 @@ impl Pacer {
         let interval = self.step(limits, 1);
         self.tat = Some(now.saturating_add(interval));
         Adapted {
-            burst: self.burst,
+            burst: self.burst(),
             interval,
         }
     }
 
     /// The earliest instant a request of `cost` may go (`None`: now).
     pub(crate) fn earliest(&self, cost: u64, limits: &Limits) -> Option<Instant> {
-        let (burst, tat) = (self.burst?, self.tat?);
+        let (burst, tat) = (self.burst()?, self.tat?);
         let step = self.step(limits, cost);
         if step.is_zero() {
             return None;
@@ -695,7 +697,7 @@ impl Pacer {
             }
         }
         self.counts.sent();
-        let burst = self.burst?;
+        let burst = self.burst()?;
         let advance = self.step(limits, cost);
         if advance.is_zero() {
             return None;
@@ -733,7 +735,7 @@ impl Pacer {
             }
             self.raised = None;
         }
-        let spell = window.saturating_mul(1 << self.spell.min(LAST_SPELL));
+        let spell = window.saturating_mul(1u32 << self.spell.min(LAST_SPELL));
         let quiet = self
             .changed_at
             .is_none_or(|at| now.saturating_duration_since(at) >= spell);
@@ -743,7 +745,7 @@ impl Pacer {
         self.changed_at = Some(now);
         self.probed_at = Some(now);
         let raised = burst.saturating_mul(2);
-        self.burst = (raised < ceiling(limits)).then_some(raised);
+        self.set_burst((raised < ceiling(limits)).then_some(raised));
         if self.burst.is_none() {
             self.tat = None;
             self.probed_at = None;
@@ -751,7 +753,7 @@ impl Pacer {
             self.spell = FIRST_SPELL;
         }
         Some(Adapted {
-            burst: self.burst,
+            burst: self.burst(),
             interval: self.step(limits, 1),
         })
     }
@@ -792,7 +794,7 @@ impl Pacer {
                 (self.rate.saturating_add((self.rate / 2).max(one)), false)
             }
             Some(_) => return None,
-            None if since(self.changed_at) >= window.saturating_mul(1 << self.rate_spell) => {
+            None if since(self.changed_at) >= window.saturating_mul(1u32 << self.rate_spell) => {
                 (self.rate.saturating_add((self.rate / 20).max(one)), true)
             }
             None => return None,
@@ -806,7 +808,7 @@ impl Pacer {
             probe,
         });
         Some(Adapted {
-            burst: self.burst,
+            burst: self.burst(),
             interval: self.step(limits, 1),
         })
     }
@@ -821,7 +823,7 @@ impl Pacer {
         self.counts.roll(now, window);
         self.counts.refused();
         if let Some(raise) = self.raised.take()
-            && self.burst == Some(1)
+            && self.burst() == Some(1)
         {
             // A raise refused within a window: too much. Back to the rate
             // before it, which went a window without refusal, or to a
@@ -837,14 +839,14 @@ impl Pacer {
             let next = now.saturating_add(interval);
             self.tat = Some(self.tat.map_or(next, |tat| tat.max(next)));
             return Adapted {
-                burst: self.burst,
+                burst: self.burst(),
                 interval,
             };
         }
         // Refusals in the first window of even spacing may still be of the
         // burst before it, and those within a window of a cut of requests
         // sent before it: they say nothing of the rate.
-        let spaced = self.burst == Some(1)
+        let spaced = self.burst() == Some(1)
             && after_a_window(self.spaced_since)
             && self.cut_at.is_none_or(|_| after_a_window(self.cut_at));
         // A window the key did not send through from its start (a
@@ -915,7 +917,7 @@ impl Pacer {
                 hold = 2;
                 1
             }
-            None => self.burst.unwrap_or_else(|| ceiling(limits)),
+            None => self.burst().unwrap_or_else(|| ceiling(limits)),
         };
         let burst = (current / 2).max(1);
         if burst == 1 && self.spaced_since.is_none() {
@@ -948,7 +950,7 @@ impl Pacer {
             }
             Some(_) => {}
         }
-        self.burst = Some(burst);
+        self.set_burst(Some(burst));
         self.changed_at = Some(now);
         let interval = self.step(limits, 1);
         let next = now.saturating_add(interval.saturating_mul(hold));
@@ -977,7 +979,12 @@ impl Pacer {
 
     /// The burst now (`None`: spacing is off).
     pub(crate) fn burst(&self) -> Option<u64> {
-        self.burst
+        self.burst.map(NonZeroU64::get)
+    }
+
+    /// Spaces at `burst` back to back (one at least), or not at all.
+    fn set_burst(&mut self, burst: Option<u64>) {
+        self.burst = burst.map(|burst| NonZeroU64::MIN.saturating_add(burst.saturating_sub(1)));
     }
 
     /// [`step`] at the key's rate.

@@ -484,4 +484,11 @@ mod tests {
     fn a_key_state_is_88_bytes() {
         assert_eq!(std::mem::size_of::<KeyState>(), 88);
     }
+
+    /// A key whose caller reports refusals holds one from its first
+    /// admission on.
+    #[test]
+    fn what_a_key_learns_is_176_bytes() {
+        assert_eq!(std::mem::size_of::<Learned>(), 176);
+    }
 }
