@@ -12,7 +12,9 @@
 //! - `admit_two_tasks`: the same limiter shared by two tasks on a two-worker
 //!   runtime, each admitting in a loop; one iteration is one admission by
 //!   each task (two in all). Beside it, the two tasks on one store, each
-//!   admitting 64 keys of its own in turn.
+//!   admitting 64 keys of its own in turn, and the README stack shared by
+//!   two tasks sending to hosts of their own (with one task alone for
+//!   reference).
 //! - `stack_noop_http`: the whole stack over a no-op HTTP service:
 //!   `JitterBackoff → RetryAfter → SlidingWindow` against tower's
 //!   `RateLimit → Retry`.
@@ -258,6 +260,36 @@ fn admit_two_tasks(c: &mut Criterion) {
         })
     });
 
+    // The README stack, cloned into each task, each task sending to a host
+    // of its own; beside it, one task alone on the same runtime (its time
+    // per iteration is one request): a stack that lets the two tasks run
+    // side by side takes about the one task's time per iteration.
+    let stack = readme_stack(HeaderMap::new());
+    let hosts: [http::Uri; 2] = [
+        "http://api-0.example.com/v1/items".parse().expect("uri"),
+        "http://api-1.example.com/v1/items".parse().expect("uri"),
+    ];
+    group.bench_function("readme_stack_own_hosts", |b| {
+        b.iter_custom(|iters| {
+            let task = AtomicU64::new(0);
+            contend(&runtime, iters, |iters| {
+                let at = task.fetch_add(1, Ordering::Relaxed) % 2;
+                send(stack.clone(), hosts[at as usize].clone(), iters)
+            })
+        })
+    });
+    group.bench_function("readme_stack_one_task", |b| {
+        b.iter_custom(|iters| {
+            runtime.block_on(async {
+                let start = Instant::now();
+                tokio::spawn(send(stack.clone(), hosts[0].clone(), iters))
+                    .await
+                    .expect("task");
+                start.elapsed()
+            })
+        })
+    });
+
     // Unshared, tower's RateLimit would give each task a quota of its own:
     // shared as users must share it, behind a Buffer.
     let tower_rate = runtime.block_on(async {
@@ -372,13 +404,33 @@ fn openai_headers() -> HeaderMap {
     headers
 }
 
+/// Sends `iters` body-less GETs to `uri` through `service`, one at a time.
+async fn send<S>(mut service: S, uri: http::Uri, iters: u64)
+where
+    S: Service<Request<Empty<Bytes>>>,
+    S::Error: std::fmt::Debug,
+{
+    for _ in 0..iters {
+        let request = Request::get(uri.clone())
+            .body(Empty::<Bytes>::new())
+            .expect("request");
+        let _ = service.ready().await.expect("ready").call(request).await;
+    }
+}
+
 /// The README stack over a no-op service answering 200 with `headers`
 /// (shared, so that cloning the service, as the layers do per request,
 /// copies no headers).
 fn readme_stack(
     headers: HeaderMap,
-) -> impl Service<Request<Empty<Bytes>>, Response = Response<Empty<Bytes>>, Error = tower_quota::BoxError>
-{
+) -> impl Service<
+    Request<Empty<Bytes>>,
+    Response = Response<Empty<Bytes>>,
+    Error = tower_quota::BoxError,
+    Future: Send,
+> + Clone
++ Send
++ 'static {
     let headers = Arc::new(headers);
     ServiceBuilder::new()
         .layer(JitterBackoffLayer::new())

@@ -112,6 +112,14 @@ const GROUPS: [Group; 5] = [
                 "tower-quota `SlidingWindowLayer`, one store, 64 keys of each task's own",
             ),
             (
+                "readme_stack_own_hosts",
+                "the README stack, cloned into each task, each sending to a host of its own",
+            ),
+            (
+                "readme_stack_one_task",
+                "reference: the README stack, one task alone (one request per iteration)",
+            ),
+            (
                 "tower_rate_limit_buffered",
                 "tower `RateLimit` behind `Buffer`",
             ),
