@@ -170,16 +170,28 @@ impl<V, S: Slot<Value = V>> KeyMap<V, S> {
         key: &Key,
         make: impl FnOnce() -> V,
     ) -> &mut V {
+        self.get_key_value_or_insert_with(hash, key, make).1
+    }
+
+    /// As [`get_or_insert_with`](Self::get_or_insert_with), with the key as
+    /// this map keeps it (a copy of which costs no allocation).
+    pub(crate) fn get_key_value_or_insert_with(
+        &mut self,
+        hash: u64,
+        key: &Key,
+        make: impl FnOnce() -> V,
+    ) -> (&StoredKey, &mut V) {
         let hasher = &self.hasher;
         let entry = self.table.entry(
             hash,
             |slot| same_name(slot.key(), key),
             |slot| hasher.hash(slot.key()),
         );
-        entry
+        let (key, value) = entry
             .or_insert_with(|| S::new(key.to_stored(), make()))
             .into_mut()
-            .value_mut()
+            .pair_mut();
+        (&*key, value)
     }
 
     /// The state of `key`, with the key as this map keeps it (a copy of

@@ -197,13 +197,9 @@ impl Shard {
     /// returns its position.
     fn insert(&mut self, hash: u64, key: &Key, breaker: Breaker) -> usize {
         let at = self.entries.len();
-        self.index.get_or_insert_with(hash, key, || at);
-        // Just stored: a copy of the index's key, which costs no allocation.
-        let stored = self
-            .index
-            .get_key_value_mut(hash, key)
-            .map_or_else(|| key.to_stored(), |(stored, _)| stored.clone());
-        self.entries.push((stored, breaker));
+        let (stored, _) = self.index.get_key_value_or_insert_with(hash, key, || at);
+        // A copy of the index's key, which costs no allocation.
+        self.entries.push((stored.clone(), breaker));
         at
     }
 
