@@ -984,7 +984,7 @@ impl Pacer {
 
     /// Spaces at `burst` back to back (one at least), or not at all.
     fn set_burst(&mut self, burst: Option<u64>) {
-        self.burst = burst.map(|burst| NonZeroU64::MIN.saturating_add(burst.saturating_sub(1)));
+        self.burst = burst.map(|burst| NonZeroU64::new(burst).unwrap_or(NonZeroU64::MIN));
     }
 
     /// [`step`] at the key's rate.
