@@ -124,7 +124,17 @@
 //! two at least) widens it instead: the rate is cut by the share refused,
 //! by half at most, once a window at most. Across quota-mock's simulated
 //! network (5 to 25 ms each way) a third of the requests were refused
-//! without it, at 20/s and at 100/s. With a floor at the quota's own
+//! without it, at 20/s and at 100/s. A spell of jitter passes (a busy
+//! host, a stall at the provider), so the first such cut holds for
+//! `8 × window` from the key's last cut, and then the key probes its way
+//! back to the rate it was spaced at (a probe, then growth, as below); a
+//! probe the network still bunches goes back and doubles the spell, up to
+//! `64 × window`. Jitter that stays costs a few refusals per probe (in a
+//! model of the simulated network at 20/s, 17 in five minutes against 22
+//! with no early probe), where a spell that passed used to cost the key
+//! a twentieth of its rate or more for a minute. Below that rate, one
+//! refusal is the network's accident: it neither ends the quiet spell nor
+//! takes a raise back, more than a twentieth of a window refused does. With a floor at the quota's own
 //! interval instead, one arrival in a hundred to a few in a hundred was
 //! refused there, each costing its request a whole `Retry-After`. A timer
 //! that wakes late costs that request its lateness, and the next one goes
@@ -306,6 +316,11 @@ const FIRST_RATE_SPELL: u8 = 2;
 const LAST_RATE_SPELL: u8 = 4;
 /// Nine tenths of the quota's rate, in thousandths.
 const NEAR_FULL: u32 = 900;
+/// The quiet spell, `1 << BUNCHED_RATE_SPELL` windows from its last cut,
+/// before a key told it has no tolerance probes back the rate it gave up
+/// to a network that brought its requests together; each probe refused
+/// doubles it, up to `1 << LAST_SPELL`.
+const BUNCHED_RATE_SPELL: u8 = 3;
 
 /// How late a timer may wake an admission without moving the schedule
 /// after it: tokio's timer resolution.
@@ -386,6 +401,12 @@ impl Counts {
         }
         let share = refused.saturating_mul(u64::from(FULL_RATE)) / sent.max(refused);
         Some(u32::try_from(share).unwrap_or(FULL_RATE))
+    }
+
+    /// Whether more than [`BUNCHED`] of the last window's admissions were
+    /// refused (after [`roll`](Self::roll)).
+    fn bunched(&self) -> bool {
+        self.refused_share().is_some_and(|share| share > BUNCHED)
     }
 
     /// Whether the key sent in the first eighth of the window that ends
@@ -761,12 +782,29 @@ impl Pacer {
     /// The next rate probe waits twice as long, up to `1 << LAST_RATE_SPELL`
     /// windows; when the rate to probe from is near the quota's, at least
     /// twice that and up to `1 << LAST_SPELL`.
-    fn lengthen_rate_spell(&mut self, from: u32) {
-        self.rate_spell = if from >= NEAR_FULL {
+    fn lengthen_rate_spell(&mut self, from: u32, limits: &Limits) {
+        self.rate_spell = if from >= self.plateau(limits) {
             (self.rate_spell + 1).clamp(LAST_RATE_SPELL + 1, LAST_SPELL)
+        } else if self.told {
+            // A network that still brings the key's requests together:
+            // its jitter is no spell, and each probe costs refusals.
+            (self.rate_spell + 1).min(LAST_SPELL)
         } else {
             (self.rate_spell + 1).min(LAST_RATE_SPELL)
         };
+    }
+
+    /// The rate from which probes are rare, a probe having little left to
+    /// win: nine tenths of the quota's, or, for a key its provider told it
+    /// has no tolerance, the rate it was spaced at then (below it, the key
+    /// was cut for a network that brought its requests together, and wins
+    /// the rate back as soon as that stops).
+    fn plateau(&self, limits: &Limits) -> u32 {
+        if self.told {
+            spaced_rate(limits)
+        } else {
+            NEAR_FULL
+        }
     }
 
     /// A little under the rate the provider accepted in the window that
@@ -784,23 +822,59 @@ impl Pacer {
             |at: Option<Stamp>| at.map_or(Duration::MAX, |at| now.saturating_duration_since(at));
         // One request a window, in thousandths of the quota.
         let one = FULL_RATE / saturate(ceiling(limits)).clamp(1, FULL_RATE);
+        // Below its plateau, a key told it has no tolerance counts its
+        // quiet spell from its last cut: a refusal of the network's now and
+        // then (one in a few hundred over loopback) is not a cut, and the
+        // key probes unless its last window was bunched.
+        let plateau = self.plateau(limits);
+        let quiet_since = if self.told && self.rate < plateau {
+            if self.counts.bunched() {
+                return None;
+            }
+            self.cut_at
+        } else {
+            self.changed_at
+        };
         let (rate, probe) = match self.raised {
+            Some(raise)
+                if since(Some(raise.at)) >= window
+                    && self.told
+                    && raise.from < plateau
+                    && self.rate >= plateau =>
+            {
+                // Confirmed back where the provider's answer put the key:
+                // it stays there.
+                self.raised = None;
+                return None;
+            }
             Some(raise) if since(Some(raise.at)) >= window => {
                 // Confirmed: grow. A confirmed step of growth (not only a
                 // probe) shows the provider's rate rose: probe soon again.
-                if !raise.probe && raise.from < NEAR_FULL {
+                if !raise.probe && raise.from < plateau {
                     self.rate_spell = FIRST_RATE_SPELL;
                 }
                 (self.rate.saturating_add((self.rate / 2).max(one)), false)
             }
             Some(_) => return None,
-            None if since(self.changed_at) >= window.saturating_mul(1u32 << self.rate_spell) => {
+            None if since(quiet_since) >= window.saturating_mul(1u32 << self.rate_spell) => {
                 (self.rate.saturating_add((self.rate / 20).max(one)), true)
             }
             None => return None,
         };
         let from = self.rate;
-        self.rate = rate.min(FULL_RATE);
+        // A key told it has no tolerance grows back to the rate it was
+        // spaced at, and probes above it only from there.
+        let cap = if self.told && from < plateau {
+            plateau
+        } else {
+            FULL_RATE
+        };
+        self.rate = rate.min(cap);
+        if self.told && from < plateau && self.rate == plateau {
+            // Back where the provider's answer put it: probe above only
+            // after the longest spell, as then.
+            self.rate_spell = LAST_SPELL;
+        }
         self.changed_at = Some(now);
         self.raised = Some(Raise {
             at: now,
@@ -822,14 +896,19 @@ impl Pacer {
             |at: Option<Stamp>| at.is_some_and(|at| now.saturating_duration_since(at) >= window);
         self.counts.roll(now, window);
         self.counts.refused();
-        if let Some(raise) = self.raised.take()
-            && self.burst() == Some(1)
+        // A key told its provider has no tolerance takes one refusal for
+        // the network's accident, a raise or not: more than a few in a
+        // window say the raise was too much.
+        let bunched = self.counts.bunched();
+        if self.burst() == Some(1)
+            && (!self.told || bunched)
+            && let Some(raise) = self.raised.take()
         {
             // A raise refused within a window: too much. Back to the rate
             // before it, which went a window without refusal, or to a
             // little under what the provider accepted in the window, if
             // more; the next probe waits longer.
-            self.lengthen_rate_spell(raise.from);
+            self.lengthen_rate_spell(raise.from, limits);
             self.rate = raise
                 .from
                 .max(self.accepted_rate(now, window, limits).min(self.rate));
@@ -860,8 +939,8 @@ impl Pacer {
                 }));
         if counted
             && self.told
+            && bunched
             && let Some(share) = self.counts.refused_share()
-            && share > BUNCHED
         {
             // The provider has no tolerance, and the network brings more
             // than a few of the key's requests closer than the room left
@@ -870,6 +949,12 @@ impl Pacer {
             // refused go unsent, and the next window shows what is left;
             // a cut takes half at most.
             let kept = FULL_RATE.saturating_sub(share).max(FULL_RATE / 2);
+            if self.rate >= self.plateau(limits) {
+                // The first cut from where the provider's answer put the
+                // key: a spell of jitter may pass, probe back soon. Later
+                // cuts keep the spell that failed probes lengthened.
+                self.rate_spell = BUNCHED_RATE_SPELL;
+            }
             let target =
                 u64::from(self.rate).saturating_mul(u64::from(kept)) / u64::from(FULL_RATE);
             self.rate = u32::try_from(target).unwrap_or(MIN_RATE).max(MIN_RATE);
@@ -888,7 +973,7 @@ impl Pacer {
             if target < self.rate {
                 if target == estimate {
                     // The provider's rate, found: probe it less often.
-                    self.lengthen_rate_spell(target);
+                    self.lengthen_rate_spell(target, limits);
                 }
                 self.rate = target;
                 self.cut_at = Some(now);
@@ -1159,6 +1244,24 @@ mod tests {
             "{widened:?}"
         );
         assert!(refused <= 2, "{refused} refused in the last two seconds");
+    }
+
+    #[test]
+    fn a_told_key_wins_its_rate_back_after_a_spell_of_jitter() {
+        let (spaced, _) = across(20, |_| Duration::from_millis(5));
+        // Two seconds in which the network spreads requests over 10 ms,
+        // then a steady path again: the room widened for the spell goes
+        // once the refusals stop, some eight windows after the last cut.
+        let spell = |n: u64| {
+            if (40..80).contains(&n) {
+                jitter(n, 10)
+            } else {
+                Duration::from_millis(5)
+            }
+        };
+        let (after, refused) = across(20, spell);
+        assert_eq!(after, spaced, "the interval after the spell");
+        assert_eq!(refused, 0, "refused in the last two seconds");
     }
 
     #[test]
