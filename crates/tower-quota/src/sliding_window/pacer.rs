@@ -124,17 +124,8 @@
 //! two at least) widens it instead: the rate is cut by the share refused,
 //! by half at most, once a window at most. Across quota-mock's simulated
 //! network (5 to 25 ms each way) a third of the requests were refused
-//! without it, at 20/s and at 100/s. A spell of jitter passes (a busy
-//! host, a stall at the provider), so the first such cut holds for
-//! `8 × window` from the key's last cut, and then the key probes its way
-//! back to the rate it was spaced at (a probe, then growth, as below); a
-//! probe the network still bunches goes back and doubles the spell, up to
-//! `64 × window`. Jitter that stays costs a few refusals per probe (in a
-//! model of the simulated network at 20/s, 17 in five minutes against 22
-//! with no early probe), where a spell that passed used to cost the key
-//! a twentieth of its rate or more for a minute. Below that rate, one
-//! refusal is the network's accident: it neither ends the quiet spell nor
-//! takes a raise back, more than a twentieth of a window refused does. With a floor at the quota's own
+//! without it, at 20/s and at 100/s.
+//! With a floor at the quota's own
 //! interval instead, one arrival in a hundred to a few in a hundred was
 //! refused there, each costing its request a whole `Retry-After`. A timer
 //! that wakes late costs that request its lateness, and the next one goes
@@ -162,6 +153,19 @@
 //! A provider that said how much it takes at once, with a quota at least
 //! the key's, keeps its rate when it refuses a spaced request: the
 //! network brought two together.
+//!
+//! A spell of jitter passes (a busy host, a stall at the provider), so
+//! the first cut of such a key's rate for bunched refusals holds for
+//! `8 × window` from its last cut, and then the key probes its way back
+//! to the rate it was spaced at (a probe, then growth, as for any rate);
+//! a probe the network still bunches goes back and doubles the spell, up
+//! to `64 × window`. Jitter that stays costs a few refusals per probe (in
+//! a model of the simulated network at 20/s, 17 in five minutes against
+//! 22 with every cut held for `64 × window`), where a spell that passed
+//! cost the key a twentieth of its rate or more for a minute. Below that
+//! rate, one refusal is the network's accident: it neither ends the quiet
+//! spell nor takes a raise back; more than a twentieth of a window
+//! refused does.
 //!
 //! The pacer only ever delays admissions the log allows: the log's bound,
 //! never more than a quota in any window, holds whatever it learns.
@@ -831,7 +835,9 @@ impl Pacer {
             if self.counts.bunched() {
                 return None;
             }
-            self.cut_at
+            // Never cut (a burst halved to one, spaced a little under its
+            // rate): from its last change, as any key.
+            self.cut_at.or(self.changed_at)
         } else {
             self.changed_at
         };
