@@ -784,8 +784,10 @@ impl Pacer {
     }
 
     /// The next rate probe waits twice as long, up to `1 << LAST_RATE_SPELL`
-    /// windows; when the rate to probe from is near the quota's, at least
-    /// twice that and up to `1 << LAST_SPELL`.
+    /// windows (`1 << LAST_SPELL` for a key told it has no tolerance,
+    /// whose probes below its plateau each cost the refusals of a network
+    /// that still bunches); from the key's [`plateau`](Self::plateau) on,
+    /// at least twice `1 << LAST_RATE_SPELL` and up to `1 << LAST_SPELL`.
     fn lengthen_rate_spell(&mut self, from: u32, limits: &Limits) {
         self.rate_spell = if from >= self.plateau(limits) {
             (self.rate_spell + 1).clamp(LAST_RATE_SPELL + 1, LAST_SPELL)
@@ -903,8 +905,8 @@ impl Pacer {
         self.counts.roll(now, window);
         self.counts.refused();
         // A key told its provider has no tolerance takes one refusal for
-        // the network's accident, a raise or not: more than a few in a
-        // window say the raise was too much.
+        // the network's accident, a raise or not: more than a twentieth of
+        // a window refused says the raise was too much.
         let bunched = self.counts.bunched();
         if self.burst() == Some(1)
             && (!self.told || bunched)
