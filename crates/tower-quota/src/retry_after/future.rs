@@ -338,23 +338,21 @@ where
                             .request
                             .as_ref()
                             .is_some_and(|r| r.body().is_replayable());
-                    let request = match this.request.take() {
+                    // The request is kept in place, and only what is sent
+                    // moves out of the future.
+                    let request = match this.request.as_ref() {
                         // The first attempt goes as it came; a copy is kept,
                         // bare when the stack's extensions are all it carries.
                         Some(request) if may_resend && *this.attempts == 0 => {
-                            *this.bare = StackExtensions::of(&request);
-                            *this.request = Some(match this.bare {
-                                Some(_) => bare_copy(&request),
-                                None => clone_request(&request),
-                            });
-                            Some(request)
+                            *this.bare = StackExtensions::of(request);
+                            let kept = match this.bare {
+                                Some(_) => bare_copy(request),
+                                None => clone_request(request),
+                            };
+                            this.request.replace(kept)
                         }
-                        Some(request) if may_resend => {
-                            let copy = clone_request(&request);
-                            *this.request = Some(request);
-                            Some(copy)
-                        }
-                        request => request,
+                        Some(request) if may_resend => Some(clone_request(request)),
+                        _ => this.request.take(),
                     };
                     let Some(request) = request else {
                         // A new attempt is started only while the request is kept.
