@@ -470,16 +470,8 @@ impl GateMap {
     /// Puts the gate of `key` in the expiry heap when it has no entry and
     /// nothing in flight.
     fn schedule<N: Named + ?Sized>(&mut self, hash: u64, key: &N) {
-        let Some((stored, gate)) = self.gates.get_key_value_mut(hash, key) else {
-            return;
-        };
-        if gate.scheduled {
-            return;
-        }
-        if let Some(at) = gate.evictable_at() {
-            gate.scheduled = true;
-            let key = stored.clone();
-            self.expiry.push(Reverse(Expiry { at, key }));
+        if let Some((stored, gate)) = self.gates.get_key_value_mut(hash, key) {
+            schedule_gate(&mut self.expiry, stored, gate);
         }
     }
 
@@ -547,9 +539,7 @@ impl Gates {
         in_flight.armed = false;
         let mut map = self.lock();
         map.sweep(now);
-        let observed = map.observe(&in_flight, signal, released, now, config);
-        map.schedule(in_flight.hash, &in_flight.key);
-        observed
+        map.observe(&in_flight, signal, released, now, config)
     }
 
     /// Whether the provider's acceptance reopened the gate of `key` since
@@ -611,11 +601,11 @@ impl GateMap {
         config: &Config,
     ) -> Observed {
         let pace_by_quota = config.pace_by_quota;
-        let gate = self
-            .gates
-            .get_or_insert_with(in_flight.hash, &in_flight.key, || {
-                Gate::new(pace_by_quota, now)
-            });
+        let (stored, gate) =
+            self.gates
+                .get_key_value_or_insert_with(in_flight.hash, &in_flight.key, || {
+                    Gate::new(pace_by_quota, now)
+                });
         gate.last_used = gate.last_used.max(now);
         gate.in_flight.remove(&in_flight.seq);
         // The probe's answer, whatever it says, is what the waiters wait for.
@@ -742,11 +732,28 @@ impl GateMap {
         if (open && may_go) || answered_probe || reopened {
             gate.notify();
         }
+        // Scheduled with the key this lookup found: no second lookup.
+        schedule_gate(&mut self.expiry, stored, gate);
         Observed {
             closed,
             reopened,
             reopenings: gate.reopenings,
         }
+    }
+}
+
+/// Puts `gate` (kept under `stored`) in the expiry heap when it has no
+/// entry there and nothing in flight.
+fn schedule_gate(expiry: &mut BinaryHeap<Reverse<Expiry>>, stored: &StoredKey, gate: &mut Gate) {
+    if gate.scheduled {
+        return;
+    }
+    if let Some(at) = gate.evictable_at() {
+        gate.scheduled = true;
+        expiry.push(Reverse(Expiry {
+            at,
+            key: stored.clone(),
+        }));
     }
 }
 
