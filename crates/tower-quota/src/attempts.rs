@@ -368,6 +368,24 @@ mod tests {
         assert_eq!(budget.remaining(), Duration::ZERO);
     }
 
+    #[tokio::test(start_paused = true)]
+    async fn a_deadline_is_lowered_never_raised_and_bounds_the_waiting_left() {
+        let budget = WaitBudget::unlimited();
+        assert_eq!(budget.deadline(), None);
+        assert_eq!(budget.remaining(), Duration::MAX);
+        let now = Instant::now();
+        let below = budget.clone();
+        below.limit_until(now + Duration::from_secs(5));
+        below.limit_until(now + Duration::from_secs(9));
+        assert_eq!(budget.deadline(), Some(now + Duration::from_secs(5)));
+        assert_eq!(budget.remaining(), Duration::from_secs(5));
+        tokio::time::advance(Duration::from_secs(4)).await;
+        assert_eq!(budget.remaining(), Duration::from_secs(1));
+        tokio::time::advance(Duration::from_secs(2)).await;
+        assert_eq!(budget.remaining(), Duration::ZERO);
+        assert!(!budget.allows(Duration::from_nanos(1)));
+    }
+
     #[test]
     fn other_content_types_are_not_grpc() {
         let request = |content_type: &str| {
