@@ -1,0 +1,114 @@
+//! Admissions in a loop, one task, for counting instructions with callgrind:
+//! a count that the same binary and input repeat exactly, whatever else the
+//! machine is doing (criterion's times on a shared 2-core machine move by
+//! more than a few percent between runs).
+//!
+//! ```text
+//! cargo build --release -p quota-bench --example instructions
+//! for n in 10000 20000; do
+//!   valgrind --tool=callgrind --callgrind-out-file=/dev/null \
+//!     target/release/examples/instructions stack $n 2>&1 | grep refs
+//! done
+//! ```
+//!
+//! The difference of the two totals divided by 10,000 is the instructions
+//! per request, the setup taken out. Modes, as in `benches/admission.rs`:
+//!
+//! - `store`: `MemoryStore::acquire` alone, the global key;
+//! - `layer`: `SlidingWindowLayer` with its defaults over a no-op service
+//!   (`poll_ready`, `call`, the response future);
+//! - `stack`: the README stack (backoff, breaker, Retry-After, pacing by
+//!   host with `HttpFeedback`) over a service that answers 200 without
+//!   headers, one GET per iteration.
+//!
+//! Quotas are huge and the window is 1 ms, so no admission waits and the
+//! logs stay small. Under callgrind the program runs some fifty times
+//! slower, and time-dependent paths (a window's slices rolling over) run
+//! more often than at full speed: compare counts of one mode between two
+//! builds, not with wall-clock figures.
+
+use std::convert::Infallible;
+use std::future::{Future, ready};
+use std::pin::pin;
+use std::task::{Context, Poll, Waker};
+use std::time::Duration;
+
+use bytes::Bytes;
+use http::{Request, Response};
+use http_body_util::Empty;
+use tower::{Service, ServiceBuilder, service_fn};
+use tower_quota::replay::ReplayBody;
+use tower_quota::sliding_window::{MemoryStore, Store};
+use tower_quota::{
+    CircuitBreakerLayer, HostKey, HttpFeedback, JitterBackoffLayer, Key, RetryAfterLayer,
+    SlidingWindowLayer,
+};
+
+/// Polls a future that completes without waiting (spinning otherwise).
+fn poll_now<F: Future>(future: F) -> F::Output {
+    let mut future = pin!(future);
+    let mut cx = Context::from_waker(Waker::noop());
+    loop {
+        if let Poll::Ready(output) = future.as_mut().poll(&mut cx) {
+            return output;
+        }
+    }
+}
+
+/// `poll_ready`, `call` and the response future, by hand.
+fn admit<S: Service<R>, R>(service: &mut S, request: R) -> Result<S::Response, S::Error> {
+    poll_now(std::future::poll_fn(|cx| service.poll_ready(cx)))?;
+    poll_now(service.call(request))
+}
+
+fn main() -> Result<(), tower_quota::BoxError> {
+    let mut args = std::env::args().skip(1);
+    let mode = args.next().unwrap_or_else(|| "stack".to_owned());
+    let iterations: u32 = args.next().map_or(Ok(10_000), |n| n.parse())?;
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_time()
+        .build()?;
+    let _entered = runtime.enter();
+    let layer = SlidingWindowLayer::new(1 << 40, Duration::from_millis(1))?;
+    match mode.as_str() {
+        "store" => {
+            let store = MemoryStore::new();
+            let limits = layer.limits().clone();
+            for _ in 0..iterations {
+                poll_now(store.acquire(Key::GLOBAL, 1, &limits))?;
+            }
+        }
+        "layer" => {
+            let mut service =
+                tower::Layer::layer(&layer, service_fn(|(): ()| ready(Ok::<_, Infallible>(()))));
+            for _ in 0..iterations {
+                admit(&mut service, ())?;
+            }
+        }
+        "stack" => {
+            let mut stack = ServiceBuilder::new()
+                .layer(JitterBackoffLayer::new())
+                .layer(CircuitBreakerLayer::new())
+                .layer(RetryAfterLayer::new().pace_by_quota_headers(false))
+                .layer(
+                    layer
+                        .key_fn(HostKey)
+                        .usage_fn(HttpFeedback)
+                        .max_wait(Duration::from_secs(30)),
+                )
+                .service(service_fn(
+                    |_: Request<ReplayBody<ReplayBody<Empty<Bytes>>>>| {
+                        ready(Ok::<_, Infallible>(Response::new(Empty::<Bytes>::new())))
+                    },
+                ));
+            let uri: http::Uri = "http://api.example.com/v1/items".parse()?;
+            for _ in 0..iterations {
+                let request = Request::get(uri.clone()).body(Empty::<Bytes>::new())?;
+                admit(&mut stack, request)?;
+            }
+        }
+        other => return Err(format!("unknown mode {other:?}: store, layer or stack").into()),
+    }
+    eprintln!("{mode}: {iterations} iterations");
+    Ok(())
+}
