@@ -29,10 +29,8 @@ use std::convert::Infallible;
 use std::future::{Future, Ready, ready};
 use std::hint::black_box;
 use std::num::NonZeroU32;
-use std::pin::pin;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::task::{Context, Poll, Waker};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
@@ -51,7 +49,11 @@ use tower_quota::{
 };
 use tower_resilience::ratelimiter::{RateLimiterLayer, WindowType};
 
+#[path = "../src/poll.rs"]
+mod poll;
 mod support;
+
+use poll::poll_now;
 
 /// One criterion row, then its allocations counted.
 fn row<O>(
@@ -81,17 +83,6 @@ fn noop()
 + Send
 + 'static {
     service_fn(|(): ()| ready(Ok::<_, Infallible>(())))
-}
-
-/// Polls a future that completes without waiting (spinning otherwise).
-fn poll_now<F: Future>(future: F) -> F::Output {
-    let mut future = pin!(future);
-    let mut cx = Context::from_waker(Waker::noop());
-    loop {
-        if let Poll::Ready(output) = future.as_mut().poll(&mut cx) {
-            return output;
-        }
-    }
 }
 
 /// `poll_ready`, `call` and the response future, by hand.

@@ -28,9 +28,7 @@
 //! builds, not with wall-clock figures.
 
 use std::convert::Infallible;
-use std::future::{Future, ready};
-use std::pin::pin;
-use std::task::{Context, Poll, Waker};
+use std::future::ready;
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -44,16 +42,10 @@ use tower_quota::{
     SlidingWindowLayer,
 };
 
-/// Polls a future that completes without waiting (spinning otherwise).
-fn poll_now<F: Future>(future: F) -> F::Output {
-    let mut future = pin!(future);
-    let mut cx = Context::from_waker(Waker::noop());
-    loop {
-        if let Poll::Ready(output) = future.as_mut().poll(&mut cx) {
-            return output;
-        }
-    }
-}
+#[path = "../src/poll.rs"]
+mod poll;
+
+use poll::poll_now;
 
 /// `poll_ready`, `call` and the response future, by hand.
 fn admit<S: Service<R>, R>(service: &mut S, request: R) -> Result<S::Response, S::Error> {

@@ -30,6 +30,7 @@ mod micro;
 mod network;
 mod phases;
 mod plot;
+mod poll;
 mod priority;
 mod redis_server;
 mod results;

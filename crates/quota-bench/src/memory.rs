@@ -2,10 +2,7 @@
 //! keyed limiter for comparison, and the Redis store by `MEMORY USAGE`.
 
 use std::fmt::Write as _;
-use std::future::Future;
 use std::num::NonZeroU32;
-use std::pin::pin;
-use std::task::{Context, Poll, Waker};
 use std::time::Duration;
 
 use stats_alloc::Region;
@@ -13,6 +10,7 @@ use tower_quota::sliding_window::{Completion, Limits, MemoryStore, Store};
 use tower_quota::{BoxError, Key, SlidingWindowLayer};
 use tower_quota_redis::RedisStore;
 
+use crate::poll::poll_now;
 use crate::redis_server::RedisServer;
 use crate::{GLOBAL, results};
 
@@ -28,17 +26,6 @@ fn limits() -> Result<Limits, BoxError> {
 
 fn key(index: usize) -> Key {
     Key::from(format!("tenant-{index:06}"))
-}
-
-/// Polls an admission that has room (so never waits).
-fn admit_now<F: Future>(future: F) -> F::Output {
-    let mut future = pin!(future);
-    let mut cx = Context::from_waker(Waker::noop());
-    loop {
-        if let Poll::Ready(output) = future.as_mut().poll(&mut cx) {
-            return output;
-        }
-    }
 }
 
 /// How the store's caller uses it.
@@ -67,7 +54,7 @@ fn memory_store(keys: usize, admissions: usize, caller: Caller) -> Result<f64, B
     for index in 0..keys {
         let key = key(index);
         for _ in 0..admissions {
-            let admission = admit_now(store.acquire(key.clone(), 1, &limits))?;
+            let admission = poll_now(store.acquire(key.clone(), 1, &limits))?;
             if !matches!(caller, Caller::Bare) {
                 store.complete(&admission, Completion::Answered, &limits);
             }
