@@ -1,7 +1,9 @@
 //! Admissions in a loop, one task, for counting instructions with callgrind:
-//! a count that the same binary and input repeat exactly, whatever else the
-//! machine is doing (criterion's times on a shared 2-core machine move by
-//! more than a few percent between runs).
+//! a count that the same binary and input repeat within a few tens of
+//! instructions per request (the clock still moves, so a window's slices
+//! roll over at slightly different admissions), whatever else the machine
+//! is doing, where criterion's times on a shared 2-core machine move by
+//! more than a few percent between runs.
 //!
 //! ```text
 //! cargo build --release -p quota-bench --example instructions
