@@ -49,10 +49,13 @@ use tower_quota::{
 };
 use tower_resilience::ratelimiter::{RateLimiterLayer, WindowType};
 
+#[path = "../src/fixtures.rs"]
+mod fixtures;
 #[path = "../src/poll.rs"]
 mod poll;
 mod support;
 
+use fixtures::openai_headers;
 use poll::poll_now;
 
 /// One criterion row, then its allocations counted.
@@ -371,28 +374,6 @@ impl<E> tower::retry::Policy<Request<Empty<Bytes>>, Response<Empty<Bytes>>, E>
         *clone.headers_mut() = request.headers().clone();
         Some(clone)
     }
-}
-
-/// An OpenAI-style 200: content headers, a request id, processing time and
-/// the six `x-ratelimit-*` fields for requests and tokens.
-fn openai_headers() -> HeaderMap {
-    let mut headers = HeaderMap::new();
-    for (name, value) in [
-        ("content-type", "application/json"),
-        ("openai-processing-ms", "412"),
-        ("x-request-id", "req_5f1c8e0a3b2d4c6e9f7a1b3c5d7e9f1a"),
-        ("x-ratelimit-limit-requests", "10000"),
-        ("x-ratelimit-remaining-requests", "9999"),
-        ("x-ratelimit-reset-requests", "6ms"),
-        ("x-ratelimit-limit-tokens", "2000000"),
-        ("x-ratelimit-remaining-tokens", "1999000"),
-    ] {
-        headers.insert(
-            http::HeaderName::from_static(name),
-            http::HeaderValue::from_static(value),
-        );
-    }
-    headers
 }
 
 /// Sends `iters` body-less GETs to `uri` through `service`, one at a time.

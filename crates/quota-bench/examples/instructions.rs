@@ -21,7 +21,9 @@
 //!   (`poll_ready`, `call`, the response future);
 //! - `stack`: the README stack (backoff, breaker, Retry-After, pacing by
 //!   host with `HttpFeedback`) over a service that answers 200 without
-//!   headers, one GET per iteration.
+//!   headers, one GET per iteration;
+//! - `openai`: the same stack, its service answering with an OpenAI-style
+//!   set of eight headers, five of them rate-limit fields.
 //!
 //! Quotas are huge and the window is 1 ms, so no admission waits and the
 //! logs stay small. Under callgrind the program runs some fifty times
@@ -31,10 +33,11 @@
 
 use std::convert::Infallible;
 use std::future::ready;
+use std::sync::OnceLock;
 use std::time::Duration;
 
 use bytes::Bytes;
-use http::{Request, Response};
+use http::{HeaderMap, Request, Response};
 use http_body_util::Empty;
 use tower::{Service, ServiceBuilder, service_fn};
 use tower_quota::replay::ReplayBody;
@@ -44,6 +47,8 @@ use tower_quota::{
     SlidingWindowLayer,
 };
 
+#[path = "../src/fixtures.rs"]
+mod fixtures;
 #[path = "../src/poll.rs"]
 mod poll;
 
@@ -79,7 +84,15 @@ fn main() -> Result<(), tower_quota::BoxError> {
                 admit(&mut service, ())?;
             }
         }
-        "stack" => {
+        "stack" | "openai" => {
+            // Each response gets its own copy of them, as from a client; the
+            // service holds none, so that its clones cost what the
+            // benchmark's do.
+            static HEADERS: OnceLock<HeaderMap> = OnceLock::new();
+            let headers = HEADERS.get_or_init(|| match mode.as_str() {
+                "openai" => fixtures::openai_headers(),
+                _ => HeaderMap::new(),
+            });
             let mut stack = ServiceBuilder::new()
                 .layer(JitterBackoffLayer::new())
                 .layer(CircuitBreakerLayer::new())
@@ -91,8 +104,12 @@ fn main() -> Result<(), tower_quota::BoxError> {
                         .max_wait(Duration::from_secs(30)),
                 )
                 .service(service_fn(
-                    |_: Request<ReplayBody<ReplayBody<Empty<Bytes>>>>| {
-                        ready(Ok::<_, Infallible>(Response::new(Empty::<Bytes>::new())))
+                    move |_: Request<ReplayBody<ReplayBody<Empty<Bytes>>>>| {
+                        let mut response = Response::new(Empty::<Bytes>::new());
+                        if !headers.is_empty() {
+                            *response.headers_mut() = headers.clone();
+                        }
+                        ready(Ok::<_, Infallible>(response))
                     },
                 ));
             let uri: http::Uri = "http://api.example.com/v1/items".parse()?;
@@ -101,7 +118,9 @@ fn main() -> Result<(), tower_quota::BoxError> {
                 admit(&mut stack, request)?;
             }
         }
-        other => return Err(format!("unknown mode {other:?}: store, layer or stack").into()),
+        other => {
+            return Err(format!("unknown mode {other:?}: store, layer, stack or openai").into());
+        }
     }
     eprintln!("{mode}: {iterations} iterations");
     Ok(())
