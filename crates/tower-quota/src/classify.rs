@@ -15,7 +15,11 @@
 //! - [`HttpClassifier`] (the default): connect errors, timeouts, `408`,
 //!   `429`, `500`, `502`, `503` and `504` are retryable. A `Retry-After` (or
 //!   any rate-limit header dialect [`quota_headers`] reads) on a throttled
-//!   response becomes the server delay.
+//!   response becomes the server delay; when a
+//!   [`RetryAfterLayer`](crate::RetryAfterLayer) below already read the
+//!   headers, their reading (its
+//!   [`ServerSignal`](crate::retry_after::ServerSignal)) is used instead of
+//!   a second parse.
 //! - [`GrpcClassifier`]: for trailers-only gRPC responses, `UNAVAILABLE` is
 //!   transient and `RESOURCE_EXHAUSTED` is throttled when the server sent a
 //!   `grpc-retry-pushback-ms` delay; a negative pushback means "do not
@@ -65,6 +69,7 @@ use http::{HeaderMap, Method, Request, Response, StatusCode};
 use quota_headers::{Pushback, Signal, grpc_pushback, grpc_status};
 
 use crate::BoxError;
+use crate::retry_after::ServerSignal;
 
 /// What one attempt's result means for a retry.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -117,10 +122,21 @@ pub struct HttpClassifier;
 impl<B> Classify<Response<B>> for HttpClassifier {
     fn classify(&self, result: Result<&Response<B>, &BoxError>) -> Outcome {
         match result {
-            Ok(response) => classify_status(response.status(), response.headers()),
+            Ok(response) => classify_response(response),
             Err(error) => classify_error(error),
         }
     }
+}
+
+/// Classifies `response` by its status, reading its headers on a throttle:
+/// as a [`RetryAfterLayer`](crate::RetryAfterLayer) below read them, when
+/// one did (its [`ServerSignal`]), instead of parsing them again.
+fn classify_response<B>(response: &Response<B>) -> Outcome {
+    let parsed = response
+        .extensions()
+        .get::<ServerSignal>()
+        .map(ServerSignal::signal);
+    classify_status(response.status(), response.headers(), parsed)
 }
 
 /// The classifier for gRPC over HTTP/2 (tonic and others): `UNAVAILABLE`,
@@ -150,7 +166,7 @@ impl<B> Classify<Response<B>> for GrpcClassifier {
         let Some(code) = headers.get("grpc-status").and_then(grpc_status) else {
             // Not trailers-only: the status comes at the end of the stream.
             // An HTTP-level failure (a proxy's 503) is classified as HTTP.
-            return classify_status(response.status(), headers);
+            return classify_response(response);
         };
         let pushback = headers.get("grpc-retry-pushback-ms").map(grpc_pushback);
         match (code, pushback) {
@@ -190,10 +206,18 @@ pub(crate) fn refused_unprocessed(status: StatusCode, signal: &Signal) -> bool {
     status == StatusCode::TOO_MANY_REQUESTS || signal.grpc_status == Some(GRPC_RESOURCE_EXHAUSTED)
 }
 
-fn classify_status(status: StatusCode, headers: &HeaderMap) -> Outcome {
+/// `parsed`: the signal of `headers`, when it is known already.
+fn classify_status(status: StatusCode, headers: &HeaderMap, parsed: Option<&Signal>) -> Outcome {
     match status.as_u16() {
         429 | 503 => {
-            let signal = quota_headers::parse_with_clock(status, headers, SystemTime::now);
+            let parsed_now;
+            let signal = match parsed {
+                Some(signal) => signal,
+                None => {
+                    parsed_now = quota_headers::parse_with_clock(status, headers, SystemTime::now);
+                    &parsed_now
+                }
+            };
             if signal.do_not_retry {
                 Outcome::Permanent
             } else if status == StatusCode::TOO_MANY_REQUESTS || signal.retry_after.is_some() {
@@ -426,6 +450,48 @@ mod tests {
             200,
             &[("grpc-status", "14"), ("grpc-retry-pushback-ms", "10")]
         ));
+    }
+
+    /// A throttle a RetryAfterLayer below already read is classified by
+    /// its reading (the `ServerSignal` it put on the response), not by a
+    /// second parse of the headers: here the two differ, so the test can
+    /// tell which one was used.
+    #[test]
+    fn a_throttle_read_below_is_classified_by_that_reading() {
+        let with_signal = |status: u16, headers, retry_after, do_not_retry| {
+            let mut response = response(status, headers);
+            let mut signal = Signal::default();
+            signal.throttled = true;
+            signal.retry_after = retry_after;
+            signal.do_not_retry = do_not_retry;
+            response.extensions_mut().insert(ServerSignal {
+                signal,
+                attempts: 1,
+                waited: Duration::ZERO,
+            });
+            response
+        };
+        let five = Some(Duration::from_secs(5));
+        let read_below = with_signal(429, &[("retry-after", "2")], five, false);
+        assert_eq!(
+            HttpClassifier.classify(Ok(&read_below)),
+            Outcome::Throttled(five)
+        );
+        let read_below = with_signal(503, &[], five, false);
+        assert_eq!(
+            HttpClassifier.classify(Ok(&read_below)),
+            Outcome::Throttled(five),
+            "a 503 with a delay, as read below"
+        );
+        let read_below = with_signal(503, &[("retry-after", "2")], None, true);
+        assert_eq!(
+            GrpcClassifier.classify(Ok(&read_below)),
+            Outcome::Permanent,
+            "gRPC's HTTP-level fallback reads it too"
+        );
+        // Other statuses are classified by status alone, as before.
+        let read_below = with_signal(500, &[], five, false);
+        assert_eq!(HttpClassifier.classify(Ok(&read_below)), Outcome::Transient);
     }
 
     #[test]
