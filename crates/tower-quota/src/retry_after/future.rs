@@ -273,8 +273,6 @@ where
                     *reopenings = None;
                     let now = Instant::now();
                     let waited = now.saturating_duration_since(*since.get_or_insert(now));
-                    // What this request may still wait, this wait included.
-                    let left = this.waits.remaining().saturating_sub(waited);
                     match gates.admit(this.key, now, config) {
                         Ok(in_flight) => {
                             events::gate_passed(this.key, waited);
@@ -290,6 +288,10 @@ where
                             reopenings: count,
                         }) => {
                             let wait = until.saturating_duration_since(now);
+                            // What this request may still wait, this wait
+                            // included (read only when it must wait: the
+                            // budget's deadline is behind a lock).
+                            let left = this.waits.remaining().saturating_sub(waited);
                             // A probe's answer, or room in a ramp, may come
                             // any moment: wait for it as long as the budget
                             // allows. A pause the server asked for is known
