@@ -26,51 +26,58 @@ impl LazyNow {
 }
 
 thread_local! {
-    /// How many answer instants were read on this thread
-    /// ([`answer_now`]), and the last of them.
-    static LAST_ANSWER: Cell<(u64, Option<Instant>)> = const { Cell::new((0, None)) };
+    /// How many readings of the clock the layers kept on this thread
+    /// ([`read`]), and the last of them.
+    static LAST_READING: Cell<(u64, Option<Instant>)> = const { Cell::new((0, None)) };
 }
 
 /// The point a layer starts polling its inner future from; see
-/// [`answer_since`].
+/// [`read_since`].
 #[derive(Clone, Copy)]
 pub(crate) struct Mark(u64);
 
 /// Marks the start of a poll of an inner future, before it.
 pub(crate) fn mark() -> Mark {
-    Mark(LAST_ANSWER.with(|last| last.get().0))
+    Mark(LAST_READING.with(|last| last.get().0))
 }
 
-/// Reads the clock for an answer that has just come back from an inner
-/// future, and keeps the reading for the layers above (see
-/// [`answer_since`]).
-pub(crate) fn answer_now() -> Instant {
+/// Reads the clock, and keeps the reading for the layers around (see
+/// [`read_since`]): a Retry-After gate's, an admission's, an answer's.
+pub(crate) fn read() -> Instant {
     let now = Instant::now();
-    LAST_ANSWER.with(|last| {
+    LAST_READING.with(|last| {
         let (count, _) = last.get();
         last.set((count.wrapping_add(1), Some(now)));
     });
     now
 }
 
-/// The instant of an answer that has just come back from the inner future
-/// polled since `mark`: the instant a layer below read for it, when one
-/// did in that poll, or else the clock, read now (and kept in turn).
+/// The last reading a layer kept ([`read`]) during the poll of an inner
+/// future that followed `mark`, if one did.
 ///
-/// Layers stacked one inside the other each see the same answer come back
-/// within one poll: the innermost reads the clock once, after its own inner
-/// future answered, and the others take its reading instead of reading
-/// again. A reading taken since `mark` was read during the inner future's
-/// poll, after an inner future answered; it precedes this answer by at most
-/// the time that poll took (microseconds: a poll does not block), and
-/// nothing here needs an answer's instant closer than that. The pacing of
-/// [`SlidingWindowLayer`](crate::SlidingWindowLayer), which holds a slot
-/// until a window after the answer, always reads its own.
-pub(crate) fn answer_since(mark: Mark) -> Instant {
-    match LAST_ANSWER.with(Cell::get) {
-        (count, Some(now)) if count != mark.0 => now,
-        _ => answer_now(),
+/// Layers stacked one inside the other are polled within one poll of the
+/// outermost: a reading kept since `mark` was taken during that poll, and
+/// is within the time the poll took (microseconds: a poll does not block)
+/// of any instant in it. So the layers around take it instead of reading
+/// the clock again, where nothing needs an instant closer than that.
+pub(crate) fn read_since(mark: Mark) -> Option<Instant> {
+    match LAST_READING.with(Cell::get) {
+        (count, Some(now)) if count != mark.0 => Some(now),
+        _ => None,
     }
+}
+
+/// The instant of an answer that has just come back from the inner future
+/// polled since `mark`: the last reading a layer below kept in that poll
+/// ([`read_since`]), its answer's when it read one, or else the clock, read
+/// now (and kept in turn).
+///
+/// The innermost layer reads the clock once, after its own inner future
+/// answered, and the others take its reading instead of reading again. The
+/// pacing of [`SlidingWindowLayer`](crate::SlidingWindowLayer), which holds
+/// a slot until a window after the answer, always reads its own.
+pub(crate) fn answer_since(mark: Mark) -> Instant {
+    read_since(mark).unwrap_or_else(read)
 }
 
 /// As far ahead as a wait goes: 30 years, tokio's own "far future".
@@ -109,7 +116,7 @@ mod tests {
 
         // A layer below read the answer's instant since the mark: that one.
         let since = mark();
-        let below = answer_now();
+        let below = read();
         tokio::time::advance(Duration::from_secs(1)).await;
         assert_eq!(answer_since(since), below, "shared, not read again");
 
@@ -118,6 +125,23 @@ mod tests {
         let fresh = answer_since(since);
         assert_eq!(fresh, Instant::now(), "read afresh");
         assert!(fresh > below);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_reading_kept_since_a_mark_is_the_last_one_and_only_since() {
+        let since = mark();
+        assert_eq!(read_since(since), None, "none kept yet");
+        let first = read();
+        tokio::time::advance(Duration::from_secs(1)).await;
+        assert_eq!(read_since(since), Some(first));
+        let second = read();
+        assert_eq!(read_since(since), Some(second), "the last one");
+        assert!(second > first);
+        // Unlike `answer_since`, it never reads the clock itself.
+        let since = mark();
+        tokio::time::advance(Duration::from_secs(1)).await;
+        assert_eq!(read_since(since), None);
+        assert_eq!(read_since(since), None, "still none: nothing was kept");
     }
 
     #[test]

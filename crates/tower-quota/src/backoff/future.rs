@@ -7,7 +7,7 @@ use http::{Request, Response};
 use pin_project_lite::pin_project;
 
 use crate::attempts::Attempt;
-use tokio::time::Sleep;
+use tokio::time::{Instant, Sleep};
 use tower_service::Service;
 
 use super::policy::Policy;
@@ -83,7 +83,16 @@ where
         loop {
             match this.state.as_mut().project() {
                 StateProj::Calling { future } => {
-                    let result = ready!(future.poll(cx)).map_err(Into::into);
+                    // The logical request starts at its first poll, at the
+                    // clock a layer below read in it (a Retry-After gate,
+                    // an admission), or else read here.
+                    let since = this.policy.unstarted().then(crate::time::mark);
+                    let polled = future.poll(cx);
+                    if let Some(since) = since {
+                        let at = crate::time::read_since(since).unwrap_or_else(Instant::now);
+                        this.policy.start(at);
+                    }
+                    let result = ready!(polled).map_err(Into::into);
                     match this.policy.decide(this.request.as_mut(), &result) {
                         Some(wait) => this.state.set(State::Waiting {
                             sleep: tokio::time::sleep(wait),

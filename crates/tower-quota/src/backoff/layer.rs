@@ -104,9 +104,10 @@ impl<C> JitterBackoffLayer<C> {
         Ok(self)
     }
 
-    /// No retry is sent later than `max_elapsed` after the first attempt: a
-    /// failure whose wait would end past it goes back to the caller at once
-    /// (a server delay above it is never slept through).
+    /// No retry is sent later than `max_elapsed` after the first attempt
+    /// (counted from the first poll of the response future): a failure
+    /// whose wait would end past it goes back to the caller at once (a
+    /// server delay above it is never slept through).
     ///
     /// # Errors
     ///

@@ -27,7 +27,9 @@ pub(super) struct Policy<C> {
     attempts: AttemptBudget,
     /// The waiting left to the logical request, shared with the layers below.
     waits: WaitBudget,
-    started: Instant,
+    /// When the first attempt went: set at the future's first poll
+    /// ([`start`](Self::start)).
+    started: Option<Instant>,
     /// Seed of this request's random stream, when the layer is seeded.
     seed: Option<u64>,
     /// Drawn at the first retry: a request that never fails costs nothing.
@@ -51,12 +53,22 @@ impl<C> Policy<C> {
             budget,
             attempts,
             waits,
-            started: Instant::now(),
+            started: None,
             seed,
             rng: None,
             retries: 0,
             previous_delay: Duration::ZERO,
         }
+    }
+
+    /// Whether the first attempt's start is still to be set.
+    pub(super) fn unstarted(&self) -> bool {
+        self.started.is_none()
+    }
+
+    /// The first attempt went at `at`: `max_elapsed` counts from it.
+    pub(super) fn start(&mut self, at: Instant) {
+        self.started.get_or_insert(at);
     }
 
     /// Attempts begun so far, by this layer and the layers below.
@@ -137,7 +149,9 @@ impl<C> Policy<C> {
         if !self.waits.allows(wait) {
             return give_up(GiveUp::MaxWait);
         }
-        if self.started.elapsed().saturating_add(wait) > self.config.max_elapsed {
+        // Set at the first poll, before any result: the clock, should it not be.
+        let started = *self.started.get_or_insert_with(Instant::now);
+        if started.elapsed().saturating_add(wait) > self.config.max_elapsed {
             return give_up(GiveUp::MaxElapsed);
         }
         if let Some(budget) = &self.budget

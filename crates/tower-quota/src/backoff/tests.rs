@@ -8,7 +8,7 @@ use http_body_util::{Empty, Full};
 use rand::SeedableRng;
 use rand::rngs::SmallRng;
 use tokio::time::Instant;
-use tower::{ServiceExt, service_fn};
+use tower::{Service, ServiceExt, service_fn};
 use tower_layer::Layer;
 use tracing::field::{Field, Visit};
 use tracing_subscriber::layer::{Context, SubscriberExt};
@@ -629,6 +629,38 @@ async fn a_server_delay_past_max_elapsed_is_not_slept_through() {
     assert_eq!(response.status(), 429);
     assert_eq!(arrivals.lock().unwrap().len(), 1);
     assert_eq!(Instant::now(), start, "returned at once");
+}
+
+/// `max_elapsed` counts from the response future's first poll, when the
+/// first attempt goes, not from `call`: a future polled late still has all
+/// of it for its retries.
+#[tokio::test(start_paused = true)]
+async fn max_elapsed_counts_from_the_first_attempt_not_from_call() {
+    let start = Instant::now();
+    let (inner, arrivals) = provider(start, |n| match n {
+        0 => throttled("2"),
+        _ => status(200),
+    });
+    let mut service = JitterBackoffLayer::new()
+        .max_elapsed(Duration::from_secs(5))
+        .unwrap()
+        .layer(inner);
+    let future = service.ready().await.unwrap().call(get());
+    tokio::time::advance(Duration::from_secs(10)).await;
+    let response = future.await.unwrap();
+    assert_eq!(
+        response.status(),
+        200,
+        "retried: 2 s of 5 since the first attempt"
+    );
+    let times = times(&arrivals);
+    assert_eq!(times.len(), 2);
+    assert_eq!(
+        times[0],
+        Duration::from_secs(10),
+        "the first attempt went at the first poll"
+    );
+    assert!(times[1] >= Duration::from_secs(12), "{times:?}");
 }
 
 #[tokio::test(start_paused = true)]

@@ -271,7 +271,8 @@ where
                     }
                     *changed = None;
                     *reopenings = None;
-                    let now = Instant::now();
+                    // Kept for the layers around (the backoff's start).
+                    let now = crate::time::read();
                     let waited = now.saturating_duration_since(*since.get_or_insert(now));
                     match gates.admit(this.key, now, config) {
                         Ok(in_flight) => {

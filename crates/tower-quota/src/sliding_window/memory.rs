@@ -257,7 +257,9 @@ impl Store for MemoryStore {
         let (hash, shard) = self.shared.shard(key);
         let mut guard = lock(shard);
         let shard = &mut *guard;
-        let now = Instant::now();
+        // Kept for the layers around, which read the clock in the same poll
+        // at most microseconds apart from it (`crate::time::read_since`).
+        let now = crate::time::read();
         self.shared.tick(shard, now);
         let (state, stamp) = match entered(
             &mut shard.keys,
@@ -302,7 +304,7 @@ impl Store for MemoryStore {
         let (hash, shard) = self.shared.shard(admission.key());
         let mut shard = lock(shard);
         let now = match completion {
-            Completion::Answered => crate::time::answer_now(),
+            Completion::Answered => crate::time::read(),
             Completion::Dropped => Instant::now(),
         };
         let Some(state) = shard.keys.get_mut(hash, admission.key()) else {
@@ -334,7 +336,7 @@ impl Store for MemoryStore {
     ) {
         let (hash, shard) = self.shared.shard(admission.key());
         let mut shard = lock(shard);
-        let now = crate::time::answer_now();
+        let now = crate::time::read();
         let Some(state) = shard.keys.get_mut(hash, admission.key()) else {
             return;
         };
