@@ -1,6 +1,7 @@
 use std::fmt;
 use std::future::Future;
 use std::pin::Pin;
+use std::sync::Arc;
 use std::task::{Context, Poll, ready};
 
 use pin_project_lite::pin_project;
@@ -8,6 +9,7 @@ use tokio::time::Instant;
 use tower_service::Service;
 
 use super::events;
+use super::service::Shared;
 use super::{Admission, Completion, Limits, Place, Priority, Store};
 use crate::{BoxError, Key, NoUsage, UsageFn};
 
@@ -21,8 +23,10 @@ pin_project! {
     {
         #[pin]
         state: State<St::Acquire, S, Request>,
-        store: St,
-        limits: Limits,
+        // The store and the limits, with the service's one reference count.
+        shared: Arc<Shared<St>>,
+        // Whether the store is told of refusals (which limits it reports with).
+        refusing: bool,
         usage_fn: U,
         // The request's class, for its admission's telemetry.
         priority: Priority,
@@ -38,7 +42,8 @@ pin_project! {
             if let StateProj::Calling { in_flight, .. } = this.state.project()
                 && let Some(in_flight) = in_flight.take()
             {
-                in_flight.end(this.store, this.limits, Completion::Dropped);
+                let shared = &**this.shared;
+                in_flight.end(&shared.store, shared.limits(*this.refusing), Completion::Dropped);
             }
         }
     }
@@ -185,12 +190,11 @@ where
     S: Service<Request>,
 {
     /// Admits `cost` units of `key` at `place` on the first poll.
-    pub(crate) fn new(
+    pub(super) fn new(
         (key, cost, place): (Key, u64, Place),
         inner: S,
         request: Request,
-        store: St,
-        limits: Limits,
+        (shared, refusing): (Arc<Shared<St>>, bool),
         usage_fn: U,
         (priority, tenant): (Priority, Option<Key>),
     ) -> Self {
@@ -200,8 +204,8 @@ where
                 call: Some((inner, request)),
                 tenant,
             },
-            store,
-            limits,
+            shared,
+            refusing,
             usage_fn,
             priority,
         }
@@ -219,6 +223,8 @@ where
 
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
         let mut this = self.project();
+        let shared = &**this.shared;
+        let (store, limits) = (&shared.store, shared.limits(*this.refusing));
         loop {
             match this.state.as_mut().project() {
                 StateProj::Admitting {
@@ -226,7 +232,7 @@ where
                     call,
                     tenant,
                 } => {
-                    let mut admission = match ready!(acquire.poll(this.store, this.limits, cx)) {
+                    let mut admission = match ready!(acquire.poll(store, limits, cx)) {
                         Ok(admission) => admission,
                         Err(error) => {
                             events::refused(&error, *this.priority);
@@ -243,7 +249,7 @@ where
                     };
                     let released = (!admission.waited().is_zero()).then(Instant::now);
                     let future = inner.call(request);
-                    let probe = if this.store.probes_lag(&admission) {
+                    let probe = if store.probes_lag(&admission) {
                         Probe::Armed
                     } else {
                         Probe::Off
@@ -258,7 +264,7 @@ where
                 StateProj::Calling { future, in_flight } => {
                     let polled = future.poll(cx);
                     if let Some(in_flight) = in_flight.as_mut() {
-                        in_flight.probe(this.store, this.limits, polled.is_pending(), cx);
+                        in_flight.probe(store, limits, polled.is_pending(), cx);
                     }
                     let result = ready!(polled);
                     let Some(in_flight) = in_flight.take() else {
@@ -271,14 +277,14 @@ where
                     let released = in_flight.released;
                     let admission = match &result {
                         Ok(response) if this.usage_fn.refused(response) => {
-                            refused(this.store, &in_flight.admission, this.limits);
-                            in_flight.end(this.store, this.limits, Completion::Answered)
+                            refused(store, &in_flight.admission, limits);
+                            in_flight.end(store, limits, Completion::Answered)
                         }
-                        Ok(response) if this.limits.reports_refusals() => {
+                        Ok(response) if limits.reports_refusals() => {
                             let usage_fn = &*this.usage_fn;
-                            in_flight.accepted(this.store, this.limits, &|| usage_fn.room(response))
+                            in_flight.accepted(store, limits, &|| usage_fn.room(response))
                         }
-                        _ => in_flight.end(this.store, this.limits, Completion::Answered),
+                        _ => in_flight.end(store, limits, Completion::Answered),
                     };
                     let mut response = result.map_err(Into::into)?;
                     if let Some(at) = released {
@@ -288,11 +294,11 @@ where
                         events::layer_order();
                     }
                     if let Some(actual) = this.usage_fn.usage(&response) {
-                        this.store.correct(&admission, actual);
+                        store.correct(&admission, actual);
                     }
                     let announced = this.usage_fn.announced(&response);
                     if !announced.is_empty() {
-                        for change in this.store.announced(&admission, &announced, this.limits) {
+                        for change in store.announced(&admission, &announced, limits) {
                             events::quota_mismatch(admission.key(), &change);
                         }
                     }

@@ -1,4 +1,5 @@
 use std::fmt;
+use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::Duration;
 
@@ -26,14 +27,33 @@ pub struct SlidingWindow<
     P = Unplaced,
 > {
     inner: S,
+    shared: Arc<Shared<St>>,
+    key_fn: K,
+    cost_fn: C,
+    usage_fn: U,
+    place_fn: P,
+}
+
+/// The limits and the store, behind one pointer: every clone of the service
+/// and every response future holds them with one reference count, which
+/// the threads that share a service write at every request.
+pub(super) struct Shared<St> {
     limits: Limits,
     // The same, for a usage function that reports refusals.
     refusing: Limits,
-    key_fn: K,
-    cost_fn: C,
-    store: St,
-    usage_fn: U,
-    place_fn: P,
+    pub(super) store: St,
+}
+
+impl<St> Shared<St> {
+    /// The limits that a response future reports to the store with: the
+    /// ones that tell refusals when its usage function reports them.
+    pub(super) fn limits(&self, refusing: bool) -> &Limits {
+        if refusing {
+            &self.refusing
+        } else {
+            &self.limits
+        }
+    }
 }
 
 impl<S> SlidingWindow<S> {
@@ -71,13 +91,15 @@ impl<S, K, C, St, U, P> SlidingWindow<S, K, C, St, U, P> {
     ) -> Self {
         SlidingWindow {
             inner,
-            // The response future reports every answer to the store, and
-            // with a usage function that tells refusals, what each was.
-            refusing: limits.clone().reporting_refusals(),
-            limits: limits.reporting_answers(),
+            shared: Arc::new(Shared {
+                // The response future reports every answer to the store, and
+                // with a usage function that tells refusals, what each was.
+                refusing: limits.clone().reporting_refusals(),
+                limits: limits.reporting_answers(),
+                store,
+            }),
             key_fn,
             cost_fn,
-            store,
             usage_fn,
             place_fn,
         }
@@ -100,12 +122,12 @@ impl<S, K, C, St, U, P> SlidingWindow<S, K, C, St, U, P> {
 
     /// The limits this service enforces.
     pub fn limits(&self) -> &Limits {
-        &self.limits
+        &self.shared.limits
     }
 
     /// The store that holds the admissions.
     pub fn store(&self) -> &St {
-        &self.store
+        &self.shared.store
     }
 }
 
@@ -135,11 +157,6 @@ where
             place.priority,
             place.tenant.as_ref().map(|t| t.name().clone()),
         );
-        let limits = if <U as UsageFn<S::Response>>::REPORTS_REFUSALS {
-            &self.refusing
-        } else {
-            &self.limits
-        };
         // The service that `poll_ready` readied goes with this request; the
         // clone left behind is readied by the next `poll_ready`.
         let clone = self.inner.clone();
@@ -148,8 +165,10 @@ where
             (key, cost, place),
             inner,
             request,
-            self.store.clone(),
-            limits.clone(),
+            (
+                self.shared.clone(),
+                <U as UsageFn<S::Response>>::REPORTS_REFUSALS,
+            ),
             self.usage_fn.clone(),
             (priority, tenant),
         )
@@ -160,10 +179,10 @@ impl<S: fmt::Debug, K, C, St: fmt::Debug, U, P> fmt::Debug for SlidingWindow<S, 
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("SlidingWindow")
             .field("inner", &self.inner)
-            .field("limits", &self.limits)
+            .field("limits", &self.shared.limits)
             .field("key_fn", &std::any::type_name::<K>())
             .field("cost_fn", &std::any::type_name::<C>())
-            .field("store", &self.store)
+            .field("store", &self.shared.store)
             .field("usage_fn", &std::any::type_name::<U>())
             .field("place_fn", &std::any::type_name::<P>())
             .finish()
