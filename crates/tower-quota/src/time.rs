@@ -42,7 +42,7 @@ pub(crate) fn mark() -> Mark {
 }
 
 /// Reads the clock, and keeps the reading for the layers around (see
-/// [`read_since`]): a Retry-After gate's, an admission's, an answer's.
+/// [`read_since`]): a Retry-After gate's, an answer's.
 pub(crate) fn read() -> Instant {
     let now = Instant::now();
     LAST_READING.with(|last| {

@@ -85,7 +85,7 @@ where
                 StateProj::Calling { future } => {
                     // The logical request starts at its first poll, at the
                     // clock a layer below read in it (a Retry-After gate,
-                    // an admission), or else read here.
+                    // an answer), or else read here.
                     let since = this.policy.unstarted().then(crate::time::mark);
                     let polled = future.poll(cx);
                     if let Some(since) = since {

@@ -257,9 +257,7 @@ impl Store for MemoryStore {
         let (hash, shard) = self.shared.shard(key);
         let mut guard = lock(shard);
         let shard = &mut *guard;
-        // Kept for the layers around, which read the clock in the same poll
-        // at most microseconds apart from it (`crate::time::read_since`).
-        let now = crate::time::read();
+        let now = Instant::now();
         self.shared.tick(shard, now);
         let (state, stamp) = match entered(
             &mut shard.keys,
