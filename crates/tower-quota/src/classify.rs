@@ -17,9 +17,8 @@
 //!   any rate-limit header dialect [`quota_headers`] reads) on a throttled
 //!   response becomes the server delay; when a
 //!   [`RetryAfterLayer`](crate::RetryAfterLayer) below already read the
-//!   headers, their reading (its
-//!   [`ServerSignal`](crate::retry_after::ServerSignal)) is used instead of
-//!   a second parse.
+//!   headers, their reading (its [`ServerSignal`]) is used instead of a
+//!   second parse.
 //! - [`GrpcClassifier`]: for trailers-only gRPC responses, `UNAVAILABLE` is
 //!   transient and `RESOURCE_EXHAUSTED` is throttled when the server sent a
 //!   `grpc-retry-pushback-ms` delay; a negative pushback means "do not
