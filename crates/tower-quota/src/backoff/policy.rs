@@ -68,7 +68,7 @@ impl<C> Policy<C> {
 
     /// The first attempt went at `at`: `max_elapsed` counts from it.
     pub(super) fn start(&mut self, at: Instant) {
-        self.started.get_or_insert(at);
+        self.started = Some(at);
     }
 
     /// Attempts begun so far, by this layer and the layers below.
