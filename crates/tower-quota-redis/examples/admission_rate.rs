@@ -6,6 +6,14 @@
 //! concurrency one) and `redis-benchmark -c 1 -t set`; then the memory an
 //! exact key takes after one admission.
 //!
+//! It also measures, with `redis-benchmark -c 50`, a script call that does
+//! nothing but read Redis's clock (`TIME`) with one key and four arguments:
+//! the least an exact admission decided in Redis takes (the key's log; its
+//! quota's size and span, the admission's hold and its id; Redis's clock,
+//! the one every process shares). No admission made by one script call
+//! each can beat that rate, so its ratio to SET/s is the ceiling of the
+//! uncoalesced rows on this machine.
+//!
 //! ```text
 //! cargo run --release -p tower-quota-redis --example admission_rate
 //! ```
@@ -38,9 +46,16 @@ async fn main() -> Result<(), BoxError> {
         .coalesce(false)
         .build()
         .await?;
-    let set_50 = redis_benchmark(server, 50)?;
+    let set_50 = redis_benchmark(server, 50, &["-t", "set"])?;
     println!("redis-benchmark -t set -c 50: {set_50:.0} SET/s");
-    let set_1 = redis_benchmark(server, 1)?;
+    let clock_only = clock_only_script_rate(server).await?;
+    println!(
+        "redis-benchmark -c 50, EVALSHA of a script that only reads TIME \
+         (1 key, 4 arguments): {clock_only:.0} calls/s ({:.2}x SET/s): the \
+         ceiling of one script call per admission",
+        clock_only / set_50
+    );
+    let set_1 = redis_benchmark(server, 1, &["-t", "set"])?;
     println!("redis-benchmark -t set -c 1: {set_1:.0} SET/s");
     let loop_1 = set_loop(server).await?;
     println!("redis-rs SET loop, one client: {loop_1:.0} SET/s");
@@ -127,21 +142,53 @@ async fn set_loop(server: &support::RedisServer) -> Result<f64, BoxError> {
     .await?
 }
 
-/// `redis-benchmark -t set` with `clients` clients: requests per second.
-fn redis_benchmark(server: &support::RedisServer, clients: usize) -> Result<f64, BoxError> {
+/// `redis-benchmark` with `clients` clients and `test` (`-t set`, or a
+/// command of its own): requests per second of its one test.
+fn redis_benchmark(
+    server: &support::RedisServer,
+    clients: usize,
+    test: &[&str],
+) -> Result<f64, BoxError> {
     let requests = if clients == 1 { 50_000 } else { 200_000 };
     let output = std::process::Command::new("redis-benchmark")
-        .args(["-p", &server.port().to_string(), "-t", "set", "--csv"])
+        .args(["-p", &server.port().to_string(), "--csv"])
         .args(["-c", &clients.to_string(), "-n", &requests.to_string()])
+        .args(test)
         .output()?;
-    // `"test","rps",...` then `"SET","105820.11",...`.
+    // `"test","rps",...` then `"SET","105820.11",...` (or the command).
     let stdout = String::from_utf8_lossy(&output.stdout);
     stdout
         .lines()
-        .find_map(|line| line.strip_prefix("\"SET\",\""))
+        .nth(1)
+        .and_then(|line| line.split("\",\"").nth(1))
         .and_then(|rest| rest.split('"').next())
         .and_then(|rps| rps.parse().ok())
-        .ok_or_else(|| format!("no SET rate in redis-benchmark's output: {stdout}").into())
+        .ok_or_else(|| format!("no rate in redis-benchmark's output: {stdout}").into())
+}
+
+/// Calls/s of `EVALSHA` of a script that only reads `TIME`, with one key
+/// and four arguments, from 50 `redis-benchmark` clients.
+async fn clock_only_script_rate(server: &support::RedisServer) -> Result<f64, BoxError> {
+    let mut connection = ConnectionManager::new(redis::Client::open(server.url())?).await?;
+    let sha: String = redis::cmd("SCRIPT")
+        .arg("LOAD")
+        .arg("local now = redis.call('TIME') return {}")
+        .query_async(&mut connection)
+        .await?;
+    redis_benchmark(
+        server,
+        50,
+        &[
+            "evalsha",
+            &sha,
+            "1",
+            "bench:{clock}:log",
+            "60000000",
+            "10",
+            "1000000",
+            "12345",
+        ],
+    )
 }
 
 /// Bytes per exact key after one admission each, with a quota of one
