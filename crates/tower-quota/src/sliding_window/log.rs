@@ -34,8 +34,11 @@ use hashbrown::HashMap;
 use tokio::time::Instant;
 
 use super::Quota;
-use super::small_deque::{SmallDeque, make_room};
 use super::stamp::Stamp;
+
+mod entries;
+
+use entries::{Entries, make_room};
 
 /// Tombstones are compacted out of `pending` once they are this many and
 /// more than half of it.
@@ -44,7 +47,7 @@ const COMPACT_AT: usize = 64;
 /// A log keeps no copy of its quota: the key keeps its limits once for
 /// all its logs and passes each log what it counts against ([`Counted`]).
 pub(super) struct WindowLog {
-    pending: SmallDeque<Entry>,
+    pending: Entries,
     /// `answered`, the costs of the entries that do not cost 1 and their
     /// sum, and a size below the quota's: boxed, and only while it holds
     /// something. A key whose requests cost 1 and are answered in turn,
@@ -70,7 +73,7 @@ struct Extra {
     /// The entries answered out of `pending`'s order, in leaving order.
     answered: VecDeque<Entry>,
     /// The units of each live entry that does not cost 1 (flag [`COSTLY`]),
-    /// by id: an entry is 16 bytes, and most cost 1.
+    /// by id: an entry is 8 bytes in a packed queue, and most cost 1.
     costs: HashMap<u64, u64, FixedState>,
     /// The size the log holds the key to, once a provider announced less
     /// than the quota's `max_calls`.
@@ -147,8 +150,9 @@ fn size_in(extra: Option<&Extra>, counted: &Counted) -> u64 {
         .unwrap_or(counted.quota.max_calls())
 }
 
-/// One admission in a log: 16 bytes. Its units are 1, or in
-/// [`Extra::costs`] when it is [`COSTLY`].
+/// One admission in a log: 16 bytes, 8 once packed in `pending`'s ring
+/// ([`entries`]). Its units are 1, or in [`Extra::costs`] when it is
+/// [`COSTLY`].
 #[derive(Clone, Copy)]
 struct Entry {
     /// The admission's id (increasing with admission order) shifted left
@@ -213,7 +217,7 @@ impl Entry {
 impl WindowLog {
     pub(super) fn new() -> Self {
         WindowLog {
-            pending: SmallDeque::default(),
+            pending: Entries::default(),
             extra: None,
             moved: 0,
             unbounded: 0,
@@ -229,8 +233,10 @@ impl WindowLog {
     }
 
     /// The entries answered out of `pending`'s order.
-    fn answered(&self) -> impl Iterator<Item = &Entry> {
-        self.extra.iter().flat_map(|extra| extra.answered.iter())
+    fn answered(&self) -> impl Iterator<Item = Entry> + '_ {
+        self.extra
+            .iter()
+            .flat_map(|extra| extra.answered.iter().copied())
     }
 
     /// The units of `entry`, a live one.
@@ -259,19 +265,17 @@ impl WindowLog {
     }
 
     pub(super) fn prune(&mut self, now: Stamp) {
-        while let Some(&entry) = self.pending.front() {
+        while let Some(entry) = self
+            .pending
+            .pop_front_if(|entry| entry.is_moved() || entry.until <= now)
+        {
             if entry.is_moved() {
                 self.moved = self.moved.saturating_sub(1);
-            } else if entry.until <= now {
-                if entry.is_costly()
-                    && let Some(extra) = self.extra.as_deref_mut()
-                {
-                    extra.forget_cost(entry.id());
-                }
-            } else {
-                break;
+            } else if entry.is_costly()
+                && let Some(extra) = self.extra.as_deref_mut()
+            {
+                extra.forget_cost(entry.id());
             }
-            self.pending.pop_front();
         }
         if let Some(extra) = self.extra.as_deref_mut() {
             while let Some(&entry) = extra.answered.front() {
@@ -421,7 +425,8 @@ impl WindowLog {
             return false;
         };
         let span = counted.span;
-        let entry = &mut self.pending[index];
+        let mut entry = self.pending.get(index);
+        let awaited = entry.awaits_answer();
         entry.clear(AWAITS_ANSWER);
         let until = at
             .saturating_add(dropped.unwrap_or(Duration::ZERO))
@@ -429,17 +434,22 @@ impl WindowLog {
             .saturating_add(extra);
         // `until` is never unbounded: an entry that leaves no later keeps
         // its bound.
-        if entry.is_moved() || entry.until <= until || (dropped.is_some() && !entry.is_unbounded())
-        {
-            return false;
-        }
-        if !entry.is_unbounded() && self.in_order_at(index, until) {
+        let keeps_bound = entry.is_moved()
+            || entry.until <= until
+            || (dropped.is_some() && !entry.is_unbounded());
+        if !keeps_bound && !entry.is_unbounded() && self.in_order_at(index, until) {
             // Answered before its bound, and the answer's instant keeps
             // `pending` in order there: answered in place (no tombstone, and
             // a key whose requests are answered in turn never allocates
             // `answered`).
-            self.pending[index].until = until;
+            self.pending.set(index, Entry { until, ..entry });
             return true;
+        }
+        if awaited {
+            self.pending.set(index, entry);
+        }
+        if keeps_bound {
+            return false;
         }
         self.move_to_answered(index, until, most_entries(self.size(counted)));
         self.compact();
@@ -463,7 +473,7 @@ impl WindowLog {
                 return None;
             }
             let probe = hi.saturating_sub(step);
-            match self.pending[probe].id().cmp(&id) {
+            match self.pending.get(probe).id().cmp(&id) {
                 Equal => return Some(probe),
                 Less => break probe + 1,
                 Greater => {
@@ -474,7 +484,7 @@ impl WindowLog {
         };
         while lo < hi {
             let mid = lo + (hi - lo) / 2;
-            match self.pending[mid].id().cmp(&id) {
+            match self.pending.get(mid).id().cmp(&id) {
                 Equal => return Some(mid),
                 Less => lo = mid + 1,
                 Greater => hi = mid,
@@ -486,12 +496,13 @@ impl WindowLog {
     /// Moves the live entry at `index` of `pending` to `answered`, to leave
     /// at `until`; `most`: how far `answered` grows by doubling.
     fn move_to_answered(&mut self, index: usize, until: Stamp, most: usize) {
-        let entry = &mut self.pending[index];
+        let mut entry = self.pending.get(index);
         if entry.is_unbounded() {
             self.unbounded = self.unbounded.saturating_sub(1);
         }
-        let moved = Entry { until, ..*entry };
+        let moved = Entry { until, ..entry };
         entry.tag |= MOVED;
+        self.pending.set(index, entry);
         self.moved = self.moved.saturating_add(1);
         self.insert_answered(moved, most);
     }
@@ -528,7 +539,7 @@ impl WindowLog {
         const LOOK_BACK: usize = 8;
         let live_before = (index.saturating_sub(LOOK_BACK + 1)..index)
             .rev()
-            .map(|before| &self.pending[before])
+            .map(|before| self.pending.get(before))
             .find(|e| !e.is_moved());
         match live_before {
             // An unbounded one leaves later than any bound.
@@ -542,12 +553,14 @@ impl WindowLog {
     /// bound: while the client lags, a request may leave later than its
     /// bound assumed. Answered admissions keep what their answer set.
     pub(super) fn hold_until_answered(&mut self) {
-        for entry in self.pending.iter_mut() {
+        let mut held = 0u32;
+        self.pending.change_each(|entry| {
             if entry.awaits_answer() && !entry.is_moved() && !entry.is_unbounded() {
                 entry.until = Stamp::NEVER;
-                self.unbounded = self.unbounded.saturating_add(1);
+                held = held.saturating_add(1);
             }
-        }
+        });
+        self.unbounded = self.unbounded.saturating_add(held);
         // The answered ones still in `pending` behind the first entry held
         // until answered leave at their instants: out of `pending`, which
         // stays in order.
@@ -559,7 +572,7 @@ impl WindowLog {
             return;
         };
         for index in first + 1..self.pending.len() {
-            let entry = self.pending[index];
+            let entry = self.pending.get(index);
             if !entry.is_moved() && !entry.is_unbounded() {
                 // Rare (a lagging client): `answered` grows by doubling.
                 self.move_to_answered(index, entry.until, usize::MAX);
@@ -574,17 +587,19 @@ impl WindowLog {
             .extra
             .iter_mut()
             .flat_map(|extra| extra.answered.iter_mut());
-        for entry in self.pending.iter_mut().chain(answered) {
-            // Unbounded stays unbounded.
+        // Unbounded stays unbounded.
+        for entry in answered {
             entry.until = entry.until.saturating_add(delta);
         }
+        self.pending
+            .change_each(|entry| entry.until = entry.until.saturating_add(delta));
         if self.last_bound != Stamp::EARLIEST {
             self.last_bound = self.last_bound.saturating_add(delta);
         }
     }
 
     /// The live entries in the order they leave the window.
-    fn leaving(&self) -> impl Iterator<Item = &Entry> {
+    fn leaving(&self) -> impl Iterator<Item = Entry> + '_ {
         let mut pending = self.pending.iter().filter(|e| !e.is_moved()).peekable();
         let mut answered = self.answered().peekable();
         std::iter::from_fn(move || match (pending.peek(), answered.peek()) {
@@ -606,7 +621,7 @@ impl WindowLog {
     fn unit_leaves(&self, unit: u128, now: Instant) -> Option<Instant> {
         let mut seen = 0u128;
         for entry in self.leaving() {
-            seen += u128::from(self.cost_of(entry));
+            seen += u128::from(self.cost_of(&entry));
             if seen > unit {
                 return (!entry.is_unbounded()).then(|| entry.until.instant());
             }
@@ -684,18 +699,28 @@ impl WindowLog {
     /// Changes the cost of admission `id` to `actual`, if it is still in the
     /// window; returns whether anything changed.
     pub(super) fn correct(&mut self, id: u64, actual: u64) -> bool {
-        let entry = match self.find(id) {
-            Some(index) if !self.pending[index].is_moved() => &mut self.pending[index],
+        /// Where an entry is.
+        enum Place {
+            Pending(usize),
+            Answered(usize),
+        }
+        let place = match self.find(id) {
+            Some(index) if !self.pending.get(index).is_moved() => Place::Pending(index),
             // Moved (its tombstone may be gone already) or left the window.
             _ => match self
                 .extra
-                .iter_mut()
-                .flat_map(|extra| extra.answered.iter_mut())
-                .find(|e| e.id() == id)
+                .as_deref()
+                .and_then(|extra| extra.answered.iter().position(|e| e.id() == id))
             {
-                Some(entry) => entry,
+                Some(index) => Place::Answered(index),
                 None => return false,
             },
+        };
+        let mut entry = match (&place, self.extra.as_deref()) {
+            (Place::Pending(index), _) => self.pending.get(*index),
+            (Place::Answered(index), Some(extra)) => extra.answered[*index],
+            // Found in `answered`, so `extra` is there.
+            (Place::Answered(_), None) => return false,
         };
         let was_costly = entry.is_costly();
         if !was_costly && actual == 1 {
@@ -707,6 +732,10 @@ impl WindowLog {
             entry.tag |= COSTLY;
         }
         let extra = self.extra.get_or_insert_with(Box::default);
+        match place {
+            Place::Pending(index) => self.pending.set(index, entry),
+            Place::Answered(index) => extra.answered[index] = entry,
+        }
         let recorded = if was_costly { extra.forget_cost(id) } else { 1 };
         if actual != 1 {
             extra.set_cost(id, actual);

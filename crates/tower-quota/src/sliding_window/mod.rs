@@ -274,7 +274,6 @@ mod queue;
 mod quota;
 mod schedule;
 mod service;
-mod small_deque;
 mod stamp;
 mod store;
 

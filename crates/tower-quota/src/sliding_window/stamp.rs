@@ -118,6 +118,37 @@ impl Stamp {
         ))
     }
 
+    /// The stamp of bits from [`to_bits`](Self::to_bits); `None` for 0,
+    /// which no stamp has.
+    pub(crate) const fn from_bits(bits: u64) -> Option<Stamp> {
+        match NonZeroU64::new(bits) {
+            Some(bits) => Some(Stamp(bits)),
+            None => None,
+        }
+    }
+
+    /// The nanoseconds from `base` to this stamp; `None` when it is earlier.
+    /// (The bias keeps differences: those of the bits are those of the
+    /// counts.)
+    #[inline]
+    pub(crate) fn nanos_since(self, base: Stamp) -> Option<u64> {
+        self.0.get().checked_sub(base.0.get())
+    }
+
+    /// This stamp `nanos` nanoseconds later, saturating as
+    /// [`saturating_add`](Self::saturating_add) does (and below `NEVER`,
+    /// which it is not applied to).
+    #[inline]
+    pub(crate) fn plus_nanos(self, nanos: u64) -> Stamp {
+        Stamp(self.0.saturating_add(nanos).min(Stamp::from_nanos(MOST).0))
+    }
+
+    /// This stamp `nanos` nanoseconds earlier, saturating at
+    /// [`EARLIEST`](Self::EARLIEST).
+    pub(crate) fn minus_nanos(self, nanos: u64) -> Stamp {
+        Stamp::from_nanos(clamped(i128::from(self.nanos()) - i128::from(nanos)))
+    }
+
     /// How long after `earlier` this is; zero when it is not later.
     pub(crate) fn saturating_duration_since(self, earlier: Stamp) -> Duration {
         u64::try_from(self.nanos().saturating_sub(earlier.nanos()))
