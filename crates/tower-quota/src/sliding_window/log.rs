@@ -921,20 +921,31 @@ mod tests {
 
         /// Whatever the bounds and whatever order answers come in, the log
         /// holds what the model holds, and frees each next unit when the
-        /// model does.
+        /// model does: to the nanosecond also where the log packs its
+        /// instants to a coarser grid (windows of 100 s and an hour, on a
+        /// millisecond grid as a paused clock gives them), and where ids far
+        /// apart keep its entries whole.
         #[test]
         fn the_log_frees_what_the_model_frees(
             max_calls in 1u64..12,
             per_request in any::<bool>(),
             ops in prop::collection::vec(op(), 1..160),
+            window in prop_oneof![
+                4 => Just(WINDOW),
+                1 => Just(Duration::from_secs(100)),
+                1 => Just(Duration::from_secs(3600)),
+            ],
+            id_gap in prop_oneof![3 => Just(1u64), 1 => Just(1u64 << 22)],
         ) {
             let quota = if per_request {
-                Quota::per_request(max_calls, WINDOW)
+                Quota::per_request(max_calls, window)
             } else {
-                Quota::new(max_calls, WINDOW)
+                Quota::new(max_calls, window)
             }
             .unwrap();
-            let span = WINDOW + MARGIN;
+            // Waits in proportion to the window, so that entries leave.
+            let scale = u64::try_from(window.as_millis() / WINDOW.as_millis()).unwrap_or(1);
+            let span = window + MARGIN;
             let counted = Counted::new(&quota, MARGIN);
             let mut log = WindowLog::new();
             let mut model: Vec<Modelled> = Vec::new();
@@ -963,7 +974,7 @@ mod tests {
                         if cost > 0 {
                             model.push(Modelled { cost, leaves, awaits, id: next_id });
                         }
-                        next_id += 1;
+                        next_id += id_gap;
                     }
                     Op::Answer { pick, dropped } => {
                         let awaiting: Vec<usize> = (0..model.len())
@@ -995,7 +1006,7 @@ mod tests {
                             entry.leaves = None;
                         }
                     }
-                    Op::Wait { ms } => now += Duration::from_millis(ms),
+                    Op::Wait { ms } => now += Duration::from_millis(ms * scale),
                     Op::Correct { pick, actual } => {
                         if per_request || model.is_empty() {
                             continue;
