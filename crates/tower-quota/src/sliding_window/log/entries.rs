@@ -468,14 +468,25 @@ impl Entries {
         (0..self.len()).map(|index| self.get(index))
     }
 
-    /// Changes every entry with `change`, in order.
+    /// Changes every entry with `change`, in order: in place, unless a
+    /// changed entry does not fit the ring's packing, which is then redone
+    /// around the changed entries.
     pub(super) fn change_each(&mut self, mut change: impl FnMut(&mut Entry)) {
         match self {
             Entries::One(one) => one.iter_mut().for_each(change),
             Entries::Many(many) => {
-                let mut entries = many.entries();
-                entries.iter_mut().for_each(&mut change);
-                many.repack(&entries);
+                for index in 0..many.len as usize {
+                    let mut entry = many.read(index);
+                    change(&mut entry);
+                    if !many.write(index, entry) {
+                        // Those before `index` are changed already.
+                        let mut entries = many.entries();
+                        entries[index] = entry;
+                        entries[index + 1..].iter_mut().for_each(&mut change);
+                        many.repack(&entries);
+                        return;
+                    }
+                }
             }
         }
     }
