@@ -418,7 +418,7 @@ key (breaker, Retry-After gate, pacing): each computes the key from the request 
 own map, twice for the pacing, and the two that re-send each keep a copy of the request. \
 With queued waiters, the work per admission stays flat (one timer per key, one wake-up per \
 admission: 4,350 instructions per admission with 10,000 waiters and 4,359 with 10, counted by \
-callgrind), but each admission polls the next waiter, queued 10,000 admissions ago: its task, \
+callgrind before the log packed its entries), but each admission polls the next waiter, queued 10,000 admissions ago: its task, \
 its future (128 bytes) and its place in the queue have left the caches, about 6 data-cache \
 misses per admission in callgrind's model where 10 waiters have none. tokio's semaphore, with \
 as many tasks taking turns (the reference rows), shows what the wake-up of a task that cold \
