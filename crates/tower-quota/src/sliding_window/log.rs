@@ -421,11 +421,10 @@ impl WindowLog {
         extra: Duration,
         dropped: Option<Duration>,
     ) -> bool {
-        let Some(index) = self.find(id) else {
+        let Some((index, mut entry)) = self.find(id) else {
             return false;
         };
         let span = counted.span;
-        let mut entry = self.pending.get(index);
         let awaited = entry.awaits_answer();
         entry.clear(AWAITS_ANSWER);
         let until = at
@@ -456,13 +455,14 @@ impl WindowLog {
         true
     }
 
-    /// The index of admission `id` in `pending`, if it is there. Answers
+    /// The index of admission `id` in `pending`, and its entry, if it is
+    /// there. Answers
     /// come for recent admissions (the last one, for a caller that waits
     /// for each answer; within the last few, for a handful in flight), so
     /// the search starts from the back and doubles its step before it
     /// halves: `O(log d)` for the `d`-th entry from the back, where a plain
     /// binary search of a busy key's log pays `O(log n)` in cache misses.
-    fn find(&self, id: u64) -> Option<usize> {
+    fn find(&self, id: u64) -> Option<(usize, Entry)> {
         use std::cmp::Ordering::{Equal, Greater, Less};
         // `pending` is in increasing id order. Every entry from `hi` on has
         // a greater id; found, every entry before `lo` has a smaller one.
@@ -473,8 +473,9 @@ impl WindowLog {
                 return None;
             }
             let probe = hi.saturating_sub(step);
-            match self.pending.get(probe).id().cmp(&id) {
-                Equal => return Some(probe),
+            let entry = self.pending.get(probe);
+            match entry.id().cmp(&id) {
+                Equal => return Some((probe, entry)),
                 Less => break probe + 1,
                 Greater => {
                     hi = probe;
@@ -484,8 +485,9 @@ impl WindowLog {
         };
         while lo < hi {
             let mid = lo + (hi - lo) / 2;
-            match self.pending.get(mid).id().cmp(&id) {
-                Equal => return Some(mid),
+            let entry = self.pending.get(mid);
+            match entry.id().cmp(&id) {
+                Equal => return Some((mid, entry)),
                 Less => lo = mid + 1,
                 Greater => hi = mid,
             }
@@ -705,7 +707,7 @@ impl WindowLog {
             Answered(usize),
         }
         let place = match self.find(id) {
-            Some(index) if !self.pending.get(index).is_moved() => Place::Pending(index),
+            Some((index, entry)) if !entry.is_moved() => Place::Pending(index),
             // Moved (its tombstone may be gone already) or left the window.
             _ => match self
                 .extra
@@ -912,7 +914,7 @@ mod tests {
                 id += 1;
             }
             let expected = log.pending.iter().position(|entry| entry.id() == wanted);
-            prop_assert_eq!(log.find(wanted), expected);
+            prop_assert_eq!(log.find(wanted).map(|(index, _)| index), expected);
         }
     }
 
