@@ -456,12 +456,12 @@ impl WindowLog {
     }
 
     /// The index of admission `id` in `pending`, and its entry, if it is
-    /// there. Answers
-    /// come for recent admissions (the last one, for a caller that waits
-    /// for each answer; within the last few, for a handful in flight), so
-    /// the search starts from the back and doubles its step before it
-    /// halves: `O(log d)` for the `d`-th entry from the back, where a plain
-    /// binary search of a busy key's log pays `O(log n)` in cache misses.
+    /// there. Answers come for recent admissions (the last one, for a
+    /// caller that waits for each answer; within the last few, for a
+    /// handful in flight), so the search starts from the back and doubles
+    /// its step before it halves: `O(log d)` for the `d`-th entry from the
+    /// back, where a plain binary search of a busy key's log pays
+    /// `O(log n)` in cache misses.
     fn find(&self, id: u64) -> Option<(usize, Entry)> {
         use std::cmp::Ordering::{Equal, Greater, Less};
         // `pending` is in increasing id order. Every entry from `hi` on has

@@ -25,7 +25,8 @@
 //! does not fit (a longer gap, an instant out of reach of the base) has
 //! the ring repacked around the entries it then holds; at every repacking
 //! a quarter of the reach is left on either side, so that repacking is
-//! rare (once a quarter reach of time at the least). A ring that cannot be
+//! rare (instants move on with the clock: about once per quarter reach of
+//! time, an O(n) copy). A ring that cannot be
 //! packed (ids more than 2^23 apart, from a shard that admitted that many
 //! between the log's oldest entry and its newest, or instants more than
 //! about 2 years apart) keeps its entries whole until it is empty again.
