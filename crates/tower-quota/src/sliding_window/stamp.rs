@@ -193,6 +193,29 @@ mod tests {
         assert_eq!(Stamp::from_nanos(-5).nanos(), -5);
     }
 
+    /// The distances packed logs count in: exact either side of the
+    /// epoch, none to an earlier stamp, sums saturating below `NEVER`.
+    #[test]
+    fn distances_in_nanoseconds_are_exact_and_saturate() {
+        for nanos in [-MOST, -5, 0, 7, MOST - 10] {
+            let stamp = Stamp::from_nanos(nanos);
+            assert_eq!(stamp.plus_nanos(10).nanos_since(stamp), Some(10));
+            assert_eq!(stamp.nanos_since(stamp.plus_nanos(1)), None);
+            assert_eq!(stamp.minus_nanos(0), stamp);
+            assert_eq!(Stamp::from_bits(stamp.to_bits()), Some(stamp));
+        }
+        assert_eq!(Stamp::from_bits(0), None);
+        assert_eq!(
+            Stamp::LATEST.nanos_since(Stamp::EARLIEST),
+            Some(u64::MAX - 3),
+            "the widest distance fits"
+        );
+        assert_eq!(Stamp::LATEST.plus_nanos(u64::MAX), Stamp::LATEST);
+        assert_eq!(Stamp::from_nanos(-5).plus_nanos(u64::MAX), Stamp::LATEST);
+        assert_eq!(Stamp::EARLIEST.minus_nanos(u64::MAX), Stamp::EARLIEST);
+        assert_eq!(Stamp::from_nanos(3).minus_nanos(5), Stamp::from_nanos(-2));
+    }
+
     #[test]
     fn sums_saturate_below_never_and_order_is_kept() {
         let now = Stamp::of(Instant::now());
