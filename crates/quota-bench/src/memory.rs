@@ -19,10 +19,20 @@ const REDIS_KEY_COUNTS: [usize; 3] = [10, 1_000, 10_000];
 
 /// A quota that one admission per key never fills: 10 per minute.
 fn limits() -> Result<Limits, BoxError> {
-    Ok(SlidingWindowLayer::new(10, Duration::from_secs(60))?
+    limits_of(10)
+}
+
+/// `max_calls` per minute.
+fn limits_of(max_calls: u64) -> Result<Limits, BoxError> {
+    Ok(SlidingWindowLayer::new(max_calls, Duration::from_secs(60))?
         .limits()
         .clone())
 }
+
+/// Keys, and admissions per key, of the large-quota row: a quota of
+/// 1,000 per minute, full.
+const LARGE_KEYS: usize = 1_000;
+const LARGE_ADMISSIONS: usize = 1_000;
 
 fn key(index: usize) -> Key {
     Key::from(format!("tenant-{index:06}"))
@@ -44,10 +54,20 @@ enum Caller {
 /// Net bytes the allocator holds, per key, for a `MemoryStore` with
 /// `keys` keys of `admissions` admissions each (key strings included).
 fn memory_store(keys: usize, admissions: usize, caller: Caller) -> Result<f64, BoxError> {
+    memory_store_of(limits()?, keys, admissions, caller)
+}
+
+/// The same under `limits`.
+fn memory_store_of(
+    limits: Limits,
+    keys: usize,
+    admissions: usize,
+    caller: Caller,
+) -> Result<f64, BoxError> {
     let limits = match caller {
-        Caller::Bare => limits()?,
-        Caller::Layer => limits()?.reporting_answers(),
-        Caller::Feedback => limits()?.reporting_refusals(),
+        Caller::Bare => limits,
+        Caller::Layer => limits.reporting_answers(),
+        Caller::Feedback => limits.reporting_refusals(),
     };
     let region = Region::new(GLOBAL);
     let store = MemoryStore::new();
@@ -185,6 +205,20 @@ pub(crate) async fn run() -> Result<(), BoxError> {
         writeln!(body, "| {goal} | {bytes:.0} B | {} |", met(bytes, limit))?;
     }
     writeln!(body)?;
+    println!("in-process store, {LARGE_KEYS} keys of {LARGE_ADMISSIONS} admissions");
+    let large = memory_store_of(
+        limits_of(LARGE_ADMISSIONS as u64)?,
+        LARGE_KEYS,
+        LARGE_ADMISSIONS,
+        Caller::Layer,
+    )?;
+    writeln!(
+        body,
+        "A key with a large quota: {LARGE_KEYS} keys, each with {LARGE_ADMISSIONS} answered \
+         requests in the window of a quota of {LARGE_ADMISSIONS} per minute (as the layer uses \
+         the store): {large:.0} B per key, {:.1} B per admission.\n",
+        large / LARGE_ADMISSIONS as f64
+    )?;
 
     writeln!(body, "### Redis\n")?;
     match RedisServer::start().await? {
