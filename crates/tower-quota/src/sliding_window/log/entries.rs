@@ -98,6 +98,18 @@ impl Format {
         stamp_base: Stamp::EARLIEST,
     };
 
+    /// The words an entry takes: 1 packed, 2 whole.
+    #[inline]
+    fn width(self) -> usize {
+        1 << u32::from(self.wide)
+    }
+
+    /// How many entries `words` words hold.
+    #[inline]
+    fn entries_in(self, words: usize) -> usize {
+        words >> u32::from(self.wide)
+    }
+
     /// The format a header's words give.
     #[inline]
     fn read(format: u64, id_base: u64, stamp_base: u64) -> Format {
@@ -201,7 +213,7 @@ impl Ring {
     fn packed(entries: &[Entry], capacity: usize) -> Ring {
         let format = Format::for_entries(entries);
         let capacity = capacity.max(entries.len());
-        let mut buf = vec![0; HEADER + (capacity << u32::from(format.wide))];
+        let mut buf = vec![0; HEADER + capacity * format.width()];
         buf[..HEADER].copy_from_slice(&format.words());
         let mut ring = Ring {
             buf: buf.into_boxed_slice(),
@@ -236,7 +248,7 @@ impl Ring {
     #[inline]
     fn capacity(&self) -> usize {
         let (format, slots) = self.parts();
-        slots.len() >> u32::from(format.wide)
+        format.entries_in(slots.len())
     }
 
     /// The slot of the entry at `index` (below `len`), in a ring of
@@ -273,7 +285,7 @@ impl Ring {
     #[inline]
     fn write(&mut self, index: usize, entry: Entry) -> bool {
         let (format, slots) = self.parts();
-        let capacity = slots.len() >> u32::from(format.wide);
+        let capacity = format.entries_in(slots.len());
         let slot = self.slot(index, capacity);
         if format.wide {
             let at = HEADER + 2 * slot;
@@ -307,7 +319,7 @@ impl Ring {
     /// the front first, in the same format.
     #[cold]
     fn grow(&mut self, capacity: usize) {
-        let width = 1 << u32::from(self.format().wide);
+        let width = self.format().width();
         let old = self.capacity();
         let mut buf = Vec::with_capacity(HEADER + capacity * width);
         buf.extend_from_slice(&self.buf[..HEADER]);
@@ -380,7 +392,7 @@ impl Ring {
     /// forward over those dropped (its words as they are: the format is
     /// unchanged).
     fn retain(&mut self, mut keep: impl FnMut(&Entry) -> bool) {
-        let width = 1 << u32::from(self.format().wide);
+        let width = self.format().width();
         let capacity = self.capacity();
         let mut kept = 0;
         for index in 0..self.len as usize {
