@@ -706,23 +706,16 @@ impl WindowLog {
             Pending(usize),
             Answered(usize),
         }
-        let place = match self.find(id) {
-            Some((index, entry)) if !entry.is_moved() => Place::Pending(index),
+        let (place, mut entry) = match self.find(id) {
+            Some((index, entry)) if !entry.is_moved() => (Place::Pending(index), entry),
             // Moved (its tombstone may be gone already) or left the window.
-            _ => match self
-                .extra
-                .as_deref()
-                .and_then(|extra| extra.answered.iter().position(|e| e.id() == id))
-            {
-                Some(index) => Place::Answered(index),
+            _ => match self.extra.as_deref().and_then(|extra| {
+                let index = extra.answered.iter().position(|e| e.id() == id)?;
+                Some((index, extra.answered[index]))
+            }) {
+                Some((index, entry)) => (Place::Answered(index), entry),
                 None => return false,
             },
-        };
-        let mut entry = match (&place, self.extra.as_deref()) {
-            (Place::Pending(index), _) => self.pending.get(*index),
-            (Place::Answered(index), Some(extra)) => extra.answered[*index],
-            // Found in `answered`, so `extra` is there.
-            (Place::Answered(_), None) => return false,
         };
         let was_costly = entry.is_costly();
         if !was_costly && actual == 1 {
