@@ -143,12 +143,6 @@ impl Stamp {
         Stamp(self.0.saturating_add(nanos).min(Stamp::from_nanos(MOST).0))
     }
 
-    /// This stamp `nanos` nanoseconds earlier, saturating at
-    /// [`EARLIEST`](Self::EARLIEST).
-    pub(crate) fn minus_nanos(self, nanos: u64) -> Stamp {
-        Stamp::from_nanos(clamped(i128::from(self.nanos()) - i128::from(nanos)))
-    }
-
     /// How long after `earlier` this is; zero when it is not later.
     pub(crate) fn saturating_duration_since(self, earlier: Stamp) -> Duration {
         u64::try_from(self.nanos().saturating_sub(earlier.nanos()))
@@ -201,7 +195,7 @@ mod tests {
             let stamp = Stamp::from_nanos(nanos);
             assert_eq!(stamp.plus_nanos(10).nanos_since(stamp), Some(10));
             assert_eq!(stamp.nanos_since(stamp.plus_nanos(1)), None);
-            assert_eq!(stamp.minus_nanos(0), stamp);
+            assert_eq!(stamp.saturating_sub(Duration::ZERO), stamp);
             assert_eq!(Stamp::from_bits(stamp.to_bits()), Some(stamp));
         }
         assert_eq!(Stamp::from_bits(0), None);
@@ -212,8 +206,14 @@ mod tests {
         );
         assert_eq!(Stamp::LATEST.plus_nanos(u64::MAX), Stamp::LATEST);
         assert_eq!(Stamp::from_nanos(-5).plus_nanos(u64::MAX), Stamp::LATEST);
-        assert_eq!(Stamp::EARLIEST.minus_nanos(u64::MAX), Stamp::EARLIEST);
-        assert_eq!(Stamp::from_nanos(3).minus_nanos(5), Stamp::from_nanos(-2));
+        assert_eq!(
+            Stamp::EARLIEST.saturating_sub(Duration::from_nanos(u64::MAX)),
+            Stamp::EARLIEST
+        );
+        assert_eq!(
+            Stamp::from_nanos(3).saturating_sub(Duration::from_nanos(5)),
+            Stamp::from_nanos(-2)
+        );
     }
 
     #[test]

@@ -35,6 +35,7 @@
 //! billion entries would be 32 GiB.
 
 use std::collections::VecDeque;
+use std::time::Duration;
 
 use super::{Entry, FLAGS};
 use crate::sliding_window::stamp::Stamp;
@@ -202,7 +203,7 @@ impl Format {
                 wide: false,
                 shift,
                 id_base: first_id,
-                stamp_base: earliest.minus_nanos(reach(shift) / 4),
+                stamp_base: earliest.saturating_sub(Duration::from_nanos(reach(shift) / 4)),
             })
     }
 }
@@ -669,7 +670,7 @@ mod tests {
             entries
         };
         // Packed around `now` at shift 0: the base a quarter reach before.
-        let base = now.minus_nanos(1 << (UNTIL_BITS - 2));
+        let base = now.saturating_sub(Duration::from_nanos(1 << (UNTIL_BITS - 2)));
         let last_fitting = base.plus_nanos(UNTIL_NEVER - 1);
         let mut expected = Vec::new();
         let mut entries = start(&mut expected);
