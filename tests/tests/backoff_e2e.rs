@@ -19,6 +19,7 @@ use tracing_subscriber::registry::LookupSpan;
 
 #[tokio::test]
 async fn with_five_percent_injected_503s_every_request_succeeds_and_attempts_match_telemetry() {
+    let _turn = crate::support::alone().await;
     let capture = Capture::default();
     let _guard =
         tracing::subscriber::set_default(tracing_subscriber::registry().with(capture.clone()));

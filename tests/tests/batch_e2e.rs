@@ -29,6 +29,7 @@ fn tokens(record: &u64) -> u64 {
 /// request is on the socket cannot let the provider count early.
 #[tokio::test(start_paused = true)]
 async fn a_batch_spends_the_sum_of_its_items_costs_and_is_never_refused() {
+    let _turn = crate::support::beside_others().await;
     let server = MockServer::builder()
         .on_caller_runtime()
         .rule(Rule::sliding_log(QUOTA, WINDOW).weighted())

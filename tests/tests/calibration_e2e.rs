@@ -16,6 +16,7 @@ const SECOND: Duration = Duration::from_secs(1);
 /// seconds it raises its quota to 40/1 s.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_stack_follows_a_smaller_announced_quota_and_its_raise() {
+    let _turn = crate::support::beside_others().await;
     let server = MockServer::builder()
         .rule(Rule::sliding_log(20, SECOND))
         .headers(HeaderDialect::IetfStructured)

@@ -12,6 +12,7 @@ use tower_quota::circuit_breaker::{CircuitBreakerLayer, CircuitOpen, Window};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_breaker_opens_on_an_outage_lets_only_probes_through_and_closes_after_recovery() {
+    let _turn = crate::support::beside_others().await;
     let server = MockServer::builder().start().await.unwrap();
     let client = Client::builder(TokioExecutor::new()).build_http::<Empty<Bytes>>();
     let open_for = Duration::from_millis(300);

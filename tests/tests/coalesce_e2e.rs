@@ -14,6 +14,7 @@ use tower_quota::coalesce::CoalesceLayer;
 
 #[tokio::test(start_paused = true)]
 async fn a_hundred_identical_gets_reach_the_provider_once() {
+    let _turn = crate::support::beside_others().await;
     let server = MockServer::builder()
         .on_caller_runtime()
         .rule(Rule::sliding_log(10, Duration::from_secs(60)))

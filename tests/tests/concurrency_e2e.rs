@@ -21,6 +21,7 @@ const SLOTS: u32 = 5;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_concurrency_quota_holds_at_the_provider() {
+    let _turn = crate::support::beside_others().await;
     let server = MockServer::builder()
         .rule(Rule::concurrency(u64::from(SLOTS)))
         .rule(Rule::sliding_log(100, Duration::from_secs(1)))

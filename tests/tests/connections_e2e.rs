@@ -17,6 +17,7 @@ use tower_quota::connect::{
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_connector_counts_what_the_server_accepted_and_steady_state_opens_none() {
+    let _turn = crate::support::alone().await;
     let server = MockServer::builder().start().await.unwrap();
     let connector = TrackConnections::new(HttpConnector::new());
     let stats = connector.stats();

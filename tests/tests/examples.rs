@@ -15,6 +15,7 @@ const MARGIN: Option<Duration> = None;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn hyper_client_succeeds_without_429s_and_reuses_pooled_connections() {
+    let _turn = crate::support::beside_others().await;
     let options = hyper_client::Options {
         requests: 40,
         concurrency: 8,
@@ -39,6 +40,7 @@ async fn hyper_client_succeeds_without_429s_and_reuses_pooled_connections() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn ingest_batches_records_within_a_quota_in_items_without_429s() {
+    let _turn = crate::support::beside_others().await;
     let options = ingest::Options {
         records: 3_000,
         quota: 1_000,
@@ -68,6 +70,7 @@ async fn ingest_batches_records_within_a_quota_in_items_without_429s() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn reqwest_client_waits_out_retry_after_and_resends_the_same_body() {
+    let _turn = crate::support::beside_others().await;
     let options = reqwest_client::Options {
         requests: 30,
         safety_margin: MARGIN,
@@ -88,6 +91,7 @@ async fn reqwest_client_waits_out_retry_after_and_resends_the_same_body() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn axum_proxy_keeps_every_upstream_under_its_quota_for_all_clients() {
+    let _turn = crate::support::beside_others().await;
     let options = axum_proxy::Options {
         clients: 12,
         requests_per_client: 4,
@@ -173,6 +177,7 @@ async fn axum_proxy_keeps_every_upstream_under_its_quota_for_all_clients() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn tonic_client_retries_resource_exhausted_to_success_after_the_pushback() {
+    let _turn = crate::support::beside_others().await;
     let options = tonic_client::Options::default();
     let pushback = options.pushback;
     let summary = tonic_client::run(options).await.unwrap();

@@ -80,6 +80,7 @@ fn provider() -> impl tower::Service<
 
 #[tokio::test(start_paused = true)]
 async fn one_requests_waits_and_attempts_are_listed_from_the_json_log() {
+    let _turn = crate::support::alone().await;
     let log = Log::default();
     let writer = log.clone();
     let subscriber = tracing_subscriber::fmt()

@@ -9,14 +9,6 @@ use crate::support;
 use std::time::Duration;
 
 use quota_mock::{MockServer, NetworkProxy, Rule};
-use tokio::sync::Mutex;
-
-/// The tests of this file run one at a time: each keeps hundreds of
-/// requests in flight on a 2-core machine, and their utilization floors
-/// are for one at a time (tests that starve each other's tasks stay exact,
-/// as the client then holds admissions until answered, but use less of
-/// the quota).
-static ONE_AT_A_TIME: Mutex<()> = Mutex::const_new(());
 
 /// A network in front of `server`: connections cost 30 ms to open (a
 /// handshake), one-way delays vary between 5 and 25 ms.
@@ -43,7 +35,7 @@ async fn with_handshakes_of(handshake: Duration, server: &MockServer, seed: u64)
 /// busy.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn twenty_cold_starts_across_a_network_are_never_refused() {
-    let _alone = ONE_AT_A_TIME.lock().await;
+    let _turn = crate::support::beside_others().await;
     let mut utilizations = Vec::new();
     for batch in 0..4 {
         utilizations.extend(cold_starts(batch * 5..batch * 5 + 5).await);
@@ -116,7 +108,7 @@ async fn cold_starts(seeds: std::ops::Range<u64>) -> Vec<f64> {
 /// to 178 requests in past the quota).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_thousand_in_flight_are_never_refused() {
-    let _alone = ONE_AT_A_TIME.lock().await;
+    let _turn = crate::support::alone().await;
     let (quota, window, requests) = (2_000, Duration::from_secs(1), 20_000);
     let server = MockServer::builder()
         .rule(Rule::sliding_log(quota, window))
@@ -140,7 +132,7 @@ async fn a_thousand_in_flight_are_never_refused() {
 /// window, which waits for answers), and nothing is refused.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_slow_provider_is_used_fully_without_refusals() {
-    let _alone = ONE_AT_A_TIME.lock().await;
+    let _turn = crate::support::beside_others().await;
     let (quota, window, requests) = (30, Duration::from_secs(3), 240);
     let server = MockServer::builder()
         .rule(Rule::sliding_log(quota, window))
@@ -176,7 +168,7 @@ async fn a_slow_provider_is_used_fully_without_refusals() {
 /// in each of 6 runs.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_client_that_outgrows_its_pool_is_never_refused() {
-    let _alone = ONE_AT_A_TIME.lock().await;
+    let _turn = crate::support::beside_others().await;
     let (quota, window) = (50, Duration::from_secs(1));
     let server = MockServer::builder()
         .rule(Rule::sliding_log(quota, window))

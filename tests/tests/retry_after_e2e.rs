@@ -51,6 +51,7 @@ async fn get_all(server: &MockServer, requests: usize, concurrency: usize) -> Ve
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn one_429_pauses_everyone_and_every_request_succeeds_after_the_gate_opens() {
+    let _turn = crate::support::beside_others().await;
     // 40 per 2 s in fixed windows; refusals carry only Retry-After.
     let server = MockServer::builder()
         .rule(Rule::fixed_window(40, Duration::from_secs(2)))
@@ -103,11 +104,13 @@ async fn never_refused_with_quota_headers_only(dialect: HeaderDialect) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn x_ratelimit_headers_alone_keep_the_client_from_a_429() {
+    let _turn = crate::support::beside_others().await;
     never_refused_with_quota_headers_only(HeaderDialect::XRateLimit).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn ietf_ratelimit_fields_alone_keep_the_client_from_a_429() {
+    let _turn = crate::support::beside_others().await;
     never_refused_with_quota_headers_only(HeaderDialect::IetfStructured).await;
 }
 
@@ -125,6 +128,7 @@ async fn unavailable_once() -> MockServer {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_streamed_keyed_post_is_resent_byte_identical_after_a_503_with_retry_after() {
+    let _turn = crate::support::beside_others().await;
     let server = unavailable_once().await;
     type Chunks = StreamBody<
         futures_util::stream::Iter<
@@ -156,6 +160,7 @@ async fn a_streamed_keyed_post_is_resent_byte_identical_after_a_503_with_retry_a
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_body_over_the_replay_limit_is_sent_once() {
+    let _turn = crate::support::beside_others().await;
     let server = unavailable_once().await;
     let client = Client::builder(TokioExecutor::new()).build_http::<ReplayBody<Full<Bytes>>>();
     let service = ServiceBuilder::new()
@@ -176,6 +181,7 @@ async fn a_body_over_the_replay_limit_is_sent_once() {
 /// with `Retry-After`, which a proxy may send after forwarding it.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_post_without_idempotency_key_is_sent_once_after_a_503_with_retry_after() {
+    let _turn = crate::support::beside_others().await;
     let server = unavailable_once().await;
     let client = Client::builder(TokioExecutor::new()).build_http::<ReplayBody<Full<Bytes>>>();
     let service = ServiceBuilder::new()

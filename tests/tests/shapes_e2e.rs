@@ -60,6 +60,7 @@ fn report(shape: &str, stats: &Stats, succeeded: usize, elapsed: f64) -> (f64, f
 /// burst cost 19 refusals of 200 and the run 0.59–0.85 of the rate.)
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_provider_without_bursts_gets_spaced_requests() {
+    let _turn = crate::support::beside_others().await;
     let (stats, succeeded, elapsed) = run(Rule::no_burst(20, Duration::from_secs(1))).await;
     let (refused, goodput) = report("no burst", &stats, succeeded, elapsed);
     assert_eq!(succeeded, 200, "every request completes");
@@ -86,6 +87,7 @@ async fn a_provider_without_bursts_gets_spaced_requests() {
 /// the rate.)
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_sliding_window_counter_gets_spaced_requests() {
+    let _turn = crate::support::beside_others().await;
     let (stats, succeeded, elapsed) =
         run(Rule::sliding_window_counter(20, Duration::from_secs(1))).await;
     let (refused, goodput) = report("sliding-window counter", &stats, succeeded, elapsed);
@@ -112,6 +114,7 @@ async fn a_sliding_window_counter_gets_spaced_requests() {
 /// loopback; the first window's burst is most of the refusals).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_provider_stricter_than_configured_is_not_hammered() {
+    let _turn = crate::support::beside_others().await;
     let server = MockServer::builder()
         .rule(Rule::sliding_log(15, Duration::from_secs(1)))
         .headers(quota_mock::HeaderDialect::None)
@@ -165,6 +168,7 @@ async fn a_provider_stricter_than_configured_is_not_hammered() {
 /// come at most every 16 windows.
 #[tokio::test(start_paused = true)]
 async fn a_provider_whose_quota_changes_unannounced_is_followed() {
+    let _turn = crate::support::alone().await;
     const PHASE: u64 = 30;
     let server = MockServer::builder()
         .on_caller_runtime()

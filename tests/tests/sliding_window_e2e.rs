@@ -52,6 +52,7 @@ where
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn strict_sliding_log_sees_no_429_at_the_quota_with_high_concurrency() {
+    let _turn = crate::support::beside_others().await;
     let (quota, window) = (20, Duration::from_secs(1));
     let server = MockServer::builder()
         .rule(Rule::sliding_log(quota, window))
@@ -88,6 +89,7 @@ async fn strict_sliding_log_sees_no_429_at_the_quota_with_high_concurrency() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn each_key_is_paced_to_its_own_quota_at_the_server() {
+    let _turn = crate::support::beside_others().await;
     let (quota, window) = (10, Duration::from_secs(1));
     let server = MockServer::builder()
         .rule(Rule::sliding_log(quota, window))

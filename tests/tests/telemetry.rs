@@ -143,6 +143,7 @@ fn capture() -> (Capture, tracing::subscriber::DefaultGuard) {
 
 #[tokio::test(start_paused = true)]
 async fn pacing_emits_rate_pacing_active_only_for_requests_that_waited() {
+    let _turn = crate::support::alone().await;
     let (events, _guard) = capture();
     let service = ServiceBuilder::new()
         .layer(
@@ -167,6 +168,7 @@ async fn pacing_emits_rate_pacing_active_only_for_requests_that_waited() {
 
 #[tokio::test(start_paused = true)]
 async fn overload_emits_rate_limit_queue_overloaded() {
+    let _turn = crate::support::alone().await;
     let (events, _guard) = capture();
     let service = ServiceBuilder::new()
         .layer(
@@ -184,6 +186,7 @@ async fn overload_emits_rate_limit_queue_overloaded() {
 
 #[tokio::test(start_paused = true)]
 async fn a_throttled_response_emits_rate_limit_hit_and_gate_closed() {
+    let _turn = crate::support::alone().await;
     let (events, _guard) = capture();
     let calls = Arc::new(Mutex::new(0));
     let provider = service_fn(move |_: http::Request<ReplayBody<Empty<Bytes>>>| {
@@ -237,6 +240,7 @@ async fn a_throttled_response_emits_rate_limit_hit_and_gate_closed() {
 
 #[tokio::test(start_paused = true)]
 async fn waiters_released_by_a_gate_are_still_paced_below_it() {
+    let _turn = crate::support::alone().await;
     let start = Instant::now();
     let arrivals = Arc::new(Mutex::new(Vec::new()));
     let record = arrivals.clone();
@@ -305,6 +309,7 @@ async fn waiters_released_by_a_gate_are_still_paced_below_it() {
 
 #[tokio::test(start_paused = true)]
 async fn rate_limit_hit_names_the_attempt_of_the_whole_stack() {
+    let _turn = crate::support::alone().await;
     let (events, _guard) = capture();
     // A bare 503: the backoff layer above retries it; its retry is
     // throttled: the gate below re-sends it.
@@ -338,6 +343,7 @@ async fn rate_limit_hit_names_the_attempt_of_the_whole_stack() {
 /// need no more than that one widening.
 #[tokio::test(start_paused = true)]
 async fn a_provider_whose_window_runs_late_makes_the_margin_widen_until_its_429s_stop() {
+    let _turn = crate::support::alone().await;
     let (events, _guard) = capture();
     let start = Instant::now();
     let provider_window = Duration::from_millis(1_030);
@@ -426,6 +432,7 @@ async fn a_provider_whose_window_runs_late_makes_the_margin_widen_until_its_429s
 /// stack with a path key, a host key and a header key.
 #[tokio::test(start_paused = true)]
 async fn no_secret_reaches_events_spans_or_keys() {
+    let _turn = crate::support::alone().await;
     let (events, _guard) = capture();
     let provider = scripted(|call| match call {
         1 => answer(429, Some("1")),
@@ -493,6 +500,7 @@ async fn no_secret_reaches_events_spans_or_keys() {
 /// `quota_mismatch` event per change, with both sizes.
 #[tokio::test(start_paused = true)]
 async fn a_smaller_announced_quota_is_one_quota_mismatch_event() {
+    let _turn = crate::support::alone().await;
     let (events, _guard) = capture();
     let provider = service_fn(|_: http::Request<()>| async {
         let response = http::Response::builder()
@@ -528,6 +536,7 @@ async fn a_smaller_announced_quota_is_one_quota_mismatch_event() {
 /// here, a refusal at the latest). The README's order says nothing.
 #[tokio::test(start_paused = true)]
 async fn pacing_above_retry_after_is_one_layer_order_warning() {
+    let _turn = crate::support::alone().await;
     let (events, _guard) = capture();
     let provider = service_fn(|_: http::Request<ReplayBody<Empty<Bytes>>>| async {
         let mut response = answer(200, None);

@@ -75,6 +75,7 @@ where
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_token_quota_is_never_exceeded_with_small_and_large_requests() {
+    let _turn = crate::support::beside_others().await;
     let server = provider().await;
     let client = Client::builder(TokioExecutor::new()).build_http::<Empty<Bytes>>();
     let limiter = SlidingWindowLayer::new(TOKENS, WINDOW)
@@ -105,6 +106,7 @@ async fn a_token_quota_is_never_exceeded_with_small_and_large_requests() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn refunds_from_reported_usage_keep_the_quota_and_speed_things_up() {
+    let _turn = crate::support::beside_others().await;
     let server = provider().await;
     let client = Client::builder(TokioExecutor::new()).build_http::<Empty<Bytes>>();
     // Every request declares 100 tokens but really uses 25.

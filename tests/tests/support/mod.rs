@@ -1,4 +1,5 @@
-//! The README stack, shared by the end-to-end tests that drive it.
+//! The README stack, shared by the end-to-end tests that drive it, and the
+//! turns the tests of this binary take.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -6,7 +7,7 @@ use std::time::Duration;
 use http_body_util::{BodyExt, Empty};
 use hyper_util::client::legacy::Client;
 use hyper_util::rt::TokioExecutor;
-use tokio::sync::Semaphore;
+use tokio::sync::{RwLock, RwLockReadGuard, RwLockWriteGuard, Semaphore};
 use tower::{ServiceBuilder, ServiceExt};
 use tower_quota::circuit_breaker::CircuitBreakerLayer;
 use tower_quota::sliding_window::MemoryStore;
@@ -14,6 +15,36 @@ use tower_quota::{
     BoxError, HostKey, HttpFeedback, JitterBackoffLayer, RetryAfterLayer, SlidingWindowLayer,
     UnitCost,
 };
+
+/// The tests of this binary run four at a time (`scripts/test` gives it
+/// `--test-threads=4`): most of them wait on a provider's windows and use a
+/// few percent of a core, so they run beside one another. Every test takes
+/// its turn first, with [`beside_others`] or [`alone`], and holds it to its
+/// end. The lock is fair: a test waiting to run alone holds back those that
+/// ask after it.
+static TURNS: RwLock<()> = RwLock::const_new(());
+
+/// The turn of a test that mostly waits (on a provider's windows, a
+/// network's delays, a paused clock): it runs beside the others that do.
+pub(crate) async fn beside_others() -> RwLockReadGuard<'static, ()> {
+    TURNS.read().await
+}
+
+/// [`beside_others`], for a test outside a runtime.
+pub(crate) fn beside_others_blocking() -> RwLockReadGuard<'static, ()> {
+    TURNS.blocking_read()
+}
+
+/// The turn of a test that runs alone: one that keeps the cores busy (the
+/// tests beside it would measure its load, not the limiter), one that counts
+/// on its own tasks getting their turn within a few yields (a pooled
+/// connection going back between two requests), or one that captures
+/// `tracing` events with a subscriber of its thread (a callsite first
+/// reached on another test's thread, which has no subscriber, would be
+/// cached as disabled for the whole process: tokio-rs/tracing#3611).
+pub(crate) async fn alone() -> RwLockWriteGuard<'static, ()> {
+    TURNS.write().await
+}
 
 /// The README stack's pacing layer: `quota` per `window`, per host, with
 /// feedback from the provider's answers.
