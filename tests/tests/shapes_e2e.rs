@@ -168,7 +168,8 @@ async fn a_provider_stricter_than_configured_is_not_hammered() {
 /// come at most every 16 windows.
 #[tokio::test(start_paused = true)]
 async fn a_provider_whose_quota_changes_unannounced_is_followed() {
-    let _turn = crate::support::alone().await;
+    // A core for a second and a half, on a clock no other test moves.
+    let _turn = crate::support::beside_others().await;
     const PHASE: u64 = 30;
     let server = MockServer::builder()
         .on_caller_runtime()
