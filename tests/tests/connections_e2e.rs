@@ -15,7 +15,12 @@ use tower_quota::connect::{
     ConnectionInfo, MarkNewConnectionLayer, NewConnection, TrackConnections,
 };
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+/// On a runtime of one thread: the pool's tasks, which put a connection
+/// back once its response is read, run while the test yields. (On two
+/// worker threads they ran on the other one, which the OS did not always
+/// schedule within the test's yields: a warm request opened a connection
+/// in 1 of about 8 runs beside other tests.)
+#[tokio::test]
 async fn the_connector_counts_what_the_server_accepted_and_steady_state_opens_none() {
     let _turn = crate::support::alone().await;
     let server = MockServer::builder().start().await.unwrap();
