@@ -135,7 +135,7 @@ async fn worker(redis_url: &str, base: &str, id: &str) -> Result<(), BoxError> {
         })?;
     let client = Client::builder(TokioExecutor::new()).build_http::<Empty<Bytes>>();
     let service = ServiceBuilder::new()
-        .layer(SlidingWindowLayer::new(MAX_CALLS, WINDOW)?.store(store))
+        .layer(SlidingWindowLayer::new(MAX_CALLS, WINDOW)?.store(store.clone()))
         .service(client);
 
     let started = tokio::time::Instant::now();
@@ -158,6 +158,9 @@ async fn worker(redis_url: &str, base: &str, id: &str) -> Result<(), BoxError> {
             human(started.elapsed())
         );
     }
+    // Before the process exits: its last answers and dropped reservations
+    // reach Redis, so the other workers get those slots back on time.
+    store.flush().await;
     println!("worker {id}: sent {sent}");
     Ok(())
 }

@@ -10,6 +10,7 @@ use std::time::Duration;
 use tokio::sync::Notify;
 use tokio::task::AbortHandle;
 use tokio::time::Instant;
+use tokio_util::task::TaskTracker;
 use tower_quota::concurrency::{Lease, LeaseStore, MemoryLeases};
 use tower_quota::sliding_window::{OverloadReason, Overloaded};
 use tower_quota::{BoxError, Key, telemetry};
@@ -85,6 +86,8 @@ struct Shared {
     fallback: MemoryLeases,
     /// Wakes this process's waiters when one of its leases is given back.
     released: Notify,
+    /// The store's background calls ([`RedisStore::flush`](crate::RedisStore::flush)).
+    background: TaskTracker,
 }
 
 impl RedisLeases {
@@ -93,6 +96,7 @@ impl RedisLeases {
         prefix: String,
         timeout: Duration,
         policy: FailurePolicy,
+        background: TaskTracker,
     ) -> Self {
         RedisLeases {
             shared: Arc::new(Shared {
@@ -102,6 +106,7 @@ impl RedisLeases {
                 policy,
                 fallback: MemoryLeases::new(),
                 released: Notify::new(),
+                background,
             }),
             lease_time: DEFAULT_LEASE_TIME,
         }
@@ -274,15 +279,19 @@ impl Drop for Held {
         let shared = self.shared.clone();
         let redis_key = std::mem::take(&mut self.redis_key);
         let id = std::mem::take(&mut self.id);
-        runtime.spawn(async move {
-            let mut connection = shared.connection.clone();
-            let mut command = redis::cmd("ZREM");
-            command.arg(&redis_key).arg(&id);
-            let remove = command.exec_async(&mut connection);
-            // A lease not removed expires within its time.
-            let _ = tokio::time::timeout(shared.timeout, remove).await;
-            shared.released.notify_waiters();
-        });
+        let background = self.shared.background.clone();
+        background.spawn_on(
+            async move {
+                let mut connection = shared.connection.clone();
+                let mut command = redis::cmd("ZREM");
+                command.arg(&redis_key).arg(&id);
+                let remove = command.exec_async(&mut connection);
+                // A lease not removed expires within its time.
+                let _ = tokio::time::timeout(shared.timeout, remove).await;
+                shared.released.notify_waiters();
+            },
+            &runtime,
+        );
     }
 }
 

@@ -12,6 +12,7 @@ use std::time::Duration;
 use foldhash::HashMap;
 use redis::{Cmd, ErrorKind, FromRedisValue, Script, ScriptInvocation, ServerErrorKind};
 use tokio::time::Instant;
+use tokio_util::task::TaskTracker;
 use tower_quota::sliding_window::{
     Admission, Completion, ConflictingQuotas, DriftMargin, LagProbe, Limits, MemoryStore,
     OverloadReason, Overloaded, Place, Priority, Quota, SlidingWindowLayer, Store,
@@ -83,6 +84,11 @@ pub(crate) struct Inner {
     suspended_until: Mutex<Option<Instant>>,
     /// Whether this process's tasks run late (exact mode).
     lag: LagProbe,
+    /// The calls that report to Redis in the background (answers,
+    /// corrections, dropped reservations, leases given back), which
+    /// [`RedisStore::flush`] waits for. Closed from the start: closing only
+    /// lets `wait` end once no call is left, and calls are still tracked.
+    background: TaskTracker,
 }
 
 impl RedisStore {
@@ -193,6 +199,11 @@ impl RedisStore {
                 drift: Mutex::new(HashMap::default()),
                 suspended_until: Mutex::new(None),
                 lag: LagProbe::new(),
+                background: {
+                    let tracker = TaskTracker::new();
+                    tracker.close();
+                    tracker
+                },
             }),
         }
     }
@@ -264,7 +275,45 @@ impl RedisStore {
             self.inner.prefix.clone(),
             self.inner.timeout,
             self.inner.policy,
+            self.inner.background.clone(),
         )
+    }
+
+    /// Waits until the calls this process makes to Redis in the background
+    /// have run: the answers that release slots early
+    /// ([`Store::complete`]), the corrections of costs, the removal of
+    /// reservations dropped before their slot, and the leases of
+    /// [`leases`](Self::leases) given back.
+    ///
+    /// They run on spawned tasks, off the responses' path, so a process
+    /// that ends its runtime right after its last answers drops those still
+    /// to run. Nothing is counted short for it (a slot only frees later),
+    /// but its last admissions then hold their slots until their
+    /// `sent_within` bounds instead of a window after their answers, and
+    /// the other processes that share the quota wait for them (four worker
+    /// processes lost up to a third of a second of the last window that
+    /// way). Await it after a worker's last response, before it exits.
+    ///
+    /// It returns once no background call is left, those made while it
+    /// waits included; each is bounded by the store's
+    /// [`timeout`](Self::timeout).
+    ///
+    /// ```no_run
+    /// # async fn run() -> Result<(), tower_quota::BoxError> {
+    /// use std::time::Duration;
+    /// use tower_quota::SlidingWindowLayer;
+    /// use tower_quota_redis::RedisStore;
+    ///
+    /// let store = RedisStore::builder("redis://127.0.0.1/").build().await?;
+    /// let layer = SlidingWindowLayer::new(100, Duration::from_secs(1))?.store(store.clone());
+    /// // ... the worker sends its requests through `layer` ...
+    /// store.flush().await;
+    /// # drop(layer);
+    /// # Ok(())
+    /// # }
+    /// ```
+    pub async fn flush(&self) {
+        self.inner.background.wait().await;
     }
 
     /// The margin this process adds to `key`'s admissions after its
@@ -357,29 +406,32 @@ impl Store for RedisStore {
         let delta = i128::from(units(actual_cost)) - i128::from(units(admission.cost()));
         let delta =
             i64::try_from(delta.clamp(-i128::from(MAX_UNITS), i128::from(MAX_UNITS))).unwrap_or(0);
-        runtime.spawn(async move {
-            let result = if inner.approximate {
-                let mut invocation = SCRIPTS.approx_adjust.prepare_invoke();
-                invocation.arg(id);
-                for (index, quota) in &weighted {
-                    invocation
-                        .key(names.counts(*index))
-                        .arg(micros(quota.window().saturating_add(margin)))
-                        .arg(delta);
+        self.inner.background.spawn_on(
+            async move {
+                let result = if inner.approximate {
+                    let mut invocation = SCRIPTS.approx_adjust.prepare_invoke();
+                    invocation.arg(id);
+                    for (index, quota) in &weighted {
+                        invocation
+                            .key(names.counts(*index))
+                            .arg(micros(quota.window().saturating_add(margin)))
+                            .arg(delta);
+                    }
+                    inner.call::<i64>(&key, &invocation).await
+                } else {
+                    let mut invocation = SCRIPTS.exact_correct.prepare_invoke();
+                    for (index, _) in &weighted {
+                        invocation.key(names.log(*index)).key(names.costs(*index));
+                    }
+                    invocation.arg(logged(id)).arg(units(actual_cost));
+                    inner.call::<i64>(&key, &invocation).await
+                };
+                if let Err(error) = result {
+                    report(&key, &error, "correct");
                 }
-                inner.call::<i64>(&key, &invocation).await
-            } else {
-                let mut invocation = SCRIPTS.exact_correct.prepare_invoke();
-                for (index, _) in &weighted {
-                    invocation.key(names.log(*index)).key(names.costs(*index));
-                }
-                invocation.arg(logged(id)).arg(units(actual_cost));
-                inner.call::<i64>(&key, &invocation).await
-            };
-            if let Err(error) = result {
-                report(&key, &error, "correct");
-            }
-        });
+            },
+            &runtime,
+        );
     }
 
     fn complete(&self, admission: &Admission, completion: Completion, limits: &Limits) {
@@ -412,16 +464,19 @@ impl Store for RedisStore {
         let extra = self.inner.extra_margin(&key, limits);
         let inner = self.inner.clone();
         let id = admission.id();
-        runtime.spawn(async move {
-            let mut invocation = SCRIPTS.exact_complete.prepare_invoke();
-            for index in logs {
-                invocation.key(names.log(index));
-            }
-            invocation.arg(logged(id)).arg(micros(extra));
-            if let Err(error) = inner.call::<i64>(&key, &invocation).await {
-                report(&key, &error, "complete");
-            }
-        });
+        self.inner.background.spawn_on(
+            async move {
+                let mut invocation = SCRIPTS.exact_complete.prepare_invoke();
+                for index in logs {
+                    invocation.key(names.log(index));
+                }
+                invocation.arg(logged(id)).arg(micros(extra));
+                if let Err(error) = inner.call::<i64>(&key, &invocation).await {
+                    report(&key, &error, "complete");
+                }
+            },
+            &runtime,
+        );
     }
 
     fn accepted(&self, admission: &Admission, room: &dyn Fn() -> Option<Room>, limits: &Limits) {
@@ -1255,29 +1310,32 @@ impl Drop for Reservation {
                 at: 0,
             },
         );
-        runtime.spawn(async move {
-            let result = match &cancel {
-                Cancel::Exact { names, id } => {
-                    let mut invocation = SCRIPTS.exact_cancel.prepare_invoke();
-                    for redis_key in names.quota_keys() {
-                        invocation.key(redis_key.as_str());
+        self.inner.background.spawn_on(
+            async move {
+                let result = match &cancel {
+                    Cancel::Exact { names, id } => {
+                        let mut invocation = SCRIPTS.exact_cancel.prepare_invoke();
+                        for redis_key in names.quota_keys() {
+                            invocation.key(redis_key.as_str());
+                        }
+                        invocation.arg(logged(*id));
+                        inner.call::<i64>(&key, &invocation).await
                     }
-                    invocation.arg(logged(*id));
-                    inner.call::<i64>(&key, &invocation).await
-                }
-                Cancel::Approximate { keys, at } => {
-                    let mut invocation = SCRIPTS.approx_adjust.prepare_invoke();
-                    invocation.arg(*at);
-                    for (redis_key, span, units) in keys {
-                        invocation.key(redis_key).arg(*span).arg(-*units);
+                    Cancel::Approximate { keys, at } => {
+                        let mut invocation = SCRIPTS.approx_adjust.prepare_invoke();
+                        invocation.arg(*at);
+                        for (redis_key, span, units) in keys {
+                            invocation.key(redis_key).arg(*span).arg(-*units);
+                        }
+                        inner.call::<i64>(&key, &invocation).await
                     }
-                    inner.call::<i64>(&key, &invocation).await
+                };
+                if let Err(error) = result {
+                    report(&key, &error, "cancel");
                 }
-            };
-            if let Err(error) = result {
-                report(&key, &error, "cancel");
-            }
-        });
+            },
+            &runtime,
+        );
     }
 }
 

@@ -1,7 +1,8 @@
 //! Slots released relative to answers, on the Redis clock: an admission
 //! answered early leaves a window after its answer, an unanswered one a
 //! window after its `sent_within` bound, a strict one only once answered;
-//! a refusal widens the key's margin.
+//! a refusal widens the key's margin; `flush` waits until the answers
+//! reported have reached Redis.
 //!
 //! The store reads Redis `TIME`, so these tests run on the real clock: they
 //! are short, and their tolerances hold on a loaded two-core machine.
@@ -103,21 +104,22 @@ fn assert_held(held: std::ops::RangeInclusive<f64>, expected: Duration, what: &s
     );
 }
 
-/// Waits until the spawned completion call has lowered the score.
-async fn wait_for_lower_score(
+/// Waits until the completion reported before has reached Redis
+/// ([`RedisStore::flush`]), and checks that it lowered the score.
+async fn flush_lowers_score(
     server: &support::RedisServer,
     store: &RedisStore,
     admission: &Admission,
     limits: &Limits,
     before: f64,
 ) {
-    for _ in 0..200 {
-        if score(server, store, admission, limits).is_some_and(|score| score < before) {
-            return;
-        }
-        tokio::time::sleep(Duration::from_millis(5)).await;
-    }
-    panic!("the answer never lowered the score of {}", admission.id());
+    store.flush().await;
+    let after = score(server, store, admission, limits).expect("still in the log");
+    assert!(
+        after < before,
+        "the answer of {} left its score at {after} (bound {before})",
+        admission.id()
+    );
 }
 
 /// Reports `admission` answered now, as the layer does, and waits until
@@ -130,7 +132,7 @@ async fn answer(
 ) {
     let bound = score(server, store, admission, limits).expect("recorded");
     store.complete(admission, Completion::Answered, limits);
-    wait_for_lower_score(server, store, admission, limits, bound).await;
+    flush_lowers_score(server, store, admission, limits, bound).await;
 }
 
 /// Admits one request on `key`, ends it after 100 ms as `ending` says
@@ -151,10 +153,11 @@ async fn next_admission_after(
     if let Some(completion) = ending {
         store.complete(&first, completion, limits);
         if completion == Completion::Answered || limits.is_strict() {
-            wait_for_lower_score(server, store, &first, limits, bound).await;
+            flush_lowers_score(server, store, &first, limits, bound).await;
         } else {
-            // Nothing is sent: give a call the time to land if it were.
-            tokio::time::sleep(Duration::from_millis(50)).await;
+            // Nothing is sent: a call, had one been made, would have run
+            // by the end of the flush.
+            store.flush().await;
             assert_eq!(score(server, store, &first, limits), Some(bound));
         }
     }
@@ -189,6 +192,42 @@ async fn an_answer_frees_the_slot_a_window_after_it_before_the_bound() {
     assert_near(unanswered, WINDOW + SENT_WITHIN, "unanswered");
     // Dropped while in flight: it may still be on its way, and keeps its bound.
     assert_near(dropped, WINDOW + SENT_WITHIN, "dropped");
+}
+
+/// A worker that flushes its store after its last answers, before it
+/// exits, leaves each of them a window after its answer, not at its
+/// bound: `flush` waits for every call spawned to report them. On one
+/// thread, where none of those calls runs before the test awaits.
+#[tokio::test(flavor = "current_thread")]
+async fn flush_waits_until_every_answer_reported_reached_redis() {
+    let Some(server) = support::shared() else {
+        return;
+    };
+    let store = store(server).await;
+    // Nothing under way: at once.
+    store.flush().await;
+    let layer = layer_of(64, SENT_WITHIN);
+    let limits = layer.limits();
+    let key = Key::from("flushed");
+    let mut admitted = Vec::new();
+    for _ in 0..64 {
+        let admission = store.acquire(key.clone(), 1, limits).await.unwrap();
+        let bound = score(server, &store, &admission, limits).expect("recorded");
+        admitted.push((admission, bound));
+    }
+    // As a worker's last responses come back: 64 calls spawned at once.
+    for (admission, _) in &admitted {
+        store.complete(admission, Completion::Answered, limits);
+    }
+    store.flush().await;
+    for (admission, bound) in &admitted {
+        let after = score(server, &store, admission, limits).expect("still in the log");
+        assert!(
+            after < bound - 100_000.0,
+            "flushed, yet {} holds its slot until {after} µs, its bound {bound} µs",
+            admission.id()
+        );
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -367,7 +406,7 @@ async fn strict_holds_an_unanswered_slot_until_its_answer() {
     tokio::time::sleep_until(started + Duration::from_millis(1_400)).await;
     assert!(!next.is_finished(), "admitted before the answer");
     store.complete(&first, Completion::Answered, limits);
-    wait_for_lower_score(server, &store, &first, limits, pending).await;
+    flush_lowers_score(server, &store, &first, limits, pending).await;
     let admitted = next.await.unwrap();
     println!("strict: admitted after {admitted:?}, answer at 1.4 s");
     // A window after the answer; the waiter asks again every 250 ms, well

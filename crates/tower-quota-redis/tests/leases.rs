@@ -91,6 +91,32 @@ async fn four_stores_share_five_slots_at_the_provider() {
     assert!(peak >= 3, "{peak}");
 }
 
+/// A lease given back is removed by a spawned call, which the store's
+/// `flush` waits for: a process that flushes before it exits leaves no
+/// slot taken until its lease time. On one thread, where the call runs
+/// only once the test awaits.
+#[tokio::test(flavor = "current_thread")]
+async fn flush_waits_until_the_leases_given_back_are_removed() {
+    let Some(redis) = support::shared() else {
+        return;
+    };
+    let store = RedisStore::builder(redis.url())
+        .prefix(support::unique_key("tq"))
+        .build()
+        .await
+        .unwrap();
+    let leases = store.leases().lease_time(Duration::from_secs(60));
+    let key = Key::from("given-back");
+    let held = leases.acquire(key.clone(), SLOTS, None).await.unwrap();
+    let mut connection = redis.connection();
+    let count: u64 = connection.zcard(leases.redis_key(&key)).unwrap();
+    assert_eq!(count, 1);
+    drop(held);
+    store.flush().await;
+    let count: u64 = connection.zcard(leases.redis_key(&key)).unwrap();
+    assert_eq!(count, 0, "the lease given back is still in Redis");
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_lease_is_renewed_while_held_and_removed_when_dropped() {
     let Some(redis) = support::shared() else {

@@ -139,7 +139,7 @@ fn worker_process() {
             .layer(
                 SlidingWindowLayer::new(MAX_CALLS, WINDOW)
                     .unwrap()
-                    .store(store),
+                    .store(store.clone()),
             )
             .service(send);
         let base = env("TQ_MOCK_URL");
@@ -191,6 +191,9 @@ fn worker_process() {
                 sent += 1;
             }
         }
+        // The answers and the dropped waiters' removals reach Redis
+        // before the worker exits.
+        store.flush().await;
         sent
     });
     println!("worker sent {sent}");
