@@ -493,6 +493,7 @@ pub async fn run(options: Options) -> Result<Summary, BoxError> {
         .await?;
     let metrics = String::from_utf8(scrape.into_body().collect().await?.to_bytes().to_vec())?;
     proxy.stop().await?;
+    flush(store.as_ref()).await;
 
     let mut providers = Vec::new();
     for (provider, server) in options.providers.iter().zip(servers) {
@@ -555,6 +556,14 @@ async fn redis_store(options: &Options) -> Result<Option<RedisStore>, BoxError> 
     }
 }
 
+/// Once the proxy has stopped: its last answers reach Redis, so the
+/// proxies that share the quotas get those slots back a window after them.
+async fn flush(store: Option<&RedisStore>) {
+    if let Some(store) = store {
+        store.flush().await;
+    }
+}
+
 /// Starts the providers and the proxy and serves until Ctrl-C.
 async fn serve(options: &Options) -> Result<(), BoxError> {
     let (servers, upstreams) = start_providers(options).await?;
@@ -574,6 +583,7 @@ async fn serve(options: &Options) -> Result<(), BoxError> {
     println!("serving; Ctrl-C to stop");
     tokio::signal::ctrl_c().await?;
     proxy.stop().await?;
+    flush(store.as_ref()).await;
     for server in servers {
         server.shutdown().await;
     }
