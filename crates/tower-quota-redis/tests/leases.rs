@@ -30,13 +30,16 @@ use tower_quota_redis::{RedisLeases, RedisStore};
 
 const SLOTS: u32 = 5;
 
-async fn leases(url: &str, prefix: &str) -> RedisLeases {
+async fn store(url: &str, prefix: &str) -> RedisStore {
     RedisStore::builder(url)
         .prefix(prefix)
         .build()
         .await
         .unwrap()
-        .leases()
+}
+
+async fn leases(url: &str, prefix: &str) -> RedisLeases {
+    store(url, prefix).await.leases()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -100,11 +103,7 @@ async fn flush_waits_until_the_leases_given_back_are_removed() {
     let Some(redis) = support::shared() else {
         return;
     };
-    let store = RedisStore::builder(redis.url())
-        .prefix(support::unique_key("tq"))
-        .build()
-        .await
-        .unwrap();
+    let store = store(&redis.url(), &support::unique_key("tq")).await;
     let leases = store.leases().lease_time(Duration::from_secs(60));
     let key = Key::from("given-back");
     let held = leases.acquire(key.clone(), SLOTS, None).await.unwrap();
