@@ -186,14 +186,14 @@ async fn main() -> Result<ExitCode, BoxError> {
     // With --redis, the quota lives in Redis and every process using the
     // same URL shares it.
     #[cfg(feature = "redis")]
-    let pacing = match &options.redis {
+    let (pacing, redis_store) = match &options.redis {
         Some(url) => {
             let store = tower_quota_redis::RedisStore::builder(url.as_str())
                 .build()
                 .await?;
-            Either::Left(pacing.store(store))
+            (Either::Left(pacing.store(store.clone())), Some(store))
         }
-        None => Either::Right(pacing),
+        None => (Either::Right(pacing), None),
     };
     let service = ServiceBuilder::new()
         .layer(
@@ -275,6 +275,13 @@ async fn main() -> Result<ExitCode, BoxError> {
     }
     let elapsed = started.elapsed();
     progress.finish_and_clear();
+    // With --redis, the last answers reach Redis before the process exits:
+    // the other processes that share the quota get those slots back a
+    // window after them, not at their `sent_within` bounds.
+    #[cfg(feature = "redis")]
+    if let Some(store) = &redis_store {
+        store.flush().await;
+    }
 
     let stats = server.stats();
     let server_started = server.started_at();
