@@ -38,6 +38,7 @@ use super::stamp::Stamp;
 
 mod entries;
 
+pub(super) use entries::ID_LIMIT;
 use entries::{Entries, make_room};
 
 /// Tombstones are compacted out of `pending` once they are this many and
@@ -150,8 +151,8 @@ fn size_in(extra: Option<&Extra>, counted: &Counted) -> u64 {
         .unwrap_or(counted.quota.max_calls())
 }
 
-/// One admission in a log: 16 bytes, 8 once packed in `pending`'s ring
-/// ([`entries`]). Its units are 1, or in [`Extra::costs`] when it is
+/// One admission in a log: 16 bytes, 4 or 8 once packed in `pending`'s
+/// ring ([`entries`]). Its units are 1, or in [`Extra::costs`] when it is
 /// [`COSTLY`].
 #[derive(Clone, Copy)]
 struct Entry {
@@ -164,8 +165,8 @@ struct Entry {
     until: Stamp,
 }
 
-/// Bits of [`Entry::tag`] taken by flags: ids are below `2^61` (one
-/// admission a nanosecond would take 73 years to reach it).
+/// Bits of [`Entry::tag`] taken by flags; ids are below
+/// [`ID_LIMIT`](entries::ID_LIMIT), 2^56.
 const FLAGS: u32 = 3;
 /// A tombstone: the entry moved to `answered`.
 const MOVED: u64 = 1;
@@ -178,7 +179,7 @@ impl Entry {
     fn new(id: u64, until: Stamp, awaits_answer: bool) -> Self {
         let flags = if awaits_answer { AWAITS_ANSWER } else { 0 };
         Entry {
-            tag: (id.min(u64::MAX >> FLAGS) << FLAGS) | flags,
+            tag: (id.min(entries::ID_LIMIT - 1) << FLAGS) | flags,
             until,
         }
     }
@@ -223,6 +224,12 @@ impl WindowLog {
             unbounded: 0,
             last_bound: Stamp::EARLIEST,
         }
+    }
+
+    /// The id the key's next admission takes, when this log knows it
+    /// (see [`Entries::next_id`]).
+    pub(super) fn next_id(&self) -> Option<u64> {
+        self.pending.next_id()
     }
 
     pub(super) fn is_empty(&self) -> bool {
@@ -362,6 +369,8 @@ impl WindowLog {
     ) {
         let cost = counted.units(cost);
         if cost == 0 {
+            // No entry: the key's next id is past it all the same.
+            self.pending.skip(id);
             return;
         }
         let until = match sent_by {
@@ -386,14 +395,17 @@ impl WindowLog {
             // One that will not be answered leaves at its bound, which
             // `pending` cannot hold in order behind one without a bound.
             self.insert_answered(entry, most_entries(self.size(counted)));
+            self.pending.skip(id);
         } else {
             let extra = self.extra.as_deref();
             if !self
                 .pending
                 .push_back(entry, || most_entries(size_in(extra, counted)))
             {
-                // Only a log of `u32::MAX` entries (64 GiB, under a quota
-                // of 4 billion or more) refuses one: it goes uncounted.
+                // Only a log of `u32::MAX` entries (16 to 64 GiB, under a
+                // quota of 4 billion or more) refuses one: it goes
+                // uncounted, and its id is taken all the same.
+                self.pending.skip(id);
                 return;
             }
             if entry.is_unbounded() {
@@ -464,6 +476,10 @@ impl WindowLog {
     /// `O(log n)` in cache misses.
     fn find(&self, id: u64) -> Option<(usize, Entry)> {
         use std::cmp::Ordering::{Equal, Greater, Less};
+        if let Some(index) = self.pending.index_of(id) {
+            // A run of ids: no search.
+            return index.map(|index| (index, self.pending.get(index)));
+        }
         // `pending` is in increasing id order. Every entry from `hi` on has
         // a greater id; found, every entry before `lo` has a smaller one.
         let mut hi = self.pending.len();

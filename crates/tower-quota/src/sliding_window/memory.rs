@@ -23,6 +23,7 @@ use tokio::time::Instant;
 use super::Limits;
 use super::events::{self, Adaptation};
 use super::lag::LagProbe;
+use super::log::ID_LIMIT;
 use super::schedule::Place;
 use super::store::{Admission, Completion, QuotaChange, Store};
 use crate::keymap::{Boxed, KeyHasher, KeyMap};
@@ -102,7 +103,7 @@ impl Default for Shared {
         let hasher = KeyHasher::default();
         Shared {
             shards: (0..SHARDS)
-                .map(|index| CachePadded(Mutex::new(Shard::new(hasher.clone(), index))))
+                .map(|_| CachePadded(Mutex::new(Shard::new(hasher.clone()))))
                 .collect(),
             hasher,
             written: CachePadded(Written {
@@ -133,10 +134,10 @@ struct Shard {
 }
 
 impl Shard {
-    fn new(hasher: KeyHasher, index: usize) -> Self {
+    fn new(hasher: KeyHasher) -> Self {
         Shard {
             keys: KeyMap::new(hasher),
-            ids: AdmissionIds::new(index),
+            ids: AdmissionIds::new(),
             ops_since_sweep: 0,
             swept_at: 0,
             kept: 0,
@@ -148,33 +149,29 @@ impl Shard {
     }
 }
 
-/// The ids a shard gives its admissions, under its lock: no counter shared
-/// by the shards. Increasing (a key's admissions are all its shard's), and
-/// unique in the store: the shard's index in bits 57 to 60, the shard's
-/// count of admissions below. Below 2^61, as a log needs; 2^57 admissions
-/// of one shard would take 4.5 years at one a nanosecond, and past them
-/// the count stays at its last value.
+/// The ids a shard gives its admissions, under its lock. A key's
+/// admissions take ids one after another while its log knows the next one
+/// (see [`KeyState::next_id`]): its ring then keeps no id per entry. Else
+/// (a new key, or one whose log held no two entries since it last held
+/// none) the shard gives one past every id it gave so far, so that an
+/// admission never takes the id of an earlier one of its key, also one
+/// whose state was swept since and made again. Increasing per key, and
+/// below 2^56 ([`ID_LIMIT`]): that many admissions of one shard would take
+/// 2.3 years at one a nanosecond; past them, ids stay at the last.
 struct AdmissionIds {
     next: u64,
 }
 
 impl AdmissionIds {
-    const COUNT_BITS: u32 = 57;
-
-    fn new(index: usize) -> Self {
-        // SHARDS (16) fits the 4 bits above the count.
-        const _: () = assert!(SHARDS <= 1 << (61 - AdmissionIds::COUNT_BITS));
-        AdmissionIds {
-            next: (index as u64) << Self::COUNT_BITS,
-        }
+    fn new() -> Self {
+        AdmissionIds { next: 0 }
     }
 
-    fn take(&mut self) -> u64 {
-        let id = self.next;
-        let count_max = (1 << Self::COUNT_BITS) - 1;
-        if id & count_max != count_max {
-            self.next += 1;
-        }
+    /// The id of the next admission of the key whose state is `state`.
+    fn take(&mut self, state: &KeyState) -> u64 {
+        let last = ID_LIMIT - 1;
+        let id = state.next_id().unwrap_or(self.next).min(last);
+        self.next = self.next.max(id.saturating_add(1)).min(last);
         id
     }
 }
@@ -273,7 +270,7 @@ impl Store for MemoryStore {
         };
         let class = place.priority;
         (state.queue.none_before(class) && state.has_room(now, cost, limits, class)).then(|| {
-            let id = shard.ids.take();
+            let id = shard.ids.take(state);
             Ok(admit_now(
                 &self.shared,
                 state,
@@ -558,29 +555,58 @@ impl Shard {
 mod tests {
     use super::*;
 
-    /// A shard's ids increase, stay below 2^61 and never meet another
-    /// shard's, also once its count is spent.
-    #[test]
-    fn admission_ids_increase_per_shard_and_never_meet_another_shards() {
-        let mut shards: Vec<AdmissionIds> = (0..SHARDS).map(AdmissionIds::new).collect();
-        let ids: Vec<Vec<u64>> = shards
-            .iter_mut()
-            .map(|shard| (0..3).map(|_| shard.take()).collect())
-            .collect();
-        for (index, own) in ids.iter().enumerate() {
-            assert!(own.windows(2).all(|pair| pair[0] < pair[1]), "{own:?}");
-            assert!(own.iter().all(|&id| id < 1 << 61));
-            for other in &ids[index + 1..] {
-                assert!(own.iter().all(|id| !other.contains(id)));
-            }
-        }
-        let count_max = (1 << AdmissionIds::COUNT_BITS) - 1;
-        let mut spent = AdmissionIds {
-            next: count_max - 1,
+    use crate::sliding_window::Quota;
+
+    /// A key's admissions take ids one after another, also when others of
+    /// its shard come between and when one costs nothing (it leaves no
+    /// entry); a new key, and a key made again after a sweep, takes one
+    /// past every id its shard gave.
+    #[tokio::test(start_paused = true)]
+    async fn a_keys_ids_run_on_and_a_new_key_starts_past_its_shards() {
+        let store = MemoryStore::new();
+        let limits = Limits::new(vec![Quota::new(100, Duration::from_secs(1)).unwrap()]).unwrap();
+        let place = Place::default();
+        let admit = |key: &Key, cost: u64| {
+            store
+                .try_acquire(key, cost, &limits, &place)
+                .expect("room")
+                .expect("admitted")
+                .id()
         };
-        assert_eq!(spent.take(), count_max - 1);
-        assert_eq!(spent.take(), count_max);
-        assert_eq!(spent.take(), count_max, "stays below shard 1's first id");
-        assert!(AdmissionIds::new(1).take() > count_max);
+        let a = Key::from_static("a");
+        let shard_of = |key: &Key| store.shared.shard(key).1 as *const Mutex<Shard>;
+        let b = (0..)
+            .map(|i| Key::from(format!("b{i}")))
+            .find(|key| shard_of(key) == shard_of(&a))
+            .expect("some key shares a's shard");
+        let first: Vec<u64> = (0..4).map(|_| admit(&a, 1)).collect();
+        assert_eq!(first, [first[0], first[0] + 1, first[0] + 2, first[0] + 3]);
+        let b0 = admit(&b, 1);
+        assert!(b0 > first[3], "a new key: past every id of its shard");
+        let mut last_a = first[3];
+        for _ in 0..3 {
+            assert_eq!(admit(&a, 1), last_a + 1);
+            assert_eq!(admit(&a, 0), last_a + 2, "a free one takes the next id");
+            last_a += 2;
+        }
+        assert_eq!(admit(&b, 1), b0 + 1);
+        let last = last_a.max(b0 + 1);
+        tokio::time::advance(Duration::from_secs(2)).await;
+        store.evict_idle();
+        assert_eq!(store.key_count(), 0);
+        let again = admit(&a, 1);
+        assert!(again > last, "made again: {again} after {last}");
+        assert_eq!(admit(&a, 1), again + 1);
+    }
+
+    /// Ids stay below the logs' limit, at the last one once it is reached.
+    #[test]
+    fn ids_stay_below_the_limit() {
+        let limits = Limits::new(vec![Quota::new(1, Duration::from_secs(1)).unwrap()]).unwrap();
+        let state = KeyState::new(&limits, Instant::now());
+        let mut ids = AdmissionIds { next: ID_LIMIT - 2 };
+        assert_eq!(ids.take(&state), ID_LIMIT - 2);
+        assert_eq!(ids.take(&state), ID_LIMIT - 1);
+        assert_eq!(ids.take(&state), ID_LIMIT - 1);
     }
 }

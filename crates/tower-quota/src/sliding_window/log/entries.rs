@@ -1,5 +1,5 @@
 //! The queue of a log's entries: the first one in place, the others in a
-//! ring packed 8 bytes an entry where they fit.
+//! ring packed 4 bytes an entry where they can be, 8 where not.
 //!
 //! Most keys of a store have one admission in their window at a time (a
 //! caller that waits for each answer, or a quota far from full), and a
@@ -9,30 +9,41 @@
 //! `VecDeque` alone takes 32) and moves to a ring of its own at the second.
 //!
 //! An entry is an id and an instant, 16 bytes, but the entries of one log
-//! are close to each other in both: ids are taken in admission order from
-//! the key's shard, and the instants lie within about a window of each
-//! other. So the ring keeps, at the front of its buffer, an id and a stamp
-//! its entries count from, and each entry in one word: its flags, its id's
-//! distance from the first (24 bits) and its instant's (37 bits), the
-//! latter in units of `2^shift` nanoseconds, rounded up. The shift is the
-//! least that spans the entries' instants: 0 (nanoseconds) while they lie
-//! within about a minute of each other, 6 (64 ns, which divides a
-//! millisecond) for windows of an hour or so, at most
-//! [`MAX_SHIFT`] (about a millisecond), beyond which the ring keeps its
-//! entries whole (16 bytes). Rounded up, an instant only holds its slot
-//! longer: a log counts no fewer units than it holds, and one grid is
-//! used for all the ring's entries, so their order is kept. An entry that
-//! does not fit (a longer gap, an instant out of reach of the base) has
-//! the ring repacked around the entries it then holds; at every repacking
-//! a quarter of the reach is left on either side, so that repacking is
-//! rare (instants move on with the clock: about once per quarter reach of
-//! time, an O(n) copy). A ring that cannot be
-//! packed (ids more than 2^23 apart, from a shard that admitted that many
-//! between the log's oldest entry and its newest, or instants more than
-//! about 2 years apart) keeps its entries whole until it is empty again.
+//! are close to each other in both: a key's admissions take consecutive
+//! ids (see [`Entries::next_id`]), and the instants lie within about a
+//! window of each other. The ring keeps, at the front of its buffer, the
+//! stamp its entries' instants count from and the id the key's next
+//! admission takes, and packs each entry in one of three formats:
+//!
+//! - **dense**, 4 bytes: its flags and its instant's distance from the
+//!   stamp (29 bits), in units of 1, 8 or 64 ns, 1 or 8 µs, 125 µs or 1 ms,
+//!   rounded up. Its id is not kept: the entries are the key's last
+//!   admissions, one id after another, so the `i`-th from the front has
+//!   the id `next_id - len + i`. Each unit divides a millisecond (an
+//!   instant on a paused clock's millisecond grid comes back exact), and
+//!   the least that spans the entries' instants is used: 1 µs for a
+//!   window of a minute, 1 ms beyond 9 hours, up to windows of about 3 days.
+//! - **packed**, 8 bytes: its flags, its id's distance from a base id
+//!   kept in the header (24 bits) and its instant's (37 bits), in units of
+//!   `2^shift` nanoseconds, rounded up; for entries whose ids are not
+//!   consecutive (an admission that took an id and left no entry here, an
+//!   entry removed from the middle), or whose instants are too far apart
+//!   for a dense ring. The shift is the least that spans the entries'
+//!   instants, at most [`MAX_SHIFT`] (about a millisecond).
+//! - **whole**, 16 bytes: ids more than 2^23 apart, or instants more
+//!   than about 2 years apart; until the ring is empty again.
+//!
+//! Rounded up, an instant only holds its slot longer: a log counts no
+//! fewer units than it holds, and one grid is used for all the ring's
+//! entries, so their order is kept. An entry that does not fit (a longer
+//! gap, an instant out of reach of the base, an id that breaks the run)
+//! has the ring repacked around the entries it then holds, in the
+//! smallest format that takes them; at every repacking a quarter of the
+//! reach is left on either side, so that repacking is rare (instants move
+//! on with the clock: about once per quarter reach of time, an O(n) copy).
 //!
 //! The ring counts its entries and its front in `u32`s: a log of 4
-//! billion entries would be 32 GiB.
+//! billion entries would be 16 GiB.
 
 use std::collections::VecDeque;
 use std::time::Duration;
@@ -43,24 +54,32 @@ use crate::sliding_window::stamp::Stamp;
 /// The most entries a ring holds.
 const MOST: usize = u32::MAX as usize;
 
-/// Words at the front of a ring's buffer: its format ([`WIDE`], and the
-/// shift from bit 8 on), then the id and the stamp packed entries count
-/// from.
-const HEADER: usize = 3;
-/// Format flag: entries are whole, two words each (tag, then stamp).
-const WIDE: u64 = 1;
+/// Ids are below this: the header word that keeps the next id keeps the
+/// ring's format in the byte above it.
+pub(in crate::sliding_window) const ID_LIMIT: u64 = 1 << 56;
+const NEXT_MASK: u64 = ID_LIMIT - 1;
 
-/// Bits of a packed entry: its flags, then the distance of its id from the
-/// base id, then that of its instant from the base stamp.
+/// The header's words: the stamp instants count from, then the format's
+/// byte above the next id; a packed ring's third is the id its entries'
+/// ids count from.
+const FORMAT_WORD: usize = 1;
+
+/// Bits of an entry kept in every format.
 const FLAG_MASK: u64 = (1 << FLAGS) - 1;
+/// A packed entry: its flags, then the distance of its id from the base
+/// id, then that of its instant from the base stamp.
 const ID_BITS: u32 = 24;
 const ID_MASK: u64 = (1 << ID_BITS) - 1;
-const UNTIL_SHIFT: u32 = FLAGS + ID_BITS;
-const UNTIL_BITS: u32 = 64 - UNTIL_SHIFT;
-/// The packed instant of an unbounded entry ([`Stamp::NEVER`]).
-const UNTIL_NEVER: u64 = (1 << UNTIL_BITS) - 1;
-/// The coarsest grid instants are packed to: 2^20 ns, about a millisecond.
+const PACKED_UNTIL_SHIFT: u32 = FLAGS + ID_BITS;
+const PACKED_UNTIL_BITS: u32 = 64 - PACKED_UNTIL_SHIFT;
+/// A dense entry: its flags, then its instant's distance from the base.
+const DENSE_UNTIL_BITS: u32 = 32 - FLAGS;
+/// The coarsest grid packed instants are kept to: 2^20 ns, about a
+/// millisecond.
 const MAX_SHIFT: u32 = 20;
+/// The units of a dense ring's instants, in nanoseconds: each divides a
+/// millisecond, each at most 16 times the one before.
+const DENSE_UNITS: [u64; 7] = [1, 8, 64, 1_000, 8_000, 125_000, 1_000_000];
 
 /// A queue of log entries; see the [module docs](self).
 pub(super) enum Entries {
@@ -72,20 +91,31 @@ pub(super) enum Entries {
 }
 
 /// A ring buffer: `len` entries from slot `head` on, wrapping around, in a
-/// buffer of [`HEADER`] words and then one word a slot (two when
-/// [`WIDE`]). Slots outside the entries hold copies of earlier ones or
-/// zeros (never read).
+/// buffer of the format's header words and then its slots (two to a word
+/// when dense, one when packed, two words each when whole). Slots outside
+/// the entries hold copies of earlier ones or zeros (never read).
 pub(super) struct Ring {
     buf: Box<[u64]>,
     head: u32,
     len: u32,
 }
 
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+enum Kind {
+    Dense,
+    Packed,
+    Whole,
+}
+
 /// How a ring's entries are packed: its header, read once.
-#[derive(Clone, Copy)]
+#[derive(Clone, Copy, Debug)]
 struct Format {
-    wide: bool,
-    shift: u32,
+    kind: Kind,
+    /// Dense: the index of its unit in [`DENSE_UNITS`]; packed: the shift
+    /// of its grid.
+    grid: u32,
+    /// The id of the entry at index 0 (dense), or that the entries' ids
+    /// count from (packed).
     id_base: u64,
     stamp_base: Stamp,
 }
@@ -93,73 +123,175 @@ struct Format {
 impl Format {
     /// Entries kept whole.
     const WHOLE: Format = Format {
-        wide: true,
-        shift: 0,
+        kind: Kind::Whole,
+        grid: 0,
         id_base: 0,
         stamp_base: Stamp::EARLIEST,
     };
 
-    /// The words an entry takes: 1 packed, 2 whole.
+    /// Header words before the slots.
     #[inline]
-    fn width(self) -> usize {
-        1 << u32::from(self.wide)
-    }
-
-    /// How many entries `words` words hold.
-    #[inline]
-    fn entries_in(self, words: usize) -> usize {
-        words >> u32::from(self.wide)
-    }
-
-    /// The format a header's words give.
-    #[inline]
-    fn read(format: u64, id_base: u64, stamp_base: u64) -> Format {
-        Format {
-            wide: format & WIDE != 0,
-            // Below 64: written from a shift of at most `MAX_SHIFT`.
-            shift: (format >> 8) as u32 & 63,
-            id_base,
-            stamp_base: Stamp::from_bits(stamp_base).unwrap_or(Stamp::EARLIEST),
+    fn header(self) -> usize {
+        match self.kind {
+            Kind::Packed => 3,
+            Kind::Dense | Kind::Whole => 2,
         }
     }
 
-    fn words(self) -> [u64; HEADER] {
+    /// How many entries `words` words of slots hold.
+    #[inline]
+    fn entries_in(self, words: usize) -> usize {
+        match self.kind {
+            Kind::Dense => words * 2,
+            Kind::Packed => words,
+            Kind::Whole => words / 2,
+        }
+    }
+
+    /// The words of slots `entries` entries take.
+    fn words_for(self, entries: usize) -> usize {
+        match self.kind {
+            Kind::Dense => entries.div_ceil(2),
+            Kind::Packed => entries,
+            Kind::Whole => entries.saturating_mul(2),
+        }
+    }
+
+    /// The format of a ring of `len` entries whose buffer is `buf`, and
+    /// its slots' words.
+    #[inline]
+    fn read(buf: &[u64], len: u32) -> (Format, &[u64]) {
+        let [stamp, format, rest @ ..] = buf else {
+            // Every ring is made with its header.
+            return (Format::WHOLE, &[]);
+        };
+        let byte = format >> 56;
+        let grid = (byte >> 2) as u32;
+        let stamp_base = Stamp::from_bits(*stamp).unwrap_or(Stamp::EARLIEST);
+        match (byte & 3, rest) {
+            (0, slots) => (
+                Format {
+                    kind: Kind::Dense,
+                    grid,
+                    // A dense ring's entries end just below the next id.
+                    id_base: (format & NEXT_MASK).saturating_sub(u64::from(len)),
+                    stamp_base,
+                },
+                slots,
+            ),
+            (1, [id_base, slots @ ..]) => (
+                Format {
+                    kind: Kind::Packed,
+                    grid,
+                    id_base: *id_base,
+                    stamp_base,
+                },
+                slots,
+            ),
+            (_, slots) => (Format::WHOLE, slots),
+        }
+    }
+
+    /// The header's words, with the next id `next_id`.
+    fn words(self, next_id: u64) -> [u64; 3] {
+        let kind = match self.kind {
+            Kind::Dense => 0,
+            Kind::Packed => 1,
+            Kind::Whole => 2,
+        };
+        // The grid is below 64: a unit's index or a shift of at most
+        // `MAX_SHIFT`.
+        let byte = kind | (u64::from(self.grid) << 2);
         [
-            u64::from(self.wide) | (u64::from(self.shift) << 8),
-            self.id_base,
             self.stamp_base.to_bits(),
+            (byte << 56) | next_id.min(NEXT_MASK),
+            self.id_base,
         ]
     }
 
-    /// The word of `entry` packed, if it fits.
+    /// Dense: the unit of its instants, in nanoseconds.
     #[inline]
-    fn pack(self, entry: Entry) -> Option<u64> {
-        let id = entry.id().checked_sub(self.id_base)?;
-        if id > ID_MASK {
-            return None;
+    fn unit(self) -> u64 {
+        DENSE_UNITS[(self.grid as usize).min(DENSE_UNITS.len() - 1)]
+    }
+
+    /// The instant `until` in `bits` bits: its distance from the base in
+    /// grid units, rounded up (the entry leaves no earlier); all ones for
+    /// an unbounded one. `None` when out of reach.
+    #[inline]
+    fn pack_until(self, until: Stamp, bits: u32) -> Option<u64> {
+        let never = (1 << bits) - 1;
+        if until == Stamp::NEVER {
+            return Some(never);
         }
-        let until = if entry.until == Stamp::NEVER {
-            UNTIL_NEVER
-        } else {
-            // Rounded up to the grid: the entry leaves no earlier.
-            let nanos = entry.until.nanos_since(self.stamp_base)?;
-            let units = (nanos >> self.shift) + u64::from(nanos & ((1 << self.shift) - 1) != 0);
-            if units >= UNTIL_NEVER {
-                return None;
+        let nanos = until.nanos_since(self.stamp_base)?;
+        let units = if self.kind == Kind::Dense {
+            // Each unit a constant: a multiplication, not a division.
+            match self.grid {
+                0 => nanos,
+                1 => nanos.div_ceil(DENSE_UNITS[1]),
+                2 => nanos.div_ceil(DENSE_UNITS[2]),
+                3 => nanos.div_ceil(DENSE_UNITS[3]),
+                4 => nanos.div_ceil(DENSE_UNITS[4]),
+                5 => nanos.div_ceil(DENSE_UNITS[5]),
+                _ => nanos.div_ceil(DENSE_UNITS[6]),
             }
-            units
+        } else {
+            (nanos >> self.grid) + u64::from(nanos & ((1 << self.grid) - 1) != 0)
         };
-        Some((until << UNTIL_SHIFT) | (id << FLAGS) | (entry.tag & FLAG_MASK))
+        (units < never).then_some(units)
     }
 
     #[inline]
-    fn unpack(self, word: u64) -> Entry {
-        let id = self.id_base + ((word >> FLAGS) & ID_MASK);
-        let units = word >> UNTIL_SHIFT;
-        let until = if units == UNTIL_NEVER {
+    fn unpack_until(self, units: u64, bits: u32) -> Stamp {
+        if units == (1 << bits) - 1 {
             Stamp::NEVER
+        } else if self.kind == Kind::Dense {
+            // Below 2^29 units of at most a millisecond: no overflow.
+            self.stamp_base.plus_nanos(units * self.unit())
         } else {
-            self.stamp_base.plus_nanos(units << self.shift)
+            self.stamp_base.plus_nanos(units << self.grid)
+        }
+    }
+
+    /// The slot word of `entry` at `index`, if it fits (not whole).
+    #[inline]
+    fn pack(self, entry: Entry, index: usize) -> Option<u64> {
+        match self.kind {
+            Kind::Dense => {
+                // The run of ids: the entry at `index` has the `index`-th
+                // id from the front's.
+                if entry.id().checked_sub(self.id_base) != Some(index as u64) {
+                    return None;
+                }
+                let until = self.pack_until(entry.until, DENSE_UNTIL_BITS)?;
+                Some((until << FLAGS) | (entry.tag & FLAG_MASK))
+            }
+            Kind::Packed => {
+                let id = entry.id().checked_sub(self.id_base)?;
+                if id > ID_MASK {
+                    return None;
+                }
+                let until = self.pack_until(entry.until, PACKED_UNTIL_BITS)?;
+                Some((until << PACKED_UNTIL_SHIFT) | (id << FLAGS) | (entry.tag & FLAG_MASK))
+            }
+            Kind::Whole => None,
+        }
+    }
+
+    /// The entry at `index` from its slot word (not whole).
+    #[inline]
+    fn unpack(self, word: u64, index: usize) -> Entry {
+        let (id, until) = if self.kind == Kind::Dense {
+            (
+                self.id_base + index as u64,
+                self.unpack_until(word >> FLAGS, DENSE_UNTIL_BITS),
+            )
+        } else {
+            (
+                self.id_base + ((word >> FLAGS) & ID_MASK),
+                self.unpack_until(word >> PACKED_UNTIL_SHIFT, PACKED_UNTIL_BITS),
+            )
         };
         Entry {
             tag: (id << FLAGS) | (word & FLAG_MASK),
@@ -167,55 +299,92 @@ impl Format {
         }
     }
 
-    /// The format that packs every entry of `entries` with room to spare,
-    /// or a wide one.
-    fn for_entries(entries: &[Entry]) -> Format {
-        let Some(first_id) = entries.iter().map(Entry::id).min() else {
-            return Format::WHOLE;
-        };
-        let last_id = entries.iter().map(Entry::id).max().unwrap_or(first_id);
-        if last_id - first_id > ID_MASK / 2 {
-            return Format::WHOLE;
-        }
+    /// The smallest format that packs every entry of `entries` with room
+    /// to spare, in a ring whose next id is `next_id`.
+    fn for_entries(entries: &[Entry], next_id: u64) -> Format {
+        let len = entries.len() as u64;
+        // The key's last admissions, one id after another, up to the next.
+        let run = next_id.checked_sub(len).filter(|&first| {
+            next_id <= NEXT_MASK
+                && entries
+                    .iter()
+                    .zip(first..)
+                    .all(|(entry, id)| entry.id() == id)
+        });
         let mut bounded = entries.iter().filter(|e| !e.is_unbounded());
         let Some(first) = bounded.next() else {
-            // Only unbounded entries: any base serves until the first
-            // instant comes, which repacks around it.
-            return Format {
-                wide: false,
-                shift: 0,
-                id_base: first_id,
-                stamp_base: Stamp::EARLIEST,
+            // Only unbounded entries (or none): any base serves until the
+            // first instant comes, which repacks around it.
+            return match run {
+                Some(first) => Format {
+                    kind: Kind::Dense,
+                    grid: 0,
+                    id_base: first,
+                    stamp_base: Stamp::EARLIEST,
+                },
+                None => Format::packed_ids(entries).map_or(Format::WHOLE, |id_base| Format {
+                    kind: Kind::Packed,
+                    grid: 0,
+                    id_base,
+                    stamp_base: Stamp::EARLIEST,
+                }),
             };
         };
         let (earliest, latest) = bounded.fold((first.until, first.until), |(lo, hi), e| {
             (lo.min(e.until), hi.max(e.until))
         });
         let spread = latest.nanos_since(earliest).unwrap_or(0);
-        // The least shift whose reach is twice the spread, the base a
-        // quarter of the reach below the earliest instant. Reaches are
-        // powers of two, so that the base stays on the grid of the
+        // The least grid whose reach is twice the spread, the base a
+        // quarter of the reach below the earliest instant: a whole number
+        // of grid units, so that the base stays on the grid of the
         // earliest instant.
-        let reach = |shift: u32| 1u64 << (UNTIL_BITS + shift);
-        (0..=MAX_SHIFT)
-            .find(|&shift| spread <= reach(shift) / 2)
-            .map_or(Format::WHOLE, |shift| Format {
-                wide: false,
-                shift,
-                id_base: first_id,
-                stamp_base: earliest.saturating_sub(Duration::from_nanos(reach(shift) / 4)),
+        let dense = run.and_then(|first| {
+            let unit = DENSE_UNITS
+                .iter()
+                .position(|&unit| spread <= (unit << DENSE_UNTIL_BITS) / 2)?;
+            let quarter = DENSE_UNITS[unit] << (DENSE_UNTIL_BITS - 2);
+            Some(Format {
+                kind: Kind::Dense,
+                // Below 7.
+                grid: unit as u32,
+                id_base: first,
+                stamp_base: earliest.saturating_sub(Duration::from_nanos(quarter)),
             })
+        });
+        dense
+            .or_else(|| {
+                let id_base = Format::packed_ids(entries)?;
+                let reach = |shift: u32| 1u64 << (PACKED_UNTIL_BITS + shift);
+                let shift = (0..=MAX_SHIFT).find(|&shift| spread <= reach(shift) / 2)?;
+                Some(Format {
+                    kind: Kind::Packed,
+                    grid: shift,
+                    id_base,
+                    stamp_base: earliest.saturating_sub(Duration::from_nanos(reach(shift) / 4)),
+                })
+            })
+            .unwrap_or(Format::WHOLE)
+    }
+
+    /// The base id of a packed ring of `entries`, if their ids are close
+    /// enough to be packed with room to spare.
+    fn packed_ids(entries: &[Entry]) -> Option<u64> {
+        let first = entries.iter().map(Entry::id).min().unwrap_or(0);
+        let last = entries.iter().map(Entry::id).max().unwrap_or(first);
+        (last - first <= ID_MASK / 2).then_some(first)
     }
 }
 
 impl Ring {
     /// A ring of `entries`, packed if they can be, with room for
-    /// `capacity` entries (at least as many as given).
-    fn packed(entries: &[Entry], capacity: usize) -> Ring {
-        let format = Format::for_entries(entries);
+    /// `capacity` entries (at least as many as given), whose next id is
+    /// `next_id`.
+    fn packed(entries: &[Entry], capacity: usize, next_id: u64) -> Ring {
+        let format = Format::for_entries(entries, next_id);
         let capacity = capacity.max(entries.len());
-        let mut buf = vec![0; HEADER + capacity * format.width()];
-        buf[..HEADER].copy_from_slice(&format.words());
+        let header = format.header();
+        let mut buf = vec![0; header + format.words_for(capacity)];
+        buf[..header].copy_from_slice(&format.words(next_id)[..header]);
         let mut ring = Ring {
             buf: buf.into_boxed_slice(),
             head: 0,
@@ -232,17 +401,26 @@ impl Ring {
     /// The ring's format and its slots' words.
     #[inline]
     fn parts(&self) -> (Format, &[u64]) {
-        match &*self.buf {
-            [format, id_base, stamp_base, slots @ ..] => {
-                (Format::read(*format, *id_base, *stamp_base), slots)
-            }
-            // Every ring is made with its header.
-            _ => (Format::WHOLE, &[]),
-        }
+        Format::read(&self.buf, self.len)
     }
 
     fn format(&self) -> Format {
         self.parts().0
+    }
+
+    /// The id the key's next admission takes.
+    #[inline]
+    fn next_id(&self) -> u64 {
+        self.buf.get(FORMAT_WORD).map_or(0, |word| word & NEXT_MASK)
+    }
+
+    /// Sets [`next_id`](Self::next_id), the entries' ids staying what they
+    /// are (a dense ring's are counted back from it: only with none).
+    #[inline]
+    fn set_next_id(&mut self, next_id: u64) {
+        if let Some(word) = self.buf.get_mut(FORMAT_WORD) {
+            *word = (*word & !NEXT_MASK) | next_id.min(NEXT_MASK);
+        }
     }
 
     /// Its room, in entries.
@@ -261,23 +439,21 @@ impl Ring {
     }
 
     /// The entry at `index`, below `len`.
-    #[inline]
+    #[inline(always)]
     fn read(&self, index: usize) -> Entry {
         let (format, slots) = self.parts();
-        if format.wide {
-            return self.read_whole(index);
-        }
-        let slot = self.slot(index, slots.len());
-        format.unpack(slots[slot])
-    }
-
-    #[cold]
-    fn read_whole(&self, index: usize) -> Entry {
-        let slots = &self.buf[HEADER..];
-        let at = 2 * self.slot(index, slots.len() / 2);
-        Entry {
-            tag: slots[at],
-            until: Stamp::from_bits(slots[at + 1]).unwrap_or(Stamp::NEVER),
+        let capacity = format.entries_in(slots.len());
+        let slot = self.slot(index, capacity);
+        match format.kind {
+            Kind::Dense => {
+                let word = (slots[slot / 2] >> ((slot % 2) * 32)) & u64::from(u32::MAX);
+                format.unpack(word, index)
+            }
+            Kind::Packed => format.unpack(slots[slot], index),
+            Kind::Whole => Entry {
+                tag: slots[2 * slot],
+                until: Stamp::from_bits(slots[2 * slot + 1]).unwrap_or(Stamp::NEVER),
+            },
         }
     }
 
@@ -287,20 +463,31 @@ impl Ring {
     fn write(&mut self, index: usize, entry: Entry) -> bool {
         let (format, slots) = self.parts();
         let capacity = format.entries_in(slots.len());
+        self.write_in(format, capacity, index, entry)
+    }
+
+    /// [`write`](Self::write) in the ring's `format`, of `capacity`
+    /// entries.
+    #[inline]
+    fn write_in(&mut self, format: Format, capacity: usize, index: usize, entry: Entry) -> bool {
         let slot = self.slot(index, capacity);
-        if format.wide {
-            let at = HEADER + 2 * slot;
-            self.buf[at] = entry.tag;
-            self.buf[at + 1] = entry.until.to_bits();
+        let at = format.header();
+        if format.kind == Kind::Whole {
+            self.buf[at + 2 * slot] = entry.tag;
+            self.buf[at + 2 * slot + 1] = entry.until.to_bits();
             return true;
         }
-        match format.pack(entry) {
-            Some(word) => {
-                self.buf[HEADER + slot] = word;
-                true
-            }
-            None => false,
+        let Some(packed) = format.pack(entry, index) else {
+            return false;
+        };
+        if format.kind == Kind::Dense {
+            let shift = (slot % 2) * 32;
+            let word = &mut self.buf[at + slot / 2];
+            *word = (*word & !(u64::from(u32::MAX) << shift)) | (packed << shift);
+        } else {
+            self.buf[at + slot] = packed;
         }
+        true
     }
 
     fn entries(&self) -> Vec<Entry> {
@@ -310,31 +497,43 @@ impl Ring {
     }
 
     /// Repacks the ring around `entries` (what it is to hold), keeping its
-    /// capacity.
+    /// capacity and its next id.
     #[cold]
     fn repack(&mut self, entries: &[Entry]) {
-        *self = Ring::packed(entries, self.capacity());
+        *self = Ring::packed(entries, self.capacity(), self.next_id());
     }
 
     /// Moves the entries to a buffer of `capacity` slots (more than `len`),
-    /// the front first, in the same format.
+    /// the front first, packed anew.
     #[cold]
     fn grow(&mut self, capacity: usize) {
-        let width = self.format().width();
-        let old = self.capacity();
-        let mut buf = Vec::with_capacity(HEADER + capacity * width);
-        buf.extend_from_slice(&self.buf[..HEADER]);
-        for index in 0..self.len as usize {
-            let at = HEADER + self.slot(index, old) * width;
-            buf.extend_from_slice(&self.buf[at..at + width]);
-        }
-        buf.resize(HEADER + capacity * width, 0);
-        self.buf = buf.into_boxed_slice();
-        self.head = 0;
+        *self = Ring::packed(&self.entries(), capacity, self.next_id());
     }
 
     #[inline]
     fn push_back(&mut self, entry: Entry, most: impl FnOnce() -> usize) -> bool {
+        let len = self.len as usize;
+        let (format, slots) = self.parts();
+        let capacity = format.entries_in(slots.len());
+        // The common case: room, entries before it, and (dense) the next id
+        // of the run.
+        if len > 0 && len < capacity {
+            let next_id = self.next_id();
+            if (format.kind != Kind::Dense || entry.id() == next_id)
+                && self.write_in(format, capacity, len, entry)
+            {
+                self.len += 1;
+                if entry.id() >= next_id {
+                    self.set_next_id(entry.id().saturating_add(1));
+                }
+                return true;
+            }
+        }
+        self.push_back_slow(entry, most)
+    }
+
+    #[cold]
+    fn push_back_slow(&mut self, entry: Entry, most: impl FnOnce() -> usize) -> bool {
         let len = self.len as usize;
         if len == self.capacity() {
             if len >= MOST {
@@ -342,19 +541,46 @@ impl Ring {
             }
             self.grow(grown(len, most()).min(MOST));
         }
-        if len == 0 && self.format().wide {
-            // Emptied: packed again from this entry on.
-            self.repack(&[entry]);
-            return true;
+        let next_id = self.next_id().max(entry.id().saturating_add(1));
+        let kind = self.format().kind;
+        if len == 0 {
+            match kind {
+                // Emptied: packed again from this entry on.
+                Kind::Whole => {
+                    self.set_next_id(next_id);
+                    self.repack(&[entry]);
+                    return true;
+                }
+                // Emptied: a run again from this entry on.
+                Kind::Dense if entry.id() >= self.next_id() => self.set_next_id(entry.id()),
+                Kind::Dense | Kind::Packed => {}
+            }
         }
-        if !self.write(len, entry) {
+        // A dense ring takes the next id of its run only.
+        if (kind == Kind::Dense && entry.id() != self.next_id()) || !self.write(len, entry) {
             let mut entries = self.entries();
             entries.push(entry);
+            self.set_next_id(next_id);
             self.repack(&entries);
             return true;
         }
         self.len += 1;
+        self.set_next_id(next_id);
         true
+    }
+
+    /// The key's admission `id` left no entry here: the next id is past it
+    /// (a dense ring's run is broken, and it is packed).
+    #[cold]
+    fn skip(&mut self, id: u64) {
+        if id < self.next_id() {
+            return;
+        }
+        let entries = self.entries();
+        self.set_next_id(id.saturating_add(1));
+        if !entries.is_empty() && self.format().kind == Kind::Dense {
+            self.repack(&entries);
+        }
     }
 
     /// Takes the front entry if `take` is true of it.
@@ -389,23 +615,25 @@ impl Ring {
         }
     }
 
-    /// Keeps the entries `keep` is true of, in order, moving each kept one
-    /// forward over those dropped (its words as they are: the format is
-    /// unchanged).
+    /// Keeps the entries `keep` is true of, in order, repacked (a dense
+    /// ring whose run is broken is packed).
+    #[cold]
     fn retain(&mut self, mut keep: impl FnMut(&Entry) -> bool) {
-        let width = self.format().width();
-        let capacity = self.capacity();
-        let mut kept = 0;
-        for index in 0..self.len as usize {
-            if keep(&self.read(index)) {
-                let from = HEADER + self.slot(index, capacity) * width;
-                let to = HEADER + self.slot(kept, capacity) * width;
-                self.buf.copy_within(from..from + width, to);
-                kept += 1;
-            }
-        }
-        // At most `len`: fits a `u32`.
-        self.len = kept as u32;
+        let mut entries = self.entries();
+        entries.retain(|entry| keep(entry));
+        self.repack(&entries);
+    }
+
+    /// The index of the entry of admission `id`, if a dense ring: its run
+    /// of ids gives it without a search (`Some(None)`: not here).
+    #[inline]
+    fn index_of(&self, id: u64) -> Option<Option<usize>> {
+        let format = self.format();
+        (format.kind == Kind::Dense).then(|| {
+            id.checked_sub(format.id_base)
+                .and_then(|index| usize::try_from(index).ok())
+                .filter(|&index| index < self.len as usize)
+        })
     }
 }
 
@@ -457,10 +685,11 @@ impl Entries {
         }
     }
 
-    /// Appends `entry`. Full, the queue grows as a log does: doubling from
-    /// one entry up to `most()` (the most it is expected to hold, asked
-    /// only then), then doubling again. Returns `false`, and keeps
-    /// nothing, when it holds `u32::MAX` entries already.
+    /// Appends `entry`, the key's latest admission. Full, the queue grows
+    /// as a log does: doubling from one entry up to `most()` (the most it
+    /// is expected to hold, asked only then), then doubling again. Returns
+    /// `false`, and keeps nothing, when it holds `u32::MAX` entries
+    /// already.
     #[inline]
     pub(super) fn push_back(&mut self, entry: Entry, most: impl FnOnce() -> usize) -> bool {
         match self {
@@ -470,10 +699,52 @@ impl Entries {
             }
             Entries::One(Some(first)) => {
                 let first = *first;
-                *self = Entries::Many(Ring::packed(&[first, entry], 2));
+                let next_id = first.id().max(entry.id()).saturating_add(1);
+                *self = Entries::Many(Ring::packed(&[first, entry], 2, next_id));
                 true
             }
             Entries::Many(many) => many.push_back(entry, most),
+        }
+    }
+
+    /// The id the key's next admission takes, when this queue knows it:
+    /// one past the id of every admission the key made while the queue
+    /// held an entry. `None` while it holds none and never held two: the
+    /// key's next id is then one no admission of its store took before.
+    ///
+    /// It knows because every admission of the key is either pushed here
+    /// ([`push_back`](Self::push_back), with the latest id) or
+    /// [`skip`](Self::skip)ped; so the ids of a ring's entries, when no
+    /// admission left one elsewhere, run one after another.
+    #[inline]
+    pub(super) fn next_id(&self) -> Option<u64> {
+        match self {
+            Entries::One(one) => one.map(|entry| entry.id().saturating_add(1)),
+            Entries::Many(many) => Some(many.next_id()),
+        }
+    }
+
+    /// The key's admission `id` left no entry here (it cost no units of
+    /// this quota, or went to another queue): the next id is past it.
+    pub(super) fn skip(&mut self, id: u64) {
+        match self {
+            Entries::One(None) => {}
+            Entries::One(Some(first)) => {
+                let first = *first;
+                let next_id = first.id().max(id).saturating_add(1);
+                *self = Entries::Many(Ring::packed(&[first], 1, next_id));
+            }
+            Entries::Many(many) => many.skip(id),
+        }
+    }
+
+    /// Where the entry of admission `id` is, when the queue knows without
+    /// a search (a dense ring): `Some(None)` when it is not here.
+    #[inline]
+    pub(super) fn index_of(&self, id: u64) -> Option<Option<usize>> {
+        match self {
+            Entries::One(_) => None,
+            Entries::Many(many) => many.index_of(id),
         }
     }
 
@@ -517,12 +788,21 @@ impl Entries {
         }
     }
 
-    /// Whether the entries are packed (8 bytes each); for tests.
+    /// Whether the entries are packed (4 or 8 bytes each); for tests.
     #[cfg(test)]
     pub(super) fn is_packed(&self) -> bool {
         match self {
             Entries::One(_) => false,
-            Entries::Many(many) => !many.format().wide,
+            Entries::Many(many) => many.format().kind != Kind::Whole,
+        }
+    }
+
+    /// Whether the entries are dense (4 bytes each); for tests.
+    #[cfg(test)]
+    pub(super) fn is_dense(&self) -> bool {
+        match self {
+            Entries::One(_) => false,
+            Entries::Many(many) => many.format().kind == Kind::Dense,
         }
     }
 }
@@ -598,8 +878,82 @@ mod tests {
             let until = now.saturating_add(Duration::from_secs(60 + id));
             assert!(entries.push_back(entry(id * 1000, until, 0), || 10));
         }
-        assert!(entries.is_packed());
-        assert_eq!(words(&entries), HEADER + 10);
+        assert!(entries.is_packed() && !entries.is_dense());
+        assert_eq!(words(&entries), 3 + 10, "ids apart: 8 bytes an entry");
+
+        // A key's admissions one after another: 4 bytes an entry.
+        let mut entries = Entries::default();
+        for id in 0..9u64 {
+            let until = now.saturating_add(Duration::from_secs(60 + id));
+            assert!(entries.push_back(entry(500 + id, until, 0), || 10));
+        }
+        assert!(entries.is_dense());
+        assert_eq!(words(&entries), 2 + 5, "a run of ids: 4 bytes an entry");
+        assert_eq!(entries.next_id(), Some(509));
+    }
+
+    /// The instants of a dense ring (consecutive ids) whose window is an
+    /// hour or a day, on a paused clock's millisecond grid, come back
+    /// exact: every unit divides a millisecond.
+    #[test]
+    fn dense_instants_on_a_millisecond_grid_come_back_exact() {
+        let now = Stamp::of(Instant::now());
+        for step in [7u64, 20_011, 431_999] {
+            let mut entries = Entries::default();
+            let mut expected = Vec::new();
+            for i in 0..200u64 {
+                let until = now.saturating_add(Duration::from_millis(i * step));
+                let until = if i % 7 == 3 { Stamp::NEVER } else { until };
+                let added = entry((1 << 40) + i, until, i % 8);
+                assert!(entries.push_back(added, || 1000));
+                expected.push(added);
+            }
+            assert!(entries.is_dense(), "{step} ms apart");
+            let got: Vec<(u64, Stamp)> = entries.iter().map(|e| (e.tag, e.until)).collect();
+            let want: Vec<(u64, Stamp)> = expected.iter().map(|e| (e.tag, e.until)).collect();
+            assert_eq!(got, want, "{step} ms apart");
+        }
+    }
+
+    /// An admission that takes an id and leaves no entry breaks the run:
+    /// the ring is packed, and its entries and next id stay right. The
+    /// next id survives the ring's emptying, and a run starts again.
+    #[test]
+    fn a_skipped_id_breaks_the_run_and_the_next_id_is_kept() {
+        let now = Stamp::of(Instant::now());
+        let mut entries = Entries::default();
+        assert_eq!(entries.next_id(), None, "never held an entry");
+        entries.skip(3);
+        assert_eq!(entries.next_id(), None);
+        assert!(entries.push_back(entry(10, now, 0), || 8));
+        assert_eq!(entries.next_id(), Some(11));
+        entries.skip(11);
+        assert_eq!(entries.next_id(), Some(12), "kept by a ring");
+        assert!(entries.push_back(entry(12, now, 0), || 8));
+        assert!(entries.is_packed() && !entries.is_dense());
+        assert_eq!(entries.iter().map(|e| e.id()).collect::<Vec<_>>(), [10, 12]);
+        assert_eq!(entries.index_of(12), None, "packed: searched");
+        while entries.pop_front().is_some() {}
+        assert_eq!(entries.next_id(), Some(13));
+        entries.skip(13);
+        assert_eq!(entries.next_id(), Some(14));
+        for id in 14..20 {
+            assert!(entries.push_back(entry(id, now, 0), || 8));
+        }
+        assert_eq!(entries.next_id(), Some(20));
+        // Packed when it emptied: a run again once it is repacked.
+        entries.change_each(|e| e.until = e.until.saturating_add(Duration::from_secs(3 << 20)));
+        assert!(entries.is_dense());
+        assert_eq!(entries.index_of(16), Some(Some(2)));
+        assert_eq!(entries.index_of(20), Some(None));
+        assert_eq!(entries.index_of(13), Some(None));
+        entries.retain(|e| e.id() != 17);
+        assert!(!entries.is_dense(), "a hole in the run");
+        assert_eq!(
+            entries.iter().map(|e| e.id()).collect::<Vec<_>>(),
+            [14, 15, 16, 18, 19]
+        );
+        assert_eq!(entries.next_id(), Some(20));
     }
 
     /// The instants of a log whose window is an hour, taken on a
@@ -662,16 +1016,18 @@ mod tests {
     fn the_edges_of_the_reach_come_back_exact() {
         let now = Stamp::of(Instant::now());
         let base_id = 1u64 << 45;
+        let never = (1 << PACKED_UNTIL_BITS) - 1;
+        // Ids one apart would be dense: two apart are packed.
         let start = |expected: &mut Vec<Entry>| {
             let mut entries = Entries::default();
             push_exact(&mut entries, expected, entry(base_id, now, 0));
-            push_exact(&mut entries, expected, entry(base_id + 1, now, MOVED));
-            assert!(entries.is_packed());
+            push_exact(&mut entries, expected, entry(base_id + 2, now, MOVED));
+            assert!(entries.is_packed() && !entries.is_dense());
             entries
         };
         // Packed around `now` at shift 0: the base a quarter reach before.
-        let base = now.saturating_sub(Duration::from_nanos(1 << (UNTIL_BITS - 2)));
-        let last_fitting = base.plus_nanos(UNTIL_NEVER - 1);
+        let base = now.saturating_sub(Duration::from_nanos(1 << (PACKED_UNTIL_BITS - 2)));
+        let last_fitting = base.plus_nanos(never - 1);
         let mut expected = Vec::new();
         let mut entries = start(&mut expected);
         push_exact(
@@ -691,11 +1047,49 @@ mod tests {
         let mut entries = start(&mut expected);
         // The first instant past the reach, read back as that instant
         // (repacked at shift 1: rounded up to its grid), not as unbounded.
-        let past_reach = base.plus_nanos(UNTIL_NEVER);
-        assert!(entries.push_back(entry(base_id + 2, past_reach, 0), || 16));
+        let past_reach = base.plus_nanos(never);
+        assert!(entries.push_back(entry(base_id + 3, past_reach, 0), || 16));
         assert!(entries.is_packed(), "repacked around the later instant");
         assert_eq!(entries.get(2).until.nanos_since(past_reach), Some(1));
         assert_eq!(entries.get(0).until, now);
+    }
+
+    /// The same edges for a dense ring: the last instant in reach comes
+    /// back exact; the first past it repacks the ring to the next unit,
+    /// never read back as unbounded; an id out of the run packs it.
+    #[test]
+    fn the_edges_of_a_dense_reach_come_back_exact() {
+        let now = Stamp::of(Instant::now());
+        let never = (1 << DENSE_UNTIL_BITS) - 1;
+        let start = |expected: &mut Vec<Entry>| {
+            let mut entries = Entries::default();
+            push_exact(&mut entries, expected, entry(7, now, 0));
+            push_exact(&mut entries, expected, entry(8, now, MOVED));
+            assert!(entries.is_dense());
+            entries
+        };
+        // Dense around `now` in nanoseconds: the base a quarter reach before.
+        let base = now.saturating_sub(Duration::from_nanos(1 << (DENSE_UNTIL_BITS - 2)));
+        let mut expected = Vec::new();
+        let mut entries = start(&mut expected);
+        push_exact(
+            &mut entries,
+            &mut expected,
+            entry(9, base.plus_nanos(never - 1), COSTLY),
+        );
+        assert!(entries.is_dense(), "the last instant that fits");
+        let past_reach = base.plus_nanos(never);
+        assert!(entries.push_back(entry(10, past_reach, 0), || 16));
+        assert!(entries.is_dense(), "repacked in 8 ns units");
+        let late = entries.get(3).until.nanos_since(past_reach);
+        assert!(late.is_some_and(|late| late < 8), "late by {late:?}");
+        assert_eq!(entries.get(0).until, now);
+
+        let mut expected = Vec::new();
+        let mut entries = start(&mut expected);
+        push_exact(&mut entries, &mut expected, entry(10, now, 0));
+        assert!(!entries.is_dense(), "id 9 left no entry");
+        assert_eq!(entries.next_id(), Some(11));
     }
 
     #[derive(Debug, Clone)]
@@ -707,6 +1101,8 @@ mod tests {
             offset: Option<u64>,
             flags: u64,
         },
+        /// An admission `gap` ids past the last that leaves no entry.
+        Skip(u64),
         Pop,
         Retain(u64),
         Set {
@@ -726,9 +1122,10 @@ mod tests {
             1 => (0u64..1 << 62).prop_map(Some),
             1 => Just(None),
         ];
-        let gap = prop_oneof![4 => 1u64..1_000, 1 => 1u64..1 << 26];
+        let gap = prop_oneof![6 => Just(1u64), 3 => 1u64..1_000, 1 => 1u64..1 << 26];
         prop_oneof![
-            4 => (gap, offset.clone(), 0u64..8).prop_map(|(gap, offset, flags)| Op::Push { gap, offset, flags }),
+            6 => (gap.clone(), offset.clone(), 0u64..8).prop_map(|(gap, offset, flags)| Op::Push { gap, offset, flags }),
+            1 => gap.prop_map(Op::Skip),
             3 => Just(Op::Pop),
             1 => (1u64..5).prop_map(Op::Retain),
             2 => (any::<usize>(), offset, 0u64..8).prop_map(|(index, offset, flags)| Op::Set { index, offset, flags }),
@@ -751,6 +1148,8 @@ mod tests {
             let mut ours = Entries::default();
             let mut model: VecDeque<Entry> = VecDeque::new();
             let mut next_id = 1u64 << 50;
+            // The last id pushed or skipped.
+            let mut latest: Option<u64> = None;
             let tolerance = (ops.len() as u64 + 1) << MAX_SHIFT;
             for op in ops {
                 match op {
@@ -759,6 +1158,12 @@ mod tests {
                         let added = entry(next_id, at(offset), flags);
                         prop_assert!(ours.push_back(added, || most));
                         model.push_back(added);
+                        latest = Some(next_id);
+                    }
+                    Op::Skip(gap) => {
+                        next_id += gap;
+                        ours.skip(next_id);
+                        latest = Some(next_id);
                     }
                     Op::Pop => {
                         let popped = ours.pop_front();
@@ -785,6 +1190,16 @@ mod tests {
                     }
                 }
                 prop_assert_eq!(ours.len(), model.len());
+                // Known, the next id is past every id given; known while
+                // the queue holds an entry.
+                let next = ours.next_id();
+                prop_assert!(next.is_none_or(|next| Some(next - 1) == latest), "{next:?}");
+                prop_assert!(model.is_empty() || next.is_some());
+                for (index, e) in model.iter().enumerate() {
+                    let found = ours.index_of(e.id());
+                    prop_assert!(found.is_none_or(|found| found == Some(index)));
+                }
+                prop_assert!(ours.index_of(next_id + 1).is_none_or(|found| found.is_none()));
                 prop_assert_eq!(
                     (ours.len() > 0).then(|| ours.get(0).tag),
                     model.front().map(|e| e.tag)

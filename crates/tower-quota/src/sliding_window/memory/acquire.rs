@@ -352,7 +352,7 @@ fn waiting(state: &mut KeyState, this: Waiting<'_>, now: Instant, cx: &mut Conte
         .saturating_duration_since(this.enqueued_at);
     let queued = this.queued as usize;
     if at.is_some_and(|at| at <= now) {
-        let id = this.ids.take();
+        let id = this.ids.take(state);
         let lagging = this.shared.written.lag.is_lagging_at(stamp);
         if let Some(adapted) = state.record(now, stamp, this.cost, id, this.limits, lagging) {
             events::rate_adapted(this.key, adapted, Adaptation::Recovered);
@@ -476,10 +476,11 @@ fn arrive(
     let class = this.priority;
     let deadline = this.place.and_then(|place| place.deadline);
     if state.queue.none_before(class) && state.has_room(now, cost, this.limits, class) {
+        let id = this.ids.take(state);
         return Step::Ready(Ok(admit_now(
             this.shared,
             state,
-            this.ids.take(),
+            id,
             this.key,
             cost,
             this.limits,

@@ -115,6 +115,13 @@ impl KeyState {
         }
     }
 
+    /// The id the key's next admission takes, when its first log knows it
+    /// (see [`WindowLog::next_id`]): every admission of the key is
+    /// recorded in each of its logs, as an entry or as an id skipped.
+    pub(super) fn next_id(&self) -> Option<u64> {
+        self.windows.first()?.next_id()
+    }
+
     /// What the key learned, made now if it had nothing to learn yet.
     pub(super) fn learned(&mut self) -> &mut Learned {
         self.learned.get_or_insert_with(Box::default)
