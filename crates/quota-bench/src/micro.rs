@@ -379,7 +379,7 @@ response future: no admission future is built unless the request waits), then ta
 mutex and reads the clock again when the answer comes back, to hold the slot a window past \
 the answer; on one admission in 16 it measures how late its task runs. \
 Keyed, with 100,000 keys live, the keys' state (about 124 bytes each with one entry, kept \
-in place, and 8 bytes per further entry once they are packed) is far larger than the CPU's caches: an admission waits on memory \
+in place, and 4 bytes per further entry once they are packed) is far larger than the CPU's caches: an admission waits on memory \
 for the key's slot in its shard's table, its boxed state and log, and the log's entries, and \
 the shard's sweeps of idle keys examine fewer than half a key more per operation. governor's \
 keyed limiter on the same keys (the row above) waits on memory too, for its table's slot and \

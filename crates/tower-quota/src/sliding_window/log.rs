@@ -74,7 +74,7 @@ struct Extra {
     /// The entries answered out of `pending`'s order, in leaving order.
     answered: VecDeque<Entry>,
     /// The units of each live entry that does not cost 1 (flag [`COSTLY`]),
-    /// by id: an entry is 8 bytes in a packed queue, and most cost 1.
+    /// by id: an entry is 4 or 8 bytes in a packed queue, and most cost 1.
     costs: HashMap<u64, u64, FixedState>,
     /// The size the log holds the key to, once a provider announced less
     /// than the quota's `max_calls`.

@@ -442,8 +442,14 @@ impl Ring {
     #[inline(always)]
     fn read(&self, index: usize) -> Entry {
         let (format, slots) = self.parts();
-        let capacity = format.entries_in(slots.len());
-        let slot = self.slot(index, capacity);
+        self.read_in(format, slots, index)
+    }
+
+    /// [`read`](Self::read) in the ring's `format`, its slots' words being
+    /// `slots`.
+    #[inline(always)]
+    fn read_in(&self, format: Format, slots: &[u64], index: usize) -> Entry {
+        let slot = self.slot(index, format.entries_in(slots.len()));
         match format.kind {
             Kind::Dense => {
                 let word = (slots[slot / 2] >> ((slot % 2) * 32)) & u64::from(u32::MAX);
@@ -589,17 +595,18 @@ impl Ring {
         if self.len == 0 {
             return None;
         }
-        let entry = self.read(0);
+        let (format, slots) = self.parts();
+        let entry = self.read_in(format, slots, 0);
         if !take(&entry) {
             return None;
         }
         // Below the capacity, itself at most `MOST`: fits a `u32`.
-        self.head = self.slot(1, self.capacity()) as u32;
+        self.head = self.slot(1, format.entries_in(slots.len())) as u32;
         self.len -= 1;
         Some(entry)
     }
 
-    #[inline]
+    #[inline(always)]
     fn get(&self, index: usize) -> Entry {
         assert!(index < self.len as usize, "index out of bounds");
         self.read(index)
