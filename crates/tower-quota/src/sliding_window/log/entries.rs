@@ -503,10 +503,27 @@ impl Ring {
     }
 
     /// Repacks the ring around `entries` (what it is to hold), keeping its
-    /// capacity and its next id.
+    /// capacity and its next id: in its own buffer when the format's kind
+    /// stays (a new base for instants that moved on with the clock, the
+    /// common case), else in a new one.
     #[cold]
     fn repack(&mut self, entries: &[Entry]) {
-        *self = Ring::packed(entries, self.capacity(), self.next_id());
+        let (capacity, next_id) = (self.capacity(), self.next_id());
+        let format = Format::for_entries(entries, next_id);
+        if format.kind != self.format().kind || entries.len() > capacity {
+            *self = Ring::packed(entries, capacity, next_id);
+            return;
+        }
+        // The same header and slot sizes: the same capacity.
+        let header = format.header();
+        self.buf[..header].copy_from_slice(&format.words(next_id)[..header]);
+        self.head = 0;
+        // At most the capacity: fits a `u32`.
+        self.len = entries.len() as u32;
+        for (index, &entry) in entries.iter().enumerate() {
+            let written = self.write(index, entry);
+            debug_assert!(written, "a format chosen for the entries packs each");
+        }
     }
 
     /// Moves the entries to a buffer of `capacity` slots (more than `len`),
@@ -564,10 +581,17 @@ impl Ring {
         }
         // A dense ring takes the next id of its run only.
         if (kind == Kind::Dense && entry.id() != self.next_id()) || !self.write(len, entry) {
-            let mut entries = self.entries();
-            entries.push(entry);
-            self.set_next_id(next_id);
-            self.repack(&entries);
+            // Read before the next id moves: a dense ring's ids count back
+            // from it.
+            if len == 0 {
+                self.set_next_id(next_id);
+                self.repack(&[entry]);
+            } else {
+                let mut entries = self.entries();
+                entries.push(entry);
+                self.set_next_id(next_id);
+                self.repack(&entries);
+            }
             return true;
         }
         self.len += 1;
@@ -897,6 +921,40 @@ mod tests {
         assert!(entries.is_dense());
         assert_eq!(words(&entries), 2 + 5, "a run of ids: 4 bytes an entry");
         assert_eq!(entries.next_id(), Some(509));
+    }
+
+    /// A ring whose instants moved on out of its reach (a key idle, then
+    /// busy again, or a long-lived busy one) is rebased in its own buffer:
+    /// no allocation, the entries and the next id kept.
+    #[test]
+    fn a_ring_rebased_keeps_its_buffer() {
+        let buffer = |entries: &Entries| match entries {
+            Entries::One(_) => std::ptr::null(),
+            Entries::Many(many) => many.buf.as_ptr(),
+        };
+        let now = Stamp::of(Instant::now());
+        let mut entries = Entries::default();
+        for id in 0..6u64 {
+            assert!(entries.push_back(entry(id, now, 0), || 8));
+        }
+        let before = buffer(&entries);
+        // Busy: the next instant is hours past the others'.
+        let later = now.saturating_add(Duration::from_secs(3 << 12));
+        assert!(entries.push_back(entry(6, later, 0), || 8));
+        assert!(entries.is_dense());
+        assert_eq!(buffer(&entries), before, "rebased in place");
+        assert_eq!(
+            entries.iter().map(|e| e.id()).collect::<Vec<_>>(),
+            [0, 1, 2, 3, 4, 5, 6]
+        );
+        assert_eq!(entries.get(6).until, later);
+        // Idle: emptied, then an instant far later still.
+        while entries.pop_front().is_some() {}
+        let much_later = later.saturating_add(Duration::from_secs(3 << 20));
+        assert!(entries.push_back(entry(9, much_later, 0), || 8));
+        assert_eq!(buffer(&entries), before, "rebased in place");
+        assert_eq!(entries.get(0).until, much_later);
+        assert_eq!(entries.next_id(), Some(10));
     }
 
     /// The instants of a dense ring (consecutive ids) whose window is an
