@@ -409,8 +409,8 @@ meets a key with failures). 3 is the least with tower's budget and a slot held a
 its answer: the admission and the answer are read a request's flight apart. The same two \
 readings bound the layer's rows: twice the clock's reference row is more than 2× governor's \
 `check` and 1.3× tower's `RateLimit` (which reads the clock once) before any other work, and \
-governor's keyed row, the cost of reaching a key among 100,000 on this machine, is above the \
-keyed goal of 50 ns by itself. Two tasks on two threads admitting one key each take the \
+with governor's keyed row, the cost of reaching a key among 100,000 on this machine, more \
+than the keyed goal of 50 ns. Two tasks on two threads admitting one key each take the \
 shard's mutex twice per request (the admission and the answer) and move its cache lines, the \
 key's state and its log from core to core each time, where governor's row is one \
 compare-and-swap per admission. The README stack is four layers, three of them with state per \
