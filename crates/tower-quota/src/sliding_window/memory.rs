@@ -599,6 +599,94 @@ mod tests {
         assert_eq!(admit(&a, 1), again + 1);
     }
 
+    mod ids {
+        use std::collections::HashMap;
+
+        use proptest::prelude::*;
+
+        use super::*;
+        use crate::sliding_window::store::Completion;
+
+        #[derive(Debug, Clone)]
+        enum Op {
+            /// An admission of key `key` (of 3, sharing shards or not) that
+            /// costs `cost` (0: no entry).
+            Admit {
+                key: u8,
+                cost: u64,
+            },
+            /// The answer, or the drop, of the `pick`-th admission still
+            /// outstanding.
+            Complete {
+                pick: usize,
+                dropped: bool,
+            },
+            Advance {
+                millis: u64,
+            },
+            Evict,
+        }
+
+        fn op() -> impl Strategy<Value = Op> {
+            prop_oneof![
+                6 => (0u8..3, prop_oneof![5 => Just(1u64), 1 => Just(0u64), 1 => Just(2u64)])
+                    .prop_map(|(key, cost)| Op::Admit { key, cost }),
+                3 => (any::<usize>(), any::<bool>())
+                    .prop_map(|(pick, dropped)| Op::Complete { pick, dropped }),
+                2 => (0u64..1_500).prop_map(|millis| Op::Advance { millis }),
+                1 => Just(Op::Evict),
+            ]
+        }
+
+        proptest! {
+            /// Whatever the interleaving of keys, free admissions,
+            /// answers, drops, idle spells and sweeps, each key's
+            /// admissions take increasing ids: an answer never reaches
+            /// another admission's entry, also once the key was swept and
+            /// made again.
+            #[test]
+            fn a_keys_ids_always_increase(ops in proptest::collection::vec(op(), 1..120)) {
+                let runtime = tokio::runtime::Builder::new_current_thread()
+                    .enable_time()
+                    .start_paused(true)
+                    .build()
+                    .unwrap();
+                let _entered = runtime.enter();
+                let store = MemoryStore::new();
+                let limits = Limits::new(vec![Quota::new(5, Duration::from_secs(1)).unwrap()])
+                    .unwrap()
+                    .reporting_answers();
+                let keys = [Key::from_static("a"), Key::from_static("b"), Key::from_static("c")];
+                let mut last: HashMap<u8, u64> = HashMap::new();
+                let mut outstanding: Vec<Admission> = Vec::new();
+                for op in ops {
+                    match op {
+                        Op::Admit { key, cost } => {
+                            let admitted = store.try_acquire(&keys[usize::from(key)], cost, &limits, &Place::default());
+                            if let Some(Ok(admission)) = admitted {
+                                if let Some(&before) = last.get(&key) {
+                                    prop_assert!(admission.id() > before, "{} after {before}", admission.id());
+                                }
+                                last.insert(key, admission.id());
+                                outstanding.push(admission);
+                            }
+                        }
+                        Op::Complete { pick, dropped } if !outstanding.is_empty() => {
+                            let admission = outstanding.swap_remove(pick % outstanding.len());
+                            let completion = if dropped { Completion::Dropped } else { Completion::Answered };
+                            store.complete(&admission, completion, &limits);
+                        }
+                        Op::Complete { .. } => {}
+                        Op::Advance { millis } => {
+                            runtime.block_on(tokio::time::advance(Duration::from_millis(millis)));
+                        }
+                        Op::Evict => store.evict_idle(),
+                    }
+                }
+            }
+        }
+    }
+
     /// Ids stay below the logs' limit, at the last one once it is reached.
     #[test]
     fn ids_stay_below_the_limit() {
