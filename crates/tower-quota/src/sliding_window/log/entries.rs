@@ -38,9 +38,10 @@
 //! entries, so their order is kept. An entry that does not fit (a longer
 //! gap, an instant out of reach of the base, an id that breaks the run)
 //! has the ring repacked around the entries it then holds, in the
-//! smallest format that takes them; at every repacking a quarter of the
-//! reach is left on either side, so that repacking is rare (instants move
-//! on with the clock: about once per quarter reach of time, an O(n) copy).
+//! smallest format that takes them (in its own buffer when the format's
+//! kind stays); at every repacking a quarter of the reach is left on
+//! either side, so that repacking is rare (instants move on with the
+//! clock: at most about once per quarter reach of time, an O(n) copy).
 //!
 //! The ring counts its entries and its front in `u32`s: a log of 4
 //! billion entries would be 16 GiB.
