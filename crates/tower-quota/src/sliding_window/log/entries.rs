@@ -607,11 +607,15 @@ impl Ring {
         if id < self.next_id() {
             return;
         }
+        if self.len == 0 || self.format().kind != Kind::Dense {
+            self.set_next_id(id.saturating_add(1));
+            return;
+        }
+        // Read before the next id moves: a dense ring's ids count back
+        // from it.
         let entries = self.entries();
         self.set_next_id(id.saturating_add(1));
-        if !entries.is_empty() && self.format().kind == Kind::Dense {
-            self.repack(&entries);
-        }
+        self.repack(&entries);
     }
 
     /// Takes the front entry if `take` is true of it.
