@@ -273,7 +273,13 @@ where
                     *reopenings = None;
                     // Kept for the layers around (the backoff's start).
                     let now = crate::time::read();
-                    let waited = now.saturating_duration_since(*since.get_or_insert(now));
+                    let waited = match *since {
+                        Some(since) => now.saturating_duration_since(since),
+                        None => {
+                            *since = Some(now);
+                            Duration::ZERO
+                        }
+                    };
                     match gates.admit(this.key, now, config) {
                         Ok(in_flight) => {
                             events::gate_passed(this.key, waited);

@@ -316,9 +316,13 @@ impl WindowLog {
         class: super::Priority,
         cost: u64,
     ) -> u64 {
+        let reserved = limits.reserved_units(class, self.size(counted));
+        if reserved == 0 {
+            return 0;
+        }
         let units = counted.units(cost);
         let room = u64::try_from(self.capacity(counted, units)).unwrap_or(u64::MAX) - units;
-        limits.reserved_units(class, self.size(counted)).min(room)
+        reserved.min(room)
     }
 
     /// How many units the log holds for a request of `units`: its size, or

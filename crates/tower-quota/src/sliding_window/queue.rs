@@ -8,6 +8,7 @@ use std::time::Duration;
 
 use tokio::time::Instant;
 
+use super::Limits;
 use super::schedule::{Priority, Tenant};
 use crate::Key;
 
@@ -225,11 +226,12 @@ impl Queue {
             .map_or(Duration::MAX, |classes| classes.promote_after)
     }
 
-    /// Sets what [`promote_after`](Self::promote_after) returns, if anyone
-    /// ever waited.
-    pub(super) fn set_promote_after(&mut self, promote_after: Duration) {
+    /// Sets what [`promote_after`](Self::promote_after) returns to that of
+    /// `limits`, if anyone ever waited (read only then: it may be a minimum
+    /// over the quotas).
+    pub(super) fn set_promote_after(&mut self, limits: &Limits) {
         if let Some(classes) = self.classes.as_mut() {
-            classes.promote_after = promote_after;
+            classes.promote_after = limits.promote_after();
         }
     }
 

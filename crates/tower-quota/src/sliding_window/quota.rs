@@ -488,6 +488,10 @@ impl Limits {
         cost: u64,
         class: Option<Priority>,
     ) -> Result<(), super::CostTooLarge> {
+        // A unit fits every quota: a class's reserve leaves at least one.
+        if cost <= 1 {
+            return Ok(());
+        }
         let usable = |quota: &Quota| {
             let kept = class.map_or(0, |class| self.reserved_units(class, quota.max_calls()));
             quota.max_calls() - kept

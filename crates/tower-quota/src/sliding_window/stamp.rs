@@ -35,6 +35,13 @@ fn wide_nanos(duration: Duration) -> i128 {
     i128::try_from(duration.as_nanos()).unwrap_or(i128::MAX)
 }
 
+/// `duration` in nanoseconds, `u64::MAX` past them: no stamp is that far
+/// from another.
+#[inline]
+fn narrow_nanos(duration: Duration) -> u64 {
+    u64::try_from(duration.as_nanos()).unwrap_or(u64::MAX)
+}
+
 /// A count of nanoseconds from the epoch, clamped to [`MOST`] either side.
 /// Sums are taken wide and clamped once, so that a stamp before the epoch
 /// plus a duration longer than `MOST` still reaches the latest stamp.
@@ -78,7 +85,7 @@ impl Stamp {
     pub(crate) fn of(instant: Instant) -> Stamp {
         let epoch = epoch();
         match instant.checked_duration_since(epoch) {
-            Some(after) => Stamp::from_nanos(clamped(wide_nanos(after))),
+            Some(after) => Stamp::from_nanos(0).plus_nanos(narrow_nanos(after)),
             None => Stamp::from_nanos(clamped(-wide_nanos(epoch.duration_since(instant)))),
         }
     }
@@ -98,13 +105,14 @@ impl Stamp {
 
     /// `self + duration`, saturating 292 years after the epoch (and
     /// [`NEVER`](Self::NEVER) stays itself).
+    #[inline]
     pub(crate) fn saturating_add(self, duration: Duration) -> Stamp {
         if self == Stamp::NEVER {
             return self;
         }
-        Stamp::from_nanos(clamped(
-            i128::from(self.nanos()).saturating_add(wide_nanos(duration)),
-        ))
+        // A duration past `u64::MAX` nanoseconds (584 years) takes any
+        // stamp past the latest, as `plus_nanos` saturates.
+        self.plus_nanos(narrow_nanos(duration))
     }
 
     /// `self - duration`, saturating at [`EARLIEST`](Self::EARLIEST)

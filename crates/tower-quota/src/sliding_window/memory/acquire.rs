@@ -538,7 +538,7 @@ fn arrive(
         }
     }
     state.queue.insert(spot, tenant, cost, now, cx.waker());
-    state.queue.set_promote_after(this.limits.promote_after());
+    state.queue.set_promote_after(this.limits);
     *slot = AcquireState::Queued {
         spot,
         enqueued_at: Stamp::of(now),

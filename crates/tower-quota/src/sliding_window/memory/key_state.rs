@@ -161,7 +161,7 @@ impl KeyState {
     /// uncounted): returns `false`.
     pub(super) fn conform(&mut self, limits: &Limits) -> bool {
         if self.limits.same_windows(limits) {
-            self.queue.set_promote_after(limits.promote_after());
+            self.queue.set_promote_after(limits);
             return true;
         }
         if !self.is_idle() {
@@ -172,7 +172,7 @@ impl KeyState {
         if let Some(learned) = self.learned.as_deref_mut() {
             learned.announced = Box::default();
         }
-        self.queue.set_promote_after(limits.promote_after());
+        self.queue.set_promote_after(limits);
         true
     }
 
