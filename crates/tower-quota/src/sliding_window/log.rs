@@ -564,8 +564,11 @@ impl WindowLog {
             .map(|before| self.pending.get(before))
             .find(|e| !e.is_moved());
         match live_before {
-            // An unbounded one leaves later than any bound.
-            Some(entry) => entry.until <= until,
+            // An unbounded one leaves later than any bound. The entries'
+            // instants are on `pending`'s grid, rounded up: `until` is
+            // compared as it would be kept too (an earlier answer less than
+            // a unit before would seem to leave after it).
+            Some(entry) => entry.until <= until || entry.until <= self.pending.on_grid(until),
             // The front, or only tombstones before it, all looked at.
             None => index <= LOOK_BACK,
         }
@@ -849,6 +852,31 @@ mod tests {
         log.prune(Stamp::of(start + WINDOW * 2));
         assert!(log.is_empty());
     }
+
+    /// Answers that come in turn, closer together than the unit of the
+    /// ring's grid (a minute's window: a millisecond), are answered in
+    /// place: an instant is compared with the entries' on their grid, where
+    /// an earlier entry's, rounded up, would seem to leave after it.
+    #[test]
+    fn answers_in_turn_within_a_grid_unit_stay_in_place() {
+        let quota = Quota::new(10, Duration::from_secs(60)).unwrap();
+        let counted = Counted::new(&quota, Duration::ZERO);
+        let mut log = WindowLog::new();
+        let start = Instant::now();
+        for id in 0..10u64 {
+            let at = start + Duration::from_micros(3 * id);
+            // Bounds a fifth of the window away: the ring's grid spans it.
+            let sent_by = Some(Stamp::of(at + Duration::from_secs(12)));
+            log.record(&counted, 1, id, sent_by, Duration::ZERO, true);
+            let answered = at + Duration::from_micros(1);
+            assert!(log.answer(&counted, id, Stamp::of(answered), Duration::ZERO, None));
+        }
+        assert!(log.pending.is_tight(), "a run of close instants");
+        assert!(log.extra.is_none(), "nothing moved to `answered`");
+        assert_eq!(log.moved, 0);
+        assert_eq!(log.in_window(), 10);
+    }
+
     const MARGIN: Duration = Duration::from_millis(1);
     const GRACE: Duration = Duration::from_millis(7);
 

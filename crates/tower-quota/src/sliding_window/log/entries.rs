@@ -1,5 +1,5 @@
 //! The queue of a log's entries: the first one in place, the others in a
-//! ring packed 4 bytes an entry where they can be, 8 where not.
+//! ring packed 3 or 4 bytes an entry where they can be, 8 where not.
 //!
 //! Most keys of a store have one admission in their window at a time (a
 //! caller that waits for each answer, or a quota far from full), and a
@@ -15,14 +15,18 @@
 //! stamp its entries' instants count from and the id the key's next
 //! admission takes, and packs each entry in one of three formats:
 //!
-//! - **dense**, 4 bytes: its flags and its instant's distance from the
-//!   stamp (29 bits), in units of 1, 8 or 64 ns, 1 or 8 µs, 125 µs or 1 ms,
-//!   rounded up. Its id is not kept: the entries are the key's last
-//!   admissions, one id after another, so the `i`-th from the front has
-//!   the id `next_id - len + i`. Each unit divides a millisecond (an
-//!   instant on a paused clock's millisecond grid comes back exact), and
-//!   the least that spans the entries' instants is used: 1 µs for a
-//!   window of a minute, 1 ms beyond 9 hours, up to windows of about 3 days.
+//! - **dense**, 3 or 4 bytes: its flags and its instant's distance from
+//!   the stamp (21 or 29 bits), in units of 1, 8 or 64 ns, 1 or 8 µs,
+//!   125 µs or 1 ms, rounded up. Its id is not kept: the entries are the
+//!   key's last admissions, one id after another, so the `i`-th from the
+//!   front has the id `next_id - len + i`. Each unit divides a millisecond
+//!   (an instant on a paused clock's millisecond grid comes back exact).
+//!   Three bytes (a slot may span two words) where a unit spans 8 times
+//!   the entries' instants: 1 ms for a window of a minute, up to windows
+//!   of about 4 minutes, since the instants to come, which move on with
+//!   the clock, must stay in reach a while; else four, with the least unit
+//!   that spans twice the instants: 125 µs for a window of an hour, 1 ms
+//!   beyond 9 hours, up to windows of about 3 days.
 //! - **packed**, 8 bytes: its flags, its id's distance from a base id
 //!   kept in the header (24 bits) and its instant's (37 bits), in units of
 //!   `2^shift` nanoseconds, rounded up; for entries whose ids are not
@@ -39,7 +43,7 @@
 //! gap, an instant out of reach of the base, an id that breaks the run)
 //! has the ring repacked around the entries it then holds, in the
 //! smallest format that takes them (in its own buffer when the format's
-//! kind stays); at every repacking a quarter of the reach is left on
+//! kind and entry size stay); at every repacking a quarter of the reach is left on
 //! either side, so that repacking is rare (instants move on with the
 //! clock: at most about once per quarter reach of time, an O(n) copy).
 //!
@@ -73,8 +77,13 @@ const ID_BITS: u32 = 24;
 const ID_MASK: u64 = (1 << ID_BITS) - 1;
 const PACKED_UNTIL_SHIFT: u32 = FLAGS + ID_BITS;
 const PACKED_UNTIL_BITS: u32 = 64 - PACKED_UNTIL_SHIFT;
-/// A dense entry: its flags, then its instant's distance from the base.
+/// A dense entry: its flags, then its instant's distance from the base,
+/// in 32 bits; a tight one in 24.
 const DENSE_UNTIL_BITS: u32 = 32 - FLAGS;
+const TIGHT_UNTIL_BITS: u32 = 24 - FLAGS;
+const TIGHT_MASK: u64 = (1 << 24) - 1;
+/// The bit of the format byte that marks a dense ring tight.
+const TIGHT: u64 = 0x80;
 /// The coarsest grid packed instants are kept to: 2^20 ns, about a
 /// millisecond.
 const MAX_SHIFT: u32 = 20;
@@ -115,6 +124,8 @@ struct Format {
     /// Dense: the index of its unit in [`DENSE_UNITS`]; packed: the shift
     /// of its grid.
     grid: u32,
+    /// Dense: 3 bytes an entry, not 4.
+    tight: bool,
     /// The id of the entry at index 0 (dense), or that the entries' ids
     /// count from (packed).
     id_base: u64,
@@ -126,6 +137,7 @@ impl Format {
     const WHOLE: Format = Format {
         kind: Kind::Whole,
         grid: 0,
+        tight: false,
         id_base: 0,
         stamp_base: Stamp::EARLIEST,
     };
@@ -143,6 +155,7 @@ impl Format {
     #[inline]
     fn entries_in(self, words: usize) -> usize {
         match self.kind {
+            Kind::Dense if self.tight => words * 8 / 3,
             Kind::Dense => words * 2,
             Kind::Packed => words,
             Kind::Whole => words / 2,
@@ -152,6 +165,7 @@ impl Format {
     /// The words of slots `entries` entries take.
     fn words_for(self, entries: usize) -> usize {
         match self.kind {
+            Kind::Dense if self.tight => entries.saturating_mul(3).div_ceil(8),
             Kind::Dense => entries.div_ceil(2),
             Kind::Packed => entries,
             Kind::Whole => entries.saturating_mul(2),
@@ -167,13 +181,14 @@ impl Format {
             return (Format::WHOLE, &[]);
         };
         let byte = format >> 56;
-        let grid = (byte >> 2) as u32;
+        let grid = ((byte >> 2) & 0x1f) as u32;
         let stamp_base = Stamp::from_bits(*stamp).unwrap_or(Stamp::EARLIEST);
         match (byte & 3, rest) {
             (0, slots) => (
                 Format {
                     kind: Kind::Dense,
                     grid,
+                    tight: byte & TIGHT != 0,
                     // A dense ring's entries end just below the next id.
                     id_base: (format & NEXT_MASK).saturating_sub(u64::from(len)),
                     stamp_base,
@@ -184,6 +199,7 @@ impl Format {
                 Format {
                     kind: Kind::Packed,
                     grid,
+                    tight: false,
                     id_base: *id_base,
                     stamp_base,
                 },
@@ -200,14 +216,25 @@ impl Format {
             Kind::Packed => 1,
             Kind::Whole => 2,
         };
-        // The grid is below 64: a unit's index or a shift of at most
+        // The grid is below 32: a unit's index or a shift of at most
         // `MAX_SHIFT`.
-        let byte = kind | (u64::from(self.grid) << 2);
+        let tight = if self.tight { TIGHT } else { 0 };
+        let byte = kind | (u64::from(self.grid) << 2) | tight;
         [
             self.stamp_base.to_bits(),
             (byte << 56) | next_id.min(NEXT_MASK),
             self.id_base,
         ]
+    }
+
+    /// Dense: the bits of an entry's instant.
+    #[inline]
+    fn until_bits(self) -> u32 {
+        if self.tight {
+            TIGHT_UNTIL_BITS
+        } else {
+            DENSE_UNTIL_BITS
+        }
     }
 
     /// Dense: the unit of its instants, in nanoseconds.
@@ -265,7 +292,7 @@ impl Format {
                 if entry.id().checked_sub(self.id_base) != Some(index as u64) {
                     return None;
                 }
-                let until = self.pack_until(entry.until, DENSE_UNTIL_BITS)?;
+                let until = self.pack_until(entry.until, self.until_bits())?;
                 Some((until << FLAGS) | (entry.tag & FLAG_MASK))
             }
             Kind::Packed => {
@@ -286,7 +313,7 @@ impl Format {
         let (id, until) = if self.kind == Kind::Dense {
             (
                 self.id_base + index as u64,
-                self.unpack_until(word >> FLAGS, DENSE_UNTIL_BITS),
+                self.unpack_until(word >> FLAGS, self.until_bits()),
             )
         } else {
             (
@@ -320,12 +347,14 @@ impl Format {
                 Some(first) => Format {
                     kind: Kind::Dense,
                     grid: 0,
+                    tight: true,
                     id_base: first,
                     stamp_base: Stamp::EARLIEST,
                 },
                 None => Format::packed_ids(entries).map_or(Format::WHOLE, |id_base| Format {
                     kind: Kind::Packed,
                     grid: 0,
+                    tight: false,
                     id_base,
                     stamp_base: Stamp::EARLIEST,
                 }),
@@ -339,15 +368,25 @@ impl Format {
         // quarter of the reach below the earliest instant: a whole number
         // of grid units, so that the base stays on the grid of the
         // earliest instant.
+        // Tight (3 bytes an entry) where a unit of at most a millisecond
+        // has a reach of 8 times the spread (windows up to about 4
+        // minutes), so that the instants to come, which move on with the
+        // clock, are seldom out of reach (a rebase copies the ring).
         let dense = run.and_then(|first| {
-            let unit = DENSE_UNITS
-                .iter()
-                .position(|&unit| spread <= (unit << DENSE_UNTIL_BITS) / 2)?;
-            let quarter = DENSE_UNITS[unit] << (DENSE_UNTIL_BITS - 2);
+            let (bits, unit) = [(TIGHT_UNTIL_BITS, 8), (DENSE_UNTIL_BITS, 2)]
+                .into_iter()
+                .find_map(|(bits, times)| {
+                    let unit = DENSE_UNITS
+                        .iter()
+                        .position(|&unit| spread <= (unit << bits) / times)?;
+                    Some((bits, unit))
+                })?;
+            let quarter = DENSE_UNITS[unit] << (bits - 2);
             Some(Format {
                 kind: Kind::Dense,
                 // Below 7.
                 grid: unit as u32,
+                tight: bits == TIGHT_UNTIL_BITS,
                 id_base: first,
                 stamp_base: earliest.saturating_sub(Duration::from_nanos(quarter)),
             })
@@ -360,6 +399,7 @@ impl Format {
                 Some(Format {
                     kind: Kind::Packed,
                     grid: shift,
+                    tight: false,
                     id_base,
                     stamp_base: earliest.saturating_sub(Duration::from_nanos(reach(shift) / 4)),
                 })
@@ -452,6 +492,7 @@ impl Ring {
     fn read_in(&self, format: Format, slots: &[u64], index: usize) -> Entry {
         let slot = self.slot(index, format.entries_in(slots.len()));
         match format.kind {
+            Kind::Dense if format.tight => format.unpack(tight_slot(slots, slot), index),
             Kind::Dense => {
                 let word = (slots[slot / 2] >> ((slot % 2) * 32)) & u64::from(u32::MAX);
                 format.unpack(word, index)
@@ -487,7 +528,9 @@ impl Ring {
         let Some(packed) = format.pack(entry, index) else {
             return false;
         };
-        if format.kind == Kind::Dense {
+        if format.kind == Kind::Dense && format.tight {
+            set_tight_slot(&mut self.buf[at..], slot, packed);
+        } else if format.kind == Kind::Dense {
             let shift = (slot % 2) * 32;
             let word = &mut self.buf[at + slot / 2];
             *word = (*word & !(u64::from(u32::MAX) << shift)) | (packed << shift);
@@ -505,13 +548,15 @@ impl Ring {
 
     /// Repacks the ring around `entries` (what it is to hold), keeping its
     /// capacity and its next id: in its own buffer when the format's kind
-    /// stays (a new base for instants that moved on with the clock, the
+    /// and entry size stay (a new base for instants that moved on with the clock, the
     /// common case), else in a new one.
     #[cold]
     fn repack(&mut self, entries: &[Entry]) {
         let (capacity, next_id) = (self.capacity(), self.next_id());
         let format = Format::for_entries(entries, next_id);
-        if format.kind != self.format().kind || entries.len() > capacity {
+        let current = self.format();
+        if (format.kind, format.tight) != (current.kind, current.tight) || entries.len() > capacity
+        {
             *self = Ring::packed(entries, capacity, next_id);
             return;
         }
@@ -658,6 +703,20 @@ impl Ring {
         let mut entries = self.entries();
         entries.retain(|entry| keep(entry));
         self.repack(&entries);
+    }
+
+    /// `until` as the ring would keep it (see [`Entries::on_grid`]).
+    #[inline]
+    fn on_grid(&self, until: Stamp) -> Stamp {
+        let format = self.format();
+        let bits = match format.kind {
+            Kind::Dense => format.until_bits(),
+            Kind::Packed => PACKED_UNTIL_BITS,
+            Kind::Whole => return until,
+        };
+        format
+            .pack_until(until, bits)
+            .map_or(until, |units| format.unpack_until(units, bits))
     }
 
     /// The index of the entry of admission `id`, if a dense ring: its run
@@ -824,7 +883,20 @@ impl Entries {
         }
     }
 
-    /// Whether the entries are packed (4 or 8 bytes each); for tests.
+    /// `until` as an entry here would keep it: rounded up to the ring's
+    /// grid, if it is in reach (else a ring packed anew picks a grid for
+    /// it and the others, which keeps their order). An instant compared
+    /// with the entries' is taken so, or one a grid unit later than an
+    /// earlier entry would seem to come before it.
+    #[inline]
+    pub(super) fn on_grid(&self, until: Stamp) -> Stamp {
+        match self {
+            Entries::One(_) => until,
+            Entries::Many(many) => many.on_grid(until),
+        }
+    }
+
+    /// Whether the entries are packed (3, 4 or 8 bytes each); for tests.
     #[cfg(test)]
     pub(super) fn is_packed(&self) -> bool {
         match self {
@@ -833,7 +905,8 @@ impl Entries {
         }
     }
 
-    /// Whether the entries are dense (4 bytes each); for tests.
+    /// Whether the entries are dense (4 bytes each, or 3 when tight);
+    /// for tests.
     #[cfg(test)]
     pub(super) fn is_dense(&self) -> bool {
         match self {
@@ -841,6 +914,50 @@ impl Entries {
             Entries::Many(many) => many.format().kind == Kind::Dense,
         }
     }
+
+    /// Whether the entries are dense in 3 bytes each; for tests.
+    #[cfg(test)]
+    pub(super) fn is_tight(&self) -> bool {
+        match self {
+            Entries::One(_) => false,
+            Entries::Many(many) => many.format().tight,
+        }
+    }
+}
+
+/// The 24 bits of slot `slot` of `slots`, packed three bytes a slot (a
+/// slot may span two words).
+#[inline(always)]
+fn tight_slot(slots: &[u64], slot: usize) -> u64 {
+    let (word, shift) = tight_bit(slot);
+    let low = slots[word] >> shift;
+    let value = if shift > 40 {
+        low | (slots[word + 1] << (64 - shift))
+    } else {
+        low
+    };
+    value & TIGHT_MASK
+}
+
+/// Writes `value` (24 bits) in slot `slot` of `slots`.
+#[inline]
+fn set_tight_slot(slots: &mut [u64], slot: usize, value: u64) {
+    let (word, shift) = tight_bit(slot);
+    slots[word] = (slots[word] & !(TIGHT_MASK << shift)) | (value << shift);
+    if shift > 40 {
+        // The bits past the first word's end.
+        let written = 64 - shift;
+        slots[word + 1] = (slots[word + 1] & !(TIGHT_MASK >> written)) | (value >> written);
+    }
+}
+
+/// The word and the bit in it where 24-bit slot `slot` starts.
+#[inline(always)]
+fn tight_bit(slot: usize) -> (usize, u32) {
+    // A ring holds at most `MOST` slots: 24 times that fits a `u64`, and a
+    // word index within the buffer fits a `usize`.
+    let bit = slot as u64 * 24;
+    ((bit / 64) as usize, (bit % 64) as u32)
 }
 
 /// The capacity a full queue of `len` entries grows to: doubling from one
@@ -917,15 +1034,24 @@ mod tests {
         assert!(entries.is_packed() && !entries.is_dense());
         assert_eq!(words(&entries), 3 + 10, "ids apart: 8 bytes an entry");
 
-        // A key's admissions one after another: 4 bytes an entry.
+        // A key's admissions one after another: 3 bytes an entry.
         let mut entries = Entries::default();
         for id in 0..9u64 {
             let until = now.saturating_add(Duration::from_secs(60 + id));
             assert!(entries.push_back(entry(500 + id, until, 0), || 10));
         }
-        assert!(entries.is_dense());
-        assert_eq!(words(&entries), 2 + 5, "a run of ids: 4 bytes an entry");
+        assert!(entries.is_tight());
+        assert_eq!(words(&entries), 2 + 4, "a run of ids: 3 bytes an entry");
         assert_eq!(entries.next_id(), Some(509));
+
+        // Instants further apart than a quarter of an hour: 4 bytes.
+        let mut entries = Entries::default();
+        for id in 0..9u64 {
+            let until = now.saturating_add(Duration::from_secs(60 + id * 300));
+            assert!(entries.push_back(entry(500 + id, until, 0), || 10));
+        }
+        assert!(entries.is_dense() && !entries.is_tight());
+        assert_eq!(words(&entries), 2 + 5, "a run of ids: 4 bytes an entry");
     }
 
     /// A ring whose instants moved on out of its reach (a key idle, then
@@ -943,10 +1069,10 @@ mod tests {
             assert!(entries.push_back(entry(id, now, 0), || 8));
         }
         let before = buffer(&entries);
-        // Busy: the next instant is hours past the others'.
-        let later = now.saturating_add(Duration::from_secs(3 << 12));
+        // Busy: the next instant is minutes past the others'.
+        let later = now.saturating_add(Duration::from_secs(3 << 6));
         assert!(entries.push_back(entry(6, later, 0), || 8));
-        assert!(entries.is_dense());
+        assert!(entries.is_tight());
         assert_eq!(buffer(&entries), before, "rebased in place");
         assert_eq!(
             entries.iter().map(|e| e.id()).collect::<Vec<_>>(),
@@ -1124,22 +1250,23 @@ mod tests {
         assert_eq!(entries.get(0).until, now);
     }
 
-    /// The same edges for a dense ring: the last instant in reach comes
-    /// back exact; the first past it repacks the ring to the next unit,
-    /// never read back as unbounded; an id out of the run packs it.
+    /// The same edges for a dense ring, tight (3 bytes an entry, as for
+    /// instants close together): the last instant in reach comes back
+    /// exact; the first past it repacks the ring to the next unit, never
+    /// read back as unbounded; an id out of the run packs it.
     #[test]
     fn the_edges_of_a_dense_reach_come_back_exact() {
         let now = Stamp::of(Instant::now());
-        let never = (1 << DENSE_UNTIL_BITS) - 1;
+        let never = (1 << TIGHT_UNTIL_BITS) - 1;
         let start = |expected: &mut Vec<Entry>| {
             let mut entries = Entries::default();
             push_exact(&mut entries, expected, entry(7, now, 0));
             push_exact(&mut entries, expected, entry(8, now, MOVED));
-            assert!(entries.is_dense());
+            assert!(entries.is_tight());
             entries
         };
         // Dense around `now` in nanoseconds: the base a quarter reach before.
-        let base = now.saturating_sub(Duration::from_nanos(1 << (DENSE_UNTIL_BITS - 2)));
+        let base = now.saturating_sub(Duration::from_nanos(1 << (TIGHT_UNTIL_BITS - 2)));
         let mut expected = Vec::new();
         let mut entries = start(&mut expected);
         push_exact(
@@ -1150,7 +1277,7 @@ mod tests {
         assert!(entries.is_dense(), "the last instant that fits");
         let past_reach = base.plus_nanos(never);
         assert!(entries.push_back(entry(10, past_reach, 0), || 16));
-        assert!(entries.is_dense(), "repacked in 8 ns units");
+        assert!(entries.is_tight(), "repacked in 8 ns units");
         let late = entries.get(3).until.nanos_since(past_reach);
         assert!(late.is_some_and(|late| late < 8), "late by {late:?}");
         assert_eq!(entries.get(0).until, now);
