@@ -50,16 +50,11 @@ const COMPACT_AT: usize = 64;
 pub(super) struct WindowLog {
     pending: Entries,
     /// `answered`, the costs of the entries that do not cost 1 and their
-    /// sum, and a size below the quota's: boxed, and only while it holds
-    /// something. A key whose requests cost 1 and are answered in turn,
+    /// sum, a size below the quota's, and the counts of tombstones and of
+    /// entries without a bound: boxed, and only while it holds something.
+    /// A key whose requests cost 1, have a bound and are answered in turn,
     /// and whose provider announced no smaller quota, never needs it.
     extra: Option<Box<Extra>>,
-    /// Tombstones in `pending`: entries that moved to `answered`. The two
-    /// counts saturate, and neither can get near it: `pending` holds at
-    /// most `u32::MAX` entries (64 GiB of log).
-    moved: u32,
-    /// Live entries of `pending` without a bound.
-    unbounded: u32,
     /// The latest bound given so far: no later admission leaves before it
     /// ([`Stamp::EARLIEST`]: none yet).
     last_bound: Stamp,
@@ -83,11 +78,23 @@ struct Extra {
     /// `u64::MAX` each never saturate it (a saturated sum would under-count
     /// once entries leave).
     costly_units: u128,
+    /// Tombstones in `pending`: entries that moved to `answered` (with
+    /// them, the answered entries left out of turn, or those of a key
+    /// held until answered). The two counts saturate, and neither can get
+    /// near it: `pending` holds at most `u32::MAX` entries (64 GiB of log).
+    moved: u32,
+    /// Live entries of `pending` without a bound (a strict key's, or
+    /// those of a client that lags).
+    unbounded: u32,
 }
 
 impl Extra {
     fn is_empty(&self) -> bool {
-        self.answered.is_empty() && self.costs.is_empty() && self.resized.is_none()
+        self.answered.is_empty()
+            && self.costs.is_empty()
+            && self.resized.is_none()
+            && self.moved == 0
+            && self.unbounded == 0
     }
 
     /// Admission `id`, live, costs `units`, which are not 1.
@@ -220,10 +227,22 @@ impl WindowLog {
         WindowLog {
             pending: Entries::default(),
             extra: None,
-            moved: 0,
-            unbounded: 0,
             last_bound: Stamp::EARLIEST,
         }
+    }
+
+    /// Tombstones in `pending` (see [`Extra::moved`]).
+    fn moved(&self) -> u32 {
+        self.extra.as_ref().map_or(0, |extra| extra.moved)
+    }
+
+    /// Live entries of `pending` without a bound.
+    fn unbounded(&self) -> u32 {
+        self.extra.as_ref().map_or(0, |extra| extra.unbounded)
+    }
+
+    fn extra_mut(&mut self) -> &mut Extra {
+        self.extra.get_or_insert_with(Box::default)
     }
 
     /// The id the key's next admission takes, when this log knows it
@@ -236,7 +255,7 @@ impl WindowLog {
         self.extra
             .as_ref()
             .is_none_or(|extra| extra.answered.is_empty())
-            && self.pending.len() == self.moved as usize
+            && self.pending.len() == self.moved() as usize
     }
 
     /// The entries answered out of `pending`'s order.
@@ -260,7 +279,7 @@ impl WindowLog {
     /// The units of the live entries: one each, but for those of `costs`,
     /// which count their own.
     fn in_window(&self) -> u128 {
-        let pending = self.pending.len().saturating_sub(self.moved as usize);
+        let pending = self.pending.len().saturating_sub(self.moved() as usize);
         match self.extra.as_deref() {
             None => pending as u128,
             // Each entry of `costs` is a live entry.
@@ -277,7 +296,9 @@ impl WindowLog {
             .pop_front_if(|entry| entry.is_moved() || entry.until <= now)
         {
             if entry.is_moved() {
-                self.moved = self.moved.saturating_sub(1);
+                if let Some(extra) = self.extra.as_deref_mut() {
+                    extra.moved = extra.moved.saturating_sub(1);
+                }
             } else if entry.is_costly()
                 && let Some(extra) = self.extra.as_deref_mut()
             {
@@ -380,7 +401,7 @@ impl WindowLog {
         let until = match sent_by {
             // Behind an admission held until answered, one that will be
             // answered is too.
-            Some(_) if self.unbounded > 0 && awaits_answer => Stamp::NEVER,
+            Some(_) if self.unbounded() > 0 && awaits_answer => Stamp::NEVER,
             Some(at) => {
                 let until = at
                     .saturating_add(counted.span)
@@ -395,7 +416,7 @@ impl WindowLog {
         if cost != 1 {
             entry.tag |= COSTLY;
         }
-        if !entry.is_unbounded() && self.unbounded > 0 {
+        if !entry.is_unbounded() && self.unbounded() > 0 {
             // One that will not be answered leaves at its bound, which
             // `pending` cannot hold in order behind one without a bound.
             self.insert_answered(entry, most_entries(self.size(counted)));
@@ -413,7 +434,8 @@ impl WindowLog {
                 return;
             }
             if entry.is_unbounded() {
-                self.unbounded = self.unbounded.saturating_add(1);
+                let extra = self.extra_mut();
+                extra.unbounded = extra.unbounded.saturating_add(1);
             }
         }
         if cost != 1 {
@@ -519,22 +541,25 @@ impl WindowLog {
     /// at `until`; `most`: how far `answered` grows by doubling.
     fn move_to_answered(&mut self, index: usize, until: Stamp, most: usize) {
         let mut entry = self.pending.get(index);
+        let extra = self.extra_mut();
         if entry.is_unbounded() {
-            self.unbounded = self.unbounded.saturating_sub(1);
+            extra.unbounded = extra.unbounded.saturating_sub(1);
         }
+        extra.moved = extra.moved.saturating_add(1);
         let moved = Entry { until, ..entry };
         entry.tag |= MOVED;
         self.pending.set(index, entry);
-        self.moved = self.moved.saturating_add(1);
         self.insert_answered(moved, most);
     }
 
     /// Drops the tombstones from `pending` once they are many and most of it.
     fn compact(&mut self) {
-        let moved = self.moved as usize;
+        let moved = self.moved() as usize;
         if moved >= COMPACT_AT && moved * 2 > self.pending.len() {
             self.pending.retain(|e| !e.is_moved());
-            self.moved = 0;
+            if let Some(extra) = self.extra.as_deref_mut() {
+                extra.moved = 0;
+            }
         }
     }
 
@@ -585,7 +610,10 @@ impl WindowLog {
                 held = held.saturating_add(1);
             }
         });
-        self.unbounded = self.unbounded.saturating_add(held);
+        if held > 0 {
+            let extra = self.extra_mut();
+            extra.unbounded = extra.unbounded.saturating_add(held);
+        }
         // The answered ones still in `pending` behind the first entry held
         // until answered leave at their instants: out of `pending`, which
         // stays in order.
@@ -776,11 +804,11 @@ mod tests {
 
     const WINDOW: Duration = Duration::from_millis(100);
 
-    /// Each key holds one log per quota: 48 bytes, its first entry in place
+    /// Each key holds one log per quota: 40 bytes, its first entry in place
     /// and the others aside.
     #[test]
-    fn a_log_is_48_bytes_and_an_entry_16() {
-        assert_eq!(std::mem::size_of::<WindowLog>(), 48);
+    fn a_log_is_40_bytes_and_an_entry_16() {
+        assert_eq!(std::mem::size_of::<WindowLog>(), 40);
         assert_eq!(std::mem::size_of::<Entry>(), 16);
     }
 
@@ -825,8 +853,8 @@ mod tests {
         assert!(log.extra.is_none());
     }
 
-    /// Answered out of order, entries go to `answered`; once they leave,
-    /// its allocation goes too.
+    /// Answered out of order, entries go to `answered`; once they and
+    /// their tombstones in `pending` leave, its allocation goes too.
     #[test]
     fn answered_entries_leave_with_their_queue() {
         let quota = Quota::new(10, WINDOW).unwrap();
@@ -847,10 +875,12 @@ mod tests {
         assert!(log.answer(&counted, 2, Stamp::of(start), Duration::ZERO, None));
         assert!(log.extra.is_some());
         log.prune(Stamp::of(start + WINDOW));
-        assert!(log.extra.is_none());
+        assert!(log.answered().next().is_none(), "left");
+        assert_eq!(log.moved(), 1, "its tombstone, behind the two others");
         assert!(!log.is_empty(), "the two unanswered ones are still held");
         log.prune(Stamp::of(start + WINDOW * 2));
         assert!(log.is_empty());
+        assert!(log.extra.is_none());
     }
 
     /// Answers that come in turn, closer together than the unit of the
@@ -873,7 +903,7 @@ mod tests {
         }
         assert!(log.pending.is_tight(), "a run of close instants");
         assert!(log.extra.is_none(), "nothing moved to `answered`");
-        assert_eq!(log.moved, 0);
+        assert_eq!(log.moved(), 0);
         assert_eq!(log.in_window(), 10);
     }
 

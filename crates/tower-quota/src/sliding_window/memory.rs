@@ -269,7 +269,7 @@ impl Store for MemoryStore {
             Err(error) => return Some(Err(error)),
         };
         let class = place.priority;
-        (state.queue.none_before(class) && state.has_room(now, cost, limits, class)).then(|| {
+        (state.queue().none_before(class) && state.has_room(now, cost, limits, class)).then(|| {
             let id = shard.ids.take(state);
             Ok(admit_now(
                 &self.shared,
@@ -387,7 +387,7 @@ impl Store for MemoryStore {
         // The probe past a fresh key's first window, refused, may be either
         // (a sliding log whose window runs late, or a counter of the rate):
         // the key widens its margin and is spaced.
-        let near_quota = match state.learned.as_deref_mut() {
+        let near_quota = match state.learned_mut() {
             Some(learned) => {
                 learned.pacer.burst() != Some(1) && learned.pacer.near_quota(now, limits)
             }

@@ -175,6 +175,9 @@ pub(super) struct Queue {
 }
 
 impl Queue {
+    /// Nobody ever waited.
+    pub(super) const EMPTY: Queue = Queue { classes: None };
+
     pub(super) fn is_empty(&self) -> bool {
         self.classes
             .as_ref()

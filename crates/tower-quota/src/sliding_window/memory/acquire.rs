@@ -188,7 +188,7 @@ impl Future for Acquire {
                         limited_by,
                         was_head,
                     } => match shard.keys.get_mut(hash, &this.key) {
-                        Some(state) if state.queue.contains(*spot) => waiting(
+                        Some(state) if state.queue().contains(*spot) => waiting(
                             state,
                             Waiting {
                                 shared: &this.shared,
@@ -325,7 +325,7 @@ fn waiting(state: &mut KeyState, this: Waiting<'_>, now: Instant, cx: &mut Conte
         if let Some((max_wait, _)) = waited_out.filter(|(_, end)| now >= *end) {
             return over_max_wait(state, max_wait, waited());
         }
-        state.queue.register(spot, cx.waker());
+        state.queue_mut().register(spot, cx.waker());
         if std::mem::take(this.was_head) {
             // It was the head and is no longer (a front aged past
             // `promote_after` while it slept): the new head may be parked
@@ -389,7 +389,7 @@ fn waiting(state: &mut KeyState, this: Waiting<'_>, now: Instant, cx: &mut Conte
         return unreachable(at, deadline);
     }
     // A correction or an answer may move the instant: be wakeable.
-    state.queue.register(spot, cx.waker());
+    state.queue_mut().register(spot, cx.waker());
     match at {
         // Spacing decides: an interval, where a millisecond counts.
         Some(at) if limit.is_none() => Step::Sleep(early_wake(at, now)),
@@ -475,7 +475,7 @@ fn arrive(
     let cost = this.cost;
     let class = this.priority;
     let deadline = this.place.and_then(|place| place.deadline);
-    if state.queue.none_before(class) && state.has_room(now, cost, this.limits, class) {
+    if state.queue().none_before(class) && state.has_room(now, cost, this.limits, class) {
         let id = this.ids.take(state);
         return Step::Ready(Ok(admit_now(
             this.shared,
@@ -487,14 +487,14 @@ fn arrive(
             (now, this.stamp),
         )));
     }
-    let queued = state.queue.len() + 1;
+    let queued = state.queue().len() + 1;
     let tenant = this.place.and_then(|place| place.tenant.as_ref());
-    let spot = state.queue.spot(class, tenant);
+    let spot = state.queue().spot(class, tenant);
     let bounded =
         this.limits.max_queue().is_some() || this.limits.max_wait().is_some() || deadline.is_some();
     // The wait the requests ahead leave it (only when a bound needs it).
     let (ahead, wait) = if bounded {
-        let (ahead, ahead_cost) = state.queue.ahead(spot);
+        let (ahead, ahead_cost) = state.queue().ahead(spot);
         let wait = state.projected_wait(
             now,
             ahead_cost.saturating_add(cost),
@@ -537,8 +537,9 @@ fn arrive(
             .into()));
         }
     }
-    state.queue.insert(spot, tenant, cost, now, cx.waker());
-    state.queue.set_promote_after(this.limits);
+    let queue = state.queue_mut();
+    queue.insert(spot, tenant, cost, now, cx.waker());
+    queue.set_promote_after(this.limits);
     *slot = AcquireState::Queued {
         spot,
         enqueued_at: Stamp::of(now),

@@ -20,7 +20,8 @@ use crate::{Announced, Room};
 /// The state of one key. The store's map holds it boxed together with its
 /// key ([`Boxed`](crate::keymap::Boxed)): the map keeps room for a third
 /// more entries than it holds, and that room then costs a pointer, not a
-/// key and a state. What only some keys need is boxed again.
+/// key and a state. What only some keys need is boxed again, behind one
+/// pointer ([`Aside`]).
 pub(super) struct KeyState {
     /// The limits its logs were made for: only their quotas and safety
     /// margin are read here, once for all the logs, which keep no copy.
@@ -29,12 +30,9 @@ pub(super) struct KeyState {
     limits: Limits,
     /// One log per quota of `limits`, in their order.
     pub(super) windows: Logs,
-    /// Its waiters (and the limits' `promote_after`), boxed with the first.
-    pub(super) queue: Queue,
-    /// What the key learns from its provider, boxed: made with the key when
-    /// its caller reports refusals, otherwise with the first announcement
-    /// or refusal. `None` is a pacer that never spaces and no drift.
-    pub(super) learned: Option<Box<Learned>>,
+    /// Its queue and what it learns, made with the first waiter, or with
+    /// what it learns.
+    aside: Option<Box<Aside>>,
     /// Its requests in flight, and the most in flight at once lately; until
     /// a window after the key was made, the key is cold (its admissions get
     /// the cold bound).
@@ -86,6 +84,21 @@ impl<'a> IntoIterator for &'a mut Logs {
     }
 }
 
+/// What only some keys need: most never wait, and only those whose
+/// provider refuses or announces (or whose caller reports refusals) learn.
+#[derive(Default)]
+struct Aside {
+    /// Its waiters (and the limits' `promote_after`), boxed with the first.
+    queue: Queue,
+    /// What the key learns from its provider: made with the key when its
+    /// caller reports refusals, otherwise with the first announcement or
+    /// refusal. `None` is a pacer that never spaces and no drift.
+    learned: Option<Learned>,
+}
+
+/// The queue of a key that never had a waiter.
+static NO_WAITERS: Queue = Queue::EMPTY;
+
 /// What a key learns from its provider.
 #[derive(Default)]
 pub(super) struct Learned {
@@ -105,14 +118,38 @@ impl KeyState {
             flight: InFlightPeak::cold_until(Stamp::of(now).saturating_add(shortest)),
             windows: Self::windows_for(limits),
             limits: limits.clone(),
-            queue: Queue::default(),
-            learned: limits.reports_refusals().then(|| {
-                Box::new(Learned {
-                    pacer: Pacer::new(true),
-                    ..Learned::default()
+            aside: limits.reports_refusals().then(|| {
+                Box::new(Aside {
+                    queue: Queue::default(),
+                    learned: Some(Learned {
+                        pacer: Pacer::new(true),
+                        ..Learned::default()
+                    }),
                 })
             }),
         }
+    }
+
+    /// Its waiters.
+    pub(super) fn queue(&self) -> &Queue {
+        self.aside
+            .as_deref()
+            .map_or(&NO_WAITERS, |aside| &aside.queue)
+    }
+
+    /// Its waiters, to change: its [`Aside`] is made if it had none.
+    pub(super) fn queue_mut(&mut self) -> &mut Queue {
+        &mut self.aside.get_or_insert_with(Box::default).queue
+    }
+
+    /// What it learned, if anything.
+    pub(super) fn learned_ref(&self) -> Option<&Learned> {
+        self.aside.as_deref()?.learned.as_ref()
+    }
+
+    /// What it learned, if anything, to change.
+    pub(super) fn learned_mut(&mut self) -> Option<&mut Learned> {
+        self.aside.as_deref_mut()?.learned.as_mut()
     }
 
     /// The id the key's next admission takes, when its first log knows it
@@ -124,11 +161,14 @@ impl KeyState {
 
     /// What the key learned, made now if it had nothing to learn yet.
     pub(super) fn learned(&mut self) -> &mut Learned {
-        self.learned.get_or_insert_with(Box::default)
+        self.aside
+            .get_or_insert_with(Box::default)
+            .learned
+            .get_or_insert_with(Learned::default)
     }
 
     pub(super) fn pacer(&self) -> Option<&Pacer> {
-        self.learned.as_deref().map(|learned| &learned.pacer)
+        self.learned_ref().map(|learned| &learned.pacer)
     }
 
     fn windows_for(limits: &Limits) -> Logs {
@@ -161,7 +201,9 @@ impl KeyState {
     /// uncounted): returns `false`.
     pub(super) fn conform(&mut self, limits: &Limits) -> bool {
         if self.limits.same_windows(limits) {
-            self.queue.set_promote_after(limits);
+            if let Some(aside) = self.aside.as_deref_mut() {
+                aside.queue.set_promote_after(limits);
+            }
             return true;
         }
         if !self.is_idle() {
@@ -169,10 +211,12 @@ impl KeyState {
         }
         self.windows = Self::windows_for(limits);
         self.limits = limits.clone();
-        if let Some(learned) = self.learned.as_deref_mut() {
+        if let Some(learned) = self.learned_mut() {
             learned.announced = Box::default();
         }
-        self.queue.set_promote_after(limits);
+        if let Some(aside) = self.aside.as_deref_mut() {
+            aside.queue.set_promote_after(limits);
+        }
         true
     }
 
@@ -269,7 +313,7 @@ impl KeyState {
     }
 
     pub(super) fn extra_margin(&self, now: Instant) -> Duration {
-        self.learned.as_deref().map_or(Duration::ZERO, |learned| {
+        self.learned_ref().map_or(Duration::ZERO, |learned| {
             learned.drift.extra(now, self.shortest_window())
         })
     }
@@ -286,7 +330,7 @@ impl KeyState {
     }
 
     pub(super) fn is_idle(&self) -> bool {
-        self.queue.is_empty() && self.windows.iter().all(WindowLog::is_empty)
+        self.queue().is_empty() && self.windows.iter().all(WindowLog::is_empty)
     }
 
     pub(super) fn has_room(
@@ -339,7 +383,7 @@ impl KeyState {
         for (window, counted) in self.counted_mut() {
             window.record(&counted, cost, id, sent_by, extra, answers);
         }
-        let learned = self.learned.as_deref_mut()?;
+        let learned = self.learned_mut()?;
         learned.pacer.admitted(now, id, cost, limits)
     }
 
@@ -394,16 +438,17 @@ impl KeyState {
 
     /// The request that goes next.
     pub(super) fn head(&self, now: Instant) -> Option<Spot> {
-        self.queue.head(now, self.queue.promote_after())
+        let queue = self.queue();
+        queue.head(now, queue.promote_after())
     }
 
     pub(super) fn wake_head(&self) {
-        if self.queue.is_empty() {
+        if self.queue().is_empty() {
             // Nobody to wake: no clock read.
             return;
         }
         if let Some(head) = self.head(Instant::now()) {
-            self.queue.wake(head);
+            self.queue().wake(head);
         }
     }
 
@@ -417,8 +462,7 @@ impl KeyState {
         now: impl FnOnce() -> Instant,
     ) -> bool {
         let Some(learned) = self
-            .learned
-            .as_deref_mut()
+            .learned_mut()
             .filter(|learned| learned.pacer.starting())
         else {
             return false;
@@ -449,8 +493,7 @@ impl KeyState {
         let extra = self.extra_margin(now);
         let at = Stamp::of(now);
         let mut changed = self
-            .learned
-            .as_deref_mut()
+            .learned_mut()
             .is_some_and(|learned| learned.pacer.answered(admission.id()));
         for (window, counted) in self.counted_mut() {
             changed |= window.answer(&counted, admission.id(), at, extra, dropped);
@@ -473,10 +516,10 @@ impl KeyState {
     /// Removes a waiter (admitted or given up) and wakes the one that goes
     /// next.
     pub(super) fn leave(&mut self, spot: Spot, admitted: bool, now: Instant) {
-        if self.queue.remove(spot, admitted, now)
+        if self.queue_mut().remove(spot, admitted, now)
             && let Some(head) = self.head(now)
         {
-            self.queue.wake(head);
+            self.queue().wake(head);
         }
     }
 }
@@ -486,10 +529,11 @@ mod tests {
     use super::*;
 
     /// Every key of a store holds one: its limits, one log in place (with
-    /// its first entry), and pointers to what only some keys need.
+    /// its first entry), its requests in flight, and a pointer to what only
+    /// some keys need.
     #[test]
-    fn a_key_state_is_88_bytes() {
-        assert_eq!(std::mem::size_of::<KeyState>(), 88);
+    fn a_key_state_is_72_bytes() {
+        assert_eq!(std::mem::size_of::<KeyState>(), 72);
     }
 
     /// A key whose caller reports refusals holds one from its first
