@@ -527,6 +527,7 @@ impl KeyState {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::sliding_window::Quota;
 
     /// Every key of a store holds one: its limits, one log in place (with
     /// its first entry), its requests in flight, and a pointer to what only
@@ -534,6 +535,30 @@ mod tests {
     #[test]
     fn a_key_state_is_72_bytes() {
         assert_eq!(std::mem::size_of::<KeyState>(), 72);
+    }
+
+    /// A key that never waits and learns nothing allocates nothing aside;
+    /// one whose caller reports refusals learns from its first admission,
+    /// and a waiter or a refusal makes the box of any other.
+    #[test]
+    fn only_a_key_that_waits_or_learns_has_anything_aside() {
+        let quota = Quota::new(10, Duration::from_secs(1)).unwrap();
+        let limits = Limits::new(vec![quota]).unwrap().reporting_answers();
+        let now = Instant::now();
+        let mut state = KeyState::new(&limits, now);
+        assert!(state.aside.is_none());
+        assert!(state.queue().is_empty() && state.pacer().is_none());
+        assert!(state.conform(&limits));
+        assert!(state.aside.is_none(), "conforming reads, makes nothing");
+        state.learned();
+        assert!(state.aside.is_some() && state.pacer().is_some());
+
+        let mut state = KeyState::new(&limits, now);
+        state.queue_mut();
+        assert!(state.aside.is_some() && state.pacer().is_none());
+
+        let feedback = KeyState::new(&limits.reporting_refusals(), now);
+        assert!(feedback.pacer().is_some());
     }
 
     /// A key whose caller reports refusals holds one from its first
