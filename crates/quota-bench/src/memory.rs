@@ -164,7 +164,7 @@ pub(crate) async fn run() -> Result<(), BoxError> {
          reported, each admission answered: the log keeps the answer's instant beside \
          the admission's); and with a usage function that reports refusals \
          (`usage_fn(HttpFeedback)`, the README stack: each key also keeps what it learns \
-         from its provider's refusals, about 270 bytes). governor's keyed limiter (a GCRA cell per key in a \
+         from its provider's refusals, about 260 bytes). governor's keyed limiter (a GCRA cell per key in a \
          DashMap, `String` keys) is shown for comparison; `tower::limit::RateLimit` and \
          tower-resilience have no keyed limiter.\n"
     )?;
