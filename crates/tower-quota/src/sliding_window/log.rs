@@ -78,10 +78,10 @@ struct Extra {
     /// `u64::MAX` each never saturate it (a saturated sum would under-count
     /// once entries leave).
     costly_units: u128,
-    /// Tombstones in `pending`: entries that moved to `answered` (with
-    /// them, the answered entries left out of turn, or those of a key
-    /// held until answered). The two counts saturate, and neither can get
-    /// near it: `pending` holds at most `u32::MAX` entries (64 GiB of log).
+    /// Tombstones in `pending`: entries moved to `answered` (answered out
+    /// of turn, or held until answered), which this box holds too. The two
+    /// counts saturate, and neither can get near it: `pending` holds at
+    /// most `u32::MAX` entries (64 GiB of log).
     moved: u32,
     /// Live entries of `pending` without a bound (a strict key's, or
     /// those of a client that lags).

@@ -43,9 +43,10 @@
 //! gap, an instant out of reach of the base, an id that breaks the run)
 //! has the ring repacked around the entries it then holds, in the
 //! smallest format that takes them (in its own buffer when the format's
-//! kind and entry size stay); at every repacking a quarter of the reach is left on
-//! either side, so that repacking is rare (instants move on with the
-//! clock: at most about once per quarter reach of time, an O(n) copy).
+//! kind and entry size stay); at every repacking a quarter of the reach
+//! is left on either side, so that repacking is rare (instants move on
+//! with the clock: at most about once per quarter reach of time, an O(n)
+//! copy).
 //!
 //! The ring counts its entries and its front in `u32`s: a log of 4
 //! billion entries would be 16 GiB.
@@ -364,14 +365,14 @@ impl Format {
             (lo.min(e.until), hi.max(e.until))
         });
         let spread = latest.nanos_since(earliest).unwrap_or(0);
-        // The least grid whose reach is twice the spread, the base a
-        // quarter of the reach below the earliest instant: a whole number
-        // of grid units, so that the base stays on the grid of the
-        // earliest instant.
-        // Tight (3 bytes an entry) where a unit of at most a millisecond
-        // has a reach of 8 times the spread (windows up to about 4
-        // minutes), so that the instants to come, which move on with the
-        // clock, are seldom out of reach (a rebase copies the ring).
+        // Tight (3 bytes an entry) with the least unit whose reach is 8
+        // times the spread, if one of at most a millisecond is (windows up
+        // to about 4 minutes): a margin wide enough that the instants to
+        // come, which move on with the clock, are seldom out of reach (a
+        // rebase copies the ring). Else 4 bytes, with the least unit whose
+        // reach is twice the spread. The base is a quarter of the reach
+        // below the earliest instant: a whole number of units, so that it
+        // stays on the grid of the earliest instant.
         let dense = run.and_then(|first| {
             let (bits, unit) = [(TIGHT_UNTIL_BITS, 8), (DENSE_UNTIL_BITS, 2)]
                 .into_iter()
@@ -548,8 +549,8 @@ impl Ring {
 
     /// Repacks the ring around `entries` (what it is to hold), keeping its
     /// capacity and its next id: in its own buffer when the format's kind
-    /// and entry size stay (a new base for instants that moved on with the clock, the
-    /// common case), else in a new one.
+    /// and entry size stay (a new base for instants that moved on with the
+    /// clock, the common case), else in a new one.
     #[cold]
     fn repack(&mut self, entries: &[Entry]) {
         let (capacity, next_id) = (self.capacity(), self.next_id());

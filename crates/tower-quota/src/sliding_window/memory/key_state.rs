@@ -30,8 +30,9 @@ pub(super) struct KeyState {
     limits: Limits,
     /// One log per quota of `limits`, in their order.
     pub(super) windows: Logs,
-    /// Its queue and what it learns, made with the first waiter, or with
-    /// what it learns.
+    /// Its waiters' queue and what it learns from its provider, boxed
+    /// together: made with the first waiter or the first thing learned,
+    /// and kept for the key's life, as the queue's classes are.
     aside: Option<Box<Aside>>,
     /// Its requests in flight, and the most in flight at once lately; until
     /// a window after the key was made, the key is cold (its admissions get
@@ -86,6 +87,10 @@ impl<'a> IntoIterator for &'a mut Logs {
 
 /// What only some keys need: most never wait, and only those whose
 /// provider refuses or announces (or whose caller reports refusals) learn.
+/// One box for both: a key that learns (the README stack's, from its first
+/// admission) pays for the queue's pointer, and a key that waits and learns
+/// nothing for the room of what it would learn (176 bytes), where two
+/// boxes would cost every key a pointer.
 #[derive(Default)]
 struct Aside {
     /// Its waiters (and the limits' `promote_after`), boxed with the first.
