@@ -529,14 +529,14 @@ impl Ring {
         let Some(packed) = format.pack(entry, index) else {
             return false;
         };
-        if format.kind == Kind::Dense && format.tight {
-            set_tight_slot(&mut self.buf[at..], slot, packed);
-        } else if format.kind == Kind::Dense {
-            let shift = (slot % 2) * 32;
-            let word = &mut self.buf[at + slot / 2];
-            *word = (*word & !(u64::from(u32::MAX) << shift)) | (packed << shift);
-        } else {
-            self.buf[at + slot] = packed;
+        match format.kind {
+            Kind::Dense if format.tight => set_tight_slot(&mut self.buf[at..], slot, packed),
+            Kind::Dense => {
+                let shift = (slot % 2) * 32;
+                let word = &mut self.buf[at + slot / 2];
+                *word = (*word & !(u64::from(u32::MAX) << shift)) | (packed << shift);
+            }
+            Kind::Packed | Kind::Whole => self.buf[at + slot] = packed,
         }
         true
     }

@@ -205,19 +205,15 @@ impl KeyState {
     /// over an idle key; a busy one is not replaced (its admissions would go
     /// uncounted): returns `false`.
     pub(super) fn conform(&mut self, limits: &Limits) -> bool {
-        if self.limits.same_windows(limits) {
-            if let Some(aside) = self.aside.as_deref_mut() {
-                aside.queue.set_promote_after(limits);
+        if !self.limits.same_windows(limits) {
+            if !self.is_idle() {
+                return false;
             }
-            return true;
-        }
-        if !self.is_idle() {
-            return false;
-        }
-        self.windows = Self::windows_for(limits);
-        self.limits = limits.clone();
-        if let Some(learned) = self.learned_mut() {
-            learned.announced = Box::default();
+            self.windows = Self::windows_for(limits);
+            self.limits = limits.clone();
+            if let Some(learned) = self.learned_mut() {
+                learned.announced = Box::default();
+            }
         }
         if let Some(aside) = self.aside.as_deref_mut() {
             aside.queue.set_promote_after(limits);
