@@ -25,10 +25,26 @@
 //! checks it before a wait and spends from it after. A wait that does not
 //! fit goes back to the caller at once instead.
 //!
+//! # How the budgets reach the layers below
+//!
+//! A layer that calls the next one within its own `call` (as the layers of
+//! a [`ServiceBuilder`](tower::ServiceBuilder) stack do) hands the budgets
+//! to it on the calling thread, for the length of that call: the first
+//! attempt goes without an extension, so a request that is never retried
+//! costs no allocation for them. Where a layer in between calls later, on
+//! another task (a [`Buffer`](https://docs.rs/tower/latest/tower/buffer/)),
+//! the budgets travel in the request's extensions instead:
+//! [`JitterBackoffLayer`] puts its [`AttemptBudget`] there until it has
+//! seen a layer below take it from the thread, and on every attempt after
+//! the first. Only a layer that routes some requests directly and others
+//! through a task (a `Steer` with a `Buffer` on one branch) would have the
+//! first attempts on that branch counted on their own.
+//!
 //! [`JitterBackoffLayer`]: crate::JitterBackoffLayer
 //! [`RetryAfterLayer`]: crate::RetryAfterLayer
 
-use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
+use std::cell::Cell;
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
@@ -42,9 +58,35 @@ pub const GRPC_PREVIOUS_RPC_ATTEMPTS: HeaderName =
     HeaderName::from_static("grpc-previous-rpc-attempts");
 
 /// The number of an attempt of a logical request, the first being 1; a
-/// request extension set on every attempt by [`AttemptBudget::try_begin`].
+/// request extension set by [`AttemptBudget::try_begin`] on every attempt
+/// after the first. A request without one is a first attempt (as a gRPC
+/// request without `grpc-previous-rpc-attempts` is): [`Attempt::of`] says
+/// so, and a first attempt costs no allocation.
+///
+/// ```
+/// use tower_quota::attempts::{Attempt, AttemptBudget};
+///
+/// let budget = AttemptBudget::new(3);
+/// let mut request = http::Request::get("/items").body(()).unwrap();
+/// budget.try_begin(&mut request);
+/// assert_eq!(request.extensions().get::<Attempt>(), None);
+/// assert_eq!(Attempt::of(&request), Attempt(1));
+/// budget.try_begin(&mut request);
+/// assert_eq!(Attempt::of(&request), Attempt(2));
+/// ```
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub struct Attempt(pub u32);
+
+impl Attempt {
+    /// The attempt `request` is: its [`Attempt`] extension, or the first.
+    pub fn of<B>(request: &Request<B>) -> Attempt {
+        request
+            .extensions()
+            .get::<Attempt>()
+            .copied()
+            .unwrap_or(Attempt(1))
+    }
+}
 
 /// Says on the logical request's span (`jitter_backoff`, when it is the
 /// current span) that `attempt` is being sent, so that every event from
@@ -160,7 +202,8 @@ impl AttemptBudget {
     }
 
     /// Takes one attempt and numbers `request` as that attempt: the
-    /// [`Attempt`] extension, the configured header, and
+    /// [`Attempt`] extension (none on the first attempt: one left from
+    /// elsewhere is removed), the configured header, and
     /// `grpc-previous-rpc-attempts` for gRPC requests. Returns the attempt's
     /// number, or `None` (leaving `request` untouched) when every attempt is
     /// used.
@@ -174,7 +217,12 @@ impl AttemptBudget {
             })
             .ok()?;
         let attempt = previous + 1;
-        request.extensions_mut().insert(Attempt(attempt));
+        if previous == 0 {
+            // Removing from extensions that hold nothing allocates nothing.
+            request.extensions_mut().remove::<Attempt>();
+        } else {
+            request.extensions_mut().insert(Attempt(attempt));
+        }
         if let Some(name) = &self.shared.header {
             request
                 .headers_mut()
@@ -319,6 +367,97 @@ impl WaitBudget {
     }
 }
 
+/// The budgets a layer hands to the layers it calls; see the
+/// [module docs](self#how-the-budgets-reach-the-layers-below).
+#[derive(Clone)]
+pub(crate) enum Budgets {
+    /// A retry layer's attempts, and the waiting they carry.
+    Attempts(AttemptBudget),
+    /// Only waiting: a [`RetryAfterLayer`](crate::RetryAfterLayer) with no
+    /// retry layer above.
+    Waits(WaitBudget),
+}
+
+impl Budgets {
+    /// The attempts, when a retry layer counts them.
+    pub(crate) fn attempts(&self) -> Option<&AttemptBudget> {
+        match self {
+            Budgets::Attempts(attempts) => Some(attempts),
+            Budgets::Waits(_) => None,
+        }
+    }
+
+    /// The waiting: carried by the attempts, or on its own.
+    pub(crate) fn waits(&self) -> WaitBudget {
+        match self {
+            Budgets::Attempts(attempts) => attempts.waits(),
+            Budgets::Waits(waits) => waits.clone(),
+        }
+    }
+}
+
+thread_local! {
+    /// The budgets the layer calling on this thread offers to the layers it
+    /// calls ([`offering`]), until one of them takes them ([`take_offered`]).
+    static OFFERED: Cell<Option<Budgets>> = const { Cell::new(None) };
+    /// Whether a layer took them during the current [`offering`].
+    static TAKEN: Cell<bool> = const { Cell::new(false) };
+}
+
+/// Runs `call` (a layer's call of the next one) with `budgets` offered to
+/// the layers it calls on this thread; returns what `call` returned and
+/// whether one of them took the budgets. What was offered before is
+/// offered again after, even when `call` panics.
+pub(crate) fn offering<R>(budgets: Budgets, call: impl FnOnce() -> R) -> (R, bool) {
+    /// Puts back the offer from before, dropping one nobody took.
+    struct Restore {
+        previous: Option<Budgets>,
+        taken: bool,
+    }
+    impl Drop for Restore {
+        fn drop(&mut self) {
+            OFFERED.set(self.previous.take());
+            TAKEN.set(self.taken);
+        }
+    }
+    let restore = Restore {
+        previous: OFFERED.replace(Some(budgets)),
+        taken: TAKEN.replace(false),
+    };
+    let returned = call();
+    let taken = TAKEN.get();
+    drop(restore);
+    (returned, taken)
+}
+
+/// The budgets the layer above offers on this thread ([`offering`]), taken:
+/// the first layer below to ask has them.
+pub(crate) fn take_offered() -> Option<Budgets> {
+    let offered = OFFERED.take();
+    if offered.is_some() {
+        TAKEN.set(true);
+    }
+    offered
+}
+
+/// Whether a layer's calls have been seen to hand its budgets on the
+/// thread ([`offering`]): until then, they go in the request's extensions
+/// too. Shared by the clones of one service.
+#[derive(Debug, Clone, Default)]
+pub(crate) struct HandedOn(Arc<AtomicBool>);
+
+impl HandedOn {
+    /// Whether a layer below has taken the budgets from the thread.
+    pub(crate) fn seen(&self) -> bool {
+        self.0.load(Ordering::Relaxed)
+    }
+
+    /// A layer below took the budgets from the thread.
+    pub(crate) fn see(&self) {
+        self.0.store(true, Ordering::Relaxed);
+    }
+}
+
 /// Whether `request` is a gRPC call: its content type is `application/grpc`
 /// or `application/grpc+<codec>`.
 pub(crate) fn is_grpc<B>(request: &Request<B>) -> bool {
@@ -384,6 +523,35 @@ mod tests {
         tokio::time::advance(Duration::from_secs(2)).await;
         assert_eq!(budget.remaining(), Duration::ZERO);
         assert!(!budget.allows(Duration::from_nanos(1)));
+    }
+
+    #[test]
+    fn an_offer_goes_to_the_first_taker_within_the_call_and_the_one_before_comes_back() {
+        let outer = AttemptBudget::new(3);
+        let inner = AttemptBudget::new(5);
+        assert!(take_offered().is_none(), "nothing offered outside a call");
+        let (((), inner_taken), outer_taken) = offering(Budgets::Attempts(outer.clone()), || {
+            offering(Budgets::Attempts(inner.clone()), || {
+                let taken = take_offered().and_then(|b| b.attempts().map(AttemptBudget::max));
+                assert_eq!(taken, Some(5), "the innermost offer");
+                assert!(take_offered().is_none(), "taken once");
+            })
+        });
+        assert!(inner_taken);
+        assert!(!outer_taken, "the outer offer was not taken");
+        assert!(take_offered().is_none(), "nothing left after the call");
+
+        // A call that panics puts the offer from before back all the same.
+        let (_, taken) = offering(Budgets::Waits(WaitBudget::unlimited()), || {
+            let caught = std::panic::catch_unwind(|| {
+                offering(Budgets::Attempts(inner.clone()), || {
+                    panic!("a service panicked")
+                })
+            });
+            assert!(caught.is_err());
+            take_offered().is_some_and(|b| b.attempts().is_none())
+        });
+        assert!(taken);
     }
 
     #[test]

@@ -19,6 +19,8 @@ pub(crate) struct Arrival {
     pub(crate) at: Duration,
     pub(crate) attempt: Option<u32>,
     pub(crate) header: Option<String>,
+    /// How many extensions the request carried.
+    pub(crate) extensions: usize,
     pub(crate) body: Bytes,
 }
 
@@ -48,7 +50,8 @@ where
         let answer = answer.clone();
         async move {
             let at = Instant::now() - start;
-            let attempt = request.extensions().get::<Attempt>().map(|a| a.0);
+            let attempt = Some(Attempt::of(&request).0);
+            let extensions = request.extensions().len();
             let header = request
                 .headers()
                 .get("x-retry-attempt")
@@ -60,6 +63,7 @@ where
                     at,
                     attempt,
                     header,
+                    extensions,
                     body,
                 });
                 arrivals.len() - 1

@@ -62,8 +62,9 @@
 //!   sent once and not retried, and a `retry_skipped` event with reason
 //!   `body_not_replayable` says so. A request that is not retried for its
 //!   method says so too (`not_idempotent`).
-//! - **Numbered attempts.** Every attempt carries an
-//!   [`Attempt`](crate::attempts::Attempt) extension, optionally a header
+//! - **Numbered attempts.** Every attempt after the first carries an
+//!   [`Attempt`](crate::attempts::Attempt) extension (a request without one
+//!   is a first attempt: [`Attempt::of`](crate::attempts::Attempt::of)), optionally a header
 //!   ([`attempt_header`](JitterBackoffLayer::attempt_header), for example
 //!   `x-retry-attempt`), and gRPC requests carry `grpc-previous-rpc-attempts`.
 //!
@@ -97,7 +98,9 @@
 //!   future's type;
 //! - the decision reads and numbers attempts through an
 //!   [`AttemptBudget`](crate::attempts::AttemptBudget) shared with the layers
-//!   below, and every attempt runs inside the request's span;
+//!   below (handed on the calling thread, so that a request never retried
+//!   allocates nothing for it; see [`attempts`](crate::attempts)), and every
+//!   attempt runs inside the request's span;
 //! - the per-request random stream and start instant are created in `call`,
 //!   where `Retry` offers no per-request hook (its policy is cloned after
 //!   `clone_request`).
@@ -133,7 +136,7 @@
 //!     let call = calls.fetch_add(1, Ordering::SeqCst);
 //!     async move {
 //!         let status = if call < 2 { 503 } else { 200 };
-//!         let attempt = request.extensions().get::<Attempt>().map(|a| a.0);
+//!         let attempt = Attempt::of(&request).0;
 //!         Ok::<_, tower_quota::BoxError>(http::Response::builder().status(status).body(attempt)?)
 //!     }
 //! });
@@ -149,7 +152,7 @@
 //! let start = tokio::time::Instant::now();
 //! let response = client.oneshot(http::Request::get("/items").body(Empty::new())?).await?;
 //! assert_eq!(response.status(), 200);
-//! assert_eq!(*response.body(), Some(3), "the third attempt succeeded");
+//! assert_eq!(*response.body(), 3, "the third attempt succeeded");
 //! // Full jitter: at most 100 ms, then at most 200 ms.
 //! assert!(start.elapsed() <= Duration::from_millis(300));
 //! # Ok(())

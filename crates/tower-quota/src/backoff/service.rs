@@ -11,7 +11,7 @@ use tower_service::Service;
 use super::layer::Config;
 use super::policy::{Policy, is_idempotent};
 use super::{ResponseFuture, RetryBudget};
-use crate::attempts::AttemptBudget;
+use crate::attempts::{AttemptBudget, Budgets, HandedOn};
 use crate::classify::{Classify, HttpClassifier};
 use crate::replay::{ReplayBody, replayable_request};
 use crate::{BoxError, telemetry};
@@ -28,6 +28,7 @@ pub struct JitterBackoff<S, C = HttpClassifier> {
     classifier: C,
     budget: Option<RetryBudget>,
     streams: Arc<AtomicU64>,
+    handed_on: HandedOn,
 }
 
 impl<S, C> JitterBackoff<S, C> {
@@ -44,6 +45,7 @@ impl<S, C> JitterBackoff<S, C> {
             classifier,
             budget,
             streams,
+            handed_on: HandedOn::default(),
         }
     }
 
@@ -105,9 +107,9 @@ where
             request.map(ReplayBody::once)
         };
 
-        // The copy kept for retries is taken before this layer numbers the
-        // attempt: with nothing in its extensions it is copied without an
-        // allocation, and a retry puts the attempt's extensions back.
+        // The copy kept for retries is taken before the budget goes in the
+        // extensions: with nothing in them it is copied without an
+        // allocation, and a retry puts the budget back.
         let kept = retryable.then(|| request.clone());
         let attempts = AttemptBudget::numbered(config.max_attempts, config.attempt_header.clone());
         attempts.try_begin(&mut request);
@@ -118,7 +120,13 @@ where
         if let Some(deadline) = crate::sliding_window::Deadline::of(&request) {
             waits.limit_until(deadline);
         }
-        request.extensions_mut().insert(attempts.clone());
+        // The layers below take the budget from the thread during the call;
+        // until one has been seen to, it goes in the extensions too (a
+        // layer in between may call later, on another task).
+        let handed_on = self.handed_on.seen();
+        if !handed_on {
+            request.extensions_mut().insert(attempts.clone());
+        }
         if let Some(budget) = &self.budget {
             tower::retry::budget::Budget::deposit(budget);
         }
@@ -135,6 +143,7 @@ where
         let seed = config
             .seed
             .map(|seed| seed.wrapping_add(self.streams.fetch_add(1, Ordering::Relaxed)));
+        let offered = Budgets::Attempts(attempts.clone());
         let policy = Policy::new(
             config.clone(),
             self.classifier.clone(),
@@ -145,7 +154,11 @@ where
         );
         // The first attempt goes to the service `poll_ready` readied; the
         // clone that goes with the future is readied before each retry.
-        let future = span.in_scope(|| self.inner.call(request));
+        let (future, taken) =
+            crate::attempts::offering(offered, || span.in_scope(|| self.inner.call(request)));
+        if taken && !handed_on {
+            self.handed_on.see();
+        }
         ResponseFuture::new(future, self.inner.clone(), kept, policy, span)
     }
 }

@@ -218,7 +218,7 @@ async fn retry_histogram(jitter: Jitter) -> BTreeMap<u128, usize> {
     let (inner, arrivals) = provider(start, |_| status(200));
     // The first attempt of each request fails; later ones succeed.
     let inner = service_fn(move |request: Request<ReplayBody<Empty<Bytes>>>| {
-        let attempt = request.extensions().get::<Attempt>().unwrap().0;
+        let attempt = Attempt::of(&request).0;
         let call = inner.clone().oneshot(request);
         async move {
             let response = call.await?;
@@ -414,6 +414,91 @@ async fn with_retry_after_below_a_refused_request_makes_max_attempts_attempts_ea
                 "RetryAfter max_attempts {retry_after_attempts}: waited {gap:?}, not the server delay plus jitter: {times:?}"
             );
         }
+    }
+}
+
+/// The README's pairing, called twice: the backoff's budget reaches the
+/// RetryAfter layer below on the calling thread, and once a call has shown
+/// that it does, a first attempt carries no extension at all (nothing
+/// allocated for the budgets) while the attempts stay counted once.
+#[tokio::test(start_paused = true)]
+async fn once_handed_on_the_thread_the_budget_leaves_the_first_attempt_bare_and_still_counts() {
+    let start = Instant::now();
+    // The first request is answered at once; the second is refused for good.
+    let (inner, arrivals) = provider(start, |n| if n == 0 { status(200) } else { throttled("1") });
+    let service = tower::ServiceBuilder::new()
+        .layer(
+            JitterBackoffLayer::new()
+                .backoff(MS, MS)
+                .unwrap()
+                .jitter(Jitter::None)
+                .max_attempts(4)
+                .unwrap(),
+        )
+        .layer(
+            RetryAfterLayer::new()
+                .spread(Duration::ZERO)
+                .max_attempts(10)
+                .unwrap(),
+        )
+        .service(inner);
+    assert_eq!(service.clone().oneshot(get()).await.unwrap().status(), 200);
+    let response = service.oneshot(get()).await.unwrap();
+    assert_eq!(response.status(), StatusCode::TOO_MANY_REQUESTS);
+    let arrivals = arrivals.lock().unwrap().clone();
+    let numbers: Vec<_> = arrivals.iter().map(|a| a.attempt.unwrap()).collect();
+    assert_eq!(
+        numbers,
+        [1, 1, 2, 3, 4],
+        "4 attempts in all, not 10: {arrivals:?}"
+    );
+    assert!(
+        arrivals[0].extensions > 0,
+        "the first call still carries the budget"
+    );
+    assert_eq!(
+        arrivals[1].extensions, 0,
+        "then a first attempt carries none"
+    );
+    // The layer below re-sent with the budget it was handed, numbered.
+    assert!(arrivals[2..].iter().all(|a| a.extensions > 0));
+}
+
+/// With a `Buffer` between them, the RetryAfter layer is called later, on
+/// the buffer's task: the budget cannot go on the thread, and every
+/// request keeps carrying it in its extensions, so attempts are still
+/// counted once for the stack.
+#[tokio::test(start_paused = true)]
+async fn across_a_buffer_the_budget_goes_in_the_extensions_and_attempts_count_once() {
+    let start = Instant::now();
+    let (inner, arrivals) = provider(start, |_| throttled("1"));
+    let service = tower::ServiceBuilder::new()
+        .layer(
+            JitterBackoffLayer::new()
+                .backoff(MS, MS)
+                .unwrap()
+                .jitter(Jitter::None)
+                .max_attempts(3)
+                .unwrap(),
+        )
+        .buffer(8)
+        .layer(
+            RetryAfterLayer::new()
+                .spread(Duration::ZERO)
+                .max_attempts(10)
+                .unwrap(),
+        )
+        .service(inner);
+    for request in 0..3 {
+        let response = service.clone().oneshot(get()).await.unwrap();
+        assert_eq!(response.status(), StatusCode::TOO_MANY_REQUESTS);
+        let arrivals = arrivals.lock().unwrap().clone();
+        let numbers: Vec<_> = arrivals[request * 3..]
+            .iter()
+            .map(|a| a.attempt.unwrap())
+            .collect();
+        assert_eq!(numbers, [1, 2, 3], "request {request}: {arrivals:?}");
+        assert!(arrivals[request * 3].extensions > 0);
     }
 }
 
@@ -717,7 +802,12 @@ async fn the_first_attempt_uses_the_readied_service_and_retries_ready_their_own(
     tokio_test::assert_ready_ok!(service.poll_ready());
     let response = tokio::spawn(service.call(get()));
     let (request, send) = handle.next_request().await.unwrap();
-    assert_eq!(request.extensions().get::<Attempt>(), Some(&Attempt(1)));
+    assert_eq!(
+        request.extensions().get::<Attempt>(),
+        None,
+        "a first attempt"
+    );
+    assert_eq!(Attempt::of(&request), Attempt(1));
     send.send_response(status(503));
     // The retry waits for readiness: the mock allows no more calls yet.
     tokio::time::sleep(10 * MS).await;

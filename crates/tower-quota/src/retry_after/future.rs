@@ -17,7 +17,7 @@ use super::gate::{InFlight, Wait};
 use super::layer::Config;
 use super::service::Shared;
 use super::{GateClosed, GateReason, ServerSignal};
-use crate::attempts::{Attempt, AttemptBudget, WaitBudget};
+use crate::attempts::{Attempt, AttemptBudget, Budgets, WaitBudget};
 use crate::replay::{ReplayBody, clone_request};
 use crate::{BoxError, Key, classify};
 
@@ -85,18 +85,19 @@ where
 {
     pub(super) fn new(
         service: S,
-        mut request: Request<ReplayBody<B>>,
+        request: Request<ReplayBody<B>>,
         key: Key,
         idempotent: bool,
         shared: Arc<Shared>,
     ) -> Self {
         let config = &shared.config;
         // One budget of waiting for the whole stack: a retry layer above
-        // shares its own, and this layer's `max_wait` bounds it.
-        let shared_attempts = request.extensions().get::<AttemptBudget>().cloned();
-        let waits = match &shared_attempts {
-            Some(attempts) => attempts.waits(),
-            None => WaitBudget::shared_by(&mut request),
+        // shares its own (on this thread, or in the request), and this
+        // layer's `max_wait` bounds it.
+        let above = crate::attempts::take_offered().or_else(|| budgets_in(&request));
+        let (shared_attempts, waits) = match above {
+            Some(budgets) => (budgets.attempts().cloned(), budgets.waits()),
+            None => (None, WaitBudget::unlimited()),
         };
         waits.limit_to(config.max_wait);
         // A gate that reopens after the request's deadline is not waited for.
@@ -150,8 +151,18 @@ fn throttled_outcome(
     }
 }
 
-/// Takes an attempt from the [`AttemptBudget`] a retry layer above put in
-/// the request, numbering the re-sent request; `true` without one.
+/// The budgets a layer above put in `request`'s extensions: an
+/// [`AttemptBudget`], or a [`WaitBudget`] of its own.
+fn budgets_in<B>(request: &Request<B>) -> Option<Budgets> {
+    let extensions = request.extensions();
+    if let Some(attempts) = extensions.get::<AttemptBudget>() {
+        return Some(Budgets::Attempts(attempts.clone()));
+    }
+    extensions.get::<WaitBudget>().cloned().map(Budgets::Waits)
+}
+
+/// Takes an attempt from the [`AttemptBudget`] a retry layer above shares,
+/// numbering the re-sent request; `true` without one.
 fn begin_shared_attempt<B>(
     shared: Option<&AttemptBudget>,
     request: &mut Option<Request<B>>,
@@ -373,7 +384,13 @@ where
                         .get::<Attempt>()
                         .map_or(*this.attempts, |attempt| attempt.0);
                     crate::attempts::sending(*this.attempt_number);
-                    let future = this.service.call(request);
+                    // A RetryAfterLayer below takes the same budgets.
+                    let budgets = match this.shared_attempts {
+                        Some(attempts) => Budgets::Attempts(attempts.clone()),
+                        None => Budgets::Waits(this.waits.clone()),
+                    };
+                    let service = &mut *this.service;
+                    let (future, _) = crate::attempts::offering(budgets, || service.call(request));
                     this.state.set(State::Calling { future });
                 }
                 StateProj::Calling { future } => {

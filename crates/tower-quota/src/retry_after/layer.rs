@@ -95,8 +95,8 @@ impl<K> RetryAfterLayer<K> {
     /// [`GateClosed`](super::GateClosed).
     ///
     /// The limit holds for the whole stack: the layer lowers the
-    /// [`WaitBudget`](crate::attempts::WaitBudget) a retry layer above put in
-    /// the request to it, so a
+    /// [`WaitBudget`](crate::attempts::WaitBudget) a retry layer above
+    /// shares with it to it, so a
     /// [`JitterBackoffLayer`](crate::JitterBackoffLayer) above does not
     /// sleep through a longer server delay either.
     pub fn max_wait(mut self, max_wait: Duration) -> Self {

@@ -60,7 +60,7 @@
 //! - [`max_wait`](RetryAfterLayer::max_wait) bounds the waiting of one
 //!   request over all its attempts, and of the whole stack: the layer lowers
 //!   the [`WaitBudget`](crate::attempts::WaitBudget) a retry layer above
-//!   shares through the request to it. A server delay above what is left is
+//!   shares with it (see [`attempts`](crate::attempts)) to it. A server delay above what is left is
 //!   never slept through, here or above: the response returns at once, and
 //!   a request that finds its gate closed for longer fails with
 //!   [`GateClosed`].

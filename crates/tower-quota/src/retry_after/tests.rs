@@ -327,6 +327,26 @@ async fn a_cancelled_probe_hands_the_probe_to_the_next_waiter() {
     );
 }
 
+/// Two RetryAfter layers, one inside the other: the outer one hands its
+/// waiting budget to the inner on the calling thread, so the inner does not
+/// wait out a server delay the outer's `max_wait` does not allow.
+#[tokio::test(start_paused = true)]
+async fn a_retry_after_layer_below_another_waits_within_the_outer_max_wait() {
+    let start = Instant::now();
+    let (inner, arrivals) = provider(
+        start,
+        |n| if n == 0 { throttled("30") } else { status(200) },
+    );
+    let service = tower::ServiceBuilder::new()
+        .layer(exact().max_wait(Duration::from_secs(2)))
+        .layer(exact().max_wait(Duration::from_secs(60)))
+        .service(inner);
+    let response = service.oneshot(get()).await.unwrap();
+    assert_eq!(response.status(), StatusCode::TOO_MANY_REQUESTS);
+    assert_eq!(Instant::now(), start, "returned at once, no 30 s wait");
+    assert_eq!(arrivals.lock().unwrap().len(), 1);
+}
+
 /// Regression: `max_wait` bounded each wait, not the request: re-sent four
 /// times after `Retry-After: 4`, a request waited 16 s with `max_wait(10s)`.
 #[tokio::test(start_paused = true)]
