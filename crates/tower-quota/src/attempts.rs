@@ -408,6 +408,7 @@ thread_local! {
 /// the layers it calls on this thread; returns what `call` returned and
 /// whether one of them took the budgets. What was offered before is
 /// offered again after, even when `call` panics.
+#[inline(always)]
 pub(crate) fn offering<R>(budgets: Budgets, call: impl FnOnce() -> R) -> (R, bool) {
     /// Puts back the offer from before, dropping one nobody took.
     struct Restore {
