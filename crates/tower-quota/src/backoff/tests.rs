@@ -417,6 +417,24 @@ async fn with_retry_after_below_a_refused_request_makes_max_attempts_attempts_ea
     }
 }
 
+/// A backoff of 1 ms, no jitter, `max_attempts` attempts in all.
+fn backoff_of(max_attempts: u32) -> JitterBackoffLayer {
+    JitterBackoffLayer::new()
+        .backoff(MS, MS)
+        .unwrap()
+        .jitter(Jitter::None)
+        .max_attempts(max_attempts)
+        .unwrap()
+}
+
+/// A RetryAfter layer that would re-send 10 times on its own.
+fn resending_ten_times() -> RetryAfterLayer {
+    RetryAfterLayer::new()
+        .spread(Duration::ZERO)
+        .max_attempts(10)
+        .unwrap()
+}
+
 /// The README's pairing, called twice: the backoff's budget reaches the
 /// RetryAfter layer below on the calling thread, and once a call has shown
 /// that it does, a first attempt carries no extension at all (nothing
@@ -427,20 +445,8 @@ async fn once_handed_on_the_thread_the_budget_leaves_the_first_attempt_bare_and_
     // The first request is answered at once; the second is refused for good.
     let (inner, arrivals) = provider(start, |n| if n == 0 { status(200) } else { throttled("1") });
     let service = tower::ServiceBuilder::new()
-        .layer(
-            JitterBackoffLayer::new()
-                .backoff(MS, MS)
-                .unwrap()
-                .jitter(Jitter::None)
-                .max_attempts(4)
-                .unwrap(),
-        )
-        .layer(
-            RetryAfterLayer::new()
-                .spread(Duration::ZERO)
-                .max_attempts(10)
-                .unwrap(),
-        )
+        .layer(backoff_of(4))
+        .layer(resending_ten_times())
         .service(inner);
     assert_eq!(service.clone().oneshot(get()).await.unwrap().status(), 200);
     let response = service.oneshot(get()).await.unwrap();
@@ -473,21 +479,9 @@ async fn across_a_buffer_the_budget_goes_in_the_extensions_and_attempts_count_on
     let start = Instant::now();
     let (inner, arrivals) = provider(start, |_| throttled("1"));
     let service = tower::ServiceBuilder::new()
-        .layer(
-            JitterBackoffLayer::new()
-                .backoff(MS, MS)
-                .unwrap()
-                .jitter(Jitter::None)
-                .max_attempts(3)
-                .unwrap(),
-        )
+        .layer(backoff_of(3))
         .buffer(8)
-        .layer(
-            RetryAfterLayer::new()
-                .spread(Duration::ZERO)
-                .max_attempts(10)
-                .unwrap(),
-        )
+        .layer(resending_ten_times())
         .service(inner);
     for request in 0..3 {
         let response = service.clone().oneshot(get()).await.unwrap();
