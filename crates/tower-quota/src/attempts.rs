@@ -339,11 +339,17 @@ impl WaitBudget {
         wait <= self.remaining()
     }
 
-    /// The budget `request` carries, put there first if it has none: the
-    /// one account every layer of the stack spends from. The
-    /// [`AttemptBudget`] a retry layer put in the request carries it, with
-    /// no extension of its own.
+    /// The budget of the logical request `request` belongs to, put in its
+    /// extensions first if it has none: the one account every layer of the
+    /// stack spends from. A retry layer above hands it on the calling
+    /// thread (see [how the budgets reach the layers
+    /// below](self#how-the-budgets-reach-the-layers-below)) or in the
+    /// request's [`AttemptBudget`], which carries it with no extension of
+    /// its own.
     pub fn shared_by<B>(request: &mut http::Request<B>) -> Self {
+        if let Some(budgets) = offered() {
+            return budgets.waits();
+        }
         if let Some(attempts) = request.extensions().get::<AttemptBudget>() {
             return attempts.waits();
         }
@@ -438,6 +444,14 @@ pub(crate) fn take_offered() -> Option<Budgets> {
     if offered.is_some() {
         TAKEN.set(true);
     }
+    offered
+}
+
+/// The budgets the layer above offers on this thread, left for the layer
+/// that takes them.
+fn offered() -> Option<Budgets> {
+    let offered = OFFERED.take();
+    OFFERED.set(offered.clone());
     offered
 }
 
@@ -553,6 +567,29 @@ mod tests {
             take_offered().is_some_and(|b| b.attempts().is_none())
         });
         assert!(taken);
+    }
+
+    #[test]
+    fn shared_by_finds_the_budget_handed_on_the_thread_and_leaves_it_offered() {
+        let attempts = AttemptBudget::new(3);
+        attempts.waits().limit_to(Duration::from_secs(2));
+        let mut request = Request::get("/items").body(()).unwrap();
+        let ((), taken) = offering(Budgets::Attempts(attempts.clone()), || {
+            let waits = WaitBudget::shared_by(&mut request);
+            assert_eq!(waits.max(), Duration::from_secs(2), "the offered account");
+            waits.spend(Duration::from_secs(1));
+            assert!(take_offered().is_some(), "still there for the layer below");
+        });
+        assert!(taken);
+        assert!(
+            request.extensions().is_empty(),
+            "nothing put in the request"
+        );
+        assert_eq!(attempts.waits().spent(), Duration::from_secs(1));
+        // Outside any call: a budget of its own, in the request.
+        let waits = WaitBudget::shared_by(&mut request);
+        assert_eq!(waits.max(), Duration::MAX);
+        assert!(request.extensions().get::<WaitBudget>().is_some());
     }
 
     #[test]

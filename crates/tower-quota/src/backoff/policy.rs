@@ -162,8 +162,10 @@ impl<C> Policy<C> {
         if self.attempts.try_begin(request).is_none() {
             return give_up(GiveUp::MaxAttempts);
         }
-        // The kept copy was taken before the first attempt was numbered:
-        // the retry carries the shared budget as the first attempt did.
+        // The kept copy was taken before the budget could go in its
+        // extensions: a retry carries it there, for a layer below that is
+        // called later, on another task (the first attempt may have handed
+        // it on the thread only).
         request.extensions_mut().insert(self.attempts.clone());
 
         let reason = match outcome {
