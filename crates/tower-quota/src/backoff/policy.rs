@@ -13,7 +13,7 @@ use super::RetryBudget;
 use super::events::{self, Failure, GiveUp, RetryReason};
 use super::layer::Config;
 use crate::BoxError;
-use crate::attempts::{AttemptBudget, WaitBudget};
+use crate::attempts::AttemptBudget;
 pub(super) use crate::classify::is_idempotent;
 use crate::classify::{Classify, Outcome, error_kind};
 use crate::replay::ReplayBody;
@@ -24,9 +24,9 @@ pub(super) struct Policy<C> {
     config: Arc<Config>,
     classifier: C,
     budget: Option<RetryBudget>,
+    /// The attempts and the waiting left to the logical request, shared
+    /// with the layers below.
     attempts: AttemptBudget,
-    /// The waiting left to the logical request, shared with the layers below.
-    waits: WaitBudget,
     /// When the first attempt went: set at the future's first poll
     /// ([`start`](Self::start)).
     started: Option<Instant>,
@@ -44,7 +44,6 @@ impl<C> Policy<C> {
         classifier: C,
         budget: Option<RetryBudget>,
         attempts: AttemptBudget,
-        waits: WaitBudget,
         seed: Option<u64>,
     ) -> Self {
         Policy {
@@ -52,7 +51,6 @@ impl<C> Policy<C> {
             classifier,
             budget,
             attempts,
-            waits,
             started: None,
             seed,
             rng: None,
@@ -146,7 +144,8 @@ impl<C> Policy<C> {
         // One budget of waiting for the stack: a server delay above what is
         // left (a RetryAfterLayer below sets it to its `max_wait`) is not
         // slept through here either.
-        if !self.waits.allows(wait) {
+        let waits = self.attempts.waits();
+        if !waits.allows(wait) {
             return give_up(GiveUp::MaxWait);
         }
         // Set at the first poll, before any result: the clock, should it not be.
@@ -172,7 +171,7 @@ impl<C> Policy<C> {
             Outcome::Throttled(_) => RetryReason::Throttled,
             _ => RetryReason::Transient,
         };
-        self.waits.spend(wait);
+        waits.spend(wait);
         events::retry_scheduled(reason, wait, &failure);
         Some(wait)
     }

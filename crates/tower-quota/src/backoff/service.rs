@@ -114,11 +114,10 @@ where
         let attempts = AttemptBudget::numbered(config.max_attempts, config.attempt_header.clone());
         attempts.try_begin(&mut request);
         // One budget of waiting for the stack, carried by the attempt
-        // budget: a RetryAfterLayer below lowers it to its `max_wait`.
-        let waits = attempts.waits();
-        // No backoff ends after the request's deadline.
+        // budget: a RetryAfterLayer below lowers it to its `max_wait`, and
+        // no backoff ends after the request's deadline.
         if let Some(deadline) = crate::sliding_window::Deadline::of(&request) {
-            waits.limit_until(deadline);
+            attempts.waits().limit_until(deadline);
         }
         // The layers below take the budget from the thread during the call;
         // until one has been seen to, it goes in the extensions too (a
@@ -149,7 +148,6 @@ where
             self.classifier.clone(),
             self.budget.clone(),
             attempts,
-            waits,
             seed,
         );
         // The first attempt goes to the service `poll_ready` readied; the

@@ -96,7 +96,11 @@ where
         // layer's `max_wait` bounds it.
         let above = crate::attempts::take_offered().or_else(|| budgets_in(&request));
         let (shared_attempts, waits) = match above {
-            Some(budgets) => (budgets.attempts().cloned(), budgets.waits()),
+            Some(Budgets::Attempts(attempts)) => {
+                let waits = attempts.waits();
+                (Some(attempts), waits)
+            }
+            Some(Budgets::Waits(waits)) => (None, waits),
             None => (None, WaitBudget::unlimited()),
         };
         waits.limit_to(config.max_wait);
