@@ -94,9 +94,9 @@ impl<K> RetryAfterLayer<K> {
     /// that finds its gate closed for longer fails with
     /// [`GateClosed`](super::GateClosed).
     ///
-    /// The limit holds for the whole stack: the layer lowers the
-    /// [`WaitBudget`](crate::attempts::WaitBudget) a retry layer above
-    /// shares with it to it, so a
+    /// The limit holds for the whole stack: it is the most the
+    /// [`WaitBudget`](crate::attempts::WaitBudget) shared with a retry
+    /// layer above allows, so a
     /// [`JitterBackoffLayer`](crate::JitterBackoffLayer) above does not
     /// sleep through a longer server delay either.
     pub fn max_wait(mut self, max_wait: Duration) -> Self {

@@ -58,12 +58,12 @@
 //!   ([`classify`](crate::classify)). Either way the gate closes for the
 //!   delay.
 //! - [`max_wait`](RetryAfterLayer::max_wait) bounds the waiting of one
-//!   request over all its attempts, and of the whole stack: the layer lowers
-//!   the [`WaitBudget`](crate::attempts::WaitBudget) a retry layer above
-//!   shares with it (see [`attempts`](crate::attempts)) to it. A server delay above what is left is
-//!   never slept through, here or above: the response returns at once, and
-//!   a request that finds its gate closed for longer fails with
-//!   [`GateClosed`].
+//!   request over all its attempts, and of the whole stack: it is the most
+//!   the [`WaitBudget`](crate::attempts::WaitBudget) shared with a retry
+//!   layer above (see [`attempts`](crate::attempts)) allows. A server delay
+//!   above what is left is never slept through, here or above: the
+//!   response returns at once, and a request that finds its gate closed
+//!   for longer fails with [`GateClosed`].
 //! - No gate stays closed longer than
 //!   [`max_pause`](RetryAfterLayer::max_pause) (5 minutes by default) on a
 //!   server's word. When a longer pause is claimed, the gate opens at the
