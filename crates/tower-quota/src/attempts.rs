@@ -347,14 +347,8 @@ impl WaitBudget {
     /// request's [`AttemptBudget`], which carries it with no extension of
     /// its own.
     pub fn shared_by<B>(request: &mut http::Request<B>) -> Self {
-        if let Some(budgets) = offered() {
+        if let Some(budgets) = offered().or_else(|| Budgets::in_extensions(request)) {
             return budgets.waits();
-        }
-        if let Some(attempts) = request.extensions().get::<AttemptBudget>() {
-            return attempts.waits();
-        }
-        if let Some(waits) = request.extensions().get::<WaitBudget>() {
-            return waits.clone();
         }
         let waits = WaitBudget::unlimited();
         request.extensions_mut().insert(waits.clone());
@@ -385,6 +379,17 @@ pub(crate) enum Budgets {
 }
 
 impl Budgets {
+    /// The budgets a layer above put in `request`'s extensions: an
+    /// [`AttemptBudget`] (which carries the waiting), or a [`WaitBudget`]
+    /// of its own.
+    pub(crate) fn in_extensions<B>(request: &Request<B>) -> Option<Budgets> {
+        let extensions = request.extensions();
+        if let Some(attempts) = extensions.get::<AttemptBudget>() {
+            return Some(Budgets::Attempts(attempts.clone()));
+        }
+        extensions.get::<WaitBudget>().cloned().map(Budgets::Waits)
+    }
+
     /// The waiting: carried by the attempts, or on its own.
     pub(crate) fn waits(&self) -> WaitBudget {
         match self {

@@ -94,7 +94,7 @@ where
         // One budget of waiting for the whole stack: a retry layer above
         // shares its own (on this thread, or in the request), and this
         // layer's `max_wait` bounds it.
-        let above = crate::attempts::take_offered().or_else(|| budgets_in(&request));
+        let above = crate::attempts::take_offered().or_else(|| Budgets::in_extensions(&request));
         let (shared_attempts, waits) = match above {
             Some(Budgets::Attempts(attempts)) => {
                 let waits = attempts.waits();
@@ -153,16 +153,6 @@ fn throttled_outcome(
         Some(_) if !replayable => ThrottleOutcome::BodyNotReplayable,
         Some(_) => ThrottleOutcome::Resend,
     }
-}
-
-/// The budgets a layer above put in `request`'s extensions: an
-/// [`AttemptBudget`], or a [`WaitBudget`] of its own.
-fn budgets_in<B>(request: &Request<B>) -> Option<Budgets> {
-    let extensions = request.extensions();
-    if let Some(attempts) = extensions.get::<AttemptBudget>() {
-        return Some(Budgets::Attempts(attempts.clone()));
-    }
-    extensions.get::<WaitBudget>().cloned().map(Budgets::Waits)
 }
 
 /// Takes an attempt from the [`AttemptBudget`] a retry layer above shares,
