@@ -27,18 +27,21 @@
 //!
 //! # How the budgets reach the layers below
 //!
-//! A layer that calls the next one within its own `call` (as the layers of
-//! a [`ServiceBuilder`](tower::ServiceBuilder) stack do) hands the budgets
-//! to it on the calling thread, for the length of that call: the first
-//! attempt goes without an extension, so a request that is never retried
-//! costs no allocation for them. Where a layer in between calls later, on
-//! another task (a [`Buffer`](https://docs.rs/tower/latest/tower/buffer/)),
-//! the budgets travel in the request's extensions instead:
-//! [`JitterBackoffLayer`] puts its [`AttemptBudget`] there until it has
-//! seen a layer below take it from the thread, and on every attempt after
-//! the first. Only a layer that routes some requests directly and others
-//! through a task (a `Steer` with a `Buffer` on one branch) would have the
-//! first attempts on that branch counted on their own.
+//! A layer hands the budgets to the service it calls on the calling
+//! thread, for the length of that `Service::call`, and a
+//! [`RetryAfterLayer`] takes them in its own `call` (and hands them on in
+//! turn, to a `RetryAfterLayer` below it). In a
+//! [`ServiceBuilder`](tower::ServiceBuilder) stack each layer's `call` runs
+//! within the one above, so the first attempt goes without an extension: a
+//! request that is never retried costs no allocation for them. Where a
+//! layer in between calls later, on another task (a
+//! [`Buffer`](https://docs.rs/tower/latest/tower/buffer/)), the budgets
+//! travel in the request's extensions instead: [`JitterBackoffLayer`] puts
+//! its [`AttemptBudget`] there until it has seen a layer below take it
+//! from the thread, and on every attempt after the first. Only a service
+//! that routes some requests directly and others through a task (a
+//! `Steer` with a `Buffer` on one branch) would have the first attempts on
+//! that branch counted by the layer below alone.
 //!
 //! [`JitterBackoffLayer`]: crate::JitterBackoffLayer
 //! [`RetryAfterLayer`]: crate::RetryAfterLayer
