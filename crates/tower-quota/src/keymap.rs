@@ -16,6 +16,21 @@ use hashbrown::HashTable;
 use crate::Key;
 use crate::key::StoredKey;
 
+/// A value on cache lines of its own: 128 bytes, the pair of 64-byte lines
+/// that x86's adjacent-line prefetcher fetches together (and the line of
+/// Apple's ARM cores). The shards of the keyed maps are each padded so:
+/// two threads locking shards side by side do not take each other's lines.
+#[repr(align(128))]
+pub(crate) struct CachePadded<T>(pub(crate) T);
+
+impl<T> std::ops::Deref for CachePadded<T> {
+    type Target = T;
+
+    fn deref(&self) -> &T {
+        &self.0
+    }
+}
+
 /// The hasher of a store: foldhash's fast hash with a per-process random
 /// seed. Keys can come from requests (a host, a tenant), so the seed keeps
 /// their placement unpredictable from outside.

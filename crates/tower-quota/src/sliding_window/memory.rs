@@ -26,7 +26,7 @@ use super::lag::LagProbe;
 use super::log::ID_LIMIT;
 use super::schedule::Place;
 use super::store::{Admission, Completion, QuotaChange, Store};
-use crate::keymap::{Boxed, KeyHasher, KeyMap};
+use crate::keymap::{Boxed, CachePadded, KeyHasher, KeyMap};
 use crate::{Announced, BoxError, Key, Room};
 
 mod acquire;
@@ -49,6 +49,11 @@ const SWEEP_EVERY: usize = 1024;
 /// has passed: keys that never held an admission (a request refused at
 /// once, a waiter given up) are idle at once.
 const SWEEP_AT_MOST: usize = 4;
+/// A shard visits the next shard in turn (and adds its operations to the
+/// count of all shards) once every this many of its own operations: with
+/// traffic to one shard, as often as every `SWEEP_EVERY / SHARDS`
+/// operations on any shard, and no more often in all with traffic to many.
+const VISIT_EVERY: usize = SWEEP_EVERY / SHARDS;
 
 /// The in-process [`Store`]: exact, FIFO-fair, one timer per key.
 ///
@@ -77,25 +82,14 @@ struct Shared {
 
 /// The part of [`Shared`] that operations write.
 struct Written {
-    /// Operations on every shard, and the shard the next global sweep
-    /// visits: idle keys are swept by traffic to any key.
+    /// Operations on every shard, counted [`VISIT_EVERY`] at a time (each
+    /// shard counts its own under its lock and adds them here when it
+    /// visits another: one write to this line every `VISIT_EVERY`
+    /// operations of a shard, not one per operation), and the shard the
+    /// next global sweep visits: idle keys are swept by traffic to any key.
     ops: AtomicUsize,
     cursor: AtomicUsize,
     lag: LagProbe,
-}
-
-/// A value on cache lines of its own: 128 bytes, the pair of 64-byte lines
-/// that x86's adjacent-line prefetcher fetches together (and the line of
-/// Apple's ARM cores).
-#[repr(align(128))]
-struct CachePadded<T>(T);
-
-impl<T> std::ops::Deref for CachePadded<T> {
-    type Target = T;
-
-    fn deref(&self) -> &T {
-        &self.0
-    }
 }
 
 impl Default for Shared {
@@ -118,8 +112,10 @@ impl Default for Shared {
 struct Shard {
     keys: KeyMap<KeyState, Boxed<KeyState>>,
     ids: AdmissionIds,
+    /// Its own operations, not yet added to `Written::ops`.
+    ops: usize,
     ops_since_sweep: usize,
-    /// `Shared::ops` when this shard was last swept.
+    /// `Written::ops` when this shard was last swept.
     swept_at: usize,
     /// The keys its last sweep kept.
     kept: usize,
@@ -138,6 +134,7 @@ impl Shard {
         Shard {
             keys: KeyMap::new(hasher),
             ids: AdmissionIds::new(),
+            ops: 0,
             ops_since_sweep: 0,
             swept_at: 0,
             kept: 0,
@@ -452,10 +449,11 @@ impl Shared {
     /// One operation on `shard`: sweeps it after as many operations on it
     /// as its last sweep kept keys (and `SWEEP_EVERY`) once the shortest
     /// window of those keys has passed since (or after `SWEEP_AT_MOST`
-    /// times as many operations), and every
-    /// `SWEEP_EVERY / SHARDS` operations on any shard, visits the next shard
-    /// in turn and sweeps it if enough operations on all shards have passed
-    /// since its last sweep (and `SWEEP_EVERY`), so that idle keys go even
+    /// times as many operations), and every [`VISIT_EVERY`] operations of
+    /// its own, visits the next shard in turn and sweeps it if enough
+    /// operations on all shards have passed since its last sweep (and
+    /// `SWEEP_EVERY`; counted `VISIT_EVERY` at a time, so fewer than
+    /// `SWEEP_EVERY` operations are not yet counted), so that idle keys go even
     /// when their own shard sees no traffic. Enough is as many as it has
     /// keys once the shortest window of the keys it kept has passed since
     /// (they may all be idle by then: their memory comes back within that
@@ -480,18 +478,24 @@ impl Shared {
     /// that never held an admission or held one under a shorter window,
     /// which `SWEEP_AT_MOST` bounds.
     fn tick(&self, shard: &mut Shard, now: Instant) {
-        let ops = self.written.ops.fetch_add(1, Ordering::Relaxed);
+        shard.ops += 1;
         shard.ops_since_sweep += 1;
         let due = SWEEP_EVERY.max(shard.kept);
         if shard.ops_since_sweep >= due
             && (shard.window_passed(now)
                 || shard.ops_since_sweep >= due.saturating_mul(SWEEP_AT_MOST))
         {
-            shard.sweep(now, ops);
+            shard.sweep(now, self.written.ops.load(Ordering::Relaxed));
         }
-        if !ops.is_multiple_of(SWEEP_EVERY / SHARDS) {
+        if shard.ops < VISIT_EVERY {
             return;
         }
+        shard.ops = 0;
+        let ops = self
+            .written
+            .ops
+            .fetch_add(VISIT_EVERY, Ordering::Relaxed)
+            .wrapping_add(VISIT_EVERY);
         let next = self.written.cursor.fetch_add(1, Ordering::Relaxed) % self.shards.len();
         // Never wait for another shard while holding one: skip it if busy
         // (or if it is the one held).
