@@ -1,12 +1,19 @@
 //! The breakers of every key: a sharded map that forgets idle keys.
 //!
-//! Each call examines a few entries of one shard, taking the shards in
-//! turn, and forgets those that are idle (see [`Breaker::is_idle`]): the
+//! Every [`VISIT_EVERY`] calls of its own, a shard examines a few entries of
+//! another, taking the shards in turn, and forgets those that are idle (see
+//! [`Breaker::is_idle`]): [`SWEEP_STEP`] entries per call on average, the
 //! work per call is bounded, and every key of every shard is looked at
 //! again after about `len / SWEEP_STEP` calls to any key (the largest
 //! shard's length times `SHARDS / SWEEP_STEP`), so idle keys give their
 //! memory back without traffic to their own key or shard. A shard whose
 //! entries fall below a quarter of its capacity is shrunk.
+//!
+//! A call writes nothing shared by all keys but its own shard (each on
+//! cache lines of its own) and, once every `VISIT_EVERY` calls, the shard
+//! it visits: the count of calls and the shard to visit next are the
+//! shard's own, kept under its lock. Two threads calling keys of different
+//! shards seldom take each other's cache lines.
 
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError, TryLockError};
@@ -17,14 +24,19 @@ use super::config::Config;
 use super::state::{Admit, Breaker, Transition};
 use crate::Key;
 use crate::key::StoredKey;
-use crate::keymap::{KeyHasher, KeyMap};
+use crate::keymap::{CachePadded, KeyHasher, KeyMap};
 use crate::time::LazyNow;
 
 /// Shards, each with its own lock.
 const SHARDS: usize = 16;
 
-/// Entries a call examines for idleness.
+/// Entries examined for idleness per call, on average.
 const SWEEP_STEP: usize = 16;
+
+/// A shard's calls between two visits it makes to the next shard in turn,
+/// each examining `SWEEP_STEP * VISIT_EVERY` entries there: traffic to one
+/// shard visits all of them within `SHARDS * VISIT_EVERY` calls.
+const VISIT_EVERY: usize = 4;
 
 /// A shard is not shrunk below this capacity.
 const MIN_CAPACITY: usize = 16;
@@ -39,16 +51,15 @@ pub(crate) struct Breakers {
     shared: Arc<Shared>,
 }
 
+#[repr(align(128))]
 struct Shared {
-    shards: Box<[Mutex<Shard>]>,
+    shards: Box<[CachePadded<Mutex<Shard>>]>,
     /// Chooses a key's shard.
     hasher: KeyHasher,
     /// The next generation: every period of every breaker gets its own.
     generations: AtomicU64,
     /// Keys kept, in all shards.
     keys: AtomicUsize,
-    /// The shard the next sweep step examines.
-    sweep_cursor: AtomicUsize,
 }
 
 /// Breakers in a vector, so that a sweep can resume where it stopped, and
@@ -60,6 +71,10 @@ struct Shard {
     entries: Vec<(StoredKey, Breaker)>,
     /// The next entry the sweep examines.
     cursor: usize,
+    /// Calls of its keys since it last visited a shard.
+    calls: usize,
+    /// The shard it visits next.
+    visits: usize,
 }
 
 impl Default for Breakers {
@@ -69,17 +84,18 @@ impl Default for Breakers {
             shared: Arc::new(Shared {
                 shards: (0..SHARDS)
                     .map(|_| {
-                        Mutex::new(Shard {
+                        CachePadded(Mutex::new(Shard {
                             index: KeyMap::new(hasher.clone()),
                             entries: Vec::new(),
                             cursor: 0,
-                        })
+                            calls: 0,
+                            visits: 0,
+                        }))
                     })
                     .collect(),
                 hasher,
                 generations: AtomicU64::new(UNTRACKED + 1),
                 keys: AtomicUsize::new(0),
-                sweep_cursor: AtomicUsize::new(0),
             }),
         }
     }
@@ -124,13 +140,24 @@ impl Breakers {
     /// open or half-open breaker, a new key, or a swept entry with
     /// failures.
     pub(crate) fn admit(&self, key: &Key, config: &Config, now: &LazyNow) -> Admit {
-        let admit = self.admit_in_shard(key, config, now);
-        self.sweep_step(config, now);
+        let (admit, visit) = self.admit_in_shard(key, config, now);
+        if let Some(at) = visit {
+            self.sweep_step(at, config, now);
+        }
         admit
     }
 
-    fn admit_in_shard(&self, key: &Key, config: &Config, now: &LazyNow) -> Admit {
+    /// The call's admission, and the shard its shard visits now, when it is
+    /// its turn.
+    fn admit_in_shard(&self, key: &Key, config: &Config, now: &LazyNow) -> (Admit, Option<usize>) {
         let (hash, mut shard) = self.shard(key);
+        shard.calls += 1;
+        let visit = (shard.calls >= VISIT_EVERY).then(|| {
+            shard.calls = 0;
+            let at = shard.visits;
+            shard.visits = (at + 1) % self.shared.shards.len();
+            at
+        });
         let at = match shard.index.get(hash, key) {
             Some(&at) => at,
             None => {
@@ -142,17 +169,19 @@ impl Breakers {
                         });
                 if reserved.is_err() {
                     // Full: the call passes unjudged.
-                    return Admit::Go {
+                    let admit = Admit::Go {
                         generation: UNTRACKED,
                         transition: None,
                     };
+                    return (admit, visit);
                 }
                 shard.insert(hash, key, Breaker::new(self.next_generation(), now.get()))
             }
         };
-        shard.entries[at]
+        let admit = shard.entries[at]
             .1
-            .admit(config, now, || self.next_generation())
+            .admit(config, now, || self.next_generation());
+        (admit, visit)
     }
 
     /// Records the outcome of a call that [`admit`](Self::admit) let go in
@@ -175,17 +204,16 @@ impl Breakers {
             .record(config, generation, failure, now, || self.next_generation())
     }
 
-    /// Examines the next few entries of the next shard and forgets the idle
-    /// ones. A shard another call holds is skipped, never waited for.
-    fn sweep_step(&self, config: &Config, now: &LazyNow) {
-        let shards = &self.shared.shards;
-        let at = self.shared.sweep_cursor.fetch_add(1, Ordering::Relaxed) % shards.len();
-        let mut shard = match shards[at].try_lock() {
+    /// Examines the next entries of shard `at` (`SWEEP_STEP` for each of
+    /// the calls since the last visit) and forgets the idle ones. A shard
+    /// another call holds is skipped, never waited for.
+    fn sweep_step(&self, at: usize, config: &Config, now: &LazyNow) {
+        let mut shard = match self.shared.shards[at].try_lock() {
             Ok(shard) => shard,
             Err(TryLockError::Poisoned(poisoned)) => poisoned.into_inner(),
             Err(TryLockError::WouldBlock) => return,
         };
-        let removed = shard.sweep(SWEEP_STEP, config, now);
+        let removed = shard.sweep(SWEEP_STEP * VISIT_EVERY, config, now);
         if removed > 0 {
             self.shared.keys.fetch_sub(removed, Ordering::Relaxed);
         }

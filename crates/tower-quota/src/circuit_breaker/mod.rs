@@ -53,11 +53,11 @@
 //! - it is open or half-open, and nothing happened for `forget_after` since
 //!   its open period ended or its last probe started or finished.
 //!
-//! Forgetting needs no traffic to the key or its shard: every call, to any
-//! key, examines the next 16 entries of the next of 16 shards, so every
-//! key is looked at again within about `keys / 16` calls, with bounded
-//! work per call; shards that fall below a quarter of their capacity are
-//! shrunk. At most [`max_keys`](CircuitBreakerLayer::max_keys) keys are
+//! Forgetting needs no traffic to the key or its shard: every fourth call
+//! to a shard's keys examines the next 64 entries of one of the 16 shards,
+//! each shard visiting them all in turn, so every key is looked at again
+//! within about `keys / 16` calls, with bounded work per call; shards that
+//! fall below a quarter of their capacity are shrunk. At most [`max_keys`](CircuitBreakerLayer::max_keys) keys are
 //! kept (100,000 by default): beyond that, calls of new keys pass unjudged
 //! until idle keys are forgotten.
 //! [`key_count`](CircuitBreakerLayer::key_count) tells how many are kept.
