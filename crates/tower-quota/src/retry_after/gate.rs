@@ -29,7 +29,7 @@
 use std::cmp::Reverse;
 use std::collections::{BTreeSet, BinaryHeap};
 use std::pin::Pin;
-use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError, TryLockError};
 use std::time::Duration;
 
 use quota_headers::Signal;
@@ -40,20 +40,34 @@ use tokio::time::Instant;
 use super::layer::Config;
 use crate::Key;
 use crate::key::StoredKey;
-use crate::keymap::{Boxed, KeyMap, Named};
+use crate::keymap::{Boxed, CachePadded, KeyHasher, KeyMap, Named};
 
 /// A gate with nothing to remember (open, no quota count, nothing in
 /// flight) is kept this long after its last use, so a busy key does not
 /// start over between requests; then it is evicted.
 pub(super) const IDLE_GRACE: Duration = Duration::from_secs(60);
 
-/// The most due evictions each operation carries out, whatever key it is
-/// for: bounded work per request, and gates of keys that see no more
-/// traffic still go (`SWEEP_BUDGET` per request to any key).
+/// The most due evictions each operation carries out in its key's shard,
+/// and, on average, in the shards it visits: bounded work per request, and
+/// gates of keys that see no more traffic still go (`SWEEP_BUDGET` per
+/// operation on any key, in each of its shard and the others).
 pub(super) const SWEEP_BUDGET: usize = 64;
 
-/// Maps at or below this capacity are not shrunk.
+/// Shards, each with its own lock, expiry heap and sweep.
+pub(super) const SHARDS: usize = 16;
+
+/// A shard's operations between two visits it makes to the next shard in
+/// turn, each carrying out up to `SWEEP_BUDGET * VISIT_EVERY` due
+/// evictions there: traffic to one shard visits all of them within
+/// `SHARDS * VISIT_EVERY` operations.
+pub(super) const VISIT_EVERY: usize = 4;
+
+/// The maps of all shards together are not shrunk below this capacity
+/// (each shard's below a sixteenth of it).
 pub(super) const MIN_CAPACITY: usize = 64;
+
+/// A shard's map and heap are not shrunk below this capacity.
+const SHARD_MIN_CAPACITY: usize = MIN_CAPACITY / SHARDS;
 
 /// The limit at which a [`Ramp`] ends: from then on requests go without
 /// a limit.
@@ -94,12 +108,45 @@ impl GateReason {
 }
 
 /// The gates of every key, shared by all clones of a layer.
+///
+/// Sharded by key: an operation locks its key's shard, sweeps that
+/// shard's due evictions, and every [`VISIT_EVERY`] operations of a shard
+/// it visits the next shard in turn (skipped when busy) and sweeps its due
+/// ones, so idle gates go without traffic to their own shard. Nothing is
+/// written that all keys share: two threads sending to keys of different
+/// shards do not take each other's cache lines.
 #[derive(Clone, Default)]
 pub(crate) struct Gates {
-    inner: Arc<Mutex<GateMap>>,
+    inner: Arc<Shards>,
 }
 
-#[derive(Default)]
+#[repr(align(128))]
+struct Shards {
+    shards: Box<[CachePadded<Mutex<GateMap>>]>,
+    /// Shared by the shards' maps: the hash that chose the shard finds the
+    /// key in it.
+    hasher: KeyHasher,
+}
+
+impl Default for Shards {
+    fn default() -> Self {
+        let hasher = KeyHasher::default();
+        Shards {
+            shards: (0..SHARDS)
+                .map(|_| {
+                    CachePadded(Mutex::new(GateMap {
+                        gates: KeyMap::new(hasher.clone()),
+                        expiry: BinaryHeap::new(),
+                        ops: 0,
+                        visits: 0,
+                    }))
+                })
+                .collect(),
+            hasher,
+        }
+    }
+}
+
 struct GateMap {
     /// Each gate boxed with its key: a gate is 184 bytes, and the table
     /// keeps room for up to twice as many entries as it holds.
@@ -107,6 +154,10 @@ struct GateMap {
     /// When each gate may next be evicted, earliest first; at most one entry
     /// per gate (see [`Gate::scheduled`]).
     expiry: BinaryHeap<Reverse<Expiry>>,
+    /// Operations since it last visited a shard.
+    ops: usize,
+    /// The shard it visits next.
+    visits: usize,
 }
 
 /// A gate to look at when `at` has come: 40 bytes, with the key as the
@@ -357,9 +408,40 @@ pub(crate) struct Closed {
 }
 
 impl Gates {
-    fn lock(&self) -> MutexGuard<'_, GateMap> {
-        // Every update leaves the map consistent; a poisoned lock is safe.
-        self.inner.lock().unwrap_or_else(PoisonError::into_inner)
+    /// The hash of `key`: the one hash of an operation.
+    fn hash(&self, key: &Key) -> u64 {
+        self.inner.hasher.hash(key)
+    }
+
+    /// The shard of the key whose hash is `hash`, locked.
+    fn lock(&self, hash: u64) -> MutexGuard<'_, GateMap> {
+        let at = KeyHasher::shard_of(hash, self.inner.shards.len());
+        lock(&self.inner.shards[at])
+    }
+
+    /// One operation on `map` (locked, swept): counts it, and on its turn
+    /// says which shard it visits.
+    fn visit_due(map: &mut GateMap) -> Option<usize> {
+        map.ops += 1;
+        (map.ops >= VISIT_EVERY).then(|| {
+            map.ops = 0;
+            let at = map.visits;
+            map.visits = (at + 1) % SHARDS;
+            at
+        })
+    }
+
+    /// Sweeps shard `at`'s due evictions, for the `VISIT_EVERY` operations
+    /// since the visiting shard's last visit; a shard another operation
+    /// holds is skipped, never waited for.
+    fn visit(&self, at: Option<usize>, now: Instant) {
+        let Some(at) = at else { return };
+        let mut map = match self.inner.shards[at].try_lock() {
+            Ok(map) => map,
+            Err(TryLockError::Poisoned(poisoned)) => poisoned.into_inner(),
+            Err(TryLockError::WouldBlock) => return,
+        };
+        map.sweep(now, SWEEP_BUDGET * VISIT_EVERY);
     }
 
     /// Lets one request of `key` go now, counting it in flight, or says until
@@ -368,16 +450,25 @@ impl Gates {
     /// spread); after a pause, one probe goes and the others wait for its
     /// answer, then for room in the ramp.
     pub(crate) fn admit(&self, key: &Key, now: Instant, config: &Config) -> Result<InFlight, Wait> {
-        let mut map = self.lock();
-        map.sweep(now);
-        let hash = map.gates.hash(key);
+        let hash = self.hash(key);
+        let mut map = self.lock(hash);
+        map.sweep(now, SWEEP_BUDGET);
         let result = map.admit(self, hash, key, now, config);
         // A request let through is in flight: its answer schedules the gate.
         if result.is_err() {
             map.schedule(hash, key);
         }
+        let visit = Self::visit_due(&mut map);
+        drop(map);
+        self.visit(visit, now);
         result
     }
+}
+
+/// A shard, locked.
+fn lock(shard: &Mutex<GateMap>) -> MutexGuard<'_, GateMap> {
+    // Every update leaves the map consistent; a poisoned lock is safe.
+    shard.lock().unwrap_or_else(PoisonError::into_inner)
 }
 
 impl GateMap {
@@ -476,11 +567,11 @@ impl GateMap {
     }
 
     /// Evicts gates that have nothing left to remember, looking at no more
-    /// than [`SWEEP_BUDGET`] due entries, and shrinks the maps once they
-    /// are mostly empty.
-    fn sweep(&mut self, now: Instant) {
+    /// than `budget` due entries, and shrinks the maps once they are mostly
+    /// empty.
+    fn sweep(&mut self, now: Instant, budget: usize) {
         let mut evicted = false;
-        for _ in 0..SWEEP_BUDGET {
+        for _ in 0..budget {
             let due = self
                 .expiry
                 .peek()
@@ -508,8 +599,8 @@ impl GateMap {
             }
         }
         if evicted {
-            self.gates.shrink_if_sparse(MIN_CAPACITY);
-            if self.expiry.capacity() > MIN_CAPACITY
+            self.gates.shrink_if_sparse(SHARD_MIN_CAPACITY);
+            if self.expiry.capacity() > SHARD_MIN_CAPACITY
                 && self.expiry.len() * 4 < self.expiry.capacity()
             {
                 self.expiry.shrink_to(self.expiry.len() * 2);
@@ -537,9 +628,13 @@ impl Gates {
         config: &Config,
     ) -> Observed {
         in_flight.armed = false;
-        let mut map = self.lock();
-        map.sweep(now);
-        map.observe(&in_flight, signal, released, now, config)
+        let mut map = self.lock(in_flight.hash);
+        map.sweep(now, SWEEP_BUDGET);
+        let observed = map.observe(&in_flight, signal, released, now, config);
+        let visit = Self::visit_due(&mut map);
+        drop(map);
+        self.visit(visit, now);
+        observed
     }
 
     /// Whether the provider's acceptance reopened the gate of `key` since
@@ -551,8 +646,8 @@ impl Gates {
         key: &Key,
         reopenings: u32,
     ) -> Result<(), Pin<Box<OwnedNotified>>> {
-        let mut map = self.lock();
-        let hash = map.gates.hash(key);
+        let hash = self.hash(key);
+        let mut map = self.lock(hash);
         let Some(gate) = map.gates.get_mut(hash, key) else {
             // Evicted: nothing holds the key any more.
             return Ok(());
@@ -564,15 +659,22 @@ impl Gates {
     }
 
     /// The number of gates kept.
-    #[cfg(test)]
     pub(crate) fn len(&self) -> usize {
-        self.lock().gates.len()
+        self.inner
+            .shards
+            .iter()
+            .map(|map| lock(map).gates.len())
+            .sum()
     }
 
-    /// The capacity of the gate map.
+    /// The capacity of the gate maps.
     #[cfg(test)]
     pub(crate) fn capacity(&self) -> usize {
-        self.lock().gates.capacity()
+        self.inner
+            .shards
+            .iter()
+            .map(|map| lock(map).gates.capacity())
+            .sum()
     }
 
     /// The longest any gate will hold a request from `now` on: until it
@@ -580,14 +682,18 @@ impl Gates {
     /// its next probe, until its ramp ends.
     #[cfg(test)]
     pub(crate) fn longest_hold(&self, now: Instant) -> Duration {
-        let map = self.lock();
-        map.gates
-            .values()
-            .flat_map(Gate::holds)
-            .flatten()
-            .map(|at| at.saturating_duration_since(now))
-            .max()
-            .unwrap_or_default()
+        let mut longest = Duration::ZERO;
+        for map in self.inner.shards.iter() {
+            let map = lock(map);
+            let held = map
+                .gates
+                .values()
+                .flat_map(Gate::holds)
+                .flatten()
+                .map(|at| at.saturating_duration_since(now));
+            longest = held.fold(longest, Duration::max);
+        }
+        longest
     }
 }
 
@@ -784,7 +890,7 @@ pub(crate) struct InFlight {
 impl Drop for InFlight {
     fn drop(&mut self) {
         if self.armed {
-            let mut map = self.gates.lock();
+            let mut map = self.gates.lock(self.hash);
             if let Some(gate) = map.gates.get_mut(self.hash, &self.key) {
                 gate.in_flight.remove(&self.seq);
                 // A probe lost without an answer: the next request probes.
@@ -803,8 +909,6 @@ impl Drop for InFlight {
 
 impl std::fmt::Debug for Gates {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Gates")
-            .field("keys", &self.lock().gates.len())
-            .finish()
+        f.debug_struct("Gates").field("keys", &self.len()).finish()
     }
 }

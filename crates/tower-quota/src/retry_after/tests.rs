@@ -494,7 +494,7 @@ async fn after_a_503_idempotent_methods_keyed_posts_and_opted_in_layers_resend()
 /// until as many operations again swept the map, and the map never shrank.
 #[tokio::test(start_paused = true)]
 async fn regression_idle_gates_are_evicted_by_traffic_to_any_key_and_the_map_shrinks() {
-    use super::gate::{IDLE_GRACE, MIN_CAPACITY, SWEEP_BUDGET};
+    use super::gate::{IDLE_GRACE, MIN_CAPACITY, SHARDS, SWEEP_BUDGET, VISIT_EVERY};
 
     let hosts = if cfg!(debug_assertions) {
         5_000
@@ -526,8 +526,12 @@ async fn regression_idle_gates_are_evicted_by_traffic_to_any_key_and_the_map_shr
 
     // Every quota resets and the hosts go quiet; one other key stays busy.
     tokio::time::advance(Duration::from_secs(10) + IDLE_GRACE + Duration::from_secs(1)).await;
-    // Each request sweeps twice (gate and answer), SWEEP_BUDGET gates each.
-    let requests = hosts.div_ceil(2 * SWEEP_BUDGET) + 1;
+    // Each request sweeps twice (gate and answer), SWEEP_BUDGET gates each
+    // on average in the shards it visits, taking them in turn: the largest
+    // shard sets the pace (a quarter above the mean leaves room for the
+    // random spread of keys over shards), and one round of visits reaches
+    // every shard.
+    let requests = (hosts * 5 / 4).div_ceil(2 * SWEEP_BUDGET) + SHARDS * VISIT_EVERY / 2 + 1;
     for _ in 0..requests {
         service
             .clone()
@@ -903,7 +907,7 @@ async fn a_throttled_probe_closes_the_gate_again_and_the_next_opening_probes_aga
 
 #[tokio::test(start_paused = true)]
 async fn the_ramp_ends_once_the_pause_has_passed_and_its_gate_is_still_evicted() {
-    use super::gate::IDLE_GRACE;
+    use super::gate::{IDLE_GRACE, SHARDS, VISIT_EVERY};
 
     let start = Instant::now();
     let (inner, arrivals) = provider(start, |n| if n == 0 { throttled("1") } else { status(200) });
@@ -924,9 +928,11 @@ async fn the_ramp_ends_once_the_pause_has_passed_and_its_gate_is_still_evicted()
     }
     assert_eq!(per_instant(&arrivals), [(0, 1), (1_100, 1), (2_200, 50)]);
 
-    // A gate that ramped has nothing left to remember after it: evicted.
+    // A gate that ramped has nothing left to remember after it: evicted
+    // once the sweeps of another key's traffic reach its shard (two
+    // operations a request, every shard visited in turn).
     tokio::time::advance(IDLE_GRACE + Duration::from_secs(1)).await;
-    for _ in 0..2 {
+    for _ in 0..SHARDS * VISIT_EVERY / 2 {
         service
             .clone()
             .oneshot(Request::get("/other").body(Empty::new()).unwrap())
