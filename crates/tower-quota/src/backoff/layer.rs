@@ -196,7 +196,7 @@ impl<S, C: Clone> Layer<S> for JitterBackoffLayer<C> {
     fn layer(&self, inner: S) -> Self::Service {
         JitterBackoff::from_parts(
             inner,
-            self.config.clone(),
+            Config::clone(&self.config),
             self.classifier.clone(),
             self.budget.clone(),
             self.streams.clone(),

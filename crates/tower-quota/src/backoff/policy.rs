@@ -9,9 +9,8 @@ use rand::rngs::SmallRng;
 use tokio::time::Instant;
 use tower::retry::budget::Budget;
 
-use super::RetryBudget;
 use super::events::{self, Failure, GiveUp, RetryReason};
-use super::layer::Config;
+use super::service::Shared;
 use crate::BoxError;
 use crate::attempts::AttemptBudget;
 pub(super) use crate::classify::is_idempotent;
@@ -21,9 +20,9 @@ use crate::retry_after::ServerSignal;
 
 /// What one logical request knows about its retries.
 pub(super) struct Policy<C> {
-    config: Arc<Config>,
+    /// The layer's settings and retry budget.
+    shared: Arc<Shared>,
     classifier: C,
-    budget: Option<RetryBudget>,
     /// The attempts and the waiting left to the logical request, shared
     /// with the layers below.
     attempts: AttemptBudget,
@@ -40,16 +39,14 @@ pub(super) struct Policy<C> {
 
 impl<C> Policy<C> {
     pub(super) fn new(
-        config: Arc<Config>,
+        shared: Arc<Shared>,
         classifier: C,
-        budget: Option<RetryBudget>,
         attempts: AttemptBudget,
         seed: Option<u64>,
     ) -> Self {
         Policy {
-            config,
+            shared,
             classifier,
-            budget,
             attempts,
             started: None,
             seed,
@@ -126,6 +123,7 @@ impl<C> Policy<C> {
             None => SmallRng::from_rng(&mut rand::rng()),
         });
         let backoff = self
+            .shared
             .config
             .backoff
             .delay(self.retries, self.previous_delay, rng);
@@ -150,10 +148,10 @@ impl<C> Policy<C> {
         }
         // Set at the first poll, before any result: the clock, should it not be.
         let started = *self.started.get_or_insert_with(Instant::now);
-        if started.elapsed().saturating_add(wait) > self.config.max_elapsed {
+        if started.elapsed().saturating_add(wait) > self.shared.config.max_elapsed {
             return give_up(GiveUp::MaxElapsed);
         }
-        if let Some(budget) = &self.budget
+        if let Some(budget) = &self.shared.budget
             && !budget.withdraw()
         {
             return give_up(GiveUp::BudgetExhausted);

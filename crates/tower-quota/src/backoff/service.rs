@@ -24,26 +24,32 @@ use crate::{BoxError, telemetry};
 #[derive(Clone)]
 pub struct JitterBackoff<S, C = HttpClassifier> {
     inner: S,
-    config: Arc<Config>,
+    shared: Arc<Shared>,
     classifier: C,
-    budget: Option<RetryBudget>,
     streams: Arc<AtomicU64>,
     handed_on: HandedOn,
+}
+
+/// The settings and the retry budget, behind one pointer: every request's
+/// policy holds them with one reference count, which the threads that share
+/// a service write at every request.
+pub(super) struct Shared {
+    pub(super) config: Config,
+    pub(super) budget: Option<RetryBudget>,
 }
 
 impl<S, C> JitterBackoff<S, C> {
     pub(super) fn from_parts(
         inner: S,
-        config: Arc<Config>,
+        config: Config,
         classifier: C,
         budget: Option<RetryBudget>,
         streams: Arc<AtomicU64>,
     ) -> Self {
         JitterBackoff {
             inner,
-            config,
+            shared: Arc::new(Shared { config, budget }),
             classifier,
-            budget,
             streams,
             handed_on: HandedOn::default(),
         }
@@ -95,7 +101,7 @@ where
     }
 
     fn call(&mut self, request: Request<B>) -> Self::Future {
-        let config = &self.config;
+        let config = &self.shared.config;
         let retryable = config.retry_all_methods || is_idempotent(&request);
         // Only a request that may be retried pays for buffering its body.
         let mut request = if retryable {
@@ -126,7 +132,7 @@ where
         if !handed_on {
             request.extensions_mut().insert(attempts.clone());
         }
-        if let Some(budget) = &self.budget {
+        if let Some(budget) = &self.shared.budget {
             tower::retry::budget::Budget::deposit(budget);
         }
 
@@ -143,13 +149,7 @@ where
             .seed
             .map(|seed| seed.wrapping_add(self.streams.fetch_add(1, Ordering::Relaxed)));
         let offered = Budgets::Attempts(attempts.clone());
-        let policy = Policy::new(
-            config.clone(),
-            self.classifier.clone(),
-            self.budget.clone(),
-            attempts,
-            seed,
-        );
+        let policy = Policy::new(self.shared.clone(), self.classifier.clone(), attempts, seed);
         // The first attempt goes to the service `poll_ready` readied; the
         // clone that goes with the future is readied before each retry.
         let (future, taken) =
@@ -165,8 +165,8 @@ impl<S: fmt::Debug, C> fmt::Debug for JitterBackoff<S, C> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("JitterBackoff")
             .field("inner", &self.inner)
-            .field("config", &self.config)
-            .field("budget", &self.budget)
+            .field("config", &self.shared.config)
+            .field("budget", &self.shared.budget)
             .field("classifier", &std::any::type_name::<C>())
             .finish()
     }
