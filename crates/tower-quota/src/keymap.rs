@@ -8,8 +8,13 @@
 //! hashes and compares its name's bytes (an inline name is not checked as
 //! UTF-8 again on every lookup); the key is stored (a [`StoredKey`]) only
 //! when it is inserted.
+//!
+//! The sharded maps (the store's, the breakers', the gates') keep each
+//! shard on cache lines of its own ([`CachePadded`]), and sweep idle keys
+//! of shards that see no traffic by [`Visits`] from the shards that do.
 
 use std::hash::BuildHasher;
+use std::sync::{Mutex, MutexGuard, TryLockError};
 
 use hashbrown::HashTable;
 
@@ -28,6 +33,52 @@ impl<T> std::ops::Deref for CachePadded<T> {
 
     fn deref(&self) -> &T {
         &self.0
+    }
+}
+
+/// When a shard visits the others (to sweep idle keys that see no traffic
+/// of their own): every `every` operations of the shard, the next shard in
+/// turn. Kept by the shard, under its lock, so that taking a turn writes
+/// nothing the other shards share.
+#[derive(Debug)]
+pub(crate) struct Visits {
+    ops: usize,
+    next: usize,
+}
+
+impl Visits {
+    /// The visits of shard `shard`: from the shard after it on, so that
+    /// shards with as much traffic visit different shards at once, not
+    /// the same one in step.
+    pub(crate) fn of(shard: usize) -> Self {
+        Visits {
+            ops: 0,
+            next: shard + 1,
+        }
+    }
+
+    /// Counts one operation of the shard; on its turn, the shard (of
+    /// `shards`) it visits now.
+    pub(crate) fn step(&mut self, every: usize, shards: usize) -> Option<usize> {
+        self.ops += 1;
+        if self.ops < every {
+            return None;
+        }
+        self.ops = 0;
+        let at = self.next % shards.max(1);
+        self.next = at + 1;
+        Some(at)
+    }
+}
+
+/// A shard to visit, locked, or `None` while another operation holds it: a
+/// visit never waits, nor holds one shard while it waits for another.
+/// Every update leaves a shard consistent, so a poisoned lock is taken.
+pub(crate) fn try_lock_for_visit<T>(shard: &Mutex<T>) -> Option<MutexGuard<'_, T>> {
+    match shard.try_lock() {
+        Ok(guard) => Some(guard),
+        Err(TryLockError::Poisoned(poisoned)) => Some(poisoned.into_inner()),
+        Err(TryLockError::WouldBlock) => None,
     }
 }
 
@@ -270,6 +321,32 @@ impl<V, S: Slot<Value = V>> KeyMap<V, S> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_shard_visits_every_shard_in_turn_from_the_one_after_it() {
+        let mut visits = Visits::of(2);
+        let visited: Vec<_> = (0..4 * 8).filter_map(|_| visits.step(4, 4)).collect();
+        assert_eq!(
+            visited,
+            [3, 0, 1, 2, 3, 0, 1, 2],
+            "every 4th operation, in turn"
+        );
+        // Shards in step visit different shards at once.
+        let mut first = Visits::of(0);
+        let mut second = Visits::of(1);
+        for _ in 0..16 {
+            assert_ne!(first.step(1, 16), second.step(1, 16));
+        }
+    }
+
+    #[test]
+    fn a_visit_never_waits_for_a_shard_held_elsewhere() {
+        let shard = Mutex::new(1);
+        let held = shard.lock().unwrap();
+        assert!(try_lock_for_visit(&shard).is_none());
+        drop(held);
+        assert_eq!(try_lock_for_visit(&shard).as_deref(), Some(&1));
+    }
 
     #[test]
     fn keys_are_found_by_their_text_and_cloned_only_on_insert() {

@@ -16,7 +16,7 @@
 //! shards seldom take each other's cache lines.
 
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard, PoisonError, TryLockError};
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 
 use tokio::time::Instant;
 
@@ -24,7 +24,7 @@ use super::config::Config;
 use super::state::{Admit, Breaker, Transition};
 use crate::Key;
 use crate::key::StoredKey;
-use crate::keymap::{CachePadded, KeyHasher, KeyMap};
+use crate::keymap::{CachePadded, KeyHasher, KeyMap, Visits, try_lock_for_visit};
 use crate::time::LazyNow;
 
 /// Shards, each with its own lock.
@@ -71,10 +71,8 @@ struct Shard {
     entries: Vec<(StoredKey, Breaker)>,
     /// The next entry the sweep examines.
     cursor: usize,
-    /// Calls of its keys since it last visited a shard.
-    calls: usize,
-    /// The shard it visits next.
-    visits: usize,
+    /// When it visits the shards in turn.
+    visits: Visits,
 }
 
 impl Default for Breakers {
@@ -83,13 +81,12 @@ impl Default for Breakers {
         Breakers {
             shared: Arc::new(Shared {
                 shards: (0..SHARDS)
-                    .map(|_| {
+                    .map(|at| {
                         CachePadded(Mutex::new(Shard {
                             index: KeyMap::new(hasher.clone()),
                             entries: Vec::new(),
                             cursor: 0,
-                            calls: 0,
-                            visits: 0,
+                            visits: Visits::of(at),
                         }))
                     })
                     .collect(),
@@ -151,13 +148,7 @@ impl Breakers {
     /// its turn.
     fn admit_in_shard(&self, key: &Key, config: &Config, now: &LazyNow) -> (Admit, Option<usize>) {
         let (hash, mut shard) = self.shard(key);
-        shard.calls += 1;
-        let visit = (shard.calls >= VISIT_EVERY).then(|| {
-            shard.calls = 0;
-            let at = shard.visits;
-            shard.visits = (at + 1) % self.shared.shards.len();
-            at
-        });
+        let visit = shard.visits.step(VISIT_EVERY, self.shared.shards.len());
         let at = match shard.index.get(hash, key) {
             Some(&at) => at,
             None => {
@@ -208,10 +199,8 @@ impl Breakers {
     /// the calls since the last visit) and forgets the idle ones. A shard
     /// another call holds is skipped, never waited for.
     fn sweep_step(&self, at: usize, config: &Config, now: &LazyNow) {
-        let mut shard = match self.shared.shards[at].try_lock() {
-            Ok(shard) => shard,
-            Err(TryLockError::Poisoned(poisoned)) => poisoned.into_inner(),
-            Err(TryLockError::WouldBlock) => return,
+        let Some(mut shard) = try_lock_for_visit(&self.shared.shards[at]) else {
+            return;
         };
         let removed = shard.sweep(SWEEP_STEP * VISIT_EVERY, config, now);
         if removed > 0 {

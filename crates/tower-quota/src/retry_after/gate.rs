@@ -29,7 +29,7 @@
 use std::cmp::Reverse;
 use std::collections::{BTreeSet, BinaryHeap};
 use std::pin::Pin;
-use std::sync::{Arc, Mutex, MutexGuard, PoisonError, TryLockError};
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::time::Duration;
 
 use quota_headers::Signal;
@@ -40,7 +40,7 @@ use tokio::time::Instant;
 use super::layer::Config;
 use crate::Key;
 use crate::key::StoredKey;
-use crate::keymap::{Boxed, CachePadded, KeyHasher, KeyMap, Named};
+use crate::keymap::{Boxed, CachePadded, KeyHasher, KeyMap, Named, Visits, try_lock_for_visit};
 
 /// A gate with nothing to remember (open, no quota count, nothing in
 /// flight) is kept this long after its last use, so a busy key does not
@@ -133,12 +133,11 @@ impl Default for Shards {
         let hasher = KeyHasher::default();
         Shards {
             shards: (0..SHARDS)
-                .map(|_| {
+                .map(|at| {
                     CachePadded(Mutex::new(GateMap {
                         gates: KeyMap::new(hasher.clone()),
                         expiry: BinaryHeap::new(),
-                        ops: 0,
-                        visits: 0,
+                        visits: Visits::of(at),
                     }))
                 })
                 .collect(),
@@ -154,10 +153,8 @@ struct GateMap {
     /// When each gate may next be evicted, earliest first; at most one entry
     /// per gate (see [`Gate::scheduled`]).
     expiry: BinaryHeap<Reverse<Expiry>>,
-    /// Operations since it last visited a shard.
-    ops: usize,
-    /// The shard it visits next.
-    visits: usize,
+    /// When it visits the shards in turn.
+    visits: Visits,
 }
 
 /// A gate to look at when `at` has come: 40 bytes, with the key as the
@@ -419,27 +416,12 @@ impl Gates {
         lock(&self.inner.shards[at])
     }
 
-    /// One operation on `map` (locked, swept): counts it, and on its turn
-    /// says which shard it visits.
-    fn visit_due(map: &mut GateMap) -> Option<usize> {
-        map.ops += 1;
-        (map.ops >= VISIT_EVERY).then(|| {
-            map.ops = 0;
-            let at = map.visits;
-            map.visits = (at + 1) % SHARDS;
-            at
-        })
-    }
-
     /// Sweeps shard `at`'s due evictions, for the `VISIT_EVERY` operations
     /// since the visiting shard's last visit; a shard another operation
     /// holds is skipped, never waited for.
     fn visit(&self, at: Option<usize>, now: Instant) {
-        let Some(at) = at else { return };
-        let mut map = match self.inner.shards[at].try_lock() {
-            Ok(map) => map,
-            Err(TryLockError::Poisoned(poisoned)) => poisoned.into_inner(),
-            Err(TryLockError::WouldBlock) => return,
+        let Some(mut map) = at.and_then(|at| try_lock_for_visit(&self.inner.shards[at])) else {
+            return;
         };
         map.sweep(now, SWEEP_BUDGET * VISIT_EVERY);
     }
@@ -458,7 +440,7 @@ impl Gates {
         if result.is_err() {
             map.schedule(hash, key);
         }
-        let visit = Self::visit_due(&mut map);
+        let visit = map.visits.step(VISIT_EVERY, SHARDS);
         drop(map);
         self.visit(visit, now);
         result
@@ -631,7 +613,7 @@ impl Gates {
         let mut map = self.lock(in_flight.hash);
         map.sweep(now, SWEEP_BUDGET);
         let observed = map.observe(&in_flight, signal, released, now, config);
-        let visit = Self::visit_due(&mut map);
+        let visit = map.visits.step(VISIT_EVERY, SHARDS);
         drop(map);
         self.visit(visit, now);
         observed

@@ -15,7 +15,7 @@
 
 use std::fmt;
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard, PoisonError, TryLockError};
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::time::Duration;
 
 use tokio::time::Instant;
@@ -26,7 +26,7 @@ use super::lag::LagProbe;
 use super::log::ID_LIMIT;
 use super::schedule::Place;
 use super::store::{Admission, Completion, QuotaChange, Store};
-use crate::keymap::{Boxed, CachePadded, KeyHasher, KeyMap};
+use crate::keymap::{Boxed, CachePadded, KeyHasher, KeyMap, Visits, try_lock_for_visit};
 use crate::{Announced, BoxError, Key, Room};
 
 mod acquire;
@@ -50,10 +50,13 @@ const SWEEP_EVERY: usize = 1024;
 /// once, a waiter given up) are idle at once.
 const SWEEP_AT_MOST: usize = 4;
 /// A shard visits the next shard in turn (and adds its operations to the
-/// count of all shards) once every this many of its own operations: with
-/// traffic to one shard, as often as every `SWEEP_EVERY / SHARDS`
-/// operations on any shard, and no more often in all with traffic to many.
-const VISIT_EVERY: usize = SWEEP_EVERY / SHARDS;
+/// count of all shards) once every this many of its own operations: the
+/// count of all shards is then short of fewer than `SWEEP_EVERY / 4`
+/// operations (the others' not yet added), and a visit, which takes the
+/// lock of another shard, comes once in 16 operations of a shard. Sweeps
+/// are decided by that count, not by the visits: more visits examine no
+/// more keys.
+const VISIT_EVERY: usize = SWEEP_EVERY / SHARDS / 4;
 
 /// The in-process [`Store`]: exact, FIFO-fair, one timer per key.
 ///
@@ -82,13 +85,12 @@ struct Shared {
 
 /// The part of [`Shared`] that operations write.
 struct Written {
-    /// Operations on every shard, counted [`VISIT_EVERY`] at a time (each
-    /// shard counts its own under its lock and adds them here when it
-    /// visits another: one write to this line every `VISIT_EVERY`
-    /// operations of a shard, not one per operation), and the shard the
-    /// next global sweep visits: idle keys are swept by traffic to any key.
+    /// Operations on every shard, counted [`VISIT_EVERY`] at a time: each
+    /// shard counts its own under its lock ([`Visits`]) and adds them here
+    /// when it visits the next shard in turn, so that idle keys are swept
+    /// by traffic to any key. One write to this line every `VISIT_EVERY`
+    /// operations of a shard, not one per operation.
     ops: AtomicUsize,
-    cursor: AtomicUsize,
     lag: LagProbe,
 }
 
@@ -97,12 +99,11 @@ impl Default for Shared {
         let hasher = KeyHasher::default();
         Shared {
             shards: (0..SHARDS)
-                .map(|_| CachePadded(Mutex::new(Shard::new(hasher.clone()))))
+                .map(|at| CachePadded(Mutex::new(Shard::new(at, hasher.clone()))))
                 .collect(),
             hasher,
             written: CachePadded(Written {
                 ops: AtomicUsize::new(0),
-                cursor: AtomicUsize::new(0),
                 lag: LagProbe::new(),
             }),
         }
@@ -112,8 +113,9 @@ impl Default for Shared {
 struct Shard {
     keys: KeyMap<KeyState, Boxed<KeyState>>,
     ids: AdmissionIds,
-    /// Its own operations, not yet added to `Written::ops`.
-    ops: usize,
+    /// Its own operations not yet added to `Written::ops`, and the shard
+    /// it visits next.
+    visits: Visits,
     ops_since_sweep: usize,
     /// `Written::ops` when this shard was last swept.
     swept_at: usize,
@@ -130,11 +132,12 @@ struct Shard {
 }
 
 impl Shard {
-    fn new(hasher: KeyHasher) -> Self {
+    /// Shard number `at`, empty.
+    fn new(at: usize, hasher: KeyHasher) -> Self {
         Shard {
             keys: KeyMap::new(hasher),
             ids: AdmissionIds::new(),
-            ops: 0,
+            visits: Visits::of(at),
             ops_since_sweep: 0,
             swept_at: 0,
             kept: 0,
@@ -453,7 +456,7 @@ impl Shared {
     /// its own, visits the next shard in turn and sweeps it if enough
     /// operations on all shards have passed since its last sweep (and
     /// `SWEEP_EVERY`; counted `VISIT_EVERY` at a time, so fewer than
-    /// `SWEEP_EVERY` operations are not yet counted), so that idle keys go even
+    /// `SWEEP_EVERY / 4` are not yet counted), so that idle keys go even
     /// when their own shard sees no traffic. Enough is as many as it has
     /// keys once the shortest window of the keys it kept has passed since
     /// (they may all be idle by then: their memory comes back within that
@@ -478,7 +481,6 @@ impl Shared {
     /// that never held an admission or held one under a shorter window,
     /// which `SWEEP_AT_MOST` bounds.
     fn tick(&self, shard: &mut Shard, now: Instant) {
-        shard.ops += 1;
         shard.ops_since_sweep += 1;
         let due = SWEEP_EVERY.max(shard.kept);
         if shard.ops_since_sweep >= due
@@ -487,22 +489,17 @@ impl Shared {
         {
             shard.sweep(now, self.written.ops.load(Ordering::Relaxed));
         }
-        if shard.ops < VISIT_EVERY {
+        let Some(next) = shard.visits.step(VISIT_EVERY, self.shards.len()) else {
             return;
-        }
-        shard.ops = 0;
+        };
         let ops = self
             .written
             .ops
             .fetch_add(VISIT_EVERY, Ordering::Relaxed)
             .wrapping_add(VISIT_EVERY);
-        let next = self.written.cursor.fetch_add(1, Ordering::Relaxed) % self.shards.len();
-        // Never wait for another shard while holding one: skip it if busy
-        // (or if it is the one held).
-        let mut other = match self.shards[next].try_lock() {
-            Ok(other) => other,
-            Err(TryLockError::Poisoned(poisoned)) => poisoned.into_inner(),
-            Err(TryLockError::WouldBlock) => return,
+        // Skipped if busy, or if it is the one held (swept by its own rule).
+        let Some(mut other) = try_lock_for_visit(&self.shards[next]) else {
+            return;
         };
         let due = if other.window_passed(now) {
             other.keys.len()
