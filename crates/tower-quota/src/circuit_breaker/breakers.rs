@@ -1,19 +1,19 @@
 //! The breakers of every key: a sharded map that forgets idle keys.
 //!
-//! Every [`VISIT_EVERY`] calls of its own, a shard examines a few entries of
-//! another, taking the shards in turn, and forgets those that are idle (see
-//! [`Breaker::is_idle`]): [`SWEEP_STEP`] entries per call on average, the
+//! Every call examines a few entries of another shard, each shard taking
+//! the others in turn, and forgets those that are idle (see
+//! [`Breaker::is_idle`]): [`SWEEP_STEP`] entries per call at most, the
 //! work per call is bounded, and every key of every shard is looked at
 //! again after about `len / SWEEP_STEP` calls to any key (the largest
 //! shard's length times `SHARDS / SWEEP_STEP`), so idle keys give their
 //! memory back without traffic to their own key or shard. A shard whose
 //! entries fall below a quarter of its capacity is shrunk.
 //!
-//! A call writes nothing shared by all keys but its own shard (each on
-//! cache lines of its own) and, once every `VISIT_EVERY` calls, the shard
-//! it visits: the count of calls and the shard to visit next are the
-//! shard's own, kept under its lock. Two threads calling keys of different
-//! shards seldom take each other's cache lines.
+//! A call writes nothing shared by all keys: only its own shard and the one
+//! it visits (each on cache lines of its own, and the shard to visit next
+//! is the calling shard's own, kept under its lock). Two threads calling
+//! keys of different shards take each other's cache lines only on the
+//! visits that meet the other's shard (one call in 16).
 
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
@@ -30,13 +30,8 @@ use crate::time::LazyNow;
 /// Shards, each with its own lock.
 const SHARDS: usize = 16;
 
-/// Entries examined for idleness per call, on average.
+/// Entries a call examines for idleness, in the shard it visits.
 const SWEEP_STEP: usize = 16;
-
-/// A shard's calls between two visits it makes to the next shard in turn,
-/// each examining `SWEEP_STEP * VISIT_EVERY` entries there: traffic to one
-/// shard visits all of them within `SHARDS * VISIT_EVERY` calls.
-const VISIT_EVERY: usize = 4;
 
 /// A shard is not shrunk below this capacity.
 const MIN_CAPACITY: usize = 16;
@@ -144,11 +139,10 @@ impl Breakers {
         admit
     }
 
-    /// The call's admission, and the shard its shard visits now, when it is
-    /// its turn.
+    /// The call's admission, and the shard its shard visits now.
     fn admit_in_shard(&self, key: &Key, config: &Config, now: &LazyNow) -> (Admit, Option<usize>) {
         let (hash, mut shard) = self.shard(key);
-        let visit = shard.visits.step(VISIT_EVERY, self.shared.shards.len());
+        let visit = shard.visits.step(1, self.shared.shards.len());
         let at = match shard.index.get(hash, key) {
             Some(&at) => at,
             None => {
@@ -202,7 +196,7 @@ impl Breakers {
         let Some(mut shard) = try_lock_for_visit(&self.shared.shards[at]) else {
             return;
         };
-        let removed = shard.sweep(SWEEP_STEP * VISIT_EVERY, config, now);
+        let removed = shard.sweep(SWEEP_STEP, config, now);
         if removed > 0 {
             self.shared.keys.fetch_sub(removed, Ordering::Relaxed);
         }
@@ -235,7 +229,8 @@ impl Shard {
     /// ones, and returns how many it forgot.
     fn sweep(&mut self, budget: usize, config: &Config, now: &LazyNow) -> usize {
         let mut removed = 0;
-        for _ in 0..budget {
+        // No entry twice in one step.
+        for _ in 0..budget.min(self.entries.len()) {
             if self.entries.is_empty() {
                 break;
             }

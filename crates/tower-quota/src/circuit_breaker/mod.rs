@@ -53,22 +53,24 @@
 //! - it is open or half-open, and nothing happened for `forget_after` since
 //!   its open period ended or its last probe started or finished.
 //!
-//! Forgetting needs no traffic to the key or its shard: every fourth call
-//! to a shard's keys examines the next 64 entries of one of the 16 shards,
-//! each shard visiting them all in turn, so every key is looked at again
-//! within about `keys / 16` calls, with bounded work per call; shards that
-//! fall below a quarter of their capacity are shrunk. At most [`max_keys`](CircuitBreakerLayer::max_keys) keys are
+//! Forgetting needs no traffic to the key or its shard: every call
+//! examines the next 16 entries of another of the 16 shards, each shard
+//! visiting the others in turn, so every key is looked at again within
+//! about `keys / 16` calls, with bounded work per call; shards that fall
+//! below a quarter of their capacity are shrunk. At most
+//! [`max_keys`](CircuitBreakerLayer::max_keys) keys are
 //! kept (100,000 by default): beyond that, calls of new keys pass unjudged
 //! until idle keys are forgotten.
 //! [`key_count`](CircuitBreakerLayer::key_count) tells how many are kept.
 //!
 //! Measured with a counting allocator by `cargo run --release -p
 //! quota-bench -- idle-memory` (one failure from each of 1,000,000 keys,
-//! `forget_after` 30 s): the empty layer holds 1.5 KB; the full map 266 MB,
-//! 265 bytes per key with a failure; once the keys are idle, 62,991 calls
-//! to one other key forget them all, and the layer holds 16 KB, within
-//! 64 KiB of the empty layer (the bound the benchmark checks). A million
-//! keys with one success each never hold more than a few dozen entries.
+//! `forget_after` 30 s): the empty layer holds 2.4 KB (its shards on cache
+//! lines of their own); the full map 266 MB, 265 bytes per key with a
+//! failure; once the keys are idle, 62,938 calls to one other key forget
+//! them all, and the layer holds 15 KB, within 64 KiB of the empty layer
+//! (the bound the benchmark checks). A million keys with one success each
+//! never hold more than a few dozen entries (55 at most in that run).
 //!
 //! # Bad settings
 //!
