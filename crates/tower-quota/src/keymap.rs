@@ -36,6 +36,18 @@ impl<T> std::ops::Deref for CachePadded<T> {
     }
 }
 
+/// `count` shards, each made by `shard` from its number and the hasher
+/// they share, behind a lock of its own on cache lines of its own.
+pub(crate) fn padded_shards<T>(
+    count: usize,
+    hasher: &KeyHasher,
+    shard: impl Fn(usize, KeyHasher) -> T,
+) -> Box<[CachePadded<Mutex<T>>]> {
+    (0..count)
+        .map(|at| CachePadded(Mutex::new(shard(at, hasher.clone()))))
+        .collect()
+}
+
 /// When a shard visits the others (to sweep idle keys that see no traffic
 /// of their own): every `every` operations of the shard, the next shard in
 /// turn. Kept by the shard, under its lock, so that taking a turn writes

@@ -24,7 +24,7 @@ use super::config::Config;
 use super::state::{Admit, Breaker, Transition};
 use crate::Key;
 use crate::key::StoredKey;
-use crate::keymap::{CachePadded, KeyHasher, KeyMap, Visits, try_lock_for_visit};
+use crate::keymap::{CachePadded, KeyHasher, KeyMap, Visits, padded_shards, try_lock_for_visit};
 use crate::time::LazyNow;
 
 /// Shards, each with its own lock.
@@ -75,16 +75,12 @@ impl Default for Breakers {
         let hasher = KeyHasher::default();
         Breakers {
             shared: Arc::new(Shared {
-                shards: (0..SHARDS)
-                    .map(|at| {
-                        CachePadded(Mutex::new(Shard {
-                            index: KeyMap::new(hasher.clone()),
-                            entries: Vec::new(),
-                            cursor: 0,
-                            visits: Visits::of(at),
-                        }))
-                    })
-                    .collect(),
+                shards: padded_shards(SHARDS, &hasher, |at, hasher| Shard {
+                    index: KeyMap::new(hasher),
+                    entries: Vec::new(),
+                    cursor: 0,
+                    visits: Visits::of(at),
+                }),
                 hasher,
                 generations: AtomicU64::new(UNTRACKED + 1),
                 keys: AtomicUsize::new(0),

@@ -40,7 +40,9 @@ use tokio::time::Instant;
 use super::layer::Config;
 use crate::Key;
 use crate::key::StoredKey;
-use crate::keymap::{Boxed, CachePadded, KeyHasher, KeyMap, Named, Visits, try_lock_for_visit};
+use crate::keymap::{
+    Boxed, CachePadded, KeyHasher, KeyMap, Named, Visits, padded_shards, try_lock_for_visit,
+};
 
 /// A gate with nothing to remember (open, no quota count, nothing in
 /// flight) is kept this long after its last use, so a busy key does not
@@ -132,15 +134,11 @@ impl Default for Shards {
     fn default() -> Self {
         let hasher = KeyHasher::default();
         Shards {
-            shards: (0..SHARDS)
-                .map(|at| {
-                    CachePadded(Mutex::new(GateMap {
-                        gates: KeyMap::new(hasher.clone()),
-                        expiry: BinaryHeap::new(),
-                        visits: Visits::of(at),
-                    }))
-                })
-                .collect(),
+            shards: padded_shards(SHARDS, &hasher, |at, hasher| GateMap {
+                gates: KeyMap::new(hasher),
+                expiry: BinaryHeap::new(),
+                visits: Visits::of(at),
+            }),
             hasher,
         }
     }

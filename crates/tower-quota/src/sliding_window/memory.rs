@@ -26,7 +26,9 @@ use super::lag::LagProbe;
 use super::log::ID_LIMIT;
 use super::schedule::Place;
 use super::store::{Admission, Completion, QuotaChange, Store};
-use crate::keymap::{Boxed, CachePadded, KeyHasher, KeyMap, Visits, try_lock_for_visit};
+use crate::keymap::{
+    Boxed, CachePadded, KeyHasher, KeyMap, Visits, padded_shards, try_lock_for_visit,
+};
 use crate::{Announced, BoxError, Key, Room};
 
 mod acquire;
@@ -98,9 +100,7 @@ impl Default for Shared {
     fn default() -> Self {
         let hasher = KeyHasher::default();
         Shared {
-            shards: (0..SHARDS)
-                .map(|at| CachePadded(Mutex::new(Shard::new(at, hasher.clone()))))
-                .collect(),
+            shards: padded_shards(SHARDS, &hasher, Shard::new),
             hasher,
             written: CachePadded(Written {
                 ops: AtomicUsize::new(0),
