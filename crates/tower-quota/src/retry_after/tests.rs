@@ -26,6 +26,18 @@ fn throttled(retry_after: &str) -> Response<()> {
         .unwrap()
 }
 
+/// A provider's answers: the first request throttled with `retry_after`,
+/// every one after it accepted.
+fn throttled_once(retry_after: &'static str) -> impl Fn(usize) -> Response<()> + Send + Sync {
+    move |n| {
+        if n == 0 {
+            throttled(retry_after)
+        } else {
+            status(200)
+        }
+    }
+}
+
 fn remaining(remaining: u64, reset_seconds: u64) -> Response<()> {
     Response::builder()
         .status(200)
@@ -60,7 +72,7 @@ fn zero_max_attempts_and_zero_max_pause_are_rejected_at_construction() {
 #[tokio::test(start_paused = true)]
 async fn a_throttled_request_is_resent_when_the_gate_opens() {
     let start = Instant::now();
-    let (inner, arrivals) = provider(start, |n| if n == 0 { throttled("2") } else { status(200) });
+    let (inner, arrivals) = provider(start, throttled_once("2"));
     let response = exact().layer(inner).oneshot(get()).await.unwrap();
     assert_eq!(response.status(), StatusCode::OK);
     let server = response.extensions().get::<ServerSignal>().unwrap();
@@ -75,7 +87,7 @@ async fn a_throttled_request_is_resent_when_the_gate_opens() {
 async fn one_throttled_response_pauses_every_caller_of_the_key() {
     let start = Instant::now();
     // The first request is refused with a 2 s pause; everything else succeeds.
-    let (inner, arrivals) = provider(start, |n| if n == 0 { throttled("2") } else { status(200) });
+    let (inner, arrivals) = provider(start, throttled_once("2"));
     let service = exact().layer(inner);
     // The gate starts by probing the unknown quota with the first request.
     let first = tokio::spawn(service.clone().oneshot(get()));
@@ -333,10 +345,7 @@ async fn a_cancelled_probe_hands_the_probe_to_the_next_waiter() {
 #[tokio::test(start_paused = true)]
 async fn a_retry_after_layer_below_another_waits_within_the_outer_max_wait() {
     let start = Instant::now();
-    let (inner, arrivals) = provider(
-        start,
-        |n| if n == 0 { throttled("30") } else { status(200) },
-    );
+    let (inner, arrivals) = provider(start, throttled_once("30"));
     let service = tower::ServiceBuilder::new()
         .layer(exact().max_wait(Duration::from_secs(2)))
         .layer(exact().max_wait(Duration::from_secs(60)))
@@ -621,7 +630,7 @@ async fn never_sends_more_than_the_server_says_remain_before_the_reset() {
 #[tokio::test(start_paused = true)]
 async fn waiters_leave_spread_out_when_the_gate_opens() {
     let start = Instant::now();
-    let (inner, arrivals) = provider(start, |n| if n == 0 { throttled("1") } else { status(200) });
+    let (inner, arrivals) = provider(start, throttled_once("1"));
     let spread = Duration::from_millis(500);
     let service = RetryAfterLayer::new().spread(spread).layer(inner);
     let first = tokio::spawn(service.clone().oneshot(get()));
@@ -656,7 +665,7 @@ async fn waiters_leave_spread_out_when_the_gate_opens() {
 #[tokio::test(start_paused = true)]
 async fn a_streamed_body_is_resent_byte_identical() {
     let start = Instant::now();
-    let (inner, arrivals) = provider(start, |n| if n == 0 { throttled("1") } else { status(200) });
+    let (inner, arrivals) = provider(start, throttled_once("1"));
     let service = exact().layer(inner);
     let chunks: Vec<Result<http_body::Frame<Bytes>, std::convert::Infallible>> = (0..10u8)
         .map(|i| Ok(http_body::Frame::data(Bytes::from(vec![i; 1024]))))
@@ -704,7 +713,7 @@ async fn every_response_carries_the_parsed_signal() {
 #[tokio::test(start_paused = true)]
 async fn keys_have_separate_gates() {
     let start = Instant::now();
-    let (inner, arrivals) = provider(start, |n| if n == 0 { throttled("5") } else { status(200) });
+    let (inner, arrivals) = provider(start, throttled_once("5"));
     let service = exact()
         .key_fn(|request: &Request<Empty<Bytes>>| request.uri().path().to_owned())
         .layer(inner);
@@ -825,7 +834,7 @@ fn per_instant(arrivals: &crate::test_support::Arrivals) -> Vec<(u128, usize)> {
 #[tokio::test(start_paused = true)]
 async fn a_reopened_gate_lets_one_probe_go_first_then_doubles_per_round_trip() {
     let start = Instant::now();
-    let (inner, arrivals) = provider(start, |n| if n == 0 { throttled("1") } else { status(200) });
+    let (inner, arrivals) = provider(start, throttled_once("1"));
     let service = exact().layer(with_latency(inner, |_| Duration::from_millis(100)));
     // Refused at 100 ms: the gate closes until 1.1 s.
     one_then_many(&service, Duration::from_millis(200), 20).await;
@@ -910,7 +919,7 @@ async fn the_ramp_ends_once_the_pause_has_passed_and_its_gate_is_still_evicted()
     use super::gate::{IDLE_GRACE, SHARDS, VISIT_EVERY};
 
     let start = Instant::now();
-    let (inner, arrivals) = provider(start, |n| if n == 0 { throttled("1") } else { status(200) });
+    let (inner, arrivals) = provider(start, throttled_once("1"));
     let layer = exact().key_fn(|request: &Request<Empty<Bytes>>| request.uri().path().to_owned());
     let gates = layer.gates.clone();
     let service = layer.layer(with_latency(inner, |_| Duration::from_millis(100)));
@@ -947,10 +956,7 @@ async fn a_ramp_stops_limiting_once_it_reaches_its_cap() {
     use super::gate::RAMP_CAP;
 
     let start = Instant::now();
-    let (inner, arrivals) = provider(
-        start,
-        |n| if n == 0 { throttled("30") } else { status(200) },
-    );
+    let (inner, arrivals) = provider(start, throttled_once("30"));
     let service = exact().layer(with_latency(inner, |_| Duration::from_millis(100)));
     // Probe at 30.1 s; the ramp then doubles per round trip, 2, 4, ..., and
     // reaches its cap in the seventh round, long before its 30 s are over:
@@ -1050,15 +1056,13 @@ where
 async fn a_gate_that_reopens_after_the_requests_deadline_is_not_waited_for() {
     use crate::sliding_window::Deadline;
     let start = Instant::now();
-    let (inner, arrivals) = provider(start, |n| if n == 0 { throttled("5") } else { status(200) });
+    let (inner, arrivals) = provider(start, throttled_once("5"));
     let service = exact().layer(inner);
     let response = service.clone().oneshot(get()).await.unwrap();
     // Re-sent after the 5 s the server asked for: no deadline.
     assert_eq!(response.status(), StatusCode::OK);
     assert_eq!(Instant::now() - start, Duration::from_secs(5));
-    let (inner, arrivals_2) = provider(Instant::now(), |n| {
-        if n == 0 { throttled("5") } else { status(200) }
-    });
+    let (inner, arrivals_2) = provider(Instant::now(), throttled_once("5"));
     let service = exact().layer(inner);
     let begun = Instant::now();
     let mut request = get();
@@ -1097,10 +1101,7 @@ fn refusal_then_a_request_released_at(
     > + Clone,
     crate::test_support::Arrivals,
 ) {
-    let (inner, arrivals) = provider(
-        start,
-        |n| if n == 0 { throttled("10") } else { status(200) },
-    );
+    let (inner, arrivals) = provider(start, throttled_once("10"));
     let calls = Arc::new(std::sync::atomic::AtomicUsize::new(0));
     let service = tower::service_fn(move |request: Request<ReplayBody<Empty<Bytes>>>| {
         let n = calls.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
