@@ -52,6 +52,7 @@ impl<S, B, C> ResponseFuture<S, B, C>
 where
     S: Service<Request<ReplayBody<B>>>,
 {
+    #[inline]
     pub(super) fn new(
         future: S::Future,
         service: S,

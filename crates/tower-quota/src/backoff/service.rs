@@ -100,6 +100,7 @@ where
         self.inner.poll_ready(cx).map_err(Into::into)
     }
 
+    #[inline]
     fn call(&mut self, request: Request<B>) -> Self::Future {
         let config = &self.shared.config;
         let retryable = config.retry_all_methods || is_idempotent(&request);

@@ -37,12 +37,14 @@ pin_project! {
 }
 
 impl<F, Cl> ResponseFuture<F, Cl> {
+    #[inline]
     pub(super) fn rejected(error: CircuitOpen) -> Self {
         ResponseFuture {
             state: State::Rejected { error: Some(error) },
         }
     }
 
+    #[inline]
     pub(super) fn called(future: F, outcome: Outcome, classifier: Cl) -> Self {
         ResponseFuture {
             state: State::Called {

@@ -92,6 +92,7 @@ where
         self.inner.poll_ready(cx).map_err(Into::into)
     }
 
+    #[inline]
     fn call(&mut self, request: Request) -> Self::Future {
         let key = self.key_fn.key(&request);
         let Shared { config, breakers } = &*self.shared;

@@ -83,6 +83,7 @@ impl<S, B> ResponseFuture<S, B>
 where
     S: Service<Request<ReplayBody<B>>>,
 {
+    #[inline]
     pub(super) fn new(
         service: S,
         request: Request<ReplayBody<B>>,

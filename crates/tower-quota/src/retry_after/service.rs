@@ -88,6 +88,7 @@ where
         self.inner.poll_ready(cx).map_err(Into::into)
     }
 
+    #[inline]
     fn call(&mut self, request: Request<B>) -> Self::Future {
         let key = self.key_fn.key(&request);
         let config = &self.shared.config;

@@ -190,6 +190,7 @@ where
     S: Service<Request>,
 {
     /// Admits `cost` units of `key` at `place` on the first poll.
+    #[inline]
     pub(super) fn new(
         (key, cost, place): (Key, u64, Place),
         inner: S,
