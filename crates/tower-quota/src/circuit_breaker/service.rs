@@ -25,7 +25,10 @@ pub struct CircuitBreaker<S, K = HostKey, Cl = HttpClassifier> {
 
 /// The layer's configuration and breakers, behind one pointer: every clone
 /// of the service and every call in flight holds them with one reference
-/// count.
+/// count, which the threads that share a service write at every request.
+/// Aligned to 128 bytes, so that the `Arc`'s counts are on cache lines of
+/// their own, apart from what every request reads (as for the pacing's).
+#[repr(align(128))]
 pub(super) struct Shared {
     pub(super) config: Arc<Config>,
     pub(super) breakers: Breakers,

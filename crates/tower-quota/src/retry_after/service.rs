@@ -28,7 +28,10 @@ pub struct RetryAfter<S, K = HostKey> {
 
 /// The layer's configuration and gates, behind one pointer: every clone of
 /// the service and every response future holds them with one reference
-/// count.
+/// count, which the threads that share a service write at every request.
+/// Aligned to 128 bytes, so that the `Arc`'s counts are on cache lines of
+/// their own, apart from what every request reads (as for the pacing's).
+#[repr(align(128))]
 pub(super) struct Shared {
     pub(super) config: Arc<Config>,
     pub(super) gates: Gates,

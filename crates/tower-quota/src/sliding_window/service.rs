@@ -36,7 +36,12 @@ pub struct SlidingWindow<
 
 /// The limits and the store, behind one pointer: every clone of the service
 /// and every response future holds them with one reference count, which
-/// the threads that share a service write at every request.
+/// the threads that share a service write at every request. Aligned to 128
+/// bytes (see [`CachePadded`](crate::keymap::CachePadded)), so that the
+/// `Arc`'s counts, before the value, have cache lines of their own: a count
+/// written by one thread does not take from the other the line every
+/// request reads the limits and the store from.
+#[repr(align(128))]
 pub(super) struct Shared<St> {
     limits: Limits,
     // The same, for a usage function that reports refusals.
