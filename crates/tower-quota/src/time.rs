@@ -12,6 +12,11 @@ use tokio::time::Instant;
 pub(crate) struct LazyNow(Cell<Option<Instant>>);
 
 impl LazyNow {
+    /// The instant `now`, already read.
+    pub(crate) fn at(now: Instant) -> Self {
+        LazyNow(Cell::new(Some(now)))
+    }
+
     /// The instant of the first call, read then.
     pub(crate) fn get(&self) -> Instant {
         match self.0.get() {
@@ -21,6 +26,26 @@ impl LazyNow {
                 self.0.set(Some(now));
                 now
             }
+        }
+    }
+
+    /// Whether the clock was read (or an instant given).
+    #[cfg(test)]
+    pub(crate) fn is_read(&self) -> bool {
+        self.0.get().is_some()
+    }
+
+    /// An instant for what may lag the clock without harm (when idle state
+    /// was last used, whether an eviction may be due): the instant read, if
+    /// it was; else the last reading a layer kept on this thread
+    /// ([`read`]), however old; else the clock, read now. It may be far
+    /// earlier than the clock (and, across runtimes with paused clocks on
+    /// one thread, later): a decision that needs the time reads it with
+    /// [`get`](Self::get).
+    pub(crate) fn recent(&self) -> Instant {
+        match self.0.get().or_else(|| LAST_READING.with(Cell::get).1) {
+            Some(recent) => recent,
+            None => self.get(),
         }
     }
 }
@@ -42,7 +67,7 @@ pub(crate) fn mark() -> Mark {
 }
 
 /// Reads the clock, and keeps the reading for the layers around (see
-/// [`read_since`]): a Retry-After gate's, an answer's.
+/// [`read_since`]): a pacing admission's, an answer's.
 pub(crate) fn read() -> Instant {
     let now = Instant::now();
     LAST_READING.with(|last| {
@@ -105,6 +130,31 @@ mod tests {
         assert_eq!(first, Instant::now(), "read at the first use, not before");
         tokio::time::advance(Duration::from_secs(1)).await;
         assert_eq!(lazy.get(), first, "and kept");
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_recent_instant_is_the_one_read_or_the_last_kept_and_reads_no_clock_then() {
+        // Nothing kept on this thread yet: the clock, read (and then kept
+        // by the lazy clock, not by the thread).
+        let lazy = LazyNow::default();
+        let first = lazy.recent();
+        assert_eq!(first, Instant::now());
+        tokio::time::advance(Duration::from_secs(1)).await;
+        assert_eq!(lazy.get(), first, "the reading recent() took");
+
+        // A reading kept on the thread serves, however old, and the clock
+        // is left unread until a decision needs it.
+        let kept = read();
+        tokio::time::advance(Duration::from_secs(1)).await;
+        let lazy = LazyNow::default();
+        assert_eq!(lazy.recent(), kept, "the thread's last kept reading");
+        assert_eq!(lazy.get(), Instant::now(), "not taken as the reading");
+        assert_eq!(lazy.recent(), Instant::now(), "once read, the reading");
+
+        // An instant given serves as both.
+        let given = Instant::now() + Duration::from_secs(5);
+        let lazy = LazyNow::at(given);
+        assert_eq!((lazy.recent(), lazy.get()), (given, given));
     }
 
     #[tokio::test(start_paused = true)]

@@ -85,8 +85,8 @@ where
             match this.state.as_mut().project() {
                 StateProj::Calling { future } => {
                     // The logical request starts at its first poll, at the
-                    // clock a layer below read in it (a Retry-After gate,
-                    // an answer), or else read here.
+                    // clock a layer below read in it (the pacing's
+                    // admission, an answer), or else read here.
                     let since = this.policy.unstarted().then(crate::time::mark);
                     let polled = future.poll(cx);
                     if let Some(since) = since {

@@ -19,6 +19,7 @@ use super::service::Shared;
 use super::{GateClosed, GateReason, ServerSignal};
 use crate::attempts::{Attempt, AttemptBudget, Budgets, WaitBudget};
 use crate::replay::{ReplayBody, clone_request};
+use crate::time::LazyNow;
 use crate::{BoxError, Key, classify};
 
 pin_project! {
@@ -68,7 +69,8 @@ pin_project! {
             // For a wait a refusal holds: the gate's count of early
             // reopenings, which must grow for `changed` to end it.
             reopenings: Option<u32>,
-            // When the request came to the gate; read at the first poll.
+            // When the request began to wait at the gate: the first poll
+            // that found it closed, or the refusal it waits out.
             since: Option<Instant>,
         },
         Readying,
@@ -277,16 +279,14 @@ where
                     }
                     *changed = None;
                     *reopenings = None;
-                    // Kept for the layers around (the backoff's start).
-                    let now = crate::time::read();
-                    let waited = match *since {
-                        Some(since) => now.saturating_duration_since(since),
-                        None => {
-                            *since = Some(now);
-                            Duration::ZERO
-                        }
-                    };
-                    match gates.admit(this.key, now, config) {
+                    // Read only if the gate's state or a wait needs it: an
+                    // open gate that knows nothing of the quota lets the
+                    // request go without reading the clock.
+                    let lazy = LazyNow::default();
+                    let waited = since.map_or(Duration::ZERO, |since| {
+                        lazy.get().saturating_duration_since(since)
+                    });
+                    match gates.admit(this.key, &lazy, config) {
                         Ok(in_flight) => {
                             events::gate_passed(this.key, waited);
                             *this.waited = this.waited.saturating_add(waited);
@@ -300,6 +300,10 @@ where
                             changed: notified,
                             reopenings: count,
                         }) => {
+                            // It waits from its first poll that found the
+                            // gate closed.
+                            let now = lazy.get();
+                            since.get_or_insert(now);
                             let wait = until.saturating_duration_since(now);
                             // What this request may still wait, this wait
                             // included (read only when it must wait: the

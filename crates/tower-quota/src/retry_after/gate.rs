@@ -43,6 +43,7 @@ use crate::key::StoredKey;
 use crate::keymap::{
     Boxed, CachePadded, KeyHasher, KeyMap, Named, Visits, padded_shards, try_lock_for_visit,
 };
+use crate::time::LazyNow;
 
 /// A gate with nothing to remember (open, no quota count, nothing in
 /// flight) is kept this long after its last use, so a busy key does not
@@ -417,7 +418,7 @@ impl Gates {
     /// Sweeps shard `at`'s due evictions, for the `VISIT_EVERY` operations
     /// since the visiting shard's last visit; a shard another operation
     /// holds is skipped, never waited for.
-    fn visit(&self, at: Option<usize>, now: Instant) {
+    fn visit(&self, at: Option<usize>, now: &LazyNow) {
         let Some(mut map) = at.and_then(|at| try_lock_for_visit(&self.inner.shards[at])) else {
             return;
         };
@@ -429,7 +430,18 @@ impl Gates {
     /// [`Knowledge::Probing`]) one request goes per probe interval (the
     /// spread); after a pause, one probe goes and the others wait for its
     /// answer, then for room in the ramp.
-    pub(crate) fn admit(&self, key: &Key, now: Instant, config: &Config) -> Result<InFlight, Wait> {
+    ///
+    /// The clock is read only when the gate holds something that depends
+    /// on it (a pause, a probe out, a ramp, a count of the quota or a probe
+    /// interval) or an eviction may be due: an open gate that knows nothing
+    /// of the quota (a provider that sends no quota headers) lets the
+    /// request go without reading it.
+    pub(crate) fn admit(
+        &self,
+        key: &Key,
+        now: &LazyNow,
+        config: &Config,
+    ) -> Result<InFlight, Wait> {
         let hash = self.hash(key);
         let mut map = self.lock(hash);
         map.sweep(now, SWEEP_BUDGET);
@@ -457,13 +469,16 @@ impl GateMap {
         gates: &Gates,
         hash: u64,
         key: &Key,
-        now: Instant,
+        now: &LazyNow,
         config: &Config,
     ) -> Result<InFlight, Wait> {
+        // When the gate was last used only decides when it may be evicted
+        // once idle, and the request is in flight until its answer, which
+        // reads the clock: a recent instant serves.
         let gate = self
             .gates
-            .get_or_insert_with(hash, key, || Gate::new(config.pace_by_quota, now));
-        gate.last_used = gate.last_used.max(now);
+            .get_or_insert_with(hash, key, || Gate::new(config.pace_by_quota, now.recent()));
+        gate.last_used = gate.last_used.max(now.recent());
         let wait = |until, reason, gate: &mut Gate| {
             // Registered under the lock: no change between this answer and
             // the wait can be missed.
@@ -475,27 +490,31 @@ impl GateMap {
             })
         };
         if let Some(until) = gate.closed_until {
-            if until > now {
+            if until > now.get() {
                 return wait(until, gate.reason.unwrap_or(GateReason::Throttled), gate);
             }
             gate.closed_until = None;
             gate.reason = None;
         }
         if let Knowledge::Counting { reset_at, .. } = gate.quota
-            && reset_at <= now
+            && reset_at <= now.get()
         {
             gate.quota = Knowledge::Probing { next_probe: None };
         }
         let probe = match gate.probe {
             Probe::Trusted => false,
-            Probe::Out { seq, deadline } if deadline > now && gate.in_flight.contains(&seq) => {
+            Probe::Out { seq, deadline }
+                if gate.in_flight.contains(&seq) && deadline > now.get() =>
+            {
                 return wait(deadline, GateReason::Probing, gate);
             }
             // Due, or the probe was lost or outlived its deadline: this
             // request probes, whatever the quota count says.
             Probe::Due | Probe::Out { .. } => true,
         };
-        gate.end_ramp_if_due(now);
+        if gate.ramp.is_some() {
+            gate.end_ramp_if_due(now.get());
+        }
         if !probe
             && let Some(ramp) = gate.ramp
             && gate.ramp_in_flight(ramp.from_seq) >= ramp.limit
@@ -505,8 +524,8 @@ impl GateMap {
         match &mut gate.quota {
             _ if probe => {}
             Knowledge::Probing { next_probe } => match *next_probe {
-                Some(at) if at > now => return wait(at, GateReason::Probing, gate),
-                _ => *next_probe = Some(later(now, config.probe_interval())),
+                Some(at) if at > now.get() => return wait(at, GateReason::Probing, gate),
+                _ => *next_probe = Some(later(now.get(), config.probe_interval())),
             },
             Knowledge::Counting {
                 allowance: 0,
@@ -525,7 +544,7 @@ impl GateMap {
         if probe {
             gate.probe = Probe::Out {
                 seq,
-                deadline: later(now, config.max_pause),
+                deadline: later(now.get(), config.max_pause),
             };
         }
         Ok(InFlight {
@@ -549,7 +568,19 @@ impl GateMap {
     /// Evicts gates that have nothing left to remember, looking at no more
     /// than `budget` due entries, and shrinks the maps once they are mostly
     /// empty.
-    fn sweep(&mut self, now: Instant, budget: usize) {
+    ///
+    /// The clock is read only when the next eviction is due by a
+    /// [recent](LazyNow::recent) instant: one due since then waits for a
+    /// later operation (an answer reads the clock), and none comes early.
+    fn sweep(&mut self, now: &LazyNow, budget: usize) {
+        let may_be_due = self
+            .expiry
+            .peek()
+            .is_some_and(|Reverse(entry)| entry.at <= now.recent());
+        if !may_be_due {
+            return;
+        }
+        let now = now.get();
         let mut evicted = false;
         for _ in 0..budget {
             let due = self
@@ -608,12 +639,13 @@ impl Gates {
         config: &Config,
     ) -> Observed {
         in_flight.armed = false;
+        let read = LazyNow::at(now);
         let mut map = self.lock(in_flight.hash);
-        map.sweep(now, SWEEP_BUDGET);
+        map.sweep(&read, SWEEP_BUDGET);
         let observed = map.observe(&in_flight, signal, released, now, config);
         let visit = map.visits.step(VISIT_EVERY, SHARDS);
         drop(map);
-        self.visit(visit, now);
+        self.visit(visit, &read);
         observed
     }
 
@@ -890,5 +922,122 @@ impl Drop for InFlight {
 impl std::fmt::Debug for Gates {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Gates").field("keys", &self.len()).finish()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::retry_after::RetryAfterLayer;
+
+    fn config(pace_by_quota: bool) -> Config {
+        (*RetryAfterLayer::new()
+            .pace_by_quota_headers(pace_by_quota)
+            .config)
+            .clone()
+    }
+
+    fn answer(gates: &Gates, in_flight: InFlight, signal: &Signal, config: &Config) {
+        gates.observe(in_flight, signal, None, crate::time::read(), config);
+    }
+
+    fn admitted(gates: &Gates, key: &Key, now: &LazyNow, config: &Config) -> InFlight {
+        match gates.admit(key, now, config) {
+            Ok(in_flight) => in_flight,
+            Err(wait) => panic!("closed until {:?}: {:?}", wait.until, wait.reason),
+        }
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn an_open_gate_that_counts_no_quota_lets_requests_go_without_reading_the_clock() {
+        let (gates, config, key) = (
+            Gates::default(),
+            config(false),
+            Key::from("api.example.com"),
+        );
+        // A layer below read the clock for an earlier request on this thread.
+        crate::time::read();
+        tokio::time::advance(Duration::from_secs(1)).await;
+
+        let first = LazyNow::default();
+        let in_flight = admitted(&gates, &key, &first, &config);
+        assert!(
+            !first.is_read(),
+            "a new gate that counts no quota needs no clock"
+        );
+        answer(&gates, in_flight, &Signal::default(), &config);
+
+        // Answered, the gate waits in the expiry heap for its idle grace:
+        // nothing due, nothing read.
+        let second = LazyNow::default();
+        let in_flight = admitted(&gates, &key, &second, &config);
+        assert!(
+            !second.is_read(),
+            "no eviction due by the last reading kept"
+        );
+
+        // A throttle with a delay closes it: the next request reads the clock
+        // to know whether the pause is over, and waits until its end.
+        let mut throttle = Signal::default();
+        throttle.retry_after = Some(Duration::from_secs(10));
+        throttle.throttled = true;
+        let closed_at = Instant::now();
+        answer(&gates, in_flight, &throttle, &config);
+        let third = LazyNow::default();
+        let Err(wait) = gates.admit(&key, &third, &config) else {
+            panic!("a throttle with a delay closes the gate");
+        };
+        assert!(third.is_read(), "a pause is timed by the clock");
+        assert_eq!(wait.until, closed_at + Duration::from_secs(10));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_gate_that_probes_for_the_quota_reads_the_clock() {
+        let (gates, config, key) = (Gates::default(), config(true), Key::from("api.example.com"));
+        crate::time::read();
+        let first = LazyNow::default();
+        let _in_flight = admitted(&gates, &key, &first, &config);
+        assert!(
+            first.is_read(),
+            "one request per probe interval: timed by the clock"
+        );
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn an_idle_gate_is_swept_once_a_reading_past_its_grace_is_kept_never_before() {
+        let (gates, config) = (Gates::default(), config(false));
+        let idle = Key::from("idle.example.com");
+        // Another key in the idle one's shard: its admissions sweep there.
+        let shard = KeyHasher::shard_of(gates.hash(&idle), SHARDS);
+        let busy = (0..1_000)
+            .map(|n| Key::from(format!("busy-{n}.example.com")))
+            .find(|key| KeyHasher::shard_of(gates.hash(key), SHARDS) == shard)
+            .expect("one of 1,000 keys falls in each of 16 shards");
+        crate::time::read();
+        let in_flight = admitted(&gates, &idle, &LazyNow::default(), &config);
+        answer(&gates, in_flight, &Signal::default(), &config);
+        tokio::time::advance(IDLE_GRACE + Duration::from_secs(1)).await;
+
+        // Past its grace by the clock, but not by the last reading kept:
+        // left for a later operation, and the clock left unread.
+        let before = LazyNow::default();
+        drop(admitted(&gates, &busy, &before, &config));
+        assert!(!before.is_read());
+        assert_eq!(
+            gates.len(),
+            2,
+            "not swept by a reading from before its grace ran out"
+        );
+
+        // A reading past the grace kept (an answer's): the next admission
+        // reads the clock for the sweep, and the idle gate goes.
+        crate::time::read();
+        let after = LazyNow::default();
+        drop(admitted(&gates, &busy, &after, &config));
+        assert!(
+            after.is_read(),
+            "the sweep's eviction is timed by the clock"
+        );
+        assert_eq!(gates.len(), 1, "swept");
     }
 }

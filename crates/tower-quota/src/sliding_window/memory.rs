@@ -254,7 +254,9 @@ impl Store for MemoryStore {
         let (hash, shard) = self.shared.shard(key);
         let mut guard = lock(shard);
         let shard = &mut *guard;
-        let now = Instant::now();
+        // Kept for the layers around: a retrying layer above takes it for
+        // the request's start.
+        let now = crate::time::read();
         self.shared.tick(shard, now);
         let (state, stamp) = match entered(
             &mut shard.keys,

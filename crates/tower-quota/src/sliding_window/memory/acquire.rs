@@ -150,8 +150,9 @@ impl Future for Acquire {
                 let mut guard = lock(shard);
                 let shard = &mut *guard;
                 // Read under the lock, so that admissions are recorded in the
-                // order of their instants.
-                let now = Instant::now();
+                // order of their instants; kept for the layers around, as in
+                // `try_acquire`.
+                let now = crate::time::read();
                 this.shared.tick(shard, now);
                 match &mut this.state {
                     AcquireState::Start { priority } => match entered(
