@@ -14,7 +14,7 @@
 //! of shards that see no traffic by [`Visits`] from the shards that do.
 
 use std::hash::BuildHasher;
-use std::sync::{Mutex, MutexGuard, TryLockError};
+use std::sync::{Mutex, MutexGuard, PoisonError, TryLockError};
 
 use hashbrown::HashTable;
 
@@ -92,6 +92,17 @@ pub(crate) fn try_lock_for_visit<T>(shard: &Mutex<T>) -> Option<MutexGuard<'_, T
         Err(TryLockError::Poisoned(poisoned)) => Some(poisoned.into_inner()),
         Err(TryLockError::WouldBlock) => None,
     }
+}
+
+/// A shard, locked: the one way the keyed maps take their shards. Every
+/// update leaves a shard consistent, so a poisoned lock is taken.
+///
+/// A plain `Mutex::lock`: a wait that spins before it sleeps (tried with
+/// 64 and with 127 spin-loop hints) made two threads admitting one key
+/// 20 % faster in one of the two values that row takes on the measuring
+/// VM and 16 % slower in the other.
+pub(crate) fn lock<T>(shard: &Mutex<T>) -> MutexGuard<'_, T> {
+    shard.lock().unwrap_or_else(PoisonError::into_inner)
 }
 
 /// The hasher of a store: foldhash's fast hash with a per-process random

@@ -16,7 +16,7 @@
 //! visits that meet the other's shard (one call in 16).
 
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
+use std::sync::{Arc, Mutex, MutexGuard};
 
 use tokio::time::Instant;
 
@@ -24,7 +24,9 @@ use super::config::Config;
 use super::state::{Admit, Breaker, Transition};
 use crate::Key;
 use crate::key::StoredKey;
-use crate::keymap::{CachePadded, KeyHasher, KeyMap, Visits, padded_shards, try_lock_for_visit};
+use crate::keymap::{
+    CachePadded, KeyHasher, KeyMap, Visits, lock, padded_shards, try_lock_for_visit,
+};
 use crate::time::LazyNow;
 
 /// Shards, each with its own lock.
@@ -102,7 +104,7 @@ impl Breakers {
             .shards
             .iter()
             .map(|shard| {
-                let shard = shard.lock().unwrap_or_else(PoisonError::into_inner);
+                let shard = lock(shard);
                 shard.entries.capacity().max(shard.index.capacity())
             })
             .sum()
@@ -117,9 +119,7 @@ impl Breakers {
         let hash = self.shared.hasher.hash(key);
         let at = KeyHasher::shard_of(hash, self.shared.shards.len());
         // Every update leaves a shard consistent; a poisoned lock is safe.
-        let shard = self.shared.shards[at]
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner);
+        let shard = lock(&self.shared.shards[at]);
         (hash, shard)
     }
 

@@ -29,7 +29,7 @@
 use std::cmp::Reverse;
 use std::collections::{BTreeSet, BinaryHeap};
 use std::pin::Pin;
-use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
+use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
 use quota_headers::Signal;
@@ -41,7 +41,7 @@ use super::layer::Config;
 use crate::Key;
 use crate::key::StoredKey;
 use crate::keymap::{
-    Boxed, CachePadded, KeyHasher, KeyMap, Named, Visits, padded_shards, try_lock_for_visit,
+    Boxed, CachePadded, KeyHasher, KeyMap, Named, Visits, lock, padded_shards, try_lock_for_visit,
 };
 use crate::time::LazyNow;
 
@@ -455,12 +455,6 @@ impl Gates {
         self.visit(visit, now);
         result
     }
-}
-
-/// A shard, locked.
-fn lock(shard: &Mutex<GateMap>) -> MutexGuard<'_, GateMap> {
-    // Every update leaves the map consistent; a poisoned lock is safe.
-    shard.lock().unwrap_or_else(PoisonError::into_inner)
 }
 
 impl GateMap {

@@ -15,7 +15,7 @@
 
 use std::fmt;
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use tokio::time::Instant;
@@ -27,7 +27,7 @@ use super::log::ID_LIMIT;
 use super::schedule::Place;
 use super::store::{Admission, Completion, QuotaChange, Store};
 use crate::keymap::{
-    Boxed, CachePadded, KeyHasher, KeyMap, Visits, padded_shards, try_lock_for_visit,
+    Boxed, CachePadded, KeyHasher, KeyMap, Visits, lock, padded_shards, try_lock_for_visit,
 };
 use crate::{Announced, BoxError, Key, Room};
 
@@ -431,12 +431,6 @@ impl Store for MemoryStore {
         }
         drift
     }
-}
-
-fn lock(shard: &Mutex<Shard>) -> MutexGuard<'_, Shard> {
-    // The state is consistent between statements: a panic elsewhere while the
-    // lock was held cannot leave it half-updated, so a poisoned lock is safe.
-    shard.lock().unwrap_or_else(PoisonError::into_inner)
 }
 
 impl Shared {
