@@ -469,10 +469,11 @@ impl GateMap {
         // When the gate was last used only decides when it may be evicted
         // once idle, and the request is in flight until its answer, which
         // reads the clock: a recent instant serves.
+        let recent = now.recent();
         let gate = self
             .gates
-            .get_or_insert_with(hash, key, || Gate::new(config.pace_by_quota, now.recent()));
-        gate.last_used = gate.last_used.max(now.recent());
+            .get_or_insert_with(hash, key, || Gate::new(config.pace_by_quota, recent));
+        gate.last_used = gate.last_used.max(recent);
         let wait = |until, reason, gate: &mut Gate| {
             // Registered under the lock: no change between this answer and
             // the wait can be missed.
