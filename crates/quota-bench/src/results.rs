@@ -40,6 +40,16 @@ pub(crate) fn write_section(name: &str, body: &str) -> Result<(), BoxError> {
     section.push_str(body);
     std::fs::write(dir.join(format!("{name}.md")), section)?;
 
+    std::fs::write(crate_dir().join("RESULTS.md"), rebuilt()?)?;
+    println!("wrote {}", crate_dir().join("RESULTS.md").display());
+    Ok(())
+}
+
+/// RESULTS.md as its sections under `results/` make it. Every section is
+/// edited there, never in RESULTS.md, which the next command rebuilds:
+/// the hand-written ones (`redis`, `fleet`) too.
+fn rebuilt() -> Result<String, BoxError> {
+    let dir = crate_dir().join("results");
     let mut out = String::from(HEADER);
     for name in SECTIONS {
         match std::fs::read_to_string(dir.join(format!("{name}.md"))) {
@@ -53,9 +63,7 @@ pub(crate) fn write_section(name: &str, body: &str) -> Result<(), BoxError> {
             }
         }
     }
-    std::fs::write(crate_dir().join("RESULTS.md"), out)?;
-    println!("wrote {}", crate_dir().join("RESULTS.md").display());
-    Ok(())
+    Ok(out)
 }
 
 fn command(name: &str) -> &'static str {
@@ -108,8 +116,10 @@ const HEADER: &str = "# quota-bench results
 tower-quota measured side by side with `tower::limit::RateLimit`, governor
 0.10 and tower-resilience 0.13 (its sliding-log rate limiter), in the same
 run on the same machine. Every number below comes from the commands named
-in its section; nothing is edited by hand. Each section states its goals;
-where one is not met, the section says so and by how much.
+in its section. Each section is kept in `results/` (written by its command;
+the two Redis sections from the runs of the examples they name) and this
+file is rebuilt from them: nothing is edited here. Each section states its
+goals; where one is not met, the section says so and by how much.
 
 ```text
 cargo bench -p quota-bench                        # criterion, ~1.5 min on 2 cores
@@ -124,3 +134,29 @@ cargo run --release -p quota-bench -- memory
 The Redis rows need `redis-server` on PATH (the runner starts its own on a
 free loopback port); without it they say so.
 ";
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A section edited in RESULTS.md alone is lost at the next command's
+    /// rebuild: the committed file must be what its sections make.
+    #[test]
+    fn results_md_is_what_its_sections_rebuild() {
+        let committed = std::fs::read_to_string(crate_dir().join("RESULTS.md"))
+            .expect("RESULTS.md is committed beside the crate's manifest");
+        let rebuilt = rebuilt().expect("the sections under results/ are readable");
+        if committed != rebuilt {
+            let line = committed
+                .lines()
+                .zip(rebuilt.lines())
+                .position(|(a, b)| a != b)
+                .unwrap_or_else(|| committed.lines().count().min(rebuilt.lines().count()));
+            panic!(
+                "RESULTS.md differs from its sections from line {}: edit results/*.md \
+                 and rebuild, not RESULTS.md",
+                line + 1
+            );
+        }
+    }
+}
