@@ -51,6 +51,8 @@ use tower_resilience::ratelimiter::{RateLimiterLayer, WindowType};
 
 #[path = "../src/fixtures.rs"]
 mod fixtures;
+#[path = "support/least.rs"]
+mod least;
 #[path = "../src/poll.rs"]
 mod poll;
 mod support;
@@ -173,6 +175,27 @@ fn admit_one_task(c: &mut Criterion) {
     row(&mut group, GROUP, "governor_keyed", || {
         next_governed = (next_governed + 1) % LIVE_KEYS;
         black_box(governor_keyed.check_key(&next_governed))
+    });
+
+    // For reference: the least an exact sliding log does (one lock, one
+    // clock reading, a queue of instants), alone and with the answer that
+    // holds the slot a window past it (a second lock and clock reading).
+    let least = least::LeastLog::new(usize::try_from(HUGE).unwrap_or(usize::MAX), LOG_WINDOW);
+    let mut id = 0u64;
+    row(&mut group, GROUP, "least_exact_log", || {
+        id += 1;
+        black_box(least.admit(id))
+    });
+    let least_answered =
+        least::LeastLog::new(usize::try_from(HUGE).unwrap_or(usize::MAX), LOG_WINDOW);
+    let mut id = 0u64;
+    row(&mut group, GROUP, "least_exact_log_answered", || {
+        id += 1;
+        let admitted = least_answered.admit(id);
+        if let Some(id) = admitted {
+            least_answered.answer(id);
+        }
+        black_box(admitted)
     });
 
     // For reference: reading the clock that tower-quota, tower and

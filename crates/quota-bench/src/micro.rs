@@ -94,6 +94,14 @@ const GROUPS: [Group; 5] = [
                 "tower-resilience sliding log",
             ),
             (
+                "least_exact_log",
+                "reference: the least an exact sliding log does (one `Mutex`, one clock reading, a queue of instants; `benches/support/least.rs`)",
+            ),
+            (
+                "least_exact_log_answered",
+                "reference: the same, its slot held a window past the answer (a second lock and clock reading)",
+            ),
+            (
                 "tokio_instant_now",
                 "reference: one `tokio::time::Instant::now()`",
             ),
@@ -379,6 +387,27 @@ pub(crate) fn run() -> Result<(), BoxError> {
         )?;
     }
     writeln!(body)?;
+    if let (Some(least), Some(answered), Some(governor), Some(ours)) = (
+        get("admit_one_task", "least_exact_log"),
+        get("admit_one_task", "least_exact_log_answered"),
+        get("admit_one_task", "governor_check"),
+        get("admit_one_task", "tower_quota_sliding_window"),
+    ) {
+        writeln!(
+            body,
+            "The floor under the uncontended goals (the reference rows above): the least \
+             an exact sliding log does, one lock, one reading of tokio's clock and a queue of \
+             instants, takes {} ({:.1}× governor's `check`), and {} ({:.1}×) when it holds \
+             the slot a window past the answer, as tower-quota does for exactness across a \
+             network. tower-quota's layer takes {:.1}× that: its keys, queue of waiters, \
+             costs, what it learns from the provider, sweeps and drift measurement.\n",
+            ns(least),
+            least / governor,
+            ns(answered),
+            answered / governor,
+            ours / answered,
+        )?;
+    }
     writeln!(body, "{LIMITS}")?;
     results::write_section("micro", &body)
 }
