@@ -181,17 +181,13 @@ fn admit_one_task(c: &mut Criterion) {
     // clock reading, a queue of instants), alone and with the answer that
     // holds the slot a window past it (a second lock and clock reading).
     let least = least::LeastLog::new(usize::try_from(HUGE).unwrap_or(usize::MAX), LOG_WINDOW);
-    let mut id = 0u64;
     row(&mut group, GROUP, "least_exact_log", || {
-        id += 1;
-        black_box(least.admit(id))
+        black_box(least.admit())
     });
     let least_answered =
         least::LeastLog::new(usize::try_from(HUGE).unwrap_or(usize::MAX), LOG_WINDOW);
-    let mut id = 0u64;
     row(&mut group, GROUP, "least_exact_log_answered", || {
-        id += 1;
-        let admitted = least_answered.admit(id);
+        let admitted = least_answered.admit();
         if let Some(id) = admitted {
             least_answered.answer(id);
         }
@@ -322,6 +318,27 @@ fn admit_two_tasks(c: &mut Criterion) {
                 async move {
                     for _ in 0..iters {
                         let _ = service.ready().await.expect("ready").call(()).await;
+                    }
+                }
+            })
+        })
+    });
+
+    // The least an exact log does (see `admit_one_task`), each slot held a
+    // window past its answer: the floor of an exact log behind one lock.
+    let least = Arc::new(least::LeastLog::new(
+        usize::try_from(HUGE).unwrap_or(usize::MAX),
+        LOG_WINDOW,
+    ));
+    group.bench_function("least_exact_log_answered", |b| {
+        b.iter_custom(|iters| {
+            contend(&runtime, iters, |iters| {
+                let least = least.clone();
+                async move {
+                    for _ in 0..iters {
+                        if let Some(id) = black_box(least.admit()) {
+                            least.answer(id);
+                        }
                     }
                 }
             })

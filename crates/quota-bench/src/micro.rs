@@ -136,6 +136,10 @@ const GROUPS: [Group; 5] = [
                 "tower_resilience_sliding_log",
                 "tower-resilience sliding log",
             ),
+            (
+                "least_exact_log_answered",
+                "reference: the least an exact sliding log does, its slot held a window past the answer (`benches/support/least.rs`)",
+            ),
         ],
     ),
     (
@@ -400,13 +404,29 @@ pub(crate) fn run() -> Result<(), BoxError> {
              instants, takes {} ({:.1}× governor's `check`), and {} ({:.1}×) when it holds \
              the slot a window past the answer, as tower-quota does for exactness across a \
              network. tower-quota's layer takes {:.1}× that: its keys, queue of waiters, \
-             costs, what it learns from the provider, sweeps and drift measurement.\n",
+             costs, what it learns from the provider, sweeps and drift measurement.",
             ns(least),
             least / governor,
             ns(answered),
             answered / governor,
             ours / answered,
         )?;
+        if let (Some(least), Some(governor), Some(ours)) = (
+            get("admit_two_tasks", "least_exact_log_answered"),
+            get("admit_two_tasks", "governor_check"),
+            get("admit_two_tasks", "tower_quota_sliding_window"),
+        ) {
+            writeln!(
+                body,
+                "Two threads on one key: the same least log, its lock and its queue moving \
+                 between the two cores, takes {} per pair ({:.1}× governor's compare-and-swap), \
+                 tower-quota {:.1}× that.",
+                ns(least),
+                least / governor,
+                ours / least,
+            )?;
+        }
+        writeln!(body)?;
     }
     writeln!(body, "{LIMITS}")?;
     results::write_section("micro", &body)
@@ -478,10 +498,12 @@ one shard of a map; the two threads still share tower's `TpsBudget` (a mutex tak
 deposit) and the reference counts of each layer's shared state, which every request's copies \
 of the services below a retrying layer write (about ten per request); each layer's state is \
 aligned to 128 bytes, so those counts are on cache lines of their own and the fields every \
-request reads stay in both cores' caches. On this VM that row takes one of two values, run to \
-run or within a run (about 1.9 µs, or 3.3 to 3.5 µs, per pair; 2.1 µs and 3.9 to 4.2 µs \
-before that alignment, the two builds' binaries run alternately), so one run says little of a \
-change to it. With queued waiters, the work per admission stays flat (one timer per key, one wake-up per \
+request reads stay in both cores' caches. On this VM that row moves with how the two vCPUs \
+run, run to run or within a run (most often about 1.9 µs, or 3.3 to 3.5 µs, per pair, and \
+1.8 and 2.9 µs in two runs of the same code on 5 December; 2.1 µs and 3.9 to 4.2 µs before \
+that alignment, the two builds' binaries run alternately), as do the least exact log's and \
+tower-quota's rows of one key (0.42 and 0.93 µs, or 0.87 and 1.05 µs, per pair), so one run \
+says little of a change to it. With queued waiters, the work per admission stays flat (one timer per key, one wake-up per \
 admission: 4,350 instructions per admission with 10,000 waiters and 4,359 with 10, counted by \
 callgrind before the log packed its entries), but each admission polls the next waiter, queued 10,000 admissions ago: its task, \
 its future (128 bytes) and its place in the queue have left the caches, about 6 data-cache \

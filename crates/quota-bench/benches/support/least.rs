@@ -25,7 +25,12 @@ use tokio::time::Instant;
 pub(crate) struct LeastLog {
     max_calls: usize,
     window: Duration,
-    entries: Mutex<VecDeque<Entry>>,
+    log: Mutex<Log>,
+}
+
+struct Log {
+    entries: VecDeque<Entry>,
+    next_id: u64,
 }
 
 struct Entry {
@@ -42,21 +47,26 @@ impl LeastLog {
         LeastLog {
             max_calls,
             window,
-            entries: Mutex::new(VecDeque::new()),
+            log: Mutex::new(Log {
+                entries: VecDeque::new(),
+                next_id: 0,
+            }),
         }
     }
 
     /// Admits one request if the window has room: its id, or `None`.
-    pub(crate) fn admit(&self, id: u64) -> Option<u64> {
+    pub(crate) fn admit(&self) -> Option<u64> {
         let now = Instant::now();
-        let mut entries = self.entries.lock().expect("no panic holds the lock");
-        while entries.front().is_some_and(|entry| entry.until <= now) {
-            entries.pop_front();
+        let mut log = self.log.lock().expect("no panic holds the lock");
+        while log.entries.front().is_some_and(|entry| entry.until <= now) {
+            log.entries.pop_front();
         }
-        if entries.len() >= self.max_calls {
+        if log.entries.len() >= self.max_calls {
             return None;
         }
-        entries.push_back(Entry {
+        let id = log.next_id;
+        log.next_id += 1;
+        log.entries.push_back(Entry {
             id,
             until: now + UNANSWERED + self.window,
         });
@@ -64,12 +74,14 @@ impl LeastLog {
     }
 
     /// The answer to admission `id` came: it holds its slot a window past
-    /// now. Answers come in admission order here (one task), so the entry
-    /// is the newest, and moving its end earlier keeps the queue in order.
+    /// now. Answers come for recent admissions (the newest, for one task
+    /// that waits for each answer), so the search starts from the back.
+    /// An entry answered out of turn leaves no earlier than the ones before
+    /// it, when they leave: later than it could, never earlier.
     pub(crate) fn answer(&self, id: u64) {
         let now = Instant::now();
-        let mut entries = self.entries.lock().expect("no panic holds the lock");
-        if let Some(entry) = entries.back_mut().filter(|entry| entry.id == id) {
+        let mut log = self.log.lock().expect("no panic holds the lock");
+        if let Some(entry) = log.entries.iter_mut().rev().find(|entry| entry.id == id) {
             entry.until = entry.until.min(now + self.window);
         }
     }
