@@ -210,6 +210,45 @@ fn admit_one_task(c: &mut Criterion) {
     group.finish();
 }
 
+/// Two tasks on `runtime`'s workers, each running `task` for `iters`
+/// iterations: the wall time until both are done.
+fn contend<F, Fut>(runtime: &tokio::runtime::Runtime, iters: u64, task: F) -> Duration
+where
+    F: Fn(u64) -> Fut,
+    Fut: Future<Output = ()> + Send + 'static,
+{
+    runtime.block_on(async {
+        let start = Instant::now();
+        let tasks = [tokio::spawn(task(iters)), tokio::spawn(task(iters))];
+        for handle in tasks {
+            handle.await.expect("task");
+        }
+        start.elapsed()
+    })
+}
+
+/// A row of two tasks, each calling `step` on `shared` once per iteration.
+fn in_two_tasks<S: Send + Sync + 'static>(
+    group: &mut criterion::BenchmarkGroup<'_, criterion::measurement::WallTime>,
+    runtime: &tokio::runtime::Runtime,
+    bench: &str,
+    shared: Arc<S>,
+    step: fn(&S),
+) {
+    group.bench_function(bench, |b| {
+        b.iter_custom(|iters| {
+            contend(runtime, iters, |iters| {
+                let shared = shared.clone();
+                async move {
+                    for _ in 0..iters {
+                        step(&shared);
+                    }
+                }
+            })
+        })
+    });
+}
+
 /// Two tasks on two worker threads share one limiter; the time of one
 /// iteration is the wall time for each task to make one admission.
 fn admit_two_tasks(c: &mut Criterion) {
@@ -220,21 +259,6 @@ fn admit_two_tasks(c: &mut Criterion) {
         .expect("runtime");
     let mut group = c.benchmark_group("admit_two_tasks");
     group.throughput(Throughput::Elements(2));
-
-    fn contend<F, Fut>(runtime: &tokio::runtime::Runtime, iters: u64, task: F) -> Duration
-    where
-        F: Fn(u64) -> Fut,
-        Fut: Future<Output = ()> + Send + 'static,
-    {
-        runtime.block_on(async {
-            let start = Instant::now();
-            let tasks = [tokio::spawn(task(iters)), tokio::spawn(task(iters))];
-            for handle in tasks {
-                handle.await.expect("task");
-            }
-            start.elapsed()
-        })
-    }
 
     let ours = tower::Layer::layer(&sliding_window_layer(), noop());
     group.bench_function("tower_quota_sliding_window", |b| {
@@ -330,34 +354,28 @@ fn admit_two_tasks(c: &mut Criterion) {
         usize::try_from(HUGE).unwrap_or(usize::MAX),
         LOG_WINDOW,
     ));
-    group.bench_function("least_exact_log_answered", |b| {
-        b.iter_custom(|iters| {
-            contend(&runtime, iters, |iters| {
-                let least = least.clone();
-                async move {
-                    for _ in 0..iters {
-                        if let Some(id) = black_box(least.admit()) {
-                            least.answer(id);
-                        }
-                    }
-                }
-            })
-        })
-    });
+    in_two_tasks(
+        &mut group,
+        &runtime,
+        "least_exact_log_answered",
+        least,
+        |least| {
+            if let Some(id) = black_box(least.admit()) {
+                least.answer(id);
+            }
+        },
+    );
 
     let governor = Arc::new(governor_direct());
-    group.bench_function("governor_check", |b| {
-        b.iter_custom(|iters| {
-            contend(&runtime, iters, |iters| {
-                let governor = governor.clone();
-                async move {
-                    for _ in 0..iters {
-                        let _ = black_box(governor.check());
-                    }
-                }
-            })
-        })
-    });
+    in_two_tasks(
+        &mut group,
+        &runtime,
+        "governor_check",
+        governor,
+        |governor| {
+            let _ = black_box(governor.check());
+        },
+    );
 
     let resilience = tower::Layer::layer(&resilience_layer(), noop());
     group.bench_function("tower_resilience_sliding_log", |b| {
