@@ -94,13 +94,14 @@ pub(crate) fn try_lock_for_visit<T>(shard: &Mutex<T>) -> Option<MutexGuard<'_, T
     }
 }
 
-/// A shard, locked: the one way the keyed maps take their shards. Every
-/// update leaves a shard consistent, so a poisoned lock is taken.
+/// A shard, locked: the one way the keyed maps take their shards (and
+/// the concurrency store its map). Every update leaves a shard consistent,
+/// so a poisoned lock is taken.
 ///
 /// A plain `Mutex::lock`: a wait that spins before it sleeps (tried with
 /// 64 and with 127 spin-loop hints) made two threads admitting one key
-/// 20 % faster in one of the two values that row takes on the measuring
-/// VM and 16 % slower in the other.
+/// 20 % faster in some runs on the measuring VM and 16 % slower in
+/// others (that row moves with how the VM runs its two vCPUs).
 pub(crate) fn lock<T>(shard: &Mutex<T>) -> MutexGuard<'_, T> {
     shard.lock().unwrap_or_else(PoisonError::into_inner)
 }

@@ -118,7 +118,6 @@ impl Breakers {
     fn shard(&self, key: &Key) -> (u64, MutexGuard<'_, Shard>) {
         let hash = self.shared.hasher.hash(key);
         let at = KeyHasher::shard_of(hash, self.shared.shards.len());
-        // Every update leaves a shard consistent; a poisoned lock is safe.
         let shard = lock(&self.shared.shards[at]);
         (hash, shard)
     }

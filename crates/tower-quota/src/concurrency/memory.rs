@@ -6,7 +6,7 @@ use std::fmt;
 use std::future::Future;
 use std::pin::Pin;
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
+use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
 use tokio::sync::Semaphore;
@@ -49,8 +49,7 @@ impl MemoryLeases {
     }
 
     fn lock(&self) -> MutexGuard<'_, HashMap<Key, Arc<Slots>>> {
-        // Every update leaves the map consistent; a poisoned lock is safe.
-        self.keys.lock().unwrap_or_else(PoisonError::into_inner)
+        crate::keymap::lock(&self.keys)
     }
 
     /// How many keys have requests in flight or waiting.
