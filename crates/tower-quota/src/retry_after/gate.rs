@@ -27,7 +27,7 @@
 //! by `max_pause`.
 
 use std::cmp::Reverse;
-use std::collections::{BTreeSet, BinaryHeap};
+use std::collections::BinaryHeap;
 use std::pin::Pin;
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
@@ -38,6 +38,7 @@ use tokio::sync::futures::OwnedNotified;
 use tokio::time::Instant;
 
 use super::layer::Config;
+use super::seqs::InFlightSeqs;
 use crate::Key;
 use crate::key::StoredKey;
 use crate::keymap::{
@@ -198,7 +199,7 @@ struct Gate {
     ramp: Option<Ramp>,
     quota: Knowledge,
     /// Sequence numbers of the requests let through and not yet answered.
-    in_flight: BTreeSet<u64>,
+    in_flight: InFlightSeqs,
     /// Sequence number of the next request let through.
     next_seq: u64,
     /// The last time a request or a response touched the gate.
@@ -278,7 +279,7 @@ impl Gate {
             } else {
                 Knowledge::Unreported
             },
-            in_flight: BTreeSet::new(),
+            in_flight: InFlightSeqs::default(),
             next_seq: 0,
             reopenings: 0,
             listened: false,
@@ -333,7 +334,7 @@ impl Gate {
     /// Requests let through by the ramp starting at `from_seq` and not yet
     /// answered: at most the ramp's limit, so at most [`RAMP_CAP`].
     fn ramp_in_flight(&self, from_seq: u64) -> u32 {
-        u32::try_from(self.in_flight.range(from_seq..).count()).unwrap_or(u32::MAX)
+        u32::try_from(self.in_flight.count_from(from_seq)).unwrap_or(u32::MAX)
     }
 
     /// Starts the ramp after a probe's unthrottled answer: the probe was
@@ -499,7 +500,7 @@ impl GateMap {
         let probe = match gate.probe {
             Probe::Trusted => false,
             Probe::Out { seq, deadline }
-                if gate.in_flight.contains(&seq) && deadline > now.get() =>
+                if gate.in_flight.contains(seq) && deadline > now.get() =>
             {
                 return wait(deadline, GateReason::Probing, gate);
             }
@@ -535,7 +536,8 @@ impl GateMap {
         let seq = gate.next_seq;
         let in_flight_before = gate.in_flight.len() as u64;
         gate.next_seq += 1;
-        gate.in_flight.insert(seq);
+        let pushed = gate.in_flight.push(seq);
+        debug_assert!(pushed, "a gate's sequence numbers increase");
         if probe {
             gate.probe = Probe::Out {
                 seq,
@@ -720,7 +722,7 @@ impl GateMap {
                     Gate::new(pace_by_quota, now)
                 });
         gate.last_used = gate.last_used.max(now);
-        gate.in_flight.remove(&in_flight.seq);
+        gate.in_flight.remove(in_flight.seq);
         // The probe's answer, whatever it says, is what the waiters wait for.
         let answered_probe = matches!(gate.probe, Probe::Out { seq, .. } if seq == in_flight.seq);
         if answered_probe {
@@ -899,7 +901,7 @@ impl Drop for InFlight {
         if self.armed {
             let mut map = self.gates.lock(self.hash);
             if let Some(gate) = map.gates.get_mut(self.hash, &self.key) {
-                gate.in_flight.remove(&self.seq);
+                gate.in_flight.remove(self.seq);
                 // A probe lost without an answer: the next request probes.
                 if matches!(gate.probe, Probe::Out { seq, .. } if seq == self.seq) {
                     gate.probe = Probe::Due;

@@ -162,6 +162,7 @@ mod extension;
 mod future;
 mod gate;
 mod layer;
+mod seqs;
 mod service;
 
 pub use error::{GateClosed, InvalidRetryAfter};
