@@ -37,12 +37,18 @@ impl<T> std::ops::Deref for CachePadded<T> {
 }
 
 /// `count` shards, each made by `shard` from its number and the hasher
-/// they share, behind a lock of its own on cache lines of its own.
+/// they share, behind a lock of its own on cache lines of its own. `count`
+/// is a power of two, so that a hash finds its shard with a mask
+/// ([`KeyHasher::shard_of`]) rather than a division.
 pub(crate) fn padded_shards<T>(
     count: usize,
     hasher: &KeyHasher,
     shard: impl Fn(usize, KeyHasher) -> T,
 ) -> Box<[CachePadded<Mutex<T>>]> {
+    assert!(
+        count.is_power_of_two(),
+        "each map's shard count is a constant power of two"
+    );
     (0..count)
         .map(|at| CachePadded(Mutex::new(shard(at, hasher.clone()))))
         .collect()
@@ -70,14 +76,14 @@ impl Visits {
     }
 
     /// Counts one operation of the shard; on its turn, the shard (of
-    /// `shards`) it visits now.
+    /// `shards`, a power of two: see [`padded_shards`]) it visits now.
     pub(crate) fn step(&mut self, every: usize, shards: usize) -> Option<usize> {
         self.ops += 1;
         if self.ops < every {
             return None;
         }
         self.ops = 0;
-        let at = self.next % shards.max(1);
+        let at = self.next & shards.saturating_sub(1);
         self.next = at + 1;
         Some(at)
     }
@@ -137,10 +143,14 @@ impl KeyHasher {
         self.0.hash_one(key.name_bytes())
     }
 
-    /// The shard of a hash among `shards`: bits the table does not use.
+    /// The shard of a hash among `shards`, a power of two (see
+    /// [`padded_shards`]): bits the table does not use, masked. A division
+    /// by the count, a slice's length the compiler cannot see, took as
+    /// long as the rest of finding the shard, on every operation.
     pub(crate) fn shard_of(hash: u64, shards: usize) -> usize {
+        debug_assert!(shards.is_power_of_two(), "a power of two of shards");
         // Truncation intended: bits 32..64 are ample for a handful of shards.
-        ((hash >> 32) as usize) % shards
+        ((hash >> 32) as usize) & shards.saturating_sub(1)
     }
 }
 

@@ -358,10 +358,12 @@ impl Counts {
         if slice.is_zero() {
             return;
         }
-        let steps = now.saturating_duration_since(start).as_nanos() / slice.as_nanos();
-        if steps == 0 {
+        let elapsed = now.saturating_duration_since(start);
+        if elapsed < slice {
+            // Within the slice, as most admissions are: no division.
             return;
         }
+        let steps = elapsed.as_nanos() / slice.as_nanos();
         if steps >= RING as u128 {
             *self = Counts {
                 start: Some(now),
