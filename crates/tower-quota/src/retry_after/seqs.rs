@@ -3,13 +3,13 @@
 //! A gate numbers the requests it lets through in order and forgets each
 //! when its answer comes, mostly in the order they went. A queue sorted by
 //! construction serves that with no tree: a new number is the largest, so
-//! it goes at the back, and an answer is usually at the front. Lookups
-//! search it in halves.
+//! it goes at the back, and an answer is usually at the front (one out of
+//! turn moves the shorter side of the queue). Lookups search it in halves.
 
 use std::collections::VecDeque;
 
-/// Kept once it empties after holding this many, not given back: a gate
-/// that had more in flight gives its room back when they are all answered.
+/// The room an emptied queue keeps: a gate that had more in flight gives
+/// the rest back once they are all answered.
 const KEPT_CAPACITY: usize = 8;
 
 /// The numbers of the requests in flight, in increasing order.
@@ -19,7 +19,7 @@ pub(super) struct InFlightSeqs {
 }
 
 impl InFlightSeqs {
-    /// Adds `seq`, larger than every number added before: returns `false`
+    /// Adds `seq`, larger than every number the set holds: returns `false`
     /// (and keeps the set as it was) when it is not.
     pub(super) fn push(&mut self, seq: u64) -> bool {
         if self.seqs.back().is_some_and(|&last| last >= seq) {
