@@ -60,22 +60,6 @@ impl Inline {
         Some(Inline { len, bytes })
     }
 
-    /// `host` in place, when it is a plain host name in key form (see
-    /// [`is_plain_host`]) of at most [`INLINE`] bytes: one pass over the
-    /// host, where checking it and then copying it took two.
-    fn plain_host(host: &[u8]) -> Option<Self> {
-        let len = u8::try_from(host.len())
-            .ok()
-            .filter(|len| usize::from(*len) <= INLINE)?;
-        let mut bytes = [0; INLINE];
-        let mut plain = true;
-        for (to, &byte) in bytes.iter_mut().zip(host) {
-            *to = byte;
-            plain &= is_plain_byte(byte);
-        }
-        plain.then_some(Inline { len, bytes })
-    }
-
     /// `value` in decimal: at most 20 digits.
     fn decimal(mut value: u64) -> Self {
         let mut digits = [0u8; 20];
@@ -364,12 +348,6 @@ impl<B> KeyFn<http::Request<B>> for HostKey {
 /// two atomic operations per key computed, and a stack computes a key in
 /// each keyed layer.
 pub(crate) fn host_key<B>(request: &http::Request<B>) -> Option<Key> {
-    if let Some(authority) = request.uri().authority()
-        && let Some(inline) = Inline::plain_host(authority.as_str().as_bytes())
-    {
-        // The common case, checked as it is copied.
-        return Some(Key(Repr::Inline(inline)));
-    }
     if let Some(authority) = authority_in_key_form(request) {
         return Some(match Inline::new(authority.as_str()) {
             Some(inline) => Key(Repr::Inline(inline)),
@@ -429,9 +407,13 @@ fn is_host_key(authority: &http::uri::Authority, scheme: Option<&str>) -> bool {
 /// instructions): most hosts are one or two blocks.
 fn is_plain_host(bytes: &[u8]) -> bool {
     fn plain_block(block: &[u8; 16]) -> bool {
-        block
-            .iter()
-            .fold(true, |plain, &byte| plain & is_plain_byte(byte))
+        block.iter().fold(true, |plain, &byte| {
+            plain
+                & ((byte.wrapping_sub(b'a') < 26)
+                    | (byte.wrapping_sub(b'0') < 10)
+                    | (byte == b'.')
+                    | (byte == b'-'))
+        })
     }
     let mut blocks = bytes.chunks_exact(16);
     for block in &mut blocks {
@@ -444,15 +426,6 @@ fn is_plain_host(bytes: &[u8]) -> bool {
     let mut last = [b'a'; 16];
     last[..rest.len()].copy_from_slice(rest);
     plain_block(&last)
-}
-
-/// A byte of a host name in key form: `a-z`, `0-9`, `.` or `-`. No
-/// early exit, so that a loop of it runs without branches.
-fn is_plain_byte(byte: u8) -> bool {
-    (byte.wrapping_sub(b'a') < 26)
-        | (byte.wrapping_sub(b'0') < 10)
-        | (byte == b'.')
-        | (byte == b'-')
 }
 
 fn default_port(scheme: Option<&str>) -> Option<u16> {
@@ -852,43 +825,6 @@ mod tests {
                     );
                 }
                 host[at] = b'a';
-            }
-        }
-    }
-
-    /// A plain host copied in place is the host, and is copied exactly
-    /// when it is plain: every byte at every place of hosts from 0 to 40
-    /// bytes long.
-    #[test]
-    fn a_plain_host_in_place_is_the_host_whenever_it_is_plain() {
-        let plain = |byte: u8| matches!(byte, b'a'..=b'z' | b'0'..=b'9' | b'.' | b'-');
-        for len in 0..=INLINE + 2 {
-            let mut host: Vec<u8> = (0..len).map(|at| b"a0.-z9"[at % 6]).collect();
-            let inline =
-                Inline::plain_host(&host).map(|inline| inline.as_str().as_bytes().to_vec());
-            assert_eq!(
-                inline.as_deref(),
-                (len <= INLINE).then_some(host.as_slice())
-            );
-            for at in 0..len {
-                let kept = host[at];
-                for byte in 0..=u8::MAX {
-                    host[at] = byte;
-                    let inline = Inline::plain_host(&host);
-                    assert_eq!(
-                        inline.is_some(),
-                        len <= INLINE && plain(byte),
-                        "{len} bytes, {byte} at {at}"
-                    );
-                    if let Some(inline) = inline {
-                        assert_eq!(
-                            &inline.bytes[..len],
-                            host.as_slice(),
-                            "{len} bytes, {byte} at {at}"
-                        );
-                    }
-                }
-                host[at] = kept;
             }
         }
     }
