@@ -423,8 +423,10 @@ pub(crate) fn offering<R>(budgets: Budgets, call: impl FnOnce() -> R) -> (R, boo
     }
     impl Drop for Restore {
         fn drop(&mut self) {
-            OFFERED.set(self.previous.take());
-            TAKEN.set(self.taken);
+            // `replace`, not `set`: `set` goes through the key's lazy
+            // initialization, a call on every use.
+            drop(OFFERED.replace(self.previous.take()));
+            TAKEN.replace(self.taken);
         }
     }
     let restore = Restore {
@@ -442,7 +444,7 @@ pub(crate) fn offering<R>(budgets: Budgets, call: impl FnOnce() -> R) -> (R, boo
 pub(crate) fn take_offered() -> Option<Budgets> {
     let offered = OFFERED.take();
     if offered.is_some() {
-        TAKEN.set(true);
+        TAKEN.replace(true);
     }
     offered
 }
@@ -451,7 +453,7 @@ pub(crate) fn take_offered() -> Option<Budgets> {
 /// that takes them.
 fn offered() -> Option<Budgets> {
     let offered = OFFERED.take();
-    OFFERED.set(offered.clone());
+    drop(OFFERED.replace(offered.clone()));
     offered
 }
 
