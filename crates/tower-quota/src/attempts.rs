@@ -404,42 +404,55 @@ impl Budgets {
 
 thread_local! {
     /// The budgets the layer calling on this thread offers to the layers it
-    /// calls ([`offering`]), until one of them takes them ([`take_offered`]).
+    /// calls ([`Offer`]), until one of them takes them ([`take_offered`]).
     static OFFERED: Cell<Option<Budgets>> = const { Cell::new(None) };
-    /// Whether a layer took them during the current [`offering`].
+    /// Whether a layer took them during the current [`Offer`].
     static TAKEN: Cell<bool> = const { Cell::new(false) };
 }
 
-/// Runs `call` (a layer's call of the next one) with `budgets` offered to
-/// the layers it calls on this thread; returns what `call` returned and
-/// whether one of them took the budgets. What was offered before is
-/// offered again after, even when `call` panics.
-#[inline(always)]
-pub(crate) fn offering<R>(budgets: Budgets, call: impl FnOnce() -> R) -> (R, bool) {
-    /// Puts back the offer from before, dropping one nobody took.
-    struct Restore {
-        previous: Option<Budgets>,
-        taken: bool,
-    }
-    impl Drop for Restore {
-        fn drop(&mut self) {
-            // `replace`, not `set`: `set` goes through the key's lazy
-            // initialization, a call on every use.
-            drop(OFFERED.replace(self.previous.take()));
-            TAKEN.replace(self.taken);
-        }
-    }
-    let restore = Restore {
-        previous: OFFERED.replace(Some(budgets)),
-        taken: TAKEN.replace(false),
-    };
-    let returned = call();
-    let taken = TAKEN.get();
-    drop(restore);
-    (returned, taken)
+/// The budgets a layer offers to the layers it calls on this thread, from
+/// [`Offer::new`] until the offer is dropped: the first layer below to ask
+/// takes them ([`take_offered`]). What was offered before is offered again
+/// after, even when the call panics.
+///
+/// A guard, not a function taking the call as a closure: the request a
+/// closure captures is copied into it, and what it returns (a response
+/// future, often the largest value a layer makes) copied out, where the
+/// layer's call can build its own future around the inner one in place.
+#[must_use = "the offer ends when it is dropped"]
+pub(crate) struct Offer {
+    previous: Option<Budgets>,
+    taken_before: bool,
 }
 
-/// The budgets the layer above offers on this thread ([`offering`]), taken:
+impl Offer {
+    #[inline(always)]
+    pub(crate) fn new(budgets: Budgets) -> Self {
+        Offer {
+            previous: OFFERED.replace(Some(budgets)),
+            taken_before: TAKEN.replace(false),
+        }
+    }
+
+    /// Ends the offer: whether a layer took the budgets.
+    #[inline(always)]
+    pub(crate) fn end(self) -> bool {
+        TAKEN.get()
+    }
+}
+
+impl Drop for Offer {
+    /// Puts back the offer from before, dropping this one if nobody took it.
+    #[inline(always)]
+    fn drop(&mut self) {
+        // `replace`, not `set`: `set` goes through the key's lazy
+        // initialization, a call on every use.
+        drop(OFFERED.replace(self.previous.take()));
+        TAKEN.replace(self.taken_before);
+    }
+}
+
+/// The budgets the layer above offers on this thread ([`Offer`]), taken:
 /// the first layer below to ask has them.
 pub(crate) fn take_offered() -> Option<Budgets> {
     let offered = OFFERED.take();
@@ -458,7 +471,7 @@ fn offered() -> Option<Budgets> {
 }
 
 /// Whether a layer's calls have been seen to hand its budgets on the
-/// thread ([`offering`]): until then, they go in the request's extensions
+/// thread ([`Offer`]): until then, they go in the request's extensions
 /// too. Shared by the clones of one service.
 #[derive(Debug, Clone, Default)]
 pub(crate) struct HandedOn(Arc<AtomicBool>);
@@ -547,31 +560,30 @@ mod tests {
         let outer = AttemptBudget::new(3);
         let inner = AttemptBudget::new(5);
         assert!(take_offered().is_none(), "nothing offered outside a call");
-        let (((), inner_taken), outer_taken) = offering(Budgets::Attempts(outer.clone()), || {
-            offering(Budgets::Attempts(inner.clone()), || {
-                let taken = match take_offered() {
-                    Some(Budgets::Attempts(attempts)) => Some(attempts.max()),
-                    _ => None,
-                };
-                assert_eq!(taken, Some(5), "the innermost offer");
-                assert!(take_offered().is_none(), "taken once");
-            })
-        });
-        assert!(inner_taken);
-        assert!(!outer_taken, "the outer offer was not taken");
+        let outer_offer = Offer::new(Budgets::Attempts(outer.clone()));
+        let inner_offer = Offer::new(Budgets::Attempts(inner.clone()));
+        let taken = match take_offered() {
+            Some(Budgets::Attempts(attempts)) => Some(attempts.max()),
+            _ => None,
+        };
+        assert_eq!(taken, Some(5), "the innermost offer");
+        assert!(take_offered().is_none(), "taken once");
+        assert!(inner_offer.end());
+        assert!(!outer_offer.end(), "the outer offer was not taken");
         assert!(take_offered().is_none(), "nothing left after the call");
 
         // A call that panics puts the offer from before back all the same.
-        let (_, taken) = offering(Budgets::Waits(WaitBudget::unlimited()), || {
-            let caught = std::panic::catch_unwind(|| {
-                offering(Budgets::Attempts(inner.clone()), || {
-                    panic!("a service panicked")
-                })
-            });
-            assert!(caught.is_err());
-            matches!(take_offered(), Some(Budgets::Waits(_)))
+        let offer = Offer::new(Budgets::Waits(WaitBudget::unlimited()));
+        let caught = std::panic::catch_unwind(|| {
+            let _offer = Offer::new(Budgets::Attempts(inner.clone()));
+            panic!("a service panicked")
         });
-        assert!(taken);
+        assert!(caught.is_err());
+        assert!(
+            matches!(take_offered(), Some(Budgets::Waits(_))),
+            "the offer from before is back after the panic"
+        );
+        assert!(offer.end());
     }
 
     #[test]
@@ -579,13 +591,12 @@ mod tests {
         let attempts = AttemptBudget::new(3);
         attempts.waits().limit_to(Duration::from_secs(2));
         let mut request = Request::get("/items").body(()).unwrap();
-        let ((), taken) = offering(Budgets::Attempts(attempts.clone()), || {
-            let waits = WaitBudget::shared_by(&mut request);
-            assert_eq!(waits.max(), Duration::from_secs(2), "the offered account");
-            waits.spend(Duration::from_secs(1));
-            assert!(take_offered().is_some(), "still there for the layer below");
-        });
-        assert!(taken);
+        let offer = Offer::new(Budgets::Attempts(attempts.clone()));
+        let waits = WaitBudget::shared_by(&mut request);
+        assert_eq!(waits.max(), Duration::from_secs(2), "the offered account");
+        waits.spend(Duration::from_secs(1));
+        assert!(take_offered().is_some(), "still there for the layer below");
+        assert!(offer.end());
         assert!(
             request.extensions().is_empty(),
             "nothing put in the request"

@@ -11,7 +11,7 @@ use tower_service::Service;
 use super::layer::Config;
 use super::policy::{Policy, is_idempotent};
 use super::{ResponseFuture, RetryBudget};
-use crate::attempts::{AttemptBudget, Budgets, HandedOn};
+use crate::attempts::{AttemptBudget, Budgets, HandedOn, Offer};
 use crate::classify::{Classify, HttpClassifier};
 use crate::replay::{ReplayBody, replayable_request};
 use crate::{BoxError, telemetry};
@@ -156,9 +156,12 @@ where
         let policy = Policy::new(self.shared.clone(), self.classifier.clone(), attempts, seed);
         // The first attempt goes to the service `poll_ready` readied; the
         // clone that goes with the future is readied before each retry.
-        let (future, taken) =
-            crate::attempts::offering(offered, || span.in_scope(|| self.inner.call(request)));
-        if taken && !handed_on {
+        let offer = Offer::new(offered);
+        let future = {
+            let _entered = span.enter();
+            self.inner.call(request)
+        };
+        if offer.end() && !handed_on {
             self.handed_on.see();
         }
         ResponseFuture::new(future, self.inner.clone(), kept, policy, span)

@@ -388,9 +388,11 @@ where
                         Some(attempts) => Budgets::Attempts(attempts.clone()),
                         None => Budgets::Waits(this.waits.clone()),
                     };
-                    let service = &mut *this.service;
-                    let (future, _) = crate::attempts::offering(budgets, || service.call(request));
-                    this.state.set(State::Calling { future });
+                    let offer = crate::attempts::Offer::new(budgets);
+                    this.state.set(State::Calling {
+                        future: this.service.call(request),
+                    });
+                    drop(offer);
                 }
                 StateProj::Calling { future } => {
                     let since = crate::time::mark();
