@@ -640,6 +640,19 @@ pub fn replayable_request<B: Body>(
     }
 }
 
+/// `request` with its body made replayable, buffering at most `max_bytes`,
+/// or sent once ([`ReplayBody::once`]) when its size hint already says it
+/// is larger: a retrying layer's attempts all have the same body type.
+///
+/// One [`Request::map`], which the compiler keeps in place, where
+/// [`replayable_request`]'s `Result` moves the whole request twice more.
+pub(crate) fn replayable_or_once<B: Body>(
+    request: Request<B>,
+    max_bytes: usize,
+) -> Request<ReplayBody<B>> {
+    request.map(|body| ReplayBody::try_new(body, max_bytes).unwrap_or_else(ReplayBody::once))
+}
+
 /// A copy of `request` for one more attempt: method, URI, version, headers,
 /// extensions and a clone of the body.
 ///

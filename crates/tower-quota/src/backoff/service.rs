@@ -13,7 +13,7 @@ use super::policy::{Policy, is_idempotent};
 use super::{ResponseFuture, RetryBudget};
 use crate::attempts::{AttemptBudget, Budgets, HandedOn, Offer};
 use crate::classify::{Classify, HttpClassifier};
-use crate::replay::{ReplayBody, replayable_request};
+use crate::replay::{ReplayBody, replayable_or_once};
 use crate::{BoxError, telemetry};
 
 /// Retries transient failures with jittered exponential backoff; made by
@@ -109,10 +109,7 @@ where
         let retryable = config.retry_all_methods || is_idempotent(&request);
         // Only a request that may be retried pays for buffering its body.
         let mut request = if retryable {
-            match replayable_request(request, config.max_replay_bytes) {
-                Ok(request) => request,
-                Err(request) => request.map(ReplayBody::once),
-            }
+            replayable_or_once(request, config.max_replay_bytes)
         } else {
             request.map(ReplayBody::once)
         };

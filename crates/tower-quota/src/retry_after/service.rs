@@ -11,7 +11,7 @@ use super::ResponseFuture;
 use super::gate::Gates;
 use super::layer::Config;
 use crate::classify::is_idempotent;
-use crate::replay::{ReplayBody, replayable_request};
+use crate::replay::{ReplayBody, replayable_or_once};
 use crate::{BoxError, HostKey, KeyFn};
 
 /// Obeys `Retry-After` and rate-limit headers; made by
@@ -96,10 +96,7 @@ where
         let key = self.key_fn.key(&request);
         let config = &self.shared.config;
         let idempotent = config.resend_all_methods || is_idempotent(&request);
-        let request = match replayable_request(request, config.max_replay_bytes) {
-            Ok(request) => request,
-            Err(request) => request.map(ReplayBody::once),
-        };
+        let request = replayable_or_once(request, config.max_replay_bytes);
         // The readied service goes with the first attempt; the clone left
         // behind is readied by the next `poll_ready`.
         let clone = self.inner.clone();
