@@ -360,22 +360,30 @@ where
                     // The request is kept in place, and only what is sent
                     // moves out of the future.
                     let request = match this.request.as_ref() {
-                        // The first attempt goes as it came; a copy is kept,
-                        // bare when the stack's extensions are all it carries.
                         Some(request) if may_resend && *this.attempts == 0 => {
+                            // The first attempt goes as it came: a copy is
+                            // kept, bare when the stack's extensions are all
+                            // it carries. With no extensions at all, or some
+                            // a copy takes whole, the copy and the request
+                            // are alike: the copy goes, and the request
+                            // stays where it is.
                             *this.bare = StackExtensions::of(request);
-                            let kept = match this.bare {
-                                Some(_) => bare_copy(request),
+                            match this.bare {
+                                Some(StackExtensions::None) => bare_copy(request),
                                 None => clone_request(request),
-                            };
-                            this.request.replace(kept)
+                                Some(_) => {
+                                    let kept = bare_copy(request);
+                                    this.request.replace(kept).unwrap_or_else(|| {
+                                        unreachable!("retry_after request kept, then gone")
+                                    })
+                                }
+                            }
                         }
-                        Some(request) if may_resend => Some(clone_request(request)),
-                        _ => this.request.take(),
-                    };
-                    let Some(request) = request else {
-                        // A new attempt is started only while the request is kept.
-                        unreachable!("retry_after attempt started without a request");
+                        Some(request) if may_resend => clone_request(request),
+                        _ => this.request.take().unwrap_or_else(|| {
+                            // A new attempt is started only while the request is kept.
+                            unreachable!("retry_after attempt started without a request")
+                        }),
                     };
                     *this.attempts += 1;
                     *this.attempt_number = request

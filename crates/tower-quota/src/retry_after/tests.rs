@@ -680,6 +680,74 @@ async fn a_streamed_body_is_resent_byte_identical() {
     assert_eq!(arrivals[0].body, arrivals[1].body);
 }
 
+/// A user's extension, carried by a request.
+#[derive(Clone, Debug, PartialEq)]
+struct Tag(u32);
+
+#[tokio::test(start_paused = true)]
+async fn a_resent_request_is_the_first_one_again() {
+    // What each attempt carried: method, URI, version, headers, the user's
+    // extension and the count of extensions, and the body.
+    type Seen = (
+        http::Method,
+        http::Uri,
+        http::Version,
+        http::HeaderMap,
+        Option<Tag>,
+        usize,
+        Bytes,
+    );
+    let seen: Arc<Mutex<Vec<Seen>>> = Arc::default();
+    let inner = {
+        let seen = Arc::clone(&seen);
+        tower::service_fn(move |request: Request<ReplayBody<Full<Bytes>>>| {
+            let seen = Arc::clone(&seen);
+            async move {
+                let (parts, body) = request.into_parts();
+                let body = http_body_util::BodyExt::collect(body).await?.to_bytes();
+                let mut seen = seen.lock().unwrap();
+                seen.push((
+                    parts.method,
+                    parts.uri,
+                    parts.version,
+                    parts.headers,
+                    parts.extensions.get::<Tag>().cloned(),
+                    parts.extensions.len(),
+                    body,
+                ));
+                Ok::<_, crate::BoxError>(throttled_once("1")(seen.len() - 1))
+            }
+        })
+    };
+    let service = exact().layer(inner);
+    for tag in [None, Some(Tag(7))] {
+        seen.lock().unwrap().clear();
+        let mut request = Request::put("https://api.example.com/v1/items/3?x=1")
+            .version(http::Version::HTTP_2)
+            .header("x-request", "abc")
+            .header("x-request", "def")
+            .body(Full::new(Bytes::from_static(b"payload")))
+            .unwrap();
+        if let Some(tag) = &tag {
+            request.extensions_mut().insert(tag.clone());
+        }
+        let response = service.clone().oneshot(request).await.unwrap();
+        assert_eq!(response.status(), 200);
+        let seen = seen.lock().unwrap();
+        assert_eq!(seen.len(), 2, "refused once, then re-sent");
+        assert_eq!(seen[0], seen[1], "the re-sent request is the first one");
+        let (method, uri, version, headers, seen_tag, extensions, body) = &seen[0];
+        assert_eq!(method, http::Method::PUT);
+        assert_eq!(uri, "https://api.example.com/v1/items/3?x=1");
+        assert_eq!(*version, http::Version::HTTP_2);
+        let values: Vec<_> = headers.get_all("x-request").iter().collect();
+        assert_eq!(values, ["abc", "def"]);
+        assert_eq!(*seen_tag, tag);
+        assert_eq!(*extensions, usize::from(tag.is_some()));
+        assert_eq!(body.as_ref(), b"payload");
+    }
+}
+
 #[tokio::test(start_paused = true)]
 async fn a_body_over_the_limit_is_sent_once() {
     let start = Instant::now();
