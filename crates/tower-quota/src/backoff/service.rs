@@ -158,10 +158,14 @@ where
             let _entered = span.enter();
             self.inner.call(request)
         };
+        // Made before the offer ends, not after: the inner future then goes
+        // into this one as it was made, which the compiler does not do with
+        // the offer's end in between (a 984-byte copy in the README stack).
+        let future = ResponseFuture::new(future, self.inner.clone(), kept, policy, span);
         if offer.end() && !handed_on {
             self.handed_on.see();
         }
-        ResponseFuture::new(future, self.inner.clone(), kept, policy, span)
+        future
     }
 }
 
