@@ -85,32 +85,15 @@ impl<S, B> ResponseFuture<S, B>
 where
     S: Service<Request<ReplayBody<B>>>,
 {
+    /// The future of `request`, with the budgets [`budgets_of`] found for it.
     #[inline]
     pub(super) fn new(
         service: S,
         request: Request<ReplayBody<B>>,
         key: Key,
         idempotent: bool,
-        shared: Arc<Shared>,
+        (shared, (shared_attempts, waits)): (Arc<Shared>, (Option<AttemptBudget>, WaitBudget)),
     ) -> Self {
-        let config = &shared.config;
-        // One budget of waiting for the whole stack: a retry layer above
-        // shares its own (on this thread, or in the request), and this
-        // layer's `max_wait` bounds it.
-        let above = crate::attempts::take_offered().or_else(|| Budgets::in_extensions(&request));
-        let (shared_attempts, waits) = match above {
-            Some(Budgets::Attempts(attempts)) => {
-                let waits = attempts.waits();
-                (Some(attempts), waits)
-            }
-            Some(Budgets::Waits(waits)) => (None, waits),
-            None => (None, WaitBudget::unlimited()),
-        };
-        waits.limit_to(config.max_wait);
-        // A gate that reopens after the request's deadline is not waited for.
-        if let Some(deadline) = crate::sliding_window::Deadline::of(&request) {
-            waits.limit_until(deadline);
-        }
         ResponseFuture {
             state: State::Gate {
                 sleep: None,
@@ -133,6 +116,31 @@ where
             in_flight: None,
         }
     }
+}
+
+/// The budgets of a request: the attempts and the waiting a retry layer
+/// above shares (on this thread, or in the request), or a budget of
+/// waiting of its own; bounded by the layer's `max_wait` and the request's
+/// deadline (a gate that reopens after it is not waited for). Found before
+/// the request goes into its future, which then takes it as it is made.
+pub(super) fn budgets_of<B>(
+    request: &Request<B>,
+    config: &Config,
+) -> (Option<AttemptBudget>, WaitBudget) {
+    let above = crate::attempts::take_offered().or_else(|| Budgets::in_extensions(request));
+    let (shared_attempts, waits) = match above {
+        Some(Budgets::Attempts(attempts)) => {
+            let waits = attempts.waits();
+            (Some(attempts), waits)
+        }
+        Some(Budgets::Waits(waits)) => (None, waits),
+        None => (None, WaitBudget::unlimited()),
+    };
+    waits.limit_to(config.max_wait);
+    if let Some(deadline) = crate::sliding_window::Deadline::of(request) {
+        waits.limit_until(deadline);
+    }
+    (shared_attempts, waits)
 }
 
 /// What the layer did with a throttled response, as telemetry reports it.

@@ -96,12 +96,18 @@ where
         let key = self.key_fn.key(&request);
         let config = &self.shared.config;
         let idempotent = config.resend_all_methods || is_idempotent(&request);
-        let request = replayable_or_once(request, config.max_replay_bytes);
+        let budgets = super::future::budgets_of(&request, config);
         // The readied service goes with the first attempt; the clone left
         // behind is readied by the next `poll_ready`.
         let clone = self.inner.clone();
         let inner = std::mem::replace(&mut self.inner, clone);
-        ResponseFuture::new(inner, request, key, idempotent, self.shared.clone())
+        ResponseFuture::new(
+            inner,
+            replayable_or_once(request, config.max_replay_bytes),
+            key,
+            idempotent,
+            (self.shared.clone(), budgets),
+        )
     }
 }
 
