@@ -55,27 +55,21 @@ impl Inline {
         let len = u8::try_from(name.len())
             .ok()
             .filter(|len| usize::from(*len) <= INLINE)?;
-        let mut bytes = [0; INLINE];
-        bytes[..name.len()].copy_from_slice(name.as_bytes());
-        Some(Inline { len, bytes })
+        Some(Inline {
+            len,
+            bytes: copied(name.as_bytes()),
+        })
     }
 
-    /// `value` in decimal: at most 20 digits.
+    /// `value` in decimal: at most 20 digits, written in place.
     fn decimal(mut value: u64) -> Self {
-        let mut digits = [0u8; 20];
-        let mut start = digits.len();
-        loop {
-            start -= 1;
-            // Truncation intended: a remainder of 10 is one digit.
-            digits[start] = b'0' + (value % 10) as u8;
-            value /= 10;
-            if value == 0 {
-                break;
-            }
-        }
-        let len = digits.len() - start;
+        let len = value.checked_ilog10().map_or(1, |log| log as usize + 1);
         let mut bytes = [0; INLINE];
-        bytes[..len].copy_from_slice(&digits[start..]);
+        for at in (0..len).rev() {
+            // Truncation intended: a remainder of 10 is one digit.
+            bytes[at] = b'0' + (value % 10) as u8;
+            value /= 10;
+        }
         // At most 20 digits: fits a `u8`.
         Inline {
             len: len as u8,
@@ -87,6 +81,44 @@ impl Inline {
         std::str::from_utf8(&self.bytes[..usize::from(self.len)])
             .expect("an inline key holds a whole `&str` or ASCII digits")
     }
+}
+
+/// `name` (at most [`INLINE`] bytes) at the start of a zeroed array, in
+/// pieces of fixed sizes, the last two of each size overlapping, so that
+/// no call copies it: a key is made in each keyed layer of a request, most
+/// of them from a host name of 8 to 32 bytes.
+fn copied(name: &[u8]) -> [u8; INLINE] {
+    /// Copies `N` bytes from `from` at `at`, where `from` has them.
+    fn piece<const N: usize>(to: &mut [u8; INLINE], from: &[u8], at: usize) {
+        if let (Some(to), Some(from)) = (to.get_mut(at..at + N), from.get(at..at + N)) {
+            to.copy_from_slice(from);
+        }
+    }
+    let mut bytes = [0; INLINE];
+    let len = name.len().min(INLINE);
+    match len {
+        16.. => {
+            piece::<16>(&mut bytes, name, 0);
+            if len > 32 {
+                piece::<16>(&mut bytes, name, 16);
+            }
+            piece::<16>(&mut bytes, name, len - 16);
+        }
+        8..16 => {
+            piece::<8>(&mut bytes, name, 0);
+            piece::<8>(&mut bytes, name, len - 8);
+        }
+        4..8 => {
+            piece::<4>(&mut bytes, name, 0);
+            piece::<4>(&mut bytes, name, len - 4);
+        }
+        _ => {
+            for (to, from) in bytes.iter_mut().zip(&name[..len]) {
+                *to = *from;
+            }
+        }
+    }
+    bytes
 }
 
 impl Key {
@@ -402,30 +434,36 @@ fn is_host_key(authority: &http::uri::Authority, scheme: Option<&str>) -> bool {
 
 /// Whether `bytes` is a host name in key form (`a-z`, `0-9`, `.`, `-`
 /// only): an authority made of them alone has no user info, no port and no
-/// uppercase. Sixteen bytes at a time, the last ones padded with a letter,
-/// each block checked whole with no early exit (so with vector
-/// instructions): most hosts are one or two blocks.
+/// uppercase. Sixteen bytes at a time, each block checked whole with no
+/// early exit (so with vector instructions): most hosts are one or two
+/// blocks. The bytes past the last whole block are checked as one more
+/// block ending where the host ends (over bytes checked already), or in a
+/// shorter host as two pieces of 8 or 4 that overlap: never copied.
 fn is_plain_host(bytes: &[u8]) -> bool {
-    fn plain_block(block: &[u8; 16]) -> bool {
-        block.iter().fold(true, |plain, &byte| {
-            plain
-                & ((byte.wrapping_sub(b'a') < 26)
-                    | (byte.wrapping_sub(b'0') < 10)
-                    | (byte == b'.')
-                    | (byte == b'-'))
-        })
+    fn plain<const N: usize>(piece: Option<&[u8]>) -> bool {
+        piece
+            .and_then(|piece| <&[u8; N]>::try_from(piece).ok())
+            .is_some_and(|piece| {
+                piece.iter().fold(true, |plain, &byte| {
+                    plain
+                        & ((byte.wrapping_sub(b'a') < 26)
+                            | (byte.wrapping_sub(b'0') < 10)
+                            | (byte == b'.')
+                            | (byte == b'-'))
+                })
+            })
     }
-    let mut blocks = bytes.chunks_exact(16);
-    for block in &mut blocks {
-        // `chunks_exact` gives 16 bytes.
-        if !block.try_into().is_ok_and(plain_block) {
-            return false;
+    let len = bytes.len();
+    match len {
+        16.. => {
+            let mut blocks = bytes.chunks_exact(16);
+            blocks.all(|block| plain::<16>(Some(block)))
+                && (blocks.remainder().is_empty() || plain::<16>(bytes.get(len - 16..)))
         }
+        8..16 => plain::<8>(bytes.get(..8)) & plain::<8>(bytes.get(len - 8..)),
+        4..8 => plain::<4>(bytes.get(..4)) & plain::<4>(bytes.get(len - 4..)),
+        _ => bytes.iter().all(|&byte| plain::<1>(Some(&[byte]))),
     }
-    let rest = blocks.remainder();
-    let mut last = [b'a'; 16];
-    last[..rest.len()].copy_from_slice(rest);
-    plain_block(&last)
 }
 
 fn default_port(scheme: Option<&str>) -> Option<u16> {
@@ -903,12 +941,29 @@ mod tests {
 
     #[test]
     fn an_integer_key_is_its_decimal_digits() {
-        for id in [0, 7, 10, 42, 1_000_000, u64::from(u32::MAX), u64::MAX] {
+        // Each count of digits, at both its ends.
+        let powers = (0..20).map(|exp| 10u64.pow(exp));
+        let ids = powers
+            .flat_map(|power| [power - 1, power, power + 1])
+            .chain([42, 1_000_000, u64::from(u32::MAX), u64::MAX - 1, u64::MAX]);
+        for id in ids {
             let key = Key::from(id);
             assert_eq!(key.as_str(), id.to_string());
             assert_eq!(key, Key::new(&id.to_string()));
         }
         assert_eq!(Key::from(7u32), Key::from(7u64));
+    }
+
+    /// A name copied in place is the name, followed by zeros, at every
+    /// length a key keeps in place.
+    #[test]
+    fn a_name_is_copied_in_place_whole_at_every_length() {
+        let name: Vec<u8> = (1..=u8::try_from(INLINE).unwrap()).collect();
+        for len in 0..=INLINE {
+            let bytes = copied(&name[..len]);
+            assert_eq!(&bytes[..len], &name[..len], "{len} bytes");
+            assert!(bytes[len..].iter().all(|&byte| byte == 0), "{len} bytes");
+        }
     }
 
     /// The path without allocation gives exactly the key the allocating
