@@ -372,13 +372,13 @@ where
                             // The first attempt goes as it came: a copy is
                             // kept, bare when the stack's extensions are all
                             // it carries. With no extensions at all, or some
-                            // a copy takes whole, the copy and the request
-                            // are alike: the copy goes, and the request
-                            // stays where it is.
+                            // a copy takes whole, the copy (a plain clone,
+                            // which copies no empty extensions) and the
+                            // request are alike: the copy goes, and the
+                            // request stays where it is.
                             *this.bare = StackExtensions::of(request);
                             match this.bare {
-                                Some(StackExtensions::None) => bare_copy(request),
-                                None => clone_request(request),
+                                Some(StackExtensions::None) | None => clone_request(request),
                                 Some(_) => {
                                     let kept = bare_copy(request);
                                     this.request.replace(kept).unwrap_or_else(|| {
