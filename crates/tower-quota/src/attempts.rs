@@ -413,38 +413,42 @@ thread_local! {
 /// The budgets a layer offers to the layers it calls on this thread, from
 /// [`Offer::new`] until the offer is dropped: the first layer below to ask
 /// takes them ([`take_offered`]). What was offered before is offered again
-/// after, even when the call panics.
+/// after, even when the call panics; whether a layer took this offer goes
+/// to the [`HandedOn`] given, if any.
 ///
 /// A guard, not a function taking the call as a closure: the request a
 /// closure captures is copied into it, and what it returns (a response
 /// future, often the largest value a layer makes) copied out, where the
-/// layer's call can build its own future around the inner one in place.
+/// layer's call can build its own future around the inner one in place
+/// (and return it before the offer ends).
 #[must_use = "the offer ends when it is dropped"]
-pub(crate) struct Offer {
+pub(crate) struct Offer<'a> {
     previous: Option<Budgets>,
     taken_before: bool,
+    handed_on: Option<&'a HandedOn>,
 }
 
-impl Offer {
+impl<'a> Offer<'a> {
     #[inline(always)]
-    pub(crate) fn new(budgets: Budgets) -> Self {
+    pub(crate) fn new(budgets: Budgets, handed_on: Option<&'a HandedOn>) -> Self {
         Offer {
             previous: OFFERED.replace(Some(budgets)),
             taken_before: TAKEN.replace(false),
+            handed_on,
         }
-    }
-
-    /// Ends the offer: whether a layer took the budgets.
-    #[inline(always)]
-    pub(crate) fn end(self) -> bool {
-        TAKEN.get()
     }
 }
 
-impl Drop for Offer {
-    /// Puts back the offer from before, dropping this one if nobody took it.
+impl Drop for Offer<'_> {
+    /// Notes whether a layer took the budgets, and puts back the offer from
+    /// before, dropping this one if nobody took it.
     #[inline(always)]
     fn drop(&mut self) {
+        if let Some(handed_on) = self.handed_on
+            && TAKEN.get()
+        {
+            handed_on.see();
+        }
         // `replace`, not `set`: `set` goes through the key's lazy
         // initialization, a call on every use.
         drop(OFFERED.replace(self.previous.take()));
@@ -560,22 +564,26 @@ mod tests {
         let outer = AttemptBudget::new(3);
         let inner = AttemptBudget::new(5);
         assert!(take_offered().is_none(), "nothing offered outside a call");
-        let outer_offer = Offer::new(Budgets::Attempts(outer.clone()));
-        let inner_offer = Offer::new(Budgets::Attempts(inner.clone()));
+        let (outer_seen, inner_seen) = (HandedOn::default(), HandedOn::default());
+        let outer_offer = Offer::new(Budgets::Attempts(outer.clone()), Some(&outer_seen));
+        let inner_offer = Offer::new(Budgets::Attempts(inner.clone()), Some(&inner_seen));
         let taken = match take_offered() {
             Some(Budgets::Attempts(attempts)) => Some(attempts.max()),
             _ => None,
         };
         assert_eq!(taken, Some(5), "the innermost offer");
         assert!(take_offered().is_none(), "taken once");
-        assert!(inner_offer.end());
-        assert!(!outer_offer.end(), "the outer offer was not taken");
+        drop(inner_offer);
+        assert!(inner_seen.seen());
+        drop(outer_offer);
+        assert!(!outer_seen.seen(), "the outer offer was not taken");
         assert!(take_offered().is_none(), "nothing left after the call");
 
         // A call that panics puts the offer from before back all the same.
-        let offer = Offer::new(Budgets::Waits(WaitBudget::unlimited()));
+        let seen = HandedOn::default();
+        let offer = Offer::new(Budgets::Waits(WaitBudget::unlimited()), Some(&seen));
         let caught = std::panic::catch_unwind(|| {
-            let _offer = Offer::new(Budgets::Attempts(inner.clone()));
+            let _offer = Offer::new(Budgets::Attempts(inner.clone()), None);
             panic!("a service panicked")
         });
         assert!(caught.is_err());
@@ -583,7 +591,8 @@ mod tests {
             matches!(take_offered(), Some(Budgets::Waits(_))),
             "the offer from before is back after the panic"
         );
-        assert!(offer.end());
+        drop(offer);
+        assert!(seen.seen());
     }
 
     #[test]
@@ -591,12 +600,14 @@ mod tests {
         let attempts = AttemptBudget::new(3);
         attempts.waits().limit_to(Duration::from_secs(2));
         let mut request = Request::get("/items").body(()).unwrap();
-        let offer = Offer::new(Budgets::Attempts(attempts.clone()));
+        let seen = HandedOn::default();
+        let offer = Offer::new(Budgets::Attempts(attempts.clone()), Some(&seen));
         let waits = WaitBudget::shared_by(&mut request);
         assert_eq!(waits.max(), Duration::from_secs(2), "the offered account");
         waits.spend(Duration::from_secs(1));
         assert!(take_offered().is_some(), "still there for the layer below");
-        assert!(offer.end());
+        drop(offer);
+        assert!(seen.seen());
         assert!(
             request.extensions().is_empty(),
             "nothing put in the request"

@@ -153,10 +153,7 @@ where
         let policy = Policy::new(self.shared.clone(), self.classifier.clone(), attempts, seed);
         // The first attempt goes to the service `poll_ready` readied; the
         // clone that goes with the future is readied before each retry.
-        let _offer = EndOffer {
-            offer: Some(Offer::new(offered)),
-            handed_on: (!handed_on).then_some(&self.handed_on),
-        };
+        let _offer = Offer::new(offered, (!handed_on).then_some(&self.handed_on));
         let future = {
             let _entered = span.enter();
             self.inner.call(request)
@@ -167,24 +164,6 @@ where
         // the compiler copies one of them whole (984 or 1,440 bytes in the
         // README stack).
         ResponseFuture::new(future, self.inner.clone(), kept, policy, span)
-    }
-}
-
-/// Ends an attempt budgets' offer when dropped, noting in `handed_on`
-/// whether a layer below took the budgets.
-struct EndOffer<'a> {
-    offer: Option<Offer>,
-    handed_on: Option<&'a HandedOn>,
-}
-
-impl Drop for EndOffer<'_> {
-    fn drop(&mut self) {
-        if let Some(offer) = self.offer.take()
-            && offer.end()
-            && let Some(handed_on) = self.handed_on
-        {
-            handed_on.see();
-        }
     }
 }
 

@@ -404,7 +404,7 @@ where
                         Some(attempts) => Budgets::Attempts(attempts.clone()),
                         None => Budgets::Waits(this.waits.clone()),
                     };
-                    let offer = crate::attempts::Offer::new(budgets);
+                    let offer = crate::attempts::Offer::new(budgets, None);
                     this.state.set(State::Calling {
                         future: this.service.call(request),
                     });
