@@ -138,27 +138,33 @@ pub(crate) struct Found<'a> {
 }
 
 impl<'a> Found<'a> {
-    pub(crate) fn scan(headers: &'a HeaderMap) -> Self {
-        let mut found = Self {
+    /// Nothing found yet in `headers`: [`fill`](Self::fill) finds it, in
+    /// the place the caller keeps the table (320 bytes), where a function
+    /// returning it filled copied it whole.
+    pub(crate) fn none(headers: &'a HeaderMap) -> Self {
+        Self {
             headers,
             values: [None; COUNT],
             present: 0,
             repeated: 0,
-        };
+        }
+    }
+
+    /// Notes where each name read is, in one pass over the headers.
+    pub(crate) fn fill(&mut self) {
         // `HeaderMap` yields a name's first value before its others, which
         // is the value `HeaderMap::get` gives.
-        for (name, value) in headers {
+        for (name, value) in self.headers {
             let Some(slot) = slot(name.as_str()) else {
                 continue;
             };
-            if found.present & slot.bit() != 0 {
-                found.repeated |= slot.bit();
-            } else if let Some(entry) = found.values.get_mut(slot as usize) {
+            if self.present & slot.bit() != 0 {
+                self.repeated |= slot.bit();
+            } else if let Some(entry) = self.values.get_mut(slot as usize) {
                 *entry = Some(value);
-                found.present |= slot.bit();
+                self.present |= slot.bit();
             }
         }
-        found
     }
 
     /// `true` when any name of `mask` is present.
@@ -285,6 +291,13 @@ mod tests {
         }
     }
 
+    /// [`Found`], filled from `headers`.
+    fn scan(headers: &HeaderMap) -> Found<'_> {
+        let mut found = Found::none(headers);
+        found.fill();
+        found
+    }
+
     #[test]
     fn scan_keeps_the_first_value_and_notes_repeats() {
         let mut headers = HeaderMap::new();
@@ -292,7 +305,7 @@ mod tests {
         headers.append("server", HeaderValue::from_static("s"));
         headers.append("ratelimit", HeaderValue::from_static("b"));
         headers.append("date", HeaderValue::from_static("d"));
-        let found = Found::scan(&headers);
+        let found = scan(&headers);
         assert_eq!(found.get(Slot::RateLimit), headers.get("ratelimit"));
         assert_eq!(found.get(Slot::Date), headers.get("date"));
         assert_eq!(found.get(Slot::RetryAfter), None);
@@ -307,6 +320,6 @@ mod tests {
 
         let mut only_date = HeaderMap::new();
         only_date.insert("date", HeaderValue::from_static("d"));
-        assert!(Found::scan(&only_date).is_empty());
+        assert!(scan(&only_date).is_empty());
     }
 }
