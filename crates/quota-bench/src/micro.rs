@@ -492,7 +492,7 @@ compare-and-swap per admission. The README stack is four layers, three of them w
 key (breaker, Retry-After gate, pacing): each computes the key from the request and locks its \
 own map, twice for the pacing, and the two that re-send each keep a copy of the request. \
 Their response futures nest (the stack's is 1,440 bytes) and the request (272 bytes here) \
-passes through each layer by value: 6,329 bytes are copied per request in 27 `memcpy` calls \
+passes through each layer by value: 6,009 bytes are copied per request in 26 `memcpy` calls \
 (counted with `tools/memcpy_count.c` under the `instructions` example, the harness's own \
 request and future included; 12,464 bytes in 44 calls before the layers offered their budgets by a guard \
 instead of around a closure and made each future and copy where it is kept), 12 % of the \
@@ -506,12 +506,13 @@ of the services below a retrying layer write (about ten per request); each layer
 aligned to 128 bytes, so those counts are on cache lines of their own and the fields every \
 request reads stay in both cores' caches. On this VM that row moves with how the two vCPUs \
 run, run to run or within a run (most often about 1.9 µs, or 3.3 to 3.5 µs, per pair, and \
-1.8 and 2.9 µs in two runs of the same code on 5 December, and 2.8, 1.75 and 3.2 µs in three \
-later runs that day on builds differing only in how requests are copied, in which \
-tower-resilience's two-task row took 1.12, 0.30 and 1.19 µs; 2.1 µs and 3.9 to 4.2 µs before \
-that alignment, the two builds' binaries run alternately), as do the least exact log's and \
-tower-quota's rows of one key (0.42 and 0.93 µs, or 0.87 and 1.05 µs, or 0.65 and 1.07 µs, or \
-0.43 and 0.95 µs, or 0.61 and 1.02 µs, per pair), so one run says little of a change to it. With queued waiters, the work per admission stays flat (one timer per key, one wake-up per \
+1.8 and 2.9 µs in two runs of the same code on 5 December, and 2.8, 1.75, 3.2 and 1.64 µs in \
+four later runs that day on builds differing only in how values are copied, in which \
+tower-resilience's two-task row took 1.12, 0.30, 1.19 and 0.34 µs; 2.1 µs and 3.9 to 4.2 µs \
+before that alignment, the two builds' binaries run alternately), as do the least exact log's \
+and tower-quota's rows of one key (0.42 and 0.93 µs, or 0.87 and 1.05 µs, or 0.65 and 1.07 µs, \
+or 0.43 and 0.95 µs, or 0.61 and 1.02 µs, or 0.81 and 1.01 µs, per pair), so one run says \
+little of a change to it. With queued waiters, the work per admission stays flat (one timer per key, one wake-up per \
 admission: 4,350 instructions per admission with 10,000 waiters and 4,359 with 10, counted by \
 callgrind before the log packed its entries), but each admission polls the next waiter, queued 10,000 admissions ago: its task, \
 its future (128 bytes) and its place in the queue have left the caches, about 6 data-cache \
