@@ -177,6 +177,27 @@ fn admit_one_task(c: &mut Criterion) {
         black_box(governor_keyed.check_key(&next_governed))
     });
 
+    // For reference: the least an exact log does by key, on the same keys
+    // in turn with the same window, each slot held a window past its
+    // answer: what the keyed row's own work sits on.
+    let least_keyed = least::LeastKeyedLog::new(
+        usize::try_from(HUGE).unwrap_or(usize::MAX),
+        Duration::from_secs(1),
+    );
+    for id in 0..LIVE_KEYS {
+        let admitted = least_keyed.admit(id).expect("room for every key");
+        least_keyed.answer(id, admitted);
+    }
+    let mut next_least = 0;
+    row(&mut group, GROUP, "least_exact_keyed_log_answered", || {
+        next_least = (next_least + 1) % LIVE_KEYS;
+        let admitted = least_keyed.admit(next_least);
+        if let Some(id) = admitted {
+            least_keyed.answer(next_least, id);
+        }
+        black_box(admitted)
+    });
+
     // For reference: the least an exact sliding log does (one lock, one
     // clock reading, a queue of instants), alone and with the answer that
     // holds the slot a window past it (a second lock and clock reading).

@@ -19,6 +19,13 @@
 //! - `store`: `MemoryStore::acquire` alone, the global key;
 //! - `layer`: `SlidingWindowLayer` with its defaults over a no-op service
 //!   (`poll_ready`, `call`, the response future);
+//! - `keyed`: the same keyed by a `u64`, 100,000 keys live, each admitted
+//!   in turn, as the benchmark's keyed row (a window of a second);
+//! - `http`, `pacing`, `retry-after`, `breaker`: the README stack built up
+//!   from inside, one layer more in each (`http`: the service and the
+//!   loop alone; `pacing`: by host with `HttpFeedback`; then
+//!   `RetryAfterLayer`; then `CircuitBreakerLayer`), so that the
+//!   differences between modes are each layer's part of `stack`;
 //! - `stack`: the README stack (backoff, breaker, Retry-After, pacing by
 //!   host with `HttpFeedback`) over a service that answers 200 without
 //!   headers, one GET per iteration;
@@ -118,8 +125,64 @@ fn main() -> Result<(), tower_quota::BoxError> {
                 admit(&mut stack, request)?;
             }
         }
+        "keyed" => {
+            let keyed_layer = SlidingWindowLayer::new(1 << 40, Duration::from_secs(1))?;
+            let mut keyed = tower::Layer::layer(
+                &keyed_layer.key_fn(|id: &u64| Key::from(*id)),
+                service_fn(|_: u64| ready(Ok::<_, Infallible>(()))),
+            );
+            for id in 0..100_000 {
+                admit(&mut keyed, id)?;
+            }
+            let mut next = 0;
+            for _ in 0..iterations {
+                next = (next + 1) % 100_000;
+                admit(&mut keyed, next)?;
+            }
+        }
+        "http" | "pacing" | "retry-after" | "breaker" => {
+            let pacing = layer
+                .key_fn(HostKey)
+                .usage_fn(HttpFeedback)
+                .max_wait(Duration::from_secs(30));
+            let uri: http::Uri = "http://api.example.com/v1/items".parse()?;
+            // The README stack's inner layers over the stack's service,
+            // without the headers: each mode adds the next layer out.
+            macro_rules! run {
+                ($builder:expr, $body:ty) => {{
+                    let mut stack = $builder.service(service_fn(|_: Request<$body>| {
+                        ready(Ok::<_, Infallible>(Response::new(Empty::<Bytes>::new())))
+                    }));
+                    for _ in 0..iterations {
+                        let request = Request::get(uri.clone()).body(Empty::<Bytes>::new())?;
+                        admit(&mut stack, request)?;
+                    }
+                }};
+            }
+            match mode.as_str() {
+                "http" => run!(ServiceBuilder::new(), Empty<Bytes>),
+                "pacing" => run!(ServiceBuilder::new().layer(pacing), Empty<Bytes>),
+                "retry-after" => run!(
+                    ServiceBuilder::new()
+                        .layer(RetryAfterLayer::new().pace_by_quota_headers(false))
+                        .layer(pacing),
+                    ReplayBody<Empty<Bytes>>
+                ),
+                _ => run!(
+                    ServiceBuilder::new()
+                        .layer(CircuitBreakerLayer::new())
+                        .layer(RetryAfterLayer::new().pace_by_quota_headers(false))
+                        .layer(pacing),
+                    ReplayBody<Empty<Bytes>>
+                ),
+            }
+        }
         other => {
-            return Err(format!("unknown mode {other:?}: store, layer, stack or openai").into());
+            return Err(format!(
+                "unknown mode {other:?}: store, layer, keyed, http, pacing, retry-after, \
+                 breaker, stack or openai"
+            )
+            .into());
         }
     }
     eprintln!("{mode}: {iterations} iterations");

@@ -10,12 +10,16 @@
 //! arrives, somewhere before the answer) also takes the lock and reads the
 //! clock a second time when the answer comes: [`LeastLog::answer`].
 //!
-//! No key, no queue of waiters, no costs, nothing learned from a provider,
-//! no eviction, no telemetry: not a limiter anyone should use, only the
-//! floor of the work an exact admission does on this machine, to set the
-//! other rows against.
+//! By key ([`LeastKeyedLog`]), the same log per key in one map behind one
+//! lock, found by one hash of the integer key: what an exact admission by
+//! key costs when the keys' logs are larger than the caches.
+//!
+//! No queue of waiters, no costs, nothing learned from a provider, no
+//! eviction, no telemetry: not a limiter anyone should use, only the floor
+//! of the work an exact admission does on this machine, to set the other
+//! rows against.
 
-use std::collections::VecDeque;
+use std::collections::{HashMap, VecDeque};
 use std::sync::Mutex;
 use std::time::Duration;
 
@@ -28,6 +32,14 @@ pub(crate) struct LeastLog {
     log: Mutex<Log>,
 }
 
+/// One log per key, in one map behind one lock.
+pub(crate) struct LeastKeyedLog {
+    max_calls: usize,
+    window: Duration,
+    logs: Mutex<HashMap<u64, Log, foldhash::fast::RandomState>>,
+}
+
+#[derive(Default)]
 struct Log {
     entries: VecDeque<Entry>,
     next_id: u64,
@@ -42,15 +54,43 @@ struct Entry {
 /// admission when no answer comes (as the crate's `sent_within`).
 const UNANSWERED: Duration = Duration::from_millis(100);
 
+impl Log {
+    /// Admits one request at `now` if the window has room: its id, or
+    /// `None`.
+    fn admit(&mut self, now: Instant, max_calls: usize, window: Duration) -> Option<u64> {
+        while self.entries.front().is_some_and(|entry| entry.until <= now) {
+            self.entries.pop_front();
+        }
+        if self.entries.len() >= max_calls {
+            return None;
+        }
+        let id = self.next_id;
+        self.next_id += 1;
+        self.entries.push_back(Entry {
+            id,
+            until: now + UNANSWERED + window,
+        });
+        Some(id)
+    }
+
+    /// The answer to admission `id` came at `now`: it holds its slot a
+    /// window past then. Answers come for recent admissions (the newest,
+    /// for one task that waits for each answer), so the search starts from
+    /// the back. An entry answered out of turn leaves no earlier than the
+    /// ones before it, when they leave: later than it could, never earlier.
+    fn answer(&mut self, id: u64, now: Instant, window: Duration) {
+        if let Some(entry) = self.entries.iter_mut().rev().find(|entry| entry.id == id) {
+            entry.until = entry.until.min(now + window);
+        }
+    }
+}
+
 impl LeastLog {
     pub(crate) fn new(max_calls: usize, window: Duration) -> Self {
         LeastLog {
             max_calls,
             window,
-            log: Mutex::new(Log {
-                entries: VecDeque::new(),
-                next_id: 0,
-            }),
+            log: Mutex::new(Log::default()),
         }
     }
 
@@ -58,31 +98,44 @@ impl LeastLog {
     pub(crate) fn admit(&self) -> Option<u64> {
         let now = Instant::now();
         let mut log = self.log.lock().expect("no panic holds the lock");
-        while log.entries.front().is_some_and(|entry| entry.until <= now) {
-            log.entries.pop_front();
-        }
-        if log.entries.len() >= self.max_calls {
-            return None;
-        }
-        let id = log.next_id;
-        log.next_id += 1;
-        log.entries.push_back(Entry {
-            id,
-            until: now + UNANSWERED + self.window,
-        });
-        Some(id)
+        log.admit(now, self.max_calls, self.window)
     }
 
     /// The answer to admission `id` came: it holds its slot a window past
-    /// now. Answers come for recent admissions (the newest, for one task
-    /// that waits for each answer), so the search starts from the back.
-    /// An entry answered out of turn leaves no earlier than the ones before
-    /// it, when they leave: later than it could, never earlier.
+    /// now.
     pub(crate) fn answer(&self, id: u64) {
         let now = Instant::now();
         let mut log = self.log.lock().expect("no panic holds the lock");
-        if let Some(entry) = log.entries.iter_mut().rev().find(|entry| entry.id == id) {
-            entry.until = entry.until.min(now + self.window);
+        log.answer(id, now, self.window);
+    }
+}
+
+impl LeastKeyedLog {
+    pub(crate) fn new(max_calls: usize, window: Duration) -> Self {
+        LeastKeyedLog {
+            max_calls,
+            window,
+            logs: Mutex::new(HashMap::default()),
+        }
+    }
+
+    /// Admits one request of `key` if its window has room: its id, or
+    /// `None`.
+    pub(crate) fn admit(&self, key: u64) -> Option<u64> {
+        let now = Instant::now();
+        let mut logs = self.logs.lock().expect("no panic holds the lock");
+        logs.entry(key)
+            .or_default()
+            .admit(now, self.max_calls, self.window)
+    }
+
+    /// The answer to admission `id` of `key` came: it holds its slot a
+    /// window past now.
+    pub(crate) fn answer(&self, key: u64, id: u64) {
+        let now = Instant::now();
+        let mut logs = self.logs.lock().expect("no panic holds the lock");
+        if let Some(log) = logs.get_mut(&key) {
+            log.answer(id, now, self.window);
         }
     }
 }
