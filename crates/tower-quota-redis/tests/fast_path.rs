@@ -1,9 +1,11 @@
 //! `exact_acquire.lua` decides its common call (one quota, unit costs,
-//! room for every request, no reservations) on a short path. These tests
-//! check that the store's calls take it, and that it decides every call
-//! exactly as the general path does: the same script with the short path
-//! cut out runs the same calls on a twin key, and the replies and the
-//! keys' state are compared.
+//! room for every request, no reservations), sent in a compact form, on a
+//! short path. These tests check that the store's calls take it, and that
+//! it decides every call exactly as the general path does: the same script
+//! with the short path cut out runs the same calls, in the general form,
+//! on a twin key, and the replies and the keys' state are compared (which
+//! also checks the compact form's expansion, for the calls the short path
+//! leaves to the general path).
 
 mod support;
 
@@ -117,28 +119,48 @@ struct Call<'a> {
 }
 
 impl Call<'_> {
-    fn run(&self, script: &Script, connection: &mut Connection, prefix: &str) -> Value {
+    /// Runs the call in its compact form (four keys), as the store sends
+    /// a call of this shape, or in the general form.
+    fn run(
+        &self,
+        script: &Script,
+        connection: &mut Connection,
+        prefix: &str,
+        compact: bool,
+    ) -> Value {
         let log = format!("{{{prefix}}}:log");
         let mut invocation = script.prepare_invoke();
         invocation
             .key(&log)
             .key(format!("{{{prefix}}}:costs"))
             .key(format!("{{{prefix}}}:queue"))
-            .key(format!("{{{prefix}}}:floors"))
-            .key(&log)
-            .arg(self.max_queue)
-            .arg(self.sent_within)
-            .arg(0)
-            .arg(1)
-            .arg(self.span_us)
-            .arg(self.most)
-            .arg(self.signature)
-            .arg(self.ids.len())
-            .arg(self.ids.len())
-            .arg(-1)
-            .arg(0)
-            .arg(1)
-            .arg(0);
+            .key(format!("{{{prefix}}}:floors"));
+        if compact {
+            invocation
+                .arg(self.max_queue)
+                .arg(self.sent_within)
+                .arg(0)
+                .arg(self.span_us)
+                .arg(self.most)
+                .arg(self.signature)
+                .arg(-1);
+        } else {
+            invocation
+                .key(&log)
+                .arg(self.max_queue)
+                .arg(self.sent_within)
+                .arg(0)
+                .arg(1)
+                .arg(self.span_us)
+                .arg(self.most)
+                .arg(self.signature)
+                .arg(self.ids.len())
+                .arg(self.ids.len())
+                .arg(-1)
+                .arg(0)
+                .arg(1)
+                .arg(0);
+        }
         for id in &self.ids {
             invocation.arg(id);
         }
@@ -206,9 +228,10 @@ struct Twins<'a> {
 }
 
 impl Twins<'_> {
-    /// Runs `call` through each script on its own key of `keys`, checks
-    /// that they replied and wrote alike, and returns the shipped script's
-    /// reply.
+    /// Runs `call` through each script on its own key of `keys` (the
+    /// shipped script in the compact form the store sends, the general
+    /// path in the general form), checks that they replied and wrote
+    /// alike, and returns the shipped script's reply.
     fn run(
         &self,
         call: &Call<'_>,
@@ -216,8 +239,8 @@ impl Twins<'_> {
         keys: (&str, &str),
         what: &str,
     ) -> Value {
-        let from_shipped = call.run(self.shipped, connection, keys.0);
-        let from_general = call.run(self.general, connection, keys.1);
+        let from_shipped = call.run(self.shipped, connection, keys.0, true);
+        let from_general = call.run(self.general, connection, keys.1, false);
         assert_eq!(
             shape(&from_shipped, call.ids.len()),
             shape(&from_general, call.ids.len()),

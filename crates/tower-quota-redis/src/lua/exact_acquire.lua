@@ -45,6 +45,18 @@
 -- another signature than the one a busy key holds records nothing (status
 -- 4): each process would otherwise count only its own quotas.
 --
+-- The common call (one quota, whose log is the anchor, no jumpers, and one
+-- run of new requests of unit cost that keep no share free) also comes in
+-- a compact form, four keys and seven arguments before the ids, which
+-- leaves out what that shape fixes (the anchor passed again, n = 1, k and
+-- c, kind 0, units 1, keep 0): KEYS = log, costs, queue, floors; ARGV =
+-- max_queue, sent_within_us, extra_us, span_us, max_calls, signature,
+-- max_wait_us, then the ids. Each value a call carries costs Redis time
+-- to read and to hand to the script, whatever the script does with it. No
+-- general call has four keys (it has 4n + 1 or 5n + 1), so the count of
+-- keys tells the forms apart; a compact call the short path below does
+-- not decide is expanded into the general form and decided as one.
+--
 -- Every entry counts from the call that records it until it leaves, also
 -- while its reserved instant is still to come, and an entry only ever
 -- leaves earlier than it was counted on (an answer lowers its score): so
@@ -121,18 +133,21 @@
 -- written. Key TTLs are only ever extended (PEXPIRE GT: Redis 7.0), and
 -- only when an entry needs longer than they have left.
 
--- The common call first: one quota, one run of new requests of unit cost
--- that keep no share free, not strict, on a key that holds this call's
--- signature, has no costs hash and no reservations, and whose log has room
--- for every request at once. Then every request is admitted now, as the
--- general path below would decide it (no wait, no queue, no floor), in
--- six commands instead of about ten and without the general path's
--- bookkeeping: most calls of a key that is not saturated end here. Its
--- reply is empty: every request recorded, admitted now.
+-- The arguments as the script reads them: a compact call's are expanded
+-- into the general form below, after the short path.
+local KEYS, ARGV = KEYS, ARGV
+
+-- The common call first, in its compact form: one quota, one run of new
+-- requests of unit cost that keep no share free, not strict, on a key that
+-- holds this call's signature, has no costs hash and no reservations, and
+-- whose log has room for every request at once. Then every request is
+-- admitted now, as the general path below would decide it (no wait, no
+-- queue, no floor), in six commands instead of about ten and without the
+-- general path's bookkeeping: most calls of a key that is not saturated
+-- end here. Its reply is empty: every request recorded, admitted now.
 -- Anything else, malformed arguments included, goes on to the general
 -- path, which decides it (or refuses it) in full.
-if #KEYS == 5 and KEYS[5] == KEYS[1] and ARGV[4] == '1' and ARGV[11] == '0'
-  and ARGV[12] == '1' and ARGV[13] == '0' and ARGV[8] == ARGV[9] then
+if #KEYS == 4 then
   -- A number argument: the usual small values are told by their text,
   -- since `tonumber` is a call into C (strtod) that costs as much as a
   -- tenth of this path.
@@ -146,11 +161,11 @@ if #KEYS == 5 and KEYS[5] == KEYS[1] and ARGV[4] == '1' and ARGV[11] == '0'
     end
     return tonumber(text)
   end
-  local c = number(ARGV[9])
+  local c = #ARGV - 7
   local sent_within, extra = number(ARGV[2]), number(ARGV[3])
-  local span, most = number(ARGV[5]), number(ARGV[6])
-  if c and #ARGV == 13 + c and number(ARGV[1]) and sent_within and extra
-    and span and most and number(ARGV[10]) and sent_within >= 0 and c >= 1
+  local span, most = number(ARGV[4]), number(ARGV[5])
+  if c >= 1 and number(ARGV[1]) and sent_within and extra and span and most
+    and number(ARGV[7]) and sent_within >= 0
     and most >= 1 and most <= 9007199254740991
     and redis.call('EXISTS', KEYS[2], KEYS[3]) == 0 then
     local z = KEYS[1]
@@ -158,7 +173,7 @@ if #KEYS == 5 and KEYS[5] == KEYS[1] and ARGV[4] == '1' and ARGV[11] == '0'
     -- signature is the log's one member scored +inf (it is written only
     -- where none is), and no entry, a number, is named like a signature.
     -- Nil when the key holds none (new, or held under other quotas).
-    local rank = redis.call('ZRANK', z, ARGV[7])
+    local rank = redis.call('ZRANK', z, ARGV[6])
     if rank then
       local time = redis.call('TIME')
       local now = tonumber(time[1]) * 1000000 + tonumber(time[2])
@@ -171,7 +186,7 @@ if #KEYS == 5 and KEYS[5] == KEYS[1] and ARGV[4] == '1' and ARGV[11] == '0'
         local score = string.format('%d', now + hold)
         local entries = {}
         for m = 1, c do
-          entries[2 * m - 1], entries[2 * m] = score, ARGV[13 + m]
+          entries[2 * m - 1], entries[2 * m] = score, ARGV[7 + m]
         end
         redis.call('ZADD', z, unpack(entries))
         local needed = math.ceil((hold + span) / 1000)
@@ -183,6 +198,25 @@ if #KEYS == 5 and KEYS[5] == KEYS[1] and ARGV[4] == '1' and ARGV[11] == '0'
     end
   end
 end -- the common call
+
+-- A compact call the short path did not decide, in the general form: the
+-- log passed again as the anchor, one quota, one run of the call's ids,
+-- new requests of unit cost keeping no share.
+if #KEYS == 4 then
+  if #ARGV < 8 then
+    return redis.error_reply('ERR exact_acquire: a compact call needs 7 arguments and an id')
+  end
+  local c = tostring(#ARGV - 7)
+  local full = {
+    ARGV[1], ARGV[2], ARGV[3], '1', ARGV[4], ARGV[5], ARGV[6],
+    c, c, ARGV[7], '0', '1', '0',
+  }
+  for m = 8, #ARGV do
+    full[#full + 1] = ARGV[m]
+  end
+  KEYS = { KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[1] }
+  ARGV = full
+end
 
 local STRICT = 4503599627370496 -- 2^52 µs, about 142 years
 local HALF = 2251799813685248 -- 2^51 µs: scores further ahead are pending
