@@ -482,7 +482,9 @@ in place, and 3 or 4 bytes per further entry once they are packed) is far larger
 for the key's slot in its shard's table, its boxed state and log, and the log's entries, and \
 the shard's sweeps of idle keys examine fewer than half a key more per operation. governor's \
 keyed limiter on the same keys (the row above) waits on memory too, for its table's slot and \
-the cell in it: what admitting by key costs on this machine before any limiter's own work. \
+the cell in it: what admitting by key costs on this machine before any limiter's own work; \
+the least exact keyed log (the reference row) waits besides for its log's oldest and newest \
+entries, in a buffer of their own, as an exact log of that many admissions must keep them. \
 tower's `RateLimit` is a per-instance counter with one clock read and no shared state (which is \
 why it must sit behind a `Buffer` to be shared, at ~1 µs per admission above); governor's \
 `check` is one atomic compare-and-swap on a GCRA cell. Per request, the README stack also \
@@ -515,7 +517,7 @@ apart. The same two \
 readings bound the layer's rows: twice the clock's reference row is more than 2× governor's \
 `check` and 1.3× tower's `RateLimit` (which reads the clock once) before any other work, and \
 with governor's keyed row, the cost of reaching a key among 100,000 on this machine, more \
-than the keyed goal of 50 ns. Two tasks on two threads admitting one key each take the \
+than the keyed goal of 50 ns, which the least exact keyed log exceeds several times over. Two tasks on two threads admitting one key each take the \
 shard's mutex twice per request (the admission and the answer) and move its cache lines, the \
 key's state and its log from core to core each time, where governor's row is one \
 compare-and-swap per admission. The README stack is four layers, three of them with state per \
