@@ -540,10 +540,12 @@ request reads stay in both cores' caches. On this VM that row moves with how the
 run, run to run or within a run (most often about 1.9 µs, or 3.3 to 3.5 µs, per pair, and \
 1.8 and 2.9 µs in two runs of the same code on 5 December, and 2.8, 1.75, 3.2 and 1.64 µs in \
 four later runs that day on builds differing only in how values are copied, in which \
-tower-resilience's two-task row took 1.12, 0.30, 1.19 and 0.34 µs; 2.1 µs and 3.9 to 4.2 µs \
+tower-resilience's two-task row took 1.12, 0.30, 1.19 and 0.34 µs, and 4.39 and 2.34 µs in \
+two runs of the same code 20 minutes apart later that day; 2.1 µs and 3.9 to 4.2 µs \
 before that alignment, the two builds' binaries run alternately), as do the least exact log's \
 and tower-quota's rows of one key (0.42 and 0.93 µs, or 0.87 and 1.05 µs, or 0.65 and 1.07 µs, \
-or 0.43 and 0.95 µs, or 0.61 and 1.02 µs, or 0.81 and 1.01 µs, per pair), so one run says \
+or 0.43 and 0.95 µs, or 0.61 and 1.02 µs, or 0.81 and 1.01 µs, or 0.43 and 1.10 µs, or \
+0.38 and 0.92 µs, per pair), so one run says \
 little of a change to it. With queued waiters, the work per admission stays flat (one timer per key, one wake-up per \
 admission: 4,350 instructions per admission with 10,000 waiters and 4,359 with 10, counted by \
 callgrind before the log packed its entries), but each admission polls the next waiter, queued 10,000 admissions ago: its task, \
