@@ -351,3 +351,42 @@ fn the_short_path_decides_as_the_general_path() {
         }
     }
 }
+
+#[test]
+fn a_compact_call_without_ids_is_refused_and_writes_nothing() {
+    let Some(server) = support::shared() else {
+        return;
+    };
+    let mut connection = server.connection();
+    let shipped = Script::new(SOURCE);
+    let prefix = support::unique_key("compact-empty");
+    let call = Call {
+        max_queue: "-1",
+        sent_within: "100000",
+        span_us: 60_000_000,
+        most: "8",
+        signature: "sig-8",
+        ids: Vec::new(),
+    };
+    let reply = call.run(&shipped, &mut connection, &prefix, true);
+    let Value::SimpleString(error) = reply else {
+        panic!("a compact call without ids is an error reply: {reply:?}");
+    };
+    assert!(error.starts_with("error:"), "{error}");
+    let (members, queue, _) = state(&mut connection, &prefix);
+    assert!(members.is_empty(), "{members:?}");
+    assert!(!queue);
+
+    // With one id, the same call is admitted (a new key: the general path,
+    // through the expansion), and recorded with the signature.
+    let call = Call {
+        ids: vec!["1".to_owned()],
+        ..call
+    };
+    assert_eq!(
+        shape(&call.run(&shipped, &mut connection, &prefix, true), 1),
+        vec![0; 5]
+    );
+    let (members, _, _) = state(&mut connection, &prefix);
+    assert_eq!(members, ["1", "sig-8"]);
+}
