@@ -20,9 +20,12 @@
 //!   the key has room, and returns the wait. The worker then sleeps (on
 //!   tokio's clock) until that instant and sends. The common call (one
 //!   quota, unit costs, no reservations, room for every request of the
-//!   call) is decided on a short path of six Redis commands; a test runs
-//!   the same calls through the script with and without it and compares
-//!   what they decide and write.
+//!   call) goes in a compact form (four keys and seven arguments before
+//!   the requests' ids, instead of five and thirteen: every value costs
+//!   Redis time to read) and is decided on a short path of six Redis
+//!   commands; a test runs the same calls through the script with the
+//!   short path, in the compact form, and without it, in the general
+//!   form, and compares what they decide and write.
 //! - **Exact logs.** Each quota of a key is a sorted set of admissions (one
 //!   member per admission) with a hash beside it for costs other than 1 and
 //!   the running sum (only while an entry costs other than 1: otherwise the
