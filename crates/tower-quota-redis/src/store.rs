@@ -1404,7 +1404,6 @@ impl Drop for Reservation {
 /// every sum at most this, so `HINCRBY` never overflows.
 const MAX_UNITS: i64 = (1 << 53) - 1;
 
-/// `value`, saturated at [`MAX_UNITS`].
 /// `exact_acquire.lua`'s `max_queue`: -1 for none.
 fn max_queue(limits: &Limits) -> i64 {
     limits
@@ -1417,6 +1416,7 @@ fn span(quota: &Quota, margin: Duration) -> i64 {
     micros(quota.window().saturating_add(margin))
 }
 
+/// `value`, saturated at [`MAX_UNITS`].
 fn units(value: u64) -> i64 {
     i64::try_from(value).map_or(MAX_UNITS, |value| value.min(MAX_UNITS))
 }
