@@ -171,6 +171,18 @@ impl Call<'_> {
     }
 }
 
+/// A call of `ids` under a quota of 8 a minute, not strict, no queue bound.
+fn eight_a_minute(ids: Vec<String>) -> Call<'static> {
+    Call {
+        max_queue: "-1",
+        sent_within: "100000",
+        span_us: 60_000_000,
+        most: "8",
+        signature: "sig-8",
+        ids,
+    }
+}
+
 /// A reply of `count` requests: their statuses, queue places and limiting
 /// quotas, with their waits rounded to seconds (the twin calls run
 /// microseconds apart). An empty reply admits every request now.
@@ -290,14 +302,7 @@ fn the_short_path_decides_as_the_general_path() {
     let (a, b) = (format!("a-{suffix}"), format!("b-{suffix}"));
 
     let ids = |from: usize, count: usize| (from..from + count).map(|id| id.to_string()).collect();
-    let call = |ids: Vec<String>| Call {
-        max_queue: "-1",
-        sent_within: "100000",
-        span_us: 60_000_000,
-        most: "8",
-        signature: "sig-8",
-        ids,
-    };
+    let call = eight_a_minute;
     let calls = [
         // A new key: the general path records the signature.
         call(ids(1, 1)),
@@ -360,14 +365,7 @@ fn a_compact_call_without_ids_is_refused_and_writes_nothing() {
     let mut connection = server.connection();
     let shipped = Script::new(SOURCE);
     let prefix = support::unique_key("compact-empty");
-    let call = Call {
-        max_queue: "-1",
-        sent_within: "100000",
-        span_us: 60_000_000,
-        most: "8",
-        signature: "sig-8",
-        ids: Vec::new(),
-    };
+    let call = eight_a_minute(Vec::new());
     let reply = call.run(&shipped, &mut connection, &prefix, true);
     let Value::SimpleString(error) = reply else {
         panic!("a compact call without ids is an error reply: {reply:?}");
@@ -379,10 +377,7 @@ fn a_compact_call_without_ids_is_refused_and_writes_nothing() {
 
     // With one id, the same call is admitted (a new key: the general path,
     // through the expansion), and recorded with the signature.
-    let call = Call {
-        ids: vec!["1".to_owned()],
-        ..call
-    };
+    let call = eight_a_minute(vec!["1".to_owned()]);
     assert_eq!(
         shape(&call.run(&shipped, &mut connection, &prefix, true), 1),
         vec![0; 5]
