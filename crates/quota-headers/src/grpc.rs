@@ -34,11 +34,9 @@ pub enum Pushback {
 /// assert_eq!(grpc_pushback(&HeaderValue::from_static("-1")), Pushback::DoNotRetry);
 /// ```
 pub fn grpc_pushback(value: &HeaderValue) -> Pushback {
-    numbers::header_str(value)
-        .and_then(numbers::parse_u64)
-        .map_or(Pushback::DoNotRetry, |millis| {
-            Pushback::RetryAfter(Duration::from_millis(millis))
-        })
+    numbers::header_u64(value).map_or(Pushback::DoNotRetry, |millis| {
+        Pushback::RetryAfter(Duration::from_millis(millis))
+    })
 }
 
 /// Parses `grpc-status`: a non-negative decimal integer that fits an `i32`.
@@ -50,7 +48,7 @@ pub fn grpc_pushback(value: &HeaderValue) -> Pushback {
 /// assert_eq!(quota_headers::grpc_status(&HeaderValue::from_static("x")), None);
 /// ```
 pub fn grpc_status(value: &HeaderValue) -> Option<i32> {
-    let code = numbers::parse_u64(numbers::header_str(value)?)?;
+    let code = numbers::header_u64(value)?;
     i32::try_from(code).ok()
 }
 

@@ -190,6 +190,12 @@ impl<'a> Found<'a> {
         self.get(slot).and_then(numbers::header_str)
     }
 
+    /// The first value as an integer ([`numbers::header_u64`]).
+    #[inline]
+    pub(crate) fn u64(&self, slot: Slot) -> Option<u64> {
+        self.get(slot).and_then(numbers::header_u64)
+    }
+
     /// All field lines of `slot`'s name, when it has more than one.
     pub(crate) fn all_lines(&self, slot: Slot) -> Option<http::header::GetAll<'a, HeaderValue>> {
         (self.repeated & slot.bit() != 0).then(|| self.headers.get_all(slot.header_name()))

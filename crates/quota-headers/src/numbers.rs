@@ -33,8 +33,14 @@ pub(crate) fn header_str(value: &HeaderValue) -> Option<&str> {
 /// RFC 9110 §5.6.3) around it. Byte by byte: both are ASCII, so every cut
 /// falls on a character boundary.
 pub(crate) fn trim_ows(text: &str) -> &str {
+    let (start, end) = ows_bounds(text.as_bytes());
+    text.get(start..end).unwrap_or_default()
+}
+
+/// Where the bytes between the optional whitespace around `bytes` start
+/// and end.
+fn ows_bounds(bytes: &[u8]) -> (usize, usize) {
     let is_ows = |byte: &u8| matches!(byte, b' ' | b'\t');
-    let bytes = text.as_bytes();
     let start = bytes
         .iter()
         .position(|byte| !is_ows(byte))
@@ -43,17 +49,33 @@ pub(crate) fn trim_ows(text: &str) -> &str {
         .iter()
         .rposition(|byte| !is_ows(byte))
         .map_or(start, |last| last + 1);
-    text.get(start..end).unwrap_or_default()
+    (start, end)
 }
 
 /// `1*DIGIT` as a `u64`; `None` on anything else (sign, dot, empty, overflow).
 pub(crate) fn parse_u64(text: &str) -> Option<u64> {
-    if text.is_empty() {
+    parse_u64_bytes(text.as_bytes())
+}
+
+/// [`parse_u64`] of bytes.
+fn parse_u64_bytes(bytes: &[u8]) -> Option<u64> {
+    if bytes.is_empty() {
         return None;
     }
-    text.bytes().try_fold(0u64, |total, byte| {
+    bytes.iter().try_fold(0u64, |total, &byte| {
         total.checked_mul(10)?.checked_add(u64::from(digit(byte)?))
     })
+}
+
+/// A value that is `1*DIGIT` between optional whitespace, as a `u64`:
+/// `parse_u64(header_str(value)?)`, in one pass over the bytes. Digits and
+/// the whitespace around them are visible ASCII or tabs, so a value that
+/// parses here is one `header_str` accepts, and one it refuses does not
+/// parse.
+pub(crate) fn header_u64(value: &HeaderValue) -> Option<u64> {
+    let bytes = value.as_bytes();
+    let (start, end) = ows_bounds(bytes);
+    parse_u64_bytes(bytes.get(start..end)?)
 }
 
 /// The value of an ASCII digit, `None` for any other byte.
@@ -103,6 +125,11 @@ pub(crate) fn fraction_nanos(fraction: &str, unit_nanos: u128) -> Option<u128> {
 
 /// A nanosecond count as a `Duration`, `None` past `Duration::MAX`.
 pub(crate) fn nanos_to_duration(nanos: u128) -> Option<Duration> {
+    // Up to 584 years the count fits a `u64`, whose division is cheap: the
+    // common case.
+    if let Ok(nanos) = u64::try_from(nanos) {
+        return Some(Duration::from_nanos(nanos));
+    }
     let secs = u64::try_from(nanos / NANOS_PER_SEC).ok()?;
     let subsec = u32::try_from(nanos % NANOS_PER_SEC).ok()?;
     Some(Duration::new(secs, subsec))
@@ -230,6 +257,67 @@ fn epoch_millis(value: Duration, reference: SystemTime) -> Option<Duration> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use proptest::prelude::*;
+
+    proptest! {
+        /// An integer read from the bytes is the integer of the trimmed
+        /// text, for any value: digits, whitespace, signs, obs-text and
+        /// control bytes alike.
+        #[test]
+        fn an_integer_from_bytes_is_the_integer_of_the_text(
+            bytes in proptest::collection::vec(
+                prop_oneof![
+                    Just(b' '), Just(b'\t'), Just(b'+'), Just(b'.'),
+                    b'0'..=b'9', any::<u8>(),
+                ],
+                0..24,
+            ),
+        ) {
+            if let Ok(value) = HeaderValue::from_bytes(&bytes) {
+                prop_assert_eq!(
+                    header_u64(&value),
+                    header_str(&value).and_then(parse_u64)
+                );
+            }
+        }
+    }
+
+    #[test]
+    fn integers_from_bytes() {
+        for (text, expected) in [
+            ("0", Some(0)),
+            (" \t42\t ", Some(42)),
+            ("18446744073709551615", Some(u64::MAX)),
+            ("18446744073709551616", None),
+            ("", None),
+            ("  ", None),
+            ("4 2", None),
+            ("+1", None),
+            ("1.0", None),
+        ] {
+            let value = HeaderValue::from_str(text).expect("a valid header value");
+            assert_eq!(header_u64(&value), expected, "{text:?}");
+        }
+        let obs_text = HeaderValue::from_bytes(b"1\xff").expect("obs-text is allowed");
+        assert_eq!(header_u64(&obs_text), None);
+    }
+
+    #[test]
+    fn nanosecond_counts_on_both_sides_of_u64() {
+        let most = u128::from(u64::MAX);
+        assert_eq!(nanos_to_duration(0), Some(Duration::ZERO));
+        assert_eq!(
+            nanos_to_duration(most),
+            Some(Duration::from_nanos(u64::MAX))
+        );
+        assert_eq!(
+            nanos_to_duration(most + 1),
+            Some(Duration::from_nanos(u64::MAX) + Duration::from_nanos(1))
+        );
+        let max = u128::from(u64::MAX) * NANOS_PER_SEC + 999_999_999;
+        assert_eq!(nanos_to_duration(max), Some(Duration::MAX));
+        assert_eq!(nanos_to_duration(max + 1), None);
+    }
 
     #[test]
     fn decimal_truncates_past_the_nanosecond() {

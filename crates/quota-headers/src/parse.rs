@@ -202,7 +202,7 @@ fn quotas(found: &Found<'_>, reference: &Reference<'_>) -> Vec<QuotaState> {
     // Without a number (limit, remaining, used or a reset) the family gives
     // no quota, whatever labels (resource, bucket, scope) are present.
     if found.any(X_RATE_LIMIT) {
-        quotas.extend(x_rate_limit::quota(found, reference));
+        x_rate_limit::push_quota(found, reference, &mut quotas);
     }
     if found.any(OPENAI) {
         vendors::openai(found, &mut quotas);

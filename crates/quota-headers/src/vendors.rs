@@ -1,5 +1,7 @@
 //! Provider-specific dialects: OpenAI, Anthropic, Shopify.
 
+use std::time::Duration;
+
 use http::HeaderValue;
 
 use crate::names::{self, Found};
@@ -10,13 +12,14 @@ use crate::{QuotaState, Source, go_duration, rfc3339};
 /// Go durations (`6m0s`). A bare number without a unit is read as seconds.
 pub(crate) fn openai(found: &Found<'_>, quotas: &mut Vec<QuotaState>) {
     for (kind, [limit, remaining, reset]) in names::OPENAI {
-        let mut quota = QuotaState::new(Source::OpenAi);
-        quota.limit = found.str(limit).and_then(numbers::parse_u64);
-        quota.remaining = found.str(remaining).and_then(numbers::parse_u64);
-        quota.reset_after = found.str(reset).and_then(|text| {
-            go_duration(text).or_else(|| numbers::parse_decimal(text, NANOS_PER_SECOND))
-        });
-        push_named(quotas, quota, kind, kind);
+        let numbers = Numbers {
+            limit: found.u64(limit),
+            remaining: found.u64(remaining),
+            reset_after: found.str(reset).and_then(|text| {
+                go_duration(text).or_else(|| numbers::parse_decimal(text, NANOS_PER_SECOND))
+            }),
+        };
+        push_named(quotas, Source::OpenAi, numbers, kind, kind);
     }
 }
 
@@ -28,29 +31,49 @@ pub(crate) fn anthropic(
     quotas: &mut Vec<QuotaState>,
 ) {
     for (kind, unit, [limit, remaining, reset]) in names::ANTHROPIC {
-        let mut quota = QuotaState::new(Source::Anthropic);
-        quota.limit = found.str(limit).and_then(numbers::parse_u64);
-        quota.remaining = found.str(remaining).and_then(numbers::parse_u64);
-        quota.reset_after = found
-            .str(reset)
-            .and_then(rfc3339)
-            .map(|instant| numbers::until(instant, reference.get()));
-        push_named(quotas, quota, kind, unit);
+        let numbers = Numbers {
+            limit: found.u64(limit),
+            remaining: found.u64(remaining),
+            reset_after: found
+                .str(reset)
+                .and_then(rfc3339)
+                .map(|instant| numbers::until(instant, reference.get())),
+        };
+        push_named(quotas, Source::Anthropic, numbers, kind, unit);
     }
 }
 
+/// What a vendor's headers say of one of its named quotas.
+struct Numbers {
+    limit: Option<u64>,
+    remaining: Option<u64>,
+    reset_after: Option<Duration>,
+}
+
+/// Adds the quota `name` counting `unit` when its headers said anything of
+/// it, built where it is kept (a quota is 144 bytes, which a move copies).
 fn push_named(
     quotas: &mut Vec<QuotaState>,
-    mut quota: QuotaState,
+    source: Source,
+    Numbers {
+        limit,
+        remaining,
+        reset_after,
+    }: Numbers,
     name: &'static str,
     unit: &'static str,
 ) {
-    if quota.is_empty() {
+    if limit.is_none() && remaining.is_none() && reset_after.is_none() {
         return;
     }
-    quota.name = Some(name.into());
-    quota.unit = Some(unit.into());
-    quotas.push(quota);
+    quotas.push(QuotaState {
+        limit,
+        remaining,
+        reset_after,
+        name: Some(name.into()),
+        unit: Some(unit.into()),
+        ..QuotaState::new(source)
+    });
 }
 
 /// Parses Shopify's `X-Shopify-Shop-Api-Call-Limit: used/limit` (for example

@@ -56,10 +56,15 @@ pub fn decimal_seconds(value: &HeaderValue) -> Option<Duration> {
     numbers::parse_decimal(numbers::header_str(value)?, NANOS_PER_SECOND)
 }
 
-/// The `X-RateLimit-*` family as one quota; Discord when any of its own
-/// headers is present.
-pub(crate) fn quota(found: &Found<'_>, reference: &Reference<'_>) -> Option<QuotaState> {
-    let integer = |slot: Slot| found.str(slot).and_then(numbers::parse_u64);
+/// The `X-RateLimit-*` family as one quota, added to `quotas` when it has a
+/// number; Discord when any of its own headers is present. The quota is
+/// built where it is kept (it is 144 bytes, which a move copies).
+pub(crate) fn push_quota(
+    found: &Found<'_>,
+    reference: &Reference<'_>,
+    quotas: &mut Vec<QuotaState>,
+) {
+    let integer = |slot: Slot| found.u64(slot);
     let label = |slot: Slot| {
         found
             .str(slot)
@@ -73,27 +78,31 @@ pub(crate) fn quota(found: &Found<'_>, reference: &Reference<'_>) -> Option<Quot
         Slot::XRateLimitScope,
     ]));
 
-    let mut quota = QuotaState::new(if is_discord {
-        Source::Discord
-    } else {
-        Source::XRateLimit
-    });
-    quota.limit = integer(Slot::XRateLimitLimit);
-    quota.remaining = integer(Slot::XRateLimitRemaining).or_else(|| {
+    let limit = integer(Slot::XRateLimitLimit);
+    let remaining = integer(Slot::XRateLimitRemaining).or_else(|| {
         let used = integer(Slot::XRateLimitUsed)?;
-        quota.limit?.checked_sub(used)
+        limit?.checked_sub(used)
     });
     // A delay field is preferred over an epoch field: it needs no clock.
-    quota.reset_after = reset_after_header.and_then(decimal_seconds).or_else(|| {
+    let reset_after = reset_after_header.and_then(decimal_seconds).or_else(|| {
         let seconds = decimal_seconds(found.get(Slot::XRateLimitReset)?)?;
         numbers::delta_or_epoch_from(seconds, reference)
     });
-    if quota.is_empty() {
-        return None;
+    if limit.is_none() && remaining.is_none() && reset_after.is_none() {
+        return;
     }
-    quota.partition_key = label(Slot::XRateLimitBucket);
-    quota.name = label(Slot::XRateLimitScope)
-        .or_else(|| label(Slot::XRateLimitResource))
-        .map(Into::into);
-    Some(quota)
+    quotas.push(QuotaState {
+        limit,
+        remaining,
+        reset_after,
+        partition_key: label(Slot::XRateLimitBucket),
+        name: label(Slot::XRateLimitScope)
+            .or_else(|| label(Slot::XRateLimitResource))
+            .map(Into::into),
+        ..QuotaState::new(if is_discord {
+            Source::Discord
+        } else {
+            Source::XRateLimit
+        })
+    });
 }
