@@ -7,10 +7,11 @@ use std::future::Future;
 use std::io;
 use std::pin::Pin;
 use std::sync::Arc;
-use std::task::{Context, Poll};
+use std::task::{Context, Poll, Waker};
 
 use bytes::Bytes;
 use http::Extensions;
+use http_body::Body as _;
 use reqwest::Url;
 use reqwest_middleware::Next;
 use tower::Service;
@@ -42,16 +43,54 @@ pub(crate) enum OriginalBody {
 }
 
 impl OriginalBody {
-    pub(crate) fn of(body: Option<&reqwest::Body>) -> Self {
-        match body {
-            None => OriginalBody::None,
-            Some(body) => match body.as_bytes() {
-                Some(bytes) => OriginalBody::Bytes(Bytes::copy_from_slice(bytes)),
-                None => OriginalBody::Streaming,
-            },
+    /// The body of `request`, kept for every attempt. An in-memory body's
+    /// bytes are shared with the request, not copied: a request of a
+    /// megabyte costs no second megabyte while it is in flight.
+    ///
+    /// # Errors
+    ///
+    /// When an in-memory body does not give its bytes at once, which
+    /// reqwest's never fails to (checked by this crate's tests).
+    pub(crate) fn take(request: &mut reqwest::Request) -> Result<Self, BodyNotInMemory> {
+        let Some(body) = request.body_mut() else {
+            return Ok(OriginalBody::None);
+        };
+        let Some(len) = body.as_bytes().map(<[u8]>::len) else {
+            return Ok(OriginalBody::Streaming);
+        };
+        // In memory, the body is its bytes: its first frame is all of
+        // them, a clone of the buffer, ready at once.
+        let bytes = if len == 0 {
+            Bytes::new()
+        } else {
+            let mut cx = Context::from_waker(Waker::noop());
+            match Pin::new(&mut *body).poll_frame(&mut cx) {
+                Poll::Ready(Some(Ok(frame))) => frame.into_data().map_err(|_| BodyNotInMemory)?,
+                _ => return Err(BodyNotInMemory),
+            }
+        };
+        if bytes.len() != len {
+            return Err(BodyNotInMemory);
         }
+        // The request keeps them too, for the conversion to `http` (and the
+        // layers' view of its length).
+        *body = reqwest::Body::from(bytes.clone());
+        Ok(OriginalBody::Bytes(bytes))
     }
 }
+
+/// An in-memory request body did not give its bytes at once (see
+/// [`OriginalBody::take`]).
+#[derive(Debug)]
+pub(crate) struct BodyNotInMemory;
+
+impl fmt::Display for BodyNotInMemory {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("tower-quota-reqwest: an in-memory request body did not give its bytes at once")
+    }
+}
+
+impl StdError for BodyNotInMemory {}
 
 /// What an attempt hands back beside its response, in the response's
 /// extensions: the final URL (after reqwest's redirects) and the
@@ -211,4 +250,61 @@ fn layer_error(error: BoxError) -> anyhow::Error {
     }
     as_concrete!(error: Overloaded, CostTooLarge, ConflictingQuotas, GateClosed, ReplayError);
     anyhow::Error::from_boxed(error)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn post(body: Option<reqwest::Body>) -> reqwest::Request {
+        let url = Url::parse("https://api.example.com/v1/items").expect("a valid URL");
+        let mut request = reqwest::Request::new(http::Method::POST, url);
+        *request.body_mut() = body;
+        request
+    }
+
+    #[test]
+    fn an_in_memory_body_is_shared_not_copied() {
+        let bytes = Bytes::from(vec![7u8; 64 * 1024]);
+        let mut request = post(Some(reqwest::Body::from(bytes.clone())));
+        let Ok(OriginalBody::Bytes(kept)) = OriginalBody::take(&mut request) else {
+            panic!("an in-memory body is kept as bytes");
+        };
+        assert_eq!(kept, bytes);
+        assert_eq!(kept.as_ptr(), bytes.as_ptr(), "the same buffer, not a copy");
+        let left = request.body().and_then(reqwest::Body::as_bytes);
+        assert_eq!(left.map(<[u8]>::as_ptr), Some(bytes.as_ptr()));
+        assert_eq!(left.map(<[u8]>::len), Some(bytes.len()));
+    }
+
+    #[test]
+    fn empty_missing_and_streaming_bodies() {
+        let mut empty = post(Some(reqwest::Body::from(Bytes::new())));
+        assert!(
+            matches!(OriginalBody::take(&mut empty), Ok(OriginalBody::Bytes(kept)) if kept.is_empty())
+        );
+        assert_eq!(
+            empty.body().and_then(reqwest::Body::as_bytes),
+            Some(&[][..])
+        );
+
+        let mut none = post(None);
+        assert!(matches!(
+            OriginalBody::take(&mut none),
+            Ok(OriginalBody::None)
+        ));
+        assert!(none.body().is_none());
+
+        let stream = http_body_util::Full::new(Bytes::from_static(b"streamed"));
+        let mut streaming = post(Some(reqwest::Body::wrap(stream)));
+        assert!(matches!(
+            OriginalBody::take(&mut streaming),
+            Ok(OriginalBody::Streaming)
+        ));
+        assert!(
+            streaming
+                .body()
+                .is_some_and(|body| body.as_bytes().is_none())
+        );
+    }
 }

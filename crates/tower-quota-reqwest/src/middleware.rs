@@ -151,12 +151,13 @@ where
 {
     async fn handle(
         &self,
-        request: reqwest::Request,
+        mut request: reqwest::Request,
         extensions: &mut Extensions,
         next: Next<'_>,
     ) -> reqwest_middleware::Result<reqwest::Response> {
         let url = request.url().clone();
-        let body = OriginalBody::of(request.body());
+        let body = OriginalBody::take(&mut request)
+            .map_err(|error| reqwest_middleware::Error::Middleware(error.into()))?;
         let request = http::Request::<reqwest::Body>::try_from(request)?;
         let chain = ChainService::new(next, extensions.clone(), body);
         let stack = ServiceBuilder::new()
