@@ -114,6 +114,39 @@ impl QuotaState {
         }
     }
 
+    /// Adds to `quotas` the quota of `numbers` reported by `source`, when
+    /// they say anything, with the labels `labels` gives. It is built where
+    /// it is kept: a quota is 144 bytes, which each move copies.
+    pub(crate) fn push_counted(
+        quotas: &mut Vec<QuotaState>,
+        source: Source,
+        Counted {
+            limit,
+            remaining,
+            reset_after,
+        }: Counted,
+        labels: impl FnOnce() -> Labels,
+    ) {
+        if limit.is_none() && remaining.is_none() && reset_after.is_none() {
+            return;
+        }
+        let Labels {
+            name,
+            unit,
+            partition_key,
+        } = labels();
+        quotas.push(QuotaState {
+            limit,
+            remaining,
+            reset_after,
+            window: None,
+            partition_key,
+            name,
+            unit,
+            source,
+        });
+    }
+
     /// `true` when no field besides `source` (and labels) carries a number.
     pub(crate) fn is_empty(&self) -> bool {
         self.limit.is_none()
@@ -121,6 +154,21 @@ impl QuotaState {
             && self.reset_after.is_none()
             && self.window.is_none()
     }
+}
+
+/// What a dialect's headers count of one quota.
+pub(crate) struct Counted {
+    pub(crate) limit: Option<u64>,
+    pub(crate) remaining: Option<u64>,
+    pub(crate) reset_after: Option<Duration>,
+}
+
+/// What names one quota.
+#[derive(Default)]
+pub(crate) struct Labels {
+    pub(crate) name: Option<Cow<'static, str>>,
+    pub(crate) unit: Option<Cow<'static, str>>,
+    pub(crate) partition_key: Option<String>,
 }
 
 /// The header or header family a value came from.

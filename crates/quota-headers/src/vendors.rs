@@ -1,25 +1,24 @@
 //! Provider-specific dialects: OpenAI, Anthropic, Shopify.
 
-use std::time::Duration;
-
 use http::HeaderValue;
 
 use crate::names::{self, Found};
 use crate::numbers::{self, NANOS_PER_SECOND, Reference};
+use crate::signal::{Counted, Labels};
 use crate::{QuotaState, Source, go_duration, rfc3339};
 
 /// OpenAI: `x-ratelimit-{limit,remaining,reset}-{requests,tokens}`, resets as
 /// Go durations (`6m0s`). A bare number without a unit is read as seconds.
 pub(crate) fn openai(found: &Found<'_>, quotas: &mut Vec<QuotaState>) {
     for (kind, [limit, remaining, reset]) in names::OPENAI {
-        let numbers = Numbers {
+        let counted = Counted {
             limit: found.u64(limit),
             remaining: found.u64(remaining),
             reset_after: found.str(reset).and_then(|text| {
                 go_duration(text).or_else(|| numbers::parse_decimal(text, NANOS_PER_SECOND))
             }),
         };
-        push_named(quotas, Source::OpenAi, numbers, kind, kind);
+        QuotaState::push_counted(quotas, Source::OpenAi, counted, || named(kind, kind));
     }
 }
 
@@ -31,7 +30,7 @@ pub(crate) fn anthropic(
     quotas: &mut Vec<QuotaState>,
 ) {
     for (kind, unit, [limit, remaining, reset]) in names::ANTHROPIC {
-        let numbers = Numbers {
+        let counted = Counted {
             limit: found.u64(limit),
             remaining: found.u64(remaining),
             reset_after: found
@@ -39,41 +38,17 @@ pub(crate) fn anthropic(
                 .and_then(rfc3339)
                 .map(|instant| numbers::until(instant, reference.get())),
         };
-        push_named(quotas, Source::Anthropic, numbers, kind, unit);
+        QuotaState::push_counted(quotas, Source::Anthropic, counted, || named(kind, unit));
     }
 }
 
-/// What a vendor's headers say of one of its named quotas.
-struct Numbers {
-    limit: Option<u64>,
-    remaining: Option<u64>,
-    reset_after: Option<Duration>,
-}
-
-/// Adds the quota `name` counting `unit` when its headers said anything of
-/// it, built where it is kept (a quota is 144 bytes, which a move copies).
-fn push_named(
-    quotas: &mut Vec<QuotaState>,
-    source: Source,
-    Numbers {
-        limit,
-        remaining,
-        reset_after,
-    }: Numbers,
-    name: &'static str,
-    unit: &'static str,
-) {
-    if limit.is_none() && remaining.is_none() && reset_after.is_none() {
-        return;
-    }
-    quotas.push(QuotaState {
-        limit,
-        remaining,
-        reset_after,
+/// The labels of a vendor's quota `name`, counting `unit`.
+fn named(name: &'static str, unit: &'static str) -> Labels {
+    Labels {
         name: Some(name.into()),
         unit: Some(unit.into()),
-        ..QuotaState::new(source)
-    });
+        partition_key: None,
+    }
 }
 
 /// Parses Shopify's `X-Shopify-Shop-Api-Call-Limit: used/limit` (for example

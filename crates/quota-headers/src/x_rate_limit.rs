@@ -6,6 +6,7 @@ use http::HeaderValue;
 
 use crate::names::{Found, Slot};
 use crate::numbers::{self, NANOS_PER_SECOND, Reference};
+use crate::signal::{Counted, Labels};
 use crate::{QuotaState, Source};
 
 /// Parses a reset given in seconds that may be a delta or a Unix epoch
@@ -88,21 +89,21 @@ pub(crate) fn push_quota(
         let seconds = decimal_seconds(found.get(Slot::XRateLimitReset)?)?;
         numbers::delta_or_epoch_from(seconds, reference)
     });
-    if limit.is_none() && remaining.is_none() && reset_after.is_none() {
-        return;
-    }
-    quotas.push(QuotaState {
+    let source = if is_discord {
+        Source::Discord
+    } else {
+        Source::XRateLimit
+    };
+    let counted = Counted {
         limit,
         remaining,
         reset_after,
-        partition_key: label(Slot::XRateLimitBucket),
+    };
+    QuotaState::push_counted(quotas, source, counted, || Labels {
         name: label(Slot::XRateLimitScope)
             .or_else(|| label(Slot::XRateLimitResource))
             .map(Into::into),
-        ..QuotaState::new(if is_discord {
-            Source::Discord
-        } else {
-            Source::XRateLimit
-        })
+        unit: None,
+        partition_key: label(Slot::XRateLimitBucket),
     });
 }
