@@ -114,15 +114,78 @@ pub(crate) struct ChainService<'a> {
     /// The extensions the chain was called with; every attempt gets its own
     /// copy, since an attempt's middlewares may change them.
     extensions: Arc<Extensions>,
+    original: Arc<Original>,
+}
+
+/// What every attempt of one logical request starts from.
+pub(crate) struct Original {
+    /// The request as reqwest made it, without its headers and body (each
+    /// attempt brings its own): its URL, method, version and extensions
+    /// (reqwest keeps a request's timeout there).
+    template: Option<reqwest::Request>,
+    /// The URI the request had as an `http` request: an attempt with the
+    /// same one gets the template's URL, not a URL parsed from it again.
+    uri: http::Uri,
     body: OriginalBody,
 }
 
+impl Original {
+    /// Splits `request` into what its attempts start from and the `http`
+    /// request the layers see.
+    pub(crate) fn split(
+        mut request: reqwest::Request,
+        body: OriginalBody,
+    ) -> reqwest::Result<(Self, http::Request<reqwest::Body>)> {
+        let headers = std::mem::take(request.headers_mut());
+        let kept_body = request.body_mut().take();
+        // Without a body, a request can always be copied.
+        let template = request.try_clone();
+        *request.headers_mut() = headers;
+        *request.body_mut() = kept_body;
+        let request = http::Request::<reqwest::Body>::try_from(request)?;
+        let original = Original {
+            template,
+            uri: request.uri().clone(),
+            body,
+        };
+        Ok((original, request))
+    }
+
+    /// Attempt `request` as a reqwest request: a copy of the template with
+    /// the attempt's headers and body, or, if a layer changed the URI (none
+    /// of this crate's does), the attempt converted whole.
+    fn attempt(&self, request: AttemptRequest) -> reqwest::Result<reqwest::Request> {
+        let (parts, attempt_body) = request.into_parts();
+        let body = match &self.body {
+            OriginalBody::None => None,
+            OriginalBody::Bytes(bytes) => Some(reqwest::Body::from(bytes.clone())),
+            OriginalBody::Streaming => Some(reqwest::Body::wrap(attempt_body)),
+        };
+        let copy = self
+            .template
+            .as_ref()
+            .filter(|_| parts.uri == self.uri)
+            .and_then(reqwest::Request::try_clone);
+        let mut attempt = match copy {
+            Some(mut attempt) => {
+                *attempt.method_mut() = parts.method;
+                *attempt.version_mut() = parts.version;
+                *attempt.headers_mut() = parts.headers;
+                attempt
+            }
+            None => reqwest::Request::try_from(http::Request::from_parts(parts, Bytes::new()))?,
+        };
+        *attempt.body_mut() = body;
+        Ok(attempt)
+    }
+}
+
 impl<'a> ChainService<'a> {
-    pub(crate) fn new(next: Next<'a>, extensions: Extensions, body: OriginalBody) -> Self {
+    pub(crate) fn new(next: Next<'a>, extensions: Extensions, original: Original) -> Self {
         ChainService {
             next,
             extensions: Arc::new(extensions),
-            body,
+            original: Arc::new(original),
         }
     }
 }
@@ -147,19 +210,7 @@ impl<'a> Service<AttemptRequest> for ChainService<'a> {
     fn call(&mut self, request: AttemptRequest) -> Self::Future {
         let next = self.next.clone();
         let extensions = Arc::clone(&self.extensions);
-        let request = match &self.body {
-            OriginalBody::None => {
-                reqwest::Request::try_from(request.map(|_| Bytes::new())).map(|mut request| {
-                    *request.body_mut() = None;
-                    request
-                })
-            }
-            OriginalBody::Bytes(bytes) => {
-                let bytes = bytes.clone();
-                reqwest::Request::try_from(request.map(|_| bytes))
-            }
-            OriginalBody::Streaming => reqwest::Request::try_from(request.map(reqwest::Body::wrap)),
-        };
+        let request = self.original.attempt(request);
         Box::pin(async move {
             let request = request.map_err(|error| ChainError::new(error.into()))?;
             let mut extensions = Extensions::clone(&extensions);
@@ -177,12 +228,6 @@ impl<'a> Service<AttemptRequest> for ChainService<'a> {
     }
 }
 
-/// An error of the rest of the chain, carried through the layers so that
-/// [`into_middleware_error`] hands it back to the caller unchanged.
-///
-/// Its source chain tells the layers' classifier what kind of failure it
-/// was: reqwest's timeouts and connect errors are transient (retried), as
-/// the same failures of any other client are.
 pub(crate) struct ChainError {
     error: reqwest_middleware::Error,
     kind: Option<io::Error>,

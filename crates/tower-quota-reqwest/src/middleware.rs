@@ -13,7 +13,9 @@ use tower_quota::{
     UnitCost, UsageFn,
 };
 
-use crate::chain::{AttemptRequest, ChainService, Forwarded, OriginalBody, into_middleware_error};
+use crate::chain::{
+    AttemptRequest, ChainService, Forwarded, Original, OriginalBody, into_middleware_error,
+};
 
 /// The pacing layer of [`QuotaMiddleware::new`]: one quota per host, with
 /// feedback from the provider's answers.
@@ -158,8 +160,8 @@ where
         let url = request.url().clone();
         let body = OriginalBody::take(&mut request)
             .map_err(|error| reqwest_middleware::Error::Middleware(error.into()))?;
-        let request = http::Request::<reqwest::Body>::try_from(request)?;
-        let chain = ChainService::new(next, extensions.clone(), body);
+        let (original, request) = Original::split(request, body)?;
+        let chain = ChainService::new(next, extensions.clone(), original);
         let stack = ServiceBuilder::new()
             .layer(self.backoff.clone())
             .layer(self.retry_after.clone())

@@ -55,6 +55,84 @@ impl Middleware for ReadMark {
     }
 }
 
+/// What one attempt looked like to the middlewares after this crate's.
+#[derive(Debug, Clone, PartialEq)]
+struct Seen {
+    method: http::Method,
+    url: String,
+    version: http::Version,
+    header: Option<http::HeaderValue>,
+    timeout: Option<Duration>,
+    body: Option<Vec<u8>>,
+}
+
+/// Records every attempt that reaches it.
+#[derive(Clone, Default)]
+struct RecordAttempts(Arc<std::sync::Mutex<Vec<Seen>>>);
+
+#[async_trait::async_trait]
+impl Middleware for RecordAttempts {
+    async fn handle(
+        &self,
+        request: reqwest::Request,
+        extensions: &mut Extensions,
+        next: Next<'_>,
+    ) -> reqwest_middleware::Result<reqwest::Response> {
+        self.0.lock().unwrap().push(Seen {
+            method: request.method().clone(),
+            url: request.url().to_string(),
+            version: request.version(),
+            header: request.headers().get("x-tenant").cloned(),
+            timeout: request.timeout().copied(),
+            body: request
+                .body()
+                .and_then(reqwest::Body::as_bytes)
+                .map(<[u8]>::to_vec),
+        });
+        next.run(request, extensions).await
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_attempt_is_the_request_as_the_caller_made_it() {
+    let server = provider(
+        100,
+        Duration::from_secs(1),
+        Some(Scripted::new(1, StatusCode::SERVICE_UNAVAILABLE)),
+    )
+    .await;
+    let attempts = RecordAttempts::default();
+    let client = ClientBuilder::new(reqwest_client())
+        .with(QuotaMiddleware::new(100, Duration::from_secs(1)).unwrap())
+        .with(attempts.clone())
+        .build();
+    let url = format!("{}/v1/items/1?page=2&sort=name#top", server.url());
+
+    let response = client
+        .put(&url)
+        .header("x-tenant", "acme")
+        .timeout(Duration::from_secs(7))
+        .body(r#"{"name":"widget"}"#)
+        .send()
+        .await
+        .unwrap();
+
+    assert_eq!(response.status(), StatusCode::OK);
+    let seen = attempts.0.lock().unwrap().clone();
+    let expected = Seen {
+        method: http::Method::PUT,
+        url: reqwest::Url::parse(&url).unwrap().to_string(),
+        version: http::Version::HTTP_11,
+        header: Some(http::HeaderValue::from_static("acme")),
+        timeout: Some(Duration::from_secs(7)),
+        body: Some(br#"{"name":"widget"}"#.to_vec()),
+    };
+    // A 503, then the same request again.
+    assert_eq!(seen, vec![expected.clone(), expected]);
+    assert_eq!(server.stats().total, 2);
+    server.shutdown().await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn middlewares_after_it_run_once_per_attempt() {
     let server = provider(
