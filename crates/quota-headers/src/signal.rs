@@ -114,9 +114,10 @@ impl QuotaState {
         }
     }
 
-    /// Adds to `quotas` the quota of `numbers` reported by `source`, when
-    /// they say anything, with the labels `labels` gives. It is built where
-    /// it is kept: a quota is 144 bytes, which each move copies.
+    /// Adds to `quotas` the quota `source` reports with the counts
+    /// `counted`, when they say anything, with the labels `labels` gives
+    /// then. It is built where it is kept: a quota is 144 bytes, which each
+    /// move copies.
     pub(crate) fn push_counted(
         quotas: &mut Vec<QuotaState>,
         source: Source,
@@ -164,7 +165,6 @@ pub(crate) struct Counted {
 }
 
 /// What names one quota.
-#[derive(Default)]
 pub(crate) struct Labels {
     pub(crate) name: Option<Cow<'static, str>>,
     pub(crate) unit: Option<Cow<'static, str>>,

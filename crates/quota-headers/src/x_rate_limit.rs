@@ -58,14 +58,12 @@ pub fn decimal_seconds(value: &HeaderValue) -> Option<Duration> {
 }
 
 /// The `X-RateLimit-*` family as one quota, added to `quotas` when it has a
-/// number; Discord when any of its own headers is present. The quota is
-/// built where it is kept (it is 144 bytes, which a move copies).
+/// number; Discord when any of its own headers is present.
 pub(crate) fn push_quota(
     found: &Found<'_>,
     reference: &Reference<'_>,
     quotas: &mut Vec<QuotaState>,
 ) {
-    let integer = |slot: Slot| found.u64(slot);
     let label = |slot: Slot| {
         found
             .str(slot)
@@ -79,9 +77,9 @@ pub(crate) fn push_quota(
         Slot::XRateLimitScope,
     ]));
 
-    let limit = integer(Slot::XRateLimitLimit);
-    let remaining = integer(Slot::XRateLimitRemaining).or_else(|| {
-        let used = integer(Slot::XRateLimitUsed)?;
+    let limit = found.u64(Slot::XRateLimitLimit);
+    let remaining = found.u64(Slot::XRateLimitRemaining).or_else(|| {
+        let used = found.u64(Slot::XRateLimitUsed)?;
         limit?.checked_sub(used)
     });
     // A delay field is preferred over an epoch field: it needs no clock.

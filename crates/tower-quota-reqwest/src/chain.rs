@@ -228,6 +228,12 @@ impl<'a> Service<AttemptRequest> for ChainService<'a> {
     }
 }
 
+/// An error of the rest of the chain, carried through the layers so that
+/// [`into_middleware_error`] hands it back to the caller unchanged.
+///
+/// Its source chain tells the layers' classifier what kind of failure it
+/// was: reqwest's timeouts and connect errors are transient (retried), as
+/// the same failures of any other client are.
 pub(crate) struct ChainError {
     error: reqwest_middleware::Error,
     kind: Option<io::Error>,
