@@ -52,7 +52,9 @@
 //! it. The layers are built once (in [`QuotaMiddleware::new`]) and hold all
 //! the shared state behind `Arc`s; per request, `handle` stacks them around
 //! a short-lived innermost service that sends each attempt with a clone of
-//! `Next`. That costs a few reference counts per request, and the stack's
+//! `Next`. That costs a few reference counts and allocations per request
+//! (`quota-bench`'s `reqwest_overhead` example measures the middleware
+//! without a network: about 3 µs per request on a 2-vCPU VM), and the stack's
 //! future borrows `Next`, which is fine because tower-quota's layers never
 //! spawn: the whole stack runs inside `handle`'s future.
 //!
@@ -66,7 +68,8 @@
 //!
 //! - an in-memory body (`.body(String)`, `.json(..)`, `Bytes`, ...) is sent
 //!   again from its bytes, and stays a body reqwest can clone and knows the
-//!   length of;
+//!   length of; its bytes are shared by the request and every attempt, not
+//!   copied;
 //! - a streaming body (`Body::wrap_stream`, a file) is buffered by the
 //!   layers' [`ReplayBody`](tower_quota::replay::ReplayBody) while the first
 //!   attempt sends it, and replayed from that buffer.
