@@ -8,13 +8,23 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
 use http::{Extensions, StatusCode};
-use quota_mock::Scripted;
+use quota_mock::{MockServer, Scripted};
 use reqwest_middleware::{ClientBuilder, Middleware, Next};
 use tower_quota::sliding_window::Overloaded;
 use tower_quota::{HostKey, HttpFeedback, JitterBackoffLayer, SlidingWindowLayer};
 use tower_quota_reqwest::QuotaMiddleware;
 
 use support::{client_with, provider, reqwest_client};
+
+/// A provider of 100 requests a second whose first answer is a 503.
+async fn failing_once() -> MockServer {
+    provider(
+        100,
+        Duration::from_secs(1),
+        Some(Scripted::new(1, StatusCode::SERVICE_UNAVAILABLE)),
+    )
+    .await
+}
 
 /// Counts the attempts that reach it, and leaves a mark in the extensions.
 #[derive(Clone, Default)]
@@ -95,12 +105,7 @@ impl Middleware for RecordAttempts {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn every_attempt_is_the_request_as_the_caller_made_it() {
-    let server = provider(
-        100,
-        Duration::from_secs(1),
-        Some(Scripted::new(1, StatusCode::SERVICE_UNAVAILABLE)),
-    )
-    .await;
+    let server = failing_once().await;
     let attempts = RecordAttempts::default();
     let client = ClientBuilder::new(reqwest_client())
         .with(QuotaMiddleware::new(100, Duration::from_secs(1)).unwrap())
@@ -135,12 +140,7 @@ async fn every_attempt_is_the_request_as_the_caller_made_it() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn middlewares_after_it_run_once_per_attempt() {
-    let server = provider(
-        100,
-        Duration::from_secs(1),
-        Some(Scripted::new(1, StatusCode::SERVICE_UNAVAILABLE)),
-    )
-    .await;
+    let server = failing_once().await;
     let attempts = CountAttempts::default();
     let mark = ReadMark::default();
     let client = ClientBuilder::new(reqwest_client())
