@@ -151,6 +151,15 @@ impl Original {
         Ok((original, request))
     }
 
+    /// The URL the caller asked for: a response that did not come back
+    /// through the chain (none does in this crate's stack) keeps it.
+    pub(crate) fn url(&self) -> Option<Url> {
+        match &self.template {
+            Some(template) => Some(template.url().clone()),
+            None => Url::parse(&self.uri.to_string()).ok(),
+        }
+    }
+
     /// Attempt `request` as a reqwest request: a copy of the template with
     /// the attempt's headers and body, or, if a layer changed the URI (none
     /// of this crate's does), the attempt converted whole.
@@ -181,11 +190,11 @@ impl Original {
 }
 
 impl<'a> ChainService<'a> {
-    pub(crate) fn new(next: Next<'a>, extensions: Extensions, original: Original) -> Self {
+    pub(crate) fn new(next: Next<'a>, extensions: Extensions, original: Arc<Original>) -> Self {
         ChainService {
             next,
             extensions: Arc::new(extensions),
-            original: Arc::new(original),
+            original,
         }
     }
 }

@@ -1,6 +1,7 @@
 //! [`QuotaMiddleware`]: the layers, built once, run per request.
 
 use std::fmt;
+use std::sync::Arc;
 use std::time::Duration;
 
 use http::Extensions;
@@ -157,11 +158,11 @@ where
         extensions: &mut Extensions,
         next: Next<'_>,
     ) -> reqwest_middleware::Result<reqwest::Response> {
-        let url = request.url().clone();
         let body = OriginalBody::take(&mut request)
             .map_err(|error| reqwest_middleware::Error::Middleware(error.into()))?;
         let (original, request) = Original::split(request, body)?;
-        let chain = ChainService::new(next, extensions.clone(), original);
+        let original = Arc::new(original);
+        let chain = ChainService::new(next, extensions.clone(), Arc::clone(&original));
         let stack = ServiceBuilder::new()
             .layer(self.backoff.clone())
             .layer(self.retry_after.clone())
@@ -177,13 +178,13 @@ where
             Some(forwarded) => {
                 // What the middlewares after this one left for those before it.
                 extensions.extend(forwarded.extensions);
-                forwarded.url
+                Some(forwarded.url)
             }
-            None => url,
+            None => original.url(),
         };
         // reqwest keeps a response's URL in a private extension that only
         // its response builder sets.
-        if let Ok(with_url) = http::Response::builder().url(url).body(()) {
+        if let Some(Ok(with_url)) = url.map(|url| http::Response::builder().url(url).body(())) {
             parts.extensions.extend(with_url.into_parts().0.extensions);
         }
         Ok(reqwest::Response::from(http::Response::from_parts(
