@@ -16,8 +16,9 @@
 //!   two tasks sending to hosts of their own (with one task alone for
 //!   reference).
 //! - `stack_noop_http`: the whole stack over a no-op HTTP service:
-//!   `JitterBackoff → RetryAfter → SlidingWindow` against tower's
-//!   `RateLimit → Retry`.
+//!   `JitterBackoff → RetryAfter → SlidingWindow` and the README stack
+//!   against tower's `RateLimit → Retry`, and the least the README stack's
+//!   four jobs do (`support/least_stack.rs`) for reference.
 //! - `queued_waiters`: one key with N waiters always queued, on a paused
 //!   clock: the cost of one admission and the wake-up of the next waiter;
 //!   beside it, N tasks taking turns at one permit of a tokio `Semaphore`:
@@ -53,6 +54,8 @@ use tower_resilience::ratelimiter::{RateLimiterLayer, WindowType};
 mod fixtures;
 #[path = "support/least.rs"]
 mod least;
+#[path = "support/least_stack.rs"]
+mod least_stack;
 #[path = "../src/poll.rs"]
 mod poll;
 mod support;
@@ -546,6 +549,19 @@ fn stack_noop_http(c: &mut Criterion) {
             admit(&mut stack, request()).expect("response")
         });
     }
+
+    // The least the README stack's four jobs do (`benches/support/least_stack.rs`),
+    // over the same service answering 200 without headers.
+    let mut least = least_stack::least_stack(
+        service_fn(|_: Request<Empty<Bytes>>| {
+            ready(Ok::<_, Infallible>(Response::new(Empty::<Bytes>::new())))
+        }),
+        HUGE as usize,
+        LOG_WINDOW,
+    );
+    row(&mut group, GROUP, "least_readme_stack", || {
+        admit(&mut least, request()).expect("response")
+    });
 
     // `Retry` needs a `Clone` inner service and `RateLimit` is not one: below
     // `Retry` it would need a `Buffer`. Outside `Retry` (retries not paced)

@@ -30,7 +30,9 @@
 //!   host with `HttpFeedback`) over a service that answers 200 without
 //!   headers, one GET per iteration;
 //! - `openai`: the same stack, its service answering with an OpenAI-style
-//!   set of eight headers, five of them rate-limit fields.
+//!   set of eight headers, five of them rate-limit fields;
+//! - `least`: the least the same four jobs do (`benches/support/least_stack.rs`),
+//!   as `stack`.
 //!
 //! Quotas are huge and the window is 1 ms, so no admission waits and the
 //! logs stay small. Under callgrind the program runs some fifty times
@@ -56,6 +58,11 @@ use tower_quota::{
 
 #[path = "../src/fixtures.rs"]
 mod fixtures;
+#[path = "../benches/support/least.rs"]
+#[allow(dead_code)]
+mod least;
+#[path = "../benches/support/least_stack.rs"]
+mod least_stack;
 #[path = "../src/poll.rs"]
 mod poll;
 
@@ -119,6 +126,20 @@ fn main() -> Result<(), tower_quota::BoxError> {
                         ready(Ok::<_, Infallible>(response))
                     },
                 ));
+            let uri: http::Uri = "http://api.example.com/v1/items".parse()?;
+            for _ in 0..iterations {
+                let request = Request::get(uri.clone()).body(Empty::<Bytes>::new())?;
+                admit(&mut stack, request)?;
+            }
+        }
+        "least" => {
+            let mut stack = least_stack::least_stack(
+                service_fn(|_: Request<Empty<Bytes>>| {
+                    ready(Ok::<_, Infallible>(Response::new(Empty::<Bytes>::new())))
+                }),
+                1 << 40,
+                Duration::from_millis(1),
+            );
             let uri: http::Uri = "http://api.example.com/v1/items".parse()?;
             for _ in 0..iterations {
                 let request = Request::get(uri.clone()).body(Empty::<Bytes>::new())?;

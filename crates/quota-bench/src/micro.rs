@@ -163,6 +163,10 @@ const GROUPS: [Group; 5] = [
                 "the README stack, OpenAI-style response (8 headers, 5 of them rate-limit fields)",
             ),
             (
+                "least_readme_stack",
+                "reference: the least the README stack's four jobs do, response without headers (`benches/support/least_stack.rs`)",
+            ),
+            (
                 "tower_retry_rate_limit",
                 "tower `RateLimit → Retry` (policy with `TpsBudget`)",
             ),
@@ -453,6 +457,28 @@ pub(crate) fn run() -> Result<(), BoxError> {
                  tower-quota {:.1}× that.",
                 ns(least),
                 least / governor,
+                ours / least,
+            )?;
+        }
+        if let (Some(least), Some(tower), Some(ours)) = (
+            get("stack_noop_http", "least_readme_stack"),
+            get("stack_noop_http", "tower_retry_rate_limit"),
+            get("stack_noop_http", "readme_stack_no_headers"),
+        ) {
+            writeln!(
+                body,
+                "The README stack: the least its four layers do, each only its job's essential \
+                 work (a copy of the request kept by each of the two that send it again, \
+                 backoff and Retry-After; a map of hosts behind a lock in each of the three \
+                 keyed ones, breaker, Retry-After and pacing, looked up when the request goes \
+                 and when its answer comes, the Retry-After gate's only when the answer says \
+                 something; an exact log with its slot held a window past the answer; the \
+                 answer's rate-limit headers read; tower's `TpsBudget`; nothing allocated), \
+                 takes {} ({:.1}× tower's `RateLimit → Retry`, {:.1}× the stack \
+                 goal's cost). tower-quota's README stack takes {:.1}× that.",
+                ns(least),
+                least / tower,
+                least / (2.0 * tower),
                 ours / least,
             )?;
         }

@@ -40,7 +40,7 @@ pub(crate) struct LeastKeyedLog {
 }
 
 #[derive(Default)]
-struct Log {
+pub(crate) struct Log {
     entries: VecDeque<Entry>,
     next_id: u64,
 }
@@ -57,7 +57,12 @@ const UNANSWERED: Duration = Duration::from_millis(100);
 impl Log {
     /// Admits one request at `now` if the window has room: its id, or
     /// `None`.
-    fn admit(&mut self, now: Instant, max_calls: usize, window: Duration) -> Option<u64> {
+    pub(crate) fn admit(
+        &mut self,
+        now: Instant,
+        max_calls: usize,
+        window: Duration,
+    ) -> Option<u64> {
         while self.entries.front().is_some_and(|entry| entry.until <= now) {
             self.entries.pop_front();
         }
@@ -78,7 +83,7 @@ impl Log {
     /// for one task that waits for each answer), so the search starts from
     /// the back. An entry answered out of turn leaves no earlier than the
     /// ones before it, when they leave: later than it could, never earlier.
-    fn answer(&mut self, id: u64, now: Instant, window: Duration) {
+    pub(crate) fn answer(&mut self, id: u64, now: Instant, window: Duration) {
         if let Some(entry) = self.entries.iter_mut().rev().find(|entry| entry.id == id) {
             entry.until = entry.until.min(now + window);
         }
