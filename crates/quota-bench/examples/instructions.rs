@@ -31,8 +31,9 @@
 //!   headers, one GET per iteration;
 //! - `openai`: the same stack, its service answering with an OpenAI-style
 //!   set of eight headers, five of them rate-limit fields;
-//! - `least`: the least the same four jobs do (`benches/support/least_stack.rs`),
-//!   as `stack`.
+//! - `least`, `least-one-copy`: the least the same four jobs do
+//!   (`benches/support/least_stack.rs`), as `stack`: a copy of each request
+//!   kept by the backoff and the Retry-After gate, or by the backoff alone.
 //!
 //! Quotas are huge and the window is 1 ms, so no admission waits and the
 //! logs stay small. Under callgrind the program runs some fifty times
@@ -132,13 +133,14 @@ fn main() -> Result<(), tower_quota::BoxError> {
                 admit(&mut stack, request)?;
             }
         }
-        "least" => {
+        "least" | "least-one-copy" => {
             let mut stack = least_stack::least_stack(
                 service_fn(|_: Request<Empty<Bytes>>| {
                     ready(Ok::<_, Infallible>(Response::new(Empty::<Bytes>::new())))
                 }),
                 1 << 40,
                 Duration::from_millis(1),
+                mode == "least",
             );
             let uri: http::Uri = "http://api.example.com/v1/items".parse()?;
             for _ in 0..iterations {

@@ -329,18 +329,23 @@ struct Gate {
 }
 
 /// Holds requests to a host while its server's `Retry-After` pause lasts,
-/// and sends a throttled request again once it is over.
+/// and, when it `resends`, sends a throttled request again once it is
+/// over. One that does not keeps no copy of the request and no clone of
+/// the service below (but for a request that waits at a closed gate): it
+/// hands a throttled answer up, to the layer above that re-sends.
 #[derive(Clone)]
 pub(crate) struct LeastGate<S> {
     inner: S,
     gates: Arc<Mutex<Map<HostKey, Gate>>>,
+    resends: bool,
 }
 
 impl<S> LeastGate<S> {
-    pub(crate) fn new(inner: S) -> Self {
+    pub(crate) fn new(inner: S, resends: bool) -> Self {
         LeastGate {
             inner,
             gates: Arc::default(),
+            resends,
         }
     }
 }
@@ -365,20 +370,33 @@ where
             let mut gates = lock(&self.gates);
             gates.entry(key).or_default().closed_until
         };
-        let copy = copy_of(&request);
-        let mut inner = take_readied(&mut self.inner);
-        let state = match closed_until {
-            Some(until) if Instant::now() < until => Sending::Pausing {
-                sleep: Box::pin(tokio::time::sleep_until(until)),
-            },
-            _ => Sending::Calling {
-                future: inner.call(request),
-            },
+        let (state, inner, held) = match closed_until {
+            Some(until) if Instant::now() < until => (
+                Sending::Pausing {
+                    sleep: Box::pin(tokio::time::sleep_until(until)),
+                },
+                Some(take_readied(&mut self.inner)),
+                Some(request),
+            ),
+            _ if self.resends => {
+                let copy = copy_of(&request);
+                let mut inner = take_readied(&mut self.inner);
+                let future = inner.call(request);
+                (Sending::Calling { future }, Some(inner), Some(copy))
+            }
+            _ => (
+                Sending::Calling {
+                    future: self.inner.call(request),
+                },
+                None,
+                None,
+            ),
         };
         GateFuture {
             state,
             inner,
-            copy,
+            held,
+            resends: self.resends,
             gates: self.gates.clone(),
             key,
             attempts: 1,
@@ -390,8 +408,11 @@ pin_project! {
     pub(crate) struct GateFuture<S: Service<Request<B>>, B> {
         #[pin]
         state: Sending<S::Future>,
-        inner: S,
-        copy: Request<B>,
+        // The service below and the request, while it waits at a closed
+        // gate or is kept to be sent again.
+        inner: Option<S>,
+        held: Option<Request<B>>,
+        resends: bool,
         gates: Arc<Mutex<Map<HostKey, Gate>>>,
         key: HostKey,
         attempts: u32,
@@ -427,7 +448,7 @@ where
                     if let Some(gate) = lock(this.gates).get_mut(this.key) {
                         gate.closed_until = Some(until);
                     }
-                    if *this.attempts >= 3 {
+                    if !*this.resends || this.held.is_none() || *this.attempts >= 3 {
                         return Poll::Ready(Ok(response));
                     }
                     *this.attempts += 1;
@@ -440,11 +461,24 @@ where
                     this.state.set(Sending::Readying);
                 }
                 SendingProj::Readying => {
-                    ready!(this.inner.poll_ready(cx)).map_err(Into::into)?;
-                    let request = copy_of(this.copy);
-                    this.state.set(Sending::Calling {
-                        future: this.inner.call(request),
-                    });
+                    let Some(inner) = this.inner.as_mut() else {
+                        return Poll::Ready(
+                            Err("gate future polled after its request went".into()),
+                        );
+                    };
+                    ready!(inner.poll_ready(cx)).map_err(Into::into)?;
+                    let request = if *this.resends {
+                        this.held.as_ref().map(copy_of)
+                    } else {
+                        this.held.take()
+                    };
+                    let Some(request) = request else {
+                        return Poll::Ready(
+                            Err("gate future polled after its request went".into()),
+                        );
+                    };
+                    let future = inner.call(request);
+                    this.state.set(Sending::Calling { future });
                 }
             }
         }
@@ -545,13 +579,19 @@ where
     }
 }
 
-/// The four nested as the README stack's layers are.
+/// The four nested as the README stack's layers are; `resends`: whether
+/// the gate sends a throttled request again itself, keeping a copy of
+/// every request for it (as the README stack's `RetryAfterLayer` does), or
+/// hands the answer up to the backoff, whose copy is then the stack's only
+/// one.
 pub(crate) fn least_stack<S>(
     service: S,
     max_calls: usize,
     window: Duration,
+    resends: bool,
 ) -> LeastBackoff<LeastBreaker<LeastGate<LeastPacing<S>>>> {
-    LeastBackoff::new(LeastBreaker::new(LeastGate::new(LeastPacing::new(
-        service, max_calls, window,
-    ))))
+    LeastBackoff::new(LeastBreaker::new(LeastGate::new(
+        LeastPacing::new(service, max_calls, window),
+        resends,
+    )))
 }
