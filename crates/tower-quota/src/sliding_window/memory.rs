@@ -271,18 +271,19 @@ impl Store for MemoryStore {
             Err(error) => return Some(Err(error)),
         };
         let class = place.priority;
-        (state.queue().none_before(class) && state.has_room(now, cost, limits, class)).then(|| {
-            let id = shard.ids.take(state);
-            Ok(admit_now(
-                &self.shared,
-                state,
-                id,
-                key,
-                cost,
-                limits,
-                (now, stamp),
-            ))
-        })
+        (state.queue().none_before(class) && state.has_room((now, stamp), cost, limits, class))
+            .then(|| {
+                let id = shard.ids.take(state);
+                Ok(admit_now(
+                    &self.shared,
+                    state,
+                    id,
+                    key,
+                    cost,
+                    limits,
+                    (now, stamp),
+                ))
+            })
     }
 
     fn correct(&self, admission: &Admission, actual_cost: u64) {

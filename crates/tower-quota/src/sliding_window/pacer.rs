@@ -495,11 +495,15 @@ impl Pacer {
     /// provider slower than that to answer would cost the key more of its
     /// window than the refusals the wait may spare it.
     pub(crate) fn awaits_answer(&self, now: Instant, limits: &Limits) -> Option<Instant> {
+        // Past its start (most keys, most of the time), a key awaits no
+        // answer: no stamp is taken.
+        self.start.as_ref()?;
         self.awaits_answer_at(Stamp::of(now), limits)
             .map(Stamp::instant)
     }
 
-    fn awaits_answer_at(&self, now: Stamp, limits: &Limits) -> Option<Stamp> {
+    /// [`awaits_answer`](Self::awaits_answer), at the stamp of `now`.
+    pub(crate) fn awaits_answer_at(&self, now: Stamp, limits: &Limits) -> Option<Stamp> {
         let start = self.start.as_deref()?;
         if let Some(ramp) = start.ramp {
             // Past the ramp's window the log alone decides; within it, at
@@ -668,8 +672,8 @@ impl Pacer {
         Some(at.instant())
     }
 
-    /// Records an admission of `cost` at `now`; returns the new burst when
-    /// a window without refusals raised it.
+    /// [`admitted_at`](Self::admitted_at) the stamp of `now`.
+    #[cfg(test)]
     pub(crate) fn admitted(
         &mut self,
         now: Instant,
@@ -677,7 +681,18 @@ impl Pacer {
         cost: u64,
         limits: &Limits,
     ) -> Option<Adapted> {
-        let now = Stamp::of(now);
+        self.admitted_at(Stamp::of(now), id, cost, limits)
+    }
+
+    /// Records an admission of `cost` at the stamp `now`; returns the new
+    /// burst when a window without refusals raised it.
+    pub(crate) fn admitted_at(
+        &mut self,
+        now: Stamp,
+        id: u64,
+        cost: u64,
+        limits: &Limits,
+    ) -> Option<Adapted> {
         let window = shortest_window(limits);
         self.counts.roll(now, window);
         let probes = self

@@ -476,7 +476,9 @@ fn arrive(
     let cost = this.cost;
     let class = this.priority;
     let deadline = this.place.and_then(|place| place.deadline);
-    if state.queue().none_before(class) && state.has_room(now, cost, this.limits, class) {
+    if state.queue().none_before(class)
+        && state.has_room((now, this.stamp), cost, this.limits, class)
+    {
         let id = this.ids.take(state);
         return Step::Ready(Ok(admit_now(
             this.shared,

@@ -334,9 +334,11 @@ impl KeyState {
         self.queue().is_empty() && self.windows.iter().all(WindowLog::is_empty)
     }
 
+    /// Whether a request of `cost` in `class` fits at `now`, whose stamp
+    /// is `stamp`.
     pub(super) fn has_room(
         &self,
-        now: Instant,
+        (now, stamp): (Instant, Stamp),
         cost: u64,
         limits: &Limits,
         class: Priority,
@@ -345,7 +347,7 @@ impl KeyState {
             .all(|(w, counted)| w.has_room(&counted, cost, w.keep(&counted, limits, class, cost)))
             && self.pacer().is_none_or(|pacer| {
                 pacer.earliest(cost, limits).is_none_or(|at| at <= now)
-                    && pacer.awaits_answer(now, limits).is_none()
+                    && pacer.awaits_answer_at(stamp, limits).is_none()
             })
     }
 
@@ -385,7 +387,7 @@ impl KeyState {
             window.record(&counted, cost, id, sent_by, extra, answers);
         }
         let learned = self.learned_mut()?;
-        learned.pacer.admitted(now, id, cost, limits)
+        learned.pacer.admitted_at(stamp, id, cost, limits)
     }
 
     /// The earliest instant the head fits (`None`: once an answer comes
