@@ -228,6 +228,94 @@ where
     }
 }
 
+/// The job of a keyed layer that lets a request go or not, and counts its
+/// answer: the breaker's and the pacing's.
+pub(crate) trait Admits {
+    /// Why a request was refused.
+    const REFUSED: &'static str;
+
+    /// Whether a request to `key` may go: its admission's id if so.
+    fn admit(&self, key: HostKey) -> Option<u64>;
+
+    /// The answer to admission `id` of `key` came, failed or not.
+    fn answered(&self, key: &HostKey, id: u64, failed: bool);
+}
+
+/// A keyed layer that calls the service below once its job admits the
+/// request (in `call`, so it keeps no clone of the service), and tells its
+/// job of the answer.
+pub(crate) struct Keyed<S, J> {
+    inner: S,
+    job: Arc<J>,
+}
+
+impl<S: Clone, J> Clone for Keyed<S, J> {
+    fn clone(&self) -> Self {
+        Keyed {
+            inner: self.inner.clone(),
+            job: self.job.clone(),
+        }
+    }
+}
+
+impl<S, B, ResBody, J> Service<Request<B>> for Keyed<S, J>
+where
+    S: Service<Request<B>, Response = Response<ResBody>>,
+    S::Error: Into<BoxError>,
+    J: Admits,
+{
+    type Response = Response<ResBody>;
+    type Error = BoxError;
+    type Future = KeyedFuture<S::Future, J>;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), BoxError>> {
+        self.inner.poll_ready(cx).map_err(Into::into)
+    }
+
+    fn call(&mut self, request: Request<B>) -> Self::Future {
+        let key = HostKey::of(&request);
+        let id = self.job.admit(key);
+        KeyedFuture {
+            future: id.map(|_| self.inner.call(request)),
+            job: self.job.clone(),
+            key,
+            id: id.unwrap_or_default(),
+        }
+    }
+}
+
+pin_project! {
+    pub(crate) struct KeyedFuture<F, J> {
+        #[pin]
+        future: Option<F>,
+        job: Arc<J>,
+        key: HostKey,
+        id: u64,
+    }
+}
+
+impl<F, E, ResBody, J> Future for KeyedFuture<F, J>
+where
+    F: Future<Output = Result<Response<ResBody>, E>>,
+    E: Into<BoxError>,
+    J: Admits,
+{
+    type Output = Result<Response<ResBody>, BoxError>;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        let this = self.project();
+        let Some(future) = this.future.as_pin_mut() else {
+            return Poll::Ready(Err(J::REFUSED.into()));
+        };
+        let result = ready!(future.poll(cx));
+        let failed = result
+            .as_ref()
+            .map_or(true, |response| response.status().is_server_error());
+        this.job.answered(this.key, *this.id, failed);
+        Poll::Ready(result.map_err(Into::into))
+    }
+}
+
 /// A host's breaker: failures in a row, and until when it is open.
 #[derive(Default)]
 struct Breaker {
@@ -236,78 +324,28 @@ struct Breaker {
 }
 
 /// Refuses requests to a host whose last five answers failed, for 30 s.
-#[derive(Clone)]
-pub(crate) struct LeastBreaker<S> {
-    inner: S,
-    breakers: Arc<Mutex<Map<HostKey, Breaker>>>,
+#[derive(Default)]
+pub(crate) struct Breakers {
+    breakers: Mutex<Map<HostKey, Breaker>>,
 }
 
-impl<S> LeastBreaker<S> {
-    pub(crate) fn new(inner: S) -> Self {
-        LeastBreaker {
-            inner,
-            breakers: Arc::default(),
-        }
-    }
-}
+pub(crate) type LeastBreaker<S> = Keyed<S, Breakers>;
 
-impl<S, B, ResBody> Service<Request<B>> for LeastBreaker<S>
-where
-    S: Service<Request<B>, Response = Response<ResBody>>,
-    S::Error: Into<BoxError>,
-{
-    type Response = Response<ResBody>;
-    type Error = BoxError;
-    type Future = BreakerFuture<S::Future>;
+impl Admits for Breakers {
+    const REFUSED: &'static str = "circuit open";
 
-    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), BoxError>> {
-        self.inner.poll_ready(cx).map_err(Into::into)
+    fn admit(&self, key: HostKey) -> Option<u64> {
+        let mut breakers = lock(&self.breakers);
+        let breaker = breakers.entry(key).or_default();
+        let open = breaker
+            .open_until
+            .is_some_and(|until| Instant::now() < until);
+        (!open).then_some(0)
     }
 
-    fn call(&mut self, request: Request<B>) -> Self::Future {
-        let key = HostKey::of(&request);
-        let open = {
-            let mut breakers = lock(&self.breakers);
-            let breaker = breakers.entry(key).or_default();
-            breaker
-                .open_until
-                .is_some_and(|until| Instant::now() < until)
-        };
-        BreakerFuture {
-            future: (!open).then(|| self.inner.call(request)),
-            breakers: self.breakers.clone(),
-            key,
-        }
-    }
-}
-
-pin_project! {
-    pub(crate) struct BreakerFuture<F> {
-        #[pin]
-        future: Option<F>,
-        breakers: Arc<Mutex<Map<HostKey, Breaker>>>,
-        key: HostKey,
-    }
-}
-
-impl<F, E, ResBody> Future for BreakerFuture<F>
-where
-    F: Future<Output = Result<Response<ResBody>, E>>,
-    E: Into<BoxError>,
-{
-    type Output = Result<Response<ResBody>, BoxError>;
-
-    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
-        let this = self.project();
-        let Some(future) = this.future.as_pin_mut() else {
-            return Poll::Ready(Err("circuit open".into()));
-        };
-        let result = ready!(future.poll(cx));
-        let failed = result
-            .as_ref()
-            .map_or(true, |response| response.status().is_server_error());
-        let mut breakers = lock(this.breakers);
-        if let Some(breaker) = breakers.get_mut(this.key) {
+    fn answered(&self, key: &HostKey, _: u64, failed: bool) {
+        let mut breakers = lock(&self.breakers);
+        if let Some(breaker) = breakers.get_mut(key) {
             if failed {
                 breaker.failures = breaker.failures.saturating_add(1);
                 if breaker.failures >= 5 {
@@ -318,7 +356,6 @@ where
                 breaker.open_until = None;
             }
         }
-        Poll::Ready(result.map_err(Into::into))
     }
 }
 
@@ -486,96 +523,31 @@ where
 }
 
 /// An exact sliding log per host, each slot held a window past the answer.
-#[derive(Clone)]
-pub(crate) struct LeastPacing<S> {
-    inner: S,
-    logs: Arc<Logs>,
-}
-
-struct Logs {
+pub(crate) struct Logs {
     max_calls: usize,
     window: Duration,
     logs: Mutex<Map<HostKey, Log>>,
 }
 
-impl<S> LeastPacing<S> {
-    pub(crate) fn new(inner: S, max_calls: usize, window: Duration) -> Self {
-        LeastPacing {
-            inner,
-            logs: Arc::new(Logs {
-                max_calls,
-                window,
-                logs: Mutex::default(),
-            }),
-        }
-    }
-}
+pub(crate) type LeastPacing<S> = Keyed<S, Logs>;
 
-impl<S, B, ResBody> Service<Request<B>> for LeastPacing<S>
-where
-    S: Service<Request<B>, Response = Response<ResBody>>,
-    S::Error: Into<BoxError>,
-{
-    type Response = Response<ResBody>;
-    type Error = BoxError;
-    type Future = PacingFuture<S::Future>;
+impl Admits for Logs {
+    // A queue of waiters is not the floor's business.
+    const REFUSED: &'static str = "no room in the window";
 
-    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), BoxError>> {
-        self.inner.poll_ready(cx).map_err(Into::into)
-    }
-
-    fn call(&mut self, request: Request<B>) -> Self::Future {
-        let key = HostKey::of(&request);
-        let id = {
-            let now = Instant::now();
-            let Logs {
-                max_calls,
-                window,
-                logs,
-            } = &*self.logs;
-            lock(logs)
-                .entry(key)
-                .or_default()
-                .admit(now, *max_calls, *window)
-        };
-        PacingFuture {
-            future: id.map(|_| self.inner.call(request)),
-            logs: self.logs.clone(),
-            key,
-            id: id.unwrap_or_default(),
-        }
-    }
-}
-
-pin_project! {
-    pub(crate) struct PacingFuture<F> {
-        #[pin]
-        future: Option<F>,
-        logs: Arc<Logs>,
-        key: HostKey,
-        id: u64,
-    }
-}
-
-impl<F, E, ResBody> Future for PacingFuture<F>
-where
-    F: Future<Output = Result<Response<ResBody>, E>>,
-    E: Into<BoxError>,
-{
-    type Output = Result<Response<ResBody>, BoxError>;
-
-    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
-        let this = self.project();
-        let Some(future) = this.future.as_pin_mut() else {
-            // A queue of waiters is not the floor's business.
-            return Poll::Ready(Err("no room in the window".into()));
-        };
-        let result = ready!(future.poll(cx));
+    fn admit(&self, key: HostKey) -> Option<u64> {
         let now = Instant::now();
-        if let Some(log) = lock(&this.logs.logs).get_mut(this.key) {
-            log.answer(*this.id, now, this.logs.window);
+        lock(&self.logs)
+            .entry(key)
+            .or_default()
+            .admit(now, self.max_calls, self.window)
+    }
+
+    fn answered(&self, key: &HostKey, id: u64, _: bool) {
+        let now = Instant::now();
+        if let Some(log) = lock(&self.logs).get_mut(key) {
+            log.answer(id, now, self.window);
         }
-        Poll::Ready(result.map_err(Into::into))
     }
 }
 
@@ -590,8 +562,17 @@ pub(crate) fn least_stack<S>(
     window: Duration,
     resends: bool,
 ) -> LeastBackoff<LeastBreaker<LeastGate<LeastPacing<S>>>> {
-    LeastBackoff::new(LeastBreaker::new(LeastGate::new(
-        LeastPacing::new(service, max_calls, window),
-        resends,
-    )))
+    let pacing = Keyed {
+        inner: service,
+        job: Arc::new(Logs {
+            max_calls,
+            window,
+            logs: Mutex::default(),
+        }),
+    };
+    let breaker = Keyed {
+        inner: LeastGate::new(pacing, resends),
+        job: Arc::default(),
+    };
+    LeastBackoff::new(breaker)
 }
