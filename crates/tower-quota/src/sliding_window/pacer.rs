@@ -672,7 +672,7 @@ impl Pacer {
         Some(at.instant())
     }
 
-    /// [`admitted_at`](Self::admitted_at) the stamp of `now`.
+    /// [`admitted_at`](Self::admitted_at), at the stamp of `now`.
     #[cfg(test)]
     pub(crate) fn admitted(
         &mut self,
